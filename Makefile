@@ -1,0 +1,81 @@
+# qlora.c build. `make` builds the programs (with CUDA when nvcc is present,
+# CPU-only otherwise) and fetches the default model; `make test` runs the tests.
+
+CC      ?= gcc
+CXX     ?= g++
+NVCC    ?= nvcc
+# GPU architecture: sm_90 (H100/H200) plus portable PTX. Override: make CUDA_ARCH="..."
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+
+WARN      = -Wall -Wextra -Wno-unused-parameter
+CFLAGS   ?= -O3 -march=native -g
+CXXFLAGS ?= -O3 -march=native -g
+CFLAGS   += $(WARN) -std=c11 -fopenmp -D_GNU_SOURCE
+CXXFLAGS += $(WARN) -std=c++17 -fopenmp
+LDLIBS    = -lutf8proc -lm -fopenmp
+
+HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+ifeq ($(strip $(HAVE_NVCC)),)
+  BUILD_KIND = cpu-only (no nvcc found)
+else
+  BUILD_KIND = cpu + cuda ($(NVCC))
+endif
+
+# Library sources (everything but the programs' main files).
+LIB_C  = json.c tensor.c gguf.c safetensors.c model.c tokenizer.c
+LIB_CU = layers.cu forward.cu
+PROGRAMS = generate train
+
+LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
+
+.PHONY: all fetch test clean
+all: fetch $(PROGRAMS)
+	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
+
+build/%.o: %.c *.h | build
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# .cu files hold plain C++ host code plus (later) CUDA kernels.
+ifeq ($(strip $(HAVE_NVCC)),)
+build/%.o: %.cu *.h | build
+	$(CXX) $(CXXFLAGS) -x c++ -c $< -o $@
+else
+build/%.o: %.cu *.h | build
+	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native" -c $< -o $@
+endif
+
+generate: build/generate.o $(LIB_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+train: build/train.o $(LIB_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+build:
+	@mkdir -p build build/test
+
+# ---- the default model (never committed; see models/SHA256SUMS) ----------
+DEFAULT_MODEL = models/SmolLM2-135M-Instruct.Q4_1.gguf
+fetch:
+	@sh dev/fetch_model.sh
+
+# ---- tests: CPU tests built with g++ and the sanitizers --------------------
+TEST_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
+TEST_SRC   = $(wildcard test/test_*.cpp)
+TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
+             $(LIB_C:%.c=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
+
+build/test/%.o: %.c *.h | build
+	$(CC) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -c $< -o $@
+build/test/%.o: %.cu *.h | build
+	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -x c++ -c $< -o $@
+build/test/%.o: test/%.cpp test/*.h *.h | build
+	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -c $< -o $@
+
+build/test_cpu: $(TEST_OBJ)
+	$(CXX) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
+
+test: fetch build/test_cpu
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./build/test_cpu
+
+clean:
+	rm -rf build $(PROGRAMS)

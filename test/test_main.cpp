@@ -1,0 +1,35 @@
+// The doctest runner. It ends with one line "N passed, N failed, N skipped"
+// (test cases), which CI reads, and exits non-zero when anything failed.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+#include <cstdio>
+
+static doctest::TestRunStats g_stats;
+
+struct SummaryLine : public doctest::IReporter {
+    explicit SummaryLine(const doctest::ContextOptions &) {}
+    void report_query(const doctest::QueryData &) override {}
+    void test_run_start() override {}
+    void test_run_end(const doctest::TestRunStats &s) override { g_stats = s; }
+    void test_case_start(const doctest::TestCaseData &) override {}
+    void test_case_reenter(const doctest::TestCaseData &) override {}
+    void test_case_end(const doctest::CurrentTestCaseStats &) override {}
+    void test_case_exception(const doctest::TestCaseException &) override {}
+    void subcase_start(const doctest::SubcaseSignature &) override {}
+    void subcase_end() override {}
+    void log_assert(const doctest::AssertData &) override {}
+    void log_message(const doctest::MessageData &) override {}
+    void test_case_skipped(const doctest::TestCaseData &) override {}
+};
+DOCTEST_REGISTER_LISTENER("summary_line", 100, SummaryLine);
+
+int main(int argc, char **argv) {
+    doctest::Context context(argc, argv);
+    int status = context.run();
+    if (context.shouldExit()) return status;   // --help, --list-test-cases, ...
+    const doctest::TestRunStats &s = g_stats;
+    unsigned passed = s.numTestCasesPassingFilters - s.numTestCasesFailed;
+    unsigned skipped = s.numTestCases - s.numTestCasesPassingFilters;
+    std::printf("%u passed, %u failed, %u skipped\n", passed, s.numTestCasesFailed, skipped);
+    return status;
+}

@@ -1,0 +1,60 @@
+// tokenizer.h: byte-level BPE (GPT-2 / SmolLM2 / Llama-3 / Qwen2 style),
+// loaded from GGUF metadata or a Hugging Face tokenizer.json, plus the ChatML
+// chat template with a per-token "this is the assistant's answer" flag.
+#pragma once
+#include <stddef.h>
+#include "gguf.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// How text is split into words before BPE (the pre-tokenizer regex).
+typedef enum {
+    PRETOK_GPT2,    // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    PRETOK_SMOLLM,  // every digit on its own, then the GPT-2 regex (SmolLM/StarCoder)
+    PRETOK_LLAMA3,  // Llama-3 regex: numbers in runs of up to 3 digits
+    PRETOK_QWEN2    // Llama-3 regex with single digits (and NFC normalisation)
+} PreTokenizer;
+
+typedef struct Tokenizer Tokenizer;   // defined in tokenizer.c
+
+Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size);
+// path: a tokenizer.json file
+Tokenizer *tokenizer_from_json(const char *path, char *err, size_t err_size);
+void tokenizer_free(Tokenizer *t);
+
+int tokenizer_vocab_size(const Tokenizer *t);
+PreTokenizer tokenizer_pretokenizer(const Tokenizer *t);
+int tokenizer_bos_id(const Tokenizer *t);   // -1 when none
+int tokenizer_eos_id(const Tokenizer *t);   // -1 when none
+// Id of a token given its vocabulary string (e.g. "<|im_end|>"), or -1.
+int tokenizer_find(const Tokenizer *t, const char *token);
+
+// Encodes len bytes of text into *ids (malloc'd, caller frees); returns the
+// count, or -1 on allocation failure. Special/added tokens written in the
+// text are matched first when allow_special is set. Invalid UTF-8 is replaced
+// by U+FFFD per maximal ill-formed subpart (as Python's errors="replace").
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids);
+
+// The bytes a token stands for (byte-level mapping undone); NULL for a bad id.
+const char *tokenizer_token_bytes(const Tokenizer *t, int id, size_t *len);
+// Decodes ids to a malloc'd NUL-terminated byte string (length in *len).
+char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, size_t *len);
+
+// ChatML: <|im_start|>role\ncontent<|im_end|>\n per message. A default system
+// message is added first when the first message is not "system" and the
+// tokenizer has one (SmolLM2's: "You are a helpful AI assistant named SmolLM,
+// trained by Hugging Face"). add_generation_prompt appends
+// "<|im_start|>assistant\n". is_answer[i] is 1 for the tokens of assistant
+// contents and the <|im_end|> that closes them, 0 otherwise.
+typedef struct {
+    const char *role;
+    const char *content;
+} ChatMessage;
+int chat_encode(const Tokenizer *t, const ChatMessage *messages, int n_messages,
+                int add_generation_prompt, int **ids, unsigned char **is_answer);
+
+#ifdef __cplusplus
+}
+#endif
