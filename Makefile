@@ -22,9 +22,9 @@ else
 endif
 
 # Library sources (everything but the programs' main files).
-LIB_C  = json.c tensor.c gguf.c safetensors.c model.c tokenizer.c
+LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c
 LIB_CU = layers.cu forward.cu
-PROGRAMS = generate train
+PROGRAMS = generate
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
 

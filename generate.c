@@ -1,0 +1,163 @@
+// generate.c: ./generate, text generation with the CPU forward pass.
+//   ./generate --chat --prompt "What is Debian?"
+// The prompt is encoded (optionally wrapped in the chat template), run through
+// the model in chunks to fill the key/value cache, then one token at a time is
+// chosen by the sampler and printed as soon as it is known.
+#include "forward.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define PREFILL_CHUNK 256
+
+typedef struct {
+    const char *model_path;
+    const char *prompt;
+    const char *system;
+    int max_new;
+    float temperature;
+    float top_p;
+    unsigned long long seed;
+    int chat;
+} Options;
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: ./generate [options]\n"
+            "  --model PATH        GGUF file or HF model directory (default %s)\n"
+            "  --prompt TEXT       the prompt (required)\n"
+            "  --chat              wrap the prompt in the model's chat template as a user message\n"
+            "  --system TEXT       system message for --chat (default: the model's own)\n"
+            "  --max-new N         tokens to generate at most (default 128)\n"
+            "  --temperature T     0 = greedy (default 0)\n"
+            "  --top-p P           nucleus sampling mass when T > 0 (default 0.9)\n"
+            "  --seed S            random seed for sampling (default 42)\n",
+            DEFAULT_MODEL);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Parses a number option; exits with a clear message when it is not one.
+static double number_arg(const char *flag, const char *value) {
+    char *end;
+    double x = strtod(value, &end);
+    if (*value == '\0' || *end != '\0') {
+        fprintf(stderr, "generate: %s expects a number, got '%s'\n", flag, value);
+        exit(2);
+    }
+    return x;
+}
+
+static Options parse_args(int argc, char **argv) {
+    Options o = {DEFAULT_MODEL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
+    for (int i = 1; i < argc; i++) {
+        const char *flag = argv[i];
+        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
+        if (strcmp(flag, "--chat") == 0) { o.chat = 1; continue; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "generate: unknown option or missing value: %s\n", flag);
+            usage(stderr);
+            exit(2);
+        }
+        const char *value = argv[++i];
+        if (strcmp(flag, "--model") == 0) o.model_path = value;
+        else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
+        else if (strcmp(flag, "--system") == 0) o.system = value;
+        else if (strcmp(flag, "--max-new") == 0) o.max_new = (int)number_arg(flag, value);
+        else if (strcmp(flag, "--temperature") == 0) o.temperature = (float)number_arg(flag, value);
+        else if (strcmp(flag, "--top-p") == 0) o.top_p = (float)number_arg(flag, value);
+        else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)number_arg(flag, value);
+        else {
+            fprintf(stderr, "generate: unknown option %s\n", flag);
+            usage(stderr);
+            exit(2);
+        }
+    }
+    if (!o.prompt) { fprintf(stderr, "generate: --prompt is required\n"); usage(stderr); exit(2); }
+    if (o.max_new < 1) { fprintf(stderr, "generate: --max-new must be at least 1\n"); exit(2); }
+    if (o.temperature < 0.0f) { fprintf(stderr, "generate: --temperature must be >= 0\n"); exit(2); }
+    if (o.top_p <= 0.0f || o.top_p > 1.0f) { fprintf(stderr, "generate: --top-p must be in (0, 1]\n"); exit(2); }
+    return o;
+}
+
+static int encode_prompt(const Tokenizer *tok, const Options *o, int **ids) {
+    if (!o->chat) return tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, ids);
+    ChatMessage messages[2];
+    int n = 0;
+    if (o->system) messages[n++] = (ChatMessage){"system", o->system};
+    messages[n++] = (ChatMessage){"user", o->prompt};
+    unsigned char *is_answer = NULL;
+    int count = chat_encode(tok, messages, n, 1, ids, &is_answer);
+    free(is_answer);
+    return count;
+}
+
+int main(int argc, char **argv) {
+    Options o = parse_args(argc, argv);
+    char err[1024];
+    Model model;
+    if (model_load(&model, o.model_path, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        return 1;
+    }
+    const Config *c = &model.config;
+    int *prompt = NULL;
+    int n_prompt = encode_prompt(model.tokenizer, &o, &prompt);
+    if (n_prompt <= 0) {
+        fprintf(stderr, "generate: the prompt encodes to no tokens\n");
+        return 1;
+    }
+    int max_seq = n_prompt + o.max_new;
+    if (max_seq > c->max_seq_len) {
+        fprintf(stderr, "generate: prompt (%d tokens) + --max-new (%d) exceeds the model's context of %d\n",
+                n_prompt, o.max_new, c->max_seq_len);
+        return 1;
+    }
+    InferState state;
+    Sampler sampler;
+    if (infer_state_init(&state, c, max_seq, PREFILL_CHUNK) != 0 ||
+        sampler_init(&sampler, c->vocab_size, o.temperature, o.top_p, o.seed) != 0) {
+        fprintf(stderr, "generate: out of memory for a %d-token cache\n", max_seq);
+        return 1;
+    }
+    int eos = tokenizer_eos_id(model.tokenizer), im_end = tokenizer_find(model.tokenizer, "<|im_end|>");
+
+    double t0 = now_seconds();
+    const float *logits = NULL;
+    for (int pos = 0; pos < n_prompt; pos += PREFILL_CHUNK) {
+        int n = n_prompt - pos < PREFILL_CHUNK ? n_prompt - pos : PREFILL_CHUNK;
+        logits = forward_cpu(&model, &state, prompt + pos, n, pos, 0, NULL);
+    }
+    double t1 = now_seconds();
+    int n_generated = 0;
+    for (int pos = n_prompt; n_generated < o.max_new; pos++) {
+        int token = sampler_next(&sampler, logits);
+        n_generated++;
+        if (token == eos || token == im_end) break;
+        size_t len;
+        const char *bytes = tokenizer_token_bytes(model.tokenizer, token, &len);
+        fwrite(bytes, 1, len, stdout);
+        fflush(stdout);
+        if (n_generated == o.max_new) break;
+        logits = forward_cpu(&model, &state, &token, 1, pos, 0, NULL);
+    }
+    double t2 = now_seconds();
+    printf("\n");
+    fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s]\n", n_prompt,
+            n_prompt / (t1 - t0), n_generated, n_generated / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    sampler_free(&sampler);
+    infer_state_free(&state);
+    free(prompt);
+    model_free(&model);
+    return 0;
+}

@@ -1,0 +1,89 @@
+// model.h: the one description of a Llama-family model: its configuration,
+// the layout of its weights, and loading from a GGUF file or an HF directory.
+//
+// Every architecture we load (Llama / SmolLM / TinyLlama / Llama 3.x, Qwen2,
+// EXAONE 3.x) is the same network:
+//   x = embed[token]
+//   per layer:  x += Wo attention(rope(Wq rmsnorm(x)), rope(Wk ...), Wv ...)
+//               x += Wdown (silu(Wgate rmsnorm(x)) * Wup rmsnorm(x))
+//   logits = lm_head rmsnorm(x)
+// They differ only in tensor names, config keys, and Qwen2's q/k/v biases.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+#include "tensor.h"
+#include "tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_EXAONE } Arch;
+
+typedef struct {
+    Arch arch;
+    int dim;              // hidden_size: width of the residual stream
+    int hidden_dim;       // intermediate_size: width of the MLP
+    int n_layers;
+    int n_heads;          // query heads
+    int n_kv_heads;       // key/value heads (grouped-query attention when < n_heads)
+    int head_dim;
+    int vocab_size;
+    int max_seq_len;      // context length the model was trained for
+    float norm_eps;       // RMSNorm epsilon
+    float rope_theta;
+    // Llama-3 RoPE scaling; rope_factor == 0 means none.
+    float rope_factor;
+    float rope_low_freq_factor;
+    float rope_high_freq_factor;
+    int rope_original_max_pos;
+    int attention_bias;   // q, k, v projections have biases (Qwen2)
+    int tied_embeddings;  // lm_head shares the embedding matrix
+} Config;
+
+// One transformer block. Matrices are row-major [out, in], as PyTorch's Linear.
+typedef struct {
+    float *attn_norm;        // [dim]
+    float *wq;               // [n_heads * head_dim, dim]
+    float *wk;               // [n_kv_heads * head_dim, dim]
+    float *wv;               // [n_kv_heads * head_dim, dim]
+    float *bq, *bk, *bv;     // biases (NULL unless attention_bias)
+    float *wo;               // [dim, n_heads * head_dim]
+    float *mlp_norm;         // [dim]
+    float *w_gate;           // [hidden_dim, dim]
+    float *w_up;             // [hidden_dim, dim]
+    float *w_down;           // [dim, hidden_dim]
+} LayerWeights;
+
+typedef struct {
+    Config config;
+    float *embed;            // [vocab_size, dim]
+    LayerWeights *layers;    // [n_layers]
+    float *final_norm;       // [dim]
+    float *lm_head;          // [vocab_size, dim]; equals embed when tied
+    Tokenizer *tokenizer;
+    char *path;
+    float *storage;          // one allocation holding every fp32 weight above
+    size_t storage_floats;
+} Model;
+
+// Loads path: a .gguf file, or a directory with config.json, model.safetensors
+// (or model.safetensors.index.json + shards) and tokenizer.json. Weights are
+// converted to fp32. On any problem returns -1 with a message naming the file,
+// the tensor and what is wrong; the model is then left empty.
+int model_load(Model *m, const char *path, char *err, size_t err_size);
+void model_free(Model *m);
+
+// Fills a Model from named tensors (the part shared by the GGUF and HF paths).
+// names: GGUF ("blk.N.attn_q.weight") or HF (Llama/Qwen2 or EXAONE naming),
+// chosen by is_gguf and config->arch. Validates presence, shape and dtype.
+int model_from_tensors(Model *m, const Config *config, const TensorList *tensors, int is_gguf,
+                       const char *path, char *err, size_t err_size);
+
+const char *arch_name(Arch arch);
+size_t model_num_params(const Config *c);
+void model_print_summary(const Model *m, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
