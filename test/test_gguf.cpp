@@ -1,0 +1,254 @@
+// Tests for gguf.c and tensor.c: the block dequantizers on hand-built blocks
+// with known values, a small GGUF file written here, and corrupt files
+// (truncated at every length, every header bit flipped, lying offsets).
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gguf.h"
+#include "tensor.h"
+
+static void put_f16(unsigned char *p, float x) {
+    uint16_t h = f32_to_f16(x);
+    memcpy(p, &h, 2);
+}
+
+TEST_CASE("f16 and bf16 conversions") {
+    CHECK(f16_to_f32(0x3C00) == 1.0f);
+    CHECK(f16_to_f32(0xC000) == -2.0f);
+    CHECK(f16_to_f32(0x0001) == 5.960464477539063e-08f);   // smallest subnormal
+    CHECK(f16_to_f32(0x7BFF) == 65504.0f);
+    CHECK(f32_to_f16(1.0f) == 0x3C00);
+    CHECK(f32_to_f16(65504.0f) == 0x7BFF);
+    CHECK(f32_to_f16(1e6f) == 0x7C00);
+    CHECK(f32_to_f16(1.0f + 1.0f / 2048) == 0x3C00);        // tie rounds to even
+    CHECK(f32_to_f16(1.0f + 3.0f / 2048) == 0x3C02);
+    for (uint32_t h = 0; h < 0x7C00; h++) CHECK_EQ(f32_to_f16(f16_to_f32((uint16_t)h)), h);
+    CHECK(bf16_to_f32(0x3F80) == 1.0f);
+    CHECK(f32_to_bf16(1.0f) == 0x3F80);
+    CHECK(f32_to_bf16(1.00390625f) == 0x3F80);              // 1 + 2^-8: tie to even
+    CHECK(f32_to_bf16(1.01171875f) == 0x3F82);              // 1 + 3*2^-8: tie to even (up)
+}
+
+TEST_CASE("Q4_0 block: value = d * (nibble - 8), low nibbles first") {
+    unsigned char block[18] = {0};
+    put_f16(block, 0.5f);
+    block[2 + 0] = 0xF1;   // value 0: low nibble 1 -> -3.5; value 16: high nibble 15 -> 3.5
+    block[2 + 5] = 0x08;   // value 5: 8 -> 0; value 21: 0 -> -4
+    float out[32];
+    dequantize_q4_0(block, out, 32);
+    CHECK(out[0] == -3.5f);
+    CHECK(out[16] == 3.5f);
+    CHECK(out[5] == 0.0f);
+    CHECK(out[21] == -4.0f);
+    CHECK(out[1] == -4.0f);
+}
+
+TEST_CASE("Q4_1 block: value = d * nibble + m") {
+    unsigned char block[20] = {0};
+    put_f16(block, 0.25f);
+    put_f16(block + 2, -1.0f);
+    block[4 + 0] = 0x3A;   // value 0: 10 -> 1.5; value 16: 3 -> -0.25
+    block[4 + 15] = 0xF0;  // value 15: 0 -> -1; value 31: 15 -> 2.75
+    float out[32];
+    dequantize_q4_1(block, out, 32);
+    CHECK(out[0] == 1.5f);
+    CHECK(out[16] == -0.25f);
+    CHECK(out[15] == -1.0f);
+    CHECK(out[31] == 2.75f);
+}
+
+TEST_CASE("Q5_0 and Q5_1 blocks: the fifth bit comes from qh") {
+    unsigned char b0[22] = {0};
+    put_f16(b0, 1.0f);
+    uint32_t qh = (1u << 0) | (1u << 17);   // fifth bit of value 0 and of value 17
+    memcpy(b0 + 2, &qh, 4);
+    b0[6 + 0] = 0x02;   // value 0: 2 | 16 = 18 -> 2; value 16: 0 -> -16
+    b0[6 + 1] = 0x70;   // value 1: 0 -> -16; value 17: 7 | 16 = 23 -> 7
+    float out[32];
+    dequantize_q5_0(b0, out, 32);
+    CHECK(out[0] == 2.0f);
+    CHECK(out[16] == -16.0f);
+    CHECK(out[1] == -16.0f);
+    CHECK(out[17] == 7.0f);
+
+    unsigned char b1[24] = {0};
+    put_f16(b1, 0.5f);
+    put_f16(b1 + 2, 10.0f);
+    memcpy(b1 + 4, &qh, 4);
+    b1[8 + 0] = 0x02;   // value 0: 18 -> 19; value 16: 0 -> 10
+    b1[8 + 1] = 0x70;   // value 17: 23 -> 21.5
+    dequantize_q5_1(b1, out, 32);
+    CHECK(out[0] == 19.0f);
+    CHECK(out[16] == 10.0f);
+    CHECK(out[17] == 21.5f);
+}
+
+TEST_CASE("Q8_0 block: value = d * int8") {
+    unsigned char block[34] = {0};
+    put_f16(block, 0.125f);
+    block[2 + 0] = 0x7F;          // 127
+    block[2 + 31] = 0x80;         // -128
+    block[2 + 7] = (unsigned char)-3;
+    float out[64];
+    dequantize_q8_0(block, out, 32);
+    CHECK(out[0] == 15.875f);
+    CHECK(out[31] == -16.0f);
+    CHECK(out[7] == -0.375f);
+    CHECK(out[1] == 0.0f);
+}
+
+// ---- a small GGUF file built byte by byte ------------------------------------
+
+struct GGUFBuilder {
+    std::vector<unsigned char> bytes;
+    void raw(const void *p, size_t n) {
+        const unsigned char *c = (const unsigned char *)p;
+        bytes.insert(bytes.end(), c, c + n);
+    }
+    void u32(uint32_t v) { raw(&v, 4); }
+    void u64(uint64_t v) { raw(&v, 8); }
+    void str(const std::string &s) { u64(s.size()); raw(s.data(), s.size()); }
+};
+
+struct SmallFile {
+    std::vector<unsigned char> bytes;
+    size_t offset_field_of_second_tensor;
+};
+
+// Two tensors: "a" F32 [2, 3] (dims innermost first: 3, 2), "b" Q8_0 [32].
+static SmallFile build_small_gguf() {
+    GGUFBuilder b;
+    b.raw("GGUF", 4);
+    b.u32(3);
+    b.u64(2);   // tensors
+    b.u64(4);   // metadata
+    b.str("general.architecture"); b.u32(GGUF_STRING); b.str("llama");
+    b.str("llama.block_count"); b.u32(GGUF_UINT32); b.u32(7);
+    b.str("llama.rope.freq_base"); b.u32(GGUF_FLOAT32); float theta = 500000.0f; b.raw(&theta, 4);
+    b.str("tokenizer.ggml.tokens"); b.u32(GGUF_ARRAY); b.u32(GGUF_STRING); b.u64(2); b.str("hi"); b.str("there");
+    b.str("a"); b.u32(2); b.u64(3); b.u64(2); b.u32(DT_F32); b.u64(0);
+    b.str("b"); b.u32(1); b.u64(32); b.u32(DT_Q8_0);
+    SmallFile f;
+    f.offset_field_of_second_tensor = b.bytes.size();
+    b.u64(32);
+    while (b.bytes.size() % 32) b.bytes.push_back(0);
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    b.raw(a, sizeof a);
+    while (b.bytes.size() % 32) b.bytes.push_back(0);
+    unsigned char q8[34] = {0};
+    put_f16(q8, 2.0f);
+    q8[2] = 3;
+    b.raw(q8, sizeof q8);
+    f.bytes = b.bytes;
+    return f;
+}
+
+static std::string write_temp(const std::vector<unsigned char> &bytes) {
+    char path[] = "/tmp/qlora_test_XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    FILE *f = fdopen(fd, "wb");
+    if (!bytes.empty()) fwrite(bytes.data(), 1, bytes.size(), f);
+    fclose(f);
+    return path;
+}
+
+TEST_CASE("gguf: a hand-built file reads back") {
+    SmallFile small = build_small_gguf();
+    std::string path = write_temp(small.bytes);
+    GGUFFile f;
+    char err[512];
+    REQUIRE_MESSAGE(gguf_open(&f, path.c_str(), err, sizeof err) == 0, err);
+    char *arch = gguf_get_string(&f, "general.architecture");
+    CHECK(std::string(arch) == "llama");
+    free(arch);
+    CHECK(gguf_get_int(&f, "llama.block_count", 0) == 7);
+    CHECK(gguf_get_float(&f, "llama.rope.freq_base", 0) == 500000.0);
+    const GGUFKeyValue *tokens = gguf_find(&f, "tokenizer.ggml.tokens");
+    REQUIRE(tokens);
+    CHECK(tokens->array_count == 2);
+    CHECK(std::string(tokens->array_strings[1].ptr, tokens->array_strings[1].len) == "there");
+    REQUIRE(f.tensors.count == 2);
+    const TensorInfo *a = tensor_find(&f.tensors, "a");
+    REQUIRE(a);
+    CHECK(a->ndim == 2);
+    CHECK(a->shape[0] == 2);   // outermost first
+    CHECK(a->shape[1] == 3);
+    CHECK(((const float *)a->data)[5] == 6.0f);
+    const TensorInfo *b = tensor_find(&f.tensors, "b");
+    float values[32];
+    tensor_to_f32(b->dtype, b->data, values, 32);
+    CHECK(values[0] == 6.0f);
+    gguf_close(&f);
+    remove(path.c_str());
+}
+
+TEST_CASE("gguf: truncated at every length gives an error, never a crash") {
+    SmallFile small = build_small_gguf();
+    for (size_t len = 0; len < small.bytes.size(); len++) {
+        std::vector<unsigned char> cut(small.bytes.begin(), small.bytes.begin() + len);
+        std::string path = write_temp(cut);
+        GGUFFile f;
+        char err[512] = "";
+        CHECK_MESSAGE(gguf_open(&f, path.c_str(), err, sizeof err) == -1, "length ", len);
+        CHECK(std::string(err).find(path) != std::string::npos);
+        remove(path.c_str());
+    }
+}
+
+TEST_CASE("gguf: a lying tensor offset is refused by name") {
+    SmallFile small = build_small_gguf();
+    uint64_t lie = 1 << 20;
+    memcpy(&small.bytes[small.offset_field_of_second_tensor], &lie, 8);
+    std::string path = write_temp(small.bytes);
+    GGUFFile f;
+    char err[512] = "";
+    CHECK(gguf_open(&f, path.c_str(), err, sizeof err) == -1);
+    CHECK(std::string(err).find("tensor 'b'") != std::string::npos);
+    CHECK(std::string(err).find("outside the file") != std::string::npos);
+    remove(path.c_str());
+}
+
+TEST_CASE("gguf: every flipped header bit is either read or refused cleanly") {
+    SmallFile small = build_small_gguf();
+    size_t header = small.offset_field_of_second_tensor + 8;
+    int refused = 0;
+    for (size_t byte = 0; byte < header; byte++) {
+        for (int bit = 0; bit < 8; bit++) {
+            std::vector<unsigned char> flipped = small.bytes;
+            flipped[byte] ^= (unsigned char)(1 << bit);
+            std::string path = write_temp(flipped);
+            GGUFFile f;
+            char err[512] = "";
+            if (gguf_open(&f, path.c_str(), err, sizeof err) == 0) gguf_close(&f);
+            else refused++;
+            remove(path.c_str());
+        }
+    }
+    CHECK(refused > 0);
+}
+
+TEST_CASE("gguf: not a GGUF file, wrong version, missing file") {
+    GGUFFile f;
+    char err[512] = "";
+    std::string text = write_temp(std::vector<unsigned char>{'h', 'e', 'l', 'l', 'o', ' ', 'w', 'o', 'r', 'l', 'd', '!',
+                                                            '!', '!', '!', '!', '!', '!', '!', '!', '!', '!', '!', '!'});
+    CHECK(gguf_open(&f, text.c_str(), err, sizeof err) == -1);
+    CHECK(std::string(err).find("bad magic") != std::string::npos);
+    remove(text.c_str());
+
+    SmallFile small = build_small_gguf();
+    small.bytes[4] = 2;
+    std::string v2 = write_temp(small.bytes);
+    CHECK(gguf_open(&f, v2.c_str(), err, sizeof err) == -1);
+    CHECK(std::string(err).find("version") != std::string::npos);
+    remove(v2.c_str());
+
+    CHECK(gguf_open(&f, "/nonexistent/model.gguf", err, sizeof err) == -1);
+    CHECK(std::string(err).find("/nonexistent/model.gguf") != std::string::npos);
+}
