@@ -59,7 +59,11 @@ fetch:
 	@sh dev/fetch_model.sh
 
 # ---- tests: CPU tests built with g++ and the sanitizers --------------------
-TEST_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
+TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
+# The numeric loops (layers, forward) run billions of iterations in the model
+# tests: there UBSan's per-operation checks would cost minutes, so they get
+# ASan only, at full optimisation.
+NUMERIC_TEST_FLAGS = -O3 -march=native -g -fsanitize=address --param asan-stack=0 -fno-omit-frame-pointer -fopenmp
 TEST_SRC   = $(wildcard test/test_*.cpp)
 TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
              $(LIB_C:%.c=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
@@ -67,7 +71,7 @@ TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
 build/test/%.o: %.c *.h | build
 	$(CC) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -c $< -o $@
 build/test/%.o: %.cu *.h | build
-	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -x c++ -c $< -o $@
+	$(CXX) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -x c++ -c $< -o $@
 build/test/%.o: test/%.cpp test/*.h *.h | build
 	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -c $< -o $@
 

@@ -124,6 +124,24 @@ void swiglu_cpu(float *out, const float *gate, const float *up, size_t n) {
     }
 }
 
+float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted) {
+    double total = 0.0;
+    int counted = 0;
+    for (int t = 0; t < n; t++) {
+        if (targets[t] == -100) continue;
+        const float *row = logits + (size_t)t * vocab;
+        // -log p = logsumexp(row) - row[target]
+        float max_logit = row[0];
+        for (int v = 1; v < vocab; v++) if (row[v] > max_logit) max_logit = row[v];
+        double sum = 0.0;
+        for (int v = 0; v < vocab; v++) sum += exp((double)(row[v] - max_logit));
+        total += log(sum) + max_logit - row[targets[t]];
+        counted++;
+    }
+    *n_counted = counted;
+    return counted ? (float)(total / counted) : 0.0f;
+}
+
 void residual_add_cpu(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }

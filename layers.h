@@ -31,6 +31,11 @@ void attention_cpu(float *out, const float *q, const float *k_cache, const float
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x))
 void swiglu_cpu(float *out, const float *gate, const float *up, size_t n);
 
+// Mean over t with targets[t] != -100 of -log softmax(logits[t])[targets[t]];
+// also returns the number of counted targets in *n_counted. targets are
+// already shifted: targets[t] is the token that should follow position t.
+float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
+
 // x += y
 void residual_add_cpu(float *x, const float *y, size_t n);
 

@@ -19,8 +19,11 @@ typedef enum {
 
 typedef struct Tokenizer Tokenizer;   // defined in tokenizer.c
 
+// Both loaders return NULL and write "path: what is wrong" into err on failure.
 Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size);
-// path: a tokenizer.json file
+// path: a tokenizer.json file. bos/eos come from the tokenizer_config.json
+// next to it when there is one (bos_token / eos_token); without an eos there,
+// eos is <|im_end|> when the vocabulary has it (ChatML models), else -1.
 Tokenizer *tokenizer_from_json(const char *path, char *err, size_t err_size);
 void tokenizer_free(Tokenizer *t);
 
@@ -35,19 +38,28 @@ int tokenizer_find(const Tokenizer *t, const char *token);
 // count, or -1 on allocation failure. Special/added tokens written in the
 // text are matched first when allow_special is set. Invalid UTF-8 is replaced
 // by U+FFFD per maximal ill-formed subpart (as Python's errors="replace").
+// As in HF tokenizers and llama.cpp, added tokens that are not special (HF
+// "special": false, GGUF token_type 4 user-defined) are matched even without
+// allow_special, and a byte whose token the vocabulary lacks is dropped.
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow_special, int **ids);
 
 // The bytes a token stands for (byte-level mapping undone); NULL for a bad id.
 const char *tokenizer_token_bytes(const Tokenizer *t, int id, size_t *len);
-// Decodes ids to a malloc'd NUL-terminated byte string (length in *len).
+// Decodes ids to a malloc'd NUL-terminated byte string (length in *len);
+// bad ids are skipped.
 char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, size_t *len);
 
 // ChatML: <|im_start|>role\ncontent<|im_end|>\n per message. A default system
 // message is added first when the first message is not "system" and the
-// tokenizer has one (SmolLM2's: "You are a helpful AI assistant named SmolLM,
-// trained by Hugging Face"). add_generation_prompt appends
+// tokenizer has one (PRETOK_SMOLLM tokenizers with <|im_start|> have
+// SmolLM2's: "You are a helpful AI assistant named SmolLM, trained by Hugging
+// Face"; the others none). add_generation_prompt appends
 // "<|im_start|>assistant\n". is_answer[i] is 1 for the tokens of assistant
-// contents and the <|im_end|> that closes them, 0 otherwise.
+// contents and the <|im_end|> that closes them, 0 otherwise. The ids equal
+// HF's encoding of the rendered string (special tokens in contents included);
+// a token that spans "\n" and the start of an answer counts as answer.
+// Returns the count, or -1 when the vocabulary has no <|im_start|> or
+// <|im_end|> (or memory runs out).
 typedef struct {
     const char *role;
     const char *content;
