@@ -19,6 +19,8 @@ ifeq ($(strip $(HAVE_NVCC)),)
   BUILD_KIND = cpu-only (no nvcc found)
 else
   BUILD_KIND = cpu + cuda ($(NVCC))
+  CUDA_HOME ?= $(realpath $(dir $(HAVE_NVCC))/..)
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread
 endif
 
 # Library sources (everything but the programs' main files).

@@ -153,6 +153,7 @@ int main(int argc, char **argv) {
     }
     double t2 = now_seconds();
     printf("\n");
+    fflush(stdout);
     fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s]\n", n_prompt,
             n_prompt / (t1 - t0), n_generated, n_generated / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
     sampler_free(&sampler);
