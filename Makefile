@@ -24,13 +24,13 @@ else
 endif
 
 # Library sources (everything but the programs' main files).
-LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c
+LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c
 LIB_CU = layers.cu forward.cu
-PROGRAMS = generate
+PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
 
-.PHONY: all fetch test clean
+.PHONY: all fetch test clean build
 all: fetch $(PROGRAMS)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
@@ -52,8 +52,9 @@ generate: build/generate.o $(LIB_OBJ)
 train: build/train.o $(LIB_OBJ)
 	$(CXX) $^ -o $@ $(LDLIBS)
 
+# Phony so that the folders are made even when build/ is already there.
 build:
-	@mkdir -p build build/test
+	@mkdir -p build build/data build/test build/test/data
 
 # ---- the default model (never committed; see models/SHA256SUMS) ----------
 DEFAULT_MODEL = models/SmolLM2-135M-Instruct.Q4_1.gguf
