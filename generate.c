@@ -4,6 +4,7 @@
 // the model in chunks to fill the key/value cache, then one token at a time is
 // chosen by the sampler and printed as soon as it is known.
 #include "forward.h"
+#include "json.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -19,6 +20,7 @@
 typedef struct {
     const char *model_path;
     const char *prompt;
+    char *prompt_from_file;
     const char *system;
     int max_new;
     float temperature;
@@ -31,7 +33,8 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ./generate [options]\n"
             "  --model PATH        GGUF file or HF model directory (default %s)\n"
-            "  --prompt TEXT       the prompt (required)\n"
+            "  --prompt TEXT       the prompt (this or --prompt-file is required)\n"
+            "  --prompt-file PATH  read the prompt from a file\n"
             "  --chat              wrap the prompt in the model's chat template as a user message\n"
             "  --system TEXT       system message for --chat (default: the model's own)\n"
             "  --max-new N         tokens to generate at most (default 128)\n"
@@ -58,8 +61,23 @@ static double number_arg(const char *flag, const char *value) {
     return x;
 }
 
+static char *read_prompt_file(const char *path) {
+    char err[512];
+    size_t len;
+    char *text = read_file(path, &len, err, sizeof err);
+    if (!text) {
+        fprintf(stderr, "generate: %s\n", err);
+        exit(1);
+    }
+    if (strlen(text) != len) {
+        fprintf(stderr, "generate: %s: contains a NUL byte\n", path);
+        exit(1);
+    }
+    return text;
+}
+
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
@@ -72,6 +90,7 @@ static Options parse_args(int argc, char **argv) {
         const char *value = argv[++i];
         if (strcmp(flag, "--model") == 0) o.model_path = value;
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
+        else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
         else if (strcmp(flag, "--max-new") == 0) o.max_new = (int)number_arg(flag, value);
         else if (strcmp(flag, "--temperature") == 0) o.temperature = (float)number_arg(flag, value);
@@ -83,7 +102,7 @@ static Options parse_args(int argc, char **argv) {
             exit(2);
         }
     }
-    if (!o.prompt) { fprintf(stderr, "generate: --prompt is required\n"); usage(stderr); exit(2); }
+    if (!o.prompt) { fprintf(stderr, "generate: --prompt or --prompt-file is required\n"); usage(stderr); exit(2); }
     if (o.max_new < 1) { fprintf(stderr, "generate: --max-new must be at least 1\n"); exit(2); }
     if (o.temperature < 0.0f) { fprintf(stderr, "generate: --temperature must be >= 0\n"); exit(2); }
     if (o.top_p <= 0.0f || o.top_p > 1.0f) { fprintf(stderr, "generate: --top-p must be in (0, 1]\n"); exit(2); }
@@ -139,7 +158,7 @@ int main(int argc, char **argv) {
         logits = forward_cpu(&model, &state, prompt + pos, n, pos, 0, NULL);
     }
     double t1 = now_seconds();
-    int n_generated = 0;
+    int n_generated = 0, n_decode_forwards = 0;
     for (int pos = n_prompt; n_generated < o.max_new; pos++) {
         int token = sampler_next(&sampler, logits);
         n_generated++;
@@ -150,15 +169,18 @@ int main(int argc, char **argv) {
         fflush(stdout);
         if (n_generated == o.max_new) break;
         logits = forward_cpu(&model, &state, &token, 1, pos, 0, NULL);
+        n_decode_forwards++;
     }
     double t2 = now_seconds();
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "[prompt %d tokens, %.1f tok/s | generated %d tokens, %.1f tok/s]\n", n_prompt,
-            n_prompt / (t1 - t0), n_generated, n_generated / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
+    fprintf(stderr, "[prompt: %d tokens in %.2f s, %.1f tok/s | generated %d tokens, decode %.1f tok/s]\n",
+            n_prompt, t1 - t0, n_prompt / (t1 - t0), n_generated,
+            n_decode_forwards ? n_decode_forwards / (t2 - t1) : 0.0);
     sampler_free(&sampler);
     infer_state_free(&state);
     free(prompt);
+    free(o.prompt_from_file);
     model_free(&model);
     return 0;
 }
