@@ -25,7 +25,7 @@ endif
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c
-LIB_CU = layers.cu forward.cu
+LIB_CU = layers.cu forward.cu adamw.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
@@ -34,16 +34,16 @@ LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
 all: fetch $(PROGRAMS)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
-build/%.o: %.c *.h | build
-	$(CC) $(CFLAGS) -c $< -o $@
+build/%.o: %.c | build
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # .cu files hold plain C++ host code plus (later) CUDA kernels.
 ifeq ($(strip $(HAVE_NVCC)),)
-build/%.o: %.cu *.h | build
-	$(CXX) $(CXXFLAGS) -x c++ -c $< -o $@
+build/%.o: %.cu | build
+	$(CXX) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
 else
-build/%.o: %.cu *.h | build
-	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native" -c $< -o $@
+build/%.o: %.cu | build
+	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native" -MMD -MP -c $< -o $@
 endif
 
 generate: build/generate.o $(LIB_OBJ)
@@ -57,7 +57,6 @@ build:
 	@mkdir -p build build/data build/test build/test/data
 
 # ---- the default model (never committed; see models/SHA256SUMS) ----------
-DEFAULT_MODEL = models/SmolLM2-135M-Instruct.Q4_1.gguf
 fetch:
 	@sh dev/fetch_model.sh
 
@@ -71,18 +70,21 @@ TEST_SRC   = $(wildcard test/test_*.cpp)
 TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
              $(LIB_C:%.c=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
 
-build/test/%.o: %.c *.h | build
-	$(CC) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -c $< -o $@
-build/test/%.o: %.cu *.h | build
-	$(CXX) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -x c++ -c $< -o $@
-build/test/%.o: test/%.cpp test/*.h *.h | build
-	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -c $< -o $@
+build/test/%.o: %.c | build
+	$(CC) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
+build/test/%.o: %.cu | build
+	$(CXX) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+build/test/%.o: test/%.cpp | build
+	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -MMD -MP -c $< -o $@
 
 build/test_cpu: $(TEST_OBJ)
 	$(CXX) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
 
 test: fetch build/test_cpu
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./build/test_cpu
+
+# header dependencies, written by -MMD
+-include $(wildcard build/*.d build/*/*.d build/test/*/*.d)
 
 clean:
 	rm -rf build $(PROGRAMS)

@@ -64,23 +64,23 @@ static void attention_block(const Config *c, const LayerWeights *w, InferState *
     float *k_new = k_cache + (size_t)pos * kv_dim;
     float *v_new = v_cache + (size_t)pos * kv_dim;
     rmsnorm_cpu(s->xn, s->x, w->attn_norm, n, c->dim, c->norm_eps);
-    matmul_cpu(s->q, s->xn, w->wq, w->bq, n, c->dim, q_dim);
-    matmul_cpu(k_new, s->xn, w->wk, w->bk, n, c->dim, kv_dim);
-    matmul_cpu(v_new, s->xn, w->wv, w->bv, n, c->dim, kv_dim);
+    matmul_cpu<float>(s->q, s->xn, w->wq, w->bq, n, c->dim, q_dim);
+    matmul_cpu<float>(k_new, s->xn, w->wk, w->bk, n, c->dim, kv_dim);
+    matmul_cpu<float>(v_new, s->xn, w->wv, w->bv, n, c->dim, kv_dim);
     rope_cpu(s->q, s->positions, s->inv_freq, n, c->n_heads, c->head_dim);
     rope_cpu(k_new, s->positions, s->inv_freq, n, c->n_kv_heads, c->head_dim);
     attention_cpu(s->att, s->q, k_cache, v_cache, n, pos, c->n_heads, c->n_kv_heads, c->head_dim);
-    matmul_cpu(s->proj, s->att, w->wo, NULL, n, q_dim, c->dim);
+    matmul_cpu<float>(s->proj, s->att, w->wo, NULL, n, q_dim, c->dim);
     residual_add_cpu(s->x, s->proj, (size_t)n * c->dim);
 }
 
 // x += Wdown (silu(Wgate xn) * Wup xn)
 static void mlp_block(const Config *c, const LayerWeights *w, InferState *s, int n) {
     rmsnorm_cpu(s->xn, s->x, w->mlp_norm, n, c->dim, c->norm_eps);
-    matmul_cpu(s->gate, s->xn, w->w_gate, NULL, n, c->dim, c->hidden_dim);
-    matmul_cpu(s->up, s->xn, w->w_up, NULL, n, c->dim, c->hidden_dim);
+    matmul_cpu<float>(s->gate, s->xn, w->w_gate, NULL, n, c->dim, c->hidden_dim);
+    matmul_cpu<float>(s->up, s->xn, w->w_up, NULL, n, c->dim, c->hidden_dim);
     swiglu_cpu(s->gate, s->gate, s->up, (size_t)n * c->hidden_dim);
-    matmul_cpu(s->proj, s->gate, w->w_down, NULL, n, c->hidden_dim, c->dim);
+    matmul_cpu<float>(s->proj, s->gate, w->w_down, NULL, n, c->hidden_dim, c->dim);
     residual_add_cpu(s->x, s->proj, (size_t)n * c->dim);
 }
 
@@ -102,6 +102,6 @@ const float *forward_cpu(const Model *m, InferState *s, const int *tokens, int n
     int n_out = n - first;
     rmsnorm_cpu(s->xn, s->x + (size_t)first * c->dim, m->final_norm, n_out, c->dim, c->norm_eps);
     if (hidden_norms) hidden_norms[c->n_layers] = l2_norm(s->xn + (size_t)(n_out - 1) * c->dim, c->dim);
-    matmul_cpu(s->logits, s->xn, m->lm_head, NULL, n_out, c->dim, c->vocab_size);
+    matmul_cpu<float>(s->logits, s->xn, m->lm_head, NULL, n_out, c->dim, c->vocab_size);
     return s->logits;
 }

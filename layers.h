@@ -1,44 +1,72 @@
-// layers.h: the operations a Llama-family transformer is made of, as plain
-// fp32 CPU functions (the reference that the CUDA kernels are tested against).
-// Activations are row-major [n_tokens, width].
+// layers.h: the operations a Llama-family transformer is made of, forward and
+// backward, as plain CPU functions: the reference that the CUDA kernels are
+// tested against. Activations are row-major [n_tokens, width].
+//
+// Each function is a template on the number type: the model runs them in
+// float; the tests run them in double to check every backward function
+// against central finite differences. Backward functions ACCUMULATE (+=)
+// into their gradient outputs, so a tensor used twice gets both parts.
 #pragma once
+#include <stddef.h>
 #include "model.h"
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
 // out[n, out_dim] = in[n, in_dim] W^T + bias   (W is [out_dim, in_dim]; bias may be NULL)
-void matmul_cpu(float *out, const float *in, const float *weight, const float *bias,
-                int n, int in_dim, int out_dim);
+template <typename Real>
+void matmul_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim);
+// d_in[n, in_dim] += d_out[n, out_dim] W
+template <typename Real>
+void matmul_backward_input_cpu(Real *d_in, const Real *d_out, const Real *weight, int n, int in_dim, int out_dim);
+// d_weight[out_dim, in_dim] += d_out^T in
+template <typename Real>
+void matmul_backward_weight_cpu(Real *d_weight, const Real *d_out, const Real *in, int n, int in_dim, int out_dim);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, per row of width dim
-void rmsnorm_cpu(float *out, const float *x, const float *weight, int n, int dim, float eps);
+template <typename Real>
+void rmsnorm_cpu(Real *out, const Real *x, const Real *weight, int n, int dim, float eps);
+// d_x += d_out through the norm (the weight is frozen: no gradient for it)
+template <typename Real>
+void rmsnorm_backward_cpu(Real *d_x, const Real *d_out, const Real *x, const Real *weight, int n, int dim, float eps);
 
 // inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2, with Llama-3 scaling when configured
 void rope_inv_freq(const Config *c, float *inv_freq);
-
 // Rotates each head of x[n, n_heads * head_dim] in place by angle pos * inv_freq[i],
 // pairing dimensions (i, i + head_dim/2) (HF's rotate_half convention).
-void rope_cpu(float *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
+template <typename Real>
+void rope_cpu(Real *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
+// The gradient of a rotation is the inverse rotation: d_x rotated by -angle, in place.
+template <typename Real>
+void rope_backward_cpu(Real *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
 
 // Causal grouped-query attention for n new queries at positions pos0..pos0+n-1
-// over keys/values 0..pos0+n-1 held in k_cache/v_cache [max_seq, n_kv_heads * head_dim].
-// out[n, n_heads * head_dim]; scratch holds pos0 + n floats per thread.
-void attention_cpu(float *out, const float *q, const float *k_cache, const float *v_cache,
-                   int n, int pos0, int n_heads, int n_kv_heads, int head_dim);
+// over keys/values 0..pos0+n-1 held in k/v [pos0 + n, n_kv_heads * head_dim].
+// q and out are [n, n_heads * head_dim].
+template <typename Real>
+void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
+                   int n_kv_heads, int head_dim);
+// Backward of attention_cpu for a whole sequence (pos0 = 0): recomputes the
+// softmax from q and k, then d_q, d_k, d_v += the gradients.
+template <typename Real>
+void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
+                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim);
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x))
-void swiglu_cpu(float *out, const float *gate, const float *up, size_t n);
+template <typename Real>
+void swiglu_cpu(Real *out, const Real *gate, const Real *up, size_t n);
+template <typename Real>
+void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real *gate, const Real *up, size_t n);
 
-// Mean over t with targets[t] != -100 of -log softmax(logits[t])[targets[t]];
-// also returns the number of counted targets in *n_counted. targets are
-// already shifted: targets[t] is the token that should follow position t.
+// Sum over t with targets[t] != -100 of -log softmax(logits[t])[targets[t]],
+// returned as a double; *n_counted gets the number of counted targets.
+// targets are already shifted: targets[t] is the token that should follow t.
+template <typename Real>
+double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted);
+// d_logits += scale * (softmax(logits[t]) - onehot(targets[t])) for counted t
+template <typename Real>
+void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
+                                double scale);
+// The mean answer-only loss (sum / count, 0 when nothing is counted).
 float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
 
 // x += y
-void residual_add_cpu(float *x, const float *y, size_t n);
-
-#ifdef __cplusplus
-}
-#endif
+template <typename Real>
+void residual_add_cpu(Real *x, const Real *y, size_t n);

@@ -1,0 +1,159 @@
+// Every backward function in layers.cu against central finite differences,
+// all in double precision. For an operation y = f(x) we take a fixed random
+// projection L = sum_k w_k y_k, get dL/dx from the backward function (fed
+// d_out = w), and compare it with (L(x + h e_i) - L(x - h e_i)) / 2h for every
+// input element i. With h = 1e-5 the truncation error is ~h^2 and rounding
+// ~1e-16/h, so the relative error max|num - analytic| / max|num| must be
+// below 1e-5 (a wrong term gives errors of order 1).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "layers.h"
+
+using Vec = std::vector<double>;
+
+static Vec random_vec(size_t n, std::mt19937 &rng, double scale = 1.0) {
+    std::normal_distribution<double> normal(0.0, scale);
+    Vec v(n);
+    for (double &x : v) x = normal(rng);
+    return v;
+}
+
+static double dot(const Vec &a, const Vec &b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
+    return s;
+}
+
+// Relative error of analytic against central differences of loss() in x.
+static double gradient_error(const std::function<double()> &loss, Vec &x, const Vec &analytic) {
+    const double h = 1e-5;
+    double worst_diff = 0, largest = 1e-30;
+    for (size_t i = 0; i < x.size(); i++) {
+        double saved = x[i];
+        x[i] = saved + h;
+        double plus = loss();
+        x[i] = saved - h;
+        double minus = loss();
+        x[i] = saved;
+        double numeric = (plus - minus) / (2 * h);
+        worst_diff = std::fmax(worst_diff, std::fabs(numeric - analytic[i]));
+        largest = std::fmax(largest, std::fabs(numeric));
+    }
+    return worst_diff / largest;
+}
+
+static const double MAX_RELATIVE_ERROR = 1e-5;
+
+TEST_CASE("layers backward: matmul input and weight gradients") {
+    std::mt19937 rng(1);
+    const int n = 3, in_dim = 5, out_dim = 4;
+    Vec x = random_vec(n * in_dim, rng), w = random_vec(out_dim * in_dim, rng), b = random_vec(out_dim, rng);
+    Vec proj = random_vec(n * out_dim, rng), y(n * out_dim);
+    auto loss = [&] {
+        matmul_cpu(y.data(), x.data(), w.data(), b.data(), n, in_dim, out_dim);
+        return dot(proj, y);
+    };
+    Vec dx(x.size(), 0.0), dw(w.size(), 0.0);
+    matmul_backward_input_cpu(dx.data(), proj.data(), w.data(), n, in_dim, out_dim);
+    matmul_backward_weight_cpu(dw.data(), proj.data(), x.data(), n, in_dim, out_dim);
+    CHECK(gradient_error(loss, x, dx) < MAX_RELATIVE_ERROR);
+    CHECK(gradient_error(loss, w, dw) < MAX_RELATIVE_ERROR);
+}
+
+TEST_CASE("layers backward: RMSNorm") {
+    std::mt19937 rng(2);
+    const int n = 3, dim = 8;
+    Vec x = random_vec(n * dim, rng), weight = random_vec(dim, rng), proj = random_vec(n * dim, rng), y(n * dim);
+    auto loss = [&] {
+        rmsnorm_cpu(y.data(), x.data(), weight.data(), n, dim, 1e-5f);
+        return dot(proj, y);
+    };
+    Vec dx(x.size(), 0.0);
+    rmsnorm_backward_cpu(dx.data(), proj.data(), x.data(), weight.data(), n, dim, 1e-5f);
+    CHECK(gradient_error(loss, x, dx) < MAX_RELATIVE_ERROR);
+}
+
+TEST_CASE("layers backward: RoPE") {
+    std::mt19937 rng(3);
+    const int n = 3, heads = 2, head_dim = 8;
+    Config c = {};
+    c.head_dim = head_dim;
+    c.rope_theta = 10000.0f;
+    float inv_freq[head_dim / 2];
+    rope_inv_freq(&c, inv_freq);
+    int positions[n] = {0, 5, 17};
+    Vec x = random_vec(n * heads * head_dim, rng), proj = random_vec(x.size(), rng);
+    auto loss = [&] {
+        Vec y = x;
+        rope_cpu(y.data(), positions, inv_freq, n, heads, head_dim);
+        return dot(proj, y);
+    };
+    Vec dx = proj;
+    rope_backward_cpu(dx.data(), positions, inv_freq, n, heads, head_dim);
+    CHECK(gradient_error(loss, x, dx) < MAX_RELATIVE_ERROR);
+}
+
+TEST_CASE("layers backward: causal grouped-query attention") {
+    std::mt19937 rng(4);
+    const int n = 5, heads = 4, kv_heads = 2, head_dim = 4;
+    const int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    Vec q = random_vec(n * q_dim, rng), k = random_vec(n * kv_dim, rng), v = random_vec(n * kv_dim, rng);
+    Vec proj = random_vec(n * q_dim, rng), out(n * q_dim);
+    auto loss = [&] {
+        attention_cpu(out.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim);
+        return dot(proj, out);
+    };
+    Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    attention_backward_cpu(dq.data(), dk.data(), dv.data(), proj.data(), q.data(), k.data(), v.data(), n, heads,
+                           kv_heads, head_dim);
+    CHECK(gradient_error(loss, q, dq) < MAX_RELATIVE_ERROR);
+    CHECK(gradient_error(loss, k, dk) < MAX_RELATIVE_ERROR);
+    CHECK(gradient_error(loss, v, dv) < MAX_RELATIVE_ERROR);
+}
+
+TEST_CASE("layers: attention over a cache equals attention over the whole sequence") {
+    std::mt19937 rng(5);
+    const int n = 6, heads = 4, kv_heads = 2, head_dim = 4, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    Vec q = random_vec(n * q_dim, rng), k = random_vec(n * kv_dim, rng), v = random_vec(n * kv_dim, rng);
+    Vec whole(n * q_dim), last(q_dim);
+    attention_cpu(whole.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim);
+    attention_cpu(last.data(), q.data() + (n - 1) * q_dim, k.data(), v.data(), 1, n - 1, heads, kv_heads, head_dim);
+    for (int i = 0; i < q_dim; i++) CHECK(last[i] == doctest::Approx(whole[(n - 1) * q_dim + i]).epsilon(1e-12));
+}
+
+TEST_CASE("layers backward: SwiGLU") {
+    std::mt19937 rng(6);
+    const size_t n = 20;
+    Vec gate = random_vec(n, rng, 2.0), up = random_vec(n, rng), proj = random_vec(n, rng), y(n);
+    auto loss = [&] {
+        swiglu_cpu(y.data(), gate.data(), up.data(), n);
+        return dot(proj, y);
+    };
+    Vec d_gate(n, 0.0), d_up(n, 0.0);
+    swiglu_backward_cpu(d_gate.data(), d_up.data(), proj.data(), gate.data(), up.data(), n);
+    CHECK(gradient_error(loss, gate, d_gate) < MAX_RELATIVE_ERROR);
+    CHECK(gradient_error(loss, up, d_up) < MAX_RELATIVE_ERROR);
+}
+
+TEST_CASE("layers backward: cross-entropy with ignored targets") {
+    std::mt19937 rng(7);
+    const int n = 4, vocab = 7;
+    Vec logits = random_vec(n * vocab, rng, 3.0);
+    int targets[n] = {3, -100, 0, 6};
+    auto loss = [&] {
+        int counted;
+        return cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);
+    };
+    Vec d_logits(logits.size(), 0.0);
+    cross_entropy_backward_cpu(d_logits.data(), logits.data(), targets, n, vocab, 1.0);
+    CHECK(gradient_error(loss, logits, d_logits) < MAX_RELATIVE_ERROR);
+    for (int v = 0; v < vocab; v++) CHECK(d_logits[1 * vocab + v] == 0.0);   // the ignored row
+    int counted;
+    cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);
+    CHECK(counted == 3);
+}
