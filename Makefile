@@ -25,7 +25,7 @@ endif
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c
-LIB_CU = layers.cu forward.cu adamw.cu
+LIB_CU = layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)

@@ -1,0 +1,49 @@
+// lora.h: Low-Rank Adaptation of a frozen linear layer (HF peft semantics).
+//   y = x W^T + s (dropout(x) A^T) B^T,   A [r, in], B [out, r], s = alpha / r
+// W stays frozen; only A and B are trained. B starts at zero, so the adapted
+// layer starts equal to the base one.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+// The seven linear layers of a transformer block that can carry an adapter.
+typedef enum { TARGET_Q, TARGET_K, TARGET_V, TARGET_O, TARGET_GATE, TARGET_UP, TARGET_DOWN, N_TARGETS } LoraTarget;
+
+typedef struct {
+    int in_dim, out_dim, rank;
+    float scaling;   // alpha / rank (or alpha / sqrt(rank) with rsLoRA)
+    float *A;        // [rank, in_dim]
+    float *B;        // [out_dim, rank]
+    float *dA;       // gradients, same shapes
+    float *dB;
+} LoraAdapter;
+
+// Allocates A, B and their gradients: A ~ U(-1/sqrt(in), 1/sqrt(in)) from the
+// seed (kaiming-uniform with a = sqrt(5), as peft), B = 0, gradients 0.
+int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed);
+void lora_free(LoraAdapter *a);
+
+// Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
+// else 1 / (1 - p). Deterministic in (seed, step, layer, target), so the CUDA
+// path and recompute can regenerate the same mask. p == 0 gives all ones.
+void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed);
+
+// The shapes of one adapted linear layer.
+typedef struct {
+    int n;          // tokens
+    int in_dim, out_dim, rank;
+    float scaling;
+} LoraShape;
+
+// y[n, out] += s ((x * keep) A^T) B^T. Saves xa = (x * keep) A^T [n, rank]
+// for backward; keep may be NULL (no dropout). scratch: n * (in + out) values.
+template <typename Real>
+void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
+                      Real *scratch);
+
+// Given dy [n, out]: dB += s dy^T xa; d_xa = s dy B; dA += d_xa^T (x * keep);
+// dx [n, in] += (d_xa A) * keep (dx may be NULL when x needs no gradient).
+// scratch: n * (rank + in + out) values.
+template <typename Real>
+void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real *x, const float *keep, const Real *A,
+                       const Real *B, const Real *xa, LoraShape s, Real *scratch);
