@@ -25,7 +25,7 @@ endif
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c
-LIB_CU = layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu
+LIB_CU = layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
@@ -80,7 +80,7 @@ build/test/%.o: test/%.cpp | build
 build/test_cpu: $(TEST_OBJ)
 	$(CXX) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
 
-test: fetch build/test_cpu
+test: fetch train build/test_cpu
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./build/test_cpu
 
 # header dependencies, written by -MMD

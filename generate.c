@@ -3,6 +3,7 @@
 // The prompt is encoded (optionally wrapped in the chat template), run through
 // the model in chunks to fill the key/value cache, then one token at a time is
 // chosen by the sampler and printed as soon as it is known.
+#include "adapter.h"
 #include "forward.h"
 #include "json.h"
 #include "model.h"
@@ -19,6 +20,7 @@
 
 typedef struct {
     const char *model_path;
+    const char *adapter_dir;
     const char *prompt;
     char *prompt_from_file;
     const char *system;
@@ -33,6 +35,7 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: ./generate [options]\n"
             "  --model PATH        GGUF file or HF model directory (default %s)\n"
+            "  --adapter DIR       merge a LoRA adapter (peft layout, as ./train writes) into the model\n"
             "  --prompt TEXT       the prompt (this or --prompt-file is required)\n"
             "  --prompt-file PATH  read the prompt from a file\n"
             "  --chat              wrap the prompt in the model's chat template as a user message\n"
@@ -77,7 +80,7 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
@@ -89,6 +92,7 @@ static Options parse_args(int argc, char **argv) {
         }
         const char *value = argv[++i];
         if (strcmp(flag, "--model") == 0) o.model_path = value;
+        else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = value;
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
         else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
@@ -128,6 +132,16 @@ int main(int argc, char **argv) {
     if (model_load(&model, o.model_path, err, sizeof err) != 0) {
         fprintf(stderr, "generate: %s\n", err);
         return 1;
+    }
+    if (o.adapter_dir) {
+        AdapterInfo info;
+        if (adapter_merge_peft(&model, o.adapter_dir, &info, err, sizeof err) != 0) {
+            fprintf(stderr, "generate: %s\n", err);
+            model_free(&model);
+            return 1;
+        }
+        fprintf(stderr, "adapter: %s (%d modules merged, rank %d, scaling %g)\n", o.adapter_dir, info.n_merged,
+                info.rank, info.scaling);
     }
     const Config *c = &model.config;
     int *prompt = NULL;

@@ -27,15 +27,20 @@ void matmul_cpu(Real *out, const Real *in, const Real *weight, const Real *bias,
 
 template <typename Real>
 void matmul_backward_input_cpu(Real *d_in, const Real *d_out, const Real *weight, int n, int in_dim, int out_dim) {
-    // d_in[t][i] += sum_o d_out[t][o] * W[o][i]
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
-        Real *dx = d_in + (size_t)t * in_dim;
+    // d_in[t][i] += sum_o d_out[t][o] * W[o][i], for a tile of tokens at a
+    // time so that each row of W is read from memory once per tile
+    const int tile = 16;
+    #pragma omp parallel for schedule(dynamic)
+    for (int first = 0; first < n; first += tile) {
+        int last = first + tile < n ? first + tile : n;
         for (int o = 0; o < out_dim; o++) {
-            Real g = d_out[(size_t)t * out_dim + o];
             const Real *w_row = weight + (size_t)o * in_dim;
-            #pragma omp simd
-            for (int i = 0; i < in_dim; i++) dx[i] += g * w_row[i];
+            for (int t = first; t < last; t++) {
+                Real g = d_out[(size_t)t * out_dim + o];
+                Real *dx = d_in + (size_t)t * in_dim;
+                #pragma omp simd
+                for (int i = 0; i < in_dim; i++) dx[i] += g * w_row[i];
+            }
         }
     }
 }

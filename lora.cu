@@ -2,8 +2,11 @@
 // and backward. The frozen base product x W^T is computed by the caller.
 #include "lora.h"
 #include "layers.h"
+#include "safetensors.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,3 +110,166 @@ template void lora_backward_cpu(float *, float *, float *, const float *, const 
                                 const float *, const float *, LoraShape, float *);
 template void lora_backward_cpu(double *, double *, double *, const double *, const double *, const float *,
                                 const double *, const double *, const double *, LoraShape, double *);
+
+// ---- all adapters of a model -----------------------------------------------
+
+const char *const LORA_TARGET_NAMES[N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size) {
+    for (int t = 0; t < N_TARGETS; t++) enabled[t] = 0;
+    const char *p = list;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        int found = -1;
+        for (int t = 0; t < N_TARGETS; t++)
+            if (strlen(LORA_TARGET_NAMES[t]) == len && strncmp(p, LORA_TARGET_NAMES[t], len) == 0) found = t;
+        if (found < 0) {
+            snprintf(err, err_size, "unknown LoRA target '%.*s' (choose from q,k,v,o,gate,up,down)", (int)len, p);
+            return -1;
+        }
+        enabled[found] = 1;
+        p += len + (end ? 1 : 0);
+    }
+    int any = 0;
+    for (int t = 0; t < N_TARGETS; t++) any |= enabled[t];
+    if (!any) { snprintf(err, err_size, "no LoRA targets given"); return -1; }
+    return 0;
+}
+
+// in and out width of each target's linear layer
+static void target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
+    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    int ins[N_TARGETS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};
+    int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
+    *in_dim = ins[target];
+    *out_dim = outs[target];
+}
+
+int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
+                  float dropout, uint64_t seed) {
+    memset(set, 0, sizeof *set);
+    set->n_layers = c->n_layers;
+    for (int t = 0; t < N_TARGETS; t++) set->enabled[t] = enabled[t];
+    set->rank = rank;
+    set->alpha = alpha;
+    set->rslora = rslora;
+    set->dropout = dropout;
+    set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(LoraAdapter));
+    if (!set->adapters) return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int t = 0; t < N_TARGETS; t++) {
+            if (!enabled[t]) continue;
+            int in_dim, out_dim;
+            target_dims(c, t, &in_dim, &out_dim);
+            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t);
+            if (lora_init(&set->adapters[l * N_TARGETS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
+                lora_set_free(set);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+void lora_set_free(LoraSet *set) {
+    if (set->adapters)
+        for (int i = 0; i < set->n_layers * N_TARGETS; i++) lora_free(&set->adapters[i]);
+    free(set->adapters);
+    memset(set, 0, sizeof *set);
+}
+
+size_t lora_set_num_params(const LoraSet *set) {
+    size_t total = 0;
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+        const LoraAdapter *a = &set->adapters[i];
+        if (a->A) total += (size_t)a->rank * (a->in_dim + a->out_dim);
+    }
+    return total;
+}
+
+void lora_set_zero_grads(LoraSet *set) {
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+        LoraAdapter *a = &set->adapters[i];
+        if (!a->A) continue;
+        memset(a->dA, 0, sizeof(float) * a->rank * a->in_dim);
+        memset(a->dB, 0, sizeof(float) * a->out_dim * a->rank);
+    }
+}
+
+// peft's module path of (layer, target) for this architecture's HF names.
+static void peft_module_name(const Config *c, int layer, int target, char *out, size_t size) {
+    static const char *const LLAMA[N_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                  "mlp.down_proj"};
+    static const char *const EXAONE[N_TARGETS] = {"attn.attention.q_proj", "attn.attention.k_proj",
+                                                   "attn.attention.v_proj", "attn.attention.out_proj",
+                                                   "mlp.c_fc_0", "mlp.c_fc_1", "mlp.c_proj"};
+    if (c->arch == ARCH_EXAONE) snprintf(out, size, "base_model.model.transformer.h.%d.%s", layer, EXAONE[target]);
+    else snprintf(out, size, "base_model.model.model.layers.%d.%s", layer, LLAMA[target]);
+}
+
+static const char *peft_target_module(const Config *c, int target) {
+    static const char *const LLAMA[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"};
+    static const char *const EXAONE[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1",
+                                                   "c_proj"};
+    return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
+}
+
+static int write_adapter_config(const LoraSet *set, const Config *c, const char *path, const char *base_model,
+                                char *err, size_t err_size) {
+    FILE *f = fopen(path, "w");
+    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    fprintf(f, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": \"%s\",\n",
+            base_model);
+    fprintf(f, "  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
+            set->alpha, set->dropout);
+    int first = 1;
+    for (int t = 0; t < N_TARGETS; t++) {
+        if (!set->enabled[t]) continue;
+        fprintf(f, "%s\"%s\"", first ? "" : ", ", peft_target_module(c, t));
+        first = 0;
+    }
+    fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
+               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true\n}\n",
+            set->rslora ? "true" : "false");
+    int failed = ferror(f);
+    if (fclose(f) != 0 || failed) { snprintf(err, err_size, "%s: write failed", path); return -1; }
+    return 0;
+}
+
+int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
+                       char *err, size_t err_size) {
+    int n_tensors = 0;
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
+    TensorInfo *tensors = (TensorInfo *)calloc((size_t)n_tensors, sizeof(TensorInfo));
+    char (*names)[160] = (char (*)[160])calloc((size_t)n_tensors, 160);
+    int k = 0;
+    for (int l = 0; l < set->n_layers; l++) {
+        for (int t = 0; t < N_TARGETS; t++) {
+            const LoraAdapter *a = &set->adapters[l * N_TARGETS + t];
+            if (!a->A) continue;
+            char module[128];
+            peft_module_name(c, l, t, module, sizeof module);
+            for (int which = 0; which < 2; which++, k++) {
+                snprintf(names[k], 160, "%s.lora_%s.weight", module, which ? "B" : "A");
+                tensors[k].name = names[k];
+                tensors[k].dtype = DT_F32;
+                tensors[k].ndim = 2;
+                tensors[k].shape[0] = which ? a->out_dim : a->rank;
+                tensors[k].shape[1] = which ? a->rank : a->in_dim;
+                tensors[k].data = which ? a->B : a->A;
+                tensors[k].nbytes = sizeof(float) * (size_t)a->rank * (which ? a->out_dim : a->in_dim);
+            }
+        }
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    int status = safetensors_write(path, tensors, n_tensors, err, err_size);
+    free(tensors);
+    free(names);
+    if (status != 0) return -1;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    return write_adapter_config(set, c, path, base_model, err, err_size);
+}

@@ -5,6 +5,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "model.h"
 
 // The seven linear layers of a transformer block that can carry an adapter.
 typedef enum { TARGET_Q, TARGET_K, TARGET_V, TARGET_O, TARGET_GATE, TARGET_UP, TARGET_DOWN, N_TARGETS } LoraTarget;
@@ -47,3 +48,31 @@ void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, 
 template <typename Real>
 void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real *x, const float *keep, const Real *A,
                        const Real *B, const Real *xa, LoraShape s, Real *scratch);
+
+// ---- all adapters of a model -----------------------------------------------
+
+extern const char *const LORA_TARGET_NAMES[N_TARGETS];   // "q", "k", "v", "o", "gate", "up", "down"
+
+typedef struct {
+    int n_layers;
+    int enabled[N_TARGETS];   // which targets carry adapters
+    int rank;
+    float alpha;
+    int rslora;
+    float dropout;
+    LoraAdapter *adapters;    // [n_layers * N_TARGETS]; disabled targets are all NULL
+} LoraSet;
+
+// Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
+int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size);
+// Creates adapters for every enabled target of every layer; each A gets its
+// own seed derived from seed, layer and target.
+int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
+                  float dropout, uint64_t seed);
+void lora_set_free(LoraSet *set);
+size_t lora_set_num_params(const LoraSet *set);
+void lora_set_zero_grads(LoraSet *set);
+// Writes dir/adapter_model.safetensors and dir/adapter_config.json in HF
+// peft's layout and names, so peft can load the adapter onto the base model.
+int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
+                       char *err, size_t err_size);

@@ -1,54 +1,79 @@
-// train.cu: ./train, the QLoRA fine-tuning program. Fine-tuning itself (NF4 +
-// LoRA + AdamW) is not written yet; for now it measures the starting point:
-// the base model's answer-only loss and perplexity on RAFT samples, computed
-// with the CPU forward pass.
-//   ./train --data data/sample_raft.jsonl
+// train.cu: ./train, QLoRA fine-tuning on RAFT samples (CPU reference path).
+//   ./train                              the default model on data/sample_raft.jsonl
+//   ./train --data my.jsonl --steps 100 --lr 2e-4 --out out/my-run
+// The base model is frozen (NF4 by default), LoRA adapters on q,k,v,o,gate,up,
+// down are trained with AdamW on the answer tokens only; the adapter is saved
+// in HF peft's layout.
+#include "adamw.h"
+#include "base_weights.h"
+#include "checkpoint.h"
 #include "data/raft.h"
-#include "forward.h"
-#include "layers.h"
+#include "lora.h"
 #include "model.h"
+#include "nf4.h"
+#include "train_step.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define DEFAULT_DATA "data/sample_raft.jsonl"
-#define DEFAULT_SEQ 1024
 
 typedef struct {
-    const char *model_path;
-    const char *data_path;
-    int max_seq;
-    const char *device;
+    const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at;
+    float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac;
 } Options;
 
-// One sample as tokens, with its shifted answer-only targets (see raft_encode).
-typedef struct {
-    int *ids;          // NULL when the sample was skipped
-    int *targets;
-    int n_tokens;
-    int n_answer;      // targets that are not RAFT_IGNORE
-} EncodedSample;
+static const Options DEFAULTS = {
+    DEFAULT_MODEL, DEFAULT_DATA, NULL, "auto", "out", "q,k,v,o,gate,up,down", "nf4", NULL,
+    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0,
+    5e-4f, 0.1f, 0.1f, 1.0f, 0.0f, 32.0f, 0.05f, 0.125f,
+};
 
 static void usage(FILE *out) {
+    const Options *d = &DEFAULTS;
     fprintf(out,
             "usage: ./train [options]\n"
-            "Measures the base model's answer-only loss on RAFT samples (fine-tuning is not implemented yet).\n"
-            "  --model PATH    GGUF file or HF model directory (default %s)\n"
-            "  --data PATH     RAFT samples, one JSON object a line (default %s)\n"
-            "  --seq N         max tokens per sample; longer samples are skipped (default %d)\n"
-            "  --device D      cpu, cuda or auto (default auto, which is cpu for now)\n",
-            DEFAULT_MODEL, DEFAULT_DATA, DEFAULT_SEQ);
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+            "QLoRA fine-tuning: frozen (NF4) base + LoRA adapters, answer-only loss on RAFT samples.\n"
+            "  --model PATH        GGUF file or HF model directory (default %s)\n"
+            "  --data PATH         RAFT samples, JSONL (default %s)\n"
+            "  --val-data PATH     validation samples (default: hold out --val-frac of --data)\n"
+            "  --val-frac F        share of --data held out when no --val-data (default %g)\n"
+            "  --device D          cpu, cuda or auto (default %s; only cpu is implemented yet)\n"
+            "  --steps N           optimizer steps (default %d; --epochs overrides)\n"
+            "  --epochs N          passes over the training samples (default: use --steps)\n"
+            "  --batch N           sequences per micro-batch (default %d)\n"
+            "  --grad-accum N      micro-batches per optimizer step (default %d)\n"
+            "  --seq N             max tokens per sample; longer ones are skipped and counted (default %d)\n"
+            "  --lr LR             peak learning rate (default %g)\n"
+            "  --warmup W          warmup steps, or a fraction of the steps when < 1 (default %g)\n"
+            "  --lr-min-frac F     cosine decay floor as a fraction of --lr (default %g)\n"
+            "  --clip C            global gradient-norm clip, 0 = off (default %g)\n"
+            "  --weight-decay WD   AdamW decoupled weight decay (default %g)\n"
+            "  --rank R            LoRA rank (default %d)\n"
+            "  --alpha A           LoRA alpha; scaling = alpha / rank (default %g)\n"
+            "  --rslora            scaling = alpha / sqrt(rank)\n"
+            "  --lora-dropout P    dropout on the adapter input (default %g)\n"
+            "  --targets LIST      adapted layers among q,k,v,o,gate,up,down (default %s)\n"
+            "  --quant Q           nf4 (QLoRA) or none (plain LoRA on an fp32 base) (default %s)\n"
+            "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
+            "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
+            "  --eval-every N      validation loss every N steps (default %d)\n"
+            "  --seed S            seed for adapters, dropout and data order (default %d)\n"
+            "  --out DIR           where the log, checkpoints and adapter go (default %s)\n"
+            "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
+            "  --resume DIR        continue the run whose --out was DIR (same model, data and options)\n"
+            "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n",
+            d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
+            d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
+            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -57,37 +82,75 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
-// Parses a whole-number option; exits with a clear message when it is not one.
-static int int_arg(const char *flag, const char *value) {
+static double number_arg(const char *flag, const char *value) {
     char *end;
-    long x = strtol(value, &end, 10);
-    if (*value == '\0' || *end != '\0' || x < INT_MIN || x > INT_MAX) {
+    double x = strtod(value, &end);
+    if (*value == '\0' || *end != '\0' || !isfinite(x)) {
+        fprintf(stderr, "train: %s expects a number, got '%s'\n", flag, value);
+        exit(2);
+    }
+    return x;
+}
+
+static int int_arg(const char *flag, const char *value) {
+    double x = number_arg(flag, value);
+    if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
         fprintf(stderr, "train: %s expects a whole number, got '%s'\n", flag, value);
-        usage(stderr);
         exit(2);
     }
     return (int)x;
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, DEFAULT_DATA, DEFAULT_SEQ, "auto"};
+    Options o = DEFAULTS;
     for (int i = 1; i < argc; i++) {
-        const char *flag = argv[i];
-        if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
-        int known = strcmp(flag, "--model") == 0 || strcmp(flag, "--data") == 0 || strcmp(flag, "--seq") == 0 ||
-                    strcmp(flag, "--device") == 0;
-        if (!known) bad_usage("unknown option ", flag);
-        if (i + 1 >= argc) bad_usage("missing value for ", flag);
-        const char *value = argv[++i];
-        if (strcmp(flag, "--model") == 0) o.model_path = value;
-        else if (strcmp(flag, "--data") == 0) o.data_path = value;
-        else if (strcmp(flag, "--seq") == 0) o.max_seq = int_arg(flag, value);
-        else o.device = value;
+        const char *f = argv[i];
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
+        if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
+        if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
+        if (i + 1 >= argc) bad_usage("missing value for ", f);
+        const char *v = argv[++i];
+        if (strcmp(f, "--model") == 0) o.model_path = v;
+        else if (strcmp(f, "--data") == 0) o.data_path = v;
+        else if (strcmp(f, "--val-data") == 0) o.val_path = v;
+        else if (strcmp(f, "--val-frac") == 0) o.val_frac = (float)number_arg(f, v);
+        else if (strcmp(f, "--device") == 0) o.device = v;
+        else if (strcmp(f, "--out") == 0) o.out_dir = v;
+        else if (strcmp(f, "--targets") == 0) o.targets = v;
+        else if (strcmp(f, "--quant") == 0) o.quant = v;
+        else if (strcmp(f, "--steps") == 0) o.steps = int_arg(f, v);
+        else if (strcmp(f, "--epochs") == 0) o.epochs = int_arg(f, v);
+        else if (strcmp(f, "--batch") == 0) o.batch = int_arg(f, v);
+        else if (strcmp(f, "--grad-accum") == 0) o.grad_accum = int_arg(f, v);
+        else if (strcmp(f, "--seq") == 0) o.max_seq = int_arg(f, v);
+        else if (strcmp(f, "--seed") == 0) o.seed = int_arg(f, v);
+        else if (strcmp(f, "--rank") == 0) o.rank = int_arg(f, v);
+        else if (strcmp(f, "--double-quant") == 0) o.double_quant = int_arg(f, v);
+        else if (strcmp(f, "--recompute") == 0) o.recompute = int_arg(f, v);
+        else if (strcmp(f, "--eval-every") == 0) o.eval_every = int_arg(f, v);
+        else if (strcmp(f, "--save-every") == 0) o.save_every = int_arg(f, v);
+        else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
+        else if (strcmp(f, "--stop-at") == 0) o.stop_at = int_arg(f, v);
+        else if (strcmp(f, "--lr") == 0) o.lr = (float)number_arg(f, v);
+        else if (strcmp(f, "--warmup") == 0) o.warmup = (float)number_arg(f, v);
+        else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = (float)number_arg(f, v);
+        else if (strcmp(f, "--clip") == 0) o.clip = (float)number_arg(f, v);
+        else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = (float)number_arg(f, v);
+        else if (strcmp(f, "--alpha") == 0) o.alpha = (float)number_arg(f, v);
+        else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = (float)number_arg(f, v);
+        else bad_usage("unknown option ", f);
     }
+    if (o.steps < 1 || o.batch < 1 || o.grad_accum < 1 || o.rank < 1 || o.eval_every < 1 || o.epochs < 0 ||
+        o.save_every < 0 || o.stop_at < 0)
+        bad_usage("--steps, --batch, --grad-accum, --rank and --eval-every must be at least 1", "");
     if (o.max_seq < 2) bad_usage("--seq must be at least 2", "");
+    if (o.lr <= 0 || o.warmup < 0 || o.lr_min_frac < 0 || o.lr_min_frac > 1 || o.clip < 0)
+        bad_usage("--lr must be > 0, --warmup >= 0, --lr-min-frac in [0, 1], --clip >= 0", "");
+    if (o.lora_dropout < 0 || o.lora_dropout >= 1) bad_usage("--lora-dropout must be in [0, 1)", "");
+    if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
+    if (strcmp(o.quant, "nf4") != 0 && strcmp(o.quant, "none") != 0) bad_usage("--quant expects nf4 or none, got ", o.quant);
     if (strcmp(o.device, "cuda") == 0) {
-        fprintf(stderr, "train: --device cuda: qlora.c has no CUDA support for training yet "
-                        "(use --device cpu to measure the base model's loss)\n");
+        fprintf(stderr, "train: --device cuda: the CUDA kernels are not written yet; use --device cpu\n");
         exit(2);
     }
     if (strcmp(o.device, "cpu") != 0 && strcmp(o.device, "auto") != 0)
@@ -95,116 +158,409 @@ static Options parse_args(int argc, char **argv) {
     return o;
 }
 
-// Encodes every sample; those longer than max_seq tokens are skipped (ids NULL).
-// Returns the number skipped, or -1 when a sample cannot be encoded.
-static int encode_samples(const Tokenizer *tok, const RaftData *data, int max_seq, EncodedSample *out) {
-    int skipped = 0;
-    for (int i = 0; i < data->count; i++) {
-        EncodedSample *e = &out[i];
-        memset(e, 0, sizeof *e);
-        int n = raft_encode(tok, &data->samples[i], &e->ids, &e->targets);
-        if (n < 0) {
-            fprintf(stderr, "train: cannot encode sample %d: the tokenizer lacks the ChatML tokens "
-                            "<|im_start|> and <|im_end|>, or memory ran out\n", i + 1);
-            return -1;
-        }
-        e->n_tokens = n;
-        if (n > max_seq) {
-            free(e->ids);
-            free(e->targets);
-            e->ids = e->targets = NULL;
-            skipped++;
-            continue;
-        }
-        for (int t = 0; t < n; t++) e->n_answer += e->targets[t] != RAFT_IGNORE;
-    }
-    return skipped;
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// Mean answer-only cross-entropy of one sample under the base model, in *loss.
-// Returns -1 when the activations do not fit in memory.
-static int sample_loss(const Model *m, const EncodedSample *e, float *loss) {
-    InferState state;
-    if (infer_state_init(&state, &m->config, e->n_tokens, e->n_tokens) != 0) return -1;
-    const float *logits = forward_cpu(m, &state, e->ids, e->n_tokens, 0, 1, NULL);
-    int counted = 0;
-    *loss = cross_entropy_cpu(logits, e->targets, e->n_tokens, m->config.vocab_size, &counted);
-    infer_state_free(&state);
+// ---- data ------------------------------------------------------------------
+
+// One sample as tokens with its shifted answer-only targets (see raft_encode).
+typedef struct {
+    int *ids;
+    int *targets;
+    int n_tokens;
+    int n_answer;
+} Example;
+
+typedef struct {
+    Example *examples;
+    int count;
+} ExampleSet;
+
+static void free_examples(ExampleSet *set) {
+    for (int i = 0; i < set->count; i++) { free(set->examples[i].ids); free(set->examples[i].targets); }
+    free(set->examples);
+    set->examples = NULL;
+    set->count = 0;
+}
+
+// Encodes the samples whose indices are listed; skips (and counts) those longer than max_seq.
+static int encode_examples(const Tokenizer *tok, const RaftData *data, const int *indices, int n, int max_seq,
+                           ExampleSet *out, int *skipped) {
+    out->examples = (Example *)calloc((size_t)(n > 0 ? n : 1), sizeof(Example));
+    out->count = 0;
+    *skipped = 0;
+    for (int i = 0; i < n; i++) {
+        Example e = {NULL, NULL, 0, 0};
+        e.n_tokens = raft_encode(tok, &data->samples[indices[i]], &e.ids, &e.targets);
+        if (e.n_tokens < 0) return -1;
+        if (e.n_tokens > max_seq) {
+            free(e.ids);
+            free(e.targets);
+            (*skipped)++;
+            continue;
+        }
+        for (int t = 0; t < e.n_tokens; t++) e.n_answer += e.targets[t] != RAFT_IGNORE;
+        out->examples[out->count++] = e;
+    }
     return 0;
+}
+
+// splitmix64 step, for the data order
+static uint64_t next_random(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static void shuffle(int *items, int n, uint64_t *state) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(next_random(state) % (uint64_t)(i + 1));
+        int tmp = items[i]; items[i] = items[j]; items[j] = tmp;
+    }
+}
+
+// Packs examples[order[first..first+count)] into one batch padded to the
+// longest: padding tokens repeat the last token and are never learned.
+static Batch make_batch(const ExampleSet *set, const int *order, int first, int count, int **tokens, int **targets) {
+    int seq_len = 0;
+    for (int i = 0; i < count; i++) {
+        int n = set->examples[order[first + i]].n_tokens;
+        if (n > seq_len) seq_len = n;
+    }
+    *tokens = (int *)malloc(sizeof(int) * count * seq_len);
+    *targets = (int *)malloc(sizeof(int) * count * seq_len);
+    for (int i = 0; i < count; i++) {
+        const Example *e = &set->examples[order[first + i]];
+        for (int t = 0; t < seq_len; t++) {
+            (*tokens)[i * seq_len + t] = e->ids[t < e->n_tokens ? t : e->n_tokens - 1];
+            (*targets)[i * seq_len + t] = t < e->n_tokens ? e->targets[t] : RAFT_IGNORE;
+        }
+    }
+    Batch batch = {*tokens, *targets, count, seq_len};
+    return batch;
+}
+
+// ---- the trainer -------------------------------------------------------------
+
+typedef struct {
+    LoraSet lora;
+    AdapterParams<float> *params;     // views of lora for train_step
+    AdamWState *moments;              // [n_layers * N_TARGETS * 2]: A then B of each adapter
+    float **grads;                    // every gradient tensor, for the global norm
+    size_t *grad_sizes;
+    int n_tensors;
+} Trainable;
+
+static int trainable_init(Trainable *tr, const Config *c, const Options *o, const int enabled[N_TARGETS]) {
+    memset(tr, 0, sizeof *tr);
+    if (lora_set_init(&tr->lora, c, enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed) != 0)
+        return -1;
+    int n_adapters = c->n_layers * N_TARGETS;
+    tr->params = (AdapterParams<float> *)calloc((size_t)n_adapters, sizeof(AdapterParams<float>));
+    tr->moments = (AdamWState *)calloc((size_t)n_adapters * 2, sizeof(AdamWState));
+    tr->grads = (float **)calloc((size_t)n_adapters * 2, sizeof(float *));
+    tr->grad_sizes = (size_t *)calloc((size_t)n_adapters * 2, sizeof(size_t));
+    for (int i = 0; i < n_adapters; i++) {
+        LoraAdapter *a = &tr->lora.adapters[i];
+        tr->params[i] = {a->A, a->B, a->dA, a->dB};
+        if (!a->A) continue;
+        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
+        if (adamw_init(&tr->moments[2 * i], a_size) != 0 || adamw_init(&tr->moments[2 * i + 1], b_size) != 0) return -1;
+        tr->grads[tr->n_tensors] = a->dA;
+        tr->grad_sizes[tr->n_tensors++] = a_size;
+        tr->grads[tr->n_tensors] = a->dB;
+        tr->grad_sizes[tr->n_tensors++] = b_size;
+    }
+    return 0;
+}
+
+static void trainable_free(Trainable *tr) {
+    for (int i = 0; i < tr->lora.n_layers * N_TARGETS * 2; i++) adamw_free(&tr->moments[i]);
+    free(tr->moments);
+    free(tr->params);
+    free(tr->grads);
+    free(tr->grad_sizes);
+    lora_set_free(&tr->lora);
+}
+
+// Names the first adapter gradient holding NaN or Inf, into out.
+static void find_bad_gradient(const Trainable *tr, char *out, size_t size) {
+    snprintf(out, size, "unknown tensor");
+    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
+        const LoraAdapter *a = &tr->lora.adapters[i];
+        if (!a->A) continue;
+        for (int which = 0; which < 2; which++) {
+            const float *g = which ? a->dB : a->dA;
+            size_t n = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
+            for (size_t k = 0; k < n; k++)
+                if (!isfinite(g[k])) {
+                    snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
+                             which ? "B" : "A");
+                    return;
+                }
+        }
+    }
+}
+
+static void adamw_update(Trainable *tr, const Options *o, float lr) {
+    AdamWConfig config = adamw_default_config();
+    config.lr = o->lr;
+    config.weight_decay = o->weight_decay;
+    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
+        LoraAdapter *a = &tr->lora.adapters[i];
+        if (!a->A) continue;
+        adamw_step_cpu(a->A, a->dA, &tr->moments[2 * i], &config, lr);
+        adamw_step_cpu(a->B, a->dB, &tr->moments[2 * i + 1], &config, lr);
+    }
+}
+
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA
+static float lora_scaling(const Options *o) {
+    return o->rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
+}
+
+// Mean answer-only loss over a set (no dropout), in batches of one.
+static double evaluate(const Config *c, const BaseWeights *base, const Trainable *tr, const Options *o,
+                       const ExampleSet *set) {
+    StepOptions opt = {o->rank, lora_scaling(o), 0.0f, 0, 0};
+    double total = 0.0;
+    long counted = 0;
+    for (int i = 0; i < set->count; i++) {
+        Batch batch = {set->examples[i].ids, set->examples[i].targets, 1, set->examples[i].n_tokens};
+        int n = 0;
+        total += loss_cpu(c, &base->source, tr->params, &opt, &batch, &n);
+        counted += n;
+    }
+    return counted ? total / counted : 0.0;
+}
+
+static int save_checkpoint(const Options *o, const Trainable *tr, const TrainProgress *progress, const char *name) {
+    char path[4096], err[1024];
+    snprintf(path, sizeof path, "%s/%s", o->out_dir, name);
+    if (checkpoint_save(path, &tr->lora, tr->moments, progress, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int make_dir(const char *path) {
+    if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
+    fprintf(stderr, "train: cannot create %s: %s\n", path, strerror(errno));
+    return -1;
+}
+
+static void split_data(const RaftData *data, const Options *o, int *train_idx, int *n_train, int *val_idx, int *n_val) {
+    int *order = (int *)malloc(sizeof(int) * data->count);
+    for (int i = 0; i < data->count; i++) order[i] = i;
+    uint64_t state = (uint64_t)o->seed ^ 0xDA7A;
+    shuffle(order, data->count, &state);
+    int held_out = o->val_path ? 0 : (int)(o->val_frac * data->count + 0.5);
+    if (held_out >= data->count) held_out = data->count - 1;
+    *n_val = held_out;
+    *n_train = data->count - held_out;
+    for (int i = 0; i < held_out; i++) val_idx[i] = order[i];
+    for (int i = held_out; i < data->count; i++) train_idx[i - held_out] = order[i];
+    free(order);
 }
 
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
-    RaftData data;
-    if (raft_read_jsonl(&data, o.data_path, err, sizeof err) != 0) {
-        fprintf(stderr, "train: %s\n", err);
-        return 1;
-    }
+    int enabled[N_TARGETS];
+    if (lora_parse_targets(o.targets, enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
+
     Model model;
-    if (model_load(&model, o.model_path, err, sizeof err) != 0) {
-        fprintf(stderr, "train: %s\n", err);
-        return 1;
-    }
-    if (o.max_seq > model.config.max_seq_len) {
-        fprintf(stderr, "train: --seq %d exceeds the model's context of %d tokens\n", o.max_seq,
-                model.config.max_seq_len);
-        return 2;
-    }
+    if (model_load(&model, o.model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
+    const Config *c = &model.config;
+    if (o.max_seq > c->max_seq_len) o.max_seq = c->max_seq_len;
     model_print_summary(&model, stdout);
 
-    EncodedSample *encoded = (EncodedSample *)calloc((size_t)data.count, sizeof(EncodedSample));
-    if (!encoded) { fprintf(stderr, "train: out of memory\n"); return 1; }
-    int skipped = encode_samples(model.tokenizer, &data, o.max_seq, encoded);
-    if (skipped < 0) return 1;
-    long total_tokens = 0, total_answer = 0;
-    for (int i = 0; i < data.count; i++) {
-        if (!encoded[i].ids) continue;
-        total_tokens += encoded[i].n_tokens;
-        total_answer += encoded[i].n_answer;
-    }
-    printf("data: %s: %d samples, %ld tokens, %ld answer tokens", o.data_path, data.count - skipped, total_tokens,
-           total_answer);
-    if (skipped > 0) printf(" (%d more skipped: longer than --seq %d tokens)", skipped, o.max_seq);
-    printf("\ndevice: cpu (fp32 forward pass)\n");
-    if (skipped == data.count) {
-        fprintf(stderr, "train: no sample fits in --seq %d tokens\n", o.max_seq);
+    RaftData data, val_data;
+    memset(&val_data, 0, sizeof val_data);
+    if (raft_read_jsonl(&data, o.data_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
+    if (o.val_path && raft_read_jsonl(&val_data, o.val_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
         return 1;
     }
-    fflush(stdout);
+    int *train_idx = (int *)malloc(sizeof(int) * data.count), *val_idx = (int *)malloc(sizeof(int) * data.count);
+    int n_train, n_val, skipped_train, skipped_val;
+    split_data(&data, &o, train_idx, &n_train, val_idx, &n_val);
+    ExampleSet train_set, val_set;
+    int encode_failed = encode_examples(model.tokenizer, &data, train_idx, n_train, o.max_seq, &train_set, &skipped_train);
+    if (o.val_path) {
+        int *all = (int *)malloc(sizeof(int) * val_data.count);
+        for (int i = 0; i < val_data.count; i++) all[i] = i;
+        encode_failed |= encode_examples(model.tokenizer, &val_data, all, val_data.count, o.max_seq, &val_set, &skipped_val);
+        free(all);
+    } else {
+        encode_failed |= encode_examples(model.tokenizer, &data, val_idx, n_val, o.max_seq, &val_set, &skipped_val);
+    }
+    if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return 1; }
+    if (train_set.count == 0) {
+        fprintf(stderr, "train: %s: no training sample fits in --seq %d tokens\n", o.data_path, o.max_seq);
+        return 1;
+    }
+    long train_tokens = 0, train_answer = 0;
+    for (int i = 0; i < train_set.count; i++) { train_tokens += train_set.examples[i].n_tokens; train_answer += train_set.examples[i].n_answer; }
+    printf("data: %d training samples (%ld tokens, %ld answer tokens), %d validation samples%s\n", train_set.count,
+           train_tokens, train_answer, val_set.count, o.val_path ? "" : " held out of --data");
+    if (skipped_train + skipped_val > 0)
+        printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped_train + skipped_val, o.max_seq);
 
-    double loss_sum = 0.0, seconds = 0.0;
-    for (int i = 0; i < data.count; i++) {
-        const EncodedSample *e = &encoded[i];
-        if (!e->ids) {
-            printf("sample %2d: %4d tokens: skipped (longer than --seq %d)\n", i + 1, e->n_tokens, o.max_seq);
-            continue;
-        }
-        float loss;
-        double t0 = now_seconds();
-        if (sample_loss(&model, e, &loss) != 0) {
-            fprintf(stderr, "train: out of memory for the activations of a %d-token sample\n", e->n_tokens);
+    int samples_per_step = o.batch * o.grad_accum;
+    int total_steps = o.epochs > 0 ? (o.epochs * train_set.count + samples_per_step - 1) / samples_per_step : o.steps;
+
+    BaseWeights base;
+    QuantMode quant = strcmp(o.quant, "nf4") == 0 ? QUANT_NF4 : QUANT_NONE;
+    if (base_weights_init(&base, &model, quant, o.double_quant) != 0) { fprintf(stderr, "train: out of memory quantizing the base\n"); return 1; }
+    nf4_print_memory_story(c, stdout);
+    printf("base: %s, linear weights %.1f MB in memory for training\n",
+           quant == QUANT_NF4 ? (o.double_quant ? "NF4 + double quant" : "NF4") : "fp32 (no quantization)",
+           base_weights_linear_bytes(&base) / 1e6);
+    Trainable tr;
+    if (trainable_init(&tr, c, &o, enabled) != 0) { fprintf(stderr, "train: out of memory for the adapters\n"); return 1; }
+    size_t n_lora = lora_set_num_params(&tr.lora);
+    printf("lora: rank %d, alpha %g, targets %s: %zu trainable parameters (%.3f%% of %zu)\n", o.rank, o.alpha,
+           o.targets, n_lora, 100.0 * n_lora / (double)(model_num_params(c) + n_lora), model_num_params(c));
+
+    LRSchedule schedule = {o.lr, o.lr_min_frac, warmup_steps_from(o.warmup, total_steps), total_steps};
+    StepOptions step_opt = {o.rank, lora_scaling(&o), o.lora_dropout, 0, o.recompute};
+    if (make_dir(o.out_dir) != 0) return 1;
+
+    TrainProgress progress = {0, total_steps, (uint64_t)o.seed, 0, train_set.count, NULL, NAN};
+    progress.order = (int *)malloc(sizeof(int) * train_set.count);
+    for (int i = 0; i < train_set.count; i++) progress.order[i] = i;
+    shuffle(progress.order, train_set.count, &progress.data_rng);
+    if (o.resume_dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/checkpoint.bin", o.resume_dir);
+        if (checkpoint_load(path, &tr.lora, tr.moments, &progress, err, sizeof err) != 0) {
+            fprintf(stderr, "train: %s\n", err);
             return 1;
         }
-        seconds += now_seconds() - t0;
-        loss_sum += (double)loss * e->n_answer;
-        printf("sample %2d: %4d tokens, %3d answer tokens, loss %.4f\n", i + 1, e->n_tokens, e->n_answer, loss);
-        fflush(stdout);
+        if (progress.total_steps != total_steps) {
+            fprintf(stderr, "train: %s was made for a %d-step run; this run has %d steps: give the same --steps/--epochs\n",
+                    path, progress.total_steps, total_steps);
+            return 1;
+        }
+        printf("resumed from %s at step %d of %d\n", path, progress.step, total_steps);
     }
-    // mean over all answer tokens; perplexity = exp(mean loss)
-    double mean_loss = loss_sum / total_answer;
-    printf("base model: answer-only loss %.4f, perplexity %.2f (mean over %ld answer tokens)\n", mean_loss,
-           exp(mean_loss), total_answer);
-    printf("forward: %ld tokens in %.2f s, %.1f tokens/s\n", total_tokens, seconds, total_tokens / seconds);
-    printf("fine-tuning (NF4 + LoRA + AdamW) is not implemented yet: this run measured the base model's "
-           "answer-only loss, the starting point training will lower.\n");
+    char log_path[4096];
+    snprintf(log_path, sizeof log_path, "%s/log.csv", o.out_dir);
+    FILE *log = fopen(log_path, progress.step > 0 ? "a" : "w");
+    if (!log) { fprintf(stderr, "train: cannot write %s: %s\n", log_path, strerror(errno)); return 1; }
+    fseek(log, 0, SEEK_END);
+    if (ftell(log) == 0) fprintf(log, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s\n");
 
-    for (int i = 0; i < data.count; i++) {
-        free(encoded[i].ids);
-        free(encoded[i].targets);
+    printf("training: %d steps of %d x %d samples on the cpu, lr %g (warmup %lld steps, cosine to %g)\n", total_steps,
+           o.grad_accum, o.batch, o.lr, (long long)schedule.warmup_steps, o.lr * o.lr_min_frac);
+    if (val_set.count && progress.step == 0) {
+        progress.best_val = evaluate(c, &base, &tr, &o, &val_set);
+        printf("step %4d | val loss %.4f (before training)\n", 0, progress.best_val);
     }
-    free(encoded);
-    model_free(&model);
+
+    int *order = progress.order;
+    int *micro_first = (int *)malloc(sizeof(int) * o.grad_accum), *micro_count = (int *)malloc(sizeof(int) * o.grad_accum);
+    double run_start = now_seconds(), last_train = NAN;
+    int first_step = progress.step;
+    for (int step = first_step; step < total_steps; step++) {
+        double t0 = now_seconds();
+        // the micro-batches of this step, and their answer tokens (the loss normaliser)
+        long step_answer = 0, step_tokens = 0;
+        for (int m = 0; m < o.grad_accum; m++) {
+            if (progress.cursor + o.batch > train_set.count) {
+                shuffle(order, train_set.count, &progress.data_rng);
+                progress.cursor = 0;
+            }
+            micro_first[m] = progress.cursor;
+            micro_count[m] = o.batch < train_set.count ? o.batch : train_set.count;
+            for (int i = 0; i < micro_count[m]; i++)
+                step_answer += train_set.examples[order[progress.cursor + i]].n_answer;
+            progress.cursor += micro_count[m];
+        }
+        lora_set_zero_grads(&tr.lora);
+        double loss_sum = 0.0;
+        for (int m = 0; m < o.grad_accum; m++) {
+            int *tokens, *targets, counted;
+            Batch batch = make_batch(&train_set, order, micro_first[m], micro_count[m], &tokens, &targets);
+            step_opt.dropout_seed = (uint64_t)o.seed * 7919ULL + (uint64_t)step * 64 + (uint64_t)m;
+            loss_sum += train_step_cpu(c, &base.source, tr.params, &step_opt, &batch, step_answer ? 1.0 / step_answer : 0.0, &counted);
+            step_tokens += (long)batch.n_seqs * batch.seq_len;
+            free(tokens);
+            free(targets);
+        }
+        double train_loss = step_answer ? loss_sum / step_answer : 0.0;
+        double norm = global_grad_norm(tr.grads, tr.grad_sizes, tr.n_tensors);
+        if (!isfinite(train_loss) || !isfinite(norm)) {
+            char which[128];
+            find_bad_gradient(&tr, which, sizeof which);
+            fprintf(stderr, "train: step %d: %s is not finite (loss %g, grad norm %g; first bad gradient: %s); "
+                            "stopping without saving\n", step + 1, isfinite(train_loss) ? "the gradient" : "the loss",
+                    train_loss, norm, which);
+            return 1;
+        }
+        scale_grads_cpu(tr.grads, tr.grad_sizes, tr.n_tensors, clip_scale(norm, o.clip));
+        float lr = lr_at_step(&schedule, step);
+        adamw_update(&tr, &o, lr);
+        double ms = (now_seconds() - t0) * 1000.0;
+        double elapsed = now_seconds() - run_start;
+        double eta = elapsed / (step + 1 - first_step) * (total_steps - step - 1);
+        double val_loss = NAN;
+        if (val_set.count && ((step + 1) % o.eval_every == 0 || step + 1 == total_steps))
+            val_loss = evaluate(c, &base, &tr, &o, &val_set);
+        printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s | eta %.0f s", step + 1,
+               total_steps, train_loss, norm, lr, ms, step_tokens / (ms / 1000.0), eta);
+        if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
+        printf("\n");
+        if (!isnan(val_loss) && val_loss > progress.best_val && train_loss < last_train)
+            printf("warning: validation loss rose (%.4f -> %.4f) while training loss fell: the adapter may be "
+                   "overfitting\n", progress.best_val, val_loss);
+        last_train = train_loss;
+        char val_text[32] = "";
+        if (!isnan(val_loss)) snprintf(val_text, sizeof val_text, "%.6f", val_loss);
+        fprintf(log, "%d,%.17g,%s,%.17g,%.6e,%.1f,%.1f\n", step + 1, train_loss, val_text, norm, lr, ms,
+                step_tokens / (ms / 1000.0));
+        fflush(log);
+        fflush(stdout);
+        progress.step = step + 1;
+        if (!isnan(val_loss) && !(val_loss > progress.best_val)) {
+            progress.best_val = val_loss;
+            if (save_checkpoint(&o, &tr, &progress, "checkpoint_best.bin") != 0) return 1;
+        }
+        int pausing = progress.step == o.stop_at;
+        if ((o.save_every > 0 && progress.step % o.save_every == 0) || progress.step == total_steps || pausing)
+            if (save_checkpoint(&o, &tr, &progress, "checkpoint.bin") != 0) return 1;
+        if (pausing && progress.step < total_steps) {
+            printf("paused after step %d: continue with --resume %s\n", progress.step, o.out_dir);
+            return 0;
+        }
+    }
+    fclose(log);
+    char adapter_dir[4096];
+    snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", o.out_dir);
+    if (make_dir(adapter_dir) != 0) return 1;
+    if (lora_set_save_peft(&tr.lora, c, adapter_dir, o.model_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return 1;
+    }
+    printf("done: %d steps in %.0f s; log %s, adapter (HF peft layout) %s/\n", total_steps, now_seconds() - run_start,
+           log_path, adapter_dir);
+    free(progress.order);
+    free(micro_first);
+    free(micro_count);
+    trainable_free(&tr);
+    base_weights_free(&base);
+    free_examples(&train_set);
+    free_examples(&val_set);
+    free(train_idx);
+    free(val_idx);
     raft_free(&data);
+    if (o.val_path) raft_free(&val_data);
+    model_free(&model);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "json.h"
 #include "layers.h"
 
 using Vec = std::vector<double>;
@@ -156,4 +157,38 @@ TEST_CASE("layers backward: cross-entropy with ignored targets") {
     int counted;
     cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);
     CHECK(counted == 3);
+}
+
+TEST_CASE("layers: RoPE frequencies equal transformers', plain and with Llama-3 scaling") {
+    char err[256];
+    size_t len;
+    char *text = read_file("test/fixtures/rope_inv_freq.json", &len, err, sizeof err);
+    REQUIRE_MESSAGE(text, err);
+    JsonValue *root = json_parse(text, len, err, sizeof err);
+    REQUIRE_MESSAGE(root, err);
+    const JsonValue *cases = json_get(root, "cases");
+    REQUIRE(cases);
+    REQUIRE(cases->count == 3);
+    for (size_t k = 0; k < cases->count; k++) {
+        const JsonValue *item = &cases->items[k];
+        Config c = {};
+        c.rope_theta = (float)json_get_number(item, "theta", 0);
+        c.head_dim = (int)json_get_number(item, "head_dim", 0);
+        const JsonValue *scaling = json_get(item, "rope_scaling");
+        if (scaling && scaling->type == JSON_OBJECT) {
+            c.rope_factor = (float)json_get_number(scaling, "factor", 0);
+            c.rope_low_freq_factor = (float)json_get_number(scaling, "low_freq_factor", 0);
+            c.rope_high_freq_factor = (float)json_get_number(scaling, "high_freq_factor", 0);
+            c.rope_original_max_pos = (int)json_get_number(scaling, "original_max_position_embeddings", 0);
+        }
+        const JsonValue *want = json_get(item, "inv_freq");
+        REQUIRE(want->count == (size_t)c.head_dim / 2);
+        std::vector<float> got(c.head_dim / 2);
+        rope_inv_freq(&c, got.data());
+        for (size_t i = 0; i < want->count; i++)
+            CHECK_MESSAGE(got[i] == doctest::Approx(want->items[i].number).epsilon(1e-6),
+                          json_get_string(item, "name", ""), " i=", i);
+    }
+    json_free(root);
+    free(text);
 }

@@ -119,3 +119,22 @@ TEST_CASE("train step: recompute gives bitwise the same loss and gradients (floa
     CHECK(loss_kept == loss_recomputed);
     for (size_t i = 0; i < kept.lora.size(); i++) CHECK(kept.lora[i] == recomputed.lora[i]);
 }
+
+TEST_CASE("train step: uneven micro-batches accumulate to the one big batch's gradient") {
+    const int rank = 2;
+    TinyModel<double> split(rank, 21), whole(rank, 21);
+    StepOptions opt = {rank, 2.0f, 0.0f, 3, 0};
+    // sequence 0 has 1 answer target, sequence 1 has 5: per-micro-batch means would weight them wrongly
+    static const int targets[10] = {4, -100, -100, -100, -100, 3, 1, 10, 0, 5};
+    Batch first = {TOKENS, targets, 1, 5}, second = {TOKENS + 5, targets + 5, 1, 5}, both = {TOKENS, targets, 2, 5};
+    int n_first, n_second, n_both;
+    train_step_cpu(&split.c, &split.source, split.adapters.data(), &opt, &first, 1.0 / 6, &n_first);
+    train_step_cpu(&split.c, &split.source, split.adapters.data(), &opt, &second, 1.0 / 6, &n_second);
+    train_step_cpu(&whole.c, &whole.source, whole.adapters.data(), &opt, &both, 1.0 / 6, &n_both);
+    CHECK(n_first == 1);
+    CHECK(n_second == 5);
+    CHECK(n_both == 6);
+    for (size_t i = 0; i < split.lora.size(); i++)
+        for (size_t j = 0; j < split.lora[i].size(); j++)
+            CHECK(split.lora[i][j] == doctest::Approx(whole.lora[i][j]).epsilon(1e-12));
+}

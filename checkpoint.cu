@@ -1,0 +1,109 @@
+// checkpoint.cu: saving and loading training state (see checkpoint.h).
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '1'};
+
+// The fixed-size part of the file, after the magic.
+typedef struct {
+    int32_t n_layers, rank, enabled[N_TARGETS];
+    int32_t step, total_steps, cursor, n_order;
+    uint64_t data_rng;
+    double best_val;
+} Header;
+
+static int write_all(FILE *f, const void *data, size_t bytes) { return fwrite(data, 1, bytes, f) == bytes ? 0 : -1; }
+static int read_all(FILE *f, void *data, size_t bytes) { return fread(data, 1, bytes, f) == bytes ? 0 : -1; }
+
+// Calls io on every tensor of the state in file order; stops at the first failure.
+static int each_tensor(const LoraSet *set, const AdamWState *moments, FILE *f, int (*io)(FILE *, void *, size_t)) {
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+        const LoraAdapter *a = &set->adapters[i];
+        if (!a->A) continue;
+        size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;
+        const AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
+        if (io(f, a->A, a_bytes) || io(f, a->B, b_bytes) || io(f, ma->m, a_bytes) || io(f, ma->v, a_bytes) ||
+            io(f, mb->m, b_bytes) || io(f, mb->v, b_bytes) || io(f, (void *)&ma->step, sizeof(int64_t)) ||
+            io(f, (void *)&mb->step, sizeof(int64_t)))
+            return -1;
+    }
+    return 0;
+}
+
+static int write_tensor(FILE *f, void *data, size_t bytes) { return write_all(f, data, bytes); }
+static int read_tensor(FILE *f, void *data, size_t bytes) { return read_all(f, data, bytes); }
+
+int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
+                    char *err, size_t err_size) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+    Header h;
+    memset(&h, 0, sizeof h);
+    h.n_layers = set->n_layers;
+    h.rank = set->rank;
+    for (int t = 0; t < N_TARGETS; t++) h.enabled[t] = set->enabled[t];
+    h.step = progress->step;
+    h.total_steps = progress->total_steps;
+    h.cursor = progress->cursor;
+    h.n_order = progress->n_order;
+    h.data_rng = progress->data_rng;
+    h.best_val = progress->best_val;
+    int failed = write_all(f, MAGIC, sizeof MAGIC) || write_all(f, &h, sizeof h) ||
+                 write_all(f, progress->order, sizeof(int) * progress->n_order) ||
+                 each_tensor(set, moments, f, write_tensor) || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    if (fclose(f) != 0) failed = 1;
+    if (failed || rename(tmp, path) != 0) {
+        snprintf(err, err_size, "%s: writing the checkpoint failed: %s (the previous checkpoint is untouched)", path,
+                 strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
+                    char *err, size_t err_size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    char magic[8];
+    Header h;
+    if (read_all(f, magic, sizeof magic) || memcmp(magic, MAGIC, sizeof magic) != 0 || read_all(f, &h, sizeof h)) {
+        snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic or truncated header)", path);
+        fclose(f);
+        return -1;
+    }
+    int same_shape = h.n_layers == set->n_layers && h.rank == set->rank && h.n_order == progress->n_order;
+    for (int t = 0; t < N_TARGETS; t++) same_shape = same_shape && h.enabled[t] == set->enabled[t];
+    if (!same_shape) {
+        snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, %d samples and other targets; this run "
+                 "has %d layers, rank %d, %d samples: resume with the same model, data and LoRA options", path,
+                 h.n_layers, h.rank, h.n_order, set->n_layers, set->rank, progress->n_order);
+        fclose(f);
+        return -1;
+    }
+    int failed = read_all(f, progress->order, sizeof(int) * h.n_order) || each_tensor(set, moments, f, read_tensor);
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (failed || extra) {
+        snprintf(err, err_size, "%s: checkpoint is %s", path, failed ? "truncated" : "longer than expected");
+        return -1;
+    }
+    for (int i = 0; i < h.n_order; i++)
+        if (progress->order[i] < 0 || progress->order[i] >= h.n_order || h.cursor < 0 || h.cursor > h.n_order) {
+            snprintf(err, err_size, "%s: checkpoint holds an invalid data order", path);
+            return -1;
+        }
+    progress->step = h.step;
+    progress->total_steps = h.total_steps;
+    progress->cursor = h.cursor;
+    progress->data_rng = h.data_rng;
+    progress->best_val = h.best_val;
+    return 0;
+}

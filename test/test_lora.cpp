@@ -1,0 +1,101 @@
+// LoRA pieces: initialisation as peft does it, target parsing, dropout masks,
+// and the adapter exported in peft's layout (names, shapes, config).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "json.h"
+#include "lora.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
+    LoraAdapter a;
+    REQUIRE(lora_init(&a, 100, 30, 8, 16.0f, 0, 42) == 0);
+    CHECK(a.scaling == 2.0f);
+    float bound = 1.0f / std::sqrt(100.0f), largest = 0;
+    double mean = 0;
+    for (int i = 0; i < 8 * 100; i++) {
+        CHECK(std::fabs(a.A[i]) <= bound);
+        largest = std::fmax(largest, std::fabs(a.A[i]));
+        mean += a.A[i];
+    }
+    CHECK(largest > 0.9f * bound);            // spread over the whole range
+    CHECK(std::fabs(mean / 800) < 0.01);
+    for (int i = 0; i < 30 * 8; i++) CHECK(a.B[i] == 0.0f);
+    lora_free(&a);
+    REQUIRE(lora_init(&a, 100, 30, 16, 16.0f, 1, 42) == 0);
+    CHECK(a.scaling == 4.0f);                 // rsLoRA: alpha / sqrt(r)
+    lora_free(&a);
+}
+
+TEST_CASE("lora: dropout masks are seeded, scaled and near the asked rate") {
+    std::vector<float> m1(10000), m2(10000);
+    lora_dropout_mask(m1.data(), m1.size(), 0.25f, 9);
+    lora_dropout_mask(m2.data(), m2.size(), 0.25f, 9);
+    CHECK(m1 == m2);
+    int dropped = 0;
+    for (float k : m1) {
+        CHECK((k == 0.0f || k == doctest::Approx(1.0f / 0.75f)));
+        dropped += k == 0.0f;
+    }
+    CHECK(dropped > 2300);
+    CHECK(dropped < 2700);
+}
+
+TEST_CASE("lora: targets parse by name and refuse unknown ones") {
+    int enabled[N_TARGETS];
+    char err[256];
+    REQUIRE(lora_parse_targets("q,v,down", enabled, err, sizeof err) == 0);
+    CHECK(enabled[TARGET_Q] == 1);
+    CHECK(enabled[TARGET_K] == 0);
+    CHECK(enabled[TARGET_V] == 1);
+    CHECK(enabled[TARGET_DOWN] == 1);
+    CHECK(lora_parse_targets("q,mlp", enabled, err, sizeof err) == -1);
+    CHECK(std::string(err).find("'mlp'") != std::string::npos);
+}
+
+TEST_CASE("lora: the exported adapter has peft's names, shapes and config") {
+    const Model &m = default_model();
+    int enabled[N_TARGETS];
+    char err[512];
+    REQUIRE(lora_parse_targets("q,k,v,o,gate,up,down", enabled, err, sizeof err) == 0);
+    LoraSet set;
+    REQUIRE(lora_set_init(&set, &m.config, enabled, 16, 32.0f, 0, 0.05f, 1) == 0);
+    CHECK(lora_set_num_params(&set) == 4884480);   // 30 layers x 16 x (576+576 + 576+192 + 576+192 + 576+576 + 2 x (576+1536) + 1536+576)
+    char dir[] = "/tmp/qlora_adapter_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    REQUIRE_MESSAGE(lora_set_save_peft(&set, &m.config, dir, "HuggingFaceTB/SmolLM2-135M-Instruct", err, sizeof err) == 0, err);
+    SafetensorsFile f;
+    std::string weights = std::string(dir) + "/adapter_model.safetensors";
+    REQUIRE_MESSAGE(safetensors_open(&f, weights.c_str(), err, sizeof err) == 0, err);
+    CHECK(f.tensors.count == 30 * 7 * 2);
+    const TensorInfo *a = tensor_find(&f.tensors, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+    REQUIRE(a);
+    CHECK(a->shape[0] == 16);
+    CHECK(a->shape[1] == 576);
+    const TensorInfo *b = tensor_find(&f.tensors, "base_model.model.model.layers.29.mlp.down_proj.lora_B.weight");
+    REQUIRE(b);
+    CHECK(b->shape[0] == 576);
+    CHECK(b->shape[1] == 16);
+    CHECK(((const float *)a->data)[5] == set.adapters[0].A[5]);
+    safetensors_close(&f);
+    size_t len;
+    std::string config_path = std::string(dir) + "/adapter_config.json";
+    char *text = read_file(config_path.c_str(), &len, err, sizeof err);
+    REQUIRE(text);
+    JsonValue *config = json_parse(text, len, err, sizeof err);
+    REQUIRE_MESSAGE(config, err);
+    CHECK(std::string(json_get_string(config, "peft_type", "")) == "LORA");
+    CHECK(json_get_number(config, "r", 0) == 16);
+    CHECK(json_get_number(config, "lora_alpha", 0) == 32);
+    CHECK(json_get(config, "target_modules")->count == 7);
+    CHECK(std::string(json_get(config, "target_modules")->items[4].string) == "gate_proj");
+    json_free(config);
+    free(text);
+    lora_set_free(&set);
+    REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
+}
