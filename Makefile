@@ -24,7 +24,7 @@ else
 endif
 
 # Library sources (everything but the programs' main files).
-LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c
+LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c memory_plan.c plot.c
 LIB_CU = layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
 PROGRAMS = generate train
 

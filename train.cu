@@ -9,8 +9,10 @@
 #include "checkpoint.h"
 #include "data/raft.h"
 #include "lora.h"
+#include "memory_plan.h"
 #include "model.h"
 #include "nf4.h"
+#include "plot.h"
 #include "train_step.h"
 
 #include <errno.h>
@@ -27,13 +29,14 @@
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan;
+    float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
     DEFAULT_MODEL, DEFAULT_DATA, NULL, "auto", "out", "q,k,v,o,gate,up,down", "nf4", NULL,
-    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0,
+    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0, 0, 0, 80.0f,
     5e-4f, 0.1f, 0.1f, 1.0f, 0.0f, 32.0f, 0.05f, 0.125f,
 };
 
@@ -66,14 +69,17 @@ static void usage(FILE *out) {
             "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
             "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
             "  --eval-every N      validation loss every N steps (default %d)\n"
+            "  --early-stop N      stop when val loss has not improved for N evaluations (default 0: off)\n"
             "  --seed S            seed for adapters, dropout and data order (default %d)\n"
             "  --out DIR           where the log, checkpoints and adapter go (default %s)\n"
             "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
             "  --resume DIR        continue the run whose --out was DIR (same model, data and options)\n"
-            "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n",
+            "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
+            "  --plan              print the GPU memory plan for these options and exit (no training)\n"
+            "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n",
             d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
             d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
-            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir);
+            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir, d->gpu_mem_gb);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -107,6 +113,7 @@ static Options parse_args(int argc, char **argv) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
+        if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         if (i + 1 >= argc) bad_usage("missing value for ", f);
         const char *v = argv[++i];
@@ -131,6 +138,8 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--save-every") == 0) o.save_every = int_arg(f, v);
         else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
         else if (strcmp(f, "--stop-at") == 0) o.stop_at = int_arg(f, v);
+        else if (strcmp(f, "--early-stop") == 0) o.early_stop = int_arg(f, v);
+        else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = (float)number_arg(f, v);
         else if (strcmp(f, "--lr") == 0) o.lr = (float)number_arg(f, v);
         else if (strcmp(f, "--warmup") == 0) o.warmup = (float)number_arg(f, v);
         else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = (float)number_arg(f, v);
@@ -141,7 +150,7 @@ static Options parse_args(int argc, char **argv) {
         else bad_usage("unknown option ", f);
     }
     if (o.steps < 1 || o.batch < 1 || o.grad_accum < 1 || o.rank < 1 || o.eval_every < 1 || o.epochs < 0 ||
-        o.save_every < 0 || o.stop_at < 0)
+        o.save_every < 0 || o.stop_at < 0 || o.early_stop < 0)
         bad_usage("--steps, --batch, --grad-accum, --rank and --eval-every must be at least 1", "");
     if (o.max_seq < 2) bad_usage("--seq must be at least 2", "");
     if (o.lr <= 0 || o.warmup < 0 || o.lr_min_frac < 0 || o.lr_min_frac > 1 || o.clip < 0)
@@ -354,6 +363,74 @@ static int make_dir(const char *path) {
     return -1;
 }
 
+// The loss curve so far: train loss every step, val loss where measured.
+typedef struct {
+    double *steps, *train, *val;
+    int count;
+} LossHistory;
+
+static void history_add(LossHistory *h, double step, double train, double val) {
+    h->steps[h->count] = step;
+    h->train[h->count] = train;
+    h->val[h->count] = val;
+    h->count++;
+}
+
+// Reads an earlier run's log.csv (when resuming) into the history.
+static void history_load(LossHistory *h, const char *log_path, int max_rows) {
+    FILE *f = fopen(log_path, "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f) && h->count < max_rows) {
+        int step;
+        double train, val = NAN;
+        char val_text[64] = "";
+        if (sscanf(line, "%d,%lf,%63[^,]", &step, &train, val_text) < 2) continue;   // the header
+        if (val_text[0]) val = strtod(val_text, NULL);
+        history_add(h, step, train, val);
+    }
+    fclose(f);
+}
+
+static void plot_history(const LossHistory *h, const char *out_dir) {
+    char path[4096], err[1024];
+    snprintf(path, sizeof path, "%s/loss.svg", out_dir);
+    PlotSeries series[2] = {{"train loss", NULL, h->steps, h->train, h->count},
+                            {"val loss", NULL, h->steps, h->val, h->count}};
+    if (svg_line_chart(path, "answer-only loss", "step", "loss", series, 2, err, sizeof err) != 0)
+        fprintf(stderr, "train: warning: %s\n", err);
+}
+
+// The course's memory arithmetic for the GPU path (bf16 activations) with these options.
+static void print_plan(const Config *c, const Options *o, const int enabled[N_TARGETS]) {
+    PlanInputs in;
+    memset(&in, 0, sizeof in);
+    in.batch = o->batch;
+    in.seq_len = o->max_seq;
+    in.rank = o->rank;
+    for (int t = 0; t < N_TARGETS; t++) in.enabled[t] = enabled[t];
+    in.quant_nf4 = strcmp(o->quant, "nf4") == 0;
+    in.double_quant = o->double_quant;
+    in.recompute = o->recompute;
+    in.weight_bytes = 2;
+    in.activation_bytes = 2;
+    MemoryPlan plan;
+    memory_plan_compute(c, &in, &plan);
+    memory_plan_print(c, &in, &plan, o->gpu_mem_gb, stdout);
+}
+
+// Writes the adapters in peft's layout to out_dir/name/.
+static int save_adapter(const Options *o, const Trainable *tr, const Config *c, const char *name) {
+    char dir[4096], err[1024];
+    snprintf(dir, sizeof dir, "%s/%s", o->out_dir, name);
+    if (make_dir(dir) != 0) return -1;
+    if (lora_set_save_peft(&tr->lora, c, dir, o->model_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
 static void split_data(const RaftData *data, const Options *o, int *train_idx, int *n_train, int *val_idx, int *n_val) {
     int *order = (int *)malloc(sizeof(int) * data->count);
     for (int i = 0; i < data->count; i++) order[i] = i;
@@ -379,6 +456,11 @@ int main(int argc, char **argv) {
     const Config *c = &model.config;
     if (o.max_seq > c->max_seq_len) o.max_seq = c->max_seq_len;
     model_print_summary(&model, stdout);
+    if (o.plan) {
+        print_plan(c, &o, enabled);
+        model_free(&model);
+        return 0;
+    }
 
     RaftData data, val_data;
     memset(&val_data, 0, sizeof val_data);
@@ -467,6 +549,15 @@ int main(int argc, char **argv) {
     int *order = progress.order;
     int *micro_first = (int *)malloc(sizeof(int) * o.grad_accum), *micro_count = (int *)malloc(sizeof(int) * o.grad_accum);
     double run_start = now_seconds(), last_train = NAN;
+    int evals_without_improvement = 0;
+    LossHistory history = {NULL, NULL, NULL, 0};
+    // room for an earlier log (at most total_steps + 1 rows are read back) and this run's steps
+    size_t history_rows = 2 * (size_t)total_steps + 2;
+    history.steps = (double *)malloc(sizeof(double) * history_rows);
+    history.train = (double *)malloc(sizeof(double) * history_rows);
+    history.val = (double *)malloc(sizeof(double) * history_rows);
+    if (progress.step > 0) history_load(&history, log_path, total_steps + 1);
+    else if (val_set.count) history_add(&history, 0, NAN, progress.best_val);
     int first_step = progress.step;
     for (int step = first_step; step < total_steps; step++) {
         double t0 = now_seconds();
@@ -527,10 +618,22 @@ int main(int argc, char **argv) {
                 step_tokens / (ms / 1000.0));
         fflush(log);
         fflush(stdout);
+        history_add(&history, step + 1, train_loss, val_loss);
+        plot_history(&history, o.out_dir);
         progress.step = step + 1;
         if (!isnan(val_loss) && !(val_loss > progress.best_val)) {
             progress.best_val = val_loss;
-            if (save_checkpoint(&o, &tr, &progress, "checkpoint_best.bin") != 0) return 1;
+            evals_without_improvement = 0;
+            if (save_checkpoint(&o, &tr, &progress, "checkpoint_best.bin") != 0 ||
+                save_adapter(&o, &tr, c, "best_adapter") != 0)
+                return 1;
+        } else if (!isnan(val_loss)) {
+            evals_without_improvement++;
+        }
+        if (o.early_stop > 0 && evals_without_improvement >= o.early_stop) {
+            printf("early stop: val loss has not improved for %d evaluations; the best adapter (val loss %.4f) is "
+                   "in %s/best_adapter/\n", evals_without_improvement, progress.best_val, o.out_dir);
+            total_steps = progress.step;
         }
         int pausing = progress.step == o.stop_at;
         if ((o.save_every > 0 && progress.step % o.save_every == 0) || progress.step == total_steps || pausing)
@@ -541,16 +644,13 @@ int main(int argc, char **argv) {
         }
     }
     fclose(log);
-    char adapter_dir[4096];
-    snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", o.out_dir);
-    if (make_dir(adapter_dir) != 0) return 1;
-    if (lora_set_save_peft(&tr.lora, c, adapter_dir, o.model_path, err, sizeof err) != 0) {
-        fprintf(stderr, "train: %s\n", err);
-        return 1;
-    }
-    printf("done: %d steps in %.0f s; log %s, adapter (HF peft layout) %s/\n", total_steps, now_seconds() - run_start,
-           log_path, adapter_dir);
+    if (save_adapter(&o, &tr, c, "adapter") != 0) return 1;
+    printf("done: %d steps in %.0f s; log %s, loss curve %s/loss.svg, adapter (HF peft layout) %s/adapter/\n",
+           progress.step, now_seconds() - run_start, log_path, o.out_dir, o.out_dir);
     free(progress.order);
+    free(history.steps);
+    free(history.train);
+    free(history.val);
     free(micro_first);
     free(micro_count);
     trainable_free(&tr);

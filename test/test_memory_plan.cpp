@@ -1,0 +1,289 @@
+// test_memory_plan.cpp: the memory plan (memory_plan.h) against numbers worked
+// out by hand for a tiny config, the NF4 sizes of nf4_bytes_for() for
+// SmolLM2-135M, what recompute saves, Llama-3.1-8B on a 24 GB card, and the
+// verdict strings.
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "lora.h"
+#include "memory_plan.h"
+#include "nf4.h"
+
+static_assert(PLAN_N_TARGETS == N_TARGETS, "memory_plan.h's targets are lora.h's");
+
+namespace {
+
+Config tiny_config() {
+    Config c = {};
+    c.dim = 8;
+    c.hidden_dim = 16;
+    c.n_layers = 2;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 4;
+    c.vocab_size = 32;
+    c.tied_embeddings = 1;
+    return c;
+}
+
+Config smollm2_135m() {
+    Config c = {};
+    c.dim = 576;
+    c.hidden_dim = 1536;
+    c.n_layers = 30;
+    c.n_heads = 9;
+    c.n_kv_heads = 3;
+    c.head_dim = 64;
+    c.vocab_size = 49152;
+    c.tied_embeddings = 1;
+    return c;
+}
+
+Config llama31_8b() {
+    Config c = {};
+    c.dim = 4096;
+    c.hidden_dim = 14336;
+    c.n_layers = 32;
+    c.n_heads = 32;
+    c.n_kv_heads = 8;
+    c.head_dim = 128;
+    c.vocab_size = 128256;
+    c.tied_embeddings = 0;
+    return c;
+}
+
+// The GPU path's defaults: NF4 + double quant, bf16 weights and activations,
+// all seven targets, logits for every token at once.
+PlanInputs gpu_inputs(int batch, int seq_len, int rank, int recompute) {
+    PlanInputs in = {};
+    in.batch = batch;
+    in.seq_len = seq_len;
+    in.rank = rank;
+    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = 1;
+    in.quant_nf4 = 1;
+    in.double_quant = 1;
+    in.recompute = recompute;
+    in.weight_bytes = 2;
+    in.activation_bytes = 2;
+    in.loss_chunk = 0;
+    return in;
+}
+
+const double GIB = 1073741824.0;
+
+std::string verdict_of(const Config &c, const PlanInputs &in, double gpu_gb, int *fits) {
+    MemoryPlan p;
+    memory_plan_compute(&c, &in, &p);
+    char text[512];
+    *fits = memory_plan_verdict(&c, &in, &p, gpu_gb, text, sizeof text);
+    return text;
+}
+
+}  // namespace
+
+TEST_CASE("memory plan: a tiny config, every part by hand") {
+    // dim 8, hidden 16, 2 layers, 2 heads / 1 kv head of 4: q_dim 8, kv_dim 4, vocab 32, tied.
+    Config c = tiny_config();
+    // rank 2 on q and down only; batch 2 x seq 3 = 6 tokens; bf16 weights and activations.
+    PlanInputs in = gpu_inputs(2, 3, 2, 0);
+    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = t == TARGET_Q || t == TARGET_DOWN;
+    MemoryPlan p;
+    memory_plan_compute(&c, &in, &p);
+    // linear params per layer: q 8*8=64, k 4*8=32, v 32, o 8*8=64, gate 16*8=128, up 128, down 128 = 576;
+    // codes = 576 / 2 = 288 bytes per layer, 576 for 2 layers.
+    CHECK(p.base_linear == 576);
+    // double quant, per matrix: a byte per 64-block + one fp32 absmax2 (one 256-block) + fp32 offset:
+    // q, k, v, o: 1 block each -> 1 + 4 + 4 = 9; gate, up, down: 2 blocks -> 2 + 4 + 4 = 10;
+    // 4 * 9 + 3 * 10 = 66 per layer, 132 for 2.
+    CHECK(p.quant_constants == 132);
+    // not linear: embed 32*8 = 256, final norm 8, 2 norms of 8 per layer = 32; 296 params * 2 bytes.
+    CHECK(p.base_other == 592);
+    // LoRA: q 2*(8+8) = 32, down 2*(16+8) = 48; 80 per layer, 160 params; 4 bytes each, m and v 8.
+    CHECK(p.lora_params == 640);
+    CHECK(p.lora_grads == 640);
+    CHECK(p.adam_moments == 1280);
+    // per block per token: xn1, x_mid, xn2 3*8 + q, att 2*8 + k, v 2*4 + gate, up, h 3*16 + xa 2*2 = 100;
+    // stream (2 + 1) * 8 = 24 per token; 6 tokens * 2 bytes:
+    // without recompute (2*100 + 24) * 12 = 2688, with it (100 + 24) * 12 = 1488.
+    CHECK(p.activations_no_recompute == 2688);
+    CHECK(p.activations_recompute == 1488);
+    CHECK(p.activations == 2688);
+    // backward: 4*8 + 3*16 + 2*8 + 2*4 = 104 per token, * 12 = 1248.
+    CHECK(p.backward_buffers == 1248);
+    // logits: 6 tokens * 32 * 4 bytes = 768.
+    CHECK(p.logits == 768);
+    // scratch: one layer's 576 linear params in bf16 = 1152.
+    CHECK(p.scratch == 1152);
+    // 576 + 132 + 592 + 640 + 640 + 1280 + 2688 + 1248 + 768 + 1152
+    CHECK(p.total == 9716);
+
+    SUBCASE("fp32 absmax: 10 blocks of 4 bytes per layer") {
+        in.double_quant = 0;
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.quant_constants == 80);
+    }
+    SUBCASE("no quantization: fp32 linear weights, no constants, no scratch (CPU path sizes)") {
+        in.quant_nf4 = 0;
+        in.weight_bytes = 4;
+        in.activation_bytes = 4;
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.base_linear == 1152 * 4);
+        CHECK(p.quant_constants == 0);
+        CHECK(p.scratch == 0);
+        CHECK(p.base_other == 296 * 4);
+        CHECK(p.activations == 2688 * 2);
+    }
+    SUBCASE("recompute and a loss chunk of 4 tokens") {
+        in.recompute = 1;
+        in.loss_chunk = 4;
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.activations == 1488);
+        CHECK(p.logits == 4 * 32 * 4);
+        CHECK(p.total == 9716 - 2688 + 1488 - 768 + 512);
+    }
+}
+
+TEST_CASE("memory plan: SmolLM2-135M's NF4 base equals nf4_bytes_for over its 7 x 30 matrices") {
+    Config c = smollm2_135m();
+    // q 576x576, k and v 192x576, o 576x576, gate and up 1536x576, down 576x1536
+    const int64_t sizes[7] = {576 * 576, 192 * 576, 192 * 576, 576 * 576, 1536 * 576, 1536 * 576, 576 * 1536};
+    for (int double_quant = 0; double_quant <= 1; double_quant++) {
+        CAPTURE(double_quant);
+        PlanInputs in = gpu_inputs(1, 1024, 16, 0);
+        in.double_quant = double_quant;
+        MemoryPlan p;
+        memory_plan_compute(&c, &in, &p);
+        double nf4 = 0, codes = 0, params = 0;
+        for (int m = 0; m < 7; m++) {
+            nf4 += 30.0 * nf4_bytes_for(sizes[m], double_quant);
+            codes += 30.0 * (sizes[m] / 2);
+            params += 30.0 * sizes[m];
+        }
+        CHECK(p.base_linear + p.quant_constants == nf4);
+        CHECK(p.base_linear == codes);
+        // constants: 0.5 bit per parameter in fp32, about 0.127 with double quant
+        double constant_bits = 8 * p.quant_constants / params;
+        if (double_quant) CHECK(constant_bits == doctest::Approx(0.127).epsilon(0.01));
+        else CHECK(constant_bits == doctest::Approx(0.5).epsilon(0.001));
+        // everything else in bf16
+        CHECK(p.base_other == 2.0 * ((double)model_num_params(&c) - params));
+    }
+}
+
+TEST_CASE("memory plan: recompute divides the per-block activations by the number of layers") {
+    Config c = smollm2_135m();
+    PlanInputs in = gpu_inputs(1, 1024, 16, 0);
+    MemoryPlan p;
+    memory_plan_compute(&c, &in, &p);
+    // the residual stream stays: 31 block inputs of 576 values per token, bf16
+    double stream = 31.0 * 576 * 1024 * 2;
+    CHECK((p.activations_no_recompute - stream) / (p.activations_recompute - stream) == doctest::Approx(30));
+    // Overall about 10x rather than 30x: per token one block keeps
+    // 3*576 + 2*576 + 2*192 + 3*1536 + 7*16 = 7984 values against the stream's
+    // 31*576 = 17856, so (30*7984 + 17856) / (7984 + 17856) = 9.96.
+    CHECK(p.activations_no_recompute / p.activations_recompute == doctest::Approx(9.96).epsilon(0.01));
+    in.recompute = 1;
+    MemoryPlan with;
+    memory_plan_compute(&c, &in, &with);
+    CHECK(with.activations == p.activations_recompute);
+    CHECK(p.total - with.total == doctest::Approx(p.activations_no_recompute - p.activations_recompute));
+}
+
+TEST_CASE("memory plan: Llama-3.1-8B QLoRA, batch 1 x 2048, rank 16, recompute, fits in 24 GB") {
+    Config c = llama31_8b();
+    PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+    MemoryPlan p;
+    memory_plan_compute(&c, &in, &p);
+    // Linear params per layer: q, o 4096^2 = 16.78M each; k, v 1024*4096 = 4.19M each; gate, up,
+    // down 14336*4096 = 58.72M each; 218.1M per layer, 6.98G in 32 layers. In NF4 + double quant,
+    // 4.127 bits each: 3.49e9 bytes of codes + 0.11e9 of constants = 3.60e9 bytes (3.35 GiB).
+    CHECK(p.base_linear == 6979321856.0 / 2);
+    CHECK(p.base_linear + p.quant_constants == doctest::Approx(3.600e9).epsilon(0.002));
+    // The rest, 1.05G params (embeddings and the untied LM head, 128256 x 4096 each, and the norms),
+    // stays bf16 as in bitsandbytes / HF QLoRA (nn.Embedding and lm_head are not quantized): 2.10e9.
+    // So the frozen base is 5.70e9 bytes, 5.31 GiB: the "about 5.5 GB" quoted for an 8B model in
+    // QLoRA. The 4.3-4.6 GB figures are for all 8.03G params at about 4.5 bits (GGUF Q4_0 / Q4_1,
+    // or 8.03e9 * 4.5 / 8 = 4.5e9), i.e. with the embeddings and LM head quantized too.
+    CHECK(p.base_other == doctest::Approx(2.1019e9).epsilon(0.001));
+    double base = p.base_linear + p.quant_constants + p.base_other;
+    CHECK(base / GIB == doctest::Approx(5.31).epsilon(0.005));
+    // LoRA: 16 * (8192 + 5120 + 5120 + 8192 + 3 * 18432) = 1.31M per layer, 41.9M in all, 16 bytes each.
+    CHECK(p.lora_params + p.lora_grads + p.adam_moments == 16.0 * 41943040);
+    int fits = 0;
+    std::string verdict = verdict_of(c, in, 24, &fits);
+    CHECK(fits == 1);
+    CHECK(verdict.rfind("fits in 24 GB with ", 0) == 0);
+    // about 8.4 GB in all: comfortably inside a 24 GB card even with the CUDA context.
+    CHECK(p.total / GIB == doctest::Approx(8.35).epsilon(0.01));
+}
+
+TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
+    Config c = llama31_8b();
+    int fits = -1;
+    SUBCASE("fits: the spare memory") {
+        PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+        MemoryPlan p;
+        memory_plan_compute(&c, &in, &p);
+        char expected[128];
+        std::snprintf(expected, sizeof expected, "fits in 24 GB with %.1f GB to spare", 24 - p.total / GIB);
+        CHECK(verdict_of(c, in, 24, &fits) == expected);
+        CHECK(fits == 1);
+    }
+    SUBCASE("too many activations: recompute first, as it alone fits and changes no result") {
+        PlanInputs in = gpu_inputs(4, 4096, 16, 0);
+        std::string v = verdict_of(c, in, 24, &fits);
+        CHECK(fits == 0);
+        CHECK(v.rfind("does not fit in 24 GB: needs ", 0) == 0);
+        CHECK(v.find("; use --recompute 1 (needs ") != std::string::npos);
+        CHECK(v.find(", or lower --seq to ") != std::string::npos);
+        CHECK(v.find(", or lower --batch to 1") != std::string::npos);
+        CHECK(v.find("--recompute 1") < v.find("--seq"));
+    }
+    SUBCASE("recompute already on: the largest batch that fits") {
+        PlanInputs in = gpu_inputs(8, 8192, 16, 1);
+        std::string v = verdict_of(c, in, 24, &fits);
+        CHECK(fits == 0);
+        CHECK(v.find("--recompute") == std::string::npos);
+        CHECK(v.find("; lower --batch to 2 (needs ") != std::string::npos);
+        // the suggested batch really fits, and one more does not
+        PlanInputs two = gpu_inputs(2, 8192, 16, 1), three = gpu_inputs(3, 8192, 16, 1);
+        CHECK(verdict_of(c, two, 24, &fits).rfind("fits", 0) == 0);
+        CHECK(verdict_of(c, three, 24, &fits).rfind("does not fit", 0) == 0);
+    }
+    SUBCASE("the weights alone are too big: no batch or sequence length helps") {
+        PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+        in.quant_nf4 = 0;
+        std::string v = verdict_of(c, in, 12, &fits);
+        CAPTURE(v);
+        CHECK(fits == 0);
+        CHECK(v.find("the weights and LoRA state alone need ") != std::string::npos);
+        CHECK(v.find("; use --quant nf4") != std::string::npos);
+        in.quant_nf4 = 1;
+        v = verdict_of(c, in, 4, &fits);
+        CHECK(v.find("; use a smaller model or a bigger GPU") != std::string::npos);
+    }
+}
+
+TEST_CASE("memory plan: the printed table names every part and both activation sizes") {
+    Config c = smollm2_135m();
+    PlanInputs in = gpu_inputs(1, 1024, 16, 0);
+    MemoryPlan p;
+    memory_plan_compute(&c, &in, &p);
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = open_memstream(&text, &size);
+    REQUIRE(out);
+    memory_plan_print(&c, &in, &p, 8, out);
+    std::fclose(out);
+    std::string s(text);
+    std::free(text);
+    for (const char *part : {"base linear weights (NF4 codes)", "quantization constants (double quant)",
+                             "embeddings, LM head, norms (bf16)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
+                             "AdamW m and v (fp32)", "activations (bf16, recompute off)", "logits (fp32)",
+                             "one block dequantized (scratch)", "total", "without recompute", "with it",
+                             "fits in 8 GB with "})
+        CHECK_MESSAGE(s.find(part) != std::string::npos, part);
+}
