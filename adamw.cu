@@ -98,11 +98,13 @@ int64_t warmup_steps_from(double warmup, int64_t total_steps) {
 // ---- gradient clipping -----------------------------------------------------
 
 double global_grad_norm(float *const *grads, const size_t *sizes, int n_tensors) {
-    // norm = sqrt(sum g^2) over every element of every tensor
+    // norm = sqrt(sum g^2) over every element of every tensor. Serial on
+    // purpose: a threaded reduction adds the partial sums in whichever order
+    // the threads finish, which changes the last bit from run to run and
+    // would break bitwise-reproducible resumes.
     double sum_squares = 0.0;
     for (int k = 0; k < n_tensors; k++) {
         const float *g = grads[k];
-        #pragma omp parallel for reduction(+ : sum_squares) schedule(static)
         for (size_t i = 0; i < sizes[k]; i++) sum_squares += (double)g[i] * (double)g[i];
     }
     return sqrt(sum_squares);

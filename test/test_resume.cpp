@@ -43,7 +43,10 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     std::vector<std::string> full = logged_steps(d + "/full/log.csv");
     std::vector<std::string> resumed = logged_steps(d + "/part/log.csv");
     REQUIRE(full.size() == 3);
-    CHECK(resumed == full);
+    std::string full_text, resumed_text;
+    for (const std::string &row : full) full_text += row + "\n";
+    for (const std::string &row : resumed) resumed_text += row + "\n";
+    CHECK_MESSAGE(resumed == full, "uninterrupted:\n", full_text, "paused + resumed:\n", resumed_text);
     // a checkpoint of another shape is refused with a clear message
     int status = system((common + " --rank 8 --out " + d + "/other --resume " + d + "/part" + quiet).c_str());
     CHECK(status != 0);
