@@ -90,30 +90,15 @@ static int read_adapter_config(AdapterConfig *ac, const char *path, char *err, s
 
 // ---- tensor names -----------------------------------------------------------
 
-// peft's path of the layer list, and of each target's module inside a layer.
-static const char *layers_path(const Config *c) {
-    return c->arch == ARCH_EXAONE ? "base_model.model.transformer.h." : "base_model.model.model.layers.";
-}
-
-static const char *module_name(const Config *c, int target) {
-    static const char *const LLAMA[N_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-                                                  "mlp.down_proj"};
-    static const char *const EXAONE[N_TARGETS] = {"attn.attention.q_proj", "attn.attention.k_proj",
-                                                   "attn.attention.v_proj", "attn.attention.out_proj",
-                                                   "mlp.c_fc_0", "mlp.c_fc_1", "mlp.c_proj"};
-    return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
-}
-
 // Splits "<layers path>N.<module>.lora_A.weight" (or lora_B) into the layer,
 // the target and which of the two it is. -1 with the reason in why.
 static int parse_tensor_name(const Config *c, const char *name, int *layer, int *target, int *is_b, char *why,
                              size_t why_size) {
     static const char SUFFIX_A[] = ".lora_A.weight", SUFFIX_B[] = ".lora_B.weight";
-    size_t suffix_len = strlen(SUFFIX_A), prefix_len = strlen(layers_path(c));
+    size_t suffix_len = strlen(SUFFIX_A), prefix_len = strlen(peft_layers_path(c));
     snprintf(why, why_size, "not a LoRA weight of a %s model in peft's layout (expected %sN.MODULE.lora_A.weight "
-             "or lora_B)", arch_name(c->arch), layers_path(c));
-    if (strncmp(name, layers_path(c), prefix_len) != 0) return -1;
+             "or lora_B)", arch_name(c->arch), peft_layers_path(c));
+    if (strncmp(name, peft_layers_path(c), prefix_len) != 0) return -1;
     const char *digits = name + prefix_len, *p = digits;
     while (isdigit((unsigned char)*p)) p++;
     if (p == digits || *p != '.') return -1;
@@ -126,12 +111,12 @@ static int parse_tensor_name(const Config *c, const char *name, int *layer, int 
     size_t module_len = rest_len - suffix_len;
     *target = -1;
     for (int t = 0; t < N_TARGETS; t++)
-        if (strlen(module_name(c, t)) == module_len && strncmp(module, module_name(c, t), module_len) == 0) *target = t;
+        if (strlen(peft_module_path(c, t)) == module_len && strncmp(module, peft_module_path(c, t), module_len) == 0) *target = t;
     if (*target < 0) {
         int n = snprintf(why, why_size, "unknown module '%.*s' (a %s layer has", (int)module_len, module,
                          arch_name(c->arch));
         for (int t = 0; t < N_TARGETS && n > 0 && (size_t)n < why_size; t++)
-            n += snprintf(why + n, why_size - n, " %s", module_name(c, t));
+            n += snprintf(why + n, why_size - n, " %s", peft_module_path(c, t));
         if (n > 0 && (size_t)n < why_size) snprintf(why + n, why_size - n, ")");
         return -1;
     }

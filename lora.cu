@@ -197,16 +197,23 @@ void lora_set_zero_grads(LoraSet *set) {
     }
 }
 
-// peft's module path of (layer, target) for this architecture's HF names.
-static void peft_module_name(const Config *c, int layer, int target, char *out, size_t size) {
+const char *peft_layers_path(const Config *c) {
+    return c->arch == ARCH_EXAONE ? "base_model.model.transformer.h." : "base_model.model.model.layers.";
+}
+
+const char *peft_module_path(const Config *c, int target) {
     static const char *const LLAMA[N_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
                                                   "mlp.down_proj"};
     static const char *const EXAONE[N_TARGETS] = {"attn.attention.q_proj", "attn.attention.k_proj",
                                                    "attn.attention.v_proj", "attn.attention.out_proj",
                                                    "mlp.c_fc_0", "mlp.c_fc_1", "mlp.c_proj"};
-    if (c->arch == ARCH_EXAONE) snprintf(out, size, "base_model.model.transformer.h.%d.%s", layer, EXAONE[target]);
-    else snprintf(out, size, "base_model.model.model.layers.%d.%s", layer, LLAMA[target]);
+    return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
+}
+
+// The module of (layer, target), e.g. base_model.model.model.layers.3.mlp.up_proj
+static void peft_module_name(const Config *c, int layer, int target, char *out, size_t size) {
+    snprintf(out, size, "%s%d.%s", peft_layers_path(c), layer, peft_module_path(c, target));
 }
 
 static const char *peft_target_module(const Config *c, int target) {

@@ -72,6 +72,10 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], i
 void lora_set_free(LoraSet *set);
 size_t lora_set_num_params(const LoraSet *set);
 void lora_set_zero_grads(LoraSet *set);
+// peft's tensor names: peft_layers_path(c) + layer + "." + peft_module_path(c, target)
+// + ".lora_A.weight" (or lora_B), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+const char *peft_layers_path(const Config *c);
+const char *peft_module_path(const Config *c, int target);
 // Writes dir/adapter_model.safetensors and dir/adapter_config.json in HF
 // peft's layout and names, so peft can load the adapter onto the base model.
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
