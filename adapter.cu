@@ -76,13 +76,8 @@ static int check_adapter_config(AdapterConfig *ac, const JsonValue *config, cons
 }
 
 static int read_adapter_config(AdapterConfig *ac, const char *path, char *err, size_t err_size) {
-    size_t len;
-    char *text = read_file(path, &len, err, err_size);
-    if (!text) return -1;
-    char why[256];
-    JsonValue *config = json_parse(text, len, why, sizeof why);
-    free(text);
-    if (!config) { snprintf(err, err_size, "%s: %s", path, why); return -1; }
+    JsonValue *config = json_parse_file(path, err, err_size);
+    if (!config) return -1;
     int status = check_adapter_config(ac, config, path, err, err_size);
     json_free(config);
     return status;

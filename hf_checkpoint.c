@@ -213,16 +213,8 @@ static int config_from_json(const JsonValue *json, Config *c, const char *path, 
 
 int hf_read_config(const char *path, Config *config, char *err, size_t err_size) {
     memset(config, 0, sizeof *config);
-    size_t len;
-    char *text = read_file(path, &len, err, err_size);
-    if (!text) return -1;
-    char json_err[256];
-    JsonValue *json = json_parse(text, len, json_err, sizeof json_err);
-    free(text);
-    if (!json) {
-        snprintf(err, err_size, "%s: not valid JSON: %s", path, json_err);
-        return -1;
-    }
+    JsonValue *json = json_parse_file(path, err, err_size);
+    if (!json) return -1;
     int status = config_from_json(json, config, path, err, err_size);
     json_free(json);
     if (status != 0) memset(config, 0, sizeof *config);
@@ -304,16 +296,8 @@ static int open_indexed_shards(HFCheckpoint *ck, const JsonValue *weight_map, co
 }
 
 static int open_sharded(HFCheckpoint *ck, const char *index_path, char *err, size_t err_size) {
-    size_t len;
-    char *text = read_file(index_path, &len, err, err_size);
-    if (!text) return -1;
-    char json_err[256];
-    JsonValue *index = json_parse(text, len, json_err, sizeof json_err);
-    free(text);
-    if (!index) {
-        snprintf(err, err_size, "%s: not valid JSON: %s", index_path, json_err);
-        return -1;
-    }
+    JsonValue *index = json_parse_file(index_path, err, err_size);
+    if (!index) return -1;
     const JsonValue *weight_map = json_get(index, "weight_map");
     int status;
     if (!weight_map || weight_map->type != JSON_OBJECT || weight_map->count == 0) {

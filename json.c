@@ -326,6 +326,17 @@ const char *json_get_string(const JsonValue *object, const char *key, const char
     return (v && v->type == JSON_STRING) ? v->string : fallback;
 }
 
+JsonValue *json_parse_file(const char *path, char *err, size_t err_size) {
+    size_t len;
+    char *text = read_file(path, &len, err, err_size);
+    if (!text) return NULL;
+    char why[256];
+    JsonValue *value = json_parse(text, len, why, sizeof why);
+    free(text);
+    if (!value) snprintf(err, err_size, "%s: %s (not valid JSON)", path, why);
+    return value;
+}
+
 char *read_file(const char *path, size_t *len, char *err, size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return NULL; }

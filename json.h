@@ -35,6 +35,10 @@ const char *json_get_string(const JsonValue *object, const char *key, const char
 // Reads a whole file into memory (NUL-terminated). NULL + err on failure.
 char *read_file(const char *path, size_t *len, char *err, size_t err_size);
 
+// Reads and parses a JSON file. On failure returns NULL with
+// "PATH: line L, column C: what is wrong (not valid JSON)" (or the read error) in err.
+JsonValue *json_parse_file(const char *path, char *err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

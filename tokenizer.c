@@ -699,16 +699,12 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
     strcpy(config_path + dir_len, "tokenizer_config.json");
     int ok = 1;
     if (access(config_path, F_OK) == 0) {
-        size_t len;
-        char *text = read_file(config_path, &len, err, err_size), what[256];
-        JsonValue *config = text ? json_parse(text, len, what, sizeof what) : NULL;
-        if (text && !config) set_error(err, err_size, "%s: %s", config_path, what);
-        else if (text && config->type != JSON_OBJECT) set_error(err, err_size, "%s: not a JSON object", config_path);
+        JsonValue *config = json_parse_file(config_path, err, err_size);
+        if (config && config->type != JSON_OBJECT) set_error(err, err_size, "%s: not a JSON object", config_path);
         ok = config && config->type == JSON_OBJECT &&
              config_token(t, config, "bos_token", config_path, &t->bos, err, err_size) &&
              config_token(t, config, "eos_token", config_path, &t->eos, err, err_size);
         json_free(config);
-        free(text);
     }
     free(config_path);
     if (t->eos < 0) t->eos = t->im_end;
@@ -716,16 +712,8 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
 }
 
 Tokenizer *tokenizer_from_json(const char *path, char *err, size_t err_size) {
-    size_t len;
-    char *text = read_file(path, &len, err, err_size);
-    if (!text) return NULL;
-    char what[256];
-    JsonValue *root = json_parse(text, len, what, sizeof what);
-    free(text);
-    if (!root) {
-        set_error(err, err_size, "%s: %s", path, what);
-        return NULL;
-    }
+    JsonValue *root = json_parse_file(path, err, err_size);
+    if (!root) return NULL;
     Tokenizer *t = NULL;
     if (root->type != JSON_OBJECT) set_error(err, err_size, "%s: not a JSON object", path);
     else t = json_tokenizer(root, path, err, err_size);

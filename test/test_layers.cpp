@@ -161,10 +161,7 @@ TEST_CASE("layers backward: cross-entropy with ignored targets") {
 
 TEST_CASE("layers: RoPE frequencies equal transformers', plain and with Llama-3 scaling") {
     char err[256];
-    size_t len;
-    char *text = read_file("test/fixtures/rope_inv_freq.json", &len, err, sizeof err);
-    REQUIRE_MESSAGE(text, err);
-    JsonValue *root = json_parse(text, len, err, sizeof err);
+    JsonValue *root = json_parse_file("test/fixtures/rope_inv_freq.json", err, sizeof err);
     REQUIRE_MESSAGE(root, err);
     const JsonValue *cases = json_get(root, "cases");
     REQUIRE(cases);
@@ -190,5 +187,4 @@ TEST_CASE("layers: RoPE frequencies equal transformers', plain and with Llama-3 
                           json_get_string(item, "name", ""), " i=", i);
     }
     json_free(root);
-    free(text);
 }
