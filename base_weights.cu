@@ -12,11 +12,9 @@ static float *linear_matrix(const LayerWeights *l, int target) {
 }
 
 static size_t linear_numel(const Config *c, int target) {
-    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    size_t sizes[N_TARGETS] = {q_dim * c->dim, kv_dim * c->dim, kv_dim * c->dim, (size_t)c->dim * q_dim,
-                               (size_t)c->hidden_dim * c->dim, (size_t)c->hidden_dim * c->dim,
-                               (size_t)c->dim * c->hidden_dim};
-    return sizes[target];
+    int in_dim, out_dim;
+    lora_target_dims(c, target, &in_dim, &out_dim);
+    return (size_t)in_dim * out_dim;
 }
 
 // The norms and biases of a block, shared by both modes.

@@ -137,8 +137,7 @@ int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size
     return 0;
 }
 
-// in and out width of each target's linear layer
-static void target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
+void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     int ins[N_TARGETS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};
     int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
@@ -161,7 +160,7 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], i
         for (int t = 0; t < N_TARGETS; t++) {
             if (!enabled[t]) continue;
             int in_dim, out_dim;
-            target_dims(c, t, &in_dim, &out_dim);
+            lora_target_dims(c, t, &in_dim, &out_dim);
             uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t);
             if (lora_init(&set->adapters[l * N_TARGETS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
                 lora_set_free(set);

@@ -63,6 +63,8 @@ typedef struct {
     LoraAdapter *adapters;    // [n_layers * N_TARGETS]; disabled targets are all NULL
 } LoraSet;
 
+// In and out width of a target's linear layer in this model.
+void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim);
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
 int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size);
 // Creates adapters for every enabled target of every layer; each A gets its
