@@ -20,41 +20,44 @@ ifeq ($(strip $(HAVE_NVCC)),)
 else
   BUILD_KIND = cpu + cuda ($(NVCC))
   CUDA_HOME ?= $(realpath $(dir $(HAVE_NVCC))/..)
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart_static -ldl -lrt -lpthread
 endif
+# Extra include/library folders (e.g. a machine without the -dev packages):
+#   make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c memory_plan.c plot.c
-LIB_CU = layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
+LIB_CU = gpu.cu layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
 
-.PHONY: all fetch test clean build
+.PHONY: all fetch test test-gpu clean build
 all: fetch $(PROGRAMS)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
 build/%.o: %.c | build
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # .cu files hold plain C++ host code plus (later) CUDA kernels.
 ifeq ($(strip $(HAVE_NVCC)),)
 build/%.o: %.cu | build
-	$(CXX) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
 else
+NVCCFLAGS = -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native"
 build/%.o: %.cu | build
-	$(NVCC) -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native" -MMD -MP -c $< -o $@
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 endif
 
 generate: build/generate.o $(LIB_OBJ)
-	$(CXX) $^ -o $@ $(LDLIBS)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 train: build/train.o $(LIB_OBJ)
-	$(CXX) $^ -o $@ $(LDLIBS)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Phony so that the folders are made even when build/ is already there.
 build:
-	@mkdir -p build build/data build/test build/test/data
+	@mkdir -p build build/data build/test build/test/data build/test/gpu
 
 # ---- the default model (never committed; see models/SHA256SUMS) ----------
 fetch:
@@ -71,17 +74,38 @@ TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
              $(LIB_C:%.c=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
 
 build/test/%.o: %.c | build
-	$(CC) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
 build/test/%.o: %.cu | build
-	$(CXX) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
 build/test/%.o: test/%.cpp | build
-	$(CXX) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -MMD -MP -c $< -o $@
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -MMD -MP -c $< -o $@
 
 build/test_cpu: $(TEST_OBJ)
-	$(CXX) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
+	$(CXX) $(LDFLAGS) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
 
-test: fetch train build/test_cpu
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ./build/test_cpu
+# ---- GPU tests: each kernel against its CPU reference ----------------------
+# Built by nvcc against the same objects as the programs (no sanitizers: run
+# compute-sanitizer on a GPU machine instead). On a machine without a GPU the
+# binary runs and reports every GPU test as skipped.
+ifeq ($(strip $(HAVE_NVCC)),)
+TEST_GPU =
+else
+TEST_GPU = build/test_gpu
+GPU_TEST_OBJ = $(patsubst test/gpu/%.cu,build/test/gpu/%.o,$(wildcard test/gpu/*.cu))
+build/test/gpu/%.o: test/gpu/%.cu | build
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
+build/test/gpu/test_main.o: test/test_main.cpp | build
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -I. -MMD -MP -c $< -o $@
+build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+endif
+
+test: fetch train build/test_cpu $(TEST_GPU)
+	@sh test/run_tests.sh build/test_cpu $(TEST_GPU)
+
+# Only the GPU tests (on a GPU machine; no model download needed).
+test-gpu: $(TEST_GPU)
+	@sh test/run_tests.sh $(TEST_GPU)
 
 # header dependencies, written by -MMD
 -include $(wildcard build/*.d build/*/*.d build/test/*/*.d)

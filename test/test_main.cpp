@@ -3,6 +3,9 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <cstdio>
+#ifdef QLORA_GPU_TESTS
+#include "gpu.h"
+#endif
 
 static doctest::TestRunStats g_stats;
 
@@ -25,6 +28,16 @@ DOCTEST_REGISTER_LISTENER("summary_line", 100, SummaryLine);
 
 int main(int argc, char **argv) {
     doctest::Context context(argc, argv);
+#ifdef QLORA_GPU_TESTS
+    // The GPU tests binary: without a device every test is filtered out, and
+    // so counted as skipped in the summary line.
+    if (!gpu_available()) {
+        std::printf("no CUDA device: skipping the GPU tests\n");
+        context.addFilter("test-case-exclude", "*");
+    } else {
+        std::printf("GPU tests on %s\n", gpu_device_name());
+    }
+#endif
     int status = context.run();
     if (context.shouldExit()) return status;   // --help, --list-test-cases, ...
     const doctest::TestRunStats &s = g_stats;

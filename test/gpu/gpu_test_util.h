@@ -1,0 +1,29 @@
+// gpu_test_util.h: helpers for the GPU tests (built by nvcc only). Each test
+// draws fresh random inputs, rounds them to bf16 where the kernel reads bf16
+// (so the CPU reference sees exactly the kernel's inputs), poisons the outputs
+// before the launch, and compares with a stated tolerance.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <vector>
+#include "gpu.h"
+
+// A seed that differs every run (time and a counter): "fresh random inputs".
+// It is printed with each failure so a failing case can be replayed.
+uint64_t fresh_seed(void);
+// n values uniform in [-scale, scale].
+std::vector<float> random_vector(size_t n, uint64_t seed, float scale);
+// Rounds every value to the nearest bf16 (in place).
+void round_to_bf16(std::vector<float> &x);
+
+// Largest |got - want| divided by the largest |want| (a relative error for
+// the tensor as a whole; NaN or Inf in got gives infinity).
+double max_relative_error(const float *got, const float *want, size_t n);
+// cos(got, want) over the whole tensor, in double.
+double cosine_similarity(const float *got, const float *want, size_t n);
+
+// Device buffers in one line from host vectors (freed by the caller with gpu_free).
+float *upload_floats(const std::vector<float> &x, const char *what);
+bf16 *upload_bf16(const std::vector<float> &x, const char *what);
+std::vector<float> download_floats(const float *device, size_t n);
+std::vector<float> download_bf16(const bf16 *device, size_t n);
