@@ -27,7 +27,7 @@ endif
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c memory_plan.c plot.c
-LIB_CU = gpu.cu layers.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
+LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)

@@ -149,103 +149,6 @@ void rope_backward_cpu(Real *d_x, const int *positions, const float *inv_freq, i
     rotate_pairs(d_x, positions, inv_freq, n, n_heads, head_dim, -1.0f);
 }
 
-// ---- attention --------------------------------------------------------------------
-
-// probs[j] = softmax_j(q . k_j / sqrt(d)) over keys j < n_keys of one kv head.
-template <typename Real>
-static void attention_probs(Real *probs, const Real *q_vec, const Real *k, int n_keys, int kv_dim, int kv_offset,
-                            int head_dim) {
-    Real scale = 1 / sqrt((Real)head_dim);
-    Real max_score = -INFINITY;
-    for (int j = 0; j < n_keys; j++) {
-        const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
-        Real dot = 0;
-        for (int i = 0; i < head_dim; i++) dot += q_vec[i] * k_vec[i];
-        probs[j] = dot * scale;
-        if (probs[j] > max_score) max_score = probs[j];
-    }
-    Real sum = 0;
-    for (int j = 0; j < n_keys; j++) {
-        probs[j] = exp(probs[j] - max_score);
-        sum += probs[j];
-    }
-    for (int j = 0; j < n_keys; j++) probs[j] /= sum;
-}
-
-template <typename Real>
-void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
-                   int n_kv_heads, int head_dim) {
-    int kv_dim = n_kv_heads * head_dim;
-    int group = n_heads / n_kv_heads;  // query heads sharing one kv head
-    #pragma omp parallel
-    {
-        Real *probs = (Real *)malloc(sizeof(Real) * (size_t)(pos0 + n));
-        #pragma omp for collapse(2) schedule(static)
-        for (int t = 0; t < n; t++) {
-            for (int h = 0; h < n_heads; h++) {
-                int kv_offset = (h / group) * head_dim;
-                int n_keys = pos0 + t + 1;  // causal: keys up to and including this position
-                attention_probs(probs, q + ((size_t)t * n_heads + h) * head_dim, k, n_keys, kv_dim, kv_offset,
-                                head_dim);
-                // out = sum_j p_j v_j
-                Real *o = out + ((size_t)t * n_heads + h) * head_dim;
-                for (int i = 0; i < head_dim; i++) o[i] = 0;
-                for (int j = 0; j < n_keys; j++) {
-                    const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
-                    for (int i = 0; i < head_dim; i++) o[i] += probs[j] * v_vec[i];
-                }
-            }
-        }
-        free(probs);
-    }
-}
-
-// Runs serially: several query heads write the same d_k/d_v rows.
-template <typename Real>
-void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
-                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim) {
-    int kv_dim = n_kv_heads * head_dim;
-    int group = n_heads / n_kv_heads;
-    Real scale = 1 / sqrt((Real)head_dim);
-    Real *probs = (Real *)malloc(sizeof(Real) * (size_t)n);
-    Real *d_probs = (Real *)malloc(sizeof(Real) * (size_t)n);
-    for (int t = 0; t < n; t++) {
-        for (int h = 0; h < n_heads; h++) {
-            int kv_offset = (h / group) * head_dim;
-            int n_keys = t + 1;
-            const Real *q_vec = q + ((size_t)t * n_heads + h) * head_dim;
-            const Real *dy = d_out + ((size_t)t * n_heads + h) * head_dim;
-            attention_probs(probs, q_vec, k, n_keys, kv_dim, kv_offset, head_dim);
-            // dp_j = dy . v_j;  dv_j += p_j dy
-            Real weighted = 0;  // sum_j p_j dp_j
-            for (int j = 0; j < n_keys; j++) {
-                const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
-                Real *dv = d_v + (size_t)j * kv_dim + kv_offset;
-                Real dp = 0;
-                for (int i = 0; i < head_dim; i++) {
-                    dp += dy[i] * v_vec[i];
-                    dv[i] += probs[j] * dy[i];
-                }
-                d_probs[j] = dp;
-                weighted += probs[j] * dp;
-            }
-            // softmax backward: ds_j = p_j (dp_j - sum_k p_k dp_k); then dq += scale ds_j k_j, dk_j += scale ds_j q
-            Real *dq = d_q + ((size_t)t * n_heads + h) * head_dim;
-            for (int j = 0; j < n_keys; j++) {
-                Real ds = probs[j] * (d_probs[j] - weighted) * scale;
-                const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
-                Real *dk = d_k + (size_t)j * kv_dim + kv_offset;
-                for (int i = 0; i < head_dim; i++) {
-                    dq[i] += ds * k_vec[i];
-                    dk[i] += ds * q_vec[i];
-                }
-            }
-        }
-    }
-    free(probs);
-    free(d_probs);
-}
-
 // ---- SwiGLU -------------------------------------------------------------------------
 
 template <typename Real>
@@ -269,51 +172,6 @@ void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real
     }
 }
 
-// ---- cross-entropy ---------------------------------------------------------------------
-
-template <typename Real>
-static double log_sum_exp(const Real *row, int vocab) {
-    double max_logit = row[0];
-    for (int v = 1; v < vocab; v++) if (row[v] > max_logit) max_logit = row[v];
-    double sum = 0.0;
-    for (int v = 0; v < vocab; v++) sum += exp((double)row[v] - max_logit);
-    return log(sum) + max_logit;
-}
-
-template <typename Real>
-double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted) {
-    double total = 0.0;
-    int counted = 0;
-    for (int t = 0; t < n; t++) {
-        if (targets[t] == -100) continue;
-        const Real *row = logits + (size_t)t * vocab;
-        // -log p = logsumexp(row) - row[target]
-        total += log_sum_exp(row, vocab) - row[targets[t]];
-        counted++;
-    }
-    *n_counted = counted;
-    return total;
-}
-
-template <typename Real>
-void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
-                                double scale) {
-    for (int t = 0; t < n; t++) {
-        if (targets[t] == -100) continue;
-        const Real *row = logits + (size_t)t * vocab;
-        Real *d_row = d_logits + (size_t)t * vocab;
-        double lse = log_sum_exp(row, vocab);
-        // d loss / d logit_v = softmax_v - [v == target]
-        for (int v = 0; v < vocab; v++) d_row[v] += (Real)(scale * exp((double)row[v] - lse));
-        d_row[targets[t]] -= (Real)scale;
-    }
-}
-
-float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted) {
-    double total = cross_entropy_sum_cpu(logits, targets, n, vocab, n_counted);
-    return *n_counted ? (float)(total / *n_counted) : 0.0f;
-}
-
 template <typename Real>
 void residual_add_cpu(Real *x, const Real *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
@@ -329,13 +187,8 @@ void residual_add_cpu(Real *x, const Real *y, size_t n) {
     template void rmsnorm_backward_cpu(Real *, const Real *, const Real *, const Real *, int, int, float);        \
     template void rope_cpu(Real *, const int *, const float *, int, int, int);                                   \
     template void rope_backward_cpu(Real *, const int *, const float *, int, int, int);                          \
-    template void attention_cpu(Real *, const Real *, const Real *, const Real *, int, int, int, int, int);      \
-    template void attention_backward_cpu(Real *, Real *, Real *, const Real *, const Real *, const Real *,       \
-                                         const Real *, int, int, int, int);                                      \
     template void swiglu_cpu(Real *, const Real *, const Real *, size_t);                                        \
     template void swiglu_backward_cpu(Real *, Real *, const Real *, const Real *, const Real *, size_t);         \
-    template double cross_entropy_sum_cpu(const Real *, const int *, int, int, int *);                           \
-    template void cross_entropy_backward_cpu(Real *, const Real *, const int *, int, int, double);               \
     template void residual_add_cpu(Real *, const Real *, size_t);
 
 INSTANTIATE_LAYERS(float)

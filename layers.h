@@ -9,6 +9,8 @@
 #pragma once
 #include <stddef.h>
 #include "model.h"
+#include "attention.h"
+#include "cross_entropy.h"
 
 // out[n, out_dim] = in[n, in_dim] W^T + bias   (W is [out_dim, in_dim]; bias may be NULL)
 template <typename Real>
@@ -37,35 +39,11 @@ void rope_cpu(Real *x, const int *positions, const float *inv_freq, int n, int n
 template <typename Real>
 void rope_backward_cpu(Real *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
 
-// Causal grouped-query attention for n new queries at positions pos0..pos0+n-1
-// over keys/values 0..pos0+n-1 held in k/v [pos0 + n, n_kv_heads * head_dim].
-// q and out are [n, n_heads * head_dim].
-template <typename Real>
-void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
-                   int n_kv_heads, int head_dim);
-// Backward of attention_cpu for a whole sequence (pos0 = 0): recomputes the
-// softmax from q and k, then d_q, d_k, d_v += the gradients.
-template <typename Real>
-void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
-                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim);
-
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x))
 template <typename Real>
 void swiglu_cpu(Real *out, const Real *gate, const Real *up, size_t n);
 template <typename Real>
 void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real *gate, const Real *up, size_t n);
-
-// Sum over t with targets[t] != -100 of -log softmax(logits[t])[targets[t]],
-// returned as a double; *n_counted gets the number of counted targets.
-// targets are already shifted: targets[t] is the token that should follow t.
-template <typename Real>
-double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted);
-// d_logits += scale * (softmax(logits[t]) - onehot(targets[t])) for counted t
-template <typename Real>
-void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
-                                double scale);
-// The mean answer-only loss (sum / count, 0 when nothing is counted).
-float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
 
 // x += y
 template <typename Real>
