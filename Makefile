@@ -27,7 +27,7 @@ endif
 
 # Library sources (everything but the programs' main files).
 LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c memory_plan.c plot.c
-LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu
+LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu train_gpu.cu
 PROGRAMS = generate train
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
@@ -57,7 +57,7 @@ train: build/train.o $(LIB_OBJ)
 
 # Phony so that the folders are made even when build/ is already there.
 build:
-	@mkdir -p build build/data build/test build/test/data build/test/gpu
+	@mkdir -p build build/data build/dev build/test build/test/data build/test/gpu
 
 # ---- the default model (never committed; see models/SHA256SUMS) ----------
 fetch:
@@ -98,6 +98,12 @@ build/test/gpu/test_main.o: test/test_main.cpp | build
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -I. -MMD -MP -c $< -o $@
 build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# The GPU trainer's throughput on random-weight models (dev/bench_train.cu).
+build/bench_train: build/dev/bench_train.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+build/dev/bench_train.o: dev/bench_train.cu | build
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
 endif
 
 test: fetch train build/test_cpu $(TEST_GPU)

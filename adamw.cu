@@ -1,6 +1,7 @@
 // adamw.cu: the optimizer side of a training step on the CPU: AdamW, the
 // warmup + cosine learning-rate schedule, global-norm gradient clipping and
-// gradient-accumulation loss normalisation. Each formula follows the torch /
+// gradient-accumulation loss normalisation; at the bottom, the AdamW step, the
+// sum of squares and the scaling on the GPU. Each formula follows the torch /
 // HF transformers function named in adamw.h, so that runs can be compared.
 #include "adamw.h"
 
@@ -39,32 +40,47 @@ void adamw_free(AdamWState *s) {
     s->n = 0;
 }
 
-void adamw_step_cpu(float *params, const float *grads, AdamWState *s, const AdamWConfig *c, float lr) {
-    s->step++;
-    // The scalars are computed in double and then rounded once, as torch does
-    // with its Python-float hyperparameters.
-    double t = (double)s->step;
+// The scalars of step t (the step number after incrementing), shared by the
+// CPU and GPU steps. They are computed in double and then rounded once, as
+// torch does with its Python-float hyperparameters.
+typedef struct {
+    float step_size;        // lr / (1 - b1^t)
+    float decay;            // 1 - lr wd
+    float one_minus_beta1;  // 1 - b1
+    float one_minus_beta2;  // 1 - b2
+    float denom_scale;      // sqrt(1 - b2^t)
+} AdamWScalars;
+
+static AdamWScalars adamw_scalars(const AdamWConfig *c, float lr, int64_t step) {
+    double t = (double)step;
     // bias corrections: 1 - b1^t and sqrt(1 - b2^t)
     double bias_correction1 = 1.0 - pow((double)c->beta1, t);
     double bias_correction2_sqrt = sqrt(1.0 - pow((double)c->beta2, t));
-    float step_size = (float)((double)lr / bias_correction1);
-    float decay = (float)(1.0 - (double)lr * (double)c->weight_decay);
-    float one_minus_beta1 = (float)(1.0 - (double)c->beta1);
-    float one_minus_beta2 = (float)(1.0 - (double)c->beta2);
-    float denom_scale = (float)bias_correction2_sqrt;
+    AdamWScalars k;
+    k.step_size = (float)((double)lr / bias_correction1);
+    k.decay = (float)(1.0 - (double)lr * (double)c->weight_decay);
+    k.one_minus_beta1 = (float)(1.0 - (double)c->beta1);
+    k.one_minus_beta2 = (float)(1.0 - (double)c->beta2);
+    k.denom_scale = (float)bias_correction2_sqrt;
+    return k;
+}
+
+void adamw_step_cpu(float *params, const float *grads, AdamWState *s, const AdamWConfig *c, float lr) {
+    s->step++;
+    AdamWScalars k = adamw_scalars(c, lr, s->step);
 
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < s->n; i++) {
         float g = grads[i];
         // decoupled weight decay: p = p (1 - lr wd)
-        float p = params[i] * decay;
+        float p = params[i] * k.decay;
         // m = b1 m + (1 - b1) g
-        float m = c->beta1 * s->m[i] + one_minus_beta1 * g;
+        float m = c->beta1 * s->m[i] + k.one_minus_beta1 * g;
         // v = b2 v + (1 - b2) g^2
-        float v = c->beta2 * s->v[i] + one_minus_beta2 * g * g;
+        float v = c->beta2 * s->v[i] + k.one_minus_beta2 * g * g;
         // p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-        float denom = sqrtf(v) / denom_scale + c->eps;
-        params[i] = p - step_size * m / denom;
+        float denom = sqrtf(v) / k.denom_scale + c->eps;
+        params[i] = p - k.step_size * m / denom;
         s->m[i] = m;
         s->v[i] = v;
     }
@@ -145,3 +161,98 @@ StepLoss step_loss_from_micro_batches(const double *loss_sums, const int64_t *an
     out.grad_scale = (float)(1.0 / (double)out.answer_tokens);
     return out;
 }
+
+// ---- on the GPU ----------------------------------------------------------------
+#ifdef __CUDACC__
+
+// One thread per parameter, the arithmetic of adamw_step_cpu line by line.
+__global__ static void adamw_kernel(float *params, const float *grads, float *m_all, float *v_all, size_t n,
+                                    AdamWScalars k, AdamWConfig c) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grads[i];
+    // decoupled weight decay: p = p (1 - lr wd)
+    float p = params[i] * k.decay;
+    // m = b1 m + (1 - b1) g
+    float m = c.beta1 * m_all[i] + k.one_minus_beta1 * g;
+    // v = b2 v + (1 - b2) g^2
+    float v = c.beta2 * v_all[i] + k.one_minus_beta2 * g * g;
+    // p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    float denom = sqrtf(v) / k.denom_scale + c.eps;
+    params[i] = p - k.step_size * m / denom;
+    m_all[i] = m;
+    v_all[i] = v;
+}
+
+void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_t n, int64_t step,
+                    const AdamWConfig *c, float lr) {
+    if (n == 0) return;
+    AdamWScalars k = adamw_scalars(c, lr, step);
+    adamw_kernel<<<(unsigned)((n + 255) / 256), 256>>>(params, grads, m, v, n, k, *c);
+    CUDA_CHECK_LAUNCH();
+}
+
+// The sum of squares in two fixed passes, so the order of every addition
+// depends on n alone and the result is the same on every run: each of at most
+// SUM_BLOCKS blocks sums a fixed strided share of x, then one block sums the
+// block totals.
+static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_sum
+static constexpr int SUM_BLOCKS = 1024;
+
+// The sum of value over the block's SUM_THREADS threads, as a fixed tree; in thread 0.
+__device__ static double block_sum(double value) {
+    __shared__ double partial[SUM_THREADS];
+    partial[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = SUM_THREADS / 2; half > 0; half /= 2) {
+        if ((int)threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+// block_totals[b] = sum of x[i]^2 over i = b * SUM_THREADS + t + k * gridDim * SUM_THREADS
+__global__ static void sum_squares_kernel(double *block_totals, const float *x, size_t n) {
+    double sum = 0.0;
+    size_t stride = (size_t)gridDim.x * SUM_THREADS;
+    for (size_t i = (size_t)blockIdx.x * SUM_THREADS + threadIdx.x; i < n; i += stride) sum += (double)x[i] * (double)x[i];
+    double total = block_sum(sum);
+    if (threadIdx.x == 0) block_totals[blockIdx.x] = total;
+}
+
+// *out = sum of values[0 .. count), by one block
+__global__ static void sum_kernel(double *out, const double *values, int count) {
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < count; i += SUM_THREADS) sum += values[i];
+    double total = block_sum(sum);
+    if (threadIdx.x == 0) *out = total;
+}
+
+double sum_squares_gpu(const float *x, size_t n) {
+    if (n == 0) return 0.0;
+    size_t blocks_needed = (n + SUM_THREADS - 1) / SUM_THREADS;
+    int blocks = blocks_needed < (size_t)SUM_BLOCKS ? (int)blocks_needed : SUM_BLOCKS;
+    // block totals, then the sum at [blocks]
+    double *sums = (double *)gpu_malloc(sizeof(double) * (blocks + 1), "sum of squares");
+    sum_squares_kernel<<<blocks, SUM_THREADS>>>(sums, x, n);
+    CUDA_CHECK_LAUNCH();
+    sum_kernel<<<1, SUM_THREADS>>>(sums + blocks, sums, blocks);
+    CUDA_CHECK_LAUNCH();
+    double result = 0.0;
+    gpu_download(&result, sums + blocks, sizeof(double));
+    gpu_free(sums);
+    return result;
+}
+
+// x[i] *= scale
+__global__ static void scale_kernel(float *x, size_t n, float scale) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= scale;
+}
+
+void scale_gpu(float *x, size_t n, float scale) {
+    if (n == 0) return;
+    scale_kernel<<<(unsigned)((n + 255) / 256), 256>>>(x, n, scale);
+    CUDA_CHECK_LAUNCH();
+}
+#endif

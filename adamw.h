@@ -119,3 +119,20 @@ StepLoss step_loss_from_micro_batches(const double *loss_sums, const int64_t *an
 #ifdef __cplusplus
 }
 #endif
+
+// ---- on the GPU ----------------------------------------------------------------
+#ifdef __CUDACC__
+#include "gpu.h"
+
+// One AdamW step over n fp32 params on the device, moments m, v on the device;
+// step = the step number AFTER incrementing (1 for the first step). The same
+// arithmetic as adamw_step_cpu: its scalars (bias corrections, 1 - beta) are
+// computed on the host in double, by the same function.
+void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_t n, int64_t step,
+                    const AdamWConfig *c, float lr);
+// The sum of x[i]^2 over n fp32 values, accumulated in double; deterministic
+// (a grid and an order of additions fixed by n: the same result every run).
+double sum_squares_gpu(const float *x, size_t n);
+// x[i] *= scale
+void scale_gpu(float *x, size_t n, float scale);
+#endif

@@ -109,3 +109,533 @@ template void attention_backward_cpu(float *, float *, float *, const float *, c
                                      const float *, int, int, int, int);
 template void attention_backward_cpu(double *, double *, double *, const double *, const double *, const double *,
                                      const double *, int, int, int, int);
+
+#ifdef __CUDACC__
+// ---- on the GPU -------------------------------------------------------------------------
+// Shared by both kinds: sequence s, token t, query head h, kv head g = h / group.
+// q and out rows have stride q_stride = n_heads * head_dim, k and v rows
+// kv_stride = n_kv_heads * head_dim; head h of row t starts at column h * head_dim.
+// lse and delta are [seq][head][token].
+#include <stdio.h>
+
+// ---- ATTENTION_SIMPLE: scores materialised, cuBLAS for the products ----------------------
+// Per query head h, batched over the sequences: S = scale q_h k_g^T [seq_len, seq_len]
+// in fp32, a causal softmax kernel turns S into P (bf16) and lse, then out_h = P v_g.
+
+static const int softmax_block = 256;
+
+// The sum (max) of v over the 32 lanes of a warp, in every lane.
+__device__ static float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ static float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// The sum (max) of v over the whole block, in every thread (blockDim.x a multiple
+// of 32, at most 1024; every thread of the block must call it).
+__device__ static float block_sum(float v) {
+    __shared__ float warp_totals[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();   // an earlier call has finished reading warp_totals
+    if (lane == 0) warp_totals[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < n_warps; w++) total += warp_totals[w];
+    return total;
+}
+__device__ static float block_max(float v) {
+    __shared__ float warp_maxima[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();   // an earlier call has finished reading warp_maxima
+    if (lane == 0) warp_maxima[warp] = v;
+    __syncthreads();
+    float result = -INFINITY;
+    for (int w = 0; w < n_warps; w++) result = fmaxf(result, warp_maxima[w]);
+    return result;
+}
+
+// Batched over the sequences, row-major: scores [T, T] = alpha a b^T, where a and
+// b are one head's [T, head_dim] slices (row strides a_stride, b_stride).
+// cuBLAS sees scores^T [T, T] = b a^T: b is stored as the column-major b^T, hence op T.
+static void gemm_scores(float *scores, const bf16 *a, int a_stride, const bf16 *b, int b_stride, float alpha,
+                        int n_seqs, int seq_len, int head_dim) {
+    float beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, seq_len, seq_len, head_dim, &alpha, b, CUDA_R_16BF, b_stride,
+        (long long)seq_len * b_stride, a, CUDA_R_16BF, a_stride, (long long)seq_len * a_stride, &beta, scores,
+        CUDA_R_32F, seq_len, (long long)seq_len * seq_len, n_seqs, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// Batched over the sequences, row-major: c [T, head_dim] = alpha op(m) b + beta c,
+// where m is a contiguous [T, T] matrix (op(m) = m^T when transpose_m), b and c
+// one head's [T, head_dim] slices (row strides b_stride, c_stride; c is c_type).
+// cuBLAS sees c^T [head_dim, T] = b^T op(m)^T: b is stored as b^T, m as m^T.
+static void gemm_square_times_head(void *c, cudaDataType c_type, int c_stride, const bf16 *m, bool transpose_m,
+                                   const bf16 *b, int b_stride, float alpha, float beta, int n_seqs, int seq_len,
+                                   int head_dim) {
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        gpu_cublas(), CUBLAS_OP_N, transpose_m ? CUBLAS_OP_T : CUBLAS_OP_N, head_dim, seq_len, seq_len, &alpha, b,
+        CUDA_R_16BF, b_stride, (long long)seq_len * b_stride, m, CUDA_R_16BF, seq_len, (long long)seq_len * seq_len,
+        &beta, c, c_type, c_stride, (long long)seq_len * c_stride, n_seqs, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// One block per (query row i, sequence s), for query head h: from the scaled
+// scores S, p_ij = exp(S_ij - lse_i) for j <= i and 0 after; lse_i = log sum_{j<=i} exp(S_ij).
+__global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const float *scores, int seq_len, int n_heads,
+                                             int h) {
+    int i = blockIdx.x, s = blockIdx.y;
+    size_t row = (size_t)s * seq_len + i;
+    const float *score_row = scores + row * seq_len;
+    bf16 *prob_row = probs + row * seq_len;
+    float row_max = -INFINITY;
+    for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);
+    row_max = block_max(row_max);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(score_row[j] - row_max);
+    sum = block_sum(sum);
+    // lse = max + log sum_j exp(S_ij - max)
+    float row_lse = row_max + logf(sum);
+    for (int j = threadIdx.x; j < seq_len; j += blockDim.x)
+        prob_row[j] = __float2bfloat16(j <= i ? expf(score_row[j] - row_lse) : 0.0f);
+    if (threadIdx.x == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = row_lse;
+}
+
+// One block per (query row i, sequence s), for query head h: recomputes p_ij from
+// the scores and lse, then the softmax backward ds_ij = p_ij (dp_ij - delta_i),
+// delta_i = dO_i . O_i (= sum_j p_ij dp_ij). Writes P and dS (zero for j > i).
+__global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_scores, const float *scores,
+                                                      const float *d_probs, const float *lse, const bf16 *d_out,
+                                                      const bf16 *out, int seq_len, int n_heads, int head_dim, int h) {
+    int i = blockIdx.x, s = blockIdx.y;
+    size_t row = (size_t)s * seq_len + i;
+    const bf16 *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
+    const bf16 *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
+    float delta = 0.0f;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) delta += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
+    delta = block_sum(delta);
+    float row_lse = lse[((size_t)s * n_heads + h) * seq_len + i];
+    for (int j = threadIdx.x; j < seq_len; j += blockDim.x) {
+        float p = j <= i ? expf(scores[row * seq_len + j] - row_lse) : 0.0f;
+        probs[row * seq_len + j] = __float2bfloat16(p);
+        d_scores[row * seq_len + j] = __float2bfloat16(p * (d_probs[row * seq_len + j] - delta));
+    }
+}
+
+static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                     int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    size_t n_scores = (size_t)n_seqs * seq_len * seq_len;
+    float *scores = (float *)gpu_malloc(sizeof(float) * n_scores, "attention scores");
+    bf16 *probs = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention probabilities");
+    for (int h = 0; h < n_heads; h++) {
+        size_t q_col = (size_t)h * head_dim, kv_col = (size_t)(h / group) * head_dim;
+        // S = scale q_h k_g^T
+        gemm_scores(scores, q + q_col, q_stride, k + kv_col, kv_stride, scale, n_seqs, seq_len, head_dim);
+        causal_softmax_kernel<<<dim3(seq_len, n_seqs), softmax_block>>>(probs, lse, scores, seq_len, n_heads, h);
+        CUDA_CHECK_LAUNCH();
+        // out_h = P v_g
+        gemm_square_times_head(out + q_col, CUDA_R_16BF, q_stride, probs, false, v + kv_col, kv_stride, 1.0f, 0.0f,
+                               n_seqs, seq_len, head_dim);
+    }
+    gpu_free(scores);
+    gpu_free(probs);
+}
+
+static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                      int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    size_t n_scores = (size_t)n_seqs * seq_len * seq_len, n_kv = (size_t)n_seqs * seq_len * kv_stride;
+    float *scores = (float *)gpu_malloc(sizeof(float) * n_scores, "attention scores");
+    float *d_probs = (float *)gpu_malloc(sizeof(float) * n_scores, "attention probability gradients");
+    bf16 *probs = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention probabilities");
+    bf16 *d_scores = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention score gradients");
+    // d_k and d_v summed over each kv head's query heads, in fp32
+    float *d_k_sum = (float *)gpu_malloc(sizeof(float) * n_kv, "attention d_k sum");
+    float *d_v_sum = (float *)gpu_malloc(sizeof(float) * n_kv, "attention d_v sum");
+    CUDA_CHECK(cudaMemset(d_k_sum, 0, sizeof(float) * n_kv));
+    CUDA_CHECK(cudaMemset(d_v_sum, 0, sizeof(float) * n_kv));
+    for (int h = 0; h < n_heads; h++) {
+        size_t q_col = (size_t)h * head_dim, kv_col = (size_t)(h / group) * head_dim;
+        // S = scale q_h k_g^T;  dP = dO_h v_g^T
+        gemm_scores(scores, q + q_col, q_stride, k + kv_col, kv_stride, scale, n_seqs, seq_len, head_dim);
+        gemm_scores(d_probs, d_out + q_col, q_stride, v + kv_col, kv_stride, 1.0f, n_seqs, seq_len, head_dim);
+        causal_softmax_backward_kernel<<<dim3(seq_len, n_seqs), softmax_block>>>(
+            probs, d_scores, scores, d_probs, lse, d_out, out, seq_len, n_heads, head_dim, h);
+        CUDA_CHECK_LAUNCH();
+        // dq_h = scale dS k_g
+        gemm_square_times_head(d_q + q_col, CUDA_R_16BF, q_stride, d_scores, false, k + kv_col, kv_stride, scale, 0.0f,
+                               n_seqs, seq_len, head_dim);
+        // dk_g += scale dS^T q_h;  dv_g += P^T dO_h
+        gemm_square_times_head(d_k_sum + kv_col, CUDA_R_32F, kv_stride, d_scores, true, q + q_col, q_stride, scale,
+                               1.0f, n_seqs, seq_len, head_dim);
+        gemm_square_times_head(d_v_sum + kv_col, CUDA_R_32F, kv_stride, probs, true, d_out + q_col, q_stride, 1.0f,
+                               1.0f, n_seqs, seq_len, head_dim);
+    }
+    float_to_bf16_gpu(d_k, d_k_sum, n_kv);
+    float_to_bf16_gpu(d_v, d_v_sum, n_kv);
+    gpu_free(scores);
+    gpu_free(d_probs);
+    gpu_free(probs);
+    gpu_free(d_scores);
+    gpu_free(d_k_sum);
+    gpu_free(d_v_sum);
+}
+
+// ---- ATTENTION_FLASH: fused, tiled, online softmax (FlashAttention-2, no tensor cores) ----
+// A block works on one tile of flash_tile query rows (or key rows) of one head
+// and stages flash_tile-row tiles of q, k, v, dO in shared memory as bf16. Its
+// 256 threads are 8 per tile row: thread (r, lane8) owns, of row r, the tile
+// columns lane8 + 8c (c < 4) and the head_dim columns lane8 + 8c (c < 16), so a
+// row's 8 threads sit in one warp and reduce over the row with shuffles.
+
+static const int flash_tile = 32;
+static const int flash_threads = 256;
+static const int flash_threads_per_row = flash_threads / flash_tile;             // 8
+static const int flash_tile_cols_per_thread = flash_tile / flash_threads_per_row;  // 4
+static const int flash_max_head_dim = 128;
+static const int flash_head_cols_per_thread = flash_max_head_dim / flash_threads_per_row;  // 16
+// Row stride of a staged tile, in bf16: an odd number of 4-byte words, so the
+// 8 threads of a row reading 8 different tile rows hit 8 different banks.
+static const int flash_row_stride = flash_max_head_dim + 2;
+
+// Rows row0 .. row0 + flash_tile - 1 of one head's slice (rows src + row * row_stride,
+// head_dim wide) into shared memory; rows at or past n_rows read as zero.
+__device__ static void load_tile(bf16 (*tile)[flash_row_stride], const bf16 *src, int row0, int n_rows, int row_stride,
+                                 int head_dim) {
+    for (int e = threadIdx.x; e < flash_tile * head_dim; e += blockDim.x) {
+        int r = e / head_dim, d = e % head_dim;
+        int row = row0 + r;
+        tile[r][d] = row < n_rows ? src[(size_t)row * row_stride + d] : __float2bfloat16(0.0f);
+    }
+}
+
+// a . b over head_dim, in fp32.
+__device__ static float dot_rows(const bf16 *a, const bf16 *b, int head_dim) {
+    float sum = 0.0f;
+    for (int d = 0; d < head_dim; d++) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
+    return sum;
+}
+
+// The sum (max) of v over the 8 threads of a tile row, in each of them
+// (xor offsets below 8 stay inside the aligned group of 8 lanes).
+__device__ static float tile_row_sum(float v) {
+    for (int offset = flash_threads_per_row / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ static float tile_row_max(float v) {
+    for (int offset = flash_threads_per_row / 2; offset > 0; offset /= 2)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// One block per (query tile, query head h, sequence s). Each query row i keeps
+// a running max m_i, running sum l_i = sum_j exp(s_ij - m_i) and acc_i = sum_j
+// exp(s_ij - m_i) v_j over the key tiles seen so far; out_i = acc_i / l_i and
+// lse_i = m_i + log l_i at the end.
+__global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                            int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
+    __shared__ float p_tile[flash_tile][flash_tile + 1];
+    int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
+    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
+    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
+    int i0 = blockIdx.x * flash_tile, i = i0 + r;
+
+    load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
+    float running_max = -INFINITY, running_sum = 0.0f;
+    float acc[flash_head_cols_per_thread];
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) acc[c] = 0.0f;
+    // causal: no query of this tile sees a key past its last row
+    int key_end = min(seq_len, i0 + flash_tile);
+    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
+        __syncthreads();   // everyone is done with the previous k and v tiles
+        load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
+        load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
+        __syncthreads();
+        // s_ij = scale q_i . k_j, or -inf for j > i (which also covers j past the sequence) and rows past it
+        float tile_scores[flash_tile_cols_per_thread];
+        float tile_max = -INFINITY;
+        #pragma unroll
+        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
+            int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
+            tile_scores[c] = (i < seq_len && j <= i) ? scale * dot_rows(q_tile[r], k_tile[jj], head_dim) : -INFINITY;
+            tile_max = fmaxf(tile_max, tile_scores[c]);
+        }
+        float new_max = fmaxf(running_max, tile_row_max(tile_max));
+        // a row with no key yet (only rows past the sequence) keeps zeros instead of exp(-inf + inf)
+        float base = new_max == -INFINITY ? 0.0f : new_max;
+        // rescale what was summed against the old max: exp(m_old - m_new)
+        float correction = expf(running_max - base);
+        float tile_sum = 0.0f;
+        #pragma unroll
+        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
+            float p = expf(tile_scores[c] - base);
+            p_tile[r][lane8 + flash_threads_per_row * c] = p;
+            tile_sum += p;
+        }
+        running_sum = running_sum * correction + tile_row_sum(tile_sum);
+        running_max = new_max;
+        __syncthreads();   // p_tile is written
+        // acc_i = acc_i exp(m_old - m_new) + sum_j p_ij v_j
+        #pragma unroll
+        for (int c = 0; c < flash_head_cols_per_thread; c++) {
+            int d = lane8 + flash_threads_per_row * c;
+            if (d >= head_dim) continue;
+            float a = acc[c] * correction;
+            for (int jj = 0; jj < flash_tile; jj++) a += p_tile[r][jj] * __bfloat162float(v_tile[jj][d]);
+            acc[c] = a;
+        }
+    }
+    if (i >= seq_len) return;
+    bf16 *out_row = out + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) {
+        int d = lane8 + flash_threads_per_row * c;
+        // out_i = acc_i / l_i
+        if (d < head_dim) out_row[d] = __float2bfloat16(acc[c] / running_sum);
+    }
+    // lse_i = m_i + log l_i
+    if (lane8 == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = running_max + logf(running_sum);
+}
+
+// delta_i = dO_i . O_i (= sum_j p_ij dp_ij) for every (row, head): one warp each.
+__global__ static void attention_delta_kernel(float *delta, const bf16 *d_out, const bf16 *out, int n_seqs, int seq_len,
+                                              int n_heads, int head_dim) {
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (warp >= (size_t)n_seqs * seq_len * n_heads) return;   // whole warps (blockDim.x a multiple of 32)
+    size_t row = warp / n_heads;
+    int h = (int)(warp % n_heads);
+    const bf16 *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
+    const bf16 *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
+    float sum = 0.0f;
+    for (int d = lane; d < head_dim; d += 32) sum += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
+    sum = warp_sum(sum);
+    size_t s = row / seq_len, t = row % seq_len;
+    if (lane == 0) delta[(s * n_heads + h) * seq_len + t] = sum;
+}
+
+// One block per (key tile, kv head g, sequence s): d_k and d_v of the tile's
+// keys, summed over g's query heads and over the query tiles at or after the
+// key tile (earlier queries never see these keys). p_ij is recomputed from q, k
+// and lse; ds_ij = p_ij (dO_i . v_j - delta_i).
+__global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16 *d_out, const float *lse,
+                                                const float *delta, const bf16 *q, const bf16 *k, const bf16 *v,
+                                                int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
+    __shared__ float p_tile[flash_tile][flash_tile + 1];    // [key][query]
+    __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [key][query]
+    __shared__ float lse_tile[flash_tile], delta_tile[flash_tile];
+    int g = blockIdx.y, s = blockIdx.z, group = n_heads / n_kv_heads;
+    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
+    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
+    int j0 = blockIdx.x * flash_tile, j = j0 + r;
+
+    load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
+    load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
+    float dk_acc[flash_head_cols_per_thread], dv_acc[flash_head_cols_per_thread];
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) dk_acc[c] = dv_acc[c] = 0.0f;
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+        const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+        const float *lse_head = lse + ((size_t)s * n_heads + h) * seq_len;
+        const float *delta_head = delta + ((size_t)s * n_heads + h) * seq_len;
+        for (int i0 = j0; i0 < seq_len; i0 += flash_tile) {
+            __syncthreads();   // everyone is done with the previous q and dO tiles
+            load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
+            load_tile(dy_tile, dy_head, i0, seq_len, q_stride, head_dim);
+            for (int e = threadIdx.x; e < flash_tile; e += blockDim.x) {
+                lse_tile[e] = i0 + e < seq_len ? lse_head[i0 + e] : 0.0f;
+                delta_tile[e] = i0 + e < seq_len ? delta_head[i0 + e] : 0.0f;
+            }
+            __syncthreads();
+            #pragma unroll
+            for (int c = 0; c < flash_tile_cols_per_thread; c++) {
+                int ii = lane8 + flash_threads_per_row * c, i = i0 + ii;
+                // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); both 0 unless j <= i < T
+                float p = 0.0f, ds = 0.0f;
+                if (i < seq_len && j <= i) {
+                    p = expf(scale * dot_rows(q_tile[ii], k_tile[r], head_dim) - lse_tile[ii]);
+                    ds = p * (dot_rows(dy_tile[ii], v_tile[r], head_dim) - delta_tile[ii]);
+                }
+                p_tile[r][ii] = p;
+                ds_tile[r][ii] = ds;
+            }
+            __syncthreads();   // p_tile and ds_tile are written
+            // dv_j += sum_i p_ij dO_i;  dk_j += sum_i ds_ij q_i (times scale at the end)
+            #pragma unroll
+            for (int c = 0; c < flash_head_cols_per_thread; c++) {
+                int d = lane8 + flash_threads_per_row * c;
+                if (d >= head_dim) continue;
+                float dv = dv_acc[c], dk = dk_acc[c];
+                for (int ii = 0; ii < flash_tile; ii++) {
+                    dv += p_tile[r][ii] * __bfloat162float(dy_tile[ii][d]);
+                    dk += ds_tile[r][ii] * __bfloat162float(q_tile[ii][d]);
+                }
+                dv_acc[c] = dv;
+                dk_acc[c] = dk;
+            }
+        }
+    }
+    if (j >= seq_len) return;
+    size_t offset = ((size_t)s * seq_len + j) * kv_stride + (size_t)g * head_dim;
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) {
+        int d = lane8 + flash_threads_per_row * c;
+        if (d >= head_dim) continue;
+        d_k[offset + d] = __float2bfloat16(scale * dk_acc[c]);
+        d_v[offset + d] = __float2bfloat16(dv_acc[c]);
+    }
+}
+
+// One block per (query tile, query head h, sequence s): d_q of the tile's
+// queries, summed over the key tiles at or before the query tile:
+// dq_i = scale sum_j ds_ij k_j, with p and ds recomputed as in the kernel above.
+__global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, const float *lse, const float *delta,
+                                               const bf16 *q, const bf16 *k, const bf16 *v, int seq_len, int n_heads,
+                                               int n_kv_heads, int head_dim, float scale) {
+    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
+    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
+    __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [query][key]
+    int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
+    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
+    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
+    int i0 = blockIdx.x * flash_tile, i = i0 + r;
+    size_t stats = ((size_t)s * n_heads + h) * seq_len + i;
+    float row_lse = i < seq_len ? lse[stats] : 0.0f;
+    float row_delta = i < seq_len ? delta[stats] : 0.0f;
+
+    load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
+    load_tile(dy_tile, dy_head, i0, seq_len, q_stride, head_dim);
+    float dq_acc[flash_head_cols_per_thread];
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) dq_acc[c] = 0.0f;
+    int key_end = min(seq_len, i0 + flash_tile);
+    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
+        __syncthreads();   // everyone is done with the previous k and v tiles
+        load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
+        load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
+        __syncthreads();
+        #pragma unroll
+        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
+            int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
+            // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); 0 unless j <= i < T
+            float ds = 0.0f;
+            if (i < seq_len && j <= i) {
+                float p = expf(scale * dot_rows(q_tile[r], k_tile[jj], head_dim) - row_lse);
+                ds = p * (dot_rows(dy_tile[r], v_tile[jj], head_dim) - row_delta);
+            }
+            ds_tile[r][jj] = ds;
+        }
+        __syncthreads();   // ds_tile is written
+        // dq_i += sum_j ds_ij k_j (times scale at the end)
+        #pragma unroll
+        for (int c = 0; c < flash_head_cols_per_thread; c++) {
+            int d = lane8 + flash_threads_per_row * c;
+            if (d >= head_dim) continue;
+            float dq = dq_acc[c];
+            for (int jj = 0; jj < flash_tile; jj++) dq += ds_tile[r][jj] * __bfloat162float(k_tile[jj][d]);
+            dq_acc[c] = dq;
+        }
+    }
+    if (i >= seq_len) return;
+    bf16 *dq_row = d_q + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
+    #pragma unroll
+    for (int c = 0; c < flash_head_cols_per_thread; c++) {
+        int d = lane8 + flash_threads_per_row * c;
+        if (d < head_dim) dq_row[d] = __float2bfloat16(scale * dq_acc[c]);
+    }
+}
+
+static unsigned n_tiles(int seq_len) { return (unsigned)((seq_len + flash_tile - 1) / flash_tile); }
+
+static void attention_forward_flash(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                    int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    flash_forward_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
+        out, lse, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+    CUDA_CHECK_LAUNCH();
+}
+
+static void attention_backward_flash(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                                     const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                     int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+    float scale = 1.0f / sqrtf((float)head_dim);
+    size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
+    float *delta = (float *)gpu_malloc(sizeof(float) * n_rows, "attention delta");
+    int delta_block = 256;   // 8 warps, one per (row, head)
+    unsigned delta_blocks = (unsigned)((n_rows * 32 + delta_block - 1) / delta_block);
+    attention_delta_kernel<<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
+    CUDA_CHECK_LAUNCH();
+    flash_backward_kv_kernel<<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
+        d_k, d_v, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+    CUDA_CHECK_LAUNCH();
+    flash_backward_q_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
+        d_q, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+    CUDA_CHECK_LAUNCH();
+    gpu_free(delta);
+}
+
+// ---- entry points ----
+
+static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_heads, int head_dim) {
+    if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0) {
+        fprintf(stderr, "attention: %d query heads do not split into groups of %d kv heads\n", n_heads, n_kv_heads);
+        exit(1);
+    }
+    if (kind == ATTENTION_FLASH && head_dim > flash_max_head_dim) {
+        fprintf(stderr, "attention: the flash kernel handles head_dim up to %d, not %d (use the simple kernel)\n",
+                flash_max_head_dim, head_dim);
+        exit(1);
+    }
+}
+
+void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+    check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
+    if (n_seqs <= 0 || seq_len <= 0) return;
+    if (kind == ATTENTION_FLASH)
+        attention_forward_flash(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+    else
+        attention_forward_simple(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+}
+
+void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
+                            int n_heads, int n_kv_heads, int head_dim) {
+    check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
+    if (n_seqs <= 0 || seq_len <= 0) return;
+    if (kind == ATTENTION_FLASH)
+        attention_backward_flash(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
+                                 head_dim);
+    else
+        attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
+                                  head_dim);
+}
+#endif

@@ -14,3 +14,22 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
 template <typename Real>
 void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
                             const Real *v, int n, int n_heads, int n_kv_heads, int head_dim);
+
+#ifdef __CUDACC__
+#include "gpu.h"
+
+// Which GPU implementation: SIMPLE materialises the [seq_len, seq_len] scores
+// per head (cuBLAS GEMMs and a softmax kernel, like llm.c); FLASH is one fused
+// kernel with an online softmax that never does (head_dim at most 128).
+typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH } AttentionKernel;
+// Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows).
+// q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
+// lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,
+// written by both kinds, read by backward.
+void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim);
+// d_q, d_k, d_v (bf16, OVERWRITTEN) from d_out (bf16); out and lse are the forward's.
+void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
+                            int n_heads, int n_kv_heads, int head_dim);
+#endif

@@ -4,6 +4,7 @@
 #include "cross_entropy.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 // ---- cross-entropy ---------------------------------------------------------------------
@@ -55,3 +56,187 @@ template double cross_entropy_sum_cpu(const float *, const int *, int, int, int 
 template double cross_entropy_sum_cpu(const double *, const int *, int, int, int *);
 template void cross_entropy_backward_cpu(float *, const float *, const int *, int, int, double);
 template void cross_entropy_backward_cpu(double *, const double *, const int *, int, int, double);
+
+#ifdef __CUDACC__
+// ---- the CUDA kernels ------------------------------------------------------------------
+// One block per row: an fp32 max and an fp32 sum of exp over the vocabulary
+// (each thread strides over it, then a reduction across the block), the
+// loss from them, then a second pass that writes the gradient.
+
+static const int CE_THREADS = 512;   // a multiple of 32 (the block reductions assume it)
+
+// The first bad target a kernel saw (0: none; 0 is a valid target, so a bad one is never 0).
+static __device__ int g_bad_target;
+
+static void reset_bad_target(void) {
+    int none = 0;
+    CUDA_CHECK(cudaMemcpyToSymbol(g_bad_target, &none, sizeof(int)));
+}
+
+// Waits for the kernels, then stops the program if any of them saw a bad target.
+static void check_bad_target(const char *caller, int vocab) {
+    int bad = 0;
+    CUDA_CHECK(cudaMemcpyFromSymbol(&bad, g_bad_target, sizeof(int)));
+    if (bad == 0) return;
+    fprintf(stderr, "%s: a target is %d, outside [0, %d) (the vocabulary) and not -100 (not counted)\n", caller,
+            bad, vocab);
+    exit(1);
+}
+
+__device__ static float warp_max(float value) {
+    for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    return value;
+}
+
+__device__ static float warp_sum(float value) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
+// The max over the block of one value per thread, returned to every thread.
+__device__ static float block_max(float value) {
+    __shared__ float warp_results[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    value = warp_max(value);
+    __syncthreads();   // no thread still reads warp_results from an earlier call
+    if (lane == 0) warp_results[warp] = value;
+    __syncthreads();
+    return warp_max(lane < n_warps ? warp_results[lane] : -INFINITY);
+}
+
+// The sum over the block of one value per thread, returned to every thread.
+__device__ static float block_sum(float value) {
+    __shared__ float warp_results[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    value = warp_sum(value);
+    __syncthreads();   // no thread still reads warp_results from an earlier call
+    if (lane == 0) warp_results[warp] = value;
+    __syncthreads();
+    return warp_sum(lane < n_warps ? warp_results[lane] : 0.0f);
+}
+
+__device__ static void store_gradient(float *p, float value) { *p = value; }
+__device__ static void store_gradient(bf16 *p, float value) { *p = __float2bfloat16(value); }
+
+// Block t handles row t. Grad is float or bf16; d_logits may be NULL, and
+// when it is float it may alias logits (each element is read and then
+// written by the same thread, after the reductions' barriers).
+template <typename Grad>
+__global__ static void cross_entropy_kernel(float *losses, Grad *d_logits, const float *logits, const int *targets,
+                                            int vocab, float scale) {
+    int t = blockIdx.x;
+    const float *row = logits + (size_t)t * vocab;
+    Grad *d_row = d_logits ? d_logits + (size_t)t * vocab : NULL;
+    int target = targets[t];
+    bool bad = target != -100 && (target < 0 || target >= vocab);
+    if (bad && threadIdx.x == 0) g_bad_target = target;
+    if (target == -100 || bad) {   // not counted: loss 0, gradient 0 (the whole block leaves together)
+        if (threadIdx.x == 0) losses[t] = 0.0f;
+        if (d_row)
+            for (int v = threadIdx.x; v < vocab; v += blockDim.x) store_gradient(&d_row[v], 0.0f);
+        return;
+    }
+    float target_logit = row[target];   // read before any gradient is written (in place)
+    // m = max_v logits[v]
+    float local_max = -INFINITY;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) local_max = fmaxf(local_max, row[v]);
+    float row_max = block_max(local_max);
+    // s = sum_v exp(logits[v] - m)
+    float local_sum = 0.0f;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) local_sum += expf(row[v] - row_max);
+    float sum = block_sum(local_sum);
+    // -log softmax[target] = log s + m - logits[target]
+    if (threadIdx.x == 0) losses[t] = logf(sum) + row_max - target_logit;
+    if (!d_row) return;
+    // d logits[v] = scale * (exp(logits[v] - m) / s - [v == target])
+    float inv_sum = 1.0f / sum;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float softmax = expf(row[v] - row_max) * inv_sum;
+        store_gradient(&d_row[v], scale * (softmax - (v == target ? 1.0f : 0.0f)));
+    }
+}
+
+void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, int n, int vocab,
+                       float scale) {
+    if (n <= 0) return;
+    reset_bad_target();
+    cross_entropy_kernel<float><<<n, CE_THREADS>>>(losses, d_logits, logits, targets, vocab, scale);
+    CUDA_CHECK_LAUNCH();
+    check_bad_target("cross_entropy_gpu", vocab);
+}
+
+// ---- the fused LM head + loss ----------------------------------------------------------
+static int g_chunk_tokens = 0;   // 0: automatic
+
+void lm_head_set_chunk_tokens_gpu(int tokens) { g_chunk_tokens = tokens > 0 ? tokens : 0; }
+
+// Tokens per chunk: the forced value, or as many as keep fp32 [chunk, vocab] within 64 MiB (at least 1).
+static int lm_head_chunk_tokens(int n, int vocab) {
+    size_t automatic = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
+    size_t tokens = g_chunk_tokens > 0 ? (size_t)g_chunk_tokens : (automatic > 0 ? automatic : 1);
+    return tokens < (size_t)n ? (int)tokens : n;
+}
+
+// logits[rows, vocab] (fp32) = x[rows, dim] W^T. Row-major C = A B^T is
+// column-major C^T = W x^T: m = vocab, n = rows, k = dim.
+static void lm_head_forward(float *logits, const bf16 *x, const bf16 *weight, int rows, int dim, int vocab) {
+    float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, vocab, rows, dim, &one, weight, CUDA_R_16BF,
+                              dim, x, CUDA_R_16BF, dim, &zero, logits, CUDA_R_32F, vocab, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+// d_x[rows, dim] (fp32) += d_logits[rows, vocab] W. Column-major:
+// d_x^T += W^T d_logits^T, with W^T the column-major view [dim, vocab] of W: m = dim, n = rows, k = vocab.
+static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weight, int rows, int dim, int vocab) {
+    float one = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, dim, rows, vocab, &one, weight, CUDA_R_16BF,
+                              dim, d_logits, CUDA_R_16BF, vocab, &one, d_x, CUDA_R_32F, dim, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+static int count_targets(const int *targets, int n) {
+    int counted = 0;
+    for (int t = 0; t < n; t++) counted += targets[t] != -100;
+    return counted;
+}
+
+double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
+                                 int vocab, double grad_scale, int *n_counted) {
+    *n_counted = 0;
+    if (n <= 0) return 0.0;
+    int *host_targets = (int *)malloc(sizeof(int) * n);
+    float *host_losses = (float *)malloc(sizeof(float) * n);
+    if (!host_targets || !host_losses) { fprintf(stderr, "out of host memory for the loss\n"); exit(1); }
+    gpu_download(host_targets, targets, sizeof(int) * n);
+
+    int chunk = lm_head_chunk_tokens(n, vocab);
+    float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
+    bf16 *d_logits = d_x ? (bf16 *)gpu_malloc(sizeof(bf16) * chunk * vocab, "d_logits chunk (bf16)") : NULL;
+    float *losses = (float *)gpu_malloc(sizeof(float) * n, "per-token losses");
+    CUDA_CHECK(cudaMemset(losses, 0, sizeof(float) * n));
+    reset_bad_target();
+    for (int first = 0; first < n; first += chunk) {
+        int rows = n - first < chunk ? n - first : chunk;
+        if (count_targets(host_targets + first, rows) == 0) continue;   // no answer token here: nothing to do
+        lm_head_forward(logits, x + (size_t)first * dim, lm_head, rows, dim, vocab);
+        cross_entropy_kernel<bf16><<<rows, CE_THREADS>>>(losses + first, d_logits, logits, targets + first, vocab,
+                                                         (float)grad_scale);
+        CUDA_CHECK_LAUNCH();
+        if (d_x) lm_head_backward(d_x + (size_t)first * dim, d_logits, lm_head, rows, dim, vocab);
+    }
+    check_bad_target("lm_head_cross_entropy_gpu", vocab);
+
+    // the sum of the per-token losses, in double (uncounted tokens hold 0)
+    gpu_download(host_losses, losses, sizeof(float) * n);
+    double total = 0.0;
+    for (int t = 0; t < n; t++) total += host_losses[t];
+    *n_counted = count_targets(host_targets, n);
+    gpu_free(logits);
+    gpu_free(d_logits);
+    gpu_free(losses);
+    free(host_targets);
+    free(host_losses);
+    return total;
+}
+#endif

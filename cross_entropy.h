@@ -14,3 +14,34 @@ void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *t
                                 double scale);
 // The mean answer-only loss (sum / count, 0 when nothing is counted).
 float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
+
+#ifdef __CUDACC__
+#include "gpu.h"
+// The same loss on the GPU (device pointers). A target outside [0, vocab)
+// other than -100 stops the program with a message naming it.
+
+// From fp32 logits [n, vocab] already on the device: losses[t] (fp32 [n]) =
+// -log softmax(logits[t])[targets[t]], 0 on uncounted rows; and when d_logits
+// != NULL, d_logits (fp32 [n, vocab], OVERWRITTEN) = scale * (softmax - onehot)
+// on counted rows, 0 on the others. d_logits may be logits itself (in place).
+void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, int n, int vocab,
+                       float scale);
+
+// The LM head and the answer-only cross-entropy, fused and chunked over the
+// tokens so that the full [n, vocab] logits never exist at once:
+//   logits = x W^T   (x bf16 [n, dim] = the final normed hidden state, W bf16 [vocab, dim]; cuBLAS, fp32 out)
+// returns the sum over counted t of -log softmax(logits[t])[targets[t]]
+// (per-token losses in fp32, summed on the host in double); *n_counted = the
+// number of counted targets. targets: int [n] on the device.
+// If d_x != NULL: d_logits = grad_scale * (softmax - onehot) on counted rows
+// (0 elsewhere), rounded to bf16, and d_x [n, dim] (fp32, ACCUMULATES) += d_logits W.
+// Chunk: 64 MiB / (vocab * 4) tokens at a time (at least 1), so the fp32
+// logits take <= 64 MiB, plus half that for the bf16 d_logits when d_x != NULL,
+// plus n floats of per-token losses; all allocated per call. Chunks whose
+// targets are all -100 are skipped (no GEMM).
+double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
+                                 int vocab, double grad_scale, int *n_counted);
+// Forces the chunk of lm_head_cross_entropy_gpu to `tokens` tokens (tests use
+// it to exercise chunking on small batches); 0 restores the automatic rule.
+void lm_head_set_chunk_tokens_gpu(int tokens);
+#endif

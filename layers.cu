@@ -1,6 +1,7 @@
 // layers.cu: the transformer's operations on the CPU, forward and backward,
 // written to be read: one loop nest per formula, OpenMP across independent
 // rows. Instantiated for float (the model) and double (the gradient tests).
+// The CUDA kernels follow at the bottom, each mirroring its CPU function.
 #include "layers.h"
 
 #include <math.h>
@@ -193,3 +194,210 @@ void residual_add_cpu(Real *x, const Real *y, size_t n) {
 
 INSTANTIATE_LAYERS(float)
 INSTANTIATE_LAYERS(double)
+
+#ifdef __CUDACC__
+// ---- on the GPU -------------------------------------------------------------------------
+
+// Threads per block for the elementwise kernels and for the one-block-per-row kernels.
+static const int elementwise_block = 256;
+static const int row_block = 256;
+
+static unsigned blocks_for(size_t n_threads) { return (unsigned)((n_threads + elementwise_block - 1) / elementwise_block); }
+
+// The sum of v over the 32 lanes of a warp, in every lane.
+__device__ static float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// The sum of v over the whole block, in every thread (blockDim.x a multiple of 32,
+// at most 1024; every thread of the block must call it).
+__device__ static float block_sum(float v) {
+    __shared__ float warp_totals[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();   // an earlier call has finished reading warp_totals
+    if (lane == 0) warp_totals[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < n_warps; w++) total += warp_totals[w];
+    return total;
+}
+
+// ---- embedding ----
+
+__global__ static void embedding_kernel(float *out, const bf16 *table, const int *tokens, int n, int dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * dim) return;
+    size_t t = idx / dim, j = idx % dim;
+    // out[t][j] = table[tokens[t]][j]
+    out[idx] = __bfloat162float(table[(size_t)tokens[t] * dim + j]);
+}
+
+void embedding_gpu(float *out, const bf16 *table, const int *tokens, int n, int dim) {
+    if (n <= 0 || dim <= 0) return;
+    embedding_kernel<<<blocks_for((size_t)n * dim), elementwise_block>>>(out, table, tokens, n, dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- RMSNorm: one block per row ----
+
+// rstd = 1 / sqrt(mean(x^2) + eps) of one row, in every thread of the block.
+__device__ static float row_rms_reciprocal(const float *row, int dim, float eps) {
+    float sum_sq = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_sq += row[i] * row[i];
+    sum_sq = block_sum(sum_sq);
+    return 1.0f / sqrtf(sum_sq / dim + eps);
+}
+
+__global__ static void rmsnorm_kernel(bf16 *out, const float *x, const float *weight, int dim, float eps) {
+    const float *row = x + (size_t)blockIdx.x * dim;
+    bf16 *y = out + (size_t)blockIdx.x * dim;
+    float rstd = row_rms_reciprocal(row, dim, eps);
+    // y = x * rstd * w
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) y[i] = __float2bfloat16(row[i] * rstd * weight[i]);
+}
+
+__global__ static void rmsnorm_backward_kernel(float *d_x, const float *d_out, const float *x, const float *weight,
+                                               int dim, float eps) {
+    size_t offset = (size_t)blockIdx.x * dim;
+    const float *row = x + offset, *dy = d_out + offset;
+    float *dx = d_x + offset;
+    float rstd = row_rms_reciprocal(row, dim, eps);
+    // dot = sum_i dy_i w_i x_i
+    float dot = 0.0f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) dot += dy[i] * weight[i] * row[i];
+    dot = block_sum(dot);
+    // dx_j = rstd w_j dy_j - x_j rstd^3 dot / dim
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        dx[j] += rstd * weight[j] * dy[j] - row[j] * rstd * rstd * rstd * dot / dim;
+}
+
+void rmsnorm_gpu(bf16 *out, const float *x, const float *weight, int n, int dim, float eps) {
+    if (n <= 0 || dim <= 0) return;
+    rmsnorm_kernel<<<n, row_block>>>(out, x, weight, dim, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_backward_gpu(float *d_x, const float *d_out, const float *x, const float *weight, int n, int dim,
+                          float eps) {
+    if (n <= 0 || dim <= 0) return;
+    rmsnorm_backward_kernel<<<n, row_block>>>(d_x, d_out, x, weight, dim, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- RoPE: one thread per (token, head, i) pair ----
+
+// Rotates the pair (i, i + half) of one head by direction * pos * inv_freq[i], as rotate_pairs.
+__global__ static void rope_kernel(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads,
+                                   int head_dim, float direction) {
+    int half = head_dim / 2;
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * n_heads * half) return;
+    int i = (int)(idx % half);
+    size_t token_head = idx / half;   // = t * n_heads + h
+    int t = (int)(token_head / n_heads);
+    bf16 *v = x + token_head * head_dim;
+    // (a, b) -> (a cos - b sin, b cos + a sin), angle = pos * inv_freq[i]
+    float angle = (float)positions[t] * inv_freq[i];
+    float cos_a = cosf(angle), sin_a = direction * sinf(angle);
+    float a = __bfloat162float(v[i]), b = __bfloat162float(v[i + half]);
+    v[i] = __float2bfloat16(a * cos_a - b * sin_a);
+    v[i + half] = __float2bfloat16(b * cos_a + a * sin_a);
+}
+
+static void rope_launch(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim,
+                        float direction) {
+    size_t pairs = (size_t)n * n_heads * (head_dim / 2);
+    if (n <= 0 || pairs == 0) return;
+    rope_kernel<<<blocks_for(pairs), elementwise_block>>>(x, positions, inv_freq, n, n_heads, head_dim, direction);
+    CUDA_CHECK_LAUNCH();
+}
+
+void rope_gpu(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
+    rope_launch(x, positions, inv_freq, n, n_heads, head_dim, 1.0f);
+}
+
+void rope_backward_gpu(bf16 *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
+    rope_launch(d_x, positions, inv_freq, n, n_heads, head_dim, -1.0f);
+}
+
+// ---- SwiGLU and the residual add: elementwise ----
+
+__global__ static void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    // silu(g) * u
+    float g = __bfloat162float(gate[i]);
+    out[i] = __float2bfloat16(g / (1.0f + expf(-g)) * __bfloat162float(up[i]));
+}
+
+__global__ static void swiglu_backward_kernel(bf16 *d_gate, bf16 *d_up, const bf16 *d_out, const bf16 *gate,
+                                              const bf16 *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), dy = __bfloat162float(d_out[i]);
+    float sigmoid = 1.0f / (1.0f + expf(-g));
+    // d silu(g)/dg = sigmoid(g) (1 + g (1 - sigmoid(g)))
+    float d_silu = sigmoid * (1.0f + g * (1.0f - sigmoid));
+    d_gate[i] = __float2bfloat16(dy * u * d_silu);
+    d_up[i] = __float2bfloat16(dy * g * sigmoid);
+}
+
+__global__ static void residual_add_kernel(float *x, const bf16 *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += __bfloat162float(y[i]);
+}
+
+void swiglu_gpu(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+    if (n == 0) return;
+    swiglu_kernel<<<blocks_for(n), elementwise_block>>>(out, gate, up, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void swiglu_backward_gpu(bf16 *d_gate, bf16 *d_up, const bf16 *d_out, const bf16 *gate, const bf16 *up, size_t n) {
+    if (n == 0) return;
+    swiglu_backward_kernel<<<blocks_for(n), elementwise_block>>>(d_gate, d_up, d_out, gate, up, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+void residual_add_gpu(float *x, const bf16 *y, size_t n) {
+    if (n == 0) return;
+    residual_add_kernel<<<blocks_for(n), elementwise_block>>>(x, y, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- matmul through cuBLAS ----
+// cuBLAS is column-major: a row-major [rows, cols] matrix is, to it, the
+// column-major [cols, rows] matrix, its transpose, with leading dimension cols.
+
+__global__ static void add_bias_kernel(bf16 *out, const float *bias, int n, int out_dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n * out_dim) return;
+    // out[t][o] += b[o]
+    out[idx] = __float2bfloat16(__bfloat162float(out[idx]) + bias[idx % out_dim]);
+}
+
+void matmul_gpu(bf16 *out, const bf16 *in, const bf16 *weight, const float *bias, int n, int in_dim, int out_dim) {
+    if (n <= 0 || out_dim <= 0) return;
+    // out^T [out_dim, n] = W [out_dim, in_dim] in^T [in_dim, n]; W is stored as
+    // the column-major W^T (ld in_dim), hence op T; in is stored as in^T (ld in_dim)
+    float alpha = 1.0f, beta = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &alpha, weight, CUDA_R_16BF,
+                              in_dim, in, CUDA_R_16BF, in_dim, &beta, out, CUDA_R_16BF, out_dim, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    if (!bias) return;
+    add_bias_kernel<<<blocks_for((size_t)n * out_dim), elementwise_block>>>(out, bias, n, out_dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+void matmul_backward_input_gpu(float *d_in, const bf16 *d_out, const bf16 *weight, int n, int in_dim, int out_dim) {
+    if (n <= 0 || in_dim <= 0) return;
+    // d_in^T [in_dim, n] += W^T [in_dim, out_dim] d_out^T [out_dim, n]; W is stored
+    // as the column-major W^T (ld in_dim), d_out as d_out^T (ld out_dim): no transposes
+    float alpha = 1.0f, beta = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, in_dim, n, out_dim, &alpha, weight, CUDA_R_16BF,
+                              in_dim, d_out, CUDA_R_16BF, out_dim, &beta, d_in, CUDA_R_32F, in_dim, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+#endif

@@ -1,5 +1,6 @@
-// lora.cu: LoRA adapters on the CPU: initialisation, dropout masks, forward
-// and backward. The frozen base product x W^T is computed by the caller.
+// lora.cu: LoRA adapters: initialisation, dropout masks, forward and
+// backward, on the CPU and (at the bottom) on the GPU. The frozen base
+// product x W^T is computed by the caller.
 #include "lora.h"
 #include "layers.h"
 #include "safetensors.h"
@@ -10,13 +11,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-// splitmix64: a small, well-mixed generator; one call per random number.
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+// The few functions that the CUDA kernels below share with the CPU code:
+// nvcc compiles them for both, g++ for the CPU only.
+#ifdef __CUDACC__
+#define HOST_DEVICE __host__ __device__
+#else
+#define HOST_DEVICE
+#endif
+
+// splitmix64's output function: a bijection of 64-bit words that mixes every
+// input bit into every output bit.
+HOST_DEVICE static inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
 }
+
+// splitmix64: a small, well-mixed generator; one call per random number.
+static uint64_t splitmix64(uint64_t *state) { return mix64(*state += 0x9E3779B97F4A7C15ULL); }
 
 // Uniform in [0, 1) with 24 random bits.
 static float uniform01(uint64_t *state) { return (float)(splitmix64(state) >> 40) / 16777216.0f; }
@@ -52,10 +64,26 @@ void lora_free(LoraAdapter *a) {
     memset(a, 0, sizeof *a);
 }
 
+// The value of a kept input: 1 / (1 - p), so that dropout keeps the mean.
+static float dropout_kept_value(float p) { return p > 0.0f ? 1.0f / (1.0f - p) : 1.0f; }
+
+// keep[i] of the mask whose stream key is mix64(seed): counter-based, so any
+// element can be computed alone (one GPU thread each). The random number is
+// the i-th output of splitmix64 started at the key, z = mix64(key + (i + 1) G);
+// mixing the seed into the key first keeps related seeds (seed ^ k G, as
+// train_step derives them per layer) from giving shifted copies of one stream.
+HOST_DEVICE static inline float dropout_keep_value(uint64_t key, size_t i, float p, float kept_value) {
+    uint64_t z = mix64(key + ((uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL);
+    // u in [0, 1) from the top 24 bits (exact in a float)
+    float u = (float)(z >> 40) / 16777216.0f;
+    return (p > 0.0f && u < p) ? 0.0f : kept_value;
+}
+
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
-    uint64_t state = seed;
-    float kept_value = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
-    for (size_t i = 0; i < count; i++) keep[i] = (p > 0.0f && uniform01(&state) < p) ? 0.0f : kept_value;
+    uint64_t key = mix64(seed);
+    float kept_value = dropout_kept_value(p);
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) keep[i] = dropout_keep_value(key, i, p, kept_value);
 }
 
 // out[i] = x[i] * keep[i] (a copy of x when keep is NULL)
@@ -279,3 +307,108 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     return write_adapter_config(set, c, path, base_model, err, err_size);
 }
+
+// ---- on the GPU ----------------------------------------------------------------
+#ifdef __CUDACC__
+
+// keep[i] as lora_dropout_mask: the same function of (key, i), one thread each.
+__global__ static void dropout_mask_kernel(float *keep, size_t count, float p, float kept_value, uint64_t key) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) keep[i] = dropout_keep_value(key, i, p, kept_value);
+}
+
+void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed) {
+    if (count == 0) return;
+    unsigned blocks = (unsigned)((count + 255) / 256);
+    dropout_mask_kernel<<<blocks, 256>>>(keep, count, p, dropout_kept_value(p), mix64(seed));
+    CUDA_CHECK_LAUNCH();
+}
+
+// out[i] = bf16(x[i] * keep[i])
+__global__ static void apply_mask_kernel(bf16 *out, const bf16 *x, const float *keep, size_t count) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = __float2bfloat16(__bfloat162float(x[i]) * keep[i]);
+}
+
+static void apply_mask_gpu(bf16 *out, const bf16 *x, const float *keep, size_t count) {
+    apply_mask_kernel<<<(unsigned)((count + 255) / 256), 256>>>(out, x, keep, count);
+    CUDA_CHECK_LAUNCH();
+}
+
+// dx[i] += d_dropped[i] * keep[i]
+__global__ static void add_masked_kernel(float *dx, const float *d_dropped, const float *keep, size_t count) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) dx[i] += d_dropped[i] * keep[i];
+}
+
+// Row-major out[M, N] = alpha op(a) op(b) + beta out, op(a) [M, K], op(b) [K, N],
+// with bf16 inputs and fp32 accumulation; out is bf16 or fp32 (out_type).
+// a is stored [M, K], or [K, M] when trans_a; b [K, N], or [N, K] when trans_b.
+// cuBLAS is column-major, where a row-major [rows, cols] buffer reads as its
+// transpose: so it computes out^T = op(b)^T op(a)^T, b first.
+static void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b,
+                      int M, int N, int K, float alpha, float beta) {
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int ld_b = trans_b ? K : N;   // the row length of b as stored
+    int ld_a = trans_a ? M : K;   // the row length of a as stored
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op_b, op_a, N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a, CUDA_R_16BF, ld_a,
+                              &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// Scratch layout: d_xa (bf16 [n, rank]), then one region of n * in fp32 that
+// holds the masked input x * keep (bf16 [n, in]) and, once that is used up in
+// backward, d(x * keep) (fp32 [n, in]).
+static size_t d_xa_bytes(LoraShape s) {
+    size_t bytes = sizeof(bf16) * (size_t)s.n * s.rank;
+    return (bytes + 255) / 256 * 256;   // keep the next region 256-byte aligned
+}
+
+size_t lora_scratch_bytes_gpu(LoraShape s) { return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim; }
+
+void lora_forward_gpu(bf16 *y, bf16 *xa, const bf16 *x, const float *keep, const bf16 *A, const bf16 *B, LoraShape s,
+                      void *scratch) {
+    if (s.n == 0) return;
+    size_t x_count = (size_t)s.n * s.in_dim;
+    const bf16 *dropped = x;
+    if (keep) {
+        bf16 *masked = (bf16 *)((char *)scratch + d_xa_bytes(s));
+        apply_mask_gpu(masked, x, keep, x_count);
+        dropped = masked;
+    }
+    // xa = dropout(x) A^T            [n, r]
+    gemm_bf16(xa, CUDA_R_16BF, dropped, false, A, true, s.n, s.rank, s.in_dim, 1.0f, 0.0f);
+    // y += s xa B^T                  [n, out]
+    gemm_bf16(y, CUDA_R_16BF, xa, false, B, true, s.n, s.out_dim, s.rank, s.scaling, 1.0f);
+}
+
+void lora_backward_gpu(float *dx, float *dA, float *dB, const bf16 *dy, const bf16 *x, const float *keep, const bf16 *A,
+                       const bf16 *B, const bf16 *xa, LoraShape s, void *scratch) {
+    if (s.n == 0) return;
+    size_t x_count = (size_t)s.n * s.in_dim;
+    bf16 *d_xa = (bf16 *)scratch;
+    void *x_region = (char *)scratch + d_xa_bytes(s);
+    // dB += s dy^T xa                [out, r]
+    gemm_bf16(dB, CUDA_R_32F, dy, true, xa, false, s.out_dim, s.rank, s.n, s.scaling, 1.0f);
+    // d_xa = s dy B                  [n, r]
+    gemm_bf16(d_xa, CUDA_R_16BF, dy, false, B, false, s.n, s.rank, s.out_dim, s.scaling, 0.0f);
+    // dA += d_xa^T dropout(x)        [r, in]
+    const bf16 *dropped = x;
+    if (keep) {
+        apply_mask_gpu((bf16 *)x_region, x, keep, x_count);
+        dropped = (const bf16 *)x_region;
+    }
+    gemm_bf16(dA, CUDA_R_32F, d_xa, true, dropped, false, s.rank, s.in_dim, s.n, 1.0f, 1.0f);
+    if (!dx) return;
+    if (!keep) {
+        // dx += d_xa A               [n, in]
+        gemm_bf16(dx, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 1.0f);
+        return;
+    }
+    // dx += (d_xa A) * keep: the product goes where the masked x was (its last reader, the dA product, came first)
+    float *d_dropped = (float *)x_region;
+    gemm_bf16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 0.0f);
+    add_masked_kernel<<<(unsigned)((x_count + 255) / 256), 256>>>(dx, d_dropped, keep, x_count);
+    CUDA_CHECK_LAUNCH();
+}
+#endif

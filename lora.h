@@ -25,8 +25,11 @@ int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, in
 void lora_free(LoraAdapter *a);
 
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
-// else 1 / (1 - p). Deterministic in (seed, step, layer, target), so the CUDA
-// path and recompute can regenerate the same mask. p == 0 gives all ones.
+// else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
+// z = mix64(mix64(seed) + (i + 1) 0x9E3779B97F4A7C15) (splitmix64), dropped
+// when (z >> 40) / 2^24 < p. The caller derives the seed from (step, layer,
+// target), so recompute regenerates the same mask, and the GPU version
+// (lora_dropout_mask_gpu) gives it bit for bit. p == 0 gives all ones.
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed);
 
 // The shapes of one adapted linear layer.
@@ -82,3 +85,25 @@ const char *peft_module_path(const Config *c, int target);
 // peft's layout and names, so peft can load the adapter onto the base model.
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
                        char *err, size_t err_size);
+
+// ---- on the GPU ----------------------------------------------------------------
+#ifdef __CUDACC__
+#include "gpu.h"
+
+// lora_dropout_mask into device memory, bit for bit the same values.
+void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed);
+
+// y[n, out] (bf16) += s ((x * keep) A^T) B^T; saves xa = (x * keep) A^T (bf16 [n, rank]) for backward.
+// x bf16 [n, in]; keep fp32 [n * in] on device or NULL (no dropout); A bf16 [rank, in], B bf16 [out, rank]
+// (bf16 copies of the fp32 master weights); scratch: at least lora_scratch_bytes_gpu(s) bytes of device memory.
+// Products accumulate in fp32; x * keep and xa are rounded to bf16.
+void lora_forward_gpu(bf16 *y, bf16 *xa, const bf16 *x, const float *keep, const bf16 *A, const bf16 *B, LoraShape s,
+                      void *scratch);
+// Given dy (bf16 [n, out]): dB (fp32 [out, rank], +=) += s dy^T xa; d_xa = s dy B (rounded to bf16);
+// dA (fp32 [rank, in], +=) += d_xa^T (x * keep); dx (fp32 [n, in], +=; may be NULL) += (d_xa A) * keep.
+void lora_backward_gpu(float *dx, float *dA, float *dB, const bf16 *dy, const bf16 *x, const float *keep, const bf16 *A,
+                       const bf16 *B, const bf16 *xa, LoraShape s, void *scratch);
+// Device scratch that lora_forward_gpu and lora_backward_gpu need for shape s:
+// n * rank bf16 (rounded up to 256 bytes) + n * in fp32.
+size_t lora_scratch_bytes_gpu(LoraShape s);
+#endif

@@ -5,6 +5,7 @@
 #include "gguf.h"
 #include "hf_checkpoint.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -221,6 +222,48 @@ int model_from_tensors(Model *m, const Config *config, const TensorList *tensors
     }
     if (c->tied_embeddings) m->lm_head = m->embed;
     m->path = strdup(path);
+    return 0;
+}
+
+int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, size_t err_size) {
+    memset(m, 0, sizeof *m);
+    if (check_config(config, "random model", err, err_size) != 0) return -1;
+    m->config = *config;
+    const Config *c = &m->config;
+    m->storage_floats = model_num_params(c);
+    m->storage = (float *)malloc(m->storage_floats * sizeof(float));
+    m->layers = (LayerWeights *)calloc((size_t)c->n_layers, sizeof(LayerWeights));
+    if (!m->storage || !m->layers) {
+        snprintf(err, err_size, "random model: out of memory for %zu weights", m->storage_floats);
+        model_free(m);
+        return -1;
+    }
+    uint64_t state = seed;
+    float *next = m->storage;
+    for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
+        Role role = (Role)r;
+        if (!role_is_used(c, role)) continue;
+        int64_t rows, cols;
+        role_shape(c, role, &rows, &cols);
+        int is_norm = role == ROLE_FINAL_NORM || role == ROLE_ATTN_NORM || role == ROLE_MLP_NORM;
+        // matrices ~ U(-1/sqrt(in), 1/sqrt(in)); norms 1 + U(-0.1, 0.1); biases and embeddings U(-0.1, 0.1)
+        float bound = cols && role != ROLE_EMBED ? 1.0f / sqrtf((float)cols) : 0.1f;
+        int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
+        for (int layer = 0; layer < n_copies; layer++) {
+            for (int64_t i = 0; i < role_numel(c, role); i++) {
+                // splitmix64 -> u in [0, 1)
+                uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+                z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+                z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+                float u = (float)((z ^ (z >> 31)) >> 40) / 16777216.0f;
+                next[i] = (is_norm ? 1.0f : 0.0f) + bound * (2.0f * u - 1.0f);
+            }
+            *role_slot(m, role, layer) = next;
+            next += role_numel(c, role);
+        }
+    }
+    if (c->tied_embeddings) m->lm_head = m->embed;
+    m->path = strdup("random model");
     return 0;
 }
 

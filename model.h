@@ -10,6 +10,7 @@
 // They differ only in tensor names, config keys, and Qwen2's q/k/v biases.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include "tensor.h"
 #include "tokenizer.h"
@@ -79,6 +80,10 @@ void model_free(Model *m);
 // chosen by is_gguf and config->arch. Validates presence, shape and dtype.
 int model_from_tensors(Model *m, const Config *config, const TensorList *tensors, int is_gguf,
                        const char *path, char *err, size_t err_size);
+
+// A model of the given shape with seeded random weights and no tokenizer, for
+// tests and benchmarks: matrices ~ U(-1/sqrt(in), 1/sqrt(in)), norms near 1.
+int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, size_t err_size);
 
 const char *arch_name(Arch arch);
 size_t model_num_params(const Config *c);

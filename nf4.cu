@@ -1,6 +1,7 @@
 // nf4.cu: NF4 quantization of the frozen base weights (see nf4.h for the
 // format): the CPU reference functions, matching bitsandbytes byte for byte,
-// and the memory story of a quantized model.
+// the memory story of a quantized model, and (at the bottom) the CUDA
+// quantize and dequantize kernels, equal to the CPU functions bit for bit.
 #include "nf4.h"
 
 #include <math.h>
@@ -243,3 +244,204 @@ void nf4_print_memory_story(const Config *c, FILE *out) {
     fprintf(out, "  not quantized (embeddings, lm_head, norms, biases): %.2fM parameters, %.2f MiB in bf16\n",
             others / 1e6, 2.0 * (double)others / (1 << 20));
 }
+
+// ---- CUDA ---------------------------------------------------------------------------
+// The kernels mirror the CPU functions above operation for operation (the same
+// fp32 multiplies, the IEEE division for 1 / absmax, the same comparisons), so
+// their results are equal bit for bit. nvcc's defaults keep that true: no
+// flush-to-zero, correctly rounded division.
+#ifdef __CUDACC__
+
+// The code book, its midpoints and the dynamic map, copied once to the device.
+static __constant__ float c_nf4_code[16];
+static __constant__ float c_nf4_midpoint[15];
+static __constant__ float c_dynamic_map[256];
+
+static void nf4_tables_to_device(void) {
+    static int uploaded = 0;
+    if (uploaded) return;
+    float map[256];
+    dynamic_map_signed(map);
+    CUDA_CHECK(cudaMemcpyToSymbol(c_nf4_code, NF4_CODE, sizeof NF4_CODE));
+    CUDA_CHECK(cudaMemcpyToSymbol(c_nf4_midpoint, NF4_MIDPOINT, sizeof NF4_MIDPOINT));
+    CUDA_CHECK(cudaMemcpyToSymbol(c_dynamic_map, map, sizeof map));
+    uploaded = 1;
+}
+
+#define NF4_THREADS 256   // threads per thread block in every NF4 kernel
+#define FULL_WARP 0xffffffffu
+
+// ---- dequantize ----
+
+// One thread per packed byte j: values 2j (high nibble) and 2j+1 (low nibble).
+// A warp covers 32 bytes = exactly one 64-block, so the block's absmax (and its
+// double-quant constants) is one broadcast read per warp; the code book sits in
+// shared memory, where the 16 different nibbles of a warp meet no bank conflict.
+__global__ static void nf4_dequantize_kernel(bf16 *out, const uint8_t *packed, const float *absmax,
+                                             const uint8_t *absmax_q, const float *absmax2, float offset,
+                                             int double_quant, int64_t n) {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = c_nf4_code[threadIdx.x];
+    __syncthreads();
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= (n + 1) / 2) return;
+    int64_t b = j / (NF4_BLOCK_SIZE / 2);
+    // absmax = dyn[q] * absmax2 + offset, fused as on the CPU (block_absmax)
+    float scale = double_quant ? fmaf(c_dynamic_map[absmax_q[b]], absmax2[b / NF4_DQ_BLOCK_SIZE], offset) : absmax[b];
+    uint8_t byte = packed[j];
+    // w = code[nibble] * absmax, rounded once to bf16
+    out[2 * j] = __float2bfloat16(code[byte >> 4] * scale);
+    if (2 * j + 1 < n) out[2 * j + 1] = __float2bfloat16(code[byte & 15] * scale);
+}
+
+void nf4_dequantize_gpu(bf16 *out, const NF4TensorGPU *q) {
+    int64_t n_bytes = (q->n + 1) / 2;
+    if (n_bytes <= 0) return;
+    nf4_tables_to_device();
+    unsigned grid = (unsigned)((n_bytes + NF4_THREADS - 1) / NF4_THREADS);
+    nf4_dequantize_kernel<<<grid, NF4_THREADS>>>(out, q->packed, q->absmax, q->absmax_q, q->absmax2,
+                                                  q->absmax_offset, q->double_quant, q->n);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- quantize ----
+
+// The largest v over the 32 lanes of a warp (fmaxf, which skips NaN, as the CPU loop).
+__device__ static float warp_max(float v) {
+    for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) v = fmaxf(v, __shfl_xor_sync(FULL_WARP, v, lane_mask));
+    return v;
+}
+
+// nf4_nearest_code: the number of midpoints strictly below v (the same index as
+// the CPU's binary search, also for NaN: 0).
+__device__ static int nf4_nearest_code_gpu(float v) {
+    int code = 0;
+    for (int k = 0; k < 15; k++) code += v > c_nf4_midpoint[k];
+    return code;
+}
+
+// One warp per 64-block b; lane l holds values begin + 2l and begin + 2l + 1,
+// which make packed byte b * 32 + l. Mirrors quantize_block.
+__global__ static void nf4_quantize_kernel(const float *x, int64_t n, int64_t n_blocks, uint8_t *packed,
+                                           float *absmax) {
+    int64_t b = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (b >= n_blocks) return;   // the whole warp leaves together
+    int64_t i = b * NF4_BLOCK_SIZE + 2 * lane;
+    float x0 = i < n ? x[i] : 0.0f;
+    float x1 = i + 1 < n ? x[i + 1] : 0.0f;
+    // absmax = max |x| over the block (the padding zeros cannot raise it)
+    float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));
+    if (lane == 0) absmax[b] = block_max;
+    if (i >= n) return;
+    // v = x * (1 / absmax), absmax floored at 1e-38 as on the CPU
+    float inv_absmax = 1.0f / fmaxf(block_max, 1e-38f);
+    int high = nf4_nearest_code_gpu(x0 * inv_absmax);
+    int low = i + 1 < n ? nf4_nearest_code_gpu(x1 * inv_absmax) : NF4_ZERO_CODE;
+    packed[i / 2] = (uint8_t)(high << 4 | low);
+}
+
+// dynamic_map_nearest, line for line: the map entry nearest to v, a tie to the lower.
+__device__ static int dynamic_map_nearest_gpu(const float *map, float v) {
+    // the largest i with map[i] <= v (0 when v is below map[0])
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (map[mid] <= v) lo = mid;
+        else hi = mid - 1;
+    }
+    if (lo < 255 && fabsf(v - map[lo + 1]) < fabsf(v - map[lo])) lo++;
+    return lo;
+}
+
+// One thread block per 256-block c of absmax values, one thread per value b.
+// Mirrors nf4_double_quantize.
+__global__ static void nf4_double_quantize_kernel(const float *absmax, int64_t n_blocks, float offset,
+                                                  uint8_t *absmax_q, float *absmax2) {
+    __shared__ float map[256];
+    __shared__ float warp_maxima[NF4_DQ_BLOCK_SIZE / 32];
+    map[threadIdx.x] = c_dynamic_map[threadIdx.x];
+    int64_t b = (int64_t)blockIdx.x * NF4_DQ_BLOCK_SIZE + threadIdx.x;
+    float centered = b < n_blocks ? absmax[b] - offset : 0.0f;
+    // absmax2 = max |absmax - offset| over the 256-block (the padding zeros cannot raise it)
+    float lane_max = warp_max(fabsf(centered));
+    if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = lane_max;
+    __syncthreads();
+    float block_max = 0.0f;
+    for (int w = 0; w < NF4_DQ_BLOCK_SIZE / 32; w++) block_max = fmaxf(block_max, warp_maxima[w]);
+    if (threadIdx.x == 0) absmax2[blockIdx.x] = block_max;
+    if (b >= n_blocks) return;
+    // v = (absmax - offset) * (1 / absmax2), absmax2 floored at 1e-38 as on the CPU
+    float inv_absmax2 = 1.0f / fmaxf(block_max, 1e-38f);
+    absmax_q[b] = (uint8_t)dynamic_map_nearest_gpu(map, centered * inv_absmax2);
+}
+
+void nf4_quantize_gpu(NF4TensorGPU *q, const float *x, int64_t n, int double_quant, const char *what) {
+    memset(q, 0, sizeof *q);
+    if (n <= 0) {
+        fprintf(stderr, "nf4_quantize_gpu: %s has %lld values\n", what, (long long)n);
+        exit(1);
+    }
+    nf4_tables_to_device();
+    int64_t n_blocks = nf4_num_blocks(n), n_dq_blocks = nf4_num_dq_blocks(n);
+    q->n = n;
+    q->double_quant = double_quant != 0;
+    q->packed = (uint8_t *)gpu_malloc((size_t)(n + 1) / 2, what);
+    float *absmax = (float *)gpu_malloc((size_t)n_blocks * sizeof(float), what);
+    // one warp per 64-block
+    unsigned grid = (unsigned)((n_blocks * 32 + NF4_THREADS - 1) / NF4_THREADS);
+    nf4_quantize_kernel<<<grid, NF4_THREADS>>>(x, n, n_blocks, q->packed, absmax);
+    CUDA_CHECK_LAUNCH();
+    if (!q->double_quant) {
+        q->absmax = absmax;
+        return;
+    }
+    // offset = mean(absmax): on the host, summed in double in the CPU's order, so the same fp32 number
+    float *host_absmax = (float *)malloc((size_t)n_blocks * sizeof(float));
+    if (!host_absmax) {
+        fprintf(stderr, "out of host memory for the absmax of %s\n", what);
+        exit(1);
+    }
+    gpu_download(host_absmax, absmax, (size_t)n_blocks * sizeof(float));
+    q->absmax_offset = absmax_mean(host_absmax, n_blocks);
+    free(host_absmax);
+    q->absmax_q = (uint8_t *)gpu_malloc((size_t)n_blocks, what);
+    q->absmax2 = (float *)gpu_malloc((size_t)n_dq_blocks * sizeof(float), what);
+    nf4_double_quantize_kernel<<<(unsigned)n_dq_blocks, NF4_DQ_BLOCK_SIZE>>>(absmax, n_blocks, q->absmax_offset,
+                                                                          q->absmax_q, q->absmax2);
+    CUDA_CHECK_LAUNCH();
+    gpu_free(absmax);
+}
+
+// ---- copies ----
+
+// A device copy of `bytes` host bytes.
+static void *upload_copy(const void *host, size_t bytes, const char *what) {
+    void *device = gpu_malloc(bytes, what);
+    gpu_upload(device, host, bytes);
+    return device;
+}
+
+void nf4_upload(NF4TensorGPU *d, const NF4Tensor *q, const char *what) {
+    memset(d, 0, sizeof *d);
+    int64_t n_blocks = nf4_num_blocks(q->n);
+    d->n = q->n;
+    d->double_quant = q->double_quant;
+    d->packed = (uint8_t *)upload_copy(q->packed, (size_t)(q->n + 1) / 2, what);
+    if (!q->double_quant) {
+        d->absmax = (float *)upload_copy(q->absmax, (size_t)n_blocks * sizeof(float), what);
+        return;
+    }
+    d->absmax_q = (uint8_t *)upload_copy(q->absmax_q, (size_t)n_blocks, what);
+    d->absmax2 = (float *)upload_copy(q->absmax2, (size_t)nf4_num_dq_blocks(q->n) * sizeof(float), what);
+    d->absmax_offset = q->absmax_offset;
+}
+
+void nf4_free_gpu(NF4TensorGPU *d) {
+    gpu_free(d->packed);
+    gpu_free(d->absmax);
+    gpu_free(d->absmax_q);
+    gpu_free(d->absmax2);
+    memset(d, 0, sizeof *d);
+}
+#endif

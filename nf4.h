@@ -2,7 +2,8 @@
 // weights, byte for byte as bitsandbytes' quantize_4bit(x, blocksize=64,
 // quant_type="nf4") on the CPU, with optional double quantization of the
 // block scales (compress_statistics=True). These are the CPU reference
-// functions; the CUDA kernels will sit beside them in nf4.cu.
+// functions; the CUDA kernels, equal to them bit for bit, sit at the bottom
+// of nf4.cu (declared at the bottom of this file).
 //
 // A tensor of n values (row-major W[out, in], flattened) is cut into blocks
 // of 64; a short last block has its own scale.
@@ -106,4 +107,32 @@ void nf4_print_memory_story(const Config *c, FILE *out);
 
 #ifdef __cplusplus
 }
+#endif
+
+#ifdef __CUDACC__
+#include "gpu.h"
+
+// An NF4 tensor in GPU memory: the same fields as NF4Tensor, device pointers.
+typedef struct {
+    int64_t n;
+    int double_quant;
+    uint8_t *packed;
+    float *absmax;
+    uint8_t *absmax_q;
+    float *absmax2;
+    float absmax_offset;
+} NF4TensorGPU;
+
+// Copies a CPU-quantized tensor to the GPU (allocating with gpu_malloc; `what`
+// names it for out-of-memory messages).
+void nf4_upload(NF4TensorGPU *d, const NF4Tensor *q, const char *what);
+void nf4_free_gpu(NF4TensorGPU *d);
+// out[i] (bf16) = NF4_CODE[code of i] * absmax[i / 64] (absmax from the
+// double-quant constants when double_quant), for all n values: the fp32
+// product rounded once to bf16, so it equals nf4_dequantize rounded to bf16.
+void nf4_dequantize_gpu(bf16 *out, const NF4TensorGPU *q);
+// Quantizes n > 0 fp32 values already on the device into q (allocating its
+// buffers), byte for byte equal to nf4_quantize: the same packed bytes and
+// absmax, or with double quant the same absmax_q, absmax2 and offset.
+void nf4_quantize_gpu(NF4TensorGPU *q, const float *x, int64_t n, int double_quant, const char *what);
 #endif

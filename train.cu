@@ -1,4 +1,5 @@
-// train.cu: ./train, QLoRA fine-tuning on RAFT samples (CPU reference path).
+// train.cu: ./train, QLoRA fine-tuning on RAFT samples, on the GPU (train_gpu.cu)
+// when one is present, else on the CPU reference path (train_step.cu).
 //   ./train                              the default model on data/sample_raft.jsonl
 //   ./train --data my.jsonl --steps 100 --lr 2e-4 --out out/my-run
 // The base model is frozen (NF4 by default), LoRA adapters on q,k,v,o,gate,up,
@@ -8,11 +9,13 @@
 #include "base_weights.h"
 #include "checkpoint.h"
 #include "data/raft.h"
+#include "gpu.h"
 #include "lora.h"
 #include "memory_plan.h"
 #include "model.h"
 #include "nf4.h"
 #include "plot.h"
+#include "train_gpu.h"
 #include "train_step.h"
 
 #include <errno.h>
@@ -49,7 +52,7 @@ static void usage(FILE *out) {
             "  --data PATH         RAFT samples, JSONL (default %s)\n"
             "  --val-data PATH     validation samples (default: hold out --val-frac of --data)\n"
             "  --val-frac F        share of --data held out when no --val-data (default %g)\n"
-            "  --device D          cpu, cuda or auto (default %s; only cpu is implemented yet)\n"
+            "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
             "  --steps N           optimizer steps (default %d; --epochs overrides)\n"
             "  --epochs N          passes over the training samples (default: use --steps)\n"
             "  --batch N           sequences per micro-batch (default %d)\n"
@@ -158,12 +161,14 @@ static Options parse_args(int argc, char **argv) {
     if (o.lora_dropout < 0 || o.lora_dropout >= 1) bad_usage("--lora-dropout must be in [0, 1)", "");
     if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
     if (strcmp(o.quant, "nf4") != 0 && strcmp(o.quant, "none") != 0) bad_usage("--quant expects nf4 or none, got ", o.quant);
-    if (strcmp(o.device, "cuda") == 0) {
-        fprintf(stderr, "train: --device cuda: the CUDA kernels are not written yet; use --device cpu\n");
+    if (strcmp(o.device, "cpu") != 0 && strcmp(o.device, "cuda") != 0 && strcmp(o.device, "auto") != 0)
+        bad_usage("--device expects cpu, cuda or auto, got ", o.device);
+    if (strcmp(o.device, "cuda") == 0 && !gpu_available()) {
+        fprintf(stderr, "train: --device cuda: %s; use --device cpu\n",
+                strcmp(gpu_device_name(), "none") == 0 ? "no CUDA device is visible" : "this build has no CUDA (nvcc was not found at build time)");
         exit(2);
     }
-    if (strcmp(o.device, "cpu") != 0 && strcmp(o.device, "auto") != 0)
-        bad_usage("--device expects cpu, cuda or auto, got ", o.device);
+    if (strcmp(o.device, "auto") == 0) o.device = gpu_available() ? "cuda" : "cpu";
     return o;
 }
 
@@ -315,10 +320,60 @@ static void find_bad_gradient(const Trainable *tr, char *out, size_t size) {
     }
 }
 
-static void adamw_update(Trainable *tr, const Options *o, float lr) {
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA
+static float lora_scaling(const Options *o) {
+    return o->rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
+}
+
+// ---- where the steps run: the CPU reference or the GPU ---------------------------
+// The host copy of the adapters (tr->lora, tr->moments) is the CPU path's
+// working copy; on the GPU it is refreshed by engine_sync_to_host before
+// anything reads it (checkpoints, adapter export, naming a bad gradient).
+
+typedef struct {
+    int on_gpu;
+    BaseWeights base;   // the CPU path's frozen weights
+#ifdef __CUDACC__
+    GpuTrainer gpu;
+#endif
+} Engine;
+
+static void engine_zero_grads(Engine *e, Trainable *tr) {
+#ifdef __CUDACC__
+    if (e->on_gpu) { gpu_zero_grads(&e->gpu); return; }
+#endif
+    lora_set_zero_grads(&tr->lora);
+}
+
+static double engine_micro_batch(Engine *e, Trainable *tr, const Config *c, const StepOptions *opt,
+                                 const Batch *batch, double grad_scale, int *n_counted) {
+#ifdef __CUDACC__
+    if (e->on_gpu) return gpu_train_micro_batch(&e->gpu, batch, opt->dropout_seed, grad_scale, n_counted);
+#endif
+    return train_step_cpu(c, &e->base.source, tr->params, opt, batch, grad_scale, n_counted);
+}
+
+static double engine_grad_norm(Engine *e, Trainable *tr) {
+#ifdef __CUDACC__
+    if (e->on_gpu) return gpu_grad_norm(&e->gpu);
+#endif
+    return global_grad_norm(tr->grads, tr->grad_sizes, tr->n_tensors);
+}
+
+static void engine_scale_grads(Engine *e, Trainable *tr, float scale) {
+#ifdef __CUDACC__
+    if (e->on_gpu) { gpu_scale_grads(&e->gpu, scale); return; }
+#endif
+    scale_grads_cpu(tr->grads, tr->grad_sizes, tr->n_tensors, scale);
+}
+
+static void engine_adamw(Engine *e, Trainable *tr, const Options *o, float lr) {
     AdamWConfig config = adamw_default_config();
     config.lr = o->lr;
     config.weight_decay = o->weight_decay;
+#ifdef __CUDACC__
+    if (e->on_gpu) { gpu_adamw_step(&e->gpu, &config, lr); return; }
+#endif
     for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
         LoraAdapter *a = &tr->lora.adapters[i];
         if (!a->A) continue;
@@ -327,24 +382,37 @@ static void adamw_update(Trainable *tr, const Options *o, float lr) {
     }
 }
 
-// s = alpha / r, or alpha / sqrt(r) with rsLoRA
-static float lora_scaling(const Options *o) {
-    return o->rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
+// Brings the GPU's parameters, gradients and moments to the host copy.
+static void engine_sync_to_host(Engine *e, Trainable *tr) {
+#ifdef __CUDACC__
+    if (e->on_gpu) gpu_download_lora(&e->gpu, &tr->lora, tr->moments);
+#endif
 }
 
 // Mean answer-only loss over a set (no dropout), in batches of one.
-static double evaluate(const Config *c, const BaseWeights *base, const Trainable *tr, const Options *o,
-                       const ExampleSet *set) {
+static double evaluate(Engine *e, const Config *c, const Trainable *tr, const Options *o, const ExampleSet *set) {
     StepOptions opt = {o->rank, lora_scaling(o), 0.0f, 0, 0};
     double total = 0.0;
     long counted = 0;
     for (int i = 0; i < set->count; i++) {
         Batch batch = {set->examples[i].ids, set->examples[i].targets, 1, set->examples[i].n_tokens};
         int n = 0;
-        total += loss_cpu(c, &base->source, tr->params, &opt, &batch, &n);
+#ifdef __CUDACC__
+        if (e->on_gpu) total += gpu_loss(&e->gpu, &batch, &n);
+        else
+#endif
+            total += loss_cpu(c, &e->base.source, tr->params, &opt, &batch, &n);
         counted += n;
     }
     return counted ? total / counted : 0.0;
+}
+
+// The longest sample of a set (the GPU buffers are sized for it).
+static int longest_example(const ExampleSet *set) {
+    int longest = 0;
+    for (int i = 0; i < set->count; i++)
+        if (set->examples[i].n_tokens > longest) longest = set->examples[i].n_tokens;
+    return longest;
 }
 
 static int save_checkpoint(const Options *o, const Trainable *tr, const TrainProgress *progress, const char *name) {
@@ -497,13 +565,20 @@ int main(int argc, char **argv) {
     int samples_per_step = o.batch * o.grad_accum;
     int total_steps = o.epochs > 0 ? (o.epochs * train_set.count + samples_per_step - 1) / samples_per_step : o.steps;
 
-    BaseWeights base;
+    Engine engine;
+    memset(&engine, 0, sizeof engine);
+    engine.on_gpu = strcmp(o.device, "cuda") == 0;
     QuantMode quant = strcmp(o.quant, "nf4") == 0 ? QUANT_NF4 : QUANT_NONE;
-    if (base_weights_init(&base, &model, quant, o.double_quant) != 0) { fprintf(stderr, "train: out of memory quantizing the base\n"); return 1; }
     nf4_print_memory_story(c, stdout);
-    printf("base: %s, linear weights %.1f MB in memory for training\n",
-           quant == QUANT_NF4 ? (o.double_quant ? "NF4 + double quant" : "NF4") : "fp32 (no quantization)",
-           base_weights_linear_bytes(&base) / 1e6);
+    if (!engine.on_gpu) {
+        if (base_weights_init(&engine.base, &model, quant, o.double_quant) != 0) {
+            fprintf(stderr, "train: out of memory quantizing the base\n");
+            return 1;
+        }
+        printf("base: %s, linear weights %.1f MB in memory for training\n",
+               quant == QUANT_NF4 ? (o.double_quant ? "NF4 + double quant" : "NF4") : "fp32 (no quantization)",
+               base_weights_linear_bytes(&engine.base) / 1e6);
+    }
     Trainable tr;
     if (trainable_init(&tr, c, &o, enabled) != 0) { fprintf(stderr, "train: out of memory for the adapters\n"); return 1; }
     size_t n_lora = lora_set_num_params(&tr.lora);
@@ -512,6 +587,18 @@ int main(int argc, char **argv) {
 
     LRSchedule schedule = {o.lr, o.lr_min_frac, warmup_steps_from(o.warmup, total_steps), total_steps};
     StepOptions step_opt = {o.rank, lora_scaling(&o), o.lora_dropout, 0, o.recompute};
+#ifdef __CUDACC__
+    double flops_per_token = 0.0;
+    if (engine.on_gpu) {
+        int longest = longest_example(&train_set), longest_val = longest_example(&val_set);
+        if (longest_val > longest) longest = longest_val;
+        gpu_trainer_init(&engine.gpu, &model, quant, o.double_quant, &tr.lora, &step_opt, o.batch, longest);
+        printf("base: %s on the GPU (bf16 activations, fp32 LoRA weights and AdamW moments)\n",
+               quant == QUANT_NF4 ? (o.double_quant ? "NF4 + double quant" : "NF4") : "bf16 (no quantization)");
+        gpu_trainer_print_memory(&engine.gpu, stdout);
+        flops_per_token = gpu_flops_per_token(c, longest, o.recompute);
+    }
+#endif
     if (make_dir(o.out_dir) != 0) return 1;
 
     TrainProgress progress = {0, total_steps, (uint64_t)o.seed, 0, train_set.count, NULL, NAN};
@@ -531,6 +618,9 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf("resumed from %s at step %d of %d\n", path, progress.step, total_steps);
+#ifdef __CUDACC__
+        if (engine.on_gpu) gpu_upload_lora(&engine.gpu, &tr.lora, tr.moments);
+#endif
     }
     char log_path[4096];
     snprintf(log_path, sizeof log_path, "%s/log.csv", o.out_dir);
@@ -539,10 +629,10 @@ int main(int argc, char **argv) {
     fseek(log, 0, SEEK_END);
     if (ftell(log) == 0) fprintf(log, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s\n");
 
-    printf("training: %d steps of %d x %d samples on the cpu, lr %g (warmup %lld steps, cosine to %g)\n", total_steps,
-           o.grad_accum, o.batch, o.lr, (long long)schedule.warmup_steps, o.lr * o.lr_min_frac);
+    printf("training: %d steps of %d x %d samples on the %s, lr %g (warmup %lld steps, cosine to %g)\n", total_steps,
+           o.grad_accum, o.batch, engine.on_gpu ? gpu_device_name() : "cpu", o.lr, (long long)schedule.warmup_steps, o.lr * o.lr_min_frac);
     if (val_set.count && progress.step == 0) {
-        progress.best_val = evaluate(c, &base, &tr, &o, &val_set);
+        progress.best_val = evaluate(&engine, c, &tr, &o, &val_set);
         printf("step %4d | val loss %.4f (before training)\n", 0, progress.best_val);
     }
 
@@ -574,39 +664,47 @@ int main(int argc, char **argv) {
                 step_answer += train_set.examples[order[progress.cursor + i]].n_answer;
             progress.cursor += micro_count[m];
         }
-        lora_set_zero_grads(&tr.lora);
+        engine_zero_grads(&engine, &tr);
         double loss_sum = 0.0;
         for (int m = 0; m < o.grad_accum; m++) {
             int *tokens, *targets, counted;
             Batch batch = make_batch(&train_set, order, micro_first[m], micro_count[m], &tokens, &targets);
             step_opt.dropout_seed = (uint64_t)o.seed * 7919ULL + (uint64_t)step * 64 + (uint64_t)m;
-            loss_sum += train_step_cpu(c, &base.source, tr.params, &step_opt, &batch, step_answer ? 1.0 / step_answer : 0.0, &counted);
+            loss_sum += engine_micro_batch(&engine, &tr, c, &step_opt, &batch, step_answer ? 1.0 / step_answer : 0.0,
+                                           &counted);
             step_tokens += (long)batch.n_seqs * batch.seq_len;
             free(tokens);
             free(targets);
         }
         double train_loss = step_answer ? loss_sum / step_answer : 0.0;
-        double norm = global_grad_norm(tr.grads, tr.grad_sizes, tr.n_tensors);
+        double norm = engine_grad_norm(&engine, &tr);
         if (!isfinite(train_loss) || !isfinite(norm)) {
             char which[128];
+            engine_sync_to_host(&engine, &tr);
             find_bad_gradient(&tr, which, sizeof which);
             fprintf(stderr, "train: step %d: %s is not finite (loss %g, grad norm %g; first bad gradient: %s); "
                             "stopping without saving\n", step + 1, isfinite(train_loss) ? "the gradient" : "the loss",
                     train_loss, norm, which);
             return 1;
         }
-        scale_grads_cpu(tr.grads, tr.grad_sizes, tr.n_tensors, clip_scale(norm, o.clip));
+        engine_scale_grads(&engine, &tr, clip_scale(norm, o.clip));
         float lr = lr_at_step(&schedule, step);
-        adamw_update(&tr, &o, lr);
+        engine_adamw(&engine, &tr, &o, lr);
         double ms = (now_seconds() - t0) * 1000.0;
         double elapsed = now_seconds() - run_start;
         double eta = elapsed / (step + 1 - first_step) * (total_steps - step - 1);
         double val_loss = NAN;
         if (val_set.count && ((step + 1) % o.eval_every == 0 || step + 1 == total_steps))
-            val_loss = evaluate(c, &base, &tr, &o, &val_set);
+            val_loss = evaluate(&engine, c, &tr, &o, &val_set);
         printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s | eta %.0f s", step + 1,
                total_steps, train_loss, norm, lr, ms, step_tokens / (ms / 1000.0), eta);
         if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
+#ifdef __CUDACC__
+        // MFU = achieved matmul FLOP/s over the device's peak bf16 rate
+        if (engine.on_gpu && gpu_peak_bf16_flops() > 0)
+            printf(" | MFU %.1f%% | peak mem %.0f MiB", 100.0 * flops_per_token * step_tokens / (ms / 1000.0) /
+                   gpu_peak_bf16_flops(), gpu_peak_bytes() / 1048576.0);
+#endif
         printf("\n");
         if (!isnan(val_loss) && val_loss > progress.best_val && train_loss < last_train)
             printf("warning: validation loss rose (%.4f -> %.4f) while training loss fell: the adapter may be "
@@ -624,6 +722,7 @@ int main(int argc, char **argv) {
         if (!isnan(val_loss) && !(val_loss > progress.best_val)) {
             progress.best_val = val_loss;
             evals_without_improvement = 0;
+            engine_sync_to_host(&engine, &tr);
             if (save_checkpoint(&o, &tr, &progress, "checkpoint_best.bin") != 0 ||
                 save_adapter(&o, &tr, c, "best_adapter") != 0)
                 return 1;
@@ -636,14 +735,17 @@ int main(int argc, char **argv) {
             total_steps = progress.step;
         }
         int pausing = progress.step == o.stop_at;
-        if ((o.save_every > 0 && progress.step % o.save_every == 0) || progress.step == total_steps || pausing)
+        if ((o.save_every > 0 && progress.step % o.save_every == 0) || progress.step == total_steps || pausing) {
+            engine_sync_to_host(&engine, &tr);
             if (save_checkpoint(&o, &tr, &progress, "checkpoint.bin") != 0) return 1;
+        }
         if (pausing && progress.step < total_steps) {
             printf("paused after step %d: continue with --resume %s\n", progress.step, o.out_dir);
             return 0;
         }
     }
     fclose(log);
+    engine_sync_to_host(&engine, &tr);
     if (save_adapter(&o, &tr, c, "adapter") != 0) return 1;
     printf("done: %d steps in %.0f s; log %s, loss curve %s/loss.svg, adapter (HF peft layout) %s/adapter/\n",
            progress.step, now_seconds() - run_start, log_path, o.out_dir, o.out_dir);
@@ -654,7 +756,13 @@ int main(int argc, char **argv) {
     free(micro_first);
     free(micro_count);
     trainable_free(&tr);
-    base_weights_free(&base);
+    if (engine.on_gpu) {
+#ifdef __CUDACC__
+        gpu_trainer_free(&engine.gpu);
+#endif
+    } else {
+        base_weights_free(&engine.base);
+    }
     free_examples(&train_set);
     free_examples(&val_set);
     free(train_idx);

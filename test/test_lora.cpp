@@ -46,6 +46,27 @@ TEST_CASE("lora: dropout masks are seeded, scaled and near the asked rate") {
     CHECK(dropped < 2700);
 }
 
+TEST_CASE("lora: dropout masks are independent across elements and related seeds") {
+    // train_step derives the seeds of a step's layers as seed ^ k G (G the
+    // splitmix64 increment): such masks, and neighbouring elements of one
+    // mask, must agree only by chance (half the time at p = 0.5; the standard
+    // deviation of the fraction over 10000 elements is 0.005).
+    const uint64_t G = 0x9E3779B97F4A7C15ULL;
+    size_t count = 10000;
+    std::vector<float> a(count), b(count);
+    lora_dropout_mask(a.data(), count, 0.5f, 7 ^ (1 * G));
+    lora_dropout_mask(b.data(), count, 0.5f, 7 ^ (2 * G));
+    int same_as_next = 0, same_as_other_seed = 0, same_as_other_shifted = 0;
+    for (size_t i = 0; i + 1 < count; i++) {
+        same_as_next += a[i] == a[i + 1];
+        same_as_other_seed += a[i] == b[i];
+        same_as_other_shifted += a[i + 1] == b[i];
+    }
+    CHECK(std::abs(same_as_next - 5000) < 250);
+    CHECK(std::abs(same_as_other_seed - 5000) < 250);
+    CHECK(std::abs(same_as_other_shifted - 5000) < 250);
+}
+
 TEST_CASE("lora: targets parse by name and refuse unknown ones") {
     int enabled[N_TARGETS];
     char err[256];

@@ -1,0 +1,98 @@
+// bench_train.cu: training-step throughput of the GPU trainer on a random-
+// weight model of a named shape (no files needed), for the side-by-side with
+// HF transformers + peft (dev/bench_hf_peft.py takes the same arguments).
+//   make build/bench_train && ./build/bench_train --shape smollm2-135m --batch 8 --seq 512
+// Prints tokens per second, MFU and peak GPU memory as one line.
+#include "adamw.h"
+#include "gpu.h"
+#include "lora.h"
+#include "model.h"
+#include "train_gpu.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+static Config shape_config(const char *shape) {
+    Config c;
+    memset(&c, 0, sizeof c);
+    c.arch = ARCH_LLAMA;
+    c.norm_eps = 1e-5f;
+    c.max_seq_len = 8192;
+    if (strcmp(shape, "smollm2-135m") == 0) {
+        c.dim = 576; c.hidden_dim = 1536; c.n_layers = 30; c.n_heads = 9; c.n_kv_heads = 3; c.head_dim = 64;
+        c.vocab_size = 49152; c.rope_theta = 100000.0f; c.tied_embeddings = 1;
+    } else if (strcmp(shape, "llama-3.2-1b") == 0) {
+        c.dim = 2048; c.hidden_dim = 8192; c.n_layers = 16; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 64;
+        c.vocab_size = 128256; c.rope_theta = 500000.0f; c.tied_embeddings = 1;
+    } else if (strcmp(shape, "llama-3.1-8b") == 0) {
+        c.dim = 4096; c.hidden_dim = 14336; c.n_layers = 32; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 128;
+        c.vocab_size = 128256; c.rope_theta = 500000.0f; c.tied_embeddings = 0;
+    } else {
+        fprintf(stderr, "bench_train: unknown --shape %s (smollm2-135m, llama-3.2-1b, llama-3.1-8b)\n", shape);
+        exit(2);
+    }
+    return c;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    const char *shape = "smollm2-135m";
+    int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
+        else if (strcmp(argv[i], "--batch") == 0) batch = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--seq") == 0) seq = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--rank") == 0) rank = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--recompute") == 0) recompute = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
+        else { fprintf(stderr, "bench_train: unknown option %s\n", argv[i]); return 2; }
+    }
+    if (!gpu_available()) { fprintf(stderr, "bench_train: no CUDA device\n"); return 1; }
+    Config c = shape_config(shape);
+    char err[256];
+    Model model;
+    if (model_init_random(&model, &c, 1, err, sizeof err) != 0) { fprintf(stderr, "bench_train: %s\n", err); return 1; }
+    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    LoraSet lora;
+    if (lora_set_init(&lora, &c, enabled, rank, 2.0f * rank, 0, 0.0f, 1) != 0) return 1;
+    StepOptions opt = {rank, 2.0f, 0.0f, 0, recompute};
+    GpuTrainer g;
+    gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq);
+    gpu_trainer_print_memory(&g, stdout);
+    std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
+    for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
+    for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : -100;
+    Batch b = {tokens.data(), targets.data(), batch, seq};
+    AdamWConfig config = adamw_default_config();
+    double timed = 0.0;
+    int counted = 0;
+    for (int step = 0; step < steps + 2; step++) {   // two warm-up steps
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double t0 = now_seconds();
+        gpu_zero_grads(&g);
+        gpu_train_micro_batch(&g, &b, 0, 1e-4, &counted);
+        gpu_scale_grads(&g, 1.0f);
+        gpu_adamw_step(&g, &config, 1e-4f);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        if (step >= 2) timed += now_seconds() - t0;
+    }
+    double tok_per_s = (double)batch * seq * steps / timed;
+    double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
+    double peak = gpu_peak_bf16_flops();
+    printf("ours | %s | %s | batch %d seq %d rank %d recompute %d | %.0f tok/s | %.1f ms/step | MFU %.1f%% | "
+           "peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", batch, seq, rank, recompute, tok_per_s,
+           1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);
+    gpu_trainer_free(&g);
+    lora_set_free(&lora);
+    model_free(&model);
+    return 0;
+}
