@@ -190,7 +190,10 @@ void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int do
     memset(g, 0, sizeof *g);
     g->c = model->config;
     g->quant = quant;
-    g->attention = ATTENTION_FLASH;
+    // the simple attention (cuBLAS, scores materialised) is faster; it needs
+    // about 12 bytes per score of scratch, so past 1 GiB the fused kernel takes over
+    double score_bytes = 12.0 * max_seqs * (double)max_seq_len * max_seq_len;
+    g->attention = score_bytes <= 1073741824.0 ? ATTENTION_SIMPLE : ATTENTION_FLASH;
     g->recompute = opt->recompute;
     g->rank = opt->rank;
     g->scaling = opt->scaling;

@@ -45,7 +45,7 @@ typedef struct {
 typedef struct {
     Config c;
     QuantMode quant;
-    AttentionKernel attention;
+    AttentionKernel attention;   // simple when its T x T scratch fits in 1 GiB, else flash
     int recompute;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))

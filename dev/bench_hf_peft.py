@@ -4,10 +4,12 @@ rank and targets as dev/bench_train.cu, on the same GPU.
 
   python3 dev/bench_hf_peft.py --shape smollm2-135m --batch 8 --seq 512 --recompute 1
 
-The base is bf16 (bitsandbytes, for NF4, is not installed on the GPU machines
-here), LoRA weights fp32 under bf16 autocast, torch AdamW (fused), SDPA
-attention, gradient checkpointing with --recompute 1. Prints one line:
-tokens per second, ms per step and peak GPU memory (torch.cuda.max_memory_allocated).
+On the GPU the base is bf16 (bitsandbytes, for NF4, is not installed on the
+GPU machines here), LoRA weights fp32 under bf16 autocast, torch AdamW
+(fused), SDPA attention, gradient checkpointing with --recompute 1. Prints one
+line: tokens per second, ms per step and peak GPU memory
+(torch.cuda.max_memory_allocated). With --device cpu everything is fp32 on
+all cores (the comparison for our CPU reference path, ./build/bench_train --device cpu).
 """
 import argparse
 import time
@@ -37,13 +39,16 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--recompute", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args()
+    on_gpu = args.device == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
 
     config = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, **SHAPES[args.shape])
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.device(args.device):
+        model = LlamaForCausalLM(config).to(dtype)
     if args.recompute:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -53,25 +58,30 @@ def main():
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:
         p.data = p.data.float()   # fp32 master weights, as ours
-    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
-    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
+    opt = torch.optim.AdamW(trainable, lr=1e-4, fused=on_gpu)
+    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=args.device)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    warmup = 2 if on_gpu else 1
     timed = 0.0
-    for step in range(args.steps + 2):   # two warm-up steps
-        torch.cuda.synchronize()
+    for step in range(args.steps + warmup):
+        if on_gpu:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=on_gpu):
             loss = model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if step >= 2:
+        if on_gpu:
+            torch.cuda.synchronize()
+        if step >= warmup:
             timed += time.perf_counter() - t0
     tok_per_s = args.batch * args.seq * args.steps / timed
-    print(f"hf+peft | {args.shape} | bf16 | batch {args.batch} seq {args.seq} rank {args.rank} "
-          f"recompute {args.recompute} | {tok_per_s:.0f} tok/s | {1000 * timed / args.steps:.1f} ms/step | "
-          f"peak mem {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    memory = f" | peak mem {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if on_gpu else ""
+    print(f"hf+peft | {args.shape} | {'bf16' if on_gpu else 'fp32'} | {args.device} | batch {args.batch} "
+          f"seq {args.seq} rank {args.rank} recompute {args.recompute} | {tok_per_s:.1f} tok/s | "
+          f"{1000 * timed / args.steps:.0f} ms/step{memory}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-// bench_train.cu: training-step throughput of the GPU trainer on a random-
-// weight model of a named shape (no files needed), for the side-by-side with
-// HF transformers + peft (dev/bench_hf_peft.py takes the same arguments).
+// bench_train.cu: training-step throughput on a random-weight model of a
+// named shape (no files needed), for the side-by-side with HF transformers +
+// peft (dev/bench_hf_peft.py takes the same arguments).
 //   make build/bench_train && ./build/bench_train --shape smollm2-135m --batch 8 --seq 512
-// Prints tokens per second, MFU and peak GPU memory as one line.
+//   ./build/bench_train --device cpu --batch 1 --seq 256 --steps 2
+// Prints tokens per second (and on the GPU MFU and peak memory) as one line.
 #include "adamw.h"
+#include "base_weights.h"
 #include "gpu.h"
 #include "lora.h"
 #include "model.h"
@@ -43,8 +45,49 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+// One training step (zeroed gradients, forward, backward, AdamW) on the CPU path.
+static void cpu_step(const Config *c, const BaseWeights *base, LoraSet *lora, AdapterParams<float> *params,
+                     AdamWState *moments, const StepOptions *opt, const Batch *b) {
+    AdamWConfig config = adamw_default_config();
+    int counted = 0;
+    lora_set_zero_grads(lora);
+    train_step_cpu(c, &base->source, params, opt, b, 1e-4, &counted);
+    for (int i = 0; i < c->n_layers * N_TARGETS; i++) {
+        LoraAdapter *a = &lora->adapters[i];
+        if (!a->A) continue;
+        adamw_step_cpu(a->A, a->dA, &moments[2 * i], &config, 1e-4f);
+        adamw_step_cpu(a->B, a->dB, &moments[2 * i + 1], &config, 1e-4f);
+    }
+}
+
+static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const StepOptions *opt, const Batch *b,
+                      int nf4, int steps, const char *shape) {
+    BaseWeights base;
+    if (base_weights_init(&base, model, nf4 ? QUANT_NF4 : QUANT_NONE, 1) != 0) exit(1);
+    int n_adapters = c->n_layers * N_TARGETS;
+    std::vector<AdapterParams<float>> params(n_adapters);
+    std::vector<AdamWState> moments(2 * n_adapters);
+    for (int i = 0; i < n_adapters; i++) {
+        LoraAdapter *a = &lora->adapters[i];
+        params[i] = {a->A, a->B, a->dA, a->dB};
+        adamw_init(&moments[2 * i], (size_t)a->rank * a->in_dim);
+        adamw_init(&moments[2 * i + 1], (size_t)a->out_dim * a->rank);
+    }
+    double timed = 0.0;
+    for (int step = 0; step < steps + 1; step++) {   // one warm-up step
+        double t0 = now_seconds();
+        cpu_step(c, &base, lora, params.data(), moments.data(), opt, b);
+        if (step >= 1) timed += now_seconds() - t0;
+    }
+    printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d | %.1f tok/s | %.0f ms/step\n", shape,
+           nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute,
+           (double)b->n_seqs * b->seq_len * steps / timed, 1000.0 * timed / steps);
+    for (AdamWState &m : moments) adamw_free(&m);
+    base_weights_free(&base);
+}
+
 int main(int argc, char **argv) {
-    const char *shape = "smollm2-135m";
+    const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto";
     int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
@@ -54,9 +97,12 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--recompute") == 0) recompute = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
+        else if (strcmp(argv[i], "--device") == 0) device = argv[i + 1];
+        else if (strcmp(argv[i], "--attention") == 0) attention = argv[i + 1];
         else { fprintf(stderr, "bench_train: unknown option %s\n", argv[i]); return 2; }
     }
-    if (!gpu_available()) { fprintf(stderr, "bench_train: no CUDA device\n"); return 1; }
+    int on_gpu = strcmp(device, "cuda") == 0;
+    if (on_gpu && !gpu_available()) { fprintf(stderr, "bench_train: no CUDA device (try --device cpu)\n"); return 1; }
     Config c = shape_config(shape);
     char err[256];
     Model model;
@@ -65,13 +111,22 @@ int main(int argc, char **argv) {
     LoraSet lora;
     if (lora_set_init(&lora, &c, enabled, rank, 2.0f * rank, 0, 0.0f, 1) != 0) return 1;
     StepOptions opt = {rank, 2.0f, 0.0f, 0, recompute};
-    GpuTrainer g;
-    gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq);
-    gpu_trainer_print_memory(&g, stdout);
     std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
     for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
     for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : -100;
     Batch b = {tokens.data(), targets.data(), batch, seq};
+    if (!on_gpu) {
+        bench_cpu(&c, &model, &lora, &opt, &b, nf4, steps, shape);
+        lora_set_free(&lora);
+        model_free(&model);
+        return 0;
+    }
+#ifdef __CUDACC__
+    GpuTrainer g;
+    gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq);
+    if (strcmp(attention, "simple") == 0) g.attention = ATTENTION_SIMPLE;
+    if (strcmp(attention, "flash") == 0) g.attention = ATTENTION_FLASH;
+    gpu_trainer_print_memory(&g, stdout);
     AdamWConfig config = adamw_default_config();
     double timed = 0.0;
     int counted = 0;
@@ -88,10 +143,12 @@ int main(int argc, char **argv) {
     double tok_per_s = (double)batch * seq * steps / timed;
     double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
     double peak = gpu_peak_bf16_flops();
-    printf("ours | %s | %s | batch %d seq %d rank %d recompute %d | %.0f tok/s | %.1f ms/step | MFU %.1f%% | "
-           "peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", batch, seq, rank, recompute, tok_per_s,
-           1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);
+    const char *kind = g.attention == ATTENTION_SIMPLE ? "simple" : "flash";
+    printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d | %.0f tok/s | %.1f ms/step | "
+           "MFU %.1f%% | peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute,
+           tok_per_s, 1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);
     gpu_trainer_free(&g);
+#endif
     lora_set_free(&lora);
     model_free(&model);
     return 0;

@@ -7,10 +7,12 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/device.txt"
-make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps train build/test_gpu build/bench_train >"$OUT/build.log" 2>&1 ||
+make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps train build/test_gpu build/bench_train build/bench_kernels >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
 echo "== GPU tests"
 ./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -E "ERROR|CHECK|passed|MESSAGE|loss|seed|test cases" | head -60
+echo "== kernels"
+./build/bench_kernels 2>&1 | tee "$OUT/bench_kernels.log"
 echo "== benchmarks"
 shapes="--shape smollm2-135m --batch 8 --seq 512"
 [ -n "$BENCH_1B" ] && shapes="$shapes;--shape llama-3.2-1b --batch 4 --seq 512"

@@ -69,8 +69,10 @@ static std::vector<AdapterParams<float>> adapter_views(LoraSet *set) {
 }
 
 // One micro-batch on both paths; checks the loss and every gradient tensor.
-static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout, int recompute, uint64_t seed) {
-    INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias);
+static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout, int recompute,
+                         AttentionKernel attention, uint64_t seed) {
+    INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias
+                  << ", attention " << (attention == ATTENTION_FLASH ? "flash" : "simple"));
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
@@ -94,6 +96,7 @@ static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout
 
     GpuTrainer g;
     gpu_trainer_init(&g, &model, QUANT_NF4, 1, &gpu_lora, &opt, n_seqs, seq_len);
+    g.attention = attention;
     gpu_zero_grads(&g);
     double gpu_loss_sum = gpu_train_micro_batch(&g, &batch, opt.dropout_seed, grad_scale, &gpu_counted);
     gpu_download_lora(&g, &gpu_lora, NULL);
@@ -122,14 +125,14 @@ static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout
 
 TEST_CASE("gpu train step: loss and LoRA gradients equal the CPU path (small model, NF4 + DQ)") {
     uint64_t seed = fresh_seed();
-    compare_step(small_config(0), 2, 33, 0.0f, 0, seed);
-    compare_step(small_config(0), 2, 33, 0.1f, 0, seed + 1);
-    compare_step(small_config(0), 3, 20, 0.1f, 1, seed + 2);
-    compare_step(small_config(1), 2, 33, 0.0f, 1, seed + 3);
+    compare_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, seed);
+    compare_step(small_config(0), 2, 33, 0.1f, 0, ATTENTION_FLASH, seed + 1);
+    compare_step(small_config(0), 3, 20, 0.1f, 1, ATTENTION_SIMPLE, seed + 2);
+    compare_step(small_config(1), 2, 33, 0.0f, 1, ATTENTION_FLASH, seed + 3);
 }
 
 TEST_CASE("gpu train step: SmolLM2-135M shape with random weights equals the CPU path") {
-    compare_step(smollm2_135m_config(), 2, 64, 0.05f, 1, fresh_seed());
+    compare_step(smollm2_135m_config(), 2, 64, 0.05f, 1, ATTENTION_SIMPLE, fresh_seed());
 }
 
 TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
