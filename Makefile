@@ -26,14 +26,16 @@ endif
 #   make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
 # Library sources (everything but the programs' main files).
-LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c memory_plan.c plot.c
-LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu train_gpu.cu
-PROGRAMS = generate train
+LIB_C  = json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c data/raft_build.c data/faq.c data/tokfile.c memory_plan.c plot.c porter.c rouge.c wordpiece.c embed.c
+LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu train_gpu.cu merge.cu
+PROGRAMS = generate train prepare evaluate
+# The default training data (./train with no --data), built from the Debian FAQ below.
+DEFAULT_DATA = data/faq/train.bin
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
 
 .PHONY: all fetch test test-gpu clean build
-all: fetch $(PROGRAMS)
+all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
 build/%.o: %.c | build
@@ -42,11 +44,11 @@ build/%.o: %.c | build
 # .cu files hold plain C++ host code plus (later) CUDA kernels.
 ifeq ($(strip $(HAVE_NVCC)),)
 build/%.o: %.cu | build
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -I. -MMD -MP -x c++ -c $< -o $@
 else
 NVCCFLAGS = -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native"
 build/%.o: %.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
 endif
 
 generate: build/generate.o $(LIB_OBJ)
@@ -55,13 +57,32 @@ generate: build/generate.o $(LIB_OBJ)
 train: build/train.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+prepare: build/data/prepare.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+evaluate: build/evaluate.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Our forward's last-position logits for a prompt (dev/check_merged.py).
+build/dump_logits: build/dev/dump_logits.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+build/dev/dump_logits.o: CPPFLAGS += -I.
+
 # Phony so that the folders are made even when build/ is already there.
 build:
 	@mkdir -p build build/data build/dev build/test build/test/data build/test/gpu
 
-# ---- the default model (never committed; see models/SHA256SUMS) ----------
+# ---- the default model and the embedding model (never committed; see models/SHA256SUMS)
 fetch:
 	@sh dev/fetch_model.sh
+	@sh dev/fetch_embedder.sh
+
+# ---- the default data: the Debian FAQ (never committed; see data/faq/SHA256SUMS) ----
+# dev/fetch_faq.sh downloads and unpacks it, ./prepare turns it into RAFT data.
+# --max-seq 512 and a small validation set keep the default ./train short on a CPU.
+$(DEFAULT_DATA): prepare dev/fetch_faq.sh data/faq/SHA256SUMS | fetch
+	@sh dev/fetch_faq.sh
+	./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512 --val-frac 0.02
 
 # ---- tests: CPU tests built with g++ and the sanitizers --------------------
 TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
@@ -98,15 +119,16 @@ build/test/gpu/test_main.o: test/test_main.cpp | build
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -I. -MMD -MP -c $< -o $@
 build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
-
-# The GPU trainer's throughput on random-weight models (dev/bench_train.cu).
-build/bench_train: build/dev/bench_train.o $(LIB_OBJ)
-	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
-build/dev/bench_train.o: dev/bench_train.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
 endif
 
-test: fetch train build/test_cpu $(TEST_GPU)
+# Training-step throughput on random-weight models, GPU or CPU (dev/bench_train.cu).
+build/bench_train: build/dev/bench_train.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+# Each GPU kernel family's GB/s or TFLOP/s against the device's ceilings (dev/bench_kernels.cu).
+build/bench_kernels: build/dev/bench_kernels.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+test: fetch train prepare $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
 	@sh test/run_tests.sh build/test_cpu $(TEST_GPU)
 
 # Only the GPU tests (on a GPU machine; no model download needed).

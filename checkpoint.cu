@@ -2,19 +2,23 @@
 #include "checkpoint.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '1'};
+static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '2'};
+static const char MAGIC_V1[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '1'};
 
-// The fixed-size part of the file, after the magic.
+// The fixed-size part of the file, after the magic. Version 1 ends before
+// evals_without_improvement.
 typedef struct {
     int32_t n_layers, rank, enabled[N_TARGETS];
     int32_t step, total_steps, cursor, n_order;
     uint64_t data_rng;
     double best_val;
+    int32_t evals_without_improvement;
 } Header;
 
 static int write_all(FILE *f, const void *data, size_t bytes) { return fwrite(data, 1, bytes, f) == bytes ? 0 : -1; }
@@ -55,6 +59,7 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     h.n_order = progress->n_order;
     h.data_rng = progress->data_rng;
     h.best_val = progress->best_val;
+    h.evals_without_improvement = progress->evals_without_improvement;
     int failed = write_all(f, MAGIC, sizeof MAGIC) || write_all(f, &h, sizeof h) ||
                  write_all(f, progress->order, sizeof(int) * progress->n_order) ||
                  each_tensor(set, moments, f, write_tensor) || fflush(f) != 0 || fsync(fileno(f)) != 0;
@@ -74,7 +79,12 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
     char magic[8];
     Header h;
-    if (read_all(f, magic, sizeof magic) || memcmp(magic, MAGIC, sizeof magic) != 0 || read_all(f, &h, sizeof h)) {
+    memset(&h, 0, sizeof h);
+    int has_magic = read_all(f, magic, sizeof magic) == 0;
+    int is_v1 = has_magic && memcmp(magic, MAGIC_V1, sizeof magic) == 0;
+    int known = is_v1 || (has_magic && memcmp(magic, MAGIC, sizeof magic) == 0);
+    size_t header_bytes = is_v1 ? offsetof(Header, evals_without_improvement) : sizeof h;
+    if (!known || read_all(f, &h, header_bytes)) {
         snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic or truncated header)", path);
         fclose(f);
         return -1;
@@ -100,10 +110,15 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
             snprintf(err, err_size, "%s: checkpoint holds an invalid data order", path);
             return -1;
         }
+    if (h.evals_without_improvement < 0) {
+        snprintf(err, err_size, "%s: checkpoint holds a negative early-stop count", path);
+        return -1;
+    }
     progress->step = h.step;
     progress->total_steps = h.total_steps;
     progress->cursor = h.cursor;
     progress->data_rng = h.data_rng;
     progress->best_val = h.best_val;
+    progress->evals_without_improvement = h.evals_without_improvement;
     return 0;
 }

@@ -3,10 +3,12 @@
 // moments, the step, and the data order. Written to PATH.tmp, fsync'd and
 // renamed, so a crash mid-write never destroys the previous checkpoint.
 //
-// Layout (little-endian): "QLORACK1", then the int32/uint64/double fields of
+// Layout (little-endian): "QLORACK2", then the int32/uint64/double fields of
 // TrainProgress and the LoRA shape, the data order, then per enabled adapter
 // (layer-major, target order): A, B, then AdamW m and v of A, of B, and the
-// two AdamW step counters (int64).
+// two AdamW step counters (int64). Version 1 files ("QLORACK1", written
+// before the early-stop counter was saved) are still read, with the counter
+// at 0.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +23,7 @@ typedef struct {
     int n_order;
     int *order;          // [n_order] the current epoch's sample order
     double best_val;     // best validation loss so far (NaN when none)
+    int evals_without_improvement;   // evaluations since best_val last improved (--early-stop)
 } TrainProgress;
 
 // moments: two AdamWState per adapter slot (A then B), [n_layers * N_TARGETS * 2].

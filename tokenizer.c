@@ -19,6 +19,7 @@
 // categories.
 #include "tokenizer.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1307,4 +1308,189 @@ int chat_encode(const Tokenizer *t, const ChatMessage *messages, int n_messages,
     *ids = NULL;
     *is_answer = NULL;
     return -1;
+}
+
+// ---------------------------------------------------------------- saving as tokenizer.json
+
+// s as a JSON string: quotes, backslashes and control bytes escaped, the
+// rest (UTF-8, checked by the caller) as it is.
+static void put_json_string(FILE *f, const char *s, size_t len) {
+    fputc('"', f);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c < 0x20) fprintf(f, "\\u%04x", c);
+        else fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static int is_valid_utf8(const char *s, size_t len) {
+    for (size_t i = 0; i < len;) {
+        int valid;
+        i += utf8_sequence((const unsigned char *)s + i, len - i, &valid);
+        if (!valid) return 0;
+    }
+    return 1;
+}
+
+static int compare_rank(const void *a, const void *b) {
+    return ((const MergeSlot *)a)->rank - ((const MergeSlot *)b)->rank;
+}
+
+// The merges in rank order (their ranks may have gaps where a pair was listed
+// twice); NULL when out of memory.
+static MergeSlot *merges_by_rank(const Tokenizer *t, size_t *count) {
+    *count = 0;
+    for (size_t i = 0; t->merge_slots && i <= t->merge_mask; i++) *count += t->merge_slots[i].rank >= 0;
+    MergeSlot *merges = malloc((*count ? *count : 1) * sizeof(MergeSlot));
+    if (!merges) return NULL;
+    size_t n = 0;
+    for (size_t i = 0; t->merge_slots && i <= t->merge_mask; i++)
+        if (t->merge_slots[i].rank >= 0) merges[n++] = t->merge_slots[i];
+    qsort(merges, n, sizeof(MergeSlot), compare_rank);
+    return merges;
+}
+
+static void put_byte_level(FILE *f, int use_regex) {
+    fprintf(f, "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": %s}",
+            use_regex ? "true" : "false");
+}
+
+// The pre_tokenizer that json_pretokenizer reads back as t->pre.
+static void put_pretokenizer(FILE *f, const Tokenizer *t) {
+    if (t->pre == PRETOK_GPT2) { put_byte_level(f, 1); return; }
+    fputs("{\"type\": \"Sequence\", \"pretokenizers\": [", f);
+    if (t->pre == PRETOK_SMOLLM) {
+        fputs("{\"type\": \"Digits\", \"individual_digits\": true}, ", f);
+        put_byte_level(f, 1);
+    } else {
+        const char *pattern = t->pre == PRETOK_LLAMA3 ? LLAMA3_PATTERN : QWEN2_PATTERN;
+        fputs("{\"type\": \"Split\", \"pattern\": {\"Regex\": ", f);
+        put_json_string(f, pattern, strlen(pattern));
+        fputs("}, \"behavior\": \"Isolated\", \"invert\": false}, ", f);
+        put_byte_level(f, 0);
+    }
+    fputs("]}", f);
+}
+
+// A token's vocabulary string as a JSON string.
+static void put_token(FILE *f, const Tokenizer *t, int id) {
+    put_json_string(f, t->tokens[id].text, t->tokens[id].text_len);
+}
+
+// added_tokens (their order does not matter: matching tries the longest first).
+static void put_added_tokens(FILE *f, const Tokenizer *t) {
+    fputs("  \"added_tokens\": [", f);
+    for (int i = 0; i < t->n_added; i++) {
+        fprintf(f, "%s\n    {\"id\": %d, \"content\": ", i ? "," : "", t->added[i].id);
+        put_token(f, t, t->added[i].id);
+        fprintf(f, ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, "
+                   "\"special\": %s}", t->added[i].special ? "true" : "false");
+    }
+    fputs("\n  ],\n", f);
+}
+
+// The BPE model: vocabulary and merges as ["left", "right"] pairs.
+static void put_model(FILE *f, const Tokenizer *t, const MergeSlot *merges, size_t n_merges) {
+    fputs("  \"model\": {\n    \"type\": \"BPE\", \"dropout\": null, \"unk_token\": ", f);
+    if (t->unk >= 0) put_token(f, t, t->unk);
+    else fputs("null", f);
+    fprintf(f, ", \"continuing_subword_prefix\": null, \"end_of_word_suffix\": null, \"fuse_unk\": false, "
+               "\"byte_fallback\": false, \"ignore_merges\": %s,\n    \"vocab\": {", t->ignore_merges ? "true" : "false");
+    int first = 1;
+    for (int id = 0; id < t->n_tokens; id++) {
+        if (!t->tokens[id].text) continue;
+        fputs(first ? "\n      " : ",\n      ", f);
+        put_token(f, t, id);
+        fprintf(f, ": %d", id);
+        first = 0;
+    }
+    fputs("\n    },\n    \"merges\": [", f);
+    for (size_t i = 0; i < n_merges; i++) {
+        fputs(i ? ",\n      [" : "\n      [", f);
+        put_token(f, t, (int)(merges[i].pair >> 32));
+        fputs(", ", f);
+        put_token(f, t, (int)(uint32_t)merges[i].pair);
+        fputs("]", f);
+    }
+    fputs("\n    ]\n  }\n", f);
+}
+
+static int write_tokenizer_json(const Tokenizer *t, const char *path, char *err, size_t err_size) {
+    for (int id = 0; id < t->n_tokens; id++)
+        if (t->tokens[id].text && !is_valid_utf8(t->tokens[id].text, t->tokens[id].text_len)) {
+            set_error(err, err_size, "%s: token %d is not valid UTF-8, which tokenizer.json cannot hold", path, id);
+            return -1;
+        }
+    size_t n_merges;
+    MergeSlot *merges = merges_by_rank(t, &n_merges);
+    if (!merges) { set_error(err, err_size, "%s: out of memory", path); return -1; }
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno));
+        free(merges);
+        return -1;
+    }
+    fputs("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n", f);
+    put_added_tokens(f, t);
+    fprintf(f, "  \"normalizer\": %s,\n  \"pre_tokenizer\": ", t->nfc ? "{\"type\": \"NFC\"}" : "null");
+    put_pretokenizer(f, t);
+    // no BOS added: tokenizer_encode adds none either
+    fputs(",\n  \"post_processor\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": false, "
+          "\"use_regex\": true},\n  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, "
+          "\"trim_offsets\": true, \"use_regex\": true},\n", f);
+    put_model(f, t, merges, n_merges);
+    fputs("}\n", f);
+    free(merges);
+    int failed = ferror(f);
+    if (fclose(f) != 0 || failed) { set_error(err, err_size, "%s: write failed", path); return -1; }
+    return 0;
+}
+
+// "bos_token": a token's string, or null.
+static void put_config_token(FILE *f, const Tokenizer *t, const char *key, int id) {
+    fprintf(f, "  \"%s\": ", key);
+    if (id >= 0) put_token(f, t, id);
+    else fputs("null", f);
+    fputs(",\n", f);
+}
+
+// The Jinja ChatML template that renders what chat_encode encodes (with the
+// default system message when the tokenizer has one).
+static void put_chat_template(FILE *f, const Tokenizer *t) {
+    char system[512] = "";
+    if (t->default_system)
+        snprintf(system, sizeof system, "{%% if loop.first and messages[0]['role'] != 'system' %%}"
+                 "{{ '<|im_start|>system\n%s<|im_end|>\n' }}{%% endif %%}", t->default_system);
+    char template_text[1024];
+    snprintf(template_text, sizeof template_text,
+             "{%% for message in messages %%}%s{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+             "'<|im_end|>' + '\n' }}{%% endfor %%}{%% if add_generation_prompt %%}{{ '<|im_start|>assistant\n' }}"
+             "{%% endif %%}", system);
+    fputs("  \"chat_template\": ", f);
+    put_json_string(f, template_text, strlen(template_text));
+    fputs(",\n", f);
+}
+
+static int write_tokenizer_config(const Tokenizer *t, const char *path, char *err, size_t err_size) {
+    FILE *f = fopen(path, "w");
+    if (!f) { set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    fputs("{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n", f);
+    put_config_token(f, t, "bos_token", t->bos);
+    put_config_token(f, t, "eos_token", t->eos);
+    if (t->im_start >= 0 && t->im_end >= 0) put_chat_template(f, t);
+    fputs("  \"add_prefix_space\": false,\n  \"clean_up_tokenization_spaces\": false\n}\n", f);
+    int failed = ferror(f);
+    if (fclose(f) != 0 || failed) { set_error(err, err_size, "%s: write failed", path); return -1; }
+    return 0;
+}
+
+int tokenizer_save_hf(const Tokenizer *t, const char *dir, char *err, size_t err_size) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (write_tokenizer_json(t, path, err, err_size) != 0) return -1;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    return write_tokenizer_config(t, path, err, err_size);
 }

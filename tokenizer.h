@@ -26,6 +26,13 @@ Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size);
 // eos is <|im_end|> when the vocabulary has it (ChatML models), else -1.
 Tokenizer *tokenizer_from_json(const char *path, char *err, size_t err_size);
 void tokenizer_free(Tokenizer *t);
+// Writes dir/tokenizer.json (vocabulary, merges in rank order, added tokens,
+// normalizer and pre-tokenizer, in the format HF `tokenizers` reads) and
+// dir/tokenizer_config.json (bos/eos and, for ChatML vocabularies, a chat
+// template rendering what chat_encode encodes). tokenizer_from_json reads
+// them back to a tokenizer giving the same ids. The post-processor adds no
+// BOS, as tokenizer_encode adds none. -1 with "PATH: what is wrong" in err.
+int tokenizer_save_hf(const Tokenizer *t, const char *dir, char *err, size_t err_size);
 
 int tokenizer_vocab_size(const Tokenizer *t);
 PreTokenizer tokenizer_pretokenizer(const Tokenizer *t);

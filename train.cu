@@ -1,6 +1,6 @@
 // train.cu: ./train, QLoRA fine-tuning on RAFT samples, on the GPU (train_gpu.cu)
 // when one is present, else on the CPU reference path (train_step.cu).
-//   ./train                              the default model on data/sample_raft.jsonl
+//   ./train                              the default model on the Debian FAQ (data/faq/train.bin, built by make)
 //   ./train --data my.jsonl --steps 100 --lr 2e-4 --out out/my-run
 // The base model is frozen (NF4 by default), LoRA adapters on q,k,v,o,gate,up,
 // down are trained with AdamW on the answer tokens only; the adapter is saved
@@ -9,9 +9,11 @@
 #include "base_weights.h"
 #include "checkpoint.h"
 #include "data/raft.h"
+#include "data/tokfile.h"
 #include "gpu.h"
 #include "lora.h"
 #include "memory_plan.h"
+#include "merge.h"
 #include "model.h"
 #include "nf4.h"
 #include "plot.h"
@@ -28,18 +30,18 @@
 #include <time.h>
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
-#define DEFAULT_DATA "data/sample_raft.jsonl"
+#define DEFAULT_DATA "data/faq/train.bin"
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
     DEFAULT_MODEL, DEFAULT_DATA, NULL, "auto", "out", "q,k,v,o,gate,up,down", "nf4", NULL,
-    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0, 0, 0, 80.0f,
+    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0, 0, 0, 0, 80.0f,
     5e-4f, 0.1f, 0.1f, 1.0f, 0.0f, 32.0f, 0.05f, 0.125f,
 };
 
@@ -49,8 +51,9 @@ static void usage(FILE *out) {
             "usage: ./train [options]\n"
             "QLoRA fine-tuning: frozen (NF4) base + LoRA adapters, answer-only loss on RAFT samples.\n"
             "  --model PATH        GGUF file or HF model directory (default %s)\n"
-            "  --data PATH         RAFT samples, JSONL (default %s)\n"
-            "  --val-data PATH     validation samples (default: hold out --val-frac of --data)\n"
+            "  --data PATH         RAFT samples: a .bin file from ./prepare, or JSONL (default %s)\n"
+            "  --val-data PATH     validation samples (default: the val.bin beside a train.bin; for JSONL,\n"
+            "                      --val-frac of --data held out)\n"
             "  --val-frac F        share of --data held out when no --val-data (default %g)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
             "  --steps N           optimizer steps (default %d; --epochs overrides)\n"
@@ -78,6 +81,8 @@ static void usage(FILE *out) {
             "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
             "  --resume DIR        continue the run whose --out was DIR (same model, data and options)\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
+            "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
+            "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
             "  --plan              print the GPU memory plan for these options and exit (no training)\n"
             "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n",
             d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
@@ -117,6 +122,7 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
+        if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         if (i + 1 >= argc) bad_usage("missing value for ", f);
         const char *v = argv[++i];
@@ -499,6 +505,22 @@ static int save_adapter(const Options *o, const Trainable *tr, const Config *c, 
     return 0;
 }
 
+// --merge: OUT/merged/, the final adapter merged into the base it was trained on.
+static int save_merged(const Options *o, Model *model) {
+    char adapter_dir[4096], merged_dir[4096], err[1024];
+    snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", o->out_dir);
+    snprintf(merged_dir, sizeof merged_dir, "%s/merged", o->out_dir);
+    int nf4 = strcmp(o->quant, "nf4") == 0;
+    AdapterInfo info;
+    if (merge_export(model, adapter_dir, nf4, o->double_quant, merged_dir, &info, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --merge: %s\n", err);
+        return -1;
+    }
+    printf("merged: %d adapted matrices onto the %s base, in bf16: %s/ (./generate --model %s)\n", info.n_merged,
+           nf4 ? "NF4-dequantized" : "fp32", merged_dir, merged_dir);
+    return 0;
+}
+
 static void split_data(const RaftData *data, const Options *o, int *train_idx, int *n_train, int *val_idx, int *n_val) {
     int *order = (int *)malloc(sizeof(int) * data->count);
     for (int i = 0; i < data->count; i++) order[i] = i;
@@ -511,6 +533,89 @@ static void split_data(const RaftData *data, const Options *o, int *train_idx, i
     for (int i = 0; i < held_out; i++) val_idx[i] = order[i];
     for (int i = held_out; i < data->count; i++) train_idx[i - held_out] = order[i];
     free(order);
+}
+
+// JSONL samples: rendered here, validation held out of --data unless --val-data.
+static int load_jsonl_examples(const Options *o, const Tokenizer *tok, ExampleSet *train_set, ExampleSet *val_set,
+                               int *skipped) {
+    char err[1024];
+    RaftData data, val_data;
+    memset(&val_data, 0, sizeof val_data);
+    if (raft_read_jsonl(&data, o->data_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    if (o->val_path && raft_read_jsonl(&val_data, o->val_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return -1;
+    }
+    int *train_idx = (int *)malloc(sizeof(int) * data.count), *val_idx = (int *)malloc(sizeof(int) * data.count);
+    int n_train, n_val, skipped_train, skipped_val;
+    split_data(&data, o, train_idx, &n_train, val_idx, &n_val);
+    int encode_failed = encode_examples(tok, &data, train_idx, n_train, o->max_seq, train_set, &skipped_train);
+    if (o->val_path) {
+        int *all = (int *)malloc(sizeof(int) * val_data.count);
+        for (int i = 0; i < val_data.count; i++) all[i] = i;
+        encode_failed |= encode_examples(tok, &val_data, all, val_data.count, o->max_seq, val_set, &skipped_val);
+        free(all);
+    } else {
+        encode_failed |= encode_examples(tok, &data, val_idx, n_val, o->max_seq, val_set, &skipped_val);
+    }
+    *skipped = skipped_train + skipped_val;
+    free(train_idx);
+    free(val_idx);
+    raft_free(&data);
+    raft_free(&val_data);
+    if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return -1; }
+    return 0;
+}
+
+// A tokenized file from ./prepare (data/tokfile.h) rather than JSONL: the name ends in .bin.
+static int is_tokfile(const char *path) {
+    size_t n = strlen(path);
+    return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
+}
+
+// Reads a ./prepare file into set (refusing one made with another tokenizer);
+// skips and counts the samples longer than max_seq.
+static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max_seq, ExampleSet *set, int *skipped) {
+    TokFile file;
+    char err[1024];
+    if (tokfile_read(&file, path, tok, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    set->examples = (Example *)calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example));
+    set->count = 0;
+    for (long i = 0; i < file.count; i++) {
+        TokSample *s = &file.samples[i];
+        if (s->n_tokens > max_seq) { (*skipped)++; continue; }
+        Example e = {s->ids, s->targets, s->n_tokens, 0};
+        for (int t = 0; t < e.n_tokens; t++) e.n_answer += e.targets[t] != RAFT_IGNORE;
+        set->examples[set->count++] = e;
+        s->ids = s->targets = NULL;   // the example owns them now
+    }
+    tokfile_free(&file);
+    return 0;
+}
+
+// ./prepare's train.bin, and its validation set: --val-data, else the val.bin
+// beside a file named train.bin (./prepare writes both), else none.
+static int load_tokfile_examples(const Options *o, const Tokenizer *tok, ExampleSet *train_set, ExampleSet *val_set,
+                                 int *skipped) {
+    memset(val_set, 0, sizeof *val_set);
+    *skipped = 0;
+    if (o->val_path && !is_tokfile(o->val_path)) {
+        fprintf(stderr, "train: --data is a .bin file from ./prepare, so --val-data must be one too (got %s)\n", o->val_path);
+        return -1;
+    }
+    if (read_tokfile_examples(o->data_path, tok, o->max_seq, train_set, skipped) != 0) return -1;
+    const char *val_path = o->val_path;
+    char beside[4096];
+    size_t len = strlen(o->data_path), name_len = strlen("train.bin");
+    if (!val_path && len >= name_len && strcmp(o->data_path + len - name_len, "train.bin") == 0) {
+        snprintf(beside, sizeof beside, "%.*sval.bin", (int)(len - name_len), o->data_path);
+        struct stat st;
+        if (stat(beside, &st) == 0) {
+            val_path = beside;
+            printf("data: validation samples from %s\n", val_path);
+        }
+    }
+    return val_path ? read_tokfile_examples(val_path, tok, o->max_seq, val_set, skipped) : 0;
 }
 
 int main(int argc, char **argv) {
@@ -530,27 +635,11 @@ int main(int argc, char **argv) {
         return 0;
     }
 
-    RaftData data, val_data;
-    memset(&val_data, 0, sizeof val_data);
-    if (raft_read_jsonl(&data, o.data_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
-    if (o.val_path && raft_read_jsonl(&val_data, o.val_path, err, sizeof err) != 0) {
-        fprintf(stderr, "train: %s\n", err);
-        return 1;
-    }
-    int *train_idx = (int *)malloc(sizeof(int) * data.count), *val_idx = (int *)malloc(sizeof(int) * data.count);
-    int n_train, n_val, skipped_train, skipped_val;
-    split_data(&data, &o, train_idx, &n_train, val_idx, &n_val);
     ExampleSet train_set, val_set;
-    int encode_failed = encode_examples(model.tokenizer, &data, train_idx, n_train, o.max_seq, &train_set, &skipped_train);
-    if (o.val_path) {
-        int *all = (int *)malloc(sizeof(int) * val_data.count);
-        for (int i = 0; i < val_data.count; i++) all[i] = i;
-        encode_failed |= encode_examples(model.tokenizer, &val_data, all, val_data.count, o.max_seq, &val_set, &skipped_val);
-        free(all);
-    } else {
-        encode_failed |= encode_examples(model.tokenizer, &data, val_idx, n_val, o.max_seq, &val_set, &skipped_val);
-    }
-    if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return 1; }
+    int skipped = 0;
+    int load_failed = is_tokfile(o.data_path) ? load_tokfile_examples(&o, model.tokenizer, &train_set, &val_set, &skipped)
+                                              : load_jsonl_examples(&o, model.tokenizer, &train_set, &val_set, &skipped);
+    if (load_failed) return 1;
     if (train_set.count == 0) {
         fprintf(stderr, "train: %s: no training sample fits in --seq %d tokens\n", o.data_path, o.max_seq);
         return 1;
@@ -558,9 +647,8 @@ int main(int argc, char **argv) {
     long train_tokens = 0, train_answer = 0;
     for (int i = 0; i < train_set.count; i++) { train_tokens += train_set.examples[i].n_tokens; train_answer += train_set.examples[i].n_answer; }
     printf("data: %d training samples (%ld tokens, %ld answer tokens), %d validation samples%s\n", train_set.count,
-           train_tokens, train_answer, val_set.count, o.val_path ? "" : " held out of --data");
-    if (skipped_train + skipped_val > 0)
-        printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped_train + skipped_val, o.max_seq);
+           train_tokens, train_answer, val_set.count, o.val_path || is_tokfile(o.data_path) ? "" : " held out of --data");
+    if (skipped > 0) printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped, o.max_seq);
 
     int samples_per_step = o.batch * o.grad_accum;
     int total_steps = o.epochs > 0 ? (o.epochs * train_set.count + samples_per_step - 1) / samples_per_step : o.steps;
@@ -601,7 +689,7 @@ int main(int argc, char **argv) {
 #endif
     if (make_dir(o.out_dir) != 0) return 1;
 
-    TrainProgress progress = {0, total_steps, (uint64_t)o.seed, 0, train_set.count, NULL, NAN};
+    TrainProgress progress = {0, total_steps, (uint64_t)o.seed, 0, train_set.count, NULL, NAN, 0};
     progress.order = (int *)malloc(sizeof(int) * train_set.count);
     for (int i = 0; i < train_set.count; i++) progress.order[i] = i;
     shuffle(progress.order, train_set.count, &progress.data_rng);
@@ -639,7 +727,6 @@ int main(int argc, char **argv) {
     int *order = progress.order;
     int *micro_first = (int *)malloc(sizeof(int) * o.grad_accum), *micro_count = (int *)malloc(sizeof(int) * o.grad_accum);
     double run_start = now_seconds(), last_train = NAN;
-    int evals_without_improvement = 0;
     LossHistory history = {NULL, NULL, NULL, 0};
     // room for an earlier log (at most total_steps + 1 rows are read back) and this run's steps
     size_t history_rows = 2 * (size_t)total_steps + 2;
@@ -721,17 +808,17 @@ int main(int argc, char **argv) {
         progress.step = step + 1;
         if (!isnan(val_loss) && !(val_loss > progress.best_val)) {
             progress.best_val = val_loss;
-            evals_without_improvement = 0;
+            progress.evals_without_improvement = 0;
             engine_sync_to_host(&engine, &tr);
             if (save_checkpoint(&o, &tr, &progress, "checkpoint_best.bin") != 0 ||
                 save_adapter(&o, &tr, c, "best_adapter") != 0)
                 return 1;
         } else if (!isnan(val_loss)) {
-            evals_without_improvement++;
+            progress.evals_without_improvement++;
         }
-        if (o.early_stop > 0 && evals_without_improvement >= o.early_stop) {
+        if (o.early_stop > 0 && progress.evals_without_improvement >= o.early_stop) {
             printf("early stop: val loss has not improved for %d evaluations; the best adapter (val loss %.4f) is "
-                   "in %s/best_adapter/\n", evals_without_improvement, progress.best_val, o.out_dir);
+                   "in %s/best_adapter/\n", progress.evals_without_improvement, progress.best_val, o.out_dir);
             total_steps = progress.step;
         }
         int pausing = progress.step == o.stop_at;
@@ -747,6 +834,7 @@ int main(int argc, char **argv) {
     fclose(log);
     engine_sync_to_host(&engine, &tr);
     if (save_adapter(&o, &tr, c, "adapter") != 0) return 1;
+    if (o.merge && save_merged(&o, &model) != 0) return 1;
     printf("done: %d steps in %.0f s; log %s, loss curve %s/loss.svg, adapter (HF peft layout) %s/adapter/\n",
            progress.step, now_seconds() - run_start, log_path, o.out_dir, o.out_dir);
     free(progress.order);
@@ -765,10 +853,6 @@ int main(int argc, char **argv) {
     }
     free_examples(&train_set);
     free_examples(&val_set);
-    free(train_idx);
-    free(val_idx);
-    raft_free(&data);
-    if (o.val_path) raft_free(&val_data);
     model_free(&model);
     return 0;
 }

@@ -1,8 +1,8 @@
-// data/raft.c: reading RAFT samples from JSONL (strictly, naming the file and
+// data/raft.c: checking RAFT samples read from JSONL (naming the file and
 // line of any problem) and rendering them into chat tokens with answer-only
-// targets for the loss.
+// targets for the loss, cutting the documents when a sample must fit a length.
 #include "raft.h"
-#include "../json.h"
+#include "jsonl.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -13,7 +13,7 @@ const char RAFT_SYSTEM_PROMPT[] =
     "Answer the question using only the numbered documents. "
     "If the documents do not contain the answer, say so.";
 
-static void free_sample(RaftSample *s) {
+void raft_sample_free(RaftSample *s) {
     free(s->question);
     free(s->answer);
     for (int i = 0; i < s->n_documents; i++) free(s->documents[i]);
@@ -22,51 +22,47 @@ static void free_sample(RaftSample *s) {
 }
 
 void raft_free(RaftData *data) {
-    for (int i = 0; i < data->count; i++) free_sample(&data->samples[i]);
+    for (int i = 0; i < data->count; i++) raft_sample_free(&data->samples[i]);
     free(data->samples);
     memset(data, 0, sizeof *data);
 }
 
-static int is_blank(const char *text, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (text[i] != ' ' && text[i] != '\t' && text[i] != '\r') return 0;
-    return 1;
-}
-
-// Checks that value (called what in messages) is a string with visible text
-// and no NUL byte. Returns 0, or -1 with the reason written.
-static int check_text(const JsonValue *value, const char *what, char *reason, size_t reason_size) {
-    if (!value) { snprintf(reason, reason_size, "missing %s", what); return -1; }
-    if (value->type != JSON_STRING) { snprintf(reason, reason_size, "%s must be a string", what); return -1; }
-    if (strlen(value->string) != value->string_len) {
-        snprintf(reason, reason_size, "%s contains a NUL character (\\u0000)", what);
-        return -1;
+int raft_append(RaftData *data, RaftSample *sample) {
+    if (data->count == data->capacity) {
+        int bigger_capacity = data->capacity ? data->capacity * 2 : 64;
+        RaftSample *bigger = (RaftSample *)realloc(data->samples, sizeof(RaftSample) * bigger_capacity);
+        if (!bigger) return -1;
+        data->samples = bigger;
+        data->capacity = bigger_capacity;
     }
-    if (strspn(value->string, " \t\r\n") == value->string_len) {
-        snprintf(reason, reason_size, "%s is empty", what);
-        return -1;
-    }
+    data->samples[data->count++] = *sample;
+    memset(sample, 0, sizeof *sample);
     return 0;
 }
 
-static int check_documents(const JsonValue *documents, char *reason, size_t reason_size) {
-    if (!documents) { snprintf(reason, reason_size, "missing \"documents\""); return -1; }
+// ---- checking one line -------------------------------------------------------
+
+static int check_documents(const JsonValue *documents, DropReason *why, char *reason, size_t reason_size) {
+    *why = DROP_SCHEMA;
     if (documents->type != JSON_ARRAY) {
         snprintf(reason, reason_size, "\"documents\" must be an array of strings");
         return -1;
     }
-    if (documents->count == 0) { snprintf(reason, reason_size, "\"documents\" is empty"); return -1; }
+    if (documents->count == 0) {
+        *why = DROP_MISSING;
+        snprintf(reason, reason_size, "\"documents\" is empty");
+        return -1;
+    }
     for (size_t i = 0; i < documents->count; i++) {
         char what[64];
         snprintf(what, sizeof what, "\"documents\"[%zu]", i);
-        if (check_text(&documents->items[i], what, reason, reason_size) != 0) return -1;
+        if (check_text(&documents->items[i], what, why, reason, reason_size) != 0) return -1;
     }
     return 0;
 }
 
 // oracle: null, or a whole number in [0, n_documents). Writes -1 for null.
-static int check_oracle(const JsonValue *oracle, size_t n_documents, int *index, char *reason,
-                        size_t reason_size) {
+static int check_oracle(const JsonValue *oracle, size_t n_documents, int *index, char *reason, size_t reason_size) {
     if (!oracle) {
         snprintf(reason, reason_size, "missing \"oracle\" (the index of the document holding the answer, or null)");
         return -1;
@@ -85,89 +81,96 @@ static int check_oracle(const JsonValue *oracle, size_t n_documents, int *index,
     return 0;
 }
 
-// Validates one parsed line. Returns 0, or -1 with the reason written.
-static int check_sample(const JsonValue *line, int *oracle, char *reason, size_t reason_size) {
+// Validates a line; *oracle gets the oracle index (0 for the "context" form).
+static int check_sample(const JsonValue *line, int *oracle, DropReason *why, char *reason, size_t reason_size) {
+    *why = DROP_SCHEMA;
     if (line->type != JSON_OBJECT) {
         snprintf(reason, reason_size, "expected a JSON object with question, answer, documents and oracle");
         return -1;
     }
-    const JsonValue *documents = json_get(line, "documents");
-    if (check_text(json_get(line, "question"), "\"question\"", reason, reason_size) != 0 ||
-        check_text(json_get(line, "answer"), "\"answer\"", reason, reason_size) != 0 ||
-        check_documents(documents, reason, reason_size) != 0 ||
-        check_oracle(json_get(line, "oracle"), documents->count, oracle, reason, reason_size) != 0)
+    if (check_text(json_get(line, "question"), "\"question\"", why, reason, reason_size) != 0 ||
+        check_text(json_get(line, "answer"), "\"answer\"", why, reason, reason_size) != 0)
         return -1;
-    return 0;
+    const JsonValue *documents = json_get(line, "documents");
+    const JsonValue *context = json_get(line, "context");
+    if (!documents && context) {
+        *oracle = 0;
+        return check_text(context, "\"context\"", why, reason, reason_size);
+    }
+    *why = DROP_SCHEMA;
+    if (!documents) {
+        snprintf(reason, reason_size, "missing \"documents\" (or \"context\")");
+        return -1;
+    }
+    if (check_documents(documents, why, reason, reason_size) != 0) return -1;
+    *why = DROP_SCHEMA;
+    return check_oracle(json_get(line, "oracle"), documents->count, oracle, reason, reason_size);
 }
 
 // Copies a checked line into s. Returns -1 when memory runs out.
 static int copy_sample(RaftSample *s, const JsonValue *line, int oracle) {
     const JsonValue *documents = json_get(line, "documents");
+    const JsonValue *context = json_get(line, "context");
+    size_t n_documents = documents ? documents->count : 1;
     memset(s, 0, sizeof *s);
     s->oracle = oracle;
-    s->question = strdup(json_get_string(line, "question", ""));
-    s->answer = strdup(json_get_string(line, "answer", ""));
-    s->documents = (char **)calloc(documents->count, sizeof(char *));
-    if (!s->question || !s->answer || !s->documents) { free_sample(s); return -1; }
-    for (size_t i = 0; i < documents->count; i++) {
-        s->documents[i] = strdup(documents->items[i].string);
-        if (!s->documents[i]) { free_sample(s); return -1; }
+    s->question = strdup(json_get(line, "question")->string);
+    s->answer = strdup(json_get(line, "answer")->string);
+    s->documents = (char **)calloc(n_documents, sizeof(char *));
+    if (!s->question || !s->answer || !s->documents) { raft_sample_free(s); return -1; }
+    for (size_t i = 0; i < n_documents; i++) {
+        s->documents[i] = strdup(documents ? documents->items[i].string : context->string);
+        if (!s->documents[i]) { raft_sample_free(s); return -1; }
         s->n_documents++;
     }
     return 0;
 }
 
-static int append_sample(RaftData *data, int *capacity, const JsonValue *line, int oracle) {
-    if (data->count == *capacity) {
-        int bigger_capacity = *capacity ? *capacity * 2 : 64;
-        RaftSample *bigger = (RaftSample *)realloc(data->samples, sizeof(RaftSample) * bigger_capacity);
-        if (!bigger) return -1;
-        data->samples = bigger;
-        *capacity = bigger_capacity;
+int raft_sample_from_json(const JsonValue *line, RaftSample *sample, DropReason *why, char *reason,
+                          size_t reason_size) {
+    memset(sample, 0, sizeof *sample);
+    int oracle = -1;
+    if (check_sample(line, &oracle, why, reason, reason_size) != 0) return -1;
+    if (copy_sample(sample, line, oracle) != 0) {
+        *why = DROP_SCHEMA;
+        snprintf(reason, reason_size, "out of memory");
+        return -1;
     }
-    if (copy_sample(&data->samples[data->count], line, oracle) != 0) return -1;
-    data->count++;
     return 0;
 }
 
+// ---- the strict reader ----------------------------------------------------------
+
 // Parses, checks and appends one line. On failure writes "PATH:LINE: reason".
-static int read_line(RaftData *data, int *capacity, const char *text, size_t len, const char *path,
-                     int line_number, char *err, size_t err_size) {
+static int read_line(RaftData *data, const char *text, size_t len, const char *path, int line_number, char *err,
+                     size_t err_size) {
     char reason[512];
-    JsonValue *line = json_parse(text, len, reason, sizeof reason);
-    if (!line) {
-        // The text is one line, so json_parse's "line 1, " position prefix says nothing.
-        const char *where = strncmp(reason, "line 1, ", 8) == 0 ? reason + 8 : reason;
-        snprintf(err, err_size, "%s:%d: invalid JSON: %s", path, line_number, where);
-        return -1;
-    }
-    int oracle = -1;
-    int status = check_sample(line, &oracle, reason, sizeof reason);
-    if (status == 0 && append_sample(data, capacity, line, oracle) != 0) {
-        snprintf(reason, sizeof reason, "out of memory");
-        status = -1;
+    JsonValue *line = jsonl_parse_line(text, len, reason, sizeof reason);
+    int status = -1;
+    if (line) {
+        RaftSample sample;
+        DropReason why;
+        if (raft_sample_from_json(line, &sample, &why, reason, sizeof reason) == 0) {
+            status = raft_append(data, &sample);
+            if (status != 0) snprintf(reason, sizeof reason, "out of memory");
+            raft_sample_free(&sample);
+        }
+        json_free(line);
     }
     if (status != 0) snprintf(err, err_size, "%s:%d: %s", path, line_number, reason);
-    json_free(line);
     return status;
 }
 
 int raft_read_jsonl(RaftData *data, const char *path, char *err, size_t err_size) {
     memset(data, 0, sizeof *data);
+    JsonlFile file;
+    if (jsonl_open(&file, path, err, err_size) != 0) return -1;
+    int status = 0;
     size_t len;
-    char *text = read_file(path, &len, err, err_size);
-    if (!text) return -1;
-    int capacity = 0, line_number = 0, status = 0;
-    size_t start = 0;
-    while (start < len && status == 0) {
-        size_t end = start;
-        while (end < len && text[end] != '\n') end++;
-        line_number++;
-        if (!is_blank(text + start, end - start))
-            status = read_line(data, &capacity, text + start, end - start, path, line_number, err, err_size);
-        start = end + 1;
-    }
-    free(text);
+    const char *line;
+    while (status == 0 && (line = jsonl_next(&file, &len)) != NULL)
+        status = read_line(data, line, len, path, file.line_number, err, err_size);
+    jsonl_close(&file);
     if (status == 0 && data->count == 0) {
         snprintf(err, err_size, "%s: no samples", path);
         status = -1;
@@ -176,24 +179,81 @@ int raft_read_jsonl(RaftData *data, const char *path, char *err, size_t err_size
     return status;
 }
 
-// "[1] first document\n[2] second document\n...\n\nQuestion: the question", malloc'd.
-static char *user_message(const RaftSample *s) {
+// ---- the lenient reader ----------------------------------------------------------
+
+// Checks one parsed line and appends it unless it is bad or a duplicate.
+// Returns 0, or -1 when the caller must stop (strict mode, out of memory).
+static int add_checked_line(RaftData *data, Report *r, const JsonValue *line, const char *where) {
+    char reason[512];
+    DropReason why;
+    RaftSample sample;
+    if (raft_sample_from_json(line, &sample, &why, reason, sizeof reason) != 0)
+        return report_drop(r, why, where, reason);
+    int duplicate = report_is_duplicate(r, sample.question, sample.answer);
+    int status = -1;   // out of memory, unless one of these holds
+    if (duplicate == 1) status = report_drop(r, DROP_DUPLICATE, where, "the same question and answer as an earlier one");
+    if (duplicate == 0 && raft_append(data, &sample) == 0) {
+        r->questions++;
+        status = 0;
+    }
+    raft_sample_free(&sample);
+    return status;
+}
+
+int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, size_t err_size) {
+    JsonlFile file;
+    if (jsonl_open(&file, path, err, err_size) != 0) return -1;
+    if (file.size == 0) {
+        snprintf(err, err_size, "%s: the file is empty", path);
+        jsonl_close(&file);
+        return -1;
+    }
+    int status = 0;
+    size_t len;
+    const char *text;
+    while (status == 0 && (text = jsonl_next(&file, &len)) != NULL) {
+        char where[4200], reason[512];
+        snprintf(where, sizeof where, "%s:%d", path, file.line_number);
+        r->lines++;
+        JsonValue *line = jsonl_parse_line(text, len, reason, sizeof reason);
+        status = line ? add_checked_line(data, r, line, where) : report_drop(r, DROP_INVALID_JSON, where, reason);
+        json_free(line);
+        if (status != 0)
+            snprintf(err, err_size, "%s: %s", where, r->strict ? "stopped at the first bad line (--strict)" : "out of memory");
+    }
+    jsonl_close(&file);
+    return status;
+}
+
+// ---- rendering ----------------------------------------------------------------
+
+// "[1] first document\n[2] second document\n...\n\nQuestion: the question",
+// each document cut to at most doc_bytes bytes, malloc'd.
+static char *user_message(const RaftSample *s, size_t doc_bytes) {
     const char *question_label = "\nQuestion: ";
     size_t size = strlen(question_label) + strlen(s->question) + 1;
     for (int i = 0; i < s->n_documents; i++) size += strlen(s->documents[i]) + 16;   // "[N] " and "\n"
     char *text = (char *)malloc(size);
     if (!text) return NULL;
     size_t used = 0;
-    for (int i = 0; i < s->n_documents; i++)
-        used += (size_t)snprintf(text + used, size - used, "[%d] %s\n", i + 1, s->documents[i]);
+    for (int i = 0; i < s->n_documents; i++) {
+        size_t kept = strlen(s->documents[i]);
+        if (kept > doc_bytes) {
+            kept = doc_bytes;
+            // back up to the first byte of a UTF-8 character (continuation bytes are 10xxxxxx)
+            while (kept > 0 && ((unsigned char)s->documents[i][kept] & 0xC0) == 0x80) kept--;
+        }
+        used += (size_t)snprintf(text + used, size - used, "[%d] %.*s\n", i + 1, (int)kept, s->documents[i]);
+    }
     snprintf(text + used, size - used, "%s%s", question_label, s->question);
     return text;
 }
 
-int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **targets) {
+// raft_encode with every document cut to at most doc_bytes bytes.
+static int encode_cut(const Tokenizer *t, const RaftSample *sample, size_t doc_bytes, int **ids, int **targets) {
     *ids = NULL;
     *targets = NULL;
-    char *user = user_message(sample);
+    char *user = user_message(sample, doc_bytes);
     if (!user) return -1;
     ChatMessage chat[3] = {{"system", RAFT_SYSTEM_PROMPT}, {"user", user}, {"assistant", sample->answer}};
     unsigned char *is_answer = NULL;
@@ -212,4 +272,50 @@ int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **t
         (*targets)[i] = i + 1 < n && is_answer[i + 1] ? (*ids)[i + 1] : RAFT_IGNORE;
     free(is_answer);
     return n;
+}
+
+static size_t longest_document(const RaftSample *s) {
+    size_t longest = 0;
+    for (int i = 0; i < s->n_documents; i++)
+        if (strlen(s->documents[i]) > longest) longest = strlen(s->documents[i]);
+    return longest;
+}
+
+int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **targets) {
+    return encode_cut(t, sample, longest_document(sample), ids, targets);
+}
+
+// Token count with every document cut to doc_bytes; -1 on failure.
+static int length_with_cut(const Tokenizer *t, const RaftSample *sample, size_t doc_bytes) {
+    int *ids, *targets;
+    int n = encode_cut(t, sample, doc_bytes, &ids, &targets);
+    free(ids);
+    free(targets);
+    return n;
+}
+
+int raft_encode_fit(const Tokenizer *t, const RaftSample *sample, int max_tokens, int **ids, int **targets,
+                    int *full_tokens, int *cut) {
+    size_t longest = longest_document(sample);
+    int n = encode_cut(t, sample, longest, ids, targets);
+    *full_tokens = n;
+    *cut = 0;
+    if (n <= max_tokens) return n;
+    free(*ids);
+    free(*targets);
+    *ids = *targets = NULL;
+    int shortest = length_with_cut(t, sample, 0);
+    if (shortest < 0) return -1;
+    if (shortest > max_tokens) return 0;
+    // Binary search for the largest byte budget that fits: fits(low) holds, fits(high) does not.
+    size_t low = 0, high = longest;
+    while (high - low > 1) {
+        size_t middle = low + (high - low) / 2;
+        int length = length_with_cut(t, sample, middle);
+        if (length < 0) return -1;
+        if (length <= max_tokens) low = middle;
+        else high = middle;
+    }
+    *cut = 1;
+    return encode_cut(t, sample, low, ids, targets);
 }

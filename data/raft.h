@@ -4,7 +4,9 @@
 // and rendered into ChatML tokens whose targets are the answer's tokens only.
 #pragma once
 #include <stddef.h>
+#include "../json.h"
 #include "../tokenizer.h"
+#include "checks.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,17 +29,37 @@ typedef struct {
 typedef struct {
     RaftSample *samples;  // [count]
     int count;
+    int capacity;
 } RaftData;
 
-// Reads a JSONL file of samples: each line an object with "question" and
-// "answer" (non-empty strings), "documents" (a non-empty array of non-empty
-// strings) and "oracle" (an index into documents, or null when no document
-// holds the answer). Other members are ignored; blank lines are skipped.
+// Checks one parsed line and, when it is good, fills *sample (malloc'd
+// copies; free with raft_sample_free). Two forms are accepted:
+//   {"question": str, "answer": str, "documents": [str, ...], "oracle": index or null}
+//   {"question": str, "answer": str, "context": str}   (one document, the oracle)
+// Other members are ignored. Returns 0, or -1 with *why DROP_SCHEMA (a member
+// missing or of the wrong JSON type, a bad index) or DROP_MISSING (null, an
+// empty string, an empty list) and the reason written.
+int raft_sample_from_json(const JsonValue *line, RaftSample *sample, DropReason *why, char *reason,
+                          size_t reason_size);
+void raft_sample_free(RaftSample *sample);
+
+// Appends *sample to data, taking over its memory (sample is zeroed).
+// Returns -1 when memory runs out (sample is then left as it was).
+int raft_append(RaftData *data, RaftSample *sample);
+
+// Reads a JSONL file of samples (the forms above; blank lines skipped).
 // Strict: the first bad line makes it return -1 with "PATH:LINE: what is
 // wrong" in err; a file without samples gives "PATH: no samples". On failure
-// data is left empty.
+// data is left empty. (./prepare reads leniently, skipping and counting.)
 int raft_read_jsonl(RaftData *data, const char *path, char *err, size_t err_size);
 void raft_free(RaftData *data);
+
+// The lenient reader of ./prepare: each bad line is counted and named
+// (file:line and why) through r, exact duplicates (same question and answer
+// as a sample seen before in this run) are dropped and counted, the good
+// samples are appended to data. Returns -1 with "PATH: why" in err when the
+// file cannot be read or is empty, or when r->strict stops at a bad line.
+int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, size_t err_size);
 
 // Renders a sample as a chat and encodes it with chat_encode:
 //   system:    RAFT_SYSTEM_PROMPT
@@ -51,6 +73,15 @@ void raft_free(RaftData *data);
 // long: the caller decides what to do with a sample longer than its context.
 // Returns -1 (and NULLs) when the tokenizer has no ChatML tokens or memory runs out.
 int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **targets);
+
+// raft_encode, made to fit in max_tokens by cutting the documents, never the
+// system message, the question or the answer: every document keeps at most
+// the same number of bytes from its beginning (cut at a character boundary),
+// the largest such budget that fits. *full_tokens gets the length before
+// cutting and *cut whether anything was cut. Returns the token count, 0 when
+// even empty documents do not fit (nothing allocated), -1 as raft_encode.
+int raft_encode_fit(const Tokenizer *t, const RaftSample *sample, int max_tokens, int **ids, int **targets,
+                    int *full_tokens, int *cut);
 
 #ifdef __cplusplus
 }

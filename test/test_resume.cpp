@@ -2,14 +2,20 @@
 // --resume writes bitwise the same losses and gradient norms as one
 // uninterrupted run (same data order, dropout masks, AdamW state, schedule).
 // Runs the real ./train (built by `make test`) for 3 short steps twice.
+// Also checkpoint.cu on its own: every field (the early-stop count
+// included) comes back, version 1 files still load, bad ones are refused.
 #include <doctest/doctest.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "checkpoint.h"
 
 // The step, train_loss and grad_norm columns of a log.csv, one string per step.
 static std::vector<std::string> logged_steps(const std::string &path) {
@@ -33,9 +39,13 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     char dir[] = "/tmp/qlora_resume_XXXXXX";
     REQUIRE(mkdtemp(dir));
     std::string d = dir;
-    std::string common = "./train --steps 3 --grad-accum 1 --seq 160 --val-frac 0 --rank 4 --lora-dropout 0.1 --warmup 1";
+    std::string common = "./train --data data/sample_raft.jsonl --steps 3 --grad-accum 1 --seq 160 --val-frac 0 --rank 4 "
+                         "--lora-dropout 0.1 --warmup 1";
     std::string quiet = " > " + d + "/out.txt 2>&1";
-    REQUIRE(system((common + " --out " + d + "/full" + quiet).c_str()) == 0);
+    // the uninterrupted run also writes the merged model (test_merge.cpp checks its contents)
+    REQUIRE(system((common + " --merge --out " + d + "/full" + quiet).c_str()) == 0);
+    for (const char *name : {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"})
+        CHECK_MESSAGE(std::filesystem::exists(d + "/full/merged/" + name), name);
     REQUIRE(system((common + " --out " + d + "/part --stop-at 1" + quiet).c_str()) == 0);
     std::vector<std::string> paused = logged_steps(d + "/part/log.csv");
     CHECK(paused.size() == 1);
@@ -54,4 +64,112 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
     CHECK(text.find("rank 4") != std::string::npos);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+namespace {
+
+// A tiny model's adapters on q and down with their AdamW moments.
+struct TrainState {
+    LoraSet set;
+    std::vector<AdamWState> moments;
+    explicit TrainState(float fill) {
+        Config c = {};
+        c.dim = 8;
+        c.hidden_dim = 12;
+        c.n_layers = 2;
+        c.n_heads = 2;
+        c.n_kv_heads = 1;
+        c.head_dim = 4;
+        int enabled[N_TARGETS] = {0};
+        enabled[TARGET_Q] = enabled[TARGET_DOWN] = 1;
+        REQUIRE(lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1) == 0);
+        moments.resize((size_t)c.n_layers * N_TARGETS * 2);
+        for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+            LoraAdapter *a = &set.adapters[i];
+            if (!a->A) continue;
+            size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
+            REQUIRE(adamw_init(&moments[2 * i], a_size) == 0);
+            REQUIRE(adamw_init(&moments[2 * i + 1], b_size) == 0);
+            for (size_t k = 0; k < a_size; k++) a->A[k] = moments[2 * i].m[k] = moments[2 * i].v[k] = fill + k;
+            for (size_t k = 0; k < b_size; k++) a->B[k] = moments[2 * i + 1].m[k] = moments[2 * i + 1].v[k] = fill - k;
+            moments[2 * i].step = moments[2 * i + 1].step = (int64_t)fill;
+        }
+    }
+    ~TrainState() {
+        for (AdamWState &m : moments) adamw_free(&m);
+        lora_set_free(&set);
+    }
+    bool same_values(const TrainState &other) const {
+        for (int i = 0; i < set.n_layers * N_TARGETS; i++) {
+            const LoraAdapter *a = &set.adapters[i], *b = &other.set.adapters[i];
+            if (!a->A) continue;
+            size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;
+            const AdamWState *m = &moments[2 * i], *n = &other.moments[2 * i];
+            if (memcmp(a->A, b->A, a_bytes) || memcmp(a->B, b->B, b_bytes) || memcmp(m[0].m, n[0].m, a_bytes) ||
+                memcmp(m[0].v, n[0].v, a_bytes) || memcmp(m[1].m, n[1].m, b_bytes) || memcmp(m[1].v, n[1].v, b_bytes) ||
+                m[0].step != n[0].step || m[1].step != n[1].step)
+                return false;
+        }
+        return true;
+    }
+};
+
+std::string read_bytes(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string &path, const std::string &bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: every field comes back, the early-stop count too; version 1 files still load") {
+    char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string path = std::string(dir) + "/checkpoint.bin";
+    char err[1024];
+    TrainState saved(3.0f), loaded(0.0f);
+    int order[3] = {2, 0, 1}, loaded_order[3];
+    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
+    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, saved.moments.data(), &progress, err, sizeof err) == 0, err);
+
+    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
+    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
+    CHECK(back.step == 7);
+    CHECK(back.total_steps == 10);
+    CHECK(back.data_rng == 12345);
+    CHECK(back.cursor == 1);
+    CHECK(back.best_val == 1.5);
+    CHECK(back.evals_without_improvement == 2);
+    CHECK(memcmp(loaded_order, order, sizeof order) == 0);
+    CHECK(loaded.same_values(saved));
+
+    // version 1: "QLORACK1" and the same header without the count (the
+    // header is 80 bytes in version 2, 72 in version 1), then the same data
+    std::string v2 = read_bytes(path), v1 = v2;
+    REQUIRE(v2.compare(0, 8, "QLORACK2") == 0);
+    v1.replace(0, 8, "QLORACK1");
+    v1.erase(8 + 72, 8);
+    write_bytes(path, v1);
+    back.evals_without_improvement = 99;
+    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
+    CHECK(back.evals_without_improvement == 0);
+    CHECK(back.step == 7);
+    CHECK(loaded.same_values(saved));
+
+    // refused: an unknown version, a truncated file, a negative count
+    std::string unknown = v2, truncated = v2.substr(0, v2.size() - 3), negative = v2;
+    unknown[7] = '9';
+    int32_t minus_one = -1;
+    negative.replace(8 + 72, 4, (const char *)&minus_one, 4);
+    const std::pair<std::string, const char *> bad[] = {
+        {unknown, "not a qlora.c checkpoint"}, {truncated, "truncated"}, {negative, "negative early-stop count"}};
+    for (const auto &[bytes, message] : bad) {
+        write_bytes(path, bytes);
+        CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
+        CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
+    }
+    REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
 }

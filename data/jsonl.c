@@ -1,0 +1,59 @@
+// data/jsonl.c: reading JSON Lines files line by line (see jsonl.h).
+#include "jsonl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int jsonl_open(JsonlFile *f, const char *path, char *err, size_t err_size) {
+    memset(f, 0, sizeof *f);
+    f->path = path;
+    f->text = read_file(path, &f->size, err, err_size);
+    if (!f->text) return -1;
+    // a UTF-8 byte-order mark (EF BB BF), as some editors write, is not part of the first line
+    if (f->size >= 3 && memcmp(f->text, "\xEF\xBB\xBF", 3) == 0) f->next = 3;
+    return 0;
+}
+
+void jsonl_close(JsonlFile *f) {
+    free(f->text);
+    memset(f, 0, sizeof *f);
+}
+
+static int is_blank(const char *text, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (text[i] != ' ' && text[i] != '\t' && text[i] != '\r') return 0;
+    return 1;
+}
+
+const char *jsonl_next(JsonlFile *f, size_t *len) {
+    while (f->next < f->size) {
+        const char *start = f->text + f->next;
+        const char *newline = (const char *)memchr(start, '\n', f->size - f->next);
+        size_t line_len = newline ? (size_t)(newline - start) : f->size - f->next;
+        f->next += line_len + 1;
+        f->line_number++;
+        if (line_len > 0 && start[line_len - 1] == '\r') line_len--;
+        if (is_blank(start, line_len)) continue;
+        *len = line_len;
+        return start;
+    }
+    *len = 0;
+    return NULL;
+}
+
+JsonValue *jsonl_parse_line(const char *line, size_t len, char *reason, size_t reason_size) {
+    if (len > JSONL_MAX_LINE_BYTES) {
+        snprintf(reason, reason_size, "line is %zu bytes, longer than the limit of %u bytes", len,
+                 JSONL_MAX_LINE_BYTES);
+        return NULL;
+    }
+    char parse_error[512];
+    JsonValue *value = json_parse(line, len, parse_error, sizeof parse_error);
+    if (!value) {
+        // The text is one line, so json_parse's "line 1, " position prefix says nothing.
+        const char *where = strncmp(parse_error, "line 1, ", 8) == 0 ? parse_error + 8 : parse_error;
+        snprintf(reason, reason_size, "invalid JSON: %s", where);
+    }
+    return value;
+}

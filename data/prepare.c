@@ -1,0 +1,354 @@
+// data/prepare.c: ./prepare, the RAFT data builder. Reads samples (ready
+// ones, or a document collection with questions, or the Debian FAQ), checks
+// them, builds the RAFT samples, renders them through the model's chat
+// template with answer-only targets, and writes OUT/train.bin, OUT/val.bin
+// (data/tokfile.h) and OUT/report.json, printing the report.
+//   ./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512
+//   ./prepare --docs docs.jsonl --qa qa.jsonl --out out/my-data
+//   ./prepare --input samples.jsonl --out out/my-data
+#include "collection.h"
+#include "faq.h"
+#include "raft.h"
+#include "raft_build.h"
+#include "tokfile.h"
+#include "../gguf.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+typedef struct {
+    const char *input, *docs, *qa, *faq_dir, *out_dir, *model_path, *overlong;
+    const char *no_oracle_answer, *no_oracle_answer_ko;
+    int distractors, max_seq, seed, strict, faq_answer_tokens;
+    double no_oracle, val_frac;
+} Options;
+
+static const Options DEFAULTS = {
+    NULL, NULL, NULL, NULL, "out/data", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "truncate",
+    RAFT_NO_ORACLE_ANSWER_EN, RAFT_NO_ORACLE_ANSWER_KO,
+    3, 2048, 1234, 0, 48,
+    0.2, 0.1,
+};
+
+static void usage(FILE *out) {
+    const Options *d = &DEFAULTS;
+    fprintf(out,
+            "usage: ./prepare SOURCE... [options]\n"
+            "Builds RAFT training data: checks the input, renders each sample through the model's chat template\n"
+            "(labels on the answer only) and writes OUT/train.bin, OUT/val.bin and OUT/report.json.\n"
+            "Sources (any of them, together):\n"
+            "  --input PATH             ready samples, JSONL: {\"question\", \"answer\", \"documents\": [...], \"oracle\": i or null}\n"
+            "                           or {\"question\", \"answer\", \"context\"}\n"
+            "  --docs PATH --qa PATH    documents {\"id\", \"text\", \"title\" (optional)} and questions\n"
+            "                           {\"question\", \"answer\", \"doc\": id}, JSONL; RAFT samples are built from them\n"
+            "  --debian-faq DIR         the Debian FAQ unpacked into DIR (dev/fetch_faq.sh), English and Korean\n"
+            "Options:\n"
+            "  --out DIR                where the files go (default %s)\n"
+            "  --model PATH             the model whose tokenizer renders the samples (default %s)\n"
+            "  --distractors K          distractor documents per sample (default %d)\n"
+            "  --no-oracle P            share of samples with distractors only (default %g)\n"
+            "  --no-oracle-answer TEXT  their answer (default \"%s\")\n"
+            "  --no-oracle-answer-ko T  their answer when the question is Korean (default \"%s\")\n"
+            "  --max-seq N              tokens per sample at most (default %d)\n"
+            "  --overlong MODE          truncate: cut the documents (never the answer) to fit; drop: skip (default %s)\n"
+            "  --val-frac F             share of the questions held out for validation (default %g)\n"
+            "  --seed S                 seed for distractors, order and split (default %d)\n"
+            "  --strict                 stop at the first bad line instead of skipping and counting it\n"
+            "  --faq-answer-tokens N    FAQ answers: the section's first sentences, at most N tokens (default %d)\n",
+            d->out_dir, d->model_path, d->distractors, d->no_oracle, d->no_oracle_answer, d->no_oracle_answer_ko,
+            d->max_seq, d->overlong, d->val_frac, d->seed, d->faq_answer_tokens);
+}
+
+static void bad_usage(const char *message, const char *detail) {
+    fprintf(stderr, "prepare: %s%s\n", message, detail);
+    usage(stderr);
+    exit(2);
+}
+
+static double number_arg(const char *flag, const char *value) {
+    char *end;
+    double x = strtod(value, &end);
+    if (*value == '\0' || *end != '\0' || !isfinite(x)) {
+        fprintf(stderr, "prepare: %s expects a number, got '%s'\n", flag, value);
+        exit(2);
+    }
+    return x;
+}
+
+static int int_arg(const char *flag, const char *value) {
+    double x = number_arg(flag, value);
+    if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
+        fprintf(stderr, "prepare: %s expects a whole number, got '%s'\n", flag, value);
+        exit(2);
+    }
+    return (int)x;
+}
+
+static Options parse_args(int argc, char **argv) {
+    Options o = DEFAULTS;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
+        if (strcmp(f, "--strict") == 0) { o.strict = 1; continue; }
+        if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
+        if (i + 1 >= argc) bad_usage("missing value for ", f);
+        const char *v = argv[++i];
+        if (strcmp(f, "--input") == 0) o.input = v;
+        else if (strcmp(f, "--docs") == 0) o.docs = v;
+        else if (strcmp(f, "--qa") == 0) o.qa = v;
+        else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = v;
+        else if (strcmp(f, "--out") == 0) o.out_dir = v;
+        else if (strcmp(f, "--model") == 0) o.model_path = v;
+        else if (strcmp(f, "--overlong") == 0) o.overlong = v;
+        else if (strcmp(f, "--no-oracle-answer") == 0) o.no_oracle_answer = v;
+        else if (strcmp(f, "--no-oracle-answer-ko") == 0) o.no_oracle_answer_ko = v;
+        else if (strcmp(f, "--distractors") == 0) o.distractors = int_arg(f, v);
+        else if (strcmp(f, "--max-seq") == 0) o.max_seq = int_arg(f, v);
+        else if (strcmp(f, "--seed") == 0) o.seed = int_arg(f, v);
+        else if (strcmp(f, "--faq-answer-tokens") == 0) o.faq_answer_tokens = int_arg(f, v);
+        else if (strcmp(f, "--no-oracle") == 0) o.no_oracle = number_arg(f, v);
+        else if (strcmp(f, "--val-frac") == 0) o.val_frac = number_arg(f, v);
+        else bad_usage("unknown option ", f);
+    }
+    if (!o.input && !o.docs && !o.qa && !o.faq_dir) bad_usage("give a source: --input, --docs with --qa, or --debian-faq", "");
+    if (!o.docs != !o.qa) bad_usage("--docs and --qa go together", "");
+    if (o.distractors < 0) bad_usage("--distractors must be at least 0", "");
+    if (o.max_seq < 16) bad_usage("--max-seq must be at least 16", "");
+    if (o.faq_answer_tokens < 16) bad_usage("--faq-answer-tokens must be at least 16", "");
+    if (o.no_oracle < 0 || o.no_oracle > 1) bad_usage("--no-oracle must be in [0, 1]", "");
+    if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
+    if (strcmp(o.overlong, "truncate") != 0 && strcmp(o.overlong, "drop") != 0)
+        bad_usage("--overlong expects truncate or drop, got ", o.overlong);
+    return o;
+}
+
+// The tokenizer of a GGUF file or an HF model directory (its tokenizer.json).
+static Tokenizer *load_tokenizer(const char *path, char *err, size_t err_size) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, err_size, "%s: no such file or directory (a .gguf file or an HF model directory)", path);
+        return NULL;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        char json_path[4200];
+        snprintf(json_path, sizeof json_path, "%s/tokenizer.json", path);
+        return tokenizer_from_json(json_path, err, err_size);
+    }
+    GGUFFile f;
+    if (gguf_open(&f, path, err, err_size) != 0) return NULL;
+    Tokenizer *t = tokenizer_from_gguf(&f, err, err_size);
+    gguf_close(&f);
+    return t;
+}
+
+// mkdir -p
+static int make_dirs(const char *path, char *err, size_t err_size) {
+    char partial[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof partial) { snprintf(err, err_size, "%s: path too long", path); return -1; }
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != '\0') continue;
+        memcpy(partial, path, i);
+        partial[i] = '\0';
+        if (mkdir(partial, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, err_size, "%s: cannot create: %s", partial, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// ---- reading the sources --------------------------------------------------------
+
+static int build_from(const Collection *c, const Options *o, RaftData *samples) {
+    RaftBuildOptions build = {o->distractors, o->no_oracle, (uint64_t)o->seed, o->no_oracle_answer,
+                              o->no_oracle_answer_ko};
+    if (raft_build(c, &build, samples) != 0) {
+        fprintf(stderr, "prepare: out of memory building samples\n");
+        return -1;
+    }
+    return 0;
+}
+
+// Reads every source into samples. Returns -1 (message printed) on a fatal problem.
+static int read_sources(const Options *o, const Tokenizer *t, Report *r, RaftData *samples) {
+    char err[8192];
+    if (o->input && raft_read_checked(samples, r, o->input, err, sizeof err) != 0) {
+        fprintf(stderr, "prepare: %s\n", err);
+        return -1;
+    }
+    if (o->docs) {
+        Collection c = {0};
+        int status = collection_read(&c, r, o->docs, o->qa, err, sizeof err);
+        if (status != 0) fprintf(stderr, "prepare: %s\n", err);
+        else status = build_from(&c, o, samples);
+        collection_free(&c);
+        if (status != 0) return -1;
+    }
+    // the FAQ in each language is its own collection: distractors come from the same language
+    const char *languages[2] = {"en", "ko"};
+    for (int i = 0; i < 2 && o->faq_dir; i++) {
+        Collection c = {0};
+        int status = faq_read(&c, r, o->faq_dir, languages[i], t, o->faq_answer_tokens, err, sizeof err);
+        if (status != 0) fprintf(stderr, "prepare: %s\n", err);
+        else status = build_from(&c, o, samples);
+        collection_free(&c);
+        if (status != 0) return -1;
+    }
+    return 0;
+}
+
+// ---- rendering, splitting, writing ----------------------------------------------
+
+typedef struct {
+    TokSample *samples;
+    long count;
+} TokSet;
+
+static int add_to_set(TokSet *set, const TokSample *s) {
+    TokSample *bigger = (TokSample *)realloc(set->samples, sizeof(TokSample) * (size_t)(set->count + 1));
+    if (!bigger) return -1;
+    set->samples = bigger;
+    set->samples[set->count++] = *s;
+    return 0;
+}
+
+static void free_set(TokSet *set) {
+    for (long i = 0; i < set->count; i++) {
+        free(set->samples[i].ids);
+        free(set->samples[i].targets);
+    }
+    free(set->samples);
+}
+
+static long count_labelled(const TokSample *s) {
+    long n = 0;
+    for (int t = 0; t < s->n_tokens; t++) n += s->targets[t] != RAFT_IGNORE;
+    return n;
+}
+
+// Renders every sample (fitting or dropping the long ones), sorts them into
+// train and val, and fills the report's counts and length statistics.
+static int render_samples(const Options *o, const Tokenizer *t, const RaftData *samples, const unsigned char *is_val,
+                          Report *r, TokSet *train, TokSet *val) {
+    int *rendered = (int *)malloc(sizeof(int) * (size_t)(samples->count + 1));
+    int *written = (int *)malloc(sizeof(int) * (size_t)(samples->count + 1));
+    if (!rendered || !written) { free(rendered); free(written); return -1; }
+    int truncate = strcmp(o->overlong, "truncate") == 0;
+    int status = 0;
+    for (int i = 0; i < samples->count && status == 0; i++) {
+        const RaftSample *sample = &samples->samples[i];
+        TokSample s = {NULL, NULL, 0};
+        int full = 0, cut = 0;
+        s.n_tokens = raft_encode_fit(t, sample, truncate ? o->max_seq : INT_MAX, &s.ids, &s.targets, &full, &cut);
+        if (s.n_tokens < 0) { fprintf(stderr, "prepare: the tokenizer has no <|im_start|>/<|im_end|> tokens\n"); status = -1; break; }
+        rendered[r->rendered.count++] = full;
+        if (s.n_tokens == 0 || s.n_tokens > o->max_seq) {
+            char where[128], reason[128];
+            snprintf(where, sizeof where, "sample %d (question \"%.60s\")", i + 1, sample->question);
+            snprintf(reason, sizeof reason, "%d tokens, over --max-seq %d%s", full, o->max_seq,
+                     truncate ? " even with empty documents" : "");
+            report_drop(r, DROP_TOO_LONG, where, reason);
+            free(s.ids);
+            free(s.targets);
+            continue;
+        }
+        written[r->written.count++] = s.n_tokens;
+        r->samples++;
+        r->truncated += cut;
+        r->no_oracle += sample->oracle < 0;
+        if (!is_val[i]) {
+            r->train_tokens += s.n_tokens;
+            r->train_answer_tokens += count_labelled(&s);
+        }
+        status = add_to_set(is_val[i] ? val : train, &s);
+        if (status != 0) { free(s.ids); free(s.targets); }
+    }
+    length_stats_compute(rendered, r->rendered.count, o->max_seq, &r->rendered);
+    length_stats_compute(written, r->written.count, o->max_seq, &r->written);
+    histogram_compute(rendered, r->rendered.count, &r->histogram);
+    r->train_samples = train->count;
+    r->val_samples = val->count;
+    free(rendered);
+    free(written);
+    return status;
+}
+
+// Questions (distinct texts) among the samples on one side of the split.
+static long count_questions(const RaftData *samples, const unsigned char *is_val, int side) {
+    StringMap seen = {0};
+    for (int i = 0; i < samples->count; i++)
+        if (is_val[i] == side) string_map_put(&seen, samples->samples[i].question, strlen(samples->samples[i].question), 0);
+    long count = (long)seen.count;
+    string_map_free(&seen);
+    return count;
+}
+
+static int write_outputs(const Options *o, const Tokenizer *t, const TokSet *train, const TokSet *val, const Report *r) {
+    char path[4200], err[8192];
+    if (make_dirs(o->out_dir, err, sizeof err) != 0) { fprintf(stderr, "prepare: %s\n", err); return -1; }
+    snprintf(path, sizeof path, "%s/train.bin", o->out_dir);
+    int status = tokfile_write(path, t, train->samples, train->count, err, sizeof err);
+    if (status == 0) {
+        snprintf(path, sizeof path, "%s/val.bin", o->out_dir);
+        status = tokfile_write(path, t, val->samples, val->count, err, sizeof err);
+    }
+    if (status == 0) {
+        snprintf(path, sizeof path, "%s/report.json", o->out_dir);
+        status = report_write_json(r, path, err, sizeof err);
+    }
+    if (status != 0) fprintf(stderr, "prepare: %s\n", err);
+    return status;
+}
+
+int main(int argc, char **argv) {
+    Options o = parse_args(argc, argv);
+    char err[8192];
+    Tokenizer *t = load_tokenizer(o.model_path, err, sizeof err);
+    if (!t) { fprintf(stderr, "prepare: %s\n", err); return 1; }
+    printf("prepare: rendering with the tokenizer of %s (vocabulary %d, id %016llx)\n", o.model_path,
+           tokenizer_vocab_size(t), (unsigned long long)tokenizer_id(t));
+    Report r;
+    memset(&r, 0, sizeof r);
+    r.strict = o.strict;
+    r.max_seq = o.max_seq;
+    r.distractors = o.distractors;
+    r.seed = o.seed;
+    r.no_oracle_share = o.no_oracle;
+    r.val_frac = o.val_frac;
+    RaftData samples = {0};
+    int status = read_sources(&o, t, &r, &samples);
+    if (status == 0 && samples.count == 0) {
+        fprintf(stderr, "prepare: no samples left after the checks (%ld dropped)\n", report_total_dropped(&r));
+        status = -1;
+    }
+    unsigned char *is_val = (unsigned char *)calloc((size_t)samples.count + 1, 1);
+    TokSet train = {NULL, 0}, val = {NULL, 0};
+    if (status == 0 && raft_split(&samples, o.val_frac, (uint64_t)o.seed, is_val) < 0) status = -1;
+    if (status == 0) status = render_samples(&o, t, &samples, is_val, &r, &train, &val);
+    if (status == 0 && train.count == 0) {
+        fprintf(stderr, "prepare: no training sample fits in --max-seq %d\n", o.max_seq);
+        status = -1;
+    }
+    if (status == 0) {
+        r.train_questions = count_questions(&samples, is_val, 0);
+        r.val_questions = count_questions(&samples, is_val, 1);
+        report_print(&r, stdout);
+        status = write_outputs(&o, t, &train, &val, &r);
+    }
+    if (status == 0)
+        printf("wrote %s/train.bin (%ld samples), %s/val.bin (%ld samples), %s/report.json\n", o.out_dir, train.count,
+               o.out_dir, val.count, o.out_dir);
+    free_set(&train);
+    free_set(&val);
+    free(is_val);
+    raft_free(&samples);
+    report_free(&r);
+    tokenizer_free(t);
+    return status == 0 ? 0 : 1;
+}

@@ -1,0 +1,208 @@
+// data/tokfile.c: writing and reading the tokenized training file (layout in
+// tokfile.h), byte by byte in little-endian order on every machine.
+#include "tokfile.h"
+#include "../json.h"
+#include "raft.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void put_u32(unsigned char *out, uint32_t x) {
+    for (int i = 0; i < 4; i++) out[i] = (unsigned char)(x >> (8 * i));
+}
+
+static void put_u64(unsigned char *out, uint64_t x) {
+    for (int i = 0; i < 8; i++) out[i] = (unsigned char)(x >> (8 * i));
+}
+
+static uint32_t get_u32(const unsigned char *in) {
+    uint32_t x = 0;
+    for (int i = 0; i < 4; i++) x |= (uint32_t)in[i] << (8 * i);
+    return x;
+}
+
+static uint64_t get_u64(const unsigned char *in) {
+    uint64_t x = 0;
+    for (int i = 0; i < 8; i++) x |= (uint64_t)in[i] << (8 * i);
+    return x;
+}
+
+// FNV-1a, 64-bit: h = (h xor byte) * 1099511628211 for every byte
+static uint64_t fnv1a(uint64_t h, const unsigned char *bytes, size_t n) {
+    for (size_t i = 0; i < n; i++) h = (h ^ bytes[i]) * 1099511628211ULL;
+    return h;
+}
+
+uint64_t tokenizer_id(const Tokenizer *t) {
+    uint64_t h = 14695981039346656037ULL;
+    for (int id = 0; id < tokenizer_vocab_size(t); id++) {
+        size_t len = 0;
+        const char *bytes = tokenizer_token_bytes(t, id, &len);
+        if (!bytes) len = 0;
+        unsigned char len_bytes[4];
+        put_u32(len_bytes, (uint32_t)len);
+        h = fnv1a(h, len_bytes, 4);
+        h = fnv1a(h, (const unsigned char *)bytes, len);
+    }
+    return h;
+}
+
+// ---- writing --------------------------------------------------------------------
+
+static int write_sample(FILE *f, const TokSample *s) {
+    size_t size = 4 + 8 * (size_t)s->n_tokens;
+    unsigned char *bytes = (unsigned char *)malloc(size);
+    if (!bytes) return -1;
+    put_u32(bytes, (uint32_t)s->n_tokens);
+    for (int t = 0; t < s->n_tokens; t++) {
+        put_u32(bytes + 4 + 4 * (size_t)t, (uint32_t)s->ids[t]);
+        put_u32(bytes + 4 + 4 * ((size_t)s->n_tokens + t), (uint32_t)s->targets[t]);
+    }
+    int status = fwrite(bytes, 1, size, f) == size ? 0 : -1;
+    free(bytes);
+    return status;
+}
+
+int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size) {
+    uint64_t n_tokens = 0, n_labelled = 0;
+    for (long i = 0; i < n; i++) {
+        n_tokens += (uint64_t)samples[i].n_tokens;
+        for (int k = 0; k < samples[i].n_tokens; k++) n_labelled += samples[i].targets[k] != RAFT_IGNORE;
+    }
+    unsigned char header[TOKFILE_HEADER_BYTES];
+    memcpy(header, TOKFILE_MAGIC, 8);
+    put_u32(header + 8, TOKFILE_VERSION);
+    put_u32(header + 12, (uint32_t)tokenizer_vocab_size(t));
+    put_u64(header + 16, tokenizer_id(t));
+    put_u64(header + 24, (uint64_t)n);
+    put_u64(header + 32, n_tokens);
+    put_u64(header + 40, n_labelled);
+    FILE *f = fopen(path, "wb");
+    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    int status = fwrite(header, 1, sizeof header, f) == sizeof header ? 0 : -1;
+    for (long i = 0; i < n && status == 0; i++) status = write_sample(f, &samples[i]);
+    if (fclose(f) != 0) status = -1;
+    if (status != 0) snprintf(err, err_size, "%s: write error (disk full?)", path);
+    return status;
+}
+
+// ---- reading --------------------------------------------------------------------
+
+void tokfile_free(TokFile *f) {
+    for (long i = 0; i < f->count; i++) {
+        free(f->samples[i].ids);
+        free(f->samples[i].targets);
+    }
+    free(f->samples);
+    memset(f, 0, sizeof *f);
+}
+
+// Checks the header; fills f's counts. Returns -1 with the message in err.
+static int read_header(TokFile *f, const unsigned char *data, size_t size, const char *path, const Tokenizer *t,
+                       uint64_t *n_samples, char *err, size_t err_size) {
+    if (size == 0) { snprintf(err, err_size, "%s: the file is empty", path); return -1; }
+    if (size < TOKFILE_HEADER_BYTES || memcmp(data, TOKFILE_MAGIC, 8) != 0) {
+        snprintf(err, err_size, "%s: not a tokenized training file (no \"%s\" header); make one with ./prepare", path,
+                 TOKFILE_MAGIC);
+        return -1;
+    }
+    uint32_t version = get_u32(data + 8);
+    if (version != TOKFILE_VERSION) {
+        snprintf(err, err_size, "%s: format version %u, this program reads version %d; run ./prepare again", path,
+                 version, TOKFILE_VERSION);
+        return -1;
+    }
+    f->vocab_size = get_u32(data + 12);
+    f->tokenizer_id = get_u64(data + 16);
+    *n_samples = get_u64(data + 24);
+    if (t && (f->vocab_size != (uint32_t)tokenizer_vocab_size(t) || f->tokenizer_id != tokenizer_id(t))) {
+        snprintf(err, err_size,
+                 "%s: made with a different tokenizer (vocabulary of %u tokens, id %016llx) than this model's "
+                 "(%d tokens, id %016llx): run ./prepare again with --model set to this model",
+                 path, f->vocab_size, (unsigned long long)f->tokenizer_id, tokenizer_vocab_size(t),
+                 (unsigned long long)tokenizer_id(t));
+        return -1;
+    }
+    // each sample takes at least 12 bytes: its count, one id, one target
+    if (*n_samples > (size - TOKFILE_HEADER_BYTES) / 12) {
+        snprintf(err, err_size, "%s: the header says %llu samples, more than the file can hold (truncated?)", path,
+                 (unsigned long long)*n_samples);
+        return -1;
+    }
+    return 0;
+}
+
+// Reads sample i at *offset; checks its ids and targets. Returns -1 with the message in err.
+static int read_sample(TokFile *f, const unsigned char *data, size_t size, size_t *offset, long i, const char *path,
+                       char *err, size_t err_size) {
+    if (size - *offset < 4) {
+        snprintf(err, err_size, "%s: truncated: sample %ld of %ld is missing", path, i + 1, f->count);
+        return -1;
+    }
+    uint32_t n = get_u32(data + *offset);
+    if (n == 0 || (size - *offset - 4) / 8 < n) {
+        snprintf(err, err_size, "%s: sample %ld of %ld claims %u tokens (%s)", path, i + 1, f->count, n,
+                 n == 0 ? "a sample has at least one" : "more than the rest of the file: truncated?");
+        return -1;
+    }
+    const unsigned char *ids = data + *offset + 4, *targets = ids + 4 * (size_t)n;
+    TokSample *s = &f->samples[i];
+    s->ids = (int *)malloc(sizeof(int) * n);
+    s->targets = (int *)malloc(sizeof(int) * n);
+    if (!s->ids || !s->targets) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+    s->n_tokens = (int)n;
+    for (uint32_t k = 0; k < n; k++) {
+        s->ids[k] = (int32_t)get_u32(ids + 4 * (size_t)k);
+        s->targets[k] = (int32_t)get_u32(targets + 4 * (size_t)k);
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        if (s->ids[k] < 0 || (uint32_t)s->ids[k] >= f->vocab_size) {
+            snprintf(err, err_size, "%s: sample %ld, position %u: token id %d is outside the vocabulary of %u", path,
+                     i + 1, k, s->ids[k], f->vocab_size);
+            return -1;
+        }
+        int next = k + 1 < n ? (int)get_u32(ids + 4 * ((size_t)k + 1)) : RAFT_IGNORE;
+        if (s->targets[k] != RAFT_IGNORE && s->targets[k] != next) {
+            snprintf(err, err_size, "%s: sample %ld, position %u: target %d is neither -100 nor the next token", path,
+                     i + 1, k, s->targets[k]);
+            return -1;
+        }
+        f->n_tokens++;
+        f->n_labelled += s->targets[k] != RAFT_IGNORE;
+    }
+    *offset += 4 + 8 * (size_t)n;
+    return 0;
+}
+
+int tokfile_read(TokFile *f, const char *path, const Tokenizer *t, char *err, size_t err_size) {
+    memset(f, 0, sizeof *f);
+    size_t size;
+    unsigned char *data = (unsigned char *)read_file(path, &size, err, err_size);
+    if (!data) return -1;
+    uint64_t n_samples = 0;
+    int status = read_header(f, data, size, path, t, &n_samples, err, err_size);
+    if (status == 0) {
+        f->samples = (TokSample *)calloc((size_t)(n_samples ? n_samples : 1), sizeof(TokSample));
+        if (!f->samples) { snprintf(err, err_size, "%s: out of memory", path); status = -1; }
+        else f->count = (long)n_samples;
+    }
+    size_t offset = TOKFILE_HEADER_BYTES;
+    for (long i = 0; i < f->count && status == 0; i++)
+        status = read_sample(f, data, size, &offset, i, path, err, err_size);
+    if (status == 0 && offset != size) {
+        snprintf(err, err_size, "%s: %zu bytes after the last sample (the header says %ld samples)", path,
+                 size - offset, f->count);
+        status = -1;
+    }
+    if (status == 0 && (f->n_tokens != (long)get_u64(data + 32) || f->n_labelled != (long)get_u64(data + 40))) {
+        snprintf(err, err_size, "%s: the header's token counts (%llu tokens, %llu labelled) do not match the samples "
+                 "(%ld, %ld)", path, (unsigned long long)get_u64(data + 32), (unsigned long long)get_u64(data + 40),
+                 f->n_tokens, f->n_labelled);
+        status = -1;
+    }
+    free(data);
+    if (status != 0) tokfile_free(f);
+    return status;
+}

@@ -1,0 +1,66 @@
+// data/tokfile.h: the tokenized training file that ./prepare writes and
+// ./train reads (train.bin, val.bin): samples already rendered through the
+// chat template, as token ids with their answer-only targets.
+//
+// Layout, every number little-endian:
+//   offset  size  field
+//   0       8     magic "QLORATOK"
+//   8       4     u32 version (1)
+//   12      4     u32 vocabulary size of the tokenizer that made the file
+//   16      8     u64 tokenizer id (tokenizer_id below)
+//   24      8     u64 number of samples
+//   32      8     u64 number of tokens, all samples together
+//   40      8     u64 number of labelled positions (targets that are not -100)
+//   48            the samples, one after another, each:
+//                   u32  n             tokens in the sample (at least 1)
+//                   i32  ids[n]        token ids, each in [0, vocabulary size)
+//                   i32  targets[n]    targets[t] = ids[t + 1] when token t + 1 is
+//                                      part of the answer, else -100 (RAFT_IGNORE);
+//                                      targets[n - 1] = -100
+// Nothing follows the last sample. A file made with one tokenizer is refused
+// when read for another: token ids only mean something with their vocabulary.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include "../tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TOKFILE_MAGIC "QLORATOK"
+#define TOKFILE_VERSION 1
+#define TOKFILE_HEADER_BYTES 48
+
+typedef struct {
+    int *ids;         // [n_tokens]
+    int *targets;     // [n_tokens]
+    int n_tokens;
+} TokSample;
+
+typedef struct {
+    TokSample *samples;   // [count]; each sample's arrays are malloc'd
+    long count;
+    uint32_t vocab_size;
+    uint64_t tokenizer_id;
+    long n_tokens, n_labelled;
+} TokFile;
+
+// FNV-1a 64 over the vocabulary: for every id in order, its byte length
+// (u32, little-endian) then its bytes (tokenizer_token_bytes). Two tokenizers
+// with the same id for every token string get the same id.
+uint64_t tokenizer_id(const Tokenizer *t);
+
+// Writes n samples to path, stamped with t's vocabulary size and id.
+// Returns -1 with "PATH: why" in err when it cannot be written.
+int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size);
+
+// Reads and checks path (every field, every id and target). When t is not
+// NULL, a file made with another tokenizer is refused. Returns -1 with
+// "PATH: what is wrong" in err; f is then empty.
+int tokfile_read(TokFile *f, const char *path, const Tokenizer *t, char *err, size_t err_size);
+void tokfile_free(TokFile *f);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,272 @@
+// test_merge.cpp: ./train --merge (merge.h) on the default model with a small
+// random adapter (rank 2, alpha 4, on q, v and down of all 30 blocks, B
+// non-zero), written to a directory and loaded back with model_load:
+//   - the merge itself: sampled matrices equal dequant(NF4(W)) + s B A with
+//     the product computed here in double (max |diff| <= 1e-6; fp32 rounding
+//     of values ~0.1 is ~1e-8), and the untouched k projection equals
+//     dequant(NF4(W));
+//   - the file: every weight we load back from model.safetensors is the
+//     merged fp32 weight rounded to bf16, bit for bit (names, shapes, the
+//     Q/K row order and the tied embedding all checked by that);
+//   - the model: logits of a short prompt through forward_cpu on the bf16
+//     file against the fp32 merged model (the NF4-dequantized base with the
+//     adapter merged by adapter.cu): rounding all 135M weights to bf16
+//     (relative error up to 2^-8) moves logits of size ~20 by up to 0.118
+//     (measured); tolerance 0.3. For scale: the NF4 base and the adapter
+//     together move them by up to 13 from the original model's;
+//   - the tokenizer: the written tokenizer.json and tokenizer_config.json
+//     reload to the same bos/eos and the same ids (English, Korean, code,
+//     special tokens matched or not, a ChatML chat with its answer flags);
+//   - tokenizer_save_hf on the tiny GPT-2 / SmolLM / Llama-3 / Qwen2
+//     fixture tokenizers: read back, they still give HF tokenizers' ids;
+//   - a missing adapter is refused with a message naming the file.
+// dev/check_merged.py checks the same directory against transformers and
+// HF tokenizers (dev/README.md).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "forward.h"
+#include "json.h"
+#include "lora.h"
+#include "merge.h"
+#include "nf4.h"
+#include "test_util.h"
+#include "tokenizer.h"
+
+namespace {
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct ScratchDir {
+    std::string path;
+    ScratchDir() {
+        char name[] = "/tmp/qlora_merge_XXXXXX";
+        REQUIRE(mkdtemp(name) != nullptr);
+        path = name;
+    }
+    ~ScratchDir() { std::filesystem::remove_all(path); }
+};
+
+const int RANK = 2;
+const float ALPHA = 4.0f;   // s = alpha / r = 2
+const float LOGIT_TOLERANCE = 0.3f;   // 0.118 measured
+
+float *linear_weight(const Model &m, int layer, int target) {
+    const LayerWeights *l = &m.layers[layer];
+    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+    return weights[target];
+}
+
+// dequant(NF4(W)) with double quant, as training sees the base.
+std::vector<float> nf4_round_trip(const float *w, size_t n) {
+    NF4Tensor q;
+    REQUIRE(nf4_quantize(&q, w, (int64_t)n, 1) == 0);
+    std::vector<float> out(n);
+    nf4_dequantize(&q, out.data());
+    nf4_free(&q);
+    return out;
+}
+
+// max over elements of |merged - (base + s B A)| for W [out_dim, in_dim], the
+// product in double; a == NULL: no adapter, merged should be the base.
+double merge_error(const float *merged, const std::vector<float> &base, const LoraAdapter *a, int in_dim,
+                   int out_dim, float scaling) {
+    double worst = 0.0;
+    for (int o = 0; o < out_dim; o++)
+        for (int i = 0; i < in_dim; i++) {
+            double product = 0.0;
+            for (int k = 0; a && k < a->rank; k++) product += (double)a->B[o * a->rank + k] * a->A[(size_t)k * in_dim + i];
+            double expected = base[(size_t)o * in_dim + i] + scaling * product;
+            worst = std::fmax(worst, std::fabs(merged[(size_t)o * in_dim + i] - expected));
+        }
+    return worst;
+}
+
+std::vector<float> last_logits(const Model &m, const std::vector<int> &tokens) {
+    InferState s;
+    REQUIRE(infer_state_init(&s, &m.config, (int)tokens.size(), (int)tokens.size()) == 0);
+    const float *logits = forward_cpu(&m, &s, tokens.data(), (int)tokens.size(), 0, 0, nullptr);
+    std::vector<float> out(logits, logits + m.config.vocab_size);
+    infer_state_free(&s);
+    return out;
+}
+
+std::vector<int> encode(const Tokenizer *t, const std::string &text, int allow_special) {
+    int *ids = nullptr;
+    int n = tokenizer_encode(t, text.data(), text.size(), allow_special, &ids);
+    REQUIRE(n >= 0);
+    std::vector<int> out(ids, ids + n);
+    free(ids);
+    return out;
+}
+
+void check_same_tokenizer(const Tokenizer *original, const Tokenizer *reloaded) {
+    CHECK(tokenizer_vocab_size(reloaded) == tokenizer_vocab_size(original));
+    CHECK(tokenizer_pretokenizer(reloaded) == tokenizer_pretokenizer(original));
+    CHECK(tokenizer_bos_id(reloaded) == tokenizer_bos_id(original));
+    CHECK(tokenizer_eos_id(reloaded) == tokenizer_eos_id(original));
+    const char *texts[] = {
+        "The quick brown fox jumps over the lazy dog. It's 2026-11-26, 3.14159!",
+        "안녕하세요, 세계! 한국어 토크나이저 테스트입니다. ㅋㅋㅋ",
+        "def f(x):\n    return x * 12345  # tab\there\n\n",
+        "<|im_start|>user\nHi<|im_end|>\n<|endoftext|><file_sep>x<|im_start",
+    };
+    for (const char *text : texts)
+        for (int allow_special = 0; allow_special < 2; allow_special++) {
+            CAPTURE(text);
+            CAPTURE(allow_special);
+            CHECK(encode(reloaded, text, allow_special) == encode(original, text, allow_special));
+        }
+    ChatMessage chat[2] = {{"user", "What is the capital of 대한민국?"}, {"assistant", "Seoul.\n"}};
+    int *ids[2];
+    unsigned char *flags[2];
+    int n0 = chat_encode(original, chat, 2, 0, &ids[0], &flags[0]);
+    int n1 = chat_encode(reloaded, chat, 2, 0, &ids[1], &flags[1]);
+    REQUIRE(n0 > 0);
+    REQUIRE(n1 == n0);
+    CHECK(std::memcmp(ids[0], ids[1], sizeof(int) * n0) == 0);
+    CHECK(std::memcmp(flags[0], flags[1], (size_t)n0) == 0);
+    for (int i = 0; i < 2; i++) { free(ids[i]); free(flags[i]); }
+}
+
+}  // namespace
+
+TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by model_load, same tokenizer") {
+    const Model &original = default_model();
+    const Config &c = original.config;
+    ScratchDir dir;
+    std::string adapter_dir = dir.path + "/adapter", merged_dir = dir.path + "/merged";
+    std::filesystem::create_directory(adapter_dir);
+    char err[1024];
+
+    // a rank-2 adapter on q, v and down: A from lora_init, B set non-zero
+    int enabled[N_TARGETS] = {0};
+    enabled[TARGET_Q] = enabled[TARGET_V] = enabled[TARGET_DOWN] = 1;
+    LoraSet set;
+    REQUIRE(lora_set_init(&set, &c, enabled, RANK, ALPHA, 0, 0.0f, 42) == 0);
+    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+        LoraAdapter &a = set.adapters[i];
+        for (int k = 0; a.B && k < a.out_dim * a.rank; k++) a.B[k] = 0.05f * std::sin(0.37f * k + 0.9f * i);
+    }
+    REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, adapter_dir.c_str(), "test", err, sizeof err) == 0, err);
+
+    Model merged;   // becomes the fp32 merged model
+    REQUIRE_MESSAGE(model_load(&merged, DEFAULT_MODEL_PATH, err, sizeof err) == 0, err);
+    AdapterInfo info;
+    REQUIRE_MESSAGE(merge_export(&merged, adapter_dir.c_str(), 1, 1, merged_dir.c_str(), &info, err, sizeof err) == 0,
+                    err);
+    CHECK(info.n_merged == 3 * c.n_layers);
+    CHECK(info.rank == RANK);
+    CHECK(info.scaling == ALPHA / RANK);
+
+    // the merge: dequant(NF4(W)) + s B A
+    {
+        for (int layer : {0, 29})
+            for (int t : {TARGET_Q, TARGET_K, TARGET_V, TARGET_DOWN}) {
+                CAPTURE(layer);
+                CAPTURE(LORA_TARGET_NAMES[t]);
+                int in_dim, out_dim;
+                lora_target_dims(&c, t, &in_dim, &out_dim);
+                std::vector<float> base = nf4_round_trip(linear_weight(original, layer, t), (size_t)in_dim * out_dim);
+                const LoraAdapter *a = &set.adapters[layer * N_TARGETS + t];
+                CHECK(merge_error(linear_weight(merged, layer, t), base, a->A ? a : nullptr, in_dim, out_dim,
+                                  ALPHA / RANK) <= 1e-6);
+            }
+    }
+
+    Model loaded;
+    REQUIRE_MESSAGE(model_load(&loaded, merged_dir.c_str(), err, sizeof err) == 0, err);
+
+    // the file: every weight is the merged one rounded to bf16
+    {
+        CHECK(std::memcmp(&loaded.config, &merged.config, sizeof(Config)) == 0);
+        REQUIRE(loaded.storage_floats == merged.storage_floats);
+        size_t differ = 0;
+        for (size_t i = 0; i < merged.storage_floats; i++)
+            differ += loaded.storage[i] != bf16_to_f32(f32_to_bf16(merged.storage[i]));
+        CHECK(differ == 0);
+        CHECK(loaded.lm_head == loaded.embed);
+    }
+
+    // the model: logits within bf16 rounding of the fp32 merged model
+    {
+        std::vector<int> prompt = encode(original.tokenizer, "The capital of France is", 0);
+        std::vector<float> fp32 = last_logits(merged, prompt), bf16 = last_logits(loaded, prompt);
+        float worst = 0.0f;
+        for (size_t i = 0; i < fp32.size(); i++) worst = std::fmax(worst, std::fabs(fp32[i] - bf16[i]));
+        MESSAGE("max |logit difference|, bf16 file vs fp32 merged model: ", worst);
+        CHECK(worst <= LOGIT_TOLERANCE);
+    }
+
+    check_same_tokenizer(original.tokenizer, loaded.tokenizer);
+
+    model_free(&loaded);
+    model_free(&merged);
+    lora_set_free(&set);
+}
+
+// The tiny trained tokenizers of test/test_tokenizer.cpp cover the other
+// pre-tokenizers (GPT-2, Llama-3's Split regex with ignore_merges, Qwen2's
+// with NFC): written with tokenizer_save_hf and read back, each must still
+// give HF tokenizers' ids on the fixture's cases (dev/make_tokenizer_fixtures.py).
+TEST_CASE("merge: tokenizer_save_hf round-trips the GPT-2, SmolLM, Llama-3 and Qwen2 variants") {
+    char err[1024] = "";
+    JsonValue *cases = json_parse_file("test/fixtures/tokenizer_tiny_cases.json", err, sizeof err);
+    REQUIRE_MESSAGE(cases, err);
+    for (const char *variant : {"gpt2", "smollm", "llama3", "qwen2"}) {
+        CAPTURE(variant);
+        std::string path = std::string("test/fixtures/tokenizer_tiny_") + variant + ".json";
+        Tokenizer *original = tokenizer_from_json(path.c_str(), err, sizeof err);
+        REQUIRE_MESSAGE(original, err);
+        ScratchDir dir;
+        REQUIRE_MESSAGE(tokenizer_save_hf(original, dir.path.c_str(), err, sizeof err) == 0, err);
+        Tokenizer *reloaded = tokenizer_from_json((dir.path + "/tokenizer.json").c_str(), err, sizeof err);
+        REQUIRE_MESSAGE(reloaded, err);
+        CHECK(tokenizer_pretokenizer(reloaded) == tokenizer_pretokenizer(original));
+        CHECK(tokenizer_bos_id(reloaded) == tokenizer_bos_id(original));
+        CHECK(tokenizer_eos_id(reloaded) == tokenizer_eos_id(original));
+        const JsonValue *list = json_get(cases, variant);
+        REQUIRE(list);
+        int differ = 0;
+        for (size_t i = 0; i < list->count; i++) {
+            const JsonValue *item = &list->items[i], *ids = json_get(item, "ids");
+            std::string hex = json_get_string(item, "hex", ""), text;
+            for (size_t k = 0; k + 1 < hex.size(); k += 2) text += (char)std::stoi(hex.substr(k, 2), nullptr, 16);
+            std::vector<int> expected;
+            for (size_t k = 0; k < ids->count; k++) expected.push_back((int)ids->items[k].number);
+            differ += encode(reloaded, text, json_get(item, "allow_special")->boolean) != expected;
+        }
+        CHECK(differ == 0);
+        tokenizer_free(reloaded);
+        tokenizer_free(original);
+    }
+    json_free(cases);
+}
+
+TEST_CASE("merge: a missing adapter is refused with the file named") {
+    Model m;
+    Config c = {};
+    c.arch = ARCH_LLAMA;
+    c.dim = 8;
+    c.hidden_dim = 16;
+    c.n_layers = 1;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 4;
+    c.vocab_size = 10;
+    c.max_seq_len = 16;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    char err[1024] = "";
+    REQUIRE(model_init_random(&m, &c, 1, err, sizeof err) == 0);
+    ScratchDir dir;
+    std::string missing = dir.path + "/no_adapter";
+    CHECK(merge_export(&m, missing.c_str(), 1, 1, (dir.path + "/merged").c_str(), nullptr, err, sizeof err) != 0);
+    CHECK(std::string(err).find(missing + "/adapter_config.json") != std::string::npos);
+    model_free(&m);
+}
