@@ -8,6 +8,7 @@
 // Prints a table per metric (mean and spread, base vs fine-tuned) and a few
 // answers side by side; writes a JSON report and an SVG bar chart.
 #include "adapter.h"
+#include "cli.h"
 #include "data/raft.h"
 #include "data/tokfile.h"
 #include "embed.h"
@@ -57,14 +58,10 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
-static int int_arg(const char *flag, const char *value, int min) {
-    char *end;
-    long x = strtol(value, &end, 10);
-    if (*value == '\0' || *end != '\0' || x < min || x > 1000000) {
-        fprintf(stderr, "evaluate: %s expects a whole number >= %d, got '%s'\n", flag, min, value);
-        exit(2);
-    }
-    return (int)x;
+static int positive_int(const char *flag, const char *value) {
+    int x = cli_int("evaluate", flag, value);
+    if (x < 1) bad_usage(flag, " must be at least 1");
+    return x;
 }
 
 static Options parse_args(int argc, char **argv) {
@@ -79,9 +76,9 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--embedder") == 0) o.embedder_dir = v;
         else if (strcmp(f, "--out") == 0) o.out_path = v;
-        else if (strcmp(f, "--max-new") == 0) o.max_new = int_arg(f, v, 1);
-        else if (strcmp(f, "--limit") == 0) o.limit = int_arg(f, v, 1);
-        else if (strcmp(f, "--examples") == 0) o.examples = int_arg(f, v, 0);
+        else if (strcmp(f, "--max-new") == 0) o.max_new = positive_int(f, v);
+        else if (strcmp(f, "--limit") == 0) o.limit = positive_int(f, v);
+        else if (strcmp(f, "--examples") == 0) o.examples = cli_int("evaluate", f, v);
         else bad_usage("unknown option ", f);
     }
     return o;

@@ -4,6 +4,7 @@
 // the model in chunks to fill the key/value cache, then one token at a time is
 // chosen by the sampler and printed as soon as it is known.
 #include "adapter.h"
+#include "cli.h"
 #include "forward.h"
 #include "json.h"
 #include "model.h"
@@ -53,17 +54,6 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// Parses a number option; exits with a clear message when it is not one.
-static double number_arg(const char *flag, const char *value) {
-    char *end;
-    double x = strtod(value, &end);
-    if (*value == '\0' || *end != '\0') {
-        fprintf(stderr, "generate: %s expects a number, got '%s'\n", flag, value);
-        exit(2);
-    }
-    return x;
-}
-
 static char *read_prompt_file(const char *path) {
     char err[512];
     size_t len;
@@ -96,10 +86,10 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
         else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
-        else if (strcmp(flag, "--max-new") == 0) o.max_new = (int)number_arg(flag, value);
-        else if (strcmp(flag, "--temperature") == 0) o.temperature = (float)number_arg(flag, value);
-        else if (strcmp(flag, "--top-p") == 0) o.top_p = (float)number_arg(flag, value);
-        else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)number_arg(flag, value);
+        else if (strcmp(flag, "--max-new") == 0) o.max_new = (int)cli_number("generate", flag, value);
+        else if (strcmp(flag, "--temperature") == 0) o.temperature = (float)cli_number("generate", flag, value);
+        else if (strcmp(flag, "--top-p") == 0) o.top_p = (float)cli_number("generate", flag, value);
+        else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)cli_number("generate", flag, value);
         else {
             fprintf(stderr, "generate: unknown option %s\n", flag);
             usage(stderr);

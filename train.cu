@@ -8,6 +8,7 @@
 #include "adamw.h"
 #include "base_weights.h"
 #include "checkpoint.h"
+#include "cli.h"
 #include "data/raft.h"
 #include "data/tokfile.h"
 #include "gpu.h"
@@ -96,25 +97,6 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
-static double number_arg(const char *flag, const char *value) {
-    char *end;
-    double x = strtod(value, &end);
-    if (*value == '\0' || *end != '\0' || !isfinite(x)) {
-        fprintf(stderr, "train: %s expects a number, got '%s'\n", flag, value);
-        exit(2);
-    }
-    return x;
-}
-
-static int int_arg(const char *flag, const char *value) {
-    double x = number_arg(flag, value);
-    if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
-        fprintf(stderr, "train: %s expects a whole number, got '%s'\n", flag, value);
-        exit(2);
-    }
-    return (int)x;
-}
-
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     for (int i = 1; i < argc; i++) {
@@ -129,33 +111,33 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--val-data") == 0) o.val_path = v;
-        else if (strcmp(f, "--val-frac") == 0) o.val_frac = (float)number_arg(f, v);
+        else if (strcmp(f, "--val-frac") == 0) o.val_frac = (float)cli_number("train", f, v);
         else if (strcmp(f, "--device") == 0) o.device = v;
         else if (strcmp(f, "--out") == 0) o.out_dir = v;
         else if (strcmp(f, "--targets") == 0) o.targets = v;
         else if (strcmp(f, "--quant") == 0) o.quant = v;
-        else if (strcmp(f, "--steps") == 0) o.steps = int_arg(f, v);
-        else if (strcmp(f, "--epochs") == 0) o.epochs = int_arg(f, v);
-        else if (strcmp(f, "--batch") == 0) o.batch = int_arg(f, v);
-        else if (strcmp(f, "--grad-accum") == 0) o.grad_accum = int_arg(f, v);
-        else if (strcmp(f, "--seq") == 0) o.max_seq = int_arg(f, v);
-        else if (strcmp(f, "--seed") == 0) o.seed = int_arg(f, v);
-        else if (strcmp(f, "--rank") == 0) o.rank = int_arg(f, v);
-        else if (strcmp(f, "--double-quant") == 0) o.double_quant = int_arg(f, v);
-        else if (strcmp(f, "--recompute") == 0) o.recompute = int_arg(f, v);
-        else if (strcmp(f, "--eval-every") == 0) o.eval_every = int_arg(f, v);
-        else if (strcmp(f, "--save-every") == 0) o.save_every = int_arg(f, v);
+        else if (strcmp(f, "--steps") == 0) o.steps = cli_int("train", f, v);
+        else if (strcmp(f, "--epochs") == 0) o.epochs = cli_int("train", f, v);
+        else if (strcmp(f, "--batch") == 0) o.batch = cli_int("train", f, v);
+        else if (strcmp(f, "--grad-accum") == 0) o.grad_accum = cli_int("train", f, v);
+        else if (strcmp(f, "--seq") == 0) o.max_seq = cli_int("train", f, v);
+        else if (strcmp(f, "--seed") == 0) o.seed = cli_int("train", f, v);
+        else if (strcmp(f, "--rank") == 0) o.rank = cli_int("train", f, v);
+        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_int("train", f, v);
+        else if (strcmp(f, "--recompute") == 0) o.recompute = cli_int("train", f, v);
+        else if (strcmp(f, "--eval-every") == 0) o.eval_every = cli_int("train", f, v);
+        else if (strcmp(f, "--save-every") == 0) o.save_every = cli_int("train", f, v);
         else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
-        else if (strcmp(f, "--stop-at") == 0) o.stop_at = int_arg(f, v);
-        else if (strcmp(f, "--early-stop") == 0) o.early_stop = int_arg(f, v);
-        else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = (float)number_arg(f, v);
-        else if (strcmp(f, "--lr") == 0) o.lr = (float)number_arg(f, v);
-        else if (strcmp(f, "--warmup") == 0) o.warmup = (float)number_arg(f, v);
-        else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = (float)number_arg(f, v);
-        else if (strcmp(f, "--clip") == 0) o.clip = (float)number_arg(f, v);
-        else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = (float)number_arg(f, v);
-        else if (strcmp(f, "--alpha") == 0) o.alpha = (float)number_arg(f, v);
-        else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = (float)number_arg(f, v);
+        else if (strcmp(f, "--stop-at") == 0) o.stop_at = cli_int("train", f, v);
+        else if (strcmp(f, "--early-stop") == 0) o.early_stop = cli_int("train", f, v);
+        else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--lr") == 0) o.lr = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--warmup") == 0) o.warmup = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--clip") == 0) o.clip = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--alpha") == 0) o.alpha = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = (float)cli_number("train", f, v);
         else bad_usage("unknown option ", f);
     }
     if (o.steps < 1 || o.batch < 1 || o.grad_accum < 1 || o.rank < 1 || o.eval_every < 1 || o.epochs < 0 ||

@@ -1,6 +1,7 @@
 // data/checks.c: drop counting with file:line messages, exact-duplicate
 // detection, token-length statistics, and the report (text and JSON).
 #include "checks.h"
+#include "jsonl.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -228,4 +229,30 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
     int failed = ferror(f);
     if (fclose(f) != 0 || failed) { snprintf(err, err_size, "%s: write error", path); return -1; }
     return 0;
+}
+
+int read_jsonl_checked(const char *path, Report *r, JsonlLineReader read_line, void *context, char *err,
+                       size_t err_size) {
+    JsonlFile file;
+    if (jsonl_open(&file, path, err, err_size) != 0) return -1;
+    if (file.size == 0) {
+        snprintf(err, err_size, "%s: the file is empty", path);
+        jsonl_close(&file);
+        return -1;
+    }
+    int status = 0;
+    size_t len;
+    const char *text;
+    while (status == 0 && (text = jsonl_next(&file, &len)) != NULL) {
+        char where[4200], reason[512];
+        snprintf(where, sizeof where, "%s:%d", path, file.line_number);
+        r->lines++;
+        JsonValue *line = jsonl_parse_line(text, len, reason, sizeof reason);
+        status = line ? read_line(context, r, line, where) : report_drop(r, DROP_INVALID_JSON, where, reason);
+        json_free(line);
+        if (status != 0)
+            snprintf(err, err_size, "%s: %s", where, r->strict ? "stopped at the first bad line (--strict)" : "out of memory");
+    }
+    jsonl_close(&file);
+    return status;
 }

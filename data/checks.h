@@ -79,6 +79,15 @@ int check_text(const JsonValue *value, const char *what, DropReason *why, char *
 // unknown document): the caller stops. Otherwise 0.
 int report_drop(Report *r, DropReason why, const char *where, const char *reason);
 
+// Reads every line of a JSONL file leniently: each line is parsed and handed
+// to read_line(context, r, line, "path:N"); a line that is not valid JSON is
+// counted as a drop. An empty file is an error. Returns 0, or -1 with the
+// message in err when the file cannot be read or read_line says stop
+// (strict mode, out of memory).
+typedef int (*JsonlLineReader)(void *context, Report *r, const JsonValue *line, const char *where);
+int read_jsonl_checked(const char *path, Report *r, JsonlLineReader read_line, void *context, char *err,
+                       size_t err_size);
+
 // 1 when question + answer was seen before (exactly), else 0 and remembers
 // it; -1 when memory runs out.
 int report_is_duplicate(Report *r, const char *question, const char *answer);

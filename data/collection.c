@@ -1,7 +1,6 @@
 // data/collection.c: reading a document collection and its question/answer
 // pairs (see collection.h), counting and naming every line it skips.
 #include "collection.h"
-#include "jsonl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,7 +102,8 @@ int collection_add_pair(Collection *c, Report *r, const char *where, const char 
 }
 
 // One line of DOCS.jsonl: checks the types, then adds it.
-static int read_document_line(Collection *c, Report *r, const JsonValue *line, const char *where) {
+static int read_document_line(void *context, Report *r, const JsonValue *line, const char *where) {
+    Collection *c = (Collection *)context;
     char reason[512];
     DropReason why;
     if (line->type != JSON_OBJECT)
@@ -122,7 +122,8 @@ static int read_document_line(Collection *c, Report *r, const JsonValue *line, c
 }
 
 // One line of QA.jsonl: checks the types, then adds it.
-static int read_pair_line(Collection *c, Report *r, const JsonValue *line, const char *where) {
+static int read_pair_line(void *context, Report *r, const JsonValue *line, const char *where) {
+    Collection *c = (Collection *)context;
     char reason[512];
     DropReason why;
     if (line->type != JSON_OBJECT)
@@ -135,39 +136,11 @@ static int read_pair_line(Collection *c, Report *r, const JsonValue *line, const
                                json_get(line, "doc")->string);
 }
 
-// Reads every line of path through read_line (documents or pairs).
-static int read_lines(Collection *c, Report *r, const char *path,
-                      int (*read_line)(Collection *, Report *, const JsonValue *, const char *), char *err,
-                      size_t err_size) {
-    JsonlFile file;
-    if (jsonl_open(&file, path, err, err_size) != 0) return -1;
-    if (file.size == 0) {
-        snprintf(err, err_size, "%s: the file is empty", path);
-        jsonl_close(&file);
-        return -1;
-    }
-    int status = 0;
-    size_t len;
-    const char *text;
-    while (status == 0 && (text = jsonl_next(&file, &len)) != NULL) {
-        char where[4200], reason[512];
-        snprintf(where, sizeof where, "%s:%d", path, file.line_number);
-        r->lines++;
-        JsonValue *line = jsonl_parse_line(text, len, reason, sizeof reason);
-        status = line ? read_line(c, r, line, where) : report_drop(r, DROP_INVALID_JSON, where, reason);
-        json_free(line);
-        if (status != 0)
-            snprintf(err, err_size, "%s: %s", where, r->strict ? "stopped at the first bad line (--strict)" : "out of memory");
-    }
-    jsonl_close(&file);
-    return status;
-}
-
 int collection_read(Collection *c, Report *r, const char *docs_path, const char *qa_path, char *err, size_t err_size) {
-    if (read_lines(c, r, docs_path, read_document_line, err, err_size) != 0) return -1;
+    if (read_jsonl_checked(docs_path, r, read_document_line, c, err, err_size) != 0) return -1;
     if (c->n_documents == 0) {
         snprintf(err, err_size, "%s: no usable documents", docs_path);
         return -1;
     }
-    return read_lines(c, r, qa_path, read_pair_line, err, err_size);
+    return read_jsonl_checked(qa_path, r, read_pair_line, c, err, err_size);
 }

@@ -6,6 +6,7 @@
 //   ./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512
 //   ./prepare --docs docs.jsonl --qa qa.jsonl --out out/my-data
 //   ./prepare --input samples.jsonl --out out/my-data
+#include "../cli.h"
 #include "collection.h"
 #include "faq.h"
 #include "raft.h"
@@ -70,25 +71,6 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
-static double number_arg(const char *flag, const char *value) {
-    char *end;
-    double x = strtod(value, &end);
-    if (*value == '\0' || *end != '\0' || !isfinite(x)) {
-        fprintf(stderr, "prepare: %s expects a number, got '%s'\n", flag, value);
-        exit(2);
-    }
-    return x;
-}
-
-static int int_arg(const char *flag, const char *value) {
-    double x = number_arg(flag, value);
-    if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
-        fprintf(stderr, "prepare: %s expects a whole number, got '%s'\n", flag, value);
-        exit(2);
-    }
-    return (int)x;
-}
-
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     for (int i = 1; i < argc; i++) {
@@ -107,12 +89,12 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;
         else if (strcmp(f, "--no-oracle-answer") == 0) o.no_oracle_answer = v;
         else if (strcmp(f, "--no-oracle-answer-ko") == 0) o.no_oracle_answer_ko = v;
-        else if (strcmp(f, "--distractors") == 0) o.distractors = int_arg(f, v);
-        else if (strcmp(f, "--max-seq") == 0) o.max_seq = int_arg(f, v);
-        else if (strcmp(f, "--seed") == 0) o.seed = int_arg(f, v);
-        else if (strcmp(f, "--faq-answer-tokens") == 0) o.faq_answer_tokens = int_arg(f, v);
-        else if (strcmp(f, "--no-oracle") == 0) o.no_oracle = number_arg(f, v);
-        else if (strcmp(f, "--val-frac") == 0) o.val_frac = number_arg(f, v);
+        else if (strcmp(f, "--distractors") == 0) o.distractors = cli_int("prepare", f, v);
+        else if (strcmp(f, "--max-seq") == 0) o.max_seq = cli_int("prepare", f, v);
+        else if (strcmp(f, "--seed") == 0) o.seed = cli_int("prepare", f, v);
+        else if (strcmp(f, "--faq-answer-tokens") == 0) o.faq_answer_tokens = cli_int("prepare", f, v);
+        else if (strcmp(f, "--no-oracle") == 0) o.no_oracle = cli_number("prepare", f, v);
+        else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_number("prepare", f, v);
         else bad_usage("unknown option ", f);
     }
     if (!o.input && !o.docs && !o.qa && !o.faq_dir) bad_usage("give a source: --input, --docs with --qa, or --debian-faq", "");

@@ -183,7 +183,8 @@ int raft_read_jsonl(RaftData *data, const char *path, char *err, size_t err_size
 
 // Checks one parsed line and appends it unless it is bad or a duplicate.
 // Returns 0, or -1 when the caller must stop (strict mode, out of memory).
-static int add_checked_line(RaftData *data, Report *r, const JsonValue *line, const char *where) {
+static int add_checked_line(void *context, Report *r, const JsonValue *line, const char *where) {
+    RaftData *data = (RaftData *)context;
     char reason[512];
     DropReason why;
     RaftSample sample;
@@ -201,28 +202,7 @@ static int add_checked_line(RaftData *data, Report *r, const JsonValue *line, co
 }
 
 int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, size_t err_size) {
-    JsonlFile file;
-    if (jsonl_open(&file, path, err, err_size) != 0) return -1;
-    if (file.size == 0) {
-        snprintf(err, err_size, "%s: the file is empty", path);
-        jsonl_close(&file);
-        return -1;
-    }
-    int status = 0;
-    size_t len;
-    const char *text;
-    while (status == 0 && (text = jsonl_next(&file, &len)) != NULL) {
-        char where[4200], reason[512];
-        snprintf(where, sizeof where, "%s:%d", path, file.line_number);
-        r->lines++;
-        JsonValue *line = jsonl_parse_line(text, len, reason, sizeof reason);
-        status = line ? add_checked_line(data, r, line, where) : report_drop(r, DROP_INVALID_JSON, where, reason);
-        json_free(line);
-        if (status != 0)
-            snprintf(err, err_size, "%s: %s", where, r->strict ? "stopped at the first bad line (--strict)" : "out of memory");
-    }
-    jsonl_close(&file);
-    return status;
+    return read_jsonl_checked(path, r, add_checked_line, data, err, err_size);
 }
 
 // ---- rendering ----------------------------------------------------------------

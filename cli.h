@@ -1,0 +1,16 @@
+// cli.h: the number parsing shared by the programs' option parsers. A bad
+// value exits with status 2 and "PROGRAM: --flag expects ..., got 'VALUE'".
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// A finite number (strtod syntax).
+double cli_number(const char *program, const char *flag, const char *value);
+// A whole number within int's range.
+int cli_int(const char *program, const char *flag, const char *value);
+
+#ifdef __cplusplus
+}
+#endif
