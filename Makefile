@@ -26,7 +26,7 @@ endif
 #   make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
 # Library sources (everything but the programs' main files).
-LIB_C  = cli.c json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c data/raft_build.c data/faq.c data/tokfile.c memory_plan.c plot.c porter.c rouge.c wordpiece.c embed.c
+LIB_C  = cli.c json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c data/raft_build.c data/faq.c data/tokfile.c memory_plan.c plot.c porter.c rouge.c wordpiece.c embed.c eval.c
 LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu train_gpu.cu merge.cu
 PROGRAMS = generate train prepare evaluate
 # The default training data (./train with no --data), built from the Debian FAQ below.

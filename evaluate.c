@@ -9,15 +9,8 @@
 // answers side by side; writes a JSON report and an SVG bar chart.
 #include "adapter.h"
 #include "cli.h"
-#include "data/raft.h"
-#include "data/tokfile.h"
-#include "embed.h"
-#include "forward.h"
-#include "model.h"
+#include "eval.h"
 #include "plot.h"
-#include "rouge.h"
-#include "sampler.h"
-#include "tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -84,189 +77,13 @@ static Options parse_args(int argc, char **argv) {
     return o;
 }
 
-// ---- the samples: prompt tokens and the reference answer ---------------------
-
-typedef struct {
-    int *ids, *targets;   // the whole rendered sample and its shifted answer-only targets
-    int n_tokens;
-    int n_prompt;         // ids[0..n_prompt) is everything up to the answer
-    char *reference;      // the reference answer's text
-} EvalSample;
-
-// Splits a rendered sample: the prompt ends where the first answer token
-// begins (targets[t] labels token t + 1); the reference is the answer tokens
-// without the closing end-of-turn token. -1 when nothing is labelled.
-static int split_sample(const Tokenizer *tok, EvalSample *s) {
-    int first = -1, last = -1;
-    for (int t = 0; t < s->n_tokens; t++) {
-        if (s->targets[t] == RAFT_IGNORE) continue;
-        if (first < 0) first = t;
-        last = t;
-    }
-    if (first < 0) return -1;
-    s->n_prompt = first + 1;
-    int end = last + 2;   // one past the last answer token
-    int im_end = tokenizer_find(tok, "<|im_end|>");
-    if (end > s->n_prompt && s->ids[end - 1] == im_end) end--;
-    size_t len;
-    s->reference = tokenizer_decode(tok, s->ids + s->n_prompt, end - s->n_prompt, &len);
-    return s->reference ? 0 : -1;
-}
-
-// Reads up to limit samples from a ./prepare .bin or a RAFT JSONL file.
-static EvalSample *load_samples(const char *path, const Tokenizer *tok, int limit, int *count) {
-    char err[1024];
-    EvalSample *samples = (EvalSample *)calloc((size_t)limit, sizeof(EvalSample));
-    *count = 0;
-    size_t len = strlen(path);
-    if (len > 4 && strcmp(path + len - 4, ".bin") == 0) {
-        TokFile f;
-        if (tokfile_read(&f, path, tok, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
-        for (long i = 0; i < f.count && *count < limit; i++) {
-            EvalSample *s = &samples[*count];
-            s->ids = f.samples[i].ids;
-            s->targets = f.samples[i].targets;
-            s->n_tokens = f.samples[i].n_tokens;
-            f.samples[i].ids = f.samples[i].targets = NULL;
-            if (split_sample(tok, s) == 0) (*count)++;
-        }
-        tokfile_free(&f);
-    } else {
-        RaftData data;
-        if (raft_read_jsonl(&data, path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
-        for (int i = 0; i < data.count && *count < limit; i++) {
-            EvalSample *s = &samples[*count];
-            s->n_tokens = raft_encode(tok, &data.samples[i], &s->ids, &s->targets);
-            if (s->n_tokens < 0) { fprintf(stderr, "evaluate: cannot render %s: no chat template tokens\n", path); exit(1); }
-            if (split_sample(tok, s) == 0) (*count)++;
-        }
-        raft_free(&data);
-    }
-    if (*count == 0) { fprintf(stderr, "evaluate: %s: no sample with an answer to evaluate\n", path); exit(1); }
-    return samples;
-}
-
-static void free_samples(EvalSample *samples, int count) {
-    for (int i = 0; i < count; i++) { free(samples[i].ids); free(samples[i].targets); free(samples[i].reference); }
-    free(samples);
-}
-
-// ---- one model on one sample -----------------------------------------------------
-
-typedef struct {
-    char *answer;
-    double loss_sum;   // summed answer-token loss of the reference
-    int n_counted;
-    RougeScores rouge;
-    float similarity;
-} Outcome;
-
-// The greedy answer to the prompt, stopping at <|im_end|> / eos or max_new tokens.
-static char *generate_answer(const Model *m, InferState *state, const EvalSample *s, int max_new) {
-    const Tokenizer *tok = m->tokenizer;
-    int im_end = tokenizer_find(tok, "<|im_end|>"), eos = tokenizer_eos_id(tok);
-    int *answer = (int *)malloc(sizeof(int) * (size_t)max_new);
-    const float *logits = NULL;
-    for (int pos = 0; pos < s->n_prompt; pos += state->max_chunk) {
-        int n = s->n_prompt - pos < state->max_chunk ? s->n_prompt - pos : state->max_chunk;
-        logits = forward_cpu(m, state, s->ids + pos, n, pos, 0, NULL);
-    }
-    int n_answer = 0;
-    for (int pos = s->n_prompt; n_answer < max_new && pos < state->max_seq; pos++) {
-        int token = sample_argmax(logits, m->config.vocab_size);
-        if (token == im_end || token == eos) break;
-        answer[n_answer++] = token;
-        if (pos + 1 >= state->max_seq) break;
-        logits = forward_cpu(m, state, &token, 1, pos, 0, NULL);
-    }
-    size_t len;
-    char *text = tokenizer_decode(tok, answer, n_answer, &len);
-    free(answer);
-    return text;
-}
-
-// Summed cross-entropy of the reference answer tokens (teacher forcing).
-static double answer_loss(const Model *m, InferState *state, const EvalSample *s, int *n_counted) {
-    int vocab = m->config.vocab_size;
-    double total = 0.0;
-    *n_counted = 0;
-    for (int pos = 0; pos < s->n_tokens; pos += state->max_chunk) {
-        int n = s->n_tokens - pos < state->max_chunk ? s->n_tokens - pos : state->max_chunk;
-        const float *logits = forward_cpu(m, state, s->ids + pos, n, pos, 1, NULL);
-        for (int t = 0; t < n; t++) {
-            int target = s->targets[pos + t];
-            if (target == RAFT_IGNORE) continue;
-            const float *row = logits + (size_t)t * vocab;
-            // -log softmax(row)[target] = log sum exp(row - max) + max - row[target]
-            float max = row[0];
-            for (int v = 1; v < vocab; v++) max = row[v] > max ? row[v] : max;
-            double sum = 0.0;
-            for (int v = 0; v < vocab; v++) sum += exp((double)row[v] - max);
-            total += log(sum) + max - row[target];
-            (*n_counted)++;
-        }
-    }
-    return total;
-}
-
-// Korean (or any non-ASCII) references are scored per character: rouge-score's
-// tokenizer would throw their letters away (see rouge.h).
-static RougeTokenizer rouge_tokenizer_for(const char *reference) {
-    for (const unsigned char *p = (const unsigned char *)reference; *p; p++)
-        if (*p >= 0x80) return ROUGE_TOKENIZE_CHARS;
-    return ROUGE_TOKENIZE_DEFAULT;
-}
-
-static Outcome evaluate_sample(const Model *m, InferState *state, const Embedder *embedder, const EvalSample *s,
-                               int max_new) {
-    Outcome o;
-    memset(&o, 0, sizeof o);
-    o.loss_sum = answer_loss(m, state, s, &o.n_counted);
-    o.answer = generate_answer(m, state, s, max_new);
-    o.rouge = rouge_score(o.answer, s->reference, rouge_tokenizer_for(s->reference), 0);
-    int dim = embedder_dim(embedder);
-    float *a = (float *)malloc(sizeof(float) * dim), *b = (float *)malloc(sizeof(float) * dim);
-    if (embed_text(embedder, o.answer, a) == 0 && embed_text(embedder, s->reference, b) == 0)
-        o.similarity = embed_cosine(a, b, dim);
-    free(a);
-    free(b);
-    return o;
-}
-
-// ---- summaries and report ----------------------------------------------------------
-
-// The metrics of one model over all samples.
-typedef struct {
-    MeanStd rouge_f1[ROUGE_KINDS];
-    MeanStd similarity;
-    double loss, perplexity;   // mean answer-token loss over all answer tokens, and exp of it
-} Summary;
-
-static Summary summarize(const Outcome *outcomes, int count) {
-    Summary s;
-    double *values = (double *)malloc(sizeof(double) * count);
-    for (int k = 0; k < ROUGE_KINDS; k++) {
-        for (int i = 0; i < count; i++) values[i] = outcomes[i].rouge.kind[k].f1;
-        s.rouge_f1[k] = rouge_mean_std(values, count);
-    }
-    for (int i = 0; i < count; i++) values[i] = outcomes[i].similarity;
-    s.similarity = rouge_mean_std(values, count);
-    free(values);
-    double loss = 0.0;
-    long counted = 0;
-    for (int i = 0; i < count; i++) { loss += outcomes[i].loss_sum; counted += outcomes[i].n_counted; }
-    s.loss = counted ? loss / counted : 0.0;
-    s.perplexity = exp(s.loss);
-    return s;
-}
-
 static void print_row(const char *name, MeanStd base, const MeanStd *tuned) {
     printf("  %-22s %7.4f +- %-7.4f", name, base.mean, base.std);
     if (tuned) printf("   %7.4f +- %-7.4f   %+8.4f", tuned->mean, tuned->std, tuned->mean - base.mean);
     printf("\n");
 }
 
-static void print_tables(const Summary *base, const Summary *tuned, int count) {
+static void print_tables(const EvalSummary *base, const EvalSummary *tuned, int count) {
     printf("\n%d samples; mean +- standard deviation over samples\n", count);
     printf("  %-22s %-19s%s\n", "metric", "base", tuned ? "   fine-tuned            change" : "");
     const char *names[ROUGE_KINDS] = {"ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"};
@@ -300,7 +117,7 @@ static void write_json_string(FILE *f, const char *text) {
     fputc('"', f);
 }
 
-static void write_summary_json(FILE *f, const char *name, const Summary *s) {
+static void write_summary_json(FILE *f, const char *name, const EvalSummary *s) {
     fprintf(f, "  \"%s\": {\"rouge1_f1\": [%.6f, %.6f], \"rouge2_f1\": [%.6f, %.6f], \"rougeL_f1\": [%.6f, %.6f], "
                "\"embedding_cosine\": [%.6f, %.6f], \"answer_loss\": %.6f, \"perplexity\": %.6f}",
             name, s->rouge_f1[ROUGE_1].mean, s->rouge_f1[ROUGE_1].std, s->rouge_f1[ROUGE_2].mean,
@@ -309,7 +126,7 @@ static void write_summary_json(FILE *f, const char *name, const Summary *s) {
 }
 
 static int write_report(const char *path, const Options *o, const EvalSample *samples, int count,
-                        const Outcome *base, const Outcome *tuned, const Summary *sb, const Summary *st) {
+                        const EvalOutcome *base, const EvalOutcome *tuned, const EvalSummary *sb, const EvalSummary *st) {
     FILE *f = fopen(path, "w");
     if (!f) { fprintf(stderr, "evaluate: cannot write %s\n", path); return -1; }
     fprintf(f, "{\n  \"model\": ");
@@ -342,7 +159,7 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
     return fclose(f) == 0 ? 0 : -1;
 }
 
-static void write_chart(const char *json_path, const Summary *base, const Summary *tuned) {
+static void write_chart(const char *json_path, const EvalSummary *base, const EvalSummary *tuned) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s", json_path);
     size_t len = strlen(path);
@@ -353,7 +170,7 @@ static void write_chart(const char *json_path, const Summary *base, const Summar
     double values[8], errors[8];
     int count = 0;
     for (int k = 0; k <= ROUGE_KINDS; k++) {
-        const Summary *s[2] = {base, tuned};
+        const EvalSummary *s[2] = {base, tuned};
         for (int which = 0; which < 2; which++) {
             MeanStd m = !s[which] ? (MeanStd){NAN, 0} : k < ROUGE_KINDS ? s[which]->rouge_f1[k] : s[which]->similarity;
             values[count] = m.mean;
@@ -379,27 +196,6 @@ static void load_model(Model *m, const char *path, const char *adapter_dir) {
            info.scaling);
 }
 
-// Runs one model over every sample (the state is sized for the longest).
-static Outcome *run_model(const Model *m, const Embedder *embedder, const EvalSample *samples, int count,
-                          int max_new, const char *name) {
-    int longest = 0;
-    for (int i = 0; i < count; i++) if (samples[i].n_tokens > longest) longest = samples[i].n_tokens;
-    InferState state;
-    if (infer_state_init(&state, &m->config, longest + max_new + 1, 256) != 0) {
-        fprintf(stderr, "evaluate: out of memory for the inference state\n");
-        exit(1);
-    }
-    Outcome *outcomes = (Outcome *)calloc((size_t)(count > 0 ? count : 1), sizeof(Outcome));
-    for (int i = 0; i < count; i++) {
-        outcomes[i] = evaluate_sample(m, &state, embedder, &samples[i], max_new);
-        printf("\r%s: %d/%d answered", name, i + 1, count);
-        fflush(stdout);
-    }
-    printf("\n");
-    infer_state_free(&state);
-    return outcomes;
-}
-
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
@@ -411,18 +207,18 @@ int main(int argc, char **argv) {
     Model model;
     load_model(&model, o.model_path, NULL);
     int count;
-    EvalSample *samples = load_samples(o.data_path, model.tokenizer, o.limit, &count);
+    EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count);
     printf("evaluating %d samples of %s, greedy answers of up to %d tokens\n", count, o.data_path, o.max_new);
-    Outcome *base = run_model(&model, &embedder, samples, count, o.max_new, "base");
+    EvalOutcome *base = eval_run_model(&model, &embedder, samples, count, o.max_new, "base");
     model_free(&model);
-    Outcome *tuned = NULL;
+    EvalOutcome *tuned = NULL;
     if (o.adapter_dir) {
         load_model(&model, o.model_path, o.adapter_dir);
-        tuned = run_model(&model, &embedder, samples, count, o.max_new, "fine-tuned");
+        tuned = eval_run_model(&model, &embedder, samples, count, o.max_new, "fine-tuned");
         model_free(&model);
     }
-    Summary sb = summarize(base, count), st;
-    if (tuned) st = summarize(tuned, count);
+    EvalSummary sb = eval_summarize(base, count), st;
+    if (tuned) st = eval_summarize(tuned, count);
     print_tables(&sb, tuned ? &st : NULL, count);
     for (int i = 0; i < count && i < o.examples; i++) {
         printf("\nsample %d\n", i + 1);
@@ -437,10 +233,9 @@ int main(int argc, char **argv) {
     if (write_report(path, &o, samples, count, base, tuned, &sb, tuned ? &st : NULL) != 0) return 1;
     printf("\nreport: %s\n", path);
     write_chart(path, &sb, tuned ? &st : NULL);
-    for (int i = 0; i < count; i++) { free(base[i].answer); if (tuned) free(tuned[i].answer); }
-    free(base);
-    free(tuned);
-    free_samples(samples, count);
+    eval_free_outcomes(base, count);
+    eval_free_outcomes(tuned, count);
+    eval_free_samples(samples, count);
     embedder_free(&embedder);
     return 0;
 }

@@ -6,11 +6,13 @@
 // down are trained with AdamW on the answer tokens only; the adapter is saved
 // in HF peft's layout.
 #include "adamw.h"
+#include "adapter.h"
 #include "base_weights.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "data/raft.h"
 #include "data/tokfile.h"
+#include "eval.h"
 #include "gpu.h"
 #include "lora.h"
 #include "memory_plan.h"
@@ -35,14 +37,14 @@
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
     DEFAULT_MODEL, DEFAULT_DATA, NULL, "auto", "out", "q,k,v,o,gate,up,down", "nf4", NULL,
-    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0, 0, 0, 0, 80.0f,
+    12, 0, 1, 1024, 2, 1234, 16, 0, 1, 0, 4, 0, 0, 0, 0, 0, 0, 80.0f,
     5e-4f, 0.1f, 0.1f, 1.0f, 0.0f, 32.0f, 0.05f, 0.125f,
 };
 
@@ -77,6 +79,8 @@ static void usage(FILE *out) {
             "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
             "  --eval-every N      validation loss every N steps (default %d)\n"
             "  --early-stop N      stop when val loss has not improved for N evaluations (default 0: off)\n"
+            "  --eval-answers N    at each validation, also answer the first N validation questions greedily and\n"
+            "                      score them as ./evaluate does (ROUGE, embedding cosine; CPU) (default 0: off)\n"
             "  --seed S            seed for adapters, dropout and data order (default %d)\n"
             "  --out DIR           where the log, checkpoints and adapter go (default %s)\n"
             "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
@@ -130,6 +134,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
         else if (strcmp(f, "--stop-at") == 0) o.stop_at = cli_int("train", f, v);
         else if (strcmp(f, "--early-stop") == 0) o.early_stop = cli_int("train", f, v);
+        else if (strcmp(f, "--eval-answers") == 0) o.eval_answers = cli_int("train", f, v);
         else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = (float)cli_number("train", f, v);
         else if (strcmp(f, "--lr") == 0) o.lr = (float)cli_number("train", f, v);
         else if (strcmp(f, "--warmup") == 0) o.warmup = (float)cli_number("train", f, v);
@@ -503,6 +508,42 @@ static int save_merged(const Options *o, Model *model) {
     return 0;
 }
 
+// --eval-answers: the adapter as it is now, merged into a fresh copy of the
+// base, answers the first n validation questions; scored with ./evaluate's code.
+static void evaluate_answers(const Options *o, Engine *e, Trainable *tr, const Config *c, const ExampleSet *val_set,
+                             const Embedder *embedder, int step) {
+    char dir[4096], err[1024];
+    engine_sync_to_host(e, tr);
+    if (save_adapter(o, tr, c, "eval_adapter") != 0) return;
+    snprintf(dir, sizeof dir, "%s/eval_adapter", o->out_dir);
+    Model merged;
+    if (model_load(&merged, o->model_path, err, sizeof err) != 0 ||
+        adapter_merge_peft(&merged, dir, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --eval-answers: %s\n", err);
+        return;
+    }
+    int n = o->eval_answers < val_set->count ? o->eval_answers : val_set->count, count = 0;
+    EvalSample *samples = (EvalSample *)calloc((size_t)(n > 0 ? n : 1), sizeof(EvalSample));
+    for (int i = 0; i < n; i++) {
+        const Example *x = &val_set->examples[i];
+        EvalSample *s = &samples[count];
+        s->n_tokens = x->n_tokens;
+        s->ids = (int *)malloc(sizeof(int) * x->n_tokens);
+        s->targets = (int *)malloc(sizeof(int) * x->n_tokens);
+        memcpy(s->ids, x->ids, sizeof(int) * x->n_tokens);
+        memcpy(s->targets, x->targets, sizeof(int) * x->n_tokens);
+        if (eval_split_sample(merged.tokenizer, s) == 0) count++;
+        else { free(s->ids); free(s->targets); }
+    }
+    EvalOutcome *outcomes = eval_run_model(&merged, embedder, samples, count, 64, "val answers");
+    EvalSummary summary = eval_summarize(outcomes, count);
+    printf("step %4d | val answers (%d, greedy, 64 tokens): ROUGE-1 F1 %.3f, ROUGE-L F1 %.3f, embedding cosine %.3f\n",
+           step, count, summary.rouge_f1[ROUGE_1].mean, summary.rouge_f1[ROUGE_L].mean, summary.similarity.mean);
+    eval_free_outcomes(outcomes, count);
+    eval_free_samples(samples, count);
+    model_free(&merged);
+}
+
 static void split_data(const RaftData *data, const Options *o, int *train_idx, int *n_train, int *val_idx, int *n_val) {
     int *order = (int *)malloc(sizeof(int) * data->count);
     for (int i = 0; i < data->count; i++) order[i] = i;
@@ -635,6 +676,12 @@ int main(int argc, char **argv) {
     int samples_per_step = o.batch * o.grad_accum;
     int total_steps = o.epochs > 0 ? (o.epochs * train_set.count + samples_per_step - 1) / samples_per_step : o.steps;
 
+    Embedder embedder;
+    memset(&embedder, 0, sizeof embedder);
+    if (o.eval_answers > 0 && embedder_load(&embedder, EMBED_DEFAULT_MODEL_DIR, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --eval-answers: %s (run `make fetch`)\n", err);
+        return 1;
+    }
     Engine engine;
     memset(&engine, 0, sizeof engine);
     engine.on_gpu = strcmp(o.device, "cuda") == 0;
@@ -765,6 +812,8 @@ int main(int argc, char **argv) {
         double val_loss = NAN;
         if (val_set.count && ((step + 1) % o.eval_every == 0 || step + 1 == total_steps))
             val_loss = evaluate(&engine, c, &tr, &o, &val_set);
+        if (!isnan(val_loss) && o.eval_answers > 0)
+            evaluate_answers(&o, &engine, &tr, c, &val_set, &embedder, step + 1);
         printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s | eta %.0f s", step + 1,
                total_steps, train_loss, norm, lr, ms, step_tokens / (ms / 1000.0), eta);
         if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
@@ -835,6 +884,7 @@ int main(int argc, char **argv) {
     }
     free_examples(&train_set);
     free_examples(&val_set);
+    if (o.eval_answers > 0) embedder_free(&embedder);
     model_free(&model);
     return 0;
 }
