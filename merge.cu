@@ -180,18 +180,22 @@ static int write_config(const Model *m, const char *path, char *err, size_t err_
 
 // ---- the whole directory -------------------------------------------------------
 
-int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
-                 AdapterInfo *info, char *err, size_t err_size) {
+int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_size) {
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, err_size, "%s: cannot create: %s", out_dir, strerror(errno));
         return -1;
     }
-    if (quantize_nf4 && round_trip_nf4(m, double_quant, err, err_size) != 0) return -1;
-    if (adapter_merge_peft(m, adapter_dir, info, err, err_size) != 0) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
     if (write_weights(m, path, err, err_size) != 0) return -1;
     snprintf(path, sizeof path, "%s/config.json", out_dir);
     if (write_config(m, path, err, err_size) != 0) return -1;
     return m->tokenizer ? tokenizer_save_hf(m->tokenizer, out_dir, err, err_size) : 0;
+}
+
+int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
+                 AdapterInfo *info, char *err, size_t err_size) {
+    if (quantize_nf4 && round_trip_nf4(m, double_quant, err, err_size) != 0) return -1;
+    if (adapter_merge_peft(m, adapter_dir, info, err, err_size) != 0) return -1;
+    return model_save_hf(m, out_dir, err, err_size);
 }

@@ -27,6 +27,11 @@ extern "C" {
 int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
                  AdapterInfo *info, char *err, size_t err_size);
 
+// Writes m as an HF model directory (out_dir created when missing): every
+// weight rounded to bf16 in model.safetensors, config.json, and the
+// tokenizer files when m has a tokenizer. Returns 0, or -1 with a message.
+int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_size);
+
 #ifdef __cplusplus
 }
 #endif

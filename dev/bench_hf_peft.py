@@ -3,6 +3,11 @@ random-weight Llama-family model of the same shape, batch, sequence length,
 rank and targets as dev/bench_train.cu, on the same GPU.
 
   python3 dev/bench_hf_peft.py --shape smollm2-135m --batch 8 --seq 512 --recompute 1
+  python3 dev/bench_hf_peft.py --model models/random-llama-3.2-1b --batch 4 --seq 512
+
+--model DIR loads an HF directory (e.g. the random model `./build/bench_train
+--shape S --save DIR` writes), so both trainers run on the same file;
+without it the model is built here from the shape with torch's random init.
 
 On the GPU the base is bf16 (bitsandbytes, for NF4, is not installed on the
 GPU machines here), LoRA weights fp32 under bf16 autocast, torch AdamW
@@ -40,15 +45,21 @@ def main():
     ap.add_argument("--recompute", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--model", default=None, help="an HF model directory instead of --shape")
     args = ap.parse_args()
     on_gpu = args.device == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
 
-    config = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, **SHAPES[args.shape])
-    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device(args.device):
-        model = LlamaForCausalLM(config).to(dtype)
+    if args.model:
+        model = LlamaForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa").to(args.device)
+        config = model.config
+        args.shape = args.model
+    else:
+        config = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, **SHAPES[args.shape])
+        config._attn_implementation = "sdpa"
+        with torch.device(args.device):
+            model = LlamaForCausalLM(config).to(dtype)
     if args.recompute:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -3,11 +3,18 @@
 // peft (dev/bench_hf_peft.py takes the same arguments).
 //   make build/bench_train && ./build/bench_train --shape smollm2-135m --batch 8 --seq 512
 //   ./build/bench_train --device cpu --batch 1 --seq 256 --steps 2
-// Prints tokens per second (and on the GPU MFU and peak memory) as one line.
+//   ./build/bench_train --shape llama-3.2-1b --save models/random-llama-3.2-1b   (then exits)
+//   ./build/bench_train --model models/random-llama-3.2-1b --batch 4 --seq 512
+// --save writes the random model as an HF directory (bf16 weights, config.json,
+// and a tokenizer so our loader takes it: the default model's, or --tokenizer
+// FILE.json; the benchmark never tokenizes text), which dev/bench_hf_peft.py --model loads too: both
+// trainers then run on the same file. Prints tokens per second (and on the
+// GPU MFU and peak memory) as one line.
 #include "adamw.h"
 #include "base_weights.h"
 #include "gpu.h"
 #include "lora.h"
+#include "merge.h"
 #include "model.h"
 #include "train_gpu.h"
 
@@ -43,6 +50,31 @@ static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// --save: the random model of a shape as an HF directory, with a tokenizer
+// attached: tokenizer_json when given (where the default model is absent),
+// else the default model's.
+static int save_random_model(const char *shape, const char *dir, const char *tokenizer_json) {
+    char err[1024];
+    Config c = shape_config(shape);
+    Model model, tokenizer_source;
+    memset(&tokenizer_source, 0, sizeof tokenizer_source);
+    if (tokenizer_json) tokenizer_source.tokenizer = tokenizer_from_json(tokenizer_json, err, sizeof err);
+    else if (model_load(&tokenizer_source, "models/SmolLM2-135M-Instruct.Q4_1.gguf", err, sizeof err) != 0)
+        tokenizer_source.tokenizer = NULL;
+    if (!tokenizer_source.tokenizer || model_init_random(&model, &c, 1, err, sizeof err) != 0) {
+        fprintf(stderr, "bench_train: %s\n", err);
+        return 1;
+    }
+    model.tokenizer = tokenizer_source.tokenizer;
+    int status = model_save_hf(&model, dir, err, sizeof err);
+    if (status != 0) fprintf(stderr, "bench_train: %s\n", err);
+    else printf("wrote %s: random %s weights in bf16 (seed 1), config.json and a tokenizer\n", dir, shape);
+    model.tokenizer = NULL;
+    model_free(&model);
+    model_free(&tokenizer_source);
+    return status ? 1 : 0;
 }
 
 // One training step (zeroed gradients, forward, backward, AdamW) on the CPU path.
@@ -87,7 +119,8 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
 }
 
 int main(int argc, char **argv) {
-    const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto";
+    const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto", *save_dir = NULL, *model_dir = NULL,
+               *tokenizer_json = NULL;
     int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
@@ -99,14 +132,27 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
         else if (strcmp(argv[i], "--device") == 0) device = argv[i + 1];
         else if (strcmp(argv[i], "--attention") == 0) attention = argv[i + 1];
+        else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
+        else if (strcmp(argv[i], "--model") == 0) model_dir = argv[i + 1];
+        else if (strcmp(argv[i], "--tokenizer") == 0) tokenizer_json = argv[i + 1];
         else { fprintf(stderr, "bench_train: unknown option %s\n", argv[i]); return 2; }
     }
+    char err[1024];
+    Model model;
+    if (save_dir) return save_random_model(shape, save_dir, tokenizer_json);
     int on_gpu = strcmp(device, "cuda") == 0;
     if (on_gpu && !gpu_available()) { fprintf(stderr, "bench_train: no CUDA device (try --device cpu)\n"); return 1; }
-    Config c = shape_config(shape);
-    char err[256];
-    Model model;
-    if (model_init_random(&model, &c, 1, err, sizeof err) != 0) { fprintf(stderr, "bench_train: %s\n", err); return 1; }
+    if (model_dir) {
+        if (model_load(&model, model_dir, err, sizeof err) != 0) { fprintf(stderr, "bench_train: %s\n", err); return 1; }
+        shape = model_dir;
+    } else {
+        Config random_config = shape_config(shape);
+        if (model_init_random(&model, &random_config, 1, err, sizeof err) != 0) {
+            fprintf(stderr, "bench_train: %s\n", err);
+            return 1;
+        }
+    }
+    Config c = model.config;
     int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
     if (lora_set_init(&lora, &c, enabled, rank, 2.0f * rank, 0, 0.0f, 1) != 0) return 1;

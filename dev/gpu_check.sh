@@ -13,10 +13,16 @@ echo "== GPU tests"
 ./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -E "ERROR|CHECK|passed|MESSAGE|loss|seed|test cases" | head -60
 echo "== kernels"
 ./build/bench_kernels 2>&1 | tee "$OUT/bench_kernels.log"
-echo "== benchmarks"
-shapes="--shape smollm2-135m --batch 8 --seq 512"
-[ -n "$BENCH_1B" ] && shapes="$shapes;--shape llama-3.2-1b --batch 4 --seq 512"
-echo "$shapes" | tr ';' '\n' | while read -r args; do
-    ./build/bench_train $args --quant nf4 --recompute 1 2>&1 | tail -1
-    python3 dev/bench_hf_peft.py $args --recompute 1 2>&1 | tail -1
+echo "== benchmarks (both trainers load the same random-weight file per shape)"
+# a tokenizer.json for --save where the default model is absent (.devdeps/tokenizer.json)
+tokenizer=""
+[ -f .devdeps/tokenizer.json ] && tokenizer="--tokenizer .devdeps/tokenizer.json"
+runs="smollm2-135m 8 512"
+[ -n "$BENCH_1B" ] && runs="$runs;llama-3.2-1b 4 512"
+[ -n "$BENCH_8B" ] && runs="$runs;llama-3.1-8b 1 512"
+echo "$runs" | tr ';' '\n' | while read -r shape batch seq; do
+    dir=/tmp/random-$shape
+    [ -d "$dir" ] || ./build/bench_train --shape "$shape" --save "$dir" $tokenizer || continue
+    ./build/bench_train --model "$dir" --batch "$batch" --seq "$seq" --quant nf4 --recompute 1 2>&1 | tail -1
+    python3 dev/bench_hf_peft.py --model "$dir" --batch "$batch" --seq "$seq" --recompute 1 2>&1 | tail -1
 done | tee "$OUT/bench.log"
