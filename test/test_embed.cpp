@@ -18,6 +18,7 @@
 
 #include "embed.h"
 #include "json.h"
+#include "test_util.h"
 #include "wordpiece.h"
 
 namespace {
@@ -50,18 +51,6 @@ std::string read_bytes(const std::string &path) {
     REQUIRE_MESSAGE(text, err);
     std::string out(text, len);
     free(text);
-    return out;
-}
-
-std::string from_hex(const std::string &hex) {
-    std::string out;
-    for (size_t i = 0; i + 1 < hex.size(); i += 2) out += (char)std::stoi(hex.substr(i, 2), nullptr, 16);
-    return out;
-}
-
-std::vector<int> json_ints(const JsonValue *array) {
-    std::vector<int> out;
-    for (size_t i = 0; array && i < array->count; i++) out.push_back((int)array->items[i].number);
     return out;
 }
 

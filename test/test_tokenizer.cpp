@@ -16,24 +16,13 @@
 
 #include "gguf.h"
 #include "json.h"
+#include "test_util.h"
 #include "tokenizer.h"
 
 namespace {
 
 const char *const SMOLLM2_GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const char *const FIXTURES = "test/fixtures/";
-
-std::string from_hex(const std::string &hex) {
-    std::string out;
-    for (size_t i = 0; i + 1 < hex.size(); i += 2) out += (char)std::stoi(hex.substr(i, 2), nullptr, 16);
-    return out;
-}
-
-std::vector<int> json_ints(const JsonValue *array) {
-    std::vector<int> out;
-    for (size_t i = 0; array && i < array->count; i++) out.push_back((int)array->items[i].number);
-    return out;
-}
 
 std::vector<int> encode(const Tokenizer *t, const std::string &text, bool allow_special) {
     int *ids = nullptr;

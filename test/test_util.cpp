@@ -20,3 +20,15 @@ const Model &default_model() {
     }
     return g_model;
 }
+
+std::string from_hex(const std::string &hex) {
+    std::string out;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) out += (char)std::stoi(hex.substr(i, 2), nullptr, 16);
+    return out;
+}
+
+std::vector<int> json_ints(const JsonValue *array) {
+    std::vector<int> out;
+    for (size_t i = 0; array && i < array->count; i++) out.push_back((int)array->items[i].number);
+    return out;
+}

@@ -1,5 +1,8 @@
 // test_util.h: shared helpers for the tests.
 #pragma once
+#include <string>
+#include <vector>
+#include "json.h"
 #include "model.h"
 
 #define DEFAULT_MODEL_PATH "models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -7,3 +10,9 @@
 // The default model, loaded once for all tests (fails the test when missing:
 // run `make fetch`).
 const Model &default_model();
+
+// Bytes from a hex string ("e29c93" -> "\xe2\x9c\x93"): fixtures store test
+// texts in hex so invalid UTF-8 survives JSON.
+std::string from_hex(const std::string &hex);
+// The numbers of a JSON array as ints (empty for NULL).
+std::vector<int> json_ints(const JsonValue *array);
