@@ -128,7 +128,7 @@ build/bench_train: build/dev/bench_train.o $(LIB_OBJ)
 build/bench_kernels: build/dev/bench_kernels.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-test: fetch train prepare $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
+test: fetch train prepare generate evaluate $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
 	@sh test/run_tests.sh build/test_cpu $(TEST_GPU)
 
 # Only the GPU tests (on a GPU machine; no model download needed).

@@ -131,15 +131,8 @@ static int parse_tensor_name(const Config *c, const char *name, int *layer, int 
 
 // The fp32 weight of (layer, target), row-major [out_dim, in_dim].
 static float *target_weight(Model *m, int layer, int target, int *in_dim, int *out_dim) {
-    const Config *c = &m->config;
-    LayerWeights *w = &m->layers[layer];
-    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    int ins[N_TARGETS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};
-    int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
-    float *weights[N_TARGETS] = {w->wq, w->wk, w->wv, w->wo, w->w_gate, w->w_up, w->w_down};
-    *in_dim = ins[target];
-    *out_dim = outs[target];
-    return weights[target];
+    lora_target_dims(&m->config, target, in_dim, out_dim);
+    return lora_target_weight(&m->layers[layer], target);
 }
 
 // "[16, 576]": a tensor's shape as text.

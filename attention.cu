@@ -119,77 +119,139 @@ template void attention_backward_cpu(double *, double *, double *, const double 
 #include <stdio.h>
 
 // ---- ATTENTION_SIMPLE: scores materialised, cuBLAS for the products ----------------------
-// Per query head h, batched over the sequences: S = scale q_h k_g^T [seq_len, seq_len]
-// in fp32, a causal softmax kernel turns S into P (bf16) and lse, then out_h = P v_g.
+// A pass takes nh query heads h0..h0+nh-1 of every sequence at once: entry b = s * nh + i
+// of one batched GEMM is (sequence s, query head h = h0 + i, its kv head g = h / group).
+// S_b = scale q_{s,h} k_{s,g}^T [seq_len, seq_len] in fp32, a causal softmax kernel turns
+// S into P (bf16) and lse, then out_{s,h} = P_b v_{s,g}. As many heads go in one pass as
+// the caller's score budget holds (attention_scratch_bytes_gpu).
 
 static const int softmax_block = 256;
+// S and dP in fp32, P and dS in bf16: what the backward keeps per score.
+static const size_t simple_bytes_per_score = 12;
 
-// The sum (max) of v over the 32 lanes of a warp, in every lane.
-__device__ static float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-__device__ static float warp_max(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
+// The simple kind's scratch, carved from one buffer: the batched GEMMs' pointer
+// arrays, S, dP (fp32), P, dS (bf16) for one pass of nh heads, and (backward) d_k
+// and d_v per query head, fp32 [N, n_heads * head_dim], summed over each group at the end.
+typedef struct {
+    void **a, **b, **c;     // [n_seqs * nh] each
+    float *scores, *d_probs;
+    bf16 *probs, *d_scores;
+    float *d_k_heads, *d_v_heads;
+} SimpleScratch;
 
-// The sum (max) of v over the whole block, in every thread (blockDim.x a multiple
-// of 32, at most 1024; every thread of the block must call it).
-__device__ static float block_sum(float v) {
-    __shared__ float warp_totals[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_sum(v);
-    __syncthreads();   // an earlier call has finished reading warp_totals
-    if (lane == 0) warp_totals[warp] = v;
-    __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < n_warps; w++) total += warp_totals[w];
-    return total;
-}
-__device__ static float block_max(float v) {
-    __shared__ float warp_maxima[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_max(v);
-    __syncthreads();   // an earlier call has finished reading warp_maxima
-    if (lane == 0) warp_maxima[warp] = v;
-    __syncthreads();
-    float result = -INFINITY;
-    for (int w = 0; w < n_warps; w++) result = fmaxf(result, warp_maxima[w]);
-    return result;
+static size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// The next `bytes` of the buffer at base (NULL while only measuring).
+static void *carve(char *base, size_t *offset, size_t bytes) {
+    void *p = base ? base + *offset : NULL;
+    *offset += round_up_256(bytes);
+    return p;
 }
 
-// Batched over the sequences, row-major: scores [T, T] = alpha a b^T, where a and
-// b are one head's [T, head_dim] slices (row strides a_stride, b_stride).
+// Lays out the scratch for passes of nh heads; returns its size in bytes.
+static size_t simple_layout(SimpleScratch *w, void *base, int n_seqs, int seq_len, int n_heads, int head_dim,
+                            int nh) {
+    size_t entries = (size_t)n_seqs * nh, squares = entries * seq_len * seq_len;
+    size_t per_head_grads = (size_t)n_seqs * seq_len * n_heads * head_dim;
+    size_t offset = 0;
+    w->a = (void **)carve((char *)base, &offset, sizeof(void *) * entries);
+    w->b = (void **)carve((char *)base, &offset, sizeof(void *) * entries);
+    w->c = (void **)carve((char *)base, &offset, sizeof(void *) * entries);
+    w->scores = (float *)carve((char *)base, &offset, sizeof(float) * squares);
+    w->d_probs = (float *)carve((char *)base, &offset, sizeof(float) * squares);
+    w->probs = (bf16 *)carve((char *)base, &offset, sizeof(bf16) * squares);
+    w->d_scores = (bf16 *)carve((char *)base, &offset, sizeof(bf16) * squares);
+    w->d_k_heads = (float *)carve((char *)base, &offset, sizeof(float) * per_head_grads);
+    w->d_v_heads = (float *)carve((char *)base, &offset, sizeof(float) * per_head_grads);
+    return offset;
+}
+
+// Heads per pass with scratch_bytes of scratch: the most that fit (0 if not even one).
+static int simple_heads_per_pass(size_t scratch_bytes, int n_seqs, int seq_len, int n_heads, int head_dim) {
+    SimpleScratch w;
+    int max_entries = 65535;   // gridDim.y of the softmax kernels
+    for (int nh = n_heads; nh >= 1; nh--)
+        if ((long long)n_seqs * nh <= max_entries &&
+            simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh) <= scratch_bytes)
+            return nh;
+    return 0;
+}
+
+// Where entry b = s * nh + i of one batched-GEMM operand starts, in bytes:
+// base + s * seq_stride + ((first + i) / group) * head_stride.
+typedef struct {
+    const char *base;
+    size_t seq_stride, head_stride;
+    int first, group;
+} BatchOperand;
+
+// One head's [seq_len, head_dim] slice of a token-major matrix with rows of
+// row_stride elements: query head first + i (group 1) or its kv head (group > 1).
+static BatchOperand head_slices(const void *matrix, size_t element_bytes, int row_stride, int seq_len, int head_dim,
+                                int first, int group) {
+    BatchOperand o = {(const char *)matrix, element_bytes * seq_len * row_stride, element_bytes * head_dim, first,
+                      group};
+    return o;
+}
+
+// The pass's contiguous [seq_len, seq_len] squares, entry b at b * seq_len^2.
+static BatchOperand squares(const void *base, size_t element_bytes, int seq_len, int nh) {
+    size_t square = element_bytes * seq_len * seq_len;
+    BatchOperand o = {(const char *)base, square * nh, square, 0, 1};
+    return o;
+}
+
+__device__ static void *operand_address(BatchOperand o, int s, int i) {
+    return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);
+}
+
+__global__ static void batch_pointers_kernel(void **a, void **b, void **c, BatchOperand oa, BatchOperand ob,
+                                             BatchOperand oc, int nh, int n_entries) {
+    int entry = blockIdx.x * blockDim.x + threadIdx.x;
+    if (entry >= n_entries) return;
+    int s = entry / nh, i = entry % nh;
+    a[entry] = operand_address(oa, s, i);
+    b[entry] = operand_address(ob, s, i);
+    c[entry] = operand_address(oc, s, i);
+}
+
+// Fills the scratch's pointer arrays for one batched GEMM (stream order keeps
+// the previous GEMM's reads before these writes).
+static void batch_pointers(SimpleScratch *w, BatchOperand a, BatchOperand b, BatchOperand c, int nh, int n_entries) {
+    batch_pointers_kernel<<<(unsigned)((n_entries + 255) / 256), 256>>>(w->a, w->b, w->c, a, b, c, nh, n_entries);
+    CUDA_CHECK_LAUNCH();
+}
+
+// Per entry, row-major: scores [T, T] = alpha a b^T, where a and b are [T, head_dim]
+// head slices (row strides lda, ldb); scores are the pass's fp32 squares.
 // cuBLAS sees scores^T [T, T] = b a^T: b is stored as the column-major b^T, hence op T.
-static void gemm_scores(float *scores, const bf16 *a, int a_stride, const bf16 *b, int b_stride, float alpha,
-                        int n_seqs, int seq_len, int head_dim) {
+static void batched_scores(SimpleScratch *w, int lda, int ldb, float alpha, int n_entries, int seq_len,
+                           int head_dim) {
     float beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, seq_len, seq_len, head_dim, &alpha, b, CUDA_R_16BF, b_stride,
-        (long long)seq_len * b_stride, a, CUDA_R_16BF, a_stride, (long long)seq_len * a_stride, &beta, scores,
-        CUDA_R_32F, seq_len, (long long)seq_len * seq_len, n_seqs, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, seq_len, seq_len, head_dim, &alpha,
+                                     (const void *const *)w->b, CUDA_R_16BF, ldb, (const void *const *)w->a,
+                                     CUDA_R_16BF, lda, &beta, w->c, CUDA_R_32F, seq_len, n_entries,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// Batched over the sequences, row-major: c [T, head_dim] = alpha op(m) b + beta c,
-// where m is a contiguous [T, T] matrix (op(m) = m^T when transpose_m), b and c
-// one head's [T, head_dim] slices (row strides b_stride, c_stride; c is c_type).
-// cuBLAS sees c^T [head_dim, T] = b^T op(m)^T: b is stored as b^T, m as m^T.
-static void gemm_square_times_head(void *c, cudaDataType c_type, int c_stride, const bf16 *m, bool transpose_m,
-                                   const bf16 *b, int b_stride, float alpha, float beta, int n_seqs, int seq_len,
-                                   int head_dim) {
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        gpu_cublas(), CUBLAS_OP_N, transpose_m ? CUBLAS_OP_T : CUBLAS_OP_N, head_dim, seq_len, seq_len, &alpha, b,
-        CUDA_R_16BF, b_stride, (long long)seq_len * b_stride, m, CUDA_R_16BF, seq_len, (long long)seq_len * seq_len,
-        &beta, c, c_type, c_stride, (long long)seq_len * c_stride, n_seqs, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+// Per entry, row-major: c [T, head_dim] = alpha op(m) b + beta c, where m (array a)
+// is a bf16 [T, T] square (op(m) = m^T when transpose_m), b and c head slices
+// (row strides ldb, ldc; c is c_type). cuBLAS sees c^T = b^T op(m)^T.
+static void batched_square_times_head(SimpleScratch *w, bool transpose_m, int ldb, cudaDataType c_type, int ldc,
+                                      float alpha, float beta, int n_entries, int seq_len, int head_dim) {
+    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), CUBLAS_OP_N, transpose_m ? CUBLAS_OP_T : CUBLAS_OP_N, head_dim,
+                                     seq_len, seq_len, &alpha, (const void *const *)w->b, CUDA_R_16BF, ldb,
+                                     (const void *const *)w->a, CUDA_R_16BF, seq_len, &beta, w->c, c_type, ldc,
+                                     n_entries, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// One block per (query row i, sequence s), for query head h: from the scaled
-// scores S, p_ij = exp(S_ij - lse_i) for j <= i and 0 after; lse_i = log sum_{j<=i} exp(S_ij).
+// One block per (query row i, entry b = (s, h0 + b % nh)): from the scaled scores
+// S, p_ij = exp(S_ij - lse_i) for j <= i and 0 after; lse_i = log sum_{j<=i} exp(S_ij).
 __global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const float *scores, int seq_len, int n_heads,
-                                             int h) {
-    int i = blockIdx.x, s = blockIdx.y;
-    size_t row = (size_t)s * seq_len + i;
+                                             int h0, int nh) {
+    int i = blockIdx.x, entry = blockIdx.y;
+    int s = entry / nh, h = h0 + entry % nh;
+    size_t row = (size_t)entry * seq_len + i;
     const float *score_row = scores + row * seq_len;
     bf16 *prob_row = probs + row * seq_len;
     float row_max = -INFINITY;
@@ -205,16 +267,18 @@ __global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const floa
     if (threadIdx.x == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = row_lse;
 }
 
-// One block per (query row i, sequence s), for query head h: recomputes p_ij from
-// the scores and lse, then the softmax backward ds_ij = p_ij (dp_ij - delta_i),
-// delta_i = dO_i . O_i (= sum_j p_ij dp_ij). Writes P and dS (zero for j > i).
+// One block per (query row i, entry b): recomputes p_ij from the scores and lse,
+// then the softmax backward ds_ij = p_ij (dp_ij - delta_i), delta_i = dO_i . O_i
+// (= sum_j p_ij dp_ij). Writes P and dS (zero for j > i).
 __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_scores, const float *scores,
                                                       const float *d_probs, const float *lse, const bf16 *d_out,
-                                                      const bf16 *out, int seq_len, int n_heads, int head_dim, int h) {
-    int i = blockIdx.x, s = blockIdx.y;
-    size_t row = (size_t)s * seq_len + i;
-    const bf16 *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
-    const bf16 *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
+                                                      const bf16 *out, int seq_len, int n_heads, int head_dim, int h0,
+                                                      int nh) {
+    int i = blockIdx.x, entry = blockIdx.y;
+    int s = entry / nh, h = h0 + entry % nh;
+    size_t token = (size_t)s * seq_len + i, row = (size_t)entry * seq_len + i;
+    const bf16 *dy = d_out + token * n_heads * head_dim + (size_t)h * head_dim;
+    const bf16 *y = out + token * n_heads * head_dim + (size_t)h * head_dim;
     float delta = 0.0f;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) delta += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
     delta = block_sum(delta);
@@ -226,67 +290,109 @@ __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_score
     }
 }
 
+// d_kv[t][g * head_dim + d] = sum_{j < group} per_head[t][(g * group + j) * head_dim + d], as bf16.
+__global__ static void sum_group_heads_kernel(bf16 *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads,
+                                              int group, int head_dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t kv_dim = (size_t)n_kv_heads * head_dim;
+    if (idx >= n_tokens * kv_dim) return;
+    size_t t = idx / kv_dim;
+    int col = (int)(idx % kv_dim), g = col / head_dim, d = col % head_dim;
+    const float *row = per_head + t * kv_dim * group;
+    float sum = 0.0f;
+    for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];
+    d_kv[idx] = __float2bfloat16(sum);
+}
+
+static void sum_group_heads(bf16 *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads, int group,
+                            int head_dim) {
+    size_t n = n_tokens * n_kv_heads * head_dim;
+    sum_group_heads_kernel<<<(unsigned)((n + 255) / 256), 256>>>(d_kv, per_head, n_tokens, n_kv_heads, group,
+                                                                 head_dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+// The scratch for passes of as many heads as scratch_bytes holds (exits when not even one).
+static int simple_scratch(SimpleScratch *w, void *scratch, size_t scratch_bytes, int n_seqs, int seq_len, int n_heads,
+                          int head_dim) {
+    int nh = simple_heads_per_pass(scratch_bytes, n_seqs, seq_len, n_heads, head_dim);
+    if (nh == 0) {
+        fprintf(stderr, "attention: %zu bytes of scratch do not hold one head's scores for %d x %d tokens\n",
+                scratch_bytes, n_seqs, seq_len);
+        exit(1);
+    }
+    simple_layout(w, scratch, n_seqs, seq_len, n_heads, head_dim, nh);
+    return nh;
+}
+
 static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                     int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+                                     int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                                     size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)head_dim);
-    size_t n_scores = (size_t)n_seqs * seq_len * seq_len;
-    float *scores = (float *)gpu_malloc(sizeof(float) * n_scores, "attention scores");
-    bf16 *probs = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention probabilities");
-    for (int h = 0; h < n_heads; h++) {
-        size_t q_col = (size_t)h * head_dim, kv_col = (size_t)(h / group) * head_dim;
+    SimpleScratch w;
+    int heads_per_pass = simple_scratch(&w, scratch, scratch_bytes, n_seqs, seq_len, n_heads, head_dim);
+    for (int h0 = 0; h0 < n_heads; h0 += heads_per_pass) {
+        int nh = n_heads - h0 < heads_per_pass ? n_heads - h0 : heads_per_pass, n_entries = n_seqs * nh;
         // S = scale q_h k_g^T
-        gemm_scores(scores, q + q_col, q_stride, k + kv_col, kv_stride, scale, n_seqs, seq_len, head_dim);
-        causal_softmax_kernel<<<dim3(seq_len, n_seqs), softmax_block>>>(probs, lse, scores, seq_len, n_heads, h);
+        batch_pointers(&w, head_slices(q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1),
+                       head_slices(k, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group),
+                       squares(w.scores, sizeof(float), seq_len, nh), nh, n_entries);
+        batched_scores(&w, q_stride, kv_stride, scale, n_entries, seq_len, head_dim);
+        causal_softmax_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(w.probs, lse, w.scores, seq_len, n_heads,
+                                                                          h0, nh);
         CUDA_CHECK_LAUNCH();
         // out_h = P v_g
-        gemm_square_times_head(out + q_col, CUDA_R_16BF, q_stride, probs, false, v + kv_col, kv_stride, 1.0f, 0.0f,
-                               n_seqs, seq_len, head_dim);
+        batch_pointers(&w, squares(w.probs, sizeof(bf16), seq_len, nh),
+                       head_slices(v, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group),
+                       head_slices(out, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, false, kv_stride, CUDA_R_16BF, q_stride, 1.0f, 0.0f, n_entries, seq_len,
+                                  head_dim);
     }
-    gpu_free(scores);
-    gpu_free(probs);
 }
 
 static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
                                       const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                      int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+                                      int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                                      size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)head_dim);
-    size_t n_scores = (size_t)n_seqs * seq_len * seq_len, n_kv = (size_t)n_seqs * seq_len * kv_stride;
-    float *scores = (float *)gpu_malloc(sizeof(float) * n_scores, "attention scores");
-    float *d_probs = (float *)gpu_malloc(sizeof(float) * n_scores, "attention probability gradients");
-    bf16 *probs = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention probabilities");
-    bf16 *d_scores = (bf16 *)gpu_malloc(sizeof(bf16) * n_scores, "attention score gradients");
-    // d_k and d_v summed over each kv head's query heads, in fp32
-    float *d_k_sum = (float *)gpu_malloc(sizeof(float) * n_kv, "attention d_k sum");
-    float *d_v_sum = (float *)gpu_malloc(sizeof(float) * n_kv, "attention d_v sum");
-    CUDA_CHECK(cudaMemset(d_k_sum, 0, sizeof(float) * n_kv));
-    CUDA_CHECK(cudaMemset(d_v_sum, 0, sizeof(float) * n_kv));
-    for (int h = 0; h < n_heads; h++) {
-        size_t q_col = (size_t)h * head_dim, kv_col = (size_t)(h / group) * head_dim;
+    SimpleScratch w;
+    int heads_per_pass = simple_scratch(&w, scratch, scratch_bytes, n_seqs, seq_len, n_heads, head_dim);
+    for (int h0 = 0; h0 < n_heads; h0 += heads_per_pass) {
+        int nh = n_heads - h0 < heads_per_pass ? n_heads - h0 : heads_per_pass, n_entries = n_seqs * nh;
+        BatchOperand q_h = head_slices(q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1);
+        BatchOperand d_out_h = head_slices(d_out, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1);
+        BatchOperand k_g = head_slices(k, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group);
+        BatchOperand v_g = head_slices(v, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group);
         // S = scale q_h k_g^T;  dP = dO_h v_g^T
-        gemm_scores(scores, q + q_col, q_stride, k + kv_col, kv_stride, scale, n_seqs, seq_len, head_dim);
-        gemm_scores(d_probs, d_out + q_col, q_stride, v + kv_col, kv_stride, 1.0f, n_seqs, seq_len, head_dim);
-        causal_softmax_backward_kernel<<<dim3(seq_len, n_seqs), softmax_block>>>(
-            probs, d_scores, scores, d_probs, lse, d_out, out, seq_len, n_heads, head_dim, h);
+        batch_pointers(&w, q_h, k_g, squares(w.scores, sizeof(float), seq_len, nh), nh, n_entries);
+        batched_scores(&w, q_stride, kv_stride, scale, n_entries, seq_len, head_dim);
+        batch_pointers(&w, d_out_h, v_g, squares(w.d_probs, sizeof(float), seq_len, nh), nh, n_entries);
+        batched_scores(&w, q_stride, kv_stride, 1.0f, n_entries, seq_len, head_dim);
+        causal_softmax_backward_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(
+            w.probs, w.d_scores, w.scores, w.d_probs, lse, d_out, out, seq_len, n_heads, head_dim, h0, nh);
         CUDA_CHECK_LAUNCH();
         // dq_h = scale dS k_g
-        gemm_square_times_head(d_q + q_col, CUDA_R_16BF, q_stride, d_scores, false, k + kv_col, kv_stride, scale, 0.0f,
-                               n_seqs, seq_len, head_dim);
-        // dk_g += scale dS^T q_h;  dv_g += P^T dO_h
-        gemm_square_times_head(d_k_sum + kv_col, CUDA_R_32F, kv_stride, d_scores, true, q + q_col, q_stride, scale,
-                               1.0f, n_seqs, seq_len, head_dim);
-        gemm_square_times_head(d_v_sum + kv_col, CUDA_R_32F, kv_stride, probs, true, d_out + q_col, q_stride, 1.0f,
-                               1.0f, n_seqs, seq_len, head_dim);
+        batch_pointers(&w, squares(w.d_scores, sizeof(bf16), seq_len, nh), k_g,
+                       head_slices(d_q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, false, kv_stride, CUDA_R_16BF, q_stride, scale, 0.0f, n_entries, seq_len,
+                                  head_dim);
+        // dk_h = scale dS^T q_h  (per query head, fp32)
+        batch_pointers(&w, squares(w.d_scores, sizeof(bf16), seq_len, nh), q_h,
+                       head_slices(w.d_k_heads, sizeof(float), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, true, q_stride, CUDA_R_32F, q_stride, scale, 0.0f, n_entries, seq_len,
+                                  head_dim);
+        // dv_h = P^T dO_h  (per query head, fp32)
+        batch_pointers(&w, squares(w.probs, sizeof(bf16), seq_len, nh), d_out_h,
+                       head_slices(w.d_v_heads, sizeof(float), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, true, q_stride, CUDA_R_32F, q_stride, 1.0f, 0.0f, n_entries, seq_len,
+                                  head_dim);
     }
-    float_to_bf16_gpu(d_k, d_k_sum, n_kv);
-    float_to_bf16_gpu(d_v, d_v_sum, n_kv);
-    gpu_free(scores);
-    gpu_free(d_probs);
-    gpu_free(probs);
-    gpu_free(d_scores);
-    gpu_free(d_k_sum);
-    gpu_free(d_v_sum);
+    // dk_g = sum of dk_h over the group's query heads; the same for dv
+    size_t n_tokens = (size_t)n_seqs * seq_len;
+    sum_group_heads(d_k, w.d_k_heads, n_tokens, n_kv_heads, group, head_dim);
+    sum_group_heads(d_v, w.d_v_heads, n_tokens, n_kv_heads, group, head_dim);
 }
 
 // ---- ATTENTION_FLASH: fused, tiled, online softmax (FlashAttention-2, no tensor cores) ----
@@ -585,10 +691,9 @@ static void attention_forward_flash(bf16 *out, float *lse, const bf16 *q, const 
 
 static void attention_backward_flash(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                     int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+                                     int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta) {
     float scale = 1.0f / sqrtf((float)head_dim);
     size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
-    float *delta = (float *)gpu_malloc(sizeof(float) * n_rows, "attention delta");
     int delta_block = 256;   // 8 warps, one per (row, head)
     unsigned delta_blocks = (unsigned)((n_rows * 32 + delta_block - 1) / delta_block);
     attention_delta_kernel<<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
@@ -599,10 +704,34 @@ static void attention_backward_flash(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16
     flash_backward_q_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
         d_q, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
-    gpu_free(delta);
 }
 
 // ---- entry points ----
+
+// Heads per pass whose scores fit score_budget bytes: at least one, at most n_heads
+// (and at most 65535 entries, the softmax kernels' gridDim.y).
+static int heads_within_budget(int n_seqs, int seq_len, int n_heads, size_t score_budget) {
+    double one_head = (double)simple_bytes_per_score * n_seqs * seq_len * (double)seq_len;
+    double fit = (double)score_budget / one_head;
+    int nh = fit < 1.0 ? 1 : fit > n_heads ? n_heads : (int)fit;
+    while (nh > 1 && (long long)n_seqs * nh > 65535) nh--;
+    return nh;
+}
+
+size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
+                                   size_t score_budget) {
+    if (n_seqs <= 0 || seq_len <= 0) return 0;
+    // flash: delta, one float per (sequence, head, token)
+    if (kind == ATTENTION_FLASH) return sizeof(float) * (size_t)n_seqs * n_heads * seq_len;
+    SimpleScratch w;
+    int nh = heads_within_budget(n_seqs, seq_len, n_heads, score_budget);
+    return simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh);
+}
+
+AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, size_t score_budget) {
+    double one_head = (double)simple_bytes_per_score * n_seqs * seq_len * (double)seq_len;
+    return one_head <= (double)score_budget ? ATTENTION_SIMPLE : ATTENTION_FLASH;
+}
 
 static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_heads, int head_dim) {
     if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0) {
@@ -617,25 +746,34 @@ static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_he
 }
 
 void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                           size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
     if (kind == ATTENTION_FLASH)
         attention_forward_flash(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
     else
-        attention_forward_simple(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+        attention_forward_simple(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, scratch,
+                                 scratch_bytes);
 }
 
 void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
                             const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
-                            int n_heads, int n_kv_heads, int head_dim) {
+                            int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
-    if (kind == ATTENTION_FLASH)
+    if (kind == ATTENTION_FLASH) {
+        size_t delta_bytes = attention_scratch_bytes_gpu(kind, n_seqs, seq_len, n_heads, head_dim, 0);
+        if (scratch_bytes < delta_bytes) {
+            fprintf(stderr, "attention: %zu bytes of scratch, the flash backward needs %zu\n", scratch_bytes,
+                    delta_bytes);
+            exit(1);
+        }
         attention_backward_flash(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
-                                 head_dim);
-    else
+                                 head_dim, (float *)scratch);
+    } else {
         attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
-                                  head_dim);
+                                  head_dim, scratch, scratch_bytes);
+    }
 }
 #endif

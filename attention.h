@@ -19,17 +19,28 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
 #include "gpu.h"
 
 // Which GPU implementation: SIMPLE materialises the [seq_len, seq_len] scores
-// per head (cuBLAS GEMMs and a softmax kernel, like llm.c); FLASH is one fused
-// kernel with an online softmax that never does (head_dim at most 128).
+// of several heads at a time (cuBLAS batched GEMMs and a softmax kernel, like
+// llm.c); FLASH is one fused kernel with an online softmax that never does
+// (head_dim at most 128).
 typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH } AttentionKernel;
+// Device scratch either kind needs for forward and backward of this shape. The
+// simple kind keeps 12 bytes per score and takes as many heads per pass as
+// score_budget bytes of scores hold (at least one); the flash kind needs a float
+// per (sequence, head, token).
+size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
+                                   size_t score_budget);
+// The faster kind that fits: simple when one head's scores fit score_budget, else flash.
+AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, size_t score_budget);
 // Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows).
 // q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
 // lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,
-// written by both kinds, read by backward.
+// written by both kinds, read by backward. scratch: scratch_bytes of device memory, at least
+// attention_scratch_bytes_gpu(kind, ...) for this shape (or for a larger one); contents not kept.
 void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim);
+                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                           size_t scratch_bytes);
 // d_q, d_k, d_v (bf16, OVERWRITTEN) from d_out (bf16); out and lse are the forward's.
 void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
                             const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
-                            int n_heads, int n_kv_heads, int head_dim);
+                            int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes);
 #endif

@@ -5,12 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-// The seven linear matrices of a block, in LoraTarget order.
-static float *linear_matrix(const LayerWeights *l, int target) {
-    float *matrices[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-    return matrices[target];
-}
-
 static size_t linear_numel(const Config *c, int target) {
     int in_dim, out_dim;
     lora_target_dims(c, target, &in_dim, &out_dim);
@@ -68,7 +62,7 @@ int base_weights_init(BaseWeights *b, const Model *model, QuantMode quant, int d
     if (!b->nf4 || !b->dequantized) { base_weights_free(b); return -1; }
     for (int l = 0; l < c->n_layers; l++)
         for (int t = 0; t < N_TARGETS; t++)
-            if (nf4_quantize(&b->nf4[l * N_TARGETS + t], linear_matrix(&model->layers[l], t),
+            if (nf4_quantize(&b->nf4[l * N_TARGETS + t], lora_target_weight(&model->layers[l], t),
                              (int64_t)linear_numel(c, t), double_quant) != 0) {
                 base_weights_free(b);
                 return -1;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 double cli_number(const char *program, const char *flag, const char *value) {
     char *end;
@@ -23,4 +24,17 @@ int cli_int(const char *program, const char *flag, const char *value) {
         exit(2);
     }
     return (int)x;
+}
+
+int cli_choice(const char *program, const char *flag, const char *value, const char *const *choices) {
+    for (int i = 0; choices[i]; i++)
+        if (strcmp(value, choices[i]) == 0) return i;
+    fprintf(stderr, "%s: %s expects ", program, flag);
+    for (int i = 0; choices[i]; i++) {
+        // "a", "a or b", "a, b or c"
+        const char *separator = i == 0 ? "" : choices[i + 1] ? ", " : " or ";
+        fprintf(stderr, "%s%s", separator, choices[i]);
+    }
+    fprintf(stderr, ", got '%s'\n", value);
+    exit(2);
 }

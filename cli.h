@@ -1,4 +1,4 @@
-// cli.h: the number parsing shared by the programs' option parsers. A bad
+// cli.h: the number and choice parsing shared by the programs' option parsers. A bad
 // value exits with status 2 and "PROGRAM: --flag expects ..., got 'VALUE'".
 #pragma once
 
@@ -10,6 +10,9 @@ extern "C" {
 double cli_number(const char *program, const char *flag, const char *value);
 // A whole number within int's range.
 int cli_int(const char *program, const char *flag, const char *value);
+// The index of value among the NULL-terminated choices ("nf4", "none", NULL);
+// anything else exits with "PROGRAM: --flag expects nf4 or none, got 'VALUE'".
+int cli_choice(const char *program, const char *flag, const char *value, const char *const *choices);
 
 #ifdef __cplusplus
 }

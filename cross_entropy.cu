@@ -52,6 +52,11 @@ float cross_entropy_cpu(const float *logits, const int *targets, int n, int voca
     return *n_counted ? (float)(total / *n_counted) : 0.0f;
 }
 
+int lm_head_chunk_tokens_default(int vocab) {
+    size_t tokens = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
+    return tokens > 0 ? (int)tokens : 1;
+}
+
 template double cross_entropy_sum_cpu(const float *, const int *, int, int, int *);
 template double cross_entropy_sum_cpu(const double *, const int *, int, int, int *);
 template void cross_entropy_backward_cpu(float *, const float *, const int *, int, int, double);
@@ -81,38 +86,6 @@ static void check_bad_target(const char *caller, int vocab) {
     fprintf(stderr, "%s: a target is %d, outside [0, %d) (the vocabulary) and not -100 (not counted)\n", caller,
             bad, vocab);
     exit(1);
-}
-
-__device__ static float warp_max(float value) {
-    for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-    return value;
-}
-
-__device__ static float warp_sum(float value) {
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
-    return value;
-}
-
-// The max over the block of one value per thread, returned to every thread.
-__device__ static float block_max(float value) {
-    __shared__ float warp_results[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    value = warp_max(value);
-    __syncthreads();   // no thread still reads warp_results from an earlier call
-    if (lane == 0) warp_results[warp] = value;
-    __syncthreads();
-    return warp_max(lane < n_warps ? warp_results[lane] : -INFINITY);
-}
-
-// The sum over the block of one value per thread, returned to every thread.
-__device__ static float block_sum(float value) {
-    __shared__ float warp_results[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    value = warp_sum(value);
-    __syncthreads();   // no thread still reads warp_results from an earlier call
-    if (lane == 0) warp_results[warp] = value;
-    __syncthreads();
-    return warp_sum(lane < n_warps ? warp_results[lane] : 0.0f);
 }
 
 __device__ static void store_gradient(float *p, float value) { *p = value; }
@@ -170,11 +143,10 @@ static int g_chunk_tokens = 0;   // 0: automatic
 
 void lm_head_set_chunk_tokens_gpu(int tokens) { g_chunk_tokens = tokens > 0 ? tokens : 0; }
 
-// Tokens per chunk: the forced value, or as many as keep fp32 [chunk, vocab] within 64 MiB (at least 1).
+// Tokens per chunk: the forced value, or lm_head_chunk_tokens_default; at most n.
 static int lm_head_chunk_tokens(int n, int vocab) {
-    size_t automatic = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
-    size_t tokens = g_chunk_tokens > 0 ? (size_t)g_chunk_tokens : (automatic > 0 ? automatic : 1);
-    return tokens < (size_t)n ? (int)tokens : n;
+    int tokens = g_chunk_tokens > 0 ? g_chunk_tokens : lm_head_chunk_tokens_default(vocab);
+    return tokens < n ? tokens : n;
 }
 
 // logits[rows, vocab] (fp32) = x[rows, dim] W^T. Row-major C = A B^T is

@@ -14,6 +14,9 @@ void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *t
                                 double scale);
 // The mean answer-only loss (sum / count, 0 when nothing is counted).
 float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
+// Tokens per chunk of the GPU's fused LM head + loss: as many as keep the fp32
+// logits [chunk, vocab] within 64 MiB, at least 1 (the memory plan uses it too).
+int lm_head_chunk_tokens_default(int vocab);
 
 #ifdef __CUDACC__
 #include "gpu.h"

@@ -3,13 +3,16 @@
 // answer the question greedily; each answer is scored against the reference
 // answer with ROUGE (word overlap) and embedding similarity (meaning, via
 // all-MiniLM-L6-v2), and the answer-only loss and perplexity of the
-// reference are measured under both models.
+// reference are measured under both models. Both run on the base the adapter
+// was trained on: by default (--quant nf4, as ./train's) the linear weights
+// round-tripped through NF4, W = dequant(NF4(W)), so the comparison is fair.
 //   ./evaluate --adapter out/adapter --data data/faq/val.bin --limit 20
 // Prints a table per metric (mean and spread, base vs fine-tuned) and a few
 // answers side by side; writes a JSON report and an SVG bar chart.
 #include "adapter.h"
 #include "cli.h"
 #include "eval.h"
+#include "nf4.h"
 #include "plot.h"
 
 #include <math.h>
@@ -20,11 +23,12 @@
 typedef struct {
     const char *model_path, *adapter_dir, *data_path, *embedder_dir, *out_path;
     int max_new, limit, examples;
+    int quant_nf4, double_quant;   // with --adapter: both arms on dequant(NF4(W)), the base ./train trains on
 } Options;
 
 static const Options DEFAULTS = {
     "models/SmolLM2-135M-Instruct.Q4_1.gguf", NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
-    64, 20, 3,
+    64, 20, 3, 1, 1,
 };
 
 static void usage(FILE *out) {
@@ -35,6 +39,10 @@ static void usage(FILE *out) {
             "embedding similarity against the reference answers, plus answer-only loss and perplexity.\n"
             "  --model PATH      GGUF file or HF model directory (default %s)\n"
             "  --adapter DIR     LoRA adapter in peft's layout, as ./train writes (default: base model only)\n"
+            "  --quant Q         with --adapter, the base it was trained on, as ./train's --quant, for both the\n"
+            "                    base and the fine-tuned answers: nf4 (the linear weights round-tripped through\n"
+            "                    NF4) or none (as loaded) (default nf4)\n"
+            "  --double-quant B  0 or 1, as ./train's --double-quant, for --quant nf4 (default %d)\n"
             "  --data PATH       validation samples: a .bin from ./prepare or RAFT JSONL (default %s)\n"
             "  --embedder DIR    sentence-embedding model (default %s)\n"
             "  --max-new N       longest answer generated, in tokens (default %d)\n"
@@ -42,7 +50,7 @@ static void usage(FILE *out) {
             "  --examples N      answers shown side by side (default %d)\n"
             "  --out PATH        JSON report (default ADAPTER/../eval.json, or eval.json without --adapter);\n"
             "                    the SVG chart goes next to it with .svg for .json\n",
-            d->model_path, d->data_path, d->embedder_dir, d->max_new, d->limit, d->examples);
+            d->model_path, d->double_quant, d->data_path, d->embedder_dir, d->max_new, d->limit, d->examples);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -59,6 +67,7 @@ static int positive_int(const char *flag, const char *value) {
 
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
+    const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
@@ -66,6 +75,8 @@ static Options parse_args(int argc, char **argv) {
         const char *v = argv[++i];
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--adapter") == 0) o.adapter_dir = v;
+        else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("evaluate", f, v, quant_choices) == 0;
+        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_choice("evaluate", f, v, bit_choices);
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--embedder") == 0) o.embedder_dir = v;
         else if (strcmp(f, "--out") == 0) o.out_path = v;
@@ -134,6 +145,8 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
     fprintf(f, ",\n  \"adapter\": ");
     if (o->adapter_dir) write_json_string(f, o->adapter_dir);
     else fprintf(f, "null");
+    fprintf(f, ",\n  \"quant\": \"%s\", \"double_quant\": %d", o->adapter_dir && o->quant_nf4 ? "nf4" : "none",
+            o->double_quant);
     fprintf(f, ",\n  \"data\": ");
     write_json_string(f, o->data_path);
     fprintf(f, ",\n  \"samples\": %d,\n  \"max_new\": %d,\n  \"summary_mean_std\": {\n", count, o->max_new);
@@ -186,14 +199,30 @@ static void write_chart(const char *json_path, const EvalSummary *base, const Ev
 
 // ---- main ---------------------------------------------------------------------------
 
-static void load_model(Model *m, const char *path, const char *adapter_dir) {
+// One arm's model: as loaded; with --adapter, both arms on the base the adapter
+// was trained on (--quant), the fine-tuned one with the adapter merged in.
+static void load_model(Model *m, const Options *o, int merge_adapter) {
     char err[1024];
-    if (model_load(m, path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
-    if (!adapter_dir) return;
+    if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
+    if (!o->adapter_dir) return;
+    if (o->quant_nf4 && nf4_round_trip_model(m, o->double_quant, err, sizeof err) != 0) {
+        fprintf(stderr, "evaluate: %s\n", err);
+        exit(1);
+    }
+    if (!merge_adapter) return;
     AdapterInfo info;
-    if (adapter_merge_peft(m, adapter_dir, &info, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
-    printf("adapter: %s (%d modules merged, rank %d, scaling %g)\n", adapter_dir, info.n_merged, info.rank,
+    if (adapter_merge_peft(m, o->adapter_dir, &info, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
+    printf("adapter: %s (%d modules merged, rank %d, scaling %g)\n", o->adapter_dir, info.n_merged, info.rank,
            info.scaling);
+}
+
+static void print_base(const Options *o) {
+    if (!o->adapter_dir) return;
+    if (o->quant_nf4)
+        printf("base (both arms): linear weights round-tripped through NF4%s (as ./train --quant nf4 --double-quant %d)\n",
+               o->double_quant ? " with double quant" : "", o->double_quant);
+    else
+        printf("base (both arms): weights as loaded (as ./train --quant none)\n");
 }
 
 int main(int argc, char **argv) {
@@ -205,7 +234,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     Model model;
-    load_model(&model, o.model_path, NULL);
+    print_base(&o);
+    load_model(&model, &o, 0);
     int count;
     EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count);
     printf("evaluating %d samples of %s, greedy answers of up to %d tokens\n", count, o.data_path, o.max_new);
@@ -213,7 +243,7 @@ int main(int argc, char **argv) {
     model_free(&model);
     EvalOutcome *tuned = NULL;
     if (o.adapter_dir) {
-        load_model(&model, o.model_path, o.adapter_dir);
+        load_model(&model, &o, 1);
         tuned = eval_run_model(&model, &embedder, samples, count, o.max_new, "fine-tuned");
         model_free(&model);
     }

@@ -2,12 +2,15 @@
 //   ./generate --chat --prompt "What is Debian?"
 // The prompt is encoded (optionally wrapped in the chat template), run through
 // the model in chunks to fill the key/value cache, then one token at a time is
-// chosen by the sampler and printed as soon as it is known.
+// chosen by the sampler and printed as soon as it is known. With --adapter
+// the adapter is merged into the base it was trained on: by default (--quant
+// nf4, as ./train's) the linear weights round-tripped through NF4 first.
 #include "adapter.h"
 #include "cli.h"
 #include "forward.h"
 #include "json.h"
 #include "model.h"
+#include "nf4.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -30,6 +33,8 @@ typedef struct {
     float top_p;
     unsigned long long seed;
     int chat;
+    int quant_nf4;      // --quant nf4: the adapter's base is dequant(NF4(W)), as ./train's
+    int double_quant;
 } Options;
 
 static void usage(FILE *out) {
@@ -37,6 +42,9 @@ static void usage(FILE *out) {
             "usage: ./generate [options]\n"
             "  --model PATH        GGUF file or HF model directory (default %s)\n"
             "  --adapter DIR       merge a LoRA adapter (peft layout, as ./train writes) into the model\n"
+            "  --quant Q           with --adapter, the base it was trained on, as ./train's --quant: nf4 (the\n"
+            "                      linear weights round-tripped through NF4 first) or none (as loaded) (default nf4)\n"
+            "  --double-quant 0|1  as ./train's --double-quant, for --quant nf4 (default 1)\n"
             "  --prompt TEXT       the prompt (this or --prompt-file is required)\n"
             "  --prompt-file PATH  read the prompt from a file\n"
             "  --chat              wrap the prompt in the model's chat template as a user message\n"
@@ -70,7 +78,8 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, 1, 1};
+    const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
@@ -83,6 +92,8 @@ static Options parse_args(int argc, char **argv) {
         const char *value = argv[++i];
         if (strcmp(flag, "--model") == 0) o.model_path = value;
         else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = value;
+        else if (strcmp(flag, "--quant") == 0) o.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
+        else if (strcmp(flag, "--double-quant") == 0) o.double_quant = cli_choice("generate", flag, value, bit_choices);
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
         else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
@@ -115,24 +126,34 @@ static int encode_prompt(const Tokenizer *tok, const Options *o, int **ids) {
     return count;
 }
 
+// The model; with --adapter, first made the base the adapter was trained on
+// (--quant), then the adapter merged in. Exits on error.
+static void load_model(Model *m, const Options *o) {
+    char err[1024];
+    if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "generate: %s\n", err); exit(1); }
+    if (!o->adapter_dir) return;
+    if (o->quant_nf4 && nf4_round_trip_model(m, o->double_quant, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        exit(1);
+    }
+    if (o->quant_nf4)
+        fprintf(stderr, "base: linear weights round-tripped through NF4%s (as ./train --quant nf4 --double-quant %d)\n",
+                o->double_quant ? " with double quant" : "", o->double_quant);
+    else
+        fprintf(stderr, "base: weights as loaded (as ./train --quant none)\n");
+    AdapterInfo info;
+    if (adapter_merge_peft(m, o->adapter_dir, &info, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        exit(1);
+    }
+    fprintf(stderr, "adapter: %s (%d modules merged, rank %d, scaling %g)\n", o->adapter_dir, info.n_merged,
+            info.rank, info.scaling);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
-    char err[1024];
     Model model;
-    if (model_load(&model, o.model_path, err, sizeof err) != 0) {
-        fprintf(stderr, "generate: %s\n", err);
-        return 1;
-    }
-    if (o.adapter_dir) {
-        AdapterInfo info;
-        if (adapter_merge_peft(&model, o.adapter_dir, &info, err, sizeof err) != 0) {
-            fprintf(stderr, "generate: %s\n", err);
-            model_free(&model);
-            return 1;
-        }
-        fprintf(stderr, "adapter: %s (%d modules merged, rank %d, scaling %g)\n", o.adapter_dir, info.n_merged,
-                info.rank, info.scaling);
-    }
+    load_model(&model, &o);
     const Config *c = &model.config;
     int *prompt = NULL;
     int n_prompt = encode_prompt(model.tokenizer, &o, &prompt);

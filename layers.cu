@@ -1,6 +1,7 @@
 // layers.cu: the transformer's operations on the CPU, forward and backward,
 // written to be read: one loop nest per formula, OpenMP across independent
-// rows. Instantiated for float (the model) and double (the gradient tests).
+// rows; only the matmuls, where the time goes, are blocked for registers and
+// cache. Instantiated for float (the model) and double (the gradient tests).
 // The CUDA kernels follow at the bottom, each mirroring its CPU function.
 #include "layers.h"
 
@@ -8,57 +9,139 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 // ---- matmul ------------------------------------------------------------------
+//
+// Done one multiply-add per loaded value, a matmul waits on loads, not on
+// arithmetic. The kernels below keep a small block of sums in SIMD registers,
+// so that every loaded vector feeds several multiply-adds, and give each thread
+// tiles that stay in cache. Blocks running past the last row repeat that row
+// and drop its results. Every sum is added up by one thread in a fixed order:
+// the same bits for any number of threads.
+
+// sum_i x[i] * y[i]
+template <typename Real>
+static Real dot(const Real *x, const Real *y, int len) {
+    Real sum = 0;
+    #pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < len; i++) sum += x[i] * y[i];
+    return sum;
+}
+
+// out[t][o] for TOKENS tokens from t0 and ROWS rows of W from o0: each step loads
+// TOKENS input and ROWS weight vectors of LANES values and multiply-adds each pair
+// into its own LANES partial sums, which are added up at the end.
+static const int MATMUL_TOKENS = 4, MATMUL_ROWS = 3;
+template <typename Real>
+static void matmul_block(Real *out, const Real *in, const Real *weight, const Real *bias, int in_dim, int out_dim,
+                         int t0, int o0) {
+    const int TOKENS = MATMUL_TOKENS, ROWS = MATMUL_ROWS, LANES = 32 / sizeof(Real);
+    const Real *x[TOKENS], *w[ROWS];
+    for (int a = 0; a < TOKENS; a++) x[a] = in + (size_t)(t0 + a) * in_dim;
+    for (int b = 0; b < ROWS; b++) w[b] = weight + (size_t)std::min(o0 + b, out_dim - 1) * in_dim;
+    Real partial[TOKENS][ROWS][LANES] = {};
+    for (int i = 0; i + LANES <= in_dim; i += LANES)
+        for (int a = 0; a < TOKENS; a++)
+            for (int b = 0; b < ROWS; b++) {
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) partial[a][b][l] += x[a][i + l] * w[b][i + l];
+            }
+    for (int a = 0; a < TOKENS; a++)
+        for (int b = 0; b < ROWS && o0 + b < out_dim; b++) {
+            Real sum = bias ? bias[o0 + b] : 0;
+            for (int l = 0; l < LANES; l++) sum += partial[a][b][l];
+            for (int i = in_dim / LANES * LANES; i < in_dim; i++) sum += x[a][i] * w[b][i];
+            out[(size_t)(t0 + a) * out_dim + o0 + b] = sum;
+        }
+}
 
 template <typename Real>
 void matmul_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim) {
-    // out[t][o] = sum_i in[t][i] * W[o][i] + b[o]
-    #pragma omp parallel for schedule(static)
-    for (int o = 0; o < out_dim; o++) {
-        const Real *w_row = weight + (size_t)o * in_dim;
-        for (int t = 0; t < n; t++) {
-            const Real *x = in + (size_t)t * in_dim;
-            Real sum = 0;
-            #pragma omp simd reduction(+ : sum)
-            for (int i = 0; i < in_dim; i++) sum += x[i] * w_row[i];
-            out[(size_t)t * out_dim + o] = sum + (bias ? bias[o] : 0);
+    // out[t][o] = sum_i in[t][i] * W[o][i] + b[o], in blocks of 4 tokens by 3 rows of W;
+    // the tokens left over (in generation, the only one) as plain dot products.
+    // A thread takes a tile of TILE_ROWS rows of W (kept in cache) by TILE_TOKENS tokens.
+    const int TILE_ROWS = 16 * MATMUL_ROWS, TILE_TOKENS = 16 * MATMUL_TOKENS;
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int o_tile = 0; o_tile < out_dim; o_tile += TILE_ROWS)
+        for (int t_tile = 0; t_tile < n; t_tile += TILE_TOKENS) {
+            int o_end = std::min(o_tile + TILE_ROWS, out_dim), t_end = std::min(t_tile + TILE_TOKENS, n);
+            int t_blocks_end = t_end - (t_end - t_tile) % MATMUL_TOKENS;
+            for (int t0 = t_tile; t0 < t_blocks_end; t0 += MATMUL_TOKENS)
+                for (int o0 = o_tile; o0 < o_end; o0 += MATMUL_ROWS)
+                    matmul_block(out, in, weight, bias, in_dim, out_dim, t0, o0);
+            for (int t = t_blocks_end; t < t_end; t++)
+                for (int o = o_tile; o < o_end; o++) {
+                    Real sum = dot(in + (size_t)t * in_dim, weight + (size_t)o * in_dim, in_dim);
+                    out[(size_t)t * out_dim + o] = sum + (bias ? bias[o] : 0);
+                }
         }
-    }
+}
+
+// C[r][c] += sum_k A(r, k) * B[k][c] with B [depth, cols] and C [rows, cols] row-major,
+// and A(r, k) = A[r * a_row_stride + k * a_depth_stride]: both backward products.
+template <typename Real>
+struct Product {
+    Real *C;
+    const Real *A;
+    size_t a_row_stride, a_depth_stride;
+    const Real *B;
+    int rows, cols, depth;
+};
+
+// C's block of ROWS rows from r0 and COLS columns from c0 += its terms for k in
+// [k0, k1): each step broadcasts one A value per row, loads COLS values of B's row
+// k and multiply-adds them into the row's COLS sums.
+static const int PRODUCT_ROWS = 6;
+template <typename Real>
+static void product_block(const Product<Real> &p, int r0, int c0, int k0, int k1) {
+    const int ROWS = PRODUCT_ROWS, COLS = 64 / sizeof(Real);
+    Real sum[ROWS][COLS] = {};
+    for (int k = k0; k < k1; k++)
+        for (int a = 0; a < ROWS; a++) {
+            Real scale = p.A[std::min(r0 + a, p.rows - 1) * p.a_row_stride + k * p.a_depth_stride];
+            const Real *b = p.B + (size_t)k * p.cols + c0;
+            #pragma omp simd
+            for (int s = 0; s < COLS; s++) sum[a][s] += scale * b[s];
+        }
+    for (int a = 0; a < ROWS && r0 + a < p.rows; a++)
+        for (int s = 0; s < COLS; s++) p.C[(size_t)(r0 + a) * p.cols + c0 + s] += sum[a][s];
+}
+
+// A thread takes a tile of C (TILE_ROWS x TILE_COLS) and goes through depth DEPTH at
+// a time, so that the pieces of A and B it reuses stay in cache. The columns after
+// the last whole block, if any, go one at a time.
+template <typename Real>
+static void add_product(const Product<Real> &p) {
+    const int COLS = 64 / sizeof(Real), TILE_ROWS = 16 * PRODUCT_ROWS, TILE_COLS = 8 * COLS, DEPTH = 256;
+    int block_cols = p.cols / COLS * COLS;
+    #pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int r_tile = 0; r_tile < p.rows; r_tile += TILE_ROWS)
+        for (int c_tile = 0; c_tile < block_cols; c_tile += TILE_COLS)
+            for (int k0 = 0; k0 < p.depth; k0 += DEPTH)
+                for (int c0 = c_tile; c0 < std::min(c_tile + TILE_COLS, block_cols); c0 += COLS)
+                    for (int r0 = r_tile; r0 < std::min(r_tile + TILE_ROWS, p.rows); r0 += PRODUCT_ROWS)
+                        product_block(p, r0, c0, k0, std::min(k0 + DEPTH, p.depth));
+    #pragma omp parallel for if (block_cols < p.cols)
+    for (int r = 0; r < p.rows; r++)
+        for (int c = block_cols; c < p.cols; c++) {
+            Real sum = 0;
+            for (int k = 0; k < p.depth; k++)
+                sum += p.A[r * p.a_row_stride + k * p.a_depth_stride] * p.B[(size_t)k * p.cols + c];
+            p.C[(size_t)r * p.cols + c] += sum;
+        }
 }
 
 template <typename Real>
 void matmul_backward_input_cpu(Real *d_in, const Real *d_out, const Real *weight, int n, int in_dim, int out_dim) {
-    // d_in[t][i] += sum_o d_out[t][o] * W[o][i], for a tile of tokens at a
-    // time so that each row of W is read from memory once per tile
-    const int tile = 16;
-    #pragma omp parallel for schedule(dynamic)
-    for (int first = 0; first < n; first += tile) {
-        int last = first + tile < n ? first + tile : n;
-        for (int o = 0; o < out_dim; o++) {
-            const Real *w_row = weight + (size_t)o * in_dim;
-            for (int t = first; t < last; t++) {
-                Real g = d_out[(size_t)t * out_dim + o];
-                Real *dx = d_in + (size_t)t * in_dim;
-                #pragma omp simd
-                for (int i = 0; i < in_dim; i++) dx[i] += g * w_row[i];
-            }
-        }
-    }
+    // d_in[t][i] += sum_o d_out[t][o] * W[o][i]
+    add_product(Product<Real>{d_in, d_out, (size_t)out_dim, 1, weight, n, in_dim, out_dim});
 }
 
 template <typename Real>
 void matmul_backward_weight_cpu(Real *d_weight, const Real *d_out, const Real *in, int n, int in_dim, int out_dim) {
     // d_W[o][i] += sum_t d_out[t][o] * in[t][i]
-    #pragma omp parallel for schedule(static)
-    for (int o = 0; o < out_dim; o++) {
-        Real *dw = d_weight + (size_t)o * in_dim;
-        for (int t = 0; t < n; t++) {
-            Real g = d_out[(size_t)t * out_dim + o];
-            const Real *x = in + (size_t)t * in_dim;
-            #pragma omp simd
-            for (int i = 0; i < in_dim; i++) dw[i] += g * x[i];
-        }
-    }
+    add_product(Product<Real>{d_weight, d_out, 1, (size_t)out_dim, in, out_dim, in_dim, n});
 }
 
 // ---- RMSNorm -------------------------------------------------------------------
@@ -203,26 +286,6 @@ static const int elementwise_block = 256;
 static const int row_block = 256;
 
 static unsigned blocks_for(size_t n_threads) { return (unsigned)((n_threads + elementwise_block - 1) / elementwise_block); }
-
-// The sum of v over the 32 lanes of a warp, in every lane.
-__device__ static float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
-// The sum of v over the whole block, in every thread (blockDim.x a multiple of 32,
-// at most 1024; every thread of the block must call it).
-__device__ static float block_sum(float v) {
-    __shared__ float warp_totals[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    v = warp_sum(v);
-    __syncthreads();   // an earlier call has finished reading warp_totals
-    if (lane == 0) warp_totals[warp] = v;
-    __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < n_warps; w++) total += warp_totals[w];
-    return total;
-}
 
 // ---- embedding ----
 

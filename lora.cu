@@ -2,6 +2,7 @@
 // backward, on the CPU and (at the bottom) on the GPU. The frozen base
 // product x W^T is computed by the caller.
 #include "lora.h"
+#include "gpu.h"
 #include "layers.h"
 #include "safetensors.h"
 
@@ -10,14 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-// The few functions that the CUDA kernels below share with the CPU code:
-// nvcc compiles them for both, g++ for the CPU only.
-#ifdef __CUDACC__
-#define HOST_DEVICE __host__ __device__
-#else
-#define HOST_DEVICE
-#endif
 
 // splitmix64's output function: a bijection of 64-bit words that mixes every
 // input bit into every output bit.
@@ -171,6 +164,11 @@ void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
     int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
     *in_dim = ins[target];
     *out_dim = outs[target];
+}
+
+float *lora_target_weight(const LayerWeights *l, int target) {
+    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+    return weights[target];
 }
 
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,

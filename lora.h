@@ -68,6 +68,8 @@ typedef struct {
 
 // In and out width of a target's linear layer in this model.
 void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim);
+// The frozen base weight of a target's linear layer in a block, [out_dim, in_dim].
+float *lora_target_weight(const LayerWeights *l, int target);
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
 int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size);
 // Creates adapters for every enabled target of every layer; each A gets its

@@ -2,6 +2,7 @@
 #include "memory_plan.h"
 #include "nf4.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -95,8 +96,24 @@ static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *
     p->activations = in->recompute ? p->activations_recompute : p->activations_no_recompute;
     p->backward_buffers = backward_values_per_token(c) * bytes_per_value;
     double logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
-    // fp32 logits [tokens, vocab]
-    p->logits = logit_tokens * c->vocab_size * 4;
+    // fp32 logits [tokens, vocab] and their gradient in the activation type
+    p->logits = logit_tokens * c->vocab_size * (4 + in->activation_bytes);
+}
+
+// The GPU attention's scratch (attention.cu, train_gpu.cu): the simple kind keeps
+// 12 bytes per score (S and dP fp32, P and dS bf16) for as many heads at a time as
+// a 512 MiB budget holds, plus d_k and d_v per query head, fp32 [tokens, q_dim].
+// When not even one head fits, the flash kind needs a float per (sequence, head, token).
+static void plan_attention(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    double budget = 512.0 * BYTES_PER_MIB;
+    double one_head = 12.0 * in->batch * (double)in->seq_len * in->seq_len;
+    if (one_head > budget) {
+        p->attention = 4.0 * in->batch * c->n_heads * in->seq_len;
+        return;
+    }
+    double heads = floor(budget / one_head) < c->n_heads ? floor(budget / one_head) : c->n_heads;
+    double tokens = (double)in->batch * in->seq_len, q_dim = (double)c->n_heads * c->head_dim;
+    p->attention = heads * one_head + 2 * 4 * tokens * q_dim;
 }
 
 void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out) {
@@ -104,8 +121,10 @@ void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out)
     plan_base(c, in, out);
     plan_lora(c, in, out);
     plan_activations(c, in, out);
+    plan_attention(c, in, out);
     out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
-                 out->adam_moments + out->activations + out->backward_buffers + out->logits + out->scratch;
+                 out->adam_moments + out->activations + out->backward_buffers + out->logits + out->attention +
+                 out->scratch;
 }
 
 // ---- the verdict -------------------------------------------------------------
@@ -268,7 +287,8 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
              in->recompute ? "on" : "off");
     print_row(out, label, p->activations, p->total);
     print_row(out, "backward buffers (one block's gradients)", p->backward_buffers, p->total);
-    print_row(out, "logits (fp32)", p->logits, p->total);
+    print_row(out, "logits (fp32) and their gradient", p->logits, p->total);
+    print_row(out, "attention scratch (scores of several heads)", p->attention, p->total);
     if (in->quant_nf4) print_row(out, "one block dequantized (scratch)", p->scratch, p->total);
     fprintf(out, "  %-44s %11.1f MiB (%.2f GB)\n", "total", p->total / BYTES_PER_MIB, p->total / BYTES_PER_GB);
     double base = p->base_linear + p->quant_constants + p->base_other;

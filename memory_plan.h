@@ -14,11 +14,15 @@
 //                         gate, up, h [hidden], xa [rank] per adapter; plus the residual
 //                         stream, the L + 1 block inputs [dim]. With recompute only one
 //                         block's set exists at a time; the stream stays.
-//                         Attention is recomputed from q, k, v (no [T, T] matrix kept).
+//                         Attention's backward recomputes its scores from q, k, v.
 //   backward buffers      one block's gradients: d_x, d_normed, d_mid, d_norm [dim],
 //                         d_h, d_gate, d_up [hidden], d_att, d_q [q_dim], d_k, d_v [kv_dim]
 //   logits                fp32 [tokens, vocab] for loss_chunk tokens at a time (all N
-//                         when 0); the gradient is written over them in place
+//                         when 0), and their gradient in the activation type
+//   attention             the GPU attention's scratch: 12 bytes per score for as many
+//                         heads at a time as 512 MiB holds, plus d_k, d_v per query
+//                         head in fp32 [N, q_dim] (or, when one head does not fit, the
+//                         flash kernel's float per sequence, head and token)
 //   scratch               one block's seven linear weights dequantized (weight_bytes)
 // Not counted: the CUDA context and allocator slack (about half a GB), the
 // tokens and targets, and small per-kernel workspaces.
@@ -48,7 +52,7 @@ typedef struct {
     int recompute;                 // 1: keep only each block's input, recompute in backward
     int weight_bytes;              // unquantized frozen weights: 2 bf16 (GPU), 4 fp32 (CPU path)
     int activation_bytes;          // activations and their gradients: 2 bf16 (GPU), 4 fp32 (CPU)
-    int loss_chunk;                // tokens whose fp32 logits exist at once; 0: all of them
+    int loss_chunk;                // tokens whose logits exist at once (the GPU's: lm_head_chunk_tokens_default); 0: all
 } PlanInputs;
 
 // Bytes of each part; total adds them with the activations of the chosen
@@ -65,6 +69,7 @@ typedef struct {
     double activations_recompute;
     double backward_buffers;
     double logits;
+    double attention;
     double scratch;
     double total;
 } MemoryPlan;

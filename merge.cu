@@ -2,7 +2,6 @@
 // W += s B A from the adapter, then model.safetensors in bf16, config.json
 // and the tokenizer files. Plain host code.
 #include "merge.h"
-#include "lora.h"
 #include "nf4.h"
 #include "safetensors.h"
 #include "tokenizer.h"
@@ -19,34 +18,6 @@ typedef struct {
     const float *values;
     int64_t rows, cols;
 } NamedWeight;
-
-// The linear weight of (layer, target), row-major [out, in].
-static float *linear_weight(Model *m, int layer, int target) {
-    LayerWeights *l = &m->layers[layer];
-    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-    return weights[target];
-}
-
-// W = dequant(NF4(W)) for the seven linear weights of every block: the base
-// the adapter was trained on (base_weights.cu and the GPU quantize the same
-// way, bit for bit).
-static int round_trip_nf4(Model *m, int double_quant, char *err, size_t err_size) {
-    const Config *c = &m->config;
-    for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < N_TARGETS; t++) {
-            int in_dim, out_dim;
-            lora_target_dims(c, t, &in_dim, &out_dim);
-            float *W = linear_weight(m, l, t);
-            NF4Tensor q;
-            if (nf4_quantize(&q, W, (int64_t)in_dim * out_dim, double_quant) != 0) {
-                snprintf(err, err_size, "merge: out of memory quantizing layer %d %s", l, LORA_TARGET_NAMES[t]);
-                return -1;
-            }
-            nf4_dequantize(&q, W);
-            nf4_free(&q);
-        }
-    return 0;
-}
 
 // ---- model.safetensors --------------------------------------------------------
 
@@ -193,9 +164,10 @@ int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_siz
     return m->tokenizer ? tokenizer_save_hf(m->tokenizer, out_dir, err, err_size) : 0;
 }
 
+// The base the adapter was trained on (nf4.h), then W += s B A (adapter.h), then the directory.
 int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
                  AdapterInfo *info, char *err, size_t err_size) {
-    if (quantize_nf4 && round_trip_nf4(m, double_quant, err, err_size) != 0) return -1;
+    if (quantize_nf4 && nf4_round_trip_model(m, double_quant, err, err_size) != 0) return -1;
     if (adapter_merge_peft(m, adapter_dir, info, err, err_size) != 0) return -1;
     return model_save_hf(m, out_dir, err, err_size);
 }

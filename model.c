@@ -238,7 +238,7 @@ int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, 
         model_free(m);
         return -1;
     }
-    uint64_t state = seed;
+    uint64_t drawn = 0;   // values drawn so far: value k comes from the splitmix64 state seed + (k + 1) * golden
     float *next = m->storage;
     for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
         Role role = (Role)r;
@@ -250,16 +250,19 @@ int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, 
         float bound = cols && role != ROLE_EMBED ? 1.0f / sqrtf((float)cols) : 0.1f;
         int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
         for (int layer = 0; layer < n_copies; layer++) {
-            for (int64_t i = 0; i < role_numel(c, role); i++) {
+            int64_t numel = role_numel(c, role);
+            #pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < numel; i++) {
                 // splitmix64 -> u in [0, 1)
-                uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+                uint64_t z = seed + (drawn + (uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL;
                 z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
                 z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
                 float u = (float)((z ^ (z >> 31)) >> 40) / 16777216.0f;
                 next[i] = (is_norm ? 1.0f : 0.0f) + bound * (2.0f * u - 1.0f);
             }
             *role_slot(m, role, layer) = next;
-            next += role_numel(c, role);
+            next += numel;
+            drawn += (uint64_t)numel;
         }
     }
     if (c->tied_embeddings) m->lm_head = m->embed;

@@ -1,8 +1,11 @@
 // nf4.cu: NF4 quantization of the frozen base weights (see nf4.h for the
 // format): the CPU reference functions, matching bitsandbytes byte for byte,
-// the memory story of a quantized model, and (at the bottom) the CUDA
-// quantize and dequantize kernels, equal to the CPU functions bit for bit.
+// the memory story of a quantized model, a model's base round-tripped through
+// NF4 for inference, and (at the bottom) the CUDA quantize and dequantize
+// kernels, equal to the CPU functions bit for bit.
 #include "nf4.h"
+#include "gpu.h"
+#include "lora.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -68,8 +71,9 @@ void dynamic_map_signed(float map[256]) {
     qsort(map, 256, sizeof(float), compare_floats);
 }
 
-// Index of the map entry nearest to v; a tie goes to the lower entry.
-static int dynamic_map_nearest(const float map[256], float v) {
+// Index of the map entry nearest to v; a tie goes to the lower entry (the CPU
+// double quant and nf4_double_quantize_kernel share this one copy).
+HOST_DEVICE static int dynamic_map_nearest(const float *map, float v) {
     // the largest i with map[i] <= v (0 when v is below map[0])
     int lo = 0, hi = 255;
     while (lo < hi) {
@@ -215,6 +219,25 @@ static void print_story_line(FILE *out, const char *what, size_t bytes, size_t c
     fprintf(out, "\n");
 }
 
+int nf4_round_trip_model(Model *m, int double_quant, char *err, size_t err_size) {
+    const Config *c = &m->config;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < N_TARGETS; t++) {
+            int in_dim, out_dim;
+            lora_target_dims(c, t, &in_dim, &out_dim);
+            float *W = lora_target_weight(&m->layers[l], t);
+            NF4Tensor q;
+            if (nf4_quantize(&q, W, (int64_t)in_dim * out_dim, double_quant) != 0) {
+                snprintf(err, err_size, "out of memory quantizing layer %d %s to NF4", l, LORA_TARGET_NAMES[t]);
+                return -1;
+            }
+            // W = dequant(NF4(W))
+            nf4_dequantize(&q, W);
+            nf4_free(&q);
+        }
+    return 0;
+}
+
 void nf4_print_memory_story(const Config *c, FILE *out) {
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     // q, k, v, o, gate, up, down: each quantized on its own
@@ -269,7 +292,6 @@ static void nf4_tables_to_device(void) {
 }
 
 #define NF4_THREADS 256   // threads per thread block in every NF4 kernel
-#define FULL_WARP 0xffffffffu
 
 // ---- dequantize ----
 
@@ -306,12 +328,6 @@ void nf4_dequantize_gpu(bf16 *out, const NF4TensorGPU *q) {
 
 // ---- quantize ----
 
-// The largest v over the 32 lanes of a warp (fmaxf, which skips NaN, as the CPU loop).
-__device__ static float warp_max(float v) {
-    for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) v = fmaxf(v, __shfl_xor_sync(FULL_WARP, v, lane_mask));
-    return v;
-}
-
 // nf4_nearest_code: the number of midpoints strictly below v (the same index as
 // the CPU's binary search, also for NaN: 0).
 __device__ static int nf4_nearest_code_gpu(float v) {
@@ -341,19 +357,6 @@ __global__ static void nf4_quantize_kernel(const float *x, int64_t n, int64_t n_
     packed[i / 2] = (uint8_t)(high << 4 | low);
 }
 
-// dynamic_map_nearest, line for line: the map entry nearest to v, a tie to the lower.
-__device__ static int dynamic_map_nearest_gpu(const float *map, float v) {
-    // the largest i with map[i] <= v (0 when v is below map[0])
-    int lo = 0, hi = 255;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (map[mid] <= v) lo = mid;
-        else hi = mid - 1;
-    }
-    if (lo < 255 && fabsf(v - map[lo + 1]) < fabsf(v - map[lo])) lo++;
-    return lo;
-}
-
 // One thread block per 256-block c of absmax values, one thread per value b.
 // Mirrors nf4_double_quantize.
 __global__ static void nf4_double_quantize_kernel(const float *absmax, int64_t n_blocks, float offset,
@@ -373,7 +376,7 @@ __global__ static void nf4_double_quantize_kernel(const float *absmax, int64_t n
     if (b >= n_blocks) return;
     // v = (absmax - offset) * (1 / absmax2), absmax2 floored at 1e-38 as on the CPU
     float inv_absmax2 = 1.0f / fmaxf(block_max, 1e-38f);
-    absmax_q[b] = (uint8_t)dynamic_map_nearest_gpu(map, centered * inv_absmax2);
+    absmax_q[b] = (uint8_t)dynamic_map_nearest(map, centered * inv_absmax2);
 }
 
 void nf4_quantize_gpu(NF4TensorGPU *q, const float *x, int64_t n, int double_quant, const char *what) {

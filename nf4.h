@@ -93,6 +93,15 @@ void nf4_absmax_values(const NF4Tensor *q, float *absmax);
 void nf4_dequantize(const NF4Tensor *q, float *out);
 void nf4_free(NF4Tensor *q);
 
+// The base that ./train --quant nf4 trains on, as an fp32 model for inference:
+// the seven linear weights of every block (q, k, v, o, gate, up, down: the
+// ones base_weights.cu stores in NF4) become W = dequant(NF4(W)), quantized as
+// training does (blocks of 64, double_quant as there), in place. Embeddings,
+// norms, biases and the LM head are left as they are, as training leaves them.
+// Returns 0, or -1 (out of memory) with a message in err and the model half
+// converted.
+int nf4_round_trip_model(Model *m, int double_quant, char *err, size_t err_size);
+
 // Bytes of storage for n values: the packed codes plus the constants
 // (absmax fp32 per block; or, with double quant, a byte per block, an fp32
 // absmax2 per 256 blocks and the fp32 offset).

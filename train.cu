@@ -15,6 +15,7 @@
 #include "eval.h"
 #include "gpu.h"
 #include "lora.h"
+#include "cross_entropy.h"
 #include "memory_plan.h"
 #include "merge.h"
 #include "model.h"
@@ -475,6 +476,7 @@ static void print_plan(const Config *c, const Options *o, const int enabled[N_TA
     in.recompute = o->recompute;
     in.weight_bytes = 2;
     in.activation_bytes = 2;
+    in.loss_chunk = lm_head_chunk_tokens_default(c->vocab_size);
     MemoryPlan plan;
     memory_plan_compute(c, &in, &plan);
     memory_plan_print(c, &in, &plan, o->gpu_mem_gb, stdout);
@@ -509,7 +511,8 @@ static int save_merged(const Options *o, Model *model) {
 }
 
 // --eval-answers: the adapter as it is now, merged into a fresh copy of the
-// base, answers the first n validation questions; scored with ./evaluate's code.
+// base it trains on (dequant(NF4(W)) with --quant nf4), answers the first n
+// validation questions; scored with ./evaluate's code.
 static void evaluate_answers(const Options *o, Engine *e, Trainable *tr, const Config *c, const ExampleSet *val_set,
                              const Embedder *embedder, int step) {
     char dir[4096], err[1024];
@@ -517,9 +520,15 @@ static void evaluate_answers(const Options *o, Engine *e, Trainable *tr, const C
     if (save_adapter(o, tr, c, "eval_adapter") != 0) return;
     snprintf(dir, sizeof dir, "%s/eval_adapter", o->out_dir);
     Model merged;
-    if (model_load(&merged, o->model_path, err, sizeof err) != 0 ||
+    if (model_load(&merged, o->model_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --eval-answers: %s\n", err);
+        return;
+    }
+    int nf4 = strcmp(o->quant, "nf4") == 0;
+    if ((nf4 && nf4_round_trip_model(&merged, o->double_quant, err, sizeof err) != 0) ||
         adapter_merge_peft(&merged, dir, NULL, err, sizeof err) != 0) {
         fprintf(stderr, "train: --eval-answers: %s\n", err);
+        model_free(&merged);
         return;
     }
     int n = o->eval_answers < val_set->count ? o->eval_answers : val_set->count, count = 0;

@@ -15,17 +15,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The simple attention (cuBLAS, scores materialised) is faster than the fused
+// one; it runs as many heads at a time as this many bytes of scores hold, and
+// when not even one head fits, the fused kernel takes over.
+static const size_t attention_score_budget = (size_t)512 << 20;
+
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static size_t linear_numel(const Config *c, int target) {
     int in_dim, out_dim;
     lora_target_dims(c, target, &in_dim, &out_dim);
     return (size_t)in_dim * out_dim;
-}
-
-static float *linear_matrix(const LayerWeights *l, int target) {
-    float *matrices[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-    return matrices[target];
 }
 
 // A device copy of n host floats (NULL stays NULL), counted in *counter.
@@ -66,11 +66,11 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
         for (int t = 0; t < N_TARGETS; t++) {
             size_t n = linear_numel(c, t);
             if (g->quant == QUANT_NONE) {
-                b->dense[t] = gpu_upload_as_bf16(linear_matrix(lw, t), n, "bf16 base weights");
+                b->dense[t] = gpu_upload_as_bf16(lora_target_weight(lw, t), n, "bf16 base weights");
                 mem->base_codes += sizeof(bf16) * n;
                 continue;
             }
-            gpu_upload(staging, linear_matrix(lw, t), sizeof(float) * n);
+            gpu_upload(staging, lora_target_weight(lw, t), sizeof(float) * n);
             nf4_quantize_gpu(&b->nf4[t], staging, (int64_t)n, double_quant, "NF4 base weights");
             size_t total = nf4_bytes_for((int64_t)n, double_quant), codes = ((size_t)n + 1) / 2;
             mem->base_codes += codes;
@@ -183,6 +183,16 @@ static void alloc_buffers(GpuTrainer *g) {
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
+    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, attention_score_budget));
+}
+
+void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
+    gpu_free(g->attention_scratch);
+    g->memory.scratch -= g->attention_scratch_bytes;
+    g->attention = kind;
+    g->attention_scratch_bytes = attention_scratch_bytes_gpu(kind, g->max_seqs, g->max_seq_len, g->c.n_heads,
+                                                             g->c.head_dim, attention_score_budget);
+    g->attention_scratch = alloc_counted(g->attention_scratch_bytes, "attention scratch", &g->memory.scratch);
 }
 
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
@@ -190,15 +200,12 @@ void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int do
     memset(g, 0, sizeof *g);
     g->c = model->config;
     g->quant = quant;
-    // the simple attention (cuBLAS, scores materialised) is faster; it needs
-    // about 12 bytes per score of scratch, so past 1 GiB the fused kernel takes over
-    double score_bytes = 12.0 * max_seqs * (double)max_seq_len * max_seq_len;
-    g->attention = score_bytes <= 1073741824.0 ? ATTENTION_SIMPLE : ATTENTION_FLASH;
     g->recompute = opt->recompute;
     g->rank = opt->rank;
     g->scaling = opt->scaling;
     g->dropout = opt->dropout;
     g->max_seqs = max_seqs;
+    g->max_seq_len = max_seq_len;
     g->max_tokens = max_seqs * max_seq_len;
     upload_base(g, model, double_quant);
     alloc_lora(g, lora);
@@ -226,7 +233,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     free(g->acts);
     gpu_free(g->normed); gpu_free(g->d_x); gpu_free(g->d_mid); gpu_free(g->d_normed); gpu_free(g->d_wide);
     gpu_free(g->dy); gpu_free(g->d_gate); gpu_free(g->d_up); gpu_free(g->d_q); gpu_free(g->d_k); gpu_free(g->d_v);
-    gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch);
+    gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch); gpu_free(g->attention_scratch);
     memset(g, 0, sizeof *g);
 }
 
@@ -326,7 +333,7 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->n_seqs, s->seq_len, c->n_heads,
-                          c->n_kv_heads, c->head_dim);
+                          c->n_kv_heads, c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
     linear_forward(g, s, g->tmp, a->att, NULL, layer, TARGET_O, a->xa[TARGET_O]);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
@@ -365,7 +372,8 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     linear_backward(g, s, g->d_wide, g->dy, a->att, layer, TARGET_O, a->xa[TARGET_O]);
     float_to_bf16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v, s->n_seqs,
-                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim);
+                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
+                           g->attention_scratch_bytes);
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));

@@ -45,13 +45,13 @@ typedef struct {
 typedef struct {
     Config c;
     QuantMode quant;
-    AttentionKernel attention;   // simple when its T x T scratch fits in 1 GiB, else flash
+    AttentionKernel attention;   // simple when one head's T x T scores fit the budget (train_gpu.cu), else flash
     int recompute;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
     float dropout;
     int max_tokens;         // batch * seq the buffers are sized for
-    int max_seqs;
+    int max_seqs, max_seq_len;
 
     GpuBlock *blocks;       // [n_layers]
     bf16 *embed, *lm_head;  // lm_head == embed when tied
@@ -80,6 +80,8 @@ typedef struct {
     bf16 *tmp;                           // [N, dim] output of o / down before the residual add
     float *keep;                         // [N * max(dim, hidden, q_dim)] dropout mask
     void *lora_scratch;
+    void *attention_scratch;
+    size_t attention_scratch_bytes;
     GpuMemoryUse memory;
 } GpuTrainer;
 
@@ -89,6 +91,8 @@ typedef struct {
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
                       const StepOptions *opt, int max_seqs, int max_seq_len);
 void gpu_trainer_free(GpuTrainer *g);
+// Switches the attention kind (tests, benchmarks); init picks the faster one that fits.
+void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind);
 // Prints where the GPU memory went (our allocations, and the device's view).
 void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out);
 

@@ -134,13 +134,17 @@ int main(void) {
     const char *names[2] = {"simple", "flash"};
     for (int k = 0; k < 2; k++) {
         char label[64];
-        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, n_seqs, seq, heads, kv_heads, head_dim); }, 10);
+        size_t scratch_bytes = attention_scratch_bytes_gpu(kinds[k], n_seqs, seq, heads, head_dim, (size_t)512 << 20);
+        void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
+        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, n_seqs, seq, heads, kv_heads, head_dim,
+                                                 scratch, scratch_bytes); }, 10);
         snprintf(label, sizeof label, "attention forward (%s)", names[k]);
         report_flops(label, attention_flops, ms, gemm_tflops);
         ms = time_ms([&] { attention_backward_gpu(kinds[k], dq, dk, dv, out, out, lse, qb, kb, vb, n_seqs, seq, heads,
-                                                   kv_heads, head_dim); }, 10);
+                                                   kv_heads, head_dim, scratch, scratch_bytes); }, 10);
         snprintf(label, sizeof label, "attention backward (%s)", names[k]);
         report_flops(label, 2.0 * attention_flops, ms, gemm_tflops);
+        gpu_free(scratch);
     }
 
     // base GEMMs (the MLP's gate projection) and LoRA on it

@@ -170,8 +170,8 @@ int main(int argc, char **argv) {
 #ifdef __CUDACC__
     GpuTrainer g;
     gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq);
-    if (strcmp(attention, "simple") == 0) g.attention = ATTENTION_SIMPLE;
-    if (strcmp(attention, "flash") == 0) g.attention = ATTENTION_FLASH;
+    if (strcmp(attention, "simple") == 0) gpu_trainer_set_attention(&g, ATTENTION_SIMPLE);
+    if (strcmp(attention, "flash") == 0) gpu_trainer_set_attention(&g, ATTENTION_FLASH);
     gpu_trainer_print_memory(&g, stdout);
     AdamWConfig config = adamw_default_config();
     double timed = 0.0;

@@ -1,28 +1,86 @@
 #!/bin/sh
-# The GPU session's checks, run on the device machine from the repo root:
-# build with nvcc, run every GPU test, then the trainer benchmarks (ours and
-# HF transformers + peft, same shapes, same GPU). Logs go to $OUT (or out/).
-# Headers and libraries missing there travel in .devdeps/ (doctest, utf8proc).
+# The GPU session's checks, run on the device machine from the repo root, in
+# stages (default: build tests memcheck kernels bench oom):
+#   build     nvcc build of the trainer, the GPU tests and the benchmarks
+#   tests     every GPU test (build/test_gpu)
+#   memcheck  compute-sanitizer memcheck over the GPU tests (the two 30-layer
+#             SmolLM2-shape tests and the 20-step curve excluded: too slow there)
+#   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels)
+#   bench     ours vs HF transformers + peft on the same random-weight file:
+#             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1)
+#   oom       a batch that cannot fit: expects exit status 3 and the message
+#   train     the default ./train on the GPU (needs the default model: carry
+#             .model_a and .model_b in two calls, see dev/README.md), timed
+#   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512
+# Logs go to $OUT (or out/). Headers and libraries missing there travel in
+# .devdeps/ (doctest, utf8proc, a tokenizer.json for the random models).
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/device.txt"
-git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/device.txt"
-make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps train build/test_gpu build/bench_train build/bench_kernels >"$OUT/build.log" 2>&1 ||
-    { tail -30 "$OUT/build.log"; exit 1; }
-echo "== GPU tests"
-./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" | grep -E "ERROR|CHECK|passed|MESSAGE|loss|seed|test cases" | head -60
-echo "== kernels"
-./build/bench_kernels 2>&1 | tee "$OUT/bench_kernels.log"
-echo "== benchmarks (both trainers load the same random-weight file per shape)"
-# a tokenizer.json for --save where the default model is absent (.devdeps/tokenizer.json)
+stages=${*:-build tests memcheck kernels bench oom}
+start=$(date +%s)
 tokenizer=""
 [ -f .devdeps/tokenizer.json ] && tokenizer="--tokenizer .devdeps/tokenizer.json"
-runs="smollm2-135m 8 512"
-[ -n "$BENCH_1B" ] && runs="$runs;llama-3.2-1b 4 512"
-[ -n "$BENCH_8B" ] && runs="$runs;llama-3.1-8b 1 512"
-echo "$runs" | tr ';' '\n' | while read -r shape batch seq; do
-    dir=/tmp/random-$shape
-    [ -d "$dir" ] || ./build/bench_train --shape "$shape" --save "$dir" $tokenizer || continue
-    ./build/bench_train --model "$dir" --batch "$batch" --seq "$seq" --quant nf4 --recompute 1 2>&1 | tail -1
-    python3 dev/bench_hf_peft.py --model "$dir" --batch "$batch" --seq "$seq" --recompute 1 2>&1 | tail -1
-done | tee "$OUT/bench.log"
+
+stage() { echo "== $1 (at $(($(date +%s) - start)) s)"; }
+
+# ours and HF + peft on one random-weight HF directory of the named shape
+bench_pair() {
+    dir=/tmp/random-$1
+    [ -d "$dir" ] || ./build/bench_train --shape "$1" --save "$dir" $tokenizer || return
+    ./build/bench_train --model "$dir" --batch "$2" --seq "$3" --quant nf4 --recompute 1 2>&1 | tail -1
+    python3 dev/bench_hf_peft.py --model "$dir" --batch "$2" --seq "$3" --recompute 1 2>&1 | tail -1
+}
+
+for s in $stages; do
+    stage "$s"
+    case $s in
+    build)
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/device.txt"
+        git log -1 --format='commit %H %s' 2>/dev/null | tee -a "$OUT/device.txt"
+        git status --short | tee -a "$OUT/device.txt"
+        make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps train build/test_gpu build/bench_train build/bench_kernels \
+            >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+        ;;
+    tests)
+        ./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" |
+            grep -E "ERROR|CHECK|MESSAGE|loss|seed|test cases|passed" | head -80
+        ;;
+    memcheck)
+        compute-sanitizer --tool memcheck ./build/test_gpu -tce="*SmolLM2*,*20 AdamW*" >"$OUT/memcheck.log" 2>&1
+        grep -E "ERROR SUMMARY|test cases|passed" "$OUT/memcheck.log" | tail -3
+        ;;
+    kernels)
+        ./build/bench_kernels 2>&1 | tee "$OUT/bench_kernels.log"
+        ;;
+    bench)
+        {
+            bench_pair smollm2-135m 8 512
+            ./build/bench_train --model /tmp/random-smollm2-135m --batch 8 --seq 512 --attention flash 2>&1 | tail -1
+            [ -n "$BENCH_1B" ] && bench_pair llama-3.2-1b 4 512
+        } | tee "$OUT/bench.log"
+        ;;
+    oom)
+        ./build/bench_train --shape smollm2-135m --batch 1024 --seq 8192 --steps 1 >"$OUT/oom.log" 2>&1
+        status=$?
+        cat "$OUT/oom.log" | tail -4
+        echo "exit status $status (3 expected)"
+        ;;
+    train)
+        model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+        if [ ! -f "$model" ] && [ -f .model_a/part ] && [ -f .model_b/part ]; then
+            mkdir -p models && cat .model_a/part .model_b/part >"$model"
+        fi
+        sha256sum "$model" | tee -a "$OUT/device.txt"
+        t0=$(date +%s)
+        ./train --device cuda --out /tmp/gpu-train 2>&1 | tee "$OUT/train.log" | tail -25
+        echo "./train wall time: $(($(date +%s) - t0)) s"
+        ;;
+    big)
+        bench_pair llama-3.1-8b 1 512 | tee "$OUT/bench_8b.log"
+        ;;
+    *)
+        echo "unknown stage $s"
+        ;;
+    esac
+done
+stage done

@@ -7,6 +7,9 @@
 // below 1e-5 (a wrong term gives errors of order 1).
 #include <doctest/doctest.h>
 
+#include <omp.h>
+#include <string.h>
+
 #include <cmath>
 #include <functional>
 #include <random>
@@ -64,6 +67,95 @@ TEST_CASE("layers backward: matmul input and weight gradients") {
     matmul_backward_weight_cpu(dw.data(), proj.data(), x.data(), n, in_dim, out_dim);
     CHECK(gradient_error(loss, x, dx) < MAX_RELATIVE_ERROR);
     CHECK(gradient_error(loss, w, dw) < MAX_RELATIVE_ERROR);
+}
+
+// The blocked matmuls against plain triple loops, at sizes that leave partial
+// blocks and tiles everywhere (one token, one output row, sizes that no block
+// size divides, more tokens than a tile, more depth than a depth step), with
+// and without bias; the backward ones must ADD to what is there. An error is
+// measured against sum |term|: a term missing or counted twice is ~1/length.
+template <typename Real>
+static void check_matmuls_against_loops(double tolerance) {
+    std::mt19937 rng(7);
+    const int sizes[][3] = {{1, 5, 1}, {3, 64, 7}, {17, 67, 130}, {1, 67, 130}, {17, 5, 7}, {70, 67, 300}};
+    for (const auto &size : sizes) {
+        const int n = size[0], in_dim = size[1], out_dim = size[2];
+        CAPTURE(n);
+        CAPTURE(in_dim);
+        CAPTURE(out_dim);
+        auto random = [&](size_t count) {
+            Vec v = random_vec(count, rng);
+            return std::vector<Real>(v.begin(), v.end());
+        };
+        std::vector<Real> x = random(n * in_dim), w = random(out_dim * in_dim), b = random(out_dim);
+        std::vector<Real> dy = random(n * out_dim), dx = random(n * in_dim), dw = random(out_dim * in_dim);
+        const std::vector<Real> dx_before = dx, dw_before = dw;
+        auto check = [&](Real got, double want, double magnitude) {
+            CHECK(std::fabs(got - want) <= tolerance * magnitude);
+        };
+        for (bool with_bias : {false, true}) {
+            std::vector<Real> y(n * out_dim);
+            matmul_cpu(y.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, n, in_dim, out_dim);
+            for (int t = 0; t < n; t++)
+                for (int o = 0; o < out_dim; o++) {
+                    double want = with_bias ? b[o] : 0, magnitude = std::fabs(want);
+                    for (int i = 0; i < in_dim; i++) {
+                        double term = (double)x[t * in_dim + i] * w[o * in_dim + i];
+                        want += term, magnitude += std::fabs(term);
+                    }
+                    check(y[t * out_dim + o], want, magnitude);
+                }
+        }
+        matmul_backward_input_cpu(dx.data(), dy.data(), w.data(), n, in_dim, out_dim);
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < in_dim; i++) {
+                double want = dx_before[t * in_dim + i], magnitude = std::fabs(want);
+                for (int o = 0; o < out_dim; o++) {
+                    double term = (double)dy[t * out_dim + o] * w[o * in_dim + i];
+                    want += term, magnitude += std::fabs(term);
+                }
+                check(dx[t * in_dim + i], want, magnitude);
+            }
+        matmul_backward_weight_cpu(dw.data(), dy.data(), x.data(), n, in_dim, out_dim);
+        for (int o = 0; o < out_dim; o++)
+            for (int i = 0; i < in_dim; i++) {
+                double want = dw_before[o * in_dim + i], magnitude = std::fabs(want);
+                for (int t = 0; t < n; t++) {
+                    double term = (double)dy[t * out_dim + o] * x[t * in_dim + i];
+                    want += term, magnitude += std::fabs(term);
+                }
+                check(dw[o * in_dim + i], want, magnitude);
+            }
+    }
+}
+
+TEST_CASE("layers: the blocked matmuls equal plain loops at odd sizes, float and double") {
+    check_matmuls_against_loops<double>(1e-13);
+    check_matmuls_against_loops<float>(1e-5);
+}
+
+// The same bits whatever the number of threads: no sum is split between them.
+TEST_CASE("layers: the matmuls give the same bits on 1 or 2 threads") {
+    std::mt19937 rng(8);
+    const int n = 70, in_dim = 67, out_dim = 300;
+    auto random = [&](size_t count) {
+        Vec v = random_vec(count, rng);
+        return std::vector<float>(v.begin(), v.end());
+    };
+    std::vector<float> x = random(n * in_dim), w = random(out_dim * in_dim), b = random(out_dim);
+    std::vector<float> dy = random(n * out_dim);
+    auto run = [&](int threads) {
+        omp_set_num_threads(threads);
+        std::vector<float> y(n * out_dim), dx(n * in_dim, 0.0f), dw(out_dim * in_dim, 0.0f);
+        matmul_cpu(y.data(), x.data(), w.data(), b.data(), n, in_dim, out_dim);
+        matmul_backward_input_cpu(dx.data(), dy.data(), w.data(), n, in_dim, out_dim);
+        matmul_backward_weight_cpu(dw.data(), dy.data(), x.data(), n, in_dim, out_dim);
+        return std::vector<std::vector<float>>{y, dx, dw};
+    };
+    int threads_before = omp_get_max_threads();
+    auto one = run(1), two = run(2);
+    omp_set_num_threads(threads_before);
+    for (int k = 0; k < 3; k++) CHECK(memcmp(one[k].data(), two[k].data(), one[k].size() * sizeof(float)) == 0);
 }
 
 TEST_CASE("layers backward: RMSNorm") {

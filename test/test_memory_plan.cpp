@@ -6,8 +6,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
+#include "cross_entropy.h"
 #include "lora.h"
 #include "memory_plan.h"
 #include "nf4.h"
@@ -72,6 +74,13 @@ PlanInputs gpu_inputs(int batch, int seq_len, int rank, int recompute) {
     return in;
 }
 
+// What ./train --plan uses: logits for the GPU's chunk of tokens at a time.
+PlanInputs gpu_run(const Config &c, int batch, int seq_len, int rank, int recompute) {
+    PlanInputs in = gpu_inputs(batch, seq_len, rank, recompute);
+    in.loss_chunk = lm_head_chunk_tokens_default(c.vocab_size);
+    return in;
+}
+
 const double GIB = 1073741824.0;
 
 std::string verdict_of(const Config &c, const PlanInputs &in, double gpu_gb, int *fits) {
@@ -113,12 +122,15 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     CHECK(p.activations == 2688);
     // backward: 4*8 + 3*16 + 2*8 + 2*4 = 104 per token, * 12 = 1248.
     CHECK(p.backward_buffers == 1248);
-    // logits: 6 tokens * 32 * 4 bytes = 768.
-    CHECK(p.logits == 768);
+    // logits: 6 tokens * 32 * (4 bytes fp32 + 2 bytes of bf16 gradient) = 1152.
+    CHECK(p.logits == 1152);
     // scratch: one layer's 576 linear params in bf16 = 1152.
     CHECK(p.scratch == 1152);
-    // 576 + 132 + 592 + 640 + 640 + 1280 + 2688 + 1248 + 768 + 1152
-    CHECK(p.total == 9716);
+    // attention: 12 bytes per score, 2 sequences x 3^2 = 216 per head, both heads at once = 432;
+    // d_k and d_v per query head: 2 * 4 bytes * 6 tokens * q_dim 8 = 384.
+    CHECK(p.attention == 816);
+    // 576 + 132 + 592 + 640 + 640 + 1280 + 2688 + 1248 + 1152 + 816 + 1152
+    CHECK(p.total == 10916);
 
     SUBCASE("fp32 absmax: 10 blocks of 4 bytes per layer") {
         in.double_quant = 0;
@@ -141,8 +153,8 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
         in.loss_chunk = 4;
         memory_plan_compute(&c, &in, &p);
         CHECK(p.activations == 1488);
-        CHECK(p.logits == 4 * 32 * 4);
-        CHECK(p.total == 9716 - 2688 + 1488 - 768 + 512);
+        CHECK(p.logits == 4 * 32 * 6);
+        CHECK(p.total == 10916 - 2688 + 1488 - 1152 + 768);
     }
 }
 
@@ -194,7 +206,7 @@ TEST_CASE("memory plan: recompute divides the per-block activations by the numbe
 
 TEST_CASE("memory plan: Llama-3.1-8B QLoRA, batch 1 x 2048, rank 16, recompute, fits in 24 GB") {
     Config c = llama31_8b();
-    PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+    PlanInputs in = gpu_run(c, 1, 2048, 16, 1);
     MemoryPlan p;
     memory_plan_compute(&c, &in, &p);
     // Linear params per layer: q, o 4096^2 = 16.78M each; k, v 1024*4096 = 4.19M each; gate, up,
@@ -216,15 +228,20 @@ TEST_CASE("memory plan: Llama-3.1-8B QLoRA, batch 1 x 2048, rank 16, recompute, 
     std::string verdict = verdict_of(c, in, 24, &fits);
     CHECK(fits == 1);
     CHECK(verdict.rfind("fits in 24 GB with ", 0) == 0);
-    // about 8.4 GB in all: comfortably inside a 24 GB card even with the CUDA context.
-    CHECK(p.total / GIB == doctest::Approx(8.35).epsilon(0.01));
+    // Attention scratch: one head's scores 12 * 2048^2 bytes = 50.3 MB, so 10 heads at a time in
+    // 512 MiB; plus d_k and d_v per query head, 2 * 4 * 2048 * 4096 bytes.
+    CHECK(p.attention == 10.0 * 12 * 2048 * 2048 + 8.0 * 2048 * 4096);
+    // Logits for the GPU's chunk, 64 MiB / (4 * 128256) = 130 tokens at a time, fp32 + a bf16 gradient.
+    CHECK(p.logits == 130.0 * 128256 * 6);
+    // about 8 GB in all: comfortably inside a 24 GB card even with the CUDA context.
+    CHECK(p.total / GIB == doctest::Approx(8.00).epsilon(0.01));
 }
 
 TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
     Config c = llama31_8b();
     int fits = -1;
     SUBCASE("fits: the spare memory") {
-        PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+        PlanInputs in = gpu_run(c, 1, 2048, 16, 1);
         MemoryPlan p;
         memory_plan_compute(&c, &in, &p);
         char expected[128];
@@ -233,7 +250,7 @@ TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
         CHECK(fits == 1);
     }
     SUBCASE("too many activations: recompute first, as it alone fits and changes no result") {
-        PlanInputs in = gpu_inputs(4, 4096, 16, 0);
+        PlanInputs in = gpu_run(c, 4, 4096, 16, 0);
         std::string v = verdict_of(c, in, 24, &fits);
         CHECK(fits == 0);
         CHECK(v.rfind("does not fit in 24 GB: needs ", 0) == 0);
@@ -243,18 +260,22 @@ TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
         CHECK(v.find("--recompute 1") < v.find("--seq"));
     }
     SUBCASE("recompute already on: the largest batch that fits") {
-        PlanInputs in = gpu_inputs(8, 8192, 16, 1);
+        PlanInputs in = gpu_run(c, 8, 8192, 16, 1);
         std::string v = verdict_of(c, in, 24, &fits);
         CHECK(fits == 0);
         CHECK(v.find("--recompute") == std::string::npos);
-        CHECK(v.find("; lower --batch to 2 (needs ") != std::string::npos);
+        size_t at = v.find("; lower --batch to ");
+        REQUIRE(at != std::string::npos);
+        int batch = atoi(v.c_str() + at + strlen("; lower --batch to "));
+        CHECK(batch >= 2);
+        CHECK(batch < 8);
         // the suggested batch really fits, and one more does not
-        PlanInputs two = gpu_inputs(2, 8192, 16, 1), three = gpu_inputs(3, 8192, 16, 1);
-        CHECK(verdict_of(c, two, 24, &fits).rfind("fits", 0) == 0);
-        CHECK(verdict_of(c, three, 24, &fits).rfind("does not fit", 0) == 0);
+        PlanInputs suggested = gpu_run(c, batch, 8192, 16, 1), one_more = gpu_run(c, batch + 1, 8192, 16, 1);
+        CHECK(verdict_of(c, suggested, 24, &fits).rfind("fits", 0) == 0);
+        CHECK(verdict_of(c, one_more, 24, &fits).rfind("does not fit", 0) == 0);
     }
     SUBCASE("the weights alone are too big: no batch or sequence length helps") {
-        PlanInputs in = gpu_inputs(1, 2048, 16, 1);
+        PlanInputs in = gpu_run(c, 1, 2048, 16, 1);
         in.quant_nf4 = 0;
         std::string v = verdict_of(c, in, 12, &fits);
         CAPTURE(v);
@@ -269,7 +290,7 @@ TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
 
 TEST_CASE("memory plan: the printed table names every part and both activation sizes") {
     Config c = smollm2_135m();
-    PlanInputs in = gpu_inputs(1, 1024, 16, 0);
+    PlanInputs in = gpu_run(c, 1, 1024, 16, 0);
     MemoryPlan p;
     memory_plan_compute(&c, &in, &p);
     char *text = NULL;
@@ -282,7 +303,7 @@ TEST_CASE("memory plan: the printed table names every part and both activation s
     std::free(text);
     for (const char *part : {"base linear weights (NF4 codes)", "quantization constants (double quant)",
                              "embeddings, LM head, norms (bf16)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
-                             "AdamW m and v (fp32)", "activations (bf16, recompute off)", "logits (fp32)",
+                             "AdamW m and v (fp32)", "activations (bf16, recompute off)", "logits (fp32) and their gradient",
                              "one block dequantized (scratch)", "total", "without recompute", "with it",
                              "fits in 8 GB with "})
         CHECK_MESSAGE(s.find(part) != std::string::npos, part);

@@ -95,8 +95,13 @@ AttentionResult reference_attention(const AttentionShape &a, const AttentionInpu
     return want;
 }
 
-// Forward, then backward from the forward's own out and lse; every output poisoned first.
-AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, const AttentionInputs &in) {
+// All heads of these shapes in one pass of the simple kind.
+const size_t whole_budget = (size_t)1 << 30;
+
+// Forward, then backward from the forward's own out and lse; every output and the
+// scratch poisoned first. score_budget sets the simple kind's heads per pass.
+AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, const AttentionInputs &in,
+                              size_t score_budget = whole_budget) {
     bf16 *q = upload_bf16(in.q, "q"), *k = upload_bf16(in.k, "k"), *v = upload_bf16(in.v, "v");
     bf16 *d_out = upload_bf16(in.d_out, "d_out");
     bf16 *out = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "out");
@@ -104,14 +109,19 @@ AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, con
     bf16 *d_q = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "d_q");
     bf16 *d_k = (bf16 *)gpu_malloc(sizeof(bf16) * kv_size(a), "d_k");
     bf16 *d_v = (bf16 *)gpu_malloc(sizeof(bf16) * kv_size(a), "d_v");
+    size_t scratch_bytes = attention_scratch_bytes_gpu(kind, a.n_seqs, a.seq_len, a.n_heads, a.head_dim, score_budget);
+    void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
+    gpu_poison(scratch, scratch_bytes);
     gpu_poison(out, sizeof(bf16) * q_size(a));
     gpu_poison(lse, sizeof(float) * lse_size(a));
-    attention_forward_gpu(kind, out, lse, q, k, v, a.n_seqs, a.seq_len, a.n_heads, a.n_kv_heads, a.head_dim);
+    attention_forward_gpu(kind, out, lse, q, k, v, a.n_seqs, a.seq_len, a.n_heads, a.n_kv_heads, a.head_dim, scratch,
+                          scratch_bytes);
+    gpu_poison(scratch, scratch_bytes);
     gpu_poison(d_q, sizeof(bf16) * q_size(a));
     gpu_poison(d_k, sizeof(bf16) * kv_size(a));
     gpu_poison(d_v, sizeof(bf16) * kv_size(a));
     attention_backward_gpu(kind, d_q, d_k, d_v, d_out, out, lse, q, k, v, a.n_seqs, a.seq_len, a.n_heads,
-                           a.n_kv_heads, a.head_dim);
+                           a.n_kv_heads, a.head_dim, scratch, scratch_bytes);
     AttentionResult got;
     got.out = download_bf16(out, q_size(a));
     got.lse = download_floats(lse, lse_size(a));
@@ -119,7 +129,7 @@ AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, con
     got.d_k = download_bf16(d_k, kv_size(a));
     got.d_v = download_bf16(d_v, kv_size(a));
     for (void *p : {(void *)q, (void *)k, (void *)v, (void *)d_out, (void *)out, (void *)lse, (void *)d_q,
-                    (void *)d_k, (void *)d_v})
+                    (void *)d_k, (void *)d_v, scratch})
         gpu_free(p);
     return got;
 }
@@ -166,6 +176,22 @@ void check_against_cpu(AttentionKernel kind) {
 
 TEST_CASE("gpu: simple attention (materialised scores) matches the CPU reference, forward and backward") {
     check_against_cpu(ATTENTION_SIMPLE);
+}
+
+// Budgets of one and of two heads' scores: passes of 1 or 2 heads, the last pass
+// short when the head count is odd (9 heads: four passes of 2, then 1).
+TEST_CASE("gpu: simple attention in passes of fewer heads matches the CPU reference") {
+    for (const AttentionShape &a : shapes) {
+        for (int heads_per_pass = 1; heads_per_pass <= 2; heads_per_pass++) {
+            uint64_t seed = fresh_seed();
+            INFO("seed " << seed << ", n_seqs " << a.n_seqs << ", seq_len " << a.seq_len << ", heads " << a.n_heads
+                         << "/" << a.n_kv_heads << ", head_dim " << a.head_dim << ", heads per pass "
+                         << heads_per_pass);
+            size_t one_head = (size_t)12 * a.n_seqs * a.seq_len * a.seq_len;
+            AttentionInputs in = random_inputs(a, seed);
+            check_close(gpu_attention(ATTENTION_SIMPLE, a, in, heads_per_pass * one_head), reference_attention(a, in));
+        }
+    }
 }
 
 TEST_CASE("gpu: flash attention (fused, online softmax) matches the CPU reference, forward and backward") {

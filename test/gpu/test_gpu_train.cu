@@ -104,7 +104,7 @@ static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout
 
     GpuTrainer g;
     gpu_trainer_init(&g, &model, QUANT_NF4, 1, &gpu_lora, &opt, n_seqs, seq_len);
-    g.attention = attention;
+    gpu_trainer_set_attention(&g, attention);
     gpu_zero_grads(&g);
     double gpu_loss_sum = gpu_train_micro_batch(&g, &batch, opt.dropout_seed, grad_scale, &gpu_counted);
     gpu_download_lora(&g, &gpu_lora, NULL);
