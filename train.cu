@@ -401,6 +401,7 @@ static double evaluate(Engine *e, const Config *c, const Trainable *tr, const Op
     return counted ? total / counted : 0.0;
 }
 
+#ifdef __CUDACC__
 // The longest sample of a set (the GPU buffers are sized for it).
 static int longest_example(const ExampleSet *set) {
     int longest = 0;
@@ -408,6 +409,7 @@ static int longest_example(const ExampleSet *set) {
         if (set->examples[i].n_tokens > longest) longest = set->examples[i].n_tokens;
     return longest;
 }
+#endif
 
 static int save_checkpoint(const Options *o, const Trainable *tr, const TrainProgress *progress, const char *name) {
     char path[4096], err[1024];
