@@ -141,6 +141,11 @@ typedef struct {
 
 static size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// Elements from one entry's [seq_len, seq_len] square to the next: rounded up to
+// 64, so that every square starts 128-byte aligned (cuBLAS's batched tensor-core
+// kernels read their matrices in 16-byte pieces).
+HOST_DEVICE static size_t square_stride(int seq_len) { return ((size_t)seq_len * seq_len + 63) / 64 * 64; }
+
 // The next `bytes` of the buffer at base (NULL while only measuring).
 static void *carve(char *base, size_t *offset, size_t bytes) {
     void *p = base ? base + *offset : NULL;
@@ -151,7 +156,7 @@ static void *carve(char *base, size_t *offset, size_t bytes) {
 // Lays out the scratch for passes of nh heads; returns its size in bytes.
 static size_t simple_layout(SimpleScratch *w, void *base, int n_seqs, int seq_len, int n_heads, int head_dim,
                             int nh) {
-    size_t entries = (size_t)n_seqs * nh, squares = entries * seq_len * seq_len;
+    size_t entries = (size_t)n_seqs * nh, squares = entries * square_stride(seq_len);
     size_t per_head_grads = (size_t)n_seqs * seq_len * n_heads * head_dim;
     size_t offset = 0;
     w->a = (void **)carve((char *)base, &offset, sizeof(void *) * entries);
@@ -194,9 +199,9 @@ static BatchOperand head_slices(const void *matrix, size_t element_bytes, int ro
     return o;
 }
 
-// The pass's contiguous [seq_len, seq_len] squares, entry b at b * seq_len^2.
+// The pass's [seq_len, seq_len] squares, entry b at b * square_stride(seq_len).
 static BatchOperand squares(const void *base, size_t element_bytes, int seq_len, int nh) {
-    size_t square = element_bytes * seq_len * seq_len;
+    size_t square = element_bytes * square_stride(seq_len);
     BatchOperand o = {(const char *)base, square * nh, square, 0, 1};
     return o;
 }
@@ -251,9 +256,9 @@ __global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const floa
                                              int h0, int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
-    size_t row = (size_t)entry * seq_len + i;
-    const float *score_row = scores + row * seq_len;
-    bf16 *prob_row = probs + row * seq_len;
+    size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
+    const float *score_row = scores + row;
+    bf16 *prob_row = probs + row;
     float row_max = -INFINITY;
     for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);
     row_max = block_max(row_max);
@@ -276,7 +281,8 @@ __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_score
                                                       int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
-    size_t token = (size_t)s * seq_len + i, row = (size_t)entry * seq_len + i;
+    size_t token = (size_t)s * seq_len + i;
+    size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
     const bf16 *dy = d_out + token * n_heads * head_dim + (size_t)h * head_dim;
     const bf16 *y = out + token * n_heads * head_dim + (size_t)h * head_dim;
     float delta = 0.0f;
@@ -284,9 +290,9 @@ __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_score
     delta = block_sum(delta);
     float row_lse = lse[((size_t)s * n_heads + h) * seq_len + i];
     for (int j = threadIdx.x; j < seq_len; j += blockDim.x) {
-        float p = j <= i ? expf(scores[row * seq_len + j] - row_lse) : 0.0f;
-        probs[row * seq_len + j] = __float2bfloat16(p);
-        d_scores[row * seq_len + j] = __float2bfloat16(p * (d_probs[row * seq_len + j] - delta));
+        float p = j <= i ? expf(scores[row + j] - row_lse) : 0.0f;
+        probs[row + j] = __float2bfloat16(p);
+        d_scores[row + j] = __float2bfloat16(p * (d_probs[row + j] - delta));
     }
 }
 
