@@ -57,50 +57,55 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
     }
 }
 
-// Runs serially: several query heads write the same d_k/d_v rows.
+// One thread per kv head g: only g's query heads write g's columns of d_k and
+// d_v, so each gradient element is summed by one thread in (t, h) order, the
+// same bits as a serial loop.
 template <typename Real>
 void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
                             const Real *v, int n, int n_heads, int n_kv_heads, int head_dim) {
     int kv_dim = n_kv_heads * head_dim;
     int group = n_heads / n_kv_heads;
     Real scale = 1 / sqrt((Real)head_dim);
-    Real *probs = (Real *)malloc(sizeof(Real) * (size_t)n);
-    Real *d_probs = (Real *)malloc(sizeof(Real) * (size_t)n);
-    for (int t = 0; t < n; t++) {
-        for (int h = 0; h < n_heads; h++) {
-            int kv_offset = (h / group) * head_dim;
-            int n_keys = t + 1;
-            const Real *q_vec = q + ((size_t)t * n_heads + h) * head_dim;
-            const Real *dy = d_out + ((size_t)t * n_heads + h) * head_dim;
-            attention_probs(probs, q_vec, k, n_keys, kv_dim, kv_offset, head_dim);
-            // dp_j = dy . v_j;  dv_j += p_j dy
-            Real weighted = 0;  // sum_j p_j dp_j
-            for (int j = 0; j < n_keys; j++) {
-                const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
-                Real *dv = d_v + (size_t)j * kv_dim + kv_offset;
-                Real dp = 0;
-                for (int i = 0; i < head_dim; i++) {
-                    dp += dy[i] * v_vec[i];
-                    dv[i] += probs[j] * dy[i];
+    #pragma omp parallel for schedule(static)
+    for (int g = 0; g < n_kv_heads; g++) {
+        Real *probs = (Real *)malloc(sizeof(Real) * (size_t)n);
+        Real *d_probs = (Real *)malloc(sizeof(Real) * (size_t)n);
+        int kv_offset = g * head_dim;
+        for (int t = 0; t < n; t++) {
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                int n_keys = t + 1;
+                const Real *q_vec = q + ((size_t)t * n_heads + h) * head_dim;
+                const Real *dy = d_out + ((size_t)t * n_heads + h) * head_dim;
+                attention_probs(probs, q_vec, k, n_keys, kv_dim, kv_offset, head_dim);
+                // dp_j = dy . v_j;  dv_j += p_j dy
+                Real weighted = 0;  // sum_j p_j dp_j
+                for (int j = 0; j < n_keys; j++) {
+                    const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
+                    Real *dv = d_v + (size_t)j * kv_dim + kv_offset;
+                    Real dp = 0;
+                    for (int i = 0; i < head_dim; i++) {
+                        dp += dy[i] * v_vec[i];
+                        dv[i] += probs[j] * dy[i];
+                    }
+                    d_probs[j] = dp;
+                    weighted += probs[j] * dp;
                 }
-                d_probs[j] = dp;
-                weighted += probs[j] * dp;
-            }
-            // softmax backward: ds_j = p_j (dp_j - sum_k p_k dp_k); then dq += scale ds_j k_j, dk_j += scale ds_j q
-            Real *dq = d_q + ((size_t)t * n_heads + h) * head_dim;
-            for (int j = 0; j < n_keys; j++) {
-                Real ds = probs[j] * (d_probs[j] - weighted) * scale;
-                const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
-                Real *dk = d_k + (size_t)j * kv_dim + kv_offset;
-                for (int i = 0; i < head_dim; i++) {
-                    dq[i] += ds * k_vec[i];
-                    dk[i] += ds * q_vec[i];
+                // softmax backward: ds_j = p_j (dp_j - sum_k p_k dp_k); then dq += scale ds_j k_j, dk_j += scale ds_j q
+                Real *dq = d_q + ((size_t)t * n_heads + h) * head_dim;
+                for (int j = 0; j < n_keys; j++) {
+                    Real ds = probs[j] * (d_probs[j] - weighted) * scale;
+                    const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
+                    Real *dk = d_k + (size_t)j * kv_dim + kv_offset;
+                    for (int i = 0; i < head_dim; i++) {
+                        dq[i] += ds * k_vec[i];
+                        dk[i] += ds * q_vec[i];
+                    }
                 }
             }
         }
+        free(probs);
+        free(d_probs);
     }
-    free(probs);
-    free(d_probs);
 }
 
 template void attention_cpu(float *, const float *, const float *, const float *, int, int, int, int, int);
