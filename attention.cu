@@ -133,6 +133,13 @@ template void attention_backward_cpu(double *, double *, double *, const double 
 static const int softmax_block = 256;
 // S and dP in fp32, P and dS in bf16: what the backward keeps per score.
 static const size_t simple_bytes_per_score = 12;
+// Entries of one pass at most: the softmax kernels' gridDim.y.
+static const int simple_max_entries = 65535;
+
+// Scratch bytes of one head's scores, for every sequence.
+static double one_head_score_bytes(int n_seqs, int seq_len) {
+    return (double)simple_bytes_per_score * n_seqs * seq_len * (double)seq_len;
+}
 
 // The simple kind's scratch, carved from one buffer: the batched GEMMs' pointer
 // arrays, S, dP (fp32), P, dS (bf16) for one pass of nh heads, and (backward) d_k
@@ -179,9 +186,8 @@ static size_t simple_layout(SimpleScratch *w, void *base, int n_seqs, int seq_le
 // Heads per pass with scratch_bytes of scratch: the most that fit (0 if not even one).
 static int simple_heads_per_pass(size_t scratch_bytes, int n_seqs, int seq_len, int n_heads, int head_dim) {
     SimpleScratch w;
-    int max_entries = 65535;   // gridDim.y of the softmax kernels
     for (int nh = n_heads; nh >= 1; nh--)
-        if ((long long)n_seqs * nh <= max_entries &&
+        if ((long long)n_seqs * nh <= simple_max_entries &&
             simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh) <= scratch_bytes)
             return nh;
     return 0;
@@ -720,12 +726,11 @@ static void attention_backward_flash(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16
 // ---- entry points ----
 
 // Heads per pass whose scores fit score_budget bytes: at least one, at most n_heads
-// (and at most 65535 entries, the softmax kernels' gridDim.y).
+// (and at most simple_max_entries entries).
 static int heads_within_budget(int n_seqs, int seq_len, int n_heads, size_t score_budget) {
-    double one_head = (double)simple_bytes_per_score * n_seqs * seq_len * (double)seq_len;
-    double fit = (double)score_budget / one_head;
+    double fit = (double)score_budget / one_head_score_bytes(n_seqs, seq_len);
     int nh = fit < 1.0 ? 1 : fit > n_heads ? n_heads : (int)fit;
-    while (nh > 1 && (long long)n_seqs * nh > 65535) nh--;
+    while (nh > 1 && (long long)n_seqs * nh > simple_max_entries) nh--;
     return nh;
 }
 
@@ -740,8 +745,7 @@ size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len
 }
 
 AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, size_t score_budget) {
-    double one_head = (double)simple_bytes_per_score * n_seqs * seq_len * (double)seq_len;
-    return one_head <= (double)score_budget ? ATTENTION_SIMPLE : ATTENTION_FLASH;
+    return one_head_score_bytes(n_seqs, seq_len) <= (double)score_budget ? ATTENTION_SIMPLE : ATTENTION_FLASH;
 }
 
 static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_heads, int head_dim) {

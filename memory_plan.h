@@ -38,6 +38,10 @@
 extern "C" {
 #endif
 
+// Bytes of attention scores the GPU trainer keeps at once (train_gpu.cu): its
+// simple attention runs as many heads at a time as this holds.
+#define ATTENTION_SCORE_BUDGET_BYTES ((size_t)512 << 20)
+
 // The seven adaptable linear layers, in LoraTarget's order (lora.h, which is
 // C++ only): q, k, v, o, gate, up, down.
 #define PLAN_N_TARGETS 7

@@ -11,14 +11,10 @@
 #ifdef __CUDACC__
 #include "cross_entropy.h"
 #include "layers.h"
+#include "memory_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-// The simple attention (cuBLAS, scores materialised) is faster than the fused
-// one; it runs as many heads at a time as this many bytes of scores hold, and
-// when not even one head fits, the fused kernel takes over.
-static const size_t attention_score_budget = (size_t)512 << 20;
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
@@ -183,7 +179,8 @@ static void alloc_buffers(GpuTrainer *g) {
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
-    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, attention_score_budget));
+    // the simple attention (cuBLAS) when one head of scores fits the budget, else the fused kernel
+    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, ATTENTION_SCORE_BUDGET_BYTES));
 }
 
 void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
@@ -191,7 +188,7 @@ void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
     g->memory.scratch -= g->attention_scratch_bytes;
     g->attention = kind;
     g->attention_scratch_bytes = attention_scratch_bytes_gpu(kind, g->max_seqs, g->max_seq_len, g->c.n_heads,
-                                                             g->c.head_dim, attention_score_budget);
+                                                             g->c.head_dim, ATTENTION_SCORE_BUDGET_BYTES);
     g->attention_scratch = alloc_counted(g->attention_scratch_bytes, "attention scratch", &g->memory.scratch);
 }
 

@@ -45,7 +45,7 @@ typedef struct {
 typedef struct {
     Config c;
     QuantMode quant;
-    AttentionKernel attention;   // simple when one head's T x T scores fit the budget (train_gpu.cu), else flash
+    AttentionKernel attention;   // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES, else flash
     int recompute;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
