@@ -11,6 +11,8 @@
 #   oom       a batch that cannot fit: expects exit status 3 and the message
 #   train     the default ./train on the GPU (needs the default model: carry
 #             .model_a and .model_b in two calls, see dev/README.md), timed
+#   resume    after train: 6 steps in one run vs paused at 3 and resumed;
+#             the logged losses and grad norms must be equal (GPU determinism)
 #   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512
 # Logs go to $OUT (or out/). Headers and libraries missing there travel in
 # .devdeps/ (doctest, utf8proc, a tokenizer.json for the random models).
@@ -74,6 +76,19 @@ for s in $stages; do
         t0=$(date +%s)
         ./train --device cuda --out /tmp/gpu-train 2>&1 | tee "$OUT/train.log" | tail -25
         echo "./train wall time: $(($(date +%s) - t0)) s"
+        ;;
+    resume)
+        run="./train --device cuda --steps 6 --eval-every 3"
+        $run --out /tmp/gpu-full >/dev/null 2>&1 &&
+            $run --out /tmp/gpu-part --stop-at 3 >/dev/null 2>&1 &&
+            $run --out /tmp/gpu-part --resume /tmp/gpu-part >"$OUT/resume.log" 2>&1 ||
+            { tail -5 "$OUT/resume.log"; echo "resume: a run failed"; continue; }
+        # step, train loss, val loss, grad norm of each logged step (ms and tok/s differ)
+        cut -d, -f1-4 /tmp/gpu-full/log.csv >/tmp/gpu-full.losses
+        cut -d, -f1-4 /tmp/gpu-part/log.csv >/tmp/gpu-part.losses
+        cat /tmp/gpu-full.losses
+        if cmp -s /tmp/gpu-full.losses /tmp/gpu-part.losses; then echo "resume: same losses (OK)"
+        else echo "resume: losses differ (FAIL)"; diff /tmp/gpu-full.losses /tmp/gpu-part.losses; fi
         ;;
     big)
         bench_pair llama-3.1-8b 1 512 | tee "$OUT/bench_8b.log"
