@@ -744,8 +744,9 @@ size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len
     return simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh);
 }
 
-AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, size_t score_budget) {
-    return one_head_score_bytes(n_seqs, seq_len) <= (double)score_budget ? ATTENTION_SIMPLE : ATTENTION_FLASH;
+AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget) {
+    int fits = one_head_score_bytes(n_seqs, seq_len) <= (double)score_budget;
+    return fits && head_dim % 8 == 0 ? ATTENTION_SIMPLE : ATTENTION_FLASH;
 }
 
 static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_heads, int head_dim) {

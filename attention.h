@@ -29,8 +29,11 @@ typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH } AttentionKernel;
 // per (sequence, head, token).
 size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
                                    size_t score_budget);
-// The faster kind that fits: simple when one head's scores fit score_budget, else flash.
-AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, size_t score_budget);
+// The faster kind that fits: simple when one head's scores fit score_budget and
+// head_dim is a multiple of 8, else flash. (The simple kind hands cuBLAS arrays of
+// pointers to head slices, whose alignment it cannot see; a slice starts 16-byte
+// aligned only when head_dim is a multiple of 8, as in every Llama model.)
+AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget);
 // Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows).
 // q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
 // lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,

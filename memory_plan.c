@@ -103,11 +103,12 @@ static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *
 // The GPU attention's scratch (attention.cu, train_gpu.cu): the simple kind keeps
 // 12 bytes per score (S and dP fp32, P and dS bf16) for as many heads at a time as
 // ATTENTION_SCORE_BUDGET_BYTES holds, plus d_k and d_v per query head, fp32 [tokens, q_dim].
-// When not even one head fits, the flash kind needs a float per (sequence, head, token).
+// When not even one head fits (or head_dim is not a multiple of 8), the flash kind
+// needs a float per (sequence, head, token).
 static void plan_attention(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     double budget = (double)ATTENTION_SCORE_BUDGET_BYTES;
     double one_head = 12.0 * in->batch * (double)in->seq_len * in->seq_len;
-    if (one_head > budget) {
+    if (one_head > budget || c->head_dim % 8 != 0) {
         p->attention = 4.0 * in->batch * c->n_heads * in->seq_len;
         return;
     }

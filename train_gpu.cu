@@ -180,7 +180,8 @@ static void alloc_buffers(GpuTrainer *g) {
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
     // the simple attention (cuBLAS) when one head of scores fits the budget, else the fused kernel
-    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, ATTENTION_SCORE_BUDGET_BYTES));
+    size_t budget = ATTENTION_SCORE_BUDGET_BYTES;
+    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, c->head_dim, budget));
 }
 
 void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
@@ -385,9 +386,9 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
 // Copies the batch to the device and checks it fits the buffers.
 static StepShape begin_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, float dropout) {
     StepShape s = {batch->n_seqs * batch->seq_len, batch->n_seqs, batch->seq_len, dropout_seed, dropout};
-    if (s.n > g->max_tokens || s.n_seqs > g->max_seqs) {
-        fprintf(stderr, "gpu: a batch of %d x %d tokens is larger than the %d tokens the buffers were made for\n",
-                batch->n_seqs, batch->seq_len, g->max_tokens);
+    if (s.n > g->max_tokens || s.n_seqs > g->max_seqs || s.seq_len > g->max_seq_len) {
+        fprintf(stderr, "gpu: a batch of %d x %d tokens is larger than the %d x %d tokens the buffers were made for\n",
+                batch->n_seqs, batch->seq_len, g->max_seqs, g->max_seq_len);
         exit(1);
     }
     int *positions = (int *)malloc(sizeof(int) * s.n);
