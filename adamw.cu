@@ -196,11 +196,12 @@ void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_
 // depends on n alone and the result is the same on every run: each of at most
 // SUM_BLOCKS blocks sums a fixed strided share of x, then one block sums the
 // block totals.
-static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_sum
+static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_tree_sum
 static constexpr int SUM_BLOCKS = 1024;
 
-// The sum of value over the block's SUM_THREADS threads, as a fixed tree; in thread 0.
-__device__ static double block_sum(double value) {
+// The sum of value over the block's SUM_THREADS threads, in double, as a fixed tree (not gpu.h's
+// float block_sum); in thread 0.
+__device__ static double block_tree_sum(double value) {
     __shared__ double partial[SUM_THREADS];
     partial[threadIdx.x] = value;
     __syncthreads();
@@ -216,7 +217,7 @@ __global__ static void sum_squares_kernel(double *block_totals, const float *x, 
     double sum = 0.0;
     size_t stride = (size_t)gridDim.x * SUM_THREADS;
     for (size_t i = (size_t)blockIdx.x * SUM_THREADS + threadIdx.x; i < n; i += stride) sum += (double)x[i] * (double)x[i];
-    double total = block_sum(sum);
+    double total = block_tree_sum(sum);
     if (threadIdx.x == 0) block_totals[blockIdx.x] = total;
 }
 
@@ -224,7 +225,7 @@ __global__ static void sum_squares_kernel(double *block_totals, const float *x, 
 __global__ static void sum_kernel(double *out, const double *values, int count) {
     double sum = 0.0;
     for (int i = threadIdx.x; i < count; i += SUM_THREADS) sum += values[i];
-    double total = block_sum(sum);
+    double total = block_tree_sum(sum);
     if (threadIdx.x == 0) *out = total;
 }
 
