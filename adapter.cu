@@ -7,6 +7,7 @@
 #include "safetensors.h"
 
 #include <ctype.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,8 +66,8 @@ static int check_adapter_config(AdapterConfig *ac, const JsonValue *config, cons
         snprintf(err, err_size, "%s: 'r' must be a positive integer", path);
         return -1;
     }
-    if (!alpha || alpha->type != JSON_NUMBER) {
-        snprintf(err, err_size, "%s: 'lora_alpha' must be a number", path);
+    if (!alpha || alpha->type != JSON_NUMBER || fabs(alpha->number) > FLT_MAX) {
+        snprintf(err, err_size, "%s: 'lora_alpha' must be a number that fits a float", path);
         return -1;
     }
     ac->rank = (int)r->number;
@@ -199,6 +200,22 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const SafetensorsFil
 
 // ---- the merge --------------------------------------------------------------
 
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+// The name of the pair's A or B when it holds a NaN or Inf (a corrupted
+// file), else NULL. A and B are scratch for r * in and out * r values.
+static const char *non_finite_tensor(const LoraPair *pair, int in_dim, int out_dim, int rank, float *A, float *B) {
+    tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
+    tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
+    if (!all_finite(A, (size_t)rank * in_dim)) return pair->A->name;
+    if (!all_finite(B, (size_t)out_dim * rank)) return pair->B->name;
+    return NULL;
+}
+
 // Adds s B A to W [out_dim, in_dim]; A and B are converted to fp32 in the
 // caller's buffers (r * in and out * r values).
 static void merge_pair(float *W, const LoraPair *pair, int in_dim, int out_dim, int rank, float scaling, float *A,
@@ -236,6 +253,16 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     else n_pairs = collect_pairs(m, &ac, &f, pairs, err, err_size);
     // s = alpha / r, or alpha / sqrt(r) with rsLoRA
     float scaling = ac.rslora ? ac.alpha / sqrtf((float)ac.rank) : ac.alpha / (float)ac.rank;
+    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_TARGETS; i++) {
+        if (!pairs[i].A) continue;
+        int in_dim, out_dim;
+        target_weight(m, i / N_TARGETS, i % N_TARGETS, &in_dim, &out_dim);
+        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A, B);
+        if (bad) {
+            snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
+            n_pairs = -1;
+        }
+    }
     for (int i = 0; n_pairs > 0 && i < c->n_layers * N_TARGETS; i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;

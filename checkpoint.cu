@@ -2,6 +2,7 @@
 #include "checkpoint.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,35 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     return 0;
 }
 
+// The enabled targets as "q,v" (peft's short names), into out.
+static void target_list(const int32_t *enabled, char *out, size_t size) {
+    out[0] = '\0';
+    for (int t = 0; t < N_TARGETS; t++)
+        if (enabled[t])
+            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", LORA_TARGET_NAMES[t]);
+}
+
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+// A flipped byte that made a weight or a moment NaN or Inf (or a step count negative): the first such tensor's name.
+static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moments) {
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+        const LoraAdapter *a = &set->adapters[i];
+        if (!a->A) continue;
+        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
+        const AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
+        if (!all_finite(a->A, a_size) || !all_finite(ma->m, a_size) || !all_finite(ma->v, a_size) || ma->step < 0)
+            return "lora_A";
+        if (!all_finite(a->B, b_size) || !all_finite(mb->m, b_size) || !all_finite(mb->v, b_size) || mb->step < 0)
+            return "lora_B";
+    }
+    return NULL;
+}
+
 int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
                     char *err, size_t err_size) {
     FILE *f = fopen(path, "rb");
@@ -92,9 +122,15 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
     int same_shape = h.n_layers == set->n_layers && h.rank == set->rank && h.n_order == progress->n_order;
     for (int t = 0; t < N_TARGETS; t++) same_shape = same_shape && h.enabled[t] == set->enabled[t];
     if (!same_shape) {
-        snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, %d samples and other targets; this run "
-                 "has %d layers, rank %d, %d samples: resume with the same model, data and LoRA options", path,
-                 h.n_layers, h.rank, h.n_order, set->n_layers, set->rank, progress->n_order);
+        char saved_targets[64], run_targets[64];
+        int32_t run_enabled[N_TARGETS];
+        for (int t = 0; t < N_TARGETS; t++) run_enabled[t] = set->enabled[t];
+        target_list(h.enabled, saved_targets, sizeof saved_targets);
+        target_list(run_enabled, run_targets, sizeof run_targets);
+        snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, targets %s, %d samples; this run "
+                 "has %d layers, rank %d, targets %s, %d samples: resume with the same model, data and LoRA options",
+                 path, h.n_layers, h.rank, saved_targets, h.n_order, set->n_layers, set->rank, run_targets,
+                 progress->n_order);
         fclose(f);
         return -1;
     }
@@ -112,6 +148,16 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
         }
     if (h.evals_without_improvement < 0) {
         snprintf(err, err_size, "%s: checkpoint holds a negative early-stop count", path);
+        return -1;
+    }
+    if (h.total_steps < 1 || h.step < 0 || h.step > h.total_steps || h.best_val < 0 || isinf(h.best_val)) {
+        snprintf(err, err_size, "%s: checkpoint holds an invalid step (%d of %d) or best loss (%g): corrupted?", path,
+                 h.step, h.total_steps, h.best_val);
+        return -1;
+    }
+    const char *bad = first_bad_tensor(set, moments);
+    if (bad) {
+        snprintf(err, err_size, "%s: checkpoint holds a NaN or Inf in a %s weight or moment: corrupted?", path, bad);
         return -1;
     }
     progress->step = h.step;

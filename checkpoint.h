@@ -30,7 +30,8 @@ typedef struct {
 int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
                     char *err, size_t err_size);
 // Loads into an already initialised set/moments of the same shape (refuses a
-// checkpoint of another rank, target list, layer count or sample count).
+// checkpoint of another rank, target list, layer count or sample count, and a
+// corrupted one: truncated, an impossible step or data order, NaN or Inf values).
 // progress->order must hold n_order ints (the caller's sample count).
 int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
                     char *err, size_t err_size);

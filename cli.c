@@ -1,6 +1,7 @@
 // cli.c: see cli.h.
 #include "cli.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +18,15 @@ double cli_number(const char *program, const char *flag, const char *value) {
     return x;
 }
 
+float cli_float(const char *program, const char *flag, const char *value) {
+    double x = cli_number(program, flag, value);
+    if (fabs(x) > FLT_MAX) {
+        fprintf(stderr, "%s: %s expects a number of at most %g in size, got '%s'\n", program, flag, FLT_MAX, value);
+        exit(2);
+    }
+    return (float)x;
+}
+
 int cli_int(const char *program, const char *flag, const char *value) {
     double x = cli_number(program, flag, value);
     if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
@@ -24,6 +34,14 @@ int cli_int(const char *program, const char *flag, const char *value) {
         exit(2);
     }
     return (int)x;
+}
+
+const char *cli_text(const char *program, const char *flag, const char *value) {
+    if (*value == '\0') {
+        fprintf(stderr, "%s: %s expects a value, got ''\n", program, flag);
+        exit(2);
+    }
+    return value;
 }
 
 int cli_choice(const char *program, const char *flag, const char *value, const char *const *choices) {

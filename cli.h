@@ -8,8 +8,12 @@ extern "C" {
 
 // A finite number (strtod syntax).
 double cli_number(const char *program, const char *flag, const char *value);
+// A finite number that fits a float (1e39 would become infinity).
+float cli_float(const char *program, const char *flag, const char *value);
 // A whole number within int's range.
 int cli_int(const char *program, const char *flag, const char *value);
+// value itself, unless it is empty: "PROGRAM: --flag expects a value, got ''" (a path, a name).
+const char *cli_text(const char *program, const char *flag, const char *value);
 // The index of value among the NULL-terminated choices ("nf4", "none", NULL);
 // anything else exits with "PROGRAM: --flag expects nf4 or none, got 'VALUE'".
 int cli_choice(const char *program, const char *flag, const char *value, const char *const *choices);

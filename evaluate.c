@@ -15,10 +15,13 @@
 #include "nf4.h"
 #include "plot.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct {
     const char *model_path, *adapter_dir, *data_path, *embedder_dir, *out_path;
@@ -71,8 +74,9 @@ static Options parse_args(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
+        if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = argv[++i];
+        const char *v = cli_text("evaluate", f, argv[++i]);
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--adapter") == 0) o.adapter_dir = v;
         else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("evaluate", f, v, quant_choices) == 0;
@@ -85,6 +89,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--examples") == 0) o.examples = cli_int("evaluate", f, v);
         else bad_usage("unknown option ", f);
     }
+    if (o.examples < 0) bad_usage("--examples", " must be at least 0");
     return o;
 }
 
@@ -139,7 +144,7 @@ static void write_summary_json(FILE *f, const char *name, const EvalSummary *s) 
 static int write_report(const char *path, const Options *o, const EvalSample *samples, int count,
                         const EvalOutcome *base, const EvalOutcome *tuned, const EvalSummary *sb, const EvalSummary *st) {
     FILE *f = fopen(path, "w");
-    if (!f) { fprintf(stderr, "evaluate: cannot write %s\n", path); return -1; }
+    if (!f) { fprintf(stderr, "evaluate: cannot write %s: %s\n", path, strerror(errno)); return -1; }
     fprintf(f, "{\n  \"model\": ");
     write_json_string(f, o->model_path);
     fprintf(f, ",\n  \"adapter\": ");
@@ -225,28 +230,53 @@ static void print_base(const Options *o) {
         printf("base (both arms): weights as loaded (as ./train --quant none)\n");
 }
 
+// The report's folder must be writable before minutes of answers are spent; exits if not.
+static void check_report_path(const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) slash[1] = '\0';   // "/x.json": the root
+    else *slash = '\0';
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "evaluate: cannot write the report %s: it is a directory (--out names a .json file)\n", path);
+        exit(1);
+    }
+    if (access(dir, W_OK) != 0) {
+        fprintf(stderr, "evaluate: cannot write the report %s: %s: %s\n", path, dir, strerror(errno));
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
+    char path[4096];
+    if (o.out_path) snprintf(path, sizeof path, "%s", o.out_path);
+    else if (o.adapter_dir) snprintf(path, sizeof path, "%s/../eval.json", o.adapter_dir);
+    else snprintf(path, sizeof path, "eval.json");
     Embedder embedder;
     if (embedder_load(&embedder, o.embedder_dir, err, sizeof err) != 0) {
         fprintf(stderr, "evaluate: %s (run `make fetch` to download it)\n", err);
         return 1;
     }
+    // the fine-tuned arm first, so that a bad adapter is reported before the base arm's answers
     Model model;
     print_base(&o);
-    load_model(&model, &o, 0);
+    load_model(&model, &o, o.adapter_dir != NULL);
+    check_report_path(path);
     int count;
     EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count);
     printf("evaluating %d samples of %s, greedy answers of up to %d tokens\n", count, o.data_path, o.max_new);
-    EvalOutcome *base = eval_run_model(&model, &embedder, samples, count, o.max_new, "base");
-    model_free(&model);
-    EvalOutcome *tuned = NULL;
+    EvalOutcome *base, *tuned = NULL;
     if (o.adapter_dir) {
-        load_model(&model, &o, 1);
         tuned = eval_run_model(&model, &embedder, samples, count, o.max_new, "fine-tuned");
         model_free(&model);
+        load_model(&model, &o, 0);
     }
+    base = eval_run_model(&model, &embedder, samples, count, o.max_new, "base");
+    model_free(&model);
     EvalSummary sb = eval_summarize(base, count), st;
     if (tuned) st = eval_summarize(tuned, count);
     print_tables(&sb, tuned ? &st : NULL, count);
@@ -256,10 +286,6 @@ int main(int argc, char **argv) {
         print_clipped("base", base[i].answer, 300);
         if (tuned) print_clipped("tuned", tuned[i].answer, 300);
     }
-    char path[4096];
-    if (o.out_path) snprintf(path, sizeof path, "%s", o.out_path);
-    else if (o.adapter_dir) snprintf(path, sizeof path, "%s/../eval.json", o.adapter_dir);
-    else snprintf(path, sizeof path, "eval.json");
     if (write_report(path, &o, samples, count, base, tuned, &sb, tuned ? &st : NULL) != 0) return 1;
     printf("\nreport: %s\n", path);
     write_chart(path, &sb, tuned ? &st : NULL);

@@ -84,23 +84,27 @@ static Options parse_args(int argc, char **argv) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(flag, "--chat") == 0) { o.chat = 1; continue; }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "generate: unknown option or missing value: %s\n", flag);
+        int is_option = strncmp(flag, "--", 2) == 0;
+        if (!is_option || i + 1 >= argc) {
+            fprintf(stderr, "generate: %s %s\n", is_option ? "missing value for" : "unexpected argument", flag);
             usage(stderr);
             exit(2);
         }
         const char *value = argv[++i];
-        if (strcmp(flag, "--model") == 0) o.model_path = value;
-        else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = value;
+        if (strcmp(flag, "--model") == 0) o.model_path = cli_text("generate", flag, value);
+        else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = cli_text("generate", flag, value);
         else if (strcmp(flag, "--quant") == 0) o.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
         else if (strcmp(flag, "--double-quant") == 0) o.double_quant = cli_choice("generate", flag, value, bit_choices);
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
-        else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
+        else if (strcmp(flag, "--prompt-file") == 0) {
+            free(o.prompt_from_file);
+            o.prompt = o.prompt_from_file = read_prompt_file(value);
+        }
         else if (strcmp(flag, "--system") == 0) o.system = value;
-        else if (strcmp(flag, "--max-new") == 0) o.max_new = (int)cli_number("generate", flag, value);
-        else if (strcmp(flag, "--temperature") == 0) o.temperature = (float)cli_number("generate", flag, value);
-        else if (strcmp(flag, "--top-p") == 0) o.top_p = (float)cli_number("generate", flag, value);
-        else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)cli_number("generate", flag, value);
+        else if (strcmp(flag, "--max-new") == 0) o.max_new = cli_int("generate", flag, value);
+        else if (strcmp(flag, "--temperature") == 0) o.temperature = cli_float("generate", flag, value);
+        else if (strcmp(flag, "--top-p") == 0) o.top_p = cli_float("generate", flag, value);
+        else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)cli_int("generate", flag, value);
         else {
             fprintf(stderr, "generate: unknown option %s\n", flag);
             usage(stderr);
@@ -161,12 +165,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "generate: the prompt encodes to no tokens\n");
         return 1;
     }
-    int max_seq = n_prompt + o.max_new;
-    if (max_seq > c->max_seq_len) {
+    if (o.max_new > c->max_seq_len - n_prompt) {
         fprintf(stderr, "generate: prompt (%d tokens) + --max-new (%d) exceeds the model's context of %d\n",
                 n_prompt, o.max_new, c->max_seq_len);
         return 1;
     }
+    int max_seq = n_prompt + o.max_new;
     InferState state;
     Sampler sampler;
     if (infer_state_init(&state, c, max_seq, PREFILL_CHUNK) != 0 ||

@@ -353,9 +353,13 @@ char *read_file(const char *path, size_t *len, char *err, size_t err_size) {
         size += got;
         if (got < 65536) break;
     }
-    int read_error = ferror(f);
+    int read_errno = ferror(f) ? errno : 0;   // EISDIR for a directory
     fclose(f);
-    if (read_error) { free(data); snprintf(err, err_size, "%s: read error", path); return NULL; }
+    if (read_errno) {
+        free(data);
+        snprintf(err, err_size, "%s: cannot read: %s", path, strerror(read_errno));
+        return NULL;
+    }
     data[size] = '\0';
     *len = size;
     return data;

@@ -159,11 +159,17 @@ static void remedy_set(Remedy *r, const Config *c, const PlanInputs *in, double 
     r->fits = r->total <= limit;
 }
 
-// The largest batch below the current one that fits, else 1.
+// The largest batch below the current one that fits, else 1. Memory grows
+// with the batch, so a binary search finds it (--batch may be in the billions).
 static void remedy_batch(Remedy *r, const Config *c, const PlanInputs *in, double limit) {
     PlanInputs smaller = *in;
-    for (smaller.batch = in->batch - 1; smaller.batch > 1; smaller.batch--)
-        if (total_with(c, &smaller) <= limit) break;
+    int low = 1, high = in->batch - 1;   // the answer lies in [low, high]; low when none fits
+    while (low < high) {
+        smaller.batch = low + (high - low + 1) / 2;
+        if (total_with(c, &smaller) <= limit) low = smaller.batch;
+        else high = smaller.batch - 1;
+    }
+    smaller.batch = low;
     char text[48];
     snprintf(text, sizeof text, "lower --batch to %d", smaller.batch);
     remedy_set(r, c, &smaller, limit, text);
@@ -254,17 +260,17 @@ static void print_header(const Config *c, const PlanInputs *in, const MemoryPlan
                  "parameters\n",
             arch_name(c->arch), c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim,
             c->vocab_size, c->tied_embeddings ? "tied" : "untied", model_num_params(c) / 1e6);
-    fprintf(out, "  batch %d x seq %d = %d tokens per micro-batch; LoRA rank %d on", in->batch, in->seq_len,
-            in->batch * in->seq_len, in->rank);
+    long long tokens = (long long)in->batch * in->seq_len;
+    fprintf(out, "  batch %d x seq %d = %lld tokens per micro-batch; LoRA rank %d on", in->batch, in->seq_len, tokens,
+            in->rank);
     for (int t = 0, first = 1; t < PLAN_N_TARGETS; t++) {
         if (!in->enabled[t]) continue;
         fprintf(out, "%s%s", first ? " " : ",", TARGET_NAMES[t]);
         first = 0;
     }
     fprintf(out, " (%.2fM trainable parameters)\n", p->lora_params / 4 / 1e6);
-    int logit_tokens = in->loss_chunk > 0 && in->loss_chunk < in->batch * in->seq_len ? in->loss_chunk
-                                                                                       : in->batch * in->seq_len;
-    fprintf(out, "  base %s; weights %s, activations %s, logits fp32 for %d tokens at a time; recompute %s\n\n",
+    long long logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
+    fprintf(out, "  base %s; weights %s, activations %s, logits fp32 for %lld tokens at a time; recompute %s\n\n",
             !in->quant_nf4 ? "not quantized" : in->double_quant ? "NF4 + double quant" : "NF4 (fp32 absmax)",
             number_type_name(in->weight_bytes), number_type_name(in->activation_bytes), logit_tokens,
             in->recompute ? "on" : "off");

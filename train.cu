@@ -85,7 +85,8 @@ static void usage(FILE *out) {
             "  --seed S            seed for adapters, dropout and data order (default %d)\n"
             "  --out DIR           where the log, checkpoints and adapter go (default %s)\n"
             "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
-            "  --resume DIR        continue the run whose --out was DIR (same model, data and options)\n"
+            "  --resume DIR        continue the run whose --out was DIR (same model, data and options);\n"
+            "                      --out defaults to DIR\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
@@ -102,8 +103,17 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
+// An option value out of its range: the one-line message, status 2.
+static void require(int ok, const char *message) {
+    if (ok) return;
+    fprintf(stderr, "train: %s\n", message);
+    exit(2);
+}
+
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
+    const char *const bit_choices[] = {"0", "1", NULL};
+    int out_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
@@ -112,13 +122,13 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = argv[++i];
+        const char *v = cli_text("train", f, argv[++i]);
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--val-data") == 0) o.val_path = v;
-        else if (strcmp(f, "--val-frac") == 0) o.val_frac = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_float("train", f, v);
         else if (strcmp(f, "--device") == 0) o.device = v;
-        else if (strcmp(f, "--out") == 0) o.out_dir = v;
+        else if (strcmp(f, "--out") == 0) { o.out_dir = v; out_given = 1; }
         else if (strcmp(f, "--targets") == 0) o.targets = v;
         else if (strcmp(f, "--quant") == 0) o.quant = v;
         else if (strcmp(f, "--steps") == 0) o.steps = cli_int("train", f, v);
@@ -128,32 +138,44 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--seq") == 0) o.max_seq = cli_int("train", f, v);
         else if (strcmp(f, "--seed") == 0) o.seed = cli_int("train", f, v);
         else if (strcmp(f, "--rank") == 0) o.rank = cli_int("train", f, v);
-        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_int("train", f, v);
-        else if (strcmp(f, "--recompute") == 0) o.recompute = cli_int("train", f, v);
+        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_choice("train", f, v, bit_choices);
+        else if (strcmp(f, "--recompute") == 0) o.recompute = cli_choice("train", f, v, bit_choices);
         else if (strcmp(f, "--eval-every") == 0) o.eval_every = cli_int("train", f, v);
         else if (strcmp(f, "--save-every") == 0) o.save_every = cli_int("train", f, v);
         else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
         else if (strcmp(f, "--stop-at") == 0) o.stop_at = cli_int("train", f, v);
         else if (strcmp(f, "--early-stop") == 0) o.early_stop = cli_int("train", f, v);
         else if (strcmp(f, "--eval-answers") == 0) o.eval_answers = cli_int("train", f, v);
-        else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--lr") == 0) o.lr = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--warmup") == 0) o.warmup = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--clip") == 0) o.clip = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--alpha") == 0) o.alpha = (float)cli_number("train", f, v);
-        else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = (float)cli_number("train", f, v);
+        else if (strcmp(f, "--gpu-mem") == 0) o.gpu_mem_gb = cli_float("train", f, v);
+        else if (strcmp(f, "--lr") == 0) o.lr = cli_float("train", f, v);
+        else if (strcmp(f, "--warmup") == 0) o.warmup = cli_float("train", f, v);
+        else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = cli_float("train", f, v);
+        else if (strcmp(f, "--clip") == 0) o.clip = cli_float("train", f, v);
+        else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = cli_float("train", f, v);
+        else if (strcmp(f, "--alpha") == 0) o.alpha = cli_float("train", f, v);
+        else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = cli_float("train", f, v);
         else bad_usage("unknown option ", f);
     }
-    if (o.steps < 1 || o.batch < 1 || o.grad_accum < 1 || o.rank < 1 || o.eval_every < 1 || o.epochs < 0 ||
-        o.save_every < 0 || o.stop_at < 0 || o.early_stop < 0)
-        bad_usage("--steps, --batch, --grad-accum, --rank and --eval-every must be at least 1", "");
-    if (o.max_seq < 2) bad_usage("--seq must be at least 2", "");
-    if (o.lr <= 0 || o.warmup < 0 || o.lr_min_frac < 0 || o.lr_min_frac > 1 || o.clip < 0)
-        bad_usage("--lr must be > 0, --warmup >= 0, --lr-min-frac in [0, 1], --clip >= 0", "");
-    if (o.lora_dropout < 0 || o.lora_dropout >= 1) bad_usage("--lora-dropout must be in [0, 1)", "");
-    if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
+    require(o.steps >= 1, "--steps must be at least 1");
+    require(o.epochs >= 0, "--epochs must be at least 0 (0: use --steps)");
+    require(o.batch >= 1, "--batch must be at least 1");
+    require(o.grad_accum >= 1, "--grad-accum must be at least 1");
+    require(o.max_seq >= 2, "--seq must be at least 2");
+    require(o.rank >= 1, "--rank must be at least 1");
+    require(o.eval_every >= 1, "--eval-every must be at least 1");
+    require(o.save_every >= 0, "--save-every must be at least 0 (0: off)");
+    require(o.stop_at >= 0, "--stop-at must be at least 0 (0: off)");
+    require(o.early_stop >= 0, "--early-stop must be at least 0 (0: off)");
+    require(o.eval_answers >= 0, "--eval-answers must be at least 0 (0: off)");
+    require(o.lr > 0, "--lr must be more than 0");
+    require(o.warmup >= 0, "--warmup must be at least 0");
+    require(o.lr_min_frac >= 0 && o.lr_min_frac <= 1, "--lr-min-frac must be in [0, 1]");
+    require(o.clip >= 0, "--clip must be at least 0 (0: off)");
+    require(o.weight_decay >= 0, "--weight-decay must be at least 0");
+    require(o.alpha > 0, "--alpha must be more than 0");
+    require(o.lora_dropout >= 0 && o.lora_dropout < 1, "--lora-dropout must be in [0, 1)");
+    require(o.val_frac >= 0 && o.val_frac < 1, "--val-frac must be in [0, 1)");
+    require(o.gpu_mem_gb > 0, "--gpu-mem must be more than 0");
     if (strcmp(o.quant, "nf4") != 0 && strcmp(o.quant, "none") != 0) bad_usage("--quant expects nf4 or none, got ", o.quant);
     if (strcmp(o.device, "cpu") != 0 && strcmp(o.device, "cuda") != 0 && strcmp(o.device, "auto") != 0)
         bad_usage("--device expects cpu, cuda or auto, got ", o.device);
@@ -163,6 +185,7 @@ static Options parse_args(int argc, char **argv) {
         exit(2);
     }
     if (strcmp(o.device, "auto") == 0) o.device = gpu_available() ? "cuda" : "cpu";
+    if (o.resume_dir && !out_given) o.out_dir = o.resume_dir;   // a resumed run goes on in its own folder
     return o;
 }
 
@@ -421,10 +444,27 @@ static int save_checkpoint(const Options *o, const Trainable *tr, const TrainPro
     return 0;
 }
 
+// mkdir -p: the folder and any missing ones above it.
 static int make_dir(const char *path) {
-    if (mkdir(path, 0755) == 0 || errno == EEXIST) return 0;
-    fprintf(stderr, "train: cannot create %s: %s\n", path, strerror(errno));
-    return -1;
+    char partial[4096];
+    snprintf(partial, sizeof partial, "%s", path);
+    for (char *end = partial + 1;; end++) {
+        if (*end != '/' && *end != '\0') continue;
+        char kept = *end;
+        *end = '\0';
+        if (mkdir(partial, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "train: cannot create %s: %s\n", partial, strerror(errno));
+            return -1;
+        }
+        *end = kept;
+        if (kept == '\0') break;
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "train: cannot write into %s: not a directory\n", path);
+        return -1;
+    }
+    return 0;
 }
 
 // The loss curve so far: train loss every step, val loss where measured.
@@ -463,6 +503,19 @@ static void plot_history(const LossHistory *h, const char *out_dir) {
                             {"val loss", NULL, h->steps, h->val, h->count}};
     if (svg_line_chart(path, "answer-only loss", "step", "loss", series, 2, err, sizeof err) != 0)
         fprintf(stderr, "train: warning: %s\n", err);
+}
+
+// The largest useful LoRA rank: the smallest input or output size among the adapted matrices.
+static int smallest_adapted_dim(const Config *c, const int enabled[N_TARGETS]) {
+    int smallest = INT_MAX;
+    for (int t = 0; t < N_TARGETS; t++) {
+        if (!enabled[t]) continue;
+        int in_dim, out_dim;
+        lora_target_dims(c, t, &in_dim, &out_dim);
+        if (in_dim < smallest) smallest = in_dim;
+        if (out_dim < smallest) smallest = out_dim;
+    }
+    return smallest;
 }
 
 // The course's memory arithmetic for the GPU path (bf16 activations) with these options.
@@ -662,6 +715,12 @@ int main(int argc, char **argv) {
     if (model_load(&model, o.model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
     const Config *c = &model.config;
     if (o.max_seq > c->max_seq_len) o.max_seq = c->max_seq_len;
+    int max_rank = smallest_adapted_dim(c, enabled);
+    if (o.rank > max_rank) {
+        fprintf(stderr, "train: --rank %d is more than %d, the smallest dimension of the adapted matrices (--targets %s)\n",
+                o.rank, max_rank, o.targets);
+        return 2;
+    }
     model_print_summary(&model, stdout);
     if (o.plan) {
         print_plan(c, &o, enabled);
@@ -684,8 +743,24 @@ int main(int argc, char **argv) {
            train_tokens, train_answer, val_set.count, o.val_path || is_tokfile(o.data_path) ? "" : " held out of --data");
     if (skipped > 0) printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped, o.max_seq);
 
-    int samples_per_step = o.batch * o.grad_accum;
-    int total_steps = o.epochs > 0 ? (o.epochs * train_set.count + samples_per_step - 1) / samples_per_step : o.steps;
+    if (o.batch > train_set.count) {
+        printf("data: --batch %d is more than the %d training samples: batches of %d\n", o.batch, train_set.count,
+               train_set.count);
+        o.batch = train_set.count;
+    }
+    // with --epochs: steps = ceil(epochs * samples / samples per step)
+    long long samples_per_step = (long long)o.batch * o.grad_accum;
+    long long run_steps = o.steps;
+    if (o.epochs > 0) run_steps = ((long long)o.epochs * train_set.count + samples_per_step - 1) / samples_per_step;
+    if (run_steps > INT_MAX) {
+        fprintf(stderr, "train: --epochs %d makes %lld steps, more than %d\n", o.epochs, run_steps, INT_MAX);
+        return 2;
+    }
+    int total_steps = (int)run_steps;
+    if (o.warmup >= 1 && o.warmup > total_steps) {
+        fprintf(stderr, "train: --warmup %g steps is more than the run's %d steps\n", o.warmup, total_steps);
+        return 2;
+    }
 
     Embedder embedder;
     memset(&embedder, 0, sizeof embedder);
@@ -773,6 +848,10 @@ int main(int argc, char **argv) {
     history.steps = (double *)malloc(sizeof(double) * history_rows);
     history.train = (double *)malloc(sizeof(double) * history_rows);
     history.val = (double *)malloc(sizeof(double) * history_rows);
+    if (!history.steps || !history.train || !history.val) {
+        fprintf(stderr, "train: out of memory for the loss history of %d steps\n", total_steps);
+        return 1;
+    }
     if (progress.step > 0) history_load(&history, log_path, total_steps + 1);
     else if (val_set.count) history_add(&history, 0, NAN, progress.best_val);
     int first_step = progress.step;

@@ -71,6 +71,15 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
+// A source option takes one path: a second one would silently replace the first.
+static const char *one_source(const char *flag, const char *earlier, const char *path) {
+    if (earlier) {
+        fprintf(stderr, "prepare: %s given twice (%s and %s): each source takes one path\n", flag, earlier, path);
+        exit(2);
+    }
+    return path;
+}
+
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     for (int i = 1; i < argc; i++) {
@@ -79,11 +88,11 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--strict") == 0) { o.strict = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = argv[++i];
-        if (strcmp(f, "--input") == 0) o.input = v;
-        else if (strcmp(f, "--docs") == 0) o.docs = v;
-        else if (strcmp(f, "--qa") == 0) o.qa = v;
-        else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = v;
+        const char *v = cli_text("prepare", f, argv[++i]);
+        if (strcmp(f, "--input") == 0) o.input = one_source(f, o.input, v);
+        else if (strcmp(f, "--docs") == 0) o.docs = one_source(f, o.docs, v);
+        else if (strcmp(f, "--qa") == 0) o.qa = one_source(f, o.qa, v);
+        else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = one_source(f, o.faq_dir, v);
         else if (strcmp(f, "--out") == 0) o.out_dir = v;
         else if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;

@@ -288,6 +288,8 @@ TEST_CASE("adapter: a bad adapter_config.json is refused by name") {
     CHECK(contains(merge_error(dir), config_path + ": 'r' must be a positive integer"));
     write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2}");
     CHECK(contains(merge_error(dir), config_path + ": 'lora_alpha' must be a number"));
+    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 1e39}");
+    CHECK(contains(merge_error(dir), config_path + ": 'lora_alpha' must be a number that fits a float"));
     write_text(config_path, "{\"peft_type\": \"LORA\",");
     CHECK(contains(merge_error(dir), config_path + ": line 1"));
 
@@ -320,6 +322,18 @@ TEST_CASE("adapter: bad tensors are refused naming the file and the tensor") {
     // A without its B: the message names the A tensor
     err = error_with_tensor({LAYER_0 + "mlp.up_proj.lora_A.weight", DT_F32, {2, 8}, {}});
     CHECK_MESSAGE(contains(err, "has no matching lora_B"), err);
+}
+
+TEST_CASE("adapter: a NaN or Inf weight (a flipped byte) is refused before anything is merged") {
+    for (float bad : {NAN, INFINITY}) {
+        TempDir dir;
+        write_text(dir.file("adapter_config.json"), RANK_2_CONFIG);
+        std::vector<FakeTensor> tensors = good_pair();
+        tensors[1].values[3] = bad;
+        write_tensors(dir.file("adapter_model.safetensors"), tensors);
+        std::string err = merge_error(dir);
+        CHECK_MESSAGE(contains(err, "tensor '" + tensors[1].name + "' holds NaN or Inf values"), err);
+    }
 }
 
 TEST_CASE("adapter: a file without LoRA weights is refused") {

@@ -788,6 +788,11 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
     CHECK(read_bytes(dir.path + "/log.txt").find("give a source") != std::string::npos);
     CHECK(system(("./prepare --input test/fixtures/raft_bad/samples.jsonl --strict --out " + dir.path + "/d" + quiet).c_str()) != 0);
     CHECK(read_bytes(dir.path + "/log.txt").find("samples.jsonl:4: stopped at the first bad line (--strict)") != std::string::npos);
+    // an empty --out would write to the root folder; a second --input would replace the first
+    CHECK(system(("./prepare --input data/sample_raft.jsonl --out ''" + quiet).c_str()) != 0);
+    CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --out expects a value, got ''") != std::string::npos);
+    CHECK(system(("./prepare --input data/sample_raft.jsonl --input data/example/qa.jsonl --out " + dir.path + "/e" + quiet).c_str()) != 0);
+    CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --input given twice") != std::string::npos);
     CHECK(system(("./prepare --help" + quiet).c_str()) == 0);
     CHECK(read_bytes(dir.path + "/log.txt").find("--max-seq N              tokens per sample at most (default 2048)") != std::string::npos);
 }

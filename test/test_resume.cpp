@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -49,7 +50,8 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     REQUIRE(system((common + " --out " + d + "/part --stop-at 1" + quiet).c_str()) == 0);
     std::vector<std::string> paused = logged_steps(d + "/part/log.csv");
     CHECK(paused.size() == 1);
-    REQUIRE(system((common + " --out " + d + "/part --resume " + d + "/part" + quiet).c_str()) == 0);
+    // --out defaults to the --resume folder
+    REQUIRE(system((common + " --resume " + d + "/part" + quiet).c_str()) == 0);
     std::vector<std::string> full = logged_steps(d + "/full/log.csv");
     std::vector<std::string> resumed = logged_steps(d + "/part/log.csv");
     REQUIRE(full.size() == 3);
@@ -63,6 +65,35 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     std::ifstream out(d + "/out.txt");
     std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
     CHECK(text.find("rank 4") != std::string::npos);
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: a bad option value is refused with one line naming the option") {
+    char dir[] = "/tmp/qlora_options_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, log = d + "/out.txt";
+    std::string common = "./train --data data/sample_raft.jsonl --steps 1 --seq 160 --device cpu --out " + d + "/run ";
+    // {options, the message}; the last two load the model (and the data) first
+    const std::pair<const char *, const char *> cases[] = {
+        {"--lr 1e39", "train: --lr expects a number of at most 3.40282e+38 in size, got '1e39'"},
+        {"--alpha 0", "train: --alpha must be more than 0"},
+        {"--weight-decay -0.1", "train: --weight-decay must be at least 0"},
+        {"--double-quant 2", "train: --double-quant expects 0 or 1, got '2'"},
+        {"--recompute 5", "train: --recompute expects 0 or 1, got '5'"},
+        {"--eval-answers -1", "train: --eval-answers must be at least 0"},
+        {"--gpu-mem 0", "train: --gpu-mem must be more than 0"},
+        {"--batch 0", "train: --batch must be at least 1"},
+        {"--data ''", "train: --data expects a value, got ''"},
+        {"--rank 193", "train: --rank 193 is more than 192, the smallest dimension of the adapted matrices"},
+        {"--warmup 5", "train: --warmup 5 steps is more than the run's 1 steps"},
+    };
+    for (const auto &[options, message] : cases) {
+        CHECK(system((common + options + " > " + log + " 2>&1").c_str()) != 0);
+        std::ifstream out(log);
+        std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+        CHECK_MESSAGE(text.find(message) != std::string::npos, options, "\n", text);
+    }
+    CHECK(!std::filesystem::exists(d + "/run"));
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
@@ -167,6 +198,22 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     const std::pair<std::string, const char *> bad[] = {
         {unknown, "not a qlora.c checkpoint"}, {truncated, "truncated"}, {negative, "negative early-stop count"}};
     for (const auto &[bytes, message] : bad) {
+        write_bytes(path, bytes);
+        CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
+        CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
+    }
+
+    // refused: a flipped byte that makes the step count impossible or a weight NaN
+    // (the step is the header's 10th int32; the first tensor, layer 0's q lora_A,
+    // follows the 3-entry data order)
+    std::string late = v2, nan_weight = v2;
+    int32_t step_1000 = 1000;
+    late.replace(8 + 9 * 4, 4, (const char *)&step_1000, 4);
+    float nan = NAN;
+    nan_weight.replace(8 + 80 + 3 * 4 + 4 * 5, 4, (const char *)&nan, 4);
+    const std::pair<std::string, const char *> corrupted[] = {
+        {late, "invalid step (1000 of 10)"}, {nan_weight, "NaN or Inf in a lora_A weight or moment"}};
+    for (const auto &[bytes, message] : corrupted) {
         write_bytes(path, bytes);
         CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
         CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
