@@ -58,7 +58,7 @@ static void usage(FILE *out) {
             "  --data PATH         RAFT samples: a .bin file from ./prepare, or JSONL (default %s)\n"
             "  --val-data PATH     validation samples (default: the val.bin beside a train.bin; for JSONL,\n"
             "                      --val-frac of --data held out)\n"
-            "  --val-frac F        share of --data held out when no --val-data (default %g)\n"
+            "  --val-frac F        share of JSONL --data held out when no --val-data (default %g)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
             "  --steps N           optimizer steps (default %d; --epochs overrides)\n"
             "  --epochs N          passes over the training samples (default: use --steps)\n"
@@ -622,10 +622,21 @@ static void split_data(const RaftData *data, const Options *o, int *train_idx, i
     free(order);
 }
 
+// A tokenized file from ./prepare (data/tokfile.h) rather than JSONL: the name ends in .bin.
+static int is_tokfile(const char *path) {
+    size_t n = strlen(path);
+    return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
+}
+
 // JSONL samples: rendered here, validation held out of --data unless --val-data.
 static int load_jsonl_examples(const Options *o, const Tokenizer *tok, ExampleSet *train_set, ExampleSet *val_set,
                                int *skipped) {
     char err[1024];
+    if (o->val_path && is_tokfile(o->val_path)) {
+        fprintf(stderr, "train: --val-data is a .bin file from ./prepare, so --data must be one too (got %s)\n",
+                o->data_path);
+        return -1;
+    }
     RaftData data, val_data;
     memset(&val_data, 0, sizeof val_data);
     if (raft_read_jsonl(&data, o->data_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
@@ -652,12 +663,6 @@ static int load_jsonl_examples(const Options *o, const Tokenizer *tok, ExampleSe
     raft_free(&val_data);
     if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return -1; }
     return 0;
-}
-
-// A tokenized file from ./prepare (data/tokfile.h) rather than JSONL: the name ends in .bin.
-static int is_tokfile(const char *path) {
-    size_t n = strlen(path);
-    return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
 }
 
 // Reads a ./prepare file into set (refusing one made with another tokenizer);
@@ -714,7 +719,11 @@ int main(int argc, char **argv) {
     Model model;
     if (model_load(&model, o.model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
     const Config *c = &model.config;
-    if (o.max_seq > c->max_seq_len) o.max_seq = c->max_seq_len;
+    if (o.max_seq > c->max_seq_len) {
+        printf("data: --seq %d is more than the model's context of %d tokens: using %d\n", o.max_seq, c->max_seq_len,
+               c->max_seq_len);
+        o.max_seq = c->max_seq_len;
+    }
     int max_rank = smallest_adapted_dim(c, enabled);
     if (o.rank > max_rank) {
         fprintf(stderr, "train: --rank %d is more than %d, the smallest dimension of the adapted matrices (--targets %s)\n",
@@ -759,6 +768,10 @@ int main(int argc, char **argv) {
     int total_steps = (int)run_steps;
     if (o.warmup >= 1 && o.warmup > total_steps) {
         fprintf(stderr, "train: --warmup %g steps is more than the run's %d steps\n", o.warmup, total_steps);
+        return 2;
+    }
+    if (o.stop_at > total_steps) {
+        fprintf(stderr, "train: --stop-at %d is past the run's last step, %d\n", o.stop_at, total_steps);
         return 2;
     }
 

@@ -73,7 +73,7 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
     REQUIRE(mkdtemp(dir));
     std::string d = dir, log = d + "/out.txt";
     std::string common = "./train --data data/sample_raft.jsonl --steps 1 --seq 160 --device cpu --out " + d + "/run ";
-    // {options, the message}; the last two load the model (and the data) first
+    // {options, the message}; the last four load the model (and the data) first
     const std::pair<const char *, const char *> cases[] = {
         {"--lr 1e39", "train: --lr expects a number of at most 3.40282e+38 in size, got '1e39'"},
         {"--alpha 0", "train: --alpha must be more than 0"},
@@ -86,6 +86,8 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
         {"--data ''", "train: --data expects a value, got ''"},
         {"--rank 193", "train: --rank 193 is more than 192, the smallest dimension of the adapted matrices"},
         {"--warmup 5", "train: --warmup 5 steps is more than the run's 1 steps"},
+        {"--stop-at 2", "train: --stop-at 2 is past the run's last step, 1"},
+        {"--val-data data/faq/val.bin", "train: --val-data is a .bin file from ./prepare, so --data must be one too"},
     };
     for (const auto &[options, message] : cases) {
         CHECK(system((common + options + " > " + log + " 2>&1").c_str()) != 0);
