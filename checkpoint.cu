@@ -9,8 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '2'};
+static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '3'};
+static const char MAGIC_V2[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '2'};
 static const char MAGIC_V1[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '1'};
+static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
 
 // The fixed-size part of the file, after the magic. Version 1 ends before
 // evals_without_improvement.
@@ -22,11 +24,31 @@ typedef struct {
     int32_t evals_without_improvement;
 } Header;
 
-static int write_all(FILE *f, const void *data, size_t bytes) { return fwrite(data, 1, bytes, f) == bytes ? 0 : -1; }
-static int read_all(FILE *f, void *data, size_t bytes) { return fread(data, 1, bytes, f) == bytes ? 0 : -1; }
+// A file being written or read, and the FNV-1a hash of every byte so far.
+typedef struct {
+    FILE *f;
+    uint64_t hash;
+} Stream;
+
+// hash = (hash ^ byte) * FNV_PRIME for each byte
+static void hash_bytes(Stream *s, const void *data, size_t bytes) {
+    const unsigned char *p = (const unsigned char *)data;
+    for (size_t i = 0; i < bytes; i++) s->hash = (s->hash ^ p[i]) * FNV_PRIME;
+}
+
+static int write_all(Stream *s, const void *data, size_t bytes) {
+    hash_bytes(s, data, bytes);
+    return fwrite(data, 1, bytes, s->f) == bytes ? 0 : -1;
+}
+
+static int read_all(Stream *s, void *data, size_t bytes) {
+    if (fread(data, 1, bytes, s->f) != bytes) return -1;
+    hash_bytes(s, data, bytes);
+    return 0;
+}
 
 // Calls io on every tensor of the state in file order; stops at the first failure.
-static int each_tensor(const LoraSet *set, const AdamWState *moments, FILE *f, int (*io)(FILE *, void *, size_t)) {
+static int each_tensor(const LoraSet *set, const AdamWState *moments, Stream *f, int (*io)(Stream *, void *, size_t)) {
     for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
@@ -40,8 +62,8 @@ static int each_tensor(const LoraSet *set, const AdamWState *moments, FILE *f, i
     return 0;
 }
 
-static int write_tensor(FILE *f, void *data, size_t bytes) { return write_all(f, data, bytes); }
-static int read_tensor(FILE *f, void *data, size_t bytes) { return read_all(f, data, bytes); }
+static int write_tensor(Stream *s, void *data, size_t bytes) { return write_all(s, data, bytes); }
+static int read_tensor(Stream *s, void *data, size_t bytes) { return read_all(s, data, bytes); }
 
 int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
                     char *err, size_t err_size) {
@@ -61,9 +83,13 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     h.data_rng = progress->data_rng;
     h.best_val = progress->best_val;
     h.evals_without_improvement = progress->evals_without_improvement;
-    int failed = write_all(f, MAGIC, sizeof MAGIC) || write_all(f, &h, sizeof h) ||
-                 write_all(f, progress->order, sizeof(int) * progress->n_order) ||
-                 each_tensor(set, moments, f, write_tensor) || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    Stream s = {f, FNV_OFFSET};
+    int failed = write_all(&s, MAGIC, sizeof MAGIC) || write_all(&s, &h, sizeof h) ||
+                 write_all(&s, progress->order, sizeof(int) * progress->n_order) ||
+                 each_tensor(set, moments, &s, write_tensor);
+    // the checksum of everything above, last
+    uint64_t checksum = s.hash;
+    failed = failed || write_all(&s, &checksum, sizeof checksum) || fflush(f) != 0 || fsync(fileno(f)) != 0;
     if (fclose(f) != 0) failed = 1;
     if (failed || rename(tmp, path) != 0) {
         snprintf(err, err_size, "%s: writing the checkpoint failed: %s (the previous checkpoint is untouched)", path,
@@ -107,14 +133,18 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
                     char *err, size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    Stream s = {f, FNV_OFFSET};
     char magic[8];
     Header h;
     memset(&h, 0, sizeof h);
-    int has_magic = read_all(f, magic, sizeof magic) == 0;
-    int is_v1 = has_magic && memcmp(magic, MAGIC_V1, sizeof magic) == 0;
-    int known = is_v1 || (has_magic && memcmp(magic, MAGIC, sizeof magic) == 0);
-    size_t header_bytes = is_v1 ? offsetof(Header, evals_without_improvement) : sizeof h;
-    if (!known || read_all(f, &h, header_bytes)) {
+    int has_magic = read_all(&s, magic, sizeof magic) == 0;
+    int version = !has_magic                                  ? 0
+                  : memcmp(magic, MAGIC, sizeof magic) == 0    ? 3
+                  : memcmp(magic, MAGIC_V2, sizeof magic) == 0 ? 2
+                  : memcmp(magic, MAGIC_V1, sizeof magic) == 0 ? 1
+                                                               : 0;
+    size_t header_bytes = version == 1 ? offsetof(Header, evals_without_improvement) : sizeof h;
+    if (version == 0 || read_all(&s, &h, header_bytes)) {
         snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic or truncated header)", path);
         fclose(f);
         return -1;
@@ -134,11 +164,18 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
         fclose(f);
         return -1;
     }
-    int failed = read_all(f, progress->order, sizeof(int) * h.n_order) || each_tensor(set, moments, f, read_tensor);
+    int failed = read_all(&s, progress->order, sizeof(int) * h.n_order) || each_tensor(set, moments, &s, read_tensor);
+    // version 3 ends with the checksum of everything before it
+    uint64_t computed = s.hash, stored = computed;
+    if (version == 3) failed = failed || read_all(&s, &stored, sizeof stored);
     int extra = fgetc(f) != EOF;
     fclose(f);
     if (failed || extra) {
         snprintf(err, err_size, "%s: checkpoint is %s", path, failed ? "truncated" : "longer than expected");
+        return -1;
+    }
+    if (stored != computed) {
+        snprintf(err, err_size, "%s: checkpoint's checksum does not match its contents: the file is corrupted", path);
         return -1;
     }
     for (int i = 0; i < h.n_order; i++)

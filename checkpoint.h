@@ -3,12 +3,13 @@
 // moments, the step, and the data order. Written to PATH.tmp, fsync'd and
 // renamed, so a crash mid-write never destroys the previous checkpoint.
 //
-// Layout (little-endian): "QLORACK2", then the int32/uint64/double fields of
+// Layout (little-endian): "QLORACK3", then the int32/uint64/double fields of
 // TrainProgress and the LoRA shape, the data order, then per enabled adapter
 // (layer-major, target order): A, B, then AdamW m and v of A, of B, and the
-// two AdamW step counters (int64). Version 1 files ("QLORACK1", written
-// before the early-stop counter was saved) are still read, with the counter
-// at 0.
+// two AdamW step counters (int64); last, a uint64 FNV-1a hash of every byte
+// before it, so that a flipped bit is refused rather than trained on. Older
+// files are still read: version 2 ("QLORACK2", no checksum) and version 1
+// ("QLORACK1", also without the early-stop counter, which loads as 0).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

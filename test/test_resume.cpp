@@ -3,7 +3,8 @@
 // uninterrupted run (same data order, dropout masks, AdamW state, schedule).
 // Runs the real ./train (built by `make test`) for 3 short steps twice.
 // Also checkpoint.cu on its own: every field (the early-stop count
-// included) comes back, version 1 files still load, bad ones are refused.
+// included) comes back, version 1 and 2 files still load, bad ones (a flipped
+// bit included: the checksum) are refused.
 #include <doctest/doctest.h>
 
 #include <cstdio>
@@ -158,7 +159,7 @@ void write_bytes(const std::string &path, const std::string &bytes) {
 
 }  // namespace
 
-TEST_CASE("checkpoint: every field comes back, the early-stop count too; version 1 files still load") {
+TEST_CASE("checkpoint: every field comes back, the early-stop count too; versions 1 and 2 still load") {
     char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
     REQUIRE(mkdtemp(dir));
     std::string path = std::string(dir) + "/checkpoint.bin";
@@ -179,10 +180,18 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     CHECK(memcmp(loaded_order, order, sizeof order) == 0);
     CHECK(loaded.same_values(saved));
 
+    // version 2: "QLORACK2" and no checksum at the end
+    std::string v3 = read_bytes(path), v2 = v3.substr(0, v3.size() - 8);
+    REQUIRE(v3.compare(0, 8, "QLORACK3") == 0);
+    v2.replace(0, 8, "QLORACK2");
+    write_bytes(path, v2);
+    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
+    CHECK(back.evals_without_improvement == 2);
+    CHECK(loaded.same_values(saved));
+
     // version 1: "QLORACK1" and the same header without the count (the
     // header is 80 bytes in version 2, 72 in version 1), then the same data
-    std::string v2 = read_bytes(path), v1 = v2;
-    REQUIRE(v2.compare(0, 8, "QLORACK2") == 0);
+    std::string v1 = v2;
     v1.replace(0, 8, "QLORACK1");
     v1.erase(8 + 72, 8);
     write_bytes(path, v1);
@@ -192,8 +201,8 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     CHECK(back.step == 7);
     CHECK(loaded.same_values(saved));
 
-    // refused: an unknown version, a truncated file, a negative count
-    std::string unknown = v2, truncated = v2.substr(0, v2.size() - 3), negative = v2;
+    // refused: an unknown version, a truncated file, a negative count (version 2, no checksum to stop it first)
+    std::string unknown = v3, truncated = v3.substr(0, v3.size() - 3), negative = v2;
     unknown[7] = '9';
     int32_t minus_one = -1;
     negative.replace(8 + 72, 4, (const char *)&minus_one, 4);
@@ -205,16 +214,21 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
         CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
     }
 
-    // refused: a flipped byte that makes the step count impossible or a weight NaN
-    // (the step is the header's 10th int32; the first tensor, layer 0's q lora_A,
-    // follows the 3-entry data order)
-    std::string late = v2, nan_weight = v2;
+    // refused: a flipped bit anywhere in version 3 (here in a weight, which stays a
+    // finite number); in version 2, a flipped byte that makes the step count
+    // impossible or a weight NaN (the step is the header's 10th int32; the first
+    // tensor, layer 0's q lora_A, follows the 3-entry data order)
+    size_t weight_at = 8 + 80 + 3 * 4 + 4 * 5;
+    std::string flipped = v3, late = v2, nan_weight = v2;
+    flipped[weight_at] ^= 1;
     int32_t step_1000 = 1000;
     late.replace(8 + 9 * 4, 4, (const char *)&step_1000, 4);
     float nan = NAN;
-    nan_weight.replace(8 + 80 + 3 * 4 + 4 * 5, 4, (const char *)&nan, 4);
+    nan_weight.replace(weight_at, 4, (const char *)&nan, 4);
     const std::pair<std::string, const char *> corrupted[] = {
-        {late, "invalid step (1000 of 10)"}, {nan_weight, "NaN or Inf in a lora_A weight or moment"}};
+        {flipped, "checksum does not match its contents"},
+        {late, "invalid step (1000 of 10)"},
+        {nan_weight, "NaN or Inf in a lora_A weight or moment"}};
     for (const auto &[bytes, message] : corrupted) {
         write_bytes(path, bytes);
         CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
