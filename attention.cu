@@ -8,6 +8,15 @@
 
 // ---- attention --------------------------------------------------------------------
 
+// sum_i x[i] * y[i], in SIMD lanes (a sum in one chain would wait on each add)
+template <typename Real>
+static Real dot(const Real *x, const Real *y, int len) {
+    Real sum = 0;
+    #pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < len; i++) sum += x[i] * y[i];
+    return sum;
+}
+
 // probs[j] = softmax_j(q . k_j / sqrt(d)) over keys j < n_keys of one kv head.
 template <typename Real>
 static void attention_probs(Real *probs, const Real *q_vec, const Real *k, int n_keys, int kv_dim, int kv_offset,
@@ -15,10 +24,7 @@ static void attention_probs(Real *probs, const Real *q_vec, const Real *k, int n
     Real scale = 1 / sqrt((Real)head_dim);
     Real max_score = -INFINITY;
     for (int j = 0; j < n_keys; j++) {
-        const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
-        Real dot = 0;
-        for (int i = 0; i < head_dim; i++) dot += q_vec[i] * k_vec[i];
-        probs[j] = dot * scale;
+        probs[j] = dot(q_vec, k + (size_t)j * kv_dim + kv_offset, head_dim) * scale;
         if (probs[j] > max_score) max_score = probs[j];
     }
     Real sum = 0;
@@ -37,7 +43,8 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
     #pragma omp parallel
     {
         Real *probs = (Real *)malloc(sizeof(Real) * (size_t)(pos0 + n));
-        #pragma omp for collapse(2) schedule(static)
+        // dynamic: a later token attends to more keys (equal static halves would leave one thread 3/4 of the work)
+        #pragma omp for collapse(2) schedule(dynamic)
         for (int t = 0; t < n; t++) {
             for (int h = 0; h < n_heads; h++) {
                 int kv_offset = (h / group) * head_dim;
@@ -83,6 +90,7 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
                     const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
                     Real *dv = d_v + (size_t)j * kv_dim + kv_offset;
                     Real dp = 0;
+                    #pragma omp simd reduction(+ : dp)
                     for (int i = 0; i < head_dim; i++) {
                         dp += dy[i] * v_vec[i];
                         dv[i] += probs[j] * dy[i];

@@ -1,7 +1,8 @@
 // layers.cu: the transformer's operations on the CPU, forward and backward,
 // written to be read: one loop nest per formula, OpenMP across independent
-// rows; only the matmuls, where the time goes, are blocked for registers and
-// cache. Instantiated for float (the model) and double (the gradient tests).
+// rows or elements; only the matmuls, where the time goes, are blocked for
+// registers and cache. Instantiated for float (the model) and double (the
+// gradient tests).
 // The CUDA kernels follow at the bottom, each mirroring its CPU function.
 #include "layers.h"
 
@@ -156,6 +157,7 @@ static Real rms_reciprocal(const Real *x, int dim, float eps) {
 
 template <typename Real>
 void rmsnorm_cpu(Real *out, const Real *x, const Real *weight, int n, int dim, float eps) {
+    #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; t++) {
         const Real *row = x + (size_t)t * dim;
         Real *y = out + (size_t)t * dim;
@@ -167,6 +169,7 @@ void rmsnorm_cpu(Real *out, const Real *x, const Real *weight, int n, int dim, f
 
 template <typename Real>
 void rmsnorm_backward_cpu(Real *d_x, const Real *d_out, const Real *x, const Real *weight, int n, int dim, float eps) {
+    #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; t++) {
         const Real *row = x + (size_t)t * dim, *dy = d_out + (size_t)t * dim;
         Real *dx = d_x + (size_t)t * dim;
@@ -203,18 +206,20 @@ void rope_inv_freq(const Config *c, float *inv_freq) {
     }
 }
 
-// Rotates every (i, i + half) pair of every head by direction * pos * inv_freq[i].
+// Rotates every (i, i + half) pair of every head by direction * pos * inv_freq[i]
+// (the angle is the same for every head of a token: computed once).
 template <typename Real>
 static void rotate_pairs(Real *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim,
                          float direction) {
     int half = head_dim / 2;
+    #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; t++) {
-        for (int h = 0; h < n_heads; h++) {
-            Real *v = x + ((size_t)t * n_heads + h) * head_dim;
-            for (int i = 0; i < half; i++) {
-                // (a, b) -> (a cos - b sin, b cos + a sin), angle = pos * inv_freq[i]
-                float angle = (float)positions[t] * inv_freq[i];
-                Real cos_a = cosf(angle), sin_a = direction * sinf(angle);
+        for (int i = 0; i < half; i++) {
+            // (a, b) -> (a cos - b sin, b cos + a sin), angle = pos * inv_freq[i]
+            float angle = (float)positions[t] * inv_freq[i];
+            Real cos_a = cosf(angle), sin_a = direction * sinf(angle);
+            for (int h = 0; h < n_heads; h++) {
+                Real *v = x + ((size_t)t * n_heads + h) * head_dim;
                 Real a = v[i], b = v[i + half];
                 v[i] = a * cos_a - b * sin_a;
                 v[i + half] = b * cos_a + a * sin_a;
@@ -237,6 +242,7 @@ void rope_backward_cpu(Real *d_x, const int *positions, const float *inv_freq, i
 
 template <typename Real>
 void swiglu_cpu(Real *out, const Real *gate, const Real *up, size_t n) {
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         // silu(g) * u
         Real g = gate[i];
@@ -246,6 +252,7 @@ void swiglu_cpu(Real *out, const Real *gate, const Real *up, size_t n) {
 
 template <typename Real>
 void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real *gate, const Real *up, size_t n) {
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         Real g = gate[i];
         Real sigmoid = 1 / (1 + exp(-g));
@@ -258,6 +265,7 @@ void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real
 
 template <typename Real>
 void residual_add_cpu(Real *x, const Real *y, size_t n) {
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 

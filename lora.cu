@@ -82,20 +82,25 @@ void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
 // out[i] = x[i] * keep[i] (a copy of x when keep is NULL)
 template <typename Real>
 static void apply_mask(Real *out, const Real *x, const float *keep, size_t count) {
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < count; i++) out[i] = keep ? x[i] * keep[i] : x[i];
 }
 
 template <typename Real>
 void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
                       Real *scratch) {
-    size_t x_count = (size_t)s.n * s.in_dim, y_count = (size_t)s.n * s.out_dim;
-    Real *dropped = scratch, *update = scratch + x_count;
+    size_t x_count = (size_t)s.n * s.in_dim;
+    Real *dropped = scratch;
     apply_mask(dropped, x, keep, x_count);
     // xa = dropout(x) A^T            [n, r]
     matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
-    // y += s xa B^T                  [n, out]
-    matmul_cpu<Real>(update, xa, B, NULL, s.n, s.rank, s.out_dim);
-    for (size_t i = 0; i < y_count; i++) y[i] += s.scaling * update[i];
+    // y += xa (s B^T)                [n, out]: r terms a sum, too few for matmul_cpu's
+    // lanes; as the product C += A B that matmul_backward_input computes, B = s B^T [r, out]
+    Real *scaled_b_t = (Real *)malloc(sizeof(Real) * s.rank * s.out_dim);
+    for (int o = 0; o < s.out_dim; o++)
+        for (int k = 0; k < s.rank; k++) scaled_b_t[(size_t)k * s.out_dim + o] = s.scaling * B[(size_t)o * s.rank + k];
+    matmul_backward_input_cpu<Real>(y, xa, scaled_b_t, s.n, s.out_dim, s.rank);
+    free(scaled_b_t);
 }
 
 template <typename Real>
@@ -106,11 +111,12 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
     Real *dropped = d_xa + (size_t)s.n * s.rank;       // [n, in]
     Real *dy_scaled = dropped + x_count;               // [n, out]
     // dy_s = s dy: the scaling applies to every product below
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < y_count; i++) dy_scaled[i] = s.scaling * dy[i];
     // dB += dy_s^T xa
     matmul_backward_weight_cpu<Real>(dB, dy_scaled, xa, s.n, s.rank, s.out_dim);
     // d_xa = dy_s B
-    for (size_t i = 0; i < (size_t)s.n * s.rank; i++) d_xa[i] = 0;
+    memset(d_xa, 0, sizeof(Real) * s.n * s.rank);
     matmul_backward_input_cpu<Real>(d_xa, dy_scaled, B, s.n, s.rank, s.out_dim);
     // dA += d_xa^T dropout(x)
     apply_mask(dropped, x, keep, x_count);
@@ -118,8 +124,9 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
     if (!dx) return;
     // dx += (d_xa A) * keep
     Real *d_dropped = dropped;
-    for (size_t i = 0; i < x_count; i++) d_dropped[i] = 0;
+    memset(d_dropped, 0, sizeof(Real) * x_count);
     matmul_backward_input_cpu<Real>(d_dropped, d_xa, A, s.n, s.in_dim, s.rank);
+    #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < x_count; i++) dx[i] += keep ? d_dropped[i] * keep[i] : d_dropped[i];
 }
 

@@ -180,11 +180,11 @@ void nf4_dequantize(const NF4Tensor *q, float *out) {
         float absmax = block_absmax(q, map, b);
         int64_t begin = b * NF4_BLOCK_SIZE;
         int64_t end = begin + NF4_BLOCK_SIZE < q->n ? begin + NF4_BLOCK_SIZE : q->n;
-        for (int64_t i = begin; i < end; i++) {
+        // w = code[nibble] * absmax, two values a byte, high nibble first
+        for (int64_t i = begin; i < end; i += 2) {
             uint8_t byte = q->packed[i / 2];
-            int code = i % 2 == 0 ? byte >> 4 : byte & 15;
-            // w = code[nibble] * absmax
-            out[i] = NF4_CODE[code] * absmax;
+            out[i] = NF4_CODE[byte >> 4] * absmax;
+            if (i + 1 < end) out[i + 1] = NF4_CODE[byte & 15] * absmax;
         }
     }
 }

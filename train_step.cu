@@ -218,11 +218,11 @@ static void context_free(StepContext<Real> *ctx) {
     free(ctx->tmp);
 }
 
-// Embedding, every block (activations into acts[l] when kept), final norm and
-// LM head. stream[l] is block l's input; stream[L] the last block's output.
+// Embedding, every block (activations into acts[l] when kept) and the final
+// norm. stream[l] is block l's input; stream[L] the last block's output.
 template <typename Real>
 static void model_forward(StepContext<Real> *ctx, const WeightSource<Real> *weights, const AdapterParams<Real> *ad,
-                          Real *stream, BlockActivations<Real> *acts, int keep_all, Real *normed, Real *logits) {
+                          Real *stream, BlockActivations<Real> *acts, int keep_all, Real *normed) {
     const Config *c = ctx->c;
     size_t n_dim = (size_t)ctx->n * c->dim;
     for (int i = 0; i < ctx->n; i++)
@@ -235,7 +235,47 @@ static void model_forward(StepContext<Real> *ctx, const WeightSource<Real> *weig
                       &acts[keep_all ? l : 0]);
     }
     rmsnorm_cpu<Real>(normed, stream + c->n_layers * n_dim, weights->final_norm, ctx->n, c->dim, c->norm_eps);
-    matmul_cpu<Real>(logits, normed, weights->lm_head, (const Real *)NULL, ctx->n, c->dim, c->vocab_size);
+}
+
+// The LM head and the loss need only the tokens whose target counts (not
+// -100): with answer-only labels, a few dozen of a sample's hundreds. Their
+// rows of the final norm's output, gathered, and their logits.
+template <typename Real>
+struct CountedTokens {
+    int n;            // tokens whose target counts
+    int *rows;        // [n] their positions in the batch
+    int *targets;     // [n] their targets
+    Real *normed;     // [n, dim] their rows of the final norm's output
+    Real *logits;     // [n, vocab]
+};
+
+template <typename Real>
+static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx, const WeightSource<Real> *weights,
+                           const Real *normed) {
+    const Config *c = ctx->c;
+    ct->n = 0;
+    ct->rows = (int *)malloc(sizeof(int) * ctx->n);
+    ct->targets = (int *)malloc(sizeof(int) * ctx->n);
+    for (int t = 0; t < ctx->n; t++) {
+        if (ctx->batch->targets[t] == -100) continue;
+        ct->rows[ct->n] = t;
+        ct->targets[ct->n] = ctx->batch->targets[t];
+        ct->n++;
+    }
+    ct->normed = (Real *)malloc(sizeof(Real) * ct->n * c->dim);
+    for (int r = 0; r < ct->n; r++)
+        memcpy(ct->normed + (size_t)r * c->dim, normed + (size_t)ct->rows[r] * c->dim, sizeof(Real) * c->dim);
+    // logits = normed W_lm^T, counted rows only
+    ct->logits = (Real *)malloc(sizeof(Real) * ct->n * c->vocab_size);
+    matmul_cpu<Real>(ct->logits, ct->normed, weights->lm_head, (const Real *)NULL, ct->n, c->dim, c->vocab_size);
+}
+
+template <typename Real>
+static void counted_free(CountedTokens<Real> *ct) {
+    free(ct->rows);
+    free(ct->targets);
+    free(ct->normed);
+    free(ct->logits);
 }
 
 template <typename Real>
@@ -249,17 +289,23 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     BlockActivations<Real> *acts = (BlockActivations<Real> *)malloc(sizeof(BlockActivations<Real>) * n_acts);
     for (int l = 0; l < n_acts; l++) alloc_activations(&acts[l], c, ctx.n, opt->rank);
     Real *normed = (Real *)malloc(sizeof(Real) * n_dim);
-    Real *logits = (Real *)malloc(sizeof(Real) * n * c->vocab_size);
 
-    model_forward(&ctx, weights, adapters, stream, acts, !opt->recompute, normed, logits);
-    double loss_sum = cross_entropy_sum_cpu<Real>(logits, batch->targets, ctx.n, c->vocab_size, n_counted);
+    model_forward(&ctx, weights, adapters, stream, acts, !opt->recompute, normed);
+    CountedTokens<Real> ct;
+    counted_logits(&ct, &ctx, weights, normed);
+    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.n, c->vocab_size, n_counted);
 
-    // d logits = grad_scale (softmax - onehot), reusing the logits buffer's twin
-    Real *d_logits = (Real *)calloc(n * c->vocab_size, sizeof(Real));
-    cross_entropy_backward_cpu<Real>(d_logits, logits, batch->targets, ctx.n, c->vocab_size, grad_scale);
+    // d logits = grad_scale (softmax - onehot) on the counted rows; d normed is zero on the others
+    Real *d_logits = (Real *)calloc((size_t)ct.n * c->vocab_size, sizeof(Real));
+    cross_entropy_backward_cpu<Real>(d_logits, ct.logits, ct.targets, ct.n, c->vocab_size, grad_scale);
+    Real *d_counted = (Real *)calloc((size_t)ct.n * c->dim, sizeof(Real));
+    matmul_backward_input_cpu<Real>(d_counted, d_logits, weights->lm_head, ct.n, c->dim, c->vocab_size);
     Real *d_normed = (Real *)calloc(n_dim, sizeof(Real));
-    matmul_backward_input_cpu<Real>(d_normed, d_logits, weights->lm_head, ctx.n, c->dim, c->vocab_size);
+    for (int r = 0; r < ct.n; r++)
+        memcpy(d_normed + (size_t)ct.rows[r] * c->dim, d_counted + (size_t)r * c->dim, sizeof(Real) * c->dim);
     free(d_logits);
+    free(d_counted);
+    counted_free(&ct);
     Real *d_x = (Real *)calloc(n_dim, sizeof(Real));
     rmsnorm_backward_cpu<Real>(d_x, d_normed, stream + c->n_layers * n_dim, weights->final_norm, ctx.n, c->dim,
                                c->norm_eps);
@@ -286,7 +332,6 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     free(g.d_att); free(g.d_q); free(g.d_k); free(g.d_v);
     free(d_x);
     free(d_normed);
-    free(logits);
     free(normed);
     for (int l = 0; l < n_acts; l++) free_activations(&acts[l]);
     free(acts);
@@ -305,10 +350,11 @@ double loss_cpu(const Config *c, const WeightSource<Real> *weights, const Adapte
     BlockActivations<Real> acts;
     alloc_activations(&acts, c, ctx.n, opt->rank);
     Real *normed = (Real *)malloc(sizeof(Real) * n_dim);
-    Real *logits = (Real *)malloc(sizeof(Real) * n * c->vocab_size);
-    model_forward(&ctx, weights, adapters, stream, &acts, 0, normed, logits);
-    double loss_sum = cross_entropy_sum_cpu<Real>(logits, batch->targets, ctx.n, c->vocab_size, n_counted);
-    free(logits);
+    model_forward(&ctx, weights, adapters, stream, &acts, 0, normed);
+    CountedTokens<Real> ct;
+    counted_logits(&ct, &ctx, weights, normed);
+    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.n, c->vocab_size, n_counted);
+    counted_free(&ct);
     free(normed);
     free_activations(&acts);
     free(stream);
