@@ -1,21 +1,13 @@
 // attention.cu: causal grouped-query attention, forward and backward. The
 // CPU reference functions; the CUDA kernels sit beside them.
 #include "attention.h"
+#include "layers.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 // ---- attention --------------------------------------------------------------------
-
-// sum_i x[i] * y[i], in SIMD lanes (a sum in one chain would wait on each add)
-template <typename Real>
-static Real dot(const Real *x, const Real *y, int len) {
-    Real sum = 0;
-    #pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < len; i++) sum += x[i] * y[i];
-    return sum;
-}
 
 // probs[j] = softmax_j(q . k_j / sqrt(d)) over keys j < n_keys of one kv head.
 template <typename Real>

@@ -21,15 +21,6 @@
 // and drop its results. Every sum is added up by one thread in a fixed order:
 // the same bits for any number of threads.
 
-// sum_i x[i] * y[i]
-template <typename Real>
-static Real dot(const Real *x, const Real *y, int len) {
-    Real sum = 0;
-    #pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < len; i++) sum += x[i] * y[i];
-    return sum;
-}
-
 // out[t][o] for TOKENS tokens from t0 and ROWS rows of W from o0: each step loads
 // TOKENS input and ROWS weight vectors of LANES values and multiply-adds each pair
 // into its own LANES partial sums, which are added up at the end.

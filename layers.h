@@ -13,6 +13,15 @@
 #include "attention.h"
 #include "cross_entropy.h"
 
+// sum_i x[i] * y[i], in SIMD lanes (a sum in one chain would wait on each add)
+template <typename Real>
+static inline Real dot(const Real *x, const Real *y, int len) {
+    Real sum = 0;
+    #pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < len; i++) sum += x[i] * y[i];
+    return sum;
+}
+
 // out[n, out_dim] = in[n, in_dim] W^T + bias   (W is [out_dim, in_dim]; bias may be NULL)
 template <typename Real>
 void matmul_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim);
