@@ -159,6 +159,9 @@ static int make_dirs(const char *path, char *err, size_t err_size) {
 static int build_from(const Collection *c, const Options *o, RaftData *samples) {
     RaftBuildOptions build = {o->distractors, o->no_oracle, (uint64_t)o->seed, o->no_oracle_answer,
                               o->no_oracle_answer_ko};
+    if (o->distractors > c->n_documents - 1)
+        printf("note: --distractors %d, but a sample can have only the %d other documents of its collection\n",
+               o->distractors, c->n_documents - 1);
     if (raft_build(c, &build, samples) != 0) {
         fprintf(stderr, "prepare: out of memory building samples\n");
         return -1;
