@@ -1,7 +1,7 @@
 // base_weights.h: the frozen base model as the trainer reads it. With
 // --quant nf4 the seven linear matrices of every block are stored in NF4
-// (QLoRA) and dequantized to fp32 one block at a time when the step needs
-// them; with --quant none they stay fp32 (plain LoRA), for comparison.
+// (QLoRA) and dequantized to fp32 one transformer block at a time when the
+// step needs them; with --quant none they stay fp32 (plain LoRA), for comparison.
 // Embeddings, norms, biases and the LM head always stay fp32. Inference
 // (./generate, ./evaluate, --merge) runs an adapter on the same base through
 // nf4_round_trip_model (nf4.h), which writes dequant(NF4(W)) into a Model.

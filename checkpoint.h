@@ -3,8 +3,9 @@
 // moments, the step, and the data order. Written to PATH.tmp, fsync'd and
 // renamed, so a crash mid-write never destroys the previous checkpoint.
 //
-// Layout (little-endian): "QLORACK3", then the int32/uint64/double fields of
-// TrainProgress and the LoRA shape, the data order, then per enabled adapter
+// Layout (little-endian): "QLORACK3", then checkpoint.cu's Header struct as it
+// lies in memory, padding zeroed (the LoRA shape, then the int32/uint64/double
+// fields of TrainProgress), the data order, then per enabled adapter
 // (layer-major, target order): A, B, then AdamW m and v of A, of B, and the
 // two AdamW step counters (int64); last, a uint64 FNV-1a hash of every byte
 // before it, so that a flipped bit is refused rather than trained on. Older

@@ -36,11 +36,13 @@ static void matmul_block(Real *out, const Real *in, const Real *weight, const Re
     for (int i = 0; i + LANES <= in_dim; i += LANES)
         for (int a = 0; a < TOKENS; a++)
             for (int b = 0; b < ROWS; b++) {
+                // partial[a][b][l] += in[t0 + a][i + l] * W[o0 + b][i + l]
                 #pragma omp simd
                 for (int l = 0; l < LANES; l++) partial[a][b][l] += x[a][i + l] * w[b][i + l];
             }
     for (int a = 0; a < TOKENS; a++)
         for (int b = 0; b < ROWS && o0 + b < out_dim; b++) {
+            // out[t0 + a][o0 + b] = bias + sum_l partial[a][b][l] + the last in_dim % LANES terms
             Real sum = bias ? bias[o0 + b] : 0;
             for (int l = 0; l < LANES; l++) sum += partial[a][b][l];
             for (int i = in_dim / LANES * LANES; i < in_dim; i++) sum += x[a][i] * w[b][i];
@@ -93,6 +95,7 @@ static void product_block(const Product<Real> &p, int r0, int c0, int k0, int k1
         for (int a = 0; a < ROWS; a++) {
             Real scale = p.A[std::min(r0 + a, p.rows - 1) * p.a_row_stride + k * p.a_depth_stride];
             const Real *b = p.B + (size_t)k * p.cols + c0;
+            // sum[a][s] += A(r0 + a, k) * B[k][c0 + s]
             #pragma omp simd
             for (int s = 0; s < COLS; s++) sum[a][s] += scale * b[s];
         }
@@ -165,11 +168,11 @@ void rmsnorm_backward_cpu(Real *d_x, const Real *d_out, const Real *x, const Rea
         const Real *row = x + (size_t)t * dim, *dy = d_out + (size_t)t * dim;
         Real *dx = d_x + (size_t)t * dim;
         Real rstd = rms_reciprocal(row, dim, eps);
-        // dot = sum_i dy_i w_i x_i
-        Real dot = 0;
-        for (int i = 0; i < dim; i++) dot += dy[i] * weight[i] * row[i];
-        // dx_j = rstd w_j dy_j - x_j rstd^3 dot / dim
-        for (int j = 0; j < dim; j++) dx[j] += rstd * weight[j] * dy[j] - row[j] * rstd * rstd * rstd * dot / dim;
+        // dy_w_x = sum_i dy_i w_i x_i
+        Real dy_w_x = 0;
+        for (int i = 0; i < dim; i++) dy_w_x += dy[i] * weight[i] * row[i];
+        // dx_j += rstd w_j dy_j - x_j rstd^3 dy_w_x / dim
+        for (int j = 0; j < dim; j++) dx[j] += rstd * weight[j] * dy[j] - row[j] * rstd * rstd * rstd * dy_w_x / dim;
     }
 }
 
@@ -188,6 +191,7 @@ void rope_inv_freq(const Config *c, float *inv_freq) {
             if (wavelength > low_wavelength) {
                 freq = freq / c->rope_factor;
             } else if (wavelength >= high_wavelength) {
+                // smooth = (original_max_pos / wavelength - low) / (high - low), 0..1 across the band
                 float smooth = ((float)c->rope_original_max_pos / wavelength - c->rope_low_freq_factor) /
                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
                 freq = (1.0f - smooth) * freq / c->rope_factor + smooth * freq;
@@ -249,6 +253,7 @@ void swiglu_backward_cpu(Real *d_gate, Real *d_up, const Real *d_out, const Real
         Real sigmoid = 1 / (1 + exp(-g));
         // d silu(g)/dg = sigmoid(g) (1 + g (1 - sigmoid(g)))
         Real d_silu = sigmoid * (1 + g * (1 - sigmoid));
+        // d_gate += d_out up silu'(g);  d_up += d_out silu(g), silu(g) = g sigmoid(g)
         d_gate[i] += d_out[i] * up[i] * d_silu;
         d_up[i] += d_out[i] * g * sigmoid;
     }

@@ -94,11 +94,13 @@ void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, 
     apply_mask(dropped, x, keep, x_count);
     // xa = dropout(x) A^T            [n, r]
     matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
-    // y += xa (s B^T)                [n, out]: r terms a sum, too few for matmul_cpu's
-    // lanes; as the product C += A B that matmul_backward_input computes, B = s B^T [r, out]
+    // scaled_b_t[k][o] = s B[o][k]     (s B^T, [r, out])
     Real *scaled_b_t = (Real *)malloc(sizeof(Real) * s.rank * s.out_dim);
     for (int o = 0; o < s.out_dim; o++)
         for (int k = 0; k < s.rank; k++) scaled_b_t[(size_t)k * s.out_dim + o] = s.scaling * B[(size_t)o * s.rank + k];
+    // y[t][o] += sum_k xa[t][k] scaled_b_t[k][o]     [n, out]. Only r terms a sum, too few for
+    // matmul_cpu's lanes along k; this is matmul_backward_input_cpu's d_in += d_out W
+    // (d_out = xa, W = scaled_b_t), whose lanes run along o.
     matmul_backward_input_cpu<Real>(y, xa, scaled_b_t, s.n, s.out_dim, s.rank);
     free(scaled_b_t);
 }

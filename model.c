@@ -171,7 +171,8 @@ static int check_config(const Config *c, const char *path, char *err, size_t err
                  "kv heads and head_dim even", path, c->n_heads, c->n_kv_heads, c->head_dim);
         return -1;
     }
-    if (c->dim > 65536 || c->hidden_dim > 262144 || c->n_layers > 1024 || c->vocab_size > 1 << 22) {
+    if (c->dim > 65536 || c->hidden_dim > 262144 || c->n_layers > 1024 || c->vocab_size > 1 << 22 ||
+        c->head_dim > MAX_HEAD_DIM) {
         snprintf(err, err_size, "%s: config sizes are implausibly large", path);
         return -1;
     }

@@ -21,6 +21,9 @@ extern "C" {
 
 typedef enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_EXAONE } Arch;
 
+// The largest head_dim the loader accepts (RoPE frequency tables are sized by it).
+enum { MAX_HEAD_DIM = 1024 };
+
 typedef struct {
     Arch arch;
     int dim;              // hidden_size: width of the residual stream

@@ -87,7 +87,7 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
         mem->embeddings += sizeof(bf16) * table;
     }
     g->final_norm = upload_floats(model->final_norm, c->dim, "final norm", &mem->embeddings);
-    float inv_freq[512];
+    float inv_freq[MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     g->inv_freq = upload_floats(inv_freq, (size_t)c->head_dim / 2, "RoPE frequencies", &mem->scratch);
 }

@@ -6,6 +6,8 @@
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
 // where lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T when target t has an adapter.
+// After the last block: normed = rmsnorm(x), then the LM head and the loss on
+// the tokens whose target counts only (CountedTokens).
 // Backward walks the same lines in reverse. With recompute, only x_in of
 // every block is kept and the block's forward is run again before its backward.
 #include "train_step.h"
@@ -37,7 +39,8 @@ struct StepContext {
     int q_dim, kv_dim;
     int *positions;              // [N] position of each token in its sequence
     float *keep;                 // [N * max(dim, hidden)] dropout mask of the current adapter
-    Real *scratch;               // [N * (rank + dim + hidden)] for the adapters
+    Real *scratch;               // [N * (rank + dim + hidden + max(dim, hidden))] for the adapters: at
+                                 // least lora_backward_cpu's N * (rank + in + out) for any target
     Real *tmp;                   // [N * max(dim, hidden)] a linear layer's output
 };
 
@@ -104,7 +107,7 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
                           int layer, const Real *x_in, Real *x_out, BlockActivations<Real> *a) {
     const Config *c = ctx->c;
     int n = ctx->n, seq_len = ctx->batch->seq_len, q_dim = ctx->q_dim, kv_dim = ctx->kv_dim;
-    float inv_freq[512];
+    float inv_freq[MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     rmsnorm_cpu<Real>(a->xn1, x_in, w->attn_norm, n, c->dim, c->norm_eps);
     linear_forward(ctx, a->q, a->xn1, w->wq, w->bq, c->dim, q_dim, &ad[TARGET_Q], layer, TARGET_Q, a->xa[TARGET_Q]);
@@ -152,7 +155,7 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
     const Config *c = ctx->c;
     int n = ctx->n, seq_len = ctx->batch->seq_len, q_dim = ctx->q_dim, kv_dim = ctx->kv_dim;
     size_t n_dim = (size_t)n * c->dim, n_hidden = (size_t)n * c->hidden_dim;
-    float inv_freq[512];
+    float inv_freq[MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     // MLP: x_out = x_mid + lin_down(h)  =>  d_mid = d_x + (through the MLP)
     memcpy(g->d_mid, d_x, sizeof(Real) * n_dim);
@@ -225,6 +228,7 @@ static void model_forward(StepContext<Real> *ctx, const WeightSource<Real> *weig
                           Real *stream, BlockActivations<Real> *acts, int keep_all, Real *normed) {
     const Config *c = ctx->c;
     size_t n_dim = (size_t)ctx->n * c->dim;
+    // x[i] = embed[tokens[i]]
     for (int i = 0; i < ctx->n; i++)
         for (int j = 0; j < c->dim; j++)
             stream[(size_t)i * c->dim + j] = weights->embed[(size_t)ctx->batch->tokens[i] * c->dim + j];
@@ -249,6 +253,8 @@ struct CountedTokens {
     Real *logits;     // [n, vocab]
 };
 
+// Fills ct (allocating; counted_free releases it): the counted tokens' rows and
+// targets, their rows of normed [N, dim] gathered, and their logits.
 template <typename Real>
 static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx, const WeightSource<Real> *weights,
                            const Real *normed) {
@@ -298,6 +304,7 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     // d logits = grad_scale (softmax - onehot) on the counted rows; d normed is zero on the others
     Real *d_logits = (Real *)calloc((size_t)ct.n * c->vocab_size, sizeof(Real));
     cross_entropy_backward_cpu<Real>(d_logits, ct.logits, ct.targets, ct.n, c->vocab_size, grad_scale);
+    // d normed[rows[r]] = (d_logits W_lm)[r], scattered back to the counted tokens' rows
     Real *d_counted = (Real *)calloc((size_t)ct.n * c->dim, sizeof(Real));
     matmul_backward_input_cpu<Real>(d_counted, d_logits, weights->lm_head, ct.n, c->dim, c->vocab_size);
     Real *d_normed = (Real *)calloc(n_dim, sizeof(Real));
@@ -325,6 +332,8 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
         BlockWeights<Real> w;
         weights->load_block(weights->context, l, &w);
         BlockActivations<Real> *a = &acts[opt->recompute ? 0 : l];
+        // recompute: the block's activations again; its output x_out is not needed, so
+        // d_normed, no longer used, takes it
         if (opt->recompute) block_forward(&ctx, &w, adapters + l * N_TARGETS, l, stream + l * n_dim, d_normed, a);
         block_backward(&ctx, &w, adapters + l * N_TARGETS, l, stream + l * n_dim, a, &g, d_x);
     }

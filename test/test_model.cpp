@@ -245,5 +245,14 @@ TEST_CASE("model: an HF directory loads end to end and runs") {
     infer_state_free(&s);
     free(ids);
     model_free(&m);
+
+    // a head_dim past MAX_HEAD_DIM (RoPE's tables) is refused, not loaded
+    f = fopen((d + "/config.json").c_str(), "w");
+    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
+               "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
+               "\"head_dim\": 2048, \"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": true}",
+            dim, hidden, layers, heads, kv_heads, vocab);
+    fclose(f);
+    CHECK(load_error(d).find("config sizes are implausibly large") != std::string::npos);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
