@@ -158,6 +158,29 @@ TEST_CASE("layers: the matmuls give the same bits on 1 or 2 threads") {
     for (int k = 0; k < 3; k++) CHECK(memcmp(one[k].data(), two[k].data(), one[k].size() * sizeof(float)) == 0);
 }
 
+// The attention backward adds up every gradient element in one thread, in a
+// fixed order (threads take whole kv heads): the same bits on 1 or 2 threads.
+TEST_CASE("layers: the attention backward gives the same bits on 1 or 2 threads") {
+    std::mt19937 rng(9);
+    const int n = 40, heads = 6, kv_heads = 2, head_dim = 8, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    auto random = [&](size_t count) {
+        Vec v = random_vec(count, rng);
+        return std::vector<float>(v.begin(), v.end());
+    };
+    std::vector<float> q = random(n * q_dim), k = random(n * kv_dim), v = random(n * kv_dim), dy = random(n * q_dim);
+    auto run = [&](int threads) {
+        omp_set_num_threads(threads);
+        std::vector<float> dq(n * q_dim, 0.0f), dk(n * kv_dim, 0.0f), dv(n * kv_dim, 0.0f);
+        attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(), v.data(), n, heads,
+                               kv_heads, head_dim);
+        return std::vector<std::vector<float>>{dq, dk, dv};
+    };
+    int threads_before = omp_get_max_threads();
+    auto one = run(1), two = run(2);
+    omp_set_num_threads(threads_before);
+    for (int i = 0; i < 3; i++) CHECK(memcmp(one[i].data(), two[i].data(), one[i].size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("layers backward: RMSNorm") {
     std::mt19937 rng(2);
     const int n = 3, dim = 8;
