@@ -27,6 +27,13 @@ static Vec random_vec(size_t n, std::mt19937 &rng, double scale = 1.0) {
     return v;
 }
 
+// Random values rounded to Real (the tests draw in double).
+template <typename Real>
+static std::vector<Real> random_reals(size_t count, std::mt19937 &rng) {
+    Vec v = random_vec(count, rng);
+    return std::vector<Real>(v.begin(), v.end());
+}
+
 static double dot(const Vec &a, const Vec &b) {
     double s = 0;
     for (size_t i = 0; i < a.size(); i++) s += a[i] * b[i];
@@ -83,12 +90,9 @@ static void check_matmuls_against_loops(double tolerance) {
         CAPTURE(n);
         CAPTURE(in_dim);
         CAPTURE(out_dim);
-        auto random = [&](size_t count) {
-            Vec v = random_vec(count, rng);
-            return std::vector<Real>(v.begin(), v.end());
-        };
-        std::vector<Real> x = random(n * in_dim), w = random(out_dim * in_dim), b = random(out_dim);
-        std::vector<Real> dy = random(n * out_dim), dx = random(n * in_dim), dw = random(out_dim * in_dim);
+        std::vector<Real> x = random_reals<Real>(n * in_dim, rng), w = random_reals<Real>(out_dim * in_dim, rng);
+        std::vector<Real> b = random_reals<Real>(out_dim, rng), dy = random_reals<Real>(n * out_dim, rng);
+        std::vector<Real> dx = random_reals<Real>(n * in_dim, rng), dw = random_reals<Real>(out_dim * in_dim, rng);
         const std::vector<Real> dx_before = dx, dw_before = dw;
         auto check = [&](Real got, double want, double magnitude) {
             CHECK(std::fabs(got - want) <= tolerance * magnitude);
@@ -134,28 +138,31 @@ TEST_CASE("layers: the blocked matmuls equal plain loops at odd sizes, float and
     check_matmuls_against_loops<float>(1e-5);
 }
 
+// Runs compute on 1 thread and on 2; every output must have the same bits.
+static void check_same_bits_on_1_and_2_threads(const std::function<std::vector<std::vector<float>>()> &compute) {
+    int threads_before = omp_get_max_threads();
+    omp_set_num_threads(1);
+    std::vector<std::vector<float>> one = compute();
+    omp_set_num_threads(2);
+    std::vector<std::vector<float>> two = compute();
+    omp_set_num_threads(threads_before);
+    for (size_t k = 0; k < one.size(); k++)
+        CHECK(memcmp(one[k].data(), two[k].data(), one[k].size() * sizeof(float)) == 0);
+}
+
 // The same bits whatever the number of threads: no sum is split between them.
 TEST_CASE("layers: the matmuls give the same bits on 1 or 2 threads") {
     std::mt19937 rng(8);
     const int n = 70, in_dim = 67, out_dim = 300;
-    auto random = [&](size_t count) {
-        Vec v = random_vec(count, rng);
-        return std::vector<float>(v.begin(), v.end());
-    };
-    std::vector<float> x = random(n * in_dim), w = random(out_dim * in_dim), b = random(out_dim);
-    std::vector<float> dy = random(n * out_dim);
-    auto run = [&](int threads) {
-        omp_set_num_threads(threads);
+    std::vector<float> x = random_reals<float>(n * in_dim, rng), w = random_reals<float>(out_dim * in_dim, rng);
+    std::vector<float> b = random_reals<float>(out_dim, rng), dy = random_reals<float>(n * out_dim, rng);
+    check_same_bits_on_1_and_2_threads([&] {
         std::vector<float> y(n * out_dim), dx(n * in_dim, 0.0f), dw(out_dim * in_dim, 0.0f);
         matmul_cpu(y.data(), x.data(), w.data(), b.data(), n, in_dim, out_dim);
         matmul_backward_input_cpu(dx.data(), dy.data(), w.data(), n, in_dim, out_dim);
         matmul_backward_weight_cpu(dw.data(), dy.data(), x.data(), n, in_dim, out_dim);
         return std::vector<std::vector<float>>{y, dx, dw};
-    };
-    int threads_before = omp_get_max_threads();
-    auto one = run(1), two = run(2);
-    omp_set_num_threads(threads_before);
-    for (int k = 0; k < 3; k++) CHECK(memcmp(one[k].data(), two[k].data(), one[k].size() * sizeof(float)) == 0);
+    });
 }
 
 // The attention backward adds up every gradient element in one thread, in a
@@ -163,22 +170,14 @@ TEST_CASE("layers: the matmuls give the same bits on 1 or 2 threads") {
 TEST_CASE("layers: the attention backward gives the same bits on 1 or 2 threads") {
     std::mt19937 rng(9);
     const int n = 40, heads = 6, kv_heads = 2, head_dim = 8, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
-    auto random = [&](size_t count) {
-        Vec v = random_vec(count, rng);
-        return std::vector<float>(v.begin(), v.end());
-    };
-    std::vector<float> q = random(n * q_dim), k = random(n * kv_dim), v = random(n * kv_dim), dy = random(n * q_dim);
-    auto run = [&](int threads) {
-        omp_set_num_threads(threads);
+    std::vector<float> q = random_reals<float>(n * q_dim, rng), k = random_reals<float>(n * kv_dim, rng);
+    std::vector<float> v = random_reals<float>(n * kv_dim, rng), dy = random_reals<float>(n * q_dim, rng);
+    check_same_bits_on_1_and_2_threads([&] {
         std::vector<float> dq(n * q_dim, 0.0f), dk(n * kv_dim, 0.0f), dv(n * kv_dim, 0.0f);
         attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(), v.data(), n, heads,
                                kv_heads, head_dim);
         return std::vector<std::vector<float>>{dq, dk, dv};
-    };
-    int threads_before = omp_get_max_threads();
-    auto one = run(1), two = run(2);
-    omp_set_num_threads(threads_before);
-    for (int i = 0; i < 3; i++) CHECK(memcmp(one[i].data(), two[i].data(), one[i].size() * sizeof(float)) == 0);
+    });
 }
 
 TEST_CASE("layers backward: RMSNorm") {
