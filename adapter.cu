@@ -5,6 +5,7 @@
 #include "json.h"
 #include "lora.h"
 #include "safetensors.h"
+#include "tensor.h"
 
 #include <ctype.h>
 #include <float.h>
@@ -200,19 +201,13 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const SafetensorsFil
 
 // ---- the merge --------------------------------------------------------------
 
-static int all_finite(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
 // The name of the pair's A or B when it holds a NaN or Inf (a corrupted
 // file), else NULL. A and B are scratch for r * in and out * r values.
 static const char *non_finite_tensor(const LoraPair *pair, int in_dim, int out_dim, int rank, float *A, float *B) {
     tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
     tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
-    if (!all_finite(A, (size_t)rank * in_dim)) return pair->A->name;
-    if (!all_finite(B, (size_t)out_dim * rank)) return pair->B->name;
+    if (!floats_all_finite(A, (size_t)rank * in_dim)) return pair->A->name;
+    if (!floats_all_finite(B, (size_t)out_dim * rank)) return pair->B->name;
     return NULL;
 }
 

@@ -1,5 +1,6 @@
 // checkpoint.cu: saving and loading training state (see checkpoint.h).
 #include "checkpoint.h"
+#include "tensor.h"
 
 #include <errno.h>
 #include <math.h>
@@ -108,12 +109,6 @@ static void target_list(const int32_t *enabled, char *out, size_t size) {
             snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", LORA_TARGET_NAMES[t]);
 }
 
-static int all_finite(const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i])) return 0;
-    return 1;
-}
-
 // A flipped byte that made a weight or a moment NaN or Inf (or a step count negative): the first such tensor's name.
 static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moments) {
     for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
@@ -121,9 +116,11 @@ static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moment
         if (!a->A) continue;
         size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
         const AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
-        if (!all_finite(a->A, a_size) || !all_finite(ma->m, a_size) || !all_finite(ma->v, a_size) || ma->step < 0)
+        if (!floats_all_finite(a->A, a_size) || !floats_all_finite(ma->m, a_size) ||
+            !floats_all_finite(ma->v, a_size) || ma->step < 0)
             return "lora_A";
-        if (!all_finite(a->B, b_size) || !all_finite(mb->m, b_size) || !all_finite(mb->v, b_size) || mb->step < 0)
+        if (!floats_all_finite(a->B, b_size) || !floats_all_finite(mb->m, b_size) ||
+            !floats_all_finite(mb->v, b_size) || mb->step < 0)
             return "lora_B";
     }
     return NULL;

@@ -1,12 +1,14 @@
 // cli.c: see cli.h.
 #include "cli.h"
 
+#include <errno.h>
 #include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 double cli_number(const char *program, const char *flag, const char *value) {
     char *end;
@@ -55,4 +57,25 @@ int cli_choice(const char *program, const char *flag, const char *value, const c
     }
     fprintf(stderr, ", got '%s'\n", value);
     exit(2);
+}
+
+int cli_make_dirs(const char *path, char *err, size_t err_size) {
+    char partial[4096];
+    size_t len = strlen(path);
+    if (len >= sizeof partial) { snprintf(err, err_size, "%s: path too long", path); return -1; }
+    for (size_t i = 1; i <= len; i++) {
+        if (path[i] != '/' && path[i] != '\0') continue;
+        memcpy(partial, path, i);
+        partial[i] = '\0';
+        if (mkdir(partial, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, err_size, "%s: cannot create: %s", partial, strerror(errno));
+            return -1;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, err_size, "%s: cannot write into it: not a directory", path);
+        return -1;
+    }
+    return 0;
 }

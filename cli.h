@@ -1,6 +1,8 @@
-// cli.h: the number and choice parsing shared by the programs' option parsers. A bad
-// value exits with status 2 and "PROGRAM: --flag expects ..., got 'VALUE'".
+// cli.h: the number and choice parsing shared by the programs' option parsers (a bad
+// value exits with status 2 and "PROGRAM: --flag expects ..., got 'VALUE'"), and
+// the output folder they create.
 #pragma once
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -17,6 +19,10 @@ const char *cli_text(const char *program, const char *flag, const char *value);
 // The index of value among the NULL-terminated choices ("nf4", "none", NULL);
 // anything else exits with "PROGRAM: --flag expects nf4 or none, got 'VALUE'".
 int cli_choice(const char *program, const char *flag, const char *value, const char *const *choices);
+
+// mkdir -p: the folder path and any missing ones above it. Returns -1 with err
+// naming the folder and why when one cannot be made or path is not a folder.
+int cli_make_dirs(const char *path, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

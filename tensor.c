@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -122,6 +123,12 @@ uint16_t f32_to_bf16(float f) {
     // round to nearest even on the 16 dropped bits
     x += 0x7FFF + ((x >> 16) & 1);
     return (uint16_t)(x >> 16);
+}
+
+int floats_all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
 }
 
 void tensor_to_f32(DType t, const void *src, float *dst, int64_t n) {

@@ -42,6 +42,8 @@ const TensorInfo *tensor_find(const TensorList *list, const char *name);
 
 // Converts n values of any supported type to fp32.
 void tensor_to_f32(DType t, const void *src, float *dst, int64_t n);
+// 1 when none of the n values is NaN or Inf (a file that holds them is corrupted).
+int floats_all_finite(const float *x, size_t n);
 
 // Scalar conversions (IEEE half and bfloat16, round to nearest even).
 float f16_to_f32(uint16_t h);

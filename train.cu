@@ -444,27 +444,11 @@ static int save_checkpoint(const Options *o, const Trainable *tr, const TrainPro
     return 0;
 }
 
-// mkdir -p: the folder and any missing ones above it.
 static int make_dir(const char *path) {
-    char partial[4096];
-    snprintf(partial, sizeof partial, "%s", path);
-    for (char *end = partial + 1;; end++) {
-        if (*end != '/' && *end != '\0') continue;
-        char kept = *end;
-        *end = '\0';
-        if (mkdir(partial, 0755) != 0 && errno != EEXIST) {
-            fprintf(stderr, "train: cannot create %s: %s\n", partial, strerror(errno));
-            return -1;
-        }
-        *end = kept;
-        if (kept == '\0') break;
-    }
-    struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "train: cannot write into %s: not a directory\n", path);
-        return -1;
-    }
-    return 0;
+    char err[4400];
+    if (cli_make_dirs(path, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "train: %s\n", err);
+    return -1;
 }
 
 // The loss curve so far: train loss every step, val loss where measured.

@@ -14,7 +14,6 @@
 #include "tokfile.h"
 #include "../gguf.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -135,23 +134,6 @@ static Tokenizer *load_tokenizer(const char *path, char *err, size_t err_size) {
     Tokenizer *t = tokenizer_from_gguf(&f, err, err_size);
     gguf_close(&f);
     return t;
-}
-
-// mkdir -p
-static int make_dirs(const char *path, char *err, size_t err_size) {
-    char partial[4096];
-    size_t len = strlen(path);
-    if (len >= sizeof partial) { snprintf(err, err_size, "%s: path too long", path); return -1; }
-    for (size_t i = 1; i <= len; i++) {
-        if (path[i] != '/' && path[i] != '\0') continue;
-        memcpy(partial, path, i);
-        partial[i] = '\0';
-        if (mkdir(partial, 0755) != 0 && errno != EEXIST) {
-            snprintf(err, err_size, "%s: cannot create: %s", partial, strerror(errno));
-            return -1;
-        }
-    }
-    return 0;
 }
 
 // ---- reading the sources --------------------------------------------------------
@@ -285,7 +267,7 @@ static long count_questions(const RaftData *samples, const unsigned char *is_val
 
 static int write_outputs(const Options *o, const Tokenizer *t, const TokSet *train, const TokSet *val, const Report *r) {
     char path[4200], err[8192];
-    if (make_dirs(o->out_dir, err, sizeof err) != 0) { fprintf(stderr, "prepare: %s\n", err); return -1; }
+    if (cli_make_dirs(o->out_dir, err, sizeof err) != 0) { fprintf(stderr, "prepare: %s\n", err); return -1; }
     snprintf(path, sizeof path, "%s/train.bin", o->out_dir);
     int status = tokfile_write(path, t, train->samples, train->count, err, sizeof err);
     if (status == 0) {
