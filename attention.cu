@@ -34,7 +34,7 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
     int group = n_heads / n_kv_heads;  // query heads sharing one kv head
     #pragma omp parallel
     {
-        Real *probs = (Real *)malloc(sizeof(Real) * (size_t)(pos0 + n));
+        Real *probs = (Real *)cpu_malloc(sizeof(Real) * (size_t)(pos0 + n), "attention probabilities");
         // dynamic: a later token attends to more keys (equal static halves would leave one thread 3/4 of the work)
         #pragma omp for collapse(2) schedule(dynamic)
         for (int t = 0; t < n; t++) {
@@ -67,8 +67,8 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
     Real scale = 1 / sqrt((Real)head_dim);
     #pragma omp parallel for schedule(static)
     for (int g = 0; g < n_kv_heads; g++) {
-        Real *probs = (Real *)malloc(sizeof(Real) * (size_t)n);
-        Real *d_probs = (Real *)malloc(sizeof(Real) * (size_t)n);
+        Real *probs = (Real *)cpu_malloc(sizeof(Real) * (size_t)n, "attention probabilities");
+        Real *d_probs = (Real *)cpu_malloc(sizeof(Real) * (size_t)n, "attention probabilities");
         int kv_offset = g * head_dim;
         for (int t = 0; t < n; t++) {
             for (int h = g * group; h < (g + 1) * group; h++) {

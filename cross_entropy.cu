@@ -2,6 +2,7 @@
 // counted) and its gradient. The CPU reference functions; the CUDA kernels
 // sit beside them.
 #include "cross_entropy.h"
+#include "tensor.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -177,9 +178,8 @@ double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head,
                                  int vocab, double grad_scale, int *n_counted) {
     *n_counted = 0;
     if (n <= 0) return 0.0;
-    int *host_targets = (int *)malloc(sizeof(int) * n);
-    float *host_losses = (float *)malloc(sizeof(float) * n);
-    if (!host_targets || !host_losses) { fprintf(stderr, "out of host memory for the loss\n"); exit(1); }
+    int *host_targets = (int *)cpu_malloc(sizeof(int) * n, "targets");
+    float *host_losses = (float *)cpu_malloc(sizeof(float) * n, "per-token losses");
     gpu_download(host_targets, targets, sizeof(int) * n);
 
     int chunk = lm_head_chunk_tokens(n, vocab);

@@ -52,7 +52,8 @@ static void usage(FILE *out) {
             "  --limit N         evaluate the first N samples (default %d)\n"
             "  --examples N      answers shown side by side (default %d)\n"
             "  --out PATH        JSON report (default ADAPTER/../eval.json, or eval.json without --adapter);\n"
-            "                    the SVG chart goes next to it with .svg for .json\n",
+            "                    the SVG chart goes next to it with .svg for .json\n"
+            "  -h, --help        this help\n",
             d->model_path, d->double_quant, d->data_path, d->embedder_dir, d->max_new, d->limit, d->examples);
 }
 

@@ -52,7 +52,8 @@ static void usage(FILE *out) {
             "  --max-new N         tokens to generate at most (default 128)\n"
             "  --temperature T     0 = greedy (default 0)\n"
             "  --top-p P           nucleus sampling mass when T > 0 (default 0.9)\n"
-            "  --seed S            random seed for sampling (default 42)\n",
+            "  --seed S            random seed for sampling (default 42)\n"
+            "  -h, --help          this help\n",
             DEFAULT_MODEL);
 }
 

@@ -1,5 +1,6 @@
 // gpu.cu: CUDA error checks, the cuBLAS handle, tracked allocations, copies.
 #include "gpu.h"
+#include "tensor.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,8 +126,7 @@ void gpu_download(void *host_dst, const void *device_src, size_t bytes) {
 void gpu_poison(void *p, size_t bytes) { CUDA_CHECK(cudaMemset(p, 0xFF, bytes)); }
 
 bf16 *gpu_upload_as_bf16(const float *host, size_t n, const char *what) {
-    bf16 *staging = (bf16 *)malloc(sizeof(bf16) * (n > 0 ? n : 1));
-    if (!staging) { fprintf(stderr, "out of host memory for %s\n", what); exit(1); }
+    bf16 *staging = (bf16 *)cpu_malloc(sizeof(bf16) * (n > 0 ? n : 1), "bf16 staging");
     for (size_t i = 0; i < n; i++) staging[i] = __float2bfloat16(host[i]);
     bf16 *device = (bf16 *)gpu_malloc(sizeof(bf16) * n, what);
     gpu_upload(device, staging, sizeof(bf16) * n);
@@ -135,8 +135,7 @@ bf16 *gpu_upload_as_bf16(const float *host, size_t n, const char *what) {
 }
 
 void gpu_download_bf16(float *host, const bf16 *device, size_t n) {
-    bf16 *staging = (bf16 *)malloc(sizeof(bf16) * (n > 0 ? n : 1));
-    if (!staging) { fprintf(stderr, "out of host memory\n"); exit(1); }
+    bf16 *staging = (bf16 *)cpu_malloc(sizeof(bf16) * (n > 0 ? n : 1), "bf16 staging");
     gpu_download(staging, device, sizeof(bf16) * n);
     for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(staging[i]);
     free(staging);

@@ -95,7 +95,7 @@ void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, 
     // xa = dropout(x) A^T            [n, r]
     matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
     // scaled_b_t[k][o] = s B[o][k]     (s B^T, [r, out])
-    Real *scaled_b_t = (Real *)malloc(sizeof(Real) * s.rank * s.out_dim);
+    Real *scaled_b_t = (Real *)cpu_malloc(sizeof(Real) * s.rank * s.out_dim, "scaled B^T");
     for (int o = 0; o < s.out_dim; o++)
         for (int k = 0; k < s.rank; k++) scaled_b_t[(size_t)k * s.out_dim + o] = s.scaling * B[(size_t)o * s.rank + k];
     // y[t][o] += sum_k xa[t][k] scaled_b_t[k][o]     [n, out]. Only r terms a sum, too few for
@@ -284,8 +284,8 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
                        char *err, size_t err_size) {
     int n_tensors = 0;
     for (int i = 0; i < set->n_layers * N_TARGETS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
-    TensorInfo *tensors = (TensorInfo *)calloc((size_t)n_tensors, sizeof(TensorInfo));
-    char (*names)[160] = (char (*)[160])calloc((size_t)n_tensors, 160);
+    TensorInfo *tensors = (TensorInfo *)cpu_calloc((size_t)n_tensors, sizeof(TensorInfo), "adapter tensors");
+    char (*names)[160] = (char (*)[160])cpu_calloc((size_t)n_tensors, 160, "adapter tensor names");
     int k = 0;
     for (int l = 0; l < set->n_layers; l++) {
         for (int t = 0; t < N_TARGETS; t++) {

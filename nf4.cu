@@ -400,11 +400,7 @@ void nf4_quantize_gpu(NF4TensorGPU *q, const float *x, int64_t n, int double_qua
         return;
     }
     // offset = mean(absmax): on the host, summed in double in the CPU's order, so the same fp32 number
-    float *host_absmax = (float *)malloc((size_t)n_blocks * sizeof(float));
-    if (!host_absmax) {
-        fprintf(stderr, "out of host memory for the absmax of %s\n", what);
-        exit(1);
-    }
+    float *host_absmax = (float *)cpu_malloc((size_t)n_blocks * sizeof(float), "NF4 block scales");
     gpu_download(host_absmax, absmax, (size_t)n_blocks * sizeof(float));
     q->absmax_offset = absmax_mean(host_absmax, n_blocks);
     free(host_absmax);

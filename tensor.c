@@ -1,4 +1,4 @@
-// tensor.c: element types, half/bfloat16 conversions, and file mapping.
+// tensor.c: element types, half/bfloat16 conversions, file mapping, and checked host buffers.
 #include "tensor.h"
 #include "gguf.h"
 
@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -129,6 +130,27 @@ int floats_all_finite(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return 0;
     return 1;
+}
+
+static void exit_out_of_memory(size_t bytes, const char *what) {
+    fprintf(stderr,
+            "out of memory: %s needs %.1f MiB, which this machine could not give.\n"
+            "  Lower --batch or --seq, or use --recompute 1 (and --quant nf4), to need less.\n",
+            what, bytes / 1048576.0);
+    exit(3);
+}
+
+void *cpu_malloc(size_t bytes, const char *what) {
+    void *p = malloc(bytes > 0 ? bytes : 1);
+    if (!p) exit_out_of_memory(bytes, what);
+    return p;
+}
+
+void *cpu_calloc(size_t count, size_t size, const char *what) {
+    void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
+    // count * size for the message, saturated (calloc refuses a product that overflows)
+    if (!p) exit_out_of_memory(size > 0 && count > SIZE_MAX / size ? SIZE_MAX : count * size, what);
+    return p;
 }
 
 void tensor_to_f32(DType t, const void *src, float *dst, int64_t n) {

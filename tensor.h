@@ -1,5 +1,5 @@
-// tensor.h: the element types a checkpoint can hold, and a named view of a
-// tensor's bytes inside a loaded (memory-mapped) file.
+// tensor.h: the element types a checkpoint can hold, a named view of a
+// tensor's bytes inside a loaded (memory-mapped) file, and checked host buffers.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -50,6 +50,13 @@ float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
+
+// malloc and calloc for buffers that the model or the options size: when the
+// memory is not there they say which buffer did not fit and how big it is, and
+// exit with status 3 (as gpu_malloc does on the GPU), instead of handing back
+// NULL for a crash later.
+void *cpu_malloc(size_t bytes, const char *what);
+void *cpu_calloc(size_t count, size_t size, const char *what);
 
 // A read-only memory map of a whole file.
 typedef struct {

@@ -91,7 +91,8 @@ static void usage(FILE *out) {
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
             "  --plan              print the GPU memory plan for these options and exit (no training)\n"
-            "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n",
+            "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n"
+            "  -h, --help          this help\n",
             d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
             d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
             d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir, d->gpu_mem_gb);
@@ -220,7 +221,7 @@ static void free_examples(ExampleSet *set) {
 // Encodes the samples whose indices are listed; skips (and counts) those longer than max_seq.
 static int encode_examples(const Tokenizer *tok, const RaftData *data, const int *indices, int n, int max_seq,
                            ExampleSet *out, int *skipped) {
-    out->examples = (Example *)calloc((size_t)(n > 0 ? n : 1), sizeof(Example));
+    out->examples = (Example *)cpu_calloc((size_t)(n > 0 ? n : 1), sizeof(Example), "samples");
     out->count = 0;
     *skipped = 0;
     for (int i = 0; i < n; i++) {
@@ -262,8 +263,8 @@ static Batch make_batch(const ExampleSet *set, const int *order, int first, int 
         int n = set->examples[order[first + i]].n_tokens;
         if (n > seq_len) seq_len = n;
     }
-    *tokens = (int *)malloc(sizeof(int) * count * seq_len);
-    *targets = (int *)malloc(sizeof(int) * count * seq_len);
+    *tokens = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch tokens");
+    *targets = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch targets");
     for (int i = 0; i < count; i++) {
         const Example *e = &set->examples[order[first + i]];
         for (int t = 0; t < seq_len; t++) {
@@ -291,10 +292,11 @@ static int trainable_init(Trainable *tr, const Config *c, const Options *o, cons
     if (lora_set_init(&tr->lora, c, enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed) != 0)
         return -1;
     int n_adapters = c->n_layers * N_TARGETS;
-    tr->params = (AdapterParams<float> *)calloc((size_t)n_adapters, sizeof(AdapterParams<float>));
-    tr->moments = (AdamWState *)calloc((size_t)n_adapters * 2, sizeof(AdamWState));
-    tr->grads = (float **)calloc((size_t)n_adapters * 2, sizeof(float *));
-    tr->grad_sizes = (size_t *)calloc((size_t)n_adapters * 2, sizeof(size_t));
+    tr->params =
+        (AdapterParams<float> *)cpu_calloc((size_t)n_adapters, sizeof(AdapterParams<float>), "LoRA parameters");
+    tr->moments = (AdamWState *)cpu_calloc((size_t)n_adapters * 2, sizeof(AdamWState), "AdamW moments");
+    tr->grads = (float **)cpu_calloc((size_t)n_adapters * 2, sizeof(float *), "gradients");
+    tr->grad_sizes = (size_t *)cpu_calloc((size_t)n_adapters * 2, sizeof(size_t), "gradient sizes");
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &tr->lora.adapters[i];
         tr->params[i] = {a->A, a->B, a->dA, a->dB};
@@ -571,13 +573,13 @@ static void evaluate_answers(const Options *o, Engine *e, Trainable *tr, const C
         return;
     }
     int n = o->eval_answers < val_set->count ? o->eval_answers : val_set->count, count = 0;
-    EvalSample *samples = (EvalSample *)calloc((size_t)(n > 0 ? n : 1), sizeof(EvalSample));
+    EvalSample *samples = (EvalSample *)cpu_calloc((size_t)(n > 0 ? n : 1), sizeof(EvalSample), "validation samples");
     for (int i = 0; i < n; i++) {
         const Example *x = &val_set->examples[i];
         EvalSample *s = &samples[count];
         s->n_tokens = x->n_tokens;
-        s->ids = (int *)malloc(sizeof(int) * x->n_tokens);
-        s->targets = (int *)malloc(sizeof(int) * x->n_tokens);
+        s->ids = (int *)cpu_malloc(sizeof(int) * x->n_tokens, "validation tokens");
+        s->targets = (int *)cpu_malloc(sizeof(int) * x->n_tokens, "validation targets");
         memcpy(s->ids, x->ids, sizeof(int) * x->n_tokens);
         memcpy(s->targets, x->targets, sizeof(int) * x->n_tokens);
         if (eval_split_sample(merged.tokenizer, s) == 0) count++;
@@ -593,7 +595,7 @@ static void evaluate_answers(const Options *o, Engine *e, Trainable *tr, const C
 }
 
 static void split_data(const RaftData *data, const Options *o, int *train_idx, int *n_train, int *val_idx, int *n_val) {
-    int *order = (int *)malloc(sizeof(int) * data->count);
+    int *order = (int *)cpu_malloc(sizeof(int) * data->count, "sample order");
     for (int i = 0; i < data->count; i++) order[i] = i;
     uint64_t state = (uint64_t)o->seed ^ 0xDA7A;
     shuffle(order, data->count, &state);
@@ -628,12 +630,13 @@ static int load_jsonl_examples(const Options *o, const Tokenizer *tok, ExampleSe
         fprintf(stderr, "train: %s\n", err);
         return -1;
     }
-    int *train_idx = (int *)malloc(sizeof(int) * data.count), *val_idx = (int *)malloc(sizeof(int) * data.count);
+    int *train_idx = (int *)cpu_malloc(sizeof(int) * data.count, "sample split");
+    int *val_idx = (int *)cpu_malloc(sizeof(int) * data.count, "sample split");
     int n_train, n_val, skipped_train, skipped_val;
     split_data(&data, o, train_idx, &n_train, val_idx, &n_val);
     int encode_failed = encode_examples(tok, &data, train_idx, n_train, o->max_seq, train_set, &skipped_train);
     if (o->val_path) {
-        int *all = (int *)malloc(sizeof(int) * val_data.count);
+        int *all = (int *)cpu_malloc(sizeof(int) * val_data.count, "validation samples");
         for (int i = 0; i < val_data.count; i++) all[i] = i;
         encode_failed |= encode_examples(tok, &val_data, all, val_data.count, o->max_seq, val_set, &skipped_val);
         free(all);
@@ -655,7 +658,7 @@ static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max
     TokFile file;
     char err[1024];
     if (tokfile_read(&file, path, tok, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
-    set->examples = (Example *)calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example));
+    set->examples = (Example *)cpu_calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example), "samples");
     set->count = 0;
     for (long i = 0; i < file.count; i++) {
         TokSample *s = &file.samples[i];
@@ -802,7 +805,7 @@ int main(int argc, char **argv) {
     if (make_dir(o.out_dir) != 0) return 1;
 
     TrainProgress progress = {0, total_steps, (uint64_t)o.seed, 0, train_set.count, NULL, NAN, 0};
-    progress.order = (int *)malloc(sizeof(int) * train_set.count);
+    progress.order = (int *)cpu_malloc(sizeof(int) * train_set.count, "sample order");
     for (int i = 0; i < train_set.count; i++) progress.order[i] = i;
     shuffle(progress.order, train_set.count, &progress.data_rng);
     if (o.resume_dir) {
@@ -837,18 +840,15 @@ int main(int argc, char **argv) {
     }
 
     int *order = progress.order;
-    int *micro_first = (int *)malloc(sizeof(int) * o.grad_accum), *micro_count = (int *)malloc(sizeof(int) * o.grad_accum);
+    int *micro_first = (int *)cpu_malloc(sizeof(int) * o.grad_accum, "micro-batches");
+    int *micro_count = (int *)cpu_malloc(sizeof(int) * o.grad_accum, "micro-batches");
     double run_start = now_seconds(), last_train = NAN;
     LossHistory history = {NULL, NULL, NULL, 0};
     // room for an earlier log (at most total_steps + 1 rows are read back) and this run's steps
     size_t history_rows = 2 * (size_t)total_steps + 2;
-    history.steps = (double *)malloc(sizeof(double) * history_rows);
-    history.train = (double *)malloc(sizeof(double) * history_rows);
-    history.val = (double *)malloc(sizeof(double) * history_rows);
-    if (!history.steps || !history.train || !history.val) {
-        fprintf(stderr, "train: out of memory for the loss history of %d steps\n", total_steps);
-        return 1;
-    }
+    history.steps = (double *)cpu_malloc(sizeof(double) * history_rows, "loss history");
+    history.train = (double *)cpu_malloc(sizeof(double) * history_rows, "loss history");
+    history.val = (double *)cpu_malloc(sizeof(double) * history_rows, "loss history");
     if (progress.step > 0) history_load(&history, log_path, total_steps + 1);
     else if (val_set.count) history_add(&history, 0, NAN, progress.best_val);
     int first_step = progress.step;

@@ -50,7 +50,7 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
     }
     // each fp32 matrix goes up once, through this staging buffer, and is quantized there
     float *staging = (float *)gpu_malloc(sizeof(float) * largest, "fp32 staging for quantization");
-    g->blocks = (GpuBlock *)calloc((size_t)c->n_layers, sizeof(GpuBlock));
+    g->blocks = (GpuBlock *)cpu_calloc((size_t)c->n_layers, sizeof(GpuBlock), "GPU blocks");
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *lw = &model->layers[l];
         GpuBlock *b = &g->blocks[l];
@@ -94,8 +94,8 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
 
 static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     int n_adapters = g->c.n_layers * N_TARGETS;
-    g->offset_A = (size_t *)malloc(sizeof(size_t) * n_adapters);
-    g->offset_B = (size_t *)malloc(sizeof(size_t) * n_adapters);
+    g->offset_A = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
+    g->offset_B = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     g->n_params = 0;
     for (int i = 0; i < n_adapters; i++) {
         const LoraAdapter *a = &lora->adapters[i];
@@ -156,7 +156,7 @@ static void alloc_buffers(GpuTrainer *g) {
     g->positions = (int *)alloc_counted(sizeof(int) * n, "positions", scratch);
     g->stream = (float *)alloc_counted(sizeof(float) * (c->n_layers + 1) * n * c->dim, "residual stream", act);
     int n_acts = g->recompute ? 1 : c->n_layers;
-    g->acts = (GpuActivations *)calloc((size_t)n_acts, sizeof(GpuActivations));
+    g->acts = (GpuActivations *)cpu_calloc((size_t)n_acts, sizeof(GpuActivations), "GPU activations");
     for (int l = 0; l < n_acts; l++) alloc_activations(g, &g->acts[l]);
     g->normed = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "final norm output", act);
     g->d_x = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (residual)", scratch);
@@ -391,7 +391,7 @@ static StepShape begin_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
                 batch->n_seqs, batch->seq_len, g->max_seqs, g->max_seq_len);
         exit(1);
     }
-    int *positions = (int *)malloc(sizeof(int) * s.n);
+    int *positions = (int *)cpu_malloc(sizeof(int) * s.n, "positions");
     for (int i = 0; i < s.n; i++) positions[i] = i % batch->seq_len;
     gpu_upload(g->positions, positions, sizeof(int) * s.n);
     free(positions);

@@ -49,17 +49,18 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 template <typename Real>
 static void alloc_activations(BlockActivations<Real> *a, const Config *c, int n, int rank) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    a->xn1 = (Real *)malloc(sizeof(Real) * n * c->dim);
-    a->q = (Real *)malloc(sizeof(Real) * n * q_dim);
-    a->k = (Real *)malloc(sizeof(Real) * n * kv_dim);
-    a->v = (Real *)malloc(sizeof(Real) * n * kv_dim);
-    a->att = (Real *)malloc(sizeof(Real) * n * q_dim);
-    a->x_mid = (Real *)malloc(sizeof(Real) * n * c->dim);
-    a->xn2 = (Real *)malloc(sizeof(Real) * n * c->dim);
-    a->gate = (Real *)malloc(sizeof(Real) * n * c->hidden_dim);
-    a->up = (Real *)malloc(sizeof(Real) * n * c->hidden_dim);
-    a->h = (Real *)malloc(sizeof(Real) * n * c->hidden_dim);
-    for (int t = 0; t < N_TARGETS; t++) a->xa[t] = (Real *)malloc(sizeof(Real) * n * (rank > 0 ? rank : 1));
+    a->xn1 = (Real *)cpu_malloc(sizeof(Real) * n * c->dim, "activations (attention norm output)");
+    a->q = (Real *)cpu_malloc(sizeof(Real) * n * q_dim, "activations (queries)");
+    a->k = (Real *)cpu_malloc(sizeof(Real) * n * kv_dim, "activations (keys)");
+    a->v = (Real *)cpu_malloc(sizeof(Real) * n * kv_dim, "activations (values)");
+    a->att = (Real *)cpu_malloc(sizeof(Real) * n * q_dim, "activations (attention output)");
+    a->x_mid = (Real *)cpu_malloc(sizeof(Real) * n * c->dim, "activations (residual stream after attention)");
+    a->xn2 = (Real *)cpu_malloc(sizeof(Real) * n * c->dim, "activations (MLP norm output)");
+    a->gate = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP gate)");
+    a->up = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP up)");
+    a->h = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP hidden)");
+    for (int t = 0; t < N_TARGETS; t++)
+        a->xa[t] = (Real *)cpu_malloc(sizeof(Real) * n * (rank > 0 ? rank : 1), "activations (x A^T)");
 }
 
 template <typename Real>
@@ -206,11 +207,12 @@ static void context_init(StepContext<Real> *ctx, const Config *c, const StepOpti
     ctx->q_dim = c->n_heads * c->head_dim;
     ctx->kv_dim = c->n_kv_heads * c->head_dim;
     size_t widest = max_size((size_t)c->dim, (size_t)c->hidden_dim);
-    ctx->positions = (int *)malloc(sizeof(int) * ctx->n);
+    ctx->positions = (int *)cpu_malloc(sizeof(int) * ctx->n, "positions");
     for (int i = 0; i < ctx->n; i++) ctx->positions[i] = i % batch->seq_len;
-    ctx->keep = (float *)malloc(sizeof(float) * ctx->n * widest);
-    ctx->scratch = (Real *)malloc(sizeof(Real) * ctx->n * (opt->rank + c->dim + c->hidden_dim + widest));
-    ctx->tmp = (Real *)malloc(sizeof(Real) * ctx->n * widest);
+    ctx->keep = (float *)cpu_malloc(sizeof(float) * ctx->n * widest, "dropout mask");
+    size_t scratch_width = (size_t)opt->rank + c->dim + c->hidden_dim + widest;
+    ctx->scratch = (Real *)cpu_malloc(sizeof(Real) * ctx->n * scratch_width, "adapter scratch");
+    ctx->tmp = (Real *)cpu_malloc(sizeof(Real) * ctx->n * widest, "linear layer output");
 }
 
 template <typename Real>
@@ -260,19 +262,19 @@ static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx
                            const Real *normed) {
     const Config *c = ctx->c;
     ct->n = 0;
-    ct->rows = (int *)malloc(sizeof(int) * ctx->n);
-    ct->targets = (int *)malloc(sizeof(int) * ctx->n);
+    ct->rows = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted rows");
+    ct->targets = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted targets");
     for (int t = 0; t < ctx->n; t++) {
         if (ctx->batch->targets[t] == -100) continue;
         ct->rows[ct->n] = t;
         ct->targets[ct->n] = ctx->batch->targets[t];
         ct->n++;
     }
-    ct->normed = (Real *)malloc(sizeof(Real) * ct->n * c->dim);
+    ct->normed = (Real *)cpu_malloc(sizeof(Real) * ct->n * c->dim, "counted rows of the final norm");
     for (int r = 0; r < ct->n; r++)
         memcpy(ct->normed + (size_t)r * c->dim, normed + (size_t)ct->rows[r] * c->dim, sizeof(Real) * c->dim);
     // logits = normed W_lm^T, counted rows only
-    ct->logits = (Real *)malloc(sizeof(Real) * ct->n * c->vocab_size);
+    ct->logits = (Real *)cpu_malloc(sizeof(Real) * ct->n * c->vocab_size, "logits");
     matmul_cpu<Real>(ct->logits, ct->normed, weights->lm_head, (const Real *)NULL, ct->n, c->dim, c->vocab_size);
 }
 
@@ -291,10 +293,11 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     context_init(&ctx, c, opt, batch);
     size_t n = (size_t)ctx.n, n_dim = n * c->dim;
     int n_acts = opt->recompute ? 1 : c->n_layers;
-    Real *stream = (Real *)malloc(sizeof(Real) * (c->n_layers + 1) * n_dim);
-    BlockActivations<Real> *acts = (BlockActivations<Real> *)malloc(sizeof(BlockActivations<Real>) * n_acts);
+    Real *stream = (Real *)cpu_malloc(sizeof(Real) * (c->n_layers + 1) * n_dim, "residual stream");
+    BlockActivations<Real> *acts =
+        (BlockActivations<Real> *)cpu_malloc(sizeof(BlockActivations<Real>) * n_acts, "activations");
     for (int l = 0; l < n_acts; l++) alloc_activations(&acts[l], c, ctx.n, opt->rank);
-    Real *normed = (Real *)malloc(sizeof(Real) * n_dim);
+    Real *normed = (Real *)cpu_malloc(sizeof(Real) * n_dim, "final norm output");
 
     model_forward(&ctx, weights, adapters, stream, acts, !opt->recompute, normed);
     CountedTokens<Real> ct;
@@ -302,32 +305,32 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.n, c->vocab_size, n_counted);
 
     // d logits = grad_scale (softmax - onehot) on the counted rows; d normed is zero on the others
-    Real *d_logits = (Real *)calloc((size_t)ct.n * c->vocab_size, sizeof(Real));
+    Real *d_logits = (Real *)cpu_calloc((size_t)ct.n * c->vocab_size, sizeof(Real), "d logits");
     cross_entropy_backward_cpu<Real>(d_logits, ct.logits, ct.targets, ct.n, c->vocab_size, grad_scale);
     // d normed[rows[r]] = (d_logits W_lm)[r], scattered back to the counted tokens' rows
-    Real *d_counted = (Real *)calloc((size_t)ct.n * c->dim, sizeof(Real));
+    Real *d_counted = (Real *)cpu_calloc((size_t)ct.n * c->dim, sizeof(Real), "d counted rows");
     matmul_backward_input_cpu<Real>(d_counted, d_logits, weights->lm_head, ct.n, c->dim, c->vocab_size);
-    Real *d_normed = (Real *)calloc(n_dim, sizeof(Real));
+    Real *d_normed = (Real *)cpu_calloc(n_dim, sizeof(Real), "d final norm output");
     for (int r = 0; r < ct.n; r++)
         memcpy(d_normed + (size_t)ct.rows[r] * c->dim, d_counted + (size_t)r * c->dim, sizeof(Real) * c->dim);
     free(d_logits);
     free(d_counted);
     counted_free(&ct);
-    Real *d_x = (Real *)calloc(n_dim, sizeof(Real));
+    Real *d_x = (Real *)cpu_calloc(n_dim, sizeof(Real), "d residual stream");
     rmsnorm_backward_cpu<Real>(d_x, d_normed, stream + c->n_layers * n_dim, weights->final_norm, ctx.n, c->dim,
                                c->norm_eps);
 
     BlockGradients<Real> g;
     size_t n_hidden = n * c->hidden_dim;
-    g.d_mid = (Real *)malloc(sizeof(Real) * n_dim);
-    g.d_norm = (Real *)malloc(sizeof(Real) * n_dim);
-    g.d_h = (Real *)malloc(sizeof(Real) * n_hidden);
-    g.d_gate = (Real *)malloc(sizeof(Real) * n_hidden);
-    g.d_up = (Real *)malloc(sizeof(Real) * n_hidden);
-    g.d_att = (Real *)malloc(sizeof(Real) * n * ctx.q_dim);
-    g.d_q = (Real *)malloc(sizeof(Real) * n * ctx.q_dim);
-    g.d_k = (Real *)malloc(sizeof(Real) * n * ctx.kv_dim);
-    g.d_v = (Real *)malloc(sizeof(Real) * n * ctx.kv_dim);
+    g.d_mid = (Real *)cpu_malloc(sizeof(Real) * n_dim, "gradients (d_mid)");
+    g.d_norm = (Real *)cpu_malloc(sizeof(Real) * n_dim, "gradients (d_norm)");
+    g.d_h = (Real *)cpu_malloc(sizeof(Real) * n_hidden, "gradients (d_h)");
+    g.d_gate = (Real *)cpu_malloc(sizeof(Real) * n_hidden, "gradients (d_gate)");
+    g.d_up = (Real *)cpu_malloc(sizeof(Real) * n_hidden, "gradients (d_up)");
+    g.d_att = (Real *)cpu_malloc(sizeof(Real) * n * ctx.q_dim, "gradients (d_att)");
+    g.d_q = (Real *)cpu_malloc(sizeof(Real) * n * ctx.q_dim, "gradients (d_q)");
+    g.d_k = (Real *)cpu_malloc(sizeof(Real) * n * ctx.kv_dim, "gradients (d_k)");
+    g.d_v = (Real *)cpu_malloc(sizeof(Real) * n * ctx.kv_dim, "gradients (d_v)");
     for (int l = c->n_layers - 1; l >= 0; l--) {
         BlockWeights<Real> w;
         weights->load_block(weights->context, l, &w);
@@ -355,10 +358,10 @@ double loss_cpu(const Config *c, const WeightSource<Real> *weights, const Adapte
     StepContext<Real> ctx;
     context_init(&ctx, c, opt, batch);
     size_t n = (size_t)ctx.n, n_dim = n * c->dim;
-    Real *stream = (Real *)malloc(sizeof(Real) * (c->n_layers + 1) * n_dim);
+    Real *stream = (Real *)cpu_malloc(sizeof(Real) * (c->n_layers + 1) * n_dim, "residual stream");
     BlockActivations<Real> acts;
     alloc_activations(&acts, c, ctx.n, opt->rank);
-    Real *normed = (Real *)malloc(sizeof(Real) * n_dim);
+    Real *normed = (Real *)cpu_malloc(sizeof(Real) * n_dim, "final norm output");
     model_forward(&ctx, weights, adapters, stream, &acts, 0, normed);
     CountedTokens<Real> ct;
     counted_logits(&ct, &ctx, weights, normed);

@@ -59,7 +59,8 @@ static void usage(FILE *out) {
             "  --val-frac F             share of the questions held out for validation (default %g)\n"
             "  --seed S                 seed for distractors, order and split (default %d)\n"
             "  --strict                 stop at the first bad line instead of skipping and counting it\n"
-            "  --faq-answer-tokens N    FAQ answers: the section's first sentences, at most N tokens (default %d)\n",
+            "  --faq-answer-tokens N    FAQ answers: the section's first sentences, at most N tokens (default %d)\n"
+            "  -h, --help               this help\n",
             d->out_dir, d->model_path, d->distractors, d->no_oracle, d->no_oracle_answer, d->no_oracle_answer_ko,
             d->max_seq, d->overlong, d->val_frac, d->seed, d->faq_answer_tokens);
 }

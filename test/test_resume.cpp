@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
+
 #include "checkpoint.h"
 
 // The step, train_loss and grad_norm columns of a log.csv, one string per step.
@@ -97,6 +99,23 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
         CHECK_MESSAGE(text.find(message) != std::string::npos, options, "\n", text);
     }
     CHECK(!std::filesystem::exists(d + "/run"));
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: host memory running out is a message naming the buffer and exit status 3, not a crash") {
+    char dir[] = "/tmp/qlora_host_oom_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, log = d + "/out.txt";
+    // 2 GB of address space holds the model but not the activations of 7 samples over 30 layers
+    std::string command = "sh -c 'ulimit -v 2000000; exec ./train --data data/sample_raft.jsonl --steps 1 "
+                          "--batch 64 --device cpu --out " + d + "/run' > " + log + " 2>&1";
+    int status = system(command.c_str());
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 3);
+    std::ifstream out(log);
+    std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(text.find("out of memory: activations") != std::string::npos, text);
+    CHECK_MESSAGE(text.find("Lower --batch or --seq") != std::string::npos, text);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
