@@ -53,6 +53,27 @@ float cross_entropy_cpu(const float *logits, const int *targets, int n, int voca
     return *n_counted ? (float)(total / *n_counted) : 0.0f;
 }
 
+// ---- the counted rows --------------------------------------------------------------------
+
+template <typename Real>
+void gather_rows_cpu(Real *out, const Real *x, const int *rows, int n_rows, int dim) {
+    // out[r] = x[rows[r]]
+    for (int r = 0; r < n_rows; r++)
+        for (int j = 0; j < dim; j++) out[(size_t)r * dim + j] = x[(size_t)rows[r] * dim + j];
+}
+
+template <typename Real>
+void scatter_add_rows_cpu(Real *d_x, const Real *d_rows, const int *rows, int n_rows, int dim) {
+    // d_x[rows[r]] += d_rows[r]
+    for (int r = 0; r < n_rows; r++)
+        for (int j = 0; j < dim; j++) d_x[(size_t)rows[r] * dim + j] += d_rows[(size_t)r * dim + j];
+}
+
+template void gather_rows_cpu(float *, const float *, const int *, int, int);
+template void gather_rows_cpu(double *, const double *, const int *, int, int);
+template void scatter_add_rows_cpu(float *, const float *, const int *, int, int);
+template void scatter_add_rows_cpu(double *, const double *, const int *, int, int);
+
 int lm_head_chunk_tokens_default(int vocab) {
     size_t tokens = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
     return tokens > 0 ? (int)tokens : 1;
@@ -139,6 +160,45 @@ void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, cons
     check_bad_target("cross_entropy_gpu", vocab);
 }
 
+// ---- the counted rows ----
+
+// One thread per element of the gathered rows.
+__global__ static void gather_rows_kernel(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n_rows * dim) return;
+    size_t r = idx / dim, j = idx % dim;
+    // out[r][j] = x[rows[r]][j]
+    out[idx] = x[(size_t)rows[r] * dim + j];
+}
+
+// One thread per element of d_rows; rows are distinct, so no two threads add to one element.
+__global__ static void scatter_add_rows_kernel(float *d_x, const float *d_rows, const int *rows, int n_rows,
+                                               int dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n_rows * dim) return;
+    size_t r = idx / dim, j = idx % dim;
+    // d_x[rows[r]][j] += d_rows[r][j]
+    d_x[(size_t)rows[r] * dim + j] += d_rows[idx];
+}
+
+static const int ROWS_THREADS = 256;
+
+void gather_rows_gpu(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+    size_t n = (size_t)n_rows * dim;
+    if (n == 0) return;
+    gather_rows_kernel<<<(unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS), ROWS_THREADS>>>(out, x, rows, n_rows,
+                                                                                           dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+void scatter_add_rows_gpu(float *d_x, const float *d_rows, const int *rows, int n_rows, int dim) {
+    size_t n = (size_t)n_rows * dim;
+    if (n == 0) return;
+    scatter_add_rows_kernel<<<(unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS), ROWS_THREADS>>>(d_x, d_rows, rows,
+                                                                                                n_rows, dim);
+    CUDA_CHECK_LAUNCH();
+}
+
 // ---- the fused LM head + loss ----------------------------------------------------------
 static int g_chunk_tokens = 0;   // 0: automatic
 
@@ -168,47 +228,75 @@ static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weigh
                               CUBLAS_GEMM_DEFAULT));
 }
 
-static int count_targets(const int *targets, int n) {
-    int counted = 0;
-    for (int t = 0; t < n; t++) counted += targets[t] != -100;
-    return counted;
+// The LM head and the loss on the m counted rows only (host_rows, host_targets):
+// they are gathered into [m, dim], run through in chunks, and their gradient
+// is scattered back into d_x.
+static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf16 *lm_head, const int *host_rows,
+                                            const int *host_targets, int m, int dim, int vocab, double grad_scale) {
+    int *rows = (int *)gpu_malloc(sizeof(int) * m, "counted rows");
+    int *targets = (int *)gpu_malloc(sizeof(int) * m, "counted targets");
+    gpu_upload(rows, host_rows, sizeof(int) * m);
+    gpu_upload(targets, host_targets, sizeof(int) * m);
+    bf16 *x_counted = (bf16 *)gpu_malloc(sizeof(bf16) * m * dim, "counted rows of x (bf16)");
+    gather_rows_gpu(x_counted, x, rows, m, dim);
+    float *d_counted = NULL;
+    if (d_x) {
+        d_counted = (float *)gpu_malloc(sizeof(float) * m * dim, "d of the counted rows (fp32)");
+        CUDA_CHECK(cudaMemset(d_counted, 0, sizeof(float) * m * dim));
+    }
+    int chunk = lm_head_chunk_tokens(m, vocab);
+    float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
+    bf16 *d_logits = d_x ? (bf16 *)gpu_malloc(sizeof(bf16) * chunk * vocab, "d_logits chunk (bf16)") : NULL;
+    float *losses = (float *)gpu_malloc(sizeof(float) * m, "per-token losses");
+    reset_bad_target();
+    for (int first = 0; first < m; first += chunk) {
+        int rows_here = m - first < chunk ? m - first : chunk;
+        lm_head_forward(logits, x_counted + (size_t)first * dim, lm_head, rows_here, dim, vocab);
+        cross_entropy_kernel<bf16><<<rows_here, CE_THREADS>>>(losses + first, d_logits, logits, targets + first,
+                                                              vocab, (float)grad_scale);
+        CUDA_CHECK_LAUNCH();
+        if (d_x) lm_head_backward(d_counted + (size_t)first * dim, d_logits, lm_head, rows_here, dim, vocab);
+    }
+    check_bad_target("lm_head_cross_entropy_gpu", vocab);
+    if (d_x) scatter_add_rows_gpu(d_x, d_counted, rows, m, dim);
+
+    // the sum of the per-token losses, in double, in token order
+    float *host_losses = (float *)cpu_malloc(sizeof(float) * m, "per-token losses");
+    gpu_download(host_losses, losses, sizeof(float) * m);
+    double total = 0.0;
+    for (int r = 0; r < m; r++) total += host_losses[r];
+    free(host_losses);
+    gpu_free(losses);
+    gpu_free(d_logits);
+    gpu_free(logits);
+    gpu_free(d_counted);
+    gpu_free(x_counted);
+    gpu_free(targets);
+    gpu_free(rows);
+    return total;
 }
 
 double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
                                  int vocab, double grad_scale, int *n_counted) {
     *n_counted = 0;
     if (n <= 0) return 0.0;
+    // the counted tokens (target not -100): their rows of x and their targets, on the host
     int *host_targets = (int *)cpu_malloc(sizeof(int) * n, "targets");
-    float *host_losses = (float *)cpu_malloc(sizeof(float) * n, "per-token losses");
+    int *host_rows = (int *)cpu_malloc(sizeof(int) * n, "counted rows");
     gpu_download(host_targets, targets, sizeof(int) * n);
-
-    int chunk = lm_head_chunk_tokens(n, vocab);
-    float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
-    bf16 *d_logits = d_x ? (bf16 *)gpu_malloc(sizeof(bf16) * chunk * vocab, "d_logits chunk (bf16)") : NULL;
-    float *losses = (float *)gpu_malloc(sizeof(float) * n, "per-token losses");
-    CUDA_CHECK(cudaMemset(losses, 0, sizeof(float) * n));
-    reset_bad_target();
-    for (int first = 0; first < n; first += chunk) {
-        int rows = n - first < chunk ? n - first : chunk;
-        if (count_targets(host_targets + first, rows) == 0) continue;   // no answer token here: nothing to do
-        lm_head_forward(logits, x + (size_t)first * dim, lm_head, rows, dim, vocab);
-        cross_entropy_kernel<bf16><<<rows, CE_THREADS>>>(losses + first, d_logits, logits, targets + first, vocab,
-                                                         (float)grad_scale);
-        CUDA_CHECK_LAUNCH();
-        if (d_x) lm_head_backward(d_x + (size_t)first * dim, d_logits, lm_head, rows, dim, vocab);
+    int m = 0;
+    for (int t = 0; t < n; t++) {
+        if (host_targets[t] == -100) continue;
+        host_rows[m] = t;
+        host_targets[m] = host_targets[t];   // compacted in place: m <= t
+        m++;
     }
-    check_bad_target("lm_head_cross_entropy_gpu", vocab);
-
-    // the sum of the per-token losses, in double (uncounted tokens hold 0)
-    gpu_download(host_losses, losses, sizeof(float) * n);
+    *n_counted = m;
     double total = 0.0;
-    for (int t = 0; t < n; t++) total += host_losses[t];
-    *n_counted = count_targets(host_targets, n);
-    gpu_free(logits);
-    gpu_free(d_logits);
-    gpu_free(losses);
+    if (m > 0) total = counted_lm_head_cross_entropy(d_x, x, lm_head, host_rows, host_targets, m, dim, vocab,
+                                                     grad_scale);
     free(host_targets);
-    free(host_losses);
+    free(host_rows);
     return total;
 }
 #endif

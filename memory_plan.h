@@ -25,7 +25,9 @@
 //                         flash kernel's float per sequence, head and token)
 //   scratch               one block's seven linear weights dequantized (weight_bytes)
 // Not counted: the CUDA context and allocator slack (about half a GB), the
-// tokens and targets, and small per-kernel workspaces.
+// tokens and targets, the counted tokens' rows the LM head gathers (at most
+// 6 bytes per token and dim: bf16 rows, fp32 gradient), and small per-kernel
+// workspaces.
 //
 // "GB" in the printed plan and the verdict is 2^30 bytes, as GPU memory is
 // sold: a "24 GB" card holds 24 GiB.

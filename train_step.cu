@@ -271,8 +271,7 @@ static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx
         ct->n++;
     }
     ct->normed = (Real *)cpu_malloc(sizeof(Real) * ct->n * c->dim, "counted rows of the final norm");
-    for (int r = 0; r < ct->n; r++)
-        memcpy(ct->normed + (size_t)r * c->dim, normed + (size_t)ct->rows[r] * c->dim, sizeof(Real) * c->dim);
+    gather_rows_cpu(ct->normed, normed, ct->rows, ct->n, c->dim);
     // logits = normed W_lm^T, counted rows only
     ct->logits = (Real *)cpu_malloc(sizeof(Real) * ct->n * c->vocab_size, "logits");
     matmul_cpu<Real>(ct->logits, ct->normed, weights->lm_head, (const Real *)NULL, ct->n, c->dim, c->vocab_size);
@@ -311,8 +310,7 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     Real *d_counted = (Real *)cpu_calloc((size_t)ct.n * c->dim, sizeof(Real), "d counted rows");
     matmul_backward_input_cpu<Real>(d_counted, d_logits, weights->lm_head, ct.n, c->dim, c->vocab_size);
     Real *d_normed = (Real *)cpu_calloc(n_dim, sizeof(Real), "d final norm output");
-    for (int r = 0; r < ct.n; r++)
-        memcpy(d_normed + (size_t)ct.rows[r] * c->dim, d_counted + (size_t)r * c->dim, sizeof(Real) * c->dim);
+    scatter_add_rows_cpu(d_normed, d_counted, ct.rows, ct.n, c->dim);
     free(d_logits);
     free(d_counted);
     counted_free(&ct);

@@ -111,6 +111,48 @@ static void check_cross_entropy(int n, int vocab) {
     gpu_free(d_gradient);
 }
 
+// gather_rows_gpu (bf16, exact) and scatter_add_rows_gpu (fp32: one add per
+// element, exact) against the CPU references, on rows in a scrambled order.
+static void check_rows(int n, int n_rows, int dim) {
+    uint64_t seed = fresh_seed();
+    INFO("seed " << seed << ", n " << n << ", rows " << n_rows << ", dim " << dim);
+    std::vector<float> x = random_vector((size_t)n * dim, seed, 1.0f);
+    round_to_bf16(x);
+    std::vector<float> d_rows = random_vector((size_t)n_rows * dim, seed + 1, 1.0f);
+    std::vector<float> d_x = random_vector((size_t)n * dim, seed + 2, 1.0f);
+    // distinct rows: every (n_rows, n) pair below has gcd(7, n) = 1, so r -> 7 r + 3 mod n is one to one
+    std::vector<int> rows(n_rows);
+    for (int r = 0; r < n_rows; r++) rows[r] = (7 * r + 3) % n;
+
+    std::vector<float> want_gathered((size_t)n_rows * dim), want_d_x = d_x;
+    gather_rows_cpu(want_gathered.data(), x.data(), rows.data(), n_rows, dim);
+    scatter_add_rows_cpu(want_d_x.data(), d_rows.data(), rows.data(), n_rows, dim);
+
+    bf16 *d_xin = upload_bf16(x, "x");
+    int *d_row_ids = upload_ints(rows, "rows");
+    bf16 *d_gathered = (bf16 *)gpu_malloc(sizeof(bf16) * n_rows * dim, "gathered");
+    gpu_poison(d_gathered, sizeof(bf16) * n_rows * dim);
+    gather_rows_gpu(d_gathered, d_xin, d_row_ids, n_rows, dim);
+    float *d_d_rows = upload_floats(d_rows, "d rows");
+    float *d_d_x = upload_floats(d_x, "d_x");
+    scatter_add_rows_gpu(d_d_x, d_d_rows, d_row_ids, n_rows, dim);
+    CHECK(max_relative_error(download_bf16(d_gathered, (size_t)n_rows * dim).data(), want_gathered.data(),
+                             want_gathered.size()) == 0.0);
+    CHECK(max_relative_error(download_floats(d_d_x, (size_t)n * dim).data(), want_d_x.data(), want_d_x.size()) ==
+          0.0);
+    gpu_free(d_xin);
+    gpu_free(d_row_ids);
+    gpu_free(d_gathered);
+    gpu_free(d_d_rows);
+    gpu_free(d_d_x);
+}
+
+TEST_CASE("gpu: gather_rows_gpu and scatter_add_rows_gpu equal the CPU's exactly") {
+    check_rows(9, 4, 64);
+    check_rows(130, 55, 576);   // dim * rows not a multiple of the 256 threads
+    check_rows(1, 1, 3);
+}
+
 TEST_CASE("gpu: cross_entropy_gpu matches cross_entropy_sum_cpu and cross_entropy_backward_cpu") {
     check_cross_entropy(5, 1000);
     check_cross_entropy(33, 49152);
@@ -118,8 +160,8 @@ TEST_CASE("gpu: cross_entropy_gpu matches cross_entropy_sum_cpu and cross_entrop
 
 // The fused LM head + loss against matmul_cpu, the CPU loss and gradient, and
 // matmul_backward_input_cpu on the same bf16-rounded x and W. Targets of
-// tokens [uncounted_first, uncounted_last) are all -100 (a prompt: with a
-// forced chunk that covers them, that chunk is skipped).
+// tokens [uncounted_first, uncounted_last) are all -100 (a prompt); only the
+// counted rows go through the LM head, chunk_tokens at a time.
 static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncounted_first, int uncounted_last) {
     uint64_t seed = fresh_seed();
     INFO("seed " << seed << ", n " << n << ", dim " << dim << ", vocab " << vocab << ", chunk " << chunk_tokens);
@@ -187,9 +229,9 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
 }
 
 TEST_CASE("gpu: lm_head_cross_entropy_gpu matches matmul_cpu + cross_entropy_sum_cpu + backward, chunked") {
-    check_lm_head(7, 64, 1001, 0, 0, 0);          // automatic chunk: all 7 tokens at once
-    check_lm_head(7, 64, 1001, 3, 0, 0);          // chunks of 3, 3, 1
-    check_lm_head(130, 576, 49152, 48, 48, 96);   // chunks of 48, 48 (all -100: skipped), 34
+    check_lm_head(7, 64, 1001, 0, 0, 0);          // automatic chunk: the 5 counted tokens at once
+    check_lm_head(7, 64, 1001, 2, 0, 0);          // chunks of 2, 2, 1
+    check_lm_head(130, 576, 49152, 48, 48, 96);   // 55 counted tokens: chunks of 48, 7
 }
 
 TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: loss 0, count 0, d_x unchanged") {

@@ -1,0 +1,56 @@
+// cuda_runtime.h stand-in (dev/cuda_on_cpu; see README.md): the runtime calls
+// qlora.c makes, with host memory standing in for device memory
+// (runtime/emu_runtime.cpp). Any other call fails to compile, on purpose.
+#pragma once
+#include "cuda_bf16.h"
+#include "emu_core.h"
+
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevicePointer = 17,
+} cudaError_t;
+
+typedef enum cudaMemcpyKind {
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+} cudaMemcpyKind;
+
+typedef enum cudaDataType_t {
+    CUDA_R_32F = 0,
+    CUDA_R_16BF = 14,
+} cudaDataType_t;
+typedef cudaDataType_t cudaDataType;
+
+struct cudaDeviceProp {
+    char name[256];   // the one field the project reads
+};
+
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device);
+cudaError_t cudaGetLastError(void);
+const char *cudaGetErrorString(cudaError_t e);
+cudaError_t cudaMalloc(void **p, size_t bytes);
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemset(void *p, int value, size_t bytes);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+
+// __device__ and __constant__ variables are ordinary statics here: a copy to
+// or from one is a memcpy, checked against the variable's size.
+namespace emu {
+cudaError_t symbol_copy(void *dst, const void *src, size_t count, size_t offset, size_t symbol_size);
+}
+template <class T>
+static inline cudaError_t cudaMemcpyToSymbol(const T &symbol, const void *src, size_t count, size_t offset = 0,
+                                             cudaMemcpyKind = cudaMemcpyHostToDevice) {
+    return emu::symbol_copy((char *)&symbol + offset, src, count, offset, sizeof(T));
+}
+template <class T>
+static inline cudaError_t cudaMemcpyFromSymbol(void *dst, const T &symbol, size_t count, size_t offset = 0,
+                                               cudaMemcpyKind = cudaMemcpyDeviceToHost) {
+    return emu::symbol_copy(dst, (const char *)&symbol + offset, count, offset, sizeof(T));
+}

@@ -1,0 +1,117 @@
+#!/bin/sh
+# Shows that the emulated GPU tests can fail. For each deliberate bug below:
+# applies it to a copy of the transformed sources (never to the repo), builds
+# build/cuda_on_cpu/mut/test_gpu from that copy, and runs the test cases that
+# must catch it. One line per mutation: CAUGHT (with the first error line),
+# MISSED, or BROKEN (its pattern no longer matches the repo's code exactly
+# once, the mutated copy does not build, or its test filter matches no test
+# case: update it here). Exits non-zero unless every mutation run was CAUGHT.
+#   sh dev/cuda_on_cpu/mutate.sh [NAME]              every mutation, or one
+#   BASE=asan sh dev/cuda_on_cpu/mutate.sh [NAME]    from the AddressSanitizer build (the asan_* ones need it)
+# The logs go to build/cuda_on_cpu/logs/mut-NAME.log.
+emu=$(cd "$(dirname "$0")" && pwd)
+repo=${REPO:-$(cd "$emu/../.." && pwd)}
+build=$repo/build/cuda_on_cpu
+base=${BASE:-plain}
+asan=; [ "$base" = asan ] && asan=ASAN=1
+want=${1:-all}
+caught=0; failed=0; found=
+
+make -s -j2 -C "$emu" REPO="$repo" MODE="$base" >/dev/null || { echo "mutate.sh: the $base build failed" >&2; exit 1; }
+mkdir -p "$build/logs"
+
+# Replaces OLD, which must occur exactly once in the copy's FILE, by NEW.
+apply() {   # FILE OLD NEW
+    python3 - "$build/src-mut/$1" "$2" "$3" <<'PY'
+import sys
+path, old, new = sys.argv[1:]
+text = open(path).read()
+if text.count(old) != 1:
+    sys.exit('matches %d times, not once,' % text.count(old))
+open(path, 'w').write(text.replace(old, new))
+PY
+}
+
+run_one() {   # NAME FILE OLD NEW TEST_FILTER
+    name=$1; file=$2; filter=$5
+    log=$build/logs/mut-$name.log
+    rm -rf "$build/src-mut" "$build/mut"
+    cp -rp "$build/src" "$build/src-mut"
+    # start from the base build (times kept): only what the mutation touches is rebuilt
+    cp -rp "$build/$base" "$build/mut"
+    if ! why=$(apply "$file" "$3" "$4" 2>&1); then
+        echo "BROKEN  $name: its pattern $why in $file (the repo's code changed: update mutate.sh)"
+        failed=$((failed + 1)); return
+    fi
+    if ! make -s -j2 -C "$emu" REPO="$repo" MODE=mut SRC="$build/src-mut" $asan > "$log" 2>&1; then
+        echo "BROKEN  $name: the mutated copy does not build  [$log]"
+        failed=$((failed + 1)); return
+    fi
+    timeout 600 "$build/mut/test_gpu" -tc="$filter" > "$log" 2>&1
+    if grep -q '^0 passed, 0 failed' "$log"; then
+        echo "BROKEN  $name: the filter \"$filter\" matches no test case"
+        failed=$((failed + 1))
+    elif grep -q '^[0-9]* passed, 0 failed' "$log" && ! grep -q 'EMU ERROR' "$log"; then
+        echo "MISSED  $name  [$log]"
+        failed=$((failed + 1))
+    else
+        echo "CAUGHT  $name: $(grep -m1 -E 'ERROR|runtime error|CHECK|REQUIRE' "$log" | cut -c1-160)"
+        caught=$((caught + 1))
+    fi
+}
+
+m() {
+    [ "$want" = all ] || [ "$want" = "$1" ] || return 0
+    found=yes
+    case $1 in asan_*) [ "$base" = asan ] || { echo "SKIP    $1 (needs BASE=asan)"; return 0; } ;; esac
+    run_one "$@"
+}
+
+# block_sum without its leading barrier: a second call overwrites warp totals still being read
+m block_sum_no_leading_sync lib/gpu.h \
+  '    v = warp_sum(v);
+    __syncthreads();   // an earlier call has finished reading warp_totals' \
+  '    v = warp_sum(v);' 'gpu: rmsnorm_backward*'
+# the flash forward (not the backward, which has the same loop) without the barrier that keeps the
+# next k, v tiles from overwriting ones still read
+m flash_forward_no_sync lib/attention.cu \
+  '    // causal: no query of this tile sees a key past its last row
+    int key_end = min(seq_len, i0 + flash_tile);
+    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
+        __syncthreads();   // everyone is done with the previous k and v tiles' \
+  '    // causal: no query of this tile sees a key past its last row
+    int key_end = min(seq_len, i0 + flash_tile);
+    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {' 'gpu: flash attention*'
+# the causal softmax max over j < i instead of j <= i (off by one)
+m softmax_off_by_one lib/attention.cu \
+  'for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
+  'for (int j = threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
+# a warp shuffle that some lanes skip (divergent shuffle)
+m divergent_shuffle lib/nf4.cu \
+  'float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));' \
+  'float block_max = lane < 16 ? warp_max(fmaxf(fabsf(x0), fabsf(x1))) : 0.0f;' 'gpu: nf4_quantize_gpu*'
+# sum_group_heads reading one head too far (out of bounds on the last kv head)
+m group_heads_oob lib/attention.cu \
+  'for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' \
+  'for (int j = 0; j <= group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' 'gpu: simple attention (mat*'
+# the cross-entropy kernel's early exit for uncounted rows also skipping the gradient zeroing
+m ce_skip_zero lib/cross_entropy.cu \
+  '            for (int v = threadIdx.x; v < vocab; v += blockDim.x) store_gradient(&d_row[v], 0.0f);' \
+  '            ;' 'gpu: cross_entropy_gpu*'
+# batch pointers: the kv head of entry i computed without the group division
+m batch_pointer_group lib/attention.cu \
+  'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);' \
+  'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / 1) * o.head_stride);' 'gpu: simple attention (mat*'
+# (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
+m asan_global_overrun lib/layers.cu \
+  '    if (i < n) x[i] += __bfloat162float(y[i]);' \
+  '    if (i <= n) x[i] += __bfloat162float(y[i]);' 'gpu: residual_add*'
+# (BASE=asan) a shared-memory read past the array (the tree starting one level too wide)
+m asan_shared_overrun lib/adamw.cu \
+  '    for (int half = SUM_THREADS / 2; half > 0; half /= 2) {' \
+  '    for (int half = SUM_THREADS; half > 0; half /= 2) {' 'gpu: sum_squares*'
+
+rm -rf "$build/src-mut"
+[ -n "$found" ] || { echo "mutate.sh: no mutation is named $want" >&2; exit 1; }
+echo "mutate.sh: $caught caught, $failed missed or broken"
+[ "$failed" -eq 0 ]
