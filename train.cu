@@ -466,18 +466,29 @@ static void history_add(LossHistory *h, double step, double train, double val) {
     h->count++;
 }
 
-// Reads an earlier run's log.csv (when resuming) into the history.
+// The number in the CSV field that starts after *comma, or NaN when the field
+// is empty (or there is none); *comma moves to the comma that ends the field.
+static double next_csv_number(char **comma) {
+    if (**comma != ',') return NAN;
+    char *start = *comma + 1, *end;
+    double value = strtod(start, &end);
+    *comma = start + strcspn(start, ",");
+    return end == start ? NAN : value;
+}
+
+// Reads an earlier run's log.csv (when resuming) into the history: step,
+// train loss (empty in the step-0 row), val loss (empty where not measured).
 static void history_load(LossHistory *h, const char *log_path, int max_rows) {
     FILE *f = fopen(log_path, "r");
     if (!f) return;
     char line[512];
     while (fgets(line, sizeof line, f) && h->count < max_rows) {
-        int step;
-        double train, val = NAN;
-        char val_text[64] = "";
-        if (sscanf(line, "%d,%lf,%63[^,]", &step, &train, val_text) < 2) continue;   // the header
-        if (val_text[0]) val = strtod(val_text, NULL);
-        history_add(h, step, train, val);
+        char *comma;
+        long step = strtol(line, &comma, 10);
+        if (comma == line || *comma != ',') continue;   // the header
+        double train = next_csv_number(&comma);
+        double val = next_csv_number(&comma);
+        history_add(h, (double)step, train, val);
     }
     fclose(f);
 }
@@ -485,10 +496,21 @@ static void history_load(LossHistory *h, const char *log_path, int max_rows) {
 static void plot_history(const LossHistory *h, const char *out_dir) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s/loss.svg", out_dir);
+    // the val curve joins the steps where it was measured (the chart lifts the pen at a NaN)
+    double *val_steps = (double *)cpu_malloc(sizeof(double) * (h->count + 1), "loss history");
+    double *val = (double *)cpu_malloc(sizeof(double) * (h->count + 1), "loss history");
+    int n_val = 0;
+    for (int i = 0; i < h->count; i++) {
+        if (isnan(h->val[i])) continue;
+        val_steps[n_val] = h->steps[i];
+        val[n_val++] = h->val[i];
+    }
     PlotSeries series[2] = {{"train loss", NULL, h->steps, h->train, h->count},
-                            {"val loss", NULL, h->steps, h->val, h->count}};
+                            {"val loss", NULL, val_steps, val, n_val}};
     if (svg_line_chart(path, "answer-only loss", "step", "loss", series, 2, err, sizeof err) != 0)
         fprintf(stderr, "train: warning: %s\n", err);
+    free(val_steps);
+    free(val);
 }
 
 // The largest useful LoRA rank: the smallest input or output size among the adapted matrices.
@@ -837,6 +859,7 @@ int main(int argc, char **argv) {
     if (val_set.count && progress.step == 0) {
         progress.best_val = evaluate(&engine, c, &tr, &o, &val_set);
         printf("step %4d | val loss %.4f (before training)\n", 0, progress.best_val);
+        fprintf(log, "0,,%.6f,,,,\n", progress.best_val);   // no train loss before training
     }
 
     int *order = progress.order;
@@ -905,10 +928,10 @@ int main(int argc, char **argv) {
                total_steps, train_loss, norm, lr, ms, step_tokens / (ms / 1000.0), eta);
         if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
 #ifdef __CUDACC__
-        // MFU = achieved matmul FLOP/s over the device's peak bf16 rate
+        // MFU = achieved matmul FLOP/s over the device's peak bf16 rate (when the device is in gpu.cu's table)
         if (engine.on_gpu && gpu_peak_bf16_flops() > 0)
-            printf(" | MFU %.1f%% | peak mem %.0f MiB", 100.0 * flops_per_token * step_tokens / (ms / 1000.0) /
-                   gpu_peak_bf16_flops(), gpu_peak_bytes() / 1048576.0);
+            printf(" | MFU %.1f%%", 100.0 * flops_per_token * step_tokens / (ms / 1000.0) / gpu_peak_bf16_flops());
+        if (engine.on_gpu) printf(" | peak mem %.0f MiB", gpu_peak_bytes() / 1048576.0);
 #endif
         printf("\n");
         if (!isnan(val_loss) && val_loss > progress.best_val && train_loss < last_train)

@@ -33,6 +33,9 @@ static Config shape_config(const char *shape) {
     if (strcmp(shape, "smollm2-135m") == 0) {
         c.dim = 576; c.hidden_dim = 1536; c.n_layers = 30; c.n_heads = 9; c.n_kv_heads = 3; c.head_dim = 64;
         c.vocab_size = 49152; c.rope_theta = 100000.0f; c.tied_embeddings = 1;
+    } else if (strcmp(shape, "tiny") == 0) {   // SmolLM2's vocabulary: the default tokenizer and data fit
+        c.dim = 64; c.hidden_dim = 192; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16;
+        c.vocab_size = 49152; c.rope_theta = 100000.0f; c.tied_embeddings = 1;
     } else if (strcmp(shape, "llama-3.2-1b") == 0) {
         c.dim = 2048; c.hidden_dim = 8192; c.n_layers = 16; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 64;
         c.vocab_size = 128256; c.rope_theta = 500000.0f; c.tied_embeddings = 1;
@@ -40,7 +43,7 @@ static Config shape_config(const char *shape) {
         c.dim = 4096; c.hidden_dim = 14336; c.n_layers = 32; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 128;
         c.vocab_size = 128256; c.rope_theta = 500000.0f; c.tied_embeddings = 0;
     } else {
-        fprintf(stderr, "bench_train: unknown --shape %s (smollm2-135m, llama-3.2-1b, llama-3.1-8b)\n", shape);
+        fprintf(stderr, "bench_train: unknown --shape %s (smollm2-135m, tiny, llama-3.2-1b, llama-3.1-8b)\n", shape);
         exit(2);
     }
     return c;

@@ -7,6 +7,7 @@
 // bit included: the checksum) are refused.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cmath>
 #include <cstdlib>
@@ -68,6 +69,30 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     std::ifstream out(d + "/out.txt");
     std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
     CHECK(text.find("rank 4") != std::string::npos);
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: log.csv keeps the val loss before training, and a resumed run's chart joins every val point") {
+    char dir[] = "/tmp/qlora_val_curve_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir;
+    std::string common = "./train --data data/sample_raft.jsonl --steps 2 --eval-every 1 --rank 2 --out " + d;
+    std::string quiet = " > " + d + "/out.txt 2>&1";
+    REQUIRE(system((common + " --stop-at 1" + quiet).c_str()) == 0);
+    REQUIRE(system((common + " --resume " + d + quiet).c_str()) == 0);
+    std::ifstream log(d + "/log.csv");
+    std::string header, first_row;
+    std::getline(log, header);
+    std::getline(log, first_row);
+    CHECK_MESSAGE(first_row.rfind("0,,", 0) == 0, first_row);   // step 0: no train loss, the val loss
+    // the chart's second path is the val curve: steps 0, 1 and 2 in one line (M, then L twice)
+    std::ifstream svg(d + "/loss.svg");
+    std::string text((std::istreambuf_iterator<char>(svg)), std::istreambuf_iterator<char>());
+    size_t val_path = text.find("class=\"series\"", text.find("class=\"series\"") + 1);
+    REQUIRE(val_path != std::string::npos);
+    std::string path = text.substr(val_path, text.find("/>", val_path) - val_path);
+    CHECK_MESSAGE(std::count(path.begin(), path.end(), 'M') == 1, path);
+    CHECK_MESSAGE(std::count(path.begin(), path.end(), 'L') == 2, path);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 

@@ -152,7 +152,7 @@ cudaError_t cudaGetDeviceCount(int *count) {
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
-    snprintf(p->name, sizeof p->name, "a CPU emulation of CUDA (dev/cuda_on_cpu), not a GPU");
+    snprintf(p->name, sizeof p->name, "CPU emulation of CUDA (dev/cuda_on_cpu), not a GPU");
     return device == 0 ? cudaSuccess : record_error(cudaErrorInvalidValue);
 }
 
