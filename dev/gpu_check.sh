@@ -2,7 +2,9 @@
 # The GPU session's checks, run on the device machine from the repo root, in
 # stages (default: build tests memcheck kernels bench oom):
 #   build     nvcc build of the trainer, the GPU tests and the benchmarks
-#   tests     every GPU test (build/test_gpu)
+#   tests     every GPU test (build/test_gpu; the default-model one once the
+#             model is there)
+#   repeat    the whole-step tests 8 more times (fresh seeds): flaky tolerances
 #   memcheck  compute-sanitizer memcheck over the GPU tests (the two 30-layer
 #             SmolLM2-shape tests and the 20-step curve excluded: too slow there)
 #   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels)
@@ -10,7 +12,7 @@
 #             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1)
 #   oom       a batch that cannot fit: expects exit status 3 and the message
 #   train     the default ./train on the GPU (needs the default model: carry
-#             .model_a and .model_b in two calls, see dev/README.md), timed
+#             .model_a, then .model_b in the next call, see dev/README.md), timed
 #   resume    after train: 6 steps in one run vs paused at 3 and resumed;
 #             the logged losses and grad norms must be equal (GPU determinism)
 #   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512
@@ -24,6 +26,15 @@ tokenizer=""
 [ -f .devdeps/tokenizer.json ] && tokenizer="--tokenizer .devdeps/tokenizer.json"
 
 stage() { echo "== $1 (at $(($(date +%s) - start)) s)"; }
+
+# The default model travels in two halves, one per call (a call carries at
+# most 64 MiB, and a path a call does not carry is removed there): keep the
+# first half in /tmp, and join them once the second arrives.
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+[ -f .model_a/part ] && cp .model_a/part /tmp/model_a.part
+if [ ! -f "$model" ] && [ -f /tmp/model_a.part ] && [ -f .model_b/part ]; then
+    mkdir -p models && cat /tmp/model_a.part .model_b/part >"$model"
+fi
 
 # ours and HF + peft on one random-weight HF directory of the named shape
 bench_pair() {
@@ -44,10 +55,18 @@ for s in $stages; do
             >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
         ;;
     tests)
-        # attention first, in its own process: a misaligned cuBLAS read there
-        # would be a sticky CUDA error that fails every later test in the process
-        { ./build/test_gpu -tc="*attention*"; ./build/test_gpu -tce="*attention*"; } 2>&1 | tee "$OUT/test_gpu.log" |
+        ./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" |
             grep -E "ERROR|CHECK|MESSAGE|loss|seed|test cases|passed" | head -80
+        ;;
+    repeat)
+        # the whole-step tests 8 times more, fresh seeds each: a tolerance
+        # that holds only most of the time shows up here
+        failed=0
+        for i in 1 2 3 4 5 6 7 8; do
+            ./build/test_gpu -tc="*train step*" >"$OUT/repeat.log" 2>&1 || { failed=$((failed + 1)); cp "$OUT/repeat.log" "$OUT/repeat_failed.log"; }
+            grep -o "[a-z]* attention: loss.*" "$OUT/repeat.log" | sed 's/loss cpu .* gpu .*, worst/worst/' | tr '\n' ' '; echo
+        done
+        echo "repeat: $failed of 8 runs failed"
         ;;
     memcheck)
         compute-sanitizer --tool memcheck ./build/test_gpu -tce="*SmolLM2*,*20 AdamW*" >"$OUT/memcheck.log" 2>&1
@@ -70,10 +89,6 @@ for s in $stages; do
         echo "exit status $status (3 expected)"
         ;;
     train)
-        model=models/SmolLM2-135M-Instruct.Q4_1.gguf
-        if [ ! -f "$model" ] && [ -f .model_a/part ] && [ -f .model_b/part ]; then
-            mkdir -p models && cat .model_a/part .model_b/part >"$model"
-        fi
         sha256sum "$model" | tee -a "$OUT/device.txt"
         t0=$(date +%s)
         ./train --device cuda --out /tmp/gpu-train 2>&1 | tee "$OUT/train.log" | tail -25

@@ -1,17 +1,30 @@
 // test_gpu_train.cu: the whole GPU training step (train_gpu.cu) against the
-// CPU path (train_step_cpu) on the same NF4 base, adapters and batch:
-// loss within 1e-2 relative and every LoRA gradient tensor with cosine
-// similarity > 0.999 (bf16 activations against fp32 ones); then 20 AdamW
-// steps on both follow the same loss curve.
+// CPU path (train_step_cpu) on the same NF4 base, adapters and batch: the
+// loss within 1e-2 relative, each LoRA gradient tensor's cosine similarity
+// with the CPU one, and the cosine of all of them laid end to end; then 20
+// AdamW steps on both follow the same loss curve.
 //
-// One exception, measured on an H200: on the 30-layer SmolLM2 shape the
-// simple attention (which, like FlashAttention-2 and PyTorch's SDPA, rounds
-// the probabilities P and dS to bf16 for its GEMMs) gives worst-tensor
-// cosines of 0.9988-0.9992 over four runs; the flash kernel here keeps P in
-// fp32 and gave 0.9994. So that case checks flash at 0.999 and simple at 0.998.
+// The cosine bars are bf16 against fp32, measured on an H100 (2026-11-26,
+// dev/RESULTS.md) and set with about 2x margin:
+//   small random models (2 layers)          tensor > 0.999, all > 0.9998
+//     measured: worst tensor >= 0.99975, all >= 0.99994
+//   SmolLM2-135M shape, random weights      tensor > 0.997, all > 0.9998
+//     measured (28 runs): worst tensor 0.99837-0.99946, all >= 0.99992
+//   the default model, answer-only text     tensor > 0.98,  all > 0.997
+//     measured (16 runs): worst tensor 0.9877-0.9974, all 0.99851-0.99926
+// The default model is below the 0.999 per tensor that the GPU issue asked
+// for, and so is PyTorch's own bf16: dev/bf16_gradient_agreement.py measures
+// autocast bf16 against fp32 on the same model and batch at worst tensor
+// 0.9932, all 0.99897 (bf16 base: 0.9908, 0.99813). The worst tensors are
+// the q/k/v of the first layers in both, where the backward pass has gone
+// through 30 layers of bf16 GEMMs. A real bug (a wrong head, a lost term, a
+// wrong mask) gives cosines far below these bars.
 #include <doctest/doctest.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -19,6 +32,8 @@
 #include "base_weights.h"
 #include "gpu_test_util.h"
 #include "lora.h"
+#include "model.h"
+#include "tokenizer.h"
 #include "train_gpu.h"
 #include "train_step.h"
 
@@ -75,25 +90,36 @@ static std::vector<AdapterParams<float>> adapter_views(LoraSet *set) {
     return views;
 }
 
-// One micro-batch on both paths; checks the loss and every gradient tensor.
-static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout, int recompute,
-                         AttentionKernel attention, double min_cosine, uint64_t seed) {
+// Running sums for the cosine of all gradient tensors laid end to end.
+struct TotalCosine {
+    double dot = 0, got_sq = 0, want_sq = 0;
+    void add(const float *got, const float *want, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+            dot += (double)got[i] * want[i];
+            got_sq += (double)got[i] * got[i];
+            want_sq += (double)want[i] * want[i];
+        }
+    }
+    // cos = <got, want> / (|got| |want|)
+    double value() const { return dot / sqrt(got_sq * want_sq); }
+};
+
+// One micro-batch of model on both paths; checks the loss, every gradient
+// tensor's cosine (> min_cosine) and that of all of them together (> min_total).
+static void compare_step(Model &model, const Batch &batch, float dropout, int recompute,
+                         AttentionKernel attention, double min_cosine, double min_total, uint64_t seed) {
+    const Config &c = model.config;
     std::string kind = attention == ATTENTION_FLASH ? "flash" : "simple";
     INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias
                   << ", attention " << kind);
-    char err[256];
-    Model model;
-    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
     int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet cpu_lora, gpu_lora;
     REQUIRE(lora_set_init(&cpu_lora, &c, enabled, 8, 16.0f, 0, dropout, seed) == 0);
     REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, dropout, seed) == 0);
     randomize_B(&cpu_lora, seed);
     randomize_B(&gpu_lora, seed);
-    std::vector<int> tokens, targets;
-    random_batch(tokens, targets, n_seqs, seq_len, c.vocab_size, seed);
-    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
     StepOptions opt = {8, 2.0f, dropout, seed * 31 + 7, recompute};
+    int n_seqs = batch.n_seqs, seq_len = batch.seq_len;
 
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
@@ -114,36 +140,117 @@ static void compare_step(const Config &c, int n_seqs, int seq_len, float dropout
     // bf16 activations: the summed loss within 1e-2 relative
     CHECK(fabs(gpu_loss_sum - cpu_loss) <= 1e-2 * fabs(cpu_loss));
     double worst = 1.0;
+    int under_0999 = 0;
+    TotalCosine total;
     for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
         LoraAdapter *ca = &cpu_lora.adapters[i], *ga = &gpu_lora.adapters[i];
-        double cos_a = cosine_similarity(ga->dA, ca->dA, (size_t)ca->rank * ca->in_dim);
-        double cos_b = cosine_similarity(ga->dB, ca->dB, (size_t)ca->out_dim * ca->rank);
+        size_t na = (size_t)ca->rank * ca->in_dim, nb = (size_t)ca->out_dim * ca->rank;
+        double cos_a = cosine_similarity(ga->dA, ca->dA, na);
+        double cos_b = cosine_similarity(ga->dB, ca->dB, nb);
+        total.add(ga->dA, ca->dA, na);
+        total.add(ga->dB, ca->dB, nb);
+        under_0999 += (cos_a <= 0.999) + (cos_b <= 0.999);
         std::string target = LORA_TARGET_NAMES[i % N_TARGETS];
         INFO("layer " << i / N_TARGETS << " " << target << ": cos dA " << cos_a << ", cos dB " << cos_b);
         CHECK(cos_a > min_cosine);
         CHECK(cos_b > min_cosine);
         worst = fmin(worst, fmin(cos_a, cos_b));
     }
+    CHECK(total.value() > min_total);
     MESSAGE(kind << " attention: loss cpu " << cpu_loss << " gpu " << gpu_loss_sum << ", worst gradient cosine "
-                 << worst);
+                 << worst << ", all together " << total.value() << ", " << under_0999 << " of "
+                 << 2 * c.n_layers * N_TARGETS << " tensors at or under 0.999");
     base_weights_free(&base);
     lora_set_free(&cpu_lora);
     lora_set_free(&gpu_lora);
+}
+
+// A random model of shape c on a random batch of n_seqs x seq_len tokens.
+static void compare_random_step(const Config &c, int n_seqs, int seq_len, float dropout, int recompute,
+                                AttentionKernel attention, double min_cosine, double min_total, uint64_t seed) {
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    std::vector<int> tokens, targets;
+    random_batch(tokens, targets, n_seqs, seq_len, c.vocab_size, seed);
+    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
+    compare_step(model, batch, dropout, recompute, attention, min_cosine, min_total, seed);
+    model_free(&model);
+}
+
+// Appends text's tokens to seq; their targets (the next token) count only
+// when answer is set, as in answer-only RAFT data.
+static void append_text(const Tokenizer *tok, const char *text, int answer, std::vector<int> &seq,
+                        std::vector<int> &counted) {
+    int *ids = NULL;
+    int n = tokenizer_encode(tok, text, strlen(text), 0, &ids);
+    REQUIRE(n > 0);
+    for (int i = 0; i < n; i++) {
+        seq.push_back(ids[i]);
+        counted.push_back(answer);
+    }
+    free(ids);
+}
+
+// Two question + document + answer samples, padded to one length; targets
+// are the next token on the answer's positions and -100 elsewhere.
+static void answer_only_batch(const Tokenizer *tok, std::vector<int> &tokens, std::vector<int> &targets,
+                              int *seq_len) {
+    const char *samples[2][2] = {
+        {"Document: The Debian package manager dpkg installs .deb files; apt fetches them and their "
+         "dependencies from the archive.\nQuestion: Which tool downloads the dependencies of a package?\nAnswer:",
+         " apt downloads a package and its dependencies from the Debian archive, and dpkg installs them."},
+        {"Document: Debian releases are named after characters from the Toy Story films; the unstable "
+         "distribution is always called sid.\nQuestion: What is the unstable distribution called?\nAnswer:",
+         " It is always called sid, after the boy next door in Toy Story."}};
+    std::vector<int> seqs[2], counted[2];
+    for (int s = 0; s < 2; s++) {
+        append_text(tok, samples[s][0], 0, seqs[s], counted[s]);
+        append_text(tok, samples[s][1], 1, seqs[s], counted[s]);
+    }
+    *seq_len = (int)std::max(seqs[0].size(), seqs[1].size());
+    int pad = tokenizer_eos_id(tok) >= 0 ? tokenizer_eos_id(tok) : 0;
+    for (int s = 0; s < 2; s++)
+        for (int t = 0; t < *seq_len; t++) {
+            int has_next = t + 1 < (int)seqs[s].size();
+            tokens.push_back(t < (int)seqs[s].size() ? seqs[s][t] : pad);
+            targets.push_back(has_next && counted[s][t + 1] ? seqs[s][t + 1] : -100);
+        }
+}
+
+TEST_CASE("gpu train step: the default model on an answer-only batch of text equals the CPU path") {
+    std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    FILE *f = fopen(path.c_str(), "rb");
+    if (!f) {
+        MESSAGE("not run: " << path << " is missing (make fetch)");
+        return;
+    }
+    fclose(f);
+    char err[512];
+    Model model;
+    REQUIRE_MESSAGE(model_load(&model, path.c_str(), err, sizeof err) == 0, err);
+    std::vector<int> tokens, targets;
+    int seq_len = 0;
+    answer_only_batch(model.tokenizer, tokens, targets, &seq_len);
+    Batch batch = {tokens.data(), targets.data(), 2, seq_len};
+    uint64_t seed = fresh_seed();
+    compare_step(model, batch, 0.05f, 1, ATTENTION_FLASH, 0.98, 0.997, seed);
+    compare_step(model, batch, 0.05f, 1, ATTENTION_SIMPLE, 0.98, 0.997, seed);
     model_free(&model);
 }
 
 TEST_CASE("gpu train step: loss and LoRA gradients equal the CPU path (small model, NF4 + DQ)") {
     uint64_t seed = fresh_seed();
-    compare_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, 0.999, seed);
-    compare_step(small_config(0), 2, 33, 0.1f, 0, ATTENTION_FLASH, 0.999, seed + 1);
-    compare_step(small_config(0), 3, 20, 0.1f, 1, ATTENTION_SIMPLE, 0.999, seed + 2);
-    compare_step(small_config(1), 2, 33, 0.0f, 1, ATTENTION_FLASH, 0.999, seed + 3);
+    compare_random_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed);
+    compare_random_step(small_config(0), 2, 33, 0.1f, 0, ATTENTION_FLASH, 0.999, 0.9998, seed + 1);
+    compare_random_step(small_config(0), 3, 20, 0.1f, 1, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2);
+    compare_random_step(small_config(1), 2, 33, 0.0f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 3);
 }
 
 TEST_CASE("gpu train step: SmolLM2-135M shape with random weights equals the CPU path") {
     uint64_t seed = fresh_seed();
-    compare_step(smollm2_135m_config(), 2, 64, 0.05f, 1, ATTENTION_FLASH, 0.999, seed);
-    compare_step(smollm2_135m_config(), 2, 64, 0.05f, 1, ATTENTION_SIMPLE, 0.998, seed);
+    compare_random_step(smollm2_135m_config(), 2, 64, 0.05f, 1, ATTENTION_FLASH, 0.997, 0.9998, seed);
+    compare_random_step(smollm2_135m_config(), 2, 64, 0.05f, 1, ATTENTION_SIMPLE, 0.997, 0.9998, seed);
 }
 
 TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
