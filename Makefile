@@ -86,9 +86,10 @@ $(DEFAULT_DATA): prepare dev/fetch_faq.sh data/faq/SHA256SUMS | fetch
 
 # ---- tests: CPU tests built with g++ and the sanitizers --------------------
 TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
-# The numeric loops (layers, forward) run billions of iterations in the model
-# tests: there UBSan's per-operation checks would cost minutes, so they get
-# ASan only, at full optimisation.
+# The numeric loops (the files in NUMERIC_CU) run billions of iterations in the
+# model tests: there UBSan's per-operation checks would cost minutes, so they
+# get ASan only, at full optimisation. Every other file gets both.
+NUMERIC_CU = layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu
 NUMERIC_TEST_FLAGS = -O3 -march=native -g -fsanitize=address --param asan-stack=0 -fno-omit-frame-pointer -fopenmp
 TEST_SRC   = $(wildcard test/test_*.cpp)
 TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
@@ -97,6 +98,8 @@ TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
 build/test/%.o: %.c | build
 	$(CC) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
 build/test/%.o: %.cu | build
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+$(NUMERIC_CU:%.cu=build/test/%.o): build/test/%.o: %.cu | build
 	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
 build/test/%.o: test/%.cpp | build
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -MMD -MP -c $< -o $@

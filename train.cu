@@ -493,6 +493,35 @@ static void history_load(LossHistory *h, const char *log_path, int max_rows) {
     fclose(f);
 }
 
+// A run interrupted after its last checkpoint has logged steps that the
+// resumed run does again: keep only the header and the rows up to step
+// (written to a temporary file, then renamed over the log). No log: nothing to do.
+static int log_keep_until(const char *log_path, int step) {
+    FILE *in = fopen(log_path, "r");
+    if (!in) return 0;
+    char tmp_path[4200];
+    snprintf(tmp_path, sizeof tmp_path, "%s.tmp", log_path);
+    FILE *out = fopen(tmp_path, "w");
+    if (!out) {
+        fprintf(stderr, "train: %s: cannot create: %s\n", tmp_path, strerror(errno));
+        fclose(in);
+        return -1;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, in)) {
+        char *end;
+        long row_step = strtol(line, &end, 10);
+        int is_header = end == line;
+        if (is_header || row_step <= step) fputs(line, out);
+    }
+    fclose(in);
+    if (fclose(out) != 0 || rename(tmp_path, log_path) != 0) {
+        fprintf(stderr, "train: %s: cannot write: %s\n", log_path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static void plot_history(const LossHistory *h, const char *out_dir) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s/loss.svg", out_dir);
@@ -797,15 +826,20 @@ int main(int argc, char **argv) {
     nf4_print_memory_story(c, stdout);
     if (!engine.on_gpu) {
         if (base_weights_init(&engine.base, &model, quant, o.double_quant) != 0) {
-            fprintf(stderr, "train: out of memory quantizing the base\n");
-            return 1;
+            fprintf(stderr, "train: out of memory: the base weights (%s) did not fit%s\n",
+                    quant == QUANT_NF4 ? "NF4" : "fp32", quant == QUANT_NF4 ? "" : "; --quant nf4 needs about 8x less");
+            return 3;
         }
         printf("base: %s, linear weights %.1f MB in memory for training\n",
                quant == QUANT_NF4 ? (o.double_quant ? "NF4 + double quant" : "NF4") : "fp32 (no quantization)",
                base_weights_linear_bytes(&engine.base) / 1e6);
     }
     Trainable tr;
-    if (trainable_init(&tr, c, &o, enabled) != 0) { fprintf(stderr, "train: out of memory for the adapters\n"); return 1; }
+    if (trainable_init(&tr, c, &o, enabled) != 0) {
+        fprintf(stderr, "train: out of memory: the LoRA adapters and AdamW moments (rank %d) did not fit; lower --rank "
+                        "or --targets\n", o.rank);
+        return 3;
+    }
     size_t n_lora = lora_set_num_params(&tr.lora);
     printf("lora: rank %d, alpha %g, targets %s: %zu trainable parameters (%.3f%% of %zu)\n", o.rank, o.alpha,
            o.targets, n_lora, 100.0 * n_lora / (double)(model_num_params(c) + n_lora), model_num_params(c));
@@ -849,6 +883,7 @@ int main(int argc, char **argv) {
     }
     char log_path[4096];
     snprintf(log_path, sizeof log_path, "%s/log.csv", o.out_dir);
+    if (progress.step > 0 && log_keep_until(log_path, progress.step) != 0) return 1;
     FILE *log = fopen(log_path, progress.step > 0 ? "a" : "w");
     if (!log) { fprintf(stderr, "train: cannot write %s: %s\n", log_path, strerror(errno)); return 1; }
     fseek(log, 0, SEEK_END);

@@ -6,7 +6,8 @@
 #             model is there)
 #   repeat    the whole-step tests 8 more times (fresh seeds): flaky tolerances
 #   memcheck  compute-sanitizer memcheck over the GPU tests (the two 30-layer
-#             SmolLM2-shape tests and the 20-step curve excluded: too slow there)
+#             ones, SmolLM2's shape and the default model, and the 20-step
+#             curve excluded: too slow there)
 #   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels)
 #   bench     ours vs HF transformers + peft on the same random-weight file:
 #             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1)
@@ -69,7 +70,7 @@ for s in $stages; do
         echo "repeat: $failed of 8 runs failed"
         ;;
     memcheck)
-        compute-sanitizer --tool memcheck ./build/test_gpu -tce="*SmolLM2*,*20 AdamW*" >"$OUT/memcheck.log" 2>&1
+        compute-sanitizer --tool memcheck ./build/test_gpu -tce="*SmolLM2*,*default model*,*20 AdamW*" >"$OUT/memcheck.log" 2>&1
         grep -E "ERROR SUMMARY|test cases|passed" "$OUT/memcheck.log" | tail -3
         ;;
     kernels)

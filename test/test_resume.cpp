@@ -54,6 +54,7 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     REQUIRE(system((common + " --out " + d + "/part --stop-at 1" + quiet).c_str()) == 0);
     std::vector<std::string> paused = logged_steps(d + "/part/log.csv");
     CHECK(paused.size() == 1);
+    std::filesystem::copy_file(d + "/part/checkpoint.bin", d + "/step1.bin");
     // --out defaults to the --resume folder
     REQUIRE(system((common + " --resume " + d + "/part" + quiet).c_str()) == 0);
     std::vector<std::string> full = logged_steps(d + "/full/log.csv");
@@ -63,6 +64,12 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     for (const std::string &row : full) full_text += row + "\n";
     for (const std::string &row : resumed) resumed_text += row + "\n";
     CHECK_MESSAGE(resumed == full, "uninterrupted:\n", full_text, "paused + resumed:\n", resumed_text);
+    // interrupted after a checkpoint (steps 2 and 3 logged, the checkpoint at 1):
+    // the resumed run does steps 2 and 3 again, and the log holds each step once
+    std::filesystem::copy_file(d + "/step1.bin", d + "/part/checkpoint.bin",
+                               std::filesystem::copy_options::overwrite_existing);
+    REQUIRE(system((common + " --resume " + d + "/part" + quiet).c_str()) == 0);
+    CHECK(logged_steps(d + "/part/log.csv") == full);
     // a checkpoint of another shape is refused with a clear message
     int status = system((common + " --rank 8 --out " + d + "/other --resume " + d + "/part" + quiet).c_str());
     CHECK(status != 0);
@@ -141,6 +148,16 @@ TEST_CASE("train: host memory running out is a message naming the buffer and exi
     std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
     CHECK_MESSAGE(text.find("out of memory: activations") != std::string::npos, text);
     CHECK_MESSAGE(text.find("Lower --batch or --seq") != std::string::npos, text);
+    // nor rank-192 adapters with their gradients and AdamW moments
+    command = "sh -c 'ulimit -v 2000000; exec ./train --data data/sample_raft.jsonl --steps 1 --rank 192 "
+              "--device cpu --out " + d + "/run' > " + log + " 2>&1";
+    status = system(command.c_str());
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 3);
+    std::ifstream out_rank(log);
+    text.assign(std::istreambuf_iterator<char>(out_rank), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(text.find("out of memory: the LoRA adapters and AdamW moments (rank 192)") != std::string::npos,
+                  text);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
