@@ -221,17 +221,22 @@ static void answer_only_batch(const Tokenizer *tok, std::vector<int> &tokens, st
         }
 }
 
-TEST_CASE("gpu train step: the default model on an answer-only batch of text equals the CPU path") {
-    std::string path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    FILE *f = fopen(path.c_str(), "rb");
-    if (!f) {
-        MESSAGE("not run: " << path << " is missing (make fetch)");
-        return;
-    }
+static const char *const DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+// `make test` fetches the default model; `make test-gpu` does not need it, and
+// counts this test as skipped without it.
+static bool default_model_missing(void) {
+    FILE *f = fopen(DEFAULT_MODEL, "rb");
+    if (!f) return true;
     fclose(f);
+    return false;
+}
+
+TEST_CASE("gpu train step: the default model on an answer-only batch of text equals the CPU path" *
+          doctest::skip(default_model_missing())) {
     char err[512];
     Model model;
-    REQUIRE_MESSAGE(model_load(&model, path.c_str(), err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_load(&model, DEFAULT_MODEL, err, sizeof err) == 0, err);
     std::vector<int> tokens, targets;
     int seq_len = 0;
     answer_only_batch(model.tokenizer, tokens, targets, &seq_len);
