@@ -17,7 +17,7 @@ std::vector<float> random_vector(size_t n, uint64_t seed, float scale);
 void round_to_bf16(std::vector<float> &x);
 
 // Largest |got - want| divided by the largest |want| (a relative error for
-// the tensor as a whole; NaN or Inf in got gives infinity).
+// the tensor as a whole; NaN or Inf in either gives infinity).
 double max_relative_error(const float *got, const float *want, size_t n);
 // cos(got, want) over the whole tensor, in double.
 double cosine_similarity(const float *got, const float *want, size_t n);

@@ -23,14 +23,15 @@ static double max_elementwise_relative_error(const float *got, const float *want
 // other does not. params and m are compared relative to the tensor's largest
 // value (m can cancel to near zero when g changes sign; so can p - update),
 // v element by element (a sum of non-negative terms: no cancellation).
-TEST_CASE("gpu: AdamW steps match adamw_step_cpu") {
+// Three steps on n parameters, the first numbered first_step + 1 (m and v start at 0).
+static void check_adamw_steps(size_t n, float weight_decay, int64_t first_step) {
     uint64_t seed = fresh_seed();
-    INFO("seed " << seed);
-    size_t n = 100003;   // not a multiple of the block size
+    INFO("seed " << seed << ", n " << n << ", weight decay " << weight_decay << ", first step " << first_step + 1);
     AdamWConfig c = adamw_default_config();
-    c.weight_decay = 0.1f;
+    c.weight_decay = weight_decay;
     AdamWState cpu;
     REQUIRE(adamw_init(&cpu, n) == 0);
+    cpu.step = first_step;
     std::vector<float> params = random_vector(n, seed, 1.0f);
     float *d_params = upload_floats(params, "params");
     float *d_m = upload_floats(std::vector<float>(n, 0.0f), "m");
@@ -38,8 +39,11 @@ TEST_CASE("gpu: AdamW steps match adamw_step_cpu") {
     // large learning rates, so that the update is a visible part of p
     const float lrs[] = {0.05f, 0.03f, 0.01f};
     for (int step = 0; step < 3; step++) {
-        INFO("step " << step + 1);
+        INFO("step " << cpu.step + 1);
         std::vector<float> grads = random_vector(n, seed + 1 + step, 1.0f);
+        // one parameter has no larger one to measure its error against: g of the
+        // sign opposite to p's, so that m never cancels and p moves away from 0
+        if (n == 1) grads[0] = params[0] > 0.0f ? -fabsf(grads[0]) : fabsf(grads[0]);
         float *d_grads = upload_floats(grads, "grads");
         adamw_step_cpu(params.data(), grads.data(), &cpu, &c, lrs[step]);
         adamw_step_gpu(d_params, d_grads, d_m, d_v, n, cpu.step, &c, lrs[step]);
@@ -54,6 +58,14 @@ TEST_CASE("gpu: AdamW steps match adamw_step_cpu") {
     gpu_free(d_m);
     gpu_free(d_v);
     adamw_free(&cpu);
+}
+
+TEST_CASE("gpu: AdamW steps match adamw_step_cpu") {
+    const size_t counts[] = {1, 255, 257, 100003};   // one element; a block less one; one more; many blocks
+    for (size_t n : counts) check_adamw_steps(n, 0.1f, 0);
+    // no weight decay (decay factor exactly 1), steps 998-1000: 1 - b1^t = 1 to
+    // float precision, sqrt(1 - b2^t) about 0.8
+    check_adamw_steps(100003, 0.0f, 997);
 }
 
 // Tolerance 1e-12 relative: every square is exact in double, and both sums
@@ -80,15 +92,18 @@ TEST_CASE("gpu: sum_squares_gpu matches a double sum and is the same on every ru
 TEST_CASE("gpu: scale_gpu multiplies exactly as the CPU") {
     uint64_t seed = fresh_seed();
     INFO("seed " << seed);
-    size_t n = 100003;
-    std::vector<float> x = random_vector(n, seed, 10.0f);
-    float *d_x = upload_floats(x, "x");
-    float scale = 0.37f;
-    scale_gpu(d_x, n, scale);
-    std::vector<float> got = download_floats(d_x, n);
-    gpu_free(d_x);
-    // x[i] *= scale, one IEEE multiply on each side: bitwise equal
-    size_t mismatches = 0;
-    for (size_t i = 0; i < n; i++) mismatches += got[i] != x[i] * scale;
-    CHECK(mismatches == 0);
+    const size_t counts[] = {1, 255, 257, 100003};   // one element; a block less one; one more; many blocks
+    for (size_t n : counts) {
+        INFO("n " << n);
+        std::vector<float> x = random_vector(n, seed + n, 10.0f);
+        float *d_x = upload_floats(x, "x");
+        float scale = 0.37f;
+        scale_gpu(d_x, n, scale);
+        std::vector<float> got = download_floats(d_x, n);
+        gpu_free(d_x);
+        // x[i] *= scale, one IEEE multiply on each side: bitwise equal
+        size_t mismatches = 0;
+        for (size_t i = 0; i < n; i++) mismatches += got[i] != x[i] * scale;
+        CHECK(mismatches == 0);
+    }
 }

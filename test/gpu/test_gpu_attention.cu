@@ -14,8 +14,11 @@ struct AttentionShape {
 
 // seq_len 37, 200 and 1 are not multiples of the flash tile (32); head_dim 36 is
 // not a multiple of its 8 threads per row; groups of 3, 1, 2 and 4 query heads.
+// seq_len 300 and 513: rows longer than the simple kind's 256-thread softmax
+// blocks, so their loops over a row take a second (and, at 513, a third) pass.
 const AttentionShape shapes[] = {
     {2, 37, 9, 3, 64}, {1, 128, 4, 4, 128}, {3, 1, 2, 1, 64}, {1, 200, 8, 2, 64}, {2, 45, 6, 2, 36},
+    {1, 300, 4, 2, 64}, {2, 513, 2, 1, 64},
 };
 
 struct AttentionInputs {

@@ -6,24 +6,27 @@
 TEST_CASE("gpu: float <-> bf16 conversion kernels round to nearest even and back exactly") {
     uint64_t seed = fresh_seed();
     INFO("seed " << seed);
-    size_t n = 1000003;   // not a multiple of the block size
-    std::vector<float> x = random_vector(n, seed, 100.0f);
-    float *d_x = upload_floats(x, "x");
-    bf16 *d_b = (bf16 *)gpu_malloc(sizeof(bf16) * n, "b");
-    float *d_back = (float *)gpu_malloc(sizeof(float) * n, "back");
-    gpu_poison(d_b, sizeof(bf16) * n);
-    gpu_poison(d_back, sizeof(float) * n);
-    float_to_bf16_gpu(d_b, d_x, n);
-    bf16_to_float_gpu(d_back, d_b, n);
-    std::vector<float> back = download_floats(d_back, n);
-    std::vector<float> want = x;
-    round_to_bf16(want);
-    size_t mismatches = 0;
-    for (size_t i = 0; i < n; i++) mismatches += back[i] != want[i];
-    CHECK(mismatches == 0);
-    gpu_free(d_x);
-    gpu_free(d_b);
-    gpu_free(d_back);
+    const size_t counts[] = {1, 255, 257, 1000003};   // one element; a block less one; one more; not a multiple
+    for (size_t n : counts) {
+        INFO("n " << n);
+        std::vector<float> x = random_vector(n, seed + n, 100.0f);
+        float *d_x = upload_floats(x, "x");
+        bf16 *d_b = (bf16 *)gpu_malloc(sizeof(bf16) * n, "b");
+        float *d_back = (float *)gpu_malloc(sizeof(float) * n, "back");
+        gpu_poison(d_b, sizeof(bf16) * n);
+        gpu_poison(d_back, sizeof(float) * n);
+        float_to_bf16_gpu(d_b, d_x, n);
+        bf16_to_float_gpu(d_back, d_b, n);
+        std::vector<float> back = download_floats(d_back, n);
+        std::vector<float> want = x;
+        round_to_bf16(want);
+        size_t mismatches = 0;
+        for (size_t i = 0; i < n; i++) mismatches += back[i] != want[i];
+        CHECK(mismatches == 0);
+        gpu_free(d_x);
+        gpu_free(d_b);
+        gpu_free(d_back);
+    }
 }
 
 TEST_CASE("gpu: allocations are tracked, poison reads as NaN") {

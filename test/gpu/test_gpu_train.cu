@@ -107,32 +107,41 @@ struct TotalCosine {
     double value() const { return dot / sqrt(got_sq * want_sq); }
 };
 
+// The base's precision and the adapted projections: NF4 + double quant on all
+// seven unless a test says otherwise.
+struct BaseAndTargets {
+    QuantMode quant = QUANT_NF4;
+    int double_quant = 1;
+    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+};
+
 // One micro-batch of model on both paths; checks the loss, every gradient
 // tensor's cosine (> min_cosine) and that of all of them together (> min_total).
-static void compare_step(Model &model, const Batch &batch, float dropout, int recompute,
-                         AttentionKernel attention, double min_cosine, double min_total, uint64_t seed) {
+static void compare_step(Model &model, const Batch &batch, float dropout, int recompute, AttentionKernel attention,
+                         double min_cosine, double min_total, uint64_t seed,
+                         const BaseAndTargets &variant = BaseAndTargets()) {
     const Config &c = model.config;
     std::string kind = attention == ATTENTION_FLASH ? "flash" : "simple";
     INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias
-                  << ", attention " << kind);
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+                  << ", attention " << kind << ", quant " << std::string(variant.quant == QUANT_NF4 ? "nf4" : "none")
+                  << ", double quant " << variant.double_quant);
     LoraSet cpu_lora, gpu_lora;
-    REQUIRE(lora_set_init(&cpu_lora, &c, enabled, 8, 16.0f, 0, dropout, seed) == 0);
-    REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, dropout, seed) == 0);
+    REQUIRE(lora_set_init(&cpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed) == 0);
+    REQUIRE(lora_set_init(&gpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed) == 0);
     randomize_B(&cpu_lora, seed);
     randomize_B(&gpu_lora, seed);
     StepOptions opt = {8, 2.0f, dropout, seed * 31 + 7, recompute};
     int n_seqs = batch.n_seqs, seq_len = batch.seq_len;
 
     BaseWeights base;
-    REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
+    REQUIRE(base_weights_init(&base, &model, variant.quant, variant.double_quant) == 0);
     std::vector<AdapterParams<float>> views = adapter_views(&cpu_lora);
     int cpu_counted = 0, gpu_counted = 0;
     double grad_scale = 0.01;
     double cpu_loss = train_step_cpu(&c, &base.source, views.data(), &opt, &batch, grad_scale, &cpu_counted);
 
     GpuTrainer g;
-    gpu_trainer_init(&g, &model, QUANT_NF4, 1, &gpu_lora, &opt, n_seqs, seq_len);
+    gpu_trainer_init(&g, &model, variant.quant, variant.double_quant, &gpu_lora, &opt, n_seqs, seq_len);
     gpu_trainer_set_attention(&g, attention);
     gpu_zero_grads(&g);
     double gpu_loss_sum = gpu_train_micro_batch(&g, &batch, opt.dropout_seed, grad_scale, &gpu_counted);
@@ -143,10 +152,12 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
     // bf16 activations: the summed loss within 1e-2 relative
     CHECK(fabs(gpu_loss_sum - cpu_loss) <= 1e-2 * fabs(cpu_loss));
     double worst = 1.0;
-    int under_0999 = 0;
+    int under_0999 = 0, n_tensors = 0;
     TotalCosine total;
     for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
         LoraAdapter *ca = &cpu_lora.adapters[i], *ga = &gpu_lora.adapters[i];
+        if (!ca->A) continue;   // a target without an adapter
+        n_tensors += 2;
         size_t na = (size_t)ca->rank * ca->in_dim, nb = (size_t)ca->out_dim * ca->rank;
         double cos_a = cosine_similarity(ga->dA, ca->dA, na);
         double cos_b = cosine_similarity(ga->dB, ca->dB, nb);
@@ -161,8 +172,8 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
     }
     CHECK(total.value() > min_total);
     MESSAGE(kind << " attention: loss cpu " << cpu_loss << " gpu " << gpu_loss_sum << ", worst gradient cosine "
-                 << worst << ", all together " << total.value() << ", " << under_0999 << " of "
-                 << 2 * c.n_layers * N_TARGETS << " tensors at or under 0.999");
+                 << worst << ", all together " << total.value() << ", " << under_0999 << " of " << n_tensors
+                 << " tensors at or under 0.999");
     base_weights_free(&base);
     lora_set_free(&cpu_lora);
     lora_set_free(&gpu_lora);
@@ -170,14 +181,15 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
 
 // A random model of shape c on a random batch of n_seqs x seq_len tokens.
 static void compare_random_step(const Config &c, int n_seqs, int seq_len, float dropout, int recompute,
-                                AttentionKernel attention, double min_cosine, double min_total, uint64_t seed) {
+                                AttentionKernel attention, double min_cosine, double min_total, uint64_t seed,
+                                const BaseAndTargets &variant = BaseAndTargets()) {
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, n_seqs, seq_len, c.vocab_size, seed);
     Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
-    compare_step(model, batch, dropout, recompute, attention, min_cosine, min_total, seed);
+    compare_step(model, batch, dropout, recompute, attention, min_cosine, min_total, seed, variant);
     model_free(&model);
 }
 
@@ -253,6 +265,133 @@ TEST_CASE("gpu train step: loss and LoRA gradients equal the CPU path (small mod
     compare_random_step(small_config(0), 2, 33, 0.1f, 0, ATTENTION_FLASH, 0.999, 0.9998, seed + 1);
     compare_random_step(small_config(0), 3, 20, 0.1f, 1, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2);
     compare_random_step(small_config(1), 2, 33, 0.0f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 3);
+}
+
+TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and v adapted (small model)") {
+    uint64_t seed = fresh_seed();
+    BaseAndTargets bf16_base, nf4_plain, q_and_v;
+    bf16_base.quant = QUANT_NONE;
+    nf4_plain.double_quant = 0;
+    for (int t = 0; t < N_TARGETS; t++) q_and_v.enabled[t] = t == TARGET_Q || t == TARGET_V;
+    compare_random_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed, bf16_base);
+    compare_random_step(small_config(0), 2, 33, 0.1f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 1, nf4_plain);
+    compare_random_step(small_config(1), 2, 33, 0.1f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2, q_and_v);
+}
+
+// Every gradient tensor of set, for the CPU's global_grad_norm and scale_grads_cpu.
+static void gradient_tensors(LoraSet *set, std::vector<float *> &grads, std::vector<size_t> &sizes) {
+    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+        LoraAdapter *a = &set->adapters[i];
+        if (!a->A) continue;
+        grads.push_back(a->dA);
+        sizes.push_back((size_t)a->rank * a->in_dim);
+        grads.push_back(a->dB);
+        sizes.push_back((size_t)a->out_dim * a->rank);
+    }
+}
+
+// What ./train calls besides the micro-batch: the validation loss, the global
+// gradient norm, the clipping scale, and the upload of a resumed checkpoint.
+TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resume upload equal the host's") {
+    uint64_t seed = fresh_seed();
+    INFO("seed " << seed);
+    Config c = small_config(0);
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    LoraSet lora;
+    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    randomize_B(&lora, seed);
+    std::vector<int> tokens, targets;
+    random_batch(tokens, targets, 2, 33, c.vocab_size, seed);
+    Batch batch = {tokens.data(), targets.data(), 2, 33};
+    StepOptions opt = {8, 2.0f, 0.0f, 0, 0};
+    BaseWeights base;
+    REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
+    std::vector<AdapterParams<float>> views = adapter_views(&lora);
+    int cpu_counted = 0, val_counted = 0, train_counted = 0;
+    double cpu_loss = loss_cpu(&c, &base.source, views.data(), &opt, &batch, &cpu_counted);
+
+    GpuTrainer g;
+    gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, 2, 33);
+    // the validation loss: the CPU's within bf16's 1e-2, and the training step's (the same forward)
+    double val_loss = gpu_loss(&g, &batch, &val_counted);
+    CHECK(val_counted == cpu_counted);
+    CHECK(fabs(val_loss - cpu_loss) <= 1e-2 * fabs(cpu_loss));
+    gpu_zero_grads(&g);
+    double train_loss = gpu_train_micro_batch(&g, &batch, 0, 1.0, &train_counted);
+    CHECK(train_counted == val_counted);
+    CHECK(fabs(train_loss - val_loss) <= 1e-4 * fabs(val_loss));
+
+    // the global gradient norm of the gradients as downloaded (both sum in double)
+    gpu_download_lora(&g, &lora, NULL);
+    std::vector<float *> grads;
+    std::vector<size_t> sizes;
+    gradient_tensors(&lora, grads, sizes);
+    double norm = global_grad_norm(grads.data(), sizes.data(), (int)grads.size());
+    CHECK(norm > 0.0);
+    CHECK(fabs(gpu_grad_norm(&g) - norm) <= 1e-12 * norm);
+    // clipping's scale: g = g * s in fp32 on both, so bit for bit
+    scale_grads_cpu(grads.data(), sizes.data(), (int)grads.size(), 0.37f);
+    gpu_scale_grads(&g, 0.37f);
+    LoraSet scaled;
+    REQUIRE(lora_set_init(&scaled, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    gpu_download_lora(&g, &scaled, NULL);
+    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+        LoraAdapter *want = &lora.adapters[i], *got = &scaled.adapters[i];
+        CHECK(memcmp(got->dA, want->dA, sizeof(float) * want->rank * want->in_dim) == 0);
+        CHECK(memcmp(got->dB, want->dB, sizeof(float) * want->out_dim * want->rank) == 0);
+    }
+
+    // a resumed checkpoint: parameters, moments and step go up and come back bit for bit
+    int n_adapters = c.n_layers * N_TARGETS;
+    std::vector<AdamWState> moments(2 * n_adapters), moments_back(2 * n_adapters);
+    for (int i = 0; i < n_adapters; i++) {
+        LoraAdapter *a = &lora.adapters[i];
+        size_t sizes_ab[2] = {(size_t)a->rank * a->in_dim, (size_t)a->out_dim * a->rank};
+        float *params[2] = {a->A, a->B};
+        for (int k = 0; k < 2; k++) {
+            std::vector<float> p = random_vector(sizes_ab[k], seed + 100 * i + k, 0.1f);
+            std::vector<float> m = random_vector(sizes_ab[k], seed + 100 * i + k + 2, 0.01f);
+            std::vector<float> v = random_vector(sizes_ab[k], seed + 100 * i + k + 4, 0.01f);
+            memcpy(params[k], p.data(), sizeof(float) * p.size());
+            REQUIRE(adamw_init(&moments[2 * i + k], sizes_ab[k]) == 0);
+            REQUIRE(adamw_init(&moments_back[2 * i + k], sizes_ab[k]) == 0);
+            for (size_t j = 0; j < sizes_ab[k]; j++) {
+                moments[2 * i + k].m[j] = m[j];
+                moments[2 * i + k].v[j] = v[j] * v[j];
+            }
+            moments[2 * i + k].step = 7;
+        }
+    }
+    gpu_upload_lora(&g, &lora, moments.data());
+    // the next step uses the uploaded values (the bf16 copy is refreshed): the CPU's gradient norm
+    lora_set_zero_grads(&lora);
+    train_step_cpu(&c, &base.source, views.data(), &opt, &batch, 1.0, &cpu_counted);
+    double resumed_norm = global_grad_norm(grads.data(), sizes.data(), (int)grads.size());
+    gpu_zero_grads(&g);
+    gpu_train_micro_batch(&g, &batch, 0, 1.0, &train_counted);
+    CHECK(fabs(gpu_grad_norm(&g) - resumed_norm) <= 1e-2 * resumed_norm);
+    gpu_download_lora(&g, &scaled, moments_back.data());
+    for (int i = 0; i < n_adapters; i++) {
+        LoraAdapter *want = &lora.adapters[i], *got = &scaled.adapters[i];
+        CHECK(memcmp(got->A, want->A, sizeof(float) * want->rank * want->in_dim) == 0);
+        CHECK(memcmp(got->B, want->B, sizeof(float) * want->out_dim * want->rank) == 0);
+        for (int k = 0; k < 2; k++) {
+            const AdamWState &sent = moments[2 * i + k], &back = moments_back[2 * i + k];
+            CHECK(back.step == 7);
+            CHECK(memcmp(back.m, sent.m, sizeof(float) * sent.n) == 0);
+            CHECK(memcmp(back.v, sent.v, sizeof(float) * sent.n) == 0);
+        }
+    }
+    gpu_trainer_free(&g);
+    for (AdamWState &m : moments) adamw_free(&m);
+    for (AdamWState &m : moments_back) adamw_free(&m);
+    base_weights_free(&base);
+    lora_set_free(&lora);
+    lora_set_free(&scaled);
+    model_free(&model);
 }
 
 TEST_CASE("gpu train step: SmolLM2-135M shape with random weights equals the CPU path") {
