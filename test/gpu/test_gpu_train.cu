@@ -450,7 +450,9 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
         double rel = fabs(gpu_loss_value - cpu_loss) / fabs(cpu_loss);
         worst = fmax(worst, rel);
         INFO("step " << step + 1 << ": cpu " << cpu_loss << " gpu " << gpu_loss_value);
-        CHECK(rel < 2e-2);
+        // bf16 differences compound over the steps: the worst gap measured on an
+        // H100 (2026-11-26, 19 runs) was 0.25%; the bar is 4x that
+        CHECK(rel < 1e-2);
         if (step == 0) first_cpu = cpu_loss;
         last_cpu = cpu_loss;
     }
