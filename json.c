@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define JSON_MAX_DEPTH 256
 
@@ -340,6 +341,13 @@ JsonValue *json_parse_file(const char *path, char *err, size_t err_size) {
 char *read_file(const char *path, size_t *len, char *err, size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    // a device (/dev/zero, /dev/urandom) would be read until memory runs out
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode))) {
+        fclose(f);
+        snprintf(err, err_size, "%s: is a device, not a file", path);
+        return NULL;
+    }
     char *data = NULL;
     size_t size = 0, capacity = 0;
     for (;;) {

@@ -160,7 +160,7 @@ static Options parse_args(int argc, char **argv) {
     require(o.steps >= 1, "--steps must be at least 1");
     require(o.epochs >= 0, "--epochs must be at least 0 (0: use --steps)");
     require(o.batch >= 1, "--batch must be at least 1");
-    require(o.grad_accum >= 1, "--grad-accum must be at least 1");
+    require(o.grad_accum >= 1 && o.grad_accum <= 65536, "--grad-accum must be in [1, 65536]");
     require(o.max_seq >= 2, "--seq must be at least 2");
     require(o.rank >= 1, "--rank must be at least 1");
     require(o.eval_every >= 1, "--eval-every must be at least 1");
@@ -173,7 +173,8 @@ static Options parse_args(int argc, char **argv) {
     require(o.lr_min_frac >= 0 && o.lr_min_frac <= 1, "--lr-min-frac must be in [0, 1]");
     require(o.clip >= 0, "--clip must be at least 0 (0: off)");
     require(o.weight_decay >= 0, "--weight-decay must be at least 0");
-    require(o.alpha > 0, "--alpha must be more than 0");
+    require(o.alpha > 0 && o.alpha <= 1e4, "--alpha must be in (0, 10000] (the adapter's scale is alpha / rank; "
+                                          "alpha is usually 1-2x the rank)");
     require(o.lora_dropout >= 0 && o.lora_dropout < 1, "--lora-dropout must be in [0, 1)");
     require(o.val_frac >= 0 && o.val_frac < 1, "--val-frac must be in [0, 1)");
     require(o.gpu_mem_gb > 0, "--gpu-mem must be more than 0");
@@ -320,23 +321,37 @@ static void trainable_free(Trainable *tr) {
     lora_set_free(&tr->lora);
 }
 
-// Names the first adapter gradient holding NaN or Inf, into out.
-static void find_bad_gradient(const Trainable *tr, char *out, size_t size) {
+// Names the first adapter tensor holding NaN or Inf into out: among the
+// gradients (dA, dB), or the weights (A, B) when weights is set. Returns 1 if
+// there is one, else 0 (out: "unknown tensor").
+static int find_bad_tensor(const Trainable *tr, int weights, char *out, size_t size) {
     snprintf(out, size, "unknown tensor");
     for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
         const LoraAdapter *a = &tr->lora.adapters[i];
         if (!a->A) continue;
         for (int which = 0; which < 2; which++) {
-            const float *g = which ? a->dB : a->dA;
+            const float *x = weights ? (which ? a->B : a->A) : (which ? a->dB : a->dA);
             size_t n = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
             for (size_t k = 0; k < n; k++)
-                if (!isfinite(g[k])) {
+                if (!isfinite(x[k])) {
                     snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
                              which ? "B" : "A");
-                    return;
+                    return 1;
                 }
         }
     }
+    return 0;
+}
+
+// Before anything is written: weights that diverged to NaN or Inf would make a
+// checkpoint or adapter that only produces garbage. Returns -1 (message
+// printed) if so; files written earlier are kept.
+static int check_weights_finite(const Trainable *tr, const char *what) {
+    char which[128];
+    if (!find_bad_tensor(tr, 1, which, sizeof which)) return 0;
+    fprintf(stderr, "train: the LoRA weights hold NaN or Inf (first: %s): training diverged; lower --lr or --alpha. "
+                    "Not writing %s\n", which, what);
+    return -1;
 }
 
 // s = alpha / r, or alpha / sqrt(r) with rsLoRA
@@ -439,6 +454,7 @@ static int longest_example(const ExampleSet *set) {
 static int save_checkpoint(const Options *o, const Trainable *tr, const TrainProgress *progress, const char *name) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s/%s", o->out_dir, name);
+    if (check_weights_finite(tr, path) != 0) return -1;
     if (checkpoint_save(path, &tr->lora, tr->moments, progress, err, sizeof err) != 0) {
         fprintf(stderr, "train: %s\n", err);
         return -1;
@@ -578,6 +594,7 @@ static void print_plan(const Config *c, const Options *o, const int enabled[N_TA
 static int save_adapter(const Options *o, const Trainable *tr, const Config *c, const char *name) {
     char dir[4096], err[1024];
     snprintf(dir, sizeof dir, "%s/%s", o->out_dir, name);
+    if (check_weights_finite(tr, dir) != 0) return -1;
     if (make_dir(dir) != 0) return -1;
     if (lora_set_save_peft(&tr->lora, c, dir, o->model_path, err, sizeof err) != 0) {
         fprintf(stderr, "train: %s\n", err);
@@ -786,6 +803,11 @@ int main(int argc, char **argv) {
     }
     long train_tokens = 0, train_answer = 0;
     for (int i = 0; i < train_set.count; i++) { train_tokens += train_set.examples[i].n_tokens; train_answer += train_set.examples[i].n_answer; }
+    if (train_answer == 0) {
+        fprintf(stderr, "train: %s: no sample has an answer token to learn from (every target is masked)\n",
+                o.data_path);
+        return 1;
+    }
     printf("data: %d training samples (%ld tokens, %ld answer tokens), %d validation samples%s\n", train_set.count,
            train_tokens, train_answer, val_set.count, o.val_path || is_tokfile(o.data_path) ? "" : " held out of --data");
     if (skipped > 0) printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped, o.max_seq);
@@ -942,7 +964,7 @@ int main(int argc, char **argv) {
         if (!isfinite(train_loss) || !isfinite(norm)) {
             char which[128];
             engine_sync_to_host(&engine, &tr);
-            find_bad_gradient(&tr, which, sizeof which);
+            find_bad_tensor(&tr, 0, which, sizeof which);
             fprintf(stderr, "train: step %d: %s is not finite (loss %g, grad norm %g; first bad gradient: %s); "
                             "stopping without saving\n", step + 1, isfinite(train_loss) ? "the gradient" : "the loss",
                     train_loss, norm, which);
@@ -955,8 +977,14 @@ int main(int argc, char **argv) {
         double elapsed = now_seconds() - run_start;
         double eta = elapsed / (step + 1 - first_step) * (total_steps - step - 1);
         double val_loss = NAN;
-        if (val_set.count && ((step + 1) % o.eval_every == 0 || step + 1 == total_steps))
+        if (val_set.count && ((step + 1) % o.eval_every == 0 || step + 1 == total_steps)) {
             val_loss = evaluate(&engine, c, &tr, &o, &val_set);
+            if (!isfinite(val_loss)) {
+                fprintf(stderr, "train: step %d: the validation loss is not finite (%g): training diverged; lower --lr "
+                                "or --alpha. Stopping without saving\n", step + 1, val_loss);
+                return 1;
+            }
+        }
         if (!isnan(val_loss) && o.eval_answers > 0)
             evaluate_answers(&o, &engine, &tr, c, &val_set, &embedder, step + 1);
         printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s | eta %.0f s", step + 1,
@@ -1008,6 +1036,17 @@ int main(int argc, char **argv) {
         }
     }
     fclose(log);
+    // without a validation set nothing has run the model since the last update:
+    // one sample's loss, so that weights that diverged are not saved as the adapter
+    if (!val_set.count) {
+        ExampleSet first_sample = {train_set.examples, 1};
+        double loss = evaluate(&engine, c, &tr, &o, &first_sample);
+        if (!isfinite(loss)) {
+            fprintf(stderr, "train: after step %d the loss is not finite (%g): training diverged; lower --lr or "
+                            "--alpha. Not writing the adapter\n", progress.step, loss);
+            return 1;
+        }
+    }
     engine_sync_to_host(&engine, &tr);
     if (save_adapter(&o, &tr, c, "adapter") != 0) return 1;
     if (o.merge && save_merged(&o, &model) != 0) return 1;

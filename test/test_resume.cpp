@@ -108,10 +108,12 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
     REQUIRE(mkdtemp(dir));
     std::string d = dir, log = d + "/out.txt";
     std::string common = "./train --data data/sample_raft.jsonl --steps 1 --seq 160 --device cpu --out " + d + "/run ";
-    // {options, the message}; the last four load the model (and the data) first
+    // {options, the message}; the last five load the model (and the data) first
     const std::pair<const char *, const char *> cases[] = {
         {"--lr 1e39", "train: --lr expects a number of at most 3.40282e+38 in size, got '1e39'"},
-        {"--alpha 0", "train: --alpha must be more than 0"},
+        {"--alpha 0", "train: --alpha must be in (0, 10000]"},
+        {"--alpha 1e30", "train: --alpha must be in (0, 10000]"},
+        {"--grad-accum 100000", "train: --grad-accum must be in [1, 65536]"},
         {"--weight-decay -0.1", "train: --weight-decay must be at least 0"},
         {"--double-quant 2", "train: --double-quant expects 0 or 1, got '2'"},
         {"--recompute 5", "train: --recompute expects 0 or 1, got '5'"},
@@ -123,6 +125,7 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
         {"--warmup 5", "train: --warmup 5 steps is more than the run's 1 steps"},
         {"--stop-at 2", "train: --stop-at 2 is past the run's last step, 1"},
         {"--val-data data/faq/val.bin", "train: --val-data is a .bin file from ./prepare, so --data must be one too"},
+        {"--data /dev/zero", "train: /dev/zero: is a device, not a file"},   // read until memory ran out before
     };
     for (const auto &[options, message] : cases) {
         CHECK(system((common + options + " > " + log + " 2>&1").c_str()) != 0);
@@ -131,6 +134,26 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
         CHECK_MESSAGE(text.find(message) != std::string::npos, options, "\n", text);
     }
     CHECK(!std::filesystem::exists(d + "/run"));
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: weights that diverge are not saved: a clear error, no adapter, non-zero exit") {
+    char dir[] = "/tmp/qlora_diverge_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, log = d + "/out.txt";
+    // lr 1e30: one AdamW step moves every weight by about 1e30; the next forward gives NaN.
+    // With a validation set that is the val loss; without one, the check before the adapter is written.
+    for (const char *val : {"", " --val-frac 0"}) {
+        INFO("options:" << val);
+        std::string command = "./train --data data/sample_raft.jsonl --steps 1 --rank 2 --lr 1e30 --device cpu --out " +
+                              d + "/run" + val + " > " + log + " 2>&1";
+        CHECK(system(command.c_str()) != 0);
+        std::ifstream out(log);
+        std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+        CHECK_MESSAGE(text.find("training diverged; lower --lr") != std::string::npos, text);
+        CHECK(!std::filesystem::exists(d + "/run/adapter"));
+        REQUIRE(system(("rm -rf " + d + "/run").c_str()) == 0);
+    }
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
