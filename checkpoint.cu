@@ -126,6 +126,27 @@ static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moment
     return NULL;
 }
 
+// Version 3: the hash of every byte but the last 8 equals those 8. Checked
+// before the header is trusted, so that a flipped bit in it reads as corruption,
+// not as a checkpoint of another shape. Leaves f where it was.
+static int checksum_matches(FILE *f) {
+    long position = ftell(f);
+    if (position < 0 || fseek(f, 0, SEEK_END) != 0) return 0;
+    long size = ftell(f);
+    rewind(f);
+    if (size < 8) return 0;
+    Stream s = {f, FNV_OFFSET};
+    unsigned char chunk[65536];
+    for (long left = size - 8; left > 0;) {
+        size_t bytes = left < (long)sizeof chunk ? (size_t)left : sizeof chunk;
+        if (read_all(&s, chunk, bytes)) return 0;
+        left -= (long)bytes;
+    }
+    uint64_t stored = 0;
+    int matches = fread(&stored, 1, sizeof stored, f) == sizeof stored && stored == s.hash;
+    return fseek(f, position, SEEK_SET) == 0 && matches;
+}
+
 int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
                     char *err, size_t err_size) {
     FILE *f = fopen(path, "rb");
@@ -140,6 +161,12 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
                   : memcmp(magic, MAGIC_V2, sizeof magic) == 0 ? 2
                   : memcmp(magic, MAGIC_V1, sizeof magic) == 0 ? 1
                                                                : 0;
+    if (version == 3 && !checksum_matches(f)) {
+        snprintf(err, err_size, "%s: checkpoint's checksum does not match its contents: the file is corrupted or "
+                 "truncated", path);
+        fclose(f);
+        return -1;
+    }
     size_t header_bytes = version == 1 ? offsetof(Header, evals_without_improvement) : sizeof h;
     if (version == 0 || read_all(&s, &h, header_bytes)) {
         snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic or truncated header)", path);

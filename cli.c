@@ -59,6 +59,28 @@ int cli_choice(const char *program, const char *flag, const char *value, const c
     exit(2);
 }
 
+// Whether the first len bytes of flag are one of the NULL-terminated flags.
+static int is_flag(const char *flag, size_t len, const char *const *flags) {
+    for (int i = 0; flags[i]; i++)
+        if (strlen(flags[i]) == len && strncmp(flag, flags[i], len) == 0) return 1;
+    return 0;
+}
+
+const char *cli_option_value(int argc, char **argv, int *i, const char *const *flags, char *err, size_t err_size) {
+    const char *flag = argv[*i], *equals = strchr(flag, '=');
+    size_t name_len = equals ? (size_t)(equals - flag) : strlen(flag);
+    int known = is_flag(flag, name_len, flags), has_value = *i + 1 < argc;
+    if (equals && known)
+        snprintf(err, err_size, "%s: the value goes after a space: %.*s %s", flag, (int)name_len, flag, equals + 1);
+    else if (equals || (!known && !has_value))
+        snprintf(err, err_size, "unknown option %s", flag);
+    else if (!has_value)
+        snprintf(err, err_size, "missing value for %s", flag);
+    else
+        return argv[++*i];
+    return NULL;
+}
+
 int cli_make_dirs(const char *path, char *err, size_t err_size) {
     char partial[4096];
     size_t len = strlen(path);

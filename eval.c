@@ -3,6 +3,7 @@
 #include "data/raft.h"
 #include "data/tokfile.h"
 #include "sampler.h"
+#include "tensor.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -32,15 +33,22 @@ int eval_split_sample(const Tokenizer *tok, EvalSample *s) {
     return s->reference ? 0 : -1;
 }
 
+// Room for the first limit of available samples: a huge limit asks for no more than there are.
+static EvalSample *alloc_samples(long available, int limit) {
+    size_t n = (size_t)(available < limit ? available : limit);
+    return (EvalSample *)cpu_calloc(n, sizeof(EvalSample), "the evaluation samples");
+}
+
 // Reads up to limit samples from a ./prepare .bin or a RAFT JSONL file.
-EvalSample *eval_load_samples(const char *path, const Tokenizer *tok, int limit, int *count) {
-    char err[1024];
-    EvalSample *samples = (EvalSample *)calloc((size_t)limit, sizeof(EvalSample));
+EvalSample *eval_load_samples(const char *path, const Tokenizer *tok, int limit, int *count, char *err,
+                              size_t err_size) {
+    EvalSample *samples;
     *count = 0;
     size_t len = strlen(path);
     if (len > 4 && strcmp(path + len - 4, ".bin") == 0) {
         TokFile f;
-        if (tokfile_read(&f, path, tok, err, sizeof err) != 0) { fprintf(stderr, "eval: %s\n", err); exit(1); }
+        if (tokfile_read(&f, path, tok, err, err_size) != 0) return NULL;
+        samples = alloc_samples(f.count, limit);
         for (long i = 0; i < f.count && *count < limit; i++) {
             EvalSample *s = &samples[*count];
             s->ids = f.samples[i].ids;
@@ -52,16 +60,27 @@ EvalSample *eval_load_samples(const char *path, const Tokenizer *tok, int limit,
         tokfile_free(&f);
     } else {
         RaftData data;
-        if (raft_read_jsonl(&data, path, err, sizeof err) != 0) { fprintf(stderr, "eval: %s\n", err); exit(1); }
-        for (int i = 0; i < data.count && *count < limit; i++) {
+        if (raft_read_jsonl(&data, path, err, err_size) != 0) return NULL;
+        samples = alloc_samples(data.count, limit);
+        int unrendered = 0;
+        for (int i = 0; i < data.count && *count < limit && !unrendered; i++) {
             EvalSample *s = &samples[*count];
             s->n_tokens = raft_encode(tok, &data.samples[i], &s->ids, &s->targets);
-            if (s->n_tokens < 0) { fprintf(stderr, "eval: cannot render %s: no chat template tokens\n", path); exit(1); }
-            if (eval_split_sample(tok, s) == 0) (*count)++;
+            unrendered = s->n_tokens < 0;
+            if (!unrendered && eval_split_sample(tok, s) == 0) (*count)++;
         }
         raft_free(&data);
+        if (unrendered) {
+            snprintf(err, err_size, "cannot render %s: the model's tokenizer has no chat template tokens", path);
+            eval_free_samples(samples, *count);
+            return NULL;
+        }
     }
-    if (*count == 0) { fprintf(stderr, "eval: %s: no sample with an answer to evaluate\n", path); exit(1); }
+    if (*count == 0) {
+        snprintf(err, err_size, "%s: no sample with an answer to evaluate", path);
+        eval_free_samples(samples, 0);
+        return NULL;
+    }
     return samples;
 }
 
@@ -73,31 +92,43 @@ void eval_free_samples(EvalSample *samples, int count) {
 // ---- one model on one sample -----------------------------------------------------
 
 
-// The greedy answer to the prompt, stopping at <|im_end|> / eos or max_new tokens.
-static char *generate_answer(const Model *m, InferState *state, const EvalSample *s, int max_new) {
+int eval_output_usable(const float *logits, const float *norms, const Config *c) {
+    return floats_all_finite(logits, (size_t)c->vocab_size) && floats_all_finite(norms, (size_t)c->n_layers + 1) &&
+           norms[c->n_layers] > 0.0f;
+}
+
+// The greedy answer to the prompt, stopping at <|im_end|> / eos or max_new tokens,
+// or early with *non_finite set when the output is not usable (eval_output_usable).
+static char *generate_answer(const Model *m, InferState *state, const EvalSample *s, int max_new, int *non_finite) {
     const Tokenizer *tok = m->tokenizer;
     int im_end = tokenizer_find(tok, "<|im_end|>"), eos = tokenizer_eos_id(tok);
     int *answer = (int *)malloc(sizeof(int) * (size_t)max_new);
     const float *logits = NULL;
+    float *norms = (float *)cpu_malloc(sizeof(float) * ((size_t)m->config.n_layers + 1), "the hidden-state norms");
     for (int pos = 0; pos < s->n_prompt; pos += state->max_chunk) {
         int n = s->n_prompt - pos < state->max_chunk ? s->n_prompt - pos : state->max_chunk;
-        logits = forward_cpu(m, state, s->ids + pos, n, pos, 0, NULL);
+        logits = forward_cpu(m, state, s->ids + pos, n, pos, 0, norms);
     }
     int n_answer = 0;
+    *non_finite = 0;
     for (int pos = s->n_prompt; n_answer < max_new && pos < state->max_seq; pos++) {
+        *non_finite = !eval_output_usable(logits, norms, &m->config);
+        if (*non_finite) break;
         int token = sample_argmax(logits, m->config.vocab_size);
         if (token == im_end || token == eos) break;
         answer[n_answer++] = token;
         if (pos + 1 >= state->max_seq) break;
-        logits = forward_cpu(m, state, &token, 1, pos, 0, NULL);
+        logits = forward_cpu(m, state, &token, 1, pos, 0, norms);
     }
     size_t len;
     char *text = tokenizer_decode(tok, answer, n_answer, &len);
     free(answer);
+    free(norms);
     return text;
 }
 
-// Summed cross-entropy of the reference answer tokens (teacher forcing).
+// Summed cross-entropy of the reference answer tokens (teacher forcing); NaN
+// when the logits of one hold NaN or Inf.
 static double answer_loss(const Model *m, InferState *state, const EvalSample *s, int *n_counted) {
     int vocab = m->config.vocab_size;
     double total = 0.0;
@@ -109,6 +140,7 @@ static double answer_loss(const Model *m, InferState *state, const EvalSample *s
             int target = s->targets[pos + t];
             if (target == RAFT_IGNORE) continue;
             const float *row = logits + (size_t)t * vocab;
+            if (!floats_all_finite(row, (size_t)vocab)) return NAN;
             // -log softmax(row)[target] = log sum exp(row - max) + max - row[target]
             float max = row[0];
             for (int v = 1; v < vocab; v++) max = row[v] > max ? row[v] : max;
@@ -134,7 +166,12 @@ EvalOutcome eval_sample(const Model *m, InferState *state, const Embedder *embed
     EvalOutcome o;
     memset(&o, 0, sizeof o);
     o.loss_sum = answer_loss(m, state, s, &o.n_counted);
-    o.answer = generate_answer(m, state, s, max_new);
+    o.answer = generate_answer(m, state, s, max_new, &o.non_finite);
+    // NaN/Inf logits: the answer and its scores would mean nothing
+    if (o.non_finite || isnan(o.loss_sum)) {
+        o.non_finite = 1;
+        return o;
+    }
     o.rouge = rouge_score(o.answer, s->reference, rouge_tokenizer_for(s->reference), 0);
     int dim = embedder_dim(embedder);
     float *a = (float *)malloc(sizeof(float) * dim), *b = (float *)malloc(sizeof(float) * dim);

@@ -26,8 +26,10 @@ typedef struct {
 // and the reference text. -1 when nothing is labelled.
 int eval_split_sample(const Tokenizer *tok, EvalSample *s);
 // Up to limit samples with an answer from a ./prepare .bin or a RAFT JSONL
-// file; exits with a message naming the file when there is none.
-EvalSample *eval_load_samples(const char *path, const Tokenizer *tok, int limit, int *count);
+// file. NULL, with err naming the file and what is wrong, when it cannot be
+// read or holds no such sample.
+EvalSample *eval_load_samples(const char *path, const Tokenizer *tok, int limit, int *count, char *err,
+                              size_t err_size);
 void eval_free_samples(EvalSample *samples, int count);
 
 typedef struct {
@@ -36,7 +38,14 @@ typedef struct {
     int n_counted;
     RougeScores rouge;
     float similarity;
+    int non_finite;    // the model's output was NaN/Inf (weights that are not finite): no answer, no scores
 } EvalOutcome;
+
+// 1 when a forward pass's logits ([vocab]) and hidden-state norms ([n_layers + 1],
+// as forward_cpu fills them) are usable: finite, and the final-normed output not
+// zero (weights far too large overflow the hidden state, and RMSNorm then gives
+// zeros: all-equal logits that look finite).
+int eval_output_usable(const float *logits, const float *norms, const Config *c);
 
 // Loss of the reference, then the greedy answer (at most max_new tokens) and its scores.
 EvalOutcome eval_sample(const Model *m, InferState *state, const Embedder *embedder, const EvalSample *s,

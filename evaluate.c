@@ -72,12 +72,16 @@ static int positive_int(const char *flag, const char *value) {
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
+    const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--data", "--embedder",
+                                 "--out", "--max-new", "--limit", "--examples", NULL};
+    char err[256];
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
-        if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = cli_text("evaluate", f, argv[++i]);
+        const char *v = cli_option_value(argc, argv, &i, flags, err, sizeof err);
+        if (!v) bad_usage(err, "");
+        v = cli_text("evaluate", f, v);
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--adapter") == 0) o.adapter_dir = v;
         else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("evaluate", f, v, quant_choices) == 0;
@@ -134,12 +138,31 @@ static void write_json_string(FILE *f, const char *text) {
     fputc('"', f);
 }
 
+// A number, or null for NaN and Inf, which JSON cannot hold (a perplexity of exp(1000), say).
+static void write_json_number(FILE *f, double x) {
+    if (isfinite(x)) fprintf(f, "%.6f", x);
+    else fputs("null", f);
+}
+
+static void write_json_mean_std(FILE *f, const char *key, MeanStd m) {
+    fprintf(f, "\"%s\": [", key);
+    write_json_number(f, m.mean);
+    fputs(", ", f);
+    write_json_number(f, m.std);
+    fputs("], ", f);
+}
+
 static void write_summary_json(FILE *f, const char *name, const EvalSummary *s) {
-    fprintf(f, "  \"%s\": {\"rouge1_f1\": [%.6f, %.6f], \"rouge2_f1\": [%.6f, %.6f], \"rougeL_f1\": [%.6f, %.6f], "
-               "\"embedding_cosine\": [%.6f, %.6f], \"answer_loss\": %.6f, \"perplexity\": %.6f}",
-            name, s->rouge_f1[ROUGE_1].mean, s->rouge_f1[ROUGE_1].std, s->rouge_f1[ROUGE_2].mean,
-            s->rouge_f1[ROUGE_2].std, s->rouge_f1[ROUGE_L].mean, s->rouge_f1[ROUGE_L].std, s->similarity.mean,
-            s->similarity.std, s->loss, s->perplexity);
+    fprintf(f, "  \"%s\": {", name);
+    write_json_mean_std(f, "rouge1_f1", s->rouge_f1[ROUGE_1]);
+    write_json_mean_std(f, "rouge2_f1", s->rouge_f1[ROUGE_2]);
+    write_json_mean_std(f, "rougeL_f1", s->rouge_f1[ROUGE_L]);
+    write_json_mean_std(f, "embedding_cosine", s->similarity);
+    fputs("\"answer_loss\": ", f);
+    write_json_number(f, s->loss);
+    fputs(", \"perplexity\": ", f);
+    write_json_number(f, s->perplexity);
+    fputs("}", f);
 }
 
 static int write_report(const char *path, const Options *o, const EvalSample *samples, int count,
@@ -164,13 +187,17 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
         write_json_string(f, samples[i].reference);
         fprintf(f, ", \"base\": ");
         write_json_string(f, base[i].answer);
-        fprintf(f, ", \"base_rougeL_f1\": %.6f, \"base_cosine\": %.6f", base[i].rouge.kind[ROUGE_L].f1,
-                base[i].similarity);
+        fprintf(f, ", \"base_rougeL_f1\": ");
+        write_json_number(f, base[i].rouge.kind[ROUGE_L].f1);
+        fprintf(f, ", \"base_cosine\": ");
+        write_json_number(f, base[i].similarity);
         if (tuned) {
             fprintf(f, ", \"fine_tuned\": ");
             write_json_string(f, tuned[i].answer);
-            fprintf(f, ", \"fine_tuned_rougeL_f1\": %.6f, \"fine_tuned_cosine\": %.6f",
-                    tuned[i].rouge.kind[ROUGE_L].f1, tuned[i].similarity);
+            fprintf(f, ", \"fine_tuned_rougeL_f1\": ");
+            write_json_number(f, tuned[i].rouge.kind[ROUGE_L].f1);
+            fprintf(f, ", \"fine_tuned_cosine\": ");
+            write_json_number(f, tuned[i].similarity);
         }
         fprintf(f, "}%s\n", i + 1 < count ? "," : "");
     }
@@ -250,6 +277,19 @@ static void check_report_path(const char *path) {
     }
 }
 
+// Exits when the arm's output was NaN/Inf or overflowed on a sample: the weights of its model
+// (and adapter, NULL for the base arm) are not finite.
+static void check_finite(const EvalOutcome *outcomes, int count, const char *arm, const char *model_path,
+                         const char *adapter_dir) {
+    for (int i = 0; i < count; i++) {
+        if (!outcomes[i].non_finite) continue;
+        fprintf(stderr, "evaluate: the %s model's output is NaN/Inf (or overflowed) on sample %d: the model or "
+                        "adapter weights are not finite or far too large (%s%s%s)\n",
+                arm, i + 1, model_path, adapter_dir ? ", adapter " : "", adapter_dir ? adapter_dir : "");
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
@@ -268,15 +308,18 @@ int main(int argc, char **argv) {
     load_model(&model, &o, o.adapter_dir != NULL);
     check_report_path(path);
     int count;
-    EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count);
+    EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count, err, sizeof err);
+    if (!samples) { fprintf(stderr, "evaluate: %s\n", err); return 1; }
     printf("evaluating %d samples of %s, greedy answers of up to %d tokens\n", count, o.data_path, o.max_new);
     EvalOutcome *base, *tuned = NULL;
     if (o.adapter_dir) {
         tuned = eval_run_model(&model, &embedder, samples, count, o.max_new, "fine-tuned");
+        check_finite(tuned, count, "fine-tuned", o.model_path, o.adapter_dir);
         model_free(&model);
         load_model(&model, &o, 0);
     }
     base = eval_run_model(&model, &embedder, samples, count, o.max_new, "base");
+    check_finite(base, count, "base", o.model_path, NULL);
     model_free(&model);
     EvalSummary sb = eval_summarize(base, count), st;
     if (tuned) st = eval_summarize(tuned, count);

@@ -7,11 +7,13 @@
 // nf4, as ./train's) the linear weights round-tripped through NF4 first.
 #include "adapter.h"
 #include "cli.h"
+#include "eval.h"
 #include "forward.h"
 #include "json.h"
 #include "model.h"
 #include "nf4.h"
 #include "sampler.h"
+#include "tensor.h"
 #include "tokenizer.h"
 
 #include <stdio.h>
@@ -81,17 +83,21 @@ static char *read_prompt_file(const char *path) {
 static Options parse_args(int argc, char **argv) {
     Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, 1, 1};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
+    const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
+                                 "--system", "--max-new", "--temperature", "--top-p", "--seed", NULL};
+    char err[256];
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(flag, "--chat") == 0) { o.chat = 1; continue; }
         int is_option = strncmp(flag, "--", 2) == 0;
-        if (!is_option || i + 1 >= argc) {
-            fprintf(stderr, "generate: %s %s\n", is_option ? "missing value for" : "unexpected argument", flag);
+        if (!is_option) snprintf(err, sizeof err, "unexpected argument %s", flag);
+        const char *value = is_option ? cli_option_value(argc, argv, &i, flags, err, sizeof err) : NULL;
+        if (!value) {
+            fprintf(stderr, "generate: %s\n", err);
             usage(stderr);
             exit(2);
         }
-        const char *value = argv[++i];
         if (strcmp(flag, "--model") == 0) o.model_path = cli_text("generate", flag, value);
         else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = cli_text("generate", flag, value);
         else if (strcmp(flag, "--quant") == 0) o.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
@@ -155,6 +161,18 @@ static void load_model(Model *m, const Options *o) {
             info.rank, info.scaling);
 }
 
+// Exits when the forward pass that made the logits for generated token n gave
+// NaN/Inf or overflowed (eval_output_usable): the weights are not finite, or far too large.
+static void check_output(const float *logits, const float *norms, const Config *c, int n, const Options *o) {
+    if (eval_output_usable(logits, norms, c)) return;
+    if (n > 1) printf("\n");   // end the line of the tokens printed so far
+    fflush(stdout);
+    fprintf(stderr, "generate: the model's output is NaN/Inf (or overflowed) at token %d: the model or adapter weights "
+                    "are not finite or far too large (%s%s%s)\n",
+            n, o->model_path, o->adapter_dir ? ", adapter " : "", o->adapter_dir ? o->adapter_dir : "");
+    exit(1);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     Model model;
@@ -183,13 +201,15 @@ int main(int argc, char **argv) {
 
     double t0 = now_seconds();
     const float *logits = NULL;
+    float *norms = (float *)cpu_malloc(sizeof(float) * ((size_t)c->n_layers + 1), "the hidden-state norms");
     for (int pos = 0; pos < n_prompt; pos += PREFILL_CHUNK) {
         int n = n_prompt - pos < PREFILL_CHUNK ? n_prompt - pos : PREFILL_CHUNK;
-        logits = forward_cpu(&model, &state, prompt + pos, n, pos, 0, NULL);
+        logits = forward_cpu(&model, &state, prompt + pos, n, pos, 0, norms);
     }
     double t1 = now_seconds();
     int n_generated = 0, n_decode_forwards = 0;
     for (int pos = n_prompt; n_generated < o.max_new; pos++) {
+        check_output(logits, norms, c, n_generated + 1, &o);
         int token = sampler_next(&sampler, logits);
         n_generated++;
         if (token == eos || token == im_end) break;
@@ -198,7 +218,7 @@ int main(int argc, char **argv) {
         fwrite(bytes, 1, len, stdout);
         fflush(stdout);
         if (n_generated == o.max_new) break;
-        logits = forward_cpu(&model, &state, &token, 1, pos, 0, NULL);
+        logits = forward_cpu(&model, &state, &token, 1, pos, 0, norms);
         n_decode_forwards++;
     }
     double t2 = now_seconds();
@@ -207,6 +227,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "[prompt: %d tokens in %.2f s, %.1f tok/s | generated %d tokens, decode %.1f tok/s]\n",
             n_prompt, t1 - t0, n_prompt / (t1 - t0), n_generated,
             n_decode_forwards ? n_decode_forwards / (t2 - t1) : 0.0);
+    free(norms);
     sampler_free(&sampler);
     infer_state_free(&state);
     free(prompt);

@@ -303,14 +303,16 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     // impossible or a weight NaN (the step is the header's 10th int32; the first
     // tensor, layer 0's q lora_A, follows the 3-entry data order)
     size_t weight_at = 8 + 80 + 3 * 4 + 4 * 5;
-    std::string flipped = v3, late = v2, nan_weight = v2;
+    std::string flipped = v3, flipped_header = v3, late = v2, nan_weight = v2;
     flipped[weight_at] ^= 1;
+    flipped_header[8] ^= 1;   // the layer count: corruption, not "a checkpoint of another shape"
     int32_t step_1000 = 1000;
     late.replace(8 + 9 * 4, 4, (const char *)&step_1000, 4);
     float nan = NAN;
     nan_weight.replace(weight_at, 4, (const char *)&nan, 4);
     const std::pair<std::string, const char *> corrupted[] = {
         {flipped, "checksum does not match its contents"},
+        {flipped_header, "checksum does not match its contents"},
         {late, "invalid step (1000 of 10)"},
         {nan_weight, "NaN or Inf in a lora_A weight or moment"}};
     for (const auto &[bytes, message] : corrupted) {

@@ -1,0 +1,105 @@
+// Robustness of the programs' edges, found by fuzzing: option parsing (cli.c)
+// names an unknown option and the "--name=value" form instead of a missing
+// value; a huge --limit does not crash eval_load_samples; ./generate and
+// ./evaluate stop with a message when an adapter's weights overflow the model;
+// ./evaluate's data errors name the program. Runs the real ./generate and
+// ./evaluate (built by `make test`).
+#include <doctest/doctest.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <sys/wait.h>
+
+#include "cli.h"
+#include "eval.h"
+#include "test_util.h"
+
+// The message cli_option_value gives for argv, or its value.
+static std::string option_value(std::initializer_list<const char *> args) {
+    const char *const flags[] = {"--steps", "--model", NULL};
+    char *argv[8];
+    int argc = 0;
+    for (const char *a : args) argv[argc++] = (char *)a;
+    int i = 1;
+    char err[256];
+    const char *v = cli_option_value(argc, argv, &i, flags, err, sizeof err);
+    return v ? std::string("value ") + v : std::string(err);
+}
+
+TEST_CASE("cli: an unknown option, the --name=value form and a missing value are told apart") {
+    CHECK(option_value({"train", "--bogus"}) == "unknown option --bogus");
+    CHECK(option_value({"train", "--steps=1"}) == "--steps=1: the value goes after a space: --steps 1");
+    CHECK(option_value({"train", "--bogus=1", "x"}) == "unknown option --bogus=1");
+    CHECK(option_value({"train", "--steps"}) == "missing value for --steps");
+    CHECK(option_value({"train", "--steps", "3"}) == "value 3");
+    // an unknown option with a value is left to the caller's "unknown option"
+    CHECK(option_value({"train", "--bogus", "3"}) == "value 3");
+}
+
+TEST_CASE("eval: a --limit far beyond the samples there are loads them all") {
+    int count = 0;
+    char err[1024];
+    EvalSample *samples = eval_load_samples("data/sample_raft.jsonl", default_model().tokenizer, INT_MAX, &count, err,
+                                            sizeof err);
+    REQUIRE(samples);
+    CHECK(count == 8);
+    eval_free_samples(samples, count);
+}
+
+// Runs command; its exit status, and stdout and stderr together in output.
+static int run(const std::string &command, std::string &output) {
+    std::string log = "/tmp/qlora_cli_robustness.log";
+    int status = system((command + " > " + log + " 2>&1").c_str());
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    output = text.str();
+    std::remove(log.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// An adapter whose lora_alpha (1e30) makes the merged weights overflow the hidden state.
+static std::string overflowing_adapter() {
+    char dir[] = "/tmp/qlora_overflow_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir;
+    REQUIRE(system(("cp test/fixtures/peft_adapter/adapter_model.safetensors " + d).c_str()) == 0);
+    std::ifstream in("test/fixtures/peft_adapter/adapter_config.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string config = text.str();
+    size_t at = config.find("\"lora_alpha\": 32");
+    REQUIRE(at != std::string::npos);
+    config.replace(at, 16, "\"lora_alpha\": 1e30");
+    std::ofstream(d + "/adapter_config.json") << config;
+    return d;
+}
+
+TEST_CASE("generate and evaluate: an adapter that overflows the model stops them with a message") {
+    std::string adapter = overflowing_adapter(), output;
+    CHECK(run("./generate --quant none --prompt hi --max-new 3 --adapter " + adapter, output) == 1);
+    CHECK(output.find("generate: the model's output is NaN/Inf (or overflowed) at token 1") != std::string::npos);
+    CHECK(run("./evaluate --quant none --data data/sample_raft.jsonl --limit 1 --out " + adapter +
+                  "/eval.json --adapter " + adapter,
+              output) == 1);
+    CHECK(output.find("evaluate: the fine-tuned model's output is NaN/Inf (or overflowed) on sample 1") !=
+          std::string::npos);
+    REQUIRE(system(("rm -rf " + adapter).c_str()) == 0);
+}
+
+TEST_CASE("evaluate and generate: option and data errors name the program and what is wrong") {
+    std::string output;
+    CHECK(run("./evaluate --data /nonexistent/val.jsonl", output) == 1);
+    CHECK(output.find("evaluate: /nonexistent/val.jsonl: cannot open") != std::string::npos);
+    CHECK(run("./evaluate --limit", output) == 2);
+    CHECK(output.find("evaluate: missing value for --limit") != std::string::npos);
+    CHECK(run("./evaluate --bogus", output) == 2);
+    CHECK(output.find("evaluate: unknown option --bogus") != std::string::npos);
+    CHECK(run("./generate --prompt hi --max-new=3", output) == 2);
+    CHECK(output.find("generate: --max-new=3: the value goes after a space: --max-new 3") != std::string::npos);
+}
