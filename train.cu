@@ -111,9 +111,17 @@ static void require(int ok, const char *message) {
     exit(2);
 }
 
+// The options that take a value (to tell an unknown option from a missing value).
+static const char *const VALUE_OPTIONS[] = {
+    "--model", "--data", "--val-data", "--val-frac", "--device", "--out", "--targets", "--quant", "--steps",
+    "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
+    "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
+    "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", NULL};
+
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     const char *const bit_choices[] = {"0", "1", NULL};
+    char err[256];
     int out_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -122,8 +130,9 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
-        if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = cli_text("train", f, argv[++i]);
+        const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
+        if (!v) bad_usage(err, "");
+        v = cli_text("train", f, v);
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--val-data") == 0) o.val_path = v;

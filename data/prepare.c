@@ -80,15 +80,23 @@ static const char *one_source(const char *flag, const char *earlier, const char 
     return path;
 }
 
+// The options that take a value (to tell an unknown option from a missing value).
+static const char *const VALUE_OPTIONS[] = {
+    "--input", "--docs", "--qa", "--debian-faq", "--out", "--model", "--overlong", "--no-oracle-answer",
+    "--no-oracle-answer-ko", "--distractors", "--max-seq", "--seed", "--faq-answer-tokens", "--no-oracle",
+    "--val-frac", NULL};
+
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
+    char err[256];
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(f, "--strict") == 0) { o.strict = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
-        if (i + 1 >= argc) bad_usage("missing value for ", f);
-        const char *v = cli_text("prepare", f, argv[++i]);
+        const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
+        if (!v) bad_usage(err, "");
+        v = cli_text("prepare", f, v);
         if (strcmp(f, "--input") == 0) o.input = one_source(f, o.input, v);
         else if (strcmp(f, "--docs") == 0) o.docs = one_source(f, o.docs, v);
         else if (strcmp(f, "--qa") == 0) o.qa = one_source(f, o.qa, v);

@@ -111,6 +111,8 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
     // {options, the message}; the last five load the model (and the data) first
     const std::pair<const char *, const char *> cases[] = {
         {"--lr 1e39", "train: --lr expects a number of at most 3.40282e+38 in size, got '1e39'"},
+        {"--bogus", "train: unknown option --bogus"},   // last, with no value after it
+        {"--steps=1", "train: --steps=1: the value goes after a space: --steps 1"},
         {"--alpha 0", "train: --alpha must be in (0, 10000]"},
         {"--alpha 1e30", "train: --alpha must be in (0, 10000]"},
         {"--grad-accum 100000", "train: --grad-accum must be in [1, 65536]"},
