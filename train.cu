@@ -341,12 +341,10 @@ static int find_bad_tensor(const Trainable *tr, int weights, char *out, size_t s
         for (int which = 0; which < 2; which++) {
             const float *x = weights ? (which ? a->B : a->A) : (which ? a->dB : a->dA);
             size_t n = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
-            for (size_t k = 0; k < n; k++)
-                if (!isfinite(x[k])) {
-                    snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
-                             which ? "B" : "A");
-                    return 1;
-                }
+            if (floats_all_finite(x, n)) continue;
+            snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
+                     which ? "B" : "A");
+            return 1;
         }
     }
     return 0;
