@@ -12,7 +12,8 @@ CFLAGS   ?= -O3 -march=native -g
 CXXFLAGS ?= -O3 -march=native -g
 CFLAGS   += $(WARN) -std=c11 -fopenmp -D_GNU_SOURCE
 CXXFLAGS += $(WARN) -std=c++17 -fopenmp
-LDLIBS    = -lutf8proc -lm -fopenmp
+# every file includes others by their path from the repo root ("ops/layers.h")
+CPPFLAGS += -I.
 
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(strip $(HAVE_NVCC)),)
@@ -20,35 +21,52 @@ ifeq ($(strip $(HAVE_NVCC)),)
 else
   BUILD_KIND = cpu + cuda ($(NVCC))
   CUDA_HOME ?= $(realpath $(dir $(HAVE_NVCC))/..)
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart_static -ldl -lrt -lpthread
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart_static -ldl -lrt -lpthread
 endif
-# Extra include/library folders (e.g. a machine without the -dev packages):
-#   make CPPFLAGS=-Idir LDFLAGS=-Ldir
+# Extra include/library folders: make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
-# Library sources (everything but the programs' main files).
-LIB_C  = cli.c json.c tensor.c gguf.c safetensors.c hf_checkpoint.c model.c tokenizer.c sampler.c data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c data/raft_build.c data/faq.c data/tokfile.c memory_plan.c plot.c porter.c rouge.c wordpiece.c embed.c eval.c
-LIB_CU = gpu.cu layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu base_weights.cu adapter.cu checkpoint.cu train_gpu.cu merge.cu
+# utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
+REPO = .
+include dev/fetch/deps.mk
+CPPFLAGS += $(DEPS_CPPFLAGS)
+LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
+
+# Library sources (everything but the programs' main files), in the README's
+# order: C files, C++ host files, and files with CUDA kernels (.cu).
+LIB_C   = formats/cli.c formats/json.c formats/tensor.c formats/gguf.c formats/safetensors.c \
+          formats/hf_checkpoint.c model.c tokenizer.c \
+          data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
+          data/raft_build.c data/faq.c data/tokfile.c \
+          trainer/memory_plan.c trainer/plot.c infer/sampler.c \
+          eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/eval.c
+LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp \
+          infer/forward.cpp infer/adapter.cpp infer/merge.cpp
+LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/cross_entropy.cu \
+          nf4.cu lora.cu adamw.cu trainer/train_gpu.cu
 PROGRAMS = generate train prepare evaluate
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin
 
-LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CU:%.cu=build/%.o)
+LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CPP:%.cpp=build/%.o) $(LIB_CU:%.cu=build/%.o)
 
-.PHONY: all fetch test test-gpu test-gpu-on-cpu clean build
+.PHONY: all fetch deps test test-gpu test-gpu-on-cpu clean build
 all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
-build/%.o: %.c | build
+build/%.o: %.c | build $(UTF8PROC_DEP)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+build/%.o: %.cpp | build
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -c $< -o $@
 
-# .cu files hold plain C++ host code plus (later) CUDA kernels.
+# .cu files hold CUDA kernels beside their host code: nvcc compiles them, or,
+# without nvcc, g++ compiles their host code (the kernels sit behind __CUDACC__).
 ifeq ($(strip $(HAVE_NVCC)),)
 build/%.o: %.cu | build
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -I. -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
 else
 NVCCFLAGS = -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native"
 build/%.o: %.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 endif
 
 generate: build/generate.o $(LIB_OBJ)
@@ -63,49 +81,54 @@ prepare: build/data/prepare.o $(LIB_OBJ)
 evaluate: build/evaluate.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-# Our forward's last-position logits for a prompt (dev/check_merged.py).
-build/dump_logits: build/dev/dump_logits.o $(LIB_OBJ)
+# Our forward's last-position logits for a prompt (dev/crosscheck/check_merged.py).
+build/dump_logits: build/dev/crosscheck/dump_logits.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
-build/dev/dump_logits.o: CPPFLAGS += -I.
 
 # Phony so that the folders are made even when build/ is already there.
+SRC_DIRS = data formats ops trainer infer eval dev/crosscheck dev/bench
 build:
-	@mkdir -p build build/data build/dev build/test build/test/data build/test/gpu
+	@mkdir -p build build/test build/test/gpu $(SRC_DIRS:%=build/%) $(SRC_DIRS:%=build/test/%)
 
 # ---- the default model and the embedding model (never committed; see models/SHA256SUMS)
 fetch:
-	@sh dev/fetch_model.sh
-	@sh dev/fetch_embedder.sh
+	@sh dev/fetch/fetch_model.sh
+	@sh dev/fetch/fetch_embedder.sh
 
 # ---- the default data: the Debian FAQ (never committed; see data/faq/SHA256SUMS) ----
-# dev/fetch_faq.sh downloads and unpacks it, ./prepare turns it into RAFT data.
+# dev/fetch/fetch_faq.sh downloads and unpacks it, ./prepare turns it into RAFT data.
 # --max-seq 512 and a small validation set keep the default ./train short on a CPU.
-$(DEFAULT_DATA): prepare dev/fetch_faq.sh data/faq/SHA256SUMS | fetch
-	@sh dev/fetch_faq.sh
+$(DEFAULT_DATA): prepare dev/fetch/fetch_faq.sh data/faq/SHA256SUMS | fetch
+	@sh dev/fetch/fetch_faq.sh
 	./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512 --val-frac 0.02
 
 # ---- tests: CPU tests built with g++ and the sanitizers --------------------
 TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp
-# The numeric loops (the files in NUMERIC_CU) run billions of iterations in the
+# The numeric loops (the files in NUMERIC_CU and NUMERIC_CPP) run billions of iterations in the
 # model tests: there UBSan's per-operation checks would cost minutes, so they
 # get ASan only, at full optimisation. Every other file gets both.
-NUMERIC_CU = layers.cu attention.cu cross_entropy.cu forward.cu adamw.cu nf4.cu lora.cu train_step.cu
+NUMERIC_CU  = ops/layers.cu ops/attention.cu ops/cross_entropy.cu nf4.cu lora.cu adamw.cu
+NUMERIC_CPP = trainer/train_step.cpp infer/forward.cpp
 NUMERIC_TEST_FLAGS = -O3 -march=native -g -fsanitize=address --param asan-stack=0 -fno-omit-frame-pointer -fopenmp
 TEST_SRC   = $(wildcard test/test_*.cpp)
 TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
-             $(LIB_C:%.c=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
+             $(LIB_C:%.c=build/test/%.o) $(LIB_CPP:%.cpp=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
 
-build/test/%.o: %.c | build
+build/test/%.o: %.c | build $(UTF8PROC_DEP)
 	$(CC) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
 build/test/%.o: %.cu | build
 	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+build/test/%.o: %.cpp | build
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
 $(NUMERIC_CU:%.cu=build/test/%.o): build/test/%.o: %.cu | build
 	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
-build/test/%.o: test/%.cpp | build
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -I. -MMD -MP -c $< -o $@
+$(NUMERIC_CPP:%.cpp=build/test/%.o): build/test/%.o: %.cpp | build
+	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
+build/test/%.o: test/%.cpp | build $(DOCTEST_DEP)
+	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
 
 build/test_cpu: $(TEST_OBJ)
-	$(CXX) $(LDFLAGS) $(TEST_FLAGS) $^ -o $@ -lutf8proc -lm
+	$(CXX) $(LDFLAGS) $(TEST_FLAGS) $^ -o $@ $(UTF8PROC_LIB) -lm
 
 # ---- GPU tests: each kernel against its CPU reference ----------------------
 # Built by nvcc against the same objects as the programs (no sanitizers: run
@@ -117,18 +140,18 @@ else
 TEST_GPU = build/test_gpu
 GPU_TEST_OBJ = $(patsubst test/gpu/%.cu,build/test/gpu/%.o,$(wildcard test/gpu/*.cu))
 build/test/gpu/%.o: test/gpu/%.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -I. -MMD -MP -c $< -o $@
-build/test/gpu/test_main.o: test/test_main.cpp | build
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -I. -MMD -MP -c $< -o $@
+	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+build/test/gpu/test_main.o: test/test_main.cpp | build $(DOCTEST_DEP)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -MMD -MP -c $< -o $@
 build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endif
 
-# Training-step throughput on random-weight models, GPU or CPU (dev/bench_train.cu).
-build/bench_train: build/dev/bench_train.o $(LIB_OBJ)
+# Training-step throughput on random-weight models, GPU or CPU (dev/bench/bench_train.cu).
+build/bench_train: build/dev/bench/bench_train.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
-# Each GPU kernel family's GB/s or TFLOP/s against the device's ceilings (dev/bench_kernels.cu).
-build/bench_kernels: build/dev/bench_kernels.o $(LIB_OBJ)
+# Each GPU kernel family's GB/s or TFLOP/s against the device's ceilings (dev/bench/bench_kernels.cu).
+build/bench_kernels: build/dev/bench/bench_kernels.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 test: fetch train prepare generate evaluate $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
@@ -143,12 +166,16 @@ test-gpu: $(TEST_GPU)
 # cases, SmolLM2's shape and the default model (minutes each there). A pass is
 # not a GPU verification (see its README).
 test-gpu-on-cpu:
-	@$(MAKE) -s --no-print-directory -C dev/cuda_on_cpu
+	@$(MAKE) -s --no-print-directory -C dev/cuda_on_cpu LOCAL_DEPS=$(LOCAL_DEPS)
 	@echo "GPU tests run on a CPU emulation of CUDA (dev/cuda_on_cpu), not on a GPU:"
 	@EMU_SUMMARY=0 build/cuda_on_cpu/plain/test_gpu -tce="*SmolLM2*,*default model*"
 
+# a variable's value, for dev/cuda_on_cpu/Makefile: make -s print-LIB_CU
+print-%:
+	@echo $($*)
+
 # header dependencies, written by -MMD
--include $(wildcard build/*.d build/*/*.d build/test/*/*.d)
+-include $(shell find build -name "*.d" -not -path "build/cuda_on_cpu/*" 2>/dev/null)
 
 clean:
 	rm -rf build $(PROGRAMS)

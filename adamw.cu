@@ -199,7 +199,7 @@ void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_
 static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_tree_sum
 static constexpr int SUM_BLOCKS = 1024;
 
-// The sum of value over the block's SUM_THREADS threads, in double, as a fixed tree (not gpu.h's
+// The sum of value over the block's SUM_THREADS threads, in double, as a fixed tree (not ops/gpu.h's
 // float block_sum); in thread 0.
 __device__ static double block_tree_sum(double value) {
     __shared__ double partial[SUM_THREADS];

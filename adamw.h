@@ -122,7 +122,7 @@ StepLoss step_loss_from_micro_batches(const double *loss_sums, const int64_t *an
 
 // ---- on the GPU ----------------------------------------------------------------
 #ifdef __CUDACC__
-#include "gpu.h"
+#include "ops/gpu.h"
 
 // One AdamW step over n fp32 params on the device, moments m, v on the device;
 // step = the step number AFTER incrementing (1 for the first step). The same

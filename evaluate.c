@@ -9,11 +9,11 @@
 //   ./evaluate --adapter out/adapter --data data/faq/val.bin --limit 20
 // Prints a table per metric (mean and spread, base vs fine-tuned) and a few
 // answers side by side; writes a JSON report and an SVG bar chart.
-#include "adapter.h"
-#include "cli.h"
-#include "eval.h"
+#include "infer/adapter.h"
+#include "formats/cli.h"
+#include "eval/eval.h"
 #include "nf4.h"
-#include "plot.h"
+#include "trainer/plot.h"
 
 #include <errno.h>
 #include <math.h>

@@ -5,15 +5,15 @@
 // chosen by the sampler and printed as soon as it is known. With --adapter
 // the adapter is merged into the base it was trained on: by default (--quant
 // nf4, as ./train's) the linear weights round-tripped through NF4 first.
-#include "adapter.h"
-#include "cli.h"
-#include "eval.h"
-#include "forward.h"
-#include "json.h"
+#include "infer/adapter.h"
+#include "formats/cli.h"
+#include "eval/eval.h"
+#include "infer/forward.h"
+#include "formats/json.h"
 #include "model.h"
 #include "nf4.h"
-#include "sampler.h"
-#include "tensor.h"
+#include "infer/sampler.h"
+#include "formats/tensor.h"
 #include "tokenizer.h"
 
 #include <stdio.h>

@@ -2,9 +2,9 @@
 // backward, on the CPU and (at the bottom) on the GPU. The frozen base
 // product x W^T is computed by the caller.
 #include "lora.h"
-#include "gpu.h"
-#include "layers.h"
-#include "safetensors.h"
+#include "ops/gpu.h"
+#include "ops/layers.h"
+#include "formats/safetensors.h"
 
 #include <errno.h>
 #include <math.h>

@@ -91,7 +91,7 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
 
 // ---- on the GPU ----------------------------------------------------------------
 #ifdef __CUDACC__
-#include "gpu.h"
+#include "ops/gpu.h"
 
 // lora_dropout_mask into device memory, bit for bit the same values.
 void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed);

@@ -2,8 +2,8 @@
 // reads the config, finds every expected tensor by its architecture's name,
 // checks its shape and type, and converts it to fp32.
 #include "model.h"
-#include "gguf.h"
-#include "hf_checkpoint.h"
+#include "formats/gguf.h"
+#include "formats/hf_checkpoint.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include "tensor.h"
+#include "formats/tensor.h"
 #include "tokenizer.h"
 
 #ifdef __cplusplus

@@ -4,7 +4,7 @@
 // NF4 for inference, and (at the bottom) the CUDA quantize and dequantize
 // kernels, equal to the CPU functions bit for bit.
 #include "nf4.h"
-#include "gpu.h"
+#include "ops/gpu.h"
 #include "lora.h"
 
 #include <math.h>

@@ -26,7 +26,7 @@
 //                the compiler flags; bitsandbytes rounds the product first,
 //                which can differ in the last bit)
 // Where we knowingly differ from bitsandbytes 0.50.2 on the CPU (all
-// documented in dev/make_nf4_fixtures.py and checked by test/test_nf4.cpp):
+// documented in dev/fixtures/make_nf4_fixtures.py and checked by test/test_nf4.cpp):
 //   - its short last 64-block divides x / absmax instead of multiplying by
 //     1 / absmax (its full blocks and its CUDA kernel multiply), which can
 //     move a value lying within an ulp of a midpoint to the other code;
@@ -95,7 +95,7 @@ void nf4_free(NF4Tensor *q);
 
 // The base that ./train --quant nf4 trains on, as an fp32 model for inference:
 // the seven linear weights of every block (q, k, v, o, gate, up, down: the
-// ones base_weights.cu stores in NF4) become W = dequant(NF4(W)), quantized as
+// ones trainer/base_weights.cpp stores in NF4) become W = dequant(NF4(W)), quantized as
 // training does (blocks of 64, double_quant as there), in place. Embeddings,
 // norms, biases and the LM head are left as they are, as training leaves them.
 // Returns 0, or -1 (out of memory) with a message in err and the model half
@@ -119,7 +119,7 @@ void nf4_print_memory_story(const Config *c, FILE *out);
 #endif
 
 #ifdef __CUDACC__
-#include "gpu.h"
+#include "ops/gpu.h"
 
 // An NF4 tensor in GPU memory: the same fields as NF4Tensor, device pointers.
 typedef struct {

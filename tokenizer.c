@@ -29,7 +29,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
-#include "json.h"
+#include "formats/json.h"
 
 // The default system message of SmolLM2's chat template.
 static const char SMOLLM_DEFAULT_SYSTEM[] =

@@ -3,7 +3,7 @@
 // chat template with a per-token "this is the assistant's answer" flag.
 #pragma once
 #include <stddef.h>
-#include "gguf.h"
+#include "formats/gguf.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,28 +1,28 @@
-// train.cu: ./train, QLoRA fine-tuning on RAFT samples, on the GPU (train_gpu.cu)
-// when one is present, else on the CPU reference path (train_step.cu).
+// train.cu: ./train, QLoRA fine-tuning on RAFT samples, on the GPU (trainer/train_gpu.cu)
+// when one is present, else on the CPU reference path (trainer/train_step.cpp).
 //   ./train                              the default model on the Debian FAQ (data/faq/train.bin, built by make)
 //   ./train --data my.jsonl --steps 100 --lr 2e-4 --out out/my-run
 // The base model is frozen (NF4 by default), LoRA adapters on q,k,v,o,gate,up,
 // down are trained with AdamW on the answer tokens only; the adapter is saved
 // in HF peft's layout.
 #include "adamw.h"
-#include "adapter.h"
-#include "base_weights.h"
-#include "checkpoint.h"
-#include "cli.h"
+#include "infer/adapter.h"
+#include "trainer/base_weights.h"
+#include "trainer/checkpoint.h"
+#include "formats/cli.h"
 #include "data/raft.h"
 #include "data/tokfile.h"
-#include "eval.h"
-#include "gpu.h"
+#include "eval/eval.h"
+#include "ops/gpu.h"
 #include "lora.h"
-#include "cross_entropy.h"
-#include "memory_plan.h"
-#include "merge.h"
+#include "ops/cross_entropy.h"
+#include "trainer/memory_plan.h"
+#include "infer/merge.h"
 #include "model.h"
 #include "nf4.h"
-#include "plot.h"
-#include "train_gpu.h"
-#include "train_step.h"
+#include "trainer/plot.h"
+#include "trainer/train_gpu.h"
+#include "trainer/train_step.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -998,7 +998,7 @@ int main(int argc, char **argv) {
                total_steps, train_loss, norm, lr, ms, step_tokens / (ms / 1000.0), eta);
         if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
 #ifdef __CUDACC__
-        // MFU = achieved matmul FLOP/s over the device's peak bf16 rate (when the device is in gpu.cu's table)
+        // MFU = achieved matmul FLOP/s over the device's peak bf16 rate (when the device is in ops/gpu.cu's table)
         if (engine.on_gpu && gpu_peak_bf16_flops() > 0)
             printf(" | MFU %.1f%%", 100.0 * flops_per_token * step_tokens / (ms / 1000.0) / gpu_peak_bf16_flops());
         if (engine.on_gpu) printf(" | peak mem %.0f MiB", gpu_peak_bytes() / 1048576.0);

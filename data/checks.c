@@ -1,7 +1,7 @@
 // data/checks.c: drop counting with file:line messages, exact-duplicate
 // detection, token-length statistics, and the report (text and JSON).
-#include "checks.h"
-#include "jsonl.h"
+#include "data/checks.h"
+#include "data/jsonl.h"
 
 #include <errno.h>
 #include <stdlib.h>

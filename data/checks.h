@@ -5,8 +5,8 @@
 // The Report holds it all; it is printed and written as report.json.
 #pragma once
 #include <stdio.h>
-#include "../json.h"
-#include "string_map.h"
+#include "formats/json.h"
+#include "data/string_map.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,6 +1,6 @@
 // data/collection.c: reading a document collection and its question/answer
 // pairs (see collection.h), counting and naming every line it skips.
-#include "collection.h"
+#include "data/collection.h"
 
 #include <stdio.h>
 #include <stdlib.h>

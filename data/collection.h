@@ -5,7 +5,7 @@
 // Read leniently: each bad line is reported (file:line and why) through the
 // Report, counted and skipped; with --strict the first one stops the reading.
 #pragma once
-#include "checks.h"
+#include "data/checks.h"
 
 #ifdef __cplusplus
 extern "C" {

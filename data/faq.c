@@ -1,8 +1,8 @@
 // data/faq.c: the Debian FAQ's HTML turned into documents and questions (see
 // faq.h), with a small HTML-to-text converter that knows the few things
 // DocBook's output needs: block tags, list items, <pre>, entities.
-#include "faq.h"
-#include "raft_build.h"
+#include "data/faq.h"
+#include "data/raft_build.h"
 
 #include <glob.h>
 #include <stdio.h>
@@ -321,7 +321,7 @@ int faq_read(Collection *c, Report *r, const char *dir, const char *lang, const 
     snprintf(pattern, sizeof pattern, "%s/*.%s.html", folder, lang);
     glob_t files;   // glob sorts the names
     if (glob(pattern, 0, NULL, &files) != 0) {
-        snprintf(err, err_size, "%s: no *.%s.html files: the Debian FAQ is not there (run make, or dev/fetch_faq.sh, "
+        snprintf(err, err_size, "%s: no *.%s.html files: the Debian FAQ is not there (run make, or dev/fetch/fetch_faq.sh, "
                  "to fetch it)", folder, lang);
         return -1;
     }

@@ -1,5 +1,5 @@
 // data/faq.h: the Debian FAQ (Debian packages debian-faq and debian-faq-ko,
-// fetched by dev/fetch_faq.sh) as a document collection for RAFT. Every
+// fetched by dev/fetch/fetch_faq.sh) as a document collection for RAFT. Every
 // numbered section of the HTML (the <h2>, <h3> and <h4> headings) is a
 // document; its heading is the question and its text the source of the
 // answer, which is the section's beginning, trimmed to a sensible length in
@@ -7,8 +7,8 @@
 // English about 1 token in 4 characters, so a length in bytes would not do).
 #pragma once
 #include <stddef.h>
-#include "../tokenizer.h"
-#include "collection.h"
+#include "tokenizer.h"
+#include "data/collection.h"
 
 #ifdef __cplusplus
 extern "C" {

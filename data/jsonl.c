@@ -1,5 +1,5 @@
 // data/jsonl.c: reading JSON Lines files line by line (see jsonl.h).
-#include "jsonl.h"
+#include "data/jsonl.h"
 
 #include <stdio.h>
 #include <stdlib.h>

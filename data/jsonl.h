@@ -5,7 +5,7 @@
 // cannot take all the memory.
 #pragma once
 #include <stddef.h>
-#include "../json.h"
+#include "formats/json.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -32,7 +32,7 @@ void jsonl_close(JsonlFile *f);
 const char *jsonl_next(JsonlFile *f, size_t *len);
 
 // Parses one line. On failure returns NULL with the reason in reason:
-// "invalid JSON: column C: what is wrong" (json.h's messages: syntax, invalid
+// "invalid JSON: column C: what is wrong" (formats/json.h's messages: syntax, invalid
 // UTF-8 inside a string, ...) or "line is N bytes, longer than the limit".
 JsonValue *jsonl_parse_line(const char *line, size_t len, char *reason, size_t reason_size);
 

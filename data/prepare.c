@@ -6,13 +6,13 @@
 //   ./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512
 //   ./prepare --docs docs.jsonl --qa qa.jsonl --out out/my-data
 //   ./prepare --input samples.jsonl --out out/my-data
-#include "../cli.h"
-#include "collection.h"
-#include "faq.h"
-#include "raft.h"
-#include "raft_build.h"
-#include "tokfile.h"
-#include "../gguf.h"
+#include "formats/cli.h"
+#include "data/collection.h"
+#include "data/faq.h"
+#include "data/raft.h"
+#include "data/raft_build.h"
+#include "data/tokfile.h"
+#include "formats/gguf.h"
 
 #include <limits.h>
 #include <math.h>
@@ -46,7 +46,7 @@ static void usage(FILE *out) {
             "                           or {\"question\", \"answer\", \"context\"}\n"
             "  --docs PATH --qa PATH    documents {\"id\", \"text\", \"title\" (optional)} and questions\n"
             "                           {\"question\", \"answer\", \"doc\": id}, JSONL; RAFT samples are built from them\n"
-            "  --debian-faq DIR         the Debian FAQ unpacked into DIR (dev/fetch_faq.sh), English and Korean\n"
+            "  --debian-faq DIR         the Debian FAQ unpacked into DIR (dev/fetch/fetch_faq.sh), English and Korean\n"
             "Options:\n"
             "  --out DIR                where the files go (default %s)\n"
             "  --model PATH             the model whose tokenizer renders the samples (default %s)\n"

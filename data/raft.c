@@ -1,8 +1,8 @@
 // data/raft.c: checking RAFT samples read from JSONL (naming the file and
 // line of any problem) and rendering them into chat tokens with answer-only
 // targets for the loss, cutting the documents when a sample must fit a length.
-#include "raft.h"
-#include "jsonl.h"
+#include "data/raft.h"
+#include "data/jsonl.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -4,9 +4,9 @@
 // and rendered into ChatML tokens whose targets are the answer's tokens only.
 #pragma once
 #include <stddef.h>
-#include "../json.h"
-#include "../tokenizer.h"
-#include "checks.h"
+#include "formats/json.h"
+#include "tokenizer.h"
+#include "data/checks.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,6 +1,6 @@
 // data/raft_build.c: building RAFT samples (oracle + shuffled distractors,
 // some without the oracle) and splitting by question (see raft_build.h).
-#include "raft_build.h"
+#include "data/raft_build.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -10,8 +10,8 @@
 // samples.
 #pragma once
 #include <stdint.h>
-#include "collection.h"
-#include "raft.h"
+#include "data/collection.h"
+#include "data/raft.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,5 +1,5 @@
 // data/string_map.c: string -> int map with linear probing (see string_map.h).
-#include "string_map.h"
+#include "data/string_map.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 // data/tokfile.c: writing and reading the tokenized training file (layout in
 // tokfile.h), byte by byte in little-endian order on every machine.
-#include "tokfile.h"
-#include "../json.h"
-#include "raft.h"
+#include "data/tokfile.h"
+#include "formats/json.h"
+#include "data/raft.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -22,7 +22,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
-#include "../tokenizer.h"
+#include "tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {

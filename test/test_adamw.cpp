@@ -1,5 +1,5 @@
 // Tests for adamw.cu: AdamW against torch.optim.AdamW (the fixture of
-// dev/make_adamw_fixtures.py) and against two steps worked out by hand; the
+// dev/fixtures/make_adamw_fixtures.py) and against two steps worked out by hand; the
 // learning-rate schedule at its boundaries and against transformers; --warmup
 // parsing; the global gradient norm and clipping against
 // torch.nn.utils.clip_grad_norm_; and gradient-accumulation normalisation.
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "adamw.h"
-#include "json.h"
+#include "formats/json.h"
 
 namespace {
 
@@ -25,7 +25,7 @@ const JsonValue *fixture() {
     char err[512] = "";
     size_t len = 0;
     char *text = read_file(FIXTURE, &len, err, sizeof err);
-    REQUIRE_MESSAGE(text, err, " (regenerate with python3 dev/make_adamw_fixtures.py)");
+    REQUIRE_MESSAGE(text, err, " (regenerate with python3 dev/fixtures/make_adamw_fixtures.py)");
     root = json_parse(text, len, err, sizeof err);
     free(text);
     REQUIRE_MESSAGE(root, FIXTURE, ": ", err);

@@ -4,9 +4,9 @@
 // (each -1 with a message naming the file and the tensor, the model untouched).
 #include <doctest/doctest.h>
 
-#include "adapter.h"
+#include "infer/adapter.h"
 #include "lora.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// Robustness of the programs' edges, found by fuzzing: option parsing (cli.c)
+// Robustness of the programs' edges, found by fuzzing: option parsing (formats/cli.c)
 // names an unknown option and the "--name=value" form instead of a missing
 // value; a huge --limit does not crash eval_load_samples; ./generate and
 // ./evaluate stop with a message when an adapter's weights overflow the model;
@@ -15,8 +15,8 @@
 
 #include <sys/wait.h>
 
-#include "cli.h"
-#include "eval.h"
+#include "formats/cli.h"
+#include "eval/eval.h"
 #include "test_util.h"
 
 // The message cli_option_value gives for argv, or its value.

@@ -1,5 +1,5 @@
-// Tests for wordpiece.c and embed.c against test/fixtures/embed_reference.json
-// (dev/make_embed_fixtures.py: Hugging Face's fast BERT tokenizer and
+// Tests for eval/wordpiece.c and eval/embed.c against test/fixtures/embed_reference.json
+// (dev/fixtures/make_embed_fixtures.py: Hugging Face's fast BERT tokenizer and
 // sentence-transformers' all-MiniLM-L6-v2 on the same model files): exact
 // token ids, embeddings within 1e-4, paraphrases above unrelated pairs, the
 // Korean limitation measured, and malformed vocabularies and model files.
@@ -16,10 +16,10 @@
 #include <vector>
 #include <unistd.h>
 
-#include "embed.h"
-#include "json.h"
+#include "eval/embed.h"
+#include "formats/json.h"
 #include "test_util.h"
-#include "wordpiece.h"
+#include "eval/wordpiece.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// The shared evaluation code (eval.c): a rendered sample splits into the
+// The shared evaluation code (eval/eval.c): a rendered sample splits into the
 // prompt (everything up to the assistant's answer) and the reference answer
 // text, for every sample of the repo's sample set and a Korean one; and the
 // summary averages ROUGE and cosine and pools the loss over answer tokens.
@@ -10,7 +10,7 @@
 #include <string>
 
 #include "data/raft.h"
-#include "eval.h"
+#include "eval/eval.h"
 #include "test_util.h"
 
 // Renders s and splits it; checks the split against the sample's own answer.

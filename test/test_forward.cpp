@@ -1,6 +1,6 @@
 // The CPU forward pass on the default model against transformers' fp32
 // forward of the same GGUF (test/fixtures/smollm2_reference.safetensors,
-// written by dev/make_reference.py): last-position logits, per-layer hidden
+// written by dev/fixtures/make_reference.py): last-position logits, per-layer hidden
 // state norms, greedy tokens through the KV cache, and the answer-only loss.
 //
 // Tolerance: both sides are fp32 with different summation orders; over 30
@@ -15,10 +15,10 @@
 #include <string>
 #include <vector>
 
-#include "forward.h"
-#include "layers.h"
+#include "infer/forward.h"
+#include "ops/layers.h"
 #include "model.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 static const float LOGIT_TOLERANCE = 2e-3f;

@@ -1,4 +1,4 @@
-// Tests for gguf.c and tensor.c: the block dequantizers on hand-built blocks
+// Tests for formats/gguf.c and formats/tensor.c: the block dequantizers on hand-built blocks
 // with known values, a small GGUF file written here, and corrupt files
 // (truncated at every length, every header bit flipped, lying offsets).
 #include <doctest/doctest.h>
@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "gguf.h"
-#include "tensor.h"
+#include "formats/gguf.h"
+#include "formats/tensor.h"
 
 static void put_f16(unsigned char *p, float x) {
     uint16_t h = f32_to_f16(x);

@@ -5,9 +5,9 @@
 // configs and checkpoints must be refused with a message naming the culprit.
 #include <doctest/doctest.h>
 
-#include "hf_checkpoint.h"
+#include "formats/hf_checkpoint.h"
 #include "model.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 #include <cstdint>
 #include <cstdio>

@@ -1,4 +1,4 @@
-// Tests for json.c: values, escapes, errors with line/column, and a mutation
+// Tests for formats/json.c: values, escapes, errors with line/column, and a mutation
 // fuzz that must never crash (ASan/UBSan watch it).
 #include <doctest/doctest.h>
 
@@ -6,7 +6,7 @@
 #include <random>
 #include <string>
 
-#include "json.h"
+#include "formats/json.h"
 
 static JsonValue *parse(const std::string &text, std::string *error = nullptr) {
     char err[256] = "";

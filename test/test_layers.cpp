@@ -1,4 +1,4 @@
-// Every backward function in layers.cu against central finite differences,
+// Every backward function in ops/layers.cu against central finite differences,
 // all in double precision. For an operation y = f(x) we take a fixed random
 // projection L = sum_k w_k y_k, get dL/dx from the backward function (fed
 // d_out = w), and compare it with (L(x + h e_i) - L(x - h e_i)) / 2h for every
@@ -15,8 +15,8 @@
 #include <random>
 #include <vector>
 
-#include "json.h"
-#include "layers.h"
+#include "formats/json.h"
+#include "ops/layers.h"
 
 using Vec = std::vector<double>;
 

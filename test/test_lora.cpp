@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
+#include "formats/json.h"
 #include "lora.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {

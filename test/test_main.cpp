@@ -4,7 +4,7 @@
 #include <doctest/doctest.h>
 #include <cstdio>
 #ifdef QLORA_GPU_TESTS
-#include "gpu.h"
+#include "ops/gpu.h"
 #endif
 
 static doctest::TestRunStats g_stats;

@@ -1,4 +1,4 @@
-// test_memory_plan.cpp: the memory plan (memory_plan.h) against numbers worked
+// test_memory_plan.cpp: the memory plan (trainer/memory_plan.h) against numbers worked
 // out by hand for a tiny config, the NF4 sizes of nf4_bytes_for() for
 // SmolLM2-135M, what recompute saves, Llama-3.1-8B on a 24 GB card, and the
 // verdict strings.
@@ -9,12 +9,12 @@
 #include <cstring>
 #include <string>
 
-#include "cross_entropy.h"
+#include "ops/cross_entropy.h"
 #include "lora.h"
-#include "memory_plan.h"
+#include "trainer/memory_plan.h"
 #include "nf4.h"
 
-static_assert(PLAN_N_TARGETS == N_TARGETS, "memory_plan.h's targets are lora.h's");
+static_assert(PLAN_N_TARGETS == N_TARGETS, "trainer/memory_plan.h's targets are lora.h's");
 
 namespace {
 

@@ -1,4 +1,4 @@
-// test_merge.cpp: ./train --merge (merge.h) on the default model with a small
+// test_merge.cpp: ./train --merge (infer/merge.h) on the default model with a small
 // random adapter (rank 2, alpha 4, on q, v and down of all 30 blocks, B
 // non-zero), written to a directory and loaded back with model_load:
 //   - the merge itself: sampled matrices equal dequant(NF4(W)) + s B A with
@@ -10,7 +10,7 @@
 //     Q/K row order and the tied embedding all checked by that);
 //   - the model: logits of a short prompt through forward_cpu on the bf16
 //     file against the fp32 merged model (the NF4-dequantized base with the
-//     adapter merged by adapter.cu): rounding all 135M weights to bf16
+//     adapter merged by infer/adapter.cpp): rounding all 135M weights to bf16
 //     (relative error up to 2^-8) moves logits of size ~20 by up to 0.118
 //     (measured); tolerance 0.3. For scale: the NF4 base and the adapter
 //     together move them by up to 13 from the original model's;
@@ -23,17 +23,17 @@
 // Inference on the base ./train trains on (nf4_round_trip_model, used by
 // --merge, ./generate --adapter and ./evaluate --adapter), on a small random
 // Qwen2-shaped model:
-//   - with and without double quant, every weight equals base_weights.cu's
+//   - with and without double quant, every weight equals trainer/base_weights.cpp's
 //     (the training step's) view bit for bit: dequant(NF4(W)) for the seven
 //     linear matrices of each block, the original for the embedding, norms,
 //     biases and LM head;
-//   - the inference forward (forward.h) with the adapter merged into the
+//   - the inference forward (infer/forward.h) with the adapter merged into the
 //     round-tripped base gives the training path's per-position losses
-//     (train_step.h: NF4 base, adapters beside it) to 1.6e-7 relative
+//     (trainer/train_step.h: NF4 base, adapters beside it) to 1.6e-7 relative
 //     (measured; tolerance 1e-5); merged into the weights as loaded they
 //     differ by 0.1 (checked > 1e-3, so the test can fail);
 //   - ./generate and ./evaluate refuse a bad --quant / --double-quant (exit 2).
-// dev/check_merged.py checks the same directory against transformers and
+// dev/crosscheck/check_merged.py checks the same directory against transformers and
 // HF tokenizers (dev/README.md).
 #include <doctest/doctest.h>
 
@@ -48,11 +48,11 @@
 
 #include <sys/wait.h>
 
-#include "base_weights.h"
-#include "forward.h"
-#include "json.h"
+#include "trainer/base_weights.h"
+#include "infer/forward.h"
+#include "formats/json.h"
 #include "lora.h"
-#include "merge.h"
+#include "infer/merge.h"
 #include "nf4.h"
 #include "test_util.h"
 #include "tokenizer.h"
@@ -231,7 +231,7 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
 // The tiny trained tokenizers of test/test_tokenizer.cpp cover the other
 // pre-tokenizers (GPT-2, Llama-3's Split regex with ignore_merges, Qwen2's
 // with NFC): written with tokenizer_save_hf and read back, each must still
-// give HF tokenizers' ids on the fixture's cases (dev/make_tokenizer_fixtures.py).
+// give HF tokenizers' ids on the fixture's cases (dev/fixtures/make_tokenizer_fixtures.py).
 TEST_CASE("merge: tokenizer_save_hf round-trips the GPT-2, SmolLM, Llama-3 and Qwen2 variants") {
     char err[1024] = "";
     JsonValue *cases = json_parse_file("test/fixtures/tokenizer_tiny_cases.json", err, sizeof err);
@@ -316,7 +316,7 @@ Model small_random_model() {
     return m;
 }
 
-// The base as ./train's step reads it (base_weights.cu) written over a copy of
+// The base as ./train's step reads it (trainer/base_weights.cpp) written over a copy of
 // the model's weights: what nf4_round_trip_model must produce.
 std::vector<float> training_base(const Model &m, int double_quant) {
     const Config &c = m.config;
@@ -339,7 +339,7 @@ std::vector<float> training_base(const Model &m, int double_quant) {
 }
 
 // -log softmax(logits[p])[next token] for every position but the last, through
-// the inference forward (forward.h) on a model with the adapter merged in.
+// the inference forward (infer/forward.h) on a model with the adapter merged in.
 std::vector<double> inference_losses(const Model &m, const std::vector<int> &tokens) {
     int n = (int)tokens.size(), vocab = m.config.vocab_size;
     InferState s;
@@ -357,8 +357,8 @@ std::vector<double> inference_losses(const Model &m, const std::vector<int> &tok
     return losses;
 }
 
-// The same losses through the training path (train_step.h): the NF4 base of
-// base_weights.cu and the adapters beside it, one target position at a time.
+// The same losses through the training path (trainer/train_step.h): the NF4 base of
+// trainer/base_weights.cpp and the adapters beside it, one target position at a time.
 std::vector<double> training_losses(const Model &m, const LoraSet &set, const std::vector<int> &tokens) {
     const Config &c = m.config;
     int n = (int)tokens.size();

@@ -14,9 +14,9 @@
 #include <unistd.h>
 #include <vector>
 
-#include "forward.h"
+#include "infer/forward.h"
 #include "model.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 TEST_CASE("model: the default model's config") {

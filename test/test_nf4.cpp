@@ -2,7 +2,7 @@
 // code book re-derived from normal quantiles, the midpoint rule and its
 // ties, the signed dynamic map, packed bytes and scales equal to
 // quantize_4bit's on fixture tensors (test/fixtures/nf4_reference.safetensors,
-// written by dev/make_nf4_fixtures.py), bitsandbytes' error statistics on
+// written by dev/fixtures/make_nf4_fixtures.py), bitsandbytes' error statistics on
 // randn(1024, 1024), the per-block error bound, and the memory story.
 #include <doctest/doctest.h>
 
@@ -16,13 +16,13 @@
 #include <vector>
 
 #include "nf4.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 
 namespace {
 
 const char *const FIXTURE = "test/fixtures/nf4_reference.safetensors";
 
-// The fixture cases of dev/make_nf4_fixtures.py.
+// The fixture cases of dev/fixtures/make_nf4_fixtures.py.
 const char *const CASES[] = {"weights64x64", "rows3x100", "odd1x99", "zero3x70", "ties2x64", "dq130x129"};
 
 struct Fixture {
@@ -30,7 +30,7 @@ struct Fixture {
     Fixture() {
         char err[512];
         REQUIRE_MESSAGE(safetensors_open(&file, FIXTURE, err, sizeof err) == 0, err,
-                        " (regenerate with python3 dev/make_nf4_fixtures.py)");
+                        " (regenerate with python3 dev/fixtures/make_nf4_fixtures.py)");
     }
     ~Fixture() { safetensors_close(&file); }
     const TensorInfo *find(const std::string &name) const { return tensor_find(&file.tensors, name.c_str()); }

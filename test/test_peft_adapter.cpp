@@ -1,10 +1,10 @@
 // test_peft_adapter.cpp: the adapter ./train writes, as Hugging Face peft
 // reads it. test/fixtures/peft_adapter/ is a real ./train output (rank 2,
 // alpha 32, q and v of all 30 blocks, two steps at lr 1e-2 so B is far from
-// 0); dev/make_peft_adapter_fixture.py loaded it with
+// 0); dev/fixtures/make_peft_adapter_fixture.py loaded it with
 // PeftModel.from_pretrained onto transformers' fp32 SmolLM2 (the same GGUF,
 // dequantized) and stored the last-position logits of a ChatML prompt in
-// test/fixtures/peft_adapter_reference.safetensors. Here adapter.cu merges
+// test/fixtures/peft_adapter_reference.safetensors. Here infer/adapter.cpp merges
 // the same files into our fp32 model and forward_cpu must give those logits.
 //
 // Tolerance: 2e-3 absolute, as test/test_forward.cpp (fp32 on both sides,
@@ -17,9 +17,9 @@
 #include <cmath>
 #include <vector>
 
-#include "adapter.h"
-#include "forward.h"
-#include "safetensors.h"
+#include "infer/adapter.h"
+#include "infer/forward.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
 
 static const char *ADAPTER_DIR = "test/fixtures/peft_adapter";
@@ -41,7 +41,7 @@ static float max_abs_diff(const std::vector<float> &a, const float *b) {
     return worst;
 }
 
-TEST_CASE("peft adapter: our adapter merged by adapter.cu gives peft's logits") {
+TEST_CASE("peft adapter: our adapter merged by infer/adapter.cpp gives peft's logits") {
     char err[1024];
     SafetensorsFile ref;
     REQUIRE_MESSAGE(safetensors_open(&ref, REFERENCE, err, sizeof err) == 0, err);

@@ -1,6 +1,6 @@
 // The whole LoRA backward (train_step_cpu<float>) on the real default model
 // against PyTorch autograd + Hugging Face peft (test/fixtures/
-// peft_reference.safetensors, written by dev/make_peft_reference.py).
+// peft_reference.safetensors, written by dev/fixtures/make_peft_reference.py).
 //
 // Setup, the same on both sides: SmolLM2-135M from the default GGUF, its 210
 // linear weights in NF4 with double quant (base_weights_init(QUANT_NF4, 1)),
@@ -50,11 +50,11 @@
 #include <string>
 #include <vector>
 
-#include "base_weights.h"
+#include "trainer/base_weights.h"
 #include "lora.h"
-#include "safetensors.h"
+#include "formats/safetensors.h"
 #include "test_util.h"
-#include "train_step.h"
+#include "trainer/train_step.h"
 
 static const char *FIXTURE = "test/fixtures/peft_reference.safetensors";
 static const int RANK = 2;

@@ -1,4 +1,4 @@
-// Tests for plot.c: nice ticks, line charts (gaps at NaN, empty series, the
+// Tests for trainer/plot.c: nice ticks, line charts (gaps at NaN, empty series, the
 // "no data yet" chart), bar charts with and without whiskers, escaping of
 // text, the temporary file that is renamed into place, and unwritable paths.
 // Each chart is checked to be well-formed: tags nest and close, and every
@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "plot.h"
+#include "trainer/plot.h"
 
 namespace {
 
@@ -54,7 +54,7 @@ bool file_exists(const std::string &path) { return access(path.c_str(), F_OK) ==
 
 // Empty when the SVG is well-formed enough, else what is wrong: it is one
 // <svg> element, every tag is closed by its own end tag, and every '&' is
-// one of the four entities plot.c writes.
+// one of the four entities trainer/plot.c writes.
 std::string svg_problem(const std::string &svg) {
     if (svg.rfind("<svg", 0) != 0) return "does not start with <svg";
     if (svg.size() < 7 || svg.compare(svg.size() - 7, 7, "</svg>\n") != 0) return "does not end with </svg>";

@@ -5,7 +5,7 @@
 // each bad line named with file:line), the token file (round trip, every
 // corruption refused, another tokenizer refused also by ./train), the Debian
 // FAQ reader against Python's html.parser (test/fixtures/faq_sections.json,
-// dev/make_faq_reference.py), ./prepare end to end in English and Korean, and
+// dev/fixtures/make_faq_reference.py), ./prepare end to end in English and Korean, and
 // a mutation fuzz of every reader.
 #include <doctest/doctest.h>
 
@@ -674,7 +674,7 @@ TEST_CASE("prepare: the Debian FAQ's sections are the ones Python's html.parser 
     Report r = {};
     Collection en = {}, ko = {};
     REQUIRE_MESSAGE(faq_read(&en, &r, "data/faq/debian-faq", "en", tokenizer(), 48, err, sizeof err) == 0, err,
-                    " (make fetches the FAQ: dev/fetch_faq.sh)");
+                    " (make fetches the FAQ: dev/fetch/fetch_faq.sh)");
     REQUIRE_MESSAGE(faq_read(&ko, &r, "data/faq/debian-faq", "ko", tokenizer(), 48, err, sizeof err) == 0, err);
     CHECK(r.lines == (long)sections->count);
     int next[2] = {0, 0}, empty = 0;

@@ -2,7 +2,7 @@
 // --resume writes bitwise the same losses and gradient norms as one
 // uninterrupted run (same data order, dropout masks, AdamW state, schedule).
 // Runs the real ./train (built by `make test`) for 3 short steps twice.
-// Also checkpoint.cu on its own: every field (the early-stop count
+// Also trainer/checkpoint.cpp on its own: every field (the early-stop count
 // included) comes back, version 1 and 2 files still load, bad ones (a flipped
 // bit included: the checksum) are refused.
 #include <doctest/doctest.h>
@@ -20,7 +20,7 @@
 
 #include <sys/wait.h>
 
-#include "checkpoint.h"
+#include "trainer/checkpoint.h"
 
 // The step, train_loss and grad_norm columns of a log.csv, one string per step.
 static std::vector<std::string> logged_steps(const std::string &path) {

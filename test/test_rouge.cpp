@@ -1,6 +1,6 @@
-// Tests for rouge.c and porter.c: the Porter stemmer word by word against
+// Tests for eval/rouge.c and eval/porter.c: the Porter stemmer word by word against
 // NLTK, the default tokenizer's tokens and the ROUGE-1/2/L scores against
-// Google's rouge-score (the fixture of dev/make_rouge_fixtures.py), the
+// Google's rouge-score (the fixture of dev/fixtures/make_rouge_fixtures.py), the
 // Unicode tokenizers on Korean pairs worked out by hand, invalid UTF-8 and
 // empty texts, and the mean and spread over pairs.
 #include <doctest/doctest.h>
@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "json.h"
-#include "porter.h"
-#include "rouge.h"
+#include "formats/json.h"
+#include "eval/porter.h"
+#include "eval/rouge.h"
 
 namespace {
 
@@ -25,7 +25,7 @@ const JsonValue *fixture() {
     if (root) return root;
     char err[512] = "";
     root = json_parse_file(FIXTURE, err, sizeof err);
-    REQUIRE_MESSAGE(root, err, " (regenerate with python3 dev/make_rouge_fixtures.py)");
+    REQUIRE_MESSAGE(root, err, " (regenerate with python3 dev/fixtures/make_rouge_fixtures.py)");
     return root;
 }
 

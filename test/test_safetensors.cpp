@@ -3,8 +3,8 @@
 // the path and the reason), and every single-bit flip of a header.
 #include <doctest/doctest.h>
 
-#include "safetensors.h"
-#include "tensor.h"
+#include "formats/safetensors.h"
+#include "formats/tensor.h"
 
 #include <cstdint>
 #include <cstdio>

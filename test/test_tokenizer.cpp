@@ -1,5 +1,5 @@
 // Tests for tokenizer.c: exact ids against Hugging Face `tokenizers` (the
-// fixtures of dev/make_tokenizer_fixtures.py) for SmolLM2 loaded from its
+// fixtures of dev/fixtures/make_tokenizer_fixtures.py) for SmolLM2 loaded from its
 // GGUF and for tiny trained GPT-2 / SmolLM / Llama-3 / Qwen2 tokenizer.json
 // files, round trips, the ChatML template with its answer flags, invalid
 // UTF-8, and malformed files (NULL and a message naming the file).
@@ -14,8 +14,8 @@
 #include <vector>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "json.h"
+#include "formats/gguf.h"
+#include "formats/json.h"
 #include "test_util.h"
 #include "tokenizer.h"
 
@@ -48,7 +48,7 @@ JsonValue *load_fixture(const std::string &name) {
     char err[512] = "";
     size_t len = 0;
     char *text = read_file(path.c_str(), &len, err, sizeof err);
-    REQUIRE_MESSAGE(text, err, " (regenerate with python3 dev/make_tokenizer_fixtures.py)");
+    REQUIRE_MESSAGE(text, err, " (regenerate with python3 dev/fixtures/make_tokenizer_fixtures.py)");
     JsonValue *root = json_parse(text, len, err, sizeof err);
     free(text);
     REQUIRE_MESSAGE(root, path, ": ", err);

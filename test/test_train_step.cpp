@@ -1,4 +1,4 @@
-// The whole adapted model's backward (train_step.cu) on a tiny random model:
+// The whole adapted model's backward (trainer/train_step.cpp) on a tiny random model:
 // every LoRA gradient against central finite differences of the loss in
 // double precision (relative error < 1e-5), with dropout, GQA, q/k/v biases
 // and two sequences; and recompute giving bitwise the same gradients.
@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "train_step.h"
+#include "trainer/train_step.h"
 
 template <typename Real>
 struct TinyModel {

@@ -2,7 +2,7 @@
 #pragma once
 #include <string>
 #include <vector>
-#include "json.h"
+#include "formats/json.h"
 #include "model.h"
 
 #define DEFAULT_MODEL_PATH "models/SmolLM2-135M-Instruct.Q4_1.gguf"

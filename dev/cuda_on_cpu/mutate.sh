@@ -68,13 +68,13 @@ m() {
 }
 
 # block_sum without its leading barrier: a second call overwrites warp totals still being read
-m block_sum_no_leading_sync lib/gpu.h \
+m block_sum_no_leading_sync lib/ops/gpu.h \
   '    v = warp_sum(v);
     __syncthreads();   // an earlier call has finished reading warp_totals' \
   '    v = warp_sum(v);' 'gpu: rmsnorm_backward*'
 # the flash forward (not the backward, which has the same loop) without the barrier that keeps the
 # next k, v tiles from overwriting ones still read
-m flash_forward_no_sync lib/attention.cu \
+m flash_forward_no_sync lib/ops/attention.cu \
   '    // causal: no query of this tile sees a key past its last row
     int key_end = min(seq_len, i0 + flash_tile);
     for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
@@ -83,7 +83,7 @@ m flash_forward_no_sync lib/attention.cu \
     int key_end = min(seq_len, i0 + flash_tile);
     for (int j0 = 0; j0 < key_end; j0 += flash_tile) {' 'gpu: flash attention*'
 # the causal softmax max over j < i instead of j <= i (off by one)
-m softmax_off_by_one lib/attention.cu \
+m softmax_off_by_one lib/ops/attention.cu \
   'for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
   'for (int j = threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
 # a warp shuffle that some lanes skip (divergent shuffle)
@@ -91,19 +91,19 @@ m divergent_shuffle lib/nf4.cu \
   'float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));' \
   'float block_max = lane < 16 ? warp_max(fmaxf(fabsf(x0), fabsf(x1))) : 0.0f;' 'gpu: nf4_quantize_gpu*'
 # sum_group_heads reading one head too far (out of bounds on the last kv head)
-m group_heads_oob lib/attention.cu \
+m group_heads_oob lib/ops/attention.cu \
   'for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' \
   'for (int j = 0; j <= group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' 'gpu: simple attention (mat*'
 # the cross-entropy kernel's early exit for uncounted rows also skipping the gradient zeroing
-m ce_skip_zero lib/cross_entropy.cu \
+m ce_skip_zero lib/ops/cross_entropy.cu \
   '            for (int v = threadIdx.x; v < vocab; v += blockDim.x) store_gradient(&d_row[v], 0.0f);' \
   '            ;' 'gpu: cross_entropy_gpu*'
 # batch pointers: the kv head of entry i computed without the group division
-m batch_pointer_group lib/attention.cu \
+m batch_pointer_group lib/ops/attention.cu \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);' \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / 1) * o.head_stride);' 'gpu: simple attention (mat*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
-m asan_global_overrun lib/layers.cu \
+m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += __bfloat162float(y[i]);' \
   '    if (i <= n) x[i] += __bfloat162float(y[i]);' 'gpu: residual_add*'
 # (BASE=asan) a shared-memory read past the array (the tree starting one level too wide)

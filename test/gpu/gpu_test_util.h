@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <vector>
-#include "gpu.h"
+#include "ops/gpu.h"
 
 // A seed that differs every run (time and a counter): "fresh random inputs".
 // It is printed with each failure so a failing case can be replayed.

@@ -3,7 +3,7 @@
 // the same bf16-rounded inputs, and against each other.
 #include <doctest/doctest.h>
 #include <math.h>
-#include "attention.h"
+#include "ops/attention.h"
 #include "gpu_test_util.h"
 
 namespace {

@@ -3,9 +3,9 @@
 // matmul_cpu, matmul_backward_input_cpu).
 #include <doctest/doctest.h>
 #include <math.h>
-#include "cross_entropy.h"
+#include "ops/cross_entropy.h"
 #include "gpu_test_util.h"
-#include "layers.h"
+#include "ops/layers.h"
 
 // Targets uniform in [0, vocab), every third token (1, 4, 7, ...) not counted
 // (-100); token 0 aims at the last vocabulary entry and token 2 at the first.

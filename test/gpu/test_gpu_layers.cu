@@ -1,4 +1,4 @@
-// test_gpu_layers.cu: each layers.cu kernel against its CPU reference (the
+// test_gpu_layers.cu: each ops/layers.cu kernel against its CPU reference (the
 // float instantiation), on fresh random inputs at several shapes, including
 // widths that are not multiples of the block size.
 //
@@ -11,7 +11,7 @@
 #include <math.h>
 #include <vector>
 #include "gpu_test_util.h"
-#include "layers.h"
+#include "ops/layers.h"
 
 static const double bf16_tolerance = 1e-2;
 static const double fp32_tolerance = 1e-5;

@@ -1,0 +1,192 @@
+// bench_kernels.cu: each GPU kernel family timed on SmolLM2-135M-sized
+// inputs (batch 8 x 512 tokens), reported as GB/s (memory-bound kernels:
+// bytes read + written) or TFLOP/s (matrix kernels), next to the device's
+// measured ceilings: device-to-device copy bandwidth and cuBLAS's bf16 GEMM
+// rate. Like llm.c's dev/cuda benchmarks, but one program for all families.
+//   make build/bench_kernels && ./build/bench_kernels
+#include "adamw.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/gpu.h"
+#include "ops/layers.h"
+#include "lora.h"
+#include "nf4.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <vector>
+
+#ifdef __CUDACC__
+// Mean milliseconds of one call of fn over `reps` calls, after one warm-up call.
+template <typename Fn>
+static float time_ms(Fn fn, int reps) {
+    fn();
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    CUDA_CHECK(cudaEventRecord(start));
+    for (int i = 0; i < reps; i++) fn();
+    CUDA_CHECK(cudaEventRecord(stop));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    CUDA_CHECK(cudaEventDestroy(start));
+    CUDA_CHECK(cudaEventDestroy(stop));
+    return ms / reps;
+}
+
+static void *device_random(size_t bytes, const char *what) {
+    void *p = gpu_malloc(bytes, what);
+    CUDA_CHECK(cudaMemset(p, 0x3C, bytes));   // 0x3C3C as bf16 is 0.0115; as fp32 0.0115 too
+    return p;
+}
+
+static void report_bandwidth(const char *name, double bytes, float ms, double ceiling) {
+    double gbs = bytes / (ms * 1e-3) / 1e9;
+    printf("%-34s %9.3f ms %9.1f GB/s     %5.1f%% of copy bandwidth\n", name, ms, gbs, 100.0 * gbs / ceiling);
+}
+
+static void report_flops(const char *name, double flops, float ms, double ceiling) {
+    double tflops = flops / (ms * 1e-3) / 1e12;
+    printf("%-34s %9.3f ms %9.1f TFLOP/s  %5.1f%% of cuBLAS bf16 GEMM\n", name, ms, tflops, 100.0 * tflops / ceiling);
+}
+#endif
+
+int main(void) {
+#ifndef __CUDACC__
+    fprintf(stderr, "bench_kernels: built without CUDA\n");
+    return 1;
+#else
+    if (!gpu_available()) { fprintf(stderr, "bench_kernels: no CUDA device\n"); return 1; }
+    printf("device: %s\n", gpu_device_name());
+    const int n = 8 * 512, dim = 576, hidden = 1536, heads = 9, kv_heads = 3, head_dim = 64, vocab = 49152;
+    const int n_seqs = 8, seq = 512, rank = 16;
+
+    // ceilings: copy bandwidth and a large bf16 GEMM
+    size_t copy_bytes = (size_t)1 << 30;
+    void *src = device_random(copy_bytes, "copy source"), *dst = gpu_malloc(copy_bytes, "copy destination");
+    float copy_ms = time_ms([&] { CUDA_CHECK(cudaMemcpy(dst, src, copy_bytes, cudaMemcpyDeviceToDevice)); }, 10);
+    double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+    gpu_free(src);
+    gpu_free(dst);
+    const int big = 8192;
+    bf16 *a = (bf16 *)device_random(sizeof(bf16) * big * big, "gemm a");
+    bf16 *b = (bf16 *)device_random(sizeof(bf16) * big * big, "gemm b");
+    bf16 *c = (bf16 *)gpu_malloc(sizeof(bf16) * big * big, "gemm c");
+    float gemm_ms = time_ms([&] { matmul_gpu(c, a, b, NULL, big, big, big); }, 10);
+    double gemm_tflops = 2.0 * big * (double)big * big / (gemm_ms * 1e-3) / 1e12;
+    gpu_free(a); gpu_free(b); gpu_free(c);
+    printf("ceilings: device-to-device copy %.0f GB/s (read + write), cuBLAS bf16 GEMM %dx%dx%d %.0f TFLOP/s\n\n",
+           copy_gbs, big, big, big, gemm_tflops);
+
+    // NF4 dequantization of the MLP's gate matrix (codes + DQ constants in, bf16 out)
+    std::vector<float> w((size_t)hidden * dim);
+    for (size_t i = 0; i < w.size(); i++) w[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    NF4Tensor q;
+    if (nf4_quantize(&q, w.data(), (int64_t)w.size(), 1) != 0) return 1;
+    NF4TensorGPU qd;
+    nf4_upload(&qd, &q, "nf4 weights");
+    bf16 *wd = (bf16 *)gpu_malloc(sizeof(bf16) * w.size(), "dequantized");
+    float ms = time_ms([&] { nf4_dequantize_gpu(wd, &qd); }, 50);
+    report_bandwidth("nf4_dequantize_gpu (1536x576)", (double)nf4_bytes(&q) + 2.0 * w.size(), ms, copy_gbs);
+
+    // elementwise and norm kernels on [n, dim] / [n, hidden]
+    float *x = (float *)device_random(sizeof(float) * n * dim, "x");
+    float *dx = (float *)device_random(sizeof(float) * n * dim, "dx");
+    float *norm_w = (float *)device_random(sizeof(float) * dim, "norm weight");
+    bf16 *xn = (bf16 *)gpu_malloc(sizeof(bf16) * n * dim, "xn");
+    ms = time_ms([&] { rmsnorm_gpu(xn, x, norm_w, n, dim, 1e-5f); }, 50);
+    report_bandwidth("rmsnorm_gpu", (4.0 + 2.0) * n * dim, ms, copy_gbs);
+    ms = time_ms([&] { rmsnorm_backward_gpu(dx, x, x, norm_w, n, dim, 1e-5f); }, 50);
+    report_bandwidth("rmsnorm_backward_gpu", 4.0 * 4.0 * n * dim, ms, copy_gbs);
+    ms = time_ms([&] { residual_add_gpu(x, xn, (size_t)n * dim); }, 50);
+    report_bandwidth("residual_add_gpu", (4.0 + 2.0 + 4.0) * n * dim, ms, copy_gbs);
+    bf16 *gate = (bf16 *)device_random(sizeof(bf16) * n * hidden, "gate");
+    bf16 *up = (bf16 *)device_random(sizeof(bf16) * n * hidden, "up");
+    bf16 *h = (bf16 *)gpu_malloc(sizeof(bf16) * n * hidden, "h");
+    ms = time_ms([&] { swiglu_gpu(h, gate, up, (size_t)n * hidden); }, 50);
+    report_bandwidth("swiglu_gpu", 3.0 * 2.0 * n * hidden, ms, copy_gbs);
+    ms = time_ms([&] { swiglu_backward_gpu(h, h, gate, gate, up, (size_t)n * hidden); }, 50);
+    report_bandwidth("swiglu_backward_gpu", 5.0 * 2.0 * n * hidden, ms, copy_gbs);
+
+    // RoPE on q, and attention
+    int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    bf16 *qb = (bf16 *)device_random(sizeof(bf16) * n * q_dim, "q");
+    bf16 *kb = (bf16 *)device_random(sizeof(bf16) * n * kv_dim, "k");
+    bf16 *vb = (bf16 *)device_random(sizeof(bf16) * n * kv_dim, "v");
+    bf16 *out = (bf16 *)gpu_malloc(sizeof(bf16) * n * q_dim, "attention out");
+    bf16 *dq = (bf16 *)gpu_malloc(sizeof(bf16) * n * q_dim, "dq");
+    bf16 *dk = (bf16 *)gpu_malloc(sizeof(bf16) * n * kv_dim, "dk");
+    bf16 *dv = (bf16 *)gpu_malloc(sizeof(bf16) * n * kv_dim, "dv");
+    float *lse = (float *)gpu_malloc(sizeof(float) * n * heads, "lse");
+    int *positions = (int *)gpu_malloc(sizeof(int) * n, "positions");
+    std::vector<int> pos(n);
+    for (int i = 0; i < n; i++) pos[i] = i % seq;
+    gpu_upload(positions, pos.data(), sizeof(int) * n);
+    std::vector<float> inv_freq(head_dim / 2, 0.01f);
+    float *inv_freq_d = (float *)gpu_malloc(sizeof(float) * inv_freq.size(), "inv_freq");
+    gpu_upload(inv_freq_d, inv_freq.data(), sizeof(float) * inv_freq.size());
+    ms = time_ms([&] { rope_gpu(qb, positions, inv_freq_d, n, heads, head_dim); }, 50);
+    report_bandwidth("rope_gpu (q)", 2.0 * 2.0 * n * q_dim, ms, copy_gbs);
+    // causal attention: q.k and p.v over half the keys on average, 2 FLOPs per multiply-add
+    double attention_flops = 2.0 * 2.0 * n_seqs * heads * (double)seq * seq / 2.0 * head_dim;
+    AttentionKernel kinds[2] = {ATTENTION_SIMPLE, ATTENTION_FLASH};
+    const char *names[2] = {"simple", "flash"};
+    for (int k = 0; k < 2; k++) {
+        char label[64];
+        size_t scratch_bytes = attention_scratch_bytes_gpu(kinds[k], n_seqs, seq, heads, head_dim, (size_t)512 << 20);
+        void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
+        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, n_seqs, seq, heads, kv_heads, head_dim,
+                                                 scratch, scratch_bytes); }, 10);
+        snprintf(label, sizeof label, "attention forward (%s)", names[k]);
+        report_flops(label, attention_flops, ms, gemm_tflops);
+        ms = time_ms([&] { attention_backward_gpu(kinds[k], dq, dk, dv, out, out, lse, qb, kb, vb, n_seqs, seq, heads,
+                                                   kv_heads, head_dim, scratch, scratch_bytes); }, 10);
+        snprintf(label, sizeof label, "attention backward (%s)", names[k]);
+        report_flops(label, 2.0 * attention_flops, ms, gemm_tflops);
+        gpu_free(scratch);
+    }
+
+    // base GEMMs (the MLP's gate projection) and LoRA on it
+    ms = time_ms([&] { matmul_gpu(h, xn, wd, NULL, n, dim, hidden); }, 20);
+    report_flops("matmul_gpu (gate: 4096x576x1536)", 2.0 * n * dim * hidden, ms, gemm_tflops);
+    ms = time_ms([&] { matmul_backward_input_gpu(dx, h, wd, n, dim, hidden); }, 20);
+    report_flops("matmul_backward_input_gpu (gate)", 2.0 * n * dim * hidden, ms, gemm_tflops);
+    LoraShape shape = {n, dim, hidden, rank, 2.0f};
+    bf16 *lora_a = (bf16 *)device_random(sizeof(bf16) * rank * dim, "A");
+    bf16 *lora_b = (bf16 *)device_random(sizeof(bf16) * hidden * rank, "B");
+    float *grad_a = (float *)device_random(sizeof(float) * rank * dim, "dA");
+    float *grad_b = (float *)device_random(sizeof(float) * hidden * rank, "dB");
+    bf16 *xa = (bf16 *)gpu_malloc(sizeof(bf16) * n * rank, "xa");
+    void *scratch = gpu_malloc(lora_scratch_bytes_gpu(shape), "lora scratch");
+    double lora_flops = 2.0 * n * rank * (dim + hidden);
+    ms = time_ms([&] { lora_forward_gpu(h, xa, xn, NULL, lora_a, lora_b, shape, scratch); }, 20);
+    report_flops("lora_forward_gpu (gate, r=16)", lora_flops, ms, gemm_tflops);
+    ms = time_ms([&] { lora_backward_gpu(dx, grad_a, grad_b, h, xn, NULL, lora_a, lora_b, xa, shape, scratch); }, 20);
+    report_flops("lora_backward_gpu (gate, r=16)", 2.0 * lora_flops, ms, gemm_tflops);
+
+    // LM head + cross-entropy, forward and backward
+    bf16 *lm_head = (bf16 *)device_random(sizeof(bf16) * vocab * dim, "lm head");
+    std::vector<int> targets(n);
+    for (int i = 0; i < n; i++) targets[i] = (i * 7919) % vocab;
+    int *targets_d = (int *)gpu_malloc(sizeof(int) * n, "targets");
+    gpu_upload(targets_d, targets.data(), sizeof(int) * n);
+    int counted = 0;
+    ms = time_ms([&] { lm_head_cross_entropy_gpu(dx, xn, lm_head, targets_d, n, dim, vocab, 1e-4, &counted); }, 5);
+    report_flops("lm_head_cross_entropy_gpu (fwd+bwd)", 2.0 * 2.0 * n * (double)dim * vocab, ms, gemm_tflops);
+
+    // AdamW over the default run's 4.9M LoRA parameters
+    size_t n_params = 4884480;
+    float *p = (float *)device_random(sizeof(float) * n_params, "params");
+    float *g = (float *)device_random(sizeof(float) * n_params, "grads");
+    float *m = (float *)device_random(sizeof(float) * n_params, "m");
+    float *v = (float *)device_random(sizeof(float) * n_params, "v");
+    AdamWConfig config = adamw_default_config();
+    int64_t step = 1;
+    ms = time_ms([&] { adamw_step_gpu(p, g, m, v, n_params, step++, &config, 1e-4f); }, 20);
+    report_bandwidth("adamw_step_gpu (4.9M params)", 7.0 * 4.0 * n_params, ms, copy_gbs);
+    ms = time_ms([&] { sum_squares_gpu(g, n_params); }, 20);
+    report_bandwidth("sum_squares_gpu (4.9M)", 4.0 * n_params, ms, copy_gbs);
+    return 0;
+#endif
+}

@@ -1,0 +1,33 @@
+# utf8proc and doctest: the system's, or local copies under build/deps/.
+# Included by the Makefile and dev/cuda_on_cpu/Makefile (REPO = the repo root).
+# When the compiler cannot find utf8proc.h (doctest/doctest.h), or with
+# `make LOCAL_DEPS=1`, dev/fetch/fetch_deps.sh fetches the Debian package
+# into build/deps/ and the build uses it from there: headers with -isystem,
+# utf8proc linked statically. Sets DEPS_CPPFLAGS, UTF8PROC_LIB and the
+# order-only prerequisites UTF8PROC_DEP and DOCTEST_DEP.
+DEPS_DIR := $(REPO)/build/deps
+has_header = $(shell printf '\043include <$(1)>\n' | $(CC) $(CPPFLAGS) -E -x c - >/dev/null 2>&1 && echo yes)
+ifeq ($(LOCAL_DEPS),1)
+  UTF8PROC_LOCAL = yes
+  DOCTEST_LOCAL = yes
+else
+  UTF8PROC_LOCAL = $(if $(call has_header,utf8proc.h),,yes)
+  DOCTEST_LOCAL = $(if $(call has_header,doctest/doctest.h),,yes)
+endif
+DEPS_CPPFLAGS =
+UTF8PROC_LIB = -lutf8proc
+UTF8PROC_DEP =
+DOCTEST_DEP =
+ifeq ($(UTF8PROC_LOCAL),yes)
+  DEPS_CPPFLAGS = -isystem $(DEPS_DIR)/include
+  UTF8PROC_LIB = $(DEPS_DIR)/lib/libutf8proc.a
+  UTF8PROC_DEP = $(DEPS_DIR)/lib/libutf8proc.a
+endif
+ifeq ($(DOCTEST_LOCAL),yes)
+  DEPS_CPPFLAGS = -isystem $(DEPS_DIR)/include
+  DOCTEST_DEP = $(DEPS_DIR)/include/doctest/doctest.h
+endif
+$(DEPS_DIR)/lib/libutf8proc.a:
+	@cd $(REPO) && sh dev/fetch/fetch_deps.sh utf8proc
+$(DEPS_DIR)/include/doctest/doctest.h:
+	@cd $(REPO) && sh dev/fetch/fetch_deps.sh doctest

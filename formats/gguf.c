@@ -1,0 +1,347 @@
+// formats/gguf.c: GGUF v3 reader. Layout (all little-endian):
+//   "GGUF", u32 version, u64 tensor_count, u64 kv_count,
+//   kv_count x (string key, u32 type, value),
+//   tensor_count x (string name, u32 n_dims, u64 dims[n_dims] innermost first,
+//                   u32 type, u64 offset),
+//   padding to general.alignment, then the tensor data (offsets relative to it).
+// A string is u64 length + bytes. Every read is bounds-checked: a truncated or
+// lying file gives an error, never a read past the end of the mapping.
+#include "formats/gguf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const unsigned char *base;
+    size_t size;
+    size_t pos;
+    const char *path;
+    char *err;
+    size_t err_size;
+    int failed;
+} Reader;
+
+static int read_fail(Reader *r, const char *what) {
+    if (!r->failed) snprintf(r->err, r->err_size, "%s: %s (at byte %zu)", r->path, what, r->pos);
+    r->failed = 1;
+    return 0;
+}
+
+static int read_bytes(Reader *r, void *out, size_t n) {
+    if (r->failed) return 0;
+    if (n > r->size - r->pos) return read_fail(r, "file is truncated");
+    memcpy(out, r->base + r->pos, n);
+    r->pos += n;
+    return 1;
+}
+
+static uint32_t read_u32(Reader *r) { uint32_t v = 0; read_bytes(r, &v, 4); return v; }
+static uint64_t read_u64(Reader *r) { uint64_t v = 0; read_bytes(r, &v, 8); return v; }
+
+static GGUFString read_string(Reader *r) {
+    GGUFString s = {NULL, 0};
+    uint64_t len = read_u64(r);
+    if (r->failed) return s;
+    if (len > r->size - r->pos) { read_fail(r, "string length runs past the end of the file"); return s; }
+    s.ptr = (const char *)r->base + r->pos;
+    s.len = len;
+    r->pos += len;
+    return s;
+}
+
+static size_t scalar_size(GGUFType t) {
+    switch (t) {
+    case GGUF_UINT8: case GGUF_INT8: case GGUF_BOOL: return 1;
+    case GGUF_UINT16: case GGUF_INT16: return 2;
+    case GGUF_UINT32: case GGUF_INT32: case GGUF_FLOAT32: return 4;
+    case GGUF_UINT64: case GGUF_INT64: case GGUF_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+// Reads a scalar of type t at p into the integer and float views of kv.
+static void decode_scalar(GGUFType t, const unsigned char *p, GGUFKeyValue *kv) {
+    union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
+            uint64_t u64; int64_t i64; float f32; double f64; } v;
+    memcpy(&v, p, scalar_size(t));
+    switch (t) {
+    case GGUF_UINT8: case GGUF_BOOL: kv->int_value = v.u8; break;
+    case GGUF_INT8: kv->int_value = v.i8; break;
+    case GGUF_UINT16: kv->int_value = v.u16; break;
+    case GGUF_INT16: kv->int_value = v.i16; break;
+    case GGUF_UINT32: kv->int_value = v.u32; break;
+    case GGUF_INT32: kv->int_value = v.i32; break;
+    case GGUF_UINT64: kv->int_value = (int64_t)v.u64; break;
+    case GGUF_INT64: kv->int_value = v.i64; break;
+    case GGUF_FLOAT32: kv->float_value = v.f32; break;
+    case GGUF_FLOAT64: kv->float_value = v.f64; break;
+    default: break;
+    }
+    if (t != GGUF_FLOAT32 && t != GGUF_FLOAT64) kv->float_value = (double)kv->int_value;
+}
+
+static void read_array(Reader *r, GGUFKeyValue *kv) {
+    kv->array_type = (GGUFType)read_u32(r);
+    kv->array_count = read_u64(r);
+    if (r->failed) return;
+    if (kv->array_type == GGUF_STRING) {
+        // each string needs at least its 8-byte length
+        if (kv->array_count > (r->size - r->pos) / 8) { read_fail(r, "array count runs past the end of the file"); return; }
+        kv->array_strings = (GGUFString *)calloc(kv->array_count ? kv->array_count : 1, sizeof(GGUFString));
+        if (!kv->array_strings) { read_fail(r, "out of memory"); return; }
+        for (uint64_t i = 0; i < kv->array_count && !r->failed; i++) kv->array_strings[i] = read_string(r);
+        return;
+    }
+    size_t elem = scalar_size(kv->array_type);
+    if (elem == 0) { read_fail(r, "unsupported array element type (nested arrays are not supported)"); return; }
+    if (kv->array_count > (r->size - r->pos) / elem) { read_fail(r, "array runs past the end of the file"); return; }
+    kv->array_data = r->base + r->pos;
+    r->pos += kv->array_count * elem;
+}
+
+static void read_kv(Reader *r, GGUFKeyValue *kv) {
+    GGUFString key = read_string(r);
+    if (r->failed) return;
+    kv->key = strndup(key.ptr, key.len);
+    kv->type = (GGUFType)read_u32(r);
+    if (r->failed) return;
+    if (kv->type == GGUF_STRING) { kv->string = read_string(r); return; }
+    if (kv->type == GGUF_ARRAY) { read_array(r, kv); return; }
+    size_t n = scalar_size(kv->type);
+    if (n == 0) { read_fail(r, "unknown metadata value type"); return; }
+    if (n > r->size - r->pos) { read_fail(r, "file is truncated"); return; }
+    decode_scalar(kv->type, r->base + r->pos, kv);
+    r->pos += n;
+}
+
+static int is_supported_type(uint32_t t) {
+    return t == DT_F32 || t == DT_F16 || t == DT_BF16 || t == DT_Q4_0 || t == DT_Q4_1 ||
+           t == DT_Q5_0 || t == DT_Q5_1 || t == DT_Q8_0;
+}
+
+static void read_tensor_info(Reader *r, TensorInfo *t, uint64_t *offset) {
+    GGUFString name = read_string(r);
+    uint32_t ndim = read_u32(r);
+    if (r->failed) return;
+    t->name = strndup(name.ptr, name.len);
+    if (ndim == 0 || ndim > TENSOR_MAX_DIMS) { read_fail(r, "tensor has an unsupported number of dimensions"); return; }
+    t->ndim = (int)ndim;
+    int64_t numel = 1;
+    for (uint32_t i = 0; i < ndim; i++) {
+        uint64_t d = read_u64(r);
+        if (r->failed) return;
+        if (d == 0 || d > ((uint64_t)1 << 40) || (uint64_t)numel > ((uint64_t)1 << 42) / d) {
+            read_fail(r, "tensor dimension is zero or absurdly large");
+            return;
+        }
+        t->shape[ndim - 1 - i] = (int64_t)d;   // GGUF lists innermost first
+        numel *= (int64_t)d;
+    }
+    uint32_t type = read_u32(r);
+    *offset = read_u64(r);
+    if (r->failed) return;
+    if (!is_supported_type(type)) {
+        char what[160];
+        snprintf(what, sizeof what, "tensor '%s' has GGUF type %u, which this reader does not support", t->name, type);
+        read_fail(r, what);
+        return;
+    }
+    t->dtype = (DType)type;
+    t->nbytes = dtype_nbytes(t->dtype, numel);
+    if (t->nbytes == 0) {
+        char what[160];
+        snprintf(what, sizeof what, "tensor '%s' size is not a whole number of %s blocks", t->name, dtype_name(t->dtype));
+        read_fail(r, what);
+    }
+}
+
+// Checks each tensor's [offset, offset + nbytes) lies inside the data section.
+static int place_tensors(GGUFFile *f, const uint64_t *offsets, Reader *r) {
+    size_t data_size = f->file.size - f->data_offset;
+    for (int i = 0; i < f->tensors.count; i++) {
+        TensorInfo *t = &f->tensors.tensors[i];
+        char what[200];
+        if (offsets[i] % f->alignment != 0) {
+            snprintf(what, sizeof what, "tensor '%s' offset %llu is not aligned to %zu", t->name,
+                     (unsigned long long)offsets[i], f->alignment);
+            return read_fail(r, what);
+        }
+        if (offsets[i] > data_size || t->nbytes > data_size - offsets[i]) {
+            snprintf(what, sizeof what, "tensor '%s' data [%llu, +%zu) lies outside the file", t->name,
+                     (unsigned long long)offsets[i], t->nbytes);
+            return read_fail(r, what);
+        }
+        t->data = (const unsigned char *)f->file.data + f->data_offset + offsets[i];
+    }
+    return 1;
+}
+
+static int parse(GGUFFile *f, Reader *r) {
+    char magic[4];
+    read_bytes(r, magic, 4);
+    if (r->failed) return 0;
+    if (memcmp(magic, "GGUF", 4) != 0) return read_fail(r, "not a GGUF file (bad magic)");
+    f->version = read_u32(r);
+    if (!r->failed && f->version != 3) return read_fail(r, "unsupported GGUF version (only 3 is supported)");
+    uint64_t n_tensors = read_u64(r);
+    uint64_t n_kv = read_u64(r);
+    if (r->failed) return 0;
+    if (n_tensors > 1000000 || n_kv > 1000000) return read_fail(r, "absurd tensor or metadata count in header");
+    f->kv = (GGUFKeyValue *)calloc(n_kv ? n_kv : 1, sizeof(GGUFKeyValue));
+    if (!f->kv) return read_fail(r, "out of memory");
+    for (uint64_t i = 0; i < n_kv && !r->failed; i++) {
+        read_kv(r, &f->kv[i]);
+        f->n_kv = (int)i + 1;
+    }
+    if (r->failed) return 0;
+    int64_t alignment = gguf_get_int(f, "general.alignment", 32);
+    if (alignment <= 0 || alignment > 65536 || (alignment & (alignment - 1)) != 0)
+        return read_fail(r, "general.alignment is not a power of two");
+    f->alignment = (size_t)alignment;
+    f->tensors.tensors = (TensorInfo *)calloc(n_tensors ? n_tensors : 1, sizeof(TensorInfo));
+    uint64_t *offsets = (uint64_t *)calloc(n_tensors ? n_tensors : 1, sizeof(uint64_t));
+    if (!f->tensors.tensors || !offsets) { free(offsets); return read_fail(r, "out of memory"); }
+    for (uint64_t i = 0; i < n_tensors && !r->failed; i++) {
+        read_tensor_info(r, &f->tensors.tensors[i], &offsets[i]);
+        f->tensors.count = (int)i + 1;
+    }
+    if (!r->failed) {
+        f->data_offset = (r->pos + f->alignment - 1) / f->alignment * f->alignment;
+        if (f->data_offset > f->file.size) read_fail(r, "file ends before the tensor data");
+        else place_tensors(f, offsets, r);
+    }
+    free(offsets);
+    return !r->failed;
+}
+
+int gguf_open(GGUFFile *f, const char *path, char *err, size_t err_size) {
+    memset(f, 0, sizeof *f);
+    if (map_file(&f->file, path, err, err_size) != 0) return -1;
+    f->path = strdup(path);
+    Reader r = {(const unsigned char *)f->file.data, f->file.size, 0, path, err, err_size, 0};
+    if (!parse(f, &r)) {
+        gguf_close(f);
+        return -1;
+    }
+    return 0;
+}
+
+void gguf_close(GGUFFile *f) {
+    for (int i = 0; i < f->n_kv; i++) {
+        free(f->kv[i].key);
+        free(f->kv[i].array_strings);
+    }
+    free(f->kv);
+    for (int i = 0; i < f->tensors.count; i++) free(f->tensors.tensors[i].name);
+    free(f->tensors.tensors);
+    unmap_file(&f->file);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+const GGUFKeyValue *gguf_find(const GGUFFile *f, const char *key) {
+    for (int i = 0; i < f->n_kv; i++)
+        if (f->kv[i].key && strcmp(f->kv[i].key, key) == 0) return &f->kv[i];
+    return NULL;
+}
+
+int64_t gguf_get_int(const GGUFFile *f, const char *key, int64_t fallback) {
+    const GGUFKeyValue *kv = gguf_find(f, key);
+    if (!kv || kv->type == GGUF_STRING || kv->type == GGUF_ARRAY || kv->type == GGUF_FLOAT32 ||
+        kv->type == GGUF_FLOAT64)
+        return fallback;
+    return kv->int_value;
+}
+
+double gguf_get_float(const GGUFFile *f, const char *key, double fallback) {
+    const GGUFKeyValue *kv = gguf_find(f, key);
+    if (!kv || kv->type == GGUF_STRING || kv->type == GGUF_ARRAY) return fallback;
+    return kv->float_value;
+}
+
+char *gguf_get_string(const GGUFFile *f, const char *key) {
+    const GGUFKeyValue *kv = gguf_find(f, key);
+    if (!kv || kv->type != GGUF_STRING) return NULL;
+    return strndup(kv->string.ptr, kv->string.len);
+}
+
+// ---- block dequantizers (32 values per block) -------------------------------
+
+static float read_f16(const unsigned char *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return f16_to_f32(h);
+}
+
+// Q4_0: fp16 d, 16 bytes; value = d * (q - 8). Byte j holds value j in its low
+// nibble and value j + 16 in its high nibble.
+void dequantize_q4_0(const void *src, float *dst, int64_t n) {
+    const unsigned char *block = (const unsigned char *)src;
+    for (int64_t b = 0; b < n / 32; b++, block += 18, dst += 32) {
+        float d = read_f16(block);
+        const unsigned char *qs = block + 2;
+        for (int j = 0; j < 16; j++) {
+            dst[j] = d * (float)((qs[j] & 0x0F) - 8);
+            dst[j + 16] = d * (float)((qs[j] >> 4) - 8);
+        }
+    }
+}
+
+// Q4_1: fp16 d, fp16 m, 16 bytes; value = d * q + m.
+void dequantize_q4_1(const void *src, float *dst, int64_t n) {
+    const unsigned char *block = (const unsigned char *)src;
+    for (int64_t b = 0; b < n / 32; b++, block += 20, dst += 32) {
+        float d = read_f16(block), m = read_f16(block + 2);
+        const unsigned char *qs = block + 4;
+        for (int j = 0; j < 16; j++) {
+            dst[j] = d * (float)(qs[j] & 0x0F) + m;
+            dst[j + 16] = d * (float)(qs[j] >> 4) + m;
+        }
+    }
+}
+
+// Q5_0: fp16 d, u32 high bits qh, 16 bytes; q = nibble | (bit << 4); value = d * (q - 16).
+// Bit j of qh is the fifth bit of value j (j < 32).
+void dequantize_q5_0(const void *src, float *dst, int64_t n) {
+    const unsigned char *block = (const unsigned char *)src;
+    for (int64_t b = 0; b < n / 32; b++, block += 22, dst += 32) {
+        float d = read_f16(block);
+        uint32_t qh;
+        memcpy(&qh, block + 2, 4);
+        const unsigned char *qs = block + 6;
+        for (int j = 0; j < 16; j++) {
+            int lo = (qs[j] & 0x0F) | (int)(((qh >> j) & 1) << 4);
+            int hi = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            dst[j] = d * (float)(lo - 16);
+            dst[j + 16] = d * (float)(hi - 16);
+        }
+    }
+}
+
+// Q5_1: fp16 d, fp16 m, u32 qh, 16 bytes; value = d * q + m.
+void dequantize_q5_1(const void *src, float *dst, int64_t n) {
+    const unsigned char *block = (const unsigned char *)src;
+    for (int64_t b = 0; b < n / 32; b++, block += 24, dst += 32) {
+        float d = read_f16(block), m = read_f16(block + 2);
+        uint32_t qh;
+        memcpy(&qh, block + 4, 4);
+        const unsigned char *qs = block + 8;
+        for (int j = 0; j < 16; j++) {
+            int lo = (qs[j] & 0x0F) | (int)(((qh >> j) & 1) << 4);
+            int hi = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+            dst[j] = d * (float)lo + m;
+            dst[j + 16] = d * (float)hi + m;
+        }
+    }
+}
+
+// Q8_0: fp16 d, 32 int8; value = d * q.
+void dequantize_q8_0(const void *src, float *dst, int64_t n) {
+    const unsigned char *block = (const unsigned char *)src;
+    for (int64_t b = 0; b < n / 32; b++, block += 34, dst += 32) {
+        float d = read_f16(block);
+        const int8_t *qs = (const int8_t *)(block + 2);
+        for (int j = 0; j < 32; j++) dst[j] = d * (float)qs[j];
+    }
+}

@@ -1,0 +1,44 @@
+// formats/json.h: a small JSON reader (RFC 8259) for config.json, tokenizer.json,
+// safetensors headers and the training data. Strings come back as UTF-8.
+#pragma once
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT } JsonType;
+
+typedef struct JsonValue JsonValue;
+struct JsonValue {
+    JsonType type;
+    int boolean;         // JSON_BOOL
+    double number;       // JSON_NUMBER
+    char *string;        // JSON_STRING: UTF-8, NUL-terminated (may hold \u0000, see string_len)
+    size_t string_len;
+    size_t count;        // JSON_ARRAY / JSON_OBJECT: number of items
+    JsonValue *items;    // the items (array) or member values (object)
+    char **keys;         // JSON_OBJECT: member names, parallel to items
+};
+
+// Parses len bytes of text. On error returns NULL and writes
+// "line L, column C: what is wrong" into err.
+JsonValue *json_parse(const char *text, size_t len, char *err, size_t err_size);
+void json_free(JsonValue *value);
+
+// Member of an object by name (first match), or NULL.
+const JsonValue *json_get(const JsonValue *object, const char *key);
+// Convenience lookups with a default when the member is missing or of another type.
+double json_get_number(const JsonValue *object, const char *key, double fallback);
+const char *json_get_string(const JsonValue *object, const char *key, const char *fallback);
+
+// Reads a whole file into memory (NUL-terminated). NULL + err on failure.
+char *read_file(const char *path, size_t *len, char *err, size_t err_size);
+
+// Reads and parses a JSON file. On failure returns NULL with
+// "PATH: line L, column C: what is wrong (not valid JSON)" (or the read error) in err.
+JsonValue *json_parse_file(const char *path, char *err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,462 @@
+// formats/safetensors.c: reads a safetensors file by mapping it and checking every
+// header entry against the file (a lying header gives an error, never a read
+// outside the mapping), and writes one atomically (PATH.tmp, fsync, rename).
+#include "formats/safetensors.h"
+#include "formats/json.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// JSON numbers are doubles: integers up to 2^53 are exact.
+#define MAX_EXACT_INTEGER 9007199254740992.0
+
+static const char *const DTYPE_NAMES[] = {"F32", "F16", "BF16", "I32", "I64"};
+static const DType DTYPES[] = {DT_F32, DT_F16, DT_BF16, DT_I32, DT_I64};
+#define N_DTYPES 5
+
+static DType dtype_from_name(const char *name) {
+    for (int i = 0; i < N_DTYPES; i++)
+        if (strcmp(name, DTYPE_NAMES[i]) == 0) return DTYPES[i];
+    return DT_UNKNOWN;
+}
+
+static int dtype_is_supported(DType t) {
+    for (int i = 0; i < N_DTYPES; i++)
+        if (DTYPES[i] == t) return 1;
+    return 0;
+}
+
+// ---- reading -----------------------------------------------------------------
+
+// A header entry's byte range, relative to the start of the data section.
+typedef struct {
+    uint64_t begin, end;
+    int tensor;
+} ByteRange;
+
+// Reads a JSON number that must be a whole number in [0, 2^53].
+static int read_count(const JsonValue *v, uint64_t *out) {
+    if (!v || v->type != JSON_NUMBER) return 0;
+    double d = v->number;
+    if (!(d >= 0 && d <= MAX_EXACT_INTEGER) || (double)(uint64_t)d != d) return 0;
+    *out = (uint64_t)d;
+    return 1;
+}
+
+// Fills t's dtype and shape from entry; returns the byte count the shape needs
+// in *nbytes. 0 on success, -1 with err set.
+static int parse_dtype_and_shape(const char *path, const char *name, const JsonValue *entry, TensorInfo *t,
+                                 uint64_t *nbytes, char *err, size_t err_size) {
+    const JsonValue *dtype = json_get(entry, "dtype");
+    if (!dtype || dtype->type != JSON_STRING) {
+        snprintf(err, err_size, "%s: tensor '%s': \"dtype\" is missing or not a string", path, name);
+        return -1;
+    }
+    t->dtype = dtype_from_name(dtype->string);
+    if (t->dtype == DT_UNKNOWN) {
+        snprintf(err, err_size, "%s: tensor '%s': dtype '%s' is not supported (F32, F16, BF16, I32, I64 are)",
+                 path, name, dtype->string);
+        return -1;
+    }
+    const JsonValue *shape = json_get(entry, "shape");
+    if (!shape || shape->type != JSON_ARRAY || shape->count > TENSOR_MAX_DIMS) {
+        snprintf(err, err_size, "%s: tensor '%s': \"shape\" must be an array of at most %d sizes", path, name,
+                 TENSOR_MAX_DIMS);
+        return -1;
+    }
+    // The limit keeps numel * element size (at most 8) inside 64 bits.
+    uint64_t numel = 1, limit = UINT64_MAX / 8;
+    t->ndim = (int)shape->count;
+    for (int i = 0; i < t->ndim; i++) {
+        uint64_t size;
+        if (!read_count(&shape->items[i], &size)) {
+            snprintf(err, err_size, "%s: tensor '%s': shape[%d] is not a non-negative integer", path, name, i);
+            return -1;
+        }
+        if (size != 0 && numel > limit / size) {
+            snprintf(err, err_size, "%s: tensor '%s': shape is too large", path, name);
+            return -1;
+        }
+        numel *= size;
+        t->shape[i] = (int64_t)size;
+    }
+    *nbytes = numel * dtype_block_bytes(t->dtype);
+    return 0;
+}
+
+// Parses one header entry into t and its byte range; data_size is the length
+// of the data section.
+static int parse_entry(const char *path, const char *name, const JsonValue *entry, uint64_t data_size,
+                       TensorInfo *t, ByteRange *range, char *err, size_t err_size) {
+    if (entry->type != JSON_OBJECT) {
+        snprintf(err, err_size, "%s: tensor '%s': header entry is not an object", path, name);
+        return -1;
+    }
+    uint64_t nbytes;
+    if (parse_dtype_and_shape(path, name, entry, t, &nbytes, err, err_size) != 0) return -1;
+    const JsonValue *offsets = json_get(entry, "data_offsets");
+    uint64_t begin, end;
+    if (!offsets || offsets->type != JSON_ARRAY || offsets->count != 2 || !read_count(&offsets->items[0], &begin) ||
+        !read_count(&offsets->items[1], &end) || begin > end) {
+        snprintf(err, err_size, "%s: tensor '%s': \"data_offsets\" must be [begin, end] with 0 <= begin <= end",
+                 path, name);
+        return -1;
+    }
+    if (end > data_size) {
+        snprintf(err, err_size, "%s: tensor '%s': data_offsets [%llu, %llu) lie outside the file (%llu data bytes)",
+                 path, name, (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
+        return -1;
+    }
+    if (end - begin != nbytes) {
+        snprintf(err, err_size, "%s: tensor '%s': data_offsets cover %llu bytes but its %s shape needs %llu",
+                 path, name, (unsigned long long)(end - begin), dtype_name(t->dtype), (unsigned long long)nbytes);
+        return -1;
+    }
+    t->nbytes = (size_t)nbytes;
+    range->begin = begin;
+    range->end = end;
+    return 0;
+}
+
+static int compare_ranges(const void *a, const void *b) {
+    const ByteRange *x = (const ByteRange *)a, *y = (const ByteRange *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+// Sorts the ranges by start; two tensors that share a byte are an error.
+static int check_no_overlap(const SafetensorsFile *f, ByteRange *ranges, int n, char *err, size_t err_size) {
+    qsort(ranges, (size_t)n, sizeof *ranges, compare_ranges);
+    int previous = -1;   // the non-empty range seen last
+    for (int i = 0; i < n; i++) {
+        if (ranges[i].begin == ranges[i].end) continue;
+        if (previous >= 0 && ranges[i].begin < ranges[previous].end) {
+            snprintf(err, err_size, "%s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s' [%llu, %llu)",
+                     f->path, f->tensors.tensors[ranges[i].tensor].name, (unsigned long long)ranges[i].begin,
+                     (unsigned long long)ranges[i].end, f->tensors.tensors[ranges[previous].tensor].name,
+                     (unsigned long long)ranges[previous].begin, (unsigned long long)ranges[previous].end);
+            return -1;
+        }
+        previous = i;
+    }
+    return 0;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(((const TensorInfo *)a)->name, ((const TensorInfo *)b)->name);
+}
+
+// JSON allows a key twice; a tensor name must appear once.
+static int check_unique_names(const SafetensorsFile *f, char *err, size_t err_size) {
+    int n = f->tensors.count;
+    TensorInfo *sorted = (TensorInfo *)malloc((size_t)(n ? n : 1) * sizeof *sorted);
+    if (!sorted) { snprintf(err, err_size, "%s: out of memory", f->path); return -1; }
+    memcpy(sorted, f->tensors.tensors, (size_t)n * sizeof *sorted);
+    qsort(sorted, (size_t)n, sizeof *sorted, compare_names);
+    int status = 0;
+    for (int i = 1; i < n && status == 0; i++) {
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
+            snprintf(err, err_size, "%s: tensor '%s': appears twice in the header", f->path, sorted[i].name);
+            status = -1;
+        }
+    }
+    free(sorted);
+    return status;
+}
+
+// Fills f->tensors from the parsed header; data begins at data_start.
+static int read_entries(SafetensorsFile *f, const JsonValue *header, size_t data_start, char *err,
+                        size_t err_size) {
+    f->tensors.tensors = (TensorInfo *)calloc(header->count ? header->count : 1, sizeof(TensorInfo));
+    ByteRange *ranges = (ByteRange *)calloc(header->count ? header->count : 1, sizeof(ByteRange));
+    if (!f->tensors.tensors || !ranges) {
+        free(ranges);
+        snprintf(err, err_size, "%s: out of memory", f->path);
+        return -1;
+    }
+    const unsigned char *data = (const unsigned char *)f->file.data + data_start;
+    uint64_t data_size = f->file.size - data_start;
+    int n = 0, status = 0;
+    for (size_t i = 0; i < header->count && status == 0; i++) {
+        const char *name = header->keys[i];
+        if (strcmp(name, "__metadata__") == 0) continue;
+        TensorInfo *t = &f->tensors.tensors[n];
+        t->name = strdup(name);
+        if (!t->name) { snprintf(err, err_size, "%s: out of memory", f->path); status = -1; break; }
+        f->tensors.count = ++n;
+        status = parse_entry(f->path, name, &header->items[i], data_size, t, &ranges[n - 1], err, err_size);
+        ranges[n - 1].tensor = n - 1;
+        t->data = data + ranges[n - 1].begin;
+    }
+    if (status == 0) status = check_unique_names(f, err, err_size);
+    if (status == 0) status = check_no_overlap(f, ranges, n, err, err_size);
+    free(ranges);
+    return status;
+}
+
+static int parse_header(SafetensorsFile *f, char *err, size_t err_size) {
+    const unsigned char *base = (const unsigned char *)f->file.data;
+    size_t size = f->file.size;
+    if (size < 8) {
+        snprintf(err, err_size, "%s: file is truncated (%zu bytes, less than the 8-byte header length)", f->path, size);
+        return -1;
+    }
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--) header_len = header_len << 8 | base[i];
+    if (header_len > SAFETENSORS_MAX_HEADER) {
+        snprintf(err, err_size, "%s: header length %llu exceeds the %u-byte limit (not a safetensors file?)",
+                 f->path, (unsigned long long)header_len, SAFETENSORS_MAX_HEADER);
+        return -1;
+    }
+    if (header_len > size - 8) {
+        snprintf(err, err_size, "%s: header length %llu runs past the end of the file (%zu bytes): truncated?",
+                 f->path, (unsigned long long)header_len, size);
+        return -1;
+    }
+    char json_err[256];
+    JsonValue *header = json_parse((const char *)base + 8, (size_t)header_len, json_err, sizeof json_err);
+    if (!header) {
+        snprintf(err, err_size, "%s: header is not valid JSON: %s", f->path, json_err);
+        return -1;
+    }
+    int status = 0;
+    if (header->type != JSON_OBJECT) {
+        snprintf(err, err_size, "%s: header is not a JSON object", f->path);
+        status = -1;
+    } else if (header->count > (size_t)INT32_MAX) {
+        snprintf(err, err_size, "%s: header has too many entries", f->path);
+        status = -1;
+    } else {
+        status = read_entries(f, header, 8 + (size_t)header_len, err, err_size);
+    }
+    json_free(header);
+    return status;
+}
+
+int safetensors_open(SafetensorsFile *f, const char *path, char *err, size_t err_size) {
+    memset(f, 0, sizeof *f);
+    if (map_file(&f->file, path, err, err_size) != 0) return -1;
+    f->path = strdup(path);
+    if (!f->path) {
+        snprintf(err, err_size, "%s: out of memory", path);
+        safetensors_close(f);
+        return -1;
+    }
+    if (parse_header(f, err, err_size) != 0) {
+        safetensors_close(f);
+        return -1;
+    }
+    return 0;
+}
+
+void safetensors_close(SafetensorsFile *f) {
+    for (int i = 0; i < f->tensors.count; i++) free(f->tensors.tensors[i].name);
+    free(f->tensors.tensors);
+    unmap_file(&f->file);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+// ---- writing -----------------------------------------------------------------
+
+// A growing text buffer; after a failed allocation every append is ignored.
+typedef struct {
+    char *data;
+    size_t len, capacity;
+    int failed;
+} Text;
+
+static void text_append(Text *t, const char *s, size_t n) {
+    if (t->failed) return;
+    if (t->len + n + 1 > t->capacity) {
+        size_t capacity = t->capacity ? t->capacity : 4096;
+        while (t->len + n + 1 > capacity) capacity *= 2;
+        char *bigger = (char *)realloc(t->data, capacity);
+        if (!bigger) { t->failed = 1; return; }
+        t->data = bigger;
+        t->capacity = capacity;
+    }
+    memcpy(t->data + t->len, s, n);
+    t->len += n;
+    t->data[t->len] = '\0';
+}
+
+static void text_printf(Text *t, const char *format, ...) {
+    char buf[128];
+    va_list args;
+    va_start(args, format);
+    int n = vsnprintf(buf, sizeof buf, format, args);
+    va_end(args);
+    if (n < 0 || (size_t)n >= sizeof buf) { t->failed = 1; return; }
+    text_append(t, buf, (size_t)n);
+}
+
+// Appends s as a quoted JSON string.
+static void text_append_json_string(Text *t, const char *s) {
+    text_append(t, "\"", 1);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\') {
+            char escaped[2] = {'\\', (char)*c};
+            text_append(t, escaped, 2);
+        } else if (*c < 0x20) {
+            text_printf(t, "\\u%04x", *c);
+        } else {
+            text_append(t, (const char *)c, 1);
+        }
+    }
+    text_append(t, "\"", 1);
+}
+
+static int check_tensor_to_write(const TensorInfo *t, const char *path, char *err, size_t err_size) {
+    if (!t->name || strcmp(t->name, "__metadata__") == 0) {
+        snprintf(err, err_size, "%s: a tensor has no name or the reserved name '__metadata__'", path);
+        return -1;
+    }
+    if (!dtype_is_supported(t->dtype)) {
+        snprintf(err, err_size, "%s: tensor '%s': type %s cannot be stored in safetensors", path, t->name,
+                 dtype_name(t->dtype));
+        return -1;
+    }
+    if (t->ndim < 0 || t->ndim > TENSOR_MAX_DIMS) {
+        snprintf(err, err_size, "%s: tensor '%s': %d dims (0 to %d allowed)", path, t->name, t->ndim, TENSOR_MAX_DIMS);
+        return -1;
+    }
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0) {
+            snprintf(err, err_size, "%s: tensor '%s': negative size in shape", path, t->name);
+            return -1;
+        }
+    }
+    if (t->nbytes != dtype_nbytes(t->dtype, tensor_numel(t)) || (t->nbytes > 0 && !t->data)) {
+        snprintf(err, err_size, "%s: tensor '%s': %zu bytes of data do not match its %s shape", path, t->name,
+                 t->nbytes, dtype_name(t->dtype));
+        return -1;
+    }
+    return 0;
+}
+
+// The order tensors are stored in: widest element type first (so every
+// tensor starts aligned to its element size), then as given.
+static int compare_storage_order(const void *a, const void *b) {
+    const TensorInfo *x = *(const TensorInfo *const *)a, *y = *(const TensorInfo *const *)b;
+    size_t wx = dtype_block_bytes(x->dtype), wy = dtype_block_bytes(y->dtype);
+    if (wx != wy) return wx > wy ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static int compare_name_pointers(const void *a, const void *b) {
+    return strcmp((*(const TensorInfo *const *)a)->name, (*(const TensorInfo *const *)b)->name);
+}
+
+// Validates the tensors and fills order[] with them in storage order.
+static int plan_layout(const char *path, const TensorInfo *tensors, int n, const TensorInfo **order, char *err,
+                       size_t err_size) {
+    for (int i = 0; i < n; i++) {
+        if (check_tensor_to_write(&tensors[i], path, err, err_size) != 0) return -1;
+        order[i] = &tensors[i];
+    }
+    qsort(order, (size_t)n, sizeof *order, compare_name_pointers);
+    for (int i = 1; i < n; i++) {
+        if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
+            snprintf(err, err_size, "%s: tensor '%s': name given twice", path, order[i]->name);
+            return -1;
+        }
+    }
+    qsort(order, (size_t)n, sizeof *order, compare_storage_order);
+    return 0;
+}
+
+// Builds the header JSON, padded with spaces to a multiple of 8 bytes.
+static void build_header(Text *header, const TensorInfo *const *order, int n) {
+    text_printf(header, "{\"__metadata__\":{\"format\":\"pt\"}");
+    uint64_t offset = 0;
+    for (int i = 0; i < n; i++) {
+        const TensorInfo *t = order[i];
+        text_append(header, ",", 1);
+        text_append_json_string(header, t->name);
+        text_printf(header, ":{\"dtype\":\"%s\",\"shape\":[", dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++) text_printf(header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        text_printf(header, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                    (unsigned long long)(offset + t->nbytes));
+        offset += t->nbytes;
+    }
+    text_append(header, "}", 1);
+    while (!header->failed && header->len % 8 != 0) text_append(header, " ", 1);
+}
+
+static int write_all(FILE *out, const void *data, size_t n) {
+    return n == 0 || fwrite(data, 1, n, out) == n;
+}
+
+static int write_contents(FILE *out, const Text *header, const TensorInfo *const *order, int n) {
+    unsigned char length[8];
+    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header->len >> (8 * i));
+    int ok = write_all(out, length, 8) && write_all(out, header->data, header->len);
+    for (int i = 0; i < n && ok; i++) ok = write_all(out, order[i]->data, order[i]->nbytes);
+    return ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
+}
+
+// After a rename, syncing the directory makes the new name itself durable.
+// Failure here is ignored: some file systems refuse fsync on directories.
+static void sync_parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
+    if (!dir) return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+static int write_file(const char *path, const Text *header, const TensorInfo *const *order, int n, char *err,
+                      size_t err_size) {
+    size_t tmp_size = strlen(path) + 5;
+    char *tmp_path = (char *)malloc(tmp_size);
+    if (!tmp_path) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+    snprintf(tmp_path, tmp_size, "%s.tmp", path);
+    FILE *out = fopen(tmp_path, "wb");
+    if (!out) {
+        snprintf(err, err_size, "%s: cannot create: %s", tmp_path, strerror(errno));
+        free(tmp_path);
+        return -1;
+    }
+    int ok = write_contents(out, header, order, n);
+    int saved_errno = errno;
+    if (fclose(out) != 0 && ok) { ok = 0; saved_errno = errno; }
+    if (ok && rename(tmp_path, path) != 0) { ok = 0; saved_errno = errno; }
+    if (!ok) {
+        snprintf(err, err_size, "%s: cannot write: %s", path, strerror(saved_errno));
+        unlink(tmp_path);
+    } else {
+        sync_parent_dir(path);
+    }
+    free(tmp_path);
+    return ok ? 0 : -1;
+}
+
+int safetensors_write(const char *path, const TensorInfo *tensors, int n, char *err, size_t err_size) {
+    if (n < 0) { snprintf(err, err_size, "%s: negative tensor count", path); return -1; }
+    const TensorInfo **order = (const TensorInfo **)malloc((size_t)(n ? n : 1) * sizeof *order);
+    if (!order) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+    int status = plan_layout(path, tensors, n, order, err, err_size);
+    Text header = {NULL, 0, 0, 0};
+    if (status == 0) {
+        build_header(&header, order, n);
+        if (header.failed) {
+            snprintf(err, err_size, "%s: out of memory building the header", path);
+            status = -1;
+        }
+    }
+    if (status == 0) status = write_file(path, &header, order, n, err, err_size);
+    free(header.data);
+    free(order);
+    return status;
+}

@@ -1,0 +1,201 @@
+// formats/tensor.c: element types, half/bfloat16 conversions, file mapping, and checked host buffers.
+#include "formats/tensor.h"
+#include "formats/gguf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+const char *dtype_name(DType t) {
+    switch (t) {
+    case DT_F32: return "F32";
+    case DT_F16: return "F16";
+    case DT_BF16: return "BF16";
+    case DT_Q4_0: return "Q4_0";
+    case DT_Q4_1: return "Q4_1";
+    case DT_Q5_0: return "Q5_0";
+    case DT_Q5_1: return "Q5_1";
+    case DT_Q8_0: return "Q8_0";
+    case DT_I32: return "I32";
+    case DT_I64: return "I64";
+    default: return "unknown";
+    }
+}
+
+int dtype_block_values(DType t) {
+    switch (t) {
+    case DT_Q4_0: case DT_Q4_1: case DT_Q5_0: case DT_Q5_1: case DT_Q8_0: return 32;
+    default: return 1;
+    }
+}
+
+size_t dtype_block_bytes(DType t) {
+    switch (t) {
+    case DT_F32: case DT_I32: return 4;
+    case DT_F16: case DT_BF16: return 2;
+    case DT_I64: return 8;
+    case DT_Q4_0: return 2 + 16;          // fp16 d, 32 nibbles
+    case DT_Q4_1: return 2 + 2 + 16;      // fp16 d, fp16 m, 32 nibbles
+    case DT_Q5_0: return 2 + 4 + 16;      // fp16 d, 32 high bits, 32 nibbles
+    case DT_Q5_1: return 2 + 2 + 4 + 16;  // fp16 d, fp16 m, 32 high bits, 32 nibbles
+    case DT_Q8_0: return 2 + 32;          // fp16 d, 32 int8
+    default: return 0;
+    }
+}
+
+size_t dtype_nbytes(DType t, int64_t n) {
+    int64_t block = dtype_block_values(t);
+    if (n < 0 || n % block != 0) return 0;
+    return (size_t)(n / block) * dtype_block_bytes(t);
+}
+
+int64_t tensor_numel(const TensorInfo *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+const TensorInfo *tensor_find(const TensorList *list, const char *name) {
+    for (int i = 0; i < list->count; i++)
+        if (strcmp(list->tensors[i].name, name) == 0) return &list->tensors[i];
+    return NULL;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exponent = (h >> 10) & 0x1F;
+    uint32_t mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0x1F) {                 // inf / nan
+        bits = sign | 0x7F800000 | (mantissa << 13);
+    } else if (exponent != 0) {             // normal
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {             // zero
+        bits = sign;
+    } else {                                // subnormal: value = mantissa * 2^-24
+        float value = (float)mantissa * (1.0f / 16777216.0f);
+        memcpy(&bits, &value, 4);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t abs_bits = x & 0x7FFFFFFF;
+    if (abs_bits > 0x7F800000) return sign | 0x7E00;                // nan
+    if (abs_bits >= 0x477FF000) return sign | 0x7C00;               // rounds to inf
+    if (abs_bits < 0x38800000) {                                   // subnormal or zero
+        // half subnormal step is 2^-24; round to nearest even
+        float a;
+        memcpy(&a, &abs_bits, 4);
+        float scaled = a * 16777216.0f;
+        uint32_t m = (uint32_t)scaled;
+        float rest = scaled - (float)m;
+        if (rest > 0.5f || (rest == 0.5f && (m & 1))) m++;
+        return sign | (uint16_t)m;
+    }
+    // normal: keep 10 mantissa bits, round to nearest even on the 13 dropped bits
+    uint32_t rounded = abs_bits + 0xFFF + ((abs_bits >> 13) & 1);
+    return sign | (uint16_t)((rounded - 0x38000000) >> 13);
+}
+
+float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFF) > 0x7F800000) return (uint16_t)((x >> 16) | 0x40);  // quiet nan
+    // round to nearest even on the 16 dropped bits
+    x += 0x7FFF + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+int floats_all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+static void exit_out_of_memory(size_t bytes, const char *what) {
+    fprintf(stderr,
+            "out of memory: %s needs %.1f MiB, which this machine could not give.\n"
+            "  Lower --batch or --seq, or use --recompute 1 (and --quant nf4), to need less.\n",
+            what, bytes / 1048576.0);
+    exit(3);
+}
+
+void *cpu_malloc(size_t bytes, const char *what) {
+    void *p = malloc(bytes > 0 ? bytes : 1);
+    if (!p) exit_out_of_memory(bytes, what);
+    return p;
+}
+
+void *cpu_calloc(size_t count, size_t size, const char *what) {
+    void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
+    // count * size for the message, saturated (calloc refuses a product that overflows)
+    if (!p) exit_out_of_memory(size > 0 && count > SIZE_MAX / size ? SIZE_MAX : count * size, what);
+    return p;
+}
+
+void tensor_to_f32(DType t, const void *src, float *dst, int64_t n) {
+    const uint16_t *h = (const uint16_t *)src;
+    switch (t) {
+    case DT_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case DT_F16: for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(h[i]); break;
+    case DT_BF16: for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]); break;
+    case DT_Q4_0: dequantize_q4_0(src, dst, n); break;
+    case DT_Q4_1: dequantize_q4_1(src, dst, n); break;
+    case DT_Q5_0: dequantize_q5_0(src, dst, n); break;
+    case DT_Q5_1: dequantize_q5_1(src, dst, n); break;
+    case DT_Q8_0: dequantize_q8_0(src, dst, n); break;
+    case DT_I32: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int32_t *)src)[i]; break;
+    case DT_I64: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int64_t *)src)[i]; break;
+    default: memset(dst, 0, (size_t)n * 4); break;  // callers validate the type first
+    }
+}
+
+int map_file(MappedFile *m, const char *path, char *err, size_t err_size) {
+    m->data = NULL;
+    m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, err_size, "%s: not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_size == 0) {
+        snprintf(err, err_size, "%s: file is empty", path);
+        close(fd);
+        return -1;
+    }
+    void *data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (data == MAP_FAILED) { snprintf(err, err_size, "%s: mmap failed: %s", path, strerror(errno)); return -1; }
+    m->data = data;
+    m->size = (size_t)st.st_size;
+    return 0;
+}
+
+void unmap_file(MappedFile *m) {
+    if (m->data) munmap(m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}

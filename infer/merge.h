@@ -1,0 +1,37 @@
+// infer/merge.h: ./train --merge: the trained adapter folded into the base weights
+// and written as a Hugging Face model directory that transformers and our own
+// model_load read: model.safetensors (bf16), config.json, tokenizer.json and
+// tokenizer_config.json. For each adapted linear layer
+//   W_merged = bf16( dequant(NF4(W)) + s B A )
+// i.e. onto the dequantized base the adapter was trained on, not quantized
+// again (with --quant none: onto the fp32 base). Everything else (embeddings,
+// norms, biases, an untied LM head) is W rounded to bf16.
+#pragma once
+#include <stddef.h>
+#include "infer/adapter.h"
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Turns m into the merged model, in place, and writes it to out_dir (created
+// when missing): with quantize_nf4 the seven linear weights of every block
+// become dequant(NF4(W)) first, quantized as training did (double_quant as
+// there); then the peft adapter in adapter_dir is added (adapter_merge_peft,
+// which fills info; info may be NULL). Llama and Qwen2 models keep their
+// names; an EXAONE model is written as Llama (the same network, without
+// remote code). Tied embeddings stay tied. The tokenizer files are written
+// when m has a tokenizer. On error returns -1 with a message in err; m may
+// then be half changed (the caller is done with it).
+int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
+                 AdapterInfo *info, char *err, size_t err_size);
+
+// Writes m as an HF model directory (out_dir created when missing): every
+// weight rounded to bf16 in model.safetensors, config.json, and the
+// tokenizer files when m has a tokenizer. Returns 0, or -1 with a message.
+int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,49 @@
+// ops/attention.h: causal grouped-query attention, forward and backward (CPU
+// reference; the CUDA kernels are declared below it when built by nvcc).
+#pragma once
+#include <stddef.h>
+
+// Causal grouped-query attention for n new queries at positions pos0..pos0+n-1
+// over keys/values 0..pos0+n-1 held in k/v [pos0 + n, n_kv_heads * head_dim].
+// q and out are [n, n_heads * head_dim].
+template <typename Real>
+void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
+                   int n_kv_heads, int head_dim);
+// Backward of attention_cpu for a whole sequence (pos0 = 0): recomputes the
+// softmax from q and k, then d_q, d_k, d_v += the gradients.
+template <typename Real>
+void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
+                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim);
+
+#ifdef __CUDACC__
+#include "ops/gpu.h"
+
+// Which GPU implementation: SIMPLE materialises the [seq_len, seq_len] scores
+// of several heads at a time (cuBLAS batched GEMMs and a softmax kernel, like
+// llm.c); FLASH is one fused kernel with an online softmax that never does
+// (head_dim at most 128).
+typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH } AttentionKernel;
+// Device scratch either kind needs for forward and backward of this shape. The
+// simple kind keeps 12 bytes per score and takes as many heads per pass as
+// score_budget bytes of scores hold (at least one); the flash kind needs a float
+// per (sequence, head, token).
+size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
+                                   size_t score_budget);
+// The faster kind that fits: simple when one head's scores fit score_budget and
+// head_dim is a multiple of 8, else flash. (The simple kind hands cuBLAS arrays of
+// pointers to head slices, whose alignment it cannot see; a slice starts 16-byte
+// aligned only when head_dim is a multiple of 8, as in every Llama model.)
+AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget);
+// Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows).
+// q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
+// lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,
+// written by both kinds, read by backward. scratch: scratch_bytes of device memory, at least
+// attention_scratch_bytes_gpu(kind, ...) for this shape (or for a larger one); contents not kept.
+void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                           size_t scratch_bytes);
+// d_q, d_k, d_v (bf16, OVERWRITTEN) from d_out (bf16); out and lse are the forward's.
+void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
+                            int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes);
+#endif

@@ -1,0 +1,302 @@
+// ops/cross_entropy.cu: the answer-only cross-entropy loss (labels -100 are not
+// counted) and its gradient. The CPU reference functions; the CUDA kernels
+// sit beside them.
+#include "ops/cross_entropy.h"
+#include "formats/tensor.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// ---- cross-entropy ---------------------------------------------------------------------
+
+template <typename Real>
+static double log_sum_exp(const Real *row, int vocab) {
+    double max_logit = row[0];
+    for (int v = 1; v < vocab; v++) if (row[v] > max_logit) max_logit = row[v];
+    double sum = 0.0;
+    for (int v = 0; v < vocab; v++) sum += exp((double)row[v] - max_logit);
+    return log(sum) + max_logit;
+}
+
+template <typename Real>
+double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted) {
+    double total = 0.0;
+    int counted = 0;
+    for (int t = 0; t < n; t++) {
+        if (targets[t] == -100) continue;
+        const Real *row = logits + (size_t)t * vocab;
+        // -log p = logsumexp(row) - row[target]
+        total += log_sum_exp(row, vocab) - row[targets[t]];
+        counted++;
+    }
+    *n_counted = counted;
+    return total;
+}
+
+template <typename Real>
+void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
+                                double scale) {
+    for (int t = 0; t < n; t++) {
+        if (targets[t] == -100) continue;
+        const Real *row = logits + (size_t)t * vocab;
+        Real *d_row = d_logits + (size_t)t * vocab;
+        double lse = log_sum_exp(row, vocab);
+        // d loss / d logit_v = softmax_v - [v == target]
+        for (int v = 0; v < vocab; v++) d_row[v] += (Real)(scale * exp((double)row[v] - lse));
+        d_row[targets[t]] -= (Real)scale;
+    }
+}
+
+float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted) {
+    double total = cross_entropy_sum_cpu(logits, targets, n, vocab, n_counted);
+    return *n_counted ? (float)(total / *n_counted) : 0.0f;
+}
+
+// ---- the counted rows --------------------------------------------------------------------
+
+template <typename Real>
+void gather_rows_cpu(Real *out, const Real *x, const int *rows, int n_rows, int dim) {
+    // out[r] = x[rows[r]]
+    for (int r = 0; r < n_rows; r++)
+        for (int j = 0; j < dim; j++) out[(size_t)r * dim + j] = x[(size_t)rows[r] * dim + j];
+}
+
+template <typename Real>
+void scatter_add_rows_cpu(Real *d_x, const Real *d_rows, const int *rows, int n_rows, int dim) {
+    // d_x[rows[r]] += d_rows[r]
+    for (int r = 0; r < n_rows; r++)
+        for (int j = 0; j < dim; j++) d_x[(size_t)rows[r] * dim + j] += d_rows[(size_t)r * dim + j];
+}
+
+template void gather_rows_cpu(float *, const float *, const int *, int, int);
+template void gather_rows_cpu(double *, const double *, const int *, int, int);
+template void scatter_add_rows_cpu(float *, const float *, const int *, int, int);
+template void scatter_add_rows_cpu(double *, const double *, const int *, int, int);
+
+int lm_head_chunk_tokens_default(int vocab) {
+    size_t tokens = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
+    return tokens > 0 ? (int)tokens : 1;
+}
+
+template double cross_entropy_sum_cpu(const float *, const int *, int, int, int *);
+template double cross_entropy_sum_cpu(const double *, const int *, int, int, int *);
+template void cross_entropy_backward_cpu(float *, const float *, const int *, int, int, double);
+template void cross_entropy_backward_cpu(double *, const double *, const int *, int, int, double);
+
+#ifdef __CUDACC__
+// ---- the CUDA kernels ------------------------------------------------------------------
+// One block per row: an fp32 max and an fp32 sum of exp over the vocabulary
+// (each thread strides over it, then a reduction across the block), the
+// loss from them, then a second pass that writes the gradient.
+
+static const int CE_THREADS = 512;   // a multiple of 32 (the block reductions assume it)
+
+// The first bad target a kernel saw (0: none; 0 is a valid target, so a bad one is never 0).
+static __device__ int g_bad_target;
+
+static void reset_bad_target(void) {
+    int none = 0;
+    CUDA_CHECK(cudaMemcpyToSymbol(g_bad_target, &none, sizeof(int)));
+}
+
+// Waits for the kernels, then stops the program if any of them saw a bad target.
+static void check_bad_target(const char *caller, int vocab) {
+    int bad = 0;
+    CUDA_CHECK(cudaMemcpyFromSymbol(&bad, g_bad_target, sizeof(int)));
+    if (bad == 0) return;
+    fprintf(stderr, "%s: a target is %d, outside [0, %d) (the vocabulary) and not -100 (not counted)\n", caller,
+            bad, vocab);
+    exit(1);
+}
+
+__device__ static void store_gradient(float *p, float value) { *p = value; }
+__device__ static void store_gradient(bf16 *p, float value) { *p = __float2bfloat16(value); }
+
+// Block t handles row t. Grad is float or bf16; d_logits may be NULL, and
+// when it is float it may alias logits (each element is read and then
+// written by the same thread, after the reductions' barriers).
+template <typename Grad>
+__global__ static void cross_entropy_kernel(float *losses, Grad *d_logits, const float *logits, const int *targets,
+                                            int vocab, float scale) {
+    int t = blockIdx.x;
+    const float *row = logits + (size_t)t * vocab;
+    Grad *d_row = d_logits ? d_logits + (size_t)t * vocab : NULL;
+    int target = targets[t];
+    bool bad = target != -100 && (target < 0 || target >= vocab);
+    if (bad && threadIdx.x == 0) g_bad_target = target;
+    if (target == -100 || bad) {   // not counted: loss 0, gradient 0 (the whole block leaves together)
+        if (threadIdx.x == 0) losses[t] = 0.0f;
+        if (d_row)
+            for (int v = threadIdx.x; v < vocab; v += blockDim.x) store_gradient(&d_row[v], 0.0f);
+        return;
+    }
+    float target_logit = row[target];   // read before any gradient is written (in place)
+    // m = max_v logits[v]
+    float local_max = -INFINITY;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) local_max = fmaxf(local_max, row[v]);
+    float row_max = block_max(local_max);
+    // s = sum_v exp(logits[v] - m)
+    float local_sum = 0.0f;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) local_sum += expf(row[v] - row_max);
+    float sum = block_sum(local_sum);
+    // -log softmax[target] = log s + m - logits[target]
+    if (threadIdx.x == 0) losses[t] = logf(sum) + row_max - target_logit;
+    if (!d_row) return;
+    // d logits[v] = scale * (exp(logits[v] - m) / s - [v == target])
+    float inv_sum = 1.0f / sum;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float softmax = expf(row[v] - row_max) * inv_sum;
+        store_gradient(&d_row[v], scale * (softmax - (v == target ? 1.0f : 0.0f)));
+    }
+}
+
+void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, int n, int vocab,
+                       float scale) {
+    if (n <= 0) return;
+    reset_bad_target();
+    cross_entropy_kernel<float><<<n, CE_THREADS>>>(losses, d_logits, logits, targets, vocab, scale);
+    CUDA_CHECK_LAUNCH();
+    check_bad_target("cross_entropy_gpu", vocab);
+}
+
+// ---- the counted rows ----
+
+// One thread per element of the gathered rows.
+__global__ static void gather_rows_kernel(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n_rows * dim) return;
+    size_t r = idx / dim, j = idx % dim;
+    // out[r][j] = x[rows[r]][j]
+    out[idx] = x[(size_t)rows[r] * dim + j];
+}
+
+// One thread per element of d_rows; rows are distinct, so no two threads add to one element.
+__global__ static void scatter_add_rows_kernel(float *d_x, const float *d_rows, const int *rows, int n_rows,
+                                               int dim) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)n_rows * dim) return;
+    size_t r = idx / dim, j = idx % dim;
+    // d_x[rows[r]][j] += d_rows[r][j]
+    d_x[(size_t)rows[r] * dim + j] += d_rows[idx];
+}
+
+static const int ROWS_THREADS = 256;
+
+void gather_rows_gpu(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+    size_t n = (size_t)n_rows * dim;
+    if (n == 0) return;
+    gather_rows_kernel<<<(unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS), ROWS_THREADS>>>(out, x, rows, n_rows,
+                                                                                           dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+void scatter_add_rows_gpu(float *d_x, const float *d_rows, const int *rows, int n_rows, int dim) {
+    size_t n = (size_t)n_rows * dim;
+    if (n == 0) return;
+    scatter_add_rows_kernel<<<(unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS), ROWS_THREADS>>>(d_x, d_rows, rows,
+                                                                                                n_rows, dim);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---- the fused LM head + loss ----------------------------------------------------------
+static int g_chunk_tokens = 0;   // 0: automatic
+
+void lm_head_set_chunk_tokens_gpu(int tokens) { g_chunk_tokens = tokens > 0 ? tokens : 0; }
+
+// Tokens per chunk: the forced value, or lm_head_chunk_tokens_default; at most n.
+static int lm_head_chunk_tokens(int n, int vocab) {
+    int tokens = g_chunk_tokens > 0 ? g_chunk_tokens : lm_head_chunk_tokens_default(vocab);
+    return tokens < n ? tokens : n;
+}
+
+// logits[rows, vocab] (fp32) = x[rows, dim] W^T. Row-major C = A B^T is
+// column-major C^T = W x^T: m = vocab, n = rows, k = dim.
+static void lm_head_forward(float *logits, const bf16 *x, const bf16 *weight, int rows, int dim, int vocab) {
+    float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, vocab, rows, dim, &one, weight, CUDA_R_16BF,
+                              dim, x, CUDA_R_16BF, dim, &zero, logits, CUDA_R_32F, vocab, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+// d_x[rows, dim] (fp32) += d_logits[rows, vocab] W. Column-major:
+// d_x^T += W^T d_logits^T, with W^T the column-major view [dim, vocab] of W: m = dim, n = rows, k = vocab.
+static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weight, int rows, int dim, int vocab) {
+    float one = 1.0f;
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, dim, rows, vocab, &one, weight, CUDA_R_16BF,
+                              dim, d_logits, CUDA_R_16BF, vocab, &one, d_x, CUDA_R_32F, dim, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+// The LM head and the loss on the m counted rows only (host_rows, host_targets):
+// they are gathered into [m, dim], run through in chunks, and their gradient
+// is scattered back into d_x.
+static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf16 *lm_head, const int *host_rows,
+                                            const int *host_targets, int m, int dim, int vocab, double grad_scale) {
+    int *rows = (int *)gpu_malloc(sizeof(int) * m, "counted rows");
+    int *targets = (int *)gpu_malloc(sizeof(int) * m, "counted targets");
+    gpu_upload(rows, host_rows, sizeof(int) * m);
+    gpu_upload(targets, host_targets, sizeof(int) * m);
+    bf16 *x_counted = (bf16 *)gpu_malloc(sizeof(bf16) * m * dim, "counted rows of x (bf16)");
+    gather_rows_gpu(x_counted, x, rows, m, dim);
+    float *d_counted = NULL;
+    if (d_x) {
+        d_counted = (float *)gpu_malloc(sizeof(float) * m * dim, "d of the counted rows (fp32)");
+        CUDA_CHECK(cudaMemset(d_counted, 0, sizeof(float) * m * dim));
+    }
+    int chunk = lm_head_chunk_tokens(m, vocab);
+    float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
+    bf16 *d_logits = d_x ? (bf16 *)gpu_malloc(sizeof(bf16) * chunk * vocab, "d_logits chunk (bf16)") : NULL;
+    float *losses = (float *)gpu_malloc(sizeof(float) * m, "per-token losses");
+    reset_bad_target();
+    for (int first = 0; first < m; first += chunk) {
+        int rows_here = m - first < chunk ? m - first : chunk;
+        lm_head_forward(logits, x_counted + (size_t)first * dim, lm_head, rows_here, dim, vocab);
+        cross_entropy_kernel<bf16><<<rows_here, CE_THREADS>>>(losses + first, d_logits, logits, targets + first,
+                                                              vocab, (float)grad_scale);
+        CUDA_CHECK_LAUNCH();
+        if (d_x) lm_head_backward(d_counted + (size_t)first * dim, d_logits, lm_head, rows_here, dim, vocab);
+    }
+    check_bad_target("lm_head_cross_entropy_gpu", vocab);
+    if (d_x) scatter_add_rows_gpu(d_x, d_counted, rows, m, dim);
+
+    // the sum of the per-token losses, in double, in token order
+    float *host_losses = (float *)cpu_malloc(sizeof(float) * m, "per-token losses");
+    gpu_download(host_losses, losses, sizeof(float) * m);
+    double total = 0.0;
+    for (int r = 0; r < m; r++) total += host_losses[r];
+    free(host_losses);
+    gpu_free(losses);
+    gpu_free(d_logits);
+    gpu_free(logits);
+    gpu_free(d_counted);
+    gpu_free(x_counted);
+    gpu_free(targets);
+    gpu_free(rows);
+    return total;
+}
+
+double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
+                                 int vocab, double grad_scale, int *n_counted) {
+    *n_counted = 0;
+    if (n <= 0) return 0.0;
+    // the counted tokens (target not -100): their rows of x and their targets, on the host
+    int *host_targets = (int *)cpu_malloc(sizeof(int) * n, "targets");
+    int *host_rows = (int *)cpu_malloc(sizeof(int) * n, "counted rows");
+    gpu_download(host_targets, targets, sizeof(int) * n);
+    int m = 0;
+    for (int t = 0; t < n; t++) {
+        if (host_targets[t] == -100) continue;
+        host_rows[m] = t;
+        host_targets[m] = host_targets[t];   // compacted in place: m <= t
+        m++;
+    }
+    *n_counted = m;
+    double total = 0.0;
+    if (m > 0) total = counted_lm_head_cross_entropy(d_x, x, lm_head, host_rows, host_targets, m, dim, vocab,
+                                                     grad_scale);
+    free(host_targets);
+    free(host_rows);
+    return total;
+}
+#endif

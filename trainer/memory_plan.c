@@ -1,0 +1,316 @@
+// trainer/memory_plan.c: the memory arithmetic of a training run (see trainer/memory_plan.h).
+#include "trainer/memory_plan.h"
+#include "nf4.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+static const char *const TARGET_NAMES[PLAN_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+static const double BYTES_PER_GB = 1073741824.0;   // 2^30
+static const double BYTES_PER_MIB = 1048576.0;     // 2^20
+
+// Input and output widths of each target's matrix W [out, in].
+static void target_shapes(const Config *c, int64_t in[PLAN_N_TARGETS], int64_t out[PLAN_N_TARGETS]) {
+    int64_t dim = c->dim, hidden = c->hidden_dim;
+    int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+    //                                 q      k       v       o      gate    up      down
+    const int64_t ins[PLAN_N_TARGETS] = {dim, dim, dim, q_dim, dim, dim, hidden};
+    const int64_t outs[PLAN_N_TARGETS] = {q_dim, kv_dim, kv_dim, dim, hidden, hidden, dim};
+    memcpy(in, ins, sizeof ins);
+    memcpy(out, outs, sizeof outs);
+}
+
+// Parameters of one block's seven linear weights.
+static double linear_params_per_layer(const Config *c) {
+    int64_t in[PLAN_N_TARGETS], out[PLAN_N_TARGETS];
+    target_shapes(c, in, out);
+    double params = 0;
+    for (int t = 0; t < PLAN_N_TARGETS; t++) params += (double)(in[t] * out[t]);
+    return params;
+}
+
+// The frozen model: linear weights (NF4 codes + constants, or plain), the rest plain.
+static void plan_base(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    double linear_params = linear_params_per_layer(c) * c->n_layers;
+    p->base_other = ((double)model_num_params(c) - linear_params) * in->weight_bytes;
+    if (!in->quant_nf4) {
+        p->base_linear = linear_params * in->weight_bytes;
+        return;
+    }
+    int64_t ins[PLAN_N_TARGETS], outs[PLAN_N_TARGETS];
+    target_shapes(c, ins, outs);
+    for (int t = 0; t < PLAN_N_TARGETS; t++) {
+        int64_t n = ins[t] * outs[t];
+        // codes: two 4-bit values per byte
+        double codes = (double)((n + 1) / 2);
+        p->base_linear += codes * c->n_layers;
+        p->quant_constants += ((double)nf4_bytes_for(n, in->double_quant) - codes) * c->n_layers;
+    }
+    // one block's seven matrices, dequantized when the step needs them
+    p->scratch = linear_params_per_layer(c) * in->weight_bytes;
+}
+
+// The adapters: A [rank, in] and B [out, rank] per enabled target and layer,
+// fp32 parameters, fp32 gradients, and AdamW's fp32 m and v.
+static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    int64_t ins[PLAN_N_TARGETS], outs[PLAN_N_TARGETS];
+    target_shapes(c, ins, outs);
+    double params = 0;
+    for (int t = 0; t < PLAN_N_TARGETS; t++)
+        if (in->enabled[t]) params += (double)in->rank * (double)(ins[t] + outs[t]) * c->n_layers;
+    p->lora_params = 4 * params;
+    p->lora_grads = 4 * params;
+    p->adam_moments = 8 * params;
+}
+
+static int enabled_targets(const PlanInputs *in) {
+    int count = 0;
+    for (int t = 0; t < PLAN_N_TARGETS; t++) count += in->enabled[t] != 0;
+    return count;
+}
+
+// Values per token one block keeps for backward:
+// xn1, x_mid, xn2 [dim]; q, att [q_dim]; k, v [kv_dim]; gate, up, h [hidden]; xa [rank] per adapter.
+static double block_values_per_token(const Config *c, const PlanInputs *in) {
+    double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
+    return 3.0 * c->dim + 2 * q_dim + 2 * kv_dim + 3.0 * c->hidden_dim + (double)in->rank * enabled_targets(in);
+}
+
+// Values per token of one block's backward:
+// d_x, d_normed, d_mid, d_norm [dim]; d_h, d_gate, d_up [hidden]; d_att, d_q [q_dim]; d_k, d_v [kv_dim].
+static double backward_values_per_token(const Config *c) {
+    double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
+    return 4.0 * c->dim + 3.0 * c->hidden_dim + 2 * q_dim + 2 * kv_dim;
+}
+
+static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    double tokens = (double)in->batch * in->seq_len;
+    double bytes_per_value = tokens * in->activation_bytes;
+    // the residual stream: every block's input and the last block's output
+    double stream = (double)(c->n_layers + 1) * c->dim * bytes_per_value;
+    double one_block = block_values_per_token(c, in) * bytes_per_value;
+    p->activations_no_recompute = stream + c->n_layers * one_block;
+    p->activations_recompute = stream + one_block;
+    p->activations = in->recompute ? p->activations_recompute : p->activations_no_recompute;
+    p->backward_buffers = backward_values_per_token(c) * bytes_per_value;
+    double logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
+    // fp32 logits [tokens, vocab] and their gradient in the activation type
+    p->logits = logit_tokens * c->vocab_size * (4 + in->activation_bytes);
+}
+
+// The GPU attention's scratch (ops/attention.cu, trainer/train_gpu.cu): the simple kind keeps
+// 12 bytes per score (S and dP fp32, P and dS bf16) for as many heads at a time as
+// ATTENTION_SCORE_BUDGET_BYTES holds, plus d_k and d_v per query head, fp32 [tokens, q_dim].
+// When not even one head fits (or head_dim is not a multiple of 8), the flash kind
+// needs a float per (sequence, head, token).
+static void plan_attention(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    double budget = (double)ATTENTION_SCORE_BUDGET_BYTES;
+    double one_head = 12.0 * in->batch * (double)in->seq_len * in->seq_len;
+    if (one_head > budget || c->head_dim % 8 != 0) {
+        p->attention = 4.0 * in->batch * c->n_heads * in->seq_len;
+        return;
+    }
+    double heads = floor(budget / one_head) < c->n_heads ? floor(budget / one_head) : c->n_heads;
+    double tokens = (double)in->batch * in->seq_len, q_dim = (double)c->n_heads * c->head_dim;
+    p->attention = heads * one_head + 2 * 4 * tokens * q_dim;
+}
+
+void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out) {
+    memset(out, 0, sizeof *out);
+    plan_base(c, in, out);
+    plan_lora(c, in, out);
+    plan_activations(c, in, out);
+    plan_attention(c, in, out);
+    out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
+                 out->adam_moments + out->activations + out->backward_buffers + out->logits + out->attention +
+                 out->scratch;
+}
+
+// ---- the verdict -------------------------------------------------------------
+
+// Appends printf-style text to the string in buf.
+static void append(char *buf, size_t size, const char *format, ...) {
+    size_t used = strlen(buf);
+    if (used + 1 >= size) return;
+    va_list args;
+    va_start(args, format);
+    vsnprintf(buf + used, size - used, format, args);
+    va_end(args);
+}
+
+// One change of the options that would lower the total.
+typedef struct {
+    char text[48];     // e.g. "lower --batch to 2"
+    double total;      // bytes the run needs with it
+    int fits;
+} Remedy;
+
+static double total_with(const Config *c, const PlanInputs *in) {
+    MemoryPlan p;
+    memory_plan_compute(c, in, &p);
+    return p.total;
+}
+
+static void remedy_set(Remedy *r, const Config *c, const PlanInputs *in, double limit, const char *text) {
+    snprintf(r->text, sizeof r->text, "%s", text);
+    r->total = total_with(c, in);
+    r->fits = r->total <= limit;
+}
+
+// The largest batch below the current one that fits, else 1. Memory grows
+// with the batch, so a binary search finds it (--batch may be in the billions).
+static void remedy_batch(Remedy *r, const Config *c, const PlanInputs *in, double limit) {
+    PlanInputs smaller = *in;
+    int low = 1, high = in->batch - 1;   // the answer lies in [low, high]; low when none fits
+    while (low < high) {
+        smaller.batch = low + (high - low + 1) / 2;
+        if (total_with(c, &smaller) <= limit) low = smaller.batch;
+        else high = smaller.batch - 1;
+    }
+    smaller.batch = low;
+    char text[48];
+    snprintf(text, sizeof text, "lower --batch to %d", smaller.batch);
+    remedy_set(r, c, &smaller, limit, text);
+}
+
+// The longest halving of the sequence length (down to 16 tokens) that fits, else the shortest tried.
+static void remedy_seq(Remedy *r, const Config *c, const PlanInputs *in, double limit) {
+    PlanInputs shorter = *in;
+    shorter.seq_len = in->seq_len / 2;
+    while (shorter.seq_len / 2 >= 16 && total_with(c, &shorter) > limit) shorter.seq_len /= 2;
+    char text[48];
+    snprintf(text, sizeof text, "lower --seq to %d", shorter.seq_len);
+    remedy_set(r, c, &shorter, limit, text);
+}
+
+// Remedy a goes before b: one that fits before one that does not; among those
+// that fit, the order they were collected in; among the others, the smaller total.
+static int goes_before(const Remedy *a, const Remedy *b) {
+    if (a->fits != b->fits) return a->fits;
+    return !a->fits && a->total < b->total;
+}
+
+// The changes worth trying, most useful first: the ones that fit, in the order
+// recompute, NF4, batch, sequence (the least change to training first); then
+// the others by what they leave.
+static int collect_remedies(const Config *c, const PlanInputs *in, double limit, Remedy remedies[4]) {
+    int count = 0;
+    if (!in->recompute) {
+        PlanInputs changed = *in;
+        changed.recompute = 1;
+        remedy_set(&remedies[count++], c, &changed, limit, "use --recompute 1");
+    }
+    if (!in->quant_nf4) {
+        PlanInputs changed = *in;
+        changed.quant_nf4 = 1;
+        changed.double_quant = 1;
+        remedy_set(&remedies[count++], c, &changed, limit, "use --quant nf4 --double-quant 1");
+    }
+    if (in->batch > 1) remedy_batch(&remedies[count++], c, in, limit);
+    if (in->seq_len >= 32) remedy_seq(&remedies[count++], c, in, limit);
+    // stable insertion sort
+    for (int i = 1; i < count; i++) {
+        Remedy r = remedies[i];
+        int j = i;
+        for (; j > 0 && goes_before(&r, &remedies[j - 1]); j--) remedies[j] = remedies[j - 1];
+        remedies[j] = r;
+    }
+    return count;
+}
+
+int memory_plan_verdict(const Config *c, const PlanInputs *in, const MemoryPlan *p, double gpu_mem_gb, char *text,
+                        size_t text_size) {
+    double limit = gpu_mem_gb * BYTES_PER_GB;
+    text[0] = '\0';
+    if (p->total <= limit) {
+        append(text, text_size, "fits in %g GB with %.1f GB to spare", gpu_mem_gb, (limit - p->total) / BYTES_PER_GB);
+        return 1;
+    }
+    append(text, text_size, "does not fit in %g GB: needs %.1f GB", gpu_mem_gb, p->total / BYTES_PER_GB);
+    // what no batch or sequence length changes
+    double fixed = p->base_linear + p->quant_constants + p->base_other + p->scratch + p->lora_params +
+                   p->lora_grads + p->adam_moments;
+    if (fixed > limit) {
+        append(text, text_size, ", and the weights and LoRA state alone need %.1f GB; %s", fixed / BYTES_PER_GB,
+               in->quant_nf4 ? "use a smaller model or a bigger GPU" : "use --quant nf4");
+        return 0;
+    }
+    Remedy remedies[4];
+    int count = collect_remedies(c, in, limit, remedies);
+    for (int i = 0; i < count; i++)
+        append(text, text_size, "%s%s (needs %.1f GB)", i == 0 ? "; " : ", or ", remedies[i].text,
+               remedies[i].total / BYTES_PER_GB);
+    if (count == 0) append(text, text_size, "; use a smaller model or a bigger GPU");
+    return 0;
+}
+
+// ---- the printed plan ----------------------------------------------------------
+
+static const char *number_type_name(int bytes) { return bytes == 2 ? "bf16" : bytes == 4 ? "fp32" : "?"; }
+
+static void print_row(FILE *out, const char *what, double bytes, double total) {
+    // share = bytes / total
+    fprintf(out, "  %-44s %11.1f MiB %6.1f%%\n", what, bytes / BYTES_PER_MIB, 100.0 * bytes / total);
+}
+
+static void print_header(const Config *c, const PlanInputs *in, const MemoryPlan *p, FILE *out) {
+    fprintf(out, "Memory plan: %s, %d layers, dim %d, hidden %d, heads %d/%d x %d, vocab %d, %s embeddings, %.2fM "
+                 "parameters\n",
+            arch_name(c->arch), c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim,
+            c->vocab_size, c->tied_embeddings ? "tied" : "untied", model_num_params(c) / 1e6);
+    long long tokens = (long long)in->batch * in->seq_len;
+    fprintf(out, "  batch %d x seq %d = %lld tokens per micro-batch; LoRA rank %d on", in->batch, in->seq_len, tokens,
+            in->rank);
+    for (int t = 0, first = 1; t < PLAN_N_TARGETS; t++) {
+        if (!in->enabled[t]) continue;
+        fprintf(out, "%s%s", first ? " " : ",", TARGET_NAMES[t]);
+        first = 0;
+    }
+    fprintf(out, " (%.2fM trainable parameters)\n", p->lora_params / 4 / 1e6);
+    long long logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
+    fprintf(out, "  base %s; weights %s, activations %s, logits fp32 for %lld tokens at a time; recompute %s\n\n",
+            !in->quant_nf4 ? "not quantized" : in->double_quant ? "NF4 + double quant" : "NF4 (fp32 absmax)",
+            number_type_name(in->weight_bytes), number_type_name(in->activation_bytes), logit_tokens,
+            in->recompute ? "on" : "off");
+}
+
+void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *p, double gpu_mem_gb, FILE *out) {
+    char label[64];
+    print_header(c, in, p, out);
+    fprintf(out, "  %-44s %15s %7s\n", "what", "size", "share");
+    snprintf(label, sizeof label, "base linear weights (%s)", in->quant_nf4 ? "NF4 codes" : number_type_name(in->weight_bytes));
+    print_row(out, label, p->base_linear, p->total);
+    if (in->quant_nf4)
+        print_row(out, in->double_quant ? "quantization constants (double quant)" : "quantization constants (fp32)",
+                  p->quant_constants, p->total);
+    snprintf(label, sizeof label, "embeddings, LM head, norms (%s)", number_type_name(in->weight_bytes));
+    print_row(out, label, p->base_other, p->total);
+    print_row(out, "LoRA parameters (fp32)", p->lora_params, p->total);
+    print_row(out, "LoRA gradients (fp32)", p->lora_grads, p->total);
+    print_row(out, "AdamW m and v (fp32)", p->adam_moments, p->total);
+    snprintf(label, sizeof label, "activations (%s, recompute %s)", number_type_name(in->activation_bytes),
+             in->recompute ? "on" : "off");
+    print_row(out, label, p->activations, p->total);
+    print_row(out, "backward buffers (one block's gradients)", p->backward_buffers, p->total);
+    print_row(out, "logits (fp32) and their gradient", p->logits, p->total);
+    print_row(out, "attention scratch (scores of several heads)", p->attention, p->total);
+    if (in->quant_nf4) print_row(out, "one block dequantized (scratch)", p->scratch, p->total);
+    fprintf(out, "  %-44s %11.1f MiB (%.2f GB)\n", "total", p->total / BYTES_PER_MIB, p->total / BYTES_PER_GB);
+    double base = p->base_linear + p->quant_constants + p->base_other;
+    double all_params = (double)model_num_params(c);
+    // bits/param = 8 * bytes / params
+    fprintf(out, "\n  frozen base model: %.1f MiB (%.2f GB), %.2f bits per parameter\n", base / BYTES_PER_MIB,
+            base / BYTES_PER_GB, 8.0 * base / all_params);
+    // saving = without - with
+    fprintf(out, "  activations: %.1f MiB without recompute, %.1f MiB with it (saves %.1f MiB, %.1fx less)\n",
+            p->activations_no_recompute / BYTES_PER_MIB, p->activations_recompute / BYTES_PER_MIB,
+            (p->activations_no_recompute - p->activations_recompute) / BYTES_PER_MIB,
+            p->activations_no_recompute / p->activations_recompute);
+    fprintf(out, "  not counted: the CUDA context and allocator slack (about 0.5 GB)\n");
+    if (gpu_mem_gb <= 0) return;
+    char verdict[512];
+    memory_plan_verdict(c, in, p, gpu_mem_gb, verdict, sizeof verdict);
+    fprintf(out, "  %s\n", verdict);
+}

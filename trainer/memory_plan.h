@@ -1,0 +1,98 @@
+// trainer/memory_plan.h: what a training run will hold in memory (`./train --plan`),
+// computed from the model's config and the run's options alone, without
+// loading or training anything: the course's memory arithmetic.
+//
+// The layout counted is the GPU path's (N = batch * seq_len tokens, L layers):
+//   base linear weights   NF4 codes, 4 bits each (or weight_bytes without --quant nf4)
+//   quant constants       fp32 absmax per 64 values (0.5 bit/param), or with double
+//                         quant a byte per 64 + fp32 absmax2 per 256 blocks + offset
+//                         (~0.127 bit/param); exactly nf4_bytes_for() minus the codes
+//   base other            embeddings, LM head (when untied), norms, biases: weight_bytes
+//   LoRA params, grads    fp32; AdamW m and v fp32: 16 bytes per trainable parameter
+//   activations           what backward reads (trainer/train_step.cpp's BlockActivations):
+//                         per block xn1, x_mid, xn2 [dim], q, att [q_dim], k, v [kv_dim],
+//                         gate, up, h [hidden], xa [rank] per adapter; plus the residual
+//                         stream, the L + 1 block inputs [dim]. With recompute only one
+//                         block's set exists at a time; the stream stays.
+//                         Attention's backward recomputes its scores from q, k, v.
+//   backward buffers      one block's gradients: d_x, d_normed, d_mid, d_norm [dim],
+//                         d_h, d_gate, d_up [hidden], d_att, d_q [q_dim], d_k, d_v [kv_dim]
+//   logits                fp32 [tokens, vocab] for loss_chunk tokens at a time (all N
+//                         when 0), and their gradient in the activation type
+//   attention             the GPU attention's scratch: 12 bytes per score for as many
+//                         heads at a time as 512 MiB holds, plus d_k, d_v per query
+//                         head in fp32 [N, q_dim] (or, when one head does not fit, the
+//                         flash kernel's float per sequence, head and token)
+//   scratch               one block's seven linear weights dequantized (weight_bytes)
+// Not counted: the CUDA context and allocator slack (about half a GB), the
+// tokens and targets, the counted tokens' rows the LM head gathers (at most
+// 6 bytes per token and dim: bf16 rows, fp32 gradient), and small per-kernel
+// workspaces.
+//
+// "GB" in the printed plan and the verdict is 2^30 bytes, as GPU memory is
+// sold: a "24 GB" card holds 24 GiB.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+#include "model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Bytes of attention scores the GPU trainer keeps at once (trainer/train_gpu.cu): its
+// simple attention runs as many heads at a time as this holds.
+#define ATTENTION_SCORE_BUDGET_BYTES ((size_t)512 << 20)
+
+// The seven adaptable linear layers, in LoraTarget's order (lora.h, which is
+// C++ only): q, k, v, o, gate, up, down.
+#define PLAN_N_TARGETS 7
+
+typedef struct {
+    int batch;                     // sequences per micro-batch
+    int seq_len;                   // tokens per sequence
+    int rank;                      // LoRA rank
+    int enabled[PLAN_N_TARGETS];   // 1: the target carries an adapter in every layer
+    int quant_nf4;                 // 1: linear weights in NF4; 0: in weight_bytes
+    int double_quant;              // NF4 absmax in 8 bits (QLoRA's double quantization)
+    int recompute;                 // 1: keep only each block's input, recompute in backward
+    int weight_bytes;              // unquantized frozen weights: 2 bf16 (GPU), 4 fp32 (CPU path)
+    int activation_bytes;          // activations and their gradients: 2 bf16 (GPU), 4 fp32 (CPU)
+    int loss_chunk;                // tokens whose logits exist at once (the GPU's: lm_head_chunk_tokens_default); 0: all
+} PlanInputs;
+
+// Bytes of each part; total adds them with the activations of the chosen
+// recompute setting.
+typedef struct {
+    double base_linear;
+    double quant_constants;
+    double base_other;
+    double lora_params;
+    double lora_grads;
+    double adam_moments;
+    double activations;               // the chosen one of the two below
+    double activations_no_recompute;
+    double activations_recompute;
+    double backward_buffers;
+    double logits;
+    double attention;
+    double scratch;
+    double total;
+} MemoryPlan;
+
+void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out);
+
+// Writes "fits in X GB with Y GB to spare" or "does not fit in X GB: needs
+// Y GB; ..." with the changes that would help, the ones that make it fit
+// first (recompute, then NF4, then a smaller --batch, then a shorter --seq),
+// then the rest by what they leave. Returns 1 when it fits.
+int memory_plan_verdict(const Config *c, const PlanInputs *in, const MemoryPlan *p, double gpu_mem_gb, char *text,
+                        size_t text_size);
+
+// Prints the plan as a table (MiB and share of the total), the activations
+// with and without recompute, and the verdict when gpu_mem_gb > 0.
+void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *p, double gpu_mem_gb, FILE *out);
+
+#ifdef __cplusplus
+}
+#endif

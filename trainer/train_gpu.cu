@@ -1,0 +1,511 @@
+// trainer/train_gpu.cu: forward and backward of the adapted model on one GPU, the
+// same lines as trainer/train_step.cpp (read that first: it is the reference), with
+// each CPU call replaced by its kernel:
+//   xn1 = rmsnorm(x_in);  q, k, v = lin_q(xn1), lin_k(xn1), lin_v(xn1);  rope(q, k)
+//   att = causal attention;  x_mid = x_in + lin_o(att)
+//   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
+//   x_out = x_mid + lin_down(h)
+// lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to bf16 per block.
+#include "trainer/train_gpu.h"
+
+#ifdef __CUDACC__
+#include "ops/cross_entropy.h"
+#include "ops/layers.h"
+#include "trainer/memory_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
+static size_t linear_numel(const Config *c, int target) {
+    int in_dim, out_dim;
+    lora_target_dims(c, target, &in_dim, &out_dim);
+    return (size_t)in_dim * out_dim;
+}
+
+// A device copy of n host floats (NULL stays NULL), counted in *counter.
+static float *upload_floats(const float *host, size_t n, const char *what, size_t *counter) {
+    if (!host) return NULL;
+    float *d = (float *)gpu_malloc(sizeof(float) * n, what);
+    gpu_upload(d, host, sizeof(float) * n);
+    *counter += sizeof(float) * n;
+    return d;
+}
+
+static void *alloc_counted(size_t bytes, const char *what, size_t *counter) {
+    *counter += bytes;
+    return gpu_malloc(bytes, what);
+}
+
+// ---- set-up -------------------------------------------------------------------
+
+static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
+    const Config *c = &g->c;
+    GpuMemoryUse *mem = &g->memory;
+    size_t largest = 0, block_numel = 0;
+    for (int t = 0; t < N_TARGETS; t++) {
+        largest = max_size(largest, linear_numel(c, t));
+        block_numel += linear_numel(c, t);
+    }
+    // each fp32 matrix goes up once, through this staging buffer, and is quantized there
+    float *staging = (float *)gpu_malloc(sizeof(float) * largest, "fp32 staging for quantization");
+    g->blocks = (GpuBlock *)cpu_calloc((size_t)c->n_layers, sizeof(GpuBlock), "GPU blocks");
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *lw = &model->layers[l];
+        GpuBlock *b = &g->blocks[l];
+        b->attn_norm = upload_floats(lw->attn_norm, c->dim, "attention norm", &mem->embeddings);
+        b->mlp_norm = upload_floats(lw->mlp_norm, c->dim, "MLP norm", &mem->embeddings);
+        b->bq = upload_floats(lw->bq, (size_t)c->n_heads * c->head_dim, "q bias", &mem->embeddings);
+        b->bk = upload_floats(lw->bk, (size_t)c->n_kv_heads * c->head_dim, "k bias", &mem->embeddings);
+        b->bv = upload_floats(lw->bv, (size_t)c->n_kv_heads * c->head_dim, "v bias", &mem->embeddings);
+        for (int t = 0; t < N_TARGETS; t++) {
+            size_t n = linear_numel(c, t);
+            if (g->quant == QUANT_NONE) {
+                b->dense[t] = gpu_upload_as_bf16(lora_target_weight(lw, t), n, "bf16 base weights");
+                mem->base_codes += sizeof(bf16) * n;
+                continue;
+            }
+            gpu_upload(staging, lora_target_weight(lw, t), sizeof(float) * n);
+            nf4_quantize_gpu(&b->nf4[t], staging, (int64_t)n, double_quant, "NF4 base weights");
+            size_t total = nf4_bytes_for((int64_t)n, double_quant), codes = ((size_t)n + 1) / 2;
+            mem->base_codes += codes;
+            mem->base_constants += total - codes;
+        }
+    }
+    gpu_free(staging);
+    if (g->quant == QUANT_NF4)
+        g->dequant_scratch = (bf16 *)alloc_counted(sizeof(bf16) * block_numel, "one block's dequantized weights",
+                                                   &mem->scratch);
+    size_t table = (size_t)c->vocab_size * c->dim;
+    g->embed = gpu_upload_as_bf16(model->embed, table, "embedding (bf16)");
+    mem->embeddings += sizeof(bf16) * table;
+    if (c->tied_embeddings || model->lm_head == model->embed) {
+        g->lm_head = g->embed;
+    } else {
+        g->lm_head = gpu_upload_as_bf16(model->lm_head, table, "LM head (bf16)");
+        mem->embeddings += sizeof(bf16) * table;
+    }
+    g->final_norm = upload_floats(model->final_norm, c->dim, "final norm", &mem->embeddings);
+    float inv_freq[MAX_HEAD_DIM / 2];
+    rope_inv_freq(c, inv_freq);
+    g->inv_freq = upload_floats(inv_freq, (size_t)c->head_dim / 2, "RoPE frequencies", &mem->scratch);
+}
+
+static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
+    int n_adapters = g->c.n_layers * N_TARGETS;
+    g->offset_A = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
+    g->offset_B = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
+    g->n_params = 0;
+    for (int i = 0; i < n_adapters; i++) {
+        const LoraAdapter *a = &lora->adapters[i];
+        g->offset_A[i] = g->offset_B[i] = (size_t)-1;
+        if (!a->A) continue;
+        g->offset_A[i] = g->n_params;
+        g->n_params += (size_t)a->rank * a->in_dim;
+        g->offset_B[i] = g->n_params;
+        g->n_params += (size_t)a->out_dim * a->rank;
+    }
+    size_t bytes = sizeof(float) * (g->n_params ? g->n_params : 1);
+    g->params = (float *)alloc_counted(bytes, "LoRA parameters", &g->memory.lora_and_adam);
+    g->grads = (float *)alloc_counted(bytes, "LoRA gradients", &g->memory.lora_and_adam);
+    g->m = (float *)alloc_counted(bytes, "AdamW first moments", &g->memory.lora_and_adam);
+    g->v = (float *)alloc_counted(bytes, "AdamW second moments", &g->memory.lora_and_adam);
+    g->params_bf16 = (bf16 *)alloc_counted(bytes / 2, "LoRA parameters (bf16 copy)", &g->memory.lora_and_adam);
+    CUDA_CHECK(cudaMemset(g->m, 0, bytes));
+    CUDA_CHECK(cudaMemset(g->v, 0, bytes));
+    CUDA_CHECK(cudaMemset(g->grads, 0, bytes));
+    g->adam_step = 0;
+    gpu_upload_lora(g, lora, NULL);
+}
+
+static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
+    const Config *c = &g->c;
+    size_t n = (size_t)g->max_tokens, q_dim = (size_t)c->n_heads * c->head_dim;
+    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t *counter = &g->memory.activations;
+    a->xn1 = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "activations (attention norm)", counter);
+    a->q = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "activations (q)", counter);
+    a->k = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "activations (k)", counter);
+    a->v = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "activations (v)", counter);
+    a->att = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "activations (attention output)", counter);
+    a->lse = (float *)alloc_counted(sizeof(float) * n * c->n_heads, "activations (attention lse)", counter);
+    a->x_mid = (float *)alloc_counted(sizeof(float) * n * c->dim, "activations (mid residual)", counter);
+    a->xn2 = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "activations (MLP norm)", counter);
+    a->gate = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (gate)", counter);
+    a->up = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (up)", counter);
+    a->h = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
+    for (int t = 0; t < N_TARGETS; t++)
+        a->xa[t] = (bf16 *)alloc_counted(sizeof(bf16) * n * g->rank, "activations (LoRA xa)", counter);
+}
+
+static void free_activations(GpuActivations *a) {
+    gpu_free(a->xn1); gpu_free(a->q); gpu_free(a->k); gpu_free(a->v); gpu_free(a->att); gpu_free(a->lse);
+    gpu_free(a->x_mid); gpu_free(a->xn2); gpu_free(a->gate); gpu_free(a->up); gpu_free(a->h);
+    for (int t = 0; t < N_TARGETS; t++) gpu_free(a->xa[t]);
+}
+
+static void alloc_buffers(GpuTrainer *g) {
+    const Config *c = &g->c;
+    size_t n = (size_t)g->max_tokens, q_dim = (size_t)c->n_heads * c->head_dim;
+    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t widest = max_size(max_size((size_t)c->dim, (size_t)c->hidden_dim), q_dim);
+    size_t *act = &g->memory.activations, *scratch = &g->memory.scratch;
+    g->tokens = (int *)alloc_counted(sizeof(int) * n, "token ids", scratch);
+    g->targets = (int *)alloc_counted(sizeof(int) * n, "targets", scratch);
+    g->positions = (int *)alloc_counted(sizeof(int) * n, "positions", scratch);
+    g->stream = (float *)alloc_counted(sizeof(float) * (c->n_layers + 1) * n * c->dim, "residual stream", act);
+    int n_acts = g->recompute ? 1 : c->n_layers;
+    g->acts = (GpuActivations *)cpu_calloc((size_t)n_acts, sizeof(GpuActivations), "GPU activations");
+    for (int l = 0; l < n_acts; l++) alloc_activations(g, &g->acts[l]);
+    g->normed = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "final norm output", act);
+    g->d_x = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (residual)", scratch);
+    g->d_mid = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (mid residual)", scratch);
+    g->d_normed = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (normed)", scratch);
+    g->d_wide = (float *)alloc_counted(sizeof(float) * n * widest, "gradient (wide)", scratch);
+    g->dy = (bf16 *)alloc_counted(sizeof(bf16) * n * widest, "gradient (bf16 copy)", scratch);
+    g->d_gate = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "gradient (gate)", scratch);
+    g->d_up = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "gradient (up)", scratch);
+    g->d_q = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "gradient (q)", scratch);
+    g->d_k = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "gradient (k)", scratch);
+    g->d_v = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "gradient (v)", scratch);
+    g->tmp = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "linear output", scratch);
+    g->keep = (float *)alloc_counted(sizeof(float) * n * widest, "dropout mask", scratch);
+    size_t lora_bytes = 0;
+    for (int t = 0; t < N_TARGETS; t++) {
+        int in_dim, out_dim;
+        lora_target_dims(c, t, &in_dim, &out_dim);
+        LoraShape s = {(int)n, in_dim, out_dim, g->rank, g->scaling};
+        lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
+    }
+    g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
+    // the simple attention (cuBLAS) when one head of scores fits the budget, else the fused kernel
+    size_t budget = ATTENTION_SCORE_BUDGET_BYTES;
+    gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, c->head_dim, budget));
+}
+
+void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
+    gpu_free(g->attention_scratch);
+    g->memory.scratch -= g->attention_scratch_bytes;
+    g->attention = kind;
+    g->attention_scratch_bytes = attention_scratch_bytes_gpu(kind, g->max_seqs, g->max_seq_len, g->c.n_heads,
+                                                             g->c.head_dim, ATTENTION_SCORE_BUDGET_BYTES);
+    g->attention_scratch = alloc_counted(g->attention_scratch_bytes, "attention scratch", &g->memory.scratch);
+}
+
+void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
+                      const StepOptions *opt, int max_seqs, int max_seq_len) {
+    memset(g, 0, sizeof *g);
+    g->c = model->config;
+    g->quant = quant;
+    g->recompute = opt->recompute;
+    g->rank = opt->rank;
+    g->scaling = opt->scaling;
+    g->dropout = opt->dropout;
+    g->max_seqs = max_seqs;
+    g->max_seq_len = max_seq_len;
+    g->max_tokens = max_seqs * max_seq_len;
+    upload_base(g, model, double_quant);
+    alloc_lora(g, lora);
+    alloc_buffers(g);
+}
+
+void gpu_trainer_free(GpuTrainer *g) {
+    const Config *c = &g->c;
+    for (int l = 0; l < c->n_layers; l++) {
+        GpuBlock *b = &g->blocks[l];
+        gpu_free(b->attn_norm); gpu_free(b->mlp_norm); gpu_free(b->bq); gpu_free(b->bk); gpu_free(b->bv);
+        for (int t = 0; t < N_TARGETS; t++) {
+            if (g->quant == QUANT_NF4) nf4_free_gpu(&b->nf4[t]);
+            else gpu_free(b->dense[t]);
+        }
+    }
+    free(g->blocks);
+    if (g->lm_head != g->embed) gpu_free(g->lm_head);
+    gpu_free(g->embed); gpu_free(g->final_norm); gpu_free(g->inv_freq); gpu_free(g->dequant_scratch);
+    gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_bf16);
+    free(g->offset_A); free(g->offset_B);
+    gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->stream);
+    int n_acts = g->recompute ? 1 : c->n_layers;
+    for (int l = 0; l < n_acts; l++) free_activations(&g->acts[l]);
+    free(g->acts);
+    gpu_free(g->normed); gpu_free(g->d_x); gpu_free(g->d_mid); gpu_free(g->d_normed); gpu_free(g->d_wide);
+    gpu_free(g->dy); gpu_free(g->d_gate); gpu_free(g->d_up); gpu_free(g->d_q); gpu_free(g->d_k); gpu_free(g->d_v);
+    gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch); gpu_free(g->attention_scratch);
+    memset(g, 0, sizeof *g);
+}
+
+void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
+    const GpuMemoryUse *m = &g->memory;
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    double mib = 1048576.0;
+    fprintf(out, "gpu memory on %s: %.1f MiB held by us (peak %.1f MiB); device %.1f of %.1f MiB in use\n",
+            gpu_device_name(), gpu_bytes_in_use() / mib, gpu_peak_bytes() / mib, (total_bytes - free_bytes) / mib,
+            total_bytes / mib);
+    fprintf(out, "  base %s %.1f MiB + constants %.1f MiB | embeddings, norms %.1f MiB | LoRA + AdamW %.1f MiB | "
+                 "activations %.1f MiB | scratch %.1f MiB\n",
+            g->quant == QUANT_NF4 ? "NF4 codes" : "bf16 weights", m->base_codes / mib, m->base_constants / mib,
+            m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib);
+}
+
+// ---- one block -----------------------------------------------------------------
+
+// g->weights[t] = block l's linear weights in bf16 (dequantized NF4, or the dense copy).
+static void load_block_weights(GpuTrainer *g, int layer) {
+    GpuBlock *b = &g->blocks[layer];
+    bf16 *next = g->dequant_scratch;
+    for (int t = 0; t < N_TARGETS; t++) {
+        if (g->quant == QUANT_NONE) {
+            g->weights[t] = b->dense[t];
+            continue;
+        }
+        nf4_dequantize_gpu(next, &b->nf4[t]);
+        g->weights[t] = next;
+        next += linear_numel(&g->c, t);
+    }
+}
+
+// The dropout mask of (layer, target) for this micro-batch (the CPU path's
+// seed rule), or NULL without dropout.
+static const float *adapter_mask(GpuTrainer *g, uint64_t dropout_seed, float dropout, int layer, int target, int n,
+                                 int in_dim) {
+    if (dropout <= 0.0f) return NULL;
+    uint64_t seed = dropout_seed ^ ((uint64_t)(layer * N_TARGETS + target + 1) * 0x9E3779B97F4A7C15ULL);
+    lora_dropout_mask_gpu(g->keep, (size_t)n * in_dim, dropout, seed);
+    return g->keep;
+}
+
+// One micro-batch's shapes and dropout.
+typedef struct {
+    int n, n_seqs, seq_len;
+    uint64_t dropout_seed;
+    float dropout;
+} StepShape;
+
+static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
+    int in_dim, out_dim;
+    lora_target_dims(&g->c, target, &in_dim, &out_dim);
+    LoraShape s = {n, in_dim, out_dim, g->rank, g->scaling};
+    return s;
+}
+
+static int has_adapter(const GpuTrainer *g, int layer, int target) {
+    return g->offset_A[layer * N_TARGETS + target] != (size_t)-1;
+}
+
+// y = x W^T + bias + s (dropout(x) A^T) B^T
+static void linear_forward(GpuTrainer *g, const StepShape *s, bf16 *y, const bf16 *x, const float *bias, int layer,
+                           int target, bf16 *xa) {
+    LoraShape shape = lora_shape(g, s->n, target);
+    matmul_gpu(y, x, g->weights[target], bias, s->n, shape.in_dim, shape.out_dim);
+    if (!has_adapter(g, layer, target)) return;
+    int i = layer * N_TARGETS + target;
+    const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
+    lora_forward_gpu(y, xa, x, keep, g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], shape,
+                     g->lora_scratch);
+}
+
+// dx += dy W (+ the adapter's part); the adapter's dA, dB accumulate.
+static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const bf16 *dy, const bf16 *x, int layer,
+                            int target, const bf16 *xa) {
+    LoraShape shape = lora_shape(g, s->n, target);
+    matmul_backward_input_gpu(dx, dy, g->weights[target], s->n, shape.in_dim, shape.out_dim);
+    if (!has_adapter(g, layer, target)) return;
+    int i = layer * N_TARGETS + target;
+    const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
+    lora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], dy, x, keep,
+                      g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], xa, shape, g->lora_scratch);
+}
+
+// Block `layer` on x_in (weights already loaded): activations into a, output into x_out.
+static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const float *x_in, float *x_out,
+                          GpuActivations *a) {
+    const Config *c = &g->c;
+    const GpuBlock *b = &g->blocks[layer];
+    size_t n_dim = (size_t)s->n * c->dim;
+    rmsnorm_gpu(a->xn1, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
+    linear_forward(g, s, a->q, a->xn1, b->bq, layer, TARGET_Q, a->xa[TARGET_Q]);
+    linear_forward(g, s, a->k, a->xn1, b->bk, layer, TARGET_K, a->xa[TARGET_K]);
+    linear_forward(g, s, a->v, a->xn1, b->bv, layer, TARGET_V, a->xa[TARGET_V]);
+    rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
+    rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
+    attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->n_seqs, s->seq_len, c->n_heads,
+                          c->n_kv_heads, c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
+    // x_mid = x_in + lin_o(att)
+    linear_forward(g, s, g->tmp, a->att, NULL, layer, TARGET_O, a->xa[TARGET_O]);
+    CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
+    residual_add_gpu(a->x_mid, g->tmp, n_dim);
+    rmsnorm_gpu(a->xn2, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
+    linear_forward(g, s, a->gate, a->xn2, NULL, layer, TARGET_GATE, a->xa[TARGET_GATE]);
+    linear_forward(g, s, a->up, a->xn2, NULL, layer, TARGET_UP, a->xa[TARGET_UP]);
+    swiglu_gpu(a->h, a->gate, a->up, (size_t)s->n * c->hidden_dim);
+    // x_out = x_mid + lin_down(h)
+    linear_forward(g, s, g->tmp, a->h, NULL, layer, TARGET_DOWN, a->xa[TARGET_DOWN]);
+    CUDA_CHECK(cudaMemcpy(x_out, a->x_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
+    residual_add_gpu(x_out, g->tmp, n_dim);
+}
+
+// g->d_x holds d loss / d x_out on entry and d loss / d x_in on return.
+static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const float *x_in, const GpuActivations *a) {
+    const Config *c = &g->c;
+    const GpuBlock *b = &g->blocks[layer];
+    size_t n = (size_t)s->n, n_dim = n * c->dim, n_hidden = n * c->hidden_dim;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim;
+    // MLP: x_out = x_mid + lin_down(h)  =>  d_mid = d_x + (through the MLP)
+    CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
+    float_to_bf16_gpu(g->dy, g->d_x, n_dim);
+    CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
+    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, TARGET_DOWN, a->xa[TARGET_DOWN]);
+    float_to_bf16_gpu(g->dy, g->d_wide, n_hidden);
+    swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
+    CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
+    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, TARGET_GATE, a->xa[TARGET_GATE]);
+    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, TARGET_UP, a->xa[TARGET_UP]);
+    rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
+    // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
+    CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
+    float_to_bf16_gpu(g->dy, g->d_mid, n_dim);
+    CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
+    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, TARGET_O, a->xa[TARGET_O]);
+    float_to_bf16_gpu(g->dy, g->d_wide, n * q_dim);
+    attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v, s->n_seqs,
+                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
+                           g->attention_scratch_bytes);
+    rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
+    rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
+    CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
+    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, TARGET_Q, a->xa[TARGET_Q]);
+    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, TARGET_K, a->xa[TARGET_K]);
+    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, TARGET_V, a->xa[TARGET_V]);
+    rmsnorm_backward_gpu(g->d_x, g->d_normed, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
+}
+
+// ---- the whole model -------------------------------------------------------------
+
+// Copies the batch to the device and checks it fits the buffers.
+static StepShape begin_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, float dropout) {
+    StepShape s = {batch->n_seqs * batch->seq_len, batch->n_seqs, batch->seq_len, dropout_seed, dropout};
+    if (s.n > g->max_tokens || s.n_seqs > g->max_seqs || s.seq_len > g->max_seq_len) {
+        fprintf(stderr, "gpu: a batch of %d x %d tokens is larger than the %d x %d tokens the buffers were made for\n",
+                batch->n_seqs, batch->seq_len, g->max_seqs, g->max_seq_len);
+        exit(1);
+    }
+    int *positions = (int *)cpu_malloc(sizeof(int) * s.n, "positions");
+    for (int i = 0; i < s.n; i++) positions[i] = i % batch->seq_len;
+    gpu_upload(g->positions, positions, sizeof(int) * s.n);
+    free(positions);
+    gpu_upload(g->tokens, batch->tokens, sizeof(int) * s.n);
+    gpu_upload(g->targets, batch->targets, sizeof(int) * s.n);
+    return s;
+}
+
+// Embedding and every block; activations kept per block unless recomputing.
+static void model_forward(GpuTrainer *g, const StepShape *s) {
+    const Config *c = &g->c;
+    size_t n_dim = (size_t)s->n * c->dim;
+    embedding_gpu(g->stream, g->embed, g->tokens, s->n, c->dim);
+    for (int l = 0; l < c->n_layers; l++) {
+        load_block_weights(g, l);
+        block_forward(g, s, l, g->stream + l * n_dim, g->stream + (l + 1) * n_dim, &g->acts[g->recompute ? 0 : l]);
+    }
+    rmsnorm_gpu(g->normed, g->stream + c->n_layers * n_dim, g->final_norm, s->n, c->dim, c->norm_eps);
+}
+
+double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, double grad_scale,
+                             int *n_counted) {
+    const Config *c = &g->c;
+    StepShape s = begin_batch(g, batch, dropout_seed, g->dropout);
+    size_t n_dim = (size_t)s.n * c->dim;
+    model_forward(g, &s);
+    // loss, and d normed = grad_scale (softmax - onehot) W_lm
+    CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
+    double loss_sum = lm_head_cross_entropy_gpu(g->d_normed, g->normed, g->lm_head, g->targets, s.n, c->dim,
+                                                c->vocab_size, grad_scale, n_counted);
+    CUDA_CHECK(cudaMemset(g->d_x, 0, sizeof(float) * n_dim));
+    rmsnorm_backward_gpu(g->d_x, g->d_normed, g->stream + c->n_layers * n_dim, g->final_norm, s.n, c->dim,
+                         c->norm_eps);
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        load_block_weights(g, l);
+        GpuActivations *a = &g->acts[g->recompute ? 0 : l];
+        // with recompute, the block's output goes to a scratch row of the stream (the last one, already used)
+        if (g->recompute) block_forward(g, &s, l, g->stream + l * n_dim, g->stream + c->n_layers * n_dim, a);
+        block_backward(g, &s, l, g->stream + l * n_dim, a);
+    }
+    return loss_sum;
+}
+
+double gpu_loss(GpuTrainer *g, const Batch *batch, int *n_counted) {
+    const Config *c = &g->c;
+    StepShape s = begin_batch(g, batch, 0, 0.0f);
+    model_forward(g, &s);
+    return lm_head_cross_entropy_gpu(NULL, g->normed, g->lm_head, g->targets, s.n, c->dim, c->vocab_size, 0.0,
+                                     n_counted);
+}
+
+// ---- optimizer side ------------------------------------------------------------------
+
+void gpu_zero_grads(GpuTrainer *g) { CUDA_CHECK(cudaMemset(g->grads, 0, sizeof(float) * g->n_params)); }
+
+double gpu_grad_norm(GpuTrainer *g) { return sqrt(sum_squares_gpu(g->grads, g->n_params)); }
+
+void gpu_scale_grads(GpuTrainer *g, float scale) { scale_gpu(g->grads, g->n_params, scale); }
+
+void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr) {
+    g->adam_step++;
+    adamw_step_gpu(g->params, g->grads, g->m, g->v, g->n_params, g->adam_step, config, lr);
+    float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
+}
+
+// Copies one adapter tensor between the flat device buffer and the host.
+static void copy_tensor(float *host, float *device, size_t n, int to_host) {
+    if (!host) return;
+    if (to_host) gpu_download(host, device, sizeof(float) * n);
+    else gpu_upload(device, host, sizeof(float) * n);
+}
+
+static void transfer_lora(GpuTrainer *g, LoraSet *lora, AdamWState *moments, int to_host) {
+    for (int i = 0; i < g->c.n_layers * N_TARGETS; i++) {
+        LoraAdapter *a = &lora->adapters[i];
+        if (!a->A) continue;
+        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
+        size_t oa = g->offset_A[i], ob = g->offset_B[i];
+        copy_tensor(a->A, g->params + oa, a_size, to_host);
+        copy_tensor(a->B, g->params + ob, b_size, to_host);
+        if (to_host) {
+            copy_tensor(a->dA, g->grads + oa, a_size, 1);
+            copy_tensor(a->dB, g->grads + ob, b_size, 1);
+        }
+        if (!moments) continue;
+        AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
+        copy_tensor(ma->m, g->m + oa, a_size, to_host);
+        copy_tensor(ma->v, g->v + oa, a_size, to_host);
+        copy_tensor(mb->m, g->m + ob, b_size, to_host);
+        copy_tensor(mb->v, g->v + ob, b_size, to_host);
+        if (to_host) ma->step = mb->step = g->adam_step;
+        else g->adam_step = ma->step;
+    }
+}
+
+void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *moments) {
+    transfer_lora((GpuTrainer *)g, lora, moments, 1);
+}
+
+void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *moments) {
+    transfer_lora(g, (LoraSet *)lora, (AdamWState *)moments, 0);
+    float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
+}
+
+double gpu_flops_per_token(const Config *c, int seq_len, int recompute) {
+    double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
+    // weights one token meets: the seven linears of every block, and the LM head
+    double per_block = (double)c->dim * (q_dim + 2 * kv_dim) + q_dim * c->dim + 3.0 * c->dim * c->hidden_dim;
+    double weights = c->n_layers * per_block + (double)c->vocab_size * c->dim;
+    // scores q.k and the weighted sum of v, over seq_len / 2 keys on average (causal)
+    double attention_forward = c->n_layers * 2.0 * 2.0 * q_dim * (seq_len / 2.0);
+    double forward = 2.0 * weights + attention_forward;
+    // backward: input gradients of the linears (2 per weight), attention's backward is twice its forward
+    double backward = 2.0 * weights + 2.0 * attention_forward;
+    return forward + backward + (recompute ? forward - 2.0 * (double)c->vocab_size * c->dim : 0.0);
+}
+#endif

@@ -1,0 +1,124 @@
+// trainer/train_gpu.h: the training step on one NVIDIA GPU, the same computation as
+// train_step_cpu (trainer/train_step.h) in mixed precision:
+//   - frozen linear weights in NF4 (or bf16 with --quant none), dequantized to
+//     bf16 one block at a time into a scratch buffer;
+//   - embedding / LM head in bf16, norms and biases in fp32;
+//   - activations (GEMM inputs and outputs) in bf16, the residual stream and
+//     its gradient in fp32, every accumulation in fp32;
+//   - LoRA master weights, gradients and AdamW moments in fp32 (one flat
+//     buffer each, adapters in LoraSet order, A then B), with a bf16 copy of
+//     the weights that the GEMMs read, refreshed after every optimizer step.
+// Built by nvcc only; the CPU-only build has no GPU trainer.
+#pragma once
+#ifdef __CUDACC__
+#include "adamw.h"
+#include "ops/attention.h"
+#include "trainer/base_weights.h"
+#include "ops/gpu.h"
+#include "lora.h"
+#include "model.h"
+#include "nf4.h"
+#include "trainer/train_step.h"
+
+// The frozen weights of one block on the GPU.
+typedef struct {
+    NF4TensorGPU nf4[N_TARGETS];   // when quant == QUANT_NF4
+    bf16 *dense[N_TARGETS];        // when quant == QUANT_NONE
+    float *attn_norm, *mlp_norm;   // [dim]
+    float *bq, *bk, *bv;           // NULL unless the model has attention biases
+} GpuBlock;
+
+// What backward needs from one block's forward (bf16 unless noted).
+typedef struct {
+    bf16 *xn1, *q, *k, *v, *att;
+    float *lse;                    // [n_seqs * n_heads * seq_len] attention log-sum-exp
+    float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
+    bf16 *xn2, *gate, *up, *h;
+    bf16 *xa[N_TARGETS];           // [N, rank] each adapter's (dropout(x) A^T)
+} GpuActivations;
+
+// Where the GPU memory goes, for the start-up report.
+typedef struct {
+    size_t base_codes, base_constants, embeddings, lora_and_adam, activations, scratch;
+} GpuMemoryUse;
+
+typedef struct {
+    Config c;
+    QuantMode quant;
+    AttentionKernel attention;   // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES, else flash
+    int recompute;
+    int rank;
+    float scaling;          // alpha / rank (or / sqrt(rank))
+    float dropout;
+    int max_tokens;         // batch * seq the buffers are sized for
+    int max_seqs, max_seq_len;
+
+    GpuBlock *blocks;       // [n_layers]
+    bf16 *embed, *lm_head;  // lm_head == embed when tied
+    float *final_norm;
+    float *inv_freq;        // [head_dim / 2]
+    bf16 *weights[N_TARGETS];   // one block's linear weights in bf16 (dequantized NF4, or views of dense)
+    bf16 *dequant_scratch;      // room for one block's seven matrices in bf16 (NF4 only)
+
+    // LoRA: flat fp32 parameters / gradients / moments, bf16 copy of the parameters
+    size_t n_params;
+    float *params, *grads, *m, *v;
+    bf16 *params_bf16;
+    size_t *offset_A, *offset_B;   // [n_layers * N_TARGETS] into the flat buffers; (size_t)-1 when off
+    int64_t adam_step;
+
+    // activations and gradients
+    int *tokens, *targets, *positions;   // [max_tokens] on the device
+    float *stream;                       // [(n_layers + 1) * max_tokens * dim]
+    GpuActivations *acts;                // [n_layers], or [1] with recompute
+    bf16 *normed;                        // [N, dim] final norm output
+    float *d_x, *d_mid, *d_normed;       // [N, dim] fp32
+    float *d_wide;                       // [N, max(hidden, q_dim)] fp32 input gradient of down / o
+    bf16 *dy;                            // [N, max(dim, hidden, q_dim)] bf16 copy of an output gradient
+    bf16 *d_gate, *d_up;                 // [N, hidden]
+    bf16 *d_q, *d_k, *d_v;               // [N, q_dim], [N, kv_dim] x2
+    bf16 *tmp;                           // [N, dim] output of o / down before the residual add
+    float *keep;                         // [N * max(dim, hidden, q_dim)] dropout mask
+    void *lora_scratch;
+    void *attention_scratch;
+    size_t attention_scratch_bytes;
+    GpuMemoryUse memory;
+} GpuTrainer;
+
+// Uploads the model (quantizing the linear weights to NF4 on the GPU when
+// quant == QUANT_NF4) and the adapters' initial values, and allocates
+// buffers for up to max_seqs sequences of max_seq_len tokens.
+void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
+                      const StepOptions *opt, int max_seqs, int max_seq_len);
+void gpu_trainer_free(GpuTrainer *g);
+// Switches the attention kind (tests, benchmarks); init picks the faster one that fits.
+void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind);
+// Prints where the GPU memory went (our allocations, and the device's view).
+void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out);
+
+// Forward + backward of one micro-batch: ADDS grad_scale * d(sum of token
+// losses) to the gradients; returns the summed loss; *n_counted = answer tokens.
+// dropout_seed as in StepOptions (masks equal to the CPU path's).
+double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, double grad_scale,
+                             int *n_counted);
+// The forward alone, no dropout: summed loss and count.
+double gpu_loss(GpuTrainer *g, const Batch *batch, int *n_counted);
+
+void gpu_zero_grads(GpuTrainer *g);
+// sqrt(sum of squared gradients), accumulated in double.
+double gpu_grad_norm(GpuTrainer *g);
+void gpu_scale_grads(GpuTrainer *g, float scale);
+// AdamW over every adapter parameter, then the bf16 copy is refreshed.
+void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr);
+
+// Copies parameters (and gradients) to the LoraSet on the host, and the
+// moments to moments[2 * adapter + (0 for A, 1 for B)] (may be NULL).
+void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *moments);
+// The reverse, after a resume from a checkpoint.
+void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *moments);
+
+// Matmul FLOPs per trained token (for MFU): 2 per weight in forward, 2 in
+// backward (input gradients only: the base is frozen), 2 more with
+// recompute, plus attention's score and value products.
+double gpu_flops_per_token(const Config *c, int seq_len, int recompute);
+#endif

@@ -1,0 +1,65 @@
+// trainer/train_step.h: one training step of the frozen model plus LoRA adapters on
+// the CPU: forward over a batch of sequences keeping what backward needs,
+// the answer-only loss, and backward down to the adapters' gradients. No
+// gradient is computed for any frozen weight.
+//
+// Templated on the number type: training runs in float; the tests run a tiny
+// model in double against finite differences.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include "lora.h"
+#include "model.h"
+
+// The frozen weights of one block as the step reads them (row-major [out, in]).
+template <typename Real>
+struct BlockWeights {
+    const Real *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo;
+    const Real *mlp_norm, *w_gate, *w_up, *w_down;
+};
+
+// Supplies block l's frozen weights, e.g. by dequantizing NF4 into a scratch
+// buffer; the pointers must stay valid until the next call.
+template <typename Real>
+struct WeightSource {
+    void *context;
+    void (*load_block)(void *context, int layer, BlockWeights<Real> *out);
+    const Real *embed, *final_norm, *lm_head;
+};
+
+// One adapter's parameters and gradients (all NULL when the target is off).
+template <typename Real>
+struct AdapterParams {
+    Real *A, *B;     // [rank, in], [out, rank]
+    Real *dA, *dB;
+};
+
+typedef struct {
+    int rank;
+    float scaling;         // s: alpha / rank, or alpha / sqrt(rank) with rsLoRA
+    float dropout;         // probability, on the adapter input only
+    uint64_t dropout_seed; // masks depend on (seed, layer, target); change it every micro-batch
+    int recompute;         // 1: keep only each block's input, recompute the block in backward
+} StepOptions;
+
+// A batch: n_seqs sequences of seq_len tokens; targets[i] is the token that
+// should follow tokens[i] in its sequence, or -100 (not learned).
+typedef struct {
+    const int *tokens;
+    const int *targets;
+    int n_seqs, seq_len;
+} Batch;
+
+// Runs forward and backward, ADDING grad_scale * d(sum of token losses) to the
+// adapters' gradients (grad_scale = 1 / answer tokens of the whole step, so
+// micro-batches accumulate to the mean over the step). Returns the summed
+// loss; *n_counted gets the number of answer tokens in this batch.
+// adapters[layer * N_TARGETS + target].
+template <typename Real>
+double train_step_cpu(const Config *c, const WeightSource<Real> *weights, AdapterParams<Real> *adapters,
+                      const StepOptions *opt, const Batch *batch, double grad_scale, int *n_counted);
+
+// The forward alone (no activations kept): summed loss and count.
+template <typename Real>
+double loss_cpu(const Config *c, const WeightSource<Real> *weights, const AdapterParams<Real> *adapters,
+                const StepOptions *opt, const Batch *batch, int *n_counted);
