@@ -12,8 +12,6 @@ CFLAGS   ?= -O3 -march=native -g
 CXXFLAGS ?= -O3 -march=native -g
 CFLAGS   += $(WARN) -std=c11 -fopenmp -D_GNU_SOURCE
 CXXFLAGS += $(WARN) -std=c++17 -fopenmp
-# every file includes others by their path from the repo root ("ops/layers.h")
-CPPFLAGS += -I.
 
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(strip $(HAVE_NVCC)),)
@@ -28,7 +26,8 @@ endif
 # utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
 REPO = .
 include dev/fetch/deps.mk
-CPPFLAGS += $(DEPS_CPPFLAGS)
+# every file includes others by their path from the repo root ("ops/layers.h")
+INCLUDES = -I. $(DEPS_CPPFLAGS)
 LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
 
 # Library sources (everything but the programs' main files), in the README's
@@ -54,19 +53,19 @@ all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
 build/%.o: %.c | build $(UTF8PROC_DEP)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(INCLUDES) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 build/%.o: %.cpp | build
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -c $< -o $@
 
 # .cu files hold CUDA kernels beside their host code: nvcc compiles them, or,
 # without nvcc, g++ compiles their host code (the kernels sit behind __CUDACC__).
 ifeq ($(strip $(HAVE_NVCC)),)
 build/%.o: %.cu | build
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(CXXFLAGS) -MMD -MP -x c++ -c $< -o $@
 else
 NVCCFLAGS = -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler "-fopenmp -Wall -march=native"
 build/%.o: %.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	$(NVCC) $(INCLUDES) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 endif
 
 generate: build/generate.o $(LIB_OBJ)
@@ -115,17 +114,17 @@ TEST_OBJ   = $(TEST_SRC:test/%.cpp=build/test/%.o) \
              $(LIB_C:%.c=build/test/%.o) $(LIB_CPP:%.cpp=build/test/%.o) $(LIB_CU:%.cu=build/test/%.o)
 
 build/test/%.o: %.c | build $(UTF8PROC_DEP)
-	$(CC) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
+	$(CC) $(INCLUDES) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c11 -D_GNU_SOURCE -MMD -MP -c $< -o $@
 build/test/%.o: %.cu | build
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
 build/test/%.o: %.cpp | build
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
 $(NUMERIC_CU:%.cu=build/test/%.o): build/test/%.o: %.cu | build
-	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -x c++ -c $< -o $@
 $(NUMERIC_CPP:%.cpp=build/test/%.o): build/test/%.o: %.cpp | build
-	$(CXX) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(NUMERIC_TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
 build/test/%.o: test/%.cpp | build $(DOCTEST_DEP)
-	$(CXX) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(TEST_FLAGS) $(WARN) -std=c++17 -MMD -MP -c $< -o $@
 
 build/test_cpu: $(TEST_OBJ)
 	$(CXX) $(LDFLAGS) $(TEST_FLAGS) $^ -o $@ $(UTF8PROC_LIB) -lm
@@ -140,9 +139,9 @@ else
 TEST_GPU = build/test_gpu
 GPU_TEST_OBJ = $(patsubst test/gpu/%.cu,build/test/gpu/%.o,$(wildcard test/gpu/*.cu))
 build/test/gpu/%.o: test/gpu/%.cu | build
-	$(NVCC) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	$(NVCC) $(INCLUDES) $(CPPFLAGS) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 build/test/gpu/test_main.o: test/test_main.cpp | build $(DOCTEST_DEP)
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -MMD -MP -c $< -o $@
+	$(CXX) $(INCLUDES) $(CPPFLAGS) $(CXXFLAGS) -DQLORA_GPU_TESTS -MMD -MP -c $< -o $@
 build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endif

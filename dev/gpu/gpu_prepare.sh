@@ -10,9 +10,11 @@ set -e
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 make fetch data/faq/train.bin build/bench_train
 mkdir -p .devdeps/doctest .model_a .model_b
-cp /usr/include/doctest/doctest.h .devdeps/doctest/
-cp /usr/include/utf8proc.h .devdeps/
-cp "$(find /usr/lib -name libutf8proc.a | head -n 1)" .devdeps/
+# the Debian packages, fetched and checked as `make` does on a machine without them
+sh dev/fetch/fetch_deps.sh utf8proc
+sh dev/fetch/fetch_deps.sh doctest
+cp build/deps/include/doctest/doctest.h .devdeps/doctest/
+cp build/deps/include/utf8proc.h build/deps/lib/libutf8proc.a .devdeps/
 # a random SmolLM2-shaped model written with the default model's tokenizer
 ./build/bench_train --shape smollm2-135m --save /tmp/gpu_prepare_model
 cp /tmp/gpu_prepare_model/tokenizer.json .devdeps/
