@@ -11,6 +11,7 @@
 // answers side by side; writes a JSON report and an SVG bar chart.
 #include "infer/adapter.h"
 #include "formats/cli.h"
+#include "formats/json.h"
 #include "eval/eval.h"
 #include "nf4.h"
 #include "trainer/plot.h"
@@ -30,7 +31,7 @@ typedef struct {
 } Options;
 
 static const Options DEFAULTS = {
-    "models/SmolLM2-135M-Instruct.Q4_1.gguf", NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
+    DEFAULT_MODEL, NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
     64, 20, 3, 1, 1,
 };
 
@@ -127,17 +128,6 @@ static void print_clipped(const char *label, const char *text, size_t max) {
     printf("%s\n", cut < len ? " ..." : "");
 }
 
-static void write_json_string(FILE *f, const char *text) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
 // A number, or null for NaN and Inf, which JSON cannot hold (a perplexity of exp(1000), say).
 static void write_json_number(FILE *f, double x) {
     if (isfinite(x)) fprintf(f, "%.6f", x);
@@ -170,30 +160,30 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
     FILE *f = fopen(path, "w");
     if (!f) { fprintf(stderr, "evaluate: cannot write %s: %s\n", path, strerror(errno)); return -1; }
     fprintf(f, "{\n  \"model\": ");
-    write_json_string(f, o->model_path);
+    json_write_string(f, o->model_path);
     fprintf(f, ",\n  \"adapter\": ");
-    if (o->adapter_dir) write_json_string(f, o->adapter_dir);
+    if (o->adapter_dir) json_write_string(f, o->adapter_dir);
     else fprintf(f, "null");
     fprintf(f, ",\n  \"quant\": \"%s\", \"double_quant\": %d", o->adapter_dir && o->quant_nf4 ? "nf4" : "none",
             o->double_quant);
     fprintf(f, ",\n  \"data\": ");
-    write_json_string(f, o->data_path);
+    json_write_string(f, o->data_path);
     fprintf(f, ",\n  \"samples\": %d,\n  \"max_new\": %d,\n  \"summary_mean_std\": {\n", count, o->max_new);
     write_summary_json(f, "base", sb);
     if (st) { fprintf(f, ",\n"); write_summary_json(f, "fine_tuned", st); }
     fprintf(f, "\n  },\n  \"answers\": [\n");
     for (int i = 0; i < count; i++) {
         fprintf(f, "    {\"reference\": ");
-        write_json_string(f, samples[i].reference);
+        json_write_string(f, samples[i].reference);
         fprintf(f, ", \"base\": ");
-        write_json_string(f, base[i].answer);
+        json_write_string(f, base[i].answer);
         fprintf(f, ", \"base_rougeL_f1\": ");
         write_json_number(f, base[i].rouge.kind[ROUGE_L].f1);
         fprintf(f, ", \"base_cosine\": ");
         write_json_number(f, base[i].similarity);
         if (tuned) {
             fprintf(f, ", \"fine_tuned\": ");
-            write_json_string(f, tuned[i].answer);
+            json_write_string(f, tuned[i].answer);
             fprintf(f, ", \"fine_tuned_rougeL_f1\": ");
             write_json_number(f, tuned[i].rouge.kind[ROUGE_L].f1);
             fprintf(f, ", \"fine_tuned_cosine\": ");

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <time.h>
 
-#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define PREFILL_CHUNK 256
 
 typedef struct {

@@ -4,6 +4,8 @@
 #include "lora.h"
 #include "ops/gpu.h"
 #include "ops/layers.h"
+#include "ops/random.h"
+#include "formats/json.h"
 #include "formats/safetensors.h"
 
 #include <errno.h>
@@ -12,27 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-// splitmix64's output function: a bijection of 64-bit words that mixes every
-// input bit into every output bit.
-HOST_DEVICE static inline uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
+float lora_scale(float alpha, int rank, int rslora) {
+    // s = alpha / r, or alpha / sqrt(r) with rsLoRA
+    return rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
 }
-
-// splitmix64: a small, well-mixed generator; one call per random number.
-static uint64_t splitmix64(uint64_t *state) { return mix64(*state += 0x9E3779B97F4A7C15ULL); }
-
-// Uniform in [0, 1) with 24 random bits.
-static float uniform01(uint64_t *state) { return (float)(splitmix64(state) >> 40) / 16777216.0f; }
 
 int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed) {
     memset(a, 0, sizeof *a);
     a->in_dim = in_dim;
     a->out_dim = out_dim;
     a->rank = rank;
-    // s = alpha / r, or alpha / sqrt(r) with rsLoRA
-    a->scaling = rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
+    a->scaling = lora_scale(alpha, rank, rslora);
     size_t a_size = (size_t)rank * in_dim, b_size = (size_t)out_dim * rank;
     a->A = (float *)malloc(a_size * sizeof(float));
     a->B = (float *)calloc(b_size, sizeof(float));
@@ -45,7 +37,7 @@ int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, in
     // A ~ U(-1/sqrt(in), 1/sqrt(in))
     float bound = 1.0f / sqrtf((float)in_dim);
     uint64_t state = seed;
-    for (size_t i = 0; i < a_size; i++) a->A[i] = (2.0f * uniform01(&state) - 1.0f) * bound;
+    for (size_t i = 0; i < a_size; i++) a->A[i] = (2.0f * random_uniform(splitmix64_next(&state)) - 1.0f) * bound;
     return 0;
 }
 
@@ -62,14 +54,17 @@ static float dropout_kept_value(float p) { return p > 0.0f ? 1.0f / (1.0f - p) :
 
 // keep[i] of the mask whose stream key is mix64(seed): counter-based, so any
 // element can be computed alone (one GPU thread each). The random number is
-// the i-th output of splitmix64 started at the key, z = mix64(key + (i + 1) G);
-// mixing the seed into the key first keeps related seeds (seed ^ k G, as
-// train_step derives them per layer) from giving shifted copies of one stream.
+// the i-th output of splitmix64 started at the key, splitmix64_at(key, i);
+// mixing the seed into the key first keeps related seeds (seed ^ k GAMMA, as
+// lora_dropout_seed derives them) from giving shifted copies of one stream.
 HOST_DEVICE static inline float dropout_keep_value(uint64_t key, size_t i, float p, float kept_value) {
-    uint64_t z = mix64(key + ((uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL);
-    // u in [0, 1) from the top 24 bits (exact in a float)
-    float u = (float)(z >> 40) / 16777216.0f;
+    float u = random_uniform(splitmix64_at(key, (uint64_t)i));
     return (p > 0.0f && u < p) ? 0.0f : kept_value;
+}
+
+uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target) {
+    // step_seed ^ (k + 1) GAMMA, k = layer * N_TARGETS + target (the adapter's index in the set)
+    return step_seed ^ ((uint64_t)(layer * N_TARGETS + target + 1) * SPLITMIX64_GAMMA);
 }
 
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
@@ -262,9 +257,9 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
                                 char *err, size_t err_size) {
     FILE *f = fopen(path, "w");
     if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
-    fprintf(f, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": \"%s\",\n",
-            base_model);
-    fprintf(f, "  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
+    fprintf(f, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ");
+    json_write_string(f, base_model);
+    fprintf(f, ",\n  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
             set->alpha, set->dropout);
     int first = 1;
     for (int t = 0; t < N_TARGETS; t++) {

@@ -19,6 +19,9 @@ typedef struct {
     float *dB;
 } LoraAdapter;
 
+// The adapter's scale s: alpha / r, or alpha / sqrt(r) with rsLoRA.
+float lora_scale(float alpha, int rank, int rslora);
+
 // Allocates A, B and their gradients: A ~ U(-1/sqrt(in), 1/sqrt(in)) from the
 // seed (kaiming-uniform with a = sqrt(5), as peft), B = 0, gradients 0.
 int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed);
@@ -26,11 +29,14 @@ void lora_free(LoraAdapter *a);
 
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
 // else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
-// z = mix64(mix64(seed) + (i + 1) 0x9E3779B97F4A7C15) (splitmix64), dropped
-// when (z >> 40) / 2^24 < p. The caller derives the seed from (step, layer,
-// target), so recompute regenerates the same mask, and the GPU version
-// (lora_dropout_mask_gpu) gives it bit for bit. p == 0 gives all ones.
+// z = splitmix64_at(mix64(seed), i) (ops/random.h), dropped when
+// (z >> 40) / 2^24 < p. The caller derives the seed from (step, layer,
+// target) with lora_dropout_seed, so recompute regenerates the same mask, and
+// the GPU version (lora_dropout_mask_gpu) gives it bit for bit. p == 0 gives all ones.
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed);
+// The mask seed of (layer, target) within a step whose dropout seed is
+// step_seed: one stream per adapter, the same on the CPU and the GPU.
+uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target);
 
 // The shapes of one adapted linear layer.
 typedef struct {

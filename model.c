@@ -4,6 +4,7 @@
 #include "model.h"
 #include "formats/gguf.h"
 #include "formats/hf_checkpoint.h"
+#include "ops/random.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -239,7 +240,7 @@ int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, 
         model_free(m);
         return -1;
     }
-    uint64_t drawn = 0;   // values drawn so far: value k comes from the splitmix64 state seed + (k + 1) * golden
+    uint64_t drawn = 0;   // values drawn so far: value k is splitmix64_at(seed, k)
     float *next = m->storage;
     for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
         Role role = (Role)r;
@@ -254,11 +255,7 @@ int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, 
             int64_t numel = role_numel(c, role);
             #pragma omp parallel for schedule(static)
             for (int64_t i = 0; i < numel; i++) {
-                // splitmix64 -> u in [0, 1)
-                uint64_t z = seed + (drawn + (uint64_t)i + 1) * 0x9E3779B97F4A7C15ULL;
-                z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-                z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-                float u = (float)((z ^ (z >> 31)) >> 40) / 16777216.0f;
+                float u = random_uniform(splitmix64_at(seed, drawn + (uint64_t)i));
                 next[i] = (is_norm ? 1.0f : 0.0f) + bound * (2.0f * u - 1.0f);
             }
             *role_slot(m, role, layer) = next;

@@ -15,6 +15,9 @@
 #include "formats/tensor.h"
 #include "tokenizer.h"
 
+// The model the programs and tests load without --model (make fetch downloads it).
+#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
 #ifdef __cplusplus
 extern "C" {
 #endif

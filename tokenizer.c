@@ -1312,20 +1312,6 @@ int chat_encode(const Tokenizer *t, const ChatMessage *messages, int n_messages,
 
 // ---------------------------------------------------------------- saving as tokenizer.json
 
-// s as a JSON string: quotes, backslashes and control bytes escaped, the
-// rest (UTF-8, checked by the caller) as it is.
-static void put_json_string(FILE *f, const char *s, size_t len) {
-    fputc('"', f);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 static int is_valid_utf8(const char *s, size_t len) {
     for (size_t i = 0; i < len;) {
         int valid;
@@ -1368,7 +1354,7 @@ static void put_pretokenizer(FILE *f, const Tokenizer *t) {
     } else {
         const char *pattern = t->pre == PRETOK_LLAMA3 ? LLAMA3_PATTERN : QWEN2_PATTERN;
         fputs("{\"type\": \"Split\", \"pattern\": {\"Regex\": ", f);
-        put_json_string(f, pattern, strlen(pattern));
+        json_write_string(f, pattern);
         fputs("}, \"behavior\": \"Isolated\", \"invert\": false}, ", f);
         put_byte_level(f, 0);
     }
@@ -1377,7 +1363,7 @@ static void put_pretokenizer(FILE *f, const Tokenizer *t) {
 
 // A token's vocabulary string as a JSON string.
 static void put_token(FILE *f, const Tokenizer *t, int id) {
-    put_json_string(f, t->tokens[id].text, t->tokens[id].text_len);
+    json_write_string_len(f, t->tokens[id].text, t->tokens[id].text_len);
 }
 
 // added_tokens (their order does not matter: matching tries the longest first).
@@ -1470,7 +1456,7 @@ static void put_chat_template(FILE *f, const Tokenizer *t) {
              "'<|im_end|>' + '\n' }}{%% endfor %%}{%% if add_generation_prompt %%}{{ '<|im_start|>assistant\n' }}"
              "{%% endif %%}", system);
     fputs("  \"chat_template\": ", f);
-    put_json_string(f, template_text, strlen(template_text));
+    json_write_string(f, template_text);
     fputs(",\n", f);
 }
 

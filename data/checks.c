@@ -165,30 +165,6 @@ void report_print(const Report *r, FILE *out) {
 
 // ---- the report as JSON -------------------------------------------------------
 
-// Bytes in the UTF-8 character at p (1 to 4), or 0 when the bytes there are not one.
-static int utf8_char_length(const unsigned char *p) {
-    int n = p[0] < 0x80 ? 1 : (p[0] & 0xE0) == 0xC0 ? 2 : (p[0] & 0xF0) == 0xE0 ? 3 : (p[0] & 0xF8) == 0xF0 ? 4 : 0;
-    for (int i = 1; i < n; i++)
-        if ((p[i] & 0xC0) != 0x80) return 0;   // also stops at the NUL byte
-    return n;
-}
-
-// Writes text as a JSON string: quotes, backslashes and control characters
-// escaped, bytes that are not UTF-8 (a message cut mid-character) as U+FFFD.
-static void write_json_string(FILE *f, const char *text) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)text; *p;) {
-        int n = utf8_char_length(p);
-        if (n == 0) { fputs("\\ufffd", f); p++; continue; }
-        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-        else fwrite(p, 1, (size_t)n, f);
-        p += n;
-    }
-    fputc('"', f);
-}
-
 static void write_json_lengths(FILE *f, const char *name, const LengthStats *s) {
     fprintf(f, "  \"%s\": {\"count\": %ld, \"mean\": %.3f, \"median\": %d, \"p95\": %d, \"max\": %d, "
                "\"over_max_seq\": %ld, \"share_over_max_seq\": %.6f},\n",
@@ -223,7 +199,7 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
     fprintf(f, "],\n  \"problems_shown\": [");
     for (int i = 0; i < r->n_problems; i++) {
         fprintf(f, "%s\n    ", i ? "," : "");
-        write_json_string(f, r->problems[i]);
+        json_write_string(f, r->problems[i]);
     }
     fprintf(f, "%s]\n}\n", r->n_problems ? "\n  " : "");
     int failed = ferror(f);

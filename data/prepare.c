@@ -13,6 +13,7 @@
 #include "data/raft_build.h"
 #include "data/tokfile.h"
 #include "formats/gguf.h"
+#include "model.h"
 
 #include <limits.h>
 #include <math.h>
@@ -29,7 +30,7 @@ typedef struct {
 } Options;
 
 static const Options DEFAULTS = {
-    NULL, NULL, NULL, NULL, "out/data", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "truncate",
+    NULL, NULL, NULL, NULL, "out/data", DEFAULT_MODEL, "truncate",
     RAFT_NO_ORACLE_ANSWER_EN, RAFT_NO_ORACLE_ANSWER_KO,
     3, 2048, 1234, 0, 48,
     0.2, 0.1,
@@ -213,7 +214,7 @@ static void free_set(TokSet *set) {
 
 static long count_labelled(const TokSample *s) {
     long n = 0;
-    for (int t = 0; t < s->n_tokens; t++) n += s->targets[t] != RAFT_IGNORE;
+    for (int t = 0; t < s->n_tokens; t++) n += s->targets[t] != IGNORE_TARGET;
     return n;
 }
 

@@ -249,7 +249,7 @@ static int encode_cut(const Tokenizer *t, const RaftSample *sample, size_t doc_b
     }
     // targets[t] = ids[t + 1] where that token is part of the answer
     for (int i = 0; i < n; i++)
-        (*targets)[i] = i + 1 < n && is_answer[i + 1] ? (*ids)[i + 1] : RAFT_IGNORE;
+        (*targets)[i] = i + 1 < n && is_answer[i + 1] ? (*ids)[i + 1] : IGNORE_TARGET;
     free(is_answer);
     return n;
 }

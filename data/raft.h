@@ -7,13 +7,14 @@
 #include "formats/json.h"
 #include "tokenizer.h"
 #include "data/checks.h"
+#include "ops/cross_entropy.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-// Target of a position that is not trained on (PyTorch's ignore_index).
-#define RAFT_IGNORE -100
+// train.cu's name for IGNORE_TARGET (ops/cross_entropy.h), until it uses that one.
+#define RAFT_IGNORE IGNORE_TARGET
 
 // The system message of every rendered sample.
 extern const char RAFT_SYSTEM_PROMPT[];
@@ -68,7 +69,7 @@ int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, si
 // *ids gets the tokens and *targets the label of each position, shifted so
 // that position t is scored on the token after it:
 //   targets[t] = ids[t + 1] when token t + 1 belongs to the answer (its text
-//   or the <|im_end|> closing it), else RAFT_IGNORE; targets[n - 1] = RAFT_IGNORE.
+//   or the <|im_end|> closing it), else IGNORE_TARGET; targets[n - 1] = IGNORE_TARGET.
 // Both are malloc'd; the caller frees them. Returns the token count n, however
 // long: the caller decides what to do with a sample longer than its context.
 // Returns -1 (and NULLs) when the tokenizer has no ChatML tokens or memory runs out.

@@ -1,6 +1,7 @@
 // data/raft_build.c: building RAFT samples (oracle + shuffled distractors,
 // some without the oracle) and splitting by question (see raft_build.h).
 #include "data/raft_build.h"
+#include "ops/random.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -9,15 +10,8 @@
 const char RAFT_NO_ORACLE_ANSWER_EN[] = "The documents do not contain the answer to this question.";
 const char RAFT_NO_ORACLE_ANSWER_KO[] = "주어진 문서에는 이 질문에 대한 답이 없습니다.";
 
-uint64_t raft_random(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
 // A whole number in [0, n).
-static int random_below(uint64_t *state, int n) { return (int)(raft_random(state) % (uint64_t)n); }
+static int random_below(uint64_t *state, int n) { return (int)(splitmix64_next(state) % (uint64_t)n); }
 
 // Fisher-Yates: every order equally likely.
 static void shuffle(int *items, int n, uint64_t *state) {

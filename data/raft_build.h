@@ -6,8 +6,8 @@
 // A share P of the questions (exactly round(P * questions), chosen at random)
 // gets K distractors only and a fixed answer saying the documents do not hold
 // it, in Korean when the question is written in Hangul. Everything is drawn
-// from one seeded generator (splitmix64), so the same seed gives the same
-// samples.
+// from one seeded generator (splitmix64, ops/random.h), so the same seed
+// gives the same samples.
 #pragma once
 #include <stdint.h>
 #include "data/collection.h"
@@ -36,9 +36,6 @@ int raft_build(const Collection *c, const RaftBuildOptions *o, RaftData *out);
 
 // 1 when text holds a Hangul letter (syllables U+AC00-U+D7A3 or jamo).
 int text_has_hangul(const char *text);
-
-// splitmix64: the next number of the sequence in *state.
-uint64_t raft_random(uint64_t *state);
 
 // Splits samples into train and validation by question: all samples of one
 // question (exact text) go to the same side. round(val_frac * questions)

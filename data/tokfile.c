@@ -69,7 +69,7 @@ int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples
     uint64_t n_tokens = 0, n_labelled = 0;
     for (long i = 0; i < n; i++) {
         n_tokens += (uint64_t)samples[i].n_tokens;
-        for (int k = 0; k < samples[i].n_tokens; k++) n_labelled += samples[i].targets[k] != RAFT_IGNORE;
+        for (int k = 0; k < samples[i].n_tokens; k++) n_labelled += samples[i].targets[k] != IGNORE_TARGET;
     }
     unsigned char header[TOKFILE_HEADER_BYTES];
     memcpy(header, TOKFILE_MAGIC, 8);
@@ -163,14 +163,14 @@ static int read_sample(TokFile *f, const unsigned char *data, size_t size, size_
                      i + 1, k, s->ids[k], f->vocab_size);
             return -1;
         }
-        int next = k + 1 < n ? (int)get_u32(ids + 4 * ((size_t)k + 1)) : RAFT_IGNORE;
-        if (s->targets[k] != RAFT_IGNORE && s->targets[k] != next) {
-            snprintf(err, err_size, "%s: sample %ld, position %u: target %d is neither -100 nor the next token", path,
-                     i + 1, k, s->targets[k]);
+        int next = k + 1 < n ? (int)get_u32(ids + 4 * ((size_t)k + 1)) : IGNORE_TARGET;
+        if (s->targets[k] != IGNORE_TARGET && s->targets[k] != next) {
+            snprintf(err, err_size, "%s: sample %ld, position %u: target %d is neither %d nor the next token", path,
+                     i + 1, k, s->targets[k], IGNORE_TARGET);
             return -1;
         }
         f->n_tokens++;
-        f->n_labelled += s->targets[k] != RAFT_IGNORE;
+        f->n_labelled += s->targets[k] != IGNORE_TARGET;
     }
     *offset += 4 + 8 * (size_t)n;
     return 0;

@@ -15,7 +15,7 @@
 //                   u32  n             tokens in the sample (at least 1)
 //                   i32  ids[n]        token ids, each in [0, vocabulary size)
 //                   i32  targets[n]    targets[t] = ids[t + 1] when token t + 1 is
-//                                      part of the answer, else -100 (RAFT_IGNORE);
+//                                      part of the answer, else -100 (IGNORE_TARGET);
 //                                      targets[n - 1] = -100
 // Nothing follows the last sample. A file made with one tokenizer is refused
 // when read for another: token ids only mean something with their vocabulary.

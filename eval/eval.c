@@ -19,7 +19,7 @@
 int eval_split_sample(const Tokenizer *tok, EvalSample *s) {
     int first = -1, last = -1;
     for (int t = 0; t < s->n_tokens; t++) {
-        if (s->targets[t] == RAFT_IGNORE) continue;
+        if (s->targets[t] == IGNORE_TARGET) continue;
         if (first < 0) first = t;
         last = t;
     }
@@ -138,7 +138,7 @@ static double answer_loss(const Model *m, InferState *state, const EvalSample *s
         const float *logits = forward_cpu(m, state, s->ids + pos, n, pos, 1, NULL);
         for (int t = 0; t < n; t++) {
             int target = s->targets[pos + t];
-            if (target == RAFT_IGNORE) continue;
+            if (target == IGNORE_TARGET) continue;
             const float *row = logits + (size_t)t * vocab;
             if (!floats_all_finite(row, (size_t)vocab)) return NAN;
             // -log softmax(row)[target] = log sum exp(row - max) + max - row[target]

@@ -1,5 +1,6 @@
 // formats/json.c: a recursive-descent JSON parser. Every value is a JsonValue tree
 // node; strings are decoded (escapes, surrogate pairs) and must be valid UTF-8.
+// At the bottom, the JSON string writer.
 #include "formats/json.h"
 
 #include <errno.h>
@@ -372,3 +373,36 @@ char *read_file(const char *path, size_t *len, char *err, size_t err_size) {
     *len = size;
     return data;
 }
+
+// ---- writing -------------------------------------------------------------------
+
+// The two-character escape of c, or NULL when it has none.
+static const char *short_escape(unsigned char c) {
+    switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    default: return NULL;
+    }
+}
+
+void json_write_string_len(FILE *f, const char *text, size_t len) {
+    const unsigned char *s = (const unsigned char *)text;
+    fputc('"', f);
+    for (size_t i = 0; i < len;) {
+        int seq = utf8_sequence_length(s + i, len - i);
+        const char *escape = short_escape(s[i]);
+        if (seq == 0) fputs("\\ufffd", f);
+        else if (escape) fputs(escape, f);
+        else if (s[i] < 0x20) fprintf(f, "\\u%04x", s[i]);
+        else fwrite(s + i, 1, (size_t)seq, f);
+        i += seq ? (size_t)seq : 1;   // a byte that is not UTF-8 is replaced alone
+    }
+    fputc('"', f);
+}
+
+void json_write_string(FILE *f, const char *text) { json_write_string_len(f, text, strlen(text)); }

@@ -1,7 +1,9 @@
 // formats/json.h: a small JSON reader (RFC 8259) for config.json, tokenizer.json,
 // safetensors headers and the training data. Strings come back as UTF-8.
+// And the one JSON string writer, which every JSON file we write goes through.
 #pragma once
 #include <stddef.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,6 +40,14 @@ char *read_file(const char *path, size_t *len, char *err, size_t err_size);
 // Reads and parses a JSON file. On failure returns NULL with
 // "PATH: line L, column C: what is wrong (not valid JSON)" (or the read error) in err.
 JsonValue *json_parse_file(const char *path, char *err, size_t err_size);
+
+// Writes text as a quoted JSON string (RFC 8259): '"' and '\\' escaped, control
+// characters as \b \f \n \r \t or \u00XX, each byte that is not part of a UTF-8
+// character (a text cut mid-character, say) as \ufffd (JSON text is UTF-8),
+// everything else as it is.
+void json_write_string(FILE *f, const char *text);
+// The same for len bytes, which may hold NUL bytes (written as \u0000).
+void json_write_string_len(FILE *f, const char *text, size_t len);
 
 #ifdef __cplusplus
 }

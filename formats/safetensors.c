@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -265,54 +264,6 @@ void safetensors_close(SafetensorsFile *f) {
 
 // ---- writing -----------------------------------------------------------------
 
-// A growing text buffer; after a failed allocation every append is ignored.
-typedef struct {
-    char *data;
-    size_t len, capacity;
-    int failed;
-} Text;
-
-static void text_append(Text *t, const char *s, size_t n) {
-    if (t->failed) return;
-    if (t->len + n + 1 > t->capacity) {
-        size_t capacity = t->capacity ? t->capacity : 4096;
-        while (t->len + n + 1 > capacity) capacity *= 2;
-        char *bigger = (char *)realloc(t->data, capacity);
-        if (!bigger) { t->failed = 1; return; }
-        t->data = bigger;
-        t->capacity = capacity;
-    }
-    memcpy(t->data + t->len, s, n);
-    t->len += n;
-    t->data[t->len] = '\0';
-}
-
-static void text_printf(Text *t, const char *format, ...) {
-    char buf[128];
-    va_list args;
-    va_start(args, format);
-    int n = vsnprintf(buf, sizeof buf, format, args);
-    va_end(args);
-    if (n < 0 || (size_t)n >= sizeof buf) { t->failed = 1; return; }
-    text_append(t, buf, (size_t)n);
-}
-
-// Appends s as a quoted JSON string.
-static void text_append_json_string(Text *t, const char *s) {
-    text_append(t, "\"", 1);
-    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
-        if (*c == '"' || *c == '\\') {
-            char escaped[2] = {'\\', (char)*c};
-            text_append(t, escaped, 2);
-        } else if (*c < 0x20) {
-            text_printf(t, "\\u%04x", *c);
-        } else {
-            text_append(t, (const char *)c, 1);
-        }
-    }
-    text_append(t, "\"", 1);
-}
-
 static int check_tensor_to_write(const TensorInfo *t, const char *path, char *err, size_t err_size) {
     if (!t->name || strcmp(t->name, "__metadata__") == 0) {
         snprintf(err, err_size, "%s: a tensor has no name or the reserved name '__metadata__'", path);
@@ -372,32 +323,43 @@ static int plan_layout(const char *path, const TensorInfo *tensors, int n, const
     return 0;
 }
 
-// Builds the header JSON, padded with spaces to a multiple of 8 bytes.
-static void build_header(Text *header, const TensorInfo *const *order, int n) {
-    text_printf(header, "{\"__metadata__\":{\"format\":\"pt\"}");
+// Builds the header JSON, padded with spaces to a multiple of 8 bytes, into
+// *header (malloc'd, *len bytes). Returns -1 when memory runs out.
+static int build_header(char **header, size_t *len, const TensorInfo *const *order, int n) {
+    FILE *f = open_memstream(header, len);
+    if (!f) return -1;
+    fputs("{\"__metadata__\":{\"format\":\"pt\"}", f);
     uint64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const TensorInfo *t = order[i];
-        text_append(header, ",", 1);
-        text_append_json_string(header, t->name);
-        text_printf(header, ":{\"dtype\":\"%s\",\"shape\":[", dtype_name(t->dtype));
-        for (int d = 0; d < t->ndim; d++) text_printf(header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-        text_printf(header, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
-                    (unsigned long long)(offset + t->nbytes));
+        fputc(',', f);
+        json_write_string(f, t->name);
+        fprintf(f, ":{\"dtype\":\"%s\",\"shape\":[", dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++) fprintf(f, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        fprintf(f, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)offset,
+                (unsigned long long)(offset + t->nbytes));
         offset += t->nbytes;
     }
-    text_append(header, "}", 1);
-    while (!header->failed && header->len % 8 != 0) text_append(header, " ", 1);
+    fputc('}', f);
+    long size = ftell(f);
+    for (; size >= 0 && size % 8 != 0; size++) fputc(' ', f);
+    int failed = size < 0 || ferror(f);
+    if (fclose(f) != 0 || failed) {
+        free(*header);
+        *header = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 static int write_all(FILE *out, const void *data, size_t n) {
     return n == 0 || fwrite(data, 1, n, out) == n;
 }
 
-static int write_contents(FILE *out, const Text *header, const TensorInfo *const *order, int n) {
+static int write_contents(FILE *out, const char *header, size_t header_len, const TensorInfo *const *order, int n) {
     unsigned char length[8];
-    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header->len >> (8 * i));
-    int ok = write_all(out, length, 8) && write_all(out, header->data, header->len);
+    for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header_len >> (8 * i));
+    int ok = write_all(out, length, 8) && write_all(out, header, header_len);
     for (int i = 0; i < n && ok; i++) ok = write_all(out, order[i]->data, order[i]->nbytes);
     return ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
 }
@@ -416,8 +378,8 @@ static void sync_parent_dir(const char *path) {
     free(dir);
 }
 
-static int write_file(const char *path, const Text *header, const TensorInfo *const *order, int n, char *err,
-                      size_t err_size) {
+static int write_file(const char *path, const char *header, size_t header_len, const TensorInfo *const *order, int n,
+                      char *err, size_t err_size) {
     size_t tmp_size = strlen(path) + 5;
     char *tmp_path = (char *)malloc(tmp_size);
     if (!tmp_path) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
@@ -428,7 +390,7 @@ static int write_file(const char *path, const Text *header, const TensorInfo *co
         free(tmp_path);
         return -1;
     }
-    int ok = write_contents(out, header, order, n);
+    int ok = write_contents(out, header, header_len, order, n);
     int saved_errno = errno;
     if (fclose(out) != 0 && ok) { ok = 0; saved_errno = errno; }
     if (ok && rename(tmp_path, path) != 0) { ok = 0; saved_errno = errno; }
@@ -447,16 +409,14 @@ int safetensors_write(const char *path, const TensorInfo *tensors, int n, char *
     const TensorInfo **order = (const TensorInfo **)malloc((size_t)(n ? n : 1) * sizeof *order);
     if (!order) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
     int status = plan_layout(path, tensors, n, order, err, err_size);
-    Text header = {NULL, 0, 0, 0};
-    if (status == 0) {
-        build_header(&header, order, n);
-        if (header.failed) {
-            snprintf(err, err_size, "%s: out of memory building the header", path);
-            status = -1;
-        }
+    char *header = NULL;
+    size_t header_len = 0;
+    if (status == 0 && build_header(&header, &header_len, order, n) != 0) {
+        snprintf(err, err_size, "%s: out of memory building the header", path);
+        status = -1;
     }
-    if (status == 0) status = write_file(path, &header, order, n, err, err_size);
-    free(header.data);
+    if (status == 0) status = write_file(path, header, header_len, order, n, err, err_size);
+    free(header);
     free(order);
     return status;
 }

@@ -246,8 +246,7 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     int n_pairs = -1;
     if (!pairs || !A || !B) snprintf(err, err_size, "%s: out of memory", path);
     else n_pairs = collect_pairs(m, &ac, &f, pairs, err, err_size);
-    // s = alpha / r, or alpha / sqrt(r) with rsLoRA
-    float scaling = ac.rslora ? ac.alpha / sqrtf((float)ac.rank) : ac.alpha / (float)ac.rank;
+    float scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
     for (int i = 0; n_pairs > 0 && i < c->n_layers * N_TARGETS; i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;

@@ -1,5 +1,6 @@
 // infer/sampler.c: greedy, temperature and top-p sampling.
 #include "infer/sampler.h"
+#include "ops/random.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -26,12 +27,11 @@ void sampler_free(Sampler *s) {
 }
 
 float sampler_random(Sampler *s) {
-    // xorshift64*, top 24 bits as a float in [0, 1)
+    // xorshift64*
     s->rng_state ^= s->rng_state >> 12;
     s->rng_state ^= s->rng_state << 25;
     s->rng_state ^= s->rng_state >> 27;
-    uint64_t r = s->rng_state * 0x2545F4914F6CDD1DULL;
-    return (float)(r >> 40) / 16777216.0f;
+    return random_uniform(s->rng_state * 0x2545F4914F6CDD1DULL);
 }
 
 int sample_argmax(const float *logits, int n) {

@@ -1,5 +1,5 @@
-// ops/cross_entropy.cu: the answer-only cross-entropy loss (labels -100 are not
-// counted) and its gradient. The CPU reference functions; the CUDA kernels
+// ops/cross_entropy.cu: the answer-only cross-entropy loss (IGNORE_TARGET labels
+// are not counted) and its gradient. The CPU reference functions; the CUDA kernels
 // sit beside them.
 #include "ops/cross_entropy.h"
 #include "formats/tensor.h"
@@ -24,7 +24,7 @@ double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int 
     double total = 0.0;
     int counted = 0;
     for (int t = 0; t < n; t++) {
-        if (targets[t] == -100) continue;
+        if (targets[t] == IGNORE_TARGET) continue;
         const Real *row = logits + (size_t)t * vocab;
         // -log p = logsumexp(row) - row[target]
         total += log_sum_exp(row, vocab) - row[targets[t]];
@@ -38,7 +38,7 @@ template <typename Real>
 void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
                                 double scale) {
     for (int t = 0; t < n; t++) {
-        if (targets[t] == -100) continue;
+        if (targets[t] == IGNORE_TARGET) continue;
         const Real *row = logits + (size_t)t * vocab;
         Real *d_row = d_logits + (size_t)t * vocab;
         double lse = log_sum_exp(row, vocab);
@@ -105,8 +105,8 @@ static void check_bad_target(const char *caller, int vocab) {
     int bad = 0;
     CUDA_CHECK(cudaMemcpyFromSymbol(&bad, g_bad_target, sizeof(int)));
     if (bad == 0) return;
-    fprintf(stderr, "%s: a target is %d, outside [0, %d) (the vocabulary) and not -100 (not counted)\n", caller,
-            bad, vocab);
+    fprintf(stderr, "%s: a target is %d, outside [0, %d) (the vocabulary) and not %d (not counted)\n", caller,
+            bad, vocab, IGNORE_TARGET);
     exit(1);
 }
 
@@ -123,9 +123,9 @@ __global__ static void cross_entropy_kernel(float *losses, Grad *d_logits, const
     const float *row = logits + (size_t)t * vocab;
     Grad *d_row = d_logits ? d_logits + (size_t)t * vocab : NULL;
     int target = targets[t];
-    bool bad = target != -100 && (target < 0 || target >= vocab);
+    bool bad = target != IGNORE_TARGET && (target < 0 || target >= vocab);
     if (bad && threadIdx.x == 0) g_bad_target = target;
-    if (target == -100 || bad) {   // not counted: loss 0, gradient 0 (the whole block leaves together)
+    if (target == IGNORE_TARGET || bad) {   // not counted: loss 0, gradient 0 (the whole block leaves together)
         if (threadIdx.x == 0) losses[t] = 0.0f;
         if (d_row)
             for (int v = threadIdx.x; v < vocab; v += blockDim.x) store_gradient(&d_row[v], 0.0f);
@@ -280,13 +280,13 @@ double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head,
                                  int vocab, double grad_scale, int *n_counted) {
     *n_counted = 0;
     if (n <= 0) return 0.0;
-    // the counted tokens (target not -100): their rows of x and their targets, on the host
+    // the counted tokens (target not IGNORE_TARGET): their rows of x and their targets, on the host
     int *host_targets = (int *)cpu_malloc(sizeof(int) * n, "targets");
     int *host_rows = (int *)cpu_malloc(sizeof(int) * n, "counted rows");
     gpu_download(host_targets, targets, sizeof(int) * n);
     int m = 0;
     for (int t = 0; t < n; t++) {
-        if (host_targets[t] == -100) continue;
+        if (host_targets[t] == IGNORE_TARGET) continue;
         host_rows[m] = t;
         host_targets[m] = host_targets[t];   // compacted in place: m <= t
         m++;

@@ -3,7 +3,13 @@
 #pragma once
 #include <stddef.h>
 
-// Sum over t with targets[t] != -100 of -log softmax(logits[t])[targets[t]],
+// The target of a position that is not learned (PyTorch's ignore_index): no
+// loss, no gradient. Plain C: the data code (C) that writes targets takes it
+// from here; the functions below are C++.
+#define IGNORE_TARGET -100
+
+#ifdef __cplusplus
+// Sum over t with targets[t] != IGNORE_TARGET of -log softmax(logits[t])[targets[t]],
 // returned as a double; *n_counted gets the number of counted targets.
 // targets are already shifted: targets[t] is the token that should follow t.
 template <typename Real>
@@ -30,7 +36,7 @@ int lm_head_chunk_tokens_default(int vocab);
 #ifdef __CUDACC__
 #include "ops/gpu.h"
 // The same loss on the GPU (device pointers). A target outside [0, vocab)
-// other than -100 stops the program with a message naming it.
+// other than IGNORE_TARGET stops the program with a message naming it.
 
 // From fp32 logits [n, vocab] already on the device: losses[t] (fp32 [n]) =
 // -log softmax(logits[t])[targets[t]], 0 on uncounted rows; and when d_logits
@@ -62,3 +68,4 @@ double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head,
 // it to exercise chunking on small batches); 0 restores the automatic rule.
 void lm_head_set_chunk_tokens_gpu(int tokens);
 #endif
+#endif  // __cplusplus

@@ -213,6 +213,25 @@ TEST_CASE("adapter: a saved adapter merges as W + s B A (every element, both nam
     }
 }
 
+TEST_CASE("adapter: adapter_config.json holds any --model path (quotes, backslashes, control characters, UTF-8)") {
+    TinyModel tiny(ARCH_LLAMA);
+    LoraSet set;
+    make_adapter(&set, tiny.model.config, 4, 6.0f, 0);
+    const char *base_model = "C:\\models\\\"quoted\" \\ end\\\ttab\nnewline\x01 모델 é.gguf";
+    TempDir dir;
+    char err[1024];
+    int saved = lora_set_save_peft(&set, &tiny.model.config, dir.path.c_str(), base_model, err, sizeof err);
+    lora_set_free(&set);
+    REQUIRE_MESSAGE(saved == 0, err);
+    JsonValue *config = json_parse_file(dir.file("adapter_config.json").c_str(), err, sizeof err);
+    REQUIRE_MESSAGE(config, err);
+    CHECK(std::string(json_get_string(config, "base_model_name_or_path", "")) == base_model);
+    CHECK(json_get_number(config, "r", 0) == 4);
+    json_free(config);
+    AdapterInfo info;
+    CHECK_MESSAGE(adapter_merge_peft(&tiny.model, dir.path.c_str(), &info, err, sizeof err) == 0, err);
+}
+
 TEST_CASE("adapter: F16 and BF16 tensors are converted; other modules stay as they were") {
     TempDir dir;
     write_text(dir.file("adapter_config.json"), RANK_2_CONFIG);
@@ -248,7 +267,7 @@ TEST_CASE("adapter: merging into the default model") {
     const Model &base = default_model();
     Model model;
     char err[1024];
-    REQUIRE_MESSAGE(model_load(&model, DEFAULT_MODEL_PATH, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_load(&model, DEFAULT_MODEL, err, sizeof err) == 0, err);
     LoraSet set;
     make_adapter(&set, model.config, 8, 16.0f, 0);
     TempDir dir;

@@ -29,7 +29,7 @@ static void check_split(const Tokenizer *tok, RaftSample *s) {
     REQUIRE(p.size() >= header.size());
     CHECK(p.substr(p.size() - header.size()) == header);
     // no target inside the prompt but the last position, which predicts the first answer token
-    for (int t = 0; t + 1 < e.n_prompt; t++) CHECK(e.targets[t] == RAFT_IGNORE);
+    for (int t = 0; t + 1 < e.n_prompt; t++) CHECK(e.targets[t] == IGNORE_TARGET);
     CHECK(e.targets[e.n_prompt - 1] == e.ids[e.n_prompt]);
     free(prompt);
     free(e.ids);
@@ -53,7 +53,7 @@ TEST_CASE("eval: a rendered sample splits into its prompt and its reference answ
 
 TEST_CASE("eval: a sample with no answer token is refused") {
     const Model &m = default_model();
-    int ids[3] = {1, 2, 3}, targets[3] = {RAFT_IGNORE, RAFT_IGNORE, RAFT_IGNORE};
+    int ids[3] = {1, 2, 3}, targets[3] = {IGNORE_TARGET, IGNORE_TARGET, IGNORE_TARGET};
     EvalSample e;
     memset(&e, 0, sizeof e);
     e.ids = ids;

@@ -122,7 +122,7 @@ TEST_CASE("forward: all-position logits give transformers' answer-only loss") {
     REQUIRE(infer_state_init(&s, &m.config, n, n) == 0);
     const float *logits = forward_cpu(&m, &s, tokens.data(), n, 0, 1, nullptr);
     // HF labels are unshifted: position t predicts labels[t + 1]
-    std::vector<int> targets(n, -100);
+    std::vector<int> targets(n, IGNORE_TARGET);
     for (int t = 0; t + 1 < n; t++) targets[t] = labels[t + 1];
     int counted = 0;
     float loss = cross_entropy_cpu(logits, targets.data(), n, m.config.vocab_size, &counted);

@@ -2,6 +2,8 @@
 // fuzz that must never crash (ASan/UBSan watch it).
 #include <doctest/doctest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -41,6 +43,72 @@ TEST_CASE("json: unicode escapes and raw UTF-8") {
     CHECK(std::string(v->items[2].string) == "한국어");
     CHECK(v->items[3].string_len == 3);
     json_free(v);
+}
+
+// What json_write_string_len writes for text.
+static std::string written(const std::string &text) {
+    char *data = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&data, &len);
+    REQUIRE(f);
+    json_write_string_len(f, text.data(), text.size());
+    REQUIRE(fclose(f) == 0);
+    std::string out(data, len);
+    free(data);
+    return out;
+}
+
+TEST_CASE("json: written strings read back as they were (quotes, backslashes, every control character, UTF-8)") {
+    std::string all_controls;
+    for (int c = 0; c < 0x20; c++) all_controls += (char)c;   // NUL included
+    const std::string texts[] = {
+        "", "plain", "say \"hi\"", "C:\\models\\x.gguf", "\\\"", "\"\\\"\\", "a\nb\tc\rd\be\ff",
+        all_controls, "\x7f (DEL is allowed as it is)", "한국어 é 😀 \u4e2d", "/slashes/ stay", "ends with \\",
+    };
+    for (const std::string &text : texts) {
+        std::string json = written(text);
+        CAPTURE(json);
+        // one JSON string on one line: no raw control character survives
+        for (char c : json) CHECK((unsigned char)c >= 0x20);
+        JsonValue *v = parse(json);
+        REQUIRE(v);
+        CHECK(v->type == JSON_STRING);
+        CHECK(std::string(v->string, v->string_len) == text);
+        json_free(v);
+    }
+    // the escapes RFC 8259 gives short forms keep them; the rest are \u00XX
+    CHECK(written("\"\\\b\f\n\r\t") == R"("\"\\\b\f\n\r\t")");
+    CHECK(written(std::string("\x01\x1f\0", 3)) == R"("\u0001\u001f\u0000")");
+    CHECK(written("é😀") == "\"é😀\"");   // UTF-8 as it is
+}
+
+TEST_CASE("json: written bytes that are not UTF-8 become U+FFFD, so the file stays valid JSON") {
+    // a lone continuation byte, a character cut short (at the end and before
+    // ASCII), an overlong '/', a surrogate, and 0xff: each such byte is replaced
+    const std::string bad[] = {"a\x80" "b", "cut \xed\x95", "\xe4\xb8x", "\xc0\xaf", "\xed\xa0\x80", "\xff"};
+    const std::string want_json[] = {R"("a\ufffdb")", R"("cut \ufffd\ufffd")", R"("\ufffd\ufffdx")",
+                                     R"("\ufffd\ufffd")", R"("\ufffd\ufffd\ufffd")", R"("\ufffd")"};
+    const std::string want_text[] = {"a\ufffdb", "cut \ufffd\ufffd", "\ufffd\ufffdx", "\ufffd\ufffd",
+                                     "\ufffd\ufffd\ufffd", "\ufffd"};
+    for (int i = 0; i < 6; i++) {
+        std::string json = written(bad[i]);
+        CHECK(json == want_json[i]);
+        JsonValue *v = parse(json);
+        REQUIRE(v);
+        CHECK(std::string(v->string, v->string_len) == want_text[i]);
+        json_free(v);
+    }
+}
+
+TEST_CASE("json: json_write_string writes up to the NUL") {
+    char *data = nullptr;
+    size_t len = 0;
+    FILE *f = open_memstream(&data, &len);
+    REQUIRE(f);
+    json_write_string(f, "a\"b");
+    REQUIRE(fclose(f) == 0);
+    CHECK(std::string(data, len) == R"("a\"b")");
+    free(data);
 }
 
 TEST_CASE("json: malformed input gives an error with a position") {

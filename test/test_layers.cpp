@@ -259,7 +259,7 @@ TEST_CASE("layers backward: cross-entropy with ignored targets") {
     std::mt19937 rng(7);
     const int n = 4, vocab = 7;
     Vec logits = random_vec(n * vocab, rng, 3.0);
-    int targets[n] = {3, -100, 0, 6};
+    int targets[n] = {3, IGNORE_TARGET, 0, 6};
     auto loss = [&] {
         int counted;
         return cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);

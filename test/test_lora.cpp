@@ -47,15 +47,15 @@ TEST_CASE("lora: dropout masks are seeded, scaled and near the asked rate") {
 }
 
 TEST_CASE("lora: dropout masks are independent across elements and related seeds") {
-    // train_step derives the seeds of a step's layers as seed ^ k G (G the
-    // splitmix64 increment): such masks, and neighbouring elements of one
-    // mask, must agree only by chance (half the time at p = 0.5; the standard
-    // deviation of the fraction over 10000 elements is 0.005).
-    const uint64_t G = 0x9E3779B97F4A7C15ULL;
+    // lora_dropout_seed derives the seeds of a step's adapters as seed ^ k
+    // GAMMA (the splitmix64 increment): such masks, and neighbouring elements
+    // of one mask, must agree only by chance (half the time at p = 0.5; the
+    // standard deviation of the fraction over 10000 elements is 0.005).
     size_t count = 10000;
     std::vector<float> a(count), b(count);
-    lora_dropout_mask(a.data(), count, 0.5f, 7 ^ (1 * G));
-    lora_dropout_mask(b.data(), count, 0.5f, 7 ^ (2 * G));
+    // layer 0, its first and second targets
+    lora_dropout_mask(a.data(), count, 0.5f, lora_dropout_seed(7, 0, 0));
+    lora_dropout_mask(b.data(), count, 0.5f, lora_dropout_seed(7, 0, 1));
     int same_as_next = 0, same_as_other_seed = 0, same_as_other_shifted = 0;
     for (size_t i = 0; i + 1 < count; i++) {
         same_as_next += a[i] == a[i + 1];

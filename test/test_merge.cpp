@@ -174,7 +174,7 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
     REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, adapter_dir.c_str(), "test", err, sizeof err) == 0, err);
 
     Model merged;   // becomes the fp32 merged model
-    REQUIRE_MESSAGE(model_load(&merged, DEFAULT_MODEL_PATH, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_load(&merged, DEFAULT_MODEL, err, sizeof err) == 0, err);
     AdapterInfo info;
     REQUIRE_MESSAGE(merge_export(&merged, adapter_dir.c_str(), 1, 1, merged_dir.c_str(), &info, err, sizeof err) == 0,
                     err);
@@ -372,7 +372,7 @@ std::vector<double> training_losses(const Model &m, const LoraSet &set, const st
     StepOptions opt = {set.rank, set.adapters[0].scaling, 0.0f, 0, 0};
     std::vector<double> losses;
     for (int p = 0; p + 1 < n; p++) {
-        std::vector<int> targets(n, -100);
+        std::vector<int> targets(n, IGNORE_TARGET);
         targets[p] = tokens[p + 1];
         Batch batch = {tokens.data(), targets.data(), 1, n};
         int counted = 0;

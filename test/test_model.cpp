@@ -79,7 +79,7 @@ static size_t tensor_info_position(const std::vector<char> &bytes, const std::st
 }
 
 TEST_CASE("model: truncated copies of the default model are refused") {
-    std::vector<char> bytes = read_all(DEFAULT_MODEL_PATH);
+    std::vector<char> bytes = read_all(DEFAULT_MODEL);
     for (size_t len : {(size_t)0, (size_t)3, (size_t)100, (size_t)1000000, bytes.size() / 2, bytes.size() - 1}) {
         std::string path = write_temp(bytes.data(), len);
         std::string err = load_error(path);
@@ -89,7 +89,7 @@ TEST_CASE("model: truncated copies of the default model are refused") {
 }
 
 TEST_CASE("model: lying tensor infos are refused by tensor name") {
-    std::vector<char> bytes = read_all(DEFAULT_MODEL_PATH);
+    std::vector<char> bytes = read_all(DEFAULT_MODEL);
     size_t info = tensor_info_position(bytes, "output_norm.weight");
     SUBCASE("offset past the end") {
         uint64_t lie = (uint64_t)1 << 40;
@@ -126,7 +126,7 @@ TEST_CASE("model: lying tensor infos are refused by tensor name") {
 }
 
 TEST_CASE("model: random byte flips in the header never crash the loader") {
-    std::vector<char> bytes = read_all(DEFAULT_MODEL_PATH);
+    std::vector<char> bytes = read_all(DEFAULT_MODEL);
     std::string path = write_temp(bytes.data(), bytes.size());
     int fd = open(path.c_str(), O_WRONLY);
     REQUIRE(fd >= 0);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "nf4.h"
+#include "ops/random.h"
 #include "formats/safetensors.h"
 
 namespace {
@@ -74,14 +75,8 @@ int64_t ulp_distance(float a, float b) {
 struct Gaussian {
     uint64_t state;
     explicit Gaussian(uint64_t seed) : state(seed) {}
-    uint64_t next_u64() {
-        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return z ^ (z >> 31);
-    }
     // uniform in (0, 1]
-    double uniform() { return ((next_u64() >> 11) + 1) * 0x1.0p-53; }
+    double uniform() { return ((splitmix64_next(&state) >> 11) + 1) * 0x1.0p-53; }
     // x = sqrt(-2 ln u1) cos(2 pi u2)
     float next() { return (float)(std::sqrt(-2.0 * std::log(uniform())) * std::cos(2.0 * M_PI * uniform())); }
 };

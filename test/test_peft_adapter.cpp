@@ -60,7 +60,7 @@ TEST_CASE("peft adapter: our adapter merged by infer/adapter.cpp gives peft's lo
     float without_adapter = max_abs_diff(last_logits(base, tokens), expected);
 
     Model m;
-    REQUIRE_MESSAGE(model_load(&m, DEFAULT_MODEL_PATH, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_load(&m, DEFAULT_MODEL, err, sizeof err) == 0, err);
     AdapterInfo info;
     REQUIRE_MESSAGE(adapter_merge_peft(&m, ADAPTER_DIR, &info, err, sizeof err) == 0, err);
     CHECK(info.n_merged == 60);

@@ -184,7 +184,7 @@ TEST_CASE("peft reference: loss and LoRA gradients of the default model equal to
     std::vector<int> tokens((const int32_t *)tok->data, (const int32_t *)tok->data + n_seqs * seq_len);
     std::vector<int> targets((const int32_t *)tgt->data, (const int32_t *)tgt->data + n_seqs * seq_len);
     int n_answer = 0;
-    for (int v : targets) n_answer += v != -100;
+    for (int v : targets) n_answer += v != IGNORE_TARGET;
     REQUIRE(n_answer > 0);
     Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
 

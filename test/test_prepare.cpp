@@ -27,6 +27,7 @@
 #include "data/raft.h"
 #include "data/raft_build.h"
 #include "data/tokfile.h"
+#include "ops/random.h"
 #include "test_util.h"
 
 namespace {
@@ -68,11 +69,11 @@ std::string decode(const int *ids, int n) {
     return out;
 }
 
-// The labelled tokens of a sample (targets that are not RAFT_IGNORE), decoded.
+// The labelled tokens of a sample (targets that are not IGNORE_TARGET), decoded.
 std::string labelled_text(const int *targets, int n) {
     std::vector<int> labelled;
     for (int t = 0; t < n; t++)
-        if (targets[t] != RAFT_IGNORE) labelled.push_back(targets[t]);
+        if (targets[t] != IGNORE_TARGET) labelled.push_back(targets[t]);
     return decode(labelled.data(), (int)labelled.size());
 }
 
@@ -463,7 +464,7 @@ TEST_CASE("prepare: an empty file, a huge line, invalid UTF-8, binary junk and a
     // binary junk: every line dropped, nothing crashes
     std::string junk;
     uint64_t state = 42;
-    for (int i = 0; i < 4096; i++) junk += (char)(raft_random(&state) & 0xFF);
+    for (int i = 0; i < 4096; i++) junk += (char)(splitmix64_next(&state) & 0xFF);
     write_file(path, junk);
     report_free(&r);
     r = Report{};
@@ -485,7 +486,7 @@ std::vector<TokSample> small_samples(std::vector<std::vector<int>> *storage) {
     for (int s = 0; s < 3; s++) {
         std::vector<int> ids, targets;
         for (int t = 0; t < 5 + s; t++) ids.push_back(100 * s + t + 1);
-        for (size_t t = 0; t < ids.size(); t++) targets.push_back(t + 3 >= ids.size() && t + 1 < ids.size() ? ids[t + 1] : RAFT_IGNORE);
+        for (size_t t = 0; t < ids.size(); t++) targets.push_back(t + 3 >= ids.size() && t + 1 < ids.size() ? ids[t + 1] : IGNORE_TARGET);
         storage->push_back(ids);
         storage->push_back(targets);
     }
@@ -519,7 +520,7 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
     CHECK(little_u32(bytes, 40) == 6);
     CHECK(little_u32(bytes, 48) == 5);   // the first sample: its count, ids, targets
     CHECK(little_u32(bytes, 52) == 1);
-    CHECK(little_u32(bytes, 52 + 4 * 5) == (uint32_t)RAFT_IGNORE);
+    CHECK(little_u32(bytes, 52 + 4 * 5) == (uint32_t)IGNORE_TARGET);
 
     TokFile file;
     REQUIRE_MESSAGE(tokfile_read(&file, path.c_str(), tokenizer(), err, sizeof err) == 0, err);
@@ -596,7 +597,7 @@ TEST_CASE("prepare: ./train refuses a token file made with another tokenizer") {
     char err[1024];
     Tokenizer *tiny = tokenizer_from_json("test/fixtures/tokenizer_tiny_gpt2.json", err, sizeof err);
     REQUIRE_MESSAGE(tiny != nullptr, err);
-    int ids[4] = {1, 2, 3, 4}, targets[4] = {RAFT_IGNORE, 3, 4, RAFT_IGNORE};
+    int ids[4] = {1, 2, 3, 4}, targets[4] = {IGNORE_TARGET, 3, 4, IGNORE_TARGET};
     TokSample sample = {ids, targets, 4};
     std::string path = dir.path + "/train.bin";
     REQUIRE(tokfile_write(path.c_str(), tiny, &sample, 1, err, sizeof err) == 0);
@@ -853,11 +854,11 @@ namespace {
 // One random edit of text: a byte replaced, deleted or inserted, or the text cut short.
 std::string mutate(const std::string &text, uint64_t *state) {
     std::string out = text;
-    int edits = 1 + (int)(raft_random(state) % 3);
+    int edits = 1 + (int)(splitmix64_next(state) % 3);
     for (int e = 0; e < edits && !out.empty(); e++) {
-        size_t at = raft_random(state) % out.size();
-        char byte = (char)(raft_random(state) % 256);
-        switch (raft_random(state) % 4) {
+        size_t at = splitmix64_next(state) % out.size();
+        char byte = (char)(splitmix64_next(state) % 256);
+        switch (splitmix64_next(state) % 4) {
         case 0: out[at] = byte; break;
         case 1: out.erase(at, 1); break;
         case 2: out.insert(out.begin() + (long)at, byte); break;

@@ -152,12 +152,12 @@ TEST_CASE("raft: targets are the answer tokens and <|im_end|>, shifted by one") 
         REQUIRE(n > 2);
         std::vector<int> all(ids, ids + n);
         CHECK(decode(tok, all) == expected_chat(s));
-        CHECK(targets[n - 1] == RAFT_IGNORE);
+        CHECK(targets[n - 1] == IGNORE_TARGET);
         // The labelled positions form one run; each names the token after it.
         std::vector<int> answer;
         int first = -1, last = -1;
         for (int t = 0; t < n; t++) {
-            if (targets[t] == RAFT_IGNORE) continue;
+            if (targets[t] == IGNORE_TARGET) continue;
             CHECK(targets[t] == ids[t + 1]);
             if (first < 0) first = t;
             last = t;

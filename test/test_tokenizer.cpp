@@ -21,7 +21,6 @@
 
 namespace {
 
-const char *const SMOLLM2_GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const char *const FIXTURES = "test/fixtures/";
 
 std::vector<int> encode(const Tokenizer *t, const std::string &text, bool allow_special) {
@@ -61,8 +60,8 @@ struct SmolLM2 {
     Tokenizer *tok = nullptr;
     SmolLM2() {
         char err[512] = "";
-        REQUIRE_MESSAGE(access(SMOLLM2_GGUF, F_OK) == 0, SMOLLM2_GGUF, " is missing: run `make fetch`");
-        REQUIRE_MESSAGE(gguf_open(&file, SMOLLM2_GGUF, err, sizeof err) == 0, err);
+        REQUIRE_MESSAGE(access(DEFAULT_MODEL, F_OK) == 0, DEFAULT_MODEL, " is missing: run `make fetch`");
+        REQUIRE_MESSAGE(gguf_open(&file, DEFAULT_MODEL, err, sizeof err) == 0, err);
         tok = tokenizer_from_gguf(&file, err, sizeof err);
         if (!tok) gguf_close(&file);
         REQUIRE_MESSAGE(tok, err);

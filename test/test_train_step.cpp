@@ -65,7 +65,7 @@ struct TinyModel {
 };
 
 static const int TOKENS[10] = {1, 4, 7, 2, 9, 3, 3, 10, 0, 5};
-static const int TARGETS[10] = {4, -100, 2, 9, -100, -100, 10, 0, 5, -100};
+static const int TARGETS[10] = {4, IGNORE_TARGET, 2, 9, IGNORE_TARGET, IGNORE_TARGET, 10, 0, 5, IGNORE_TARGET};
 
 TEST_CASE("train step: every LoRA gradient equals finite differences (double)") {
     const int rank = 2;
@@ -125,7 +125,7 @@ TEST_CASE("train step: uneven micro-batches accumulate to the one big batch's gr
     TinyModel<double> split(rank, 21), whole(rank, 21);
     StepOptions opt = {rank, 2.0f, 0.0f, 3, 0};
     // sequence 0 has 1 answer target, sequence 1 has 5: per-micro-batch means would weight them wrongly
-    static const int targets[10] = {4, -100, -100, -100, -100, 3, 1, 10, 0, 5};
+    static const int targets[10] = {4, IGNORE_TARGET, IGNORE_TARGET, IGNORE_TARGET, IGNORE_TARGET, 3, 1, 10, 0, 5};
     Batch first = {TOKENS, targets, 1, 5}, second = {TOKENS + 5, targets + 5, 1, 5}, both = {TOKENS, targets, 2, 5};
     int n_first, n_second, n_both;
     train_step_cpu(&split.c, &split.source, split.adapters.data(), &opt, &first, 1.0 / 6, &n_first);

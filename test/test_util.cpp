@@ -13,7 +13,7 @@ static void free_model() { model_free(&g_model); }
 const Model &default_model() {
     if (!g_loaded) {
         char err[1024];
-        int status = model_load(&g_model, DEFAULT_MODEL_PATH, err, sizeof err);
+        int status = model_load(&g_model, DEFAULT_MODEL, err, sizeof err);
         REQUIRE_MESSAGE(status == 0, err, " (run `make fetch` to download the default model)");
         g_loaded = true;
         atexit(free_model);

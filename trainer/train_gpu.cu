@@ -266,13 +266,12 @@ static void load_block_weights(GpuTrainer *g, int layer) {
     }
 }
 
-// The dropout mask of (layer, target) for this micro-batch (the CPU path's
-// seed rule), or NULL without dropout.
+// The dropout mask of (layer, target) for this micro-batch (lora_dropout_seed,
+// as on the CPU), or NULL without dropout.
 static const float *adapter_mask(GpuTrainer *g, uint64_t dropout_seed, float dropout, int layer, int target, int n,
                                  int in_dim) {
     if (dropout <= 0.0f) return NULL;
-    uint64_t seed = dropout_seed ^ ((uint64_t)(layer * N_TARGETS + target + 1) * 0x9E3779B97F4A7C15ULL);
-    lora_dropout_mask_gpu(g->keep, (size_t)n * in_dim, dropout, seed);
+    lora_dropout_mask_gpu(g->keep, (size_t)n * in_dim, dropout, lora_dropout_seed(dropout_seed, layer, target));
     return g->keep;
 }
 

@@ -74,7 +74,7 @@ static void free_activations(BlockActivations<Real> *a) {
 template <typename Real>
 static const float *adapter_mask(StepContext<Real> *ctx, int layer, int target, int in_dim) {
     if (ctx->opt->dropout <= 0.0f) return NULL;
-    uint64_t seed = ctx->opt->dropout_seed ^ ((uint64_t)(layer * N_TARGETS + target + 1) * 0x9E3779B97F4A7C15ULL);
+    uint64_t seed = lora_dropout_seed(ctx->opt->dropout_seed, layer, target);
     lora_dropout_mask(ctx->keep, (size_t)ctx->n * in_dim, ctx->opt->dropout, seed);
     return ctx->keep;
 }
@@ -244,7 +244,7 @@ static void model_forward(StepContext<Real> *ctx, const WeightSource<Real> *weig
 }
 
 // The LM head and the loss need only the tokens whose target counts (not
-// -100): with answer-only labels, a few dozen of a sample's hundreds. Their
+// IGNORE_TARGET): with answer-only labels, a few dozen of a sample's hundreds. Their
 // rows of the final norm's output, gathered, and their logits.
 template <typename Real>
 struct CountedTokens {
@@ -265,7 +265,7 @@ static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx
     ct->rows = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted rows");
     ct->targets = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted targets");
     for (int t = 0; t < ctx->n; t++) {
-        if (ctx->batch->targets[t] == -100) continue;
+        if (ctx->batch->targets[t] == IGNORE_TARGET) continue;
         ct->rows[ct->n] = t;
         ct->targets[ct->n] = ctx->batch->targets[t];
         ct->n++;

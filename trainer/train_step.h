@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include "lora.h"
 #include "model.h"
+#include "ops/cross_entropy.h"
 
 // The frozen weights of one block as the step reads them (row-major [out, in]).
 template <typename Real>
@@ -43,7 +44,7 @@ typedef struct {
 } StepOptions;
 
 // A batch: n_seqs sequences of seq_len tokens; targets[i] is the token that
-// should follow tokens[i] in its sequence, or -100 (not learned).
+// should follow tokens[i] in its sequence, or IGNORE_TARGET (not learned).
 typedef struct {
     const int *tokens;
     const int *targets;

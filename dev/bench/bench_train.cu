@@ -16,6 +16,7 @@
 #include "lora.h"
 #include "infer/merge.h"
 #include "model.h"
+#include "ops/cross_entropy.h"
 #include "trainer/train_gpu.h"
 
 #include <stdio.h>
@@ -64,7 +65,7 @@ static int save_random_model(const char *shape, const char *dir, const char *tok
     Model model, tokenizer_source;
     memset(&tokenizer_source, 0, sizeof tokenizer_source);
     if (tokenizer_json) tokenizer_source.tokenizer = tokenizer_from_json(tokenizer_json, err, sizeof err);
-    else if (model_load(&tokenizer_source, "models/SmolLM2-135M-Instruct.Q4_1.gguf", err, sizeof err) != 0)
+    else if (model_load(&tokenizer_source, DEFAULT_MODEL, err, sizeof err) != 0)
         tokenizer_source.tokenizer = NULL;
     if (!tokenizer_source.tokenizer || model_init_random(&model, &c, 1, err, sizeof err) != 0) {
         fprintf(stderr, "bench_train: %s\n", err);
@@ -158,11 +159,12 @@ int main(int argc, char **argv) {
     Config c = model.config;
     int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
-    if (lora_set_init(&lora, &c, enabled, rank, 2.0f * rank, 0, 0.0f, 1) != 0) return 1;
-    StepOptions opt = {rank, 2.0f, 0.0f, 0, recompute};
+    float alpha = 2.0f * rank;
+    if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, 0.0f, 1) != 0) return 1;
+    StepOptions opt = {rank, lora_scale(alpha, rank, 0), 0.0f, 0, recompute};
     std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
     for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
-    for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : -100;
+    for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : IGNORE_TARGET;
     Batch b = {tokens.data(), targets.data(), batch, seq};
     if (!on_gpu) {
         bench_cpu(&c, &model, &lora, &opt, &b, nf4, steps, shape);

@@ -1,27 +1,20 @@
 // gpu_test_util.cu: see gpu_test_util.h.
 #include "gpu_test_util.h"
+#include "ops/random.h"
 
 #include <math.h>
 #include <time.h>
 
 uint64_t fresh_seed(void) {
     static uint64_t counter = 0;
-    return (uint64_t)time(NULL) * 1000003ULL + (++counter) * 0x9E3779B97F4A7C15ULL;
-}
-
-// splitmix64: a small, good 64-bit generator
-static uint64_t next_random(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
+    return (uint64_t)time(NULL) * 1000003ULL + (++counter) * SPLITMIX64_GAMMA;
 }
 
 std::vector<float> random_vector(size_t n, uint64_t seed, float scale) {
     std::vector<float> x(n);
     uint64_t state = seed;
-    // u in [0, 1) from the top 24 bits; x = scale (2u - 1)
-    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * (float)(next_random(&state) >> 40) / 16777216.0f - 1.0f);
+    // x = scale (2u - 1)
+    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * random_uniform(splitmix64_next(&state)) - 1.0f);
     return x;
 }
 

@@ -8,7 +8,7 @@
 #include "ops/layers.h"
 
 // Targets uniform in [0, vocab), every third token (1, 4, 7, ...) not counted
-// (-100); token 0 aims at the last vocabulary entry and token 2 at the first.
+// (IGNORE_TARGET); token 0 aims at the last vocabulary entry and token 2 at the first.
 static std::vector<int> random_targets(int n, int vocab, uint64_t seed) {
     std::vector<float> u = random_vector(n, seed, 1.0f);
     std::vector<int> targets(n);
@@ -16,7 +16,7 @@ static std::vector<int> random_targets(int n, int vocab, uint64_t seed) {
         // v = floor((u + 1) / 2 * vocab), u in [-1, 1)
         int v = (int)((u[t] + 1.0f) * 0.5f * (float)vocab);
         targets[t] = v < 0 ? 0 : v >= vocab ? vocab - 1 : v;
-        if (t % 3 == 1) targets[t] = -100;
+        if (t % 3 == 1) targets[t] = IGNORE_TARGET;
     }
     targets[0] = vocab - 1;
     if (n > 2) targets[2] = 0;
@@ -44,7 +44,7 @@ static void check_losses(const std::vector<float> &got, const std::vector<float>
     int nonzero_uncounted = 0;
     for (int t = 0; t < n; t++) {
         got_sum += got[t];
-        if (targets[t] == -100) nonzero_uncounted += got[t] != 0.0f;
+        if (targets[t] == IGNORE_TARGET) nonzero_uncounted += got[t] != 0.0f;
     }
     CHECK(nonzero_uncounted == 0);
     CHECK(fabs(got_sum - want_sum) <= FP32_TOLERANCE * fabs(want_sum));
@@ -56,7 +56,7 @@ static void check_gradient(const std::vector<float> &got, const std::vector<floa
     CHECK(max_relative_error(got.data(), want.data(), got.size()) <= FP32_TOLERANCE);
     size_t nonzero_uncounted = 0;
     for (size_t t = 0; t < targets.size(); t++)
-        if (targets[t] == -100)
+        if (targets[t] == IGNORE_TARGET)
             for (int v = 0; v < vocab; v++) nonzero_uncounted += got[t * vocab + v] != 0.0f;
     CHECK(nonzero_uncounted == 0);
 }
@@ -162,7 +162,7 @@ TEST_CASE("gpu: cross_entropy_gpu matches cross_entropy_sum_cpu and cross_entrop
 
 // The fused LM head + loss against matmul_cpu, the CPU loss and gradient, and
 // matmul_backward_input_cpu on the same bf16-rounded x and W. Targets of
-// tokens [uncounted_first, uncounted_last) are all -100 (a prompt); only the
+// tokens [uncounted_first, uncounted_last) are all IGNORE_TARGET (a prompt); only the
 // counted rows go through the LM head, chunk_tokens at a time.
 static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncounted_first, int uncounted_last) {
     uint64_t seed = fresh_seed();
@@ -174,7 +174,7 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     round_to_bf16(x);
     round_to_bf16(weight);
     std::vector<int> targets = random_targets(n, vocab, seed + 2);
-    for (int t = uncounted_first; t < uncounted_last; t++) targets[t] = -100;
+    for (int t = uncounted_first; t < uncounted_last; t++) targets[t] = IGNORE_TARGET;
     std::vector<float> d_x_before = random_vector((size_t)n * dim, seed + 3, 0.5f * weight_scale);
     const double grad_scale = 0.5;
 
@@ -219,7 +219,7 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     // rows of uncounted tokens keep their values exactly
     size_t changed_uncounted = 0;
     for (int t = 0; t < n; t++) {
-        if (targets[t] != -100) continue;
+        if (targets[t] != IGNORE_TARGET) continue;
         for (size_t i = (size_t)t * dim; i < (size_t)(t + 1) * dim; i++) changed_uncounted += got_d_x[i] != d_x_before[i];
     }
     CHECK(changed_uncounted == 0);
@@ -243,7 +243,7 @@ TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: los
     std::vector<float> x = random_vector((size_t)n * dim, seed, 1.0f);
     std::vector<float> weight = random_vector((size_t)vocab * dim, seed + 1, 0.3f);
     std::vector<float> d_x_before = random_vector((size_t)n * dim, seed + 2, 1.0f);
-    std::vector<int> targets(n, -100);
+    std::vector<int> targets(n, IGNORE_TARGET);
     bf16 *d_xin = upload_bf16(x, "x");
     bf16 *d_weight = upload_bf16(weight, "lm_head");
     int *d_targets = upload_ints(targets, "targets");

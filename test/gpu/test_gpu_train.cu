@@ -70,7 +70,7 @@ static void random_batch(std::vector<int> &tokens, std::vector<int> &targets, in
     for (int s = 0; s < n_seqs; s++)
         for (int t = 0; t < seq_len; t++) {
             size_t i = (size_t)s * seq_len + t;
-            targets[i] = (t + 1 < seq_len && t % 3 != 0) ? tokens[i + 1] : -100;
+            targets[i] = (t + 1 < seq_len && t % 3 != 0) ? tokens[i + 1] : IGNORE_TARGET;
         }
 }
 
@@ -208,7 +208,7 @@ static void append_text(const Tokenizer *tok, const char *text, int answer, std:
 }
 
 // Two question + document + answer samples, padded to one length; targets
-// are the next token on the answer's positions and -100 elsewhere.
+// are the next token on the answer's positions and IGNORE_TARGET elsewhere.
 static void answer_only_batch(const Tokenizer *tok, std::vector<int> &tokens, std::vector<int> &targets,
                               int *seq_len) {
     const char *samples[2][2] = {
@@ -229,11 +229,9 @@ static void answer_only_batch(const Tokenizer *tok, std::vector<int> &tokens, st
         for (int t = 0; t < *seq_len; t++) {
             int has_next = t + 1 < (int)seqs[s].size();
             tokens.push_back(t < (int)seqs[s].size() ? seqs[s][t] : pad);
-            targets.push_back(has_next && counted[s][t + 1] ? seqs[s][t + 1] : -100);
+            targets.push_back(has_next && counted[s][t + 1] ? seqs[s][t + 1] : IGNORE_TARGET);
         }
 }
-
-static const char *const DEFAULT_MODEL = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 // `make test` fetches the default model; `make test-gpu` does not need it, and
 // counts this test as skipped without it.
