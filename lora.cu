@@ -143,17 +143,15 @@ template void lora_backward_cpu(double *, double *, double *, const double *, co
 
 // ---- all adapters of a model -----------------------------------------------
 
-const char *const LORA_TARGET_NAMES[N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-
-int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size) {
-    for (int t = 0; t < N_TARGETS; t++) enabled[t] = 0;
+int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size) {
+    for (int t = 0; t < N_LINEARS; t++) enabled[t] = 0;
     const char *p = list;
     while (*p) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
         int found = -1;
-        for (int t = 0; t < N_TARGETS; t++)
-            if (strlen(LORA_TARGET_NAMES[t]) == len && strncmp(p, LORA_TARGET_NAMES[t], len) == 0) found = t;
+        for (int t = 0; t < N_LINEARS; t++)
+            if (strlen(LINEAR_NAMES[t]) == len && strncmp(p, LINEAR_NAMES[t], len) == 0) found = t;
         if (found < 0) {
             snprintf(err, err_size, "unknown LoRA target '%.*s' (choose from q,k,v,o,gate,up,down)", (int)len, p);
             return -1;
@@ -162,42 +160,29 @@ int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size
         p += len + (end ? 1 : 0);
     }
     int any = 0;
-    for (int t = 0; t < N_TARGETS; t++) any |= enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) any |= enabled[t];
     if (!any) { snprintf(err, err_size, "no LoRA targets given"); return -1; }
     return 0;
 }
 
-void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
-    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    int ins[N_TARGETS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};
-    int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
-    *in_dim = ins[target];
-    *out_dim = outs[target];
-}
-
-float *lora_target_weight(const LayerWeights *l, int target) {
-    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-    return weights[target];
-}
-
-int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
+int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed) {
     memset(set, 0, sizeof *set);
     set->n_layers = c->n_layers;
-    for (int t = 0; t < N_TARGETS; t++) set->enabled[t] = enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) set->enabled[t] = enabled[t];
     set->rank = rank;
     set->alpha = alpha;
     set->rslora = rslora;
     set->dropout = dropout;
-    set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(LoraAdapter));
+    set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraAdapter));
     if (!set->adapters) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             if (!enabled[t]) continue;
             int in_dim, out_dim;
-            lora_target_dims(c, t, &in_dim, &out_dim);
-            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t);
-            if (lora_init(&set->adapters[l * N_TARGETS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
+            linear_dims(c, t, &in_dim, &out_dim);
+            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t);
+            if (lora_init(&set->adapters[l * N_LINEARS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
                 lora_set_free(set);
                 return -1;
             }
@@ -208,14 +193,14 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], i
 
 void lora_set_free(LoraSet *set) {
     if (set->adapters)
-        for (int i = 0; i < set->n_layers * N_TARGETS; i++) lora_free(&set->adapters[i]);
+        for (int i = 0; i < set->n_layers * N_LINEARS; i++) lora_free(&set->adapters[i]);
     free(set->adapters);
     memset(set, 0, sizeof *set);
 }
 
 size_t lora_set_num_params(const LoraSet *set) {
     size_t total = 0;
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (a->A) total += (size_t)a->rank * (a->in_dim + a->out_dim);
     }
@@ -223,7 +208,7 @@ size_t lora_set_num_params(const LoraSet *set) {
 }
 
 void lora_set_zero_grads(LoraSet *set) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         memset(a->dA, 0, sizeof(float) * a->rank * a->in_dim);
@@ -236,10 +221,10 @@ const char *peft_layers_path(const Config *c) {
 }
 
 const char *peft_module_path(const Config *c, int target) {
-    static const char *const LLAMA[N_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+    static const char *const LLAMA[N_LINEARS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
                                                   "mlp.down_proj"};
-    static const char *const EXAONE[N_TARGETS] = {"attn.attention.q_proj", "attn.attention.k_proj",
+    static const char *const EXAONE[N_LINEARS] = {"attn.attention.q_proj", "attn.attention.k_proj",
                                                    "attn.attention.v_proj", "attn.attention.out_proj",
                                                    "mlp.c_fc_0", "mlp.c_fc_1", "mlp.c_proj"};
     return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
@@ -251,9 +236,9 @@ static void peft_module_name(const Config *c, int layer, int target, char *out, 
 }
 
 static const char *peft_target_module(const Config *c, int target) {
-    static const char *const LLAMA[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+    static const char *const LLAMA[N_LINEARS] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                   "down_proj"};
-    static const char *const EXAONE[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1",
+    static const char *const EXAONE[N_LINEARS] = {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1",
                                                    "c_proj"};
     return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
 }
@@ -267,7 +252,7 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
     fprintf(f, "  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
             set->alpha, set->dropout);
     int first = 1;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         if (!set->enabled[t]) continue;
         fprintf(f, "%s\"%s\"", first ? "" : ", ", peft_target_module(c, t));
         first = 0;
@@ -283,13 +268,13 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
                        char *err, size_t err_size) {
     int n_tensors = 0;
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
     TensorInfo *tensors = (TensorInfo *)cpu_calloc((size_t)n_tensors, sizeof(TensorInfo), "adapter tensors");
     char (*names)[160] = (char (*)[160])cpu_calloc((size_t)n_tensors, 160, "adapter tensor names");
     int k = 0;
     for (int l = 0; l < set->n_layers; l++) {
-        for (int t = 0; t < N_TARGETS; t++) {
-            const LoraAdapter *a = &set->adapters[l * N_TARGETS + t];
+        for (int t = 0; t < N_LINEARS; t++) {
+            const LoraAdapter *a = &set->adapters[l * N_LINEARS + t];
             if (!a->A) continue;
             char module[128];
             peft_module_name(c, l, t, module, sizeof module);

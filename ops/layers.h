@@ -10,8 +10,6 @@
 #pragma once
 #include <stddef.h>
 #include "model.h"
-#include "ops/attention.h"
-#include "ops/cross_entropy.h"
 
 // sum_i x[i] * y[i], in SIMD lanes (a sum in one chain would wait on each add)
 template <typename Real>

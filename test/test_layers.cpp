@@ -17,6 +17,8 @@
 
 #include "formats/json.h"
 #include "ops/layers.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
 
 using Vec = std::vector<double>;
 

@@ -10,11 +10,11 @@
 #include <string>
 
 #include "ops/cross_entropy.h"
-#include "lora.h"
+#include "model.h"
 #include "trainer/memory_plan.h"
 #include "nf4.h"
 
-static_assert(PLAN_N_TARGETS == N_TARGETS, "trainer/memory_plan.h's targets are lora.h's");
+static_assert(PLAN_N_TARGETS == N_LINEARS, "trainer/memory_plan.h's targets are model.h's linear layers");
 
 namespace {
 
@@ -98,7 +98,7 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     Config c = tiny_config();
     // rank 2 on q and down only; batch 2 x seq 3 = 6 tokens; bf16 weights and activations.
     PlanInputs in = gpu_inputs(2, 3, 2, 0);
-    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = t == TARGET_Q || t == TARGET_DOWN;
+    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = t == LINEAR_Q || t == LINEAR_DOWN;
     MemoryPlan p;
     memory_plan_compute(&c, &in, &p);
     // linear params per layer: q 8*8=64, k 4*8=32, v 32, o 8*8=64, gate 16*8=128, up 128, down 128 = 576;

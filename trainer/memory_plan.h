@@ -44,8 +44,8 @@ extern "C" {
 // simple attention runs as many heads at a time as this holds.
 #define ATTENTION_SCORE_BUDGET_BYTES ((size_t)512 << 20)
 
-// The seven adaptable linear layers, in LoraTarget's order (lora.h, which is
-// C++ only): q, k, v, o, gate, up, down.
+// The seven adaptable linear layers, in model.h's Linear order: q, k, v, o,
+// gate, up, down.
 #define PLAN_N_TARGETS 7
 
 typedef struct {
