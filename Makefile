@@ -42,7 +42,7 @@ LIB_C   = formats/cli.c formats/json.c formats/float16.c formats/ggml_blocks.c f
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/eval.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp \
           infer/forward.cpp infer/adapter.cpp infer/merge.cpp
-LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/cross_entropy.cu \
+LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
           nf4.cu lora.cu adamw.cu trainer/train_gpu.cu
 PROGRAMS = generate train prepare evaluate
 # The default training data (./train with no --data), built from the Debian FAQ below.

@@ -86,23 +86,46 @@ static void apply_mask(Real *out, const Real *x, const float *keep, size_t count
     for (size_t i = 0; i < count; i++) out[i] = keep ? x[i] * keep[i] : x[i];
 }
 
+// y[t][o] += sum_k xa[t][k] (s B[o][k]): the rank r terms of each output summed,
+// then added. r is too few terms to split into SIMD lanes, so the lanes run
+// along o instead: s B^T [r, out] is made once, and each token's out sums are
+// built in a row, one k at a time.
 template <typename Real>
-void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
-                      Real *scratch) {
-    size_t x_count = (size_t)s.n * s.in_dim;
-    Real *dropped = scratch;
-    apply_mask(dropped, x, keep, x_count);
-    // xa = dropout(x) A^T            [n, r]
-    matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
-    // scaled_b_t[k][o] = s B[o][k]     (s B^T, [r, out])
+static void add_scaled_xa_bt(Real *y, const Real *xa, const Real *B, LoraShape s) {
+    // scaled_b_t[k][o] = s B[o][k]
     Real *scaled_b_t = (Real *)cpu_malloc(sizeof(Real) * s.rank * s.out_dim, "scaled B^T");
     for (int o = 0; o < s.out_dim; o++)
         for (int k = 0; k < s.rank; k++) scaled_b_t[(size_t)k * s.out_dim + o] = s.scaling * B[(size_t)o * s.rank + k];
-    // y[t][o] += sum_k xa[t][k] scaled_b_t[k][o]     [n, out]. Only r terms a sum, too few for
-    // matmul_cpu's lanes along k; this is matmul_backward_input_cpu's d_in += d_out W
-    // (d_out = xa, W = scaled_b_t), whose lanes run along o.
-    matmul_backward_input_cpu<Real>(y, xa, scaled_b_t, s.n, s.out_dim, s.rank);
+    #pragma omp parallel
+    {
+        Real *sum = (Real *)cpu_malloc(sizeof(Real) * s.out_dim, "LoRA output row");
+        #pragma omp for schedule(static)
+        for (int t = 0; t < s.n; t++) {
+            const Real *xa_t = xa + (size_t)t * s.rank;
+            for (int o = 0; o < s.out_dim; o++) sum[o] = 0;
+            for (int k = 0; k < s.rank; k++) {
+                const Real *b_k = scaled_b_t + (size_t)k * s.out_dim;
+                // sum[o] += xa[t][k] (s B[o][k])
+                #pragma omp simd
+                for (int o = 0; o < s.out_dim; o++) sum[o] += xa_t[k] * b_k[o];
+            }
+            Real *y_t = y + (size_t)t * s.out_dim;
+            for (int o = 0; o < s.out_dim; o++) y_t[o] += sum[o];
+        }
+        free(sum);
+    }
     free(scaled_b_t);
+}
+
+template <typename Real>
+void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
+                      Real *scratch) {
+    Real *dropped = scratch;
+    apply_mask(dropped, x, keep, (size_t)s.n * s.in_dim);
+    // xa = (x * keep) A^T            [n, r]
+    matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
+    // y += s xa B^T                  [n, out]
+    add_scaled_xa_bt(y, xa, B, s);
 }
 
 template <typename Real>
@@ -331,21 +354,6 @@ static void apply_mask_gpu(bf16 *out, const bf16 *x, const float *keep, size_t c
 __global__ static void add_masked_kernel(float *dx, const float *d_dropped, const float *keep, size_t count) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) dx[i] += d_dropped[i] * keep[i];
-}
-
-// Row-major out[M, N] = alpha op(a) op(b) + beta out, op(a) [M, K], op(b) [K, N],
-// with bf16 inputs and fp32 accumulation; out is bf16 or fp32 (out_type).
-// a is stored [M, K], or [K, M] when trans_a; b [K, N], or [N, K] when trans_b.
-// cuBLAS is column-major, where a row-major [rows, cols] buffer reads as its
-// transpose: so it computes out^T = op(b)^T op(a)^T, b first.
-static void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b,
-                      int M, int N, int K, float alpha, float beta) {
-    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    int ld_b = trans_b ? K : N;   // the row length of b as stored
-    int ld_a = trans_a ? M : K;   // the row length of a as stored
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op_b, op_a, N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a, CUDA_R_16BF, ld_a,
-                              &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // Scratch layout: d_xa (bf16 [n, rank]), then one region of n * in fp32 that

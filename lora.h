@@ -38,7 +38,7 @@ typedef struct {
 
 // y[n, out] += s ((x * keep) A^T) B^T. Saves xa = (x * keep) A^T [n, rank]
 // for backward; keep may be NULL (no dropout). scratch: n * in values (s B^T,
-// rank * out values, is allocated here).
+// rank * out values, and a row of out sums per thread are allocated here).
 template <typename Real>
 void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
                       Real *scratch);

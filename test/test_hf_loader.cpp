@@ -404,7 +404,7 @@ TEST_CASE("hf: bad config.json is refused naming the file and the key") {
         if (c.value) keys[c.key] = c.value;
         else keys.erase(c.key);
         write_checkpoint(dir, v, make_weights(v), keys);
-        expect_open_fails(dir, {dir.file("config.json"), c.reason});
+        expect_config_fails(dir, {dir.file("config.json"), c.reason});
     }
 
     TempDir dir;

@@ -179,7 +179,7 @@ static void alloc_buffers(GpuTrainer *g) {
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
-    // the simple attention (cuBLAS) when one head of scores fits the budget, else the fused kernel
+    // the simple attention (cuBLAS) when one head of scores fits the budget and head_dim % 8 == 0, else flash
     size_t budget = ATTENTION_SCORE_BUDGET_BYTES;
     gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, c->head_dim, budget));
 }

@@ -45,7 +45,8 @@ typedef struct {
 typedef struct {
     Config c;
     QuantMode quant;
-    AttentionKernel attention;   // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES, else flash
+    // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES and head_dim % 8 == 0, else flash
+    AttentionKernel attention;
     int recompute;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
