@@ -25,12 +25,6 @@ else
 endif
 # Extra include/library folders: make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
-# utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
-REPO = .
-include dev/fetch/deps.mk
-CPPFLAGS += $(DEPS_CPPFLAGS)
-LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
-
 # Library sources (everything but the programs' main files), in the README's
 # order: C files, C++ host files, and files with CUDA kernels (.cu).
 LIB_C   = formats/cli.c formats/json.c formats/float16.c formats/ggml_blocks.c formats/tensor.c \
@@ -53,6 +47,13 @@ LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CPP:%.cpp=build/%.o) $(LIB_CU:%.cu=build/
 .PHONY: all fetch deps test test-gpu test-gpu-on-cpu clean build
 all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
+
+# utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
+# (included after `all`, so that `all` stays the first target: what `make` builds)
+REPO = .
+include dev/fetch/deps.mk
+CPPFLAGS += $(DEPS_CPPFLAGS)
+LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
 
 build/%.o: %.c | build $(UTF8PROC_DEP)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
