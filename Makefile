@@ -23,16 +23,10 @@ else
 endif
 # Extra include/library folders: make CPPFLAGS=-Idir LDFLAGS=-Ldir
 
-# utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
-REPO = .
-include dev/fetch/deps.mk
-# every file includes others by their path from the repo root ("ops/layers.h")
-INCLUDES = -I. $(DEPS_CPPFLAGS)
-LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
-
 # Library sources (everything but the programs' main files), in the README's
 # order: C files, C++ host files, and files with CUDA kernels (.cu).
-LIB_C   = formats/cli.c formats/json.c formats/tensor.c formats/gguf.c formats/safetensors.c \
+LIB_C   = formats/cli.c formats/json.c formats/float16.c formats/ggml_blocks.c formats/tensor.c \
+          formats/gguf.c formats/safetensors.c \
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c \
@@ -40,7 +34,7 @@ LIB_C   = formats/cli.c formats/json.c formats/tensor.c formats/gguf.c formats/s
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/eval.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp \
           infer/forward.cpp infer/adapter.cpp infer/merge.cpp
-LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/cross_entropy.cu \
+LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
           nf4.cu lora.cu adamw.cu trainer/train_gpu.cu
 PROGRAMS = generate train prepare evaluate
 # The default training data (./train with no --data), built from the Debian FAQ below.
@@ -51,6 +45,14 @@ LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CPP:%.cpp=build/%.o) $(LIB_CU:%.cu=build/
 .PHONY: all fetch deps test test-gpu test-gpu-on-cpu clean build
 all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
+
+# utf8proc and doctest: the system's -dev packages, else fetched into build/deps/
+# (included after `all`, so that `all` stays the first target: what `make` builds)
+REPO = .
+include dev/fetch/deps.mk
+# every file includes others by their path from the repo root ("ops/layers.h")
+INCLUDES = -I. $(DEPS_CPPFLAGS)
+LDLIBS    = $(UTF8PROC_LIB) -lm -fopenmp $(CUDA_LIBS)
 
 build/%.o: %.c | build $(UTF8PROC_DEP)
 	$(CC) $(INCLUDES) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@

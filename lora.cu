@@ -63,8 +63,8 @@ HOST_DEVICE static inline float dropout_keep_value(uint64_t key, size_t i, float
 }
 
 uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target) {
-    // step_seed ^ (k + 1) GAMMA, k = layer * N_TARGETS + target (the adapter's index in the set)
-    return step_seed ^ ((uint64_t)(layer * N_TARGETS + target + 1) * SPLITMIX64_GAMMA);
+    // step_seed ^ (k + 1) GAMMA, k = layer * N_LINEARS + target (the adapter's index in the set)
+    return step_seed ^ ((uint64_t)(layer * N_LINEARS + target + 1) * SPLITMIX64_GAMMA);
 }
 
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
@@ -81,23 +81,46 @@ static void apply_mask(Real *out, const Real *x, const float *keep, size_t count
     for (size_t i = 0; i < count; i++) out[i] = keep ? x[i] * keep[i] : x[i];
 }
 
+// y[t][o] += sum_k xa[t][k] (s B[o][k]): the rank r terms of each output summed,
+// then added. r is too few terms to split into SIMD lanes, so the lanes run
+// along o instead: s B^T [r, out] is made once, and each token's out sums are
+// built in a row, one k at a time.
 template <typename Real>
-void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
-                      Real *scratch) {
-    size_t x_count = (size_t)s.n * s.in_dim;
-    Real *dropped = scratch;
-    apply_mask(dropped, x, keep, x_count);
-    // xa = dropout(x) A^T            [n, r]
-    matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
-    // scaled_b_t[k][o] = s B[o][k]     (s B^T, [r, out])
+static void add_scaled_xa_bt(Real *y, const Real *xa, const Real *B, LoraShape s) {
+    // scaled_b_t[k][o] = s B[o][k]
     Real *scaled_b_t = (Real *)cpu_malloc(sizeof(Real) * s.rank * s.out_dim, "scaled B^T");
     for (int o = 0; o < s.out_dim; o++)
         for (int k = 0; k < s.rank; k++) scaled_b_t[(size_t)k * s.out_dim + o] = s.scaling * B[(size_t)o * s.rank + k];
-    // y[t][o] += sum_k xa[t][k] scaled_b_t[k][o]     [n, out]. Only r terms a sum, too few for
-    // matmul_cpu's lanes along k; this is matmul_backward_input_cpu's d_in += d_out W
-    // (d_out = xa, W = scaled_b_t), whose lanes run along o.
-    matmul_backward_input_cpu<Real>(y, xa, scaled_b_t, s.n, s.out_dim, s.rank);
+    #pragma omp parallel
+    {
+        Real *sum = (Real *)cpu_malloc(sizeof(Real) * s.out_dim, "LoRA output row");
+        #pragma omp for schedule(static)
+        for (int t = 0; t < s.n; t++) {
+            const Real *xa_t = xa + (size_t)t * s.rank;
+            for (int o = 0; o < s.out_dim; o++) sum[o] = 0;
+            for (int k = 0; k < s.rank; k++) {
+                const Real *b_k = scaled_b_t + (size_t)k * s.out_dim;
+                // sum[o] += xa[t][k] (s B[o][k])
+                #pragma omp simd
+                for (int o = 0; o < s.out_dim; o++) sum[o] += xa_t[k] * b_k[o];
+            }
+            Real *y_t = y + (size_t)t * s.out_dim;
+            for (int o = 0; o < s.out_dim; o++) y_t[o] += sum[o];
+        }
+        free(sum);
+    }
     free(scaled_b_t);
+}
+
+template <typename Real>
+void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
+                      Real *scratch) {
+    Real *dropped = scratch;
+    apply_mask(dropped, x, keep, (size_t)s.n * s.in_dim);
+    // xa = (x * keep) A^T            [n, r]
+    matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
+    // y += s xa B^T                  [n, out]
+    add_scaled_xa_bt(y, xa, B, s);
 }
 
 template <typename Real>
@@ -138,17 +161,15 @@ template void lora_backward_cpu(double *, double *, double *, const double *, co
 
 // ---- all adapters of a model -----------------------------------------------
 
-const char *const LORA_TARGET_NAMES[N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-
-int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size) {
-    for (int t = 0; t < N_TARGETS; t++) enabled[t] = 0;
+int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size) {
+    for (int t = 0; t < N_LINEARS; t++) enabled[t] = 0;
     const char *p = list;
     while (*p) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
         int found = -1;
-        for (int t = 0; t < N_TARGETS; t++)
-            if (strlen(LORA_TARGET_NAMES[t]) == len && strncmp(p, LORA_TARGET_NAMES[t], len) == 0) found = t;
+        for (int t = 0; t < N_LINEARS; t++)
+            if (strlen(LINEAR_NAMES[t]) == len && strncmp(p, LINEAR_NAMES[t], len) == 0) found = t;
         if (found < 0) {
             snprintf(err, err_size, "unknown LoRA target '%.*s' (choose from q,k,v,o,gate,up,down)", (int)len, p);
             return -1;
@@ -157,42 +178,29 @@ int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size
         p += len + (end ? 1 : 0);
     }
     int any = 0;
-    for (int t = 0; t < N_TARGETS; t++) any |= enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) any |= enabled[t];
     if (!any) { snprintf(err, err_size, "no LoRA targets given"); return -1; }
     return 0;
 }
 
-void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim) {
-    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    int ins[N_TARGETS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};
-    int outs[N_TARGETS] = {q_dim, kv_dim, kv_dim, c->dim, c->hidden_dim, c->hidden_dim, c->dim};
-    *in_dim = ins[target];
-    *out_dim = outs[target];
-}
-
-float *lora_target_weight(const LayerWeights *l, int target) {
-    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
-    return weights[target];
-}
-
-int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
+int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed) {
     memset(set, 0, sizeof *set);
     set->n_layers = c->n_layers;
-    for (int t = 0; t < N_TARGETS; t++) set->enabled[t] = enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) set->enabled[t] = enabled[t];
     set->rank = rank;
     set->alpha = alpha;
     set->rslora = rslora;
     set->dropout = dropout;
-    set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(LoraAdapter));
+    set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraAdapter));
     if (!set->adapters) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             if (!enabled[t]) continue;
             int in_dim, out_dim;
-            lora_target_dims(c, t, &in_dim, &out_dim);
-            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t);
-            if (lora_init(&set->adapters[l * N_TARGETS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
+            linear_dims(c, t, &in_dim, &out_dim);
+            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t);
+            if (lora_init(&set->adapters[l * N_LINEARS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
                 lora_set_free(set);
                 return -1;
             }
@@ -203,14 +211,14 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], i
 
 void lora_set_free(LoraSet *set) {
     if (set->adapters)
-        for (int i = 0; i < set->n_layers * N_TARGETS; i++) lora_free(&set->adapters[i]);
+        for (int i = 0; i < set->n_layers * N_LINEARS; i++) lora_free(&set->adapters[i]);
     free(set->adapters);
     memset(set, 0, sizeof *set);
 }
 
 size_t lora_set_num_params(const LoraSet *set) {
     size_t total = 0;
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (a->A) total += (size_t)a->rank * (a->in_dim + a->out_dim);
     }
@@ -218,7 +226,7 @@ size_t lora_set_num_params(const LoraSet *set) {
 }
 
 void lora_set_zero_grads(LoraSet *set) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         memset(a->dA, 0, sizeof(float) * a->rank * a->in_dim);
@@ -231,10 +239,10 @@ const char *peft_layers_path(const Config *c) {
 }
 
 const char *peft_module_path(const Config *c, int target) {
-    static const char *const LLAMA[N_TARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+    static const char *const LLAMA[N_LINEARS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
                                                   "mlp.down_proj"};
-    static const char *const EXAONE[N_TARGETS] = {"attn.attention.q_proj", "attn.attention.k_proj",
+    static const char *const EXAONE[N_LINEARS] = {"attn.attention.q_proj", "attn.attention.k_proj",
                                                    "attn.attention.v_proj", "attn.attention.out_proj",
                                                    "mlp.c_fc_0", "mlp.c_fc_1", "mlp.c_proj"};
     return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
@@ -246,9 +254,9 @@ static void peft_module_name(const Config *c, int layer, int target, char *out, 
 }
 
 static const char *peft_target_module(const Config *c, int target) {
-    static const char *const LLAMA[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+    static const char *const LLAMA[N_LINEARS] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                   "down_proj"};
-    static const char *const EXAONE[N_TARGETS] = {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1",
+    static const char *const EXAONE[N_LINEARS] = {"q_proj", "k_proj", "v_proj", "out_proj", "c_fc_0", "c_fc_1",
                                                    "c_proj"};
     return c->arch == ARCH_EXAONE ? EXAONE[target] : LLAMA[target];
 }
@@ -262,7 +270,7 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
     fprintf(f, ",\n  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
             set->alpha, set->dropout);
     int first = 1;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         if (!set->enabled[t]) continue;
         fprintf(f, "%s\"%s\"", first ? "" : ", ", peft_target_module(c, t));
         first = 0;
@@ -278,13 +286,13 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
                        char *err, size_t err_size) {
     int n_tensors = 0;
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
     TensorInfo *tensors = (TensorInfo *)cpu_calloc((size_t)n_tensors, sizeof(TensorInfo), "adapter tensors");
     char (*names)[160] = (char (*)[160])cpu_calloc((size_t)n_tensors, 160, "adapter tensor names");
     int k = 0;
     for (int l = 0; l < set->n_layers; l++) {
-        for (int t = 0; t < N_TARGETS; t++) {
-            const LoraAdapter *a = &set->adapters[l * N_TARGETS + t];
+        for (int t = 0; t < N_LINEARS; t++) {
+            const LoraAdapter *a = &set->adapters[l * N_LINEARS + t];
             if (!a->A) continue;
             char module[128];
             peft_module_name(c, l, t, module, sizeof module);
@@ -341,21 +349,6 @@ static void apply_mask_gpu(bf16 *out, const bf16 *x, const float *keep, size_t c
 __global__ static void add_masked_kernel(float *dx, const float *d_dropped, const float *keep, size_t count) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) dx[i] += d_dropped[i] * keep[i];
-}
-
-// Row-major out[M, N] = alpha op(a) op(b) + beta out, op(a) [M, K], op(b) [K, N],
-// with bf16 inputs and fp32 accumulation; out is bf16 or fp32 (out_type).
-// a is stored [M, K], or [K, M] when trans_a; b [K, N], or [N, K] when trans_b.
-// cuBLAS is column-major, where a row-major [rows, cols] buffer reads as its
-// transpose: so it computes out^T = op(b)^T op(a)^T, b first.
-static void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b,
-                      int M, int N, int K, float alpha, float beta) {
-    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    int ld_b = trans_b ? K : N;   // the row length of b as stored
-    int ld_a = trans_a ? M : K;   // the row length of a as stored
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op_b, op_a, N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a, CUDA_R_16BF, ld_a,
-                              &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // Scratch layout: d_xa (bf16 [n, rank]), then one region of n * in fp32 that

@@ -7,9 +7,6 @@
 #include <stdint.h>
 #include "model.h"
 
-// The seven linear layers of a transformer block that can carry an adapter.
-typedef enum { TARGET_Q, TARGET_K, TARGET_V, TARGET_O, TARGET_GATE, TARGET_UP, TARGET_DOWN, N_TARGETS } LoraTarget;
-
 typedef struct {
     int in_dim, out_dim, rank;
     float scaling;   // alpha / rank (or alpha / sqrt(rank) with rsLoRA)
@@ -47,7 +44,7 @@ typedef struct {
 
 // y[n, out] += s ((x * keep) A^T) B^T. Saves xa = (x * keep) A^T [n, rank]
 // for backward; keep may be NULL (no dropout). scratch: n * in values (s B^T,
-// rank * out values, is allocated here).
+// rank * out values, and a row of out sums per thread are allocated here).
 template <typename Real>
 void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
                       Real *scratch);
@@ -61,27 +58,21 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 
 // ---- all adapters of a model -----------------------------------------------
 
-extern const char *const LORA_TARGET_NAMES[N_TARGETS];   // "q", "k", "v", "o", "gate", "up", "down"
-
 typedef struct {
     int n_layers;
-    int enabled[N_TARGETS];   // which targets carry adapters
+    int enabled[N_LINEARS];   // which targets carry adapters
     int rank;
     float alpha;
     int rslora;
     float dropout;
-    LoraAdapter *adapters;    // [n_layers * N_TARGETS]; disabled targets are all NULL
+    LoraAdapter *adapters;    // [n_layers * N_LINEARS]; disabled targets are all NULL
 } LoraSet;
 
-// In and out width of a target's linear layer in this model.
-void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim);
-// The frozen base weight of a target's linear layer in a block, [out_dim, in_dim].
-float *lora_target_weight(const LayerWeights *l, int target);
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
-int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size);
+int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size);
 // Creates adapters for every enabled target of every layer; each A gets its
 // own seed derived from seed, layer and target.
-int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
+int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed);
 void lora_set_free(LoraSet *set);
 size_t lora_set_num_params(const LoraSet *set);

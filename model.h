@@ -62,6 +62,14 @@ typedef struct {
     float *w_down;           // [dim, hidden_dim]
 } LayerWeights;
 
+// The seven linear layers of a block (the ones NF4 quantizes and LoRA adapts).
+typedef enum { LINEAR_Q, LINEAR_K, LINEAR_V, LINEAR_O, LINEAR_GATE, LINEAR_UP, LINEAR_DOWN, N_LINEARS } Linear;
+extern const char *const LINEAR_NAMES[N_LINEARS];   // "q", "k", "v", "o", "gate", "up", "down"
+// In and out width of a linear layer in this model: its weight is [out_dim, in_dim].
+void linear_dims(const Config *c, int linear, int *in_dim, int *out_dim);
+// The weight of a linear layer in a block, [out_dim, in_dim].
+float *linear_weight(const LayerWeights *l, int linear);
+
 typedef struct {
     Config config;
     float *embed;            // [vocab_size, dim]
@@ -80,6 +88,26 @@ typedef struct {
 // the tensor and what is wrong; the model is then left empty.
 int model_load(Model *m, const char *path, char *err, size_t err_size);
 void model_free(Model *m);
+
+// Reads an HF config.json (path: the file itself) into *config. On any
+// problem returns -1 with a message naming the file (and the key) and what is
+// wrong; *config is then zeroed.
+//
+// The architecture comes from "architectures"[0] when present, else
+// "model_type": LlamaForCausalLM/llama, Qwen2ForCausalLM/qwen2,
+// ExaoneForCausalLM/exaone. Required: hidden_size, intermediate_size,
+// num_hidden_layers (or num_layers), num_attention_heads, vocab_size.
+// Optional, with transformers' defaults: num_key_value_heads (= heads),
+// head_dim (= hidden / heads), max_position_embeddings (llama 2048, qwen2
+// 32768, exaone 4096), rms_norm_eps or layer_norm_epsilon (llama/qwen2 1e-6,
+// exaone 1e-5), rope_theta (10000; exaone 500000; also read from
+// rope_parameters), tie_word_embeddings (false for all three),
+// attention_bias (false; Qwen2 always has q/k/v biases). RoPE scaling from
+// rope_scaling (or rope_parameters): null or type "default" means none,
+// "llama3" is read, any other type is refused. Refused too: a bias on o_proj
+// or the MLP (attention_bias / mlp_bias on Llama or EXAONE) and any
+// activation other than silu.
+int model_read_hf_config(const char *path, Config *config, char *err, size_t err_size);
 
 // Fills a Model from named tensors (the part shared by the GGUF and HF paths).
 // names: GGUF ("blk.N.attn_q.weight") or HF (Llama/Qwen2 or EXAONE naming),

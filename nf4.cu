@@ -5,7 +5,6 @@
 // kernels, equal to the CPU functions bit for bit.
 #include "nf4.h"
 #include "ops/gpu.h"
-#include "lora.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -222,13 +221,13 @@ static void print_story_line(FILE *out, const char *what, size_t bytes, size_t c
 int nf4_round_trip_model(Model *m, int double_quant, char *err, size_t err_size) {
     const Config *c = &m->config;
     for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             int in_dim, out_dim;
-            lora_target_dims(c, t, &in_dim, &out_dim);
-            float *W = lora_target_weight(&m->layers[l], t);
+            linear_dims(c, t, &in_dim, &out_dim);
+            float *W = linear_weight(&m->layers[l], t);
             NF4Tensor q;
             if (nf4_quantize(&q, W, (int64_t)in_dim * out_dim, double_quant) != 0) {
-                snprintf(err, err_size, "out of memory quantizing layer %d %s to NF4", l, LORA_TARGET_NAMES[t]);
+                snprintf(err, err_size, "out of memory quantizing layer %d %s to NF4", l, LINEAR_NAMES[t]);
                 return -1;
             }
             // W = dequant(NF4(W))

@@ -291,17 +291,17 @@ static Batch make_batch(const ExampleSet *set, const int *order, int first, int 
 typedef struct {
     LoraSet lora;
     AdapterParams<float> *params;     // views of lora for train_step
-    AdamWState *moments;              // [n_layers * N_TARGETS * 2]: A then B of each adapter
+    AdamWState *moments;              // [n_layers * N_LINEARS * 2]: A then B of each adapter
     float **grads;                    // every gradient tensor, for the global norm
     size_t *grad_sizes;
     int n_tensors;
 } Trainable;
 
-static int trainable_init(Trainable *tr, const Config *c, const Options *o, const int enabled[N_TARGETS]) {
+static int trainable_init(Trainable *tr, const Config *c, const Options *o, const int enabled[N_LINEARS]) {
     memset(tr, 0, sizeof *tr);
     if (lora_set_init(&tr->lora, c, enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed) != 0)
         return -1;
-    int n_adapters = c->n_layers * N_TARGETS;
+    int n_adapters = c->n_layers * N_LINEARS;
     tr->params =
         (AdapterParams<float> *)cpu_calloc((size_t)n_adapters, sizeof(AdapterParams<float>), "LoRA parameters");
     tr->moments = (AdamWState *)cpu_calloc((size_t)n_adapters * 2, sizeof(AdamWState), "AdamW moments");
@@ -322,7 +322,7 @@ static int trainable_init(Trainable *tr, const Config *c, const Options *o, cons
 }
 
 static void trainable_free(Trainable *tr) {
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS * 2; i++) adamw_free(&tr->moments[i]);
+    for (int i = 0; i < tr->lora.n_layers * N_LINEARS * 2; i++) adamw_free(&tr->moments[i]);
     free(tr->moments);
     free(tr->params);
     free(tr->grads);
@@ -335,14 +335,14 @@ static void trainable_free(Trainable *tr) {
 // there is one, else 0 (out: "unknown tensor").
 static int find_bad_tensor(const Trainable *tr, int weights, char *out, size_t size) {
     snprintf(out, size, "unknown tensor");
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < tr->lora.n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &tr->lora.adapters[i];
         if (!a->A) continue;
         for (int which = 0; which < 2; which++) {
             const float *x = weights ? (which ? a->B : a->A) : (which ? a->dB : a->dA);
             size_t n = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
             if (floats_all_finite(x, n)) continue;
-            snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
+            snprintf(out, size, "layer %d %s lora_%s", i / N_LINEARS, LINEAR_NAMES[i % N_LINEARS],
                      which ? "B" : "A");
             return 1;
         }
@@ -415,7 +415,7 @@ static void engine_adamw(Engine *e, Trainable *tr, const Options *o, float lr) {
 #ifdef __CUDACC__
     if (e->on_gpu) { gpu_adamw_step(&e->gpu, &config, lr); return; }
 #endif
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < tr->lora.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &tr->lora.adapters[i];
         if (!a->A) continue;
         adamw_step_cpu(a->A, a->dA, &tr->moments[2 * i], &config, lr);
@@ -566,12 +566,12 @@ static void plot_history(const LossHistory *h, const char *out_dir) {
 }
 
 // The largest useful LoRA rank: the smallest input or output size among the adapted matrices.
-static int smallest_adapted_dim(const Config *c, const int enabled[N_TARGETS]) {
+static int smallest_adapted_dim(const Config *c, const int enabled[N_LINEARS]) {
     int smallest = INT_MAX;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         if (!enabled[t]) continue;
         int in_dim, out_dim;
-        lora_target_dims(c, t, &in_dim, &out_dim);
+        linear_dims(c, t, &in_dim, &out_dim);
         if (in_dim < smallest) smallest = in_dim;
         if (out_dim < smallest) smallest = out_dim;
     }
@@ -579,13 +579,13 @@ static int smallest_adapted_dim(const Config *c, const int enabled[N_TARGETS]) {
 }
 
 // The course's memory arithmetic for the GPU path (bf16 activations) with these options.
-static void print_plan(const Config *c, const Options *o, const int enabled[N_TARGETS]) {
+static void print_plan(const Config *c, const Options *o, const int enabled[N_LINEARS]) {
     PlanInputs in;
     memset(&in, 0, sizeof in);
     in.batch = o->batch;
     in.seq_len = o->max_seq;
     in.rank = o->rank;
-    for (int t = 0; t < N_TARGETS; t++) in.enabled[t] = enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = enabled[t];
     in.quant_nf4 = strcmp(o->quant, "nf4") == 0;
     in.double_quant = o->double_quant;
     in.recompute = o->recompute;
@@ -775,7 +775,7 @@ static int load_tokfile_examples(const Options *o, const Tokenizer *tok, Example
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
-    int enabled[N_TARGETS];
+    int enabled[N_LINEARS];
     if (lora_parse_targets(o.targets, enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
 
     Model model;

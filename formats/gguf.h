@@ -1,5 +1,6 @@
 // formats/gguf.h: reader for GGUF v3 files (llama.cpp's single-file model format):
-// header, typed metadata, tensor infos, and the block dequantizers.
+// header, typed metadata, tensor infos (formats/ggml_blocks.h dequantizes the
+// block types they may have).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -56,13 +57,6 @@ int64_t gguf_get_int(const GGUFFile *f, const char *key, int64_t fallback);
 double gguf_get_float(const GGUFFile *f, const char *key, double fallback);
 // A malloc'd NUL-terminated copy, or NULL when missing.
 char *gguf_get_string(const GGUFFile *f, const char *key);
-
-// Block dequantizers: n must be a multiple of the block size (32).
-void dequantize_q4_0(const void *src, float *dst, int64_t n);
-void dequantize_q4_1(const void *src, float *dst, int64_t n);
-void dequantize_q5_0(const void *src, float *dst, int64_t n);
-void dequantize_q5_1(const void *src, float *dst, int64_t n);
-void dequantize_q8_0(const void *src, float *dst, int64_t n);
 
 #ifdef __cplusplus
 }

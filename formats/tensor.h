@@ -45,12 +45,6 @@ void tensor_to_f32(DType t, const void *src, float *dst, int64_t n);
 // 1 when none of the n values is NaN or Inf (a file that holds them is corrupted).
 int floats_all_finite(const float *x, size_t n);
 
-// Scalar conversions (IEEE half and bfloat16, round to nearest even).
-float f16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
-float bf16_to_f32(uint16_t h);
-uint16_t f32_to_bf16(float f);
-
 // malloc and calloc for buffers that the model or the options size: when the
 // memory is not there they say which buffer did not fit and how big it is, and
 // exit with status 3 (as gpu_malloc does on the GPU), instead of handing back

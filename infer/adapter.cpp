@@ -107,12 +107,12 @@ static int parse_tensor_name(const Config *c, const char *name, int *layer, int 
     *is_b = strcmp(suffix, SUFFIX_B) == 0;
     size_t module_len = rest_len - suffix_len;
     *target = -1;
-    for (int t = 0; t < N_TARGETS; t++)
+    for (int t = 0; t < N_LINEARS; t++)
         if (strlen(peft_module_path(c, t)) == module_len && strncmp(module, peft_module_path(c, t), module_len) == 0) *target = t;
     if (*target < 0) {
         int n = snprintf(why, why_size, "unknown module '%.*s' (a %s layer has", (int)module_len, module,
                          arch_name(c->arch));
-        for (int t = 0; t < N_TARGETS && n > 0 && (size_t)n < why_size; t++)
+        for (int t = 0; t < N_LINEARS && n > 0 && (size_t)n < why_size; t++)
             n += snprintf(why + n, why_size - n, " %s", peft_module_path(c, t));
         if (n > 0 && (size_t)n < why_size) snprintf(why + n, why_size - n, ")");
         return -1;
@@ -133,8 +133,8 @@ static int parse_tensor_name(const Config *c, const char *name, int *layer, int 
 
 // The fp32 weight of (layer, target), row-major [out_dim, in_dim].
 static float *target_weight(Model *m, int layer, int target, int *in_dim, int *out_dim) {
-    lora_target_dims(&m->config, target, in_dim, out_dim);
-    return lora_target_weight(&m->layers[layer], target);
+    linear_dims(&m->config, target, in_dim, out_dim);
+    return linear_weight(&m->layers[layer], target);
 }
 
 // "[16, 576]": a tensor's shape as text.
@@ -180,12 +180,12 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const SafetensorsFil
             snprintf(err, err_size, "%s: tensor '%s': %s (r = %d)", f->path, t->name, why, ac->rank);
             return -1;
         }
-        LoraPair *pair = &pairs[layer * N_TARGETS + target];
+        LoraPair *pair = &pairs[layer * N_LINEARS + target];
         if (is_b) pair->B = t;
         else pair->A = t;
     }
     int n_pairs = 0;
-    for (int i = 0; i < m->config.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < m->config.n_layers * N_LINEARS; i++) {
         const TensorInfo *present = pairs[i].A ? pairs[i].A : pairs[i].B;
         if (!present) continue;
         if (!pairs[i].A || !pairs[i].B) {
@@ -240,27 +240,27 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     // the widest in or out dimension of any target
     int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
-    LoraPair *pairs = (LoraPair *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(LoraPair));
+    LoraPair *pairs = (LoraPair *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraPair));
     float *A = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
     float *B = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
     int n_pairs = -1;
     if (!pairs || !A || !B) snprintf(err, err_size, "%s: out of memory", path);
     else n_pairs = collect_pairs(m, &ac, &f, pairs, err, err_size);
     float scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
-    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_TARGETS; i++) {
+    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;
-        target_weight(m, i / N_TARGETS, i % N_TARGETS, &in_dim, &out_dim);
+        target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
         const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A, B);
         if (bad) {
             snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
             n_pairs = -1;
         }
     }
-    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_TARGETS; i++) {
+    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;
-        float *W = target_weight(m, i / N_TARGETS, i % N_TARGETS, &in_dim, &out_dim);
+        float *W = target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
         merge_pair(W, &pairs[i], in_dim, out_dim, ac.rank, scaling, A, B);
     }
     free(pairs);

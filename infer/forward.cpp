@@ -3,6 +3,7 @@
 // the cache so that generation only computes the newest token.
 #include "infer/forward.h"
 #include "ops/layers.h"
+#include "ops/attention.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -2,6 +2,7 @@
 // W += s B A from the adapter, then model.safetensors in bf16, config.json
 // and the tokenizer files. Plain host code.
 #include "infer/merge.h"
+#include "formats/float16.h"
 #include "nf4.h"
 #include "formats/safetensors.h"
 #include "tokenizer.h"

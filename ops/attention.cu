@@ -1,5 +1,7 @@
-// ops/attention.cu: causal grouped-query attention, forward and backward. The
-// CPU reference functions; the CUDA kernels sit beside them.
+// ops/attention.cu: causal grouped-query attention, forward and backward: the
+// CPU reference (attention_cpu, attention_backward_cpu), then on the GPU the
+// simple kind (scores materialised, cuBLAS's batched GEMMs for the products)
+// and the entry points, which run it or the flash kind (ops/flash_attention.cu).
 #include "ops/attention.h"
 #include "ops/layers.h"
 
@@ -238,27 +240,21 @@ static void batch_pointers(SimpleScratch *w, BatchOperand a, BatchOperand b, Bat
     CUDA_CHECK_LAUNCH();
 }
 
-// Per entry, row-major: scores [T, T] = alpha a b^T, where a and b are [T, head_dim]
-// head slices (row strides lda, ldb); scores are the pass's fp32 squares.
-// cuBLAS sees scores^T [T, T] = b a^T: b is stored as the column-major b^T, hence op T.
+// Per entry: scores [T, T] (fp32) = alpha a b^T, where a and b are [T, head_dim]
+// head slices (row strides lda, ldb); scores are the pass's squares.
 static void batched_scores(SimpleScratch *w, int lda, int ldb, float alpha, int n_entries, int seq_len,
                            int head_dim) {
-    float beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, seq_len, seq_len, head_dim, &alpha,
-                                     (const void *const *)w->b, CUDA_R_16BF, ldb, (const void *const *)w->a,
-                                     CUDA_R_16BF, lda, &beta, w->c, CUDA_R_32F, seq_len, n_entries,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    gemm_batched_bf16(w->c, CUDA_R_32F, seq_len, w->a, false, lda, w->b, true, ldb, seq_len, seq_len, head_dim, alpha,
+                      0.0f, n_entries);
 }
 
-// Per entry, row-major: c [T, head_dim] = alpha op(m) b + beta c, where m (array a)
-// is a bf16 [T, T] square (op(m) = m^T when transpose_m), b and c head slices
-// (row strides ldb, ldc; c is c_type). cuBLAS sees c^T = b^T op(m)^T.
+// Per entry: c [T, head_dim] = alpha op(m) b + beta c, where m (array a) is a bf16
+// [T, T] square (op(m) = m^T when transpose_m), b and c head slices (row strides
+// ldb, ldc; c is c_type).
 static void batched_square_times_head(SimpleScratch *w, bool transpose_m, int ldb, cudaDataType c_type, int ldc,
                                       float alpha, float beta, int n_entries, int seq_len, int head_dim) {
-    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), CUBLAS_OP_N, transpose_m ? CUBLAS_OP_T : CUBLAS_OP_N, head_dim,
-                                     seq_len, seq_len, &alpha, (const void *const *)w->b, CUDA_R_16BF, ldb,
-                                     (const void *const *)w->a, CUDA_R_16BF, seq_len, &beta, w->c, c_type, ldc,
-                                     n_entries, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    gemm_batched_bf16(w->c, c_type, ldc, w->a, transpose_m, seq_len, w->b, false, ldb, seq_len, head_dim, seq_len,
+                      alpha, beta, n_entries);
 }
 
 // One block per (query row i, entry b = (s, h0 + b % nh)): from the scaled scores
@@ -412,317 +408,6 @@ static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf1
     sum_group_heads(d_v, w.d_v_heads, n_tokens, n_kv_heads, group, head_dim);
 }
 
-// ---- ATTENTION_FLASH: fused, tiled, online softmax (FlashAttention-2, no tensor cores) ----
-// A block works on one tile of flash_tile query rows (or key rows) of one head
-// and stages flash_tile-row tiles of q, k, v, dO in shared memory as bf16. Its
-// 256 threads are 8 per tile row: thread (r, lane8) owns, of row r, the tile
-// columns lane8 + 8c (c < 4) and the head_dim columns lane8 + 8c (c < 16), so a
-// row's 8 threads sit in one warp and reduce over the row with shuffles.
-
-static const int flash_tile = 32;
-static const int flash_threads = 256;
-static const int flash_threads_per_row = flash_threads / flash_tile;             // 8
-static const int flash_tile_cols_per_thread = flash_tile / flash_threads_per_row;  // 4
-static const int flash_max_head_dim = 128;
-static const int flash_head_cols_per_thread = flash_max_head_dim / flash_threads_per_row;  // 16
-// Row stride of a staged tile, in bf16: an odd number of 4-byte words, so the
-// 8 threads of a row reading 8 different tile rows hit 8 different banks.
-static const int flash_row_stride = flash_max_head_dim + 2;
-
-// Rows row0 .. row0 + flash_tile - 1 of one head's slice (rows src + row * row_stride,
-// head_dim wide) into shared memory; rows at or past n_rows read as zero.
-__device__ static void load_tile(bf16 (*tile)[flash_row_stride], const bf16 *src, int row0, int n_rows, int row_stride,
-                                 int head_dim) {
-    for (int e = threadIdx.x; e < flash_tile * head_dim; e += blockDim.x) {
-        int r = e / head_dim, d = e % head_dim;
-        int row = row0 + r;
-        tile[r][d] = row < n_rows ? src[(size_t)row * row_stride + d] : __float2bfloat16(0.0f);
-    }
-}
-
-// a . b over head_dim, in fp32.
-__device__ static float dot_rows(const bf16 *a, const bf16 *b, int head_dim) {
-    float sum = 0.0f;
-    for (int d = 0; d < head_dim; d++) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
-    return sum;
-}
-
-// The sum (max) of v over the 8 threads of a tile row, in each of them
-// (xor offsets below 8 stay inside the aligned group of 8 lanes).
-__device__ static float tile_row_sum(float v) {
-    for (int offset = flash_threads_per_row / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-__device__ static float tile_row_max(float v) {
-    for (int offset = flash_threads_per_row / 2; offset > 0; offset /= 2)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
-
-// One block per (query tile, query head h, sequence s). Each query row i keeps
-// a running max m_i, running sum l_i = sum_j exp(s_ij - m_i) and acc_i = sum_j
-// exp(s_ij - m_i) v_j over the key tiles seen so far; out_i = acc_i / l_i and
-// lse_i = m_i + log l_i at the end.
-__global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                                            int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
-    __shared__ float p_tile[flash_tile][flash_tile + 1];
-    int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
-    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
-    int i0 = blockIdx.x * flash_tile, i = i0 + r;
-
-    load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
-    float running_max = -INFINITY, running_sum = 0.0f;
-    float acc[flash_head_cols_per_thread];
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) acc[c] = 0.0f;
-    // causal: no query of this tile sees a key past its last row
-    int key_end = min(seq_len, i0 + flash_tile);
-    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
-        __syncthreads();   // everyone is done with the previous k and v tiles
-        load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
-        load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
-        __syncthreads();
-        // s_ij = scale q_i . k_j, or -inf for j > i (which also covers j past the sequence) and rows past it
-        float tile_scores[flash_tile_cols_per_thread];
-        float tile_max = -INFINITY;
-        #pragma unroll
-        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
-            int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
-            tile_scores[c] = (i < seq_len && j <= i) ? scale * dot_rows(q_tile[r], k_tile[jj], head_dim) : -INFINITY;
-            tile_max = fmaxf(tile_max, tile_scores[c]);
-        }
-        float new_max = fmaxf(running_max, tile_row_max(tile_max));
-        // a row with no key yet (only rows past the sequence) keeps zeros instead of exp(-inf + inf)
-        float base = new_max == -INFINITY ? 0.0f : new_max;
-        // rescale what was summed against the old max: exp(m_old - m_new)
-        float correction = expf(running_max - base);
-        float tile_sum = 0.0f;
-        #pragma unroll
-        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
-            float p = expf(tile_scores[c] - base);
-            p_tile[r][lane8 + flash_threads_per_row * c] = p;
-            tile_sum += p;
-        }
-        running_sum = running_sum * correction + tile_row_sum(tile_sum);
-        running_max = new_max;
-        __syncthreads();   // p_tile is written
-        // acc_i = acc_i exp(m_old - m_new) + sum_j p_ij v_j
-        #pragma unroll
-        for (int c = 0; c < flash_head_cols_per_thread; c++) {
-            int d = lane8 + flash_threads_per_row * c;
-            if (d >= head_dim) continue;
-            float a = acc[c] * correction;
-            for (int jj = 0; jj < flash_tile; jj++) a += p_tile[r][jj] * __bfloat162float(v_tile[jj][d]);
-            acc[c] = a;
-        }
-    }
-    if (i >= seq_len) return;
-    bf16 *out_row = out + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) {
-        int d = lane8 + flash_threads_per_row * c;
-        // out_i = acc_i / l_i
-        if (d < head_dim) out_row[d] = __float2bfloat16(acc[c] / running_sum);
-    }
-    // lse_i = m_i + log l_i
-    if (lane8 == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = running_max + logf(running_sum);
-}
-
-// delta_i = dO_i . O_i (= sum_j p_ij dp_ij) for every (row, head): one warp each.
-__global__ static void attention_delta_kernel(float *delta, const bf16 *d_out, const bf16 *out, int n_seqs, int seq_len,
-                                              int n_heads, int head_dim) {
-    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    if (warp >= (size_t)n_seqs * seq_len * n_heads) return;   // whole warps (blockDim.x a multiple of 32)
-    size_t row = warp / n_heads;
-    int h = (int)(warp % n_heads);
-    const bf16 *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
-    const bf16 *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
-    float sum = 0.0f;
-    for (int d = lane; d < head_dim; d += 32) sum += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
-    sum = warp_sum(sum);
-    size_t s = row / seq_len, t = row % seq_len;
-    if (lane == 0) delta[(s * n_heads + h) * seq_len + t] = sum;
-}
-
-// One block per (key tile, kv head g, sequence s): d_k and d_v of the tile's
-// keys, summed over g's query heads and over the query tiles at or after the
-// key tile (earlier queries never see these keys). p_ij is recomputed from q, k
-// and lse; ds_ij = p_ij (dO_i . v_j - delta_i).
-__global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16 *d_out, const float *lse,
-                                                const float *delta, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
-    __shared__ float p_tile[flash_tile][flash_tile + 1];    // [key][query]
-    __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [key][query]
-    __shared__ float lse_tile[flash_tile], delta_tile[flash_tile];
-    int g = blockIdx.y, s = blockIdx.z, group = n_heads / n_kv_heads;
-    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
-    int j0 = blockIdx.x * flash_tile, j = j0 + r;
-
-    load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
-    load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
-    float dk_acc[flash_head_cols_per_thread], dv_acc[flash_head_cols_per_thread];
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) dk_acc[c] = dv_acc[c] = 0.0f;
-    for (int h = g * group; h < (g + 1) * group; h++) {
-        const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-        const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-        const float *lse_head = lse + ((size_t)s * n_heads + h) * seq_len;
-        const float *delta_head = delta + ((size_t)s * n_heads + h) * seq_len;
-        for (int i0 = j0; i0 < seq_len; i0 += flash_tile) {
-            __syncthreads();   // everyone is done with the previous q and dO tiles
-            load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
-            load_tile(dy_tile, dy_head, i0, seq_len, q_stride, head_dim);
-            for (int e = threadIdx.x; e < flash_tile; e += blockDim.x) {
-                lse_tile[e] = i0 + e < seq_len ? lse_head[i0 + e] : 0.0f;
-                delta_tile[e] = i0 + e < seq_len ? delta_head[i0 + e] : 0.0f;
-            }
-            __syncthreads();
-            #pragma unroll
-            for (int c = 0; c < flash_tile_cols_per_thread; c++) {
-                int ii = lane8 + flash_threads_per_row * c, i = i0 + ii;
-                // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); both 0 unless j <= i < T
-                float p = 0.0f, ds = 0.0f;
-                if (i < seq_len && j <= i) {
-                    p = expf(scale * dot_rows(q_tile[ii], k_tile[r], head_dim) - lse_tile[ii]);
-                    ds = p * (dot_rows(dy_tile[ii], v_tile[r], head_dim) - delta_tile[ii]);
-                }
-                p_tile[r][ii] = p;
-                ds_tile[r][ii] = ds;
-            }
-            __syncthreads();   // p_tile and ds_tile are written
-            // dv_j += sum_i p_ij dO_i;  dk_j += sum_i ds_ij q_i (times scale at the end)
-            #pragma unroll
-            for (int c = 0; c < flash_head_cols_per_thread; c++) {
-                int d = lane8 + flash_threads_per_row * c;
-                if (d >= head_dim) continue;
-                float dv = dv_acc[c], dk = dk_acc[c];
-                for (int ii = 0; ii < flash_tile; ii++) {
-                    dv += p_tile[r][ii] * __bfloat162float(dy_tile[ii][d]);
-                    dk += ds_tile[r][ii] * __bfloat162float(q_tile[ii][d]);
-                }
-                dv_acc[c] = dv;
-                dk_acc[c] = dk;
-            }
-        }
-    }
-    if (j >= seq_len) return;
-    size_t offset = ((size_t)s * seq_len + j) * kv_stride + (size_t)g * head_dim;
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) {
-        int d = lane8 + flash_threads_per_row * c;
-        if (d >= head_dim) continue;
-        d_k[offset + d] = __float2bfloat16(scale * dk_acc[c]);
-        d_v[offset + d] = __float2bfloat16(dv_acc[c]);
-    }
-}
-
-// One block per (query tile, query head h, sequence s): d_q of the tile's
-// queries, summed over the key tiles at or before the query tile:
-// dq_i = scale sum_j ds_ij k_j, with p and ds recomputed as in the kernel above.
-__global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, const float *lse, const float *delta,
-                                               const bf16 *q, const bf16 *k, const bf16 *v, int seq_len, int n_heads,
-                                               int n_kv_heads, int head_dim, float scale) {
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
-    __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [query][key]
-    int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
-    int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
-    int i0 = blockIdx.x * flash_tile, i = i0 + r;
-    size_t stats = ((size_t)s * n_heads + h) * seq_len + i;
-    float row_lse = i < seq_len ? lse[stats] : 0.0f;
-    float row_delta = i < seq_len ? delta[stats] : 0.0f;
-
-    load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
-    load_tile(dy_tile, dy_head, i0, seq_len, q_stride, head_dim);
-    float dq_acc[flash_head_cols_per_thread];
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) dq_acc[c] = 0.0f;
-    int key_end = min(seq_len, i0 + flash_tile);
-    for (int j0 = 0; j0 < key_end; j0 += flash_tile) {
-        __syncthreads();   // everyone is done with the previous k and v tiles
-        load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
-        load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
-        __syncthreads();
-        #pragma unroll
-        for (int c = 0; c < flash_tile_cols_per_thread; c++) {
-            int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
-            // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); 0 unless j <= i < T
-            float ds = 0.0f;
-            if (i < seq_len && j <= i) {
-                float p = expf(scale * dot_rows(q_tile[r], k_tile[jj], head_dim) - row_lse);
-                ds = p * (dot_rows(dy_tile[r], v_tile[jj], head_dim) - row_delta);
-            }
-            ds_tile[r][jj] = ds;
-        }
-        __syncthreads();   // ds_tile is written
-        // dq_i += sum_j ds_ij k_j (times scale at the end)
-        #pragma unroll
-        for (int c = 0; c < flash_head_cols_per_thread; c++) {
-            int d = lane8 + flash_threads_per_row * c;
-            if (d >= head_dim) continue;
-            float dq = dq_acc[c];
-            for (int jj = 0; jj < flash_tile; jj++) dq += ds_tile[r][jj] * __bfloat162float(k_tile[jj][d]);
-            dq_acc[c] = dq;
-        }
-    }
-    if (i >= seq_len) return;
-    bf16 *dq_row = d_q + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
-    #pragma unroll
-    for (int c = 0; c < flash_head_cols_per_thread; c++) {
-        int d = lane8 + flash_threads_per_row * c;
-        if (d < head_dim) dq_row[d] = __float2bfloat16(scale * dq_acc[c]);
-    }
-}
-
-static unsigned n_tiles(int seq_len) { return (unsigned)((seq_len + flash_tile - 1) / flash_tile); }
-
-static void attention_forward_flash(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                    int seq_len, int n_heads, int n_kv_heads, int head_dim) {
-    float scale = 1.0f / sqrtf((float)head_dim);
-    flash_forward_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
-        out, lse, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
-    CUDA_CHECK_LAUNCH();
-}
-
-static void attention_backward_flash(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                     const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                     int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta) {
-    float scale = 1.0f / sqrtf((float)head_dim);
-    size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
-    int delta_block = 256;   // 8 warps, one per (row, head)
-    unsigned delta_blocks = (unsigned)((n_rows * 32 + delta_block - 1) / delta_block);
-    attention_delta_kernel<<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
-    CUDA_CHECK_LAUNCH();
-    flash_backward_kv_kernel<<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
-        d_k, d_v, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
-    CUDA_CHECK_LAUNCH();
-    flash_backward_q_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
-        d_q, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
-    CUDA_CHECK_LAUNCH();
-}
-
 // ---- entry points ----
 
 // Heads per pass whose scores fit score_budget bytes: at least one, at most n_heads
@@ -754,9 +439,9 @@ static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_he
         fprintf(stderr, "attention: %d query heads do not split into groups of %d kv heads\n", n_heads, n_kv_heads);
         exit(1);
     }
-    if (kind == ATTENTION_FLASH && head_dim > flash_max_head_dim) {
+    if (kind == ATTENTION_FLASH && head_dim > FLASH_MAX_HEAD_DIM) {
         fprintf(stderr, "attention: the flash kernel handles head_dim up to %d, not %d (use the simple kernel)\n",
-                flash_max_head_dim, head_dim);
+                FLASH_MAX_HEAD_DIM, head_dim);
         exit(1);
     }
 }
@@ -767,7 +452,7 @@ void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
     if (kind == ATTENTION_FLASH)
-        attention_forward_flash(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+        flash_attention_forward_gpu(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
     else
         attention_forward_simple(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, scratch,
                                  scratch_bytes);
@@ -785,8 +470,8 @@ void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_
                     delta_bytes);
             exit(1);
         }
-        attention_backward_flash(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
-                                 head_dim, (float *)scratch);
+        flash_attention_backward_gpu(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
+                                     head_dim, (float *)scratch);
     } else {
         attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
                                   head_dim, scratch, scratch_bytes);

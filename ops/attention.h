@@ -1,5 +1,6 @@
-// ops/attention.h: causal grouped-query attention, forward and backward (CPU
-// reference; the CUDA kernels are declared below it when built by nvcc).
+// ops/attention.h: causal grouped-query attention, forward and backward: the
+// CPU reference (ops/attention.cu), then, when built by nvcc, the GPU's two
+// kinds: simple (ops/attention.cu) and flash (ops/flash_attention.cu).
 #pragma once
 #include <stddef.h>
 
@@ -46,4 +47,15 @@ void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf
 void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
                             const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
                             int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes);
+
+// ---- the flash kind's launchers (ops/flash_attention.cu), called by the two above ----
+// The widest head the flash kernels handle.
+enum { FLASH_MAX_HEAD_DIM = 128 };
+// attention_forward_gpu's flash kind (no scratch).
+void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                 int seq_len, int n_heads, int n_kv_heads, int head_dim);
+// attention_backward_gpu's flash kind; delta: n_seqs * n_heads * seq_len floats of scratch.
+void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
+                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
+                                  int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta);
 #endif

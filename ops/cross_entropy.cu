@@ -210,22 +210,14 @@ static int lm_head_chunk_tokens(int n, int vocab) {
     return tokens < n ? tokens : n;
 }
 
-// logits[rows, vocab] (fp32) = x[rows, dim] W^T. Row-major C = A B^T is
-// column-major C^T = W x^T: m = vocab, n = rows, k = dim.
+// logits[rows, vocab] (fp32) = x[rows, dim] W^T
 static void lm_head_forward(float *logits, const bf16 *x, const bf16 *weight, int rows, int dim, int vocab) {
-    float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, vocab, rows, dim, &one, weight, CUDA_R_16BF,
-                              dim, x, CUDA_R_16BF, dim, &zero, logits, CUDA_R_32F, vocab, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    gemm_bf16(logits, CUDA_R_32F, x, false, weight, true, rows, vocab, dim, 1.0f, 0.0f);
 }
 
-// d_x[rows, dim] (fp32) += d_logits[rows, vocab] W. Column-major:
-// d_x^T += W^T d_logits^T, with W^T the column-major view [dim, vocab] of W: m = dim, n = rows, k = vocab.
+// d_x[rows, dim] (fp32) += d_logits[rows, vocab] W
 static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weight, int rows, int dim, int vocab) {
-    float one = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, dim, rows, vocab, &one, weight, CUDA_R_16BF,
-                              dim, d_logits, CUDA_R_16BF, vocab, &one, d_x, CUDA_R_32F, dim, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    gemm_bf16(d_x, CUDA_R_32F, d_logits, false, weight, false, rows, dim, vocab, 1.0f, 1.0f);
 }
 
 // The LM head and the loss on the m counted rows only (host_rows, host_targets):

@@ -1,4 +1,4 @@
-// ops/gpu.cu: CUDA error checks, the cuBLAS handle, tracked allocations, copies.
+// ops/gpu.cu: CUDA error checks, the cuBLAS handle and the GEMMs through it, tracked allocations, copies.
 #include "ops/gpu.h"
 #include "formats/tensor.h"
 
@@ -60,6 +60,29 @@ cublasHandle_t gpu_cublas(void) {
     static cublasHandle_t handle = NULL;
     if (!handle) CUBLAS_CHECK(cublasCreate(&handle));
     return handle;
+}
+
+// ---- GEMMs through cuBLAS ------------------------------------------------------
+// cuBLAS is column-major, where a row-major [rows, cols] buffer reads as its
+// transpose (leading dimension cols). So for the row-major out = op(a) op(b) it
+// computes out^T = op(b)^T op(a)^T: b first, each with the op it has here.
+
+static cublasOperation_t op(bool transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b, int M,
+               int N, int K, float alpha, float beta) {
+    int ld_a = trans_a ? M : K;   // the row length of a as stored
+    int ld_b = trans_b ? K : N;   // the row length of b as stored
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a,
+                              CUDA_R_16BF, ld_a, &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void gemm_batched_bf16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
+                       int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
+                       float beta, int batch) {
+    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a,
+                                     CUDA_R_16BF, ld_a, &beta, out, out_type, ld_out, batch, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
 }
 
 // ---- tracked allocations ----------------------------------------------------

@@ -1,7 +1,7 @@
 // ops/gpu.h: what every CUDA file shares: error checks that name the failing call,
-// the cuBLAS handle, device allocations that keep a high-water mark (so the
-// trainer can say where its GPU memory went and what did not fit), copies,
-// and bf16 conversions.
+// the cuBLAS handle and the GEMMs through it, device allocations that keep a
+// high-water mark (so the trainer can say where its GPU memory went and what
+// did not fit), copies, and bf16 conversions.
 //
 // Built by nvcc only (every includer guards with #ifdef __CUDACC__), except
 // gpu_available(), which the CPU-only build also has and which says "no", and
@@ -42,6 +42,19 @@ void cublas_check(cublasStatus_t status, const char *call, const char *file, int
 
 // The one cuBLAS handle (created on first use).
 cublasHandle_t gpu_cublas(void);
+
+// The GEMMs, every matrix row-major, bf16 inputs, fp32 accumulation, out bf16
+// or fp32 (out_type): op(a) is a [M, K] stored as is, or stored [K, M] when
+// trans_a; op(b) [K, N] likewise.
+// out[M, N] = alpha op(a) op(b) + beta out
+void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b, int M,
+               int N, int K, float alpha, float beta);
+// out_e = alpha op(a_e) op(b_e) + beta out_e for each entry e < batch, the matrices
+// given by arrays of device pointers (in device memory) and their row strides
+// (ld_a, ld_b, ld_out: elements from one row to the next, as stored).
+void gemm_batched_bf16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
+                       int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
+                       float beta, int batch);
 
 // cudaMalloc with bookkeeping. `what` names the buffer for the out-of-memory
 // message, which also says how much was in use, how much the device has free,

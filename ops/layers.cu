@@ -1,7 +1,8 @@
 // ops/layers.cu: the transformer's operations on the CPU, forward and backward,
 // written to be read: one loop nest per formula, OpenMP across independent
 // rows or elements; only the matmuls, where the time goes, are blocked for
-// registers and cache. Instantiated for float (the model) and double (the
+// registers and cache (beside matmul_naive_cpu, the plain definition they are
+// tested against). Instantiated for float (the model) and double (the
 // gradient tests).
 // The CUDA kernels follow at the bottom, each mirroring its CPU function.
 #include "ops/layers.h"
@@ -13,7 +14,19 @@
 #include <algorithm>
 
 // ---- matmul ------------------------------------------------------------------
-//
+
+// The definition, one output at a time.
+template <typename Real>
+void matmul_naive_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim) {
+    for (int t = 0; t < n; t++)
+        for (int o = 0; o < out_dim; o++) {
+            // out[t][o] = b[o] + sum_i in[t][i] W[o][i]
+            Real sum = bias ? bias[o] : 0;
+            for (int i = 0; i < in_dim; i++) sum += in[(size_t)t * in_dim + i] * weight[(size_t)o * in_dim + i];
+            out[(size_t)t * out_dim + o] = sum;
+        }
+}
+
 // Done one multiply-add per loaded value, a matmul waits on loads, not on
 // arithmetic. The kernels below keep a small block of sums in SIMD registers,
 // so that every loaded vector feeds several multiply-adds, and give each thread
@@ -268,6 +281,7 @@ void residual_add_cpu(Real *x, const Real *y, size_t n) {
 // ---- the two instantiations -------------------------------------------------------------
 
 #define INSTANTIATE_LAYERS(Real)                                                                                  \
+    template void matmul_naive_cpu(Real *, const Real *, const Real *, const Real *, int, int, int);             \
     template void matmul_cpu(Real *, const Real *, const Real *, const Real *, int, int, int);                   \
     template void matmul_backward_input_cpu(Real *, const Real *, const Real *, int, int, int);                  \
     template void matmul_backward_weight_cpu(Real *, const Real *, const Real *, int, int, int);                 \
@@ -335,7 +349,7 @@ __global__ static void rmsnorm_backward_kernel(float *d_x, const float *d_out, c
     float dot = 0.0f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) dot += dy[i] * weight[i] * row[i];
     dot = block_sum(dot);
-    // dx_j = rstd w_j dy_j - x_j rstd^3 dot / dim
+    // dx_j += rstd w_j dy_j - x_j rstd^3 dot / dim
     for (int j = threadIdx.x; j < dim; j += blockDim.x)
         dx[j] += rstd * weight[j] * dy[j] - row[j] * rstd * rstd * rstd * dot / dim;
 }
@@ -434,9 +448,7 @@ void residual_add_gpu(float *x, const bf16 *y, size_t n) {
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- matmul through cuBLAS ----
-// cuBLAS is column-major: a row-major [rows, cols] matrix is, to it, the
-// column-major [cols, rows] matrix, its transpose, with leading dimension cols.
+// ---- matmul through cuBLAS (gemm_bf16, ops/gpu.cu) ----
 
 __global__ static void add_bias_kernel(bf16 *out, const float *bias, int n, int out_dim) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -447,12 +459,8 @@ __global__ static void add_bias_kernel(bf16 *out, const float *bias, int n, int 
 
 void matmul_gpu(bf16 *out, const bf16 *in, const bf16 *weight, const float *bias, int n, int in_dim, int out_dim) {
     if (n <= 0 || out_dim <= 0) return;
-    // out^T [out_dim, n] = W [out_dim, in_dim] in^T [in_dim, n]; W is stored as
-    // the column-major W^T (ld in_dim), hence op T; in is stored as in^T (ld in_dim)
-    float alpha = 1.0f, beta = 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &alpha, weight, CUDA_R_16BF,
-                              in_dim, in, CUDA_R_16BF, in_dim, &beta, out, CUDA_R_16BF, out_dim, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    // out [n, out_dim] = in [n, in_dim] W^T
+    gemm_bf16(out, CUDA_R_16BF, in, false, weight, true, n, out_dim, in_dim, 1.0f, 0.0f);
     if (!bias) return;
     add_bias_kernel<<<blocks_for((size_t)n * out_dim), elementwise_block>>>(out, bias, n, out_dim);
     CUDA_CHECK_LAUNCH();
@@ -460,11 +468,7 @@ void matmul_gpu(bf16 *out, const bf16 *in, const bf16 *weight, const float *bias
 
 void matmul_backward_input_gpu(float *d_in, const bf16 *d_out, const bf16 *weight, int n, int in_dim, int out_dim) {
     if (n <= 0 || in_dim <= 0) return;
-    // d_in^T [in_dim, n] += W^T [in_dim, out_dim] d_out^T [out_dim, n]; W is stored
-    // as the column-major W^T (ld in_dim), d_out as d_out^T (ld out_dim): no transposes
-    float alpha = 1.0f, beta = 1.0f;
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, in_dim, n, out_dim, &alpha, weight, CUDA_R_16BF,
-                              in_dim, d_out, CUDA_R_16BF, out_dim, &beta, d_in, CUDA_R_32F, in_dim, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
+    // d_in [n, in_dim] += d_out [n, out_dim] W
+    gemm_bf16(d_in, CUDA_R_32F, d_out, false, weight, false, n, in_dim, out_dim, 1.0f, 1.0f);
 }
 #endif

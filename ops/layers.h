@@ -10,8 +10,6 @@
 #pragma once
 #include <stddef.h>
 #include "model.h"
-#include "ops/attention.h"
-#include "ops/cross_entropy.h"
 
 // sum_i x[i] * y[i], in SIMD lanes (a sum in one chain would wait on each add)
 template <typename Real>
@@ -23,6 +21,10 @@ static inline Real dot(const Real *x, const Real *y, int len) {
 }
 
 // out[n, out_dim] = in[n, in_dim] W^T + bias   (W is [out_dim, in_dim]; bias may be NULL)
+// matmul_naive_cpu is the definition, three plain loops; matmul_cpu computes the
+// same in blocks for registers and cache (tested against it), and is the one used.
+template <typename Real>
+void matmul_naive_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim);
 template <typename Real>
 void matmul_cpu(Real *out, const Real *in, const Real *weight, const Real *bias, int n, int in_dim, int out_dim);
 // d_in[n, in_dim] += d_out[n, out_dim] W

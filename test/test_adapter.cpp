@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "infer/adapter.h"
+#include "formats/float16.h"
 #include "lora.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
@@ -49,7 +50,7 @@ struct TinyModel {
         c.n_kv_heads = 1;
         c.head_dim = 5;
         int q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
-        size_t sizes[N_TARGETS] = {(size_t)q_dim * c.dim,    (size_t)kv_dim * c.dim,       (size_t)kv_dim * c.dim,
+        size_t sizes[N_LINEARS] = {(size_t)q_dim * c.dim,    (size_t)kv_dim * c.dim,       (size_t)kv_dim * c.dim,
                                    (size_t)c.dim * q_dim,    (size_t)c.hidden_dim * c.dim, (size_t)c.hidden_dim * c.dim,
                                    (size_t)c.dim * c.hidden_dim};
         size_t per_layer = 0;
@@ -59,8 +60,8 @@ struct TinyModel {
         layers.resize(c.n_layers);
         float *next = storage.data();
         for (LayerWeights &w : layers) {
-            float **matrices[N_TARGETS] = {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down};
-            for (int t = 0; t < N_TARGETS; t++) {
+            float **matrices[N_LINEARS] = {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down};
+            for (int t = 0; t < N_LINEARS; t++) {
                 *matrices[t] = next;
                 next += sizes[t];
             }
@@ -72,16 +73,16 @@ struct TinyModel {
 
 float *weight_of(const Model &m, int layer, int target) {
     const LayerWeights &w = m.layers[layer];
-    float *matrices[N_TARGETS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
+    float *matrices[N_LINEARS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
     return matrices[target];
 }
 
 // An adapter on every target of every layer, with B set to small distinct
 // values (a fresh one is all zero and would merge to no change).
 void make_adapter(LoraSet *set, const Config &c, int rank, float alpha, int rslora) {
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     REQUIRE(lora_set_init(set, &c, enabled, rank, alpha, rslora, 0.0f, 7) == 0);
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         for (int j = 0; j < a->out_dim * rank; j++) a->B[j] = 0.05f * std::cos(0.71f * (float)(j + 13 * i));
     }
@@ -194,12 +195,12 @@ TEST_CASE("adapter: a saved adapter merges as W + s B A (every element, both nam
             AdapterInfo info;
             REQUIRE_MESSAGE(adapter_merge_peft(&tiny.model, dir.path.c_str(), &info, err, sizeof err) == 0, err);
             float scaling = rslora ? 3.0f : 1.5f;   // 6 / sqrt(4), 6 / 4
-            CHECK(info.n_merged == 2 * N_TARGETS);
+            CHECK(info.n_merged == 2 * N_LINEARS);
             CHECK(info.rank == 4);
             CHECK(info.scaling == scaling);
             for (int l = 0; l < 2; l++) {
-                for (int t = 0; t < N_TARGETS; t++) {
-                    const LoraAdapter *a = &set.adapters[l * N_TARGETS + t];
+                for (int t = 0; t < N_LINEARS; t++) {
+                    const LoraAdapter *a = &set.adapters[l * N_LINEARS + t];
                     const float *W = weight_of(tiny.model, l, t);
                     const float *W_before = before.data() + (W - tiny.storage.data());
                     for (int o = 0; o < a->out_dim; o++)
@@ -249,7 +250,7 @@ TEST_CASE("adapter: F16 and BF16 tensors are converted; other modules stay as th
     REQUIRE_MESSAGE(adapter_merge_peft(&tiny.model, dir.path.c_str(), &info, err, sizeof err) == 0, err);
     CHECK(info.n_merged == 1);
     CHECK(info.scaling == 2.0f);
-    const float *W = weight_of(tiny.model, 1, TARGET_V);
+    const float *W = weight_of(tiny.model, 1, LINEAR_V);
     size_t begin = (size_t)(W - tiny.storage.data()), end = begin + 5 * 8;
     for (size_t j = 0; j < tiny.storage.size(); j++) {
         if (j >= begin && j < end) {
@@ -274,12 +275,12 @@ TEST_CASE("adapter: merging into the default model") {
     REQUIRE_MESSAGE(lora_set_save_peft(&set, &model.config, dir.path.c_str(), "SmolLM2", err, sizeof err) == 0, err);
     AdapterInfo info;
     REQUIRE_MESSAGE(adapter_merge_peft(&model, dir.path.c_str(), &info, err, sizeof err) == 0, err);
-    CHECK(info.n_merged == 30 * N_TARGETS);
+    CHECK(info.n_merged == 30 * N_LINEARS);
     CHECK(info.rank == 8);
     CHECK(info.scaling == 2.0f);
     for (int l : {0, 17, 29}) {
-        for (int t = 0; t < N_TARGETS; t++) {
-            const LoraAdapter *a = &set.adapters[l * N_TARGETS + t];
+        for (int t = 0; t < N_LINEARS; t++) {
+            const LoraAdapter *a = &set.adapters[l * N_LINEARS + t];
             const float *W = weight_of(model, l, t), *W_before = weight_of(base, l, t);
             int corners[3][2] = {{0, 0}, {a->out_dim - 1, a->in_dim - 1}, {a->out_dim / 3, a->in_dim / 2}};
             for (auto &at : corners)

@@ -17,6 +17,7 @@
 
 #include "infer/forward.h"
 #include "ops/layers.h"
+#include "ops/cross_entropy.h"
 #include "model.h"
 #include "formats/safetensors.h"
 #include "test_util.h"

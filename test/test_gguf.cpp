@@ -1,4 +1,4 @@
-// Tests for formats/gguf.c and formats/tensor.c: the block dequantizers on hand-built blocks
+// Tests for formats/gguf.c, ggml_blocks.c, float16.c and tensor.c: the block dequantizers on hand-built blocks
 // with known values, a small GGUF file written here, and corrupt files
 // (truncated at every length, every header bit flipped, lying offsets).
 #include <doctest/doctest.h>
@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "formats/gguf.h"
+#include "formats/ggml_blocks.h"
+#include "formats/float16.h"
 #include "formats/tensor.h"
 
 static void put_f16(unsigned char *p, float x) {

@@ -1,11 +1,12 @@
 // test_hf_loader.cpp: HF checkpoint directories written by the test (a tiny
 // random-weight model in Llama, Qwen2 and EXAONE naming, F32 and BF16, tied
-// and untied, single-file and sharded) must load through hf_open +
-// model_from_tensors with every weight equal to what was written; broken
+// and untied, single-file and sharded) must load through model_read_hf_config
+// + hf_open + model_from_tensors with every weight equal to what was written; broken
 // configs and checkpoints must be refused with a message naming the culprit.
 #include <doctest/doctest.h>
 
 #include "formats/hf_checkpoint.h"
+#include "formats/float16.h"
 #include "model.h"
 #include "formats/safetensors.h"
 
@@ -241,10 +242,11 @@ void check_config(const Config &c, const Variant &v) {
 
 // Opens dir and builds the model; every weight must equal what was written.
 void check_loads(const TempDir &dir, const Variant &v, const std::vector<Weight> &weights) {
-    HFCheckpoint ck;
     Config config;
     char err[512] = "";
-    REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), &config, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_read_hf_config(dir.file("config.json").c_str(), &config, err, sizeof err) == 0, err);
+    HFCheckpoint ck;
+    REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), err, sizeof err) == 0, err);
     CHECK(ck.n_shards == v.shards);
     CHECK(ck.tensors.count == (int)weights.size());
     check_config(config, v);
@@ -264,12 +266,24 @@ void check_loads(const TempDir &dir, const Variant &v, const std::vector<Weight>
     model_free(&m);
 }
 
+// Reading dir's config.json, and so loading dir, must fail with a message
+// containing every one of the given parts.
+void expect_config_fails(const TempDir &dir, std::vector<std::string> parts) {
+    Config config;
+    char err[512] = "";
+    CHECK(model_read_hf_config(dir.file("config.json").c_str(), &config, err, sizeof err) == -1);
+    for (const std::string &part : parts) CHECK_MESSAGE(std::strstr(err, part.c_str()) != nullptr, err);
+    CHECK(config.dim == 0);
+    Model m;
+    CHECK(model_load(&m, dir.path.c_str(), err, sizeof err) == -1);
+    for (const std::string &part : parts) CHECK_MESSAGE(std::strstr(err, part.c_str()) != nullptr, err);
+}
+
 // hf_open must fail with a message containing every one of the given parts.
 void expect_open_fails(const TempDir &dir, std::vector<std::string> parts) {
     HFCheckpoint ck;
-    Config config;
     char err[512] = "";
-    CHECK(hf_open(&ck, dir.path.c_str(), &config, err, sizeof err) == -1);
+    CHECK(hf_open(&ck, dir.path.c_str(), err, sizeof err) == -1);
     for (const std::string &part : parts) CHECK_MESSAGE(std::strstr(err, part.c_str()) != nullptr, err);
     CHECK(ck.n_shards == 0);
     CHECK(ck.tensors.tensors == nullptr);
@@ -310,7 +324,7 @@ TEST_CASE("hf: config defaults and RoPE settings") {
         keys.erase(key);
     keys["head_dim"] = "null";
     write_text(path, config_text(keys));
-    REQUIRE_MESSAGE(hf_read_config(path.c_str(), &c, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_read_hf_config(path.c_str(), &c, err, sizeof err) == 0, err);
     CHECK(c.n_kv_heads == HEADS);
     CHECK(c.head_dim == DIM / HEADS);
     CHECK(c.rope_theta == 10000.0f);
@@ -323,7 +337,7 @@ TEST_CASE("hf: config defaults and RoPE settings") {
     keys["rope_scaling"] = "{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
                            "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}";
     write_text(path, config_text(keys));
-    REQUIRE_MESSAGE(hf_read_config(path.c_str(), &c, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_read_hf_config(path.c_str(), &c, err, sizeof err) == 0, err);
     CHECK(c.rope_theta == 500000.0f);
     CHECK(c.rope_factor == 8.0f);
     CHECK(c.rope_low_freq_factor == 1.0f);
@@ -337,7 +351,7 @@ TEST_CASE("hf: config defaults and RoPE settings") {
     keys["rope_parameters"] = "{\"rope_type\": \"default\", \"rope_theta\": 100000.0}";
     keys["head_dim"] = "32";
     write_text(path, config_text(keys));
-    REQUIRE_MESSAGE(hf_read_config(path.c_str(), &c, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_read_hf_config(path.c_str(), &c, err, sizeof err) == 0, err);
     CHECK(c.rope_theta == 100000.0f);
     CHECK(c.rope_factor == 0.0f);
     CHECK(c.head_dim == 32);
@@ -349,7 +363,7 @@ TEST_CASE("hf: config defaults and RoPE settings") {
     keys.erase("layer_norm_epsilon");
     keys.erase("max_position_embeddings");
     write_text(path, config_text(keys));
-    REQUIRE_MESSAGE(hf_read_config(path.c_str(), &c, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_read_hf_config(path.c_str(), &c, err, sizeof err) == 0, err);
     CHECK(c.arch == ARCH_EXAONE);
     CHECK(c.n_layers == LAYERS);
     CHECK(c.rope_theta == 500000.0f);
@@ -390,7 +404,7 @@ TEST_CASE("hf: bad config.json is refused naming the file and the key") {
         if (c.value) keys[c.key] = c.value;
         else keys.erase(c.key);
         write_checkpoint(dir, v, make_weights(v), keys);
-        expect_open_fails(dir, {dir.file("config.json"), c.reason});
+        expect_config_fails(dir, {dir.file("config.json"), c.reason});
     }
 
     TempDir dir;
@@ -398,13 +412,13 @@ TEST_CASE("hf: bad config.json is refused naming the file and the key") {
     keys.erase("architectures");
     keys["model_type"] = "\"gpt2\"";
     write_checkpoint(dir, v, make_weights(v), keys);
-    expect_open_fails(dir, {"config.json", "model_type 'gpt2' is not supported"});
+    expect_config_fails(dir, {"config.json", "model_type 'gpt2' is not supported"});
 
     write_text(dir.file("config.json"), "{\"hidden_size\": 64,");
-    expect_open_fails(dir, {"config.json", "not valid JSON"});
+    expect_config_fails(dir, {"config.json", "not valid JSON"});
 
     std::filesystem::remove(dir.file("config.json"));
-    expect_open_fails(dir, {dir.file("config.json"), "cannot open"});
+    expect_config_fails(dir, {dir.file("config.json"), "cannot open"});
 }
 
 TEST_CASE("hf: missing or misshapen tensors are refused by name") {
@@ -416,9 +430,10 @@ TEST_CASE("hf: missing or misshapen tensors are refused by name") {
         for (size_t i = 0; i < weights.size(); i++)
             if (weights[i].name == "model.layers.1.mlp.up_proj.weight") weights.erase(weights.begin() + (long)i);
         write_checkpoint(dir, v, weights, config_keys(v));
-        HFCheckpoint ck;
         Config config;
-        REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), &config, err, sizeof err) == 0, err);
+        REQUIRE_MESSAGE(model_read_hf_config(dir.file("config.json").c_str(), &config, err, sizeof err) == 0, err);
+        HFCheckpoint ck;
+        REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), err, sizeof err) == 0, err);
         Model m;
         CHECK(model_from_tensors(&m, &config, &ck.tensors, 0, dir.path.c_str(), err, sizeof err) == -1);
         CHECK_MESSAGE(std::strstr(err, "'model.layers.1.mlp.up_proj.weight' is missing") != nullptr, err);
@@ -431,9 +446,10 @@ TEST_CASE("hf: missing or misshapen tensors are refused by name") {
         for (Weight &w : weights)
             if (w.name == "model.layers.0.self_attn.k_proj.weight") w.shape = {DIM, KV_HEADS * HEAD_DIM};
         write_checkpoint(dir, v, weights, config_keys(v));
-        HFCheckpoint ck;
         Config config;
-        REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), &config, err, sizeof err) == 0, err);
+        REQUIRE_MESSAGE(model_read_hf_config(dir.file("config.json").c_str(), &config, err, sizeof err) == 0, err);
+        HFCheckpoint ck;
+        REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), err, sizeof err) == 0, err);
         Model m;
         CHECK(model_from_tensors(&m, &config, &ck.tensors, 0, dir.path.c_str(), err, sizeof err) == -1);
         CHECK_MESSAGE(std::strstr(err, "'model.layers.0.self_attn.k_proj.weight' has shape [64, 32]") != nullptr,
@@ -499,10 +515,9 @@ TEST_CASE("hf: a trailing slash on the directory is harmless") {
     TempDir dir;
     write_checkpoint(dir, v, make_weights(v), config_keys(v));
     HFCheckpoint ck;
-    Config config;
     char err[512] = "";
     std::string with_slash = dir.path + "//";
-    REQUIRE_MESSAGE(hf_open(&ck, with_slash.c_str(), &config, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(hf_open(&ck, with_slash.c_str(), err, sizeof err) == 0, err);
     CHECK(std::string(ck.dir) == dir.path);
     CHECK(ck.shards[0].path == dir.file("model.safetensors"));
     hf_close(&ck);

@@ -12,11 +12,14 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
 #include "formats/json.h"
 #include "ops/layers.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
 
 using Vec = std::vector<double>;
 
@@ -76,13 +79,63 @@ TEST_CASE("layers backward: matmul input and weight gradients") {
     CHECK(gradient_error(loss, w, dw) < MAX_RELATIVE_ERROR);
 }
 
-// The blocked matmuls against plain triple loops, at sizes that leave partial
-// blocks and tiles everywhere (one token, one output row, sizes that no block
-// size divides, more tokens than a tile, more depth than a depth step), with
-// and without bias; the backward ones must ADD to what is there. An error is
-// measured against sum |term|: a term missing or counted twice is ~1/length.
+// The blocked forward matmul against matmul_naive_cpu, the definition, on
+// random shapes (from a seeded generator, so that a failure reproduces) and on
+// awkward fixed ones: one token, one output row, sizes that no block size
+// divides, more tokens than a tile. Both sum in Real, in different orders, so
+// each result may be off by the rounding of the in_dim + 1 terms, at most
+// (in_dim + 1) eps sum |term| for each (Higham's bound, to first order): the
+// bar is twice that. A term missing or counted twice is ~1/in_dim of the sum.
 template <typename Real>
-static void check_matmuls_against_loops(double tolerance) {
+static void check_matmul_against_naive(std::mt19937 &rng, int n, int in_dim, int out_dim) {
+    CAPTURE(n);
+    CAPTURE(in_dim);
+    CAPTURE(out_dim);
+    std::vector<Real> x = random_reals<Real>((size_t)n * in_dim, rng);
+    std::vector<Real> w = random_reals<Real>((size_t)out_dim * in_dim, rng), b = random_reals<Real>(out_dim, rng);
+    const double eps = std::numeric_limits<Real>::epsilon() / 2;   // unit roundoff
+    for (bool with_bias : {false, true}) {
+        const Real *bias = with_bias ? b.data() : nullptr;
+        std::vector<Real> blocked((size_t)n * out_dim), naive((size_t)n * out_dim);
+        matmul_cpu(blocked.data(), x.data(), w.data(), bias, n, in_dim, out_dim);
+        matmul_naive_cpu(naive.data(), x.data(), w.data(), bias, n, in_dim, out_dim);
+        int bad = 0;
+        for (int t = 0; t < n; t++)
+            for (int o = 0; o < out_dim; o++) {
+                // magnitude = |b[o]| + sum_i |in[t][i] W[o][i]|
+                double magnitude = with_bias ? std::fabs((double)b[o]) : 0;
+                for (int i = 0; i < in_dim; i++)
+                    magnitude += std::fabs((double)x[(size_t)t * in_dim + i] * w[(size_t)o * in_dim + i]);
+                double diff = std::fabs((double)blocked[(size_t)t * out_dim + o] - naive[(size_t)t * out_dim + o]);
+                bad += diff > 2 * (in_dim + 1) * eps * magnitude;
+            }
+        CHECK(bad == 0);
+    }
+}
+
+TEST_CASE("layers: the blocked matmul equals matmul_naive_cpu on random and awkward shapes, float and double") {
+    std::mt19937 rng(11);
+    const int awkward[][3] = {{1, 1, 1}, {1, 5, 1}, {3, 64, 7}, {17, 67, 130}, {1, 67, 130}, {5, 31, 49},
+                              {65, 33, 47}, {70, 67, 300}, {4, 8, 3}, {129, 257, 97}};
+    for (const auto &shape : awkward) {
+        check_matmul_against_naive<double>(rng, shape[0], shape[1], shape[2]);
+        check_matmul_against_naive<float>(rng, shape[0], shape[1], shape[2]);
+    }
+    std::uniform_int_distribution<int> tokens(1, 150), width(1, 600), rows(1, 400);
+    for (int k = 0; k < 20; k++) {
+        int n = tokens(rng), in_dim = width(rng), out_dim = rows(rng);
+        check_matmul_against_naive<double>(rng, n, in_dim, out_dim);
+        check_matmul_against_naive<float>(rng, n, in_dim, out_dim);
+    }
+}
+
+// The blocked backward matmuls against plain loops, at sizes that leave partial
+// blocks and tiles everywhere (one token, one output row, sizes that no block
+// size divides, more tokens than a tile, more depth than a depth step); they
+// must ADD to what is there. An error is measured against sum |term|: a term
+// missing or counted twice is ~1/length.
+template <typename Real>
+static void check_backward_matmuls_against_loops(double tolerance) {
     std::mt19937 rng(7);
     const int sizes[][3] = {{1, 5, 1}, {3, 64, 7}, {17, 67, 130}, {1, 67, 130}, {17, 5, 7}, {70, 67, 300}};
     for (const auto &size : sizes) {
@@ -91,25 +144,12 @@ static void check_matmuls_against_loops(double tolerance) {
         CAPTURE(in_dim);
         CAPTURE(out_dim);
         std::vector<Real> x = random_reals<Real>(n * in_dim, rng), w = random_reals<Real>(out_dim * in_dim, rng);
-        std::vector<Real> b = random_reals<Real>(out_dim, rng), dy = random_reals<Real>(n * out_dim, rng);
+        std::vector<Real> dy = random_reals<Real>(n * out_dim, rng);
         std::vector<Real> dx = random_reals<Real>(n * in_dim, rng), dw = random_reals<Real>(out_dim * in_dim, rng);
         const std::vector<Real> dx_before = dx, dw_before = dw;
         auto check = [&](Real got, double want, double magnitude) {
             CHECK(std::fabs(got - want) <= tolerance * magnitude);
         };
-        for (bool with_bias : {false, true}) {
-            std::vector<Real> y(n * out_dim);
-            matmul_cpu(y.data(), x.data(), w.data(), with_bias ? b.data() : nullptr, n, in_dim, out_dim);
-            for (int t = 0; t < n; t++)
-                for (int o = 0; o < out_dim; o++) {
-                    double want = with_bias ? b[o] : 0, magnitude = std::fabs(want);
-                    for (int i = 0; i < in_dim; i++) {
-                        double term = (double)x[t * in_dim + i] * w[o * in_dim + i];
-                        want += term, magnitude += std::fabs(term);
-                    }
-                    check(y[t * out_dim + o], want, magnitude);
-                }
-        }
         matmul_backward_input_cpu(dx.data(), dy.data(), w.data(), n, in_dim, out_dim);
         for (int t = 0; t < n; t++)
             for (int i = 0; i < in_dim; i++) {
@@ -133,9 +173,9 @@ static void check_matmuls_against_loops(double tolerance) {
     }
 }
 
-TEST_CASE("layers: the blocked matmuls equal plain loops at odd sizes, float and double") {
-    check_matmuls_against_loops<double>(1e-13);
-    check_matmuls_against_loops<float>(1e-5);
+TEST_CASE("layers: the blocked backward matmuls equal plain loops at odd sizes, float and double") {
+    check_backward_matmuls_against_loops<double>(1e-13);
+    check_backward_matmuls_against_loops<float>(1e-5);
 }
 
 // Runs compute on 1 thread and on 2; every output must have the same bits.

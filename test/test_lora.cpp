@@ -68,20 +68,20 @@ TEST_CASE("lora: dropout masks are independent across elements and related seeds
 }
 
 TEST_CASE("lora: targets parse by name and refuse unknown ones") {
-    int enabled[N_TARGETS];
+    int enabled[N_LINEARS];
     char err[256];
     REQUIRE(lora_parse_targets("q,v,down", enabled, err, sizeof err) == 0);
-    CHECK(enabled[TARGET_Q] == 1);
-    CHECK(enabled[TARGET_K] == 0);
-    CHECK(enabled[TARGET_V] == 1);
-    CHECK(enabled[TARGET_DOWN] == 1);
+    CHECK(enabled[LINEAR_Q] == 1);
+    CHECK(enabled[LINEAR_K] == 0);
+    CHECK(enabled[LINEAR_V] == 1);
+    CHECK(enabled[LINEAR_DOWN] == 1);
     CHECK(lora_parse_targets("q,mlp", enabled, err, sizeof err) == -1);
     CHECK(std::string(err).find("'mlp'") != std::string::npos);
 }
 
 TEST_CASE("lora: the exported adapter has peft's names, shapes and config") {
     const Model &m = default_model();
-    int enabled[N_TARGETS];
+    int enabled[N_LINEARS];
     char err[512];
     REQUIRE(lora_parse_targets("q,k,v,o,gate,up,down", enabled, err, sizeof err) == 0);
     LoraSet set;

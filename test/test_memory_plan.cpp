@@ -10,11 +10,10 @@
 #include <string>
 
 #include "ops/cross_entropy.h"
-#include "lora.h"
+#include "model.h"
 #include "trainer/memory_plan.h"
 #include "nf4.h"
 
-static_assert(PLAN_N_TARGETS == N_TARGETS, "trainer/memory_plan.h's targets are lora.h's");
 
 namespace {
 
@@ -64,7 +63,7 @@ PlanInputs gpu_inputs(int batch, int seq_len, int rank, int recompute) {
     in.batch = batch;
     in.seq_len = seq_len;
     in.rank = rank;
-    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = 1;
+    for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = 1;
     in.quant_nf4 = 1;
     in.double_quant = 1;
     in.recompute = recompute;
@@ -98,7 +97,7 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     Config c = tiny_config();
     // rank 2 on q and down only; batch 2 x seq 3 = 6 tokens; bf16 weights and activations.
     PlanInputs in = gpu_inputs(2, 3, 2, 0);
-    for (int t = 0; t < PLAN_N_TARGETS; t++) in.enabled[t] = t == TARGET_Q || t == TARGET_DOWN;
+    for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = t == LINEAR_Q || t == LINEAR_DOWN;
     MemoryPlan p;
     memory_plan_compute(&c, &in, &p);
     // linear params per layer: q 8*8=64, k 4*8=32, v 32, o 8*8=64, gate 16*8=128, up 128, down 128 = 576;

@@ -49,6 +49,7 @@
 #include <sys/wait.h>
 
 #include "trainer/base_weights.h"
+#include "formats/float16.h"
 #include "infer/forward.h"
 #include "formats/json.h"
 #include "lora.h"
@@ -76,7 +77,7 @@ const float LOGIT_TOLERANCE = 0.3f;   // 0.118 measured
 
 float *linear_weight(const Model &m, int layer, int target) {
     const LayerWeights *l = &m.layers[layer];
-    float *weights[N_TARGETS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
+    float *weights[N_LINEARS] = {l->wq, l->wk, l->wv, l->wo, l->w_gate, l->w_up, l->w_down};
     return weights[target];
 }
 
@@ -163,11 +164,11 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
     char err[1024];
 
     // a rank-2 adapter on q, v and down: A from lora_init, B set non-zero
-    int enabled[N_TARGETS] = {0};
-    enabled[TARGET_Q] = enabled[TARGET_V] = enabled[TARGET_DOWN] = 1;
+    int enabled[N_LINEARS] = {0};
+    enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
     LoraSet set;
     REQUIRE(lora_set_init(&set, &c, enabled, RANK, ALPHA, 0, 0.0f, 42) == 0);
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
         for (int k = 0; a.B && k < a.out_dim * a.rank; k++) a.B[k] = 0.05f * std::sin(0.37f * k + 0.9f * i);
     }
@@ -185,13 +186,13 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
     // the merge: dequant(NF4(W)) + s B A
     {
         for (int layer : {0, 29})
-            for (int t : {TARGET_Q, TARGET_K, TARGET_V, TARGET_DOWN}) {
+            for (int t : {LINEAR_Q, LINEAR_K, LINEAR_V, LINEAR_DOWN}) {
                 CAPTURE(layer);
-                CAPTURE(LORA_TARGET_NAMES[t]);
+                CAPTURE(LINEAR_NAMES[t]);
                 int in_dim, out_dim;
-                lora_target_dims(&c, t, &in_dim, &out_dim);
+                linear_dims(&c, t, &in_dim, &out_dim);
                 std::vector<float> base = nf4_round_trip(linear_weight(original, layer, t), (size_t)in_dim * out_dim);
-                const LoraAdapter *a = &set.adapters[layer * N_TARGETS + t];
+                const LoraAdapter *a = &set.adapters[layer * N_LINEARS + t];
                 CHECK(merge_error(linear_weight(merged, layer, t), base, a->A ? a : nullptr, in_dim, out_dim,
                                   ALPHA / RANK) <= 1e-6);
             }
@@ -326,11 +327,11 @@ std::vector<float> training_base(const Model &m, int double_quant) {
     for (int l = 0; l < c.n_layers; l++) {
         BlockWeights<float> w;
         base.source.load_block(base.source.context, l, &w);
-        const float *loaded[N_TARGETS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
-        for (int t = 0; t < N_TARGETS; t++) {
+        const float *loaded[N_LINEARS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
+        for (int t = 0; t < N_LINEARS; t++) {
             int in_dim, out_dim;
-            lora_target_dims(&c, t, &in_dim, &out_dim);
-            size_t offset = (size_t)(lora_target_weight(&m.layers[l], t) - m.storage);
+            linear_dims(&c, t, &in_dim, &out_dim);
+            size_t offset = (size_t)(linear_weight(&m.layers[l], t) - m.storage);
             std::memcpy(&expected[offset], loaded[t], sizeof(float) * in_dim * out_dim);
         }
     }
@@ -365,7 +366,7 @@ std::vector<double> training_losses(const Model &m, const LoraSet &set, const st
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &m, QUANT_NF4, 1) == 0);
     std::vector<AdapterParams<float>> params;
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
         params.push_back({a.A, a.B, a.dA, a.dB});
     }
@@ -406,9 +407,9 @@ TEST_CASE("merge: nf4_round_trip_model writes the base ./train trains on and lea
         size_t changed = 0;
         for (size_t i = 0; i < expected.size(); i++) changed += tripped.storage[i] != original.storage[i];
         size_t linear = 0;
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             int in_dim, out_dim;
-            lora_target_dims(&original.config, t, &in_dim, &out_dim);
+            linear_dims(&original.config, t, &in_dim, &out_dim);
             linear += (size_t)in_dim * out_dim * original.config.n_layers;
         }
         CHECK(changed > linear / 2);
@@ -422,10 +423,10 @@ TEST_CASE("merge: inference on the NF4 round trip + merged adapter gives the tra
     const Config &c = original.config;
     char err[1024] = "";
     // a rank-4 adapter on all seven targets, B non-zero, saved as ./train saves it
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet set;
     REQUIRE(lora_set_init(&set, &c, enabled, 4, 8.0f, 0, 0.0f, 5) == 0);
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
         for (int k = 0; k < a.out_dim * a.rank; k++) a.B[k] = 0.1f * std::sin(0.61f * k + 1.3f * i);
     }

@@ -59,7 +59,7 @@
 static const char *FIXTURE = "test/fixtures/peft_reference.safetensors";
 static const int RANK = 2;
 static const float SCALING = 2.0f;   // alpha 4 / rank 2
-static const int ADAPTED[3] = {TARGET_Q, TARGET_V, TARGET_DOWN};
+static const int ADAPTED[3] = {LINEAR_Q, LINEAR_V, LINEAR_DOWN};
 static const int STORED_LAYERS[3] = {0, 14, 29};
 
 // measured values in the comment at the top
@@ -72,7 +72,7 @@ static const double BNB_MIN_COSINE = 1 - 1e-3;      // 1 - 3.3e-4 measured
 static const double BNB_LOSS_TOLERANCE = 1e-2;      // 2.6e-3 measured
 
 // The LoRA value of element i (row-major, A [r, in] or B [out, r]) of
-// target t (LoraTarget order) in block `layer`; the script's formula.
+// target t (Linear order) in block `layer`; the script's formula.
 static float lora_value(size_t i, int layer, int t, bool is_b) {
     return (float)(0.02 * std::sin(0.37 * (double)i + 1.3 * layer + 0.7 * t + (is_b ? 0.5 : 0.0)));
 }
@@ -111,21 +111,21 @@ struct Fixture {
 
 // A, B, dA, dB for every adapted (layer, target); AdapterParams for all 30 * 7.
 struct Adapters {
-    int in_dim[N_TARGETS], out_dim[N_TARGETS];
+    int in_dim[N_LINEARS], out_dim[N_LINEARS];
     std::vector<std::vector<float>> storage;   // 4 per adapter entry (empty when not adapted)
     std::vector<AdapterParams<float>> params;
 
     explicit Adapters(const Config &c) {
         int q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
-        int in[N_TARGETS] = {c.dim, c.dim, c.dim, q, c.dim, c.dim, c.hidden_dim};
-        int out[N_TARGETS] = {q, kv, kv, c.dim, c.hidden_dim, c.hidden_dim, c.dim};
+        int in[N_LINEARS] = {c.dim, c.dim, c.dim, q, c.dim, c.dim, c.hidden_dim};
+        int out[N_LINEARS] = {q, kv, kv, c.dim, c.hidden_dim, c.hidden_dim, c.dim};
         std::memcpy(in_dim, in, sizeof in);
         std::memcpy(out_dim, out, sizeof out);
-        storage.resize((size_t)c.n_layers * N_TARGETS * 4);
-        params.assign((size_t)c.n_layers * N_TARGETS, AdapterParams<float>{nullptr, nullptr, nullptr, nullptr});
+        storage.resize((size_t)c.n_layers * N_LINEARS * 4);
+        params.assign((size_t)c.n_layers * N_LINEARS, AdapterParams<float>{nullptr, nullptr, nullptr, nullptr});
         for (int l = 0; l < c.n_layers; l++)
             for (int t : ADAPTED) {
-                size_t e = (size_t)l * N_TARGETS + t;
+                size_t e = (size_t)l * N_LINEARS + t;
                 size_t na = (size_t)RANK * in_dim[t], nb = (size_t)out_dim[t] * RANK;
                 std::vector<float> *s = &storage[e * 4];
                 s[0].resize(na);
@@ -138,7 +138,7 @@ struct Adapters {
             }
     }
     const std::vector<float> &get(int layer, int t, int which) const {   // 0 A, 1 B, 2 dA, 3 dB
-        return storage[((size_t)layer * N_TARGETS + t) * 4 + which];
+        return storage[((size_t)layer * N_LINEARS + t) * 4 + which];
     }
 };
 
@@ -192,20 +192,20 @@ TEST_CASE("peft reference: loss and LoRA gradients of the default model equal to
     BaseGuard guard;
     BaseWeights &base = guard.b;
     REQUIRE(base_weights_init(&base, &m, QUANT_NF4, 1) == 0);
-    const int64_t *want_hash = (const int64_t *)fx.get("base_hash", DT_I64, (int64_t)c.n_layers * N_TARGETS)->data;
+    const int64_t *want_hash = (const int64_t *)fx.get("base_hash", DT_I64, (int64_t)c.n_layers * N_LINEARS)->data;
     int hash_mismatches = 0;
     for (int l = 0; l < c.n_layers; l++) {
         BlockWeights<float> w;
         base.source.load_block(base.source.context, l, &w);
-        const float *mats[N_TARGETS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
+        const float *mats[N_LINEARS] = {w.wq, w.wk, w.wv, w.wo, w.w_gate, w.w_up, w.w_down};
         int q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
-        size_t numel[N_TARGETS] = {(size_t)q * c.dim, (size_t)kv * c.dim, (size_t)kv * c.dim, (size_t)c.dim * q,
+        size_t numel[N_LINEARS] = {(size_t)q * c.dim, (size_t)kv * c.dim, (size_t)kv * c.dim, (size_t)c.dim * q,
                                    (size_t)c.hidden_dim * c.dim, (size_t)c.hidden_dim * c.dim,
                                    (size_t)c.dim * c.hidden_dim};
-        for (int t = 0; t < N_TARGETS; t++)
-            if (weight_hash(mats[t], numel[t]) != (uint64_t)want_hash[l * N_TARGETS + t]) {
+        for (int t = 0; t < N_LINEARS; t++)
+            if (weight_hash(mats[t], numel[t]) != (uint64_t)want_hash[l * N_LINEARS + t]) {
                 hash_mismatches++;
-                MESSAGE("base differs from the reference's: layer ", l, " ", LORA_TARGET_NAMES[t]);
+                MESSAGE("base differs from the reference's: layer ", l, " ", LINEAR_NAMES[t]);
             }
     }
     REQUIRE(hash_mismatches == 0);
@@ -215,7 +215,7 @@ TEST_CASE("peft reference: loss and LoRA gradients of the default model equal to
     for (int l : STORED_LAYERS)
         for (int t : ADAPTED)
             for (int which = 0; which < 2; which++) {
-                std::string name = std::string("lora.") + std::to_string(l) + "." + LORA_TARGET_NAMES[t] +
+                std::string name = std::string("lora.") + std::to_string(l) + "." + LINEAR_NAMES[t] +
                                    (which ? ".B" : ".A");
                 const std::vector<float> &mine = kept.get(l, t, which);
                 CHECK_MESSAGE(fx.floats(name, (int64_t)mine.size()) == mine, name);
@@ -239,7 +239,7 @@ TEST_CASE("peft reference: loss and LoRA gradients of the default model equal to
     for (int l : STORED_LAYERS)
         for (int t : ADAPTED)
             for (int which = 0; which < 2; which++) {
-                std::string suffix = std::to_string(l) + "." + LORA_TARGET_NAMES[t] + (which ? ".B" : ".A");
+                std::string suffix = std::to_string(l) + "." + LINEAR_NAMES[t] + (which ? ".B" : ".A");
                 const std::vector<float> &got = kept.get(l, t, 2 + which);
                 Comparison r = compare(got, fx.floats("grad." + suffix, (int64_t)got.size()));
                 Comparison b = compare(got, fx.floats("bnb.grad." + suffix, (int64_t)got.size()));

@@ -200,11 +200,11 @@ struct TrainState {
         c.n_heads = 2;
         c.n_kv_heads = 1;
         c.head_dim = 4;
-        int enabled[N_TARGETS] = {0};
-        enabled[TARGET_Q] = enabled[TARGET_DOWN] = 1;
+        int enabled[N_LINEARS] = {0};
+        enabled[LINEAR_Q] = enabled[LINEAR_DOWN] = 1;
         REQUIRE(lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1) == 0);
-        moments.resize((size_t)c.n_layers * N_TARGETS * 2);
-        for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+        moments.resize((size_t)c.n_layers * N_LINEARS * 2);
+        for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
             LoraAdapter *a = &set.adapters[i];
             if (!a->A) continue;
             size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
@@ -220,7 +220,7 @@ struct TrainState {
         lora_set_free(&set);
     }
     bool same_values(const TrainState &other) const {
-        for (int i = 0; i < set.n_layers * N_TARGETS; i++) {
+        for (int i = 0; i < set.n_layers * N_LINEARS; i++) {
             const LoraAdapter *a = &set.adapters[i], *b = &other.set.adapters[i];
             if (!a->A) continue;
             size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include "formats/safetensors.h"
+#include "formats/float16.h"
 #include "formats/tensor.h"
 
 #include <cstdint>

@@ -48,10 +48,10 @@ struct TinyModel {
                                 (size_t)c.dim * c.hidden_dim};
             for (int i = 0; i < 12; i++) blocks.push_back(random(sizes[i], (i == 0 || i == 8) ? 1 : 0));
         }
-        int in_dims[N_TARGETS] = {c.dim, c.dim, c.dim, q, c.dim, c.dim, c.hidden_dim};
-        int out_dims[N_TARGETS] = {q, kv, kv, c.dim, c.hidden_dim, c.hidden_dim, c.dim};
+        int in_dims[N_LINEARS] = {c.dim, c.dim, c.dim, q, c.dim, c.dim, c.hidden_dim};
+        int out_dims[N_LINEARS] = {q, kv, kv, c.dim, c.hidden_dim, c.hidden_dim, c.dim};
         for (int l = 0; l < c.n_layers; l++) {
-            for (int t = 0; t < N_TARGETS; t++) {
+            for (int t = 0; t < N_LINEARS; t++) {
                 lora.push_back(random((size_t)rank * in_dims[t], 0));
                 lora.push_back(random((size_t)out_dims[t] * rank, 0));   // B random so dA is not 0
                 lora.push_back(std::vector<Real>((size_t)rank * in_dims[t], 0));

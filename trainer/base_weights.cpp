@@ -7,7 +7,7 @@
 
 static size_t linear_numel(const Config *c, int target) {
     int in_dim, out_dim;
-    lora_target_dims(c, target, &in_dim, &out_dim);
+    linear_dims(c, target, &in_dim, &out_dim);
     return (size_t)in_dim * out_dim;
 }
 
@@ -33,15 +33,15 @@ static void load_nf4_block(void *context, int layer, BlockWeights<float> *w) {
     BaseWeights *b = (BaseWeights *)context;
     const Config *c = &b->model->config;
     fill_small_tensors(&b->model->layers[layer], w);
-    const float *matrices[N_TARGETS];
+    const float *matrices[N_LINEARS];
     float *next = b->dequantized;
-    for (int t = 0; t < N_TARGETS; t++) {
-        nf4_dequantize(&b->nf4[layer * N_TARGETS + t], next);
+    for (int t = 0; t < N_LINEARS; t++) {
+        nf4_dequantize(&b->nf4[layer * N_LINEARS + t], next);
         matrices[t] = next;
         next += linear_numel(c, t);
     }
-    w->wq = matrices[TARGET_Q]; w->wk = matrices[TARGET_K]; w->wv = matrices[TARGET_V]; w->wo = matrices[TARGET_O];
-    w->w_gate = matrices[TARGET_GATE]; w->w_up = matrices[TARGET_UP]; w->w_down = matrices[TARGET_DOWN];
+    w->wq = matrices[LINEAR_Q]; w->wk = matrices[LINEAR_K]; w->wv = matrices[LINEAR_V]; w->wo = matrices[LINEAR_O];
+    w->w_gate = matrices[LINEAR_GATE]; w->w_up = matrices[LINEAR_UP]; w->w_down = matrices[LINEAR_DOWN];
 }
 
 int base_weights_init(BaseWeights *b, const Model *model, QuantMode quant, int double_quant) {
@@ -56,13 +56,13 @@ int base_weights_init(BaseWeights *b, const Model *model, QuantMode quant, int d
     b->source.load_block = load_fp32_block;
     if (quant == QUANT_NONE) return 0;
     size_t block_numel = 0;
-    for (int t = 0; t < N_TARGETS; t++) block_numel += linear_numel(c, t);
-    b->nf4 = (NF4Tensor *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(NF4Tensor));
+    for (int t = 0; t < N_LINEARS; t++) block_numel += linear_numel(c, t);
+    b->nf4 = (NF4Tensor *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(NF4Tensor));
     b->dequantized = (float *)malloc(block_numel * sizeof(float));
     if (!b->nf4 || !b->dequantized) { base_weights_free(b); return -1; }
     for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < N_TARGETS; t++)
-            if (nf4_quantize(&b->nf4[l * N_TARGETS + t], lora_target_weight(&model->layers[l], t),
+        for (int t = 0; t < N_LINEARS; t++)
+            if (nf4_quantize(&b->nf4[l * N_LINEARS + t], linear_weight(&model->layers[l], t),
                              (int64_t)linear_numel(c, t), double_quant) != 0) {
                 base_weights_free(b);
                 return -1;
@@ -73,7 +73,7 @@ int base_weights_init(BaseWeights *b, const Model *model, QuantMode quant, int d
 
 void base_weights_free(BaseWeights *b) {
     if (b->nf4)
-        for (int i = 0; i < b->model->config.n_layers * N_TARGETS; i++) nf4_free(&b->nf4[i]);
+        for (int i = 0; i < b->model->config.n_layers * N_LINEARS; i++) nf4_free(&b->nf4[i]);
     free(b->nf4);
     free(b->dequantized);
     memset(b, 0, sizeof *b);
@@ -83,7 +83,7 @@ size_t base_weights_linear_bytes(const BaseWeights *b) {
     const Config *c = &b->model->config;
     size_t total = 0;
     for (int l = 0; l < c->n_layers; l++)
-        for (int t = 0; t < N_TARGETS; t++)
-            total += b->quant == QUANT_NF4 ? nf4_bytes(&b->nf4[l * N_TARGETS + t]) : linear_numel(c, t) * sizeof(float);
+        for (int t = 0; t < N_LINEARS; t++)
+            total += b->quant == QUANT_NF4 ? nf4_bytes(&b->nf4[l * N_LINEARS + t]) : linear_numel(c, t) * sizeof(float);
     return total;
 }

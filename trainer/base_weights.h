@@ -15,7 +15,7 @@ typedef enum { QUANT_NONE, QUANT_NF4 } QuantMode;
 typedef struct {
     const Model *model;
     QuantMode quant;
-    NF4Tensor *nf4;          // [n_layers * N_TARGETS] when quant == QUANT_NF4
+    NF4Tensor *nf4;          // [n_layers * N_LINEARS] when quant == QUANT_NF4
     float *dequantized;      // scratch: one block's seven matrices, dequantized
     WeightSource<float> source;
 } BaseWeights;

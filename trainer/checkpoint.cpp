@@ -18,7 +18,7 @@ static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 10995116
 // The fixed-size part of the file, after the magic. Version 1 ends before
 // evals_without_improvement.
 typedef struct {
-    int32_t n_layers, rank, enabled[N_TARGETS];
+    int32_t n_layers, rank, enabled[N_LINEARS];
     int32_t step, total_steps, cursor, n_order;
     uint64_t data_rng;
     double best_val;
@@ -50,7 +50,7 @@ static int read_all(Stream *s, void *data, size_t bytes) {
 
 // Calls io on every tensor of the state in file order; stops at the first failure.
 static int each_tensor(const LoraSet *set, const AdamWState *moments, Stream *f, int (*io)(Stream *, void *, size_t)) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;
@@ -76,7 +76,7 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     memset(&h, 0, sizeof h);
     h.n_layers = set->n_layers;
     h.rank = set->rank;
-    for (int t = 0; t < N_TARGETS; t++) h.enabled[t] = set->enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) h.enabled[t] = set->enabled[t];
     h.step = progress->step;
     h.total_steps = progress->total_steps;
     h.cursor = progress->cursor;
@@ -104,14 +104,14 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
 // The enabled targets as "q,v" (peft's short names), into out.
 static void target_list(const int32_t *enabled, char *out, size_t size) {
     out[0] = '\0';
-    for (int t = 0; t < N_TARGETS; t++)
+    for (int t = 0; t < N_LINEARS; t++)
         if (enabled[t])
-            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", LORA_TARGET_NAMES[t]);
+            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", LINEAR_NAMES[t]);
 }
 
 // A flipped byte that made a weight or a moment NaN or Inf (or a step count negative): the first such tensor's name.
 static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moments) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
@@ -174,11 +174,11 @@ int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainPr
         return -1;
     }
     int same_shape = h.n_layers == set->n_layers && h.rank == set->rank && h.n_order == progress->n_order;
-    for (int t = 0; t < N_TARGETS; t++) same_shape = same_shape && h.enabled[t] == set->enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) same_shape = same_shape && h.enabled[t] == set->enabled[t];
     if (!same_shape) {
         char saved_targets[64], run_targets[64];
-        int32_t run_enabled[N_TARGETS];
-        for (int t = 0; t < N_TARGETS; t++) run_enabled[t] = set->enabled[t];
+        int32_t run_enabled[N_LINEARS];
+        for (int t = 0; t < N_LINEARS; t++) run_enabled[t] = set->enabled[t];
         target_list(h.enabled, saved_targets, sizeof saved_targets);
         target_list(run_enabled, run_targets, sizeof run_targets);
         snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, targets %s, %d samples; this run "

@@ -28,7 +28,7 @@ typedef struct {
     int evals_without_improvement;   // evaluations since best_val last improved (--early-stop)
 } TrainProgress;
 
-// moments: two AdamWState per adapter slot (A then B), [n_layers * N_TARGETS * 2].
+// moments: two AdamWState per adapter slot (A then B), [n_layers * N_LINEARS * 2].
 int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
                     char *err, size_t err_size);
 // Loads into an already initialised set/moments of the same shape (refuses a

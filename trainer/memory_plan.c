@@ -6,28 +6,25 @@
 #include <stdarg.h>
 #include <string.h>
 
-static const char *const TARGET_NAMES[PLAN_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-
 static const double BYTES_PER_GB = 1073741824.0;   // 2^30
 static const double BYTES_PER_MIB = 1048576.0;     // 2^20
 
-// Input and output widths of each target's matrix W [out, in].
-static void target_shapes(const Config *c, int64_t in[PLAN_N_TARGETS], int64_t out[PLAN_N_TARGETS]) {
-    int64_t dim = c->dim, hidden = c->hidden_dim;
-    int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
-    //                                 q      k       v       o      gate    up      down
-    const int64_t ins[PLAN_N_TARGETS] = {dim, dim, dim, q_dim, dim, dim, hidden};
-    const int64_t outs[PLAN_N_TARGETS] = {q_dim, kv_dim, kv_dim, dim, hidden, hidden, dim};
-    memcpy(in, ins, sizeof ins);
-    memcpy(out, outs, sizeof outs);
+// Input and output widths of each linear layer's matrix W [out, in] (model.h).
+static void target_shapes(const Config *c, int64_t in[N_LINEARS], int64_t out[N_LINEARS]) {
+    for (int t = 0; t < N_LINEARS; t++) {
+        int in_dim, out_dim;
+        linear_dims(c, t, &in_dim, &out_dim);
+        in[t] = in_dim;
+        out[t] = out_dim;
+    }
 }
 
 // Parameters of one block's seven linear weights.
 static double linear_params_per_layer(const Config *c) {
-    int64_t in[PLAN_N_TARGETS], out[PLAN_N_TARGETS];
+    int64_t in[N_LINEARS], out[N_LINEARS];
     target_shapes(c, in, out);
     double params = 0;
-    for (int t = 0; t < PLAN_N_TARGETS; t++) params += (double)(in[t] * out[t]);
+    for (int t = 0; t < N_LINEARS; t++) params += (double)(in[t] * out[t]);
     return params;
 }
 
@@ -39,9 +36,9 @@ static void plan_base(const Config *c, const PlanInputs *in, MemoryPlan *p) {
         p->base_linear = linear_params * in->weight_bytes;
         return;
     }
-    int64_t ins[PLAN_N_TARGETS], outs[PLAN_N_TARGETS];
+    int64_t ins[N_LINEARS], outs[N_LINEARS];
     target_shapes(c, ins, outs);
-    for (int t = 0; t < PLAN_N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         int64_t n = ins[t] * outs[t];
         // codes: two 4-bit values per byte
         double codes = (double)((n + 1) / 2);
@@ -55,10 +52,10 @@ static void plan_base(const Config *c, const PlanInputs *in, MemoryPlan *p) {
 // The adapters: A [rank, in] and B [out, rank] per enabled target and layer,
 // fp32 parameters, fp32 gradients, and AdamW's fp32 m and v.
 static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
-    int64_t ins[PLAN_N_TARGETS], outs[PLAN_N_TARGETS];
+    int64_t ins[N_LINEARS], outs[N_LINEARS];
     target_shapes(c, ins, outs);
     double params = 0;
-    for (int t = 0; t < PLAN_N_TARGETS; t++)
+    for (int t = 0; t < N_LINEARS; t++)
         if (in->enabled[t]) params += (double)in->rank * (double)(ins[t] + outs[t]) * c->n_layers;
     p->lora_params = 4 * params;
     p->lora_grads = 4 * params;
@@ -67,7 +64,7 @@ static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
 
 static int enabled_targets(const PlanInputs *in) {
     int count = 0;
-    for (int t = 0; t < PLAN_N_TARGETS; t++) count += in->enabled[t] != 0;
+    for (int t = 0; t < N_LINEARS; t++) count += in->enabled[t] != 0;
     return count;
 }
 
@@ -263,9 +260,9 @@ static void print_header(const Config *c, const PlanInputs *in, const MemoryPlan
     long long tokens = (long long)in->batch * in->seq_len;
     fprintf(out, "  batch %d x seq %d = %lld tokens per micro-batch; LoRA rank %d on", in->batch, in->seq_len, tokens,
             in->rank);
-    for (int t = 0, first = 1; t < PLAN_N_TARGETS; t++) {
+    for (int t = 0, first = 1; t < N_LINEARS; t++) {
         if (!in->enabled[t]) continue;
-        fprintf(out, "%s%s", first ? " " : ",", TARGET_NAMES[t]);
+        fprintf(out, "%s%s", first ? " " : ",", LINEAR_NAMES[t]);
         first = 0;
     }
     fprintf(out, " (%.2fM trainable parameters)\n", p->lora_params / 4 / 1e6);

@@ -44,15 +44,11 @@ extern "C" {
 // simple attention runs as many heads at a time as this holds.
 #define ATTENTION_SCORE_BUDGET_BYTES ((size_t)512 << 20)
 
-// The seven adaptable linear layers, in LoraTarget's order (lora.h, which is
-// C++ only): q, k, v, o, gate, up, down.
-#define PLAN_N_TARGETS 7
-
 typedef struct {
     int batch;                     // sequences per micro-batch
     int seq_len;                   // tokens per sequence
     int rank;                      // LoRA rank
-    int enabled[PLAN_N_TARGETS];   // 1: the target carries an adapter in every layer
+    int enabled[N_LINEARS];        // 1: the linear layer carries an adapter in every layer (model.h order)
     int quant_nf4;                 // 1: linear weights in NF4; 0: in weight_bytes
     int double_quant;              // NF4 absmax in 8 bits (QLoRA's double quantization)
     int recompute;                 // 1: keep only each block's input, recompute in backward

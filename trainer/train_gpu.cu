@@ -20,7 +20,7 @@ static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static size_t linear_numel(const Config *c, int target) {
     int in_dim, out_dim;
-    lora_target_dims(c, target, &in_dim, &out_dim);
+    linear_dims(c, target, &in_dim, &out_dim);
     return (size_t)in_dim * out_dim;
 }
 
@@ -44,7 +44,7 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
     const Config *c = &g->c;
     GpuMemoryUse *mem = &g->memory;
     size_t largest = 0, block_numel = 0;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         largest = max_size(largest, linear_numel(c, t));
         block_numel += linear_numel(c, t);
     }
@@ -59,14 +59,14 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
         b->bq = upload_floats(lw->bq, (size_t)c->n_heads * c->head_dim, "q bias", &mem->embeddings);
         b->bk = upload_floats(lw->bk, (size_t)c->n_kv_heads * c->head_dim, "k bias", &mem->embeddings);
         b->bv = upload_floats(lw->bv, (size_t)c->n_kv_heads * c->head_dim, "v bias", &mem->embeddings);
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             size_t n = linear_numel(c, t);
             if (g->quant == QUANT_NONE) {
-                b->dense[t] = gpu_upload_as_bf16(lora_target_weight(lw, t), n, "bf16 base weights");
+                b->dense[t] = gpu_upload_as_bf16(linear_weight(lw, t), n, "bf16 base weights");
                 mem->base_codes += sizeof(bf16) * n;
                 continue;
             }
-            gpu_upload(staging, lora_target_weight(lw, t), sizeof(float) * n);
+            gpu_upload(staging, linear_weight(lw, t), sizeof(float) * n);
             nf4_quantize_gpu(&b->nf4[t], staging, (int64_t)n, double_quant, "NF4 base weights");
             size_t total = nf4_bytes_for((int64_t)n, double_quant), codes = ((size_t)n + 1) / 2;
             mem->base_codes += codes;
@@ -93,7 +93,7 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
 }
 
 static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
-    int n_adapters = g->c.n_layers * N_TARGETS;
+    int n_adapters = g->c.n_layers * N_LINEARS;
     g->offset_A = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     g->offset_B = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     g->n_params = 0;
@@ -135,14 +135,14 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     a->gate = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (gate)", counter);
     a->up = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (up)", counter);
     a->h = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
-    for (int t = 0; t < N_TARGETS; t++)
+    for (int t = 0; t < N_LINEARS; t++)
         a->xa[t] = (bf16 *)alloc_counted(sizeof(bf16) * n * g->rank, "activations (LoRA xa)", counter);
 }
 
 static void free_activations(GpuActivations *a) {
     gpu_free(a->xn1); gpu_free(a->q); gpu_free(a->k); gpu_free(a->v); gpu_free(a->att); gpu_free(a->lse);
     gpu_free(a->x_mid); gpu_free(a->xn2); gpu_free(a->gate); gpu_free(a->up); gpu_free(a->h);
-    for (int t = 0; t < N_TARGETS; t++) gpu_free(a->xa[t]);
+    for (int t = 0; t < N_LINEARS; t++) gpu_free(a->xa[t]);
 }
 
 static void alloc_buffers(GpuTrainer *g) {
@@ -172,14 +172,14 @@ static void alloc_buffers(GpuTrainer *g) {
     g->tmp = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "linear output", scratch);
     g->keep = (float *)alloc_counted(sizeof(float) * n * widest, "dropout mask", scratch);
     size_t lora_bytes = 0;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         int in_dim, out_dim;
-        lora_target_dims(c, t, &in_dim, &out_dim);
+        linear_dims(c, t, &in_dim, &out_dim);
         LoraShape s = {(int)n, in_dim, out_dim, g->rank, g->scaling};
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
-    // the simple attention (cuBLAS) when one head of scores fits the budget, else the fused kernel
+    // the simple attention (cuBLAS) when one head of scores fits the budget and head_dim % 8 == 0, else flash
     size_t budget = ATTENTION_SCORE_BUDGET_BYTES;
     gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, c->head_dim, budget));
 }
@@ -215,7 +215,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     for (int l = 0; l < c->n_layers; l++) {
         GpuBlock *b = &g->blocks[l];
         gpu_free(b->attn_norm); gpu_free(b->mlp_norm); gpu_free(b->bq); gpu_free(b->bk); gpu_free(b->bv);
-        for (int t = 0; t < N_TARGETS; t++) {
+        for (int t = 0; t < N_LINEARS; t++) {
             if (g->quant == QUANT_NF4) nf4_free_gpu(&b->nf4[t]);
             else gpu_free(b->dense[t]);
         }
@@ -255,7 +255,7 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
 static void load_block_weights(GpuTrainer *g, int layer) {
     GpuBlock *b = &g->blocks[layer];
     bf16 *next = g->dequant_scratch;
-    for (int t = 0; t < N_TARGETS; t++) {
+    for (int t = 0; t < N_LINEARS; t++) {
         if (g->quant == QUANT_NONE) {
             g->weights[t] = b->dense[t];
             continue;
@@ -284,13 +284,13 @@ typedef struct {
 
 static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
     int in_dim, out_dim;
-    lora_target_dims(&g->c, target, &in_dim, &out_dim);
+    linear_dims(&g->c, target, &in_dim, &out_dim);
     LoraShape s = {n, in_dim, out_dim, g->rank, g->scaling};
     return s;
 }
 
 static int has_adapter(const GpuTrainer *g, int layer, int target) {
-    return g->offset_A[layer * N_TARGETS + target] != (size_t)-1;
+    return g->offset_A[layer * N_LINEARS + target] != (size_t)-1;
 }
 
 // y = x W^T + bias + s (dropout(x) A^T) B^T
@@ -299,7 +299,7 @@ static void linear_forward(GpuTrainer *g, const StepShape *s, bf16 *y, const bf1
     LoraShape shape = lora_shape(g, s->n, target);
     matmul_gpu(y, x, g->weights[target], bias, s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
-    int i = layer * N_TARGETS + target;
+    int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
     lora_forward_gpu(y, xa, x, keep, g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], shape,
                      g->lora_scratch);
@@ -311,7 +311,7 @@ static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const 
     LoraShape shape = lora_shape(g, s->n, target);
     matmul_backward_input_gpu(dx, dy, g->weights[target], s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
-    int i = layer * N_TARGETS + target;
+    int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
     lora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], dy, x, keep,
                       g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], xa, shape, g->lora_scratch);
@@ -324,23 +324,23 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     const GpuBlock *b = &g->blocks[layer];
     size_t n_dim = (size_t)s->n * c->dim;
     rmsnorm_gpu(a->xn1, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->q, a->xn1, b->bq, layer, TARGET_Q, a->xa[TARGET_Q]);
-    linear_forward(g, s, a->k, a->xn1, b->bk, layer, TARGET_K, a->xa[TARGET_K]);
-    linear_forward(g, s, a->v, a->xn1, b->bv, layer, TARGET_V, a->xa[TARGET_V]);
+    linear_forward(g, s, a->q, a->xn1, b->bq, layer, LINEAR_Q, a->xa[LINEAR_Q]);
+    linear_forward(g, s, a->k, a->xn1, b->bk, layer, LINEAR_K, a->xa[LINEAR_K]);
+    linear_forward(g, s, a->v, a->xn1, b->bv, layer, LINEAR_V, a->xa[LINEAR_V]);
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->n_seqs, s->seq_len, c->n_heads,
                           c->n_kv_heads, c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
-    linear_forward(g, s, g->tmp, a->att, NULL, layer, TARGET_O, a->xa[TARGET_O]);
+    linear_forward(g, s, g->tmp, a->att, NULL, layer, LINEAR_O, a->xa[LINEAR_O]);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(a->x_mid, g->tmp, n_dim);
     rmsnorm_gpu(a->xn2, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->gate, a->xn2, NULL, layer, TARGET_GATE, a->xa[TARGET_GATE]);
-    linear_forward(g, s, a->up, a->xn2, NULL, layer, TARGET_UP, a->xa[TARGET_UP]);
+    linear_forward(g, s, a->gate, a->xn2, NULL, layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
+    linear_forward(g, s, a->up, a->xn2, NULL, layer, LINEAR_UP, a->xa[LINEAR_UP]);
     swiglu_gpu(a->h, a->gate, a->up, (size_t)s->n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
-    linear_forward(g, s, g->tmp, a->h, NULL, layer, TARGET_DOWN, a->xa[TARGET_DOWN]);
+    linear_forward(g, s, g->tmp, a->h, NULL, layer, LINEAR_DOWN, a->xa[LINEAR_DOWN]);
     CUDA_CHECK(cudaMemcpy(x_out, a->x_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(x_out, g->tmp, n_dim);
 }
@@ -355,18 +355,18 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_bf16_gpu(g->dy, g->d_x, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
-    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, TARGET_DOWN, a->xa[TARGET_DOWN]);
+    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, LINEAR_DOWN, a->xa[LINEAR_DOWN]);
     float_to_bf16_gpu(g->dy, g->d_wide, n_hidden);
     swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, TARGET_GATE, a->xa[TARGET_GATE]);
-    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, TARGET_UP, a->xa[TARGET_UP]);
+    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
+    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, LINEAR_UP, a->xa[LINEAR_UP]);
     rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_bf16_gpu(g->dy, g->d_mid, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
-    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, TARGET_O, a->xa[TARGET_O]);
+    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a->xa[LINEAR_O]);
     float_to_bf16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v, s->n_seqs,
                            s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
@@ -374,9 +374,9 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, TARGET_Q, a->xa[TARGET_Q]);
-    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, TARGET_K, a->xa[TARGET_K]);
-    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, TARGET_V, a->xa[TARGET_V]);
+    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, LINEAR_Q, a->xa[LINEAR_Q]);
+    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, LINEAR_K, a->xa[LINEAR_K]);
+    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, LINEAR_V, a->xa[LINEAR_V]);
     rmsnorm_backward_gpu(g->d_x, g->d_normed, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
 }
 
@@ -464,7 +464,7 @@ static void copy_tensor(float *host, float *device, size_t n, int to_host) {
 }
 
 static void transfer_lora(GpuTrainer *g, LoraSet *lora, AdamWState *moments, int to_host) {
-    for (int i = 0; i < g->c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < g->c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &lora->adapters[i];
         if (!a->A) continue;
         size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;

@@ -22,8 +22,8 @@
 
 // The frozen weights of one block on the GPU.
 typedef struct {
-    NF4TensorGPU nf4[N_TARGETS];   // when quant == QUANT_NF4
-    bf16 *dense[N_TARGETS];        // when quant == QUANT_NONE
+    NF4TensorGPU nf4[N_LINEARS];   // when quant == QUANT_NF4
+    bf16 *dense[N_LINEARS];        // when quant == QUANT_NONE
     float *attn_norm, *mlp_norm;   // [dim]
     float *bq, *bk, *bv;           // NULL unless the model has attention biases
 } GpuBlock;
@@ -34,7 +34,7 @@ typedef struct {
     float *lse;                    // [n_seqs * n_heads * seq_len] attention log-sum-exp
     float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
     bf16 *xn2, *gate, *up, *h;
-    bf16 *xa[N_TARGETS];           // [N, rank] each adapter's (dropout(x) A^T)
+    bf16 *xa[N_LINEARS];           // [N, rank] each adapter's (dropout(x) A^T)
 } GpuActivations;
 
 // Where the GPU memory goes, for the start-up report.
@@ -45,7 +45,8 @@ typedef struct {
 typedef struct {
     Config c;
     QuantMode quant;
-    AttentionKernel attention;   // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES, else flash
+    // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES and head_dim % 8 == 0, else flash
+    AttentionKernel attention;
     int recompute;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
@@ -57,14 +58,14 @@ typedef struct {
     bf16 *embed, *lm_head;  // lm_head == embed when tied
     float *final_norm;
     float *inv_freq;        // [head_dim / 2]
-    bf16 *weights[N_TARGETS];   // one block's linear weights in bf16 (dequantized NF4, or views of dense)
+    bf16 *weights[N_LINEARS];   // one block's linear weights in bf16 (dequantized NF4, or views of dense)
     bf16 *dequant_scratch;      // room for one block's seven matrices in bf16 (NF4 only)
 
     // LoRA: flat fp32 parameters / gradients / moments, bf16 copy of the parameters
     size_t n_params;
     float *params, *grads, *m, *v;
     bf16 *params_bf16;
-    size_t *offset_A, *offset_B;   // [n_layers * N_TARGETS] into the flat buffers; (size_t)-1 when off
+    size_t *offset_A, *offset_B;   // [n_layers * N_LINEARS] into the flat buffers; (size_t)-1 when off
     int64_t adam_step;
 
     // activations and gradients

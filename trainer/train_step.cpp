@@ -12,6 +12,8 @@
 // every block is kept and the block's forward is run again before its backward.
 #include "trainer/train_step.h"
 #include "ops/layers.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +28,7 @@ struct BlockActivations {
     Real *xn2;              // [N, dim] normalised input of the MLP
     Real *gate, *up;        // [N, hidden] before the activation
     Real *h;                // [N, hidden] silu(gate) * up, input of Wdown
-    Real *xa[N_TARGETS];    // [N, rank] each adapter's (dropout(x) A^T)
+    Real *xa[N_LINEARS];    // [N, rank] each adapter's (dropout(x) A^T)
 };
 
 // Sizes and scratch shared by forward and backward.
@@ -59,7 +61,7 @@ static void alloc_activations(BlockActivations<Real> *a, const Config *c, int n,
     a->gate = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP gate)");
     a->up = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP up)");
     a->h = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP hidden)");
-    for (int t = 0; t < N_TARGETS; t++)
+    for (int t = 0; t < N_LINEARS; t++)
         a->xa[t] = (Real *)cpu_malloc(sizeof(Real) * n * (rank > 0 ? rank : 1), "activations (x A^T)");
 }
 
@@ -67,7 +69,7 @@ template <typename Real>
 static void free_activations(BlockActivations<Real> *a) {
     free(a->xn1); free(a->q); free(a->k); free(a->v); free(a->att); free(a->x_mid);
     free(a->xn2); free(a->gate); free(a->up); free(a->h);
-    for (int t = 0; t < N_TARGETS; t++) free(a->xa[t]);
+    for (int t = 0; t < N_LINEARS; t++) free(a->xa[t]);
 }
 
 // The dropout mask of (layer, target) for this batch, or NULL without dropout.
@@ -111,9 +113,9 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
     float inv_freq[MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     rmsnorm_cpu<Real>(a->xn1, x_in, w->attn_norm, n, c->dim, c->norm_eps);
-    linear_forward(ctx, a->q, a->xn1, w->wq, w->bq, c->dim, q_dim, &ad[TARGET_Q], layer, TARGET_Q, a->xa[TARGET_Q]);
-    linear_forward(ctx, a->k, a->xn1, w->wk, w->bk, c->dim, kv_dim, &ad[TARGET_K], layer, TARGET_K, a->xa[TARGET_K]);
-    linear_forward(ctx, a->v, a->xn1, w->wv, w->bv, c->dim, kv_dim, &ad[TARGET_V], layer, TARGET_V, a->xa[TARGET_V]);
+    linear_forward(ctx, a->q, a->xn1, w->wq, w->bq, c->dim, q_dim, &ad[LINEAR_Q], layer, LINEAR_Q, a->xa[LINEAR_Q]);
+    linear_forward(ctx, a->k, a->xn1, w->wk, w->bk, c->dim, kv_dim, &ad[LINEAR_K], layer, LINEAR_K, a->xa[LINEAR_K]);
+    linear_forward(ctx, a->v, a->xn1, w->wv, w->bv, c->dim, kv_dim, &ad[LINEAR_V], layer, LINEAR_V, a->xa[LINEAR_V]);
     rope_cpu<Real>(a->q, ctx->positions, inv_freq, n, c->n_heads, c->head_dim);
     rope_cpu<Real>(a->k, ctx->positions, inv_freq, n, c->n_kv_heads, c->head_dim);
     for (int s = 0; s < ctx->batch->n_seqs; s++) {
@@ -122,19 +124,19 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
                             a->v + first * kv_dim, seq_len, 0, c->n_heads, c->n_kv_heads, c->head_dim);
     }
     // x_mid = x_in + lin_o(att)
-    linear_forward(ctx, ctx->tmp, a->att, w->wo, (const Real *)NULL, q_dim, c->dim, &ad[TARGET_O], layer, TARGET_O,
-                   a->xa[TARGET_O]);
+    linear_forward(ctx, ctx->tmp, a->att, w->wo, (const Real *)NULL, q_dim, c->dim, &ad[LINEAR_O], layer, LINEAR_O,
+                   a->xa[LINEAR_O]);
     memcpy(a->x_mid, x_in, sizeof(Real) * n * c->dim);
     residual_add_cpu<Real>(a->x_mid, ctx->tmp, (size_t)n * c->dim);
     rmsnorm_cpu<Real>(a->xn2, a->x_mid, w->mlp_norm, n, c->dim, c->norm_eps);
-    linear_forward(ctx, a->gate, a->xn2, w->w_gate, (const Real *)NULL, c->dim, c->hidden_dim, &ad[TARGET_GATE],
-                   layer, TARGET_GATE, a->xa[TARGET_GATE]);
-    linear_forward(ctx, a->up, a->xn2, w->w_up, (const Real *)NULL, c->dim, c->hidden_dim, &ad[TARGET_UP], layer,
-                   TARGET_UP, a->xa[TARGET_UP]);
+    linear_forward(ctx, a->gate, a->xn2, w->w_gate, (const Real *)NULL, c->dim, c->hidden_dim, &ad[LINEAR_GATE],
+                   layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
+    linear_forward(ctx, a->up, a->xn2, w->w_up, (const Real *)NULL, c->dim, c->hidden_dim, &ad[LINEAR_UP], layer,
+                   LINEAR_UP, a->xa[LINEAR_UP]);
     swiglu_cpu<Real>(a->h, a->gate, a->up, (size_t)n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
-    linear_forward(ctx, ctx->tmp, a->h, w->w_down, (const Real *)NULL, c->hidden_dim, c->dim, &ad[TARGET_DOWN], layer,
-                   TARGET_DOWN, a->xa[TARGET_DOWN]);
+    linear_forward(ctx, ctx->tmp, a->h, w->w_down, (const Real *)NULL, c->hidden_dim, c->dim, &ad[LINEAR_DOWN], layer,
+                   LINEAR_DOWN, a->xa[LINEAR_DOWN]);
     memcpy(x_out, a->x_mid, sizeof(Real) * n * c->dim);
     residual_add_cpu<Real>(x_out, ctx->tmp, (size_t)n * c->dim);
 }
@@ -161,22 +163,22 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
     // MLP: x_out = x_mid + lin_down(h)  =>  d_mid = d_x + (through the MLP)
     memcpy(g->d_mid, d_x, sizeof(Real) * n_dim);
     memset(g->d_h, 0, sizeof(Real) * n_hidden);
-    linear_backward(ctx, g->d_h, d_x, a->h, w->w_down, c->hidden_dim, c->dim, &ad[TARGET_DOWN], layer, TARGET_DOWN,
-                    a->xa[TARGET_DOWN]);
+    linear_backward(ctx, g->d_h, d_x, a->h, w->w_down, c->hidden_dim, c->dim, &ad[LINEAR_DOWN], layer, LINEAR_DOWN,
+                    a->xa[LINEAR_DOWN]);
     memset(g->d_gate, 0, sizeof(Real) * n_hidden);
     memset(g->d_up, 0, sizeof(Real) * n_hidden);
     swiglu_backward_cpu<Real>(g->d_gate, g->d_up, g->d_h, a->gate, a->up, n_hidden);
     memset(g->d_norm, 0, sizeof(Real) * n_dim);
-    linear_backward(ctx, g->d_norm, g->d_gate, a->xn2, w->w_gate, c->dim, c->hidden_dim, &ad[TARGET_GATE], layer,
-                    TARGET_GATE, a->xa[TARGET_GATE]);
-    linear_backward(ctx, g->d_norm, g->d_up, a->xn2, w->w_up, c->dim, c->hidden_dim, &ad[TARGET_UP], layer,
-                    TARGET_UP, a->xa[TARGET_UP]);
+    linear_backward(ctx, g->d_norm, g->d_gate, a->xn2, w->w_gate, c->dim, c->hidden_dim, &ad[LINEAR_GATE], layer,
+                    LINEAR_GATE, a->xa[LINEAR_GATE]);
+    linear_backward(ctx, g->d_norm, g->d_up, a->xn2, w->w_up, c->dim, c->hidden_dim, &ad[LINEAR_UP], layer,
+                    LINEAR_UP, a->xa[LINEAR_UP]);
     rmsnorm_backward_cpu<Real>(g->d_mid, g->d_norm, a->x_mid, w->mlp_norm, n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     memcpy(d_x, g->d_mid, sizeof(Real) * n_dim);
     memset(g->d_att, 0, sizeof(Real) * n * q_dim);
-    linear_backward(ctx, g->d_att, g->d_mid, a->att, w->wo, q_dim, c->dim, &ad[TARGET_O], layer, TARGET_O,
-                    a->xa[TARGET_O]);
+    linear_backward(ctx, g->d_att, g->d_mid, a->att, w->wo, q_dim, c->dim, &ad[LINEAR_O], layer, LINEAR_O,
+                    a->xa[LINEAR_O]);
     memset(g->d_q, 0, sizeof(Real) * n * q_dim);
     memset(g->d_k, 0, sizeof(Real) * n * kv_dim);
     memset(g->d_v, 0, sizeof(Real) * n * kv_dim);
@@ -189,12 +191,12 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
     rope_backward_cpu<Real>(g->d_q, ctx->positions, inv_freq, n, c->n_heads, c->head_dim);
     rope_backward_cpu<Real>(g->d_k, ctx->positions, inv_freq, n, c->n_kv_heads, c->head_dim);
     memset(g->d_norm, 0, sizeof(Real) * n_dim);
-    linear_backward(ctx, g->d_norm, g->d_q, a->xn1, w->wq, c->dim, q_dim, &ad[TARGET_Q], layer, TARGET_Q,
-                    a->xa[TARGET_Q]);
-    linear_backward(ctx, g->d_norm, g->d_k, a->xn1, w->wk, c->dim, kv_dim, &ad[TARGET_K], layer, TARGET_K,
-                    a->xa[TARGET_K]);
-    linear_backward(ctx, g->d_norm, g->d_v, a->xn1, w->wv, c->dim, kv_dim, &ad[TARGET_V], layer, TARGET_V,
-                    a->xa[TARGET_V]);
+    linear_backward(ctx, g->d_norm, g->d_q, a->xn1, w->wq, c->dim, q_dim, &ad[LINEAR_Q], layer, LINEAR_Q,
+                    a->xa[LINEAR_Q]);
+    linear_backward(ctx, g->d_norm, g->d_k, a->xn1, w->wk, c->dim, kv_dim, &ad[LINEAR_K], layer, LINEAR_K,
+                    a->xa[LINEAR_K]);
+    linear_backward(ctx, g->d_norm, g->d_v, a->xn1, w->wv, c->dim, kv_dim, &ad[LINEAR_V], layer, LINEAR_V,
+                    a->xa[LINEAR_V]);
     rmsnorm_backward_cpu<Real>(d_x, g->d_norm, x_in, w->attn_norm, n, c->dim, c->norm_eps);
 }
 
@@ -237,7 +239,7 @@ static void model_forward(StepContext<Real> *ctx, const WeightSource<Real> *weig
     for (int l = 0; l < c->n_layers; l++) {
         BlockWeights<Real> w;
         weights->load_block(weights->context, l, &w);
-        block_forward(ctx, &w, ad + l * N_TARGETS, l, stream + l * n_dim, stream + (l + 1) * n_dim,
+        block_forward(ctx, &w, ad + l * N_LINEARS, l, stream + l * n_dim, stream + (l + 1) * n_dim,
                       &acts[keep_all ? l : 0]);
     }
     rmsnorm_cpu<Real>(normed, stream + c->n_layers * n_dim, weights->final_norm, ctx->n, c->dim, c->norm_eps);
@@ -335,8 +337,8 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
         BlockActivations<Real> *a = &acts[opt->recompute ? 0 : l];
         // recompute: the block's activations again; its output x_out is not needed, so
         // d_normed, no longer used, takes it
-        if (opt->recompute) block_forward(&ctx, &w, adapters + l * N_TARGETS, l, stream + l * n_dim, d_normed, a);
-        block_backward(&ctx, &w, adapters + l * N_TARGETS, l, stream + l * n_dim, a, &g, d_x);
+        if (opt->recompute) block_forward(&ctx, &w, adapters + l * N_LINEARS, l, stream + l * n_dim, d_normed, a);
+        block_backward(&ctx, &w, adapters + l * N_LINEARS, l, stream + l * n_dim, a, &g, d_x);
     }
     free(g.d_mid); free(g.d_norm); free(g.d_h); free(g.d_gate); free(g.d_up);
     free(g.d_att); free(g.d_q); free(g.d_k); free(g.d_v);

@@ -55,7 +55,7 @@ typedef struct {
 // adapters' gradients (grad_scale = 1 / answer tokens of the whole step, so
 // micro-batches accumulate to the mean over the step). Returns the summed
 // loss; *n_counted gets the number of answer tokens in this batch.
-// adapters[layer * N_TARGETS + target].
+// adapters[layer * N_LINEARS + target].
 template <typename Real>
 double train_step_cpu(const Config *c, const WeightSource<Real> *weights, AdapterParams<Real> *adapters,
                       const StepOptions *opt, const Batch *batch, double grad_scale, int *n_counted);

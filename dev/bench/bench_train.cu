@@ -88,7 +88,7 @@ static void cpu_step(const Config *c, const BaseWeights *base, LoraSet *lora, Ad
     int counted = 0;
     lora_set_zero_grads(lora);
     train_step_cpu(c, &base->source, params, opt, b, 1e-4, &counted);
-    for (int i = 0; i < c->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &lora->adapters[i];
         if (!a->A) continue;
         adamw_step_cpu(a->A, a->dA, &moments[2 * i], &config, 1e-4f);
@@ -100,7 +100,7 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
                       int nf4, int steps, const char *shape) {
     BaseWeights base;
     if (base_weights_init(&base, model, nf4 ? QUANT_NF4 : QUANT_NONE, 1) != 0) exit(1);
-    int n_adapters = c->n_layers * N_TARGETS;
+    int n_adapters = c->n_layers * N_LINEARS;
     std::vector<AdapterParams<float>> params(n_adapters);
     std::vector<AdamWState> moments(2 * n_adapters);
     for (int i = 0; i < n_adapters; i++) {
@@ -157,7 +157,7 @@ int main(int argc, char **argv) {
         }
     }
     Config c = model.config;
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
     float alpha = 2.0f * rank;
     if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, 0.0f, 1) != 0) return 1;

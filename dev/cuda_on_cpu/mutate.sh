@@ -74,7 +74,7 @@ m block_sum_no_leading_sync lib/ops/gpu.h \
   '    v = warp_sum(v);' 'gpu: rmsnorm_backward*'
 # the flash forward (not the backward, which has the same loop) without the barrier that keeps the
 # next k, v tiles from overwriting ones still read
-m flash_forward_no_sync lib/ops/attention.cu \
+m flash_forward_no_sync lib/ops/flash_attention.cu \
   '    // causal: no query of this tile sees a key past its last row
     int key_end = min(seq_len, i0 + flash_tile);
     for (int j0 = 0; j0 < key_end; j0 += flash_tile) {

@@ -76,7 +76,7 @@ static void random_batch(std::vector<int> &tokens, std::vector<int> &targets, in
 
 // B random (peft starts it at 0, which would make every dA zero).
 static void randomize_B(LoraSet *set, uint64_t seed) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         std::vector<float> b = random_vector((size_t)a->out_dim * a->rank, seed + i, 0.05f);
@@ -86,7 +86,7 @@ static void randomize_B(LoraSet *set, uint64_t seed) {
 
 static std::vector<AdapterParams<float>> adapter_views(LoraSet *set) {
     std::vector<AdapterParams<float>> views;
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         views.push_back({a->A, a->B, a->dA, a->dB});
     }
@@ -112,7 +112,7 @@ struct TotalCosine {
 struct BaseAndTargets {
     QuantMode quant = QUANT_NF4;
     int double_quant = 1;
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
 };
 
 // One micro-batch of model on both paths; checks the loss, every gradient
@@ -154,7 +154,7 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
     double worst = 1.0;
     int under_0999 = 0, n_tensors = 0;
     TotalCosine total;
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *ca = &cpu_lora.adapters[i], *ga = &gpu_lora.adapters[i];
         if (!ca->A) continue;   // a target without an adapter
         n_tensors += 2;
@@ -164,8 +164,8 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
         total.add(ga->dA, ca->dA, na);
         total.add(ga->dB, ca->dB, nb);
         under_0999 += (cos_a <= 0.999) + (cos_b <= 0.999);
-        std::string target = LORA_TARGET_NAMES[i % N_TARGETS];
-        INFO("layer " << i / N_TARGETS << " " << target << ": cos dA " << cos_a << ", cos dB " << cos_b);
+        std::string target = LINEAR_NAMES[i % N_LINEARS];
+        INFO("layer " << i / N_LINEARS << " " << target << ": cos dA " << cos_a << ", cos dB " << cos_b);
         CHECK(cos_a > min_cosine);
         CHECK(cos_b > min_cosine);
         worst = fmin(worst, fmin(cos_a, cos_b));
@@ -270,7 +270,7 @@ TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and
     BaseAndTargets bf16_base, nf4_plain, q_and_v;
     bf16_base.quant = QUANT_NONE;
     nf4_plain.double_quant = 0;
-    for (int t = 0; t < N_TARGETS; t++) q_and_v.enabled[t] = t == TARGET_Q || t == TARGET_V;
+    for (int t = 0; t < N_LINEARS; t++) q_and_v.enabled[t] = t == LINEAR_Q || t == LINEAR_V;
     compare_random_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed, bf16_base);
     compare_random_step(small_config(0), 2, 33, 0.1f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 1, nf4_plain);
     compare_random_step(small_config(1), 2, 33, 0.1f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2, q_and_v);
@@ -278,7 +278,7 @@ TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and
 
 // Every gradient tensor of set, for the CPU's global_grad_norm and scale_grads_cpu.
 static void gradient_tensors(LoraSet *set, std::vector<float *> &grads, std::vector<size_t> &sizes) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
         grads.push_back(a->dA);
@@ -297,7 +297,7 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
     REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
     randomize_B(&lora, seed);
@@ -336,14 +336,14 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
     LoraSet scaled;
     REQUIRE(lora_set_init(&scaled, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
     gpu_download_lora(&g, &scaled, NULL);
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *want = &lora.adapters[i], *got = &scaled.adapters[i];
         CHECK(memcmp(got->dA, want->dA, sizeof(float) * want->rank * want->in_dim) == 0);
         CHECK(memcmp(got->dB, want->dB, sizeof(float) * want->out_dim * want->rank) == 0);
     }
 
     // a resumed checkpoint: parameters, moments and step go up and come back bit for bit
-    int n_adapters = c.n_layers * N_TARGETS;
+    int n_adapters = c.n_layers * N_LINEARS;
     std::vector<AdamWState> moments(2 * n_adapters), moments_back(2 * n_adapters);
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &lora.adapters[i];
@@ -405,7 +405,7 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
-    int enabled[N_TARGETS] = {1, 1, 1, 1, 1, 1, 1};
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet cpu_lora, gpu_lora;
     REQUIRE(lora_set_init(&cpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
     REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
@@ -416,8 +416,8 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
     std::vector<AdapterParams<float>> views = adapter_views(&cpu_lora);
-    std::vector<AdamWState> moments(c.n_layers * N_TARGETS * 2);
-    for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+    std::vector<AdamWState> moments(c.n_layers * N_LINEARS * 2);
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &cpu_lora.adapters[i];
         REQUIRE(adamw_init(&moments[2 * i], (size_t)a->rank * a->in_dim) == 0);
         REQUIRE(adamw_init(&moments[2 * i + 1], (size_t)a->out_dim * a->rank) == 0);
@@ -434,7 +434,7 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
         double cpu_loss = train_step_cpu(&c, &base.source, views.data(), &opt, &batch, 1.0, &counted);
         double scale = 1.0 / counted;
         cpu_loss *= scale;
-        for (int i = 0; i < c.n_layers * N_TARGETS; i++) {
+        for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
             LoraAdapter *a = &cpu_lora.adapters[i];
             size_t na = (size_t)a->rank * a->in_dim, nb = (size_t)a->out_dim * a->rank;
             for (size_t k = 0; k < na; k++) a->dA[k] *= (float)scale;
