@@ -5,6 +5,7 @@
 #include "ops/gpu.h"
 #include "ops/layers.h"
 #include "formats/safetensors.h"
+#include "formats/tensor.h"
 
 #include <errno.h>
 #include <math.h>
@@ -26,35 +27,18 @@ static uint64_t splitmix64(uint64_t *state) { return mix64(*state += 0x9E3779B97
 // Uniform in [0, 1) with 24 random bits.
 static float uniform01(uint64_t *state) { return (float)(splitmix64(state) >> 40) / 16777216.0f; }
 
-int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed) {
-    memset(a, 0, sizeof *a);
-    a->in_dim = in_dim;
-    a->out_dim = out_dim;
-    a->rank = rank;
+float lora_scale(float alpha, int rank, int rslora) {
     // s = alpha / r, or alpha / sqrt(r) with rsLoRA
-    a->scaling = rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
-    size_t a_size = (size_t)rank * in_dim, b_size = (size_t)out_dim * rank;
-    a->A = (float *)malloc(a_size * sizeof(float));
-    a->B = (float *)calloc(b_size, sizeof(float));
-    a->dA = (float *)calloc(a_size, sizeof(float));
-    a->dB = (float *)calloc(b_size, sizeof(float));
-    if (!a->A || !a->B || !a->dA || !a->dB) {
-        lora_free(a);
-        return -1;
-    }
-    // A ~ U(-1/sqrt(in), 1/sqrt(in))
-    float bound = 1.0f / sqrtf((float)in_dim);
-    uint64_t state = seed;
-    for (size_t i = 0; i < a_size; i++) a->A[i] = (2.0f * uniform01(&state) - 1.0f) * bound;
-    return 0;
+    return rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
 }
 
-void lora_free(LoraAdapter *a) {
-    free(a->A);
-    free(a->B);
-    free(a->dA);
-    free(a->dB);
-    memset(a, 0, sizeof *a);
+void lora_init_weights(LoraAdapter *a, uint64_t seed) {
+    size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
+    // A ~ U(-1/sqrt(in), 1/sqrt(in))
+    float bound = 1.0f / sqrtf((float)a->in_dim);
+    uint64_t state = seed;
+    for (size_t i = 0; i < a_size; i++) a->A[i] = (2.0f * uniform01(&state) - 1.0f) * bound;
+    memset(a->B, 0, sizeof(float) * b_size);
 }
 
 // The value of a kept input: 1 / (1 - p), so that dropout keeps the mean.
@@ -180,6 +164,18 @@ float *lora_target_weight(const LayerWeights *l, int target) {
     return weights[target];
 }
 
+// Floats the set's adapters take together (A and B of every enabled target of every layer).
+static size_t count_params(const Config *c, const int enabled[N_TARGETS], int rank) {
+    size_t total = 0;
+    for (int t = 0; t < N_TARGETS; t++) {
+        if (!enabled[t]) continue;
+        int in_dim, out_dim;
+        lora_target_dims(c, t, &in_dim, &out_dim);
+        total += (size_t)c->n_layers * rank * (in_dim + out_dim);
+    }
+    return total;
+}
+
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed) {
     memset(set, 0, sizeof *set);
@@ -189,46 +185,62 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], i
     set->alpha = alpha;
     set->rslora = rslora;
     set->dropout = dropout;
+    set->n_params = count_params(c, enabled, rank);
+    size_t n_alloc = set->n_params > 0 ? set->n_params : 1;
+    set->params = (float *)calloc(n_alloc, sizeof(float));
+    set->grads = (float *)calloc(n_alloc, sizeof(float));
     set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_TARGETS, sizeof(LoraAdapter));
-    if (!set->adapters) return -1;
+    if (!set->params || !set->grads || !set->adapters) {
+        lora_set_free(set);
+        return -1;
+    }
+    // each adapter's A then B, end to end: offset is where the next tensor starts
+    size_t offset = 0;
     for (int l = 0; l < c->n_layers; l++) {
         for (int t = 0; t < N_TARGETS; t++) {
             if (!enabled[t]) continue;
-            int in_dim, out_dim;
-            lora_target_dims(c, t, &in_dim, &out_dim);
-            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t);
-            if (lora_init(&set->adapters[l * N_TARGETS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
-                lora_set_free(set);
-                return -1;
-            }
+            LoraAdapter *a = &set->adapters[l * N_TARGETS + t];
+            lora_target_dims(c, t, &a->in_dim, &a->out_dim);
+            a->rank = rank;
+            a->scaling = lora_scale(alpha, rank, rslora);
+            size_t a_size = (size_t)rank * a->in_dim, b_size = (size_t)a->out_dim * rank;
+            a->A = set->params + offset;
+            a->dA = set->grads + offset;
+            a->B = set->params + offset + a_size;
+            a->dB = set->grads + offset + a_size;
+            offset += a_size + b_size;
+            lora_init_weights(a, seed * 1000003ULL + (uint64_t)(l * N_TARGETS + t));
         }
     }
     return 0;
 }
 
 void lora_set_free(LoraSet *set) {
-    if (set->adapters)
-        for (int i = 0; i < set->n_layers * N_TARGETS; i++) lora_free(&set->adapters[i]);
+    free(set->params);
+    free(set->grads);
     free(set->adapters);
     memset(set, 0, sizeof *set);
 }
 
-size_t lora_set_num_params(const LoraSet *set) {
-    size_t total = 0;
+size_t lora_set_num_params(const LoraSet *set) { return set->n_params; }
+
+void lora_set_zero_grads(LoraSet *set) { memset(set->grads, 0, sizeof(float) * set->n_params); }
+
+int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size) {
+    snprintf(name, name_size, "none");
     for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
         const LoraAdapter *a = &set->adapters[i];
-        if (a->A) total += (size_t)a->rank * (a->in_dim + a->out_dim);
-    }
-    return total;
-}
-
-void lora_set_zero_grads(LoraSet *set) {
-    for (int i = 0; i < set->n_layers * N_TARGETS; i++) {
-        LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
-        memset(a->dA, 0, sizeof(float) * a->rank * a->in_dim);
-        memset(a->dB, 0, sizeof(float) * a->out_dim * a->rank);
+        for (int which = 0; which < 2; which++) {
+            const float *view = which ? a->B : a->A;
+            size_t count = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
+            if (floats_all_finite(flat + (view - set->params), count)) continue;
+            snprintf(name, name_size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
+                     which ? "B" : "A");
+            return 1;
+        }
     }
+    return 0;
 }
 
 const char *peft_layers_path(const Config *c) {

@@ -10,6 +10,8 @@
 // The seven linear layers of a transformer block that can carry an adapter.
 typedef enum { TARGET_Q, TARGET_K, TARGET_V, TARGET_O, TARGET_GATE, TARGET_UP, TARGET_DOWN, N_TARGETS } LoraTarget;
 
+// One adapted linear layer. A, B, dA, dB are views into the LoraSet's flat
+// arrays (below), not allocations of their own.
 typedef struct {
     int in_dim, out_dim, rank;
     float scaling;   // alpha / rank (or alpha / sqrt(rank) with rsLoRA)
@@ -19,10 +21,12 @@ typedef struct {
     float *dB;
 } LoraAdapter;
 
-// Allocates A, B and their gradients: A ~ U(-1/sqrt(in), 1/sqrt(in)) from the
-// seed (kaiming-uniform with a = sqrt(5), as peft), B = 0, gradients 0.
-int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed);
-void lora_free(LoraAdapter *a);
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA
+float lora_scale(float alpha, int rank, int rslora);
+
+// Fills an adapter whose A and B already point at its storage: A ~ U(-1/sqrt(in),
+// 1/sqrt(in)) from the seed (kaiming-uniform with a = sqrt(5), as peft), B = 0.
+void lora_init_weights(LoraAdapter *a, uint64_t seed);
 
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
 // else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
@@ -57,6 +61,13 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 
 extern const char *const LORA_TARGET_NAMES[N_TARGETS];   // "q", "k", "v", "o", "gate", "up", "down"
 
+// The trainable state of a whole model in one flat layout, as llm.c keeps all
+// parameters in one buffer with offsets: params holds every enabled adapter's
+// A then B, end to end, layer by layer and in LoraTarget order within a layer;
+// grads has the same layout, and so do AdamW's moments (adamw.h) and the GPU's
+// copies (trainer/train_gpu.h). Each adapter's A, B, dA, dB point into params
+// and grads, so the optimizer, clipping, the GPU copies and the checkpoint
+// each see one array.
 typedef struct {
     int n_layers;
     int enabled[N_TARGETS];   // which targets carry adapters
@@ -64,7 +75,10 @@ typedef struct {
     float alpha;
     int rslora;
     float dropout;
-    LoraAdapter *adapters;    // [n_layers * N_TARGETS]; disabled targets are all NULL
+    size_t n_params;          // floats in params, and in grads
+    float *params;            // [n_params] every A and B
+    float *grads;             // [n_params] every dA and dB
+    LoraAdapter *adapters;    // [n_layers * N_TARGETS] views into params and grads; disabled targets are all NULL
 } LoraSet;
 
 // In and out width of a target's linear layer in this model.
@@ -73,13 +87,18 @@ void lora_target_dims(const Config *c, int target, int *in_dim, int *out_dim);
 float *lora_target_weight(const LayerWeights *l, int target);
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
 int lora_parse_targets(const char *list, int enabled[N_TARGETS], char *err, size_t err_size);
-// Creates adapters for every enabled target of every layer; each A gets its
-// own seed derived from seed, layer and target.
+// Allocates params and grads for every enabled target of every layer and
+// initialises each adapter (lora_init_weights; each A gets its own seed derived
+// from seed, layer and target); gradients 0. Returns -1 when out of memory.
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_TARGETS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed);
 void lora_set_free(LoraSet *set);
 size_t lora_set_num_params(const LoraSet *set);
 void lora_set_zero_grads(LoraSet *set);
+// Names the first adapter tensor of `flat` (an array in the set's layout: params,
+// grads or an AdamW moment) that holds a NaN or Inf, as "layer 3 v lora_B", into
+// name. Returns 1 if there is one, else 0 (name: "none").
+int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size);
 // peft's tensor names: peft_layers_path(c) + layer + "." + peft_module_path(c, target)
 // + ".lora_A.weight" (or lora_B), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
 const char *peft_layers_path(const Config *c);

@@ -289,65 +289,37 @@ static Batch make_batch(const ExampleSet *set, const int *order, int first, int 
 // ---- the trainer -------------------------------------------------------------
 
 typedef struct {
-    LoraSet lora;
+    LoraSet lora;                     // parameters and gradients, flat (lora.h)
+    AdamWState adam;                  // AdamW's moments, in the same layout
     AdapterParams<float> *params;     // views of lora for train_step
-    AdamWState *moments;              // [n_layers * N_TARGETS * 2]: A then B of each adapter
-    float **grads;                    // every gradient tensor, for the global norm
-    size_t *grad_sizes;
-    int n_tensors;
 } Trainable;
 
 static int trainable_init(Trainable *tr, const Config *c, const Options *o, const int enabled[N_TARGETS]) {
     memset(tr, 0, sizeof *tr);
     if (lora_set_init(&tr->lora, c, enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed) != 0)
         return -1;
+    if (adamw_init(&tr->adam, tr->lora.n_params) != 0) return -1;
     int n_adapters = c->n_layers * N_TARGETS;
     tr->params =
         (AdapterParams<float> *)cpu_calloc((size_t)n_adapters, sizeof(AdapterParams<float>), "LoRA parameters");
-    tr->moments = (AdamWState *)cpu_calloc((size_t)n_adapters * 2, sizeof(AdamWState), "AdamW moments");
-    tr->grads = (float **)cpu_calloc((size_t)n_adapters * 2, sizeof(float *), "gradients");
-    tr->grad_sizes = (size_t *)cpu_calloc((size_t)n_adapters * 2, sizeof(size_t), "gradient sizes");
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &tr->lora.adapters[i];
         tr->params[i] = {a->A, a->B, a->dA, a->dB};
-        if (!a->A) continue;
-        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
-        if (adamw_init(&tr->moments[2 * i], a_size) != 0 || adamw_init(&tr->moments[2 * i + 1], b_size) != 0) return -1;
-        tr->grads[tr->n_tensors] = a->dA;
-        tr->grad_sizes[tr->n_tensors++] = a_size;
-        tr->grads[tr->n_tensors] = a->dB;
-        tr->grad_sizes[tr->n_tensors++] = b_size;
     }
     return 0;
 }
 
 static void trainable_free(Trainable *tr) {
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS * 2; i++) adamw_free(&tr->moments[i]);
-    free(tr->moments);
+    adamw_free(&tr->adam);
     free(tr->params);
-    free(tr->grads);
-    free(tr->grad_sizes);
     lora_set_free(&tr->lora);
 }
 
 // Names the first adapter tensor holding NaN or Inf into out: among the
 // gradients (dA, dB), or the weights (A, B) when weights is set. Returns 1 if
-// there is one, else 0 (out: "unknown tensor").
+// there is one, else 0.
 static int find_bad_tensor(const Trainable *tr, int weights, char *out, size_t size) {
-    snprintf(out, size, "unknown tensor");
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
-        const LoraAdapter *a = &tr->lora.adapters[i];
-        if (!a->A) continue;
-        for (int which = 0; which < 2; which++) {
-            const float *x = weights ? (which ? a->B : a->A) : (which ? a->dB : a->dA);
-            size_t n = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
-            if (floats_all_finite(x, n)) continue;
-            snprintf(out, size, "layer %d %s lora_%s", i / N_TARGETS, LORA_TARGET_NAMES[i % N_TARGETS],
-                     which ? "B" : "A");
-            return 1;
-        }
-    }
-    return 0;
+    return lora_set_find_non_finite(&tr->lora, weights ? tr->lora.params : tr->lora.grads, out, size);
 }
 
 // Before anything is written: weights that diverged to NaN or Inf would make a
@@ -367,7 +339,7 @@ static float lora_scaling(const Options *o) {
 }
 
 // ---- where the steps run: the CPU reference or the GPU ---------------------------
-// The host copy of the adapters (tr->lora, tr->moments) is the CPU path's
+// The host copy of the adapters (tr->lora, tr->adam) is the CPU path's
 // working copy; on the GPU it is refreshed by engine_sync_to_host before
 // anything reads it (checkpoints, adapter export, naming a bad gradient).
 
@@ -398,14 +370,14 @@ static double engine_grad_norm(Engine *e, Trainable *tr) {
 #ifdef __CUDACC__
     if (e->on_gpu) return gpu_grad_norm(&e->gpu);
 #endif
-    return global_grad_norm(tr->grads, tr->grad_sizes, tr->n_tensors);
+    return global_grad_norm(tr->lora.grads, tr->lora.n_params);
 }
 
 static void engine_scale_grads(Engine *e, Trainable *tr, float scale) {
 #ifdef __CUDACC__
     if (e->on_gpu) { gpu_scale_grads(&e->gpu, scale); return; }
 #endif
-    scale_grads_cpu(tr->grads, tr->grad_sizes, tr->n_tensors, scale);
+    scale_grads_cpu(tr->lora.grads, tr->lora.n_params, scale);
 }
 
 static void engine_adamw(Engine *e, Trainable *tr, const Options *o, float lr) {
@@ -415,18 +387,13 @@ static void engine_adamw(Engine *e, Trainable *tr, const Options *o, float lr) {
 #ifdef __CUDACC__
     if (e->on_gpu) { gpu_adamw_step(&e->gpu, &config, lr); return; }
 #endif
-    for (int i = 0; i < tr->lora.n_layers * N_TARGETS; i++) {
-        LoraAdapter *a = &tr->lora.adapters[i];
-        if (!a->A) continue;
-        adamw_step_cpu(a->A, a->dA, &tr->moments[2 * i], &config, lr);
-        adamw_step_cpu(a->B, a->dB, &tr->moments[2 * i + 1], &config, lr);
-    }
+    adamw_step_cpu(tr->lora.params, tr->lora.grads, &tr->adam, &config, lr);
 }
 
 // Brings the GPU's parameters, gradients and moments to the host copy.
 static void engine_sync_to_host(Engine *e, Trainable *tr) {
 #ifdef __CUDACC__
-    if (e->on_gpu) gpu_download_lora(&e->gpu, &tr->lora, tr->moments);
+    if (e->on_gpu) gpu_download_lora(&e->gpu, &tr->lora, &tr->adam);
 #endif
 }
 
@@ -462,7 +429,7 @@ static int save_checkpoint(const Options *o, const Trainable *tr, const TrainPro
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s/%s", o->out_dir, name);
     if (check_weights_finite(tr, path) != 0) return -1;
-    if (checkpoint_save(path, &tr->lora, tr->moments, progress, err, sizeof err) != 0) {
+    if (checkpoint_save(path, &tr->lora, &tr->adam, progress, err, sizeof err) != 0) {
         fprintf(stderr, "train: %s\n", err);
         return -1;
     }
@@ -896,7 +863,7 @@ int main(int argc, char **argv) {
     if (o.resume_dir) {
         char path[4096];
         snprintf(path, sizeof path, "%s/checkpoint.bin", o.resume_dir);
-        if (checkpoint_load(path, &tr.lora, tr.moments, &progress, err, sizeof err) != 0) {
+        if (checkpoint_load(path, &tr.lora, &tr.adam, &progress, err, sizeof err) != 0) {
             fprintf(stderr, "train: %s\n", err);
             return 1;
         }
@@ -907,7 +874,7 @@ int main(int argc, char **argv) {
         }
         printf("resumed from %s at step %d of %d\n", path, progress.step, total_steps);
 #ifdef __CUDACC__
-        if (engine.on_gpu) gpu_upload_lora(&engine.gpu, &tr.lora, tr.moments);
+        if (engine.on_gpu) gpu_upload_lora(&engine.gpu, &tr.lora, &tr.adam);
 #endif
     }
     char log_path[4096];
