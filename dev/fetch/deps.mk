@@ -31,3 +31,5 @@ $(DEPS_DIR)/lib/libutf8proc.a:
 	@cd $(REPO) && sh dev/fetch/fetch_deps.sh utf8proc
 $(DEPS_DIR)/include/doctest/doctest.h:
 	@cd $(REPO) && sh dev/fetch/fetch_deps.sh doctest
+# The rules above are not the includer's default goal: its first own target is (`make` = `make all`).
+.DEFAULT_GOAL :=
