@@ -30,12 +30,12 @@ LIB_C   = formats/cli.c formats/json.c formats/float16.c formats/ggml_blocks.c f
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c \
-          trainer/memory_plan.c trainer/plot.c infer/sampler.c \
+          trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/eval.c
-LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp \
-          infer/forward.cpp infer/adapter.cpp infer/merge.cpp
+LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp trainer/examples.cpp \
+          trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp
 LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
-          nf4.cu lora.cu adamw.cu trainer/train_gpu.cu
+          nf4.cu lora.cu adamw.cu trainer/train_gpu.cu trainer/engine_gpu.cu
 PROGRAMS = generate train prepare evaluate
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin

@@ -113,16 +113,13 @@ int64_t warmup_steps_from(double warmup, int64_t total_steps) {
 
 // ---- gradient clipping -----------------------------------------------------
 
-double global_grad_norm(float *const *grads, const size_t *sizes, int n_tensors) {
-    // norm = sqrt(sum g^2) over every element of every tensor. Serial on
-    // purpose: a threaded reduction adds the partial sums in whichever order
-    // the threads finish, which changes the last bit from run to run and
-    // would break bitwise-reproducible resumes.
+double global_grad_norm(const float *grads, size_t n) {
+    // norm = sqrt(sum g^2) over every element. Serial on purpose: a threaded
+    // reduction adds the partial sums in whichever order the threads finish,
+    // which changes the last bit from run to run and would break
+    // bitwise-reproducible resumes.
     double sum_squares = 0.0;
-    for (int k = 0; k < n_tensors; k++) {
-        const float *g = grads[k];
-        for (size_t i = 0; i < sizes[k]; i++) sum_squares += (double)g[i] * (double)g[i];
-    }
+    for (size_t i = 0; i < n; i++) sum_squares += (double)grads[i] * (double)grads[i];
     return sqrt(sum_squares);
 }
 
@@ -133,12 +130,10 @@ float clip_scale(double norm, float max_norm) {
     return scale > 1.0 ? 1.0f : (float)scale;
 }
 
-void scale_grads_cpu(float *const *grads, const size_t *sizes, int n_tensors, float scale) {
-    for (int k = 0; k < n_tensors; k++) {
-        float *g = grads[k];
-        #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < sizes[k]; i++) g[i] *= scale;
-    }
+void scale_grads_cpu(float *grads, size_t n, float scale) {
+    // g = g * scale
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) grads[i] *= scale;
 }
 
 // ---- gradient accumulation ---------------------------------------------------

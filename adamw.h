@@ -32,7 +32,8 @@ typedef struct {
 AdamWConfig adamw_default_config(void);
 
 // Optimizer state of n fp32 parameters: the moments m and v, and the number
-// of steps taken so far.
+// of steps taken so far. m and v lie in the layout of the parameters they
+// follow (for the adapters, LoraSet's flat params: lora.h).
 typedef struct {
     size_t n;
     float *m, *v;
@@ -80,8 +81,9 @@ int64_t warmup_steps_from(double warmup, int64_t total_steps);
 
 // ---- gradient clipping -----------------------------------------------------
 
-// sqrt(sum over all tensors and elements of g^2), accumulated in double.
-double global_grad_norm(float *const *grads, const size_t *sizes, int n_tensors);
+// sqrt(sum of g^2 over the n gradients of every tensor, laid end to end),
+// accumulated in double, in index order.
+double global_grad_norm(const float *grads, size_t n);
 
 // The factor that clips the gradients to global norm max_norm, as
 // torch.nn.utils.clip_grad_norm_: min(1, max_norm / (norm + 1e-6)).
@@ -90,8 +92,8 @@ double global_grad_norm(float *const *grads, const size_t *sizes, int n_tensors)
 // caller should check isfinite(norm) and skip the step.
 float clip_scale(double norm, float max_norm);
 
-// g *= scale over every tensor.
-void scale_grads_cpu(float *const *grads, const size_t *sizes, int n_tensors, float scale);
+// g *= scale over all n gradients.
+void scale_grads_cpu(float *grads, size_t n, float scale);
 
 // ---- gradient accumulation ---------------------------------------------------
 

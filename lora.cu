@@ -7,6 +7,7 @@
 #include "ops/random.h"
 #include "formats/json.h"
 #include "formats/safetensors.h"
+#include "formats/tensor.h"
 
 #include <errno.h>
 #include <math.h>
@@ -19,34 +20,13 @@ float lora_scale(float alpha, int rank, int rslora) {
     return rslora ? alpha / sqrtf((float)rank) : alpha / (float)rank;
 }
 
-int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed) {
-    memset(a, 0, sizeof *a);
-    a->in_dim = in_dim;
-    a->out_dim = out_dim;
-    a->rank = rank;
-    a->scaling = lora_scale(alpha, rank, rslora);
-    size_t a_size = (size_t)rank * in_dim, b_size = (size_t)out_dim * rank;
-    a->A = (float *)malloc(a_size * sizeof(float));
-    a->B = (float *)calloc(b_size, sizeof(float));
-    a->dA = (float *)calloc(a_size, sizeof(float));
-    a->dB = (float *)calloc(b_size, sizeof(float));
-    if (!a->A || !a->B || !a->dA || !a->dB) {
-        lora_free(a);
-        return -1;
-    }
+void lora_init_weights(LoraAdapter *a, uint64_t seed) {
+    size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
     // A ~ U(-1/sqrt(in), 1/sqrt(in))
-    float bound = 1.0f / sqrtf((float)in_dim);
+    float bound = 1.0f / sqrtf((float)a->in_dim);
     uint64_t state = seed;
     for (size_t i = 0; i < a_size; i++) a->A[i] = (2.0f * random_uniform(splitmix64_next(&state)) - 1.0f) * bound;
-    return 0;
-}
-
-void lora_free(LoraAdapter *a) {
-    free(a->A);
-    free(a->B);
-    free(a->dA);
-    free(a->dB);
-    memset(a, 0, sizeof *a);
+    memset(a->B, 0, sizeof(float) * b_size);
 }
 
 // The value of a kept input: 1 / (1 - p), so that dropout keeps the mean.
@@ -183,6 +163,18 @@ int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size
     return 0;
 }
 
+// Floats the set's adapters take together (A and B of every enabled target of every layer).
+static size_t count_params(const Config *c, const int enabled[N_LINEARS], int rank) {
+    size_t total = 0;
+    for (int t = 0; t < N_LINEARS; t++) {
+        if (!enabled[t]) continue;
+        int in_dim, out_dim;
+        linear_dims(c, t, &in_dim, &out_dim);
+        total += (size_t)c->n_layers * rank * (in_dim + out_dim);
+    }
+    return total;
+}
+
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed) {
     memset(set, 0, sizeof *set);
@@ -192,46 +184,62 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
     set->alpha = alpha;
     set->rslora = rslora;
     set->dropout = dropout;
+    set->n_params = count_params(c, enabled, rank);
+    size_t n_alloc = set->n_params > 0 ? set->n_params : 1;
+    set->params = (float *)calloc(n_alloc, sizeof(float));
+    set->grads = (float *)calloc(n_alloc, sizeof(float));
     set->adapters = (LoraAdapter *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraAdapter));
-    if (!set->adapters) return -1;
+    if (!set->params || !set->grads || !set->adapters) {
+        lora_set_free(set);
+        return -1;
+    }
+    // each adapter's A then B, end to end: offset is where the next tensor starts
+    size_t offset = 0;
     for (int l = 0; l < c->n_layers; l++) {
         for (int t = 0; t < N_LINEARS; t++) {
             if (!enabled[t]) continue;
-            int in_dim, out_dim;
-            linear_dims(c, t, &in_dim, &out_dim);
-            uint64_t adapter_seed = seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t);
-            if (lora_init(&set->adapters[l * N_LINEARS + t], in_dim, out_dim, rank, alpha, rslora, adapter_seed) != 0) {
-                lora_set_free(set);
-                return -1;
-            }
+            LoraAdapter *a = &set->adapters[l * N_LINEARS + t];
+            linear_dims(c, t, &a->in_dim, &a->out_dim);
+            a->rank = rank;
+            a->scaling = lora_scale(alpha, rank, rslora);
+            size_t a_size = (size_t)rank * a->in_dim, b_size = (size_t)a->out_dim * rank;
+            a->A = set->params + offset;
+            a->dA = set->grads + offset;
+            a->B = set->params + offset + a_size;
+            a->dB = set->grads + offset + a_size;
+            offset += a_size + b_size;
+            lora_init_weights(a, seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t));
         }
     }
     return 0;
 }
 
 void lora_set_free(LoraSet *set) {
-    if (set->adapters)
-        for (int i = 0; i < set->n_layers * N_LINEARS; i++) lora_free(&set->adapters[i]);
+    free(set->params);
+    free(set->grads);
     free(set->adapters);
     memset(set, 0, sizeof *set);
 }
 
-size_t lora_set_num_params(const LoraSet *set) {
-    size_t total = 0;
+size_t lora_set_num_params(const LoraSet *set) { return set->n_params; }
+
+void lora_set_zero_grads(LoraSet *set) { memset(set->grads, 0, sizeof(float) * set->n_params); }
+
+int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size) {
+    snprintf(name, name_size, "none");
     for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
-        if (a->A) total += (size_t)a->rank * (a->in_dim + a->out_dim);
-    }
-    return total;
-}
-
-void lora_set_zero_grads(LoraSet *set) {
-    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
-        LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
-        memset(a->dA, 0, sizeof(float) * a->rank * a->in_dim);
-        memset(a->dB, 0, sizeof(float) * a->out_dim * a->rank);
+        for (int which = 0; which < 2; which++) {
+            const float *view = which ? a->B : a->A;
+            size_t count = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
+            if (floats_all_finite(flat + (view - set->params), count)) continue;
+            snprintf(name, name_size, "layer %d %s lora_%s", i / N_LINEARS, LINEAR_NAMES[i % N_LINEARS],
+                     which ? "B" : "A");
+            return 1;
+        }
     }
+    return 0;
 }
 
 const char *peft_layers_path(const Config *c) {

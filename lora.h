@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include "model.h"
 
+// One adapted linear layer. A, B, dA, dB are views into the LoraSet's flat
+// arrays (below), not allocations of their own.
 typedef struct {
     int in_dim, out_dim, rank;
     float scaling;   // alpha / rank (or alpha / sqrt(rank) with rsLoRA)
@@ -16,13 +18,12 @@ typedef struct {
     float *dB;
 } LoraAdapter;
 
-// The adapter's scale s: alpha / r, or alpha / sqrt(r) with rsLoRA.
+// s = alpha / r, or alpha / sqrt(r) with rsLoRA
 float lora_scale(float alpha, int rank, int rslora);
 
-// Allocates A, B and their gradients: A ~ U(-1/sqrt(in), 1/sqrt(in)) from the
-// seed (kaiming-uniform with a = sqrt(5), as peft), B = 0, gradients 0.
-int lora_init(LoraAdapter *a, int in_dim, int out_dim, int rank, float alpha, int rslora, uint64_t seed);
-void lora_free(LoraAdapter *a);
+// Fills an adapter whose A and B already point at its storage: A ~ U(-1/sqrt(in),
+// 1/sqrt(in)) from the seed (kaiming-uniform with a = sqrt(5), as peft), B = 0.
+void lora_init_weights(LoraAdapter *a, uint64_t seed);
 
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
 // else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
@@ -58,6 +59,13 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 
 // ---- all adapters of a model -----------------------------------------------
 
+// The trainable state of a whole model in one flat layout, as llm.c keeps all
+// parameters in one buffer with offsets: params holds every enabled adapter's
+// A then B, end to end, layer by layer and in Linear order within a layer;
+// grads has the same layout, and so do AdamW's moments (adamw.h) and the GPU's
+// copies (trainer/train_gpu.h). Each adapter's A, B, dA, dB point into params
+// and grads, so the optimizer, clipping, the GPU copies and the checkpoint
+// each see one array.
 typedef struct {
     int n_layers;
     int enabled[N_LINEARS];   // which targets carry adapters
@@ -65,18 +73,26 @@ typedef struct {
     float alpha;
     int rslora;
     float dropout;
-    LoraAdapter *adapters;    // [n_layers * N_LINEARS]; disabled targets are all NULL
+    size_t n_params;          // floats in params, and in grads
+    float *params;            // [n_params] every A and B
+    float *grads;             // [n_params] every dA and dB
+    LoraAdapter *adapters;    // [n_layers * N_LINEARS] views into params and grads; disabled targets are all NULL
 } LoraSet;
 
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
 int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size);
-// Creates adapters for every enabled target of every layer; each A gets its
-// own seed derived from seed, layer and target.
+// Allocates params and grads for every enabled target of every layer and
+// initialises each adapter (lora_init_weights; each A gets its own seed derived
+// from seed, layer and target); gradients 0. Returns -1 when out of memory.
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
                   float dropout, uint64_t seed);
 void lora_set_free(LoraSet *set);
 size_t lora_set_num_params(const LoraSet *set);
 void lora_set_zero_grads(LoraSet *set);
+// Names the first adapter tensor of `flat` (an array in the set's layout: params,
+// grads or an AdamW moment) that holds a NaN or Inf, as "layer 3 v lora_B", into
+// name. Returns 1 if there is one, else 0 (name: "none").
+int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size);
 // peft's tensor names: peft_layers_path(c) + layer + "." + peft_module_path(c, target)
 // + ".lora_A.weight" (or lora_B), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
 const char *peft_layers_path(const Config *c);

@@ -13,9 +13,6 @@
 extern "C" {
 #endif
 
-// train.cu's name for IGNORE_TARGET (ops/cross_entropy.h), until it uses that one.
-#define RAFT_IGNORE IGNORE_TARGET
-
 // The system message of every rendered sample.
 extern const char RAFT_SYSTEM_PROMPT[];
 

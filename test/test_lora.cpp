@@ -12,9 +12,27 @@
 #include "formats/safetensors.h"
 #include "test_util.h"
 
+// A tiny shape: width 100, q 40 (4 heads of 10), k and v 20, hidden 30, 2 layers.
+static Config tiny_config() {
+    Config c = {};
+    c.dim = 100;
+    c.hidden_dim = 30;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 10;
+    return c;
+}
+
 TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
-    LoraAdapter a;
-    REQUIRE(lora_init(&a, 100, 30, 8, 16.0f, 0, 42) == 0);
+    Config c = tiny_config();
+    int enabled[N_LINEARS] = {0};
+    enabled[LINEAR_UP] = 1;   // in 100, out 30
+    LoraSet set;
+    REQUIRE(lora_set_init(&set, &c, enabled, 8, 16.0f, 0, 0.0f, 42) == 0);
+    const LoraAdapter &a = set.adapters[LINEAR_UP];
+    REQUIRE(a.in_dim == 100);
+    REQUIRE(a.out_dim == 30);
     CHECK(a.scaling == 2.0f);
     float bound = 1.0f / std::sqrt(100.0f), largest = 0;
     double mean = 0;
@@ -26,10 +44,59 @@ TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
     CHECK(largest > 0.9f * bound);            // spread over the whole range
     CHECK(std::fabs(mean / 800) < 0.01);
     for (int i = 0; i < 30 * 8; i++) CHECK(a.B[i] == 0.0f);
-    lora_free(&a);
-    REQUIRE(lora_init(&a, 100, 30, 16, 16.0f, 1, 42) == 0);
-    CHECK(a.scaling == 4.0f);                 // rsLoRA: alpha / sqrt(r)
-    lora_free(&a);
+    lora_set_free(&set);
+    REQUIRE(lora_set_init(&set, &c, enabled, 16, 16.0f, 1, 0.0f, 42) == 0);
+    CHECK(set.adapters[LINEAR_UP].scaling == 4.0f);   // rsLoRA: alpha / sqrt(r)
+    CHECK(lora_scale(16.0f, 16, 1) == 4.0f);
+    CHECK(lora_scale(16.0f, 8, 0) == 2.0f);
+    lora_set_free(&set);
+}
+
+TEST_CASE("lora: the set's state is one flat layout: A then B of each adapter, layer by layer, in target order") {
+    Config c = tiny_config();
+    int enabled[N_LINEARS] = {0};
+    enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
+    const int rank = 2;
+    LoraSet set;
+    REQUIRE(lora_set_init(&set, &c, enabled, rank, 4.0f, 0, 0.0f, 3) == 0);
+    size_t offset = 0, layer1_v_B = 0;
+    for (int l = 0; l < c.n_layers; l++) {
+        for (int t = 0; t < N_LINEARS; t++) {
+            const LoraAdapter &a = set.adapters[l * N_LINEARS + t];
+            INFO("layer " << l << " target " << LINEAR_NAMES[t]);
+            if (!enabled[t]) {
+                CHECK((!a.A && !a.B && !a.dA && !a.dB));
+                continue;
+            }
+            CHECK(a.A == set.params + offset);
+            CHECK(a.dA == set.grads + offset);
+            offset += (size_t)rank * a.in_dim;
+            if (l == 1 && t == LINEAR_V) layer1_v_B = offset;
+            CHECK(a.B == set.params + offset);
+            CHECK(a.dB == set.grads + offset);
+            offset += (size_t)a.out_dim * rank;
+        }
+    }
+    CHECK(offset == set.n_params);
+    CHECK(lora_set_num_params(&set) == 2 * rank * (100 + 40 + 100 + 20 + 30 + 100));
+
+    // zeroing the gradients clears the whole flat array
+    for (size_t i = 0; i < set.n_params; i++) set.grads[i] = 1.0f;
+    lora_set_zero_grads(&set);
+    for (size_t i = 0; i < set.n_params; i++) REQUIRE(set.grads[i] == 0.0f);
+
+    // a NaN anywhere in an array of this layout is named by its tensor
+    std::vector<float> flat(set.n_params, 0.5f);
+    char name[64];
+    CHECK(lora_set_find_non_finite(&set, flat.data(), name, sizeof name) == 0);
+    CHECK(std::string(name) == "none");
+    flat[layer1_v_B + 7] = NAN;
+    CHECK(lora_set_find_non_finite(&set, flat.data(), name, sizeof name) == 1);
+    CHECK(std::string(name) == "layer 1 v lora_B");
+    flat[0] = INFINITY;
+    CHECK(lora_set_find_non_finite(&set, flat.data(), name, sizeof name) == 1);
+    CHECK(std::string(name) == "layer 0 q lora_A");
+    lora_set_free(&set);
 }
 
 TEST_CASE("lora: dropout masks are seeded, scaled and near the asked rate") {

@@ -163,7 +163,7 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
     std::filesystem::create_directory(adapter_dir);
     char err[1024];
 
-    // a rank-2 adapter on q, v and down: A from lora_init, B set non-zero
+    // a rank-2 adapter on q, v and down: A from lora_init_weights, B set non-zero
     int enabled[N_LINEARS] = {0};
     enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
     LoraSet set;

@@ -3,8 +3,8 @@
 // uninterrupted run (same data order, dropout masks, AdamW state, schedule).
 // Runs the real ./train (built by `make test`) for 3 short steps twice.
 // Also trainer/checkpoint.cpp on its own: every field (the early-stop count
-// included) comes back, version 1 and 2 files still load, bad ones (a flipped
-// bit included: the checksum) are refused.
+// included) comes back, the flat arrays lie in the file as in memory, files of
+// older versions and bad ones (a flipped bit included: the checksum) are refused.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -188,10 +188,10 @@ TEST_CASE("train: host memory running out is a message naming the buffer and exi
 
 namespace {
 
-// A tiny model's adapters on q and down with their AdamW moments.
+// A tiny model's adapters on q and down with their AdamW moments, every value from fill.
 struct TrainState {
     LoraSet set;
-    std::vector<AdamWState> moments;
+    AdamWState adam;
     explicit TrainState(float fill) {
         Config c = {};
         c.dim = 8;
@@ -203,34 +203,23 @@ struct TrainState {
         int enabled[N_LINEARS] = {0};
         enabled[LINEAR_Q] = enabled[LINEAR_DOWN] = 1;
         REQUIRE(lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1) == 0);
-        moments.resize((size_t)c.n_layers * N_LINEARS * 2);
-        for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
-            LoraAdapter *a = &set.adapters[i];
-            if (!a->A) continue;
-            size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
-            REQUIRE(adamw_init(&moments[2 * i], a_size) == 0);
-            REQUIRE(adamw_init(&moments[2 * i + 1], b_size) == 0);
-            for (size_t k = 0; k < a_size; k++) a->A[k] = moments[2 * i].m[k] = moments[2 * i].v[k] = fill + k;
-            for (size_t k = 0; k < b_size; k++) a->B[k] = moments[2 * i + 1].m[k] = moments[2 * i + 1].v[k] = fill - k;
-            moments[2 * i].step = moments[2 * i + 1].step = (int64_t)fill;
+        REQUIRE(adamw_init(&adam, set.n_params) == 0);
+        for (size_t k = 0; k < set.n_params; k++) {
+            set.params[k] = fill + k;
+            adam.m[k] = fill - k;
+            adam.v[k] = fill * k;
         }
+        adam.step = (int64_t)fill;
     }
     ~TrainState() {
-        for (AdamWState &m : moments) adamw_free(&m);
+        adamw_free(&adam);
         lora_set_free(&set);
     }
     bool same_values(const TrainState &other) const {
-        for (int i = 0; i < set.n_layers * N_LINEARS; i++) {
-            const LoraAdapter *a = &set.adapters[i], *b = &other.set.adapters[i];
-            if (!a->A) continue;
-            size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;
-            const AdamWState *m = &moments[2 * i], *n = &other.moments[2 * i];
-            if (memcmp(a->A, b->A, a_bytes) || memcmp(a->B, b->B, b_bytes) || memcmp(m[0].m, n[0].m, a_bytes) ||
-                memcmp(m[0].v, n[0].v, a_bytes) || memcmp(m[1].m, n[1].m, b_bytes) || memcmp(m[1].v, n[1].v, b_bytes) ||
-                m[0].step != n[0].step || m[1].step != n[1].step)
-                return false;
-        }
-        return true;
+        size_t bytes = sizeof(float) * set.n_params;
+        return set.n_params == other.set.n_params && memcmp(set.params, other.set.params, bytes) == 0 &&
+               memcmp(adam.m, other.adam.m, bytes) == 0 && memcmp(adam.v, other.adam.v, bytes) == 0 &&
+               adam.step == other.adam.step;
     }
 };
 
@@ -243,9 +232,25 @@ void write_bytes(const std::string &path, const std::string &bytes) {
     std::ofstream(path, std::ios::binary) << bytes;
 }
 
+// The file with its last 8 bytes replaced by the FNV-1a hash of the others, as
+// checkpoint_save writes it: a change that the checksum would not catch.
+std::string with_checksum(std::string bytes) {
+    uint64_t hash = 14695981039346656037ULL;
+    for (size_t i = 0; i + 8 < bytes.size(); i++) hash = (hash ^ (unsigned char)bytes[i]) * 1099511628211ULL;
+    bytes.replace(bytes.size() - 8, 8, (const char *)&hash, 8);
+    return bytes;
+}
+
 }  // namespace
 
-TEST_CASE("checkpoint: every field comes back, the early-stop count too; versions 1 and 2 still load") {
+// Version 4's layout: "QLORACK4", the 88-byte header, the data order, then the
+// parameters, AdamW's m and v, each one flat array, and the checksum. The
+// header's fields: n_params at 0, adam_step 8, data_rng 16, best_val 24,
+// n_layers 32, rank 36, enabled 40-67, step 68, total_steps 72, cursor 76,
+// n_order 80, evals_without_improvement 84.
+static const size_t HEADER_AT = 8, HEADER_BYTES = 88;
+
+TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file as in memory") {
     char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
     REQUIRE(mkdtemp(dir));
     std::string path = std::string(dir) + "/checkpoint.bin";
@@ -253,10 +258,10 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     TrainState saved(3.0f), loaded(0.0f);
     int order[3] = {2, 0, 1}, loaded_order[3];
     TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
-    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, saved.moments.data(), &progress, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
 
     TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
-    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) == 0, err);
     CHECK(back.step == 7);
     CHECK(back.total_steps == 10);
     CHECK(back.data_rng == 12345);
@@ -264,63 +269,82 @@ TEST_CASE("checkpoint: every field comes back, the early-stop count too; version
     CHECK(back.best_val == 1.5);
     CHECK(back.evals_without_improvement == 2);
     CHECK(memcmp(loaded_order, order, sizeof order) == 0);
+    CHECK(loaded.adam.step == 3);
     CHECK(loaded.same_values(saved));
 
-    // version 2: "QLORACK2" and no checksum at the end
-    std::string v3 = read_bytes(path), v2 = v3.substr(0, v3.size() - 8);
-    REQUIRE(v3.compare(0, 8, "QLORACK3") == 0);
-    v2.replace(0, 8, "QLORACK2");
-    write_bytes(path, v2);
-    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
-    CHECK(back.evals_without_improvement == 2);
-    CHECK(loaded.same_values(saved));
+    std::string file = read_bytes(path);
+    size_t state_bytes = sizeof(float) * saved.set.n_params, params_at = HEADER_AT + HEADER_BYTES + sizeof order;
+    REQUIRE(file.size() == params_at + 3 * state_bytes + 8);
+    CHECK(file.compare(0, 8, "QLORACK4") == 0);
+    CHECK(memcmp(file.data() + params_at, saved.set.params, state_bytes) == 0);
+    CHECK(memcmp(file.data() + params_at + state_bytes, saved.adam.m, state_bytes) == 0);
+    CHECK(memcmp(file.data() + params_at + 2 * state_bytes, saved.adam.v, state_bytes) == 0);
+    REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
+}
 
-    // version 1: "QLORACK1" and the same header without the count (the
-    // header is 80 bytes in version 2, 72 in version 1), then the same data
-    std::string v1 = v2;
-    v1.replace(0, 8, "QLORACK1");
-    v1.erase(8 + 72, 8);
-    write_bytes(path, v1);
-    back.evals_without_improvement = 99;
-    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) == 0, err);
-    CHECK(back.evals_without_improvement == 0);
-    CHECK(back.step == 7);
-    CHECK(loaded.same_values(saved));
+TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refused with a message") {
+    char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string path = std::string(dir) + "/checkpoint.bin";
+    char err[1024];
+    TrainState saved(3.0f), loaded(0.0f);
+    int order[3] = {2, 0, 1}, loaded_order[3];
+    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
+    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
+    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
+    std::string good = read_bytes(path);
 
-    // refused: an unknown version, a truncated file, a negative count (version 2, no checksum to stop it first)
-    std::string unknown = v3, truncated = v3.substr(0, v3.size() - 3), negative = v2;
-    unknown[7] = '9';
-    int32_t minus_one = -1;
-    negative.replace(8 + 72, 4, (const char *)&minus_one, 4);
-    const std::pair<std::string, const char *> bad[] = {
-        {unknown, "not a qlora.c checkpoint"}, {truncated, "truncated"}, {negative, "negative early-stop count"}};
-    for (const auto &[bytes, message] : bad) {
-        write_bytes(path, bytes);
-        CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
-        CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
+    // a file of an older version (its magic is all this build reads of it)
+    for (char version : {'1', '2', '3'}) {
+        std::string old = good;
+        old[7] = version;
+        write_bytes(path, old);
+        CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
+        std::string want = std::string("checkpoint format version ") + version + " is from an older build of "
+                           "qlora.c; this build reads version 4 only: restart the run, or finish it with the build "
+                           "that wrote it";
+        CHECK_MESSAGE(std::string(err).find(want) != std::string::npos, err);
     }
 
-    // refused: a flipped bit anywhere in version 3 (here in a weight, which stays a
-    // finite number); in version 2, a flipped byte that makes the step count
-    // impossible or a weight NaN (the step is the header's 10th int32; the first
-    // tensor, layer 0's q lora_A, follows the 3-entry data order)
-    size_t weight_at = 8 + 80 + 3 * 4 + 4 * 5;
-    std::string flipped = v3, flipped_header = v3, late = v2, nan_weight = v2;
+    // another sample count (the header is trusted once the checksum matches)
+    TrainProgress fewer = {0, 0, 0, 0, 2, loaded_order, 0.0, 0};
+    write_bytes(path, good);
+    CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &fewer, err, sizeof err) != 0);
+    CHECK_MESSAGE(std::string(err).find("checkpoint is for 2 layers, rank 2, targets q,down (144 parameters), 3 "
+                                        "samples") != std::string::npos, err);
+
+    // a flipped bit anywhere (here in a weight, which stays a finite number, or
+    // in the layer count: corruption, not "a checkpoint of another shape")
+    size_t weight_at = HEADER_AT + HEADER_BYTES + sizeof order + 4 * 5;
+    std::string unknown = good, truncated = good.substr(0, good.size() - 3), flipped = good, flipped_header = good;
+    unknown[7] = '9';
     flipped[weight_at] ^= 1;
-    flipped_header[8] ^= 1;   // the layer count: corruption, not "a checkpoint of another shape"
-    int32_t step_1000 = 1000;
-    late.replace(8 + 9 * 4, 4, (const char *)&step_1000, 4);
+    flipped_header[HEADER_AT + 32] ^= 1;
+    // changes the checksum does not catch: an impossible step, a negative
+    // early-stop count, a NaN weight (layer 1's down lora_B: the last tensor)
+    std::string late = good, negative = good, nan_weight = good;
+    int32_t step_1000 = 1000, minus_one = -1;
     float nan = NAN;
-    nan_weight.replace(weight_at, 4, (const char *)&nan, 4);
-    const std::pair<std::string, const char *> corrupted[] = {
+    late.replace(HEADER_AT + 68, 4, (const char *)&step_1000, 4);
+    negative.replace(HEADER_AT + 84, 4, (const char *)&minus_one, 4);
+    nan_weight.replace(HEADER_AT + HEADER_BYTES + sizeof order + sizeof(float) * (saved.set.n_params - 1), 4,
+                       (const char *)&nan, 4);
+    const std::pair<std::string, const char *> bad[] = {
+        {unknown, "not a qlora.c checkpoint"},
+        {truncated, "checksum does not match its contents: the file is corrupted or truncated"},
         {flipped, "checksum does not match its contents"},
         {flipped_header, "checksum does not match its contents"},
-        {late, "invalid step (1000 of 10)"},
-        {nan_weight, "NaN or Inf in a lora_A weight or moment"}};
-    for (const auto &[bytes, message] : corrupted) {
+        {with_checksum(late), "invalid step (1000 of 10, AdamW 3)"},
+        {with_checksum(negative), "negative early-stop count"},
+        {with_checksum(nan_weight), "NaN or Inf in the weights (first: layer 1 down lora_B)"}};
+    for (const auto &[bytes, message] : bad) {
         write_bytes(path, bytes);
-        CHECK(checkpoint_load(path.c_str(), &loaded.set, loaded.moments.data(), &back, err, sizeof err) != 0);
+        CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
         CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
     }
+    // the good file still loads after all that
+    write_bytes(path, good);
+    CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) == 0);
+    CHECK(loaded.same_values(saved));
     REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
 }

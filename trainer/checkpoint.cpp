@@ -4,26 +4,28 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '3'};
-static const char MAGIC_V2[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '2'};
-static const char MAGIC_V1[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '1'};
+// Every version's magic is "QLORACK" and its number; this build writes and reads version 4.
+static const int VERSION = 4;
+static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '0' + VERSION};
 static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
 
-// The fixed-size part of the file, after the magic. Version 1 ends before
-// evals_without_improvement.
+// The fixed-size part of the file, after the magic: 64-bit fields first, so
+// that the struct has no padding and the file no unwritten bytes.
 typedef struct {
+    uint64_t n_params;        // floats in each of the three flat arrays
+    int64_t adam_step;        // AdamW steps taken (t of its bias corrections)
+    uint64_t data_rng;        // TrainProgress from here on
+    double best_val;
     int32_t n_layers, rank, enabled[N_LINEARS];
     int32_t step, total_steps, cursor, n_order;
-    uint64_t data_rng;
-    double best_val;
     int32_t evals_without_improvement;
 } Header;
+static_assert(sizeof(Header) == 88, "the checkpoint header has no padding");
 
 // A file being written or read, and the FNV-1a hash of every byte so far.
 typedef struct {
@@ -48,32 +50,13 @@ static int read_all(Stream *s, void *data, size_t bytes) {
     return 0;
 }
 
-// Calls io on every tensor of the state in file order; stops at the first failure.
-static int each_tensor(const LoraSet *set, const AdamWState *moments, Stream *f, int (*io)(Stream *, void *, size_t)) {
-    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
-        const LoraAdapter *a = &set->adapters[i];
-        if (!a->A) continue;
-        size_t a_bytes = sizeof(float) * a->rank * a->in_dim, b_bytes = sizeof(float) * a->out_dim * a->rank;
-        const AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
-        if (io(f, a->A, a_bytes) || io(f, a->B, b_bytes) || io(f, ma->m, a_bytes) || io(f, ma->v, a_bytes) ||
-            io(f, mb->m, b_bytes) || io(f, mb->v, b_bytes) || io(f, (void *)&ma->step, sizeof(int64_t)) ||
-            io(f, (void *)&mb->step, sizeof(int64_t)))
-            return -1;
-    }
-    return 0;
-}
-
-static int write_tensor(Stream *s, void *data, size_t bytes) { return write_all(s, data, bytes); }
-static int read_tensor(Stream *s, void *data, size_t bytes) { return read_all(s, data, bytes); }
-
-int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
-                    char *err, size_t err_size) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+static Header header_of(const LoraSet *set, const AdamWState *adam, const TrainProgress *progress) {
     Header h;
     memset(&h, 0, sizeof h);
+    h.n_params = set->n_params;
+    h.adam_step = adam->step;
+    h.data_rng = progress->data_rng;
+    h.best_val = progress->best_val;
     h.n_layers = set->n_layers;
     h.rank = set->rank;
     for (int t = 0; t < N_LINEARS; t++) h.enabled[t] = set->enabled[t];
@@ -81,13 +64,23 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     h.total_steps = progress->total_steps;
     h.cursor = progress->cursor;
     h.n_order = progress->n_order;
-    h.data_rng = progress->data_rng;
-    h.best_val = progress->best_val;
     h.evals_without_improvement = progress->evals_without_improvement;
+    return h;
+}
+
+int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *adam, const TrainProgress *progress,
+                    char *err, size_t err_size) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+    Header h = header_of(set, adam, progress);
+    size_t state_bytes = sizeof(float) * set->n_params;
     Stream s = {f, FNV_OFFSET};
     int failed = write_all(&s, MAGIC, sizeof MAGIC) || write_all(&s, &h, sizeof h) ||
                  write_all(&s, progress->order, sizeof(int) * progress->n_order) ||
-                 each_tensor(set, moments, &s, write_tensor);
+                 write_all(&s, set->params, state_bytes) || write_all(&s, adam->m, state_bytes) ||
+                 write_all(&s, adam->v, state_bytes);
     // the checksum of everything above, last
     uint64_t checksum = s.hash;
     failed = failed || write_all(&s, &checksum, sizeof checksum) || fflush(f) != 0 || fsync(fileno(f)) != 0;
@@ -101,34 +94,15 @@ int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *mome
     return 0;
 }
 
-// The enabled targets as "q,v" (peft's short names), into out.
-static void target_list(const int32_t *enabled, char *out, size_t size) {
-    out[0] = '\0';
-    for (int t = 0; t < N_LINEARS; t++)
-        if (enabled[t])
-            snprintf(out + strlen(out), size - strlen(out), "%s%s", out[0] ? "," : "", LINEAR_NAMES[t]);
+// The version a magic names: 1 to VERSION for "QLORACK1" ... , else 0 (not a checkpoint).
+static int magic_version(const char magic[8]) {
+    if (memcmp(magic, MAGIC, 7) != 0 || magic[7] < '1' || magic[7] > '0' + VERSION) return 0;
+    return magic[7] - '0';
 }
 
-// A flipped byte that made a weight or a moment NaN or Inf (or a step count negative): the first such tensor's name.
-static const char *first_bad_tensor(const LoraSet *set, const AdamWState *moments) {
-    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
-        const LoraAdapter *a = &set->adapters[i];
-        if (!a->A) continue;
-        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
-        const AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
-        if (!floats_all_finite(a->A, a_size) || !floats_all_finite(ma->m, a_size) ||
-            !floats_all_finite(ma->v, a_size) || ma->step < 0)
-            return "lora_A";
-        if (!floats_all_finite(a->B, b_size) || !floats_all_finite(mb->m, b_size) ||
-            !floats_all_finite(mb->v, b_size) || mb->step < 0)
-            return "lora_B";
-    }
-    return NULL;
-}
-
-// Version 3: the hash of every byte but the last 8 equals those 8. Checked
-// before the header is trusted, so that a flipped bit in it reads as corruption,
-// not as a checkpoint of another shape. Leaves f where it was.
+// The hash of every byte but the last 8 equals those 8. Checked before the
+// header is trusted, so that a flipped bit in it reads as corruption, not as a
+// checkpoint of another shape. Leaves f where it was.
 static int checksum_matches(FILE *f) {
     long position = ftell(f);
     if (position < 0 || fseek(f, 0, SEEK_END) != 0) return 0;
@@ -147,76 +121,103 @@ static int checksum_matches(FILE *f) {
     return fseek(f, position, SEEK_SET) == 0 && matches;
 }
 
-int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
-                    char *err, size_t err_size) {
+// Reads the magic and the header, refusing another version, a corrupted file
+// and a header of another shape than set's (message in err). Returns 0 or -1.
+static int read_header(Stream *s, const char *path, const LoraSet *set, int n_order, Header *h, char *err,
+                       size_t err_size) {
+    char magic[8];
+    int version = read_all(s, magic, sizeof magic) == 0 ? magic_version(magic) : 0;
+    if (version == 0) {
+        snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic)", path);
+        return -1;
+    }
+    if (version != VERSION) {
+        snprintf(err, err_size, "%s: checkpoint format version %d is from an older build of qlora.c; this build "
+                 "reads version %d only: restart the run, or finish it with the build that wrote it", path, version,
+                 VERSION);
+        return -1;
+    }
+    if (!checksum_matches(s->f)) {
+        snprintf(err, err_size, "%s: checkpoint's checksum does not match its contents: the file is corrupted or "
+                 "truncated", path);
+        return -1;
+    }
+    if (read_all(s, h, sizeof *h)) {
+        snprintf(err, err_size, "%s: not a qlora.c checkpoint (truncated header)", path);
+        return -1;
+    }
+    int same_shape = h->n_layers == set->n_layers && h->rank == set->rank && h->n_params == set->n_params &&
+                     h->n_order == n_order;
+    for (int t = 0; t < N_LINEARS; t++) same_shape = same_shape && h->enabled[t] == set->enabled[t];
+    if (same_shape) return 0;
+    char saved_targets[64] = "", run_targets[64] = "";
+    for (int t = 0; t < N_LINEARS; t++) {
+        if (h->enabled[t]) snprintf(saved_targets + strlen(saved_targets), sizeof saved_targets - strlen(saved_targets),
+                                    "%s%s", saved_targets[0] ? "," : "", LINEAR_NAMES[t]);
+        if (set->enabled[t]) snprintf(run_targets + strlen(run_targets), sizeof run_targets - strlen(run_targets),
+                                      "%s%s", run_targets[0] ? "," : "", LINEAR_NAMES[t]);
+    }
+    snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, targets %s (%llu parameters), %d samples; "
+             "this run has %d layers, rank %d, targets %s (%zu parameters), %d samples: resume with the same model, "
+             "data and LoRA options", path, h->n_layers, h->rank, saved_targets, (unsigned long long)h->n_params,
+             h->n_order, set->n_layers, set->rank, run_targets, set->n_params, n_order);
+    return -1;
+}
+
+// What a flipped byte the checksum missed could still make impossible: the
+// data order, the step counts, the best loss, NaN or Inf in a flat array.
+static int check_values(const char *path, const Header *h, const int *order, const LoraSet *set,
+                        const AdamWState *adam, char *err, size_t err_size) {
+    for (int i = 0; i < h->n_order; i++)
+        if (order[i] < 0 || order[i] >= h->n_order || h->cursor < 0 || h->cursor > h->n_order) {
+            snprintf(err, err_size, "%s: checkpoint holds an invalid data order", path);
+            return -1;
+        }
+    if (h->evals_without_improvement < 0) {
+        snprintf(err, err_size, "%s: checkpoint holds a negative early-stop count", path);
+        return -1;
+    }
+    if (h->total_steps < 1 || h->step < 0 || h->step > h->total_steps || h->adam_step < 0 || h->best_val < 0 ||
+        isinf(h->best_val)) {
+        snprintf(err, err_size, "%s: checkpoint holds an invalid step (%d of %d, AdamW %lld) or best loss (%g): "
+                 "corrupted?", path, h->step, h->total_steps, (long long)h->adam_step, h->best_val);
+        return -1;
+    }
+    const float *arrays[3] = {set->params, adam->m, adam->v};
+    const char *names[3] = {"weights", "AdamW first moments", "AdamW second moments"};
+    for (int k = 0; k < 3; k++) {
+        char tensor[64];
+        if (!lora_set_find_non_finite(set, arrays[k], tensor, sizeof tensor)) continue;
+        snprintf(err, err_size, "%s: checkpoint holds a NaN or Inf in the %s (first: %s): corrupted?", path, names[k],
+                 tensor);
+        return -1;
+    }
+    return 0;
+}
+
+int checkpoint_load(const char *path, LoraSet *set, AdamWState *adam, TrainProgress *progress, char *err,
+                    size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
     Stream s = {f, FNV_OFFSET};
-    char magic[8];
     Header h;
-    memset(&h, 0, sizeof h);
-    int has_magic = read_all(&s, magic, sizeof magic) == 0;
-    int version = !has_magic                                  ? 0
-                  : memcmp(magic, MAGIC, sizeof magic) == 0    ? 3
-                  : memcmp(magic, MAGIC_V2, sizeof magic) == 0 ? 2
-                  : memcmp(magic, MAGIC_V1, sizeof magic) == 0 ? 1
-                                                               : 0;
-    if (version == 3 && !checksum_matches(f)) {
-        snprintf(err, err_size, "%s: checkpoint's checksum does not match its contents: the file is corrupted or "
-                 "truncated", path);
+    if (read_header(&s, path, set, progress->n_order, &h, err, err_size) != 0) {
         fclose(f);
         return -1;
     }
-    size_t header_bytes = version == 1 ? offsetof(Header, evals_without_improvement) : sizeof h;
-    if (version == 0 || read_all(&s, &h, header_bytes)) {
-        snprintf(err, err_size, "%s: not a qlora.c checkpoint (bad magic or truncated header)", path);
-        fclose(f);
-        return -1;
-    }
-    int same_shape = h.n_layers == set->n_layers && h.rank == set->rank && h.n_order == progress->n_order;
-    for (int t = 0; t < N_LINEARS; t++) same_shape = same_shape && h.enabled[t] == set->enabled[t];
-    if (!same_shape) {
-        char saved_targets[64], run_targets[64];
-        int32_t run_enabled[N_LINEARS];
-        for (int t = 0; t < N_LINEARS; t++) run_enabled[t] = set->enabled[t];
-        target_list(h.enabled, saved_targets, sizeof saved_targets);
-        target_list(run_enabled, run_targets, sizeof run_targets);
-        snprintf(err, err_size, "%s: checkpoint is for %d layers, rank %d, targets %s, %d samples; this run "
-                 "has %d layers, rank %d, targets %s, %d samples: resume with the same model, data and LoRA options",
-                 path, h.n_layers, h.rank, saved_targets, h.n_order, set->n_layers, set->rank, run_targets,
-                 progress->n_order);
-        fclose(f);
-        return -1;
-    }
-    int failed = read_all(&s, progress->order, sizeof(int) * h.n_order) || each_tensor(set, moments, &s, read_tensor);
-    // version 3 ends with the checksum of everything before it (checked above)
-    uint64_t stored;
-    if (version == 3) failed = failed || read_all(&s, &stored, sizeof stored);
+    size_t state_bytes = sizeof(float) * set->n_params;
+    uint64_t stored_checksum;
+    int failed = read_all(&s, progress->order, sizeof(int) * h.n_order) || read_all(&s, set->params, state_bytes) ||
+                 read_all(&s, adam->m, state_bytes) || read_all(&s, adam->v, state_bytes) ||
+                 read_all(&s, &stored_checksum, sizeof stored_checksum);
     int extra = fgetc(f) != EOF;
     fclose(f);
     if (failed || extra) {
         snprintf(err, err_size, "%s: checkpoint is %s", path, failed ? "truncated" : "longer than expected");
         return -1;
     }
-    for (int i = 0; i < h.n_order; i++)
-        if (progress->order[i] < 0 || progress->order[i] >= h.n_order || h.cursor < 0 || h.cursor > h.n_order) {
-            snprintf(err, err_size, "%s: checkpoint holds an invalid data order", path);
-            return -1;
-        }
-    if (h.evals_without_improvement < 0) {
-        snprintf(err, err_size, "%s: checkpoint holds a negative early-stop count", path);
-        return -1;
-    }
-    if (h.total_steps < 1 || h.step < 0 || h.step > h.total_steps || h.best_val < 0 || isinf(h.best_val)) {
-        snprintf(err, err_size, "%s: checkpoint holds an invalid step (%d of %d) or best loss (%g): corrupted?", path,
-                 h.step, h.total_steps, h.best_val);
-        return -1;
-    }
-    const char *bad = first_bad_tensor(set, moments);
-    if (bad) {
-        snprintf(err, err_size, "%s: checkpoint holds a NaN or Inf in a %s weight or moment: corrupted?", path, bad);
-        return -1;
-    }
+    if (check_values(path, &h, progress->order, set, adam, err, err_size) != 0) return -1;
+    adam->step = h.adam_step;
     progress->step = h.step;
     progress->total_steps = h.total_steps;
     progress->cursor = h.cursor;

@@ -3,14 +3,14 @@
 // moments, the step, and the data order. Written to PATH.tmp, fsync'd and
 // renamed, so a crash mid-write never destroys the previous checkpoint.
 //
-// Layout (little-endian): "QLORACK3", then trainer/checkpoint.cpp's Header struct as it
-// lies in memory, padding zeroed (the LoRA shape, then the int32/uint64/double
-// fields of TrainProgress), the data order, then per enabled adapter
-// (layer-major, target order): A, B, then AdamW m and v of A, of B, and the
-// two AdamW step counters (int64); last, a uint64 FNV-1a hash of every byte
-// before it, so that a flipped bit is refused rather than trained on. Older
-// files are still read: version 2 ("QLORACK2", no checksum) and version 1
-// ("QLORACK1", also without the early-stop counter, which loads as 0).
+// Layout (version 4, little-endian): "QLORACK4", then trainer/checkpoint.cpp's
+// Header struct as it lies in memory (no padding: the LoRA shape, the length
+// of the flat arrays, AdamW's step count, the fields of TrainProgress), the
+// data order, then the trainable state's three flat arrays as they lie in
+// memory (lora.h): the parameters, AdamW's m, AdamW's v; last, a uint64 FNV-1a
+// hash of every byte before it, so that a flipped bit is refused rather than
+// trained on. Versions 1 to 3 (one tensor at a time) are refused with a message
+// saying so: restart the run, or finish it with the build that wrote it.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -28,12 +28,14 @@ typedef struct {
     int evals_without_improvement;   // evaluations since best_val last improved (--early-stop)
 } TrainProgress;
 
-// moments: two AdamWState per adapter slot (A then B), [n_layers * N_LINEARS * 2].
-int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *moments, const TrainProgress *progress,
+// The state as the host holds it: set->params and adam's m, v and step (the
+// gradients are not saved: every step starts them at zero).
+int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *adam, const TrainProgress *progress,
                     char *err, size_t err_size);
-// Loads into an already initialised set/moments of the same shape (refuses a
-// checkpoint of another rank, target list, layer count or sample count, and a
-// corrupted one: truncated, an impossible step or data order, NaN or Inf values).
+// Loads into an already initialised set and adam of the same shape (refuses a
+// checkpoint of another rank, target list, layer count, parameter count or
+// sample count, one of an older version, and a corrupted one: truncated, an
+// impossible step or data order, NaN or Inf values).
 // progress->order must hold n_order ints (the caller's sample count).
-int checkpoint_load(const char *path, LoraSet *set, AdamWState *moments, TrainProgress *progress,
-                    char *err, size_t err_size);
+int checkpoint_load(const char *path, LoraSet *set, AdamWState *adam, TrainProgress *progress, char *err,
+                    size_t err_size);

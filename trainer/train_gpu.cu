@@ -92,20 +92,18 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
     g->inv_freq = upload_floats(inv_freq, (size_t)c->head_dim / 2, "RoPE frequencies", &mem->scratch);
 }
 
+// The device copies of the trainable state, in the host's flat layout (lora.h):
+// each adapter sits at the same offset on both sides.
 static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     int n_adapters = g->c.n_layers * N_LINEARS;
     g->offset_A = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     g->offset_B = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
-    g->n_params = 0;
     for (int i = 0; i < n_adapters; i++) {
         const LoraAdapter *a = &lora->adapters[i];
-        g->offset_A[i] = g->offset_B[i] = (size_t)-1;
-        if (!a->A) continue;
-        g->offset_A[i] = g->n_params;
-        g->n_params += (size_t)a->rank * a->in_dim;
-        g->offset_B[i] = g->n_params;
-        g->n_params += (size_t)a->out_dim * a->rank;
+        g->offset_A[i] = a->A ? (size_t)(a->A - lora->params) : (size_t)-1;
+        g->offset_B[i] = a->A ? (size_t)(a->B - lora->params) : (size_t)-1;
     }
+    g->n_params = lora->n_params;
     size_t bytes = sizeof(float) * (g->n_params ? g->n_params : 1);
     g->params = (float *)alloc_counted(bytes, "LoRA parameters", &g->memory.lora_and_adam);
     g->grads = (float *)alloc_counted(bytes, "LoRA gradients", &g->memory.lora_and_adam);
@@ -456,42 +454,25 @@ void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr) {
     float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
 }
 
-// Copies one adapter tensor between the flat device buffer and the host.
-static void copy_tensor(float *host, float *device, size_t n, int to_host) {
-    if (!host) return;
-    if (to_host) gpu_download(host, device, sizeof(float) * n);
-    else gpu_upload(device, host, sizeof(float) * n);
+// The flat arrays are laid out alike on both sides: one copy each.
+void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *adam) {
+    size_t bytes = sizeof(float) * g->n_params;
+    gpu_download(lora->params, g->params, bytes);
+    gpu_download(lora->grads, g->grads, bytes);
+    if (!adam) return;
+    gpu_download(adam->m, g->m, bytes);
+    gpu_download(adam->v, g->v, bytes);
+    adam->step = g->adam_step;
 }
 
-static void transfer_lora(GpuTrainer *g, LoraSet *lora, AdamWState *moments, int to_host) {
-    for (int i = 0; i < g->c.n_layers * N_LINEARS; i++) {
-        LoraAdapter *a = &lora->adapters[i];
-        if (!a->A) continue;
-        size_t a_size = (size_t)a->rank * a->in_dim, b_size = (size_t)a->out_dim * a->rank;
-        size_t oa = g->offset_A[i], ob = g->offset_B[i];
-        copy_tensor(a->A, g->params + oa, a_size, to_host);
-        copy_tensor(a->B, g->params + ob, b_size, to_host);
-        if (to_host) {
-            copy_tensor(a->dA, g->grads + oa, a_size, 1);
-            copy_tensor(a->dB, g->grads + ob, b_size, 1);
-        }
-        if (!moments) continue;
-        AdamWState *ma = &moments[2 * i], *mb = &moments[2 * i + 1];
-        copy_tensor(ma->m, g->m + oa, a_size, to_host);
-        copy_tensor(ma->v, g->v + oa, a_size, to_host);
-        copy_tensor(mb->m, g->m + ob, b_size, to_host);
-        copy_tensor(mb->v, g->v + ob, b_size, to_host);
-        if (to_host) ma->step = mb->step = g->adam_step;
-        else g->adam_step = ma->step;
+void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *adam) {
+    size_t bytes = sizeof(float) * g->n_params;
+    gpu_upload(g->params, lora->params, bytes);
+    if (adam) {
+        gpu_upload(g->m, adam->m, bytes);
+        gpu_upload(g->v, adam->v, bytes);
+        g->adam_step = adam->step;
     }
-}
-
-void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *moments) {
-    transfer_lora((GpuTrainer *)g, lora, moments, 1);
-}
-
-void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *moments) {
-    transfer_lora(g, (LoraSet *)lora, (AdamWState *)moments, 0);
     float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
 }
 

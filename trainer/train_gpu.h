@@ -5,9 +5,9 @@
 //   - embedding / LM head in bf16, norms and biases in fp32;
 //   - activations (GEMM inputs and outputs) in bf16, the residual stream and
 //     its gradient in fp32, every accumulation in fp32;
-//   - LoRA master weights, gradients and AdamW moments in fp32 (one flat
-//     buffer each, adapters in LoraSet order, A then B), with a bf16 copy of
-//     the weights that the GEMMs read, refreshed after every optimizer step.
+//   - LoRA master weights, gradients and AdamW moments in fp32, one flat
+//     buffer each in the host's layout (LoraSet's params, lora.h), with a bf16
+//     copy of the weights that the GEMMs read, refreshed after every optimizer step.
 // Built by nvcc only; the CPU-only build has no GPU trainer.
 #pragma once
 #ifdef __CUDACC__
@@ -61,11 +61,11 @@ typedef struct {
     bf16 *weights[N_LINEARS];   // one block's linear weights in bf16 (dequantized NF4, or views of dense)
     bf16 *dequant_scratch;      // room for one block's seven matrices in bf16 (NF4 only)
 
-    // LoRA: flat fp32 parameters / gradients / moments, bf16 copy of the parameters
+    // LoRA: flat fp32 parameters / gradients / moments (the host's layout), bf16 copy of the parameters
     size_t n_params;
     float *params, *grads, *m, *v;
     bf16 *params_bf16;
-    size_t *offset_A, *offset_B;   // [n_layers * N_LINEARS] into the flat buffers; (size_t)-1 when off
+    size_t *offset_A, *offset_B;   // [n_layers * N_LINEARS] into the flat buffers (as on the host); (size_t)-1 when off
     int64_t adam_step;
 
     // activations and gradients
@@ -112,11 +112,11 @@ void gpu_scale_grads(GpuTrainer *g, float scale);
 // AdamW over every adapter parameter, then the bf16 copy is refreshed.
 void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr);
 
-// Copies parameters (and gradients) to the LoraSet on the host, and the
-// moments to moments[2 * adapter + (0 for A, 1 for B)] (may be NULL).
-void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *moments);
-// The reverse, after a resume from a checkpoint.
-void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *moments);
+// Copies the parameters and gradients to the LoraSet on the host, and the
+// moments and step count to adam (may be NULL): one copy per flat array.
+void gpu_download_lora(const GpuTrainer *g, LoraSet *lora, AdamWState *adam);
+// The reverse (parameters, moments and step; not the gradients), after a resume from a checkpoint.
+void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *adam);
 
 // Matmul FLOPs per trained token (for MFU): 2 per weight in forward, 2 in
 // backward (input gradients only: the base is frozen), 2 more with

@@ -83,17 +83,12 @@ static int save_random_model(const char *shape, const char *dir, const char *tok
 
 // One training step (zeroed gradients, forward, backward, AdamW) on the CPU path.
 static void cpu_step(const Config *c, const BaseWeights *base, LoraSet *lora, AdapterParams<float> *params,
-                     AdamWState *moments, const StepOptions *opt, const Batch *b) {
+                     AdamWState *adam, const StepOptions *opt, const Batch *b) {
     AdamWConfig config = adamw_default_config();
     int counted = 0;
     lora_set_zero_grads(lora);
     train_step_cpu(c, &base->source, params, opt, b, 1e-4, &counted);
-    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
-        LoraAdapter *a = &lora->adapters[i];
-        if (!a->A) continue;
-        adamw_step_cpu(a->A, a->dA, &moments[2 * i], &config, 1e-4f);
-        adamw_step_cpu(a->B, a->dB, &moments[2 * i + 1], &config, 1e-4f);
-    }
+    adamw_step_cpu(lora->params, lora->grads, adam, &config, 1e-4f);
 }
 
 static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const StepOptions *opt, const Batch *b,
@@ -102,23 +97,22 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
     if (base_weights_init(&base, model, nf4 ? QUANT_NF4 : QUANT_NONE, 1) != 0) exit(1);
     int n_adapters = c->n_layers * N_LINEARS;
     std::vector<AdapterParams<float>> params(n_adapters);
-    std::vector<AdamWState> moments(2 * n_adapters);
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &lora->adapters[i];
         params[i] = {a->A, a->B, a->dA, a->dB};
-        adamw_init(&moments[2 * i], (size_t)a->rank * a->in_dim);
-        adamw_init(&moments[2 * i + 1], (size_t)a->out_dim * a->rank);
     }
+    AdamWState adam;
+    if (adamw_init(&adam, lora->n_params) != 0) exit(1);
     double timed = 0.0;
     for (int step = 0; step < steps + 1; step++) {   // one warm-up step
         double t0 = now_seconds();
-        cpu_step(c, &base, lora, params.data(), moments.data(), opt, b);
+        cpu_step(c, &base, lora, params.data(), &adam, opt, b);
         if (step >= 1) timed += now_seconds() - t0;
     }
     printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d | %.1f tok/s | %.0f ms/step\n", shape,
            nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute,
            (double)b->n_seqs * b->seq_len * steps / timed, 1000.0 * timed / steps);
-    for (AdamWState &m : moments) adamw_free(&m);
+    adamw_free(&adam);
     base_weights_free(&base);
 }
 

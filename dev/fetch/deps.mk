@@ -1,5 +1,6 @@
 # utf8proc and doctest: the system's, or local copies under build/deps/.
-# Included by the Makefile and dev/cuda_on_cpu/Makefile (REPO = the repo root).
+# Included by the Makefile and dev/cuda_on_cpu/Makefile (REPO = the repo root),
+# after their first target, so that the rules here are not `make`'s default goal.
 # When the compiler cannot find utf8proc.h (doctest/doctest.h), or with
 # `make LOCAL_DEPS=1`, dev/fetch/fetch_deps.sh fetches the Debian package
 # into build/deps/ and the build uses it from there: headers with -isystem,

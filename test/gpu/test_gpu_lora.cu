@@ -73,7 +73,7 @@ LoraCase make_case(int n, int in_dim, int out_dim, int rank, float dropout, uint
     LoraCase c;
     c.s = {n, in_dim, out_dim, rank, 2.0f};
     size_t x_count = (size_t)n * in_dim, y_count = (size_t)n * out_dim;
-    // x and dy O(1); A as lora_init; B random (not peft's zero start) so every product is nonzero
+    // x and dy O(1); A as lora_init_weights; B random (not peft's zero start) so every product is nonzero
     c.x = random_vector(x_count, seed + 1, 1.0f);
     c.A = random_vector((size_t)rank * in_dim, seed + 2, 1.0f / sqrtf((float)in_dim));
     c.B = random_vector((size_t)out_dim * rank, seed + 3, 1.0f / sqrtf((float)rank));

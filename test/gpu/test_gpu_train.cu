@@ -276,18 +276,6 @@ TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and
     compare_random_step(small_config(1), 2, 33, 0.1f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2, q_and_v);
 }
 
-// Every gradient tensor of set, for the CPU's global_grad_norm and scale_grads_cpu.
-static void gradient_tensors(LoraSet *set, std::vector<float *> &grads, std::vector<size_t> &sizes) {
-    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
-        LoraAdapter *a = &set->adapters[i];
-        if (!a->A) continue;
-        grads.push_back(a->dA);
-        sizes.push_back((size_t)a->rank * a->in_dim);
-        grads.push_back(a->dB);
-        sizes.push_back((size_t)a->out_dim * a->rank);
-    }
-}
-
 // What ./train calls besides the micro-batch: the validation loss, the global
 // gradient norm, the clipping scale, and the upload of a resumed checkpoint.
 TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resume upload equal the host's") {
@@ -324,68 +312,46 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
 
     // the global gradient norm of the gradients as downloaded (both sum in double)
     gpu_download_lora(&g, &lora, NULL);
-    std::vector<float *> grads;
-    std::vector<size_t> sizes;
-    gradient_tensors(&lora, grads, sizes);
-    double norm = global_grad_norm(grads.data(), sizes.data(), (int)grads.size());
+    double norm = global_grad_norm(lora.grads, lora.n_params);
     CHECK(norm > 0.0);
     CHECK(fabs(gpu_grad_norm(&g) - norm) <= 1e-12 * norm);
     // clipping's scale: g = g * s in fp32 on both, so bit for bit
-    scale_grads_cpu(grads.data(), sizes.data(), (int)grads.size(), 0.37f);
+    scale_grads_cpu(lora.grads, lora.n_params, 0.37f);
     gpu_scale_grads(&g, 0.37f);
     LoraSet scaled;
     REQUIRE(lora_set_init(&scaled, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
     gpu_download_lora(&g, &scaled, NULL);
-    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
-        LoraAdapter *want = &lora.adapters[i], *got = &scaled.adapters[i];
-        CHECK(memcmp(got->dA, want->dA, sizeof(float) * want->rank * want->in_dim) == 0);
-        CHECK(memcmp(got->dB, want->dB, sizeof(float) * want->out_dim * want->rank) == 0);
-    }
+    CHECK(memcmp(scaled.grads, lora.grads, sizeof(float) * lora.n_params) == 0);
 
     // a resumed checkpoint: parameters, moments and step go up and come back bit for bit
-    int n_adapters = c.n_layers * N_LINEARS;
-    std::vector<AdamWState> moments(2 * n_adapters), moments_back(2 * n_adapters);
-    for (int i = 0; i < n_adapters; i++) {
-        LoraAdapter *a = &lora.adapters[i];
-        size_t sizes_ab[2] = {(size_t)a->rank * a->in_dim, (size_t)a->out_dim * a->rank};
-        float *params[2] = {a->A, a->B};
-        for (int k = 0; k < 2; k++) {
-            std::vector<float> p = random_vector(sizes_ab[k], seed + 100 * i + k, 0.1f);
-            std::vector<float> m = random_vector(sizes_ab[k], seed + 100 * i + k + 2, 0.01f);
-            std::vector<float> v = random_vector(sizes_ab[k], seed + 100 * i + k + 4, 0.01f);
-            memcpy(params[k], p.data(), sizeof(float) * p.size());
-            REQUIRE(adamw_init(&moments[2 * i + k], sizes_ab[k]) == 0);
-            REQUIRE(adamw_init(&moments_back[2 * i + k], sizes_ab[k]) == 0);
-            for (size_t j = 0; j < sizes_ab[k]; j++) {
-                moments[2 * i + k].m[j] = m[j];
-                moments[2 * i + k].v[j] = v[j] * v[j];
-            }
-            moments[2 * i + k].step = 7;
-        }
+    AdamWState adam, adam_back;
+    REQUIRE(adamw_init(&adam, lora.n_params) == 0);
+    REQUIRE(adamw_init(&adam_back, lora.n_params) == 0);
+    std::vector<float> p = random_vector(lora.n_params, seed + 100, 0.1f);
+    std::vector<float> m = random_vector(lora.n_params, seed + 102, 0.01f);
+    std::vector<float> v = random_vector(lora.n_params, seed + 104, 0.01f);
+    for (size_t j = 0; j < lora.n_params; j++) {
+        lora.params[j] = p[j];
+        adam.m[j] = m[j];
+        adam.v[j] = v[j] * v[j];
     }
-    gpu_upload_lora(&g, &lora, moments.data());
+    adam.step = 7;
+    gpu_upload_lora(&g, &lora, &adam);
     // the next step uses the uploaded values (the bf16 copy is refreshed): the CPU's gradient norm
     lora_set_zero_grads(&lora);
     train_step_cpu(&c, &base.source, views.data(), &opt, &batch, 1.0, &cpu_counted);
-    double resumed_norm = global_grad_norm(grads.data(), sizes.data(), (int)grads.size());
+    double resumed_norm = global_grad_norm(lora.grads, lora.n_params);
     gpu_zero_grads(&g);
     gpu_train_micro_batch(&g, &batch, 0, 1.0, &train_counted);
     CHECK(fabs(gpu_grad_norm(&g) - resumed_norm) <= 1e-2 * resumed_norm);
-    gpu_download_lora(&g, &scaled, moments_back.data());
-    for (int i = 0; i < n_adapters; i++) {
-        LoraAdapter *want = &lora.adapters[i], *got = &scaled.adapters[i];
-        CHECK(memcmp(got->A, want->A, sizeof(float) * want->rank * want->in_dim) == 0);
-        CHECK(memcmp(got->B, want->B, sizeof(float) * want->out_dim * want->rank) == 0);
-        for (int k = 0; k < 2; k++) {
-            const AdamWState &sent = moments[2 * i + k], &back = moments_back[2 * i + k];
-            CHECK(back.step == 7);
-            CHECK(memcmp(back.m, sent.m, sizeof(float) * sent.n) == 0);
-            CHECK(memcmp(back.v, sent.v, sizeof(float) * sent.n) == 0);
-        }
-    }
+    gpu_download_lora(&g, &scaled, &adam_back);
+    CHECK(memcmp(scaled.params, lora.params, sizeof(float) * lora.n_params) == 0);
+    CHECK(adam_back.step == 7);
+    CHECK(memcmp(adam_back.m, adam.m, sizeof(float) * adam.n) == 0);
+    CHECK(memcmp(adam_back.v, adam.v, sizeof(float) * adam.n) == 0);
     gpu_trainer_free(&g);
-    for (AdamWState &m : moments) adamw_free(&m);
-    for (AdamWState &m : moments_back) adamw_free(&m);
+    adamw_free(&adam);
+    adamw_free(&adam_back);
     base_weights_free(&base);
     lora_set_free(&lora);
     lora_set_free(&scaled);
@@ -416,12 +382,8 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
     std::vector<AdapterParams<float>> views = adapter_views(&cpu_lora);
-    std::vector<AdamWState> moments(c.n_layers * N_LINEARS * 2);
-    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
-        LoraAdapter *a = &cpu_lora.adapters[i];
-        REQUIRE(adamw_init(&moments[2 * i], (size_t)a->rank * a->in_dim) == 0);
-        REQUIRE(adamw_init(&moments[2 * i + 1], (size_t)a->out_dim * a->rank) == 0);
-    }
+    AdamWState adam;
+    REQUIRE(adamw_init(&adam, cpu_lora.n_params) == 0);
     AdamWConfig config = adamw_default_config();
     config.weight_decay = 0.01f;
     float lr = 3e-3f;
@@ -434,14 +396,8 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
         double cpu_loss = train_step_cpu(&c, &base.source, views.data(), &opt, &batch, 1.0, &counted);
         double scale = 1.0 / counted;
         cpu_loss *= scale;
-        for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
-            LoraAdapter *a = &cpu_lora.adapters[i];
-            size_t na = (size_t)a->rank * a->in_dim, nb = (size_t)a->out_dim * a->rank;
-            for (size_t k = 0; k < na; k++) a->dA[k] *= (float)scale;
-            for (size_t k = 0; k < nb; k++) a->dB[k] *= (float)scale;
-            adamw_step_cpu(a->A, a->dA, &moments[2 * i], &config, lr);
-            adamw_step_cpu(a->B, a->dB, &moments[2 * i + 1], &config, lr);
-        }
+        scale_grads_cpu(cpu_lora.grads, cpu_lora.n_params, (float)scale);
+        adamw_step_cpu(cpu_lora.params, cpu_lora.grads, &adam, &config, lr);
         gpu_zero_grads(&g);
         double gpu_loss_value = gpu_train_micro_batch(&g, &batch, 0, scale, &counted) * scale;
         gpu_adamw_step(&g, &config, lr);
@@ -457,7 +413,7 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     MESSAGE("20 steps: cpu loss " << first_cpu << " -> " << last_cpu << ", worst relative gap " << worst);
     CHECK(last_cpu < first_cpu);   // the run actually trains
     gpu_trainer_free(&g);
-    for (AdamWState &m : moments) adamw_free(&m);
+    adamw_free(&adam);
     base_weights_free(&base);
     lora_set_free(&cpu_lora);
     lora_set_free(&gpu_lora);

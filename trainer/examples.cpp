@@ -1,0 +1,193 @@
+// trainer/examples.cpp: ./train's samples: loading, the held-out split, shuffling
+// and batching (see trainer/examples.h).
+#include "trainer/examples.h"
+#include "data/raft.h"
+#include "data/tokfile.h"
+#include "formats/tensor.h"
+#include "ops/random.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void examples_free(ExampleSet *set) {
+    for (int i = 0; i < set->count; i++) { free(set->examples[i].ids); free(set->examples[i].targets); }
+    free(set->examples);
+    set->examples = NULL;
+    set->count = 0;
+}
+
+int examples_longest(const ExampleSet *set) {
+    int longest = 0;
+    for (int i = 0; i < set->count; i++)
+        if (set->examples[i].n_tokens > longest) longest = set->examples[i].n_tokens;
+    return longest;
+}
+
+// Answer tokens: the targets that are learned.
+static int count_answer(const int *targets, int n_tokens) {
+    int n = 0;
+    for (int t = 0; t < n_tokens; t++) n += targets[t] != IGNORE_TARGET;
+    return n;
+}
+
+// Encodes the samples whose indices are listed; skips (and counts) those longer than max_seq.
+static int encode_examples(const Tokenizer *tok, const RaftData *data, const int *indices, int n, int max_seq,
+                           ExampleSet *out, int *skipped) {
+    out->examples = (Example *)cpu_calloc((size_t)(n > 0 ? n : 1), sizeof(Example), "samples");
+    out->count = 0;
+    *skipped = 0;
+    for (int i = 0; i < n; i++) {
+        Example e = {NULL, NULL, 0, 0};
+        e.n_tokens = raft_encode(tok, &data->samples[indices[i]], &e.ids, &e.targets);
+        if (e.n_tokens < 0) return -1;
+        if (e.n_tokens > max_seq) {
+            free(e.ids);
+            free(e.targets);
+            (*skipped)++;
+            continue;
+        }
+        e.n_answer = count_answer(e.targets, e.n_tokens);
+        out->examples[out->count++] = e;
+    }
+    return 0;
+}
+
+
+void examples_shuffle(int *items, int n, uint64_t *state) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(splitmix64_next(state) % (uint64_t)(i + 1));
+        int tmp = items[i]; items[i] = items[j]; items[j] = tmp;
+    }
+}
+
+Batch examples_batch(const ExampleSet *set, const int *order, int first, int count, int **tokens, int **targets) {
+    int seq_len = 0;
+    for (int i = 0; i < count; i++) {
+        int n = set->examples[order[first + i]].n_tokens;
+        if (n > seq_len) seq_len = n;
+    }
+    *tokens = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch tokens");
+    *targets = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch targets");
+    for (int i = 0; i < count; i++) {
+        const Example *e = &set->examples[order[first + i]];
+        for (int t = 0; t < seq_len; t++) {
+            (*tokens)[i * seq_len + t] = e->ids[t < e->n_tokens ? t : e->n_tokens - 1];
+            (*targets)[i * seq_len + t] = t < e->n_tokens ? e->targets[t] : IGNORE_TARGET;
+        }
+    }
+    Batch batch = {*tokens, *targets, count, seq_len};
+    return batch;
+}
+
+// The held-out split of JSONL data: a shuffle (seeded) whose first val_frac
+// share is the validation set (none when there is a val_path).
+static void split_data(const RaftData *data, const ExampleSource *src, int *train_idx, int *n_train, int *val_idx,
+                       int *n_val) {
+    int *order = (int *)cpu_malloc(sizeof(int) * data->count, "sample order");
+    for (int i = 0; i < data->count; i++) order[i] = i;
+    uint64_t state = (uint64_t)src->seed ^ 0xDA7A;
+    examples_shuffle(order, data->count, &state);
+    int held_out = src->val_path ? 0 : (int)(src->val_frac * data->count + 0.5);
+    if (held_out >= data->count) held_out = data->count - 1;
+    *n_val = held_out;
+    *n_train = data->count - held_out;
+    for (int i = 0; i < held_out; i++) val_idx[i] = order[i];
+    for (int i = held_out; i < data->count; i++) train_idx[i - held_out] = order[i];
+    free(order);
+}
+
+int examples_is_tokfile(const char *path) {
+    size_t n = strlen(path);
+    return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
+}
+
+// JSONL samples: rendered here, validation held out of --data unless --val-data.
+static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train_set,
+                               ExampleSet *val_set, int *skipped) {
+    char err[1024];
+    if (src->val_path && examples_is_tokfile(src->val_path)) {
+        fprintf(stderr, "train: --val-data is a .bin file from ./prepare, so --data must be one too (got %s)\n",
+                src->data_path);
+        return -1;
+    }
+    RaftData data, val_data;
+    memset(&val_data, 0, sizeof val_data);
+    if (raft_read_jsonl(&data, src->data_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    if (src->val_path && raft_read_jsonl(&val_data, src->val_path, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return -1;
+    }
+    int *train_idx = (int *)cpu_malloc(sizeof(int) * data.count, "sample split");
+    int *val_idx = (int *)cpu_malloc(sizeof(int) * data.count, "sample split");
+    int n_train, n_val, skipped_train, skipped_val;
+    split_data(&data, src, train_idx, &n_train, val_idx, &n_val);
+    int encode_failed = encode_examples(tok, &data, train_idx, n_train, src->max_seq, train_set, &skipped_train);
+    if (src->val_path) {
+        int *all = (int *)cpu_malloc(sizeof(int) * val_data.count, "validation samples");
+        for (int i = 0; i < val_data.count; i++) all[i] = i;
+        encode_failed |= encode_examples(tok, &val_data, all, val_data.count, src->max_seq, val_set, &skipped_val);
+        free(all);
+    } else {
+        encode_failed |= encode_examples(tok, &data, val_idx, n_val, src->max_seq, val_set, &skipped_val);
+    }
+    *skipped = skipped_train + skipped_val;
+    free(train_idx);
+    free(val_idx);
+    raft_free(&data);
+    raft_free(&val_data);
+    if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return -1; }
+    return 0;
+}
+
+// Reads a ./prepare file into set (refusing one made with another tokenizer);
+// skips and counts the samples longer than max_seq.
+static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max_seq, ExampleSet *set, int *skipped) {
+    TokFile file;
+    char err[1024];
+    if (tokfile_read(&file, path, tok, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    set->examples = (Example *)cpu_calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example), "samples");
+    set->count = 0;
+    for (long i = 0; i < file.count; i++) {
+        TokSample *s = &file.samples[i];
+        if (s->n_tokens > max_seq) { (*skipped)++; continue; }
+        Example e = {s->ids, s->targets, s->n_tokens, count_answer(s->targets, s->n_tokens)};
+        set->examples[set->count++] = e;
+        s->ids = s->targets = NULL;   // the example owns them now
+    }
+    tokfile_free(&file);
+    return 0;
+}
+
+// ./prepare's train.bin, and its validation set: --val-data, else the val.bin
+// beside a file named train.bin (./prepare writes both), else none.
+static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train_set,
+                                 ExampleSet *val_set, int *skipped) {
+    memset(val_set, 0, sizeof *val_set);
+    *skipped = 0;
+    if (src->val_path && !examples_is_tokfile(src->val_path)) {
+        fprintf(stderr, "train: --data is a .bin file from ./prepare, so --val-data must be one too (got %s)\n",
+                src->val_path);
+        return -1;
+    }
+    if (read_tokfile_examples(src->data_path, tok, src->max_seq, train_set, skipped) != 0) return -1;
+    const char *val_path = src->val_path;
+    char beside[4096];
+    size_t len = strlen(src->data_path), name_len = strlen("train.bin");
+    if (!val_path && len >= name_len && strcmp(src->data_path + len - name_len, "train.bin") == 0) {
+        snprintf(beside, sizeof beside, "%.*sval.bin", (int)(len - name_len), src->data_path);
+        struct stat st;
+        if (stat(beside, &st) == 0) {
+            val_path = beside;
+            printf("data: validation samples from %s\n", val_path);
+        }
+    }
+    return val_path ? read_tokfile_examples(val_path, tok, src->max_seq, val_set, skipped) : 0;
+}
+
+int examples_load(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train, ExampleSet *val, int *skipped) {
+    *skipped = 0;
+    return examples_is_tokfile(src->data_path) ? load_tokfile_examples(src, tok, train, val, skipped)
+                                               : load_jsonl_examples(src, tok, train, val, skipped);
+}
