@@ -324,7 +324,7 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
 // ---- the chart ----------------------------------------------------------------------
 
 // Every metric but the loss (another scale), on each subset with samples.
-static void write_chart(const char *json_path, const EvalComparison *c) {
+static void write_chart(const char *json_path, const EvalComparison *c, int tuned) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s", json_path);
     size_t len = strlen(path);
@@ -343,8 +343,9 @@ static void write_chart(const char *json_path, const EvalComparison *c) {
             row->arm[1] = cell->arm[1];
             row->change = cell->change;
         }
-    if (svg_forest_plot(path, "base vs fine-tuned: means and paired changes, 95% bootstrap intervals", rows, n_rows,
-                        err, sizeof err) != 0)
+    const char *title = tuned ? "base vs fine-tuned: means and paired changes, 95% bootstrap intervals"
+                              : "base model: means, 95% bootstrap intervals";
+    if (svg_forest_plot(path, title, rows, n_rows, err, sizeof err) != 0)
         fprintf(stderr, "evaluate: warning: %s\n", err);
     else
         printf("chart: %s\n", path);
@@ -451,7 +452,7 @@ int main(int argc, char **argv) {
     }
     if (write_report(path, &o, samples, count, base, tuned, &comparison) != 0) return 1;
     printf("\nreport: %s\n", path);
-    write_chart(path, &comparison);
+    write_chart(path, &comparison, tuned != NULL);
     eval_free_outcomes(base, count);
     eval_free_outcomes(tuned, count);
     eval_free_samples(samples, count);

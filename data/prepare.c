@@ -272,11 +272,12 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
         r->samples++;
         r->truncated += cut;
         r->no_oracle += sample->oracle < 0;
-        if (!is_val[i]) {
+        if (is_val[i]) {
+            count_val_sample(sample, r);
+        } else {
             r->train_tokens += s.n_tokens;
             r->train_answer_tokens += count_labelled(&s);
         }
-        if (is_val[i]) count_val_sample(sample, r);
         status = add_to_set(is_val[i] ? val : train, &s);
         if (status != 0) { free(s.ids); free(s.targets); free(s.document_bytes); }
     }

@@ -94,8 +94,12 @@ static void draw_rows(FILE *f, const ForestRow *rows, int n_rows, const Panel *v
     }
 }
 
-static void draw_legend(FILE *f) {
+// The arms that some row has.
+static void draw_legend(FILE *f, const ForestRow *rows, int n_rows) {
     for (int a = 0; a < 2; a++) {
+        int present = 0;
+        for (int r = 0; r < n_rows; r++) present |= !isnan(rows[r].arm[a].estimate);
+        if (!present) continue;
         double x = LABEL_RIGHT + 20 + 110 * a;
         fprintf(f, "<circle cx=\"%.1f\" cy=\"44\" r=\"4\" fill=\"%s\"/>\n", x, ARM_COLORS[a]);
         fprintf(f, "<text x=\"%.1f\" y=\"48\">%s</text>\n", x + 8, ARM_NAMES[a]);
@@ -119,7 +123,7 @@ int svg_forest_plot(const char *path, const char *title, const ForestRow *rows, 
     Panel changes = change_panel(rows, n_rows, 610, WIDTH - 30);
     draw_axis(f, &values, bottom, "mean, 95% interval");
     if (has_change) draw_axis(f, &changes, bottom, "change, paired 95% interval (* excludes 0)");
-    draw_legend(f);
+    draw_legend(f, rows, n_rows);
     draw_rows(f, rows, n_rows, &values, has_change ? &changes : NULL);
     fputs("</svg>\n", f);
     if (fclose(f) != 0) { snprintf(err, err_size, "%s: write error (disk full?)", path); return -1; }
