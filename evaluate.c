@@ -142,9 +142,10 @@ static void print_cell(const char *name, const char *subset, const EvalCell *c, 
     } else {
         format_interval(change, sizeof change, c->change, 1);
     }
-    if (tuned)
-        printf(" %-24s %-24s%s", format_interval(fine, sizeof fine, t, 0), change,
-               interval_excludes_zero(c->change) ? " *" : "");
+    if (tuned && interval_excludes_zero(c->change))
+        printf(" %-24s %-24s *", format_interval(fine, sizeof fine, t, 0), change);
+    else if (tuned)
+        printf(" %-24s %s", format_interval(fine, sizeof fine, t, 0), change);
     printf("\n");
 }
 
@@ -445,7 +446,8 @@ int main(int argc, char **argv) {
     EvalComparison comparison = eval_compare(samples, base, tuned, count, o.resamples, (uint64_t)o.seed);
     print_table(&comparison, samples, count, tuned != NULL);
     for (int i = 0; i < count && i < o.examples; i++) {
-        printf("\nsample %d\n", i + 1);
+        printf("\nsample %d (%s, %s the oracle)\n", i + 1, samples[i].korean ? "Korean" : "English",
+               samples[i].oracle >= 0 ? "with" : "without");
         print_clipped("reference", samples[i].reference, 300);
         print_clipped("base", base[i].answer, 300);
         if (tuned) print_clipped("tuned", tuned[i].answer, 300);

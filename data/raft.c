@@ -244,7 +244,7 @@ int raft_parse_documents(const char *text, size_t len, const int *document_bytes
         if (len - at < label_len + doc_len + 1 || memcmp(text + at, label, label_len) != 0 ||
             text[at + label_len + doc_len] != '\n') {
             status = -1;
-            break;
+            continue;
         }
         documents[i] = strndup(text + at + label_len, doc_len);
         if (!documents[i]) status = -1;

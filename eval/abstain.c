@@ -35,8 +35,9 @@ static const char *const PATTERNS[] = {
     "available|present|answered|explained|described)\\b" CLAUSE IN_SOURCE,
     // "none of the documents"
     "\\bnone of the( provided| given)? " SOURCE "\\b",
-    // "the answer is not in the documents", "the answer isn't given"
-    "\\banswer (is not|isn't|was not|wasn't) (in|provided|given|found|contained|mentioned|included)\\b",
+    // "the answer is not in the documents", "the answer to the question is not provided"
+    "\\banswer( to (this|the|your) question)? (is not|isn't|was not|wasn't) "
+    "(in|provided|given|found|contained|mentioned|included|available)\\b",
     // 답이 없습니다, 답변이 없습니다, 답을 찾을 수 없습니다 (there is no answer, the answer cannot be found)
     "(답|답변|대답|정답)(이|은|는|을|를|도)? ?(찾을 수 |드릴 수 )?없",
     // 답변할 수 없습니다, 대답할 수 없습니다 (I cannot answer)
