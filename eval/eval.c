@@ -324,7 +324,8 @@ const EvalMetricInfo EVAL_METRIC_INFO[EVAL_METRICS] = {
 };
 const char *const EVAL_SUBSET_NAMES[EVAL_SUBSETS] = {"all", "English", "Korean"};
 
-int eval_metric_applies(EvalMetric metric, EvalSubset subset, const EvalSample *s) {
+// 1 when metric applies to sample s (with its subset: all, or its language).
+static int metric_applies(EvalMetric metric, EvalSubset subset, const EvalSample *s) {
     if ((subset == EVAL_ENGLISH && s->korean) || (subset == EVAL_KOREAN && !s->korean)) return 0;
     int has_oracle = s->oracle >= 0;
     switch (metric) {
@@ -336,7 +337,8 @@ int eval_metric_applies(EvalMetric metric, EvalSubset subset, const EvalSample *
     }
 }
 
-void eval_metric_value(EvalMetric metric, const EvalOutcome *o, double *num, double *den) {
+// The sample's value as a ratio's numerator and denominator (den 1 but for the loss: its token count).
+static void metric_value(EvalMetric metric, const EvalOutcome *o, double *num, double *den) {
     *den = 1.0;
     switch (metric) {
     case EVAL_ROUGE1: *num = o->rouge.kind[ROUGE_1].f1; break;
@@ -357,9 +359,9 @@ static EvalCell compare_cell(EvalMetric metric, EvalSubset subset, const EvalSam
     double *num[2] = {(double *)malloc(size), (double *)malloc(size)};
     double *den[2] = {(double *)malloc(size), (double *)malloc(size)};
     for (int i = 0; i < count && num[0] && num[1] && den[0] && den[1]; i++) {
-        if (!eval_metric_applies(metric, subset, &samples[i])) continue;
+        if (!metric_applies(metric, subset, &samples[i])) continue;
         for (int a = 0; a < 2; a++)
-            if (arms[a]) eval_metric_value(metric, &arms[a][i], &num[a][cell.n], &den[a][cell.n]);
+            if (arms[a]) metric_value(metric, &arms[a][i], &num[a][cell.n], &den[a][cell.n]);
         cell.n++;
     }
     RatioItems items[2] = {{num[0], den[0]}, {num[1], den[1]}};

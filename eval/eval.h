@@ -10,12 +10,15 @@
 //               (eval/embed.h); English only, as MiniLM is (NaN for Korean)
 //   grounded    the answer's ROUGE-L precision against its oracle document is
 //               higher than against every distractor: it draws on the right
-//               document (LCS / answer tokens, so a long document is not
-//               favoured for its length)
+//               document. Precision is LCS / answer tokens, how much of the
+//               answer, in order, a document accounts for; a longer document
+//               can account for more, but ./prepare's --max-seq fitting cuts a
+//               sample's documents to the same byte budget.
 //   loss        the reference's answer-token cross-entropy (teacher forcing)
 // A sample is Korean when its question holds Hangul (as ./prepare picks the
 // Korean no-oracle answer), else English; it is a no-oracle sample when none
-// of its documents holds the answer.
+// of its documents holds the answer. (./train --eval-answers fills in only
+// the tokens: its samples count as having the oracle, documents unknown.)
 #pragma once
 #include "eval/bootstrap.h"
 #include "eval/embed.h"
@@ -108,11 +111,6 @@ typedef struct {
 } EvalMetricInfo;
 extern const EvalMetricInfo EVAL_METRIC_INFO[EVAL_METRICS];
 extern const char *const EVAL_SUBSET_NAMES[EVAL_SUBSETS];   // "all", "English", "Korean"
-
-// 1 when metric applies to sample s (with its subset: all, or its language).
-int eval_metric_applies(EvalMetric metric, EvalSubset subset, const EvalSample *s);
-// The sample's value as a ratio's numerator and denominator (den 1 but for the loss: its token count).
-void eval_metric_value(EvalMetric metric, const EvalOutcome *o, double *num, double *den);
 
 typedef struct {
     int n;               // samples the metric applies to
