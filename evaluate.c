@@ -1,22 +1,26 @@
 // evaluate.c: ./evaluate, the course's before/after comparison. For each
 // validation sample, the base model and the fine-tuned one (base + adapter)
-// answer the question greedily; each answer is scored against the reference
-// answer with ROUGE (word overlap) and embedding similarity (meaning, via
-// all-MiniLM-L6-v2), and the answer-only loss and perplexity of the
-// reference are measured under both models. Both run on the base the adapter
-// was trained on: by default (--quant nf4, as ./train's) the linear weights
-// round-tripped through NF4, W = dequant(NF4(W)), so the comparison is fair.
-//   ./evaluate --adapter out/adapter --data data/faq/val.bin --limit 20
-// Prints a table per metric (mean and spread, base vs fine-tuned) and a few
-// answers side by side; writes a JSON report and an SVG bar chart.
+// answer the question greedily. Each answer is scored (eval/eval.h): on
+// samples whose documents hold the answer, ROUGE against the reference,
+// embedding cosine (English), groundedness in the oracle document and
+// whether it wrongly abstains; on samples without the oracle, whether it
+// abstains (eval/abstain.h); on all, the reference's answer-only loss and
+// perplexity. Both run on the base the adapter was trained on: by default
+// (--quant nf4, as ./train's) the linear weights round-tripped through NF4,
+// W = dequant(NF4(W)), so the comparison is fair.
+//   ./evaluate --adapter out/adapter --data data/faq/val.bin --limit 40
+// Prints each metric's mean per language with a 95% bootstrap interval, the
+// paired change with its interval (eval/bootstrap.h), and a few answers side
+// by side; writes a JSON report (summaries and every sample) and an SVG chart.
 #include "infer/adapter.h"
 #include "formats/cli.h"
 #include "formats/json.h"
 #include "eval/eval.h"
+#include "eval/forest_plot.h"
 #include "nf4.h"
-#include "trainer/plot.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,19 +32,31 @@ typedef struct {
     const char *model_path, *adapter_dir, *data_path, *embedder_dir, *out_path;
     int max_new, limit, examples;
     int quant_nf4, double_quant;   // with --adapter: both arms on dequant(NF4(W)), the base ./train trains on
+    int resamples, seed;           // the bootstrap's
 } Options;
 
 static const Options DEFAULTS = {
     DEFAULT_MODEL, NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
-    64, 20, 3, 1, 1,
+    64, INT_MAX, 3, 1, 1, BOOTSTRAP_DEFAULT_RESAMPLES, BOOTSTRAP_DEFAULT_SEED,
 };
 
 static void usage(FILE *out) {
     const Options *d = &DEFAULTS;
     fprintf(out,
             "usage: ./evaluate [options]\n"
-            "Answers of the base model and of base + adapter to validation questions, scored with ROUGE and\n"
-            "embedding similarity against the reference answers, plus answer-only loss and perplexity.\n"
+            "Answers of the base model and of base + adapter to validation questions, scored per sample and\n"
+            "summarised per language (English, Korean: Hangul in the question) and kind:\n"
+            "  with the oracle     ROUGE-1/2/L F1 against the reference; embedding cosine (English only);\n"
+            "                      grounded: the answer's ROUGE-L precision against the oracle document beats\n"
+            "                      every distractor's; false abstention: it says the documents lack the answer\n"
+            "  without the oracle  abstention: it says so (the rule: eval/abstain.h, English and Korean, and\n"
+            "                      the data's own no-oracle answers, so a custom --no-oracle-answer counts)\n"
+            "  all                 answer loss (the reference's, per answer token) and perplexity\n"
+            "Every mean has a 95%% percentile bootstrap interval; with --adapter the change (fine-tuned - base)\n"
+            "has a paired one (the same resampled samples for both), marked * where it excludes 0 (for the\n"
+            "perplexity, the ratio and 1). Prints the table and a few answers; writes the JSON report (every\n"
+            "sample: question, language, kind, answers, abstained, ROUGE, cosine, grounded, loss; and the\n"
+            "summaries) and an SVG chart of the intervals.\n"
             "  --model PATH      GGUF file or HF model directory (default %s)\n"
             "  --adapter DIR     LoRA adapter in peft's layout, as ./train writes (default: base model only)\n"
             "  --quant Q         with --adapter, the base it was trained on, as ./train's --quant, for both the\n"
@@ -50,12 +66,15 @@ static void usage(FILE *out) {
             "  --data PATH       validation samples: a .bin from ./prepare or RAFT JSONL (default %s)\n"
             "  --embedder DIR    sentence-embedding model (default %s)\n"
             "  --max-new N       longest answer generated, in tokens (default %d)\n"
-            "  --limit N         evaluate the first N samples (default %d)\n"
+            "  --limit N         evaluate the first N samples (default: all)\n"
             "  --examples N      answers shown side by side (default %d)\n"
+            "  --resamples B     bootstrap resamples per interval (default %d)\n"
+            "  --seed S          the bootstrap's seed: the same seed, the same intervals (default %d)\n"
             "  --out PATH        JSON report (default ADAPTER/../eval.json, or eval.json without --adapter);\n"
             "                    the SVG chart goes next to it with .svg for .json\n"
             "  -h, --help        this help\n",
-            d->model_path, d->double_quant, d->data_path, d->embedder_dir, d->max_new, d->limit, d->examples);
+            d->model_path, d->double_quant, d->data_path, d->embedder_dir, d->max_new, d->examples,
+            d->resamples, d->seed);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -74,7 +93,7 @@ static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--data", "--embedder",
-                                 "--out", "--max-new", "--limit", "--examples", NULL};
+                                 "--out", "--max-new", "--limit", "--examples", "--resamples", "--seed", NULL};
     char err[256];
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -93,29 +112,74 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--max-new") == 0) o.max_new = positive_int(f, v);
         else if (strcmp(f, "--limit") == 0) o.limit = positive_int(f, v);
         else if (strcmp(f, "--examples") == 0) o.examples = cli_int("evaluate", f, v);
+        else if (strcmp(f, "--resamples") == 0) o.resamples = positive_int(f, v);
+        else if (strcmp(f, "--seed") == 0) o.seed = cli_int("evaluate", f, v);
         else bad_usage("unknown option ", f);
     }
     if (o.examples < 0) bad_usage("--examples", " must be at least 0");
     return o;
 }
 
-static void print_row(const char *name, MeanStd base, const MeanStd *tuned) {
-    printf("  %-22s %7.4f +- %-7.4f", name, base.mean, base.std);
-    if (tuned) printf("   %7.4f +- %-7.4f   %+8.4f", tuned->mean, tuned->std, tuned->mean - base.mean);
+// ---- the text table --------------------------------------------------------------
+
+// "0.123 [0.090, 0.160]", or with a sign "+0.178 [+0.120, +0.231]"; "-" for no samples.
+static const char *format_interval(char *out, size_t size, Interval x, int sign) {
+    if (isnan(x.estimate)) snprintf(out, size, "-");
+    else if (sign) snprintf(out, size, "%+.3f [%+.3f, %+.3f]", x.estimate, x.low, x.high);
+    else snprintf(out, size, "%.3f [%.3f, %.3f]", x.estimate, x.low, x.high);
+    return out;
+}
+
+// exp of an interval's three numbers: the perplexity from the loss, the perplexity ratio from the loss change.
+static Interval exp_interval(Interval x) { return (Interval){exp(x.estimate), exp(x.low), exp(x.high)}; }
+
+static void print_cell(const char *name, const char *subset, const EvalCell *c, int tuned, int perplexity) {
+    char base[64], fine[64], change[80];
+    Interval b = perplexity ? exp_interval(c->arm[0]) : c->arm[0], t = perplexity ? exp_interval(c->arm[1]) : c->arm[1];
+    printf("  %-18s %-8s %4d   %-*s", name, subset, c->n, tuned ? 24 : 0, format_interval(base, sizeof base, b, 0));
+    if (tuned && perplexity && !isnan(c->change.estimate)) {
+        Interval ratio = exp_interval(c->change);
+        snprintf(change, sizeof change, "x%.3f [%.3f, %.3f]", ratio.estimate, ratio.low, ratio.high);
+    } else {
+        format_interval(change, sizeof change, c->change, 1);
+    }
+    if (tuned && interval_excludes_zero(c->change))
+        printf(" %-24s %-24s *", format_interval(fine, sizeof fine, t, 0), change);
+    else if (tuned)
+        printf(" %-24s %s", format_interval(fine, sizeof fine, t, 0), change);
     printf("\n");
 }
 
-static void print_tables(const EvalSummary *base, const EvalSummary *tuned, int count) {
-    printf("\n%d samples; mean +- standard deviation over samples\n", count);
-    printf("  %-22s %-19s%s\n", "metric", "base", tuned ? "   fine-tuned            change" : "");
-    const char *names[ROUGE_KINDS] = {"ROUGE-1 F1", "ROUGE-2 F1", "ROUGE-L F1"};
-    for (int k = 0; k < ROUGE_KINDS; k++) print_row(names[k], base->rouge_f1[k], tuned ? &tuned->rouge_f1[k] : NULL);
-    print_row("embedding cosine", base->similarity, tuned ? &tuned->similarity : NULL);
-    printf("  %-22s %7.4f%s", "answer loss", base->loss, "           ");
-    if (tuned) printf("   %7.4f              %+8.4f", tuned->loss, tuned->loss - base->loss);
-    printf("\n  %-22s %7.3f%s", "perplexity", base->perplexity, "           ");
-    if (tuned) printf("   %7.3f              %+8.3f", tuned->perplexity, tuned->perplexity - base->perplexity);
-    printf("\n");
+// One metric's rows: all samples, then each language that has some.
+static void print_metric(const EvalComparison *c, EvalMetric m, const char *name, int tuned, int perplexity) {
+    for (int g = 0; g < EVAL_SUBSETS; g++) {
+        if (g != EVAL_ALL && c->cell[m][g].n == 0) continue;
+        if (m == EVAL_COSINE && g == EVAL_ALL) continue;   // English only: its "all" row would repeat it
+        print_cell(name, EVAL_SUBSET_NAMES[g], &c->cell[m][g], tuned, perplexity);
+        name = "";
+    }
+}
+
+static void print_table(const EvalComparison *c, const EvalSample *samples, int count, int tuned) {
+    int n[2][2] = {{0, 0}, {0, 0}};   // [with the oracle][Korean]
+    for (int i = 0; i < count; i++) n[samples[i].oracle >= 0][samples[i].korean]++;
+    printf("\n%d samples: %d with the oracle (%d English, %d Korean), %d without (%d English, %d Korean)\n", count,
+           n[1][0] + n[1][1], n[1][0], n[1][1], n[0][0] + n[0][1], n[0][0], n[0][1]);
+    printf("mean [95%% percentile bootstrap interval, %d resamples, seed %llu]%s\n\n", c->resamples,
+           (unsigned long long)c->seed,
+           tuned ? "; change = fine-tuned - base, paired\n(both models on the same resampled samples), * where its "
+                   "interval excludes 0; perplexity: the ratio" : "");
+    printf("  %-18s %-8s %4s   %-*s%s\n", "metric", "samples", "n", tuned ? 24 : 0, "base",
+           tuned ? " fine-tuned               change" : "");
+    const char *heading = "";
+    for (int m = 0; m < EVAL_METRICS; m++) {
+        if (strcmp(heading, EVAL_METRIC_INFO[m].population) != 0 && m != EVAL_COSINE) {
+            heading = EVAL_METRIC_INFO[m].population;
+            printf("%s\n", m == EVAL_LOSS ? "all samples" : heading);
+        }
+        print_metric(c, (EvalMetric)m, EVAL_METRIC_INFO[m].name, tuned, 0);
+    }
+    print_metric(c, EVAL_LOSS, "perplexity", tuned, 1);
 }
 
 // Prints text on one line, cut to max bytes (at a UTF-8 character boundary).
@@ -134,29 +198,97 @@ static void write_json_number(FILE *f, double x) {
     else fputs("null", f);
 }
 
-static void write_json_mean_std(FILE *f, const char *key, MeanStd m) {
-    fprintf(f, "\"%s\": [", key);
-    write_json_number(f, m.mean);
+// {"mean": x, "ci95": [low, high]}
+static void write_json_interval(FILE *f, Interval x) {
+    fputs("{\"mean\": ", f);
+    write_json_number(f, x.estimate);
+    fputs(", \"ci95\": [", f);
+    write_json_number(f, x.low);
     fputs(", ", f);
-    write_json_number(f, m.std);
-    fputs("], ", f);
+    write_json_number(f, x.high);
+    fputs("]}", f);
 }
 
-static void write_summary_json(FILE *f, const char *name, const EvalSummary *s) {
-    fprintf(f, "  \"%s\": {", name);
-    write_json_mean_std(f, "rouge1_f1", s->rouge_f1[ROUGE_1]);
-    write_json_mean_std(f, "rouge2_f1", s->rouge_f1[ROUGE_2]);
-    write_json_mean_std(f, "rougeL_f1", s->rouge_f1[ROUGE_L]);
-    write_json_mean_std(f, "embedding_cosine", s->similarity);
-    fputs("\"answer_loss\": ", f);
-    write_json_number(f, s->loss);
-    fputs(", \"perplexity\": ", f);
-    write_json_number(f, s->perplexity);
+// "key": {"samples", "n", "base", "fine_tuned", "change" with "excludes_zero"}; perplexity from the loss.
+static void write_json_cell(FILE *f, const char *key, const char *samples, const EvalCell *c, int tuned, int perplexity) {
+    fprintf(f, "      \"%s\": {\"samples\": \"%s\", \"n\": %d, \"base\": ", key, samples, c->n);
+    write_json_interval(f, perplexity ? exp_interval(c->arm[0]) : c->arm[0]);
+    if (tuned) {
+        fputs(", \"fine_tuned\": ", f);
+        write_json_interval(f, perplexity ? exp_interval(c->arm[1]) : c->arm[1]);
+        fprintf(f, ", \"%s\": ", perplexity ? "ratio" : "change");
+        write_json_interval(f, perplexity ? exp_interval(c->change) : c->change);
+        fprintf(f, ", \"%s\": %s", perplexity ? "excludes_one" : "excludes_zero",
+                interval_excludes_zero(c->change) ? "true" : "false");
+    }
     fputs("}", f);
 }
 
+static void write_json_summary(FILE *f, const EvalComparison *c, int tuned) {
+    const char *keys[EVAL_SUBSETS] = {"all", "english", "korean"};
+    fputs("  \"summary\": {\n", f);
+    for (int g = 0; g < EVAL_SUBSETS; g++) {
+        fprintf(f, "    \"%s\": {\n", keys[g]);
+        for (int m = 0; m < EVAL_METRICS; m++) {
+            write_json_cell(f, EVAL_METRIC_INFO[m].key, EVAL_METRIC_INFO[m].population, &c->cell[m][g], tuned, 0);
+            fputs(",\n", f);
+        }
+        write_json_cell(f, "perplexity", "all", &c->cell[EVAL_LOSS][g], tuned, 1);
+        fprintf(f, "\n    }%s\n", g + 1 < EVAL_SUBSETS ? "," : "");
+    }
+    fputs("  },\n", f);
+}
+
+static void write_json_bool(FILE *f, int x) { fputs(x < 0 ? "null" : x ? "true" : "false", f); }
+
+// One model's answer to a sample and its scores.
+static void write_json_outcome(FILE *f, const EvalOutcome *o) {
+    fputs("{\"answer\": ", f);
+    json_write_string(f, o->answer);
+    fputs(", \"abstained\": ", f);
+    write_json_bool(f, o->abstained);
+    const char *rouge_keys[ROUGE_KINDS] = {"rouge1_f1", "rouge2_f1", "rougeL_f1"};
+    for (int k = 0; k < ROUGE_KINDS; k++) {
+        fprintf(f, ", \"%s\": ", rouge_keys[k]);
+        write_json_number(f, o->rouge.kind[k].f1);
+    }
+    fputs(", \"cosine\": ", f);
+    write_json_number(f, o->similarity);
+    fputs(", \"grounded\": ", f);
+    write_json_bool(f, o->grounded);
+    fputs(", \"oracle_overlap\": ", f);
+    write_json_number(f, o->oracle_overlap);
+    fputs(", \"distractor_overlap\": ", f);
+    write_json_number(f, o->distractor_overlap);
+    fputs(", \"loss\": ", f);
+    write_json_number(f, o->n_counted ? o->loss_sum / o->n_counted : NAN);
+    fprintf(f, ", \"answer_tokens\": %d}", o->n_counted);
+}
+
+static void write_json_samples(FILE *f, const EvalSample *samples, int count, const EvalOutcome *base,
+                               const EvalOutcome *tuned) {
+    fputs("  \"per_sample\": [\n", f);
+    for (int i = 0; i < count; i++) {
+        const EvalSample *s = &samples[i];
+        fprintf(f, "    {\"id\": %d, \"language\": \"%s\", \"kind\": \"%s\", \"question\": ", i + 1,
+                s->korean ? "ko" : "en", s->oracle >= 0 ? "oracle" : "no_oracle");
+        if (s->question) json_write_string(f, s->question);
+        else fputs("null", f);
+        fputs(", \"reference\": ", f);
+        json_write_string(f, s->reference);
+        fputs(",\n     \"base\": ", f);
+        write_json_outcome(f, &base[i]);
+        if (tuned) {
+            fputs(",\n     \"fine_tuned\": ", f);
+            write_json_outcome(f, &tuned[i]);
+        }
+        fprintf(f, "}%s\n", i + 1 < count ? "," : "");
+    }
+    fputs("  ]\n", f);
+}
+
 static int write_report(const char *path, const Options *o, const EvalSample *samples, int count,
-                        const EvalOutcome *base, const EvalOutcome *tuned, const EvalSummary *sb, const EvalSummary *st) {
+                        const EvalOutcome *base, const EvalOutcome *tuned, const EvalComparison *c) {
     FILE *f = fopen(path, "w");
     if (!f) { fprintf(stderr, "evaluate: cannot write %s: %s\n", path, strerror(errno)); return -1; }
     fprintf(f, "{\n  \"model\": ");
@@ -168,53 +300,41 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
             o->double_quant);
     fprintf(f, ",\n  \"data\": ");
     json_write_string(f, o->data_path);
-    fprintf(f, ",\n  \"samples\": %d,\n  \"max_new\": %d,\n  \"summary_mean_std\": {\n", count, o->max_new);
-    write_summary_json(f, "base", sb);
-    if (st) { fprintf(f, ",\n"); write_summary_json(f, "fine_tuned", st); }
-    fprintf(f, "\n  },\n  \"answers\": [\n");
-    for (int i = 0; i < count; i++) {
-        fprintf(f, "    {\"reference\": ");
-        json_write_string(f, samples[i].reference);
-        fprintf(f, ", \"base\": ");
-        json_write_string(f, base[i].answer);
-        fprintf(f, ", \"base_rougeL_f1\": ");
-        write_json_number(f, base[i].rouge.kind[ROUGE_L].f1);
-        fprintf(f, ", \"base_cosine\": ");
-        write_json_number(f, base[i].similarity);
-        if (tuned) {
-            fprintf(f, ", \"fine_tuned\": ");
-            json_write_string(f, tuned[i].answer);
-            fprintf(f, ", \"fine_tuned_rougeL_f1\": ");
-            write_json_number(f, tuned[i].rouge.kind[ROUGE_L].f1);
-            fprintf(f, ", \"fine_tuned_cosine\": ");
-            write_json_number(f, tuned[i].similarity);
-        }
-        fprintf(f, "}%s\n", i + 1 < count ? "," : "");
-    }
-    fprintf(f, "  ]\n}\n");
+    fprintf(f, ",\n  \"samples\": %d,\n  \"max_new\": %d,\n", count, o->max_new);
+    fprintf(f, "  \"bootstrap\": {\"method\": \"percentile\", \"level\": %g, \"resamples\": %d, \"seed\": %llu, "
+               "\"change\": \"fine_tuned - base, paired: both on the same resampled samples\"},\n",
+            BOOTSTRAP_LEVEL, c->resamples, (unsigned long long)c->seed);
+    write_json_summary(f, c, tuned != NULL);
+    write_json_samples(f, samples, count, base, tuned);
+    fprintf(f, "}\n");
     return fclose(f) == 0 ? 0 : -1;
 }
 
-static void write_chart(const char *json_path, const EvalSummary *base, const EvalSummary *tuned) {
+// ---- the chart ----------------------------------------------------------------------
+
+// Every metric but the loss (another scale), on each subset with samples.
+static void write_chart(const char *json_path, const EvalComparison *c, int tuned) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s", json_path);
     size_t len = strlen(path);
     if (len > 5 && strcmp(path + len - 5, ".json") == 0) path[len - 5] = '\0';
     strncat(path, ".svg", sizeof path - strlen(path) - 1);
-    const char *labels[8] = {"ROUGE-1 base", "ROUGE-1 tuned", "ROUGE-2 base", "ROUGE-2 tuned",
-                             "ROUGE-L base", "ROUGE-L tuned", "cosine base", "cosine tuned"};
-    double values[8], errors[8];
-    int count = 0;
-    for (int k = 0; k <= ROUGE_KINDS; k++) {
-        const EvalSummary *s[2] = {base, tuned};
-        for (int which = 0; which < 2; which++) {
-            MeanStd m = !s[which] ? (MeanStd){NAN, 0} : k < ROUGE_KINDS ? s[which]->rouge_f1[k] : s[which]->similarity;
-            values[count] = m.mean;
-            errors[count++] = m.std;
+    ForestRow rows[EVAL_METRICS * EVAL_SUBSETS];
+    int n_rows = 0;
+    for (int m = 0; m < EVAL_LOSS; m++)
+        for (int g = 0; g < EVAL_SUBSETS; g++) {
+            const EvalCell *cell = &c->cell[m][g];
+            if (cell->n == 0 || (m == EVAL_COSINE && g == EVAL_ALL)) continue;
+            ForestRow *row = &rows[n_rows++];
+            snprintf(row->label, sizeof row->label, "%s, %s (n = %d)", EVAL_METRIC_INFO[m].name,
+                     EVAL_SUBSET_NAMES[g], cell->n);
+            row->arm[0] = cell->arm[0];
+            row->arm[1] = cell->arm[1];
+            row->change = cell->change;
         }
-    }
-    if (svg_bar_chart(path, "base vs fine-tuned (mean, whiskers: standard deviation)", "score", labels, values,
-                      errors, count, err, sizeof err) != 0)
+    const char *title = tuned ? "base vs fine-tuned: means and paired changes, 95% bootstrap intervals"
+                              : "base model: means, 95% bootstrap intervals";
+    if (svg_forest_plot(path, title, rows, n_rows, err, sizeof err) != 0)
         fprintf(stderr, "evaluate: warning: %s\n", err);
     else
         printf("chart: %s\n", path);
@@ -311,18 +431,18 @@ int main(int argc, char **argv) {
     base = eval_run_model(&model, &embedder, samples, count, o.max_new, "base");
     check_finite(base, count, "base", o.model_path, NULL);
     model_free(&model);
-    EvalSummary sb = eval_summarize(base, count), st;
-    if (tuned) st = eval_summarize(tuned, count);
-    print_tables(&sb, tuned ? &st : NULL, count);
+    EvalComparison comparison = eval_compare(samples, base, tuned, count, o.resamples, (uint64_t)o.seed);
+    print_table(&comparison, samples, count, tuned != NULL);
     for (int i = 0; i < count && i < o.examples; i++) {
-        printf("\nsample %d\n", i + 1);
+        printf("\nsample %d (%s, %s the oracle)\n", i + 1, samples[i].korean ? "Korean" : "English",
+               samples[i].oracle >= 0 ? "with" : "without");
         print_clipped("reference", samples[i].reference, 300);
         print_clipped("base", base[i].answer, 300);
         if (tuned) print_clipped("tuned", tuned[i].answer, 300);
     }
-    if (write_report(path, &o, samples, count, base, tuned, &sb, tuned ? &st : NULL) != 0) return 1;
+    if (write_report(path, &o, samples, count, base, tuned, &comparison) != 0) return 1;
     printf("\nreport: %s\n", path);
-    write_chart(path, &sb, tuned ? &st : NULL);
+    write_chart(path, &comparison, tuned != NULL);
     eval_free_outcomes(base, count);
     eval_free_outcomes(tuned, count);
     eval_free_samples(samples, count);

@@ -159,6 +159,11 @@ void report_print(const Report *r, FILE *out) {
     print_histogram(&r->histogram, r->max_seq, out);
     fprintf(out, "  split:      train %ld samples (%ld questions), val %ld samples (%ld questions), seed %d\n",
             r->train_samples, r->train_questions, r->val_samples, r->val_questions, r->seed);
+    long questions = r->train_questions + r->val_questions;
+    fprintf(out, "  val:        %.1f%% of the questions (--val-frac %g, at least --val-min %d when that is at most a "
+                 "quarter); %ld English, %ld Korean samples; %ld without the oracle\n",
+            questions ? 100.0 * r->val_questions / questions : 0.0, r->val_frac, r->val_min,
+            r->val_samples - r->val_korean, r->val_korean, r->val_no_oracle);
     fprintf(out, "  train:      %ld tokens, %ld of them answer tokens (labelled)\n", r->train_tokens,
             r->train_answer_tokens);
 }
@@ -177,8 +182,9 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
     if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
     fprintf(f, "{\n");
     fprintf(f, "  \"settings\": {\"max_seq\": %d, \"distractors\": %d, \"no_oracle\": %g, \"val_frac\": %g, "
-               "\"seed\": %d, \"strict\": %s},\n",
-            r->max_seq, r->distractors, r->no_oracle_share, r->val_frac, r->seed, r->strict ? "true" : "false");
+               "\"val_min\": %d, \"seed\": %d, \"strict\": %s},\n",
+            r->max_seq, r->distractors, r->no_oracle_share, r->val_frac, r->val_min, r->seed,
+            r->strict ? "true" : "false");
     fprintf(f, "  \"lines\": %ld,\n  \"documents\": %ld,\n  \"questions\": %ld,\n", r->lines, r->documents,
             r->questions);
     fprintf(f, "  \"dropped\": {");
@@ -189,7 +195,8 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
             r->truncated);
     fprintf(f, "  \"train\": {\"samples\": %ld, \"questions\": %ld, \"tokens\": %ld, \"answer_tokens\": %ld},\n",
             r->train_samples, r->train_questions, r->train_tokens, r->train_answer_tokens);
-    fprintf(f, "  \"val\": {\"samples\": %ld, \"questions\": %ld},\n", r->val_samples, r->val_questions);
+    fprintf(f, "  \"val\": {\"samples\": %ld, \"questions\": %ld, \"english\": %ld, \"korean\": %ld, \"no_oracle\": %ld},\n",
+            r->val_samples, r->val_questions, r->val_samples - r->val_korean, r->val_korean, r->val_no_oracle);
     write_json_lengths(f, "lengths_rendered", &r->rendered);
     write_json_lengths(f, "lengths_written", &r->written);
     fprintf(f, "  \"histogram\": [");

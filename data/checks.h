@@ -45,7 +45,7 @@ typedef struct {
 
 typedef struct {
     // settings, echoed in the report
-    int strict, max_seq, distractors, seed;
+    int strict, max_seq, distractors, seed, val_min;
     double no_oracle_share, val_frac;
     // counts
     long lines;                      // non-blank input lines read
@@ -55,6 +55,7 @@ typedef struct {
     long no_oracle;                  // of those, samples whose documents do not hold the answer
     long truncated;                  // samples whose documents were cut to fit --max-seq
     long train_samples, val_samples, train_questions, val_questions;
+    long val_korean, val_no_oracle;  // validation samples whose question is Korean, that have no oracle
     long train_tokens, train_answer_tokens;
     LengthStats rendered;            // lengths as rendered, before fitting
     LengthStats written;             // lengths written

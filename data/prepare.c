@@ -25,14 +25,14 @@
 typedef struct {
     const char *input, *docs, *qa, *faq_dir, *out_dir, *model_path, *overlong;
     const char *no_oracle_answer, *no_oracle_answer_ko;
-    int distractors, max_seq, seed, strict, faq_answer_tokens;
+    int distractors, max_seq, seed, strict, faq_answer_tokens, val_min;
     double no_oracle, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
     NULL, NULL, NULL, NULL, "out/data", DEFAULT_MODEL, "truncate",
     RAFT_NO_ORACLE_ANSWER_EN, RAFT_NO_ORACLE_ANSWER_KO,
-    3, 2048, 1234, 0, 48,
+    3, 2048, 1234, 0, 48, 30,
     0.2, 0.1,
 };
 
@@ -57,13 +57,16 @@ static void usage(FILE *out) {
             "  --no-oracle-answer-ko T  their answer when the question is Korean (default \"%s\")\n"
             "  --max-seq N              tokens per sample at most (default %d)\n"
             "  --overlong MODE          truncate: cut the documents (never the answer) to fit; drop: skip (default %s)\n"
-            "  --val-frac F             share of the questions held out for validation (default %g)\n"
+            "  --val-frac F             share of the questions held out for validation (default %g); a question's\n"
+            "                           samples all go to one side, so no held-out question is trained on\n"
+            "  --val-min N              hold out at least N questions when that is at most a quarter of them\n"
+            "                           (default %d; with --val-frac 0 none are)\n"
             "  --seed S                 seed for distractors, order and split (default %d)\n"
             "  --strict                 stop at the first bad line instead of skipping and counting it\n"
             "  --faq-answer-tokens N    FAQ answers: the section's first sentences, at most N tokens (default %d)\n"
             "  -h, --help               this help\n",
             d->out_dir, d->model_path, d->distractors, d->no_oracle, d->no_oracle_answer, d->no_oracle_answer_ko,
-            d->max_seq, d->overlong, d->val_frac, d->seed, d->faq_answer_tokens);
+            d->max_seq, d->overlong, d->val_frac, d->val_min, d->seed, d->faq_answer_tokens);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -85,7 +88,7 @@ static const char *one_source(const char *flag, const char *earlier, const char 
 static const char *const VALUE_OPTIONS[] = {
     "--input", "--docs", "--qa", "--debian-faq", "--out", "--model", "--overlong", "--no-oracle-answer",
     "--no-oracle-answer-ko", "--distractors", "--max-seq", "--seed", "--faq-answer-tokens", "--no-oracle",
-    "--val-frac", NULL};
+    "--val-frac", "--val-min", NULL};
 
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
@@ -113,6 +116,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--faq-answer-tokens") == 0) o.faq_answer_tokens = cli_int("prepare", f, v);
         else if (strcmp(f, "--no-oracle") == 0) o.no_oracle = cli_number("prepare", f, v);
         else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_number("prepare", f, v);
+        else if (strcmp(f, "--val-min") == 0) o.val_min = cli_int("prepare", f, v);
         else bad_usage("unknown option ", f);
     }
     if (!o.input && !o.docs && !o.qa && !o.faq_dir) bad_usage("give a source: --input, --docs with --qa, or --debian-faq", "");
@@ -122,6 +126,7 @@ static Options parse_args(int argc, char **argv) {
     if (o.faq_answer_tokens < 16) bad_usage("--faq-answer-tokens must be at least 16", "");
     if (o.no_oracle < 0 || o.no_oracle > 1) bad_usage("--no-oracle must be in [0, 1]", "");
     if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
+    if (o.val_min < 0) bad_usage("--val-min must be at least 0", "");
     if (strcmp(o.overlong, "truncate") != 0 && strcmp(o.overlong, "drop") != 0)
         bad_usage("--overlong expects truncate or drop, got ", o.overlong);
     return o;
@@ -208,6 +213,7 @@ static void free_set(TokSet *set) {
     for (long i = 0; i < set->count; i++) {
         free(set->samples[i].ids);
         free(set->samples[i].targets);
+        free(set->samples[i].document_bytes);
     }
     free(set->samples);
 }
@@ -216,6 +222,22 @@ static long count_labelled(const TokSample *s) {
     long n = 0;
     for (int t = 0; t < s->n_tokens; t++) n += s->targets[t] != IGNORE_TARGET;
     return n;
+}
+
+// The sample's documents as rendered with the byte budget doc_bytes (for ./evaluate). -1: out of memory.
+static int record_documents(const RaftSample *sample, size_t doc_bytes, TokSample *s) {
+    s->n_documents = sample->n_documents;
+    s->document_bytes = (int *)malloc(sizeof(int) * (size_t)(sample->n_documents > 0 ? sample->n_documents : 1));
+    if (!s->document_bytes) return -1;
+    for (int d = 0; d < sample->n_documents; d++)
+        s->document_bytes[d] = (int)raft_kept_bytes(sample->documents[d], doc_bytes);
+    return 0;
+}
+
+// The validation set's make-up, for the report: Korean (Hangul in the question, as raft_build decides), no oracle.
+static void count_val_sample(const RaftSample *sample, Report *r) {
+    r->val_korean += text_has_hangul(sample->question);
+    r->val_no_oracle += sample->oracle < 0;
 }
 
 // Renders every sample (fitting or dropping the long ones), sorts them into
@@ -229,9 +251,11 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
     int status = 0;
     for (int i = 0; i < samples->count && status == 0; i++) {
         const RaftSample *sample = &samples->samples[i];
-        TokSample s = {NULL, NULL, 0};
+        TokSample s = {NULL, NULL, 0, sample->oracle, 0, NULL};
         int full = 0, cut = 0;
-        s.n_tokens = raft_encode_fit(t, sample, truncate ? o->max_seq : INT_MAX, &s.ids, &s.targets, &full, &cut);
+        size_t doc_bytes = 0;
+        s.n_tokens = raft_encode_fit(t, sample, truncate ? o->max_seq : INT_MAX, &s.ids, &s.targets, &full, &cut,
+                                     &doc_bytes);
         if (s.n_tokens < 0) { fprintf(stderr, "prepare: the tokenizer has no <|im_start|>/<|im_end|> tokens\n"); status = -1; break; }
         rendered[r->rendered.count++] = full;
         if (s.n_tokens == 0 || s.n_tokens > o->max_seq) {
@@ -244,16 +268,19 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
             free(s.targets);
             continue;
         }
+        if (record_documents(sample, doc_bytes, &s) != 0) { free(s.ids); free(s.targets); status = -1; break; }
         written[r->written.count++] = s.n_tokens;
         r->samples++;
         r->truncated += cut;
         r->no_oracle += sample->oracle < 0;
-        if (!is_val[i]) {
+        if (is_val[i]) {
+            count_val_sample(sample, r);
+        } else {
             r->train_tokens += s.n_tokens;
             r->train_answer_tokens += count_labelled(&s);
         }
         status = add_to_set(is_val[i] ? val : train, &s);
-        if (status != 0) { free(s.ids); free(s.targets); }
+        if (status != 0) { free(s.ids); free(s.targets); free(s.document_bytes); }
     }
     length_stats_compute(rendered, r->rendered.count, o->max_seq, &r->rendered);
     length_stats_compute(written, r->written.count, o->max_seq, &r->written);
@@ -307,6 +334,7 @@ int main(int argc, char **argv) {
     r.seed = o.seed;
     r.no_oracle_share = o.no_oracle;
     r.val_frac = o.val_frac;
+    r.val_min = o.val_min;
     RaftData samples = {0};
     int status = read_sources(&o, t, &r, &samples);
     if (status == 0 && samples.count == 0) {
@@ -315,7 +343,7 @@ int main(int argc, char **argv) {
     }
     unsigned char *is_val = (unsigned char *)calloc((size_t)samples.count + 1, 1);
     TokSet train = {NULL, 0}, val = {NULL, 0};
-    if (status == 0 && raft_split(&samples, o.val_frac, (uint64_t)o.seed, is_val) < 0) status = -1;
+    if (status == 0 && raft_split(&samples, o.val_frac, o.val_min, (uint64_t)o.seed, is_val) < 0) status = -1;
     if (status == 0) status = render_samples(&o, t, &samples, is_val, &r, &train, &val);
     if (status == 0 && train.count == 0) {
         fprintf(stderr, "prepare: no training sample fits in --max-seq %d\n", o.max_seq);

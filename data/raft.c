@@ -207,26 +207,54 @@ int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, si
 
 // ---- rendering ----------------------------------------------------------------
 
+size_t raft_kept_bytes(const char *document, size_t doc_bytes) {
+    size_t kept = strlen(document);
+    if (kept <= doc_bytes) return kept;
+    kept = doc_bytes;
+    // back up to the first byte of a UTF-8 character (continuation bytes are 10xxxxxx)
+    while (kept > 0 && ((unsigned char)document[kept] & 0xC0) == 0x80) kept--;
+    return kept;
+}
+
 // "[1] first document\n[2] second document\n...\n\nQuestion: the question",
 // each document cut to at most doc_bytes bytes, malloc'd.
 static char *user_message(const RaftSample *s, size_t doc_bytes) {
-    const char *question_label = "\nQuestion: ";
-    size_t size = strlen(question_label) + strlen(s->question) + 1;
+    size_t size = strlen(RAFT_QUESTION_LABEL) + strlen(s->question) + 1;
     for (int i = 0; i < s->n_documents; i++) size += strlen(s->documents[i]) + 16;   // "[N] " and "\n"
     char *text = (char *)malloc(size);
     if (!text) return NULL;
     size_t used = 0;
     for (int i = 0; i < s->n_documents; i++) {
-        size_t kept = strlen(s->documents[i]);
-        if (kept > doc_bytes) {
-            kept = doc_bytes;
-            // back up to the first byte of a UTF-8 character (continuation bytes are 10xxxxxx)
-            while (kept > 0 && ((unsigned char)s->documents[i][kept] & 0xC0) == 0x80) kept--;
-        }
-        used += (size_t)snprintf(text + used, size - used, "[%d] %.*s\n", i + 1, (int)kept, s->documents[i]);
+        int kept = (int)raft_kept_bytes(s->documents[i], doc_bytes);
+        used += (size_t)snprintf(text + used, size - used, "[%d] %.*s\n", i + 1, kept, s->documents[i]);
     }
-    snprintf(text + used, size - used, "%s%s", question_label, s->question);
+    snprintf(text + used, size - used, "%s%s", RAFT_QUESTION_LABEL, s->question);
     return text;
+}
+
+int raft_parse_documents(const char *text, size_t len, const int *document_bytes, int n, char **documents) {
+    size_t at = 0;
+    int status = 0;
+    for (int i = 0; i < n; i++) documents[i] = NULL;
+    for (int i = 0; i < n && status == 0; i++) {
+        char label[32];
+        size_t label_len = (size_t)snprintf(label, sizeof label, "[%d] ", i + 1);
+        size_t doc_len = (size_t)document_bytes[i];
+        // "[i] " DOCUMENT "\n"
+        if (len - at < label_len + doc_len + 1 || memcmp(text + at, label, label_len) != 0 ||
+            text[at + label_len + doc_len] != '\n') {
+            status = -1;
+            continue;
+        }
+        documents[i] = strndup(text + at + label_len, doc_len);
+        if (!documents[i]) status = -1;
+        at += label_len + doc_len + 1;
+    }
+    size_t label_len = strlen(RAFT_QUESTION_LABEL);
+    if (status == 0 && (len - at < label_len || memcmp(text + at, RAFT_QUESTION_LABEL, label_len) != 0)) status = -1;
+    if (status == 0) return 0;
+    for (int i = 0; i < n; i++) { free(documents[i]); documents[i] = NULL; }
+    return -1;
 }
 
 // raft_encode with every document cut to at most doc_bytes bytes.
@@ -275,11 +303,12 @@ static int length_with_cut(const Tokenizer *t, const RaftSample *sample, size_t 
 }
 
 int raft_encode_fit(const Tokenizer *t, const RaftSample *sample, int max_tokens, int **ids, int **targets,
-                    int *full_tokens, int *cut) {
+                    int *full_tokens, int *cut, size_t *doc_bytes) {
     size_t longest = longest_document(sample);
     int n = encode_cut(t, sample, longest, ids, targets);
     *full_tokens = n;
     *cut = 0;
+    *doc_bytes = longest;
     if (n <= max_tokens) return n;
     free(*ids);
     free(*targets);
@@ -297,5 +326,6 @@ int raft_encode_fit(const Tokenizer *t, const RaftSample *sample, int max_tokens
         else high = middle;
     }
     *cut = 1;
+    *doc_bytes = low;
     return encode_cut(t, sample, low, ids, targets);
 }

@@ -15,6 +15,8 @@ extern "C" {
 
 // The system message of every rendered sample.
 extern const char RAFT_SYSTEM_PROMPT[];
+// What comes between the documents and the question in the user message.
+#define RAFT_QUESTION_LABEL "\nQuestion: "
 
 typedef struct {
     char *question;
@@ -76,10 +78,22 @@ int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **t
 // system message, the question or the answer: every document keeps at most
 // the same number of bytes from its beginning (cut at a character boundary),
 // the largest such budget that fits. *full_tokens gets the length before
-// cutting and *cut whether anything was cut. Returns the token count, 0 when
-// even empty documents do not fit (nothing allocated), -1 as raft_encode.
+// cutting, *cut whether anything was cut and *doc_bytes the budget (the
+// longest document's length when nothing was cut). Returns the token count,
+// 0 when even empty documents do not fit (nothing allocated), -1 as raft_encode.
 int raft_encode_fit(const Tokenizer *t, const RaftSample *sample, int max_tokens, int **ids, int **targets,
-                    int *full_tokens, int *cut);
+                    int *full_tokens, int *cut, size_t *doc_bytes);
+
+// How much of document a rendering with the budget doc_bytes shows: all of
+// it when it fits, else its longest beginning of at most doc_bytes bytes that
+// ends at a character boundary.
+size_t raft_kept_bytes(const char *document, size_t doc_bytes);
+
+// The reverse of the user message's layout: text (len bytes) starts where
+// the user message does, "[1] DOC\n[2] DOC\n...\n\nQuestion: ...", and
+// document i is document_bytes[i] bytes long. Fills documents[0..n) with
+// malloc'd copies and returns 0, or -1 (all NULL) when text is not laid out so.
+int raft_parse_documents(const char *text, size_t len, const int *document_bytes, int n, char **documents);
 
 #ifdef __cplusplus
 }

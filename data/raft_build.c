@@ -121,7 +121,16 @@ static int compare_questions(const void *a, const void *b) {
     return order ? order : (x->sample > y->sample) - (x->sample < y->sample);
 }
 
-int raft_split(const RaftData *data, double val_frac, uint64_t seed, unsigned char *is_val) {
+// How many of n_groups questions are held out: round(val_frac * n_groups),
+// raised to min_questions when val_frac > 0 and min_questions is at most a
+// quarter of the questions, and always leaving one for training.
+static int held_out_count(int n_groups, double val_frac, int min_questions) {
+    int held_out = (int)floor(val_frac * n_groups + 0.5);
+    if (val_frac > 0 && held_out < min_questions && 4 * (long)min_questions <= n_groups) held_out = min_questions;
+    return held_out > n_groups - 1 ? n_groups - 1 : held_out;
+}
+
+int raft_split(const RaftData *data, double val_frac, int min_questions, uint64_t seed, unsigned char *is_val) {
     int n = data->count;
     memset(is_val, 0, (size_t)n);
     if (n == 0) return 0;
@@ -137,12 +146,11 @@ int raft_split(const RaftData *data, double val_frac, uint64_t seed, unsigned ch
         if (i == 0 || strcmp(refs[i].question, refs[i - 1].question) != 0) n_groups++;
         group_of[refs[i].sample] = n_groups - 1;
     }
-    // hold out the first round(val_frac * groups) groups of a seeded shuffle
+    // hold out the first held_out_count groups of a seeded shuffle
     for (int g = 0; g < n_groups; g++) groups[g] = g;
     uint64_t state = seed ^ 0x5B117ULL;
     shuffle(groups, n_groups, &state);
-    int held_out = (int)floor(val_frac * n_groups + 0.5);
-    if (held_out > n_groups - 1) held_out = n_groups - 1;
+    int held_out = held_out_count(n_groups, val_frac, min_questions);
     unsigned char *group_is_val = (unsigned char *)calloc((size_t)n_groups, 1);
     if (!group_is_val) { free(refs); free(group_of); free(groups); return -1; }
     for (int g = 0; g < held_out; g++) group_is_val[groups[g]] = 1;

@@ -38,11 +38,14 @@ int raft_build(const Collection *c, const RaftBuildOptions *o, RaftData *out);
 int text_has_hangul(const char *text);
 
 // Splits samples into train and validation by question: all samples of one
-// question (exact text) go to the same side. round(val_frac * questions)
-// questions, chosen with the seed, are held out (at least one question stays
-// in train). is_val[i] gets 1 for the held-out samples. Returns the number of
-// held-out questions, or -1 when memory runs out.
-int raft_split(const RaftData *data, double val_frac, uint64_t seed, unsigned char *is_val);
+// question (exact text) go to the same side, so no held-out question is
+// trained on. round(val_frac * questions) questions, chosen with the seed,
+// are held out, or min_questions when that is more and val_frac > 0, as long
+// as min_questions is at most a quarter of the questions (a small data set
+// is not mostly held out); at least one question stays in train. is_val[i]
+// gets 1 for the held-out samples. Returns the number of held-out questions,
+// or -1 when memory runs out.
+int raft_split(const RaftData *data, double val_frac, int min_questions, uint64_t seed, unsigned char *is_val);
 
 #ifdef __cplusplus
 }

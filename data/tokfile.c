@@ -5,6 +5,7 @@
 #include "data/raft.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,15 +52,20 @@ uint64_t tokenizer_id(const Tokenizer *t) {
 
 // ---- writing --------------------------------------------------------------------
 
+// A sample's bytes: count, ids, targets, oracle, document count, document lengths.
 static int write_sample(FILE *f, const TokSample *s) {
-    size_t size = 4 + 8 * (size_t)s->n_tokens;
+    size_t n = (size_t)s->n_tokens, size = 4 + 8 * n + 8 + 4 * (size_t)s->n_documents;
     unsigned char *bytes = (unsigned char *)malloc(size);
     if (!bytes) return -1;
     put_u32(bytes, (uint32_t)s->n_tokens);
-    for (int t = 0; t < s->n_tokens; t++) {
-        put_u32(bytes + 4 + 4 * (size_t)t, (uint32_t)s->ids[t]);
-        put_u32(bytes + 4 + 4 * ((size_t)s->n_tokens + t), (uint32_t)s->targets[t]);
+    for (size_t t = 0; t < n; t++) {
+        put_u32(bytes + 4 + 4 * t, (uint32_t)s->ids[t]);
+        put_u32(bytes + 4 + 4 * (n + t), (uint32_t)s->targets[t]);
     }
+    unsigned char *meta = bytes + 4 + 8 * n;
+    put_u32(meta, (uint32_t)s->oracle);
+    put_u32(meta + 4, (uint32_t)s->n_documents);
+    for (int d = 0; d < s->n_documents; d++) put_u32(meta + 8 + 4 * (size_t)d, (uint32_t)s->document_bytes[d]);
     int status = fwrite(bytes, 1, size, f) == size ? 0 : -1;
     free(bytes);
     return status;
@@ -68,6 +74,11 @@ static int write_sample(FILE *f, const TokSample *s) {
 int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size) {
     uint64_t n_tokens = 0, n_labelled = 0;
     for (long i = 0; i < n; i++) {
+        if (samples[i].oracle < -1 || samples[i].oracle >= samples[i].n_documents) {
+            snprintf(err, err_size, "%s: sample %ld: oracle %d is neither -1 nor one of its %d documents", path, i + 1,
+                     samples[i].oracle, samples[i].n_documents);
+            return -1;
+        }
         n_tokens += (uint64_t)samples[i].n_tokens;
         for (int k = 0; k < samples[i].n_tokens; k++) n_labelled += samples[i].targets[k] != IGNORE_TARGET;
     }
@@ -94,6 +105,7 @@ void tokfile_free(TokFile *f) {
     for (long i = 0; i < f->count; i++) {
         free(f->samples[i].ids);
         free(f->samples[i].targets);
+        free(f->samples[i].document_bytes);
     }
     free(f->samples);
     memset(f, 0, sizeof *f);
@@ -125,12 +137,47 @@ static int read_header(TokFile *f, const unsigned char *data, size_t size, const
                  (unsigned long long)tokenizer_id(t));
         return -1;
     }
-    // each sample takes at least 12 bytes: its count, one id, one target
-    if (*n_samples > (size - TOKFILE_HEADER_BYTES) / 12) {
+    // each sample takes at least 20 bytes: its count, one id, one target, the oracle, the document count
+    if (*n_samples > (size - TOKFILE_HEADER_BYTES) / 20) {
         snprintf(err, err_size, "%s: the header says %llu samples, more than the file can hold (truncated?)", path,
                  (unsigned long long)*n_samples);
         return -1;
     }
+    return 0;
+}
+
+// Reads sample i's oracle and document lengths at *offset. Returns -1 with the message in err.
+static int read_documents(TokFile *f, const unsigned char *data, size_t size, size_t *offset, long i,
+                          const char *path, char *err, size_t err_size) {
+    TokSample *s = &f->samples[i];
+    if (size - *offset < 8) {
+        snprintf(err, err_size, "%s: truncated: sample %ld of %ld lacks its oracle and documents", path, i + 1, f->count);
+        return -1;
+    }
+    s->oracle = (int32_t)get_u32(data + *offset);
+    uint32_t d = get_u32(data + *offset + 4);
+    if ((size - *offset - 8) / 4 < d) {
+        snprintf(err, err_size, "%s: sample %ld of %ld claims %u documents, more than the rest of the file: truncated?",
+                 path, i + 1, f->count, d);
+        return -1;
+    }
+    if (s->oracle < -1 || (int64_t)s->oracle >= (int64_t)d) {
+        snprintf(err, err_size, "%s: sample %ld: oracle %d is neither -1 nor one of its %u documents", path, i + 1,
+                 s->oracle, d);
+        return -1;
+    }
+    s->document_bytes = (int *)malloc(sizeof(int) * (d ? d : 1));
+    if (!s->document_bytes) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+    s->n_documents = (int)d;
+    for (uint32_t k = 0; k < d; k++) {
+        uint32_t bytes = get_u32(data + *offset + 8 + 4 * (size_t)k);
+        if (bytes > INT32_MAX) {
+            snprintf(err, err_size, "%s: sample %ld: document %u claims %u bytes", path, i + 1, k + 1, bytes);
+            return -1;
+        }
+        s->document_bytes[k] = (int)bytes;
+    }
+    *offset += 8 + 4 * (size_t)d;
     return 0;
 }
 
@@ -173,7 +220,7 @@ static int read_sample(TokFile *f, const unsigned char *data, size_t size, size_
         f->n_labelled += s->targets[k] != IGNORE_TARGET;
     }
     *offset += 4 + 8 * (size_t)n;
-    return 0;
+    return read_documents(f, data, size, offset, i, path, err, err_size);
 }
 
 int tokfile_read(TokFile *f, const char *path, const Tokenizer *t, char *err, size_t err_size) {

@@ -5,7 +5,7 @@
 // Layout, every number little-endian:
 //   offset  size  field
 //   0       8     magic "QLORATOK"
-//   8       4     u32 version (1)
+//   8       4     u32 version (2)
 //   12      4     u32 vocabulary size of the tokenizer that made the file
 //   16      8     u64 tokenizer id (tokenizer_id below)
 //   24      8     u64 number of samples
@@ -17,8 +17,18 @@
 //                   i32  targets[n]    targets[t] = ids[t + 1] when token t + 1 is
 //                                      part of the answer, else -100 (IGNORE_TARGET);
 //                                      targets[n - 1] = -100
+//                   i32  oracle        which document holds the answer (0-based),
+//                                      -1 when none does (a no-oracle sample)
+//                   u32  d             documents in the prompt
+//                   u32  doc_bytes[d]  each document's length in bytes as rendered
+//                                      (after any cut to fit --max-seq)
 // Nothing follows the last sample. A file made with one tokenizer is refused
 // when read for another: token ids only mean something with their vocabulary.
+// The documents and the oracle (version 2) let ./evaluate tell no-oracle
+// samples and check an answer against its documents: the prompt's text is
+// "[1] DOC\n[2] DOC\n...\n\nQuestion: ..." (raft_encode), and doc_bytes says
+// where each document ends. Version 1 files (without them) are refused, with
+// a message to run ./prepare again.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -29,13 +39,16 @@ extern "C" {
 #endif
 
 #define TOKFILE_MAGIC "QLORATOK"
-#define TOKFILE_VERSION 1
+#define TOKFILE_VERSION 2
 #define TOKFILE_HEADER_BYTES 48
 
 typedef struct {
-    int *ids;         // [n_tokens]
-    int *targets;     // [n_tokens]
+    int *ids;              // [n_tokens]
+    int *targets;          // [n_tokens]
     int n_tokens;
+    int oracle;            // the document holding the answer, -1 when none
+    int n_documents;
+    int *document_bytes;   // [n_documents]: each document's rendered length in bytes
 } TokSample;
 
 typedef struct {
@@ -52,10 +65,12 @@ typedef struct {
 uint64_t tokenizer_id(const Tokenizer *t);
 
 // Writes n samples to path, stamped with t's vocabulary size and id.
-// Returns -1 with "PATH: why" in err when it cannot be written.
+// Returns -1 with "PATH: why" in err when it cannot be written or a sample's
+// oracle is not -1 or one of its documents.
 int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size);
 
-// Reads and checks path (every field, every id and target). When t is not
+// Reads and checks path (every field, every id and target, every oracle
+// index). When t is not
 // NULL, a file made with another tokenizer is refused. Returns -1 with
 // "PATH: what is wrong" in err; f is then empty.
 int tokfile_read(TokFile *f, const char *path, const Tokenizer *t, char *err, size_t err_size);

@@ -229,9 +229,9 @@ TEST_CASE("prepare: the split holds out whole questions, by seed") {
         REQUIRE(raft_append(&data, &s) == 0);
     }
     std::vector<unsigned char> is_val(100), again(100), other_seed(100);
-    CHECK(raft_split(&data, 0.1, 3, is_val.data()) == 5);
-    CHECK(raft_split(&data, 0.1, 3, again.data()) == 5);
-    CHECK(raft_split(&data, 0.1, 4, other_seed.data()) == 5);
+    CHECK(raft_split(&data, 0.1, 0, 3, is_val.data()) == 5);
+    CHECK(raft_split(&data, 0.1, 0, 3, again.data()) == 5);
+    CHECK(raft_split(&data, 0.1, 0, 4, other_seed.data()) == 5);
     CHECK(is_val == again);
     CHECK(is_val != other_seed);
     int held = 0;
@@ -240,8 +240,22 @@ TEST_CASE("prepare: the split holds out whole questions, by seed") {
         CHECK(is_val[i] == is_val[(i + 50) % 100]);   // both samples of a question on the same side
     }
     CHECK(held == 10);
-    CHECK(raft_split(&data, 0.0, 3, is_val.data()) == 0);
-    CHECK(raft_split(&data, 0.99, 3, is_val.data()) == 49);   // one question always stays for training
+    CHECK(raft_split(&data, 0.0, 0, 3, is_val.data()) == 0);
+    CHECK(raft_split(&data, 0.99, 0, 3, is_val.data()) == 49);   // one question always stays for training
+    // a minimum of questions: taken when it is at most a quarter of them, never with --val-frac 0
+    CHECK(raft_split(&data, 0.1, 12, 3, is_val.data()) == 12);
+    CHECK(raft_split(&data, 0.1, 13, 3, is_val.data()) == 5);
+    CHECK(raft_split(&data, 0.3, 12, 3, is_val.data()) == 15);
+    CHECK(raft_split(&data, 0.0, 12, 3, is_val.data()) == 0);
+    held = 0;
+    for (int i = 0; i < 100; i++) held += is_val[i];
+    CHECK(held == 0);
+    CHECK(raft_split(&data, 0.1, 12, 3, is_val.data()) == 12);
+    for (int i = 0; i < 100; i++) {
+        held += is_val[i];
+        CHECK(is_val[i] == is_val[(i + 50) % 100]);
+    }
+    CHECK(held == 24);
     raft_free(&data);
 }
 
@@ -266,7 +280,8 @@ TEST_CASE("prepare: fitting cuts the documents alike, never the question or the 
     free(targets);
     for (int max_tokens : {full + 5, full, 600, 300, 140}) {
         int full_tokens = 0, cut = 0;
-        int n = raft_encode_fit(tokenizer(), &s, max_tokens, &ids, &targets, &full_tokens, &cut);
+        size_t doc_bytes = 0;
+        int n = raft_encode_fit(tokenizer(), &s, max_tokens, &ids, &targets, &full_tokens, &cut, &doc_bytes);
         REQUIRE(n > 0);
         CHECK(n <= max_tokens);
         CHECK(full_tokens == full);
@@ -285,7 +300,20 @@ TEST_CASE("prepare: fitting cuts the documents alike, never the question or the 
             REQUIRE(end != std::string::npos);
             kept[d] = end - start;
             CHECK(std::string(documents[d]).compare(0, kept[d], text, start, kept[d]) == 0);
+            CHECK(kept[d] == raft_kept_bytes(documents[d], doc_bytes));   // what ./prepare records
         }
+        // the recorded lengths find the documents again (as ./evaluate does)
+        size_t user = text.find("<|im_start|>user\n") + 17;
+        int lengths[3] = {(int)kept[0], (int)kept[1], (int)kept[2]};
+        char *parsed[3];
+        REQUIRE(raft_parse_documents(text.c_str() + user, text.size() - user, lengths, 3, parsed) == 0);
+        for (int d = 0; d < 3; d++) {
+            CHECK(std::string(parsed[d]) == std::string(documents[d], kept[d]));
+            free(parsed[d]);
+        }
+        lengths[1]++;
+        CHECK(raft_parse_documents(text.c_str() + user, text.size() - user, lengths, 3, parsed) == -1);
+        CHECK(parsed[0] == nullptr);
         if (cut) {
             CHECK(kept[0] < long_en.size());
             CHECK(kept[1] + 3 >= kept[0]);   // the same byte budget, less a cut character
@@ -297,7 +325,8 @@ TEST_CASE("prepare: fitting cuts the documents alike, never the question or the 
     }
     // when even empty documents do not fit, nothing is written
     int full_tokens = 0, cut = 0;
-    CHECK(raft_encode_fit(tokenizer(), &s, 40, &ids, &targets, &full_tokens, &cut) == 0);
+    size_t doc_bytes = 0;
+    CHECK(raft_encode_fit(tokenizer(), &s, 40, &ids, &targets, &full_tokens, &cut, &doc_bytes) == 0);
     CHECK(ids == nullptr);
     CHECK(targets == nullptr);
 }
@@ -479,7 +508,8 @@ TEST_CASE("prepare: an empty file, a huge line, invalid UTF-8, binary junk and a
 
 namespace {
 
-// Three samples with consistent targets (the last two tokens labelled).
+// Three samples with consistent targets (the last two tokens labelled); the
+// first has no oracle and two documents, the others their oracle among s + 1.
 std::vector<TokSample> small_samples(std::vector<std::vector<int>> *storage) {
     std::vector<TokSample> samples;
     storage->clear();
@@ -489,9 +519,11 @@ std::vector<TokSample> small_samples(std::vector<std::vector<int>> *storage) {
         for (size_t t = 0; t < ids.size(); t++) targets.push_back(t + 3 >= ids.size() && t + 1 < ids.size() ? ids[t + 1] : IGNORE_TARGET);
         storage->push_back(ids);
         storage->push_back(targets);
+        storage->push_back(s == 0 ? std::vector<int>{70, 9} : std::vector<int>(s + 1, 1000 + s));
     }
     for (int s = 0; s < 3; s++)
-        samples.push_back(TokSample{(*storage)[2 * s].data(), (*storage)[2 * s + 1].data(), (int)(*storage)[2 * s].size()});
+        samples.push_back(TokSample{(*storage)[3 * s].data(), (*storage)[3 * s + 1].data(), (int)(*storage)[3 * s].size(),
+                                    s == 0 ? -1 : s, (int)(*storage)[3 * s + 2].size(), (*storage)[3 * s + 2].data()});
     return samples;
 }
 
@@ -511,9 +543,10 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
     char err[1024] = "";
     REQUIRE_MESSAGE(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, err, sizeof err) == 0, err);
     std::string bytes = read_bytes(path);
-    REQUIRE(bytes.size() == TOKFILE_HEADER_BYTES + 3 * 4 + 8 * (5 + 6 + 7));
+    // each sample: count, ids, targets, oracle, document count, document lengths
+    REQUIRE(bytes.size() == TOKFILE_HEADER_BYTES + 3 * 4 + 8 * (5 + 6 + 7) + 3 * 8 + 4 * (2 + 2 + 3));
     CHECK(bytes.substr(0, 8) == "QLORATOK");
-    CHECK(little_u32(bytes, 8) == 1);
+    CHECK(little_u32(bytes, 8) == 2);
     CHECK(little_u32(bytes, 12) == 49152);
     CHECK(little_u32(bytes, 24) == 3);
     CHECK(little_u32(bytes, 32) == 18);
@@ -521,6 +554,10 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
     CHECK(little_u32(bytes, 48) == 5);   // the first sample: its count, ids, targets
     CHECK(little_u32(bytes, 52) == 1);
     CHECK(little_u32(bytes, 52 + 4 * 5) == (uint32_t)IGNORE_TARGET);
+    CHECK(little_u32(bytes, 52 + 8 * 5) == 0xFFFFFFFFu);   // oracle -1
+    CHECK(little_u32(bytes, 56 + 8 * 5) == 2);
+    CHECK(little_u32(bytes, 60 + 8 * 5) == 70);
+    CHECK(little_u32(bytes, 64 + 8 * 5) == 9);
 
     TokFile file;
     REQUIRE_MESSAGE(tokfile_read(&file, path.c_str(), tokenizer(), err, sizeof err) == 0, err);
@@ -533,8 +570,17 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
             CHECK(file.samples[s].ids[t] == samples[s].ids[t]);
             CHECK(file.samples[s].targets[t] == samples[s].targets[t]);
         }
+        CHECK(file.samples[s].oracle == samples[s].oracle);
+        REQUIRE(file.samples[s].n_documents == samples[s].n_documents);
+        for (int d = 0; d < samples[s].n_documents; d++)
+            CHECK(file.samples[s].document_bytes[d] == samples[s].document_bytes[d]);
     }
     tokfile_free(&file);
+
+    // an oracle that is not one of the sample's documents is not written
+    samples[1].oracle = 2;
+    CHECK(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, err, sizeof err) == -1);
+    CHECK(std::string(err).find("sample 2: oracle 2 is neither -1 nor one of its 2 documents") != std::string::npos);
 
     // an empty set is a valid file too (a validation split can be empty)
     REQUIRE(tokfile_write(path.c_str(), tokenizer(), nullptr, 0, err, sizeof err) == 0);
@@ -578,6 +624,19 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
     write_file(bad, wrong);
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("neither -100 nor the next token") != std::string::npos);
+    // an oracle outside the sample's documents
+    wrong = bytes;
+    wrong[52 + 8 * 5] = 2;
+    for (int i = 1; i < 4; i++) wrong[52 + 8 * 5 + i] = 0;
+    write_file(bad, wrong);
+    CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
+    CHECK(std::string(err).find("sample 1: oracle 2 is neither -1 nor one of its 2 documents") != std::string::npos);
+    // a version 1 file (before the oracle and documents): refused, ./prepare named
+    wrong = bytes;
+    wrong[8] = 1;
+    write_file(bad, wrong);
+    CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
+    CHECK(std::string(err).find("format version 1, this program reads version 2; run ./prepare again") != std::string::npos);
     // a JSONL file given where a token file belongs
     CHECK(tokfile_read(&file, "data/sample_raft.jsonl", tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("not a tokenized training file") != std::string::npos);
@@ -598,7 +657,7 @@ TEST_CASE("prepare: ./train refuses a token file made with another tokenizer") {
     Tokenizer *tiny = tokenizer_from_json("test/fixtures/tokenizer_tiny_gpt2.json", err, sizeof err);
     REQUIRE_MESSAGE(tiny != nullptr, err);
     int ids[4] = {1, 2, 3, 4}, targets[4] = {IGNORE_TARGET, 3, 4, IGNORE_TARGET};
-    TokSample sample = {ids, targets, 4};
+    TokSample sample = {ids, targets, 4, -1, 0, nullptr};
     std::string path = dir.path + "/train.bin";
     REQUIRE(tokfile_write(path.c_str(), tiny, &sample, 1, err, sizeof err) == 0);
     tokenizer_free(tiny);
@@ -733,6 +792,8 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
     CHECK(json_get_number(report, "dropped_total", -1) == 0);
     CHECK(json_get_number(json_get(report, "train"), "samples", 0) == 8);
     CHECK(json_get_number(json_get(report, "val"), "samples", 0) == 2);
+    CHECK(json_get_number(json_get(report, "val"), "english", 0) + json_get_number(json_get(report, "val"), "korean", 0) == 2);
+    CHECK(json_get_number(json_get(report, "settings"), "val_min", 0) == 30);
     CHECK(json_get_number(json_get(report, "lengths_written"), "max", 0) > 0);
     json_free(report);
 
@@ -769,6 +830,14 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
             CHECK(labelled.substr(answer.size()) == "<|im_end|>");
             CHECK_MESSAGE(answers.count(answer) == 1, answer);
             CHECK(chat.compare(0, 19, "<|im_start|>system\n") == 0);
+            // the oracle says which samples got the no-oracle answer; the lengths find the documents
+            bool no_oracle = answer == RAFT_NO_ORACLE_ANSWER_EN || answer == RAFT_NO_ORACLE_ANSWER_KO;
+            CHECK(no_oracle == (s.oracle == -1));
+            std::vector<char *> documents(s.n_documents + 1);
+            size_t user = chat.find("<|im_start|>user\n") + 17;
+            CHECK(raft_parse_documents(chat.c_str() + user, chat.size() - user, s.document_bytes, s.n_documents,
+                                       documents.data()) == 0);
+            for (int d = 0; d < s.n_documents; d++) free(documents[d]);
             korean += text_has_hangul(chat.substr(chat.find("\nQuestion: ")).c_str());
             read++;
         }
