@@ -29,6 +29,6 @@ ifeq ($(DOCTEST_LOCAL),yes)
   DOCTEST_DEP = $(DEPS_DIR)/include/doctest/doctest.h
 endif
 $(DEPS_DIR)/lib/libutf8proc.a:
-	@cd $(REPO) && sh dev/fetch/fetch_deps.sh utf8proc
+	@cd $(REPO) && LOCAL_DEPS=$(LOCAL_DEPS) sh dev/fetch/fetch_deps.sh utf8proc
 $(DEPS_DIR)/include/doctest/doctest.h:
-	@cd $(REPO) && sh dev/fetch/fetch_deps.sh doctest
+	@cd $(REPO) && LOCAL_DEPS=$(LOCAL_DEPS) sh dev/fetch/fetch_deps.sh doctest

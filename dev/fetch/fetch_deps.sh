@@ -27,6 +27,8 @@ by_hand() {
 }
 
 name=$(awk -v p="$package" '$3 ~ "^" p "_" {print $3}' "$sums")
+why="is not installed"
+[ "${LOCAL_DEPS:-0}" = 1 ] && why="is wanted as a local copy (LOCAL_DEPS=1)"
 deb=$deps/$name
 stamp=$deps/.$package.unpacked
 [ -f "$stamp" ] && [ "$stamp" -nt "$sums" ] && exit 0
@@ -36,7 +38,7 @@ command -v apt-get >/dev/null 2>&1 || by_hand "apt-get is not installed"
 mkdir -p "$deps"
 if [ ! -f "$deb" ]; then
     version=$(echo "$name" | cut -d_ -f2)
-    echo "deps: $package is not installed: apt-get download $package=$version, sha256 checked, unpacked under $deps/ (no root needed)"
+    echo "deps: $package $why: apt-get download $package=$version, sha256 checked, unpacked under $deps/ (no root needed)"
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download -q "$package=$version" >/dev/null 2>&1) ||
         { rm -rf "$tmp"; by_hand "apt-get download $package=$version failed (no network, or apt does not offer that version)"; }
