@@ -29,7 +29,7 @@ LIB_C   = formats/cli.c formats/json.c formats/float16.c formats/ggml_blocks.c f
           formats/gguf.c formats/safetensors.c \
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
-          data/raft_build.c data/faq.c data/tokfile.c \
+          data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
           trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
           eval/forest_plot.c eval/eval.c
@@ -103,7 +103,7 @@ fetch:
 # at least 30, are held out (by question), enough for ./evaluate's intervals to tell.
 $(DEFAULT_DATA): prepare dev/fetch/fetch_faq.sh data/faq/SHA256SUMS | fetch
 	@sh dev/fetch/fetch_faq.sh
-	./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512 --val-frac 0.1 --val-min 30
+	./prepare --debian-faq data/faq/debian-faq --out data/faq --max-seq 512 --val-frac 0.1 --val-min 30 --no-oracle 0.3
 
 # ---- tests: CPU tests built with g++ and the sanitizers --------------------
 TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenmp

@@ -38,9 +38,9 @@
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers, pack;
     float gpu_mem_gb;
-    float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac;
+    float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
 } Options;
 
 // Every default of ./train in one place, each with what it means (./train --help prints them).
@@ -52,7 +52,9 @@ static Options default_options(void) {
     o.data_path = DEFAULT_DATA;           // the Debian FAQ as RAFT samples, prepared by make
     o.val_path = NULL;                    // none: the val.bin beside a train.bin, or a held-out share of JSONL
     o.val_frac = 0.125f;                  // share of JSONL --data held out for validation
-    o.max_seq = 1024;                     // tokens per sample; longer samples are skipped
+    o.max_seq = 1024;                     // tokens per sample (per sequence with --pack); longer samples are skipped
+    o.pack = 0;                           // 1: pack several samples into each sequence of up to max_seq tokens
+    o.prompt_loss_weight = 0.0f;          // the loss weight of non-answer tokens (0: answer only, 1: every token)
     // the length of the run
     o.steps = 12;                         // optimizer steps
     o.epochs = 0;                         // 0: --steps decides; else passes over the training samples
@@ -106,6 +108,10 @@ static void usage(FILE *out) {
             "  --batch N           sequences per micro-batch (default %d)\n"
             "  --grad-accum N      micro-batches per optimizer step (default %d)\n"
             "  --seq N             max tokens per sample; longer ones are skipped and counted (default %d)\n"
+            "  --pack              pack several samples into each sequence of up to --seq tokens (first fit, in a\n"
+            "                      seeded order); each sample attends only to itself, positions restart per sample\n"
+            "  --prompt-loss-weight W  loss weight of the non-answer tokens: 0 = the answer only, 1 = every token;\n"
+            "                      the step's loss is divided by the sum of the weights (default %g)\n"
             "  --lr LR             peak learning rate (default %g)\n"
             "  --warmup W          warmup steps, or a fraction of the steps when < 1 (default %g)\n"
             "  --lr-min-frac F     cosine decay floor as a fraction of --lr (default %g)\n"
@@ -135,7 +141,7 @@ static void usage(FILE *out) {
             "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n"
             "  -h, --help          this help\n",
             d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
-            d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
+            d->prompt_loss_weight, d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
             d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir, d->gpu_mem_gb);
 }
 
@@ -157,7 +163,7 @@ static const char *const VALUE_OPTIONS[] = {
     "--model", "--data", "--val-data", "--val-frac", "--device", "--out", "--targets", "--quant", "--steps",
     "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
-    "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", NULL};
+    "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight", NULL};
 
 // Every option value in its range, and the device there: else a one-line message, status 2.
 static void check_options(Options *o) {
@@ -181,6 +187,7 @@ static void check_options(Options *o) {
                                           "alpha is usually 1-2x the rank)");
     require(o->lora_dropout >= 0 && o->lora_dropout < 1, "--lora-dropout must be in [0, 1)");
     require(o->val_frac >= 0 && o->val_frac < 1, "--val-frac must be in [0, 1)");
+    require(o->prompt_loss_weight >= 0 && o->prompt_loss_weight <= 1, "--prompt-loss-weight must be in [0, 1]");
     require(o->gpu_mem_gb > 0, "--gpu-mem must be more than 0");
     if (strcmp(o->quant, "nf4") != 0 && strcmp(o->quant, "none") != 0) bad_usage("--quant expects nf4 or none, got ", o->quant);
     if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 && strcmp(o->device, "auto") != 0)
@@ -204,6 +211,7 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
+        if (strcmp(f, "--pack") == 0) { o.pack = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
         if (!v) bad_usage(err, "");
@@ -238,6 +246,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--clip") == 0) o.clip = cli_float("train", f, v);
         else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = cli_float("train", f, v);
         else if (strcmp(f, "--alpha") == 0) o.alpha = cli_float("train", f, v);
+        else if (strcmp(f, "--prompt-loss-weight") == 0) o.prompt_loss_weight = cli_float("train", f, v);
         else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = cli_float("train", f, v);
         else bad_usage("unknown option ", f);
     }
@@ -279,6 +288,7 @@ typedef struct {
     double train_loss, grad_norm;
     float lr;
     long tokens;                    // tokens in the step's batches, padding included
+    long sample_tokens;             // the samples' own tokens (no padding): tokens/s and the fill count these
     double ms;
     double eta_s;                   // the time the rest of the run should take
 } StepStats;
@@ -352,6 +362,21 @@ static int print_plan(Run *r) {
 
 // ---- 2. the data ------------------------------------------------------------------------
 
+// --pack: the training samples packed into sequences of up to --seq tokens, which
+// the run then counts as its samples (validation stays one sample at a time).
+static int pack_data(Run *r) {
+    const Options *o = &r->o;
+    ExampleSet packed;
+    if (examples_pack(&r->train_set, o->max_seq, o->seed, &packed) != 0) return 1;
+    double tokens = examples_fill(&r->train_set, 1) * r->train_set.count;
+    printf("pack: %d samples (%.0f tokens each on average) into %d sequences of up to %d tokens: %.0f tokens each, "
+           "%.1f%% full\n", r->train_set.count, tokens / r->train_set.count, packed.count, o->max_seq,
+           tokens / packed.count, 100.0 * examples_fill(&packed, o->max_seq));
+    examples_free(&r->train_set);
+    r->train_set = packed;
+    return 0;
+}
+
 // The training and validation samples, tokenized; --batch lowered to the sample count.
 static int load_data(Run *r) {
     Options *o = &r->o;
@@ -376,6 +401,7 @@ static int load_data(Run *r) {
            train_tokens, train_answer, r->val_set.count,
            o->val_path || examples_is_tokfile(o->data_path) ? "" : " held out of --data");
     if (skipped > 0) printf("data: %d samples skipped: longer than --seq %d tokens\n", skipped, o->max_seq);
+    if (o->pack && pack_data(r) != 0) return 1;
     if (o->batch > r->train_set.count) {
         printf("data: --batch %d is more than the %d training samples: batches of %d\n", o->batch, r->train_set.count,
                r->train_set.count);
@@ -458,7 +484,8 @@ static double evaluate(Run *r, const ExampleSet *set) {
     double total = 0.0;
     long counted = 0;
     for (int i = 0; i < set->count; i++) {
-        Batch batch = {set->examples[i].ids, set->examples[i].targets, 1, set->examples[i].n_tokens};
+        const Example *sample = &set->examples[i];
+        Batch batch = {sample->ids, sample->targets, 1, sample->n_tokens, NULL, NULL};
         int n = 0;
         total += e->loss(e, &batch, &n);
         counted += n;
@@ -594,14 +621,15 @@ static int start_or_resume(Run *r) {
 
 // ---- 5. one step ------------------------------------------------------------------------
 
-// The step's micro-batches: grad_accum runs of --batch samples along the data
-// order (first[m], count[m]), reshuffled when an epoch runs out. Returns the
-// step's answer tokens, the loss normaliser.
-static long choose_micro_batches(Run *r, int *first, int *count) {
+// The step's micro-batches: grad_accum runs of --batch samples (packed
+// sequences with --pack) along the data order (first[m], count[m]), reshuffled
+// when an epoch runs out. Returns the loss normaliser: the sum of the step's
+// loss weights (with --prompt-loss-weight 0, its answer tokens).
+static double choose_micro_batches(Run *r, int *first, int *count) {
     const Options *o = &r->o;
     TrainProgress *p = &r->progress;
     int n_samples = r->train_set.count;
-    long answer_tokens = 0;
+    double weight_sum = 0.0;
     for (int m = 0; m < o->grad_accum; m++) {
         if (p->cursor + o->batch > n_samples) {
             examples_shuffle(p->order, n_samples, &p->data_rng);
@@ -609,10 +637,11 @@ static long choose_micro_batches(Run *r, int *first, int *count) {
         }
         first[m] = p->cursor;
         count[m] = o->batch < n_samples ? o->batch : n_samples;
-        for (int i = 0; i < count[m]; i++) answer_tokens += r->train_set.examples[p->order[p->cursor + i]].n_answer;
+        for (int i = 0; i < count[m]; i++)
+            weight_sum += example_loss_weight(&r->train_set.examples[p->order[p->cursor + i]], o->prompt_loss_weight);
         p->cursor += count[m];
     }
-    return answer_tokens;
+    return weight_sum;
 }
 
 // The loss or the gradient norm is not finite: the first bad gradient named, -1.
@@ -627,32 +656,36 @@ static int stop_not_finite(Run *r, int step, const StepStats *s) {
 }
 
 // One optimizer step: the gradients of the step's micro-batches summed (each
-// scaled by 1 / the step's answer tokens), clipped to the global norm, then
-// AdamW. Returns -1 (message printed) when the loss or a gradient is not finite.
+// scaled by 1 / the sum of the step's loss weights), clipped to the global
+// norm, then AdamW. Returns -1 (message printed) when the loss or a gradient is not finite.
 static int train_step(Run *r, int step, StepStats *s) {
     const Options *o = &r->o;
     Engine *e = &r->engine;
     double t0 = now_seconds();
     int *first = (int *)cpu_malloc(sizeof(int) * o->grad_accum, "micro-batches");
     int *count = (int *)cpu_malloc(sizeof(int) * o->grad_accum, "micro-batches");
-    long step_answer = choose_micro_batches(r, first, count);
+    double weight_sum = choose_micro_batches(r, first, count);
     e->zero_grads(e);
     double loss_sum = 0.0;
-    s->tokens = 0;
+    s->tokens = s->sample_tokens = 0;
     for (int m = 0; m < o->grad_accum; m++) {
-        int *tokens, *targets, counted;
-        Batch batch = examples_batch(&r->train_set, r->progress.order, first[m], count[m], &tokens, &targets);
+        BatchArrays arrays;
+        int counted;
+        Batch batch = examples_batch(&r->train_set, r->progress.order, first[m], count[m], o->prompt_loss_weight,
+                                     &arrays);
         // the dropout masks' seed: one per (seed, step, micro-batch)
         uint64_t dropout_seed = (uint64_t)o->seed * 7919ULL + (uint64_t)step * 64 + (uint64_t)m;
-        loss_sum += e->micro_batch(e, &batch, dropout_seed, step_answer ? 1.0 / step_answer : 0.0, &counted);
+        loss_sum += e->micro_batch(e, &batch, dropout_seed, weight_sum > 0 ? 1.0 / weight_sum : 0.0, &counted);
         s->tokens += (long)batch.n_seqs * batch.seq_len;
-        free(tokens);
-        free(targets);
+        for (int i = 0; i < count[m]; i++)
+            s->sample_tokens += r->train_set.examples[r->progress.order[first[m] + i]].n_tokens;
+        batch_arrays_free(&arrays);
     }
     free(first);
     free(count);
-    // loss = sum of the token losses / the step's answer tokens
-    s->train_loss = step_answer ? loss_sum / step_answer : 0.0;
+    // loss = sum of w_t * (token t's loss) / sum of w_t over the step (w_t: 1 on the answer,
+    // --prompt-loss-weight elsewhere); with weight 0 the mean answer-token loss
+    s->train_loss = weight_sum > 0 ? loss_sum / weight_sum : 0.0;
     s->grad_norm = e->grad_norm(e);
     if (!isfinite(s->train_loss) || !isfinite(s->grad_norm)) return stop_not_finite(r, step, s);
     e->scale_grads(e, clip_scale(s->grad_norm, o->clip));
@@ -682,9 +715,12 @@ static int validate(Run *r, int step, double *val_loss) {
 
 // The step's printed line, its row in log.csv and the chart.
 static void report_step(Run *r, int step, const StepStats *s, double val_loss) {
-    double tokens_per_s = s->tokens / (s->ms / 1000.0);
-    printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s | eta %.0f s", step + 1,
-           r->total_steps, s->train_loss, s->grad_norm, s->lr, s->ms, tokens_per_s, s->eta_s);
+    double tokens_per_s = s->sample_tokens / (s->ms / 1000.0);
+    printf("step %4d/%d | loss %.4f | grad norm %.3f | lr %.2e | %.0f ms | %.0f tok/s", step + 1, r->total_steps,
+           s->train_loss, s->grad_norm, s->lr, s->ms, tokens_per_s);
+    // how full the sequences are: the samples' tokens / the batch slots (padding is wasted work)
+    if (r->o.pack || r->o.batch > 1) printf(" | fill %.0f%%", 100.0 * s->sample_tokens / s->tokens);
+    printf(" | eta %.0f s", s->eta_s);
     if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
     r->engine.print_step_stats(&r->engine, s->tokens, s->ms / 1000.0);
     printf("\n");

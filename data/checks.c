@@ -147,6 +147,11 @@ static void print_histogram(const Histogram *h, int limit, FILE *out) {
     }
 }
 
+// How full sequences of max_seq tokens are: tokens / (sequences * max_seq).
+static double fill(long tokens, long sequences, int max_seq) {
+    return sequences > 0 && max_seq > 0 ? (double)tokens / ((double)sequences * max_seq) : 0.0;
+}
+
 void report_print(const Report *r, FILE *out) {
     fprintf(out, "report\n");
     fprintf(out, "  input:      %ld lines; %ld documents, %ld questions\n", r->lines, r->documents, r->questions);
@@ -166,6 +171,10 @@ void report_print(const Report *r, FILE *out) {
             r->val_samples - r->val_korean, r->val_korean, r->val_no_oracle);
     fprintf(out, "  train:      %ld tokens, %ld of them answer tokens (labelled)\n", r->train_tokens,
             r->train_answer_tokens);
+    fprintf(out, "  packing:    one sample a sequence, the training samples fill %.1f%% of --max-seq %d tokens; "
+                 "packed (./train --pack --seq %d), %ld sequences %.1f%% full\n",
+            100.0 * fill(r->train_tokens, r->train_samples, r->max_seq), r->max_seq, r->max_seq, r->train_packed,
+            100.0 * fill(r->train_tokens, r->train_packed, r->max_seq));
 }
 
 // ---- the report as JSON -------------------------------------------------------
@@ -197,6 +206,10 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
             r->train_samples, r->train_questions, r->train_tokens, r->train_answer_tokens);
     fprintf(f, "  \"val\": {\"samples\": %ld, \"questions\": %ld, \"english\": %ld, \"korean\": %ld, \"no_oracle\": %ld},\n",
             r->val_samples, r->val_questions, r->val_samples - r->val_korean, r->val_korean, r->val_no_oracle);
+    fprintf(f, "  \"packing\": {\"max_seq\": %d, \"unpacked_sequences\": %ld, \"unpacked_fill\": %.6f, "
+               "\"packed_sequences\": %ld, \"packed_fill\": %.6f},\n",
+            r->max_seq, r->train_samples, fill(r->train_tokens, r->train_samples, r->max_seq), r->train_packed,
+            fill(r->train_tokens, r->train_packed, r->max_seq));
     write_json_lengths(f, "lengths_rendered", &r->rendered);
     write_json_lengths(f, "lengths_written", &r->written);
     fprintf(f, "  \"histogram\": [");

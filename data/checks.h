@@ -57,6 +57,7 @@ typedef struct {
     long train_samples, val_samples, train_questions, val_questions;
     long val_korean, val_no_oracle;  // validation samples whose question is Korean, that have no oracle
     long train_tokens, train_answer_tokens;
+    long train_packed;               // sequences of --max-seq tokens the training samples fill when packed
     LengthStats rendered;            // lengths as rendered, before fitting
     LengthStats written;             // lengths written
     Histogram histogram;             // of the rendered lengths

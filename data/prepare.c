@@ -9,6 +9,7 @@
 #include "formats/cli.h"
 #include "data/collection.h"
 #include "data/faq.h"
+#include "data/packing.h"
 #include "data/raft.h"
 #include "data/raft_build.h"
 #include "data/tokfile.h"
@@ -292,6 +293,24 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
     return status;
 }
 
+// The sequences of --max-seq tokens the training samples fill when packed
+// first fit in their order (./train --pack packs them in a shuffled order: about as full).
+static int count_packed(const TokSet *train, int max_seq, Report *r) {
+    int n = (int)train->count;
+    int *lengths = (int *)malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    int *row_of = (int *)malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+    int rows = -1;
+    if (lengths && row_of) {
+        for (int i = 0; i < n; i++) lengths[i] = train->samples[i].n_tokens;
+        rows = pack_first_fit(lengths, n, max_seq, row_of);
+    }
+    free(lengths);
+    free(row_of);
+    r->train_packed = rows;
+    if (rows < 0) fprintf(stderr, "prepare: out of memory while counting packed sequences\n");
+    return rows < 0 ? -1 : 0;
+}
+
 // Questions (distinct texts) among the samples on one side of the split.
 static long count_questions(const RaftData *samples, const unsigned char *is_val, int side) {
     StringMap seen = {0};
@@ -352,6 +371,9 @@ int main(int argc, char **argv) {
     if (status == 0) {
         r.train_questions = count_questions(&samples, is_val, 0);
         r.val_questions = count_questions(&samples, is_val, 1);
+        status = count_packed(&train, o.max_seq, &r);
+    }
+    if (status == 0) {
         report_print(&r, stdout);
         status = write_outputs(&o, t, &train, &val, &r);
     }

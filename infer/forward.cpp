@@ -70,7 +70,7 @@ static void attention_block(const Config *c, const LayerWeights *w, InferState *
     matmul_cpu<float>(v_new, s->xn, w->wv, w->bv, n, c->dim, kv_dim);
     rope_cpu(s->q, s->positions, s->inv_freq, n, c->n_heads, c->head_dim);
     rope_cpu(k_new, s->positions, s->inv_freq, n, c->n_kv_heads, c->head_dim);
-    attention_cpu(s->att, s->q, k_cache, v_cache, n, pos, c->n_heads, c->n_kv_heads, c->head_dim);
+    attention_cpu(s->att, s->q, k_cache, v_cache, n, pos, c->n_heads, c->n_kv_heads, c->head_dim, (const int *)NULL);
     matmul_cpu<float>(s->proj, s->att, w->wo, NULL, n, q_dim, c->dim);
     residual_add_cpu(s->x, s->proj, (size_t)n * c->dim);
 }

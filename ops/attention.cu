@@ -29,9 +29,13 @@ static void attention_probs(Real *probs, const Real *q_vec, const Real *k, int n
     for (int j = 0; j < n_keys; j++) probs[j] /= sum;
 }
 
+// The first key query t sees: 0, or with packed samples (positions != NULL)
+// the first token of t's own sample, t - positions[t].
+static int first_key(const int *positions, int t) { return positions ? t - positions[t] : 0; }
+
 template <typename Real>
 void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
-                   int n_kv_heads, int head_dim) {
+                   int n_kv_heads, int head_dim, const int *positions) {
     int kv_dim = n_kv_heads * head_dim;
     int group = n_heads / n_kv_heads;  // query heads sharing one kv head
     #pragma omp parallel
@@ -42,14 +46,16 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
         for (int t = 0; t < n; t++) {
             for (int h = 0; h < n_heads; h++) {
                 int kv_offset = (h / group) * head_dim;
-                int n_keys = pos0 + t + 1;  // causal: keys up to and including this position
-                attention_probs(probs, q + ((size_t)t * n_heads + h) * head_dim, k, n_keys, kv_dim, kv_offset,
+                int first = first_key(positions, t);
+                int n_keys = pos0 + t + 1 - first;  // causal: keys first .. pos0 + t
+                const Real *k_first = k + (size_t)first * kv_dim, *v_first = v + (size_t)first * kv_dim;
+                attention_probs(probs, q + ((size_t)t * n_heads + h) * head_dim, k_first, n_keys, kv_dim, kv_offset,
                                 head_dim);
                 // out = sum_j p_j v_j
                 Real *o = out + ((size_t)t * n_heads + h) * head_dim;
                 for (int i = 0; i < head_dim; i++) o[i] = 0;
                 for (int j = 0; j < n_keys; j++) {
-                    const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
+                    const Real *v_vec = v_first + (size_t)j * kv_dim + kv_offset;
                     for (int i = 0; i < head_dim; i++) o[i] += probs[j] * v_vec[i];
                 }
             }
@@ -63,7 +69,7 @@ void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n
 // same bits as a serial loop.
 template <typename Real>
 void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
-                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim) {
+                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim, const int *positions) {
     int kv_dim = n_kv_heads * head_dim;
     int group = n_heads / n_kv_heads;
     Real scale = 1 / sqrt((Real)head_dim);
@@ -74,15 +80,18 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
         int kv_offset = g * head_dim;
         for (int t = 0; t < n; t++) {
             for (int h = g * group; h < (g + 1) * group; h++) {
-                int n_keys = t + 1;
+                int first = first_key(positions, t);
+                int n_keys = t + 1 - first;   // keys first .. t
                 const Real *q_vec = q + ((size_t)t * n_heads + h) * head_dim;
                 const Real *dy = d_out + ((size_t)t * n_heads + h) * head_dim;
-                attention_probs(probs, q_vec, k, n_keys, kv_dim, kv_offset, head_dim);
+                const Real *k_first = k + (size_t)first * kv_dim, *v_first = v + (size_t)first * kv_dim;
+                Real *dk_first = d_k + (size_t)first * kv_dim, *dv_first = d_v + (size_t)first * kv_dim;
+                attention_probs(probs, q_vec, k_first, n_keys, kv_dim, kv_offset, head_dim);
                 // dp_j = dy . v_j;  dv_j += p_j dy
                 Real weighted = 0;  // sum_j p_j dp_j
                 for (int j = 0; j < n_keys; j++) {
-                    const Real *v_vec = v + (size_t)j * kv_dim + kv_offset;
-                    Real *dv = d_v + (size_t)j * kv_dim + kv_offset;
+                    const Real *v_vec = v_first + (size_t)j * kv_dim + kv_offset;
+                    Real *dv = dv_first + (size_t)j * kv_dim + kv_offset;
                     Real dp = 0;
                     #pragma omp simd reduction(+ : dp)
                     for (int i = 0; i < head_dim; i++) {
@@ -96,8 +105,8 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
                 Real *dq = d_q + ((size_t)t * n_heads + h) * head_dim;
                 for (int j = 0; j < n_keys; j++) {
                     Real ds = probs[j] * (d_probs[j] - weighted) * scale;
-                    const Real *k_vec = k + (size_t)j * kv_dim + kv_offset;
-                    Real *dk = d_k + (size_t)j * kv_dim + kv_offset;
+                    const Real *k_vec = k_first + (size_t)j * kv_dim + kv_offset;
+                    Real *dk = dk_first + (size_t)j * kv_dim + kv_offset;
                     for (int i = 0; i < head_dim; i++) {
                         dq[i] += ds * k_vec[i];
                         dk[i] += ds * q_vec[i];
@@ -110,12 +119,14 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
     }
 }
 
-template void attention_cpu(float *, const float *, const float *, const float *, int, int, int, int, int);
-template void attention_cpu(double *, const double *, const double *, const double *, int, int, int, int, int);
+template void attention_cpu(float *, const float *, const float *, const float *, int, int, int, int, int,
+                            const int *);
+template void attention_cpu(double *, const double *, const double *, const double *, int, int, int, int, int,
+                            const int *);
 template void attention_backward_cpu(float *, float *, float *, const float *, const float *, const float *,
-                                     const float *, int, int, int, int);
+                                     const float *, int, int, int, int, const int *);
 template void attention_backward_cpu(double *, double *, double *, const double *, const double *, const double *,
-                                     const double *, int, int, int, int);
+                                     const double *, int, int, int, int, const int *);
 
 #ifdef __CUDACC__
 // ---- on the GPU -------------------------------------------------------------------------
@@ -258,36 +269,39 @@ static void batched_square_times_head(SimpleScratch *w, bool transpose_m, int ld
 }
 
 // One block per (query row i, entry b = (s, h0 + b % nh)): from the scaled scores
-// S, p_ij = exp(S_ij - lse_i) for j <= i and 0 after; lse_i = log sum_{j<=i} exp(S_ij).
-__global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const float *scores, int seq_len, int n_heads,
-                                             int h0, int nh) {
+// S, p_ij = exp(S_ij - lse_i) for first_i <= j <= i and 0 elsewhere;
+// lse_i = log sum_{first_i<=j<=i} exp(S_ij).
+__global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const float *scores, const int *positions,
+                                             int seq_len, int n_heads, int h0, int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
+    int first = attention_first_key_gpu(positions, s, seq_len, i);
     size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
     const float *score_row = scores + row;
     bf16 *prob_row = probs + row;
     float row_max = -INFINITY;
-    for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);
+    for (int j = first + threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);
     row_max = block_max(row_max);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(score_row[j] - row_max);
+    for (int j = first + threadIdx.x; j <= i; j += blockDim.x) sum += expf(score_row[j] - row_max);
     sum = block_sum(sum);
     // lse = max + log sum_j exp(S_ij - max)
     float row_lse = row_max + logf(sum);
     for (int j = threadIdx.x; j < seq_len; j += blockDim.x)
-        prob_row[j] = __float2bfloat16(j <= i ? expf(score_row[j] - row_lse) : 0.0f);
+        prob_row[j] = __float2bfloat16(first <= j && j <= i ? expf(score_row[j] - row_lse) : 0.0f);
     if (threadIdx.x == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = row_lse;
 }
 
 // One block per (query row i, entry b): recomputes p_ij from the scores and lse,
 // then the softmax backward ds_ij = p_ij (dp_ij - delta_i), delta_i = dO_i . O_i
-// (= sum_j p_ij dp_ij). Writes P and dS (zero for j > i).
+// (= sum_j p_ij dp_ij). Writes P and dS (zero outside first_i <= j <= i).
 __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_scores, const float *scores,
                                                       const float *d_probs, const float *lse, const bf16 *d_out,
-                                                      const bf16 *out, int seq_len, int n_heads, int head_dim, int h0,
-                                                      int nh) {
+                                                      const bf16 *out, const int *positions, int seq_len, int n_heads,
+                                                      int head_dim, int h0, int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
+    int first = attention_first_key_gpu(positions, s, seq_len, i);
     size_t token = (size_t)s * seq_len + i;
     size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
     const bf16 *dy = d_out + token * n_heads * head_dim + (size_t)h * head_dim;
@@ -297,7 +311,7 @@ __global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_score
     delta = block_sum(delta);
     float row_lse = lse[((size_t)s * n_heads + h) * seq_len + i];
     for (int j = threadIdx.x; j < seq_len; j += blockDim.x) {
-        float p = j <= i ? expf(scores[row + j] - row_lse) : 0.0f;
+        float p = first <= j && j <= i ? expf(scores[row + j] - row_lse) : 0.0f;
         probs[row + j] = __float2bfloat16(p);
         d_scores[row + j] = __float2bfloat16(p * (d_probs[row + j] - delta));
     }
@@ -338,9 +352,9 @@ static int simple_scratch(SimpleScratch *w, void *scratch, size_t scratch_bytes,
     return nh;
 }
 
-static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                     int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
-                                     size_t scratch_bytes) {
+static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                     const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                     int head_dim, void *scratch, size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)head_dim);
     SimpleScratch w;
@@ -352,8 +366,8 @@ static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const
                        head_slices(k, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group),
                        squares(w.scores, sizeof(float), seq_len, nh), nh, n_entries);
         batched_scores(&w, q_stride, kv_stride, scale, n_entries, seq_len, head_dim);
-        causal_softmax_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(w.probs, lse, w.scores, seq_len, n_heads,
-                                                                          h0, nh);
+        causal_softmax_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(w.probs, lse, w.scores, positions, seq_len,
+                                                                          n_heads, h0, nh);
         CUDA_CHECK_LAUNCH();
         // out_h = P v_g
         batch_pointers(&w, squares(w.probs, sizeof(bf16), seq_len, nh),
@@ -365,9 +379,9 @@ static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const
 }
 
 static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                      int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
-                                      size_t scratch_bytes) {
+                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                      const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                      int head_dim, void *scratch, size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)head_dim);
     SimpleScratch w;
@@ -384,7 +398,7 @@ static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf1
         batch_pointers(&w, d_out_h, v_g, squares(w.d_probs, sizeof(float), seq_len, nh), nh, n_entries);
         batched_scores(&w, q_stride, kv_stride, 1.0f, n_entries, seq_len, head_dim);
         causal_softmax_backward_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(
-            w.probs, w.d_scores, w.scores, w.d_probs, lse, d_out, out, seq_len, n_heads, head_dim, h0, nh);
+            w.probs, w.d_scores, w.scores, w.d_probs, lse, d_out, out, positions, seq_len, n_heads, head_dim, h0, nh);
         CUDA_CHECK_LAUNCH();
         // dq_h = scale dS k_g
         batch_pointers(&w, squares(w.d_scores, sizeof(bf16), seq_len, nh), k_g,
@@ -447,20 +461,21 @@ static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_he
 }
 
 void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
-                           size_t scratch_bytes) {
+                           const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim,
+                           void *scratch, size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
     if (kind == ATTENTION_FLASH)
-        flash_attention_forward_gpu(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+        flash_attention_forward_gpu(out, lse, q, k, v, positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
     else
-        attention_forward_simple(out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, scratch,
-                                 scratch_bytes);
+        attention_forward_simple(out, lse, q, k, v, positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim,
+                                 scratch, scratch_bytes);
 }
 
 void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
-                            int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes) {
+                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+                            int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                            size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
     if (kind == ATTENTION_FLASH) {
@@ -470,11 +485,11 @@ void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_
                     delta_bytes);
             exit(1);
         }
-        flash_attention_backward_gpu(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
-                                     head_dim, (float *)scratch);
+        flash_attention_backward_gpu(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
+                                     n_kv_heads, head_dim, (float *)scratch);
     } else {
-        attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, n_seqs, seq_len, n_heads, n_kv_heads,
-                                  head_dim, scratch, scratch_bytes);
+        attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
+                                  n_kv_heads, head_dim, scratch, scratch_bytes);
     }
 }
 #endif

@@ -6,15 +6,17 @@
 
 // Causal grouped-query attention for n new queries at positions pos0..pos0+n-1
 // over keys/values 0..pos0+n-1 held in k/v [pos0 + n, n_kv_heads * head_dim].
-// q and out are [n, n_heads * head_dim].
+// q and out are [n, n_heads * head_dim]. positions: NULL, or (pos0 = 0, several
+// samples packed in one sequence) [n] each token's position in its own sample:
+// query t then sees keys t - positions[t] .. t only (a block-diagonal causal mask).
 template <typename Real>
 void attention_cpu(Real *out, const Real *q, const Real *k, const Real *v, int n, int pos0, int n_heads,
-                   int n_kv_heads, int head_dim);
+                   int n_kv_heads, int head_dim, const int *positions);
 // Backward of attention_cpu for a whole sequence (pos0 = 0): recomputes the
 // softmax from q and k, then d_q, d_k, d_v += the gradients.
 template <typename Real>
 void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, const Real *q, const Real *k,
-                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim);
+                            const Real *v, int n, int n_heads, int n_kv_heads, int head_dim, const int *positions);
 
 #ifdef __CUDACC__
 #include "ops/gpu.h"
@@ -35,27 +37,36 @@ size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len
 // pointers to head slices, whose alignment it cannot see; a slice starts 16-byte
 // aligned only when head_dim is a multiple of 8, as in every Llama model.)
 AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget);
-// Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows).
+// The first key query i of sequence s sees: 0, or with packed samples
+// (positions != NULL: [n_seqs * seq_len] on the device, each token's position in
+// its own sample) the first token of i's sample, i - positions[s][i].
+__device__ inline int attention_first_key_gpu(const int *positions, int s, int seq_len, int i) {
+    return positions ? i - positions[(size_t)s * seq_len + i] : 0;
+}
+// Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows);
+// with positions (see attention_first_key_gpu) the samples packed in a sequence do not see each other.
 // q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
 // lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,
 // written by both kinds, read by backward. scratch: scratch_bytes of device memory, at least
 // attention_scratch_bytes_gpu(kind, ...) for this shape (or for a larger one); contents not kept.
 void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
-                           size_t scratch_bytes);
+                           const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim,
+                           void *scratch, size_t scratch_bytes);
 // d_q, d_k, d_v (bf16, OVERWRITTEN) from d_out (bf16); out and lse are the forward's.
 void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs, int seq_len,
-                            int n_heads, int n_kv_heads, int head_dim, void *scratch, size_t scratch_bytes);
+                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+                            int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
+                            size_t scratch_bytes);
 
 // ---- the flash kind's launchers (ops/flash_attention.cu), called by the two above ----
 // The widest head the flash kernels handle.
 enum { FLASH_MAX_HEAD_DIM = 128 };
 // attention_forward_gpu's flash kind (no scratch).
-void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                 int seq_len, int n_heads, int n_kv_heads, int head_dim);
+void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                 const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                 int head_dim);
 // attention_backward_gpu's flash kind; delta: n_seqs * n_heads * seq_len floats of scratch.
 void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                  int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta);
+                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+                                  int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta);
 #endif

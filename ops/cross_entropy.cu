@@ -19,15 +19,19 @@ static double log_sum_exp(const Real *row, int vocab) {
     return log(sum) + max_logit;
 }
 
+// The weight of row t's loss: 1 without weights.
+static double loss_weight(const float *weights, int t) { return weights ? weights[t] : 1.0; }
+
 template <typename Real>
-double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted) {
+double cross_entropy_sum_cpu(const Real *logits, const int *targets, const float *weights, int n, int vocab,
+                             int *n_counted) {
     double total = 0.0;
     int counted = 0;
     for (int t = 0; t < n; t++) {
         if (targets[t] == IGNORE_TARGET) continue;
         const Real *row = logits + (size_t)t * vocab;
-        // -log p = logsumexp(row) - row[target]
-        total += log_sum_exp(row, vocab) - row[targets[t]];
+        // w_t (-log p) = w_t (logsumexp(row) - row[target])
+        total += loss_weight(weights, t) * (log_sum_exp(row, vocab) - row[targets[t]]);
         counted++;
     }
     *n_counted = counted;
@@ -35,21 +39,21 @@ double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int 
 }
 
 template <typename Real>
-void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
-                                double scale) {
+void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, const float *weights, int n,
+                                int vocab, double scale) {
     for (int t = 0; t < n; t++) {
         if (targets[t] == IGNORE_TARGET) continue;
         const Real *row = logits + (size_t)t * vocab;
         Real *d_row = d_logits + (size_t)t * vocab;
-        double lse = log_sum_exp(row, vocab);
-        // d loss / d logit_v = softmax_v - [v == target]
-        for (int v = 0; v < vocab; v++) d_row[v] += (Real)(scale * exp((double)row[v] - lse));
-        d_row[targets[t]] -= (Real)scale;
+        double lse = log_sum_exp(row, vocab), row_scale = scale * loss_weight(weights, t);
+        // d (w loss) / d logit_v = w (softmax_v - [v == target])
+        for (int v = 0; v < vocab; v++) d_row[v] += (Real)(row_scale * exp((double)row[v] - lse));
+        d_row[targets[t]] -= (Real)row_scale;
     }
 }
 
 float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted) {
-    double total = cross_entropy_sum_cpu(logits, targets, n, vocab, n_counted);
+    double total = cross_entropy_sum_cpu(logits, targets, (const float *)NULL, n, vocab, n_counted);
     return *n_counted ? (float)(total / *n_counted) : 0.0f;
 }
 
@@ -79,10 +83,10 @@ int lm_head_chunk_tokens_default(int vocab) {
     return tokens > 0 ? (int)tokens : 1;
 }
 
-template double cross_entropy_sum_cpu(const float *, const int *, int, int, int *);
-template double cross_entropy_sum_cpu(const double *, const int *, int, int, int *);
-template void cross_entropy_backward_cpu(float *, const float *, const int *, int, int, double);
-template void cross_entropy_backward_cpu(double *, const double *, const int *, int, int, double);
+template double cross_entropy_sum_cpu(const float *, const int *, const float *, int, int, int *);
+template double cross_entropy_sum_cpu(const double *, const int *, const float *, int, int, int *);
+template void cross_entropy_backward_cpu(float *, const float *, const int *, const float *, int, int, double);
+template void cross_entropy_backward_cpu(double *, const double *, const int *, const float *, int, int, double);
 
 #ifdef __CUDACC__
 // ---- the CUDA kernels ------------------------------------------------------------------
@@ -115,11 +119,13 @@ __device__ static void store_gradient(bf16 *p, float value) { *p = __float2bfloa
 
 // Block t handles row t. Grad is float or bf16; d_logits may be NULL, and
 // when it is float it may alias logits (each element is read and then
-// written by the same thread, after the reductions' barriers).
+// written by the same thread, after the reductions' barriers). weights: NULL
+// (every counted row weighs 1) or the weight of each row's loss.
 template <typename Grad>
 __global__ static void cross_entropy_kernel(float *losses, Grad *d_logits, const float *logits, const int *targets,
-                                            int vocab, float scale) {
+                                            const float *weights, int vocab, float scale) {
     int t = blockIdx.x;
+    float weight = weights ? weights[t] : 1.0f;
     const float *row = logits + (size_t)t * vocab;
     Grad *d_row = d_logits ? d_logits + (size_t)t * vocab : NULL;
     int target = targets[t];
@@ -140,22 +146,22 @@ __global__ static void cross_entropy_kernel(float *losses, Grad *d_logits, const
     float local_sum = 0.0f;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) local_sum += expf(row[v] - row_max);
     float sum = block_sum(local_sum);
-    // -log softmax[target] = log s + m - logits[target]
-    if (threadIdx.x == 0) losses[t] = logf(sum) + row_max - target_logit;
+    // w (-log softmax[target]) = w (log s + m - logits[target])
+    if (threadIdx.x == 0) losses[t] = weight * (logf(sum) + row_max - target_logit);
     if (!d_row) return;
-    // d logits[v] = scale * (exp(logits[v] - m) / s - [v == target])
-    float inv_sum = 1.0f / sum;
+    // d logits[v] = scale * w * (exp(logits[v] - m) / s - [v == target])
+    float inv_sum = 1.0f / sum, row_scale = scale * weight;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
         float softmax = expf(row[v] - row_max) * inv_sum;
-        store_gradient(&d_row[v], scale * (softmax - (v == target ? 1.0f : 0.0f)));
+        store_gradient(&d_row[v], row_scale * (softmax - (v == target ? 1.0f : 0.0f)));
     }
 }
 
-void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, int n, int vocab,
-                       float scale) {
+void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, const float *weights,
+                       int n, int vocab, float scale) {
     if (n <= 0) return;
     reset_bad_target();
-    cross_entropy_kernel<float><<<n, CE_THREADS>>>(losses, d_logits, logits, targets, vocab, scale);
+    cross_entropy_kernel<float><<<n, CE_THREADS>>>(losses, d_logits, logits, targets, weights, vocab, scale);
     CUDA_CHECK_LAUNCH();
     check_bad_target("cross_entropy_gpu", vocab);
 }
@@ -220,15 +226,18 @@ static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weigh
     gemm_bf16(d_x, CUDA_R_32F, d_logits, false, weight, false, rows, dim, vocab, 1.0f, 1.0f);
 }
 
-// The LM head and the loss on the m counted rows only (host_rows, host_targets):
-// they are gathered into [m, dim], run through in chunks, and their gradient
-// is scattered back into d_x.
+// The LM head and the loss on the m counted rows only (host_rows, host_targets,
+// host_weights or NULL): they are gathered into [m, dim], run through in chunks,
+// and their gradient is scattered back into d_x.
 static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf16 *lm_head, const int *host_rows,
-                                            const int *host_targets, int m, int dim, int vocab, double grad_scale) {
+                                            const int *host_targets, const float *host_weights, int m, int dim,
+                                            int vocab, double grad_scale) {
     int *rows = (int *)gpu_malloc(sizeof(int) * m, "counted rows");
     int *targets = (int *)gpu_malloc(sizeof(int) * m, "counted targets");
+    float *weights = host_weights ? (float *)gpu_malloc(sizeof(float) * m, "counted loss weights") : NULL;
     gpu_upload(rows, host_rows, sizeof(int) * m);
     gpu_upload(targets, host_targets, sizeof(int) * m);
+    if (weights) gpu_upload(weights, host_weights, sizeof(float) * m);
     bf16 *x_counted = (bf16 *)gpu_malloc(sizeof(bf16) * m * dim, "counted rows of x (bf16)");
     gather_rows_gpu(x_counted, x, rows, m, dim);
     float *d_counted = NULL;
@@ -245,7 +254,8 @@ static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf1
         int rows_here = m - first < chunk ? m - first : chunk;
         lm_head_forward(logits, x_counted + (size_t)first * dim, lm_head, rows_here, dim, vocab);
         cross_entropy_kernel<bf16><<<rows_here, CE_THREADS>>>(losses + first, d_logits, logits, targets + first,
-                                                              vocab, (float)grad_scale);
+                                                              weights ? weights + first : NULL, vocab,
+                                                              (float)grad_scale);
         CUDA_CHECK_LAUNCH();
         if (d_x) lm_head_backward(d_counted + (size_t)first * dim, d_logits, lm_head, rows_here, dim, vocab);
     }
@@ -263,30 +273,35 @@ static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf1
     gpu_free(logits);
     gpu_free(d_counted);
     gpu_free(x_counted);
+    gpu_free(weights);
     gpu_free(targets);
     gpu_free(rows);
     return total;
 }
 
-double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
-                                 int vocab, double grad_scale, int *n_counted) {
+double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets,
+                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted) {
     *n_counted = 0;
     if (n <= 0) return 0.0;
-    // the counted tokens (target not IGNORE_TARGET): their rows of x and their targets, on the host
+    // the counted tokens (target not IGNORE_TARGET): their rows of x, targets and weights, on the host
     int *host_targets = (int *)cpu_malloc(sizeof(int) * n, "targets");
     int *host_rows = (int *)cpu_malloc(sizeof(int) * n, "counted rows");
+    float *host_weights = weights ? (float *)cpu_malloc(sizeof(float) * n, "loss weights") : NULL;
     gpu_download(host_targets, targets, sizeof(int) * n);
+    if (weights) gpu_download(host_weights, weights, sizeof(float) * n);
     int m = 0;
     for (int t = 0; t < n; t++) {
         if (host_targets[t] == IGNORE_TARGET) continue;
         host_rows[m] = t;
         host_targets[m] = host_targets[t];   // compacted in place: m <= t
+        if (host_weights) host_weights[m] = host_weights[t];
         m++;
     }
     *n_counted = m;
     double total = 0.0;
-    if (m > 0) total = counted_lm_head_cross_entropy(d_x, x, lm_head, host_rows, host_targets, m, dim, vocab,
-                                                     grad_scale);
+    if (m > 0) total = counted_lm_head_cross_entropy(d_x, x, lm_head, host_rows, host_targets, host_weights, m, dim,
+                                                     vocab, grad_scale);
+    free(host_weights);
     free(host_targets);
     free(host_rows);
     return total;

@@ -9,16 +9,18 @@
 #define IGNORE_TARGET -100
 
 #ifdef __cplusplus
-// Sum over t with targets[t] != IGNORE_TARGET of -log softmax(logits[t])[targets[t]],
-// returned as a double; *n_counted gets the number of counted targets.
-// targets are already shifted: targets[t] is the token that should follow t.
+// Sum over t with targets[t] != IGNORE_TARGET of w_t (-log softmax(logits[t])[targets[t]]),
+// returned as a double, with w_t = weights[t], or 1 when weights is NULL; *n_counted
+// gets the number of counted targets. targets are already shifted: targets[t] is
+// the token that should follow t.
 template <typename Real>
-double cross_entropy_sum_cpu(const Real *logits, const int *targets, int n, int vocab, int *n_counted);
-// d_logits += scale * (softmax(logits[t]) - onehot(targets[t])) for counted t
+double cross_entropy_sum_cpu(const Real *logits, const int *targets, const float *weights, int n, int vocab,
+                             int *n_counted);
+// d_logits += scale * w_t (softmax(logits[t]) - onehot(targets[t])) for counted t
 template <typename Real>
-void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, int n, int vocab,
-                                double scale);
-// The mean answer-only loss (sum / count, 0 when nothing is counted).
+void cross_entropy_backward_cpu(Real *d_logits, const Real *logits, const int *targets, const float *weights, int n,
+                                int vocab, double scale);
+// The mean answer-only loss (unweighted sum / count, 0 when nothing is counted).
 float cross_entropy_cpu(const float *logits, const int *targets, int n, int vocab, int *n_counted);
 // The LM head and the loss need only the counted tokens' rows (with answer-only
 // labels, a few dozen of a sample's hundreds); these gather them and put their
@@ -39,31 +41,33 @@ int lm_head_chunk_tokens_default(int vocab);
 // other than IGNORE_TARGET stops the program with a message naming it.
 
 // From fp32 logits [n, vocab] already on the device: losses[t] (fp32 [n]) =
-// -log softmax(logits[t])[targets[t]], 0 on uncounted rows; and when d_logits
-// != NULL, d_logits (fp32 [n, vocab], OVERWRITTEN) = scale * (softmax - onehot)
+// -w_t log softmax(logits[t])[targets[t]], 0 on uncounted rows; and when d_logits
+// != NULL, d_logits (fp32 [n, vocab], OVERWRITTEN) = scale * w_t (softmax - onehot)
 // on counted rows, 0 on the others. d_logits may be logits itself (in place).
-void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, int n, int vocab,
-                       float scale);
+// weights: NULL (w_t = 1) or fp32 [n] on the device.
+void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, const float *weights,
+                       int n, int vocab, float scale);
 
 // gather_rows_cpu and scatter_add_rows_cpu on the GPU: x bf16, d fp32 (rows on the device).
 void gather_rows_gpu(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim);
 void scatter_add_rows_gpu(float *d_x, const float *d_rows, const int *rows, int n_rows, int dim);
 
-// The LM head and the answer-only cross-entropy, fused and chunked over the
+// The LM head and the (weighted) cross-entropy, fused and chunked over the
 // tokens so that the full [n, vocab] logits never exist at once:
 //   logits = x W^T   (x bf16 [n, dim] = the final normed hidden state, W bf16 [vocab, dim]; cuBLAS, fp32 out)
-// returns the sum over counted t of -log softmax(logits[t])[targets[t]]
+// returns the sum over counted t of w_t (-log softmax(logits[t])[targets[t]])
 // (per-token losses in fp32, summed on the host in double); *n_counted = the
-// number of counted targets. targets: int [n] on the device.
-// If d_x != NULL: d_logits = grad_scale * (softmax - onehot) on counted rows
+// number of counted targets. targets: int [n] on the device; weights: NULL
+// (w_t = 1) or fp32 [n] on the device.
+// If d_x != NULL: d_logits = grad_scale * w_t (softmax - onehot) on counted rows
 // (0 elsewhere), rounded to bf16, and d_x [n, dim] (fp32, ACCUMULATES) += d_logits W.
 // Only the counted tokens go through the LM head: their rows of x are gathered
 // first (bf16 [m, dim], and fp32 [m, dim] for their gradient when d_x != NULL),
 // then taken 64 MiB / (vocab * 4) tokens at a time (at least 1), so the fp32
 // logits take <= 64 MiB, plus half that for the bf16 d_logits when d_x != NULL,
 // plus m floats of per-token losses; all allocated per call.
-double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets, int n, int dim,
-                                 int vocab, double grad_scale, int *n_counted);
+double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets,
+                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted);
 // Forces the chunk of lm_head_cross_entropy_gpu to `tokens` tokens (tests use
 // it to exercise chunking on small batches); 0 restores the automatic rule.
 void lm_head_set_chunk_tokens_gpu(int tokens);

@@ -62,7 +62,8 @@ __device__ static float tile_row_max(float v) {
 // exp(s_ij - m_i) v_j over the key tiles seen so far; out_i = acc_i / l_i and
 // lse_i = m_i + log l_i at the end.
 __global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                                            int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
+                                            const int *positions, int seq_len, int n_heads, int n_kv_heads,
+                                            int head_dim, float scale) {
     __shared__ bf16 q_tile[flash_tile][flash_row_stride];
     __shared__ bf16 k_tile[flash_tile][flash_row_stride];
     __shared__ bf16 v_tile[flash_tile][flash_row_stride];
@@ -74,6 +75,7 @@ __global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q
     const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
     int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
     int i0 = blockIdx.x * flash_tile, i = i0 + r;
+    int first = i < seq_len ? attention_first_key_gpu(positions, s, seq_len, i) : 0;
 
     load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
     float running_max = -INFINITY, running_sum = 0.0f;
@@ -87,17 +89,20 @@ __global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q
         load_tile(k_tile, k_head, j0, seq_len, kv_stride, head_dim);
         load_tile(v_tile, v_head, j0, seq_len, kv_stride, head_dim);
         __syncthreads();
-        // s_ij = scale q_i . k_j, or -inf for j > i (which also covers j past the sequence) and rows past it
+        // s_ij = scale q_i . k_j, or -inf for j > i (which also covers j past the sequence), for j before
+        // i's sample (packed) and for rows past the sequence
         float tile_scores[flash_tile_cols_per_thread];
         float tile_max = -INFINITY;
         #pragma unroll
         for (int c = 0; c < flash_tile_cols_per_thread; c++) {
             int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
-            tile_scores[c] = (i < seq_len && j <= i) ? scale * dot_rows(q_tile[r], k_tile[jj], head_dim) : -INFINITY;
+            bool seen = i < seq_len && first <= j && j <= i;
+            tile_scores[c] = seen ? scale * dot_rows(q_tile[r], k_tile[jj], head_dim) : -INFINITY;
             tile_max = fmaxf(tile_max, tile_scores[c]);
         }
         float new_max = fmaxf(running_max, tile_row_max(tile_max));
-        // a row with no key yet (only rows past the sequence) keeps zeros instead of exp(-inf + inf)
+        // a row with no key yet (rows past the sequence, or whose sample starts later) keeps zeros
+        // instead of exp(-inf + inf)
         float base = new_max == -INFINITY ? 0.0f : new_max;
         // rescale what was summed against the old max: exp(m_old - m_new)
         float correction = expf(running_max - base);
@@ -156,7 +161,8 @@ __global__ static void attention_delta_kernel(float *delta, const bf16 *d_out, c
 // and lse; ds_ij = p_ij (dO_i . v_j - delta_i).
 __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16 *d_out, const float *lse,
                                                 const float *delta, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
+                                                const int *positions, int seq_len, int n_heads, int n_kv_heads,
+                                                int head_dim, float scale) {
     __shared__ bf16 k_tile[flash_tile][flash_row_stride];
     __shared__ bf16 v_tile[flash_tile][flash_row_stride];
     __shared__ bf16 q_tile[flash_tile][flash_row_stride];
@@ -164,6 +170,7 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
     __shared__ float p_tile[flash_tile][flash_tile + 1];    // [key][query]
     __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [key][query]
     __shared__ float lse_tile[flash_tile], delta_tile[flash_tile];
+    __shared__ int first_tile[flash_tile];                  // each query's first key
     int g = blockIdx.y, s = blockIdx.z, group = n_heads / n_kv_heads;
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
     const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
@@ -188,14 +195,16 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
             for (int e = threadIdx.x; e < flash_tile; e += blockDim.x) {
                 lse_tile[e] = i0 + e < seq_len ? lse_head[i0 + e] : 0.0f;
                 delta_tile[e] = i0 + e < seq_len ? delta_head[i0 + e] : 0.0f;
+                first_tile[e] = i0 + e < seq_len ? attention_first_key_gpu(positions, s, seq_len, i0 + e) : 0;
             }
             __syncthreads();
             #pragma unroll
             for (int c = 0; c < flash_tile_cols_per_thread; c++) {
                 int ii = lane8 + flash_threads_per_row * c, i = i0 + ii;
-                // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); both 0 unless j <= i < T
+                // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i);
+                // both 0 unless first_i <= j <= i < T
                 float p = 0.0f, ds = 0.0f;
-                if (i < seq_len && j <= i) {
+                if (i < seq_len && first_tile[ii] <= j && j <= i) {
                     p = expf(scale * dot_rows(q_tile[ii], k_tile[r], head_dim) - lse_tile[ii]);
                     ds = p * (dot_rows(dy_tile[ii], v_tile[r], head_dim) - delta_tile[ii]);
                 }
@@ -233,8 +242,8 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
 // queries, summed over the key tiles at or before the query tile:
 // dq_i = scale sum_j ds_ij k_j, with p and ds recomputed as in the kernel above.
 __global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, const float *lse, const float *delta,
-                                               const bf16 *q, const bf16 *k, const bf16 *v, int seq_len, int n_heads,
-                                               int n_kv_heads, int head_dim, float scale) {
+                                               const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+                                               int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
     __shared__ bf16 q_tile[flash_tile][flash_row_stride];
     __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
     __shared__ bf16 k_tile[flash_tile][flash_row_stride];
@@ -251,6 +260,7 @@ __global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, con
     size_t stats = ((size_t)s * n_heads + h) * seq_len + i;
     float row_lse = i < seq_len ? lse[stats] : 0.0f;
     float row_delta = i < seq_len ? delta[stats] : 0.0f;
+    int first = i < seq_len ? attention_first_key_gpu(positions, s, seq_len, i) : 0;
 
     load_tile(q_tile, q_head, i0, seq_len, q_stride, head_dim);
     load_tile(dy_tile, dy_head, i0, seq_len, q_stride, head_dim);
@@ -266,9 +276,9 @@ __global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, con
         #pragma unroll
         for (int c = 0; c < flash_tile_cols_per_thread; c++) {
             int jj = lane8 + flash_threads_per_row * c, j = j0 + jj;
-            // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); 0 unless j <= i < T
+            // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dO_i . v_j - delta_i); 0 unless first_i <= j <= i < T
             float ds = 0.0f;
-            if (i < seq_len && j <= i) {
+            if (i < seq_len && first <= j && j <= i) {
                 float p = expf(scale * dot_rows(q_tile[r], k_tile[jj], head_dim) - row_lse);
                 ds = p * (dot_rows(dy_tile[r], v_tile[jj], head_dim) - row_delta);
             }
@@ -296,17 +306,18 @@ __global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, con
 
 static unsigned n_tiles(int seq_len) { return (unsigned)((seq_len + flash_tile - 1) / flash_tile); }
 
-void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                 int seq_len, int n_heads, int n_kv_heads, int head_dim) {
+void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                 const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                 int head_dim) {
     float scale = 1.0f / sqrtf((float)head_dim);
     flash_forward_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
-        out, lse, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+        out, lse, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
 }
 
 void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int n_seqs,
-                                  int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta) {
+                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+                                  int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta) {
     float scale = 1.0f / sqrtf((float)head_dim);
     size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
     int delta_block = 256;   // 8 warps, one per (row, head)
@@ -314,10 +325,10 @@ void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d
     attention_delta_kernel<<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
     CUDA_CHECK_LAUNCH();
     flash_backward_kv_kernel<<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
-        d_k, d_v, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+        d_k, d_v, d_out, lse, delta, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
     flash_backward_q_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
-        d_q, d_out, lse, delta, q, k, v, seq_len, n_heads, n_kv_heads, head_dim, scale);
+        d_q, d_out, lse, delta, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
 }
 #endif

@@ -215,7 +215,7 @@ TEST_CASE("layers: the attention backward gives the same bits on 1 or 2 threads"
     check_same_bits_on_1_and_2_threads([&] {
         std::vector<float> dq(n * q_dim, 0.0f), dk(n * kv_dim, 0.0f), dv(n * kv_dim, 0.0f);
         attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(), v.data(), n, heads,
-                               kv_heads, head_dim);
+                               kv_heads, head_dim, (const int *)NULL);
         return std::vector<std::vector<float>>{dq, dk, dv};
     });
 }
@@ -260,12 +260,12 @@ TEST_CASE("layers backward: causal grouped-query attention") {
     Vec q = random_vec(n * q_dim, rng), k = random_vec(n * kv_dim, rng), v = random_vec(n * kv_dim, rng);
     Vec proj = random_vec(n * q_dim, rng), out(n * q_dim);
     auto loss = [&] {
-        attention_cpu(out.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim);
+        attention_cpu(out.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim, (const int *)NULL);
         return dot(proj, out);
     };
     Vec dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
     attention_backward_cpu(dq.data(), dk.data(), dv.data(), proj.data(), q.data(), k.data(), v.data(), n, heads,
-                           kv_heads, head_dim);
+                           kv_heads, head_dim, (const int *)NULL);
     CHECK(gradient_error(loss, q, dq) < MAX_RELATIVE_ERROR);
     CHECK(gradient_error(loss, k, dk) < MAX_RELATIVE_ERROR);
     CHECK(gradient_error(loss, v, dv) < MAX_RELATIVE_ERROR);
@@ -276,9 +276,68 @@ TEST_CASE("layers: attention over a cache equals attention over the whole sequen
     const int n = 6, heads = 4, kv_heads = 2, head_dim = 4, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
     Vec q = random_vec(n * q_dim, rng), k = random_vec(n * kv_dim, rng), v = random_vec(n * kv_dim, rng);
     Vec whole(n * q_dim), last(q_dim);
-    attention_cpu(whole.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim);
-    attention_cpu(last.data(), q.data() + (n - 1) * q_dim, k.data(), v.data(), 1, n - 1, heads, kv_heads, head_dim);
+    attention_cpu(whole.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim, (const int *)NULL);
+    attention_cpu(last.data(), q.data() + (n - 1) * q_dim, k.data(), v.data(), 1, n - 1, heads, kv_heads, head_dim,
+                  (const int *)NULL);
     for (int i = 0; i < q_dim; i++) CHECK(last[i] == doctest::Approx(whole[(n - 1) * q_dim + i]).epsilon(1e-12));
+}
+
+// Three samples of 3, 1 and 4 tokens packed in one sequence: each sample's
+// attention output (forward) and gradients equal those of the sample alone.
+TEST_CASE("layers: attention over packed samples equals each sample alone, forward and backward") {
+    std::mt19937 rng(6);
+    const int n = 8, heads = 4, kv_heads = 2, head_dim = 4, q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    const int starts[4] = {0, 3, 4, 8};
+    const int positions[n] = {0, 1, 2, 0, 0, 1, 2, 3};
+    Vec q = random_vec(n * q_dim, rng), k = random_vec(n * kv_dim, rng), v = random_vec(n * kv_dim, rng);
+    Vec dy = random_vec(n * q_dim, rng);
+    Vec packed(n * q_dim), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    attention_cpu(packed.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim, positions);
+    attention_backward_cpu(dq.data(), dk.data(), dv.data(), dy.data(), q.data(), k.data(), v.data(), n, heads,
+                           kv_heads, head_dim, positions);
+    for (int sample = 0; sample < 3; sample++) {
+        int first = starts[sample], len = starts[sample + 1] - first;
+        Vec alone(len * q_dim), aq(len * q_dim, 0.0), ak(len * kv_dim, 0.0), av(len * kv_dim, 0.0);
+        const double *sq = q.data() + first * q_dim, *sk = k.data() + first * kv_dim, *sv = v.data() + first * kv_dim;
+        attention_cpu(alone.data(), sq, sk, sv, len, 0, heads, kv_heads, head_dim, (const int *)NULL);
+        attention_backward_cpu(aq.data(), ak.data(), av.data(), dy.data() + first * q_dim, sq, sk, sv, len, heads,
+                               kv_heads, head_dim, (const int *)NULL);
+        for (int i = 0; i < len * q_dim; i++) {
+            CHECK(packed[first * q_dim + i] == doctest::Approx(alone[i]).epsilon(1e-12));
+            CHECK(dq[first * q_dim + i] == doctest::Approx(aq[i]).epsilon(1e-12));
+        }
+        for (int i = 0; i < len * kv_dim; i++) {
+            CHECK(dk[first * kv_dim + i] == doctest::Approx(ak[i]).epsilon(1e-12));
+            CHECK(dv[first * kv_dim + i] == doctest::Approx(av[i]).epsilon(1e-12));
+        }
+    }
+    // and not the plain causal result: the mask matters on these inputs
+    Vec causal(n * q_dim);
+    attention_cpu(causal.data(), q.data(), k.data(), v.data(), n, 0, heads, kv_heads, head_dim, (const int *)NULL);
+    CHECK(std::fabs(causal[(n - 1) * q_dim] - packed[(n - 1) * q_dim]) > 1e-6);
+}
+
+TEST_CASE("layers backward: weighted cross-entropy") {
+    std::mt19937 rng(7);
+    const int n = 4, vocab = 6;
+    Vec logits = random_vec(n * vocab, rng);
+    const int targets[n] = {2, IGNORE_TARGET, 5, 0};
+    const float weights[n] = {1.0f, 0.7f, 0.25f, 0.0f};
+    int counted = 0;
+    auto loss = [&] { return cross_entropy_sum_cpu(logits.data(), targets, weights, n, vocab, &counted); };
+    Vec d_logits(logits.size(), 0.0);
+    cross_entropy_backward_cpu(d_logits.data(), logits.data(), targets, weights, n, vocab, 1.0);
+    CHECK(gradient_error(loss, logits, d_logits) < MAX_RELATIVE_ERROR);
+    // the weighted sum, from the unweighted loss of each row alone
+    double want = 0.0;
+    for (int t = 0; t < n; t++) {
+        if (targets[t] == IGNORE_TARGET) continue;
+        int one = 0;
+        want += weights[t] * cross_entropy_sum_cpu(logits.data() + t * vocab, targets + t, (const float *)NULL, 1,
+                                                   vocab, &one);
+    }
+    CHECK(loss() == doctest::Approx(want).epsilon(1e-12));
+    CHECK(counted == 3);   // a weight of 0 still counts the target (the normaliser is the caller's)
 }
 
 TEST_CASE("layers backward: SwiGLU") {
@@ -302,14 +361,14 @@ TEST_CASE("layers backward: cross-entropy with ignored targets") {
     int targets[n] = {3, IGNORE_TARGET, 0, 6};
     auto loss = [&] {
         int counted;
-        return cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);
+        return cross_entropy_sum_cpu(logits.data(), targets, (const float *)NULL, n, vocab, &counted);
     };
     Vec d_logits(logits.size(), 0.0);
-    cross_entropy_backward_cpu(d_logits.data(), logits.data(), targets, n, vocab, 1.0);
+    cross_entropy_backward_cpu(d_logits.data(), logits.data(), targets, (const float *)NULL, n, vocab, 1.0);
     CHECK(gradient_error(loss, logits, d_logits) < MAX_RELATIVE_ERROR);
     for (int v = 0; v < vocab; v++) CHECK(d_logits[1 * vocab + v] == 0.0);   // the ignored row
     int counted;
-    cross_entropy_sum_cpu(logits.data(), targets, n, vocab, &counted);
+    cross_entropy_sum_cpu(logits.data(), targets, (const float *)NULL, n, vocab, &counted);
     CHECK(counted == 3);
 }
 

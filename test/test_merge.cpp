@@ -375,7 +375,7 @@ std::vector<double> training_losses(const Model &m, const LoraSet &set, const st
     for (int p = 0; p + 1 < n; p++) {
         std::vector<int> targets(n, IGNORE_TARGET);
         targets[p] = tokens[p + 1];
-        Batch batch = {tokens.data(), targets.data(), 1, n};
+        Batch batch = {tokens.data(), targets.data(), 1, n, NULL, NULL};
         int counted = 0;
         losses.push_back(loss_cpu(&c, &base.source, params.data(), &opt, &batch, &counted));
         CHECK(counted == 1);

@@ -186,7 +186,7 @@ TEST_CASE("peft reference: loss and LoRA gradients of the default model equal to
     int n_answer = 0;
     for (int v : targets) n_answer += v != IGNORE_TARGET;
     REQUIRE(n_answer > 0);
-    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
+    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len, NULL, NULL};
 
     // the base, checked bit for bit against the script's
     BaseGuard guard;

@@ -1,6 +1,7 @@
 // trainer/examples.cpp: ./train's samples: loading, the held-out split, shuffling
 // and batching (see trainer/examples.h).
 #include "trainer/examples.h"
+#include "data/packing.h"
 #include "data/raft.h"
 #include "data/tokfile.h"
 #include "formats/tensor.h"
@@ -12,7 +13,11 @@
 #include <sys/stat.h>
 
 void examples_free(ExampleSet *set) {
-    for (int i = 0; i < set->count; i++) { free(set->examples[i].ids); free(set->examples[i].targets); }
+    for (int i = 0; i < set->count; i++) {
+        free(set->examples[i].ids);
+        free(set->examples[i].targets);
+        free(set->examples[i].positions);
+    }
     free(set->examples);
     set->examples = NULL;
     set->count = 0;
@@ -39,7 +44,7 @@ static int encode_examples(const Tokenizer *tok, const RaftData *data, const int
     out->count = 0;
     *skipped = 0;
     for (int i = 0; i < n; i++) {
-        Example e = {NULL, NULL, 0, 0};
+        Example e = {NULL, NULL, 0, 0, 1, NULL};
         e.n_tokens = raft_encode(tok, &data->samples[indices[i]], &e.ids, &e.targets);
         if (e.n_tokens < 0) return -1;
         if (e.n_tokens > max_seq) {
@@ -62,23 +67,131 @@ void examples_shuffle(int *items, int n, uint64_t *state) {
     }
 }
 
-Batch examples_batch(const ExampleSet *set, const int *order, int first, int count, int **tokens, int **targets) {
-    int seq_len = 0;
-    for (int i = 0; i < count; i++) {
-        int n = set->examples[order[first + i]].n_tokens;
-        if (n > seq_len) seq_len = n;
+// ---- packing -----------------------------------------------------------------------
+
+// Appends sample e to the packed row (whose arrays hold max_seq tokens).
+static void append_sample(Example *row, const Example *e) {
+    memcpy(row->ids + row->n_tokens, e->ids, sizeof(int) * e->n_tokens);
+    memcpy(row->targets + row->n_tokens, e->targets, sizeof(int) * e->n_tokens);
+    // positions restart at 0 with each sample
+    for (int t = 0; t < e->n_tokens; t++) row->positions[row->n_tokens + t] = t;
+    row->n_tokens += e->n_tokens;
+    row->n_answer += e->n_answer;
+    row->n_samples++;
+}
+
+static Example new_row(int max_seq) {
+    Example row = {NULL, NULL, 0, 0, 0, NULL};
+    row.ids = (int *)cpu_malloc(sizeof(int) * max_seq, "packed sequence");
+    row.targets = (int *)cpu_malloc(sizeof(int) * max_seq, "packed sequence");
+    row.positions = (int *)cpu_malloc(sizeof(int) * max_seq, "packed sequence");
+    return row;
+}
+
+int examples_pack(const ExampleSet *set, int max_seq, int seed, ExampleSet *packed) {
+    int n = set->count;
+    int *order = (int *)cpu_malloc(sizeof(int) * (n > 0 ? n : 1), "packing order");
+    int *lengths = (int *)cpu_malloc(sizeof(int) * (n > 0 ? n : 1), "packing lengths");
+    int *row_of = (int *)cpu_malloc(sizeof(int) * (n > 0 ? n : 1), "packing rows");
+    for (int i = 0; i < n; i++) order[i] = i;
+    uint64_t state = (uint64_t)seed ^ 0xBACC;
+    examples_shuffle(order, n, &state);
+    for (int i = 0; i < n; i++) lengths[i] = set->examples[order[i]].n_tokens;
+    int rows = pack_first_fit(lengths, n, max_seq, row_of);
+    packed->examples = NULL;
+    packed->count = 0;
+    if (rows < 0) {
+        fprintf(stderr, "train: --pack: a sample of %d tokens does not fit --seq %d\n", examples_longest(set),
+                max_seq);
+    } else {
+        packed->examples = (Example *)cpu_calloc((size_t)(rows > 0 ? rows : 1), sizeof(Example), "packed sequences");
+        packed->count = rows;
+        for (int r = 0; r < rows; r++) packed->examples[r] = new_row(max_seq);
+        for (int i = 0; i < n; i++) append_sample(&packed->examples[row_of[i]], &set->examples[order[i]]);
     }
-    *tokens = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch tokens");
-    *targets = (int *)cpu_malloc(sizeof(int) * count * seq_len, "batch targets");
-    for (int i = 0; i < count; i++) {
-        const Example *e = &set->examples[order[first + i]];
-        for (int t = 0; t < seq_len; t++) {
-            (*tokens)[i * seq_len + t] = e->ids[t < e->n_tokens ? t : e->n_tokens - 1];
-            (*targets)[i * seq_len + t] = t < e->n_tokens ? e->targets[t] : IGNORE_TARGET;
+    free(order);
+    free(lengths);
+    free(row_of);
+    return rows < 0 ? -1 : 0;
+}
+
+double examples_fill(const ExampleSet *set, int seq_len) {
+    double tokens = 0.0;
+    for (int i = 0; i < set->count; i++) tokens += set->examples[i].n_tokens;
+    return set->count && seq_len ? tokens / ((double)set->count * seq_len) : 0.0;
+}
+
+// ---- batches -------------------------------------------------------------------------
+
+// Token t is the last of its sample (it has no next token to learn).
+static int last_of_sample(const Example *e, int t) {
+    return t + 1 == e->n_tokens || (e->positions && e->positions[t + 1] == 0);
+}
+
+double example_loss_weight(const Example *e, float prompt_weight) {
+    // every token but each sample's last has a target: n_answer weigh 1, the rest prompt_weight
+    int with_target = e->n_tokens - e->n_samples;
+    return e->n_answer + (double)prompt_weight * (with_target - e->n_answer);
+}
+
+// Token t's position in its own sample: t when e is one sample; packed, the
+// sample's own, and padding continues the last sample's.
+static int position_in_sample(const Example *e, int t) {
+    if (!e->positions) return t;
+    if (t < e->n_tokens) return e->positions[t];
+    return e->positions[e->n_tokens - 1] + (t - e->n_tokens + 1);
+}
+
+// One row of the batch: example e, padded to seq_len. weights and positions may be NULL.
+static void fill_row(const Example *e, int seq_len, float prompt_weight, int *tokens, int *targets, float *weights,
+                     int *positions) {
+    for (int t = 0; t < seq_len; t++) {
+        int real = t < e->n_tokens;
+        tokens[t] = e->ids[real ? t : e->n_tokens - 1];
+        targets[t] = real ? e->targets[t] : IGNORE_TARGET;
+        if (positions) positions[t] = position_in_sample(e, t);
+        if (!weights) continue;
+        // the answer's targets weigh 1; the other tokens learn their next token too, weighted
+        // prompt_weight; padding and each sample's last token learn nothing
+        if (!real || last_of_sample(e, t)) {
+            weights[t] = 0.0f;
+        } else if (e->targets[t] != IGNORE_TARGET) {
+            weights[t] = 1.0f;
+        } else {
+            targets[t] = e->ids[t + 1];
+            weights[t] = prompt_weight;
         }
     }
-    Batch batch = {*tokens, *targets, count, seq_len};
+}
+
+Batch examples_batch(const ExampleSet *set, const int *order, int first, int count, float prompt_weight,
+                     BatchArrays *arrays) {
+    int seq_len = 0, packed = 0;
+    for (int i = 0; i < count; i++) {
+        const Example *e = &set->examples[order[first + i]];
+        if (e->n_tokens > seq_len) seq_len = e->n_tokens;
+        packed |= e->positions != NULL;
+    }
+    size_t n = (size_t)count * seq_len;
+    arrays->tokens = (int *)cpu_malloc(sizeof(int) * n, "batch tokens");
+    arrays->targets = (int *)cpu_malloc(sizeof(int) * n, "batch targets");
+    arrays->weights = prompt_weight > 0.0f ? (float *)cpu_malloc(sizeof(float) * n, "batch loss weights") : NULL;
+    arrays->positions = packed ? (int *)cpu_malloc(sizeof(int) * n, "batch positions") : NULL;
+    for (int i = 0; i < count; i++) {
+        size_t row = (size_t)i * seq_len;
+        fill_row(&set->examples[order[first + i]], seq_len, prompt_weight, arrays->tokens + row,
+                 arrays->targets + row, arrays->weights ? arrays->weights + row : NULL,
+                 arrays->positions ? arrays->positions + row : NULL);
+    }
+    Batch batch = {arrays->tokens, arrays->targets, count, seq_len, arrays->weights, arrays->positions};
     return batch;
+}
+
+void batch_arrays_free(BatchArrays *arrays) {
+    free(arrays->tokens);
+    free(arrays->targets);
+    free(arrays->weights);
+    free(arrays->positions);
 }
 
 // The held-out split of JSONL data: a shuffle (seeded) whose first val_frac
@@ -152,7 +265,7 @@ static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max
     for (long i = 0; i < file.count; i++) {
         TokSample *s = &file.samples[i];
         if (s->n_tokens > max_seq) { (*skipped)++; continue; }
-        Example e = {s->ids, s->targets, s->n_tokens, count_answer(s->targets, s->n_tokens)};
+        Example e = {s->ids, s->targets, s->n_tokens, count_answer(s->targets, s->n_tokens), 1, NULL};
         set->examples[set->count++] = e;
         s->ids = s->targets = NULL;   // the example owns them now
     }

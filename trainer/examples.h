@@ -1,19 +1,23 @@
 // trainer/examples.h: the samples ./train learns from, as token ids with their
 // answer-only targets: read from a ./prepare token file (data/tokfile.h) or
 // rendered here from RAFT JSONL (data/raft.h), with the validation set beside
-// them; the data order, shuffled every epoch; and micro-batches padded to
-// their longest sample.
+// them; packing several samples into one sequence (--pack); the data order,
+// shuffled every epoch; and micro-batches padded to their longest sequence,
+// with every token's loss weight (--prompt-loss-weight).
 #pragma once
 #include <stdint.h>
 #include "tokenizer.h"
 #include "trainer/train_step.h"
 
-// One sample as tokens with its shifted answer-only targets (see raft_encode).
+// One sample as tokens with its shifted answer-only targets (see raft_encode),
+// or, packed, several samples one after another.
 typedef struct {
     int *ids;
     int *targets;
     int n_tokens;
-    int n_answer;   // targets that are not IGNORE_TARGET
+    int n_answer;     // targets that are not IGNORE_TARGET
+    int n_samples;    // 1, or the samples packed in it
+    int *positions;   // NULL, or packed: [n_tokens] each token's position in its own sample
 } Example;
 
 typedef struct {
@@ -41,7 +45,31 @@ int examples_longest(const ExampleSet *set);
 
 // Fisher-Yates shuffle of n items drawn from splitmix64 at *state (advanced).
 void examples_shuffle(int *items, int n, uint64_t *state);
-// Packs examples[order[first .. first + count)] into one batch padded to the
-// longest: padding tokens repeat the last token and are never learned.
-// *tokens and *targets are allocated here; the caller frees them.
-Batch examples_batch(const ExampleSet *set, const int *order, int first, int count, int **tokens, int **targets);
+
+// --pack: the samples of set, in an order shuffled by seed, packed into
+// sequences of at most max_seq tokens, each sample into the first sequence with
+// room for it (data/packing.h); a sample keeps its own positions and attends
+// only to itself. packed gets new arrays; set is left as it was. Returns 0, or -1 when a
+// sample is longer than max_seq (message printed).
+int examples_pack(const ExampleSet *set, int max_seq, int seed, ExampleSet *packed);
+// How full sequences of seq_len tokens are: the set's tokens / (count * seq_len).
+double examples_fill(const ExampleSet *set, int seq_len);
+
+// The loss weight of one target: 1 on the answer; prompt_weight on the other
+// tokens (--prompt-loss-weight: 0 learns the answer only, 1 every token).
+// An example's total is the loss normaliser's share of it.
+double example_loss_weight(const Example *e, float prompt_weight);
+
+// The arrays a batch points into (examples_batch allocates them).
+typedef struct {
+    int *tokens, *targets;
+    float *weights;    // NULL when prompt_weight is 0 (the answer-only targets weigh 1)
+    int *positions;    // NULL unless the examples are packed
+} BatchArrays;
+// Puts examples[order[first .. first + count)] into one batch padded to the
+// longest: padding tokens repeat the last token and are never learned. With
+// prompt_weight > 0 every token of a sample but its last has a target, weighted
+// as example_loss_weight says.
+Batch examples_batch(const ExampleSet *set, const int *order, int first, int count, float prompt_weight,
+                     BatchArrays *arrays);
+void batch_arrays_free(BatchArrays *arrays);

@@ -152,6 +152,7 @@ static void alloc_buffers(GpuTrainer *g) {
     g->tokens = (int *)alloc_counted(sizeof(int) * n, "token ids", scratch);
     g->targets = (int *)alloc_counted(sizeof(int) * n, "targets", scratch);
     g->positions = (int *)alloc_counted(sizeof(int) * n, "positions", scratch);
+    g->loss_weights = (float *)alloc_counted(sizeof(float) * n, "loss weights", scratch);
     g->stream = (float *)alloc_counted(sizeof(float) * (c->n_layers + 1) * n * c->dim, "residual stream", act);
     int n_acts = g->recompute ? 1 : c->n_layers;
     g->acts = (GpuActivations *)cpu_calloc((size_t)n_acts, sizeof(GpuActivations), "GPU activations");
@@ -223,7 +224,8 @@ void gpu_trainer_free(GpuTrainer *g) {
     gpu_free(g->embed); gpu_free(g->final_norm); gpu_free(g->inv_freq); gpu_free(g->dequant_scratch);
     gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_bf16);
     free(g->offset_A); free(g->offset_B);
-    gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->stream);
+    gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->loss_weights);
+    gpu_free(g->stream);
     int n_acts = g->recompute ? 1 : c->n_layers;
     for (int l = 0; l < n_acts; l++) free_activations(&g->acts[l]);
     free(g->acts);
@@ -273,11 +275,13 @@ static const float *adapter_mask(GpuTrainer *g, uint64_t dropout_seed, float dro
     return g->keep;
 }
 
-// One micro-batch's shapes and dropout.
+// One micro-batch's shapes and dropout, and which of the batch's optional arrays it has.
 typedef struct {
     int n, n_seqs, seq_len;
     uint64_t dropout_seed;
     float dropout;
+    int packed;     // samples packed in a sequence: attention masks by g->positions
+    int weighted;   // g->loss_weights holds the loss weights
 } StepShape;
 
 static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
@@ -327,8 +331,9 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     linear_forward(g, s, a->v, a->xn1, b->bv, layer, LINEAR_V, a->xa[LINEAR_V]);
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
-    attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->n_seqs, s->seq_len, c->n_heads,
-                          c->n_kv_heads, c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
+    attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->packed ? g->positions : NULL, s->n_seqs,
+                          s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
+                          g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
     linear_forward(g, s, g->tmp, a->att, NULL, layer, LINEAR_O, a->xa[LINEAR_O]);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
@@ -366,9 +371,9 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
     linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a->xa[LINEAR_O]);
     float_to_bf16_gpu(g->dy, g->d_wide, n * q_dim);
-    attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v, s->n_seqs,
-                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
-                           g->attention_scratch_bytes);
+    attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v,
+                           s->packed ? g->positions : NULL, s->n_seqs, s->seq_len, c->n_heads, c->n_kv_heads,
+                           c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
@@ -382,18 +387,24 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
 
 // Copies the batch to the device and checks it fits the buffers.
 static StepShape begin_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, float dropout) {
-    StepShape s = {batch->n_seqs * batch->seq_len, batch->n_seqs, batch->seq_len, dropout_seed, dropout};
+    StepShape s = {batch->n_seqs * batch->seq_len, batch->n_seqs, batch->seq_len, dropout_seed, dropout,
+                   batch->positions != NULL, batch->weights != NULL};
     if (s.n > g->max_tokens || s.n_seqs > g->max_seqs || s.seq_len > g->max_seq_len) {
         fprintf(stderr, "gpu: a batch of %d x %d tokens is larger than the %d x %d tokens the buffers were made for\n",
                 batch->n_seqs, batch->seq_len, g->max_seqs, g->max_seq_len);
         exit(1);
     }
-    int *positions = (int *)cpu_malloc(sizeof(int) * s.n, "positions");
-    for (int i = 0; i < s.n; i++) positions[i] = i % batch->seq_len;
-    gpu_upload(g->positions, positions, sizeof(int) * s.n);
-    free(positions);
+    if (batch->positions) {
+        gpu_upload(g->positions, batch->positions, sizeof(int) * s.n);
+    } else {
+        int *positions = (int *)cpu_malloc(sizeof(int) * s.n, "positions");
+        for (int i = 0; i < s.n; i++) positions[i] = i % batch->seq_len;
+        gpu_upload(g->positions, positions, sizeof(int) * s.n);
+        free(positions);
+    }
     gpu_upload(g->tokens, batch->tokens, sizeof(int) * s.n);
     gpu_upload(g->targets, batch->targets, sizeof(int) * s.n);
+    if (batch->weights) gpu_upload(g->loss_weights, batch->weights, sizeof(float) * s.n);
     return s;
 }
 
@@ -415,10 +426,11 @@ double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
     StepShape s = begin_batch(g, batch, dropout_seed, g->dropout);
     size_t n_dim = (size_t)s.n * c->dim;
     model_forward(g, &s);
-    // loss, and d normed = grad_scale (softmax - onehot) W_lm
+    // loss, and d normed = grad_scale w (softmax - onehot) W_lm
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    double loss_sum = lm_head_cross_entropy_gpu(g->d_normed, g->normed, g->lm_head, g->targets, s.n, c->dim,
-                                                c->vocab_size, grad_scale, n_counted);
+    double loss_sum = lm_head_cross_entropy_gpu(g->d_normed, g->normed, g->lm_head, g->targets,
+                                                s.weighted ? g->loss_weights : NULL, s.n, c->dim, c->vocab_size,
+                                                grad_scale, n_counted);
     CUDA_CHECK(cudaMemset(g->d_x, 0, sizeof(float) * n_dim));
     rmsnorm_backward_gpu(g->d_x, g->d_normed, g->stream + c->n_layers * n_dim, g->final_norm, s.n, c->dim,
                          c->norm_eps);
@@ -436,8 +448,9 @@ double gpu_loss(GpuTrainer *g, const Batch *batch, int *n_counted) {
     const Config *c = &g->c;
     StepShape s = begin_batch(g, batch, 0, 0.0f);
     model_forward(g, &s);
-    return lm_head_cross_entropy_gpu(NULL, g->normed, g->lm_head, g->targets, s.n, c->dim, c->vocab_size, 0.0,
-                                     n_counted);
+    const float *weights = s.weighted ? g->loss_weights : NULL;
+    return lm_head_cross_entropy_gpu(NULL, g->normed, g->lm_head, g->targets, weights, s.n, c->dim, c->vocab_size,
+                                     0.0, n_counted);
 }
 
 // ---- optimizer side ------------------------------------------------------------------

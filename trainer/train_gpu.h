@@ -70,6 +70,7 @@ typedef struct {
 
     // activations and gradients
     int *tokens, *targets, *positions;   // [max_tokens] on the device
+    float *loss_weights;                 // [max_tokens] the batch's loss weights (when it has them)
     float *stream;                       // [(n_layers + 1) * max_tokens * dim]
     GpuActivations *acts;                // [n_layers], or [1] with recompute
     bf16 *normed;                        // [N, dim] final norm output

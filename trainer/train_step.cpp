@@ -81,6 +81,13 @@ static const float *adapter_mask(StepContext<Real> *ctx, int layer, int target, 
     return ctx->keep;
 }
 
+// The positions of the sequence starting at token first when samples are
+// packed (attention then keeps each sample to itself), else NULL (plain causal).
+template <typename Real>
+static const int *packed_positions(const StepContext<Real> *ctx, size_t first) {
+    return ctx->batch->positions ? ctx->positions + first : NULL;
+}
+
 // y = x W^T + bias + adapter(x)
 template <typename Real>
 static void linear_forward(StepContext<Real> *ctx, Real *y, const Real *x, const Real *weight, const Real *bias,
@@ -121,7 +128,8 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
     for (int s = 0; s < ctx->batch->n_seqs; s++) {
         size_t first = (size_t)s * seq_len;
         attention_cpu<Real>(a->att + first * q_dim, a->q + first * q_dim, a->k + first * kv_dim,
-                            a->v + first * kv_dim, seq_len, 0, c->n_heads, c->n_kv_heads, c->head_dim);
+                            a->v + first * kv_dim, seq_len, 0, c->n_heads, c->n_kv_heads, c->head_dim,
+                            packed_positions(ctx, first));
     }
     // x_mid = x_in + lin_o(att)
     linear_forward(ctx, ctx->tmp, a->att, w->wo, (const Real *)NULL, q_dim, c->dim, &ad[LINEAR_O], layer, LINEAR_O,
@@ -186,7 +194,8 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
         size_t first = (size_t)s * seq_len;
         attention_backward_cpu<Real>(g->d_q + first * q_dim, g->d_k + first * kv_dim, g->d_v + first * kv_dim,
                                      g->d_att + first * q_dim, a->q + first * q_dim, a->k + first * kv_dim,
-                                     a->v + first * kv_dim, seq_len, c->n_heads, c->n_kv_heads, c->head_dim);
+                                     a->v + first * kv_dim, seq_len, c->n_heads, c->n_kv_heads, c->head_dim,
+                                     packed_positions(ctx, first));
     }
     rope_backward_cpu<Real>(g->d_q, ctx->positions, inv_freq, n, c->n_heads, c->head_dim);
     rope_backward_cpu<Real>(g->d_k, ctx->positions, inv_freq, n, c->n_kv_heads, c->head_dim);
@@ -210,7 +219,8 @@ static void context_init(StepContext<Real> *ctx, const Config *c, const StepOpti
     ctx->kv_dim = c->n_kv_heads * c->head_dim;
     size_t widest = max_size((size_t)c->dim, (size_t)c->hidden_dim);
     ctx->positions = (int *)cpu_malloc(sizeof(int) * ctx->n, "positions");
-    for (int i = 0; i < ctx->n; i++) ctx->positions[i] = i % batch->seq_len;
+    // each token's position: in its sequence, or in its own sample when samples are packed
+    for (int i = 0; i < ctx->n; i++) ctx->positions[i] = batch->positions ? batch->positions[i] : i % batch->seq_len;
     ctx->keep = (float *)cpu_malloc(sizeof(float) * ctx->n * widest, "dropout mask");
     size_t scratch_width = (size_t)opt->rank + c->dim + c->hidden_dim + widest;
     ctx->scratch = (Real *)cpu_malloc(sizeof(Real) * ctx->n * scratch_width, "adapter scratch");
@@ -253,6 +263,7 @@ struct CountedTokens {
     int n;            // tokens whose target counts
     int *rows;        // [n] their positions in the batch
     int *targets;     // [n] their targets
+    float *weights;   // [n] their loss weights, or NULL (all 1)
     Real *normed;     // [n, dim] their rows of the final norm's output
     Real *logits;     // [n, vocab]
 };
@@ -266,10 +277,13 @@ static void counted_logits(CountedTokens<Real> *ct, const StepContext<Real> *ctx
     ct->n = 0;
     ct->rows = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted rows");
     ct->targets = (int *)cpu_malloc(sizeof(int) * ctx->n, "counted targets");
+    const float *loss_weights = ctx->batch->weights;
+    ct->weights = loss_weights ? (float *)cpu_malloc(sizeof(float) * ctx->n, "counted loss weights") : NULL;
     for (int t = 0; t < ctx->n; t++) {
         if (ctx->batch->targets[t] == IGNORE_TARGET) continue;
         ct->rows[ct->n] = t;
         ct->targets[ct->n] = ctx->batch->targets[t];
+        if (loss_weights) ct->weights[ct->n] = loss_weights[t];
         ct->n++;
     }
     ct->normed = (Real *)cpu_malloc(sizeof(Real) * ct->n * c->dim, "counted rows of the final norm");
@@ -283,6 +297,7 @@ template <typename Real>
 static void counted_free(CountedTokens<Real> *ct) {
     free(ct->rows);
     free(ct->targets);
+    free(ct->weights);
     free(ct->normed);
     free(ct->logits);
 }
@@ -303,11 +318,11 @@ double train_step_cpu(const Config *c, const WeightSource<Real> *weights, Adapte
     model_forward(&ctx, weights, adapters, stream, acts, !opt->recompute, normed);
     CountedTokens<Real> ct;
     counted_logits(&ct, &ctx, weights, normed);
-    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.n, c->vocab_size, n_counted);
+    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.weights, ct.n, c->vocab_size, n_counted);
 
-    // d logits = grad_scale (softmax - onehot) on the counted rows; d normed is zero on the others
+    // d logits = grad_scale w (softmax - onehot) on the counted rows; d normed is zero on the others
     Real *d_logits = (Real *)cpu_calloc((size_t)ct.n * c->vocab_size, sizeof(Real), "d logits");
-    cross_entropy_backward_cpu<Real>(d_logits, ct.logits, ct.targets, ct.n, c->vocab_size, grad_scale);
+    cross_entropy_backward_cpu<Real>(d_logits, ct.logits, ct.targets, ct.weights, ct.n, c->vocab_size, grad_scale);
     // d normed[rows[r]] = (d_logits W_lm)[r], scattered back to the counted tokens' rows
     Real *d_counted = (Real *)cpu_calloc((size_t)ct.n * c->dim, sizeof(Real), "d counted rows");
     matmul_backward_input_cpu<Real>(d_counted, d_logits, weights->lm_head, ct.n, c->dim, c->vocab_size);
@@ -365,7 +380,7 @@ double loss_cpu(const Config *c, const WeightSource<Real> *weights, const Adapte
     model_forward(&ctx, weights, adapters, stream, &acts, 0, normed);
     CountedTokens<Real> ct;
     counted_logits(&ct, &ctx, weights, normed);
-    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.n, c->vocab_size, n_counted);
+    double loss_sum = cross_entropy_sum_cpu<Real>(ct.logits, ct.targets, ct.weights, ct.n, c->vocab_size, n_counted);
     counted_free(&ct);
     free(normed);
     free_activations(&acts);

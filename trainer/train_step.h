@@ -45,16 +45,24 @@ typedef struct {
 
 // A batch: n_seqs sequences of seq_len tokens; targets[i] is the token that
 // should follow tokens[i] in its sequence, or IGNORE_TARGET (not learned).
+// A sequence may hold several samples packed one after another (--pack): then
+// positions restart at 0 with each sample, and a token attends only to the
+// earlier tokens of its own sample.
 typedef struct {
     const int *tokens;
     const int *targets;
     int n_seqs, seq_len;
+    const float *weights;    // NULL (each counted target weighs 1) or [n_seqs * seq_len] the weight of each
+                             // target's loss (--prompt-loss-weight)
+    const int *positions;    // NULL (token i at position i % seq_len) or [n_seqs * seq_len] each token's
+                             // position in its own sample
 } Batch;
 
-// Runs forward and backward, ADDING grad_scale * d(sum of token losses) to the
-// adapters' gradients (grad_scale = 1 / answer tokens of the whole step, so
-// micro-batches accumulate to the mean over the step). Returns the summed
-// loss; *n_counted gets the number of answer tokens in this batch.
+// Runs forward and backward, ADDING grad_scale * d(sum of weighted token losses)
+// to the adapters' gradients (grad_scale = 1 / the sum of the weights over the
+// whole step, so micro-batches accumulate to the weighted mean over the step).
+// Returns the summed weighted loss; *n_counted gets the number of counted
+// targets in this batch.
 // adapters[layer * N_LINEARS + target].
 template <typename Real>
 double train_step_cpu(const Config *c, const WeightSource<Real> *weights, AdapterParams<Real> *adapters,

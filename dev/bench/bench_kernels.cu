@@ -136,12 +136,12 @@ int main(void) {
         char label[64];
         size_t scratch_bytes = attention_scratch_bytes_gpu(kinds[k], n_seqs, seq, heads, head_dim, (size_t)512 << 20);
         void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
-        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, n_seqs, seq, heads, kv_heads, head_dim,
-                                                 scratch, scratch_bytes); }, 10);
+        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, NULL, n_seqs, seq, heads, kv_heads,
+                                                 head_dim, scratch, scratch_bytes); }, 10);
         snprintf(label, sizeof label, "attention forward (%s)", names[k]);
         report_flops(label, attention_flops, ms, gemm_tflops);
-        ms = time_ms([&] { attention_backward_gpu(kinds[k], dq, dk, dv, out, out, lse, qb, kb, vb, n_seqs, seq, heads,
-                                                   kv_heads, head_dim, scratch, scratch_bytes); }, 10);
+        ms = time_ms([&] { attention_backward_gpu(kinds[k], dq, dk, dv, out, out, lse, qb, kb, vb, NULL, n_seqs, seq,
+                                                   heads, kv_heads, head_dim, scratch, scratch_bytes); }, 10);
         snprintf(label, sizeof label, "attention backward (%s)", names[k]);
         report_flops(label, 2.0 * attention_flops, ms, gemm_tflops);
         gpu_free(scratch);
@@ -172,7 +172,7 @@ int main(void) {
     int *targets_d = (int *)gpu_malloc(sizeof(int) * n, "targets");
     gpu_upload(targets_d, targets.data(), sizeof(int) * n);
     int counted = 0;
-    ms = time_ms([&] { lm_head_cross_entropy_gpu(dx, xn, lm_head, targets_d, n, dim, vocab, 1e-4, &counted); }, 5);
+    ms = time_ms([&] { lm_head_cross_entropy_gpu(dx, xn, lm_head, targets_d, NULL, n, dim, vocab, 1e-4, &counted); }, 5);
     report_flops("lm_head_cross_entropy_gpu (fwd+bwd)", 2.0 * 2.0 * n * (double)dim * vocab, ms, gemm_tflops);
 
     // AdamW over the default run's 4.9M LoRA parameters

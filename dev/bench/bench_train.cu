@@ -159,7 +159,7 @@ int main(int argc, char **argv) {
     std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
     for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
     for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : IGNORE_TARGET;
-    Batch b = {tokens.data(), targets.data(), batch, seq};
+    Batch b = {tokens.data(), targets.data(), batch, seq, NULL, NULL};
     if (!on_gpu) {
         bench_cpu(&c, &model, &lora, &opt, &b, nf4, steps, shape);
         lora_set_free(&lora);

@@ -1,6 +1,7 @@
 // test_gpu_attention.cu: both GPU attention kernels (simple, flash), forward and
 // backward, against attention_cpu / attention_backward_cpu run per sequence on
-// the same bf16-rounded inputs, and against each other.
+// the same bf16-rounded inputs, and against each other; plain causal, and with
+// several samples packed in a sequence (block-diagonal causal mask).
 #include <doctest/doctest.h>
 #include <math.h>
 #include "ops/attention.h"
@@ -23,7 +24,34 @@ const AttentionShape shapes[] = {
 
 struct AttentionInputs {
     std::vector<float> q, k, v, d_out;
+    std::vector<int> positions;   // empty: plain causal; else packed samples, each token's position in its own
 };
+
+// Packs random samples of 1 to 40 tokens into every sequence: positions restart
+// at 0 with each (boundaries fall inside and on the flash kind's 32-row tiles).
+std::vector<int> random_packing(const AttentionShape &a, uint64_t seed) {
+    std::vector<int> positions((size_t)a.n_seqs * a.seq_len);
+    uint64_t state = seed;
+    for (int s = 0; s < a.n_seqs; s++) {
+        int left = 0;   // tokens left in the current sample
+        int position = 0;
+        for (int i = 0; i < a.seq_len; i++) {
+            if (left == 0) {
+                state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+                left = 1 + (int)((state >> 33) % 40);
+                position = 0;
+            }
+            positions[(size_t)s * a.seq_len + i] = position++;
+            left--;
+        }
+    }
+    return positions;
+}
+
+// The first key query i of sequence s sees.
+int first_key(const AttentionShape &a, const AttentionInputs &in, int s, int i) {
+    return in.positions.empty() ? 0 : i - in.positions[(size_t)s * a.seq_len + i];
+}
 
 // Everything one computation gives: out, lse ([seq][head][token]), d_q, d_k, d_v.
 struct AttentionResult {
@@ -49,7 +77,7 @@ AttentionInputs random_inputs(const AttentionShape &a, uint64_t seed) {
     return in;
 }
 
-// lse[s][h][i] = log sum_{j<=i} exp(q_i . k_j / sqrt(head_dim)), in double.
+// lse[s][h][i] = log sum_{first_i<=j<=i} exp(q_i . k_j / sqrt(head_dim)), in double.
 std::vector<float> reference_lse(const AttentionShape &a, const AttentionInputs &in) {
     int q_stride = a.n_heads * a.head_dim, kv_stride = a.n_kv_heads * a.head_dim;
     int group = a.n_heads / a.n_kv_heads;
@@ -61,7 +89,8 @@ std::vector<float> reference_lse(const AttentionShape &a, const AttentionInputs 
             for (int i = 0; i < a.seq_len; i++) {
                 const float *q_vec = in.q.data() + ((size_t)s * a.seq_len + i) * q_stride + (size_t)h * a.head_dim;
                 double max_score = -INFINITY;
-                for (int j = 0; j <= i; j++) {
+                int first = first_key(a, in, s, i);
+                for (int j = first; j <= i; j++) {
                     const float *k_vec = in.k.data() + ((size_t)s * a.seq_len + j) * kv_stride +
                                          (size_t)(h / group) * a.head_dim;
                     double dot = 0.0;
@@ -70,7 +99,7 @@ std::vector<float> reference_lse(const AttentionShape &a, const AttentionInputs 
                     max_score = fmax(max_score, scores[j]);
                 }
                 double sum = 0.0;
-                for (int j = 0; j <= i; j++) sum += exp(scores[j] - max_score);
+                for (int j = first; j <= i; j++) sum += exp(scores[j] - max_score);
                 lse[((size_t)s * a.n_heads + h) * a.seq_len + i] = (float)(max_score + log(sum));
             }
         }
@@ -87,12 +116,13 @@ AttentionResult reference_attention(const AttentionShape &a, const AttentionInpu
     want.d_v.assign(kv_size(a), 0.0f);
     size_t q_seq = (size_t)a.seq_len * a.n_heads * a.head_dim, kv_seq = (size_t)a.seq_len * a.n_kv_heads * a.head_dim;
     for (int s = 0; s < a.n_seqs; s++) {
+        const int *positions = in.positions.empty() ? NULL : in.positions.data() + (size_t)s * a.seq_len;
         attention_cpu<float>(want.out.data() + s * q_seq, in.q.data() + s * q_seq, in.k.data() + s * kv_seq,
-                             in.v.data() + s * kv_seq, a.seq_len, 0, a.n_heads, a.n_kv_heads, a.head_dim);
+                             in.v.data() + s * kv_seq, a.seq_len, 0, a.n_heads, a.n_kv_heads, a.head_dim, positions);
         attention_backward_cpu<float>(want.d_q.data() + s * q_seq, want.d_k.data() + s * kv_seq,
                                       want.d_v.data() + s * kv_seq, in.d_out.data() + s * q_seq,
                                       in.q.data() + s * q_seq, in.k.data() + s * kv_seq, in.v.data() + s * kv_seq,
-                                      a.seq_len, a.n_heads, a.n_kv_heads, a.head_dim);
+                                      a.seq_len, a.n_heads, a.n_kv_heads, a.head_dim, positions);
     }
     want.lse = reference_lse(a, in);
     return want;
@@ -107,6 +137,11 @@ AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, con
                               size_t score_budget = whole_budget) {
     bf16 *q = upload_bf16(in.q, "q"), *k = upload_bf16(in.k, "k"), *v = upload_bf16(in.v, "v");
     bf16 *d_out = upload_bf16(in.d_out, "d_out");
+    int *positions = NULL;
+    if (!in.positions.empty()) {
+        positions = (int *)gpu_malloc(sizeof(int) * in.positions.size(), "positions");
+        gpu_upload(positions, in.positions.data(), sizeof(int) * in.positions.size());
+    }
     bf16 *out = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "out");
     float *lse = (float *)gpu_malloc(sizeof(float) * lse_size(a), "lse");
     bf16 *d_q = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "d_q");
@@ -117,13 +152,13 @@ AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, con
     gpu_poison(scratch, scratch_bytes);
     gpu_poison(out, sizeof(bf16) * q_size(a));
     gpu_poison(lse, sizeof(float) * lse_size(a));
-    attention_forward_gpu(kind, out, lse, q, k, v, a.n_seqs, a.seq_len, a.n_heads, a.n_kv_heads, a.head_dim, scratch,
-                          scratch_bytes);
+    attention_forward_gpu(kind, out, lse, q, k, v, positions, a.n_seqs, a.seq_len, a.n_heads, a.n_kv_heads,
+                          a.head_dim, scratch, scratch_bytes);
     gpu_poison(scratch, scratch_bytes);
     gpu_poison(d_q, sizeof(bf16) * q_size(a));
     gpu_poison(d_k, sizeof(bf16) * kv_size(a));
     gpu_poison(d_v, sizeof(bf16) * kv_size(a));
-    attention_backward_gpu(kind, d_q, d_k, d_v, d_out, out, lse, q, k, v, a.n_seqs, a.seq_len, a.n_heads,
+    attention_backward_gpu(kind, d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, a.n_seqs, a.seq_len, a.n_heads,
                            a.n_kv_heads, a.head_dim, scratch, scratch_bytes);
     AttentionResult got;
     got.out = download_bf16(out, q_size(a));
@@ -132,7 +167,7 @@ AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, con
     got.d_k = download_bf16(d_k, kv_size(a));
     got.d_v = download_bf16(d_v, kv_size(a));
     for (void *p : {(void *)q, (void *)k, (void *)v, (void *)d_out, (void *)out, (void *)lse, (void *)d_q,
-                    (void *)d_k, (void *)d_v, scratch})
+                    (void *)d_k, (void *)d_v, scratch, (void *)positions})
         gpu_free(p);
     return got;
 }
@@ -165,12 +200,13 @@ void check_close(const AttentionResult &got, const AttentionResult &want) {
     CHECK(relative_error(got.d_v, want.d_v) < 2e-2);
 }
 
-void check_against_cpu(AttentionKernel kind) {
+void check_against_cpu(AttentionKernel kind, bool packed) {
     for (const AttentionShape &a : shapes) {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n_seqs " << a.n_seqs << ", seq_len " << a.seq_len << ", heads " << a.n_heads
-                     << "/" << a.n_kv_heads << ", head_dim " << a.head_dim);
+                     << "/" << a.n_kv_heads << ", head_dim " << a.head_dim << (packed ? ", packed" : ""));
         AttentionInputs in = random_inputs(a, seed);
+        if (packed) in.positions = random_packing(a, seed + 4);
         check_close(gpu_attention(kind, a, in), reference_attention(a, in));
     }
 }
@@ -178,7 +214,11 @@ void check_against_cpu(AttentionKernel kind) {
 }  // namespace
 
 TEST_CASE("gpu: simple attention (materialised scores) matches the CPU reference, forward and backward") {
-    check_against_cpu(ATTENTION_SIMPLE);
+    check_against_cpu(ATTENTION_SIMPLE, false);
+}
+
+TEST_CASE("gpu: simple attention over packed samples (block-diagonal causal mask) matches the CPU reference") {
+    check_against_cpu(ATTENTION_SIMPLE, true);
 }
 
 // Budgets of one and of two heads' scores: passes of 1 or 2 heads, the last pass
@@ -198,7 +238,11 @@ TEST_CASE("gpu: simple attention in passes of fewer heads matches the CPU refere
 }
 
 TEST_CASE("gpu: flash attention (fused, online softmax) matches the CPU reference, forward and backward") {
-    check_against_cpu(ATTENTION_FLASH);
+    check_against_cpu(ATTENTION_FLASH, false);
+}
+
+TEST_CASE("gpu: flash attention over packed samples (block-diagonal causal mask) matches the CPU reference") {
+    check_against_cpu(ATTENTION_FLASH, true);
 }
 
 // Skips one-token sequences: there d_q = d_k = 0 exactly (a softmax over one key

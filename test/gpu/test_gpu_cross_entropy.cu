@@ -29,6 +29,21 @@ static int *upload_ints(const std::vector<int> &x, const char *what) {
     return d;
 }
 
+// Loss weights (--prompt-loss-weight): empty (every counted row weighs 1), or
+// in [0, 1] per row, with 0 and 1 among them.
+static std::vector<float> random_weights(bool weighted, int n, uint64_t seed) {
+    if (!weighted) return std::vector<float>();
+    std::vector<float> w = random_vector(n, seed, 0.5f);
+    for (float &x : w) x += 0.5f;
+    w[0] = 1.0f;
+    if (n > 3) w[3] = 0.0f;
+    return w;
+}
+
+static const float *weights_or_null(const std::vector<float> &w) { return w.empty() ? NULL : w.data(); }
+
+static float *upload_weights(const std::vector<float> &w) { return w.empty() ? NULL : upload_floats(w, "weights"); }
+
 // Tolerance 1e-5 (fp32 paths): the kernel's expf is within 2 ulp and its fp32
 // sums of <= 49152 terms (~100 per thread, then a 9-level tree) are within
 // ~1e-6 relative, so each loss (~10 here) is off by ~1e-6 absolute and each
@@ -61,52 +76,56 @@ static void check_gradient(const std::vector<float> &got, const std::vector<floa
     CHECK(nonzero_uncounted == 0);
 }
 
-static void check_cross_entropy(int n, int vocab) {
+static void check_cross_entropy(int n, int vocab, bool weighted) {
     uint64_t seed = fresh_seed();
-    INFO("seed " << seed << ", n " << n << ", vocab " << vocab);
+    INFO("seed " << seed << ", n " << n << ", vocab " << vocab << (weighted ? ", weighted" : ""));
     size_t size = (size_t)n * vocab;
     std::vector<float> logits = random_vector(size, seed, 5.0f);
     std::vector<int> targets = random_targets(n, vocab, seed + 1);
+    std::vector<float> weights = random_weights(weighted, n, seed + 2);
+    const float *w = weights_or_null(weights);
     const float scale = 0.25f;
 
     std::vector<float> want_losses(n);
     for (int t = 0; t < n; t++) {
         int counted_here;
-        want_losses[t] = (float)cross_entropy_sum_cpu<float>(&logits[(size_t)t * vocab], &targets[t], 1, vocab,
-                                                             &counted_here);
+        want_losses[t] = (float)cross_entropy_sum_cpu<float>(&logits[(size_t)t * vocab], &targets[t], w ? w + t : NULL,
+                                                             1, vocab, &counted_here);
     }
     int want_count;
-    double want_sum = cross_entropy_sum_cpu<float>(logits.data(), targets.data(), n, vocab, &want_count);
+    double want_sum = cross_entropy_sum_cpu<float>(logits.data(), targets.data(), w, n, vocab, &want_count);
     REQUIRE(want_count > 0);
     REQUIRE(want_count < n);
     std::vector<float> want_gradient(size, 0.0f);
-    cross_entropy_backward_cpu<float>(want_gradient.data(), logits.data(), targets.data(), n, vocab, scale);
+    cross_entropy_backward_cpu<float>(want_gradient.data(), logits.data(), targets.data(), w, n, vocab, scale);
 
     float *d_logits_in = upload_floats(logits, "logits");
     int *d_targets = upload_ints(targets, "targets");
+    float *d_weights = upload_weights(weights);
     float *d_losses = (float *)gpu_malloc(sizeof(float) * n, "losses");
     float *d_gradient = (float *)gpu_malloc(sizeof(float) * size, "d_logits");
 
     // the losses alone
     gpu_poison(d_losses, sizeof(float) * n);
-    cross_entropy_gpu(d_losses, NULL, d_logits_in, d_targets, n, vocab, scale);
+    cross_entropy_gpu(d_losses, NULL, d_logits_in, d_targets, d_weights, n, vocab, scale);
     check_losses(download_floats(d_losses, n), want_losses, targets, want_sum);
 
     // the losses and the gradient
     gpu_poison(d_losses, sizeof(float) * n);
     gpu_poison(d_gradient, sizeof(float) * size);
-    cross_entropy_gpu(d_losses, d_gradient, d_logits_in, d_targets, n, vocab, scale);
+    cross_entropy_gpu(d_losses, d_gradient, d_logits_in, d_targets, d_weights, n, vocab, scale);
     check_losses(download_floats(d_losses, n), want_losses, targets, want_sum);
     check_gradient(download_floats(d_gradient, size), want_gradient, targets, vocab);
 
     // in place: the gradient written over the logits
     gpu_poison(d_losses, sizeof(float) * n);
-    cross_entropy_gpu(d_losses, d_logits_in, d_logits_in, d_targets, n, vocab, scale);
+    cross_entropy_gpu(d_losses, d_logits_in, d_logits_in, d_targets, d_weights, n, vocab, scale);
     check_losses(download_floats(d_losses, n), want_losses, targets, want_sum);
     check_gradient(download_floats(d_logits_in, size), want_gradient, targets, vocab);
 
     gpu_free(d_logits_in);
     gpu_free(d_targets);
+    gpu_free(d_weights);
     gpu_free(d_losses);
     gpu_free(d_gradient);
 }
@@ -154,19 +173,23 @@ TEST_CASE("gpu: gather_rows_gpu and scatter_add_rows_gpu equal the CPU's exactly
 }
 
 TEST_CASE("gpu: cross_entropy_gpu matches cross_entropy_sum_cpu and cross_entropy_backward_cpu") {
-    check_cross_entropy(3, 100);   // vocab under the 512 threads of a row's block: most threads idle
-    check_cross_entropy(4, 513);   // one over: a second pass for one thread
-    check_cross_entropy(5, 1000);
-    check_cross_entropy(33, 49152);
+    for (bool weighted : {false, true}) {
+        check_cross_entropy(3, 100, weighted);   // vocab under the 512 threads of a row's block: most threads idle
+        check_cross_entropy(4, 513, weighted);   // one over: a second pass for one thread
+        check_cross_entropy(5, 1000, weighted);
+        check_cross_entropy(33, 49152, weighted);
+    }
 }
 
 // The fused LM head + loss against matmul_cpu, the CPU loss and gradient, and
 // matmul_backward_input_cpu on the same bf16-rounded x and W. Targets of
 // tokens [uncounted_first, uncounted_last) are all IGNORE_TARGET (a prompt); only the
 // counted rows go through the LM head, chunk_tokens at a time.
-static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncounted_first, int uncounted_last) {
+static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncounted_first, int uncounted_last,
+                          bool weighted = false) {
     uint64_t seed = fresh_seed();
-    INFO("seed " << seed << ", n " << n << ", dim " << dim << ", vocab " << vocab << ", chunk " << chunk_tokens);
+    INFO("seed " << seed << ", n " << n << ", dim " << dim << ", vocab " << vocab << ", chunk " << chunk_tokens
+                 << (weighted ? ", weighted" : ""));
     // W entries of scale 3/sqrt(dim) give logits of standard deviation ~1
     float weight_scale = 3.0f / sqrtf((float)dim);
     std::vector<float> x = random_vector((size_t)n * dim, seed, 1.0f);
@@ -176,14 +199,16 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     std::vector<int> targets = random_targets(n, vocab, seed + 2);
     for (int t = uncounted_first; t < uncounted_last; t++) targets[t] = IGNORE_TARGET;
     std::vector<float> d_x_before = random_vector((size_t)n * dim, seed + 3, 0.5f * weight_scale);
+    std::vector<float> weights = random_weights(weighted, n, seed + 4);
+    const float *w = weights_or_null(weights);
     const double grad_scale = 0.5;
 
     std::vector<float> logits((size_t)n * vocab);
     matmul_cpu<float>(logits.data(), x.data(), weight.data(), NULL, n, dim, vocab);
     int want_count;
-    double want_loss = cross_entropy_sum_cpu<float>(logits.data(), targets.data(), n, vocab, &want_count);
+    double want_loss = cross_entropy_sum_cpu<float>(logits.data(), targets.data(), w, n, vocab, &want_count);
     std::vector<float> d_logits((size_t)n * vocab, 0.0f);
-    cross_entropy_backward_cpu<float>(d_logits.data(), logits.data(), targets.data(), n, vocab, grad_scale);
+    cross_entropy_backward_cpu<float>(d_logits.data(), logits.data(), targets.data(), w, n, vocab, grad_scale);
     std::vector<float> want_d_x = d_x_before;
     matmul_backward_input_cpu<float>(want_d_x.data(), d_logits.data(), weight.data(), n, dim, vocab);
 
@@ -191,13 +216,15 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     bf16 *d_weight = upload_bf16(weight, "lm_head");
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
+    float *d_weights = upload_weights(weights);
     size_t in_use = gpu_bytes_in_use();
     lm_head_set_chunk_tokens_gpu(chunk_tokens);
     int count = -1;
-    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, n, dim, vocab, grad_scale, &count);
+    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, d_weights, n, dim, vocab, grad_scale,
+                                            &count);
     int count_forward_only = -1;
-    double loss_forward_only =
-        lm_head_cross_entropy_gpu(NULL, d_xin, d_weight, d_targets, n, dim, vocab, grad_scale, &count_forward_only);
+    double loss_forward_only = lm_head_cross_entropy_gpu(NULL, d_xin, d_weight, d_targets, d_weights, n, dim, vocab,
+                                                         grad_scale, &count_forward_only);
     lm_head_set_chunk_tokens_gpu(0);
     CHECK(gpu_bytes_in_use() == in_use);   // the chunk buffers are freed
 
@@ -228,12 +255,19 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     gpu_free(d_weight);
     gpu_free(d_targets);
     gpu_free(d_d_x);
+    gpu_free(d_weights);
 }
 
 TEST_CASE("gpu: lm_head_cross_entropy_gpu matches matmul_cpu + cross_entropy_sum_cpu + backward, chunked") {
     check_lm_head(7, 64, 1001, 0, 0, 0);          // automatic chunk: the 5 counted tokens at once
     check_lm_head(7, 64, 1001, 2, 0, 0);          // chunks of 2, 2, 1
     check_lm_head(130, 576, 49152, 48, 48, 96);   // 55 counted tokens: chunks of 48, 7
+}
+
+// --prompt-loss-weight: per-token weights in [0, 1], one of them 0 (counted, no gradient)
+TEST_CASE("gpu: lm_head_cross_entropy_gpu with loss weights matches the weighted CPU loss and gradient") {
+    check_lm_head(7, 64, 1001, 2, 0, 0, true);
+    check_lm_head(130, 576, 49152, 48, 48, 96, true);
 }
 
 TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: loss 0, count 0, d_x unchanged") {
@@ -249,7 +283,7 @@ TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: los
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
     int count = -1;
-    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, n, dim, vocab, 0.5, &count);
+    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, NULL, n, dim, vocab, 0.5, &count);
     CHECK(loss == 0.0);
     CHECK(count == 0);
     std::vector<float> got_d_x = download_floats(d_d_x, (size_t)n * dim);

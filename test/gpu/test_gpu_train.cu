@@ -188,7 +188,7 @@ static void compare_random_step(const Config &c, int n_seqs, int seq_len, float 
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, n_seqs, seq_len, c.vocab_size, seed);
-    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len};
+    Batch batch = {tokens.data(), targets.data(), n_seqs, seq_len, NULL, NULL};
     compare_step(model, batch, dropout, recompute, attention, min_cosine, min_total, seed, variant);
     model_free(&model);
 }
@@ -250,7 +250,7 @@ TEST_CASE("gpu train step: the default model on an answer-only batch of text equ
     std::vector<int> tokens, targets;
     int seq_len = 0;
     answer_only_batch(model.tokenizer, tokens, targets, &seq_len);
-    Batch batch = {tokens.data(), targets.data(), 2, seq_len};
+    Batch batch = {tokens.data(), targets.data(), 2, seq_len, NULL, NULL};
     uint64_t seed = fresh_seed();
     compare_step(model, batch, 0.05f, 1, ATTENTION_FLASH, 0.95, 0.996, seed);
     compare_step(model, batch, 0.05f, 1, ATTENTION_SIMPLE, 0.95, 0.996, seed);
@@ -276,6 +276,118 @@ TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and
     compare_random_step(small_config(1), 2, 33, 0.1f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2, q_and_v);
 }
 
+// Samples of random lengths packed into n_seqs rows of seq_len (positions
+// restart per sample); every token but a sample's last has its next token as
+// target, weighted 1 (every third: "answer") or prompt_weight.
+struct PackedBatch {
+    std::vector<int> tokens, targets, positions;
+    std::vector<float> weights;
+};
+
+static PackedBatch random_packed_batch(int n_seqs, int seq_len, int vocab, float prompt_weight, uint64_t seed) {
+    PackedBatch p;
+    random_batch(p.tokens, p.targets, n_seqs, seq_len, vocab, seed);
+    p.positions.resize(p.tokens.size());
+    p.weights.resize(p.tokens.size());
+    std::vector<float> r = random_vector(p.tokens.size(), seed + 1, 1.0f);
+    for (int s = 0; s < n_seqs; s++) {
+        int position = 0;
+        for (int t = 0; t < seq_len; t++) {
+            size_t i = (size_t)s * seq_len + t;
+            // a new sample starts here about one time in eight, and always at the row's start
+            if (t == 0 || r[i] > 0.75f) position = 0;
+            p.positions[i] = position++;
+        }
+        for (int t = 0; t < seq_len; t++) {
+            size_t i = (size_t)s * seq_len + t;
+            bool last = t + 1 == seq_len || p.positions[i + 1] == 0;
+            p.targets[i] = last ? IGNORE_TARGET : p.tokens[i + 1];
+            p.weights[i] = last ? 0.0f : t % 3 == 2 ? 1.0f : prompt_weight;
+        }
+    }
+    return p;
+}
+
+TEST_CASE("gpu train step: packed samples with prompt-loss weights equal the CPU path (small model)") {
+    uint64_t seed = fresh_seed();
+    char err[256];
+    Model model;
+    Config c = small_config(0);
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    PackedBatch packed = random_packed_batch(2, 70, c.vocab_size, 0.3f, seed);
+    Batch batch = {packed.tokens.data(), packed.targets.data(), 2, 70, packed.weights.data(),
+                   packed.positions.data()};
+    compare_step(model, batch, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed);
+    compare_step(model, batch, 0.1f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 1);
+    model_free(&model);
+}
+
+// The GPU's loss and gradients of one micro-batch (no dropout), from fresh adapters of seed.
+static double gpu_step(Model &model, const Batch &batch, uint64_t seed, LoraSet *lora, int max_seqs, int max_len) {
+    const Config &c = model.config;
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+    REQUIRE(lora_set_init(lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    randomize_B(lora, seed);
+    StepOptions opt = {8, 2.0f, 0.0f, 1, 0};
+    GpuTrainer g;
+    gpu_trainer_init(&g, &model, QUANT_NF4, 1, lora, &opt, max_seqs, max_len);
+    gpu_zero_grads(&g);
+    int counted = 0;
+    double loss = gpu_train_micro_batch(&g, &batch, 1, 0.05, &counted);
+    gpu_download_lora(&g, lora, NULL);
+    gpu_trainer_free(&g);
+    return loss;
+}
+
+// --pack on the GPU: three samples in one row against the same samples as three
+// padded rows, both on the GPU; bf16 GEMMs of other shapes sum in another order,
+// so the bars are the GPU-vs-CPU ones.
+TEST_CASE("gpu train step: packed samples give the unpacked batch's loss and gradients") {
+    uint64_t seed = fresh_seed();
+    INFO("seed " << seed);
+    char err[256];
+    Model model;
+    Config c = small_config(0);
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    const int lengths[3] = {23, 40, 17}, longest = 40, total = 80;
+    std::vector<int> tokens, targets;
+    random_batch(tokens, targets, 1, total, c.vocab_size, seed);
+    std::vector<int> positions(total), row_tokens(3 * longest), row_targets(3 * longest, IGNORE_TARGET);
+    for (int sample = 0, start = 0; sample < 3; start += lengths[sample], sample++) {
+        targets[start + lengths[sample] - 1] = IGNORE_TARGET;   // a sample's last token learns nothing
+        for (int t = 0; t < longest; t++) {
+            int from = start + (t < lengths[sample] ? t : lengths[sample] - 1);
+            row_tokens[sample * longest + t] = tokens[from];
+            if (t < lengths[sample]) {
+                positions[start + t] = t;
+                row_targets[sample * longest + t] = targets[start + t];
+            }
+        }
+    }
+    Batch one_row = {tokens.data(), targets.data(), 1, total, NULL, positions.data()};
+    Batch three_rows = {row_tokens.data(), row_targets.data(), 3, longest, NULL, NULL};
+    LoraSet packed, unpacked;
+    double loss_packed = gpu_step(model, one_row, seed, &packed, 3, total);
+    double loss_unpacked = gpu_step(model, three_rows, seed, &unpacked, 3, total);
+    CHECK(fabs(loss_packed - loss_unpacked) <= 1e-2 * fabs(loss_unpacked));
+    TotalCosine all;
+    double worst = 1.0;
+    for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
+        LoraAdapter *p = &packed.adapters[i], *u = &unpacked.adapters[i];
+        size_t na = (size_t)p->rank * p->in_dim, nb = (size_t)p->out_dim * p->rank;
+        worst = fmin(worst, fmin(cosine_similarity(p->dA, u->dA, na), cosine_similarity(p->dB, u->dB, nb)));
+        all.add(p->dA, u->dA, na);
+        all.add(p->dB, u->dB, nb);
+    }
+    CHECK(worst > 0.999);
+    CHECK(all.value() > 0.9998);
+    MESSAGE("packed vs unpacked on the GPU: loss " << loss_packed << " vs " << loss_unpacked << ", worst cosine "
+                                                   << worst << ", all " << all.value());
+    lora_set_free(&packed);
+    lora_set_free(&unpacked);
+    model_free(&model);
+}
+
 // What ./train calls besides the micro-batch: the validation loss, the global
 // gradient norm, the clipping scale, and the upload of a resumed checkpoint.
 TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resume upload equal the host's") {
@@ -291,7 +403,7 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
     randomize_B(&lora, seed);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, 2, 33, c.vocab_size, seed);
-    Batch batch = {tokens.data(), targets.data(), 2, 33};
+    Batch batch = {tokens.data(), targets.data(), 2, 33, NULL, NULL};
     StepOptions opt = {8, 2.0f, 0.0f, 0, 0};
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
@@ -377,7 +489,7 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, 2, 40, c.vocab_size, seed);
-    Batch batch = {tokens.data(), targets.data(), 2, 40};
+    Batch batch = {tokens.data(), targets.data(), 2, 40, NULL, NULL};
     StepOptions opt = {8, 2.0f, 0.0f, 0, 1};
     BaseWeights base;
     REQUIRE(base_weights_init(&base, &model, QUANT_NF4, 1) == 0);
