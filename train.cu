@@ -33,6 +33,10 @@
 #include <time.h>
 
 #define DEFAULT_DATA "data/faq/train.bin"
+// On a CPU, ./train without --epochs or --steps is a short demo of this many
+// steps, validated this often, instead of the full recipe (minutes, not an hour).
+#define CPU_DEMO_STEPS 12
+#define CPU_DEMO_EVAL_EVERY 6
 
 // ---- options ----------------------------------------------------------------------------
 
@@ -56,15 +60,16 @@ static Options default_options(void) {
     o.pack = 0;                           // 1: pack several samples into each sequence of up to max_seq tokens
     o.prompt_loss_weight = 0.0f;          // the loss weight of non-answer tokens (0: answer only, 1: every token)
     // the length of the run
-    o.steps = 12;                         // optimizer steps
-    o.epochs = 0;                         // 0: --steps decides; else passes over the training samples
+    o.steps = 12;                         // optimizer steps, when --epochs is 0
+    o.epochs = 2;                         // passes over the training samples (0: --steps decides); on a CPU
+                                          // the default run is the CPU_DEMO_STEPS demo instead
     o.batch = 1;                          // sequences per micro-batch
     o.grad_accum = 2;                     // micro-batches per optimizer step
     o.seed = 1234;                        // the adapters' initial values, dropout masks and the data order
     o.device = "auto";                    // cuda when a GPU is visible, else cpu
     // the optimizer
-    o.lr = 5e-4f;                         // peak learning rate
-    o.warmup = 0.1f;                      // warmup steps, or a fraction of the steps when < 1
+    o.lr = 4e-4f;                         // peak learning rate
+    o.warmup = 0.05f;                     // warmup steps, or a fraction of the steps when < 1
     o.lr_min_frac = 0.1f;                 // the cosine decay's floor, as a fraction of lr
     o.clip = 1.0f;                        // global gradient-norm clip (0: off)
     o.weight_decay = 0.0f;                // AdamW's decoupled weight decay
@@ -78,8 +83,8 @@ static Options default_options(void) {
     o.double_quant = 1;                   // NF4's block scales quantized again, to 8 bits
     o.recompute = 0;                      // 1: recompute each block in backward (gradient checkpointing)
     // validation, checkpoints, output
-    o.eval_every = 4;                     // the validation loss every N steps, and at the last
-    o.early_stop = 0;                     // stop after N validations without improvement (0: off)
+    o.eval_every = 20;                    // the validation loss every N steps, and at the last
+    o.early_stop = 3;                     // stop after N validations without improvement (0: off)
     o.eval_answers = 0;                   // also answer and score N validation questions at each (0: off)
     o.out_dir = "out";                    // where the log, chart, checkpoints and adapter go
     o.save_every = 0;                     // also checkpoint every N steps (0: at the end and the best only)
@@ -103,8 +108,9 @@ static void usage(FILE *out) {
             "                      --val-frac of --data held out)\n"
             "  --val-frac F        share of JSONL --data held out when no --val-data (default %g)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
-            "  --steps N           optimizer steps (default %d; --epochs overrides)\n"
-            "  --epochs N          passes over the training samples (default: use --steps)\n"
+            "  --epochs N          passes over the training samples; 0: use --steps (default %d; on a CPU, when\n"
+            "                      neither --epochs nor --steps is given, a %d-step demo instead)\n"
+            "  --steps N           optimizer steps when --epochs is 0 (default %d)\n"
             "  --batch N           sequences per micro-batch (default %d)\n"
             "  --grad-accum N      micro-batches per optimizer step (default %d)\n"
             "  --seq N             max tokens per sample; longer ones are skipped and counted (default %d)\n"
@@ -126,7 +132,7 @@ static void usage(FILE *out) {
             "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
             "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
             "  --eval-every N      validation loss every N steps (default %d)\n"
-            "  --early-stop N      stop when val loss has not improved for N evaluations (default 0: off)\n"
+            "  --early-stop N      stop when val loss has not improved for N evaluations, 0 = off (default %d)\n"
             "  --eval-answers N    at each validation, also answer the first N validation questions greedily and\n"
             "                      score them as ./evaluate does (ROUGE, embedding cosine; CPU) (default 0: off)\n"
             "  --seed S            seed for adapters, dropout and data order (default %d)\n"
@@ -140,9 +146,9 @@ static void usage(FILE *out) {
             "  --plan              print the GPU memory plan for these options and exit (no training)\n"
             "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n"
             "  -h, --help          this help\n",
-            d->model_path, d->data_path, d->val_frac, d->device, d->steps, d->batch, d->grad_accum, d->max_seq,
+            d->model_path, d->data_path, d->val_frac, d->device, d->epochs, CPU_DEMO_STEPS, d->steps, d->batch, d->grad_accum, d->max_seq,
             d->prompt_loss_weight, d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
-            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->seed, d->out_dir, d->gpu_mem_gb);
+            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->early_stop, d->seed, d->out_dir, d->gpu_mem_gb);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -200,11 +206,23 @@ static void check_options(Options *o) {
     if (strcmp(o->device, "auto") == 0) o->device = gpu_available() ? "cuda" : "cpu";
 }
 
+// On a CPU the recipe takes about an hour: without --epochs or --steps, run
+// the short demo instead, and say how to run the real thing.
+static void use_cpu_demo(Options *o, int eval_every_given) {
+    int recipe_epochs = o->epochs;
+    o->epochs = 0;
+    o->steps = CPU_DEMO_STEPS;
+    if (!eval_every_given) o->eval_every = CPU_DEMO_EVAL_EVERY;
+    printf("train: on a CPU, ./train alone is a %d-step demo (a few minutes), not the fine-tune. The fine-tune\n"
+           "       (%d epochs; about an hour on 2 cores, seconds to minutes on a GPU; README, \"Before and after\"):\n"
+           "       ./train --epochs %d --save-every 10 --out out/full\n", CPU_DEMO_STEPS, recipe_epochs, recipe_epochs);
+}
+
 static Options parse_args(int argc, char **argv) {
     Options o = default_options();
     const char *const bit_choices[] = {"0", "1", NULL};
     char err[256];
-    int out_given = 0;
+    int out_given = 0, steps_given = 0, epochs_given = 0, eval_every_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
@@ -224,8 +242,8 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--out") == 0) { o.out_dir = v; out_given = 1; }
         else if (strcmp(f, "--targets") == 0) o.targets = v;
         else if (strcmp(f, "--quant") == 0) o.quant = v;
-        else if (strcmp(f, "--steps") == 0) o.steps = cli_int("train", f, v);
-        else if (strcmp(f, "--epochs") == 0) o.epochs = cli_int("train", f, v);
+        else if (strcmp(f, "--steps") == 0) { o.steps = cli_int("train", f, v); steps_given = 1; }
+        else if (strcmp(f, "--epochs") == 0) { o.epochs = cli_int("train", f, v); epochs_given = 1; }
         else if (strcmp(f, "--batch") == 0) o.batch = cli_int("train", f, v);
         else if (strcmp(f, "--grad-accum") == 0) o.grad_accum = cli_int("train", f, v);
         else if (strcmp(f, "--seq") == 0) o.max_seq = cli_int("train", f, v);
@@ -233,7 +251,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--rank") == 0) o.rank = cli_int("train", f, v);
         else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_choice("train", f, v, bit_choices);
         else if (strcmp(f, "--recompute") == 0) o.recompute = cli_choice("train", f, v, bit_choices);
-        else if (strcmp(f, "--eval-every") == 0) o.eval_every = cli_int("train", f, v);
+        else if (strcmp(f, "--eval-every") == 0) { o.eval_every = cli_int("train", f, v); eval_every_given = 1; }
         else if (strcmp(f, "--save-every") == 0) o.save_every = cli_int("train", f, v);
         else if (strcmp(f, "--resume") == 0) o.resume_dir = v;
         else if (strcmp(f, "--stop-at") == 0) o.stop_at = cli_int("train", f, v);
@@ -252,6 +270,8 @@ static Options parse_args(int argc, char **argv) {
     }
     check_options(&o);
     if (o.resume_dir && !out_given) o.out_dir = o.resume_dir;   // a resumed run goes on in its own folder
+    if (steps_given && !epochs_given) o.epochs = 0;             // --steps alone sets the length
+    if (!steps_given && !epochs_given && strcmp(o.device, "cpu") == 0) use_cpu_demo(&o, eval_every_given);
     return o;
 }
 
