@@ -1,5 +1,6 @@
 // trainer/checkpoint.cpp: saving and loading training state (see trainer/checkpoint.h).
 #include "trainer/checkpoint.h"
+#include "formats/atomic_file.h"
 #include "formats/tensor.h"
 
 #include <errno.h>
@@ -7,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 // Every version's magic is "QLORACK" and its number; this build writes and reads version 4.
 static const int VERSION = 4;
@@ -70,28 +70,24 @@ static Header header_of(const LoraSet *set, const AdamWState *adam, const TrainP
 
 int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *adam, const TrainProgress *progress,
                     char *err, size_t err_size) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+    AtomicFile file;
+    if (!atomic_file_open(&file, path, err, err_size)) return -1;
     Header h = header_of(set, adam, progress);
     size_t state_bytes = sizeof(float) * set->n_params;
-    Stream s = {f, FNV_OFFSET};
+    Stream s = {file.f, FNV_OFFSET};
     int failed = write_all(&s, MAGIC, sizeof MAGIC) || write_all(&s, &h, sizeof h) ||
                  write_all(&s, progress->order, sizeof(int) * progress->n_order) ||
                  write_all(&s, set->params, state_bytes) || write_all(&s, adam->m, state_bytes) ||
                  write_all(&s, adam->v, state_bytes);
     // the checksum of everything above, last
     uint64_t checksum = s.hash;
-    failed = failed || write_all(&s, &checksum, sizeof checksum) || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    if (fclose(f) != 0) failed = 1;
-    if (failed || rename(tmp, path) != 0) {
-        snprintf(err, err_size, "%s: writing the checkpoint failed: %s (the previous checkpoint is untouched)", path,
-                 strerror(errno));
-        remove(tmp);
+    failed = failed || write_all(&s, &checksum, sizeof checksum);
+    if (failed) {
+        snprintf(err, err_size, "%s: cannot write: %s (the previous checkpoint is untouched)", path, strerror(errno));
+        atomic_file_abort(&file);
         return -1;
     }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 // The version a magic names: 1 to VERSION for "QLORACK1" ... , else 0 (not a checkpoint).
