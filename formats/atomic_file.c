@@ -20,10 +20,11 @@ FILE *atomic_file_open(AtomicFile *a, const char *path, char *err, size_t err_si
 }
 
 int atomic_file_close(AtomicFile *a, char *err, size_t err_size) {
-    // errno after a failed fflush or fsync says why; a failure that only
-    // ferror remembers (an earlier fwrite) keeps no reason: say it was a write
+    // an earlier fwrite that failed set the error flag; flushing what is still
+    // buffered usually fails again and sets errno to the reason (ENOSPC)
+    int failed = ferror(a->f);
     errno = 0;
-    int failed = ferror(a->f) || fflush(a->f) != 0 || fsync(fileno(a->f)) != 0;
+    failed = fflush(a->f) != 0 || fsync(fileno(a->f)) != 0 || failed;
     int saved_errno = errno;
     if (fclose(a->f) != 0 && !failed) {
         failed = 1;

@@ -871,6 +871,36 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
 
 // ---- statistics and the report --------------------------------------------------------------------
 
+TEST_CASE("prepare: train.bin, val.bin and report.json carry one set id; ./train refuses a mixed pair") {
+    TempDir dir;
+    std::string command = "./prepare --docs data/example/docs.jsonl --qa data/example/qa.jsonl --val-frac 0.2 --out ";
+    std::string quiet = " > " + dir.path + "/log.txt 2>&1";
+    REQUIRE(system((command + dir.path + "/a --seed 3" + quiet).c_str()) == 0);
+    REQUIRE(system((command + dir.path + "/b --seed 4" + quiet).c_str()) == 0);
+    char err[4096];
+    JsonValue *report = json_parse_file((dir.path + "/a/report.json").c_str(), err, sizeof err);
+    REQUIRE_MESSAGE(report != nullptr, err);
+    std::string set_id = json_get_string(report, "set_id", "");
+    json_free(report);
+    REQUIRE(set_id.size() == 16);
+    // the header's u64 at 48, as the report writes it
+    for (const char *name : {"/a/train.bin", "/a/val.bin"}) {
+        std::string bytes = read_bytes(dir.path + name);
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)little_u32(bytes, 48) |
+                 (unsigned long long)little_u32(bytes, 52) << 32);
+        CHECK_MESSAGE(set_id == hex, name);
+    }
+    CHECK(read_bytes(dir.path + "/a/val.bin").substr(48, 8) != read_bytes(dir.path + "/b/val.bin").substr(48, 8));
+    // a val.bin of another run beside train.bin: refused, both named
+    REQUIRE(system(("cp " + dir.path + "/b/val.bin " + dir.path + "/a/val.bin").c_str()) == 0);
+    std::string train = "./train --data " + dir.path + "/a/train.bin --steps 1 --device cpu --out " + dir.path + "/run";
+    CHECK(system((train + quiet).c_str()) != 0);
+    std::string log = read_bytes(dir.path + "/log.txt");
+    CHECK_MESSAGE(log.find("train: " + dir.path + "/a/val.bin: from another run of ./prepare than " + dir.path +
+                           "/a/train.bin") != std::string::npos, log);
+}
+
 TEST_CASE("prepare: length statistics (nearest rank), histogram and the JSON report") {
     std::vector<int> lengths;
     for (int i = 100; i >= 1; i--) lengths.push_back(i);
