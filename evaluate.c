@@ -13,6 +13,7 @@
 // paired change with its interval (eval/bootstrap.h), and a few answers side
 // by side; writes a JSON report (summaries and every sample) and an SVG chart.
 #include "infer/adapter.h"
+#include "formats/atomic_file.h"
 #include "formats/cli.h"
 #include "formats/json.h"
 #include "eval/eval.h"
@@ -289,8 +290,10 @@ static void write_json_samples(FILE *f, const EvalSample *samples, int count, co
 
 static int write_report(const char *path, const Options *o, const EvalSample *samples, int count,
                         const EvalOutcome *base, const EvalOutcome *tuned, const EvalComparison *c) {
-    FILE *f = fopen(path, "w");
-    if (!f) { fprintf(stderr, "evaluate: cannot write %s: %s\n", path, strerror(errno)); return -1; }
+    AtomicFile file;
+    char err[ATOMIC_FILE_PATH_MAX + 512];
+    FILE *f = atomic_file_open(&file, path, err, sizeof err);
+    if (!f) { fprintf(stderr, "evaluate: %s\n", err); return -1; }
     fprintf(f, "{\n  \"model\": ");
     json_write_string(f, o->model_path);
     fprintf(f, ",\n  \"adapter\": ");
@@ -307,7 +310,9 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
     write_json_summary(f, c, tuned != NULL);
     write_json_samples(f, samples, count, base, tuned);
     fprintf(f, "}\n");
-    return fclose(f) == 0 ? 0 : -1;
+    if (atomic_file_commit(&file, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "evaluate: %s\n", err);
+    return -1;
 }
 
 // ---- the chart ----------------------------------------------------------------------

@@ -5,11 +5,11 @@
 #include "ops/gpu.h"
 #include "ops/layers.h"
 #include "ops/random.h"
+#include "formats/atomic_file.h"
 #include "formats/json.h"
 #include "formats/safetensors.h"
 #include "formats/tensor.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,8 +271,9 @@ static const char *peft_target_module(const Config *c, int target) {
 
 static int write_adapter_config(const LoraSet *set, const Config *c, const char *path, const char *base_model,
                                 char *err, size_t err_size) {
-    FILE *f = fopen(path, "w");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    AtomicFile file;
+    FILE *f = atomic_file_open(&file, path, err, err_size);
+    if (!f) return -1;
     fprintf(f, "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"base_model_name_or_path\": ");
     json_write_string(f, base_model);
     fprintf(f, ",\n  \"r\": %d,\n  \"lora_alpha\": %g,\n  \"lora_dropout\": %g,\n  \"target_modules\": [", set->rank,
@@ -286,9 +287,7 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
                "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true\n}\n",
             set->rslora ? "true" : "false");
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) { snprintf(err, err_size, "%s: write failed", path); return -1; }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,

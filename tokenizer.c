@@ -18,8 +18,8 @@
 // The regexes are written out by hand below, with utf8proc's Unicode
 // categories.
 #include "tokenizer.h"
+#include "formats/atomic_file.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -1413,9 +1413,9 @@ static int write_tokenizer_json(const Tokenizer *t, const char *path, char *err,
     size_t n_merges;
     MergeSlot *merges = merges_by_rank(t, &n_merges);
     if (!merges) { set_error(err, err_size, "%s: out of memory", path); return -1; }
-    FILE *f = fopen(path, "w");
+    AtomicFile file;
+    FILE *f = atomic_file_open(&file, path, err, err_size);
     if (!f) {
-        set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno));
         free(merges);
         return -1;
     }
@@ -1430,9 +1430,7 @@ static int write_tokenizer_json(const Tokenizer *t, const char *path, char *err,
     put_model(f, t, merges, n_merges);
     fputs("}\n", f);
     free(merges);
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) { set_error(err, err_size, "%s: write failed", path); return -1; }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 // "bos_token": a token's string, or null.
@@ -1461,16 +1459,15 @@ static void put_chat_template(FILE *f, const Tokenizer *t) {
 }
 
 static int write_tokenizer_config(const Tokenizer *t, const char *path, char *err, size_t err_size) {
-    FILE *f = fopen(path, "w");
-    if (!f) { set_error(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    AtomicFile file;
+    FILE *f = atomic_file_open(&file, path, err, err_size);
+    if (!f) return -1;
     fputs("{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n", f);
     put_config_token(f, t, "bos_token", t->bos);
     put_config_token(f, t, "eos_token", t->eos);
     if (t->im_start >= 0 && t->im_end >= 0) put_chat_template(f, t);
     fputs("  \"add_prefix_space\": false,\n  \"clean_up_tokenization_spaces\": false\n}\n", f);
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) { set_error(err, err_size, "%s: write failed", path); return -1; }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 int tokenizer_save_hf(const Tokenizer *t, const char *dir, char *err, size_t err_size) {

@@ -19,17 +19,22 @@
 #include "nf4.h"                    // defines: nf4_print_memory_story, nf4_round_trip_model
 #include "ops/cross_entropy.h"      // defines: lm_head_chunk_tokens_default (--plan)
 #include "ops/gpu.h"                // defines: gpu_available, gpu_device_name
+#include "data/tokfile.h"           // defines: tokenizer_id (the run's identity)
 #include "trainer/checkpoint.h"     // defines: TrainProgress, checkpoint_save, checkpoint_load
 #include "trainer/engine.h"         // defines: Engine (CPU or GPU), EngineOptions, engine_cpu_init, engine_gpu_init
 #include "trainer/examples.h"       // defines: ExampleSet, examples_load, examples_batch, examples_shuffle
 #include "trainer/memory_plan.h"    // defines: memory_plan_compute, memory_plan_print (--plan)
 #include "trainer/run_log.h"        // defines: RunLog: log.csv and loss.svg
 
+#include <errno.h>
+#include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define DEFAULT_DATA "data/faq/train.bin"
@@ -42,7 +47,7 @@
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers, pack;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
 } Options;
@@ -89,6 +94,7 @@ static Options default_options(void) {
     o.out_dir = "out";                    // where the log, chart, checkpoints and adapter go
     o.save_every = 0;                     // also checkpoint every N steps (0: at the end and the best only)
     o.resume_dir = NULL;                  // the --out of a run to continue
+    o.overwrite = 0;                      // 1: a new run may replace the run already in --out
     o.stop_at = 0;                        // pause after step N with a checkpoint (0: run to the end)
     o.merge = 0;                          // 1: also write OUT/merged/, the adapter merged into the base
     o.plan = 0;                           // 1: print the GPU memory plan and exit
@@ -138,8 +144,13 @@ static void usage(FILE *out) {
             "  --seed S            seed for adapters, dropout and data order (default %d)\n"
             "  --out DIR           where the log, checkpoints and adapter go (default %s)\n"
             "  --save-every N      also checkpoint every N steps (default 0: at the end, and the best by val loss)\n"
-            "  --resume DIR        continue the run whose --out was DIR (same model, data and options);\n"
-            "                      --out defaults to DIR\n"
+            "  --resume DIR        continue the run whose --out was DIR: the same model, data and options, else\n"
+            "                      refused, naming each option that differs. Safe to change on resume: --out\n"
+            "                      (defaults to DIR; DIR's log.csv is carried over), --save-every, --eval-every,\n"
+            "                      --early-stop, --stop-at, --eval-answers, --merge, --recompute (bitwise the same),\n"
+            "                      --device (cpu and cuda round differently: the losses go on, not bitwise)\n"
+            "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
+            "                      (checkpoints, log, chart, adapters, merged model) first; without it, refused\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
@@ -230,6 +241,7 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strcmp(f, "--pack") == 0) { o.pack = 1; continue; }
+        if (strcmp(f, "--overwrite") == 0) { o.overwrite = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
         if (!v) bad_usage(err, "");
@@ -297,6 +309,9 @@ typedef struct {
     Engine engine;                  // where the steps run: the CPU or a GPU
     TrainProgress progress;         // the step, the data order, the best val loss: what a checkpoint keeps
     RunLog log;                     // log.csv and loss.svg
+    uint64_t model_hash;            // the base's fp32 weights (run_identity)
+    char *identity;                 // what a resume must match: run_identity
+    char best_adapter[4096];        // OUT/best_adapter (or a resumed run's) once written; "" before
     Embedder embedder;              // --eval-answers: the sentence-embedding model
     int first_step;                 // where this process started (0, or the resumed step)
     double start_time;
@@ -312,6 +327,164 @@ typedef struct {
     double ms;
     double eta_s;                   // the time the rest of the run should take
 } StepStats;
+
+// ---- an earlier run in --out ------------------------------------------------------------
+
+// The files a run writes in OUT; the first RUN_MARKERS of them say that OUT holds a run.
+static const char *const RUN_FILES[] = {"checkpoint.bin", "checkpoint_best.bin", "log.csv", "adapter", "best_adapter",
+                                        "loss.svg", "merged", "eval_adapter"};
+static const int RUN_MARKERS = 5, N_RUN_FILES = sizeof RUN_FILES / sizeof RUN_FILES[0];
+
+// The first file of an earlier run in dir (its name), or NULL.
+static const char *earlier_run_file(const char *dir) {
+    for (int i = 0; i < RUN_MARKERS; i++) {
+        char path[4200];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, RUN_FILES[i]);
+        if (stat(path, &st) == 0) return RUN_FILES[i];
+    }
+    return NULL;
+}
+
+// Whether a and b name the same folder (both existing), or the same path.
+static int same_dir(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return strcmp(a, b) == 0;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+// A new run (or a resume into another folder) must not write over a run
+// already in --out: refused (status 2) unless --overwrite.
+static void refuse_earlier_run(const Options *o) {
+    if (o->overwrite || (o->resume_dir && same_dir(o->resume_dir, o->out_dir))) return;
+    const char *found = earlier_run_file(o->out_dir);
+    if (!found) return;
+    fprintf(stderr, "train: %s: holds an earlier run (%s/%s): continue it with --resume %s, start this one in "
+                    "another --out, or replace it with --overwrite\n", o->out_dir, o->out_dir, found, o->out_dir);
+    exit(2);
+}
+
+// nftw's callback: removes each file, then each folder once it is empty.
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    return remove(path) == 0 ? 0 : errno;
+}
+
+// --overwrite: the earlier run's files in OUT removed, so that none of them can
+// pass for this run's. Returns 0, or -1 with the message printed.
+static int remove_earlier_run(const Options *o) {
+    if (!o->overwrite) return 0;
+    for (int i = 0; i < N_RUN_FILES; i++) {
+        char path[4200];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", o->out_dir, RUN_FILES[i]);
+        if (lstat(path, &st) != 0) continue;
+        int failed = nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+        if (failed) {
+            fprintf(stderr, "train: %s: cannot remove the earlier run's file: %s\n", path,
+                    strerror(failed > 0 ? failed : errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// ---- the run's identity: what a resume must match ---------------------------------------
+
+static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
+
+// FNV-1a over 64-bit little-endian words (then the bytes left over), continuing from h.
+static uint64_t hash_words(uint64_t h, const void *data, size_t bytes) {
+    const unsigned char *p = (const unsigned char *)data;
+    size_t words = bytes / 8;
+    for (size_t i = 0; i < words; i++) {
+        uint64_t word;
+        memcpy(&word, p + 8 * i, 8);
+        h = (h ^ word) * FNV_PRIME;
+    }
+    for (size_t i = 8 * words; i < bytes; i++) h = (h ^ p[i]) * FNV_PRIME;
+    return h;
+}
+
+// The hash of a file's bytes (hash_words, read in chunks of whole words). Returns 0, or -1 (message printed).
+static int hash_file(const char *path, uint64_t *hash) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "train: %s: cannot open: %s\n", path, strerror(errno)); return -1; }
+    static unsigned char chunk[1 << 16];
+    *hash = FNV_OFFSET;
+    for (size_t n; (n = fread(chunk, 1, sizeof chunk, f)) > 0;) *hash = hash_words(*hash, chunk, n);
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) fprintf(stderr, "train: %s: cannot read\n", path);
+    return failed ? -1 : 0;
+}
+
+// Appends the line "KEY VALUE" (printf-style value) to text, at *used of its size.
+static void identity_line(char *text, size_t size, size_t *used, const char *key, const char *format, ...) {
+    if (*used >= size) return;
+    *used += snprintf(text + *used, size - *used, "%s ", key);
+    va_list args;
+    va_start(args, format);
+    if (*used < size) *used += vsnprintf(text + *used, size - *used, format, args);
+    va_end(args);
+    if (*used < size) *used += snprintf(text + *used, size - *used, "\n");
+}
+
+// The line "KEY VALUE" for a float: the fewest digits that read back as the same float.
+static void identity_float(char *text, size_t size, size_t *used, const char *key, float value) {
+    int digits = 6;
+    char number[32];
+    do snprintf(number, sizeof number, "%.*g", digits++, value);
+    while (strtof(number, NULL) != value && digits <= 9);
+    identity_line(text, size, used, key, "%s", number);
+}
+
+// The run's identity, kept in every checkpoint: every option that changes the
+// math (as the run uses it: --seq after the model's limit, --batch after the
+// sample count, --steps after --epochs), the base's weights, the tokenizer and
+// the data files' hashes. --resume refuses a checkpoint whose identity differs.
+// Options that change no number of the training (the list in --help) are not in it.
+static int run_identity(Run *r) {
+    const Options *o = &r->o;
+    uint64_t data_hash, val_hash = 0;
+    if (hash_file(o->data_path, &data_hash) != 0 || (o->val_path && hash_file(o->val_path, &val_hash) != 0)) return 1;
+    size_t size = CHECKPOINT_IDENTITY_MAX, used = 0;
+    char *t = (char *)cpu_malloc(size, "run identity");
+    identity_line(t, size, &used, "--model", "%s", o->model_path);
+    identity_line(t, size, &used, "model-weights-hash", "%016llx", (unsigned long long)r->model_hash);
+    identity_line(t, size, &used, "tokenizer-id", "%016llx", (unsigned long long)tokenizer_id(r->model.tokenizer));
+    identity_line(t, size, &used, "--data", "%s", o->data_path);
+    identity_line(t, size, &used, "data-hash", "%016llx", (unsigned long long)data_hash);
+    identity_line(t, size, &used, "--val-data", "%s", o->val_path ? o->val_path : "(none)");
+    identity_line(t, size, &used, "val-data-hash", "%016llx", (unsigned long long)val_hash);
+    identity_float(t, size, &used, "--val-frac", o->val_frac);
+    identity_line(t, size, &used, "--seq", "%d", o->max_seq);
+    identity_line(t, size, &used, "--pack", "%d", o->pack);
+    identity_float(t, size, &used, "--prompt-loss-weight", o->prompt_loss_weight);
+    identity_line(t, size, &used, "--steps", "%d", r->total_steps);
+    identity_line(t, size, &used, "--epochs", "%d", o->epochs);
+    identity_line(t, size, &used, "--batch", "%d", o->batch);
+    identity_line(t, size, &used, "--grad-accum", "%d", o->grad_accum);
+    identity_line(t, size, &used, "--seed", "%d", o->seed);
+    identity_float(t, size, &used, "--lr", o->lr);
+    identity_float(t, size, &used, "--warmup", o->warmup);
+    identity_float(t, size, &used, "--lr-min-frac", o->lr_min_frac);
+    identity_float(t, size, &used, "--clip", o->clip);
+    identity_float(t, size, &used, "--weight-decay", o->weight_decay);
+    identity_line(t, size, &used, "--rank", "%d", o->rank);
+    identity_float(t, size, &used, "--alpha", o->alpha);
+    identity_line(t, size, &used, "--rslora", "%d", o->rslora);
+    identity_float(t, size, &used, "--lora-dropout", o->lora_dropout);
+    identity_line(t, size, &used, "--targets", "%s", o->targets);
+    identity_line(t, size, &used, "--quant", "%s", o->quant);
+    identity_line(t, size, &used, "--double-quant", "%d", o->double_quant);
+    if (used >= size) {
+        fprintf(stderr, "train: the run's options and paths are longer than a checkpoint holds (%d bytes)\n",
+                CHECKPOINT_IDENTITY_MAX);
+        return 1;
+    }
+    r->identity = t;
+    return 0;
+}
 
 static int make_dir(const char *path) {
     char err[4400];
@@ -341,6 +514,7 @@ static int load_model(Run *r) {
     char err[1024];
     if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
+    r->model_hash = hash_words(FNV_OFFSET, r->model.storage, sizeof(float) * r->model.storage_floats);
     const Config *c = &r->model.config;
     if (o->max_seq > c->max_seq_len) {
         printf("data: --seq %d is more than the model's context of %d tokens: using %d\n", o->max_seq, c->max_seq_len,
@@ -493,7 +667,7 @@ static int set_up_training(Run *r) {
         fprintf(stderr, "train: %s\n", err);
         return 3;
     }
-    return make_dir(o->out_dir) == 0 ? 0 : 1;
+    return remove_earlier_run(o) == 0 && make_dir(o->out_dir) == 0 ? 0 : 1;
 }
 
 // ---- evaluating and saving (used from here on) ------------------------------------------
@@ -529,7 +703,7 @@ static int save_checkpoint(const Run *r, const char *name) {
     char path[4096], err[1024];
     snprintf(path, sizeof path, "%s/%s", r->o.out_dir, name);
     if (check_weights_finite(r, path) != 0) return -1;
-    if (checkpoint_save(path, &r->lora, &r->adam, &r->progress, err, sizeof err) != 0) {
+    if (checkpoint_save(path, r->identity, &r->lora, &r->adam, &r->progress, err, sizeof err) != 0) {
         fprintf(stderr, "train: %s\n", err);
         return -1;
     }
@@ -610,22 +784,18 @@ static int start_or_resume(Run *r) {
     if (o->resume_dir) {
         char path[4096];
         snprintf(path, sizeof path, "%s/checkpoint.bin", o->resume_dir);
-        if (checkpoint_load(path, &r->lora, &r->adam, p, err, sizeof err) != 0) {
+        if (checkpoint_load(path, r->identity, &r->lora, &r->adam, p, err, sizeof err) != 0) {
             fprintf(stderr, "train: %s\n", err);
-            return 1;
-        }
-        if (p->total_steps != r->total_steps) {
-            fprintf(stderr, "train: %s was made for a %d-step run; this run has %d steps: give the same --steps/--epochs\n",
-                    path, p->total_steps, r->total_steps);
             return 1;
         }
         printf("resumed from %s at step %d of %d\n", path, p->step, r->total_steps);
         r->engine.sync_from_host(&r->engine);
+        // the best adapter so far is the resumed run's, where it kept it
+        struct stat st;
+        snprintf(path, sizeof path, "%s/best_adapter", o->resume_dir);
+        if (stat(path, &st) == 0) snprintf(r->best_adapter, sizeof r->best_adapter, "%s", path);
     }
-    if (run_log_open(&r->log, o->out_dir, p->step, r->total_steps, err, sizeof err) != 0) {
-        fprintf(stderr, "train: %s\n", err);
-        return 1;
-    }
+    run_log_open(&r->log, o->out_dir, o->resume_dir, p->step, r->total_steps);
     printf("training: %d steps of %d x %d samples on the %s, lr %g (warmup %lld steps, cosine to %g)\n", r->total_steps,
            o->grad_accum, o->batch, r->engine.device, o->lr, (long long)r->schedule.warmup_steps, o->lr * o->lr_min_frac);
     if (r->val_set.count && p->step == 0) {
@@ -764,12 +934,18 @@ static int keep_progress(Run *r, double val_loss, int *paused) {
         p->evals_without_improvement = 0;
         r->engine.sync_to_host(&r->engine);
         if (save_checkpoint(r, "checkpoint_best.bin") != 0 || save_adapter(r, "best_adapter") != 0) return -1;
+        snprintf(r->best_adapter, sizeof r->best_adapter, "%s/best_adapter", o->out_dir);
     } else if (!isnan(val_loss)) {
         p->evals_without_improvement++;
     }
     if (o->early_stop > 0 && p->evals_without_improvement >= o->early_stop) {
-        printf("early stop: val loss has not improved for %d evaluations; the best adapter (val loss %.4f) is "
-               "in %s/best_adapter/\n", p->evals_without_improvement, p->best_val, o->out_dir);
+        if (r->best_adapter[0])
+            printf("early stop: val loss has not improved for %d evaluations; the best adapter (val loss %.4f) is "
+                   "in %s/\n", p->evals_without_improvement, p->best_val, r->best_adapter);
+        else
+            printf("early stop: val loss has not improved for %d evaluations; no validation improved on the loss "
+                   "before training (%.4f), so no best adapter was written\n", p->evals_without_improvement,
+                   p->best_val);
         r->total_steps = p->step;
     }
     int pausing = p->step == o->stop_at;
@@ -826,6 +1002,7 @@ static int finish(Run *r) {
 static void free_run(Run *r) {
     run_log_close(&r->log);
     free(r->progress.order);
+    free(r->identity);
     r->engine.free(&r->engine);
     adamw_free(&r->adam);
     lora_set_free(&r->lora);
@@ -841,11 +1018,13 @@ int main(int argc, char **argv) {
     Run run;
     memset(&run, 0, sizeof run);
     run.o = parse_args(argc, argv);
+    refuse_earlier_run(&run.o);                                 //    --out holds a run: --resume or --overwrite
     int status;
     if ((status = load_model(&run)) != 0) return status;        // 1. the model, in fp32
     if (run.o.plan) return print_plan(&run);                    //    --plan: the GPU memory arithmetic only
     if ((status = load_data(&run)) != 0) return status;         // 2. the samples, tokenized
     if ((status = plan_steps(&run)) != 0) return status;        //    the run's length, the lr schedule
+    if ((status = run_identity(&run)) != 0) return status;      //    what a resume must match
     if ((status = set_up_training(&run)) != 0) return status;   // 3. the adapters, AdamW, the engine
     if ((status = start_or_resume(&run)) != 0) return status;   // 4. a new run, or a checkpoint's
     // 5. the steps: each one optimizer step, then validation, the log, checkpoints

@@ -3,7 +3,6 @@
 #include "data/checks.h"
 #include "data/jsonl.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -186,10 +185,12 @@ static void write_json_lengths(FILE *f, const char *name, const LengthStats *s) 
             s->count ? (double)s->over_limit / s->count : 0.0);
 }
 
-int report_write_json(const Report *r, const char *path, char *err, size_t err_size) {
-    FILE *f = fopen(path, "w");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+int report_write_json_temp(AtomicFile *file, const Report *r, const char *path, char *err, size_t err_size) {
+    FILE *f = atomic_file_open(file, path, err, err_size);
+    if (!f) return -1;
     fprintf(f, "{\n");
+    // a string: JSON numbers are doubles, which hold 53 bits
+    fprintf(f, "  \"set_id\": \"%016llx\",\n", (unsigned long long)r->set_id);
     fprintf(f, "  \"settings\": {\"max_seq\": %d, \"distractors\": %d, \"no_oracle\": %g, \"val_frac\": %g, "
                "\"val_min\": %d, \"seed\": %d, \"strict\": %s},\n",
             r->max_seq, r->distractors, r->no_oracle_share, r->val_frac, r->val_min, r->seed,
@@ -222,9 +223,13 @@ int report_write_json(const Report *r, const char *path, char *err, size_t err_s
         json_write_string(f, r->problems[i]);
     }
     fprintf(f, "%s]\n}\n", r->n_problems ? "\n  " : "");
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) { snprintf(err, err_size, "%s: write error", path); return -1; }
-    return 0;
+    return atomic_file_close(file, err, err_size);
+}
+
+int report_write_json(const Report *r, const char *path, char *err, size_t err_size) {
+    AtomicFile file;
+    if (report_write_json_temp(&file, r, path, err, err_size) != 0) return -1;
+    return atomic_file_rename(&file, err, err_size);
 }
 
 int read_jsonl_checked(const char *path, Report *r, JsonlLineReader read_line, void *context, char *err,

@@ -4,7 +4,9 @@
 // summarised (mean, median, p95, max, a histogram, the share over --max-seq).
 // The Report holds it all; it is printed and written as report.json.
 #pragma once
+#include <stdint.h>
 #include <stdio.h>
+#include "formats/atomic_file.h"
 #include "formats/json.h"
 #include "data/string_map.h"
 
@@ -58,6 +60,7 @@ typedef struct {
     long val_korean, val_no_oracle;  // validation samples whose question is Korean, that have no oracle
     long train_tokens, train_answer_tokens;
     long train_packed;               // sequences of --max-seq tokens the training samples fill when packed
+    uint64_t set_id;                 // the id train.bin and val.bin carry too (tokfile_set_id)
     LengthStats rendered;            // lengths as rendered, before fitting
     LengthStats written;             // lengths written
     Histogram histogram;             // of the rendered lengths
@@ -103,6 +106,9 @@ void histogram_compute(const int *lengths, long n, Histogram *h);
 void report_print(const Report *r, FILE *out);
 // The same as JSON. Returns -1 with "PATH: why" in err when it cannot be written.
 int report_write_json(const Report *r, const char *path, char *err, size_t err_size);
+// The JSON written to file's temp and closed, not yet renamed (./prepare renames
+// its three files together: formats/atomic_file.h).
+int report_write_json_temp(AtomicFile *file, const Report *r, const char *path, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

@@ -321,18 +321,28 @@ static long count_questions(const RaftData *samples, const unsigned char *is_val
     return count;
 }
 
-static int write_outputs(const Options *o, const Tokenizer *t, const TokSet *train, const TokSet *val, const Report *r) {
+static int write_outputs(const Options *o, const Tokenizer *t, const TokSet *train, const TokSet *val, Report *r) {
     char path[4200], err[8192];
     if (cli_make_dirs(o->out_dir, err, sizeof err) != 0) { fprintf(stderr, "prepare: %s\n", err); return -1; }
+    // the three files are a set: every temp written first, then every one renamed;
+    // each carries the set id, so that a mix (a crash between the renames) is refused by ./train
+    r->set_id = tokfile_set_id(train->samples, train->count, val->samples, val->count);
+    AtomicFile files[3];
+    int written = 0, status = 0;
     snprintf(path, sizeof path, "%s/train.bin", o->out_dir);
-    int status = tokfile_write(path, t, train->samples, train->count, err, sizeof err);
-    if (status == 0) {
+    if (tokfile_write_temp(&files[0], path, t, train->samples, train->count, r->set_id, err, sizeof err) == 0) {
+        written++;
         snprintf(path, sizeof path, "%s/val.bin", o->out_dir);
-        status = tokfile_write(path, t, val->samples, val->count, err, sizeof err);
+        if (tokfile_write_temp(&files[1], path, t, val->samples, val->count, r->set_id, err, sizeof err) == 0) {
+            written++;
+            snprintf(path, sizeof path, "%s/report.json", o->out_dir);
+            if (report_write_json_temp(&files[2], r, path, err, sizeof err) == 0) written++;
+        }
     }
-    if (status == 0) {
-        snprintf(path, sizeof path, "%s/report.json", o->out_dir);
-        status = report_write_json(r, path, err, sizeof err);
+    if (written < 3) status = -1;
+    for (int i = 0; i < written; i++) {
+        if (status != 0) atomic_file_abort(&files[i]);
+        else if (atomic_file_rename(&files[i], err, sizeof err) != 0) status = -1;
     }
     if (status != 0) fprintf(stderr, "prepare: %s\n", err);
     return status;

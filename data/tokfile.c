@@ -3,8 +3,8 @@
 #include "data/tokfile.h"
 #include "formats/json.h"
 #include "data/raft.h"
+#include "formats/atomic_file.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,11 +52,13 @@ uint64_t tokenizer_id(const Tokenizer *t) {
 
 // ---- writing --------------------------------------------------------------------
 
-// A sample's bytes: count, ids, targets, oracle, document count, document lengths.
-static int write_sample(FILE *f, const TokSample *s) {
-    size_t n = (size_t)s->n_tokens, size = 4 + 8 * n + 8 + 4 * (size_t)s->n_documents;
-    unsigned char *bytes = (unsigned char *)malloc(size);
-    if (!bytes) return -1;
+// A sample's bytes as the file holds them: count, ids, targets, oracle,
+// document count, document lengths (malloc'd; NULL when out of memory).
+static unsigned char *sample_bytes(const TokSample *s, size_t *size) {
+    size_t n = (size_t)s->n_tokens;
+    *size = 4 + 8 * n + 8 + 4 * (size_t)s->n_documents;
+    unsigned char *bytes = (unsigned char *)malloc(*size);
+    if (!bytes) return NULL;
     put_u32(bytes, (uint32_t)s->n_tokens);
     for (size_t t = 0; t < n; t++) {
         put_u32(bytes + 4 + 4 * t, (uint32_t)s->ids[t]);
@@ -66,12 +68,41 @@ static int write_sample(FILE *f, const TokSample *s) {
     put_u32(meta, (uint32_t)s->oracle);
     put_u32(meta + 4, (uint32_t)s->n_documents);
     for (int d = 0; d < s->n_documents; d++) put_u32(meta + 8 + 4 * (size_t)d, (uint32_t)s->document_bytes[d]);
-    int status = fwrite(bytes, 1, size, f) == size ? 0 : -1;
-    free(bytes);
-    return status;
+    return bytes;
 }
 
-int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size) {
+// Writes a sample's bytes; -1 when out of memory (a failed write sets the
+// stream's error flag, which atomic_file_close reports).
+static int write_sample(FILE *f, const TokSample *s) {
+    size_t size;
+    unsigned char *bytes = sample_bytes(s, &size);
+    if (!bytes) return -1;
+    fwrite(bytes, 1, size, f);
+    free(bytes);
+    return 0;
+}
+
+// The sample count (u64), then every sample's bytes, hashed on into h.
+static uint64_t hash_samples(uint64_t h, const TokSample *samples, long n) {
+    unsigned char count[8];
+    put_u64(count, (uint64_t)n);
+    h = fnv1a(h, count, sizeof count);
+    for (long i = 0; i < n; i++) {
+        size_t size;
+        unsigned char *bytes = sample_bytes(&samples[i], &size);
+        if (!bytes) { fprintf(stderr, "out of memory hashing the samples\n"); exit(3); }
+        h = fnv1a(h, bytes, size);
+        free(bytes);
+    }
+    return h;
+}
+
+uint64_t tokfile_set_id(const TokSample *train, long n_train, const TokSample *val, long n_val) {
+    return hash_samples(hash_samples(14695981039346656037ULL, train, n_train), val, n_val);
+}
+
+int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, const TokSample *samples, long n,
+                       uint64_t set_id, char *err, size_t err_size) {
     uint64_t n_tokens = 0, n_labelled = 0;
     for (long i = 0; i < n; i++) {
         if (samples[i].oracle < -1 || samples[i].oracle >= samples[i].n_documents) {
@@ -90,13 +121,24 @@ int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples
     put_u64(header + 24, (uint64_t)n);
     put_u64(header + 32, n_tokens);
     put_u64(header + 40, n_labelled);
-    FILE *f = fopen(path, "wb");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
-    int status = fwrite(header, 1, sizeof header, f) == sizeof header ? 0 : -1;
-    for (long i = 0; i < n && status == 0; i++) status = write_sample(f, &samples[i]);
-    if (fclose(f) != 0) status = -1;
-    if (status != 0) snprintf(err, err_size, "%s: write error (disk full?)", path);
-    return status;
+    put_u64(header + 48, set_id);
+    FILE *f = atomic_file_open(file, path, err, err_size);
+    if (!f) return -1;
+    fwrite(header, 1, sizeof header, f);
+    for (long i = 0; i < n; i++)
+        if (write_sample(f, &samples[i]) != 0) {
+            snprintf(err, err_size, "%s: out of memory", path);
+            atomic_file_abort(file);
+            return -1;
+        }
+    return atomic_file_close(file, err, err_size);
+}
+
+int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, uint64_t set_id, char *err,
+                  size_t err_size) {
+    AtomicFile file;
+    if (tokfile_write_temp(&file, path, t, samples, n, set_id, err, err_size) != 0) return -1;
+    return atomic_file_rename(&file, err, err_size);
 }
 
 // ---- reading --------------------------------------------------------------------
@@ -129,6 +171,7 @@ static int read_header(TokFile *f, const unsigned char *data, size_t size, const
     f->vocab_size = get_u32(data + 12);
     f->tokenizer_id = get_u64(data + 16);
     *n_samples = get_u64(data + 24);
+    f->set_id = get_u64(data + 48);
     if (t && (f->vocab_size != (uint32_t)tokenizer_vocab_size(t) || f->tokenizer_id != tokenizer_id(t))) {
         snprintf(err, err_size,
                  "%s: made with a different tokenizer (vocabulary of %u tokens, id %016llx) than this model's "

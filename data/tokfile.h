@@ -5,13 +5,15 @@
 // Layout, every number little-endian:
 //   offset  size  field
 //   0       8     magic "QLORATOK"
-//   8       4     u32 version (2)
+//   8       4     u32 version (3)
 //   12      4     u32 vocabulary size of the tokenizer that made the file
 //   16      8     u64 tokenizer id (tokenizer_id below)
 //   24      8     u64 number of samples
 //   32      8     u64 number of tokens, all samples together
 //   40      8     u64 number of labelled positions (targets that are not -100)
-//   48            the samples, one after another, each:
+//   48      8     u64 set id: the same in the train.bin and val.bin (and
+//                     report.json) of one ./prepare run (tokfile_set_id)
+//   56            the samples, one after another, each:
 //                   u32  n             tokens in the sample (at least 1)
 //                   i32  ids[n]        token ids, each in [0, vocabulary size)
 //                   i32  targets[n]    targets[t] = ids[t + 1] when token t + 1 is
@@ -27,11 +29,13 @@
 // The documents and the oracle (version 2) let ./evaluate tell no-oracle
 // samples and check an answer against its documents: the prompt's text is
 // "[1] DOC\n[2] DOC\n...\n\nQuestion: ..." (raft_encode), and doc_bytes says
-// where each document ends. Version 1 files (without them) are refused, with
-// a message to run ./prepare again.
+// where each document ends. The set id (version 3) lets ./train refuse a
+// train.bin beside a val.bin of another run of ./prepare. Files of older
+// versions are refused, with a message to run ./prepare again.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include "formats/atomic_file.h"
 #include "tokenizer.h"
 
 #ifdef __cplusplus
@@ -39,8 +43,8 @@ extern "C" {
 #endif
 
 #define TOKFILE_MAGIC "QLORATOK"
-#define TOKFILE_VERSION 2
-#define TOKFILE_HEADER_BYTES 48
+#define TOKFILE_VERSION 3
+#define TOKFILE_HEADER_BYTES 56
 
 typedef struct {
     int *ids;              // [n_tokens]
@@ -56,6 +60,7 @@ typedef struct {
     long count;
     uint32_t vocab_size;
     uint64_t tokenizer_id;
+    uint64_t set_id;      // the ./prepare run that wrote it (tokfile_set_id)
     long n_tokens, n_labelled;
 } TokFile;
 
@@ -64,10 +69,19 @@ typedef struct {
 // with the same id for every token string get the same id.
 uint64_t tokenizer_id(const Tokenizer *t);
 
-// Writes n samples to path, stamped with t's vocabulary size and id.
-// Returns -1 with "PATH: why" in err when it cannot be written or a sample's
-// oracle is not -1 or one of its documents.
-int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, char *err, size_t err_size);
+// The id of a set of files that belong together: FNV-1a 64 over the training
+// samples' bytes, then the validation samples' (each list after its count).
+uint64_t tokfile_set_id(const TokSample *train, long n_train, const TokSample *val, long n_val);
+
+// Writes n samples to path, stamped with t's vocabulary size and id and with
+// set_id, through formats/atomic_file.h. Returns -1 with "PATH: why" in err
+// when it cannot be written or a sample's oracle is not -1 or one of its documents.
+int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples, long n, uint64_t set_id, char *err,
+                  size_t err_size);
+// The same, to file's temp, closed but not yet renamed (atomic_file_rename
+// finishes it): ./prepare renames train.bin, val.bin and report.json together.
+int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, const TokSample *samples, long n,
+                       uint64_t set_id, char *err, size_t err_size);
 
 // Reads and checks path (every field, every id and target, every oracle
 // index). When t is not

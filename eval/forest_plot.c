@@ -1,8 +1,8 @@
 // eval/forest_plot.c: the SVG forest plot of eval/forest_plot.h.
 #include "eval/forest_plot.h"
+#include "formats/atomic_file.h"
 #include "trainer/plot.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -111,8 +111,9 @@ int svg_forest_plot(const char *path, const char *title, const ForestRow *rows, 
     int has_change = 0;
     for (int r = 0; r < n_rows; r++) has_change |= !isnan(rows[r].change.estimate);
     double bottom = TOP + n_rows * ROW_HEIGHT, height = bottom + BOTTOM_MARGIN;
-    FILE *f = fopen(path, "w");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    AtomicFile file;
+    FILE *f = atomic_file_open(&file, path, err, err_size);
+    if (!f) return -1;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%.0f\" viewBox=\"0 0 %d %.0f\" "
                "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"%d\" height=\"%.0f\" fill=\"white\"/>\n",
             WIDTH, height, WIDTH, height, WIDTH, height);
@@ -126,6 +127,5 @@ int svg_forest_plot(const char *path, const char *title, const ForestRow *rows, 
     draw_legend(f, rows, n_rows);
     draw_rows(f, rows, n_rows, &values, has_change ? &changes : NULL);
     fputs("</svg>\n", f);
-    if (fclose(f) != 0) { snprintf(err, err_size, "%s: write error (disk full?)", path); return -1; }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }

@@ -1,16 +1,14 @@
 // formats/safetensors.c: reads a safetensors file by mapping it and checking every
 // header entry against the file (a lying header gives an error, never a read
-// outside the mapping), and writes one atomically (PATH.tmp, fsync, rename).
+// outside the mapping), and writes one atomically (formats/atomic_file.h).
 #include "formats/safetensors.h"
+#include "formats/atomic_file.h"
 #include "formats/json.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 // JSON numbers are doubles: integers up to 2^53 are exact.
 #define MAX_EXACT_INTEGER 9007199254740992.0
@@ -356,52 +354,21 @@ static int write_all(FILE *out, const void *data, size_t n) {
     return n == 0 || fwrite(data, 1, n, out) == n;
 }
 
-static int write_contents(FILE *out, const char *header, size_t header_len, const TensorInfo *const *order, int n) {
+// The 8-byte header length, the header, then every tensor's bytes in order.
+static void write_contents(FILE *out, const char *header, size_t header_len, const TensorInfo *const *order, int n) {
     unsigned char length[8];
     for (int i = 0; i < 8; i++) length[i] = (unsigned char)((uint64_t)header_len >> (8 * i));
     int ok = write_all(out, length, 8) && write_all(out, header, header_len);
     for (int i = 0; i < n && ok; i++) ok = write_all(out, order[i]->data, order[i]->nbytes);
-    return ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
 }
 
-// After a rename, syncing the directory makes the new name itself durable.
-// Failure here is ignored: some file systems refuse fsync on directories.
-static void sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
-    if (!dir) return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
+// The file through formats/atomic_file.h: a write error (ferror) is reported by the commit.
 static int write_file(const char *path, const char *header, size_t header_len, const TensorInfo *const *order, int n,
                       char *err, size_t err_size) {
-    size_t tmp_size = strlen(path) + 5;
-    char *tmp_path = (char *)malloc(tmp_size);
-    if (!tmp_path) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
-    snprintf(tmp_path, tmp_size, "%s.tmp", path);
-    FILE *out = fopen(tmp_path, "wb");
-    if (!out) {
-        snprintf(err, err_size, "%s: cannot create: %s", tmp_path, strerror(errno));
-        free(tmp_path);
-        return -1;
-    }
-    int ok = write_contents(out, header, header_len, order, n);
-    int saved_errno = errno;
-    if (fclose(out) != 0 && ok) { ok = 0; saved_errno = errno; }
-    if (ok && rename(tmp_path, path) != 0) { ok = 0; saved_errno = errno; }
-    if (!ok) {
-        snprintf(err, err_size, "%s: cannot write: %s", path, strerror(saved_errno));
-        unlink(tmp_path);
-    } else {
-        sync_parent_dir(path);
-    }
-    free(tmp_path);
-    return ok ? 0 : -1;
+    AtomicFile file;
+    if (!atomic_file_open(&file, path, err, err_size)) return -1;
+    write_contents(file.f, header, header_len, order, n);
+    return atomic_file_commit(&file, err, err_size);
 }
 
 int safetensors_write(const char *path, const TensorInfo *tensors, int n, char *err, size_t err_size) {

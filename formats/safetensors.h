@@ -36,8 +36,8 @@ void safetensors_close(SafetensorsFile *f);
 // arbitrary but unique) to path, with "__metadata__": {"format": "pt"} as
 // PyTorch/peft expect. Tensors are laid out contiguously, widest element
 // type first, so each one starts aligned to its element size. The file is
-// written to PATH.tmp, fsync'd and renamed over path, so an existing file is
-// never left half-written. Returns 0, or -1 with a message in err.
+// written through formats/atomic_file.h (temp, fsync, rename), so an existing
+// file is never left half-written. Returns 0, or -1 with a message in err.
 int safetensors_write(const char *path, const TensorInfo *tensors, int n, char *err, size_t err_size);
 
 #ifdef __cplusplus

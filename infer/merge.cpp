@@ -2,6 +2,7 @@
 // W += s B A from the adapter, then model.safetensors in bf16, config.json
 // and the tokenizer files. Plain host code.
 #include "infer/merge.h"
+#include "formats/atomic_file.h"
 #include "formats/float16.h"
 #include "nf4.h"
 #include "formats/safetensors.h"
@@ -126,8 +127,9 @@ static void put_rope(FILE *f, const Config *c) {
 // transformers' LlamaConfig (or Qwen2Config) keys for our Config.
 static int write_config(const Model *m, const char *path, char *err, size_t err_size) {
     const Config *c = &m->config;
-    FILE *f = fopen(path, "w");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno)); return -1; }
+    AtomicFile file;
+    FILE *f = atomic_file_open(&file, path, err, err_size);
+    if (!f) return -1;
     int qwen2 = c->arch == ARCH_QWEN2;
     char eps[32];
     format_float(eps, sizeof eps, c->norm_eps);
@@ -145,9 +147,7 @@ static int write_config(const Model *m, const char *path, char *err, size_t err_
     put_token_id(f, "eos_token_id", m->tokenizer ? tokenizer_eos_id(m->tokenizer) : -1);
     fprintf(f, "  \"hidden_act\": \"silu\",\n  \"tie_word_embeddings\": %s,\n  \"torch_dtype\": \"bfloat16\",\n"
                "  \"use_cache\": true\n}\n", c->tied_embeddings ? "true" : "false");
-    int failed = ferror(f);
-    if (fclose(f) != 0 || failed) { snprintf(err, err_size, "%s: write failed", path); return -1; }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 // ---- the whole directory -------------------------------------------------------

@@ -103,7 +103,7 @@ TEST_CASE("eval: both loaders give each sample its oracle and its documents") {
     char dir[] = "/tmp/qlora_eval_XXXXXX";
     REQUIRE(mkdtemp(dir));
     std::string bin = std::string(dir) + "/val.bin";
-    REQUIRE_MESSAGE(tokfile_write(bin.c_str(), m.tokenizer, tok.data(), data.count, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(tokfile_write(bin.c_str(), m.tokenizer, tok.data(), data.count, 0, err, sizeof err) == 0, err);
     for (TokSample &t : tok) { free(t.ids); free(t.targets); }
     for (const char *path : {"data/sample_raft.jsonl", bin.c_str()}) {
         INFO(path);

@@ -541,23 +541,24 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
     std::vector<std::vector<int>> storage;
     std::vector<TokSample> samples = small_samples(&storage);
     char err[1024] = "";
-    REQUIRE_MESSAGE(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, 0, err, sizeof err) == 0, err);
     std::string bytes = read_bytes(path);
     // each sample: count, ids, targets, oracle, document count, document lengths
     REQUIRE(bytes.size() == TOKFILE_HEADER_BYTES + 3 * 4 + 8 * (5 + 6 + 7) + 3 * 8 + 4 * (2 + 2 + 3));
     CHECK(bytes.substr(0, 8) == "QLORATOK");
-    CHECK(little_u32(bytes, 8) == 2);
+    CHECK(little_u32(bytes, 8) == 3);
     CHECK(little_u32(bytes, 12) == 49152);
     CHECK(little_u32(bytes, 24) == 3);
     CHECK(little_u32(bytes, 32) == 18);
     CHECK(little_u32(bytes, 40) == 6);
-    CHECK(little_u32(bytes, 48) == 5);   // the first sample: its count, ids, targets
-    CHECK(little_u32(bytes, 52) == 1);
-    CHECK(little_u32(bytes, 52 + 4 * 5) == (uint32_t)IGNORE_TARGET);
-    CHECK(little_u32(bytes, 52 + 8 * 5) == 0xFFFFFFFFu);   // oracle -1
-    CHECK(little_u32(bytes, 56 + 8 * 5) == 2);
-    CHECK(little_u32(bytes, 60 + 8 * 5) == 70);
-    CHECK(little_u32(bytes, 64 + 8 * 5) == 9);
+    CHECK(little_u32(bytes, 48) == 0);   // the set id given
+    CHECK(little_u32(bytes, 56) == 5);   // the first sample: its count, ids, targets
+    CHECK(little_u32(bytes, 60) == 1);
+    CHECK(little_u32(bytes, 60 + 4 * 5) == (uint32_t)IGNORE_TARGET);
+    CHECK(little_u32(bytes, 60 + 8 * 5) == 0xFFFFFFFFu);   // oracle -1
+    CHECK(little_u32(bytes, 64 + 8 * 5) == 2);
+    CHECK(little_u32(bytes, 68 + 8 * 5) == 70);
+    CHECK(little_u32(bytes, 72 + 8 * 5) == 9);
 
     TokFile file;
     REQUIRE_MESSAGE(tokfile_read(&file, path.c_str(), tokenizer(), err, sizeof err) == 0, err);
@@ -579,11 +580,11 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
 
     // an oracle that is not one of the sample's documents is not written
     samples[1].oracle = 2;
-    CHECK(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, err, sizeof err) == -1);
+    CHECK(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, 0, err, sizeof err) == -1);
     CHECK(std::string(err).find("sample 2: oracle 2 is neither -1 nor one of its 2 documents") != std::string::npos);
 
     // an empty set is a valid file too (a validation split can be empty)
-    REQUIRE(tokfile_write(path.c_str(), tokenizer(), nullptr, 0, err, sizeof err) == 0);
+    REQUIRE(tokfile_write(path.c_str(), tokenizer(), nullptr, 0, 0, err, sizeof err) == 0);
     REQUIRE(tokfile_read(&file, path.c_str(), tokenizer(), err, sizeof err) == 0);
     CHECK(file.count == 0);
     tokfile_free(&file);
@@ -595,7 +596,7 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
     std::vector<std::vector<int>> storage;
     std::vector<TokSample> samples = small_samples(&storage);
     char err[1024] = "";
-    REQUIRE(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, err, sizeof err) == 0);
+    REQUIRE(tokfile_write(path.c_str(), tokenizer(), samples.data(), 3, 0, err, sizeof err) == 0);
     std::string bytes = read_bytes(path);
     TokFile file;
     for (size_t len = 0; len < bytes.size(); len++) {
@@ -606,8 +607,9 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
     write_file(bad, bytes + "x");
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("bytes after the last sample") != std::string::npos);
-    // every header byte matters: magic, version, vocabulary, tokenizer id, counts
-    for (size_t at = 0; at < TOKFILE_HEADER_BYTES; at++) {
+    // every header byte matters: magic, version, vocabulary, tokenizer id, counts (not the set
+    // id, which ./train compares between train.bin and val.bin)
+    for (size_t at = 0; at < 48; at++) {
         std::string flipped = bytes;
         flipped[at] ^= 0x10;
         write_file(bad, flipped);
@@ -615,28 +617,28 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
     }
     // an id outside the vocabulary, a target that is not the next token
     std::string wrong = bytes;
-    wrong[52 + 3] = 0x7F;
+    wrong[60 + 3] = 0x7F;
     write_file(bad, wrong);
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("outside the vocabulary") != std::string::npos);
     wrong = bytes;
-    wrong[52 + 4 * 5 + 4 * 2] = 9;
+    wrong[60 + 4 * 5 + 4 * 2] = 9;
     write_file(bad, wrong);
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("neither -100 nor the next token") != std::string::npos);
     // an oracle outside the sample's documents
     wrong = bytes;
-    wrong[52 + 8 * 5] = 2;
-    for (int i = 1; i < 4; i++) wrong[52 + 8 * 5 + i] = 0;
+    wrong[60 + 8 * 5] = 2;
+    for (int i = 1; i < 4; i++) wrong[60 + 8 * 5 + i] = 0;
     write_file(bad, wrong);
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("sample 1: oracle 2 is neither -1 nor one of its 2 documents") != std::string::npos);
-    // a version 1 file (before the oracle and documents): refused, ./prepare named
+    // a version 2 file (before the set id): refused, ./prepare named
     wrong = bytes;
-    wrong[8] = 1;
+    wrong[8] = 2;
     write_file(bad, wrong);
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
-    CHECK(std::string(err).find("format version 1, this program reads version 2; run ./prepare again") != std::string::npos);
+    CHECK(std::string(err).find("format version 2, this program reads version 3; run ./prepare again") != std::string::npos);
     // a JSONL file given where a token file belongs
     CHECK(tokfile_read(&file, "data/sample_raft.jsonl", tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("not a tokenized training file") != std::string::npos);
@@ -659,7 +661,7 @@ TEST_CASE("prepare: ./train refuses a token file made with another tokenizer") {
     int ids[4] = {1, 2, 3, 4}, targets[4] = {IGNORE_TARGET, 3, 4, IGNORE_TARGET};
     TokSample sample = {ids, targets, 4, -1, 0, nullptr};
     std::string path = dir.path + "/train.bin";
-    REQUIRE(tokfile_write(path.c_str(), tiny, &sample, 1, err, sizeof err) == 0);
+    REQUIRE(tokfile_write(path.c_str(), tiny, &sample, 1, 0, err, sizeof err) == 0);
     tokenizer_free(tiny);
     std::string log = dir.path + "/log.txt";
     std::string command = "./train --data " + path + " --steps 1 --device cpu --out " + dir.path + "/out > " + log + " 2>&1";
@@ -869,6 +871,36 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
 
 // ---- statistics and the report --------------------------------------------------------------------
 
+TEST_CASE("prepare: train.bin, val.bin and report.json carry one set id; ./train refuses a mixed pair") {
+    TempDir dir;
+    std::string command = "./prepare --docs data/example/docs.jsonl --qa data/example/qa.jsonl --val-frac 0.2 --out ";
+    std::string quiet = " > " + dir.path + "/log.txt 2>&1";
+    REQUIRE(system((command + dir.path + "/a --seed 3" + quiet).c_str()) == 0);
+    REQUIRE(system((command + dir.path + "/b --seed 4" + quiet).c_str()) == 0);
+    char err[4096];
+    JsonValue *report = json_parse_file((dir.path + "/a/report.json").c_str(), err, sizeof err);
+    REQUIRE_MESSAGE(report != nullptr, err);
+    std::string set_id = json_get_string(report, "set_id", "");
+    json_free(report);
+    REQUIRE(set_id.size() == 16);
+    // the header's u64 at 48, as the report writes it
+    for (const char *name : {"/a/train.bin", "/a/val.bin"}) {
+        std::string bytes = read_bytes(dir.path + name);
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)little_u32(bytes, 48) |
+                 (unsigned long long)little_u32(bytes, 52) << 32);
+        CHECK_MESSAGE(set_id == hex, name);
+    }
+    CHECK(read_bytes(dir.path + "/a/val.bin").substr(48, 8) != read_bytes(dir.path + "/b/val.bin").substr(48, 8));
+    // a val.bin of another run beside train.bin: refused, both named
+    REQUIRE(system(("cp " + dir.path + "/b/val.bin " + dir.path + "/a/val.bin").c_str()) == 0);
+    std::string train = "./train --data " + dir.path + "/a/train.bin --steps 1 --device cpu --out " + dir.path + "/run";
+    CHECK(system((train + quiet).c_str()) != 0);
+    std::string log = read_bytes(dir.path + "/log.txt");
+    CHECK_MESSAGE(log.find("train: " + dir.path + "/a/val.bin: from another run of ./prepare than " + dir.path +
+                           "/a/train.bin") != std::string::npos, log);
+}
+
 TEST_CASE("prepare: length statistics (nearest rank), histogram and the JSON report") {
     std::vector<int> lengths;
     for (int i = 100; i >= 1; i--) lengths.push_back(i);
@@ -978,7 +1010,7 @@ TEST_CASE("prepare: mutated inputs never crash the readers") {
     std::vector<std::vector<int>> storage;
     std::vector<TokSample> tok_samples = small_samples(&storage);
     std::string bin = dir.path + "/train.bin";
-    REQUIRE(tokfile_write(bin.c_str(), tokenizer(), tok_samples.data(), 3, err, sizeof err) == 0);
+    REQUIRE(tokfile_write(bin.c_str(), tokenizer(), tok_samples.data(), 3, 0, err, sizeof err) == 0);
     std::string bytes = read_bytes(bin);
     for (int i = 0; i < 300; i++) {
         write_file(bin, mutate(bytes, &state));

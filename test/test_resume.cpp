@@ -70,12 +70,50 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
                                std::filesystem::copy_options::overwrite_existing);
     REQUIRE(system((common + " --resume " + d + "/part" + quiet).c_str()) == 0);
     CHECK(logged_steps(d + "/part/log.csv") == full);
-    // a checkpoint of another shape is refused with a clear message
-    int status = system((common + " --rank 8 --out " + d + "/other --resume " + d + "/part" + quiet).c_str());
+    // --resume A --out B carries A's log over (A's run is done: no step is run again)
+    REQUIRE(system((common + " --resume " + d + "/part --out " + d + "/carried" + quiet).c_str()) == 0);
+    CHECK(logged_steps(d + "/carried/log.csv") == full);
+    // another run's options are refused, each option that differs named with both values
+    int status = system((common + " --rank 8 --seed 5 --out " + d + "/other --resume " + d + "/part" + quiet).c_str());
     CHECK(status != 0);
     std::ifstream out(d + "/out.txt");
     std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
-    CHECK(text.find("rank 4") != std::string::npos);
+    CHECK_MESSAGE(text.find("this run is not the one the checkpoint holds") != std::string::npos, text);
+    CHECK_MESSAGE(text.find("--rank: the checkpoint's 4, this run's 8") != std::string::npos, text);
+    CHECK_MESSAGE(text.find("--seed: the checkpoint's 1234, this run's 5") != std::string::npos, text);
+    CHECK_MESSAGE(text.find("--lr:") == std::string::npos, text);
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+// The test file's text.
+static std::string file_text(const std::string &path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST_CASE("train: a new run into an --out that holds a run is refused; --overwrite removes that run's files first") {
+    char dir[] = "/tmp/qlora_overwrite_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, out = d + "/run", quiet = " > " + d + "/out.txt 2>&1";
+    // an earlier run's files: its best checkpoint and adapter, its log
+    REQUIRE(system(("mkdir -p " + out + "/best_adapter && touch " + out + "/checkpoint_best.bin " + out +
+                    "/best_adapter/adapter_config.json && echo old > " + out + "/log.csv").c_str()) == 0);
+    std::string command = "./train --data data/sample_raft.jsonl --steps 1 --grad-accum 1 --seq 160 --val-frac 0 "
+                          "--rank 2 --device cpu --out " + out;
+    int status = system((command + quiet).c_str());
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 2);
+    std::string text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("train: " + out + ": holds an earlier run (" + out + "/checkpoint_best.bin): continue it "
+                            "with --resume " + out + ", start this one in another --out, or replace it with "
+                            "--overwrite") != std::string::npos, text);
+    CHECK(file_text(out + "/log.csv") == "old\n");   // untouched
+    // --overwrite: nothing of the earlier run is left to pass for this one's
+    REQUIRE(system((command + " --overwrite" + quiet).c_str()) == 0);
+    CHECK(!std::filesystem::exists(out + "/best_adapter"));
+    CHECK(!std::filesystem::exists(out + "/checkpoint_best.bin"));
+    CHECK(file_text(out + "/log.csv").find("old") == std::string::npos);
+    CHECK(std::filesystem::exists(out + "/adapter/adapter_model.safetensors"));
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
@@ -243,12 +281,13 @@ std::string with_checksum(std::string bytes) {
 
 }  // namespace
 
-// Version 4's layout: "QLORACK4", the 88-byte header, the data order, then the
-// parameters, AdamW's m and v, each one flat array, and the checksum. The
-// header's fields: n_params at 0, adam_step 8, data_rng 16, best_val 24,
-// n_layers 32, rank 36, enabled 40-67, step 68, total_steps 72, cursor 76,
-// n_order 80, evals_without_improvement 84.
-static const size_t HEADER_AT = 8, HEADER_BYTES = 88;
+// Version 5's layout: "QLORACK5", the 88-byte header, the identity's length
+// (u64) and text, the data order, then the parameters, AdamW's m and v, each
+// one flat array, and the checksum. The header's fields: n_params at 0,
+// adam_step 8, data_rng 16, best_val 24, n_layers 32, rank 36, enabled 40-67,
+// step 68, total_steps 72, cursor 76, n_order 80, evals_without_improvement 84.
+static const char IDENTITY[] = "--lr 0.0005\n--seed 1234\n";
+static const size_t HEADER_AT = 8, HEADER_BYTES = 88, ORDER_AT = HEADER_AT + HEADER_BYTES + 8 + strlen(IDENTITY);
 
 TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file as in memory") {
     char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
@@ -258,10 +297,10 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     TrainState saved(3.0f), loaded(0.0f);
     int order[3] = {2, 0, 1}, loaded_order[3];
     TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
-    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), IDENTITY, &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
 
     TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
-    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) == 0, err);
     CHECK(back.step == 7);
     CHECK(back.total_steps == 10);
     CHECK(back.data_rng == 12345);
@@ -273,9 +312,10 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     CHECK(loaded.same_values(saved));
 
     std::string file = read_bytes(path);
-    size_t state_bytes = sizeof(float) * saved.set.n_params, params_at = HEADER_AT + HEADER_BYTES + sizeof order;
+    size_t state_bytes = sizeof(float) * saved.set.n_params, params_at = ORDER_AT + sizeof order;
     REQUIRE(file.size() == params_at + 3 * state_bytes + 8);
-    CHECK(file.compare(0, 8, "QLORACK4") == 0);
+    CHECK(file.compare(0, 8, "QLORACK5") == 0);
+    CHECK(file.compare(HEADER_AT + HEADER_BYTES + 8, strlen(IDENTITY), IDENTITY) == 0);
     CHECK(memcmp(file.data() + params_at, saved.set.params, state_bytes) == 0);
     CHECK(memcmp(file.data() + params_at + state_bytes, saved.adam.m, state_bytes) == 0);
     CHECK(memcmp(file.data() + params_at + 2 * state_bytes, saved.adam.v, state_bytes) == 0);
@@ -290,32 +330,41 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     TrainState saved(3.0f), loaded(0.0f);
     int order[3] = {2, 0, 1}, loaded_order[3];
     TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
-    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(checkpoint_save(path.c_str(), IDENTITY, &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
     TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
     std::string good = read_bytes(path);
 
     // a file of an older version (its magic is all this build reads of it)
-    for (char version : {'1', '2', '3'}) {
+    for (char version : {'1', '2', '3', '4'}) {
         std::string old = good;
         old[7] = version;
         write_bytes(path, old);
-        CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
+        CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
         std::string want = std::string("checkpoint format version ") + version + " is from an older build of "
-                           "qlora.c; this build reads version 4 only: restart the run, or finish it with the build "
+                           "qlora.c; this build reads version 5 only: restart the run, or finish it with the build "
                            "that wrote it";
         CHECK_MESSAGE(std::string(err).find(want) != std::string::npos, err);
     }
 
+    // another run: every option that differs named with both values, one only one of them has too
+    write_bytes(path, good);
+    CHECK(checkpoint_load(path.c_str(), "--lr 0.001\n--seed 1234\n--pack 1\n", &loaded.set, &loaded.adam, &back, err,
+                          sizeof err) != 0);
+    CHECK_MESSAGE(std::string(err).find("this run is not the one the checkpoint holds") != std::string::npos, err);
+    CHECK_MESSAGE(std::string(err).find("--lr: the checkpoint's 0.0005, this run's 0.001") != std::string::npos, err);
+    CHECK_MESSAGE(std::string(err).find("--pack: the checkpoint's (none), this run's 1") != std::string::npos, err);
+    CHECK_MESSAGE(std::string(err).find("--seed") == std::string::npos, err);
+
     // another sample count (the header is trusted once the checksum matches)
     TrainProgress fewer = {0, 0, 0, 0, 2, loaded_order, 0.0, 0};
     write_bytes(path, good);
-    CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &fewer, err, sizeof err) != 0);
+    CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &fewer, err, sizeof err) != 0);
     CHECK_MESSAGE(std::string(err).find("checkpoint is for 2 layers, rank 2, targets q,down (144 parameters), 3 "
                                         "samples") != std::string::npos, err);
 
     // a flipped bit anywhere (here in a weight, which stays a finite number, or
     // in the layer count: corruption, not "a checkpoint of another shape")
-    size_t weight_at = HEADER_AT + HEADER_BYTES + sizeof order + 4 * 5;
+    size_t weight_at = ORDER_AT + sizeof order + 4 * 5;
     std::string unknown = good, truncated = good.substr(0, good.size() - 3), flipped = good, flipped_header = good;
     unknown[7] = '9';
     flipped[weight_at] ^= 1;
@@ -327,7 +376,7 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     float nan = NAN;
     late.replace(HEADER_AT + 68, 4, (const char *)&step_1000, 4);
     negative.replace(HEADER_AT + 84, 4, (const char *)&minus_one, 4);
-    nan_weight.replace(HEADER_AT + HEADER_BYTES + sizeof order + sizeof(float) * (saved.set.n_params - 1), 4,
+    nan_weight.replace(ORDER_AT + sizeof order + sizeof(float) * (saved.set.n_params - 1), 4,
                        (const char *)&nan, 4);
     const std::pair<std::string, const char *> bad[] = {
         {unknown, "not a qlora.c checkpoint"},
@@ -339,12 +388,12 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
         {with_checksum(nan_weight), "NaN or Inf in the weights (first: layer 1 down lora_B)"}};
     for (const auto &[bytes, message] : bad) {
         write_bytes(path, bytes);
-        CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
+        CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
         CHECK_MESSAGE(std::string(err).find(message) != std::string::npos, err);
     }
     // the good file still loads after all that
     write_bytes(path, good);
-    CHECK(checkpoint_load(path.c_str(), &loaded.set, &loaded.adam, &back, err, sizeof err) == 0);
+    CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) == 0);
     CHECK(loaded.same_values(saved));
     REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
 }

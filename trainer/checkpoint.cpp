@@ -1,5 +1,6 @@
 // trainer/checkpoint.cpp: saving and loading training state (see trainer/checkpoint.h).
 #include "trainer/checkpoint.h"
+#include "formats/atomic_file.h"
 #include "formats/tensor.h"
 
 #include <errno.h>
@@ -7,10 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-// Every version's magic is "QLORACK" and its number; this build writes and reads version 4.
-static const int VERSION = 4;
+// Every version's magic is "QLORACK" and its number; this build writes and reads version 5.
+static const int VERSION = 5;
 static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '0' + VERSION};
 static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
 
@@ -68,30 +68,28 @@ static Header header_of(const LoraSet *set, const AdamWState *adam, const TrainP
     return h;
 }
 
-int checkpoint_save(const char *path, const LoraSet *set, const AdamWState *adam, const TrainProgress *progress,
-                    char *err, size_t err_size) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { snprintf(err, err_size, "%s: cannot write: %s", tmp, strerror(errno)); return -1; }
+int checkpoint_save(const char *path, const char *identity, const LoraSet *set, const AdamWState *adam,
+                    const TrainProgress *progress, char *err, size_t err_size) {
+    AtomicFile file;
+    if (!atomic_file_open(&file, path, err, err_size)) return -1;
     Header h = header_of(set, adam, progress);
     size_t state_bytes = sizeof(float) * set->n_params;
-    Stream s = {f, FNV_OFFSET};
+    uint64_t identity_bytes = strlen(identity);
+    Stream s = {file.f, FNV_OFFSET};
     int failed = write_all(&s, MAGIC, sizeof MAGIC) || write_all(&s, &h, sizeof h) ||
+                 write_all(&s, &identity_bytes, sizeof identity_bytes) || write_all(&s, identity, identity_bytes) ||
                  write_all(&s, progress->order, sizeof(int) * progress->n_order) ||
                  write_all(&s, set->params, state_bytes) || write_all(&s, adam->m, state_bytes) ||
                  write_all(&s, adam->v, state_bytes);
     // the checksum of everything above, last
     uint64_t checksum = s.hash;
-    failed = failed || write_all(&s, &checksum, sizeof checksum) || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    if (fclose(f) != 0) failed = 1;
-    if (failed || rename(tmp, path) != 0) {
-        snprintf(err, err_size, "%s: writing the checkpoint failed: %s (the previous checkpoint is untouched)", path,
-                 strerror(errno));
-        remove(tmp);
+    failed = failed || write_all(&s, &checksum, sizeof checksum);
+    if (failed) {
+        snprintf(err, err_size, "%s: cannot write: %s (the previous checkpoint is untouched)", path, strerror(errno));
+        atomic_file_abort(&file);
         return -1;
     }
-    return 0;
+    return atomic_file_commit(&file, err, err_size);
 }
 
 // The version a magic names: 1 to VERSION for "QLORACK1" ... , else 0 (not a checkpoint).
@@ -121,10 +119,9 @@ static int checksum_matches(FILE *f) {
     return fseek(f, position, SEEK_SET) == 0 && matches;
 }
 
-// Reads the magic and the header, refusing another version, a corrupted file
-// and a header of another shape than set's (message in err). Returns 0 or -1.
-static int read_header(Stream *s, const char *path, const LoraSet *set, int n_order, Header *h, char *err,
-                       size_t err_size) {
+// Reads the magic and the header, refusing another version and a corrupted
+// file (message in err). Returns 0 or -1.
+static int read_header(Stream *s, const char *path, Header *h, char *err, size_t err_size) {
     char magic[8];
     int version = read_all(s, magic, sizeof magic) == 0 ? magic_version(magic) : 0;
     if (version == 0) {
@@ -146,6 +143,12 @@ static int read_header(Stream *s, const char *path, const LoraSet *set, int n_or
         snprintf(err, err_size, "%s: not a qlora.c checkpoint (truncated header)", path);
         return -1;
     }
+    return 0;
+}
+
+// The header describes set's shape and n_order samples; else the message in err, -1.
+static int check_shape(const char *path, const Header *h, const LoraSet *set, int n_order, char *err,
+                       size_t err_size) {
     int same_shape = h->n_layers == set->n_layers && h->rank == set->rank && h->n_params == set->n_params &&
                      h->n_order == n_order;
     for (int t = 0; t < N_LINEARS; t++) same_shape = same_shape && h->enabled[t] == set->enabled[t];
@@ -195,13 +198,82 @@ static int check_values(const char *path, const Header *h, const int *order, con
     return 0;
 }
 
-int checkpoint_load(const char *path, LoraSet *set, AdamWState *adam, TrainProgress *progress, char *err,
+// The run's identity after the header: its length (u64), then its text; a
+// length the file cannot hold reads as corruption. *identity is malloc'd.
+static int read_identity(Stream *s, const char *path, char **identity, char *err, size_t err_size) {
+    uint64_t bytes = 0;
+    if (read_all(s, &bytes, sizeof bytes) || bytes > CHECKPOINT_IDENTITY_MAX) {
+        snprintf(err, err_size, "%s: checkpoint's run identity is truncated or too long: corrupted?", path);
+        return -1;
+    }
+    *identity = (char *)cpu_malloc(bytes + 1, "checkpoint identity");
+    if (read_all(s, *identity, bytes)) {
+        snprintf(err, err_size, "%s: checkpoint's run identity is truncated", path);
+        return -1;
+    }
+    (*identity)[bytes] = '\0';
+    return 0;
+}
+
+// The value of line "KEY VALUE" in identity (up to the line's end), or NULL; *length gets its length.
+static const char *identity_value(const char *identity, const char *key, size_t key_length, size_t *length) {
+    for (const char *line = identity; *line; line += strcspn(line, "\n") + (line[strcspn(line, "\n")] != 0)) {
+        if (strncmp(line, key, key_length) != 0 || line[key_length] != ' ') continue;
+        const char *value = line + key_length + 1;
+        *length = strcspn(value, "\n");
+        return value;
+    }
+    return NULL;
+}
+
+// Appends to err (at *used) every key of a whose value in b differs or is missing,
+// with both values; returns how many.
+static int append_differences(const char *a, const char *b, int a_is_saved, char *err, size_t err_size,
+                              size_t *used) {
+    int differences = 0;
+    for (const char *line = a; *line; line += strcspn(line, "\n") + (line[strcspn(line, "\n")] != 0)) {
+        size_t key_length = strcspn(line, " \n"), a_length = 0, b_length = 0;
+        const char *a_value = identity_value(a, line, key_length, &a_length);
+        const char *b_value = identity_value(b, line, key_length, &b_length);
+        if (b_value && !a_is_saved) continue;   // keys in both were compared when a was the saved one
+        if (b_value && a_length == b_length && memcmp(a_value, b_value, a_length) == 0) continue;
+        const char *saved = a_is_saved ? a_value : b_value, *now = a_is_saved ? b_value : a_value;
+        size_t saved_length = a_is_saved ? a_length : b_length, now_length = a_is_saved ? b_length : a_length;
+        if (*used < err_size)
+            *used += snprintf(err + *used, err_size - *used, "\n  %.*s: the checkpoint's %.*s, this run's %.*s",
+                              (int)key_length, line, (int)(saved ? saved_length : 6), saved ? saved : "(none)",
+                              (int)(now ? now_length : 6), now ? now : "(none)");
+        differences++;
+    }
+    return differences;
+}
+
+// The saved identity equals this run's; else err names every option that
+// differs, with both values. Returns 0 or -1.
+static int compare_identity(const char *path, const char *saved, const char *now, char *err, size_t err_size) {
+    if (strcmp(saved, now) == 0) return 0;
+    size_t used = (size_t)snprintf(err, err_size, "%s: this run is not the one the checkpoint holds; resume with "
+                                   "its options (or start a new run with --out elsewhere, or --overwrite):", path);
+    int differences = append_differences(saved, now, 1, err, err_size, &used);
+    differences += append_differences(now, saved, 0, err, err_size, &used);
+    if (differences == 0 && used < err_size)
+        snprintf(err + used, err_size - used, " the options are written differently");
+    return -1;
+}
+
+int checkpoint_load(const char *path, const char *identity, LoraSet *set, AdamWState *adam, TrainProgress *progress, char *err,
                     size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
     Stream s = {f, FNV_OFFSET};
     Header h;
-    if (read_header(&s, path, set, progress->n_order, &h, err, err_size) != 0) {
+    char *saved_identity = NULL;
+    int refused = read_header(&s, path, &h, err, err_size) != 0 ||
+                  read_identity(&s, path, &saved_identity, err, err_size) != 0 ||
+                  compare_identity(path, saved_identity, identity, err, err_size) != 0 ||
+                  check_shape(path, &h, set, progress->n_order, err, err_size) != 0;
+    free(saved_identity);
+    if (refused) {
         fclose(f);
         return -1;
     }

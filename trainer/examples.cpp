@@ -255,11 +255,13 @@ static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, E
 }
 
 // Reads a ./prepare file into set (refusing one made with another tokenizer);
-// skips and counts the samples longer than max_seq.
-static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max_seq, ExampleSet *set, int *skipped) {
+// skips and counts the samples longer than max_seq. *set_id: the file's (tokfile.h).
+static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max_seq, ExampleSet *set, int *skipped,
+                                 uint64_t *set_id) {
     TokFile file;
     char err[1024];
     if (tokfile_read(&file, path, tok, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    *set_id = file.set_id;
     set->examples = (Example *)cpu_calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example), "samples");
     set->count = 0;
     for (long i = 0; i < file.count; i++) {
@@ -284,7 +286,8 @@ static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok,
                 src->val_path);
         return -1;
     }
-    if (read_tokfile_examples(src->data_path, tok, src->max_seq, train_set, skipped) != 0) return -1;
+    uint64_t train_set_id, val_set_id;
+    if (read_tokfile_examples(src->data_path, tok, src->max_seq, train_set, skipped, &train_set_id) != 0) return -1;
     const char *val_path = src->val_path;
     char beside[4096];
     size_t len = strlen(src->data_path), name_len = strlen("train.bin");
@@ -296,7 +299,16 @@ static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok,
             printf("data: validation samples from %s\n", val_path);
         }
     }
-    return val_path ? read_tokfile_examples(val_path, tok, src->max_seq, val_set, skipped) : 0;
+    if (!val_path) return 0;
+    if (read_tokfile_examples(val_path, tok, src->max_seq, val_set, skipped, &val_set_id) != 0) return -1;
+    // the val.bin beside a train.bin must be of the same ./prepare run (--val-data may be any other)
+    if (val_path == beside && val_set_id != train_set_id) {
+        fprintf(stderr, "train: %s: from another run of ./prepare than %s (set id %016llx, not %016llx): the pair is "
+                        "mixed; run ./prepare again, or name the validation file with --val-data\n", val_path,
+                src->data_path, (unsigned long long)val_set_id, (unsigned long long)train_set_id);
+        return -1;
+    }
+    return 0;
 }
 
 int examples_load(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train, ExampleSet *val, int *skipped) {

@@ -2,10 +2,10 @@
 // redraws as it goes) and bar charts with optional error whiskers. Every chart
 // has the same canvas: a title on top, the plot area in the middle with grid
 // lines at nice ticks, axis labels below and to the left. The file is written
-// to PATH.tmp and renamed over PATH, so a viewer never sees half of it.
+// through formats/atomic_file.h, so a viewer never sees half of it.
 #include "trainer/plot.h"
+#include "formats/atomic_file.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -98,43 +98,6 @@ static void put_escaped(FILE *f, const char *text) {
         default: fputc((unsigned char)*c < 0x20 ? ' ' : *c, f);
         }
     }
-}
-
-// Opens PATH.tmp for writing; *temp_path gets its name (free it with
-// finish_temp). NULL + err on failure.
-static FILE *open_temp(const char *path, char **temp_path, char *err, size_t err_size) {
-    size_t len = strlen(path);
-    *temp_path = malloc(len + sizeof ".tmp");
-    if (!*temp_path) {
-        snprintf(err, err_size, "%s: out of memory", path);
-        return NULL;
-    }
-    memcpy(*temp_path, path, len);
-    memcpy(*temp_path + len, ".tmp", sizeof ".tmp");
-    FILE *f = fopen(*temp_path, "w");
-    if (!f) {
-        snprintf(err, err_size, "%s: cannot create %s: %s", path, *temp_path, strerror(errno));
-        free(*temp_path);
-        *temp_path = NULL;
-    }
-    return f;
-}
-
-// Closes the temporary file and renames it over path; removes it on failure.
-static int finish_temp(FILE *f, char *temp_path, const char *path, char *err, size_t err_size) {
-    int status = 0;
-    int write_failed = ferror(f);
-    if (fclose(f) != 0) write_failed = 1;
-    if (write_failed) {
-        snprintf(err, err_size, "%s: error writing %s", path, temp_path);
-        status = -1;
-    } else if (rename(temp_path, path) != 0) {
-        snprintf(err, err_size, "%s: cannot rename %s to it: %s", path, temp_path, strerror(errno));
-        status = -1;
-    }
-    if (status != 0) remove(temp_path);
-    free(temp_path);
-    return status;
 }
 
 // ---- the canvas ------------------------------------------------------------
@@ -340,11 +303,10 @@ static void write_line_chart(FILE *f, const char *title, const char *x_label, co
 
 int svg_line_chart(const char *path, const char *title, const char *x_label, const char *y_label,
                    const PlotSeries *series, int n_series, char *err, size_t err_size) {
-    char *temp_path;
-    FILE *f = open_temp(path, &temp_path, err, err_size);
-    if (!f) return -1;
-    write_line_chart(f, title, x_label, y_label, series, n_series);
-    return finish_temp(f, temp_path, path, err, err_size);
+    AtomicFile file;
+    if (!atomic_file_open(&file, path, err, err_size)) return -1;
+    write_line_chart(file.f, title, x_label, y_label, series, n_series);
+    return atomic_file_commit(&file, err, err_size);
 }
 
 // ---- bar charts ------------------------------------------------------------
@@ -422,9 +384,8 @@ static void write_bar_chart(FILE *f, const char *title, const char *y_label, con
 int svg_bar_chart(const char *path, const char *title, const char *y_label,
                   const char *const *labels, const double *values, const double *errors,
                   int count, char *err, size_t err_size) {
-    char *temp_path;
-    FILE *f = open_temp(path, &temp_path, err, err_size);
-    if (!f) return -1;
-    write_bar_chart(f, title, y_label, labels, values, errors, count);
-    return finish_temp(f, temp_path, path, err, err_size);
+    AtomicFile file;
+    if (!atomic_file_open(&file, path, err, err_size)) return -1;
+    write_bar_chart(file.f, title, y_label, labels, values, errors, count);
+    return atomic_file_commit(&file, err, err_size);
 }

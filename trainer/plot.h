@@ -1,7 +1,7 @@
 // trainer/plot.h: a tiny SVG chart writer: line charts (the loss curve that ./train
 // redraws as it goes) and bar charts with optional error whiskers (./evaluate).
-// Charts are written to PATH.tmp and renamed over PATH, so a viewer that
-// reloads the file never sees half of one.
+// Charts are written through formats/atomic_file.h (temp, fsync, rename), so
+// a viewer that reloads the file never sees half of one.
 #pragma once
 #include <stddef.h>
 

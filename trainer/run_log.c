@@ -1,9 +1,9 @@
 // trainer/run_log.c: log.csv and the loss chart of a run (see trainer/run_log.h).
 #include "trainer/run_log.h"
+#include "formats/atomic_file.h"
 #include "formats/tensor.h"
 #include "trainer/plot.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,74 +26,70 @@ static double next_csv_number(char **comma) {
     return end == start ? NAN : value;
 }
 
-// Reads an earlier run's log.csv (when resuming) into the history: step,
-// train loss (empty in the step-0 row), val loss (empty where not measured).
-static void history_load(RunLog *log, int max_rows) {
-    FILE *f = fopen(log->csv_path, "r");
+// Appends text to the log's copy of log.csv.
+static void text_append(RunLog *log, const char *text) {
+    size_t length = strlen(text);
+    if (log->csv_length + length + 1 > log->csv_capacity) {
+        log->csv_capacity = 2 * (log->csv_length + length + 1);
+        log->csv_text = (char *)realloc(log->csv_text, log->csv_capacity);
+        if (!log->csv_text) { fprintf(stderr, "train: out of memory for log.csv\n"); exit(3); }
+    }
+    memcpy(log->csv_text + log->csv_length, text, length + 1);
+    log->csv_length += length;
+}
+
+// The earlier run's rows up to step from path, into the text and the history:
+// step, train loss (empty in the step-0 row), val loss (empty where not
+// measured). A run stopped after its last checkpoint logged steps that are
+// done again: those rows are left out. No file: nothing to carry.
+static void history_load(RunLog *log, const char *path, int step) {
+    FILE *f = fopen(path, "r");
     if (!f) return;
     char line[512];
-    while (fgets(line, sizeof line, f) && log->count < max_rows) {
+    while (fgets(line, sizeof line, f) && log->count < log->capacity) {
         char *comma;
-        long step = strtol(line, &comma, 10);
-        if (comma == line || *comma != ',') continue;   // the header
+        long row_step = strtol(line, &comma, 10);
+        // the header, a later step's row, a row cut short
+        if (comma == line || *comma != ',' || row_step > step || !strchr(line, '\n')) continue;
+        text_append(log, line);
         double train = next_csv_number(&comma);
         double val = next_csv_number(&comma);
-        history_add(log, (double)step, train, val);
+        history_add(log, (double)row_step, train, val);
     }
     fclose(f);
 }
 
-// Keeps only the header and the rows up to step (written to a temporary file,
-// then renamed over the log). No log: nothing to do.
-static int keep_rows_until(const char *path, int step, char *err, size_t err_size) {
-    FILE *in = fopen(path, "r");
-    if (!in) return 0;
-    char tmp_path[4200];
-    snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path);
-    FILE *out = fopen(tmp_path, "w");
-    if (!out) {
-        snprintf(err, err_size, "%s: cannot create: %s", tmp_path, strerror(errno));
-        fclose(in);
-        return -1;
-    }
-    char line[512];
-    while (fgets(line, sizeof line, in)) {
-        char *end;
-        long row_step = strtol(line, &end, 10);
-        int is_header = end == line;
-        if (is_header || row_step <= step) fputs(line, out);
-    }
-    fclose(in);
-    if (fclose(out) != 0 || rename(tmp_path, path) != 0) {
-        snprintf(err, err_size, "%s: cannot write: %s", path, strerror(errno));
-        return -1;
-    }
-    return 0;
+// log.csv rewritten whole from the text (formats/atomic_file.h): a crash
+// leaves the previous version. A failure is a warning: the run goes on.
+static void write_csv(const RunLog *log) {
+    char err[ATOMIC_FILE_PATH_MAX + 512];
+    if (atomic_file_write(log->csv_path, log->csv_text, log->csv_length, err, sizeof err) != 0)
+        fprintf(stderr, "train: warning: %s\n", err);
 }
 
-int run_log_open(RunLog *log, const char *out_dir, int first_step, int total_steps, char *err, size_t err_size) {
+void run_log_open(RunLog *log, const char *out_dir, const char *resume_dir, int first_step, int total_steps) {
     memset(log, 0, sizeof *log);
     snprintf(log->csv_path, sizeof log->csv_path, "%s/log.csv", out_dir);
     snprintf(log->svg_path, sizeof log->svg_path, "%s/loss.svg", out_dir);
-    if (first_step > 0 && keep_rows_until(log->csv_path, first_step, err, err_size) != 0) return -1;
-    log->csv = fopen(log->csv_path, first_step > 0 ? "a" : "w");
-    if (!log->csv) {
-        snprintf(err, err_size, "cannot write %s: %s", log->csv_path, strerror(errno));
-        return -1;
-    }
-    fseek(log->csv, 0, SEEK_END);
-    if (ftell(log->csv) == 0) fprintf(log->csv, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s\n");
+    text_append(log, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s\n");
     // room for an earlier log (at most total_steps + 1 rows are read back) and this run's steps
     log->capacity = 2 * total_steps + 2;
     log->steps = (double *)cpu_malloc(sizeof(double) * log->capacity, "loss history");
     log->train = (double *)cpu_malloc(sizeof(double) * log->capacity, "loss history");
     log->val = (double *)cpu_malloc(sizeof(double) * log->capacity, "loss history");
-    if (first_step > 0) history_load(log, total_steps + 1);
-    return 0;
+    if (resume_dir) {
+        char earlier[sizeof log->csv_path + 16];
+        snprintf(earlier, sizeof earlier, "%s/log.csv", resume_dir);
+        history_load(log, earlier, first_step);
+    }
+    write_csv(log);
 }
 
 void run_log_before_training(RunLog *log, double val_loss) {
-    fprintf(log->csv, "0,,%.6f,,,,\n", val_loss);   // no train loss before training
+    char row[64];
+    snprintf(row, sizeof row, "0,,%.6f,,,,\n", val_loss);   // no train loss before training
+    text_append(log, row);
+    write_csv(log);
     history_add(log, 0, NAN, val_loss);
 }
 
@@ -119,17 +115,18 @@ static void plot_history(const RunLog *log) {
 
 void run_log_step(RunLog *log, int step, double train_loss, double val_loss, double grad_norm, float lr, double ms,
                   double tokens_per_s) {
-    char val_text[32] = "";
+    char val_text[32] = "", row[256];
     if (!isnan(val_loss)) snprintf(val_text, sizeof val_text, "%.6f", val_loss);
-    fprintf(log->csv, "%d,%.17g,%s,%.17g,%.6e,%.1f,%.1f\n", step, train_loss, val_text, grad_norm, lr, ms,
-            tokens_per_s);
-    fflush(log->csv);
+    snprintf(row, sizeof row, "%d,%.17g,%s,%.17g,%.6e,%.1f,%.1f\n", step, train_loss, val_text, grad_norm, lr, ms,
+             tokens_per_s);
+    text_append(log, row);
+    write_csv(log);
     history_add(log, step, train_loss, val_loss);
     plot_history(log);
 }
 
 void run_log_close(RunLog *log) {
-    if (log->csv) fclose(log->csv);
+    free(log->csv_text);
     free(log->steps);
     free(log->train);
     free(log->val);
