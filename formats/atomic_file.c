@@ -22,9 +22,12 @@ FILE *atomic_file_open(AtomicFile *a, const char *path, char *err, size_t err_si
 int atomic_file_close(AtomicFile *a, char *err, size_t err_size) {
     // an earlier fwrite that failed set the error flag; flushing what is still
     // buffered usually fails again and sets errno to the reason (ENOSPC)
-    int failed = ferror(a->f);
+    int write_failed = ferror(a->f);
     errno = 0;
-    failed = fflush(a->f) != 0 || fsync(fileno(a->f)) != 0 || failed;
+    int failed = fflush(a->f) != 0;
+    // the reason of an earlier failed write is lost unless the flush fails again: then say "write error"
+    if (!failed && write_failed) failed = 1;
+    else if (!failed) failed = fsync(fileno(a->f)) != 0;
     int saved_errno = errno;
     if (fclose(a->f) != 0 && !failed) {
         failed = 1;
