@@ -96,6 +96,7 @@ static Options parse_args(int argc, char **argv) {
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--data", "--embedder",
                                  "--out", "--max-new", "--limit", "--examples", "--resamples", "--seed", NULL};
     char err[256];
+    if (cli_check_options(argc, argv, flags, NULL, NULL, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }

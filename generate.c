@@ -84,7 +84,13 @@ static Options parse_args(int argc, char **argv) {
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
                                  "--system", "--max-new", "--temperature", "--top-p", "--seed", NULL};
+    const char *const conflicts[] = {"--prompt", "--prompt-file", NULL}, *const needs[] = {"--system", "--chat", NULL};
     char err[256];
+    if (cli_check_options(argc, argv, flags, conflicts, needs, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        usage(stderr);
+        exit(2);
+    }
     for (int i = 1; i < argc; i++) {
         const char *flag = argv[i];
         if (strcmp(flag, "--help") == 0 || strcmp(flag, "-h") == 0) { usage(stdout); exit(0); }
@@ -102,10 +108,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--quant") == 0) o.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
         else if (strcmp(flag, "--double-quant") == 0) o.double_quant = cli_choice("generate", flag, value, bit_choices);
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
-        else if (strcmp(flag, "--prompt-file") == 0) {
-            free(o.prompt_from_file);
-            o.prompt = o.prompt_from_file = read_prompt_file(value);
-        }
+        else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
         else if (strcmp(flag, "--max-new") == 0) o.max_new = cli_int("generate", flag, value);
         else if (strcmp(flag, "--temperature") == 0) o.temperature = cli_float("generate", flag, value);
@@ -172,6 +175,14 @@ static void check_output(const float *logits, const float *norms, const Config *
     exit(1);
 }
 
+// Prints len bytes of text (malloc'd, from the token stream) at once and frees it.
+static void print_text(char *text, size_t len) {
+    if (!text) { fprintf(stderr, "generate: out of memory\n"); exit(1); }
+    fwrite(text, 1, len, stdout);
+    fflush(stdout);
+    free(text);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     Model model;
@@ -207,20 +218,20 @@ int main(int argc, char **argv) {
     }
     double t1 = now_seconds();
     int n_generated = 0, n_decode_forwards = 0;
+    TokenStream stream = {0};   // what is printed is whole characters; a cut one ends as U+FFFD
+    size_t len;
     for (int pos = n_prompt; n_generated < o.max_new; pos++) {
         check_output(logits, norms, c, n_generated + 1, &o);
         int token = sampler_next(&sampler, logits);
         n_generated++;
         if (token == eos || token == im_end) break;
-        size_t len;
-        const char *bytes = tokenizer_token_bytes(model.tokenizer, token, &len);
-        fwrite(bytes, 1, len, stdout);
-        fflush(stdout);
+        print_text(tokenizer_stream_next(model.tokenizer, &stream, token, &len), len);
         if (n_generated == o.max_new) break;
         logits = forward_cpu(&model, &state, &token, 1, pos, 0, norms);
         n_decode_forwards++;
     }
     double t2 = now_seconds();
+    print_text(tokenizer_stream_end(&stream, &len), len);
     printf("\n");
     fflush(stdout);
     fprintf(stderr, "[prompt: %d tokens in %.2f s, %.1f tok/s | generated %d tokens, decode %.1f tok/s]\n",

@@ -30,6 +30,7 @@
 #include <utf8proc.h>
 
 #include "formats/json.h"
+#include "formats/utf8.h"
 
 // The default system message of SmolLM2's chat template.
 static const char SMOLLM_DEFAULT_SYSTEM[] =
@@ -747,62 +748,40 @@ char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, size_t *len) {
     size_t total = 0, piece;
     for (int i = 0; i < n; i++)
         if (tokenizer_token_bytes(t, ids[i], &piece)) total += piece;
-    char *out = malloc(total + 1);
-    if (!out) return NULL;
+    char *bytes = malloc(total + 1);
+    if (!bytes) return NULL;
     size_t pos = 0;
     for (int i = 0; i < n; i++) {
-        const char *bytes = tokenizer_token_bytes(t, ids[i], &piece);
-        if (!bytes) continue;
-        memcpy(out + pos, bytes, piece);
+        const char *token = tokenizer_token_bytes(t, ids[i], &piece);
+        if (!token) continue;
+        memcpy(bytes + pos, token, piece);
         pos += piece;
     }
-    out[pos] = '\0';
-    if (len) *len = pos;
+    size_t clean_len;
+    char *out = utf8_clean(bytes, pos, &clean_len);
+    free(bytes);
+    if (out && len) *len = clean_len;
     return out;
 }
 
-// ---------------------------------------------------------------- UTF-8 clean-up
-
-// Length of the UTF-8 sequence at s (n > 0 bytes available) when *valid, else
-// of its maximal ill-formed subpart (Unicode's "best practice", as Python's
-// errors="replace": a lead byte and the continuation bytes that fit it).
-static size_t utf8_sequence(const unsigned char *s, size_t n, int *valid) {
-    unsigned char b = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    *valid = b < 0x80;
-    if (b < 0x80) return 1;
-    if (b >= 0xC2 && b <= 0xDF) need = 1;
-    else if (b >= 0xE0 && b <= 0xEF) need = 2;
-    else if (b >= 0xF0 && b <= 0xF4) need = 3;
-    else return 1;   // a continuation byte, C0, C1 or F5..FF
-    if (b == 0xE0) lo = 0xA0;   // no overlong forms
-    if (b == 0xED) hi = 0x9F;   // no surrogates
-    if (b == 0xF0) lo = 0x90;   // no overlong forms
-    if (b == 0xF4) hi = 0x8F;   // nothing above U+10FFFF
-    size_t i = 1;
-    for (; i <= need && i < n; i++) {
-        unsigned char low = i == 1 ? lo : 0x80, high = i == 1 ? hi : 0xBF;
-        if (s[i] < low || s[i] > high) break;
-    }
-    *valid = i > need;
-    return i;
+char *tokenizer_stream_next(const Tokenizer *t, TokenStream *stream, int id, size_t *len) {
+    size_t piece = 0;
+    const char *token = tokenizer_token_bytes(t, id, &piece);
+    char *bytes = malloc(stream->n_held + piece + 1);
+    if (!bytes) return NULL;
+    memcpy(bytes, stream->held, stream->n_held);
+    if (token) memcpy(bytes + stream->n_held, token, piece);
+    size_t n = stream->n_held + piece, tail = utf8_incomplete_tail(bytes, n);
+    memcpy(stream->held, bytes + n - tail, tail);
+    stream->n_held = tail;
+    char *out = utf8_clean(bytes, n - tail, len);
+    free(bytes);
+    return out;
 }
 
-// A malloc'd copy of text with each ill-formed part replaced by U+FFFD.
-static char *clean_utf8(const char *text, size_t len, size_t *out_len) {
-    char *out = malloc(3 * len + 1);
-    if (!out) return NULL;
-    const unsigned char *s = (const unsigned char *)text;
-    size_t pos = 0;
-    for (size_t i = 0; i < len;) {
-        int valid;
-        size_t n = utf8_sequence(s + i, len - i, &valid);
-        if (valid) memcpy(out + pos, s + i, n), pos += n;
-        else memcpy(out + pos, "\xEF\xBF\xBD", 3), pos += 3;
-        i += n;
-    }
-    out[pos] = '\0';
-    *out_len = pos;
+char *tokenizer_stream_end(TokenStream *stream, size_t *len) {
+    char *out = utf8_clean(stream->held, stream->n_held, len);
+    stream->n_held = 0;
     return out;
 }
 
@@ -1186,7 +1165,7 @@ static void encode_clean(const Tokenizer *t, Encoder *e, const char *text, size_
 
 static void encode_text(const Tokenizer *t, Encoder *e, const char *text, size_t len, int allow_special) {
     size_t clean_len;
-    char *clean = clean_utf8(text, len, &clean_len);
+    char *clean = utf8_clean(text, len, &clean_len);
     if (!clean) {
         e->failed = 1;
         return;
@@ -1248,7 +1227,7 @@ static void chat_token(const Tokenizer *t, ChatOutput *c, int id, int flag) {
 // Bytes that role + "\n" takes once cleaned (and normalised).
 static size_t header_length(const Tokenizer *t, const char *header, size_t len) {
     size_t clean_len;
-    char *clean = clean_utf8(header, len, &clean_len), *normalized;
+    char *clean = utf8_clean(header, len, &clean_len), *normalized;
     if (!clean) return len;
     normalize(t, clean, &clean_len, &normalized);
     free(normalized);

@@ -52,9 +52,24 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int allow
 
 // The bytes a token stands for (byte-level mapping undone); NULL for a bad id.
 const char *tokenizer_token_bytes(const Tokenizer *t, int id, size_t *len);
-// Decodes ids to a malloc'd NUL-terminated byte string (length in *len);
-// bad ids are skipped.
+// Decodes ids to a malloc'd NUL-terminated UTF-8 string (length in *len), as
+// HF's decode: bad ids are skipped, and bytes that do not make characters (an
+// answer cut mid-character) become U+FFFD per maximal ill-formed subpart.
 char *tokenizer_decode(const Tokenizer *t, const int *ids, int n, size_t *len);
+
+// Decoding one token at a time (streamed output): each piece is valid UTF-8,
+// the bytes of a character a later token may complete are held back. Start
+// with TokenStream s = {0}.
+typedef struct {
+    char held[3];
+    size_t n_held;
+} TokenStream;
+// The text token id completes (malloc'd, NUL-terminated, maybe ""; its length
+// in *len), or NULL when memory runs out.
+char *tokenizer_stream_next(const Tokenizer *t, TokenStream *stream, int id, size_t *len);
+// The end of the stream: the bytes still held, a character cut short, as
+// U+FFFD (or ""). Malloc'd; NULL when memory runs out.
+char *tokenizer_stream_end(TokenStream *stream, size_t *len);
 
 // ChatML: <|im_start|>role\ncontent<|im_end|>\n per message. A default system
 // message is added first when the first message is not "system" and the

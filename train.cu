@@ -10,7 +10,7 @@
 // finish (adapter, merge).
 #include "adamw.h"                  // defines: AdamWConfig, AdamWState, LRSchedule, lr_at_step, clip_scale
 #include "eval/eval.h"              // defines: Embedder, eval_run_model, eval_summarize (--eval-answers)
-#include "formats/cli.h"            // defines: cli_option_value, cli_int, cli_float, cli_choice, cli_make_dirs
+#include "formats/cli.h"            // defines: cli_check_options, cli_option_value, cli_int, cli_float, cli_choice, cli_make_dirs
 #include "formats/tensor.h"         // defines: cpu_malloc, cpu_calloc
 #include "infer/adapter.h"          // defines: adapter_merge_peft (--eval-answers)
 #include "infer/merge.h"            // defines: merge_export (--merge)
@@ -124,7 +124,7 @@ static void usage(FILE *out) {
             "                      seeded order); each sample attends only to itself, positions restart per sample\n"
             "  --prompt-loss-weight W  loss weight of the non-answer tokens: 0 = the answer only, 1 = every token;\n"
             "                      the step's loss is divided by the sum of the weights (default %g)\n"
-            "  --lr LR             peak learning rate (default %g)\n"
+            "  --lr LR             peak learning rate, at most 1 (default %g)\n"
             "  --warmup W          warmup steps, or a fraction of the steps when < 1 (default %g)\n"
             "  --lr-min-frac F     cosine decay floor as a fraction of --lr (default %g)\n"
             "  --clip C            global gradient-norm clip, 0 = off (default %g)\n"
@@ -182,6 +182,9 @@ static const char *const VALUE_OPTIONS[] = {
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
     "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight", NULL};
 
+// Options that cannot go together: --val-frac holds a share of --data out only without --val-data.
+static const char *const CONFLICTS[] = {"--val-data", "--val-frac", NULL};
+
 // Every option value in its range, and the device there: else a one-line message, status 2.
 static void check_options(Options *o) {
     require(o->steps >= 1, "--steps must be at least 1");
@@ -195,7 +198,8 @@ static void check_options(Options *o) {
     require(o->stop_at >= 0, "--stop-at must be at least 0 (0: off)");
     require(o->early_stop >= 0, "--early-stop must be at least 0 (0: off)");
     require(o->eval_answers >= 0, "--eval-answers must be at least 0 (0: off)");
-    require(o->lr > 0, "--lr must be more than 0");
+    require(o->lr > 0 && o->lr <= 1, "--lr must be in (0, 1] (QLoRA's is usually 1e-4 to 1e-3; a larger one "
+                                     "diverges)");
     require(o->warmup >= 0, "--warmup must be at least 0");
     require(o->lr_min_frac >= 0 && o->lr_min_frac <= 1, "--lr-min-frac must be in [0, 1]");
     require(o->clip >= 0, "--clip must be at least 0 (0: off)");
@@ -234,6 +238,7 @@ static Options parse_args(int argc, char **argv) {
     const char *const bit_choices[] = {"0", "1", NULL};
     char err[256];
     int out_given = 0, steps_given = 0, epochs_given = 0, eval_every_given = 0;
+    if (cli_check_options(argc, argv, VALUE_OPTIONS, CONFLICTS, NULL, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }

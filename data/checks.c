@@ -7,12 +7,12 @@
 #include <string.h>
 
 const char *const DROP_REASON_NAMES[N_DROP_REASONS] = {
-    "invalid_json", "schema", "missing_value", "duplicate", "unknown_document", "too_long",
+    "invalid_json", "schema", "missing_value", "duplicate", "unknown_document", "too_long", "no_answer_tokens",
 };
 
 // The same names for people.
 static const char *const DROP_REASON_TEXT[N_DROP_REASONS] = {
-    "invalid JSON", "schema error", "missing value", "duplicate", "unknown document", "too long",
+    "invalid JSON", "schema error", "missing value", "duplicate", "unknown document", "too long", "no answer tokens",
 };
 
 void report_free(Report *r) {

@@ -21,10 +21,11 @@ typedef enum {
     DROP_DUPLICATE,         // the same question and answer as an earlier sample
     DROP_UNKNOWN_DOCUMENT,  // a question pointing at a document id that is not there
     DROP_TOO_LONG,          // longer than --max-seq (with --overlong drop, or when even the answer does not fit)
+    DROP_NO_ANSWER_TOKENS,  // an answer that encodes to no tokens (characters the vocabulary lacks): nothing to learn
     N_DROP_REASONS
 } DropReason;
 
-// "invalid_json", "schema", "missing_value", "duplicate", "unknown_document", "too_long"
+// "invalid_json", "schema", "missing_value", "duplicate", "unknown_document", "too_long", "no_answer_tokens"
 extern const char *const DROP_REASON_NAMES[N_DROP_REASONS];
 
 // The problems printed (and kept for report.json); the rest are only counted.

@@ -5,11 +5,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Why text (size bytes) cannot be read as JSON Lines although it may be fine
+// text: in UTF-16 or with CR-only line ends. NULL when it is neither.
+static const char *wrong_encoding(const char *text, size_t size) {
+    const unsigned char *u = (const unsigned char *)text;
+    if (size >= 2 && ((u[0] == 0xFF && u[1] == 0xFE) || (u[0] == 0xFE && u[1] == 0xFF)))
+        return "is in UTF-16 (it starts with a UTF-16 byte-order mark): save it as UTF-8";
+    if (size >= 2 && (u[0] == 0 || u[1] == 0))
+        return "looks like UTF-16 (NUL bytes in its first character): save it as UTF-8";
+    const char *cr = (const char *)memchr(text, '\r', size);
+    if (cr && !memchr(text, '\n', size) && cr + 1 < text + size)
+        return "ends its lines with CR alone (classic Mac line ends): save it with LF (or CRLF) line ends";
+    return NULL;
+}
+
 int jsonl_open(JsonlFile *f, const char *path, char *err, size_t err_size) {
     memset(f, 0, sizeof *f);
     f->path = path;
     f->text = read_file(path, &f->size, err, err_size);
     if (!f->text) return -1;
+    const char *why = wrong_encoding(f->text, f->size);
+    if (why) {
+        snprintf(err, err_size, "%s: %s", path, why);
+        jsonl_close(f);
+        return -1;
+    }
     // a UTF-8 byte-order mark (EF BB BF), as some editors write, is not part of the first line
     if (f->size >= 3 && memcmp(f->text, "\xEF\xBB\xBF", 3) == 0) f->next = 3;
     return 0;

@@ -23,7 +23,8 @@ typedef struct {
 } JsonlFile;
 
 // Reads path. Returns -1 with "PATH: what is wrong" in err when it cannot be
-// read. An empty file opens fine (jsonl_next then returns NULL at once).
+// read, or is in UTF-16 or has CR-only line ends (the message says so). An
+// empty file opens fine (jsonl_next then returns NULL at once).
 int jsonl_open(JsonlFile *f, const char *path, char *err, size_t err_size);
 void jsonl_close(JsonlFile *f);
 

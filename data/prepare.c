@@ -76,15 +76,6 @@ static void bad_usage(const char *message, const char *detail) {
     exit(2);
 }
 
-// A source option takes one path: a second one would silently replace the first.
-static const char *one_source(const char *flag, const char *earlier, const char *path) {
-    if (earlier) {
-        fprintf(stderr, "prepare: %s given twice (%s and %s): each source takes one path\n", flag, earlier, path);
-        exit(2);
-    }
-    return path;
-}
-
 // The options that take a value (to tell an unknown option from a missing value).
 static const char *const VALUE_OPTIONS[] = {
     "--input", "--docs", "--qa", "--debian-faq", "--out", "--model", "--overlong", "--no-oracle-answer",
@@ -94,6 +85,7 @@ static const char *const VALUE_OPTIONS[] = {
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     char err[256];
+    if (cli_check_options(argc, argv, VALUE_OPTIONS, NULL, NULL, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
@@ -102,10 +94,10 @@ static Options parse_args(int argc, char **argv) {
         const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
         if (!v) bad_usage(err, "");
         v = cli_text("prepare", f, v);
-        if (strcmp(f, "--input") == 0) o.input = one_source(f, o.input, v);
-        else if (strcmp(f, "--docs") == 0) o.docs = one_source(f, o.docs, v);
-        else if (strcmp(f, "--qa") == 0) o.qa = one_source(f, o.qa, v);
-        else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = one_source(f, o.faq_dir, v);
+        if (strcmp(f, "--input") == 0) o.input = v;
+        else if (strcmp(f, "--docs") == 0) o.docs = v;
+        else if (strcmp(f, "--qa") == 0) o.qa = v;
+        else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = v;
         else if (strcmp(f, "--out") == 0) o.out_dir = v;
         else if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;
@@ -225,6 +217,14 @@ static long count_labelled(const TokSample *s) {
     return n;
 }
 
+// The number of tokens text encodes to; -1 when memory runs out.
+static int count_tokens(const Tokenizer *t, const char *text) {
+    int *ids = NULL;
+    int n = tokenizer_encode(t, text, strlen(text), 0, &ids);
+    free(ids);
+    return n;
+}
+
 // The sample's documents as rendered with the byte budget doc_bytes (for ./evaluate). -1: out of memory.
 static int record_documents(const RaftSample *sample, size_t doc_bytes, TokSample *s) {
     s->n_documents = sample->n_documents;
@@ -253,6 +253,15 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
     for (int i = 0; i < samples->count && status == 0; i++) {
         const RaftSample *sample = &samples->samples[i];
         TokSample s = {NULL, NULL, 0, sample->oracle, 0, NULL};
+        char where[128];
+        snprintf(where, sizeof where, "sample %d (question \"%.60s\")", i + 1, sample->question);
+        int answer_tokens = count_tokens(t, sample->answer);
+        if (answer_tokens < 0) { status = -1; break; }
+        if (answer_tokens == 0) {
+            report_drop(r, DROP_NO_ANSWER_TOKENS, where, "the answer encodes to no tokens (characters the "
+                                                         "vocabulary lacks): nothing to learn");
+            continue;
+        }
         int full = 0, cut = 0;
         size_t doc_bytes = 0;
         s.n_tokens = raft_encode_fit(t, sample, truncate ? o->max_seq : INT_MAX, &s.ids, &s.targets, &full, &cut,
@@ -260,8 +269,7 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
         if (s.n_tokens < 0) { fprintf(stderr, "prepare: the tokenizer has no <|im_start|>/<|im_end|> tokens\n"); status = -1; break; }
         rendered[r->rendered.count++] = full;
         if (s.n_tokens == 0 || s.n_tokens > o->max_seq) {
-            char where[128], reason[128];
-            snprintf(where, sizeof where, "sample %d (question \"%.60s\")", i + 1, sample->question);
+            char reason[128];
             snprintf(reason, sizeof reason, "%d tokens, over --max-seq %d%s", full, o->max_seq,
                      truncate ? " even with empty documents" : "");
             report_drop(r, DROP_TOO_LONG, where, reason);

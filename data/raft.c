@@ -93,7 +93,12 @@ static int check_sample(const JsonValue *line, int *oracle, DropReason *why, cha
         return -1;
     const JsonValue *documents = json_get(line, "documents");
     const JsonValue *context = json_get(line, "context");
-    if (!documents && context) {
+    if (documents && context) {
+        snprintf(reason, reason_size, "both \"context\" and \"documents\": give one (\"context\" is one document, "
+                                      "\"documents\" a list with an \"oracle\")");
+        return -1;
+    }
+    if (context) {
         *oracle = 0;
         return check_text(context, "\"context\"", why, reason, reason_size);
     }

@@ -81,6 +81,48 @@ const char *cli_option_value(int argc, char **argv, int *i, const char *const *f
     return NULL;
 }
 
+// Whether option is one of the options in argv (a value is not an option).
+static int given(int argc, char **argv, const char *const *flags, const char *option) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], option) == 0) return 1;
+        if (is_flag(argv[i], strlen(argv[i]), flags)) i++;   // its value
+    }
+    return 0;
+}
+
+// The first option in argv given a second time, or NULL.
+static const char *repeated(int argc, char **argv, const char *const *flags) {
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "-", 1) != 0) continue;
+        for (int j = 1; j < i; j++) {
+            if (strcmp(argv[j], argv[i]) == 0) return argv[i];
+            if (is_flag(argv[j], strlen(argv[j]), flags)) j++;   // its value
+        }
+        if (is_flag(argv[i], strlen(argv[i]), flags)) i++;
+    }
+    return NULL;
+}
+
+int cli_check_options(int argc, char **argv, const char *const *flags, const char *const *conflicts,
+                      const char *const *needs, char *err, size_t err_size) {
+    const char *twice = repeated(argc, argv, flags);
+    if (twice) {
+        snprintf(err, err_size, "%s given twice (which one was meant?)", twice);
+        return -1;
+    }
+    for (int i = 0; conflicts && conflicts[i]; i += 2) {
+        if (!given(argc, argv, flags, conflicts[i]) || !given(argc, argv, flags, conflicts[i + 1])) continue;
+        snprintf(err, err_size, "%s and %s cannot go together: give one", conflicts[i], conflicts[i + 1]);
+        return -1;
+    }
+    for (int i = 0; needs && needs[i]; i += 2) {
+        if (!given(argc, argv, flags, needs[i]) || given(argc, argv, flags, needs[i + 1])) continue;
+        snprintf(err, err_size, "%s needs %s", needs[i], needs[i + 1]);
+        return -1;
+    }
+    return 0;
+}
+
 int cli_make_dirs(const char *path, char *err, size_t err_size) {
     char partial[4096];
     size_t len = strlen(path);

@@ -25,6 +25,16 @@ int cli_choice(const char *program, const char *flag, const char *value, const c
 // option with no value after it, or a missing value.
 const char *cli_option_value(int argc, char **argv, int *i, const char *const *flags, char *err, size_t err_size);
 
+// Checks the options in argv (argv[1..]; flags, NULL-terminated, are the ones
+// that take a value, which is skipped): each given at most once, no two of a
+// conflicting pair, and each option that needs another given with it.
+// conflicts and needs are NULL-terminated lists of pairs ({"--a", "--b", NULL}:
+// --a conflicts with, or needs, --b), or NULL for none. Returns -1 with err
+// naming the option(s) ("--lr given twice", "--prompt and --prompt-file
+// cannot go together", "--system needs --chat"), else 0.
+int cli_check_options(int argc, char **argv, const char *const *flags, const char *const *conflicts,
+                      const char *const *needs, char *err, size_t err_size);
+
 // mkdir -p: the folder path and any missing ones above it. Returns -1 with err
 // naming the folder and why when one cannot be made or path is not a folder.
 int cli_make_dirs(const char *path, char *err, size_t err_size);

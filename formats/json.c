@@ -2,6 +2,7 @@
 // node; strings are decoded (escapes, surrogate pairs) and must be valid UTF-8.
 // At the bottom, the JSON string writer.
 #include "formats/json.h"
+#include "formats/utf8.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,13 +23,20 @@ typedef struct {
     int failed;
 } Parser;
 
+// The line and column (from 1) of byte pos of the text.
+static void line_column(const Parser *p, size_t pos, size_t *line, size_t *column) {
+    *line = 1, *column = 1;
+    for (size_t i = 0; i < pos && i < p->len; i++) {
+        if (p->text[i] == '\n') { (*line)++; *column = 1; } else (*column)++;
+    }
+}
+
+// Records the first error, at the current position.
 static void fail(Parser *p, const char *what) {
     if (p->failed) return;
     p->failed = 1;
-    size_t line = 1, column = 1;
-    for (size_t i = 0; i < p->pos && i < p->len; i++) {
-        if (p->text[i] == '\n') { line++; column = 1; } else column++;
-    }
+    size_t line, column;
+    line_column(p, p->pos, &line, &column);
     snprintf(p->err, p->err_size, "line %zu, column %zu: %s", line, column, what);
 }
 
@@ -50,28 +58,6 @@ static int expect_word(Parser *p, const char *word) {
     }
     p->pos += n;
     return 1;
-}
-
-// Length of the valid UTF-8 sequence at s (max n bytes), or 0 if ill-formed.
-static int utf8_sequence_length(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    int len;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else return 0;
-    if ((size_t)len > n) return 0;
-    if (s[1] < lo || s[1] > hi) return 0;
-    for (int i = 2; i < len; i++) if (s[i] < 0x80 || s[i] > 0xBF) return 0;
-    return len;
 }
 
 static size_t encode_utf8(unsigned cp, char *out) {
@@ -161,11 +147,12 @@ static char *parse_string(Parser *p, size_t *out_len) {
             n += read_escape(p, out + n);
             continue;
         }
-        int seq = utf8_sequence_length((const unsigned char *)p->text + p->pos, p->len - p->pos);
-        if (seq == 0) { fail(p, "invalid UTF-8 inside string"); break; }
-        memcpy(out + n, p->text + p->pos, (size_t)seq);
-        n += (size_t)seq;
-        p->pos += (size_t)seq;
+        int valid;
+        size_t seq = utf8_sequence((const unsigned char *)p->text + p->pos, p->len - p->pos, &valid);
+        if (!valid) { fail(p, "invalid UTF-8 inside string"); break; }
+        memcpy(out + n, p->text + p->pos, seq);
+        n += seq;
+        p->pos += seq;
     }
     if (p->failed) { free(out); return NULL; }
     out[n] = '\0';
@@ -200,6 +187,7 @@ static void parse_number(Parser *p, JsonValue *v) {
 }
 
 static void parse_value(Parser *p, JsonValue *v);
+static void parse_members(Parser *p, JsonValue *v, size_t **key_pos);
 
 // Grows a vector of items (and keys for objects) to hold one more.
 static int grow(Parser *p, JsonValue *v, size_t *capacity, int with_keys) {
@@ -236,7 +224,57 @@ static void parse_array(Parser *p, JsonValue *v) {
     }
 }
 
+// An object member's name and where it starts in the text.
+typedef struct {
+    const char *key;
+    size_t pos;
+} KeyAt;
+
+// Orders by name, then by place in the text.
+static int by_key_then_pos(const void *a, const void *b) {
+    const KeyAt *x = (const KeyAt *)a, *y = (const KeyAt *)b;
+    int order = strcmp(x->key, y->key);
+    return order ? order : (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+// Fails at the first key (in the text) that repeats an earlier one: a member
+// given twice would mean two things (Python's json takes the last, we took
+// the first). Sorting keeps a 49152-entry vocabulary fast.
+static void check_unique_keys(Parser *p, const JsonValue *v, const size_t *key_pos) {
+    if (v->count < 2) return;
+    KeyAt *keys = (KeyAt *)malloc(v->count * sizeof(KeyAt));
+    if (!keys) { fail(p, "out of memory"); return; }
+    for (size_t i = 0; i < v->count; i++) keys[i] = (KeyAt){v->keys[i], key_pos[i]};
+    qsort(keys, v->count, sizeof(KeyAt), by_key_then_pos);
+    // the earliest repeat in the text and the first use of its key, as indices into keys
+    size_t repeat = 0, first = 0;
+    for (size_t start = 0, i = 1; i < v->count; i++) {
+        if (strcmp(keys[i].key, keys[start].key) != 0) { start = i; continue; }
+        if (i == start + 1 && (repeat == 0 || keys[i].pos < keys[repeat].pos)) repeat = i, first = start;
+    }
+    if (repeat) {
+        size_t line, column, repeat_line, repeat_column;
+        line_column(p, keys[first].pos, &line, &column);
+        line_column(p, keys[repeat].pos, &repeat_line, &repeat_column);
+        char what[320], at[64] = "";
+        if (line != repeat_line) snprintf(at, sizeof at, "line %zu, ", line);
+        snprintf(what, sizeof what, "duplicate key \"%.200s\" (first at %scolumn %zu)", keys[repeat].key, at, column);
+        p->pos = keys[repeat].pos;
+        fail(p, what);
+    }
+    free(keys);
+}
+
+// Parses an object (p at '{'); where each key starts is kept to name a repeat.
 static void parse_object(Parser *p, JsonValue *v) {
+    size_t *key_pos = NULL;
+    parse_members(p, v, &key_pos);
+    if (!p->failed) check_unique_keys(p, v, key_pos);
+    free(key_pos);
+}
+
+// The members of an object, with each key's start in (*key_pos)[i].
+static void parse_members(Parser *p, JsonValue *v, size_t **key_pos) {
     size_t capacity = 0;
     v->type = JSON_OBJECT;
     p->pos++;  // '{'
@@ -245,7 +283,14 @@ static void parse_object(Parser *p, JsonValue *v) {
     while (!p->failed) {
         skip_space(p);
         if (peek(p) != '"') { fail(p, "expected a string key in object"); return; }
+        size_t old_capacity = capacity;
         if (!grow(p, v, &capacity, 1)) return;
+        if (capacity != old_capacity) {
+            size_t *positions = (size_t *)realloc(*key_pos, capacity * sizeof(size_t));
+            if (!positions) { fail(p, "out of memory"); return; }
+            *key_pos = positions;
+        }
+        (*key_pos)[v->count] = p->pos;
         size_t key_len;
         char *key = parse_string(p, &key_len);
         if (!key) return;
@@ -394,13 +439,14 @@ void json_write_string_len(FILE *f, const char *text, size_t len) {
     const unsigned char *s = (const unsigned char *)text;
     fputc('"', f);
     for (size_t i = 0; i < len;) {
-        int seq = utf8_sequence_length(s + i, len - i);
+        int valid;
+        size_t seq = utf8_sequence(s + i, len - i, &valid);
         const char *escape = short_escape(s[i]);
-        if (seq == 0) fputs("\\ufffd", f);
+        if (!valid) fputs("\\ufffd", f);   // one per maximal ill-formed subpart, as HF's decode
         else if (escape) fputs(escape, f);
         else if (s[i] < 0x20) fprintf(f, "\\u%04x", s[i]);
-        else fwrite(s + i, 1, (size_t)seq, f);
-        i += seq ? (size_t)seq : 1;   // a byte that is not UTF-8 is replaced alone
+        else fwrite(s + i, 1, seq, f);
+        i += seq;
     }
     fputc('"', f);
 }

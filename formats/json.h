@@ -24,11 +24,12 @@ struct JsonValue {
 };
 
 // Parses len bytes of text. On error returns NULL and writes
-// "line L, column C: what is wrong" into err.
+// "line L, column C: what is wrong" into err. An object that names a member
+// twice is an error at the second (the data would mean two things).
 JsonValue *json_parse(const char *text, size_t len, char *err, size_t err_size);
 void json_free(JsonValue *value);
 
-// Member of an object by name (first match), or NULL.
+// Member of an object by name (names are unique), or NULL.
 const JsonValue *json_get(const JsonValue *object, const char *key);
 // Convenience lookups with a default when the member is missing or of another type.
 double json_get_number(const JsonValue *object, const char *key, double fallback);
@@ -42,9 +43,9 @@ char *read_file(const char *path, size_t *len, char *err, size_t err_size);
 JsonValue *json_parse_file(const char *path, char *err, size_t err_size);
 
 // Writes text as a quoted JSON string (RFC 8259): '"' and '\\' escaped, control
-// characters as \b \f \n \r \t or \u00XX, each byte that is not part of a UTF-8
-// character (a text cut mid-character, say) as \ufffd (JSON text is UTF-8),
-// everything else as it is.
+// characters as \b \f \n \r \t or \u00XX, bytes that are not UTF-8 (a text cut
+// mid-character, say) as \ufffd per maximal ill-formed subpart, as HF's decode
+// (JSON text is UTF-8), everything else as it is.
 void json_write_string(FILE *f, const char *text);
 // The same for len bytes, which may hold NUL bytes (written as \u0000).
 void json_write_string_len(FILE *f, const char *text, size_t len);

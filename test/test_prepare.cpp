@@ -944,7 +944,7 @@ TEST_CASE("prepare: length statistics (nearest rank), histogram and the JSON rep
     CHECK(json_get_number(json_get(json, "settings"), "max_seq", 0) == 90);
     CHECK(json_get(json, "histogram")->count == HISTOGRAM_BINS);
     CHECK(std::string(json_get(json, "problems_shown")->items[0].string) ==
-          "file.jsonl:3: a \"quoted\" reason, cut mid-character \xEF\xBF\xBD\xEF\xBF\xBD");
+          "file.jsonl:3: a \"quoted\" reason, cut mid-character \xEF\xBF\xBD");   // one U+FFFD, as HF's decode
     json_free(json);
     report_free(&r);
 }

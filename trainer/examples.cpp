@@ -311,8 +311,20 @@ static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok,
     return 0;
 }
 
+// -1 with a message naming path when more than half of set's samples have no
+// labelled token: such a set trains on next to nothing while the loss looks fine.
+static int check_labelled(const ExampleSet *set, const char *path) {
+    int unlabelled = 0;
+    for (int i = 0; i < set->count; i++) unlabelled += set->examples[i].n_answer == 0;
+    if (2 * unlabelled <= set->count) return 0;
+    fprintf(stderr, "train: %s: %d of %d samples have no labelled (answer) token: nothing to learn from them; "
+                    "run ./prepare again, which drops such samples\n", path, unlabelled, set->count);
+    return -1;
+}
+
 int examples_load(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train, ExampleSet *val, int *skipped) {
     *skipped = 0;
-    return examples_is_tokfile(src->data_path) ? load_tokfile_examples(src, tok, train, val, skipped)
-                                               : load_jsonl_examples(src, tok, train, val, skipped);
+    int status = examples_is_tokfile(src->data_path) ? load_tokfile_examples(src, tok, train, val, skipped)
+                                                     : load_jsonl_examples(src, tok, train, val, skipped);
+    return status == 0 ? check_labelled(train, src->data_path) : status;
 }
