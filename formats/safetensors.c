@@ -145,28 +145,6 @@ static int check_no_overlap(const SafetensorsFile *f, ByteRange *ranges, int n, 
     return 0;
 }
 
-static int compare_names(const void *a, const void *b) {
-    return strcmp(((const TensorInfo *)a)->name, ((const TensorInfo *)b)->name);
-}
-
-// JSON allows a key twice; a tensor name must appear once.
-static int check_unique_names(const SafetensorsFile *f, char *err, size_t err_size) {
-    int n = f->tensors.count;
-    TensorInfo *sorted = (TensorInfo *)malloc((size_t)(n ? n : 1) * sizeof *sorted);
-    if (!sorted) { snprintf(err, err_size, "%s: out of memory", f->path); return -1; }
-    memcpy(sorted, f->tensors.tensors, (size_t)n * sizeof *sorted);
-    qsort(sorted, (size_t)n, sizeof *sorted, compare_names);
-    int status = 0;
-    for (int i = 1; i < n && status == 0; i++) {
-        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
-            snprintf(err, err_size, "%s: tensor '%s': appears twice in the header", f->path, sorted[i].name);
-            status = -1;
-        }
-    }
-    free(sorted);
-    return status;
-}
-
 // Fills f->tensors from the parsed header; data begins at data_start.
 static int read_entries(SafetensorsFile *f, const JsonValue *header, size_t data_start, char *err,
                         size_t err_size) {
@@ -191,7 +169,6 @@ static int read_entries(SafetensorsFile *f, const JsonValue *header, size_t data
         ranges[n - 1].tensor = n - 1;
         t->data = data + ranges[n - 1].begin;
     }
-    if (status == 0) status = check_unique_names(f, err, err_size);
     if (status == 0) status = check_no_overlap(f, ranges, n, err, err_size);
     free(ranges);
     return status;

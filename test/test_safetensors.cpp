@@ -233,7 +233,7 @@ TEST_CASE("safetensors: broken files are refused with the path and the reason") 
          make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                    "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
                    data16),
-         "tensor 'a': appears twice"},
+         "duplicate key \"a\""},   // the JSON parser refuses a key given twice
         {"five dims", make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,4],\"data_offsets\":[0,16]}}", data16),
          "tensor 'w': \"shape\" must be an array of at most 4"},
         {"negative size", make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[-4],\"data_offsets\":[0,16]}}", data16),
