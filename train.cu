@@ -116,7 +116,7 @@ static void usage(FILE *out) {
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
             "  --epochs N          passes over the training samples; 0: use --steps (default %d; on a CPU, when\n"
             "                      neither --epochs nor --steps is given, a %d-step demo instead)\n"
-            "  --steps N           optimizer steps when --epochs is 0 (default %d)\n"
+            "  --steps N           optimizer steps, the run's length instead of --epochs (default %d)\n"
             "  --batch N           sequences per micro-batch (default %d)\n"
             "  --grad-accum N      micro-batches per optimizer step (default %d)\n"
             "  --seq N             max tokens per sample; longer ones are skipped and counted (default %d)\n"
@@ -287,6 +287,10 @@ static Options parse_args(int argc, char **argv) {
     }
     check_options(&o);
     if (o.resume_dir && !out_given) o.out_dir = o.resume_dir;   // a resumed run goes on in its own folder
+    if (steps_given && epochs_given && o.epochs > 0) {
+        fprintf(stderr, "train: --steps and --epochs both set the run's length: give one (or --epochs 0)\n");
+        exit(2);
+    }
     if (steps_given && !epochs_given) o.epochs = 0;             // --steps alone sets the length
     if (!steps_given && !epochs_given && strcmp(o.device, "cpu") == 0) use_cpu_demo(&o, eval_every_given);
     return o;

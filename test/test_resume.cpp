@@ -162,6 +162,7 @@ TEST_CASE("train: a bad option value is refused with one line naming the option"
         {"--eval-answers -1", "train: --eval-answers must be at least 0"},
         {"--gpu-mem 0", "train: --gpu-mem must be more than 0"},
         {"--batch 0", "train: --batch must be at least 1"},
+        {"--epochs 2", "train: --steps and --epochs both set the run's length: give one (or --epochs 0)"},
         {"--data ''", "train: --data expects a value, got ''"},
         {"--rank 193", "train: --rank 193 is more than 192, the smallest dimension of the adapted matrices"},
         {"--warmup 5", "train: --warmup 5 steps is more than the run's 1 steps"},
