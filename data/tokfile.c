@@ -30,14 +30,15 @@ static uint64_t get_u64(const unsigned char *in) {
     return x;
 }
 
-// FNV-1a, 64-bit: h = (h xor byte) * 1099511628211 for every byte
+// FNV-1a, 64-bit: from h = 14695981039346656037, h = (h xor byte) * 1099511628211 for every byte
+static const uint64_t FNV_OFFSET_BASIS = 14695981039346656037ULL;
 static uint64_t fnv1a(uint64_t h, const unsigned char *bytes, size_t n) {
     for (size_t i = 0; i < n; i++) h = (h ^ bytes[i]) * 1099511628211ULL;
     return h;
 }
 
 uint64_t tokenizer_id(const Tokenizer *t) {
-    uint64_t h = 14695981039346656037ULL;
+    uint64_t h = FNV_OFFSET_BASIS;
     for (int id = 0; id < tokenizer_vocab_size(t); id++) {
         size_t len = 0;
         const char *bytes = tokenizer_token_bytes(t, id, &len);
@@ -82,11 +83,8 @@ static int write_sample(FILE *f, const TokSample *s) {
     return 0;
 }
 
-// The sample count (u64), then every sample's bytes, hashed on into h.
-static uint64_t hash_samples(uint64_t h, const TokSample *samples, long n) {
-    unsigned char count[8];
-    put_u64(count, (uint64_t)n);
-    h = fnv1a(h, count, sizeof count);
+// Every sample's bytes as written, one after another, hashed on into h.
+static uint64_t hash_sample_bytes(uint64_t h, const TokSample *samples, long n) {
     for (long i = 0; i < n; i++) {
         size_t size;
         unsigned char *bytes = sample_bytes(&samples[i], &size);
@@ -97,8 +95,15 @@ static uint64_t hash_samples(uint64_t h, const TokSample *samples, long n) {
     return h;
 }
 
+// The sample count (u64), then every sample's bytes, hashed on into h.
+static uint64_t hash_samples(uint64_t h, const TokSample *samples, long n) {
+    unsigned char count[8];
+    put_u64(count, (uint64_t)n);
+    return hash_sample_bytes(fnv1a(h, count, sizeof count), samples, n);
+}
+
 uint64_t tokfile_set_id(const TokSample *train, long n_train, const TokSample *val, long n_val) {
-    return hash_samples(hash_samples(14695981039346656037ULL, train, n_train), val, n_val);
+    return hash_samples(hash_samples(FNV_OFFSET_BASIS, train, n_train), val, n_val);
 }
 
 int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, const TokSample *samples, long n,
@@ -122,6 +127,8 @@ int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, c
     put_u64(header + 32, n_tokens);
     put_u64(header + 40, n_labelled);
     put_u64(header + 48, set_id);
+    // the checksum: FNV-1a of every byte after the header
+    put_u64(header + 56, hash_sample_bytes(FNV_OFFSET_BASIS, samples, n));
     FILE *f = atomic_file_open(file, path, err, err_size);
     if (!f) return -1;
     fwrite(header, 1, sizeof header, f);
@@ -172,6 +179,12 @@ static int read_header(TokFile *f, const unsigned char *data, size_t size, const
     f->tokenizer_id = get_u64(data + 16);
     *n_samples = get_u64(data + 24);
     f->set_id = get_u64(data + 48);
+    uint64_t checksum = fnv1a(FNV_OFFSET_BASIS, data + TOKFILE_HEADER_BYTES, size - TOKFILE_HEADER_BYTES);
+    if (checksum != get_u64(data + 56)) {
+        snprintf(err, err_size, "%s: the samples do not match the file's checksum (the file was damaged or changed "
+                                "after ./prepare wrote it); run ./prepare again", path);
+        return -1;
+    }
     if (t && (f->vocab_size != (uint32_t)tokenizer_vocab_size(t) || f->tokenizer_id != tokenizer_id(t))) {
         snprintf(err, err_size,
                  "%s: made with a different tokenizer (vocabulary of %u tokens, id %016llx) than this model's "

@@ -13,7 +13,8 @@
 //   40      8     u64 number of labelled positions (targets that are not -100)
 //   48      8     u64 set id: the same in the train.bin and val.bin (and
 //                     report.json) of one ./prepare run (tokfile_set_id)
-//   56            the samples, one after another, each:
+//   56      8     u64 checksum: FNV-1a (64-bit) of every byte after the header
+//   64            the samples, one after another, each:
 //                   u32  n             tokens in the sample (at least 1)
 //                   i32  ids[n]        token ids, each in [0, vocabulary size)
 //                   i32  targets[n]    targets[t] = ids[t + 1] when token t + 1 is
@@ -30,8 +31,10 @@
 // samples and check an answer against its documents: the prompt's text is
 // "[1] DOC\n[2] DOC\n...\n\nQuestion: ..." (raft_encode), and doc_bytes says
 // where each document ends. The set id (version 3) lets ./train refuse a
-// train.bin beside a val.bin of another run of ./prepare. Files of older
-// versions are refused, with a message to run ./prepare again.
+// train.bin beside a val.bin of another run of ./prepare; the checksum, a
+// file whose samples changed after it was written (a flipped bit in a token id
+// would otherwise be trained on). Files of older versions are refused, with a
+// message to run ./prepare again.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -44,7 +47,7 @@ extern "C" {
 
 #define TOKFILE_MAGIC "QLORATOK"
 #define TOKFILE_VERSION 3
-#define TOKFILE_HEADER_BYTES 56
+#define TOKFILE_HEADER_BYTES 64
 
 typedef struct {
     int *ids;              // [n_tokens]

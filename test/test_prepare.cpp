@@ -533,6 +533,14 @@ uint32_t little_u32(const std::string &bytes, size_t at) {
     return x;
 }
 
+// bytes with the header's checksum (FNV-1a of everything after the header) made to match.
+static std::string with_checksum(std::string bytes) {
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = TOKFILE_HEADER_BYTES; i < bytes.size(); i++) h = (h ^ (unsigned char)bytes[i]) * 1099511628211ULL;
+    for (int k = 0; k < 8; k++) bytes[56 + k] = (char)(h >> (8 * k));
+    return bytes;
+}
+
 }  // namespace
 
 TEST_CASE("prepare: the token file reads back what was written, in the documented layout") {
@@ -552,13 +560,14 @@ TEST_CASE("prepare: the token file reads back what was written, in the documente
     CHECK(little_u32(bytes, 32) == 18);
     CHECK(little_u32(bytes, 40) == 6);
     CHECK(little_u32(bytes, 48) == 0);   // the set id given
-    CHECK(little_u32(bytes, 56) == 5);   // the first sample: its count, ids, targets
-    CHECK(little_u32(bytes, 60) == 1);
-    CHECK(little_u32(bytes, 60 + 4 * 5) == (uint32_t)IGNORE_TARGET);
-    CHECK(little_u32(bytes, 60 + 8 * 5) == 0xFFFFFFFFu);   // oracle -1
-    CHECK(little_u32(bytes, 64 + 8 * 5) == 2);
-    CHECK(little_u32(bytes, 68 + 8 * 5) == 70);
-    CHECK(little_u32(bytes, 72 + 8 * 5) == 9);
+    CHECK(with_checksum(bytes) == bytes);   // the checksum: FNV-1a of everything after the header
+    CHECK(little_u32(bytes, 64) == 5);   // the first sample: its count, ids, targets
+    CHECK(little_u32(bytes, 68) == 1);
+    CHECK(little_u32(bytes, 68 + 4 * 5) == (uint32_t)IGNORE_TARGET);
+    CHECK(little_u32(bytes, 68 + 8 * 5) == 0xFFFFFFFFu);   // oracle -1
+    CHECK(little_u32(bytes, 72 + 8 * 5) == 2);
+    CHECK(little_u32(bytes, 76 + 8 * 5) == 70);
+    CHECK(little_u32(bytes, 80 + 8 * 5) == 9);
 
     TokFile file;
     REQUIRE_MESSAGE(tokfile_read(&file, path.c_str(), tokenizer(), err, sizeof err) == 0, err);
@@ -604,12 +613,22 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
         CHECK_MESSAGE(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1, "length ", len);
         CHECK(std::string(err).find(bad + ":") == 0);
     }
-    write_file(bad, bytes + "x");
+    // a flipped bit anywhere in the samples: the checksum no longer matches
+    for (size_t at = TOKFILE_HEADER_BYTES; at < bytes.size(); at += 7) {
+        std::string flipped = bytes;
+        flipped[at] ^= 0x01;
+        write_file(bad, flipped);
+        CHECK_MESSAGE(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1, "sample byte ", at);
+        CHECK_MESSAGE(std::string(err).find("the samples do not match the file's checksum") != std::string::npos, err);
+    }
+    // the checks behind the checksum, on files whose checksum was made to match
+    write_file(bad, with_checksum(bytes + "x"));
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("bytes after the last sample") != std::string::npos);
     // every header byte matters: magic, version, vocabulary, tokenizer id, counts (not the set
-    // id, which ./train compares between train.bin and val.bin)
-    for (size_t at = 0; at < 48; at++) {
+    // id, which ./train compares between train.bin and val.bin), checksum
+    for (size_t at = 0; at < TOKFILE_HEADER_BYTES; at++) {
+        if (at >= 48 && at < 56) continue;
         std::string flipped = bytes;
         flipped[at] ^= 0x10;
         write_file(bad, flipped);
@@ -617,20 +636,20 @@ TEST_CASE("prepare: a truncated or corrupted token file, or one of another token
     }
     // an id outside the vocabulary, a target that is not the next token
     std::string wrong = bytes;
-    wrong[60 + 3] = 0x7F;
-    write_file(bad, wrong);
+    wrong[68 + 3] = 0x7F;
+    write_file(bad, with_checksum(wrong));
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("outside the vocabulary") != std::string::npos);
     wrong = bytes;
-    wrong[60 + 4 * 5 + 4 * 2] = 9;
-    write_file(bad, wrong);
+    wrong[68 + 4 * 5 + 4 * 2] = 9;
+    write_file(bad, with_checksum(wrong));
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("neither -100 nor the next token") != std::string::npos);
     // an oracle outside the sample's documents
     wrong = bytes;
-    wrong[60 + 8 * 5] = 2;
-    for (int i = 1; i < 4; i++) wrong[60 + 8 * 5 + i] = 0;
-    write_file(bad, wrong);
+    wrong[68 + 8 * 5] = 2;
+    for (int i = 1; i < 4; i++) wrong[68 + 8 * 5 + i] = 0;
+    write_file(bad, with_checksum(wrong));
     CHECK(tokfile_read(&file, bad.c_str(), tokenizer(), err, sizeof err) == -1);
     CHECK(std::string(err).find("sample 1: oracle 2 is neither -1 nor one of its 2 documents") != std::string::npos);
     // a version 2 file (before the set id): refused, ./prepare named
