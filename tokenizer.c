@@ -30,6 +30,7 @@
 #include <utf8proc.h>
 
 #include "formats/json.h"
+#include "formats/hash.h"
 #include "formats/utf8.h"
 
 // The default system message of SmolLM2's chat template.
@@ -111,11 +112,7 @@ static size_t table_size_for(size_t entries) {
     return n;
 }
 
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 1469598103934665603ull;   // FNV-1a
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
+static uint64_t hash_bytes(const char *s, size_t len) { return fnv1a(FNV1A_OFFSET_BASIS, s, len); }
 
 static uint64_t hash_pair(uint64_t pair) {
     pair ^= pair >> 31;

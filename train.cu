@@ -20,6 +20,7 @@
 #include "ops/cross_entropy.h"      // defines: lm_head_chunk_tokens_default (--plan)
 #include "ops/gpu.h"                // defines: gpu_available, gpu_device_name
 #include "data/tokfile.h"           // defines: tokenizer_id (the run's identity)
+#include "formats/hash.h"           // defines: fnv1a (the run's identity)
 #include "trainer/checkpoint.h"     // defines: TrainProgress, checkpoint_save, checkpoint_load
 #include "trainer/engine.h"         // defines: Engine (CPU or GPU), EngineOptions, engine_cpu_init, engine_gpu_init
 #include "trainer/examples.h"       // defines: ExampleSet, examples_load, examples_batch, examples_shuffle
@@ -399,28 +400,13 @@ static int remove_earlier_run(const Options *o) {
 
 // ---- the run's identity: what a resume must match ---------------------------------------
 
-static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
-
-// FNV-1a over 64-bit little-endian words (then the bytes left over), continuing from h.
-static uint64_t hash_words(uint64_t h, const void *data, size_t bytes) {
-    const unsigned char *p = (const unsigned char *)data;
-    size_t words = bytes / 8;
-    for (size_t i = 0; i < words; i++) {
-        uint64_t word;
-        memcpy(&word, p + 8 * i, 8);
-        h = (h ^ word) * FNV_PRIME;
-    }
-    for (size_t i = 8 * words; i < bytes; i++) h = (h ^ p[i]) * FNV_PRIME;
-    return h;
-}
-
-// The hash of a file's bytes (hash_words, read in chunks of whole words). Returns 0, or -1 (message printed).
+// The FNV-1a hash of a file's bytes, read in chunks. Returns 0, or -1 (message printed).
 static int hash_file(const char *path, uint64_t *hash) {
     FILE *f = fopen(path, "rb");
     if (!f) { fprintf(stderr, "train: %s: cannot open: %s\n", path, strerror(errno)); return -1; }
     static unsigned char chunk[1 << 16];
-    *hash = FNV_OFFSET;
-    for (size_t n; (n = fread(chunk, 1, sizeof chunk, f)) > 0;) *hash = hash_words(*hash, chunk, n);
+    *hash = FNV1A_OFFSET_BASIS;
+    for (size_t n; (n = fread(chunk, 1, sizeof chunk, f)) > 0;) *hash = fnv1a(*hash, chunk, n);
     int failed = ferror(f);
     fclose(f);
     if (failed) fprintf(stderr, "train: %s: cannot read\n", path);
@@ -523,7 +509,7 @@ static int load_model(Run *r) {
     char err[1024];
     if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
-    r->model_hash = hash_words(FNV_OFFSET, r->model.storage, sizeof(float) * r->model.storage_floats);
+    r->model_hash = fnv1a(FNV1A_OFFSET_BASIS, r->model.storage, sizeof(float) * r->model.storage_floats);
     const Config *c = &r->model.config;
     if (o->max_seq > c->max_seq_len) {
         printf("data: --seq %d is more than the model's context of %d tokens: using %d\n", o->max_seq, c->max_seq_len,

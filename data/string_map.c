@@ -1,15 +1,11 @@
 // data/string_map.c: string -> int map with linear probing (see string_map.h).
 #include "data/string_map.h"
+#include "formats/hash.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-// FNV-1a, 64-bit: h = (h xor byte) * 1099511628211 for every byte
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
-}
+static uint64_t hash_bytes(const char *s, size_t len) { return fnv1a(FNV1A_OFFSET_BASIS, s, len); }
 
 void string_map_free(StringMap *map) {
     for (size_t i = 0; i < map->capacity; i++) free(map->keys[i]);

@@ -4,6 +4,7 @@
 #include "formats/json.h"
 #include "data/raft.h"
 #include "formats/atomic_file.h"
+#include "formats/hash.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -30,15 +31,9 @@ static uint64_t get_u64(const unsigned char *in) {
     return x;
 }
 
-// FNV-1a, 64-bit: from h = 14695981039346656037, h = (h xor byte) * 1099511628211 for every byte
-static const uint64_t FNV_OFFSET_BASIS = 14695981039346656037ULL;
-static uint64_t fnv1a(uint64_t h, const unsigned char *bytes, size_t n) {
-    for (size_t i = 0; i < n; i++) h = (h ^ bytes[i]) * 1099511628211ULL;
-    return h;
-}
 
 uint64_t tokenizer_id(const Tokenizer *t) {
-    uint64_t h = FNV_OFFSET_BASIS;
+    uint64_t h = FNV1A_OFFSET_BASIS;
     for (int id = 0; id < tokenizer_vocab_size(t); id++) {
         size_t len = 0;
         const char *bytes = tokenizer_token_bytes(t, id, &len);
@@ -103,7 +98,7 @@ static uint64_t hash_samples(uint64_t h, const TokSample *samples, long n) {
 }
 
 uint64_t tokfile_set_id(const TokSample *train, long n_train, const TokSample *val, long n_val) {
-    return hash_samples(hash_samples(FNV_OFFSET_BASIS, train, n_train), val, n_val);
+    return hash_samples(hash_samples(FNV1A_OFFSET_BASIS, train, n_train), val, n_val);
 }
 
 int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, const TokSample *samples, long n,
@@ -128,7 +123,7 @@ int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, c
     put_u64(header + 40, n_labelled);
     put_u64(header + 48, set_id);
     // the checksum: FNV-1a of every byte after the header
-    put_u64(header + 56, hash_sample_bytes(FNV_OFFSET_BASIS, samples, n));
+    put_u64(header + 56, hash_sample_bytes(FNV1A_OFFSET_BASIS, samples, n));
     FILE *f = atomic_file_open(file, path, err, err_size);
     if (!f) return -1;
     fwrite(header, 1, sizeof header, f);
@@ -179,7 +174,7 @@ static int read_header(TokFile *f, const unsigned char *data, size_t size, const
     f->tokenizer_id = get_u64(data + 16);
     *n_samples = get_u64(data + 24);
     f->set_id = get_u64(data + 48);
-    uint64_t checksum = fnv1a(FNV_OFFSET_BASIS, data + TOKFILE_HEADER_BYTES, size - TOKFILE_HEADER_BYTES);
+    uint64_t checksum = fnv1a(FNV1A_OFFSET_BASIS, data + TOKFILE_HEADER_BYTES, size - TOKFILE_HEADER_BYTES);
     if (checksum != get_u64(data + 56)) {
         snprintf(err, err_size, "%s: the samples do not match the file's checksum (the file was damaged or changed "
                                 "after ./prepare wrote it); run ./prepare again", path);

@@ -34,6 +34,7 @@
 #include <utf8proc.h>
 
 #include "formats/json.h"
+#include "formats/hash.h"
 
 // Words longer than this many characters are [UNK] (HF's max_input_chars_per_word).
 #define MAX_WORD_CHARS 100
@@ -57,12 +58,7 @@ struct WordPiece {
 
 // ---------------------------------------------------------------- the vocabulary
 
-// FNV-1a, 64 bits.
-static uint64_t hash_bytes(const char *s, size_t len) {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
+static uint64_t hash_bytes(const char *s, size_t len) { return fnv1a(FNV1A_OFFSET_BASIS, s, len); }
 
 // The id of the token spelled by len bytes at s, or -1.
 static int lookup(const WordPiece *t, const char *s, size_t len) {

@@ -1,6 +1,7 @@
 // trainer/checkpoint.cpp: saving and loading training state (see trainer/checkpoint.h).
 #include "trainer/checkpoint.h"
 #include "formats/atomic_file.h"
+#include "formats/hash.h"
 #include "formats/tensor.h"
 
 #include <errno.h>
@@ -12,7 +13,6 @@
 // Every version's magic is "QLORACK" and its number; this build writes and reads version 5.
 static const int VERSION = 5;
 static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '0' + VERSION};
-static const uint64_t FNV_OFFSET = 14695981039346656037ULL, FNV_PRIME = 1099511628211ULL;
 
 // The fixed-size part of the file, after the magic: 64-bit fields first, so
 // that the struct has no padding and the file no unwritten bytes.
@@ -33,11 +33,7 @@ typedef struct {
     uint64_t hash;
 } Stream;
 
-// hash = (hash ^ byte) * FNV_PRIME for each byte
-static void hash_bytes(Stream *s, const void *data, size_t bytes) {
-    const unsigned char *p = (const unsigned char *)data;
-    for (size_t i = 0; i < bytes; i++) s->hash = (s->hash ^ p[i]) * FNV_PRIME;
-}
+static void hash_bytes(Stream *s, const void *data, size_t bytes) { s->hash = fnv1a(s->hash, data, bytes); }
 
 static int write_all(Stream *s, const void *data, size_t bytes) {
     hash_bytes(s, data, bytes);
@@ -75,7 +71,7 @@ int checkpoint_save(const char *path, const char *identity, const LoraSet *set, 
     Header h = header_of(set, adam, progress);
     size_t state_bytes = sizeof(float) * set->n_params;
     uint64_t identity_bytes = strlen(identity);
-    Stream s = {file.f, FNV_OFFSET};
+    Stream s = {file.f, FNV1A_OFFSET_BASIS};
     int failed = write_all(&s, MAGIC, sizeof MAGIC) || write_all(&s, &h, sizeof h) ||
                  write_all(&s, &identity_bytes, sizeof identity_bytes) || write_all(&s, identity, identity_bytes) ||
                  write_all(&s, progress->order, sizeof(int) * progress->n_order) ||
@@ -107,7 +103,7 @@ static int checksum_matches(FILE *f) {
     long size = ftell(f);
     rewind(f);
     if (size < 8) return 0;
-    Stream s = {f, FNV_OFFSET};
+    Stream s = {f, FNV1A_OFFSET_BASIS};
     unsigned char chunk[65536];
     for (long left = size - 8; left > 0;) {
         size_t bytes = left < (long)sizeof chunk ? (size_t)left : sizeof chunk;
@@ -265,7 +261,7 @@ int checkpoint_load(const char *path, const char *identity, LoraSet *set, AdamWS
                     size_t err_size) {
     FILE *f = fopen(path, "rb");
     if (!f) { snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno)); return -1; }
-    Stream s = {f, FNV_OFFSET};
+    Stream s = {f, FNV1A_OFFSET_BASIS};
     Header h;
     char *saved_identity = NULL;
     int refused = read_header(&s, path, &h, err, err_size) != 0 ||
