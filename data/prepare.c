@@ -24,14 +24,14 @@
 #include <sys/stat.h>
 
 typedef struct {
-    const char *input, *docs, *qa, *faq_dir, *out_dir, *model_path, *overlong;
+    const char *input, *docs, *qa, *faq_dir, *faq_lang, *out_dir, *model_path, *overlong;
     const char *no_oracle_answer, *no_oracle_answer_ko;
     int distractors, max_seq, seed, strict, faq_answer_tokens, val_min;
     double no_oracle, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
-    NULL, NULL, NULL, NULL, "out/data", DEFAULT_MODEL, "truncate",
+    NULL, NULL, NULL, NULL, "both", "out/data", DEFAULT_MODEL, "truncate",
     RAFT_NO_ORACLE_ANSWER_EN, RAFT_NO_ORACLE_ANSWER_KO,
     3, 2048, 1234, 0, 48, 30,
     0.2, 0.1,
@@ -49,6 +49,8 @@ static void usage(FILE *out) {
             "  --docs PATH --qa PATH    documents {\"id\", \"text\", \"title\" (optional)} and questions\n"
             "                           {\"question\", \"answer\", \"doc\": id}, JSONL; RAFT samples are built from them\n"
             "  --debian-faq DIR         the Debian FAQ unpacked into DIR (dev/fetch/fetch_faq.sh), English and Korean\n"
+            "  --faq-lang L             which of the FAQ to read: en, ko or both (default %s); the sections the\n"
+            "                           Korean FAQ leaves untranslated are English and come with ko\n"
             "Options:\n"
             "  --out DIR                where the files go (default %s)\n"
             "  --model PATH             the model whose tokenizer renders the samples (default %s)\n"
@@ -66,7 +68,7 @@ static void usage(FILE *out) {
             "  --strict                 stop at the first bad line instead of skipping and counting it\n"
             "  --faq-answer-tokens N    FAQ answers: the section's first sentences, at most N tokens (default %d)\n"
             "  -h, --help               this help\n",
-            d->out_dir, d->model_path, d->distractors, d->no_oracle, d->no_oracle_answer, d->no_oracle_answer_ko,
+            d->faq_lang, d->out_dir, d->model_path, d->distractors, d->no_oracle, d->no_oracle_answer, d->no_oracle_answer_ko,
             d->max_seq, d->overlong, d->val_frac, d->val_min, d->seed, d->faq_answer_tokens);
 }
 
@@ -78,7 +80,7 @@ static void bad_usage(const char *message, const char *detail) {
 
 // The options that take a value (to tell an unknown option from a missing value).
 static const char *const VALUE_OPTIONS[] = {
-    "--input", "--docs", "--qa", "--debian-faq", "--out", "--model", "--overlong", "--no-oracle-answer",
+    "--input", "--docs", "--qa", "--debian-faq", "--faq-lang", "--out", "--model", "--overlong", "--no-oracle-answer",
     "--no-oracle-answer-ko", "--distractors", "--max-seq", "--seed", "--faq-answer-tokens", "--no-oracle",
     "--val-frac", "--val-min", NULL};
 
@@ -98,6 +100,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--docs") == 0) o.docs = v;
         else if (strcmp(f, "--qa") == 0) o.qa = v;
         else if (strcmp(f, "--debian-faq") == 0) o.faq_dir = v;
+        else if (strcmp(f, "--faq-lang") == 0) o.faq_lang = v;
         else if (strcmp(f, "--out") == 0) o.out_dir = v;
         else if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;
@@ -120,6 +123,9 @@ static Options parse_args(int argc, char **argv) {
     if (o.no_oracle < 0 || o.no_oracle > 1) bad_usage("--no-oracle must be in [0, 1]", "");
     if (o.val_frac < 0 || o.val_frac >= 1) bad_usage("--val-frac must be in [0, 1)", "");
     if (o.val_min < 0) bad_usage("--val-min must be at least 0", "");
+    if (strcmp(o.faq_lang, "en") != 0 && strcmp(o.faq_lang, "ko") != 0 && strcmp(o.faq_lang, "both") != 0)
+        bad_usage("--faq-lang expects en, ko or both, got ", o.faq_lang);
+    if (strcmp(o.faq_lang, "both") != 0 && !o.faq_dir) bad_usage("--faq-lang goes with --debian-faq", "");
     if (strcmp(o.overlong, "truncate") != 0 && strcmp(o.overlong, "drop") != 0)
         bad_usage("--overlong expects truncate or drop, got ", o.overlong);
     return o;
@@ -177,6 +183,7 @@ static int read_sources(const Options *o, const Tokenizer *t, Report *r, RaftDat
     // the FAQ in each language is its own collection: distractors come from the same language
     const char *languages[2] = {"en", "ko"};
     for (int i = 0; i < 2 && o->faq_dir; i++) {
+        if (strcmp(o->faq_lang, "both") != 0 && strcmp(o->faq_lang, languages[i]) != 0) continue;
         Collection c = {0};
         int status = faq_read(&c, r, o->faq_dir, languages[i], t, o->faq_answer_tokens, err, sizeof err);
         if (status != 0) fprintf(stderr, "prepare: %s\n", err);

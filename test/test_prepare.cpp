@@ -884,6 +884,11 @@ TEST_CASE("prepare: ./prepare on the example data, English and Korean, through t
     CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --out expects a value, got ''") != std::string::npos);
     CHECK(system(("./prepare --input data/sample_raft.jsonl --input data/example/qa.jsonl --out " + dir.path + "/e" + quiet).c_str()) != 0);
     CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --input given twice") != std::string::npos);
+    // --faq-lang picks the FAQ's languages, so it needs the FAQ and one of en, ko, both
+    CHECK(system(("./prepare --input data/sample_raft.jsonl --faq-lang ko --out " + dir.path + "/f" + quiet).c_str()) != 0);
+    CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --faq-lang goes with --debian-faq") != std::string::npos);
+    CHECK(system(("./prepare --debian-faq data/faq/debian-faq --faq-lang fr --out " + dir.path + "/f" + quiet).c_str()) != 0);
+    CHECK(read_bytes(dir.path + "/log.txt").find("prepare: --faq-lang expects en, ko or both, got fr") != std::string::npos);
     CHECK(system(("./prepare --help" + quiet).c_str()) == 0);
     CHECK(read_bytes(dir.path + "/log.txt").find("--max-seq N              tokens per sample at most (default 2048)") != std::string::npos);
 }
