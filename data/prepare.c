@@ -339,8 +339,9 @@ static long count_questions(const RaftData *samples, const unsigned char *is_val
 static int write_outputs(const Options *o, const Tokenizer *t, const TokSet *train, const TokSet *val, Report *r) {
     char path[4200], err[8192];
     if (cli_make_dirs(o->out_dir, err, sizeof err) != 0) { fprintf(stderr, "prepare: %s\n", err); return -1; }
-    // the three files are a set: every temp written first, then every one renamed;
-    // each carries the set id, so that a mix (a crash between the renames) is refused by ./train
+    // the three files are a set: every temp written first, then every one renamed, train.bin
+    // first; each carries the set id: a kill between the renames leaves temps that readers
+    // finish renaming (tokfile_finish_set), and a mix that is left anyway is refused by ./train
     r->set_id = tokfile_set_id(train->samples, train->count, val->samples, val->count);
     AtomicFile files[3];
     int written = 0, status = 0;

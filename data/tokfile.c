@@ -304,3 +304,60 @@ int tokfile_read(TokFile *f, const char *path, const Tokenizer *t, char *err, si
     if (status != 0) tokfile_free(f);
     return status;
 }
+
+// ---- finishing a set that a kill left half renamed --------------------------------
+
+// The set id in path's header, or 0 when path is not a complete token file.
+static uint64_t file_set_id(const char *path) {
+    TokFile f;
+    char err[512];
+    if (tokfile_read(&f, path, NULL, err, sizeof err) != 0) return 0;
+    uint64_t id = f.set_id;
+    tokfile_free(&f);
+    return id;
+}
+
+// The "set_id" of a report.json (16 hex digits), or 0 when it has none.
+static uint64_t report_set_id(const char *path) {
+    char err[512];
+    JsonValue *report = json_parse_file(path, err, sizeof err);
+    if (!report) return 0;
+    uint64_t id = strtoull(json_get_string(report, "set_id", "0"), NULL, 16);
+    json_free(report);
+    return id;
+}
+
+// Renames the temps of path (atomic_file_find_temps) that carry set id
+// `committed` over path. Returns how many it renamed, or -1 with the message in err.
+static int finish_file(const char *path, int is_report, uint64_t committed, char *err, size_t err_size) {
+    char **temps;
+    int count = atomic_file_find_temps(path, &temps), renamed = 0;
+    for (int i = 0; i < count; i++) {
+        uint64_t id = is_report ? report_set_id(temps[i]) : file_set_id(temps[i]);
+        // another run's temp (older, or killed before its renames) is not part of this set
+        if (id == committed && renamed >= 0) {
+            AtomicFile temp = {0};
+            snprintf(temp.path, sizeof temp.path, "%s", path);
+            snprintf(temp.temp_path, sizeof temp.temp_path, "%s", temps[i]);
+            renamed = atomic_file_rename(&temp, err, err_size) == 0 ? renamed + 1 : -1;
+        }
+        free(temps[i]);
+    }
+    free(temps);
+    return renamed;
+}
+
+int tokfile_finish_set(const char *path, char *err, size_t err_size) {
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    if (strcmp(name, "train.bin") != 0 && strcmp(name, "val.bin") != 0) return 0;
+    char dir[ATOMIC_FILE_PATH_MAX], file[ATOMIC_FILE_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    snprintf(file, sizeof file, "%s/train.bin", dir);
+    uint64_t committed = file_set_id(file);
+    if (!committed) return 0;   // no set yet, or a damaged train.bin: its reader says so
+    snprintf(file, sizeof file, "%s/val.bin", dir);
+    int val = finish_file(file, 0, committed, err, err_size);
+    snprintf(file, sizeof file, "%s/report.json", dir);
+    int report = val < 0 ? -1 : finish_file(file, 1, committed, err, err_size);
+    return report < 0 ? -1 : val + report;
+}

@@ -86,6 +86,15 @@ int tokfile_write(const char *path, const Tokenizer *t, const TokSample *samples
 int tokfile_write_temp(AtomicFile *file, const char *path, const Tokenizer *t, const TokSample *samples, long n,
                        uint64_t set_id, char *err, size_t err_size);
 
+// ./prepare renames train.bin first, then val.bin and report.json: once
+// train.bin is renamed, the set is the new one. A kill before the last rename
+// leaves the others in their temps (NAME.tmp.PID, each complete: every temp is
+// closed and fsynced before the first rename). This finishes such a set: each val.bin or report.json temp carrying train.bin's set id is renamed
+// over its file, so that readers see the old set or the new one, never a mix.
+// path: the train.bin or val.bin about to be read (another name: nothing to
+// do). Returns how many it renamed, or -1 with the message in err.
+int tokfile_finish_set(const char *path, char *err, size_t err_size);
+
 // Reads and checks path (every field, every id and target, every oracle
 // index). When t is not
 // NULL, a file made with another tokenizer is refused. Returns -1 with

@@ -108,6 +108,9 @@ static EvalSample *alloc_samples(long available, int limit) {
 static EvalSample *load_tokfile(const char *path, const Tokenizer *tok, int limit, int *count, char *err,
                                 size_t err_size) {
     TokFile f;
+    int finished = tokfile_finish_set(path, err, err_size);
+    if (finished < 0) return NULL;
+    if (finished > 0) printf("data: %s: renamed %d file(s) a killed ./prepare left in their temps\n", path, finished);
     if (tokfile_read(&f, path, tok, err, err_size) != 0) return NULL;
     EvalSample *samples = alloc_samples(f.count, limit);
     int broken = 0;

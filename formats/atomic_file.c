@@ -1,8 +1,10 @@
 // formats/atomic_file.c: temp + fsync + rename (see formats/atomic_file.h).
 #include "formats/atomic_file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -81,4 +83,29 @@ int atomic_file_write(const char *path, const void *data, size_t bytes, char *er
     if (!atomic_file_open(&a, path, err, err_size)) return -1;
     if (bytes > 0) fwrite(data, 1, bytes, a.f);   // a short write sets ferror: commit reports it
     return atomic_file_commit(&a, err, err_size);
+}
+
+int atomic_file_find_temps(const char *path, char ***temps) {
+    char dir[ATOMIC_FILE_PATH_MAX], prefix[ATOMIC_FILE_PATH_MAX + 8];
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + 1 : 1, slash ? path : ".");
+    snprintf(prefix, sizeof prefix, "%s.tmp.", name);
+    *temps = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL) {
+        if (strncmp(entry->d_name, prefix, strlen(prefix)) != 0) continue;
+        char **bigger = (char **)realloc(*temps, sizeof(char *) * (size_t)(count + 1));
+        if (!bigger) break;
+        *temps = bigger;
+        size_t bytes = strlen(dir) + strlen(entry->d_name) + 2;
+        (*temps)[count] = (char *)malloc(bytes);
+        if (!(*temps)[count]) break;
+        snprintf((*temps)[count], bytes, "%s%s%s", dir, slash ? "" : "/", entry->d_name);
+        count++;
+    }
+    closedir(d);
+    return count;
 }

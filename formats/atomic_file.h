@@ -37,6 +37,10 @@ int atomic_file_rename(AtomicFile *a, char *err, size_t err_size);
 int atomic_file_commit(AtomicFile *a, char *err, size_t err_size);
 // Gives up on the file: the temp closed (when open) and removed; PATH untouched.
 void atomic_file_abort(AtomicFile *a);
+// The temps of path that processes left behind (a kill before their rename):
+// the paths PATH.tmp.PID in path's folder, malloc'd, in *temps (free each and
+// the array). Returns their count, or -1 when the folder cannot be read.
+int atomic_file_find_temps(const char *path, char ***temps);
 // A whole file from one buffer: open, write, commit.
 int atomic_file_write(const char *path, const void *data, size_t bytes, char *err, size_t err_size);
 

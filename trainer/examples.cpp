@@ -260,6 +260,9 @@ static int read_tokfile_examples(const char *path, const Tokenizer *tok, int max
                                  uint64_t *set_id) {
     TokFile file;
     char err[1024];
+    int finished = tokfile_finish_set(path, err, sizeof err);
+    if (finished < 0) { fprintf(stderr, "train: %s\n", err); return -1; }
+    if (finished > 0) printf("data: %s: renamed %d file(s) a killed ./prepare left in their temps\n", path, finished);
     if (tokfile_read(&file, path, tok, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return -1; }
     *set_id = file.set_id;
     set->examples = (Example *)cpu_calloc((size_t)(file.count > 0 ? file.count : 1), sizeof(Example), "samples");
