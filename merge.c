@@ -114,7 +114,10 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--method") == 0) o.method = v;
         else if (strcmp(f, "--weights") == 0) o.weights_text = v;
         else if (strcmp(f, "--density") == 0) o.density = cli_number("merge", f, v);
-        else if (strcmp(f, "--rank") == 0 && (o.rank = cli_int("merge", f, v)) < 1) bad_usage("--rank must be at least 1", "");
+        else if (strcmp(f, "--rank") == 0) {
+            o.rank = cli_int("merge", f, v);
+            if (o.rank < 1) bad_usage("--rank must be at least 1, got ", v);
+        }
         else if (strcmp(f, "--t") == 0) o.t = cli_number("merge", f, v);
         else if (strcmp(f, "--layers") == 0) o.layers = v;
         else if (strcmp(f, "--base") == 0) o.base = v;
