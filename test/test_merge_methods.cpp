@@ -472,3 +472,32 @@ TEST_CASE("merging: bad input gets a clear error naming what is wrong") {
     CHECK(has(output, "a mix of adapters and models"));
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
+
+TEST_CASE("merging: --base merges each adapter into the base first, then the model method") {
+    std::string dir = temp_dir(), output;
+    char err[1024];
+    CHECK(run("./merge --method linear --base " + FIXTURES + "model_a --quant none --weights 1,1 --out " + dir +
+                  "/based " + FIXTURES + "a0 " + FIXTURES + "a1", output) == 0);
+    Model merged, base;
+    REQUIRE(model_load(&merged, (dir + "/based").c_str(), err, sizeof err) == 0);
+    load_fixture_model(&base, "model_a");
+    PeftAdapter adapters[2] = {read_fixture_adapter("a0"), read_fixture_adapter("a1")};
+    // layer 0's q_proj: W + (s_0 B_0 A_0 + s_1 B_1 A_1) / 2
+    std::vector<float> want(base.layers[0].wq, base.layers[0].wq + 16 * 16);
+    for (PeftAdapter &a : adapters) {
+        for (int j = 0; j < a.n_modules; j++) {
+            const LoraModule *m = &a.modules[j];
+            if (strcmp(m->name, "base_model.model.model.layers.0.self_attn.q_proj") != 0) continue;
+            std::vector<float> delta = product(m->B, m->A, m->out_dim, a.rank, m->in_dim);
+            for (size_t i = 0; i < want.size(); i++) want[i] += 0.5f * a.scaling * delta[i];
+        }
+        peft_adapter_free(&a);
+    }
+    float scale = 0;
+    for (float x : want) scale = std::fmax(scale, std::fabs(x));
+    CHECK(max_abs_difference(merged.layers[0].wq, want.data(), want.size()) <= scale / 128);   // bf16
+    CHECK(max_abs_difference(merged.layers[0].wk, base.layers[0].wk, 8 * 16) <= scale / 128);  // not adapted
+    model_free(&merged);
+    model_free(&base);
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
