@@ -32,12 +32,13 @@ LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c form
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
           trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
-          eval/forest_plot.c eval/eval.c
+          eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp trainer/examples.cpp \
-          trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp
+          trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp \
+          merging/adapter_merge.cpp merging/model_merge.cpp
 LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
           nf4.cu lora.cu adamw.cu trainer/train_gpu.cu trainer/engine_gpu.cu
-PROGRAMS = generate train prepare evaluate
+PROGRAMS = generate train prepare evaluate merge
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin
 
@@ -83,12 +84,15 @@ prepare: build/data/prepare.o $(LIB_OBJ)
 evaluate: build/evaluate.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+merge: build/merge.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
 # Our forward's last-position logits for a prompt (dev/crosscheck/check_merged.py).
 build/dump_logits: build/dev/crosscheck/dump_logits.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Phony so that the folders are made even when build/ is already there.
-SRC_DIRS = data formats ops trainer infer eval dev/crosscheck dev/bench
+SRC_DIRS = data formats ops trainer infer merging eval dev/crosscheck dev/bench
 build:
 	@mkdir -p build build/test build/test/gpu $(SRC_DIRS:%=build/%) $(SRC_DIRS:%=build/test/%)
 
@@ -157,7 +161,7 @@ build/bench_train: build/dev/bench/bench_train.o $(LIB_OBJ)
 build/bench_kernels: build/dev/bench/bench_kernels.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-test: fetch train prepare generate evaluate $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
+test: fetch train prepare generate evaluate merge $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
 	@sh test/run_tests.sh build/test_cpu $(TEST_GPU)
 
 # Only the GPU tests (on a GPU machine; no model download needed).

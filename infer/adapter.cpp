@@ -14,13 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-// The numbers of adapter_config.json that the merge needs.
-typedef struct {
-    int rank;
-    float alpha;
-    int rslora;
-} AdapterConfig;
-
 // A (layer, module)'s two tensors in the adapter file; NULL until seen.
 typedef struct {
     const TensorInfo *A;   // [r, in]
@@ -41,8 +34,8 @@ static int json_has_entries(const JsonValue *object, const char *key) {
     return v && v->type == JSON_OBJECT && v->count > 0;
 }
 
-static int check_adapter_config(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
-                                size_t err_size) {
+int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
+                             size_t err_size) {
     if (config->type != JSON_OBJECT) { snprintf(err, err_size, "%s: not a JSON object", path); return -1; }
     const char *peft_type = json_get_string(config, "peft_type", "(missing)");
     if (strcmp(peft_type, "LORA") != 0) {
@@ -80,7 +73,7 @@ static int check_adapter_config(AdapterConfig *ac, const JsonValue *config, cons
 static int read_adapter_config(AdapterConfig *ac, const char *path, char *err, size_t err_size) {
     JsonValue *config = json_parse_file(path, err, err_size);
     if (!config) return -1;
-    int status = check_adapter_config(ac, config, path, err, err_size);
+    int status = adapter_config_from_json(ac, config, path, err, err_size);
     json_free(config);
     return status;
 }

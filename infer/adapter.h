@@ -4,11 +4,26 @@
 // The merged model then runs at the base model's speed with no adapter code.
 #pragma once
 #include <stddef.h>
+#include "formats/json.h"
 #include "model.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+// The numbers of adapter_config.json that a merge needs.
+typedef struct {
+    int rank;       // r
+    float alpha;    // lora_alpha
+    int rslora;     // use_rslora
+} AdapterConfig;
+
+// Reads them from a parsed adapter_config.json (path: for messages), refusing
+// what a merge cannot honour: a peft_type other than LORA, DoRA,
+// fan_in_fan_out, per-module rank_pattern / alpha_pattern, an r that is not a
+// positive integer, an alpha that is not a float. -1 with "PATH: what is wrong".
+int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
+                             size_t err_size);
 
 // What a merge did, for the caller to report.
 typedef struct {

@@ -14,16 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-// One weight of the merged model: its HF name, values and shape (cols 0 for a vector).
-typedef struct {
-    char name[96];
-    const float *values;
-    int64_t rows, cols;
-} NamedWeight;
-
 // ---- model.safetensors --------------------------------------------------------
 
-static void add_weight(NamedWeight *list, int *count, const char *name, int layer, const float *values,
+static void add_weight(NamedWeight *list, int *count, const char *name, int layer, float *values,
                        int64_t rows, int64_t cols) {
     NamedWeight *w = &list[(*count)++];
     snprintf(w->name, sizeof w->name, name, layer);
@@ -32,9 +25,7 @@ static void add_weight(NamedWeight *list, int *count, const char *name, int laye
     w->cols = cols;
 }
 
-// Every weight under transformers' Llama/Qwen2 names; returns the count.
-// list must hold 3 + 12 * n_layers entries.
-static int list_weights(const Model *m, NamedWeight *list) {
+int model_list_weights(const Model *m, NamedWeight *list) {
     const Config *c = &m->config;
     int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
     int n = 0;
@@ -63,7 +54,7 @@ static int list_weights(const Model *m, NamedWeight *list) {
 
 // Every weight rounded to bf16 (to nearest, ties to even) into one file.
 static int write_weights(const Model *m, const char *path, char *err, size_t err_size) {
-    int capacity = 3 + 12 * m->config.n_layers;
+    int capacity = MODEL_MAX_WEIGHTS(m->config.n_layers);
     NamedWeight *weights = (NamedWeight *)calloc((size_t)capacity, sizeof(NamedWeight));
     TensorInfo *tensors = (TensorInfo *)calloc((size_t)capacity, sizeof(TensorInfo));
     uint16_t *bf16 = (uint16_t *)malloc(m->storage_floats * sizeof(uint16_t));
@@ -71,7 +62,7 @@ static int write_weights(const Model *m, const char *path, char *err, size_t err
     if (!weights || !tensors || !bf16) {
         snprintf(err, err_size, "%s: out of memory for %zu bf16 weights", path, m->storage_floats);
     } else {
-        int n = list_weights(m, weights);
+        int n = model_list_weights(m, weights);
         uint16_t *next = bf16;
         for (int i = 0; i < n; i++) {
             int64_t count = weights[i].cols ? weights[i].rows * weights[i].cols : weights[i].rows;

@@ -8,6 +8,7 @@
 // norms, biases, an untied LM head) is W rounded to bf16.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 #include "infer/adapter.h"
 #include "model.h"
 
@@ -26,6 +27,21 @@ extern "C" {
 // then be half changed (the caller is done with it).
 int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
                  AdapterInfo *info, char *err, size_t err_size);
+
+// One weight of a model under its HF name: values (inside m->storage) and
+// shape (cols 0 for a vector).
+typedef struct {
+    char name[96];
+    float *values;
+    int64_t rows, cols;
+} NamedWeight;
+
+// The most weights model_list_weights lists for a model of n_layers layers.
+#define MODEL_MAX_WEIGHTS(n_layers) (3 + 12 * (n_layers))
+
+// Every weight of m under transformers' Llama/Qwen2 names, in the order
+// model.safetensors holds them (an untied lm_head last); returns the count.
+int model_list_weights(const Model *m, NamedWeight *list);
 
 // Writes m as an HF model directory (out_dir created when missing): every
 // weight rounded to bf16 in model.safetensors, config.json, and the
