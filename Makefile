@@ -44,7 +44,7 @@ DEFAULT_DATA = data/faq/train.bin
 
 LIB_OBJ = $(LIB_C:%.c=build/%.o) $(LIB_CPP:%.cpp=build/%.o) $(LIB_CU:%.cu=build/%.o)
 
-.PHONY: all fetch deps test test-gpu test-gpu-on-cpu clean build
+.PHONY: all fetch deps test test-gpu test-gpu-on-cpu fuzz clean build
 all: fetch $(PROGRAMS) $(DEFAULT_DATA)
 	@echo "built: $(PROGRAMS) [$(BUILD_KIND)]"
 
@@ -153,6 +153,39 @@ build/test/gpu/test_main.o: test/test_main.cpp | build $(DOCTEST_DEP)
 build/test_gpu: build/test/gpu/test_main.o $(GPU_TEST_OBJ) $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endif
+
+# ---- fuzzing: every parser under libFuzzer, with ASan and UBSan (clang) -----
+# test/fuzz/fuzz_NAME.c (or .cpp) is one target. clang compiles the library
+# again into build/fuzz/obj/ (the gcc build above is untouched) and archives
+# it, so each target links only the objects it needs. `make fuzz` runs every
+# target for FUZZ_SECONDS from its committed seeds (test/fuzz/corpus/NAME/),
+# prints the executions each reached, and fails on any finding (test/fuzz/run_fuzz.sh).
+FUZZ_CC      = clang
+FUZZ_CXX     = clang++
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = json jsonl samples hf_config hf_index safetensors gguf tokenizer tokenizer_json tokfile checkpoint
+FUZZ_FLAGS   = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_COMPILE = $(INCLUDES) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(WARN) -Wno-unknown-pragmas -MMD -MP
+FUZZ_LIB_OBJ = $(LIB_C:%.c=build/fuzz/obj/%.o) $(LIB_CPP:%.cpp=build/fuzz/obj/%.o) $(LIB_CU:%.cu=build/fuzz/obj/%.o)
+
+build/fuzz/obj/%.o: %.c | $(UTF8PROC_DEP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_COMPILE) -std=c11 -D_GNU_SOURCE -c $< -o $@
+build/fuzz/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_COMPILE) -std=c++17 -c $< -o $@
+build/fuzz/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_COMPILE) -std=c++17 -x c++ -c $< -o $@
+# the harnesses' objects are intermediate files that make would otherwise delete
+.PRECIOUS: build/fuzz/obj/%.o
+build/fuzz/libqlora.a: $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+build/fuzz/fuzz_%: build/fuzz/obj/test/fuzz/fuzz_%.o build/fuzz/obj/test/fuzz/fuzz_input.o build/fuzz/libqlora.a
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $^ -o $@ $(UTF8PROC_LIB) -lm
+
+fuzz: $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+	@sh test/fuzz/run_fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # Training-step throughput on random-weight models, GPU or CPU (dev/bench/bench_train.cu).
 build/bench_train: build/dev/bench/bench_train.o $(LIB_OBJ)

@@ -7,6 +7,7 @@
 #include "formats/json.h"
 #include "ops/random.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,13 +197,37 @@ static int check_config(const Config *c, const char *path, char *err, size_t err
     return 0;
 }
 
+// Every tensor the config names is in the list, in its shape and a float
+// type. Checked before the weights' storage is allocated: the config's sizes
+// are only a claim until the file's tensors bear them out.
+static int check_tensors(const Config *c, const TensorList *tensors, NameScheme scheme, const char *path,
+                         char *err, size_t err_size) {
+    for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
+        Role role = (Role)r;
+        if (!role_is_used(c, role)) continue;
+        int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
+        for (int layer = 0; layer < n_copies; layer++) {
+            char name[128];
+            snprintf(name, sizeof name, TENSOR_NAMES[scheme][role], layer);
+            const TensorInfo *t = tensor_find(tensors, name);
+            if (!t) {
+                snprintf(err, err_size, "%s: tensor '%s' is missing", path, name);
+                return -1;
+            }
+            if (check_tensor(t, c, role, path, err, err_size) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
 int model_from_tensors(Model *m, const Config *config, const TensorList *tensors, int is_gguf,
                        const char *path, char *err, size_t err_size) {
     memset(m, 0, sizeof *m);
     if (check_config(config, path, err, err_size) != 0) return -1;
+    NameScheme scheme = is_gguf ? NAMES_GGUF : (config->arch == ARCH_EXAONE ? NAMES_HF_EXAONE : NAMES_HF_LLAMA);
+    if (check_tensors(config, tensors, scheme, path, err, err_size) != 0) return -1;
     m->config = *config;
     const Config *c = &m->config;
-    NameScheme scheme = is_gguf ? NAMES_GGUF : (c->arch == ARCH_EXAONE ? NAMES_HF_EXAONE : NAMES_HF_LLAMA);
     m->storage_floats = model_num_params(c);
     m->storage = (float *)malloc(m->storage_floats * sizeof(float));
     m->layers = (LayerWeights *)calloc((size_t)c->n_layers, sizeof(LayerWeights));
@@ -219,16 +244,7 @@ int model_from_tensors(Model *m, const Config *config, const TensorList *tensors
         for (int layer = 0; layer < n_copies; layer++) {
             char name[128];
             snprintf(name, sizeof name, TENSOR_NAMES[scheme][role], layer);
-            const TensorInfo *t = tensor_find(tensors, name);
-            if (!t) {
-                snprintf(err, err_size, "%s: tensor '%s' is missing", path, name);
-                model_free(m);
-                return -1;
-            }
-            if (check_tensor(t, c, role, path, err, err_size) != 0) {
-                model_free(m);
-                return -1;
-            }
+            const TensorInfo *t = tensor_find(tensors, name);   // there and checked: check_tensors
             tensor_to_f32(t->dtype, t->data, next, role_numel(c, role));
             int64_t rows, cols;
             role_shape(c, role, &rows, &cols);
@@ -299,6 +315,20 @@ static double arch_float(const GGUFFile *f, const char *arch, const char *key, d
     return gguf_get_float(f, full, fallback);
 }
 
+// A size from the metadata (fallback when missing) into *out; -1 with a
+// message when it does not fit a non-negative int (a uint64 or a negative
+// int64: the casts would give any int, and INT_MIN / -1 traps).
+static int arch_size(const GGUFFile *f, const char *arch, const char *key, int64_t fallback, int *out, char *err,
+                     size_t err_size) {
+    int64_t value = arch_int(f, arch, key, fallback);
+    if (value < 0 || value > INT_MAX) {
+        snprintf(err, err_size, "%s: metadata '%s.%s' is %lld, not a size", f->path, arch, key, (long long)value);
+        return -1;
+    }
+    *out = (int)value;
+    return 0;
+}
+
 static int config_from_gguf(const GGUFFile *f, Config *c, char *err, size_t err_size) {
     memset(c, 0, sizeof *c);
     char *arch = gguf_get_string(f, "general.architecture");
@@ -314,19 +344,22 @@ static int config_from_gguf(const GGUFFile *f, Config *c, char *err, size_t err_
         free(arch);
         return -1;
     }
-    c->dim = (int)arch_int(f, arch, "embedding_length", 0);
-    c->hidden_dim = (int)arch_int(f, arch, "feed_forward_length", 0);
-    c->n_layers = (int)arch_int(f, arch, "block_count", 0);
-    c->n_heads = (int)arch_int(f, arch, "attention.head_count", 0);
-    c->n_kv_heads = (int)arch_int(f, arch, "attention.head_count_kv", c->n_heads);
-    c->head_dim = c->n_heads ? (int)arch_int(f, arch, "attention.key_length", c->dim / c->n_heads) : 0;
-    c->max_seq_len = (int)arch_int(f, arch, "context_length", 2048);
+    const GGUFKeyValue *tokens = gguf_find(f, "tokenizer.ggml.tokens");
+    int sizes_ok = arch_size(f, arch, "embedding_length", 0, &c->dim, err, err_size) == 0 &&
+                   arch_size(f, arch, "feed_forward_length", 0, &c->hidden_dim, err, err_size) == 0 &&
+                   arch_size(f, arch, "block_count", 0, &c->n_layers, err, err_size) == 0 &&
+                   arch_size(f, arch, "attention.head_count", 0, &c->n_heads, err, err_size) == 0 &&
+                   arch_size(f, arch, "attention.head_count_kv", c->n_heads, &c->n_kv_heads, err, err_size) == 0 &&
+                   arch_size(f, arch, "attention.key_length", c->n_heads ? c->dim / c->n_heads : 0, &c->head_dim,
+                             err, err_size) == 0 &&
+                   arch_size(f, arch, "context_length", 2048, &c->max_seq_len, err, err_size) == 0 &&
+                   arch_size(f, arch, "vocab_size", tokens ? (int64_t)tokens->array_count : 0, &c->vocab_size, err,
+                             err_size) == 0;
     c->norm_eps = (float)arch_float(f, arch, "attention.layer_norm_rms_epsilon", 1e-5);
     c->rope_theta = (float)arch_float(f, arch, "rope.freq_base", 10000.0);
     c->attention_bias = c->arch == ARCH_QWEN2;
-    const GGUFKeyValue *tokens = gguf_find(f, "tokenizer.ggml.tokens");
-    c->vocab_size = (int)arch_int(f, arch, "vocab_size", tokens ? (int64_t)tokens->array_count : 0);
     free(arch);
+    if (!sizes_ok) return -1;
     c->tied_embeddings = tensor_find(&f->tensors, "output.weight") == NULL;
     if (tensor_find(&f->tensors, "rope_freqs.weight")) {
         snprintf(err, err_size, "%s: Llama-3 RoPE scaling stored as 'rope_freqs.weight' is not supported for GGUF "

@@ -12,6 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The fewest bytes a metadata entry takes (key length, value type, a 1-byte
+// value) and a tensor info (name length, dimension count, one dimension,
+// type, offset): a header's counts are checked against the bytes left.
+#define MIN_KV_BYTES (8 + 4 + 1)
+#define MIN_TENSOR_INFO_BYTES (8 + 4 + 8 + 4 + 8)
+
 typedef struct {
     const unsigned char *base;
     size_t size;
@@ -188,6 +194,14 @@ static int parse(GGUFFile *f, Reader *r) {
     uint64_t n_kv = read_u64(r);
     if (r->failed) return 0;
     if (n_tensors > 1000000 || n_kv > 1000000) return read_fail(r, "absurd tensor or metadata count in header");
+    if (n_kv > (r->size - r->pos) / MIN_KV_BYTES || n_tensors > (r->size - r->pos) / MIN_TENSOR_INFO_BYTES) {
+        char what[160];
+        int kv_too_many = n_kv > (r->size - r->pos) / MIN_KV_BYTES;
+        snprintf(what, sizeof what, "the header counts %llu %s, more than the file's %zu bytes can hold",
+                 (unsigned long long)(kv_too_many ? n_kv : n_tensors), kv_too_many ? "metadata entries" : "tensors",
+                 r->size);
+        return read_fail(r, what);
+    }
     f->kv = (GGUFKeyValue *)calloc(n_kv ? n_kv : 1, sizeof(GGUFKeyValue));
     if (!f->kv) return read_fail(r, "out of memory");
     for (uint64_t i = 0; i < n_kv && !r->failed; i++) {

@@ -95,19 +95,26 @@ void *cpu_calloc(size_t count, size_t size, const char *what) {
     return p;
 }
 
+// Element i of an array of 2-, 4- or 8-byte values that may lie at any address:
+// a safetensors tensor starts wherever its writer put it, a GGUF tensor at any
+// multiple of general.alignment, which may be 1.
+static uint16_t load_u16(const unsigned char *p, int64_t i) { uint16_t v; memcpy(&v, p + 2 * i, 2); return v; }
+static int32_t load_i32(const unsigned char *p, int64_t i) { int32_t v; memcpy(&v, p + 4 * i, 4); return v; }
+static int64_t load_i64(const unsigned char *p, int64_t i) { int64_t v; memcpy(&v, p + 8 * i, 8); return v; }
+
 void tensor_to_f32(DType t, const void *src, float *dst, int64_t n) {
-    const uint16_t *h = (const uint16_t *)src;
+    const unsigned char *p = (const unsigned char *)src;
     switch (t) {
     case DT_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case DT_F16: for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(h[i]); break;
-    case DT_BF16: for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]); break;
+    case DT_F16: for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(load_u16(p, i)); break;
+    case DT_BF16: for (int64_t i = 0; i < n; i++) dst[i] = bf16_to_f32(load_u16(p, i)); break;
     case DT_Q4_0: dequantize_q4_0(src, dst, n); break;
     case DT_Q4_1: dequantize_q4_1(src, dst, n); break;
     case DT_Q5_0: dequantize_q5_0(src, dst, n); break;
     case DT_Q5_1: dequantize_q5_1(src, dst, n); break;
     case DT_Q8_0: dequantize_q8_0(src, dst, n); break;
-    case DT_I32: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int32_t *)src)[i]; break;
-    case DT_I64: for (int64_t i = 0; i < n; i++) dst[i] = (float)((const int64_t *)src)[i]; break;
+    case DT_I32: for (int64_t i = 0; i < n; i++) dst[i] = (float)load_i32(p, i); break;
+    case DT_I64: for (int64_t i = 0; i < n; i++) dst[i] = (float)load_i64(p, i); break;
     default: memset(dst, 0, (size_t)n * 4); break;  // callers validate the type first
     }
 }

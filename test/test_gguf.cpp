@@ -13,6 +13,7 @@
 #include "formats/ggml_blocks.h"
 #include "formats/float16.h"
 #include "formats/tensor.h"
+#include "model.h"
 
 static void put_f16(unsigned char *p, float x) {
     uint16_t h = f32_to_f16(x);
@@ -233,6 +234,50 @@ TEST_CASE("gguf: every flipped header bit is either read or refused cleanly") {
         }
     }
     CHECK(refused > 0);
+}
+
+// Counts and sizes in the header are claims: they are checked against the
+// file before anything is allocated or computed from them (both found while
+// writing fuzz_gguf, whose corpus keeps the inputs: a 1000000-entry table
+// allocated for a 24-byte file, and INT_MIN / -1 computing the head size).
+TEST_CASE("gguf: a header counting more entries than the file can hold is refused before allocating") {
+    GGUFBuilder b;
+    b.raw("GGUF", 4);
+    b.u32(3);
+    b.u64(1000000);   // tensors
+    b.u64(0);         // metadata
+    std::string path = write_temp(b.bytes);
+    GGUFFile f;
+    char err[512] = "";
+    CHECK(gguf_open(&f, path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find("1000000 tensors") != std::string::npos, err);
+    remove(path.c_str());
+
+    b.bytes.resize(8);
+    b.u64(0);
+    b.u64(1000000);
+    path = write_temp(b.bytes);
+    CHECK(gguf_open(&f, path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find("1000000 metadata entries") != std::string::npos, err);
+    remove(path.c_str());
+}
+
+TEST_CASE("gguf: model sizes outside an int are refused, never computed with") {
+    GGUFBuilder b;
+    b.raw("GGUF", 4);
+    b.u32(3);
+    b.u64(0);   // tensors
+    b.u64(3);   // metadata
+    b.str("general.architecture"); b.u32(GGUF_STRING); b.str("llama");
+    b.str("llama.embedding_length"); b.u32(GGUF_INT64); b.u64((uint64_t)INT64_C(-2147483648));
+    b.str("llama.attention.head_count"); b.u32(GGUF_UINT32); b.u32(0xFFFFFFFFu);
+    while (b.bytes.size() % 32) b.bytes.push_back(0);   // the (empty) data section starts aligned
+    std::string path = write_temp(b.bytes);
+    Model m;
+    char err[512] = "";
+    CHECK(model_load(&m, path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find("'llama.embedding_length' is -2147483648, not a size") != std::string::npos, err);
+    remove(path.c_str());
 }
 
 TEST_CASE("gguf: not a GGUF file, wrong version, missing file") {

@@ -88,6 +88,25 @@ TEST_CASE("model: truncated copies of the default model are refused") {
     }
 }
 
+// A config (GGUF metadata or config.json) is a claim of the weights' sizes:
+// the tensors must be there, in those shapes, before memory is taken for
+// them. Here the claim is 200 TB and the file holds no tensor.
+TEST_CASE("model: a config claiming more weights than the file holds is refused before allocating") {
+    Config c = {};
+    c.arch = ARCH_LLAMA;
+    c.dim = 65536;
+    c.hidden_dim = 262144;
+    c.n_layers = 1024;
+    c.n_heads = c.n_kv_heads = 512;
+    c.head_dim = 128;
+    c.vocab_size = 1 << 22;
+    TensorList none = {nullptr, 0};
+    Model m;
+    char err[512] = "";
+    CHECK(model_from_tensors(&m, &c, &none, 1, "huge.gguf", err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find("huge.gguf: tensor 'token_embd.weight' is missing") != std::string::npos, err);
+}
+
 TEST_CASE("model: lying tensor infos are refused by tensor name") {
     std::vector<char> bytes = read_all(DEFAULT_MODEL);
     size_t info = tensor_info_position(bytes, "output_norm.weight");

@@ -202,6 +202,38 @@ TEST_CASE("safetensors: metadata is skipped, zero tensors are fine") {
     safetensors_close(&f);
 }
 
+// The format lets a tensor start at any byte (data points into the mapping):
+// reading one at an odd address must give its values (found by fuzz_safetensors,
+// where UBSan refused the 2-byte loads of tensor_to_f32).
+TEST_CASE("safetensors: tensors at odd addresses are read correctly") {
+    TempDir dir;
+    std::string path = dir.file("odd.safetensors");
+    // header, padded so that the data starts at an even file offset; every tensor starts one byte past it
+    std::string header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[1,5]},"
+                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[5,7]},"
+                         "\"i\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[7,11]},"
+                         "\"l\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[11,19]}}";
+    header.append(header.size() % 2, ' ');
+    // 1 byte of padding; fp16 1.0 and -2.0; bf16 3.0; int32 -5; int64 7 (little-endian)
+    const std::string data("\0" "\x00\x3c" "\x00\xc0" "\x40\x40" "\xfb\xff\xff\xff" "\x07\0\0\0\0\0\0\0", 19);
+    write_bytes(path, make_file(header, data));
+    SafetensorsFile f;
+    char err[512] = "";
+    REQUIRE_MESSAGE(safetensors_open(&f, path.c_str(), err, sizeof err) == 0, err);
+    const char *names[4] = {"h", "b", "i", "l"};
+    const std::vector<std::vector<float>> want = {{1.0f, -2.0f}, {3.0f}, {-5.0f}, {7.0f}};
+    for (int k = 0; k < 4; k++) {
+        CAPTURE(names[k]);
+        const TensorInfo *t = tensor_find(&f.tensors, names[k]);
+        REQUIRE(t != nullptr);
+        CHECK((uintptr_t)t->data % 2 == 1);
+        std::vector<float> got(want[k].size());
+        tensor_to_f32(t->dtype, t->data, got.data(), (int64_t)got.size());
+        CHECK(got == want[k]);
+    }
+    safetensors_close(&f);
+}
+
 TEST_CASE("safetensors: broken files are refused with the path and the reason") {
     TempDir dir;
     std::string path = dir.file("bad.safetensors");
