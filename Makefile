@@ -26,7 +26,7 @@ endif
 # Library sources (everything but the programs' main files), in the README's
 # order: C files, C++ host files, and files with CUDA kernels (.cu).
 LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c formats/json.c formats/float16.c formats/ggml_blocks.c formats/tensor.c \
-          formats/gguf.c formats/safetensors.c \
+          formats/tensor_layout.c formats/gguf.c formats/safetensors.c \
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \

@@ -1,6 +1,8 @@
 // model.c: turns a GGUF file or an HF checkpoint directory into a Model:
 // reads the config (GGUF metadata or config.json), finds every expected tensor
-// by its architecture's name, checks its shape and type, and converts it to fp32.
+// by its architecture's name, checks its shape and type, converts it to fp32
+// and checks the values are finite; then checks that the file holds no tensor
+// the model did not use.
 #include "model.h"
 #include "formats/gguf.h"
 #include "formats/hf_checkpoint.h"
@@ -110,6 +112,17 @@ size_t model_num_params(const Config *c) {
     return total;
 }
 
+// The types a weight may have: F32, F16, BF16, and for a matrix also the GGML
+// block types (llama.cpp quantizes only matrices, so a block-typed norm or
+// bias has been relabelled).
+static int type_allowed(DType t, int is_matrix) {
+    switch (t) {
+    case DT_F32: case DT_F16: case DT_BF16: return 1;
+    case DT_Q4_0: case DT_Q4_1: case DT_Q5_0: case DT_Q5_1: case DT_Q8_0: return is_matrix;
+    default: return 0;
+    }
+}
+
 // Checks a file tensor against the expected shape and a type we can convert.
 static int check_tensor(const TensorInfo *t, const Config *c, Role role, const char *path,
                         char *err, size_t err_size) {
@@ -128,9 +141,10 @@ static int check_tensor(const TensorInfo *t, const Config *c, Role role, const c
         snprintf(err, err_size, "%s: tensor '%s' has shape [%s], expected [%s]", path, t->name, got, want);
         return -1;
     }
-    if (t->dtype == DT_I32 || t->dtype == DT_I64 || dtype_block_bytes(t->dtype) == 0) {
-        snprintf(err, err_size, "%s: tensor '%s' has type %s, expected a float type", path, t->name,
-                 dtype_name(t->dtype));
+    if (!type_allowed(t->dtype, cols != 0)) {
+        snprintf(err, err_size, "%s: tensor '%s' has type %s, expected %s", path, t->name, dtype_name(t->dtype),
+                 cols ? "F32, F16, BF16 or a GGML block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)"
+                      : "F32, F16 or BF16 (norms and biases are never block-quantized)");
         return -1;
     }
     return 0;
@@ -220,6 +234,126 @@ static int check_tensors(const Config *c, const TensorList *tensors, NameScheme 
     return 0;
 }
 
+// What model_from_tensors reads: the file's tensors, their naming scheme,
+// and which of them the model has taken.
+typedef struct {
+    const TensorList *tensors;
+    NameScheme scheme;
+    unsigned char *used;   // [tensors->count]: 1 once the model took the tensor
+    const char *path;
+} TensorSource;
+
+// Converts the tensor of role (in layer), there and checked (check_tensors),
+// to fp32 at dst ([role_numel] floats), and marks it used.
+static int load_role(const Config *c, TensorSource *src, Role role, int layer, float *dst, char *err,
+                     size_t err_size) {
+    char name[128];
+    snprintf(name, sizeof name, TENSOR_NAMES[src->scheme][role], layer);
+    const TensorInfo *t = tensor_find(src->tensors, name);
+    src->used[t - src->tensors->tensors] = 1;
+    int64_t numel = role_numel(c, role), rows, cols;
+    tensor_to_f32(t->dtype, t->data, dst, numel);
+    // corrupt bytes, or a relabelled type the layout check missed, can decode to NaN/Inf: refused here, by name
+    if (!floats_all_finite(dst, (size_t)numel)) {
+        snprintf(err, err_size, "%s: tensor '%s' (%s) decodes to NaN or Inf values: its data is corrupt or its "
+                 "type is mislabelled", src->path, name, dtype_name(t->dtype));
+        return -1;
+    }
+    role_shape(c, role, &rows, &cols);
+    int permuted = src->scheme == NAMES_GGUF && c->arch == ARCH_LLAMA;
+    if (permuted && role == ROLE_WQ) unpermute_rows(dst, c->n_heads, c->head_dim, (int)cols);
+    if (permuted && role == ROLE_WK) unpermute_rows(dst, c->n_kv_heads, c->head_dim, (int)cols);
+    return 0;
+}
+
+// Loads every weight the config asks for into m->storage, in role order.
+static int load_roles(Model *m, TensorSource *src, char *err, size_t err_size) {
+    const Config *c = &m->config;
+    float *next = m->storage;
+    for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
+        Role role = (Role)r;
+        if (!role_is_used(c, role)) continue;
+        int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
+        for (int layer = 0; layer < n_copies; layer++) {
+            if (load_role(c, src, role, layer, next, err, err_size) != 0) return -1;
+            *role_slot(m, role, layer) = next;
+            next += role_numel(c, role);
+        }
+    }
+    return 0;
+}
+
+// The tensors an HF checkpoint may hold that the model does not use, and
+// ignores as transformers does. Any other tensor the model does not use is
+// an error; a GGUF file gets no exceptions (llama.cpp's loader refuses a
+// file with tensors it does not use: "wrong number of tensors").
+typedef struct {
+    const char *name;
+    int is_suffix;    // 1: any name ending with it
+    int when_tied;    // 1: only with tie_word_embeddings
+} IgnoredTensor;
+static const IgnoredTensor HF_IGNORED_TENSORS[] = {
+    // RoPE's frequencies, which older transformers saved as a buffer: they
+    // follow from rope_theta, and transformers drops them on load
+    {".rotary_emb.inv_freq", 1, 0},
+    // with tie_word_embeddings, transformers ties lm_head to the embedding
+    // after loading, so a stored copy is never read
+    {"lm_head.weight", 0, 1},
+};
+#define N_HF_IGNORED_TENSORS (sizeof HF_IGNORED_TENSORS / sizeof HF_IGNORED_TENSORS[0])
+
+static int is_ignored_tensor(const Config *c, NameScheme scheme, const char *name) {
+    if (scheme == NAMES_GGUF) return 0;
+    for (size_t i = 0; i < N_HF_IGNORED_TENSORS; i++) {
+        const IgnoredTensor *ignored = &HF_IGNORED_TENSORS[i];
+        size_t len = strlen(name), want = strlen(ignored->name);
+        int matches = ignored->is_suffix ? len >= want && strcmp(name + len - want, ignored->name) == 0
+                                         : strcmp(name, ignored->name) == 0;
+        if (matches && (!ignored->when_tied || c->tied_embeddings)) return 1;
+    }
+    return 0;
+}
+
+// The layer number in name when name fits template ("blk.%d.attn_q.weight"), else -1.
+static int template_layer(const char *template, const char *name) {
+    const char *mark = strstr(template, "%d");
+    size_t prefix = (size_t)(mark - template);
+    if (strncmp(name, template, prefix) != 0 || name[prefix] < '0' || name[prefix] > '9') return -1;
+    char *end;
+    long layer = strtol(name + prefix, &end, 10);
+    if (strcmp(end, mark + 2) != 0) return -1;
+    return layer > INT_MAX ? INT_MAX : (int)layer;
+}
+
+// Why the model has no use for the tensor called name, in words.
+static void describe_unused(const Config *c, NameScheme scheme, const char *name, char *why, size_t why_size) {
+    for (int r = ROLE_ATTN_NORM; r <= ROLE_DOWN; r++) {
+        int layer = template_layer(TENSOR_NAMES[scheme][r], name);
+        if (layer < 0) continue;
+        if (layer >= c->n_layers && scheme == NAMES_GGUF)
+            snprintf(why, why_size, "the metadata's %s.block_count says %d layers", arch_name(c->arch), c->n_layers);
+        else if (layer >= c->n_layers)
+            snprintf(why, why_size, "config.json says %d layer%s", c->n_layers, c->n_layers == 1 ? "" : "s");
+        else
+            snprintf(why, why_size, "%s models have no q/k/v biases", arch_name(c->arch));
+        return;
+    }
+    snprintf(why, why_size, "no %s weight has this name", arch_name(c->arch));
+}
+
+// Every tensor in the file must have been used, or be one HF_IGNORED_TENSORS names.
+static int check_all_used(const Config *c, const TensorSource *src, char *err, size_t err_size) {
+    for (int i = 0; i < src->tensors->count; i++) {
+        const char *name = src->tensors->tensors[i].name;
+        if (src->used[i] || is_ignored_tensor(c, src->scheme, name)) continue;
+        char why[128];
+        describe_unused(c, src->scheme, name, why, sizeof why);
+        snprintf(err, err_size, "%s: tensor '%s' is in the file but not used: %s", src->path, name, why);
+        return -1;
+    }
+    return 0;
+}
+
 int model_from_tensors(Model *m, const Config *config, const TensorList *tensors, int is_gguf,
                        const char *path, char *err, size_t err_size) {
     memset(m, 0, sizeof *m);
@@ -228,31 +362,21 @@ int model_from_tensors(Model *m, const Config *config, const TensorList *tensors
     if (check_tensors(config, tensors, scheme, path, err, err_size) != 0) return -1;
     m->config = *config;
     const Config *c = &m->config;
+    TensorSource src = {tensors, scheme, (unsigned char *)calloc(tensors->count ? tensors->count : 1, 1), path};
     m->storage_floats = model_num_params(c);
     m->storage = (float *)malloc(m->storage_floats * sizeof(float));
     m->layers = (LayerWeights *)calloc((size_t)c->n_layers, sizeof(LayerWeights));
-    if (!m->storage || !m->layers) {
+    int status = 0;
+    if (!m->storage || !m->layers || !src.used) {
         snprintf(err, err_size, "%s: out of memory for %zu weights", path, m->storage_floats);
+        status = -1;
+    }
+    if (status == 0) status = load_roles(m, &src, err, err_size);
+    if (status == 0) status = check_all_used(c, &src, err, err_size);
+    free(src.used);
+    if (status != 0) {
         model_free(m);
         return -1;
-    }
-    float *next = m->storage;
-    for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
-        Role role = (Role)r;
-        if (!role_is_used(c, role)) continue;
-        int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
-        for (int layer = 0; layer < n_copies; layer++) {
-            char name[128];
-            snprintf(name, sizeof name, TENSOR_NAMES[scheme][role], layer);
-            const TensorInfo *t = tensor_find(tensors, name);   // there and checked: check_tensors
-            tensor_to_f32(t->dtype, t->data, next, role_numel(c, role));
-            int64_t rows, cols;
-            role_shape(c, role, &rows, &cols);
-            if (is_gguf && c->arch == ARCH_LLAMA && role == ROLE_WQ) unpermute_rows(next, c->n_heads, c->head_dim, (int)cols);
-            if (is_gguf && c->arch == ARCH_LLAMA && role == ROLE_WK) unpermute_rows(next, c->n_kv_heads, c->head_dim, (int)cols);
-            *role_slot(m, role, layer) = next;
-            next += role_numel(c, role);
-        }
     }
     if (c->tied_embeddings) m->lm_head = m->embed;
     m->path = strdup(path);

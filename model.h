@@ -111,7 +111,12 @@ int model_read_hf_config(const char *path, Config *config, char *err, size_t err
 
 // Fills a Model from named tensors (the part shared by the GGUF and HF paths).
 // names: GGUF ("blk.N.attn_q.weight") or HF (Llama/Qwen2 or EXAONE naming),
-// chosen by is_gguf and config->arch. Validates presence, shape and dtype.
+// chosen by is_gguf and config->arch. Validates each expected tensor's
+// presence, shape and type (norms and biases F32/F16/BF16, matrices also the
+// GGML block types) and that its values decode finite; and that the list
+// holds no tensor the model leaves unused (a layer past the config's count,
+// an unknown name), except the few an HF checkpoint may carry harmlessly
+// (model.c's HF_IGNORED_TENSORS). Each error names the tensor.
 int model_from_tensors(Model *m, const Config *config, const TensorList *tensors, int is_gguf,
                        const char *path, char *err, size_t err_size);
 

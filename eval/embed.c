@@ -141,10 +141,11 @@ static size_t parameter_count(const BertConfig *c) {
 }
 
 // Copies tensors out of the safetensors file, one after the other, into the
-// weight block, checking each one's shape.
+// weight block, checking each one's shape and that its values are finite.
 typedef struct {
     const SafetensorsFile *file;
     float *next;        // where the next tensor goes
+    unsigned char *used;   // [file->tensors.count]: 1 once taken
     char *err;
     size_t err_size;
     int failed;         // set by the first error; later calls do nothing
@@ -169,8 +170,11 @@ static const float *take(TensorReader *r, const char *name, int rows, int cols) 
     } else {
         float *out = r->next;
         tensor_to_f32(t->dtype, t->data, out, tensor_numel(t));
+        r->used[t - r->file->tensors.tensors] = 1;
         r->next += tensor_numel(t);
-        return out;
+        if (floats_all_finite(out, (size_t)tensor_numel(t))) return out;
+        snprintf(r->err, r->err_size, "%s: tensor '%s' (%s) decodes to NaN or Inf values: its data is corrupt",
+                 r->file->path, name, dtype_name(t->dtype));
     }
     r->failed = 1;
     return NULL;
@@ -183,10 +187,46 @@ static const float *take_layer(TensorReader *r, int layer, const char *suffix, i
     return take(r, name, rows, cols);
 }
 
-// Reads every tensor the encoder uses (HF BertModel's names) into e->weights.
+// The tensors of the file the encoder does not use, and ignores as
+// sentence-transformers does; any other unused tensor is an error (a layer
+// past num_hidden_layers, say). BertModel's pooler: mean pooling replaces it.
+// The position-id buffer: 0, 1, 2, ..., which the encoder counts itself.
+static const char *const IGNORED_TENSORS[] = {"pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids"};
+#define N_IGNORED_TENSORS (sizeof IGNORED_TENSORS / sizeof IGNORED_TENSORS[0])
+
+static int is_ignored_tensor(const char *name) {
+    for (size_t i = 0; i < N_IGNORED_TENSORS; i++)
+        if (strcmp(name, IGNORED_TENSORS[i]) == 0) return 1;
+    return 0;
+}
+
+// Every tensor of the file must have been taken, or be one IGNORED_TENSORS names.
+static int check_all_used(const TensorReader *r, int n_layers) {
+    const TensorList *tensors = &r->file->tensors;
+    for (int i = 0; i < tensors->count; i++) {
+        const char *name = tensors->tensors[i].name;
+        if (r->used[i] || is_ignored_tensor(name)) continue;
+        int layer;
+        if (sscanf(name, "encoder.layer.%d.", &layer) == 1 && layer >= n_layers)
+            snprintf(r->err, r->err_size, "%s: tensor '%s' is in the file but not used: config.json says %d layers",
+                     r->file->path, name, n_layers);
+        else
+            snprintf(r->err, r->err_size, "%s: tensor '%s' is in the file but not used: no BERT weight has this name",
+                     r->file->path, name);
+        return -1;
+    }
+    return 0;
+}
+
+// Reads every tensor the encoder uses (HF BertModel's names) into e->weights;
+// the file may hold no other (but IGNORED_TENSORS).
 static int read_weights(Embedder *e, const SafetensorsFile *file, char *err, size_t err_size) {
     const BertConfig *c = &e->config;
-    TensorReader r = {file, e->weights, err, err_size, 0};
+    TensorReader r = {file, e->weights, calloc(file->tensors.count ? file->tensors.count : 1, 1), err, err_size, 0};
+    if (!r.used) {
+        snprintf(err, err_size, "%s: out of memory", file->path);
+        return -1;
+    }
     e->word_embeddings = take(&r, "embeddings.word_embeddings.weight", c->vocab_size, c->dim);
     e->position_embeddings = take(&r, "embeddings.position_embeddings.weight", c->max_positions, c->dim);
     e->token_type_embeddings = take(&r, "embeddings.token_type_embeddings.weight", c->n_token_types, c->dim);
@@ -211,7 +251,9 @@ static int read_weights(Embedder *e, const SafetensorsFile *file, char *err, siz
         L->ffn_norm_w = take_layer(&r, l, "output.LayerNorm.weight", c->dim, 0);
         L->ffn_norm_b = take_layer(&r, l, "output.LayerNorm.bias", c->dim, 0);
     }
-    return r.failed ? -1 : 0;
+    int status = r.failed ? -1 : check_all_used(&r, c->n_layers);
+    free(r.used);
+    return status;
 }
 
 int embedder_load(Embedder *e, const char *dir, char *err, size_t err_size) {

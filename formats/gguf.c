@@ -5,8 +5,13 @@
 //                   u32 type, u64 offset),
 //   padding to general.alignment, then the tensor data (offsets relative to it).
 // A string is u64 length + bytes. Every read is bounds-checked: a truncated or
-// lying file gives an error, never a read past the end of the mapping.
+// lying file gives an error, never a read past the end of the mapping. The
+// file is checked against itself: each tensor's rows are whole blocks of its
+// type, and the tensors fill the data section exactly, each padded to the
+// alignment (as llama.cpp writes and reads them), so the bytes its type and
+// shape imply are the room it has; no key or tensor name appears twice.
 #include "formats/gguf.h"
+#include "formats/tensor_layout.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +115,7 @@ static void read_kv(Reader *r, GGUFKeyValue *kv) {
     GGUFString key = read_string(r);
     if (r->failed) return;
     kv->key = strndup(key.ptr, key.len);
+    if (!kv->key) { read_fail(r, "out of memory"); return; }
     kv->type = (GGUFType)read_u32(r);
     if (r->failed) return;
     if (kv->type == GGUF_STRING) { kv->string = read_string(r); return; }
@@ -131,6 +137,7 @@ static void read_tensor_info(Reader *r, TensorInfo *t, uint64_t *offset) {
     uint32_t ndim = read_u32(r);
     if (r->failed) return;
     t->name = strndup(name.ptr, name.len);
+    if (!t->name) { read_fail(r, "out of memory"); return; }
     if (ndim == 0 || ndim > TENSOR_MAX_DIMS) { read_fail(r, "tensor has an unsupported number of dimensions"); return; }
     t->ndim = (int)ndim;
     int64_t numel = 1;
@@ -154,33 +161,78 @@ static void read_tensor_info(Reader *r, TensorInfo *t, uint64_t *offset) {
         return;
     }
     t->dtype = (DType)type;
-    t->nbytes = dtype_nbytes(t->dtype, numel);
-    if (t->nbytes == 0) {
-        char what[160];
-        snprintf(what, sizeof what, "tensor '%s' size is not a whole number of %s blocks", t->name, dtype_name(t->dtype));
+    // blocks run along the innermost dimension: each row is a whole number of them (as llama.cpp requires)
+    if (t->shape[ndim - 1] % dtype_block_values(t->dtype) != 0) {
+        char what[200];
+        snprintf(what, sizeof what, "tensor '%s' has rows of %lld values, not a whole number of %s blocks (%d values)",
+                 t->name, (long long)t->shape[ndim - 1], dtype_name(t->dtype), dtype_block_values(t->dtype));
         read_fail(r, what);
+        return;
     }
+    t->nbytes = dtype_nbytes(t->dtype, numel);
 }
 
-// Checks each tensor's [offset, offset + nbytes) lies inside the data section.
+// Checks each tensor's [offset, offset + nbytes) is aligned and lies inside
+// the data section, and that the tensors fill it exactly, each padded to the
+// alignment (formats/tensor_layout.h): the nbytes its type and shape imply
+// must be the room it has, so a relabelled type or shape is caught here.
 static int place_tensors(GGUFFile *f, const uint64_t *offsets, Reader *r) {
     size_t data_size = f->file.size - f->data_offset;
+    TensorPlace *places = (TensorPlace *)calloc(f->tensors.count ? f->tensors.count : 1, sizeof(TensorPlace));
+    if (!places) return read_fail(r, "out of memory");
     for (int i = 0; i < f->tensors.count; i++) {
         TensorInfo *t = &f->tensors.tensors[i];
         char what[200];
         if (offsets[i] % f->alignment != 0) {
             snprintf(what, sizeof what, "tensor '%s' offset %llu is not aligned to %zu", t->name,
                      (unsigned long long)offsets[i], f->alignment);
+            free(places);
             return read_fail(r, what);
         }
         if (offsets[i] > data_size || t->nbytes > data_size - offsets[i]) {
             snprintf(what, sizeof what, "tensor '%s' data [%llu, +%zu) lies outside the file", t->name,
                      (unsigned long long)offsets[i], t->nbytes);
+            free(places);
             return read_fail(r, what);
         }
         t->data = (const unsigned char *)f->file.data + f->data_offset + offsets[i];
+        places[i] = (TensorPlace){t->name, offsets[i], t->nbytes};
     }
-    return 1;
+    int status = tensor_places_check(places, f->tensors.count, f->alignment, data_size, f->path, r->err, r->err_size);
+    free(places);
+    if (status != 0) r->failed = 1;
+    return status == 0;
+}
+
+static int compare_strings(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+// The first of n names that is given twice, or NULL; sorts names.
+static const char *find_duplicate(const char **names, int n) {
+    qsort(names, (size_t)n, sizeof *names, compare_strings);
+    for (int i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) return names[i];
+    return NULL;
+}
+
+// A metadata key or a tensor name given twice would mean two things (llama.cpp refuses both).
+static int check_unique_names(const GGUFFile *f, Reader *r) {
+    int n = f->n_kv > f->tensors.count ? f->n_kv : f->tensors.count;
+    const char **names = (const char **)malloc((size_t)(n ? n : 1) * sizeof *names);
+    if (!names) return read_fail(r, "out of memory");
+    char what[200];
+    for (int i = 0; i < f->n_kv; i++) names[i] = f->kv[i].key;
+    const char *twice = find_duplicate(names, f->n_kv);
+    if (twice) {
+        snprintf(what, sizeof what, "metadata key '%s' is given twice", twice);
+    } else {
+        for (int i = 0; i < f->tensors.count; i++) names[i] = f->tensors.tensors[i].name;
+        twice = find_duplicate(names, f->tensors.count);
+        if (twice) snprintf(what, sizeof what, "tensor '%s' is listed twice", twice);
+    }
+    free(names);
+    return twice ? read_fail(r, what) : 1;
 }
 
 static int parse(GGUFFile *f, Reader *r) {
@@ -220,6 +272,7 @@ static int parse(GGUFFile *f, Reader *r) {
         read_tensor_info(r, &f->tensors.tensors[i], &offsets[i]);
         f->tensors.count = (int)i + 1;
     }
+    if (!r->failed) check_unique_names(f, r);
     if (!r->failed) {
         f->data_offset = (r->pos + f->alignment - 1) / f->alignment * f->alignment;
         if (f->data_offset > f->file.size) read_fail(r, "file ends before the tensor data");

@@ -46,8 +46,11 @@ typedef struct {
     size_t data_offset;   // start of the tensor data section
 } GGUFFile;
 
-// Opens and validates path. On error returns -1 and a message naming the
-// file and what is wrong; nothing stays allocated.
+// Opens and validates path: every read in bounds, supported tensor types,
+// rows of whole blocks, tensors that fill the data section exactly (no gap,
+// no overlap, no trailing bytes: formats/tensor_layout.h), no name given
+// twice. On error returns -1 and a message naming the file (and the tensor or
+// key) and what is wrong; nothing stays allocated.
 int gguf_open(GGUFFile *f, const char *path, char *err, size_t err_size);
 void gguf_close(GGUFFile *f);
 

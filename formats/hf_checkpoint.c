@@ -43,8 +43,26 @@ static int find_shard_name(const char *const *names, int n, const char *name) {
     return -1;
 }
 
+// Every tensor of every shard must be in the index's weight_map: the index
+// and its shards describe one checkpoint, and a tensor only one of them
+// knows means one of them lies.
+static int check_all_listed(const HFCheckpoint *ck, const JsonValue *weight_map, const char *index_path, char *err,
+                            size_t err_size) {
+    for (int s = 0; s < ck->n_shards; s++) {
+        const TensorList *list = &ck->shards[s].tensors;
+        for (int i = 0; i < list->count; i++) {
+            if (json_get(weight_map, list->tensors[i].name)) continue;
+            snprintf(err, err_size, "%s: tensor '%s': in %s but not in the index's weight_map", index_path,
+                     list->tensors[i].name, ck->shards[s].path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 // Opens every distinct shard of the index's weight_map once, then checks
-// that each listed tensor is in the shard the index names.
+// that each listed tensor is in the shard the index names, and each shard's
+// tensors are listed.
 static int open_indexed_shards(HFCheckpoint *ck, const JsonValue *weight_map, const char *index_path, char *err,
                                size_t err_size) {
     size_t n = weight_map->count;
@@ -78,6 +96,7 @@ static int open_indexed_shards(HFCheckpoint *ck, const JsonValue *weight_map, co
     }
     free(names);
     free(shard_of);
+    if (status == 0) status = check_all_listed(ck, weight_map, index_path, err, err_size);
     return status;
 }
 

@@ -19,8 +19,10 @@ typedef struct {
     TensorList tensors;
 } HFCheckpoint;
 
-// Opens the weights of DIR. On any problem returns -1 with a message naming
-// the file (and the tensor) and what is wrong; nothing stays allocated.
+// Opens the weights of DIR. The index and its shards must agree (each listed
+// tensor in the shard named, each shard tensor listed, none in two shards).
+// On any problem returns -1 with a message naming the file (and the tensor)
+// and what is wrong; nothing stays allocated.
 // config.json and tokenizer.json are not read here (model.c reads them).
 int hf_open(HFCheckpoint *ck, const char *dir, char *err, size_t err_size);
 void hf_close(HFCheckpoint *ck);

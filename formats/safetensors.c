@@ -4,6 +4,7 @@
 #include "formats/safetensors.h"
 #include "formats/atomic_file.h"
 #include "formats/json.h"
+#include "formats/tensor_layout.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -30,12 +31,6 @@ static int dtype_is_supported(DType t) {
 }
 
 // ---- reading -----------------------------------------------------------------
-
-// A header entry's byte range, relative to the start of the data section.
-typedef struct {
-    uint64_t begin, end;
-    int tensor;
-} ByteRange;
 
 // Reads a JSON number that must be a whole number in [0, 2^53].
 static int read_count(const JsonValue *v, uint64_t *out) {
@@ -87,10 +82,10 @@ static int parse_dtype_and_shape(const char *path, const char *name, const JsonV
     return 0;
 }
 
-// Parses one header entry into t and its byte range; data_size is the length
-// of the data section.
+// Parses one header entry into t and its place in the data section;
+// data_size is the length of the data section.
 static int parse_entry(const char *path, const char *name, const JsonValue *entry, uint64_t data_size,
-                       TensorInfo *t, ByteRange *range, char *err, size_t err_size) {
+                       TensorInfo *t, TensorPlace *place, char *err, size_t err_size) {
     if (entry->type != JSON_OBJECT) {
         snprintf(err, err_size, "%s: tensor '%s': header entry is not an object", path, name);
         return -1;
@@ -116,42 +111,20 @@ static int parse_entry(const char *path, const char *name, const JsonValue *entr
         return -1;
     }
     t->nbytes = (size_t)nbytes;
-    range->begin = begin;
-    range->end = end;
+    place->begin = begin;
+    place->nbytes = nbytes;
     return 0;
 }
 
-static int compare_ranges(const void *a, const void *b) {
-    const ByteRange *x = (const ByteRange *)a, *y = (const ByteRange *)b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
-// Sorts the ranges by start; two tensors that share a byte are an error.
-static int check_no_overlap(const SafetensorsFile *f, ByteRange *ranges, int n, char *err, size_t err_size) {
-    qsort(ranges, (size_t)n, sizeof *ranges, compare_ranges);
-    int previous = -1;   // the non-empty range seen last
-    for (int i = 0; i < n; i++) {
-        if (ranges[i].begin == ranges[i].end) continue;
-        if (previous >= 0 && ranges[i].begin < ranges[previous].end) {
-            snprintf(err, err_size, "%s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s' [%llu, %llu)",
-                     f->path, f->tensors.tensors[ranges[i].tensor].name, (unsigned long long)ranges[i].begin,
-                     (unsigned long long)ranges[i].end, f->tensors.tensors[ranges[previous].tensor].name,
-                     (unsigned long long)ranges[previous].begin, (unsigned long long)ranges[previous].end);
-            return -1;
-        }
-        previous = i;
-    }
-    return 0;
-}
-
-// Fills f->tensors from the parsed header; data begins at data_start.
+// Fills f->tensors from the parsed header; data begins at data_start. As the
+// reference implementation, the tensors must fill the data section exactly:
+// no two share a byte, and no byte belongs to none (formats/tensor_layout.h).
 static int read_entries(SafetensorsFile *f, const JsonValue *header, size_t data_start, char *err,
                         size_t err_size) {
     f->tensors.tensors = (TensorInfo *)calloc(header->count ? header->count : 1, sizeof(TensorInfo));
-    ByteRange *ranges = (ByteRange *)calloc(header->count ? header->count : 1, sizeof(ByteRange));
-    if (!f->tensors.tensors || !ranges) {
-        free(ranges);
+    TensorPlace *places = (TensorPlace *)calloc(header->count ? header->count : 1, sizeof(TensorPlace));
+    if (!f->tensors.tensors || !places) {
+        free(places);
         snprintf(err, err_size, "%s: out of memory", f->path);
         return -1;
     }
@@ -165,12 +138,12 @@ static int read_entries(SafetensorsFile *f, const JsonValue *header, size_t data
         t->name = strdup(name);
         if (!t->name) { snprintf(err, err_size, "%s: out of memory", f->path); status = -1; break; }
         f->tensors.count = ++n;
-        status = parse_entry(f->path, name, &header->items[i], data_size, t, &ranges[n - 1], err, err_size);
-        ranges[n - 1].tensor = n - 1;
-        t->data = data + ranges[n - 1].begin;
+        places[n - 1].name = t->name;
+        status = parse_entry(f->path, name, &header->items[i], data_size, t, &places[n - 1], err, err_size);
+        t->data = data + places[n - 1].begin;
     }
-    if (status == 0) status = check_no_overlap(f, ranges, n, err, err_size);
-    free(ranges);
+    if (status == 0) status = tensor_places_check(places, n, 1, data_size, f->path, err, err_size);
+    free(places);
     return status;
 }
 

@@ -25,7 +25,9 @@ typedef struct {
 } SafetensorsFile;
 
 // Maps path and validates its header: known dtypes, offsets inside the file,
-// sizes matching the shapes, no two tensors overlapping, no duplicate names.
+// sizes matching the shapes, no duplicate names, and, as the reference
+// implementation, tensors that fill the data section exactly: no two share a
+// byte and none is left over (formats/tensor_layout.h).
 // "__metadata__" is skipped. On error returns -1 with
 // "PATH: tensor 'NAME': what is wrong" (or "PATH: what is wrong") in err,
 // and nothing stays allocated or mapped.

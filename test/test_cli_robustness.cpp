@@ -1,7 +1,8 @@
 // Robustness of the programs' edges, found by fuzzing: option parsing (formats/cli.c)
 // names an unknown option and the "--name=value" form instead of a missing
 // value; a huge --limit does not crash eval_load_samples; ./generate and
-// ./evaluate stop with a message when an adapter's weights overflow the model;
+// ./evaluate stop with a message when an adapter's weights overflow the model,
+// and when the model file holds a layer its metadata does not count;
 // ./evaluate's data errors name the program. Runs the real ./generate and
 // ./evaluate (built by `make test`).
 #include <doctest/doctest.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 
@@ -90,6 +92,32 @@ TEST_CASE("generate and evaluate: an adapter that overflows the model stops them
     CHECK(output.find("evaluate: the fine-tuned model's output is NaN/Inf (or overflowed) on sample 1") !=
           std::string::npos);
     REQUIRE(system(("rm -rf " + adapter).c_str()) == 0);
+}
+
+// A copy of the default model whose metadata says 29 layers where it holds 30.
+static std::string model_with_a_layer_too_many() {
+    std::ifstream in(DEFAULT_MODEL, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string key = "llama.block_count";
+    size_t at = bytes.find(std::string(1, (char)key.size()) + std::string(7, '\0') + key);
+    REQUIRE(at != std::string::npos);
+    at += 8 + key.size() + 4;   // the length, the key, the type: the u32 value
+    REQUIRE(bytes[at] == 30);
+    bytes[at] = 29;
+    std::string path = "/tmp/qlora_cli_layers.gguf";
+    std::ofstream(path, std::ios::binary) << bytes;
+    return path;
+}
+
+TEST_CASE("generate and evaluate: a model file holding tensors it does not use stops them, naming the tensor") {
+    std::string model = model_with_a_layer_too_many(), output;
+    CHECK(run("./generate --quant none --prompt hi --max-new 1 --model " + model, output) == 1);
+    CHECK_MESSAGE(output.find("generate: " + model + ": tensor 'blk.29.") != std::string::npos, output);
+    CHECK_MESSAGE(output.find("llama.block_count says 29 layers") != std::string::npos, output);
+    CHECK(run("./evaluate --quant none --data data/sample_raft.jsonl --limit 1 --out /tmp/qlora_cli_eval.json "
+              "--model " + model, output) == 1);
+    CHECK_MESSAGE(output.find("evaluate: " + model + ": tensor 'blk.29.") != std::string::npos, output);
+    std::remove(model.c_str());
 }
 
 TEST_CASE("evaluate and generate: option and data errors name the program and what is wrong") {

@@ -332,6 +332,10 @@ TEST_CASE("embed: corrupt or mismatched model files give clear errors") {
     CHECK_MESSAGE(no_heads.find("'num_attention_heads' is missing") != std::string::npos, no_heads);
     std::string odd_heads = load_error(replace(config, "\"num_attention_heads\": 12", "\"num_attention_heads\": 7"));
     CHECK_MESSAGE(odd_heads.find("not a multiple of num_attention_heads 7") != std::string::npos, odd_heads);
+    // a config that counts fewer layers than the file holds: the sixth is named, not silently dropped
+    std::string fewer = load_error(replace(config, "\"num_hidden_layers\": 6", "\"num_hidden_layers\": 5"));
+    CHECK_MESSAGE(fewer.find("tensor 'encoder.layer.5.") != std::string::npos, fewer);
+    CHECK_MESSAGE(fewer.find("is in the file but not used: config.json says 5 layers") != std::string::npos, fewer);
     std::string not_json = load_error("{\"model_type\": \"bert\",");
     CHECK_MESSAGE(not_json.find("config.json") != std::string::npos, not_json);
 

@@ -1,6 +1,8 @@
 // Tests for formats/gguf.c, ggml_blocks.c, float16.c and tensor.c: the block dequantizers on hand-built blocks
 // with known values, a small GGUF file written here, and corrupt files
-// (truncated at every length, every header bit flipped, lying offsets).
+// (truncated at every length, every header bit flipped, lying offsets,
+// tensors that overlap or leave bytes to none, relabelled types, rows of
+// partial blocks, names given twice).
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -298,4 +300,121 @@ TEST_CASE("gguf: not a GGUF file, wrong version, missing file") {
 
     CHECK(gguf_open(&f, "/nonexistent/model.gguf", err, sizeof err) == -1);
     CHECK(std::string(err).find("/nonexistent/model.gguf") != std::string::npos);
+}
+
+// ---- the file checked against itself ------------------------------------------
+
+// One tensor of a built file: dims innermost first, as GGUF lists them.
+struct TensorSpec {
+    std::string name;
+    std::vector<uint64_t> dims;
+    uint32_t type;
+    size_t nbytes;   // the data written for it (zeros)
+};
+
+// A GGUF with one u32 metadata entry per key (value 1) and the tensors laid
+// out as llama.cpp writes them, each padded to 32 bytes; offsets overrides
+// the offsets written (empty: the right ones).
+static std::vector<unsigned char> build_gguf(const std::vector<std::string> &keys,
+                                             const std::vector<TensorSpec> &tensors,
+                                             std::vector<uint64_t> offsets = {}) {
+    GGUFBuilder b;
+    b.raw("GGUF", 4);
+    b.u32(3);
+    b.u64(tensors.size());
+    b.u64(keys.size());
+    for (const std::string &key : keys) { b.str(key); b.u32(GGUF_UINT32); b.u32(1); }
+    uint64_t next = 0;
+    for (size_t i = 0; i < tensors.size(); i++) {
+        const TensorSpec &t = tensors[i];
+        b.str(t.name);
+        b.u32((uint32_t)t.dims.size());
+        for (uint64_t d : t.dims) b.u64(d);
+        b.u32(t.type);
+        b.u64(i < offsets.size() ? offsets[i] : next);
+        next += (t.nbytes + 31) / 32 * 32;
+    }
+    for (const TensorSpec &t : tensors) {
+        while (b.bytes.size() % 32) b.bytes.push_back(0);
+        b.bytes.resize(b.bytes.size() + t.nbytes, 0);
+    }
+    return b.bytes;
+}
+
+// gguf_open on bytes must fail with a message holding the path and every part.
+static void expect_gguf_refused(const std::vector<unsigned char> &bytes, std::vector<std::string> parts) {
+    std::string path = write_temp(bytes);
+    GGUFFile f;
+    char err[512] = "";
+    CHECK(gguf_open(&f, path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find(path) != std::string::npos, err);
+    for (const std::string &part : parts) CHECK_MESSAGE(std::string(err).find(part) != std::string::npos, err);
+    remove(path.c_str());
+}
+
+static void expect_gguf_opens(const std::vector<unsigned char> &bytes) {
+    std::string path = write_temp(bytes);
+    GGUFFile f;
+    char err[512] = "";
+    CHECK_MESSAGE(gguf_open(&f, path.c_str(), err, sizeof err) == 0, err);
+    if (f.path) gguf_close(&f);
+    remove(path.c_str());
+}
+
+TEST_CASE("gguf: tensors must fill the data section exactly (llama.cpp's layout)") {
+    // "a" F16 [2, 64] (256 bytes), "b" Q8_0 [64] (68 bytes) at 256
+    const std::vector<TensorSpec> tensors = {{"a", {64, 2}, DT_F16, 256}, {"b", {64}, DT_Q8_0, 68}};
+    std::vector<unsigned char> good = build_gguf({}, tensors);
+    expect_gguf_opens(good);
+    std::vector<unsigned char> padded = good;   // the last tensor's padding is optional
+    padded.resize(padded.size() + 28, 0);
+    expect_gguf_opens(padded);
+
+    SUBCASE("overlap") {
+        expect_gguf_refused(build_gguf({}, tensors, {0, 224}),
+                            {"tensor 'b': data bytes [224, 292) overlap tensor 'a' [0, 256)"});
+    }
+    SUBCASE("gap") {
+        std::vector<unsigned char> gap = build_gguf({}, tensors, {0, 288});
+        gap.resize(gap.size() + 32, 0);
+        expect_gguf_refused(gap, {"data bytes [256, 288) between tensor 'a' and tensor 'b' belong to no tensor"});
+    }
+    SUBCASE("bytes before the first tensor") {
+        std::vector<unsigned char> late = build_gguf({}, tensors, {32, 288});
+        late.resize(late.size() + 32, 0);
+        expect_gguf_refused(late, {"data bytes [0, 32) belong to no tensor: the first, 'a', starts at 32"});
+    }
+    SUBCASE("trailing bytes") {
+        padded.resize(padded.size() + 1, 0);
+        expect_gguf_refused(padded, {"the last 29 bytes of the file belong to no tensor: the last tensor, 'b'"});
+    }
+    // the same bytes with one tensor's type changed: the size its type implies is not the room it has
+    SUBCASE("a type relabelled to a larger one overlaps the next tensor") {
+        // "a" Q8_0 [2, 64] (136 bytes, padded to 160), "b" F32 [64] (256 bytes) at 160
+        std::vector<TensorSpec> relabelled = {{"a", {64, 2}, DT_Q8_0, 136}, {"b", {64}, DT_F32, 256}};
+        expect_gguf_opens(build_gguf({}, relabelled));
+        relabelled[0].type = DT_F16;   // 256 bytes
+        expect_gguf_refused(build_gguf({}, relabelled), {"tensor 'b': data bytes [160, 416) overlap tensor 'a' [0, 256)"});
+    }
+    SUBCASE("a type relabelled to a smaller one leaves bytes to no tensor") {
+        std::vector<TensorSpec> relabelled = tensors;
+        relabelled[0].type = DT_Q8_0;   // 136 bytes
+        expect_gguf_refused(build_gguf({}, relabelled), {"data bytes [136, 256) between tensor 'a' and tensor 'b'",
+                                                         "the type or shape of 'a' is wrong"});
+        relabelled = tensors;
+        relabelled[1].type = DT_Q4_0;   // the last tensor: 36 bytes
+        expect_gguf_refused(build_gguf({}, relabelled),
+                            {"the last 32 bytes of the file belong to no tensor: the last tensor, 'b'"});
+    }
+}
+
+TEST_CASE("gguf: block rows, duplicate names and keys are refused") {
+    // Q8_0 [2, 48]: 96 values, three whole blocks, but a row of 48 is not whole blocks
+    expect_gguf_refused(build_gguf({}, {{"w", {48, 2}, DT_Q8_0, 102}}),
+                        {"tensor 'w' has rows of 48 values, not a whole number of Q8_0 blocks (32 values)"});
+    expect_gguf_opens(build_gguf({}, {{"w", {64, 2}, DT_Q8_0, 136}}));
+    expect_gguf_refused(build_gguf({}, {{"w", {32}, DT_F32, 128}, {"w", {32}, DT_F32, 128}}),
+                        {"tensor 'w' is listed twice"});
+    expect_gguf_refused(build_gguf({"llama.block_count", "general.alignment", "llama.block_count"}, {}),
+                        {"metadata key 'llama.block_count' is given twice"});
 }

@@ -2,7 +2,8 @@
 // random-weight model in Llama, Qwen2 and EXAONE naming, F32 and BF16, tied
 // and untied, single-file and sharded) must load through model_read_hf_config
 // + hf_open + model_from_tensors with every weight equal to what was written; broken
-// configs and checkpoints must be refused with a message naming the culprit.
+// configs and checkpoints (tensors the model does not use, NaN weights, shards
+// the index does not match) must be refused with a message naming the culprit.
 #include <doctest/doctest.h>
 
 #include "formats/hf_checkpoint.h"
@@ -10,6 +11,7 @@
 #include "model.h"
 #include "formats/safetensors.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -290,6 +292,26 @@ void expect_open_fails(const TempDir &dir, std::vector<std::string> parts) {
     CHECK(ck.dir == nullptr);
 }
 
+// Building dir's model must fail with a message containing every one of the given parts.
+void expect_model_fails(const TempDir &dir, std::vector<std::string> parts) {
+    Config config;
+    char err[512] = "";
+    REQUIRE_MESSAGE(model_read_hf_config(dir.file("config.json").c_str(), &config, err, sizeof err) == 0, err);
+    HFCheckpoint ck;
+    REQUIRE_MESSAGE(hf_open(&ck, dir.path.c_str(), err, sizeof err) == 0, err);
+    Model m;
+    CHECK(model_from_tensors(&m, &config, &ck.tensors, 0, dir.path.c_str(), err, sizeof err) == -1);
+    hf_close(&ck);
+    for (const std::string &part : parts) CHECK_MESSAGE(std::strstr(err, part.c_str()) != nullptr, err);
+}
+
+// A copy of weights[like] under another name.
+Weight renamed(const std::vector<Weight> &weights, size_t like, const std::string &name) {
+    Weight w = weights[like];
+    w.name = name;
+    return w;
+}
+
 }  // namespace
 
 TEST_CASE("hf: tiny checkpoints load with every weight intact") {
@@ -487,10 +509,11 @@ TEST_CASE("hf: broken weight files and shard indexes are refused") {
         const Variant single = {ARCH_LLAMA, DT_F32, false, 1};
         write_weights(dir, single, extra);
         std::filesystem::rename(dir.file("model.safetensors"), dir.file("extra.safetensors"));
-        write_text(dir.file("model.safetensors.index.json"),
-                   "{\"weight_map\": {\"" + weights[0].name + "\": \"" + shard_name(0, 2) + "\", \"" +
-                       weights[3].name + "\": \"" + shard_name(1, 2) + "\", \"" + weights[1].name +
-                       "\": \"extra.safetensors\"}}");
+        std::string index = "{\"weight_map\": {";   // every tensor, weights[1] in extra.safetensors
+        for (size_t i = 0; i < weights.size(); i++)
+            index += (i ? ", \"" : "\"") + weights[i].name + "\": \"" +
+                     (i == 1 ? std::string("extra.safetensors") : shard_name((int)i % 2, 2)) + "\"";
+        write_text(dir.file("model.safetensors.index.json"), index + "}}");
         expect_open_fails(dir, {"tensor '" + weights[1].name + "': found in both"});
     }
     {
@@ -521,4 +544,77 @@ TEST_CASE("hf: a trailing slash on the directory is harmless") {
     CHECK(std::string(ck.dir) == dir.path);
     CHECK(ck.shards[0].path == dir.file("model.safetensors"));
     hf_close(&ck);
+}
+
+TEST_CASE("hf: every tensor of the checkpoint is used or named in an error") {
+    const Variant variants[] = {{ARCH_LLAMA, DT_F32, false, 1}, {ARCH_EXAONE, DT_BF16, true, 2}};
+    for (const Variant &v : variants) {
+        CAPTURE(arch_name(v.arch));
+        const char *layer1 = v.arch == ARCH_EXAONE ? "tensor 'transformer.h.1." : "tensor 'model.layers.1.";
+        {
+            TempDir dir;   // two layers' weights, a config that says one
+            ConfigKeys keys = config_keys(v);
+            keys[v.arch == ARCH_EXAONE ? "num_layers" : "num_hidden_layers"] = "1";
+            write_checkpoint(dir, v, make_weights(v), keys);
+            expect_model_fails(dir, {dir.path, layer1, "is in the file but not used: config.json says 1 layer"});
+        }
+        {
+            TempDir dir;   // a name no weight has
+            std::vector<Weight> weights = make_weights(v);
+            weights.push_back(renamed(weights, 1, "model.layers.0.mlp.extra_proj.weight"));
+            write_checkpoint(dir, v, weights, config_keys(v));
+            expect_model_fails(dir, {"tensor 'model.layers.0.mlp.extra_proj.weight' is in the file but not used: "
+                                     "no " + std::string(arch_name(v.arch)) + " weight has this name"});
+        }
+    }
+    {
+        TempDir dir;   // a q bias in a Llama checkpoint (attention_bias is false)
+        const Variant v = {ARCH_LLAMA, DT_BF16, false, 1};
+        std::vector<Weight> weights = make_weights(v);
+        weights.push_back(renamed(weights, 1, "model.layers.1.self_attn.q_proj.bias"));
+        write_checkpoint(dir, v, weights, config_keys(v));
+        expect_model_fails(dir, {"tensor 'model.layers.1.self_attn.q_proj.bias' is in the file but not used: llama "
+                                 "models have no q/k/v biases"});
+    }
+    {
+        TempDir dir;   // what transformers ignores loads: RoPE's inv_freq buffers, a tied model's lm_head
+        const Variant v = {ARCH_LLAMA, DT_F32, true, 1};
+        std::vector<Weight> weights = make_weights(v);
+        weights.push_back(renamed(weights, 1, "model.layers.0.self_attn.rotary_emb.inv_freq"));
+        weights.push_back(renamed(weights, 0, "lm_head.weight"));
+        write_checkpoint(dir, v, weights, config_keys(v));
+        check_loads(dir, v, weights);
+    }
+}
+
+TEST_CASE("hf: weights that decode to NaN or Inf are refused by name") {
+    for (DType dtype : {DT_F32, DT_BF16}) {
+        CAPTURE(dtype_name(dtype));
+        const Variant v = {ARCH_QWEN2, dtype, false, 1};
+        TempDir dir;
+        std::vector<Weight> weights = make_weights(v);
+        for (Weight &w : weights) {
+            if (w.name != "model.layers.1.mlp.up_proj.weight") continue;
+            if (dtype == DT_BF16) w.bf16[17] = 0x7FC0;   // NaN
+            else w.expected[17] = INFINITY;
+        }
+        write_checkpoint(dir, v, weights, config_keys(v));
+        expect_model_fails(dir, {dir.path, "tensor 'model.layers.1.mlp.up_proj.weight' (" +
+                                               std::string(dtype_name(dtype)) + ") decodes to NaN or Inf"});
+    }
+}
+
+TEST_CASE("hf: a shard tensor missing from the index is refused") {
+    const Variant v = {ARCH_LLAMA, DT_F32, false, 2};
+    std::vector<Weight> weights = make_weights(v);
+    TempDir dir;
+    write_checkpoint(dir, v, weights, config_keys(v));
+    std::string index = "{\"weight_map\": {";
+    for (size_t i = 0; i < weights.size(); i++) {
+        if (i == 3) continue;   // weights[3] stays in shard 2, unlisted
+        index += (index.back() == '{' ? "\"" : ", \"") + weights[i].name + "\": \"" + shard_name((int)i % 2, 2) + "\"";
+    }
+    write_text(dir.file("model.safetensors.index.json"), index + "}}\n");
+    expect_open_fails(dir, {dir.file("model.safetensors.index.json"), "tensor '" + weights[3].name + "': in " +
+                                dir.file(shard_name(1, 2)) + " but not in the index's weight_map"});
 }

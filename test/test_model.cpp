@@ -1,7 +1,9 @@
 // Tests for model.c on the real default model file: its config, and copies
 // of it that are truncated, bit-flipped, or lie about a tensor's offset,
-// shape or type. Each must give a clear error naming the file (and tensor),
-// never a crash; and an HF directory with a tokenizer.json loads end to end.
+// shape or type, count fewer layers than they hold, or hold NaN/Inf weights;
+// its tensors with a disallowed type or an unused one added. Each must give a
+// clear error naming the file (and tensor), never a crash; and an HF
+// directory with a tokenizer.json loads end to end.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -16,6 +18,7 @@
 
 #include "infer/forward.h"
 #include "model.h"
+#include "formats/gguf.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
 
@@ -142,6 +145,132 @@ TEST_CASE("model: lying tensor infos are refused by tensor name") {
         CHECK(err.find("tensor 'output_norm.weight' is missing") != std::string::npos);
         remove(path.c_str());
     }
+}
+
+// Byte position of the value of a u32 metadata entry (after its key and type).
+static size_t metadata_u32_position(const std::vector<char> &bytes, const std::string &key) {
+    size_t at = tensor_info_position(bytes, key);   // keys are stored as tensor names are
+    uint32_t type;
+    memcpy(&type, &bytes[at], 4);
+    REQUIRE(type == GGUF_UINT32);
+    return at + 4;
+}
+
+// Byte position of a tensor's data in the default model.
+static size_t data_position(const char *tensor) {
+    GGUFFile f;
+    char err[512] = "";
+    REQUIRE_MESSAGE(gguf_open(&f, DEFAULT_MODEL, err, sizeof err) == 0, err);
+    const TensorInfo *t = tensor_find(&f.tensors, tensor);
+    REQUIRE(t);
+    size_t at = (size_t)((const char *)t->data - (const char *)f.file.data);
+    gguf_close(&f);
+    return at;
+}
+
+// The error loading a copy of the default model with bytes changed.
+static std::string error_of_copy(const std::vector<char> &bytes, std::string &path) {
+    path = write_temp(bytes.data(), bytes.size());
+    std::string err = load_error(path);
+    remove(path.c_str());
+    return err;
+}
+
+TEST_CASE("model: a GGUF holding more layers than its block_count is refused, naming the first unused tensor") {
+    std::vector<char> bytes = read_all(DEFAULT_MODEL);
+    uint32_t fewer = 29;
+    memcpy(&bytes[metadata_u32_position(bytes, "llama.block_count")], &fewer, 4);
+    std::string path, err = error_of_copy(bytes, path);
+    CHECK_MESSAGE(err.find(path + ": tensor 'blk.29.") != std::string::npos, err);
+    CHECK_MESSAGE(err.find("is in the file but not used: the metadata's llama.block_count says 29 layers") !=
+                      std::string::npos, err);
+}
+
+TEST_CASE("model: a tensor relabelled to another type is refused at load, by name") {
+    struct Case {
+        const char *tensor;
+        size_t type_field;   // after the name: ndim (4) and the dims (8 each)
+        DType type;
+        const char *reason;
+    };
+    const Case cases[] = {
+        {"blk.0.attn_q.weight", 20, DT_Q4_0,
+         "between tensor 'blk.0.attn_q.weight' and tensor 'blk.0.attn_v.weight' belong to no tensor"},
+        {"blk.0.attn_q.weight", 20, DT_Q5_1, "overlap tensor 'blk.0.attn_q.weight'"},
+        {"token_embd.weight", 20, DT_Q4_1, "between tensor 'token_embd.weight' and tensor 'blk.0.attn_norm.weight'"},
+        {"blk.0.ffn_norm.weight", 12, DT_F16, "between tensor 'blk.0.ffn_norm.weight' and tensor 'blk.0.attn_k.weight'"},
+        {"output_norm.weight", 12, DT_Q8_0, "'output_norm.weight'"},
+    };
+    for (const Case &c : cases) {
+        CAPTURE(c.tensor);
+        CAPTURE(dtype_name(c.type));
+        std::vector<char> bytes = read_all(DEFAULT_MODEL);
+        uint32_t type = (uint32_t)c.type;
+        memcpy(&bytes[tensor_info_position(bytes, c.tensor) + c.type_field], &type, 4);
+        std::string path, err = error_of_copy(bytes, path);
+        CHECK_MESSAGE(err.find(path) != std::string::npos, err);
+        CHECK_MESSAGE(err.find(c.reason) != std::string::npos, err);
+    }
+}
+
+TEST_CASE("model: weights that decode to NaN or Inf are refused at load, by name") {
+    std::vector<char> bytes = read_all(DEFAULT_MODEL);
+    SUBCASE("a Q4_1 block whose scale is Inf") {
+        uint16_t inf = 0x7C00;
+        memcpy(&bytes[data_position("blk.5.ffn_up.weight") + 20 * 7], &inf, 2);   // block 7's d
+        std::string path, err = error_of_copy(bytes, path);
+        CHECK_MESSAGE(err.find(path + ": tensor 'blk.5.ffn_up.weight' (Q4_1) decodes to NaN or Inf") !=
+                          std::string::npos, err);
+    }
+    SUBCASE("an F32 NaN in a norm") {
+        float nan = NAN;
+        memcpy(&bytes[data_position("blk.3.attn_norm.weight") + 4 * 9], &nan, 4);
+        std::string path, err = error_of_copy(bytes, path);
+        CHECK_MESSAGE(err.find("tensor 'blk.3.attn_norm.weight' (F32) decodes to NaN or Inf") != std::string::npos,
+                      err);
+    }
+}
+
+// model_from_tensors on the default model's tensors with one changed or one added.
+TEST_CASE("model: a type the format does not allow for a tensor, or a tensor the model does not use, is refused") {
+    GGUFFile f;
+    char err[512] = "";
+    REQUIRE_MESSAGE(gguf_open(&f, DEFAULT_MODEL, err, sizeof err) == 0, err);
+    std::vector<TensorInfo> tensors(f.tensors.tensors, f.tensors.tensors + f.tensors.count);
+    auto find = [&](const char *name) -> TensorInfo & {
+        for (TensorInfo &t : tensors)
+            if (std::string(t.name) == name) return t;
+        FAIL("no tensor ", name);
+        return tensors[0];
+    };
+    std::string reason;
+    SUBCASE("a block-typed norm") {
+        TensorInfo &norm = find("output_norm.weight");
+        norm.dtype = DT_Q8_0;
+        norm.nbytes = dtype_nbytes(DT_Q8_0, 576);
+        reason = "tensor 'output_norm.weight' has type Q8_0, expected F32, F16 or BF16";
+    }
+    SUBCASE("an integer matrix") {
+        find("blk.2.attn_k.weight").dtype = DT_I32;
+        reason = "tensor 'blk.2.attn_k.weight' has type I32, expected F32, F16, BF16 or a GGML block type";
+    }
+    TensorInfo extra = find("blk.0.attn_norm.weight");
+    SUBCASE("a tensor of no known name") {
+        extra.name = (char *)"blk.0.attn_rot_embd";
+        tensors.push_back(extra);
+        reason = "tensor 'blk.0.attn_rot_embd' is in the file but not used: no llama weight has this name";
+    }
+    SUBCASE("a bias llama models do not have") {
+        extra.name = (char *)"blk.3.attn_q.bias";
+        tensors.push_back(extra);
+        reason = "tensor 'blk.3.attn_q.bias' is in the file but not used: llama models have no q/k/v biases";
+    }
+    TensorList list = {tensors.data(), (int)tensors.size()};
+    Model m;
+    CHECK(model_from_tensors(&m, &default_model().config, &list, 1, DEFAULT_MODEL, err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find(reason) != std::string::npos, err, " (expected '", reason, "')");
+    CHECK(m.storage == nullptr);
+    gguf_close(&f);
 }
 
 TEST_CASE("model: random byte flips in the header never crash the loader") {

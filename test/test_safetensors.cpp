@@ -1,6 +1,7 @@
 // test_safetensors.cpp: the safetensors reader and writer: a round trip of
 // every dtype, hand-built broken files (each must give -1 and a message with
-// the path and the reason), and every single-bit flip of a header.
+// the path and the reason; overlaps, gaps and trailing bytes refused as the
+// reference implementation refuses them), and every single-bit flip of a header.
 #include <doctest/doctest.h>
 
 #include "formats/safetensors.h"
@@ -260,7 +261,20 @@ TEST_CASE("safetensors: broken files are refused with the path and the reason") 
          make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                    "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
                    data16),
-         "tensor 'b': data_offsets [4, 12) overlap tensor 'a'"},
+         "tensor 'b': data bytes [4, 12) overlap tensor 'a' [0, 8)"},
+        // as the reference implementation, the tensors must fill the data exactly
+        {"gap between tensors",
+         make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                   "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                   data16),
+         "data bytes [4, 8) between tensor 'a' and tensor 'b' belong to no tensor"},
+        {"bytes before the first tensor",
+         make_file("{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[4,16]}}", data16),
+         "data bytes [0, 4) belong to no tensor: the first, 'w', starts at 4"},
+        {"bytes after the last tensor",
+         make_file("{\"w\":{\"dtype\":\"BF16\",\"shape\":[6],\"data_offsets\":[0,12]}}", data16),
+         "the last 4 bytes of the file belong to no tensor: the last tensor, 'w', ends at data byte 12"},
+        {"data but no tensor", make_file("{}", data16), "the file has 16 bytes of data but no tensor"},
         {"duplicate name",
          make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                    "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
