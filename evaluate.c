@@ -5,9 +5,10 @@
 // embedding cosine (English), groundedness in the oracle document and
 // whether it wrongly abstains; on samples without the oracle, whether it
 // abstains (eval/abstain.h); on all, the reference's answer-only loss and
-// perplexity. Both run on the base the adapter was trained on: by default
-// (--quant nf4, as ./train's) the linear weights round-tripped through NF4,
-// W = dequant(NF4(W)), so the comparison is fair.
+// perplexity. Both run on the base the adapter was trained on, so the
+// comparison is fair: the one its adapter_config.json records (./train's
+// adapters), else by default --quant nf4, as ./train's: the linear weights
+// round-tripped through NF4, W = dequant(NF4(W)).
 //   ./evaluate --adapter out/adapter --data data/faq/val.bin --limit 40
 // Prints each metric's mean per language with a 95% bootstrap interval, the
 // paired change with its interval (eval/bootstrap.h), and a few answers side
@@ -32,13 +33,13 @@
 typedef struct {
     const char *model_path, *adapter_dir, *data_path, *embedder_dir, *out_path;
     int max_new, limit, examples;
-    int quant_nf4, double_quant;   // with --adapter: both arms on dequant(NF4(W)), the base ./train trains on
+    AdapterBaseChoice base;        // with --adapter: both arms on the base the adapter was trained on
     int resamples, seed;           // the bootstrap's
 } Options;
 
 static const Options DEFAULTS = {
     DEFAULT_MODEL, NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
-    64, INT_MAX, 3, 1, 1, BOOTSTRAP_DEFAULT_RESAMPLES, BOOTSTRAP_DEFAULT_SEED,
+    64, INT_MAX, 3, {1, 1, 0, 0}, BOOTSTRAP_DEFAULT_RESAMPLES, BOOTSTRAP_DEFAULT_SEED,
 };
 
 static void usage(FILE *out) {
@@ -62,8 +63,9 @@ static void usage(FILE *out) {
             "  --adapter DIR     LoRA adapter in peft's layout, as ./train writes (default: base model only)\n"
             "  --quant Q         with --adapter, the base it was trained on, as ./train's --quant, for both the\n"
             "                    base and the fine-tuned answers: nf4 (the linear weights round-tripped through\n"
-            "                    NF4) or none (as loaded) (default nf4)\n"
-            "  --double-quant B  0 or 1, as ./train's --double-quant, for --quant nf4 (default %d)\n"
+            "                    NF4) or none (as loaded) (default: the one the adapter records, as ./train\n"
+            "                    writes it; else nf4)\n"
+            "  --double-quant B  0 or 1, as ./train's --double-quant, for --quant nf4 (default: recorded; else %d)\n"
             "  --data PATH       validation samples: a .bin from ./prepare or RAFT JSONL (default %s)\n"
             "  --embedder DIR    sentence-embedding model (default %s)\n"
             "  --max-new N       longest answer generated, in tokens (default %d)\n"
@@ -74,7 +76,7 @@ static void usage(FILE *out) {
             "  --out PATH        JSON report (default ADAPTER/../eval.json, or eval.json without --adapter);\n"
             "                    the SVG chart goes next to it with .svg for .json\n"
             "  -h, --help        this help\n",
-            d->model_path, d->double_quant, d->data_path, d->embedder_dir, d->max_new, d->examples,
+            d->model_path, d->base.double_quant, d->data_path, d->embedder_dir, d->max_new, d->examples,
             d->resamples, d->seed);
 }
 
@@ -106,8 +108,13 @@ static Options parse_args(int argc, char **argv) {
         v = cli_text("evaluate", f, v);
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--adapter") == 0) o.adapter_dir = v;
-        else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("evaluate", f, v, quant_choices) == 0;
-        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_choice("evaluate", f, v, bit_choices);
+        else if (strcmp(f, "--quant") == 0) {
+            o.base.quant_nf4 = cli_choice("evaluate", f, v, quant_choices) == 0;
+            o.base.quant_given = 1;
+        } else if (strcmp(f, "--double-quant") == 0) {
+            o.base.double_quant = cli_choice("evaluate", f, v, bit_choices);
+            o.base.double_quant_given = 1;
+        }
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--embedder") == 0) o.embedder_dir = v;
         else if (strcmp(f, "--out") == 0) o.out_path = v;
@@ -300,8 +307,8 @@ static int write_report(const char *path, const Options *o, const EvalSample *sa
     fprintf(f, ",\n  \"adapter\": ");
     if (o->adapter_dir) json_write_string(f, o->adapter_dir);
     else fprintf(f, "null");
-    fprintf(f, ",\n  \"quant\": \"%s\", \"double_quant\": %d", o->adapter_dir && o->quant_nf4 ? "nf4" : "none",
-            o->double_quant);
+    fprintf(f, ",\n  \"quant\": \"%s\", \"double_quant\": %d", o->adapter_dir && o->base.quant_nf4 ? "nf4" : "none",
+            o->base.double_quant);
     fprintf(f, ",\n  \"data\": ");
     json_write_string(f, o->data_path);
     fprintf(f, ",\n  \"samples\": %d,\n  \"max_new\": %d,\n", count, o->max_new);
@@ -348,13 +355,26 @@ static void write_chart(const char *json_path, const EvalComparison *c, int tune
 
 // ---- main ---------------------------------------------------------------------------
 
+// With --adapter, the base both arms run on: the one the adapter records, or
+// --quant (printed, with a warning when they differ). Exits on error.
+static void choose_base(Options *o, const Model *m) {
+    char err[1024], warning[2048];
+    AdapterBaseChoice *base = &o->base;
+    int recorded = adapter_choose_base(o->adapter_dir, m, base, warning, sizeof warning, err, sizeof err);
+    if (recorded < 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
+    if (warning[0]) fprintf(stderr, "evaluate: warning: %s\n", warning);
+    printf("base (both arms): %s\n", adapter_describe_base(base, recorded, err, sizeof err));
+}
+
 // One arm's model: as loaded; with --adapter, both arms on the base the adapter
-// was trained on (--quant), the fine-tuned one with the adapter merged in.
-static void load_model(Model *m, const Options *o, int merge_adapter) {
+// was trained on (choose_base, on the first arm loaded: the fine-tuned one),
+// the fine-tuned one with the adapter merged in.
+static void load_model(Model *m, Options *o, int merge_adapter) {
     char err[1024];
     if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
     if (!o->adapter_dir) return;
-    if (o->quant_nf4 && nf4_round_trip_model(m, o->double_quant, err, sizeof err) != 0) {
+    if (merge_adapter) choose_base(o, m);
+    if (o->base.quant_nf4 && nf4_round_trip_model(m, o->base.double_quant, err, sizeof err) != 0) {
         fprintf(stderr, "evaluate: %s\n", err);
         exit(1);
     }
@@ -363,15 +383,6 @@ static void load_model(Model *m, const Options *o, int merge_adapter) {
     if (adapter_merge_peft(m, o->adapter_dir, &info, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
     printf("adapter: %s (%d modules merged, rank %d, scaling %g)\n", o->adapter_dir, info.n_merged, info.rank,
            info.scaling);
-}
-
-static void print_base(const Options *o) {
-    if (!o->adapter_dir) return;
-    if (o->quant_nf4)
-        printf("base (both arms): linear weights round-tripped through NF4%s (as ./train --quant nf4 --double-quant %d)\n",
-               o->double_quant ? " with double quant" : "", o->double_quant);
-    else
-        printf("base (both arms): weights as loaded (as ./train --quant none)\n");
 }
 
 // The report's folder must be writable before minutes of answers are spent; exits if not.
@@ -420,7 +431,6 @@ int main(int argc, char **argv) {
     }
     // the fine-tuned arm first, so that a bad adapter is reported before the base arm's answers
     Model model;
-    print_base(&o);
     load_model(&model, &o, o.adapter_dir != NULL);
     check_report_path(path);
     int count;

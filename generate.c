@@ -3,8 +3,9 @@
 // The prompt is encoded (optionally wrapped in the chat template), run through
 // the model in chunks to fill the key/value cache, then one token at a time is
 // chosen by the sampler and printed as soon as it is known. With --adapter
-// the adapter is merged into the base it was trained on: by default (--quant
-// nf4, as ./train's) the linear weights round-tripped through NF4 first.
+// the adapter is merged into the base it was trained on: the one its
+// adapter_config.json records (./train's adapters), else by default --quant
+// nf4, as ./train's: the linear weights round-tripped through NF4 first.
 #include "infer/adapter.h"
 #include "formats/cli.h"
 #include "eval/eval.h"
@@ -34,8 +35,7 @@ typedef struct {
     float top_p;
     unsigned long long seed;
     int chat;
-    int quant_nf4;      // --quant nf4: the adapter's base is dequant(NF4(W)), as ./train's
-    int double_quant;
+    AdapterBaseChoice base;   // --quant, --double-quant: the base the adapter is merged onto
 } Options;
 
 static void usage(FILE *out) {
@@ -44,8 +44,9 @@ static void usage(FILE *out) {
             "  --model PATH        GGUF file or HF model directory (default %s)\n"
             "  --adapter DIR       merge a LoRA adapter (peft layout, as ./train writes) into the model\n"
             "  --quant Q           with --adapter, the base it was trained on, as ./train's --quant: nf4 (the\n"
-            "                      linear weights round-tripped through NF4 first) or none (as loaded) (default nf4)\n"
-            "  --double-quant 0|1  as ./train's --double-quant, for --quant nf4 (default 1)\n"
+            "                      linear weights round-tripped through NF4 first) or none (as loaded) (default:\n"
+            "                      the one the adapter records, as ./train writes it; else nf4)\n"
+            "  --double-quant 0|1  as ./train's --double-quant, for --quant nf4 (default: recorded; else 1)\n"
             "  --prompt TEXT       the prompt (this or --prompt-file is required)\n"
             "  --prompt-file PATH  read the prompt from a file\n"
             "  --chat              wrap the prompt in the model's chat template as a user message\n"
@@ -80,7 +81,7 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, 1, 1};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, {1, 1, 0, 0}};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
                                  "--system", "--max-new", "--temperature", "--top-p", "--seed", NULL};
@@ -105,8 +106,13 @@ static Options parse_args(int argc, char **argv) {
         }
         if (strcmp(flag, "--model") == 0) o.model_path = cli_text("generate", flag, value);
         else if (strcmp(flag, "--adapter") == 0) o.adapter_dir = cli_text("generate", flag, value);
-        else if (strcmp(flag, "--quant") == 0) o.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
-        else if (strcmp(flag, "--double-quant") == 0) o.double_quant = cli_choice("generate", flag, value, bit_choices);
+        else if (strcmp(flag, "--quant") == 0) {
+            o.base.quant_nf4 = cli_choice("generate", flag, value, quant_choices) == 0;
+            o.base.quant_given = 1;
+        } else if (strcmp(flag, "--double-quant") == 0) {
+            o.base.double_quant = cli_choice("generate", flag, value, bit_choices);
+            o.base.double_quant_given = 1;
+        }
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
         else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
@@ -140,20 +146,20 @@ static int encode_prompt(const Tokenizer *tok, const Options *o, int **ids) {
 }
 
 // The model; with --adapter, first made the base the adapter was trained on
-// (--quant), then the adapter merged in. Exits on error.
-static void load_model(Model *m, const Options *o) {
-    char err[1024];
+// (the one it records, or --quant), then the adapter merged in. Exits on error.
+static void load_model(Model *m, Options *o) {
+    char err[1024], warning[2048];
     if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "generate: %s\n", err); exit(1); }
     if (!o->adapter_dir) return;
-    if (o->quant_nf4 && nf4_round_trip_model(m, o->double_quant, err, sizeof err) != 0) {
+    AdapterBaseChoice *base = &o->base;
+    int recorded = adapter_choose_base(o->adapter_dir, m, base, warning, sizeof warning, err, sizeof err);
+    if (recorded < 0) { fprintf(stderr, "generate: %s\n", err); exit(1); }
+    if (warning[0]) fprintf(stderr, "generate: warning: %s\n", warning);
+    if (base->quant_nf4 && nf4_round_trip_model(m, base->double_quant, err, sizeof err) != 0) {
         fprintf(stderr, "generate: %s\n", err);
         exit(1);
     }
-    if (o->quant_nf4)
-        fprintf(stderr, "base: linear weights round-tripped through NF4%s (as ./train --quant nf4 --double-quant %d)\n",
-                o->double_quant ? " with double quant" : "", o->double_quant);
-    else
-        fprintf(stderr, "base: weights as loaded (as ./train --quant none)\n");
+    fprintf(stderr, "base: %s\n", adapter_describe_base(base, recorded, err, sizeof err));
     AdapterInfo info;
     if (adapter_merge_peft(m, o->adapter_dir, &info, err, sizeof err) != 0) {
         fprintf(stderr, "generate: %s\n", err);

@@ -243,7 +243,7 @@ int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, 
 }
 
 const char *peft_layers_path(const Config *c) {
-    return c->arch == ARCH_EXAONE ? "base_model.model.transformer.h." : "base_model.model.model.layers.";
+    return c->arch == ARCH_EXAONE ? PEFT_WRAPPER "transformer.h." : PEFT_WRAPPER "model.layers.";
 }
 
 const char *peft_module_path(const Config *c, int target) {
@@ -270,7 +270,7 @@ static const char *peft_target_module(const Config *c, int target) {
 }
 
 static int write_adapter_config(const LoraSet *set, const Config *c, const char *path, const char *base_model,
-                                char *err, size_t err_size) {
+                                const LoraBase *base, char *err, size_t err_size) {
     AtomicFile file;
     FILE *f = atomic_file_open(&file, path, err, err_size);
     if (!f) return -1;
@@ -285,13 +285,16 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
         first = 0;
     }
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
-               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true\n}\n",
+               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n",
             set->rslora ? "true" : "false");
+    fprintf(f, "  \"%s\": {\"quant\": \"%s\", \"double_quant\": %s, \"model_weights_hash\": \"%016llx\"}\n}\n",
+            LORA_BASE_KEY, base->quant_nf4 ? "nf4" : "none", base->double_quant ? "true" : "false",
+            (unsigned long long)base->model_hash);
     return atomic_file_commit(&file, err, err_size);
 }
 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
-                       char *err, size_t err_size) {
+                       const LoraBase *base, char *err, size_t err_size) {
     int n_tensors = 0;
     for (int i = 0; i < set->n_layers * N_LINEARS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
     TensorInfo *tensors = (TensorInfo *)cpu_calloc((size_t)n_tensors, sizeof(TensorInfo), "adapter tensors");
@@ -322,7 +325,7 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
     free(names);
     if (status != 0) return -1;
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    return write_adapter_config(set, c, path, base_model, err, err_size);
+    return write_adapter_config(set, c, path, base_model, base, err, err_size);
 }
 
 // ---- on the GPU ----------------------------------------------------------------

@@ -94,13 +94,26 @@ void lora_set_zero_grads(LoraSet *set);
 // name. Returns 1 if there is one, else 0 (name: "none").
 int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size);
 // peft's tensor names: peft_layers_path(c) + layer + "." + peft_module_path(c, target)
-// + ".lora_A.weight" (or lora_B), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+// + ".lora_A.weight" (or lora_B), e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight;
+// peft_layers_path starts with PEFT_WRAPPER, the rest is the module's name in the model.
+#define PEFT_WRAPPER "base_model.model."
 const char *peft_layers_path(const Config *c);
 const char *peft_module_path(const Config *c, int target);
+// The base the adapters were trained on, which a merge must rebuild:
+// adapter_config.json records it as
+//   "qlora_c_base": {"quant": "nf4", "double_quant": true, "model_weights_hash": "89abcdef01234567"}
+// (quant "none": W as loaded). peft drops keys it does not know, with a warning.
+#define LORA_BASE_KEY "qlora_c_base"
+typedef struct {
+    int quant_nf4;          // 1: the linear weights were dequant(NF4(W)) (QLoRA); 0: W as loaded
+    int double_quant;       // with quant_nf4: NF4's block scales quantized again
+    uint64_t model_hash;    // model_weights_hash of the base as loaded
+} LoraBase;
 // Writes dir/adapter_model.safetensors and dir/adapter_config.json in HF
-// peft's layout and names, so peft can load the adapter onto the base model.
+// peft's layout and names, so peft can load the adapter onto the base model;
+// the config also records base (LORA_BASE_KEY).
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
-                       char *err, size_t err_size);
+                       const LoraBase *base, char *err, size_t err_size);
 
 // ---- on the GPU ----------------------------------------------------------------
 #ifdef __CUDACC__

@@ -5,6 +5,7 @@
 // the model did not use.
 #include "model.h"
 #include "formats/gguf.h"
+#include "formats/hash.h"
 #include "formats/hf_checkpoint.h"
 #include "formats/json.h"
 #include "ops/random.h"
@@ -752,6 +753,10 @@ void model_free(Model *m) {
     free(m->path);
     if (m->tokenizer) tokenizer_free(m->tokenizer);
     memset(m, 0, sizeof *m);
+}
+
+uint64_t model_weights_hash(const Model *m) {
+    return fnv1a(FNV1A_OFFSET_BASIS, m->storage, sizeof(float) * m->storage_floats);
 }
 
 void model_print_summary(const Model *m, FILE *out) {

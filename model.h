@@ -88,6 +88,9 @@ typedef struct {
 // the tensor and what is wrong; the model is then left empty.
 int model_load(Model *m, const char *path, char *err, size_t err_size);
 void model_free(Model *m);
+// The base's identity: FNV-1a (formats/hash.h) of every fp32 weight as loaded,
+// the bytes of storage. A run's checkpoints and its adapter record it.
+uint64_t model_weights_hash(const Model *m);
 
 // Reads an HF config.json (path: the file itself) into *config. On any
 // problem returns -1 with a message naming the file (and the key) and what is

@@ -12,7 +12,7 @@
 #include "eval/eval.h"              // defines: Embedder, eval_run_model, eval_summarize (--eval-answers)
 #include "formats/cli.h"            // defines: cli_check_options, cli_option_value, cli_int, cli_float, cli_choice, cli_make_dirs
 #include "formats/tensor.h"         // defines: cpu_malloc, cpu_calloc
-#include "infer/adapter.h"          // defines: adapter_merge_peft (--eval-answers)
+#include "infer/adapter.h"          // defines: adapter_merge_peft (--eval-answers), adapter_choose_base (--merge)
 #include "infer/merge.h"            // defines: merge_export (--merge)
 #include "lora.h"                   // defines: LoraSet (the trainable state), lora_scale, lora_set_save_peft
 #include "model.h"                  // defines: Model, Config, model_load
@@ -509,7 +509,7 @@ static int load_model(Run *r) {
     char err[1024];
     if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
-    r->model_hash = fnv1a(FNV1A_OFFSET_BASIS, r->model.storage, sizeof(float) * r->model.storage_floats);
+    r->model_hash = model_weights_hash(&r->model);
     const Config *c = &r->model.config;
     if (o->max_seq > c->max_seq_len) {
         printf("data: --seq %d is more than the model's context of %d tokens: using %d\n", o->max_seq, c->max_seq_len,
@@ -705,13 +705,14 @@ static int save_checkpoint(const Run *r, const char *name) {
     return 0;
 }
 
-// Writes the adapters in peft's layout to out_dir/name/.
+// Writes the adapters in peft's layout to out_dir/name/, with the base they train on.
 static int save_adapter(const Run *r, const char *name) {
     char dir[4096], err[1024];
     snprintf(dir, sizeof dir, "%s/%s", r->o.out_dir, name);
     if (check_weights_finite(r, dir) != 0) return -1;
     if (make_dir(dir) != 0) return -1;
-    if (lora_set_save_peft(&r->lora, &r->model.config, dir, r->o.model_path, err, sizeof err) != 0) {
+    LoraBase base = {strcmp(r->o.quant, "nf4") == 0, r->o.double_quant, r->model_hash};
+    if (lora_set_save_peft(&r->lora, &r->model.config, dir, r->o.model_path, &base, err, sizeof err) != 0) {
         fprintf(stderr, "train: %s\n", err);
         return -1;
     }
@@ -955,15 +956,23 @@ static int keep_progress(Run *r, double val_loss, int *paused) {
 
 // ---- 6. finish --------------------------------------------------------------------------
 
-// --merge: OUT/merged/, the final adapter merged into the base it was trained on.
+// --merge: OUT/merged/, the final adapter merged into the base it was trained
+// on, as OUT/adapter/ records it (the run's --quant; r->model must still be
+// the base as loaded, which the recorded weights hash checks).
 static int save_merged(Run *r) {
     const Options *o = &r->o;
-    char adapter_dir[4096], merged_dir[4096], err[1024];
+    char adapter_dir[4096], merged_dir[4096], err[1024], warning[2048];
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", o->out_dir);
     snprintf(merged_dir, sizeof merged_dir, "%s/merged", o->out_dir);
-    int nf4 = strcmp(o->quant, "nf4") == 0;
+    AdapterBaseChoice base = {strcmp(o->quant, "nf4") == 0, o->double_quant, 0, 0};
+    if (adapter_choose_base(adapter_dir, &r->model, &base, warning, sizeof warning, err, sizeof err) < 0) {
+        fprintf(stderr, "train: --merge: %s\n", err);
+        return -1;
+    }
+    if (warning[0]) fprintf(stderr, "train: --merge: warning: %s\n", warning);
+    int nf4 = base.quant_nf4;
     AdapterInfo info;
-    if (merge_export(&r->model, adapter_dir, nf4, o->double_quant, merged_dir, &info, err, sizeof err) != 0) {
+    if (merge_export(&r->model, adapter_dir, nf4, base.double_quant, merged_dir, &info, err, sizeof err) != 0) {
         fprintf(stderr, "train: --merge: %s\n", err);
         return -1;
     }

@@ -13,6 +13,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+// GCC 12 warns inside <regex> that std::function "may be used uninitialized"
+// when built with -fsanitize (the test build): a false positive, GCC bug 105562.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <regex>
+#pragma GCC diagnostic pop
+#include <string>
+#include <vector>
 
 // A (layer, module)'s two tensors in the adapter file; NULL until seen.
 typedef struct {
@@ -22,16 +32,244 @@ typedef struct {
 
 // ---- adapter_config.json ----------------------------------------------------
 
+// peft's options that change what a merge must do and that we do not
+// implement, with what they are: refused when set.
+static const char *const UNSUPPORTED_OPTIONS[][2] = {
+    {"use_dora", "DoRA (a learned magnitude per output)"},
+    {"fan_in_fan_out", "[in, out] (Conv1D) weights"},
+    {"rank_pattern", "a rank per module"},
+    {"alpha_pattern", "an alpha per module"},
+    {"modules_to_save", "whole modules trained beside the adapter"},
+    {"lora_bias", "a bias on lora_B"},
+    {"layer_replication", "layers repeated"},
+    {"target_parameters", "adapters on parameters rather than modules"},
+    {"trainable_token_indices", "trained embedding rows"},
+    {"use_qalora", "QALoRA (pooled inputs)"},
+    {"alora_invocation_tokens", "activated LoRA (on only after its invocation tokens)"},
+    {"use_bdlora", "block-diagonal LoRA"},
+    {"arrow_config", "Arrow routing"},
+    {"kasa_config", "KaSA"},
+    {"velora_config", "VeLoRA"},
+    {"monteclora_config", "MonteCLoRA"},
+};
+
+// init_lora_weights that change the base weights too (the adapter then needs
+// that residual base): PiSSA ("pissa", "pissa_niter_N"), OLoRA, CorDA, LoftQ, LoRA-GA.
+static const char *const BASE_CHANGING_INITS[] = {"pissa", "olora", "corda", "loftq", "lora_ga"};
+
+// A member that is set: present and not null, false, "", an empty list or an empty object.
+static int json_is_set(const JsonValue *v) {
+    if (!v || v->type == JSON_NULL) return 0;
+    if (v->type == JSON_BOOL) return v->boolean;
+    if (v->type == JSON_STRING) return v->string_len > 0;
+    if (v->type == JSON_ARRAY || v->type == JSON_OBJECT) return v->count > 0;
+    return 1;
+}
+
 // A member that is JSON true (missing, null or false all read as false).
 static int json_is_true(const JsonValue *object, const char *key) {
     const JsonValue *v = json_get(object, key);
     return v && v->type == JSON_BOOL && v->boolean;
 }
 
-// A member holding a non-empty object, as peft's per-module overrides do.
-static int json_has_entries(const JsonValue *object, const char *key) {
-    const JsonValue *v = json_get(object, key);
-    return v && v->type == JSON_OBJECT && v->count > 0;
+// -1 with a message when the config uses an option we do not implement.
+static int check_supported(const JsonValue *config, const char *path, char *err, size_t err_size) {
+    for (const auto &option : UNSUPPORTED_OPTIONS) {
+        if (!json_is_set(json_get(config, option[0]))) continue;
+        snprintf(err, err_size, "%s: '%s' is set: %s is not supported, only plain LoRA adapters can be merged", path,
+                 option[0], option[1]);
+        return -1;
+    }
+    const char *bias = json_get_string(config, "bias", "none");
+    if (strcmp(bias, "none") != 0) {
+        snprintf(err, err_size, "%s: 'bias' is '%s': trained biases are not supported, only bias \"none\"", path, bias);
+        return -1;
+    }
+    const char *init = json_get_string(config, "init_lora_weights", "");
+    for (const char *changing : BASE_CHANGING_INITS) {
+        if (strncmp(init, changing, strlen(changing)) != 0) continue;
+        snprintf(err, err_size, "%s: 'init_lora_weights' is '%s': that initialisation changes the base weights too, "
+                 "which this adapter then needs (convert it with peft's path_initial_model_for_weight_conversion)",
+                 path, init);
+        return -1;
+    }
+    return 0;
+}
+
+// A regex of ours (std::regex, ECMAScript) reads text as Python's re does for
+// the patterns adapter configs use; -1 with a message when it cannot read it.
+static int check_regex(const char *text, const char *key, const char *path, char *err, size_t err_size) {
+    try {
+        std::regex compiled(text);
+    } catch (const std::regex_error &e) {
+        snprintf(err, err_size, "%s: '%s' holds '%s', not a regular expression this program reads (ECMAScript "
+                 "syntax): %s", path, key, text, e.what());
+        return -1;
+    }
+    return 0;
+}
+
+// An option that is a regex (a string) or a list of names, each name then
+// also a regex when names_are_regexes. -1 with a message when it is neither.
+static int check_names(const JsonValue *config, const char *key, int names_are_regexes, const char *path, char *err,
+                       size_t err_size) {
+    const JsonValue *v = json_get(config, key);
+    if (!json_is_set(v)) return 0;
+    if (v->type == JSON_STRING) return check_regex(v->string, key, path, err, err_size);
+    int all_strings = v->type == JSON_ARRAY;
+    for (size_t i = 0; all_strings && i < v->count; i++) all_strings = v->items[i].type == JSON_STRING;
+    if (!all_strings) {
+        snprintf(err, err_size, "%s: '%s' must be a string (a regex) or a list of strings", path, key);
+        return -1;
+    }
+    for (size_t i = 0; names_are_regexes && i < v->count; i++)
+        if (check_regex(v->items[i].string, key, path, err, err_size) != 0) return -1;
+    return 0;
+}
+
+static int is_layer_index(const JsonValue *v) {
+    return v->type == JSON_NUMBER && v->number >= 0 && v->number == floor(v->number);
+}
+
+// The options peft_selects reads, checked as peft's LoraConfig checks them.
+static int check_selection(const JsonValue *config, const char *path, char *err, size_t err_size) {
+    const JsonValue *target = json_get(config, "target_modules"), *layers = json_get(config, "layers_to_transform");
+    if (!target || target->type == JSON_NULL) {
+        snprintf(err, err_size, "%s: 'target_modules' is missing (peft would take the model type's default; name "
+                 "the modules)", path);
+        return -1;
+    }
+    if (check_names(config, "target_modules", 0, path, err, err_size) != 0 ||
+        check_names(config, "exclude_modules", 0, path, err, err_size) != 0 ||
+        check_names(config, "layers_pattern", 1, path, err, err_size) != 0)
+        return -1;
+    int uses_layers = json_is_set(layers), uses_pattern = json_is_set(json_get(config, "layers_pattern"));
+    if (target->type == JSON_STRING && (uses_layers || uses_pattern)) {
+        snprintf(err, err_size, "%s: 'layers_to_transform' and 'layers_pattern' need a list 'target_modules' (peft "
+                 "refuses them with a string)", path);
+        return -1;
+    }
+    if (uses_pattern && !uses_layers) {
+        snprintf(err, err_size, "%s: 'layers_pattern' is set without 'layers_to_transform'", path);
+        return -1;
+    }
+    int indices = !uses_layers || is_layer_index(layers) || layers->type == JSON_ARRAY;
+    for (size_t i = 0; uses_layers && layers->type == JSON_ARRAY && i < layers->count; i++)
+        indices = indices && is_layer_index(&layers->items[i]);
+    if (!indices) {
+        snprintf(err, err_size, "%s: 'layers_to_transform' must be a layer index or a list of them", path);
+        return -1;
+    }
+    return 0;
+}
+
+// r and lora_alpha: r a positive integer, alpha positive and finite (a merge
+// with alpha <= 0 would subtract or drop the adapter).
+static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char *path, char *err, size_t err_size) {
+    const JsonValue *r = json_get(config, "r"), *alpha = json_get(config, "lora_alpha");
+    if (!r || r->type != JSON_NUMBER || r->number < 1 || r->number > 65536 || r->number != floor(r->number)) {
+        snprintf(err, err_size, "%s: 'r' must be a positive integer", path);
+        return -1;
+    }
+    if (!alpha || alpha->type != JSON_NUMBER || !(alpha->number > 0) || alpha->number > FLT_MAX) {
+        snprintf(err, err_size, "%s: 'lora_alpha' must be a positive number that fits a float", path);
+        return -1;
+    }
+    ac->rank = (int)r->number;
+    ac->alpha = (float)alpha->number;
+    ac->rslora = json_is_true(config, "use_rslora");
+    return 0;
+}
+
+// ---- which modules the config adapts: peft's rule -----------------------------
+
+// key == name, or key ends with "." + name: how peft matches a list of names.
+static bool matches_name(const std::string &key, const std::string &name) {
+    if (key.size() == name.size()) return key == name;
+    return key.size() > name.size() && key.compare(key.size() - name.size(), name.size(), name) == 0 &&
+           key[key.size() - name.size() - 1] == '.';
+}
+
+// A string option is a regex that must match all of key (re.fullmatch); a list holds names.
+static bool matches_option(const JsonValue *option, const std::string &key) {
+    if (option->type == JSON_STRING) return std::regex_match(key, std::regex(option->string));
+    for (size_t i = 0; i < option->count; i++)
+        if (matches_name(key, option->items[i].string)) return true;
+    return false;
+}
+
+// The layer index peft reads from key for layers_to_transform: the first
+// number between dots after one of layers_pattern ("layers" in
+// "model.layers.3.mlp.up_proj"), or after the first name when there is none;
+// -1 when there is no such number.
+static long layer_index(const std::string &key, const JsonValue *layers_pattern) {
+    std::vector<std::string> patterns;
+    if (json_is_set(layers_pattern) && layers_pattern->type == JSON_STRING) patterns.push_back(layers_pattern->string);
+    for (size_t i = 0; json_is_set(layers_pattern) && layers_pattern->type == JSON_ARRAY && i < layers_pattern->count; i++)
+        patterns.push_back(layers_pattern->items[i].string);
+    std::vector<std::string> regexes;
+    if (patterns.empty()) regexes.push_back(R"(.*?\.[^.]*\.(\d+)\.)");
+    for (const std::string &pattern : patterns) regexes.push_back(R"((?:^|.*?\.))" + pattern + R"(\.(\d+)\.)");
+    for (const std::string &regex : regexes) {
+        std::smatch found;   // re.match: anchored at the start only
+        if (std::regex_search(key, found, std::regex(regex), std::regex_constants::match_continuous))
+            return std::stol(found[1].str());
+    }
+    return -1;
+}
+
+// Whether peft adapts the module named key (its name in the model, e.g.
+// "model.layers.3.self_attn.q_proj"): check_target_module_exists and
+// _maybe_include_all_linear_layers of peft/tuners/tuners_utils.py (peft 0.21),
+// for the options a Llama-family adapter carries (check_supported refuses the rest):
+//   exclude_modules      a module it matches is never adapted
+//   target_modules       a string: "all-linear" (any case: every Linear but the LM
+//                        head, here all seven of a block) or a regex matching all of
+//                        key; a list: names equal to key or ending it after a "."
+//   layers_to_transform  with a list target_modules: only these layers (an index or
+//                        a list; empty: all), read from key after layers_pattern
+static bool peft_selects(const JsonValue *config, const std::string &key) {
+    const JsonValue *exclude = json_get(config, "exclude_modules"), *target = json_get(config, "target_modules");
+    if (json_is_set(exclude) && matches_option(exclude, key)) return false;
+    if (target->type == JSON_STRING) return strcasecmp(target->string, "all-linear") == 0 || matches_option(target, key);
+    if (!matches_option(target, key)) return false;
+    const JsonValue *layers = json_get(config, "layers_to_transform");
+    if (!json_is_set(layers)) return true;
+    long index = layer_index(key, json_get(config, "layers_pattern"));
+    if (layers->type == JSON_NUMBER) return index == (long)layers->number;
+    for (size_t i = 0; i < layers->count; i++)
+        if (index == (long)layers->items[i].number) return true;
+    return false;
+}
+
+// The module of (layer, target) as the model names it, e.g. "model.layers.3.mlp.up_proj".
+static std::string module_key(const Config *c, int layer, int target) {
+    return std::string(peft_layers_path(c) + strlen(PEFT_WRAPPER)) + std::to_string(layer) + "." +
+           peft_module_path(c, target);
+}
+
+// selected[layer * N_LINEARS + target]: whether the config adapts that module.
+// -1 with a message when it adapts none of the model's (peft refuses that too).
+static int select_modules(const Config *c, const JsonValue *config, const char *path, unsigned char *selected,
+                          char *err, size_t err_size) {
+    int n_selected = 0;
+    try {
+        for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
+            selected[i] = peft_selects(config, module_key(c, i / N_LINEARS, i % N_LINEARS));
+            n_selected += selected[i];
+        }
+    } catch (const std::regex_error &e) {   // a pattern too complex to match
+        snprintf(err, err_size, "%s: a regex of target_modules, exclude_modules or layers_pattern fails: %s", path,
+                 e.what());
+        return -1;
+    }
+    if (n_selected == 0) {
+        snprintf(err, err_size, "%s: target_modules (with exclude_modules, layers_to_transform) selects no linear "
+                 "layer of this %s model (its layers are %s0.%s and so on)", path, arch_name(c->arch),
+                 peft_layers_path(c) + strlen(PEFT_WRAPPER), peft_module_path(c, 0));
+        return -1;
+    }
+    return 0;
 }
 
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
@@ -43,37 +281,18 @@ int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const c
                  peft_type);
         return -1;
     }
-    if (json_is_true(config, "use_dora")) {
-        snprintf(err, err_size, "%s: use_dora is true: DoRA adapters are not supported, only plain LoRA", path);
+    if (check_supported(config, path, err, err_size) != 0 || check_numbers(ac, config, path, err, err_size) != 0)
         return -1;
-    }
-    if (json_is_true(config, "fan_in_fan_out")) {
-        snprintf(err, err_size, "%s: fan_in_fan_out is true: only [out, in] Linear weights are supported", path);
-        return -1;
-    }
-    if (json_has_entries(config, "rank_pattern") || json_has_entries(config, "alpha_pattern")) {
-        snprintf(err, err_size, "%s: per-module rank_pattern / alpha_pattern is not supported", path);
-        return -1;
-    }
-    const JsonValue *r = json_get(config, "r"), *alpha = json_get(config, "lora_alpha");
-    if (!r || r->type != JSON_NUMBER || r->number < 1 || r->number > 65536 || r->number != floor(r->number)) {
-        snprintf(err, err_size, "%s: 'r' must be a positive integer", path);
-        return -1;
-    }
-    if (!alpha || alpha->type != JSON_NUMBER || fabs(alpha->number) > FLT_MAX) {
-        snprintf(err, err_size, "%s: 'lora_alpha' must be a number that fits a float", path);
-        return -1;
-    }
-    ac->rank = (int)r->number;
-    ac->alpha = (float)alpha->number;
-    ac->rslora = json_is_true(config, "use_rslora");
-    return 0;
+    return check_selection(config, path, err, err_size);
 }
 
-static int read_adapter_config(AdapterConfig *ac, const char *path, char *err, size_t err_size) {
+// Reads and checks path, and marks in selected which of c's modules it adapts.
+static int read_adapter_config(AdapterConfig *ac, const Config *c, const char *path, unsigned char *selected,
+                               char *err, size_t err_size) {
     JsonValue *config = json_parse_file(path, err, err_size);
     if (!config) return -1;
     int status = adapter_config_from_json(ac, config, path, err, err_size);
+    if (status == 0) status = select_modules(c, config, path, selected, err, err_size);
     json_free(config);
     return status;
 }
@@ -153,17 +372,43 @@ static int check_tensor(const TensorInfo *t, int64_t rows, int64_t cols, char *w
     return 0;
 }
 
+// The first module that config_path selects but the file holds no tensors
+// for, named with how many more there are; peft would leave them at their
+// initial value (B = 0: no change) with a warning, we refuse: a file that
+// lacks part of what its config describes is truncated or belongs elsewhere.
+static int check_none_missing(const Config *c, const LoraPair *pairs, const unsigned char *selected,
+                              const char *config_path, const char *path, char *err, size_t err_size) {
+    int n_missing = 0, first = -1;
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
+        if (!selected[i] || pairs[i].A) continue;
+        if (first < 0) first = i;
+        n_missing++;
+    }
+    if (n_missing == 0) return 0;
+    snprintf(err, err_size, "%s: no lora_A / lora_B for module '%s' (layer %d), which %s selects (%d such modules "
+             "missing in all)", path, module_key(c, first / N_LINEARS, first % N_LINEARS).c_str(), first / N_LINEARS,
+             config_path, n_missing);
+    return -1;
+}
+
 // Files every tensor of the adapter under its (layer, target) in pairs,
-// checking names, dtypes and shapes. Returns the number of complete pairs,
+// checking names (each of a module the config selects), dtypes and shapes,
+// and that every selected module has its pair. Returns the number of pairs,
 // or -1 with "PATH: tensor 'NAME': what is wrong" in err.
-static int collect_pairs(Model *m, const AdapterConfig *ac, const SafetensorsFile *f, LoraPair *pairs, char *err,
-                         size_t err_size) {
+static int collect_pairs(Model *m, const AdapterConfig *ac, const unsigned char *selected, const char *config_path,
+                         const SafetensorsFile *f, LoraPair *pairs, char *err, size_t err_size) {
     char why[512];
     for (int i = 0; i < f->tensors.count; i++) {
         const TensorInfo *t = &f->tensors.tensors[i];
         int layer, target, is_b, in_dim, out_dim;
         if (parse_tensor_name(&m->config, t->name, &layer, &target, &is_b, why, sizeof why) != 0) {
             snprintf(err, err_size, "%s: tensor '%s': %s", f->path, t->name, why);
+            return -1;
+        }
+        if (!selected[layer * N_LINEARS + target]) {
+            snprintf(err, err_size, "%s: tensor '%s': module '%s' is not one that %s selects (target_modules, "
+                     "exclude_modules, layers_to_transform): peft would not load it", f->path, t->name,
+                     module_key(&m->config, layer, target).c_str(), config_path);
             return -1;
         }
         target_weight(m, layer, target, &in_dim, &out_dim);
@@ -189,6 +434,7 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const SafetensorsFil
         n_pairs++;
     }
     if (n_pairs == 0) { snprintf(err, err_size, "%s: holds no LoRA weights", f->path); return -1; }
+    if (check_none_missing(&m->config, pairs, selected, config_path, f->path, err, err_size) != 0) return -1;
     return n_pairs;
 }
 
@@ -222,14 +468,15 @@ static void merge_pair(float *W, const LoraPair *pair, int in_dim, int out_dim, 
 }
 
 int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, size_t err_size) {
-    char path[4096];
+    char config_path[4096], path[4096];
     AdapterConfig ac;
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (read_adapter_config(&ac, path, err, err_size) != 0) return -1;
+    const Config *c = &m->config;
+    std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
+    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
+    if (read_adapter_config(&ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
     if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    const Config *c = &m->config;
     // the widest in or out dimension of any target
     int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
     if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
@@ -238,7 +485,7 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     float *B = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
     int n_pairs = -1;
     if (!pairs || !A || !B) snprintf(err, err_size, "%s: out of memory", path);
-    else n_pairs = collect_pairs(m, &ac, &f, pairs, err, err_size);
+    else n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs, err, err_size);
     float scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
     for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
         if (!pairs[i].A) continue;
@@ -267,4 +514,71 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
         info->scaling = scaling;
     }
     return 0;
+}
+
+// ---- the recorded base ------------------------------------------------------------
+
+// The record of ./train (LORA_BASE_KEY) from config; -1 with a message when malformed.
+static int read_base_record(const JsonValue *record, const char *path, LoraBase *base, char *err, size_t err_size) {
+    const JsonValue *quant = json_get(record, "quant"), *double_quant = json_get(record, "double_quant");
+    const char *hash = json_get_string(record, "model_weights_hash", "");
+    int hash_ok = strlen(hash) == 16;
+    for (int i = 0; hash_ok && i < 16; i++) hash_ok = isxdigit((unsigned char)hash[i]);
+    int quant_ok = quant && quant->type == JSON_STRING && (!strcmp(quant->string, "nf4") || !strcmp(quant->string, "none"));
+    if (!quant_ok || !double_quant || double_quant->type != JSON_BOOL || !hash_ok) {
+        snprintf(err, err_size, "%s: '%s' must be {\"quant\": \"nf4\" or \"none\", \"double_quant\": true or false, "
+                 "\"model_weights_hash\": 16 hex digits}", path, LORA_BASE_KEY);
+        return -1;
+    }
+    base->quant_nf4 = strcmp(quant->string, "nf4") == 0;
+    base->double_quant = double_quant->boolean;
+    base->model_hash = strtoull(hash, NULL, 16);
+    return 0;
+}
+
+// "--quant nf4 --double-quant 1" or "--quant none": a base as ./train's options name it.
+static const char *base_options(int quant_nf4, int double_quant) {
+    if (!quant_nf4) return "--quant none";
+    return double_quant ? "--quant nf4 --double-quant 1" : "--quant nf4 --double-quant 0";
+}
+
+int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
+                        size_t warning_size, char *err, size_t err_size) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    warning[0] = '\0';
+    JsonValue *config = json_parse_file(path, err, err_size);
+    if (!config) return -1;
+    const JsonValue *record = json_get(config, LORA_BASE_KEY);
+    LoraBase base;
+    int status = !record ? 0 : read_base_record(record, path, &base, err, err_size) == 0 ? 1 : -1;
+    if (status == 1) {
+        if (!choice->quant_given) choice->quant_nf4 = base.quant_nf4;
+        if (!choice->double_quant_given && base.quant_nf4) choice->double_quant = base.double_quant;
+        int same_base = choice->quant_nf4 == base.quant_nf4 && (!base.quant_nf4 || choice->double_quant == base.double_quant);
+        uint64_t model_hash = model_weights_hash(m);
+        size_t n = 0;
+        if (!same_base)
+            n += snprintf(warning, warning_size, "%s records that the adapter was trained on the base of %s, but it "
+                          "is merged onto %s: not the model that was trained", path,
+                          base_options(base.quant_nf4, base.double_quant),
+                          base_options(choice->quant_nf4, choice->double_quant));
+        if (model_hash != base.model_hash && n < warning_size)
+            snprintf(warning + n, warning_size - n, "%s%s records the base model's weights hash %016llx (%s), but "
+                     "%s's weights hash to %016llx: the adapter was trained on another model", n ? "; " : "", path,
+                     (unsigned long long)base.model_hash, json_get_string(config, "base_model_name_or_path", "?"),
+                     m->path ? m->path : "the model", (unsigned long long)model_hash);
+    }
+    json_free(config);
+    return status;
+}
+
+const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded, char *out, size_t out_size) {
+    const char *source = choice->quant_given ? "--quant" : recorded ? "the adapter's record" : "the default";
+    if (choice->quant_nf4)
+        snprintf(out, out_size, "linear weights round-tripped through NF4%s (as ./train %s; from %s)",
+                 choice->double_quant ? " with double quant" : "", base_options(1, choice->double_quant), source);
+    else
+        snprintf(out, out_size, "weights as loaded (as ./train --quant none; from %s)", source);
+    return out;
 }

@@ -19,9 +19,10 @@ typedef struct {
 } AdapterConfig;
 
 // Reads them from a parsed adapter_config.json (path: for messages), refusing
-// what a merge cannot honour: a peft_type other than LORA, DoRA,
-// fan_in_fan_out, per-module rank_pattern / alpha_pattern, an r that is not a
-// positive integer, an alpha that is not a float. -1 with "PATH: what is wrong".
+// what a merge cannot honour: a peft_type other than LORA, the options this
+// program does not implement (DoRA, fan_in_fan_out, rank_pattern, ...), an r
+// that is not a positive integer, lora_alpha <= 0 or not a float, and a module
+// selection peft would refuse. -1 with "PATH: what is wrong".
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
                              size_t err_size);
 
@@ -40,6 +41,31 @@ typedef struct {
 // weight changes: on error returns -1 with "FILE: tensor 'NAME': what is
 // wrong" in err and the model untouched. info may be NULL.
 int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, size_t err_size);
+
+// The base an adapter is merged onto, and which of it the user chose.
+typedef struct {
+    int quant_nf4;            // 1: the linear weights round-tripped through NF4 first, W = dequant(NF4(W))
+    int double_quant;         // with quant_nf4: NF4's block scales quantized again (./train's --double-quant)
+    int quant_given;          // the user passed --quant
+    int double_quant_given;   // the user passed --double-quant
+} AdapterBaseChoice;
+
+// The base dir's adapter was trained on, when its adapter_config.json records
+// it (LORA_BASE_KEY in lora.h; ./train writes it): the options the user did
+// not give take the recorded values (double_quant only from an NF4 record). A given option that differs from the
+// record, or a model m (as loaded, before any NF4 round trip) whose
+// model_weights_hash differs from the recorded one, is described in warning,
+// naming both; warning is "" when all agree. An adapter without the record
+// (peft's own) leaves choice as it was. Returns 1 with a record, 0 without,
+// -1 with "PATH: what is wrong" in err when the config cannot be read or its
+// record is malformed.
+int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
+                        size_t warning_size, char *err, size_t err_size);
+// The chosen base in words, and where the choice came from (recorded: what
+// adapter_choose_base returned), e.g. "linear weights round-tripped through
+// NF4 with double quant (as ./train --quant nf4 --double-quant 1; from the
+// adapter's record)". Returns out.
+const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded, char *out, size_t out_size);
 
 #ifdef __cplusplus
 }

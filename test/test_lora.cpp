@@ -156,7 +156,8 @@ TEST_CASE("lora: the exported adapter has peft's names, shapes and config") {
     CHECK(lora_set_num_params(&set) == 4884480);   // 30 layers x 16 x (576+576 + 576+192 + 576+192 + 576+576 + 2 x (576+1536) + 1536+576)
     char dir[] = "/tmp/qlora_adapter_XXXXXX";
     REQUIRE(mkdtemp(dir));
-    REQUIRE_MESSAGE(lora_set_save_peft(&set, &m.config, dir, "HuggingFaceTB/SmolLM2-135M-Instruct", err, sizeof err) == 0, err);
+    LoraBase base = {1, 0, 0x0123456789abcdefULL};
+    REQUIRE_MESSAGE(lora_set_save_peft(&set, &m.config, dir, "HuggingFaceTB/SmolLM2-135M-Instruct", &base, err, sizeof err) == 0, err);
     SafetensorsFile f;
     std::string weights = std::string(dir) + "/adapter_model.safetensors";
     REQUIRE_MESSAGE(safetensors_open(&f, weights.c_str(), err, sizeof err) == 0, err);
@@ -182,6 +183,13 @@ TEST_CASE("lora: the exported adapter has peft's names, shapes and config") {
     CHECK(json_get_number(config, "lora_alpha", 0) == 32);
     CHECK(json_get(config, "target_modules")->count == 7);
     CHECK(std::string(json_get(config, "target_modules")->items[4].string) == "gate_proj");
+    // the base it trained on, under our own key
+    const JsonValue *record = json_get(config, LORA_BASE_KEY);
+    REQUIRE(record);
+    CHECK(std::string(json_get_string(record, "quant", "")) == "nf4");
+    CHECK(json_get(record, "double_quant")->type == JSON_BOOL);
+    CHECK(json_get(record, "double_quant")->boolean == 0);
+    CHECK(std::string(json_get_string(record, "model_weights_hash", "")) == "0123456789abcdef");
     json_free(config);
     free(text);
     lora_set_free(&set);

@@ -32,7 +32,10 @@
 //     (trainer/train_step.h: NF4 base, adapters beside it) to 1.6e-7 relative
 //     (measured; tolerance 1e-5); merged into the weights as loaded they
 //     differ by 0.1 (checked > 1e-3, so the test can fail);
-//   - ./generate and ./evaluate refuse a bad --quant / --double-quant (exit 2).
+//   - ./generate and ./evaluate refuse a bad --quant / --double-quant (exit 2);
+//     they refuse an adapter with lora_alpha <= 0, naming its config; they
+//     merge onto the base an adapter records (./train's adapters) unless told
+//     otherwise, and warn, naming both, when --quant or the model differs.
 // dev/crosscheck/check_merged.py checks the same directory against transformers and
 // HF tokenizers (dev/README.md).
 #include <doctest/doctest.h>
@@ -74,6 +77,8 @@ struct ScratchDir {
 const int RANK = 2;
 const float ALPHA = 4.0f;   // s = alpha / r = 2
 const float LOGIT_TOLERANCE = 0.3f;   // 0.118 measured
+// The record of an adapter trained on the NF4 base with double quant (the hash is not checked here).
+const LoraBase TRAINED_ON_NF4 = {1, 1, 0};
 
 float *linear_weight(const Model &m, int layer, int target) {
     const LayerWeights *l = &m.layers[layer];
@@ -172,7 +177,7 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
         LoraAdapter &a = set.adapters[i];
         for (int k = 0; a.B && k < a.out_dim * a.rank; k++) a.B[k] = 0.05f * std::sin(0.37f * k + 0.9f * i);
     }
-    REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, adapter_dir.c_str(), "test", err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, adapter_dir.c_str(), "test", &TRAINED_ON_NF4, err, sizeof err) == 0, err);
 
     Model merged;   // becomes the fp32 merged model
     REQUIRE_MESSAGE(model_load(&merged, DEFAULT_MODEL, err, sizeof err) == 0, err);
@@ -431,7 +436,7 @@ TEST_CASE("merge: inference on the NF4 round trip + merged adapter gives the tra
         for (int k = 0; k < a.out_dim * a.rank; k++) a.B[k] = 0.1f * std::sin(0.61f * k + 1.3f * i);
     }
     ScratchDir dir;
-    REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, dir.path.c_str(), "test", err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(lora_set_save_peft(&set, &c, dir.path.c_str(), "test", &TRAINED_ON_NF4, err, sizeof err) == 0, err);
     REQUIRE_MESSAGE(nf4_round_trip_model(&tripped, 1, err, sizeof err) == 0, err);
     REQUIRE_MESSAGE(adapter_merge_peft(&tripped, dir.path.c_str(), nullptr, err, sizeof err) == 0, err);
     REQUIRE_MESSAGE(adapter_merge_peft(&as_loaded, dir.path.c_str(), nullptr, err, sizeof err) == 0, err);
@@ -470,5 +475,109 @@ TEST_CASE("merge: ./generate and ./evaluate refuse a bad --quant or --double-qua
         std::ifstream in(log);
         std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         CHECK_MESSAGE(output.find(k.message) != std::string::npos, output);
+    }
+}
+
+namespace {
+
+// Runs command; its exit status, and stdout and stderr together in output.
+int run_program(const std::string &command, std::string &output) {
+    ScratchDir dir;
+    std::string log = dir.path + "/log.txt";
+    int status = system((command + " > " + log + " 2>&1").c_str());
+    std::ifstream in(log);
+    output.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// test/fixtures/peft_adapter (./train's: rank 2, alpha 32, q and v of
+// SmolLM2, written before adapters recorded their base) copied to dir, its
+// config's "lora_alpha": 32 replaced by alpha and `record` (JSON members,
+// or "") added. Returns dir.
+std::string fixture_adapter(const ScratchDir &dir, const std::string &alpha, const std::string &record) {
+    std::filesystem::copy_file("test/fixtures/peft_adapter/adapter_model.safetensors",
+                               dir.path + "/adapter_model.safetensors");
+    std::ifstream in("test/fixtures/peft_adapter/adapter_config.json");
+    std::string config((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t at = config.find("\"lora_alpha\": 32");
+    REQUIRE(at != std::string::npos);
+    config.replace(at, strlen("\"lora_alpha\": 32"), "\"lora_alpha\": " + alpha);
+    if (!record.empty()) config.insert(config.rfind('}'), ", " + record);
+    std::ofstream(dir.path + "/adapter_config.json") << config;
+    return dir.path;
+}
+
+// The record of a base, as ./train writes it.
+std::string base_record(const char *quant, bool double_quant, uint64_t model_hash) {
+    char text[256];
+    snprintf(text, sizeof text, "\"%s\": {\"quant\": \"%s\", \"double_quant\": %s, \"model_weights_hash\": \"%016llx\"}",
+             LORA_BASE_KEY, quant, double_quant ? "true" : "false", (unsigned long long)model_hash);
+    return text;
+}
+
+bool has(const std::string &output, const std::string &part) { return output.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("merge: ./generate and ./evaluate refuse an adapter with lora_alpha <= 0, naming its config") {
+    for (const char *alpha : {"0", "-32"}) {
+        ScratchDir dir;
+        std::string adapter = fixture_adapter(dir, alpha, ""), output;
+        std::string message = adapter + "/adapter_config.json: 'lora_alpha' must be a positive number";
+        CHECK(run_program("./generate --prompt hi --max-new 1 --adapter " + adapter, output) == 1);
+        CHECK_MESSAGE(has(output, "generate: " + message), output);
+        CHECK(run_program("./evaluate --data data/sample_raft.jsonl --limit 1 --max-new 1 --adapter " + adapter +
+                              " --out " + adapter + "/eval.json",
+                          output) == 1);
+        CHECK_MESSAGE(has(output, "evaluate: " + message), output);
+    }
+}
+
+TEST_CASE("merge: ./generate and ./evaluate use the base the adapter records; a different one is warned about") {
+    uint64_t model_hash = model_weights_hash(&default_model());
+    std::string output;
+    {
+        // recorded: --quant none on this model; nothing given: that base, no warning
+        ScratchDir dir;
+        std::string adapter = fixture_adapter(dir, "32", base_record("none", false, model_hash));
+        CHECK(run_program("./generate --prompt hi --max-new 1 --adapter " + adapter, output) == 0);
+        CHECK_MESSAGE(has(output, "base: weights as loaded (as ./train --quant none; from the adapter's record)"), output);
+        CHECK_MESSAGE(!has(output, "warning"), output);
+        // --quant nf4 given: used, with a warning naming both
+        CHECK(run_program("./generate --quant nf4 --prompt hi --max-new 1 --adapter " + adapter, output) == 0);
+        CHECK_MESSAGE(has(output, "base: linear weights round-tripped through NF4 with double quant (as ./train "
+                                  "--quant nf4 --double-quant 1; from --quant)"), output);
+        CHECK_MESSAGE(has(output, "generate: warning: " + adapter + "/adapter_config.json records that the adapter was "
+                                  "trained on the base of --quant none, but it is merged onto --quant nf4 "
+                                  "--double-quant 1"), output);
+    }
+    {
+        // recorded: nf4 without double quant, on another model
+        ScratchDir dir;
+        std::string adapter = fixture_adapter(dir, "32", base_record("nf4", false, 0x0123456789abcdefULL));
+        char hash[17];
+        snprintf(hash, sizeof hash, "%016llx", (unsigned long long)model_hash);
+        std::string warning = adapter + "/adapter_config.json records the base model's weights hash 0123456789abcdef "
+                              "(models/SmolLM2-135M-Instruct.Q4_1.gguf), but " DEFAULT_MODEL "'s weights hash to " +
+                              hash + ": the adapter was trained on another model";
+        CHECK(run_program("./generate --prompt hi --max-new 1 --adapter " + adapter, output) == 0);
+        CHECK_MESSAGE(has(output, "base: linear weights round-tripped through NF4 (as ./train --quant nf4 "
+                                  "--double-quant 0; from the adapter's record)"), output);
+        CHECK_MESSAGE(has(output, "generate: warning: " + warning), output);
+        CHECK(run_program("./evaluate --data data/sample_raft.jsonl --limit 1 --max-new 1 --examples 0 --adapter " +
+                              adapter + " --out " + adapter + "/eval.json",
+                          output) == 0);
+        CHECK_MESSAGE(has(output, "base (both arms): linear weights round-tripped through NF4 (as ./train --quant nf4 "
+                                  "--double-quant 0; from the adapter's record)"), output);
+        CHECK_MESSAGE(has(output, "evaluate: warning: " + warning), output);
+    }
+    {
+        // no record (peft's adapters): as before, --quant nf4 --double-quant 1 by default
+        ScratchDir dir;
+        std::string adapter = fixture_adapter(dir, "32", "");
+        CHECK(run_program("./generate --prompt hi --max-new 1 --adapter " + adapter, output) == 0);
+        CHECK_MESSAGE(has(output, "base: linear weights round-tripped through NF4 with double quant (as ./train "
+                                  "--quant nf4 --double-quant 1; from the default)"), output);
+        CHECK_MESSAGE(!has(output, "warning"), output);
     }
 }
