@@ -27,7 +27,8 @@
 //   - refused with a message naming the file: no tokenizer, Llama-3 RoPE
 //     scaling, an unsupported type; a write that fails (missing folder, file
 //     size limit as a full disk, read-only folder when not root) leaves no
-//     temp file and an old file untouched.
+//     temp file and an old file untouched; ./train refuses --gguf-type
+//     without --merge-gguf and a type it cannot write (exit 2).
 // dev/crosscheck/check_gguf_export.py checks the same file with the gguf
 // package and transformers' GGUF loader (dev/README.md).
 #include <doctest/doctest.h>
@@ -44,6 +45,7 @@
 
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "formats/float16.h"
@@ -440,4 +442,20 @@ TEST_CASE("gguf_write: a write that fails leaves no temp and the old file as it 
     CHECK_MESSAGE(model_load(&reloaded, path.c_str(), err, sizeof err) == 0, err);
     model_free(&reloaded);
     model_free(&m);
+}
+
+TEST_CASE("gguf_write: ./train refuses --gguf-type without --merge-gguf, and a type it cannot write") {
+    const std::string cases[][2] = {
+        {"./train --gguf-type q8_0", "train: --gguf-type needs --merge-gguf"},
+        {"./train --merge-gguf --gguf-type q4_1", "train: --gguf-type expects f16, bf16 or q8_0, got q4_1"},
+    };
+    for (const auto &c : cases) {
+        std::string log = "/tmp/qlora_gguf_write_cli.log";
+        int status = system((c[0] + " > " + log + " 2>&1").c_str());
+        std::string output = read_text(log);
+        std::remove(log.c_str());
+        CHECK_MESSAGE(WIFEXITED(status), c[0]);
+        CHECK_MESSAGE(WEXITSTATUS(status) == 2, c[0]);
+        CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
+    }
 }
