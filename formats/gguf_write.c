@@ -177,7 +177,7 @@ static uint64_t write_header(const GGUFWriter *w, FILE *f) {
     pos += 4 * fwrite(&version, 4, 1, f);
     pos += 8 * fwrite(&n_tensors, 8, 1, f);
     pos += 8 * fwrite(&w->n_kv, 8, 1, f);
-    pos += fwrite(w->metadata, 1, w->metadata_size, f);
+    if (w->metadata_size) pos += fwrite(w->metadata, 1, w->metadata_size, f);   // none: metadata is NULL
     uint64_t offset = 0;   // of each tensor's data, from the start of the data section
     for (int i = 0; i < w->n_tensors; i++) {
         const GGUFWriterTensor *t = &w->tensors[i];
