@@ -26,11 +26,11 @@ endif
 # Library sources (everything but the programs' main files), in the README's
 # order: C files, C++ host files, and files with CUDA kernels (.cu).
 LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c formats/json.c formats/float16.c formats/ggml_blocks.c formats/tensor.c \
-          formats/tensor_layout.c formats/gguf.c formats/safetensors.c \
+          formats/tensor_layout.c formats/gguf.c formats/gguf_write.c formats/safetensors.c \
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
-          trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c \
+          trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c infer/gguf_export.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
           eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp trainer/examples.cpp \
@@ -89,6 +89,10 @@ merge: build/merge.o $(LIB_OBJ)
 
 # Our forward's last-position logits for a prompt (dev/crosscheck/check_merged.py).
 build/dump_logits: build/dev/crosscheck/dump_logits.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Our GGUF export of a model, without training (dev/crosscheck/check_gguf_export.py).
+build/export_gguf: build/dev/crosscheck/export_gguf.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Phony so that the folders are made even when build/ is already there.

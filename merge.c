@@ -9,6 +9,7 @@
 // linear, slerp and passthrough (merging/model_merge.h).
 #include "formats/cli.h"
 #include "infer/adapter.h"
+#include "infer/gguf_export.h"
 #include "infer/merge.h"
 #include "merging/adapter_merge.h"
 #include "merging/model_merge.h"
@@ -30,7 +31,7 @@ typedef enum { MODEL_LINEAR, MODEL_SLERP, MODEL_PASSTHROUGH, N_MODEL_METHODS } M
 static const char *const MODEL_METHOD_NAMES[N_MODEL_METHODS] = {"linear", "slerp", "passthrough"};
 
 typedef struct {
-    const char *method, *weights_text, *layers, *base, *out;
+    const char *method, *weights_text, *layers, *base, *out, *gguf_type;   // gguf_type: NULL when not given
     double density, t;          // NAN when not given
     int rank, seed, quant_nf4;  // rank 0: not given
     const char *inputs[MAX_INPUTS];
@@ -40,7 +41,7 @@ typedef struct {
 static void usage(FILE *out) {
     fprintf(out,
             "usage: ./merge --method NAME [--weights w1,w2,...] [--density D] [--rank R] [--t T] [--layers SPEC]\n"
-            "               [--base MODEL] [--quant nf4|none] [--seed S] --out PATH INPUT...\n"
+            "               [--base MODEL] [--quant nf4|none] [--seed S] [--gguf-type T] --out PATH INPUT...\n"
             "Merges fine-tunes of the same base (the course's chapter on model merging), on the CPU.\n"
             "INPUTs are LoRA adapter directories (peft's layout: ./train's or peft's) or models (HF directories,\n"
             "GGUF files; with --base, an adapter stands for the base with it merged in).\n"
@@ -77,7 +78,9 @@ static void usage(FILE *out) {
             "  --quant Q         with --base, the base the adapters were trained on, as ./train's --quant:\n"
             "                    nf4 (linear weights round-tripped through NF4, double quant) or none (default nf4)\n"
             "  --seed S          the dare_* methods' drop masks (default %d)\n"
-            "  --out PATH        the adapter or model directory written (created when missing)\n"
+            "  --out PATH        the adapter or model directory written (created when missing); a model method's\n"
+            "                    PATH ending in .gguf writes one GGUF file for llama.cpp instead\n"
+            "  --gguf-type T     with --out X.gguf: f16, bf16 or q8_0 (default f16, as llama.cpp's converter)\n"
             "  -h, --help        this help\n",
             SLERP_DOT_THRESHOLD, DEFAULT_SEED);
 }
@@ -96,7 +99,7 @@ static Options parse_args(int argc, char **argv) {
     o.quant_nf4 = 1;
     const char *const quant_choices[] = {"nf4", "none", NULL};
     const char *const flags[] = {"--method", "--weights", "--density", "--rank", "--t", "--layers", "--base",
-                                 "--quant", "--seed", "--out", NULL};
+                                 "--quant", "--seed", "--out", "--gguf-type", NULL};
     const char *const needs[] = {"--quant", "--base", NULL};
     char err[256];
     if (cli_check_options(argc, argv, flags, NULL, needs, err, sizeof err) != 0) bad_usage(err, "");
@@ -124,11 +127,14 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("merge", f, v, quant_choices) == 0;
         else if (strcmp(f, "--seed") == 0) o.seed = cli_int("merge", f, v);
         else if (strcmp(f, "--out") == 0) o.out = v;
+        else if (strcmp(f, "--gguf-type") == 0) o.gguf_type = v;
         else bad_usage("unknown option ", f);
     }
     if (!o.method) bad_usage("--method is required", "");
     if (!o.out) bad_usage("--out is required", "");
     if (o.n_inputs == 0) bad_usage("no INPUT given (adapter directories or models)", "");
+    DType type;
+    if (o.gguf_type && gguf_export_type_from_name(o.gguf_type, &type) != 0) bad_usage("--gguf-type expects f16, bf16 or q8_0, got ", o.gguf_type);
     return o;
 }
 
@@ -256,12 +262,13 @@ static int load_input(Model *m, const Options *o, const char *path, char *err, s
     return 0;
 }
 
-// The one place a merged model is written: an HF directory, or (not yet) a GGUF file.
-static int save_model(const Model *m, const char *out, char *err, size_t err_size) {
+// The one place a merged model is written: an HF directory, or a GGUF file
+// (out ends in .gguf) of type gguf_type (NULL: f16).
+static int save_model(const Model *m, const char *out, const char *gguf_type, char *err, size_t err_size) {
     if (ends_with(out, ".gguf")) {
-        snprintf(err, err_size, "%s: writing a GGUF model is not yet supported; give a directory for an HF model",
-                 out);
-        return -1;
+        DType type;
+        gguf_export_type_from_name(gguf_type ? gguf_type : "f16", &type);
+        return gguf_write_model(m, out, type, err, err_size);
     }
     if (cli_make_dirs(out, err, err_size) != 0) return -1;
     return model_save_hf(m, out, err, err_size);
@@ -315,17 +322,17 @@ static int merge_models(const Options *o, ModelMethod method) {
     }
     if (status == 0 && method == MODEL_LINEAR) {
         models_merge_linear(models, o->n_inputs, weights);
-        status = save_model(&models[0], o->out, err, sizeof err) != 0;
+        status = save_model(&models[0], o->out, o->gguf_type, err, sizeof err) != 0;
     } else if (status == 0 && method == MODEL_SLERP) {
         int n_linear = models_merge_slerp(models, o->t);
         printf("slerp at t = %g: %d tensors interpolated linearly (nearly parallel)\n", o->t, n_linear);
-        status = save_model(&models[0], o->out, err, sizeof err) != 0;
+        status = save_model(&models[0], o->out, o->gguf_type, err, sizeof err) != 0;
     } else if (status == 0) {
         Model stacked;
         status = models_merge_passthrough(models, o->n_inputs, ranges, n_ranges, &stacked, err, sizeof err) != 0;
         if (status == 0) {
             printf("passthrough: %d layers\n", stacked.config.n_layers);
-            status = save_model(&stacked, o->out, err, sizeof err) != 0;
+            status = save_model(&stacked, o->out, o->gguf_type, err, sizeof err) != 0;
             stacked.tokenizer = NULL;
             model_free(&stacked);
         }
@@ -344,6 +351,7 @@ int main(int argc, char **argv) {
     for (int m = 0; m < N_MODEL_METHODS; m++)
         if (strcmp(o.method, MODEL_METHOD_NAMES[m]) == 0) model_method = m;
     if (adapter_method < 0 && model_method < 0) bad_usage("unknown --method ", o.method);
+    if (o.gguf_type && !ends_with(o.out, ".gguf")) bad_usage("--gguf-type goes with an --out ending in .gguf, got ", o.out);
     if (!o.base && n_adapters == o.n_inputs) {
         if (adapter_method < 0)
             bad_usage(o.method, " merges whole models: give models, or --base MODEL with the adapters");

@@ -169,6 +169,18 @@ static void unpermute_rows(float *w, int n_heads, int head_dim, int cols) {
     free(head);
 }
 
+void rope_rows_to_gguf(const float *w, float *out, int n_heads, int head_dim, int cols) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        const float *head = w + (size_t)h * head_dim * cols;
+        float *rows = out + (size_t)h * head_dim * cols;
+        for (int j = 0; j < half; j++)
+            for (int i = 0; i < 2; i++)
+                memcpy(rows + (size_t)(j * 2 + i) * cols, head + (size_t)(i * half + j) * cols,
+                       (size_t)cols * sizeof(float));
+    }
+}
+
 static float **role_slot(Model *m, Role role, int layer) {
     LayerWeights *l = &m->layers[layer];
     switch (role) {
@@ -382,6 +394,40 @@ int model_from_tensors(Model *m, const Config *config, const TensorList *tensors
     if (c->tied_embeddings) m->lm_head = m->embed;
     m->path = strdup(path);
     return 0;
+}
+
+// The linear layer a role's weight is, or -1.
+static int role_linear(Role role) {
+    switch (role) {
+    case ROLE_WQ: return LINEAR_Q;
+    case ROLE_WK: return LINEAR_K;
+    case ROLE_WV: return LINEAR_V;
+    case ROLE_WO: return LINEAR_O;
+    case ROLE_GATE: return LINEAR_GATE;
+    case ROLE_UP: return LINEAR_UP;
+    case ROLE_DOWN: return LINEAR_DOWN;
+    default: return -1;
+    }
+}
+
+int model_max_tensors(const Config *c) { return 3 + (ROLE_DOWN - ROLE_ATTN_NORM + 1) * c->n_layers; }
+
+int model_gguf_tensors(const Model *m, ModelTensor *out) {
+    const Config *c = &m->config;
+    int n = 0;
+    for (int r = ROLE_EMBED; r <= ROLE_DOWN; r++) {
+        Role role = (Role)r;
+        if (!role_is_used(c, role)) continue;
+        int n_copies = role_is_per_layer(role) ? c->n_layers : 1;
+        for (int layer = 0; layer < n_copies; layer++) {
+            ModelTensor *t = &out[n++];
+            snprintf(t->name, sizeof t->name, TENSOR_NAMES[NAMES_GGUF][role], layer);
+            t->values = *role_slot((Model *)m, role, layer);
+            role_shape(c, role, &t->rows, &t->cols);
+            t->linear = role_linear(role);
+        }
+    }
+    return n;
 }
 
 int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, size_t err_size) {

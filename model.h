@@ -127,6 +127,28 @@ int model_from_tensors(Model *m, const Config *config, const TensorList *tensors
 // tests and benchmarks: matrices ~ U(-1/sqrt(in), 1/sqrt(in)), norms near 1.
 int model_init_random(Model *m, const Config *config, uint64_t seed, char *err, size_t err_size);
 
+// One weight of a model under its name in GGUF files ("blk.3.attn_q.weight"):
+// [rows, cols] row-major as the Model holds it (cols 0 for a vector), and
+// which linear layer it is (a Linear, or -1 for the embedding, norms, biases
+// and LM head).
+typedef struct {
+    char name[64];
+    const float *values;
+    int64_t rows, cols;
+    int linear;
+} ModelTensor;
+// The most tensors a model of this config has (the size for model_gguf_tensors' out).
+int model_max_tensors(const Config *c);
+// Fills out with every weight of m (the LM head only when untied), in the
+// loader's order; returns the count.
+int model_gguf_tensors(const Model *m, ModelTensor *out);
+
+// llama.cpp's GGUF files hold Llama's Wq and Wk rows permuted for its RoPE:
+// file row (h, j, i) is HF row (h, i, j), i in {0, 1}, j < head_dim / 2. The
+// loader undoes it; this does it, copying w [n_heads * head_dim, cols] (HF
+// order) into out (GGUF order).
+void rope_rows_to_gguf(const float *w, float *out, int n_heads, int head_dim, int cols);
+
 const char *arch_name(Arch arch);
 size_t model_num_params(const Config *c);
 void model_print_summary(const Model *m, FILE *out);

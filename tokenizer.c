@@ -79,7 +79,9 @@ struct Tokenizer {
     int n_added;
     size_t added_cap;
     unsigned char added_first_byte[256];   // 1 if some added token starts with it
-    int bos, eos, unk;
+    int bos, eos, unk;           // unk: what a byte without a token becomes (HF's model.unk_token)
+    int unk_named, pad;          // the unknown and padding tokens the source names, kept for exports
+    char *chat_template;         // the source's Jinja chat template; NULL when it has none
     int im_start, im_end;
     const char *default_system;  // NULL when the chat template has none
 };
@@ -258,7 +260,7 @@ static Tokenizer *tokenizer_alloc(int n_tokens) {
     t->tokens = calloc((size_t)n_tokens, sizeof(Token));
     if (!t->tokens) { free(t); return NULL; }
     t->n_tokens = n_tokens;
-    t->bos = t->eos = t->unk = t->im_start = t->im_end = -1;
+    t->bos = t->eos = t->unk = t->unk_named = t->pad = t->im_start = t->im_end = -1;
     return t;
 }
 
@@ -272,6 +274,7 @@ void tokenizer_free(Tokenizer *t) {
     free(t->vocab_slots);
     free(t->merge_slots);
     free(t->added);
+    free(t->chat_template);
     free(t);
 }
 
@@ -332,11 +335,21 @@ static const GGUFKeyValue *gguf_array(const GGUFFile *f, const char *key, GGUFTy
 
 static int pretokenizer_from_name(const char *name, PreTokenizer *pre) {
     if (strcmp(name, "smollm") == 0 || strcmp(name, "exaone") == 0) *pre = PRETOK_SMOLLM;
-    else if (strcmp(name, "gpt2") == 0 || strcmp(name, "default") == 0) *pre = PRETOK_GPT2;
+    else if (strcmp(name, "gpt-2") == 0 || strcmp(name, "gpt2") == 0 || strcmp(name, "default") == 0) *pre = PRETOK_GPT2;
     else if (strcmp(name, "llama-bpe") == 0 || strcmp(name, "llama3") == 0) *pre = PRETOK_LLAMA3;
     else if (strcmp(name, "qwen2") == 0) *pre = PRETOK_QWEN2;
     else return 0;
     return 1;
+}
+
+const char *pretokenizer_gguf_name(PreTokenizer pre) {
+    switch (pre) {
+    case PRETOK_GPT2: return "gpt-2";
+    case PRETOK_SMOLLM: return "smollm";
+    case PRETOK_LLAMA3: return "llama-bpe";
+    case PRETOK_QWEN2: return "qwen2";
+    }
+    return "default";
 }
 
 // tokenizer.ggml.model must be "gpt2" and tokenizer.ggml.pre a known name
@@ -442,11 +455,16 @@ Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size) {
     if (!read_gguf_merges(t, f, path, err, err_size) ||
         !read_gguf_token_types(t, f, path, err, err_size) ||
         !read_gguf_token_id(f, "tokenizer.ggml.bos_token_id", t->n_tokens, path, &t->bos, err, err_size) ||
-        !read_gguf_token_id(f, "tokenizer.ggml.eos_token_id", t->n_tokens, path, &t->eos, err, err_size)) {
+        !read_gguf_token_id(f, "tokenizer.ggml.eos_token_id", t->n_tokens, path, &t->eos, err, err_size) ||
+        !read_gguf_token_id(f, "tokenizer.ggml.unknown_token_id", t->n_tokens, path, &t->unk_named, err, err_size) ||
+        !read_gguf_token_id(f, "tokenizer.ggml.padding_token_id", t->n_tokens, path, &t->pad, err, err_size)) {
         tokenizer_free(t);
         return NULL;
     }
-    if (!finish_tokenizer(t)) {
+    const GGUFKeyValue *template_kv = gguf_find(f, "tokenizer.chat_template");
+    if (template_kv && template_kv->type == GGUF_STRING)
+        t->chat_template = strndup(template_kv->string.ptr, (size_t)template_kv->string.len);
+    if (!finish_tokenizer(t) || (template_kv && template_kv->type == GGUF_STRING && !t->chat_template)) {
         set_error(err, err_size, "%s: out of memory", path);
         tokenizer_free(t);
         return NULL;
@@ -676,19 +694,31 @@ static Tokenizer *json_tokenizer(const JsonValue *root, const char *path, char *
     return t;
 }
 
-// bos_token / eos_token of tokenizer_config.json: a string, {"content": ...} or null.
-static int config_token(Tokenizer *t, const JsonValue *config, const char *key, const char *path, int *id,
-                        char *err, size_t err_size) {
+// A token of tokenizer_config.json (bos_token, eos_token, ...): a string,
+// {"content": ...} or null. One the vocabulary lacks is an error when
+// required, else left at -1 (an unk or pad token only an export keeps).
+static int config_token(Tokenizer *t, const JsonValue *config, const char *key, int required, const char *path,
+                        int *id, char *err, size_t err_size) {
     const JsonValue *v = json_get(config, key);
     if (v && v->type == JSON_OBJECT) v = json_get(v, "content");
     if (!v || v->type == JSON_NULL) return 1;
     *id = v->type == JSON_STRING ? tokenizer_find(t, v->string) : -1;
-    if (*id < 0) set_error(err, err_size, "%s: %s is not a token of the vocabulary", path, key);
-    return *id >= 0;
+    if (*id < 0 && required) set_error(err, err_size, "%s: %s is not a token of the vocabulary", path, key);
+    return *id >= 0 || !required;
 }
 
-// Reads bos/eos from the tokenizer_config.json next to path when there is
-// one. Without an eos there, a ChatML vocabulary ends turns with <|im_end|>.
+// chat_template of tokenizer_config.json when it is a string (a list of named
+// templates is not kept). 0 when out of memory.
+static int config_chat_template(Tokenizer *t, const JsonValue *config) {
+    const char *text = json_get_string(config, "chat_template", NULL);
+    if (!text) return 1;
+    t->chat_template = strdup(text);
+    return t->chat_template != NULL;
+}
+
+// Reads bos/eos (and the unk, pad and chat template an export keeps) from
+// the tokenizer_config.json next to path when there is one. Without an eos
+// there, a ChatML vocabulary ends turns with <|im_end|>.
 static int load_config(Tokenizer *t, const char *path, char *err, size_t err_size) {
     const char *slash = strrchr(path, '/');
     size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
@@ -701,12 +731,19 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
         JsonValue *config = json_parse_file(config_path, err, err_size);
         if (config && config->type != JSON_OBJECT) set_error(err, err_size, "%s: not a JSON object", config_path);
         ok = config && config->type == JSON_OBJECT &&
-             config_token(t, config, "bos_token", config_path, &t->bos, err, err_size) &&
-             config_token(t, config, "eos_token", config_path, &t->eos, err, err_size);
+             config_token(t, config, "bos_token", 1, config_path, &t->bos, err, err_size) &&
+             config_token(t, config, "eos_token", 1, config_path, &t->eos, err, err_size) &&
+             config_token(t, config, "unk_token", 0, config_path, &t->unk_named, err, err_size) &&
+             config_token(t, config, "pad_token", 0, config_path, &t->pad, err, err_size);
+        if (ok && !config_chat_template(t, config)) {
+            set_error(err, err_size, "%s: out of memory", config_path);
+            ok = 0;
+        }
         json_free(config);
     }
     free(config_path);
     if (t->eos < 0) t->eos = t->im_end;
+    if (t->unk_named < 0) t->unk_named = t->unk;
     return ok;
 }
 
@@ -730,6 +767,22 @@ int tokenizer_vocab_size(const Tokenizer *t) { return t->n_tokens; }
 PreTokenizer tokenizer_pretokenizer(const Tokenizer *t) { return t->pre; }
 int tokenizer_bos_id(const Tokenizer *t) { return t->bos; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos; }
+
+int tokenizer_unk_id(const Tokenizer *t) { return t->unk_named; }
+int tokenizer_pad_id(const Tokenizer *t) { return t->pad; }
+
+const char *tokenizer_token_text(const Tokenizer *t, int id, size_t *len) {
+    if (id < 0 || id >= t->n_tokens || !t->tokens[id].text) return NULL;
+    if (len) *len = t->tokens[id].text_len;
+    return t->tokens[id].text;
+}
+
+TokenType tokenizer_token_type(const Tokenizer *t, int id) {
+    if (id < 0 || id >= t->n_tokens || !t->tokens[id].text) return TOKEN_UNUSED;
+    for (int i = 0; i < t->n_added; i++)
+        if (t->added[i].id == id) return t->added[i].special ? TOKEN_CONTROL : TOKEN_USER_DEFINED;
+    return TOKEN_NORMAL;
+}
 
 int tokenizer_find(const Tokenizer *t, const char *token) {
     return vocab_lookup(t, token, strlen(token));
@@ -1315,6 +1368,22 @@ static MergeSlot *merges_by_rank(const Tokenizer *t, size_t *count) {
     return merges;
 }
 
+int tokenizer_merges(const Tokenizer *t, int **pairs) {
+    size_t count;
+    MergeSlot *merges = merges_by_rank(t, &count);
+    *pairs = merges ? malloc((count ? count : 1) * 2 * sizeof(int)) : NULL;
+    if (!*pairs) {
+        free(merges);
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        (*pairs)[2 * i] = (int)(merges[i].pair >> 32);
+        (*pairs)[2 * i + 1] = (int)(uint32_t)merges[i].pair;
+    }
+    free(merges);
+    return (int)count;
+}
+
 static void put_byte_level(FILE *f, int use_regex) {
     fprintf(f, "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": %s}",
             use_regex ? "true" : "false");
@@ -1417,9 +1486,12 @@ static void put_config_token(FILE *f, const Tokenizer *t, const char *key, int i
     fputs(",\n", f);
 }
 
-// The Jinja ChatML template that renders what chat_encode encodes (with the
-// default system message when the tokenizer has one).
-static void put_chat_template(FILE *f, const Tokenizer *t) {
+// The source's template when it had one, else the Jinja ChatML template that
+// renders what chat_encode encodes (with the default system message when the
+// tokenizer has one).
+char *tokenizer_chat_template(const Tokenizer *t) {
+    if (t->chat_template) return strdup(t->chat_template);
+    if (t->im_start < 0 || t->im_end < 0) return NULL;
     char system[512] = "";
     if (t->default_system)
         snprintf(system, sizeof system, "{%% if loop.first and messages[0]['role'] != 'system' %%}"
@@ -1429,9 +1501,7 @@ static void put_chat_template(FILE *f, const Tokenizer *t) {
              "{%% for message in messages %%}%s{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
              "'<|im_end|>' + '\n' }}{%% endfor %%}{%% if add_generation_prompt %%}{{ '<|im_start|>assistant\n' }}"
              "{%% endif %%}", system);
-    fputs("  \"chat_template\": ", f);
-    json_write_string(f, template_text);
-    fputs(",\n", f);
+    return strdup(template_text);
 }
 
 static int write_tokenizer_config(const Tokenizer *t, const char *path, char *err, size_t err_size) {
@@ -1441,7 +1511,13 @@ static int write_tokenizer_config(const Tokenizer *t, const char *path, char *er
     fputs("{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n", f);
     put_config_token(f, t, "bos_token", t->bos);
     put_config_token(f, t, "eos_token", t->eos);
-    if (t->im_start >= 0 && t->im_end >= 0) put_chat_template(f, t);
+    char *chat_template = tokenizer_chat_template(t);
+    if (chat_template) {
+        fputs("  \"chat_template\": ", f);
+        json_write_string(f, chat_template);
+        fputs(",\n", f);
+    }
+    free(chat_template);
     fputs("  \"add_prefix_space\": false,\n  \"clean_up_tokenization_spaces\": false\n}\n", f);
     return atomic_file_commit(&file, err, err_size);
 }

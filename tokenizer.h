@@ -19,6 +19,14 @@ typedef enum {
 
 typedef struct Tokenizer Tokenizer;   // defined in tokenizer.c
 
+// What a vocabulary entry is; the values are llama.cpp's (GGUF's tokenizer.ggml.token_type).
+typedef enum {
+    TOKEN_NORMAL = 1,        // a BPE token
+    TOKEN_CONTROL = 3,       // a special added token (<|im_start|>): matched only with allow_special
+    TOKEN_USER_DEFINED = 4,  // an added token that is not special: matched in any text
+    TOKEN_UNUSED = 5         // an id without a string (a vocabulary padded to the embedding's size)
+} TokenType;
+
 // Both loaders return NULL and write "path: what is wrong" into err on failure.
 Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size);
 // path: a tokenizer.json file. bos/eos come from the tokenizer_config.json
@@ -28,8 +36,8 @@ Tokenizer *tokenizer_from_json(const char *path, char *err, size_t err_size);
 void tokenizer_free(Tokenizer *t);
 // Writes dir/tokenizer.json (vocabulary, merges in rank order, added tokens,
 // normalizer and pre-tokenizer, in the format HF `tokenizers` reads) and
-// dir/tokenizer_config.json (bos/eos and, for ChatML vocabularies, a chat
-// template rendering what chat_encode encodes). tokenizer_from_json reads
+// dir/tokenizer_config.json (bos/eos and tokenizer_chat_template's
+// template). tokenizer_from_json reads
 // them back to a tokenizer giving the same ids. The post-processor adds no
 // BOS, as tokenizer_encode adds none. -1 with "PATH: what is wrong" in err.
 int tokenizer_save_hf(const Tokenizer *t, const char *dir, char *err, size_t err_size);
@@ -38,6 +46,28 @@ int tokenizer_vocab_size(const Tokenizer *t);
 PreTokenizer tokenizer_pretokenizer(const Tokenizer *t);
 int tokenizer_bos_id(const Tokenizer *t);   // -1 when none
 int tokenizer_eos_id(const Tokenizer *t);   // -1 when none
+// The unknown and padding tokens the source names (GGUF's unknown_token_id and
+// padding_token_id; tokenizer_config.json's unk_token and pad_token, else
+// tokenizer.json's model.unk_token), kept for exports; -1 when none. Encoding
+// uses only tokenizer.json's unk (GGUF files name one their BPE does not use).
+int tokenizer_unk_id(const Tokenizer *t);
+int tokenizer_pad_id(const Tokenizer *t);
+// The vocabulary string of a token (byte-level mapped, as the files hold it);
+// NULL for an unused or bad id.
+const char *tokenizer_token_text(const Tokenizer *t, int id, size_t *len);
+TokenType tokenizer_token_type(const Tokenizer *t, int id);
+// The merges in rank order, as pairs of token ids: merge k joins
+// (*pairs)[2k] and (*pairs)[2k + 1] (malloc'd, caller frees). Returns the
+// count, or -1 when out of memory.
+int tokenizer_merges(const Tokenizer *t, int **pairs);
+// The pre-tokenizer's name in llama.cpp (tokenizer.ggml.pre): "gpt-2",
+// "smollm", "llama-bpe", "qwen2".
+const char *pretokenizer_gguf_name(PreTokenizer pre);
+// The Jinja chat template: the source's (GGUF tokenizer.chat_template or
+// tokenizer_config.json's chat_template string) when it had one, else for
+// ChatML vocabularies one rendering what chat_encode encodes, else NULL.
+// Malloc'd (caller frees); NULL too when out of memory.
+char *tokenizer_chat_template(const Tokenizer *t);
 // Id of a token given its vocabulary string (e.g. "<|im_end|>"), or -1.
 int tokenizer_find(const Tokenizer *t, const char *token);
 

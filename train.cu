@@ -13,7 +13,8 @@
 #include "formats/cli.h"            // defines: cli_check_options, cli_option_value, cli_int, cli_float, cli_choice, cli_make_dirs
 #include "formats/tensor.h"         // defines: cpu_malloc, cpu_calloc
 #include "infer/adapter.h"          // defines: adapter_merge_peft (--eval-answers), adapter_choose_base (--merge)
-#include "infer/merge.h"            // defines: merge_export (--merge)
+#include "infer/gguf_export.h"      // defines: gguf_write_model (--merge-gguf)
+#include "infer/merge.h"            // defines: merge_into_base, model_save_hf (--merge)
 #include "lora.h"                   // defines: LoraSet (the trainable state), lora_scale, lora_set_save_peft
 #include "model.h"                  // defines: Model, Config, model_load
 #include "nf4.h"                    // defines: nf4_print_memory_story, nf4_round_trip_model
@@ -47,8 +48,8 @@
 // ---- options ----------------------------------------------------------------------------
 
 typedef struct {
-    const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir;
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, eval_answers, pack, overwrite;
+    const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir, *gguf_type;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
 } Options;
@@ -98,6 +99,8 @@ static Options default_options(void) {
     o.overwrite = 0;                      // 1: a new run may replace the run already in --out
     o.stop_at = 0;                        // pause after step N with a checkpoint (0: run to the end)
     o.merge = 0;                          // 1: also write OUT/merged/, the adapter merged into the base
+    o.merge_gguf = 0;                     // 1: also write that merged model as OUT/merged.gguf (llama.cpp)
+    o.gguf_type = "f16";                  // --merge-gguf's matrices: f16 (llama.cpp's convert default), bf16, q8_0
     o.plan = 0;                           // 1: print the GPU memory plan and exit
     o.gpu_mem_gb = 80.0f;                 // the GPU memory, in GB, that --plan checks against
     return o;
@@ -148,19 +151,23 @@ static void usage(FILE *out) {
             "  --resume DIR        continue the run whose --out was DIR: the same model, data and options, else\n"
             "                      refused, naming each option that differs. Safe to change on resume: --out\n"
             "                      (defaults to DIR; DIR's log.csv is carried over), --save-every, --eval-every,\n"
-            "                      --early-stop, --stop-at, --eval-answers, --merge, --recompute (bitwise the same),\n"
+            "                      --early-stop, --stop-at, --eval-answers, --merge, --merge-gguf, --gguf-type,\n"
+            "                      --recompute (bitwise the same),\n"
             "                      --device (cpu and cuda round differently: the losses go on, not bitwise)\n"
             "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
-            "                      (checkpoints, log, chart, adapters, merged model) first; without it, refused\n"
+            "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
+            "  --merge-gguf        also write that merged model as OUT/merged.gguf, one GGUF file for llama.cpp\n"
+            "                      (llama-cli -m OUT/merged.gguf) and ./generate --model\n"
+            "  --gguf-type T       --merge-gguf's matrices: f16, bf16 or q8_0 (default %s; norms stay f32)\n"
             "  --plan              print the GPU memory plan for these options and exit (no training)\n"
             "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n"
             "  -h, --help          this help\n",
             d->model_path, d->data_path, d->val_frac, d->device, d->epochs, CPU_DEMO_STEPS, d->steps, d->batch, d->grad_accum, d->max_seq,
             d->prompt_loss_weight, d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
-            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->early_stop, d->seed, d->out_dir, d->gpu_mem_gb);
+            d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->early_stop, d->seed, d->out_dir, d->gguf_type, d->gpu_mem_gb);
 }
 
 static void bad_usage(const char *message, const char *detail) {
@@ -181,10 +188,13 @@ static const char *const VALUE_OPTIONS[] = {
     "--model", "--data", "--val-data", "--val-frac", "--device", "--out", "--targets", "--quant", "--steps",
     "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
-    "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight", NULL};
+    "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight",
+    "--gguf-type", NULL};
 
 // Options that cannot go together: --val-frac holds a share of --data out only without --val-data.
 static const char *const CONFLICTS[] = {"--val-data", "--val-frac", NULL};
+// Options that only mean something with another: --gguf-type is the type of --merge-gguf's file.
+static const char *const NEEDS[] = {"--gguf-type", "--merge-gguf", NULL};
 
 // Every option value in its range, and the device there: else a one-line message, status 2.
 static void check_options(Options *o) {
@@ -212,6 +222,9 @@ static void check_options(Options *o) {
     require(o->prompt_loss_weight >= 0 && o->prompt_loss_weight <= 1, "--prompt-loss-weight must be in [0, 1]");
     require(o->gpu_mem_gb > 0, "--gpu-mem must be more than 0");
     if (strcmp(o->quant, "nf4") != 0 && strcmp(o->quant, "none") != 0) bad_usage("--quant expects nf4 or none, got ", o->quant);
+    DType gguf_type;
+    if (gguf_export_type_from_name(o->gguf_type, &gguf_type) != 0)
+        bad_usage("--gguf-type expects f16, bf16 or q8_0, got ", o->gguf_type);
     if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 && strcmp(o->device, "auto") != 0)
         bad_usage("--device expects cpu, cuda or auto, got ", o->device);
     if (strcmp(o->device, "cuda") == 0 && !gpu_available()) {
@@ -239,13 +252,14 @@ static Options parse_args(int argc, char **argv) {
     const char *const bit_choices[] = {"0", "1", NULL};
     char err[256];
     int out_given = 0, steps_given = 0, epochs_given = 0, eval_every_given = 0;
-    if (cli_check_options(argc, argv, VALUE_OPTIONS, CONFLICTS, NULL, err, sizeof err) != 0) bad_usage(err, "");
+    if (cli_check_options(argc, argv, VALUE_OPTIONS, CONFLICTS, NEEDS, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
+        if (strcmp(f, "--merge-gguf") == 0) { o.merge_gguf = 1; continue; }
         if (strcmp(f, "--pack") == 0) { o.pack = 1; continue; }
         if (strcmp(f, "--overwrite") == 0) { o.overwrite = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
@@ -284,6 +298,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--alpha") == 0) o.alpha = cli_float("train", f, v);
         else if (strcmp(f, "--prompt-loss-weight") == 0) o.prompt_loss_weight = cli_float("train", f, v);
         else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = cli_float("train", f, v);
+        else if (strcmp(f, "--gguf-type") == 0) o.gguf_type = v;
         else bad_usage("unknown option ", f);
     }
     check_options(&o);
@@ -342,7 +357,7 @@ typedef struct {
 
 // The files a run writes in OUT; the first RUN_MARKERS of them say that OUT holds a run.
 static const char *const RUN_FILES[] = {"checkpoint.bin", "checkpoint_best.bin", "log.csv", "adapter", "best_adapter",
-                                        "loss.svg", "merged", "eval_adapter"};
+                                        "loss.svg", "merged", "merged.gguf", "eval_adapter"};
 static const int RUN_MARKERS = 5, N_RUN_FILES = sizeof RUN_FILES / sizeof RUN_FILES[0];
 
 // The first file of an earlier run in dir (its name), or NULL.
@@ -503,7 +518,18 @@ static int smallest_adapted_dim(const Config *c, const int enabled[N_LINEARS]) {
     return smallest;
 }
 
-// The model in fp32, and the options that depend on it checked (--seq, --rank).
+// --merge-gguf: a model the GGUF export cannot write is refused now, not after training.
+static int gguf_check_before_training(Run *r) {
+    char path[4200], err[1024];
+    DType type;
+    gguf_export_type_from_name(r->o.gguf_type, &type);
+    snprintf(path, sizeof path, "%s/merged.gguf", r->o.out_dir);
+    if (gguf_check_exportable(&r->model, path, type, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "train: --merge-gguf: %s\n", err);
+    return -1;
+}
+
+// The model in fp32, and the options that depend on it checked (--seq, --rank, --merge-gguf).
 static int load_model(Run *r) {
     Options *o = &r->o;
     char err[1024];
@@ -522,6 +548,7 @@ static int load_model(Run *r) {
                 o->rank, max_rank, o->targets);
         return 2;
     }
+    if (o->merge_gguf && gguf_check_before_training(r) != 0) return 2;
     model_print_summary(&r->model, stdout);
     return 0;
 }
@@ -956,32 +983,48 @@ static int keep_progress(Run *r, double val_loss, int *paused) {
 
 // ---- 6. finish --------------------------------------------------------------------------
 
-// --merge: OUT/merged/, the final adapter merged into the base it was trained
-// on, as OUT/adapter/ records it (the run's --quant; r->model must still be
-// the base as loaded, which the recorded weights hash checks).
+// --merge and --merge-gguf: the final adapter merged into the base it was
+// trained on, as OUT/adapter/ records it (the run's --quant; r->model must
+// still be the base as loaded, which the recorded weights hash checks),
+// written as OUT/merged/ (HF, bf16) and OUT/merged.gguf.
 static int save_merged(Run *r) {
     const Options *o = &r->o;
-    char adapter_dir[4096], merged_dir[4096], err[1024], warning[2048];
+    char adapter_dir[4096], merged_dir[4096], gguf_path[4096], err[1024], warning[2048];
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", o->out_dir);
     snprintf(merged_dir, sizeof merged_dir, "%s/merged", o->out_dir);
+    snprintf(gguf_path, sizeof gguf_path, "%s/merged.gguf", o->out_dir);
+    const char *which = o->merge ? "--merge" : "--merge-gguf";
     AdapterBaseChoice base = {strcmp(o->quant, "nf4") == 0, o->double_quant, 0, 0};
     if (adapter_choose_base(adapter_dir, &r->model, &base, warning, sizeof warning, err, sizeof err) < 0) {
-        fprintf(stderr, "train: --merge: %s\n", err);
+        fprintf(stderr, "train: %s: %s\n", which, err);
         return -1;
     }
-    if (warning[0]) fprintf(stderr, "train: --merge: warning: %s\n", warning);
+    if (warning[0]) fprintf(stderr, "train: %s: warning: %s\n", which, warning);
     int nf4 = base.quant_nf4;
     AdapterInfo info;
-    if (merge_export(&r->model, adapter_dir, nf4, base.double_quant, merged_dir, &info, err, sizeof err) != 0) {
-        fprintf(stderr, "train: --merge: %s\n", err);
+    DType gguf_type;
+    gguf_export_type_from_name(o->gguf_type, &gguf_type);
+    const char *failed = NULL;
+    if (merge_into_base(&r->model, adapter_dir, nf4, base.double_quant, &info, err, sizeof err) != 0)
+        failed = which;
+    else if (o->merge && model_save_hf(&r->model, merged_dir, err, sizeof err) != 0) failed = "--merge";
+    else if (o->merge_gguf && gguf_write_model(&r->model, gguf_path, gguf_type, err, sizeof err) != 0)
+        failed = "--merge-gguf";
+    if (failed) {
+        fprintf(stderr, "train: %s: %s\n", failed, err);
         return -1;
     }
-    printf("merged: %d adapted matrices onto the %s base, in bf16: %s/ (./generate --model %s)\n", info.n_merged,
-           nf4 ? "NF4-dequantized" : "fp32", merged_dir, merged_dir);
+    const char *base = nf4 ? "NF4-dequantized" : "fp32";
+    if (o->merge)
+        printf("merged: %d adapted matrices onto the %s base, in bf16: %s/ (./generate --model %s)\n", info.n_merged,
+               base, merged_dir, merged_dir);
+    if (o->merge_gguf)
+        printf("merged: %d adapted matrices onto the %s base, as GGUF %s: %s (llama-cli -m %s)\n", info.n_merged,
+               base, o->gguf_type, gguf_path, gguf_path);
     return 0;
 }
 
-// The adapter to OUT/adapter/, --merge, and the closing line.
+// The adapter to OUT/adapter/, --merge / --merge-gguf, and the closing line.
 static int finish(Run *r) {
     const Options *o = &r->o;
     // without a validation set nothing has run the model since the last update:
@@ -997,7 +1040,7 @@ static int finish(Run *r) {
     }
     r->engine.sync_to_host(&r->engine);
     if (save_adapter(r, "adapter") != 0) return 1;
-    if (o->merge && save_merged(r) != 0) return 1;
+    if ((o->merge || o->merge_gguf) && save_merged(r) != 0) return 1;
     printf("done: %d steps in %.0f s; log %s, loss curve %s/loss.svg, adapter (HF peft layout) %s/adapter/\n",
            r->progress.step, now_seconds() - r->start_time, r->log.csv_path, o->out_dir, o->out_dir);
     return 0;

@@ -4,6 +4,7 @@
 #include "formats/ggml_blocks.h"
 #include "formats/float16.h"
 
+#include <math.h>
 #include <string.h>
 
 static float read_f16(const unsigned char *p) {
@@ -81,5 +82,22 @@ void dequantize_q8_0(const void *src, float *dst, int64_t n) {
         float d = read_f16(block);
         const int8_t *qs = (const int8_t *)(block + 2);
         for (int j = 0; j < 32; j++) dst[j] = d * (float)qs[j];
+    }
+}
+
+enum { Q8_0_MAX = 127 };   // the largest |q| of a Q8_0 value
+
+void quantize_q8_0(const float *src, void *dst, int64_t n) {
+    unsigned char *block = (unsigned char *)dst;
+    for (int64_t b = 0; b < n / 32; b++, block += 34, src += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(src[j]));
+        // d = max|x| / 127; q = round(x / d), computed as x * (1 / d) as ggml does
+        float d = amax / Q8_0_MAX;
+        float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+        uint16_t h = f32_to_f16(d);
+        memcpy(block, &h, 2);
+        int8_t *qs = (int8_t *)(block + 2);
+        for (int j = 0; j < 32; j++) qs[j] = (int8_t)roundf(src[j] * inverse);
     }
 }

@@ -261,7 +261,7 @@ static int parse(GGUFFile *f, Reader *r) {
         f->n_kv = (int)i + 1;
     }
     if (r->failed) return 0;
-    int64_t alignment = gguf_get_int(f, "general.alignment", 32);
+    int64_t alignment = gguf_get_int(f, "general.alignment", GGUF_DEFAULT_ALIGNMENT);
     if (alignment <= 0 || alignment > 65536 || (alignment & (alignment - 1)) != 0)
         return read_fail(r, "general.alignment is not a power of two");
     f->alignment = (size_t)alignment;

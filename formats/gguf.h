@@ -10,6 +10,10 @@
 extern "C" {
 #endif
 
+// Where tensor data starts and each tensor's offset is a multiple of this,
+// unless general.alignment says otherwise (GGUF v3's default).
+enum { GGUF_DEFAULT_ALIGNMENT = 32 };
+
 typedef enum {
     GGUF_UINT8 = 0, GGUF_INT8 = 1, GGUF_UINT16 = 2, GGUF_INT16 = 3, GGUF_UINT32 = 4,
     GGUF_INT32 = 5, GGUF_FLOAT32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9,

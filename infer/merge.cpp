@@ -157,9 +157,14 @@ int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_siz
 }
 
 // The base the adapter was trained on (nf4.h), then W += s B A (infer/adapter.h), then the directory.
+int merge_into_base(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, AdapterInfo *info,
+                    char *err, size_t err_size) {
+    if (quantize_nf4 && nf4_round_trip_model(m, double_quant, err, err_size) != 0) return -1;
+    return adapter_merge_peft(m, adapter_dir, info, err, err_size);
+}
+
 int merge_export(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, const char *out_dir,
                  AdapterInfo *info, char *err, size_t err_size) {
-    if (quantize_nf4 && nf4_round_trip_model(m, double_quant, err, err_size) != 0) return -1;
-    if (adapter_merge_peft(m, adapter_dir, info, err, err_size) != 0) return -1;
+    if (merge_into_base(m, adapter_dir, quantize_nf4, double_quant, info, err, err_size) != 0) return -1;
     return model_save_hf(m, out_dir, err, err_size);
 }

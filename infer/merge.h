@@ -16,6 +16,16 @@
 extern "C" {
 #endif
 
+// Turns m into the merged model, in place: with quantize_nf4 the seven linear
+// weights of every block become dequant(NF4(W)) first (double_quant as
+// training), then the peft adapter in adapter_dir is added
+// (adapter_merge_peft, which fills info; info may be NULL). -1 with a message
+// on error (m may then be half changed). merge_export is this, then
+// model_save_hf; ./train --merge-gguf writes the same model with
+// gguf_write_model (infer/gguf_export.h).
+int merge_into_base(Model *m, const char *adapter_dir, int quantize_nf4, int double_quant, AdapterInfo *info,
+                    char *err, size_t err_size);
+
 // Turns m into the merged model, in place, and writes it to out_dir (created
 // when missing): with quantize_nf4 the seven linear weights of every block
 // become dequant(NF4(W)) first, quantized as training did (double_quant as

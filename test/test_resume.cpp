@@ -5,6 +5,9 @@
 // Also trainer/checkpoint.cpp on its own: every field (the early-stop count
 // included) comes back, the flat arrays lie in the file as in memory, files of
 // older versions and bad ones (a flipped bit included: the checksum) are refused.
+// The uninterrupted run also writes --merge's directory and --merge-gguf's
+// file: the same merged model (every weight of the fp16 GGUF within the fp16
+// and bf16 roundings of the directory's).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -20,7 +23,26 @@
 
 #include <sys/wait.h>
 
+#include "model.h"
 #include "trainer/checkpoint.h"
+
+// Every weight of a (fp16) within the roundings of b (bf16) of the same fp32
+// value: |a - b| <= |b| (2^-8 + 2^-11) (1 + 2^-7) + 2^-24 (half an ulp of each); returns how many are not.
+static long count_far_weights(const Model &a, const Model &b) {
+    std::vector<ModelTensor> ta(model_max_tensors(&a.config)), tb(model_max_tensors(&b.config));
+    int n = model_gguf_tensors(&a, ta.data());
+    REQUIRE(model_gguf_tensors(&b, tb.data()) == n);
+    long far = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t count = ta[i].cols ? ta[i].rows * ta[i].cols : ta[i].rows;
+        for (int64_t k = 0; k < count; k++) {
+            double x = tb[i].values[k];
+            far += std::fabs(ta[i].values[k] - x) > std::fabs(x) * (std::ldexp(1.0, -8) + std::ldexp(1.0, -11)) *
+                                                        (1 + std::ldexp(1.0, -7)) + std::ldexp(1.0, -24);
+        }
+    }
+    return far;
+}
 
 // The step, train_loss and grad_norm columns of a log.csv, one string per step.
 static std::vector<std::string> logged_steps(const std::string &path) {
@@ -47,10 +69,19 @@ TEST_CASE("train: pause and resume reproduce an uninterrupted run bitwise") {
     std::string common = "./train --data data/sample_raft.jsonl --steps 3 --grad-accum 1 --seq 160 --val-frac 0 --rank 4 "
                          "--lora-dropout 0.1 --warmup 1";
     std::string quiet = " > " + d + "/out.txt 2>&1";
-    // the uninterrupted run also writes the merged model (test_merge.cpp checks its contents)
-    REQUIRE(system((common + " --merge --out " + d + "/full" + quiet).c_str()) == 0);
+    // the uninterrupted run also writes the merged model (test_merge.cpp checks its contents), and as GGUF
+    REQUIRE(system((common + " --merge --merge-gguf --out " + d + "/full" + quiet).c_str()) == 0);
     for (const char *name : {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"})
         CHECK_MESSAGE(std::filesystem::exists(d + "/full/merged/" + name), name);
+    {
+        Model hf, gguf;
+        char err[1024] = "";
+        REQUIRE_MESSAGE(model_load(&hf, (d + "/full/merged").c_str(), err, sizeof err) == 0, err);
+        REQUIRE_MESSAGE(model_load(&gguf, (d + "/full/merged.gguf").c_str(), err, sizeof err) == 0, err);
+        CHECK(count_far_weights(gguf, hf) == 0);
+        model_free(&gguf);
+        model_free(&hf);
+    }
     REQUIRE(system((common + " --out " + d + "/part --stop-at 1" + quiet).c_str()) == 0);
     std::vector<std::string> paused = logged_steps(d + "/part/log.csv");
     CHECK(paused.size() == 1);
