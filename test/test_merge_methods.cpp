@@ -23,6 +23,7 @@
 #include "merging/model_merge.h"
 #include "merging/svd.h"
 #include "ops/random.h"
+#include "test/test_util.h"
 
 static const std::string FIXTURES = "test/fixtures/merge/";
 
@@ -499,5 +500,33 @@ TEST_CASE("merging: --base merges each adapter into the base first, then the mod
     CHECK(max_abs_difference(merged.layers[0].wk, base.layers[0].wk, 8 * 16) <= scale / 128);  // not adapted
     model_free(&merged);
     model_free(&base);
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
+
+TEST_CASE("merging: ./merge --out X.gguf writes the merged model as GGUF, which loads back to its weights") {
+    std::string dir = temp_dir(), output;
+    char err[1024];
+    // the default model with itself, weights 3 and 1: the average is the model again
+    const std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    CHECK(run("./merge --method linear --weights 3,1 --gguf-type bf16 --out " + dir + "/merged.gguf " + model + " " +
+                  model, output) == 0);
+    Model merged;
+    REQUIRE_MESSAGE(model_load(&merged, (dir + "/merged.gguf").c_str(), err, sizeof err) == 0, err);
+    const Model &source = default_model();
+    const Config &c = source.config;
+    CHECK(merged.config.n_layers == c.n_layers);
+    // every weight is the source's rounded to bf16: within 2^-8 of its size
+    for (int layer : {0, c.n_layers - 1}) {
+        size_t n = (size_t)c.n_heads * c.head_dim * c.dim;
+        float scale = 0;
+        for (size_t i = 0; i < n; i++) scale = std::fmax(scale, std::fabs(source.layers[layer].wq[i]));
+        CHECK(max_abs_difference(merged.layers[layer].wq, source.layers[layer].wq, n) <= scale / 256);
+    }
+    // --gguf-type without a .gguf, and a type GGUF export does not write, are refused
+    CHECK(run("./merge --method linear --gguf-type q8_0 --out " + dir + "/hf " + model + " " + model, output) == 2);
+    CHECK(has(output, "--gguf-type goes with an --out ending in .gguf"));
+    CHECK(run("./merge --method linear --gguf-type q4_0 --out " + dir + "/x.gguf " + model + " " + model, output) == 2);
+    CHECK(has(output, "--gguf-type expects f16, bf16 or q8_0, got q4_0"));
+    model_free(&merged);
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
