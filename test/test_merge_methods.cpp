@@ -398,7 +398,7 @@ TEST_CASE("merging: ./merge writes adapters and models that load back to the ref
     model_free(&m);
     CHECK(run("./merge --method linear --out " + dir + "/x.gguf " + FIXTURES + "model_a " + FIXTURES + "model_b",
               output) == 1);
-    CHECK(has(output, "writing a GGUF model is not yet supported"));
+    CHECK(has(output, "the tokenizer has 1001 tokens, more than the embedding's 32 rows"));   // not exportable
     safetensors_close(&expected);
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }

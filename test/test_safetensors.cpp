@@ -209,14 +209,15 @@ TEST_CASE("safetensors: metadata is skipped, zero tensors are fine") {
 TEST_CASE("safetensors: tensors at odd addresses are read correctly") {
     TempDir dir;
     std::string path = dir.file("odd.safetensors");
-    // header, padded so that the data starts at an even file offset; every tensor starts one byte past it
-    std::string header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[1,5]},"
-                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[5,7]},"
-                         "\"i\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[7,11]},"
-                         "\"l\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[11,19]}}";
-    header.append(header.size() % 2, ' ');
-    // 1 byte of padding; fp16 1.0 and -2.0; bf16 3.0; int32 -5; int64 7 (little-endian)
-    const std::string data("\0" "\x00\x3c" "\x00\xc0" "\x40\x40" "\xfb\xff\xff\xff" "\x07\0\0\0\0\0\0\0", 19);
+    // a header of odd length, so that the data (and every tensor, each at an even offset in it) starts at an
+    // odd address: the file is mapped page-aligned and the data starts 8 + header bytes in
+    std::string header = "{\"h\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]},"
+                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[1],\"data_offsets\":[4,6]},"
+                         "\"i\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[6,10]},"
+                         "\"l\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[10,18]}}";
+    header.append(1 - header.size() % 2, ' ');
+    // fp16 1.0 and -2.0; bf16 3.0; int32 -5; int64 7 (little-endian)
+    const std::string data("\x00\x3c" "\x00\xc0" "\x40\x40" "\xfb\xff\xff\xff" "\x07\0\0\0\0\0\0\0", 18);
     write_bytes(path, make_file(header, data));
     SafetensorsFile f;
     char err[512] = "";
