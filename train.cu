@@ -1014,13 +1014,13 @@ static int save_merged(Run *r) {
         fprintf(stderr, "train: %s: %s\n", failed, err);
         return -1;
     }
-    const char *base = nf4 ? "NF4-dequantized" : "fp32";
+    const char *base_name = nf4 ? "NF4-dequantized" : "fp32";
     if (o->merge)
         printf("merged: %d adapted matrices onto the %s base, in bf16: %s/ (./generate --model %s)\n", info.n_merged,
-               base, merged_dir, merged_dir);
+               base_name, merged_dir, merged_dir);
     if (o->merge_gguf)
         printf("merged: %d adapted matrices onto the %s base, as GGUF %s: %s (llama-cli -m %s)\n", info.n_merged,
-               base, o->gguf_type, gguf_path, gguf_path);
+               base_name, o->gguf_type, gguf_path, gguf_path);
     return 0;
 }
 
