@@ -49,9 +49,11 @@
 
 typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir, *gguf_type;
+    const char *init_adapter;
     int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
+    struct { int rank, alpha, rslora, targets, quant, double_quant; } given;   // which the command line set
 } Options;
 
 // Every default of ./train in one place, each with what it means (./train --help prints them).
@@ -86,6 +88,7 @@ static Options default_options(void) {
     o.rslora = 0;                         // 1: the scale is alpha / sqrt(r) (rsLoRA)
     o.lora_dropout = 0.05f;               // dropout on the adapters' input
     o.targets = "q,k,v,o,gate,up,down";   // the adapted projections of every block
+    o.init_adapter = NULL;                // none: A random, B = 0; else train on from this adapter's A and B
     o.quant = "nf4";                      // the base: nf4 (QLoRA) or none (fp32, plain LoRA)
     o.double_quant = 1;                   // NF4's block scales quantized again, to 8 bits
     o.recompute = 0;                      // 1: recompute each block in backward (gradient checkpointing)
@@ -138,6 +141,10 @@ static void usage(FILE *out) {
             "  --rslora            scaling = alpha / sqrt(rank)\n"
             "  --lora-dropout P    dropout on the adapter input (default %g)\n"
             "  --targets LIST      adapted layers among q,k,v,o,gate,up,down (default %s)\n"
+            "  --init-adapter DIR  train on from this adapter (ours or peft's, same base) instead of B = 0: its\n"
+            "                      rank, alpha, rsLoRA and targets (adapter_config.json) are the run's, a\n"
+            "                      different --rank/--alpha/--rslora/--targets is an error; its recorded\n"
+            "                      --quant/--double-quant are the defaults; --lora-dropout stays ours\n"
             "  --quant Q           nf4 (QLoRA) or none (plain LoRA on an fp32 base) (default %s)\n"
             "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
             "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
@@ -189,7 +196,7 @@ static const char *const VALUE_OPTIONS[] = {
     "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
     "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight",
-    "--gguf-type", NULL};
+    "--gguf-type", "--init-adapter", NULL};
 
 // Options that cannot go together: --val-frac holds a share of --data out only without --val-data.
 static const char *const CONFLICTS[] = {"--val-data", "--val-frac", NULL};
@@ -256,7 +263,7 @@ static Options parse_args(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
-        if (strcmp(f, "--rslora") == 0) { o.rslora = 1; continue; }
+        if (strcmp(f, "--rslora") == 0) { o.rslora = o.given.rslora = 1; continue; }
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strcmp(f, "--merge-gguf") == 0) { o.merge_gguf = 1; continue; }
@@ -272,16 +279,19 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_float("train", f, v);
         else if (strcmp(f, "--device") == 0) o.device = v;
         else if (strcmp(f, "--out") == 0) { o.out_dir = v; out_given = 1; }
-        else if (strcmp(f, "--targets") == 0) o.targets = v;
-        else if (strcmp(f, "--quant") == 0) o.quant = v;
+        else if (strcmp(f, "--targets") == 0) { o.targets = v; o.given.targets = 1; }
+        else if (strcmp(f, "--quant") == 0) { o.quant = v; o.given.quant = 1; }
         else if (strcmp(f, "--steps") == 0) { o.steps = cli_int("train", f, v); steps_given = 1; }
         else if (strcmp(f, "--epochs") == 0) { o.epochs = cli_int("train", f, v); epochs_given = 1; }
         else if (strcmp(f, "--batch") == 0) o.batch = cli_int("train", f, v);
         else if (strcmp(f, "--grad-accum") == 0) o.grad_accum = cli_int("train", f, v);
         else if (strcmp(f, "--seq") == 0) o.max_seq = cli_int("train", f, v);
         else if (strcmp(f, "--seed") == 0) o.seed = cli_int("train", f, v);
-        else if (strcmp(f, "--rank") == 0) o.rank = cli_int("train", f, v);
-        else if (strcmp(f, "--double-quant") == 0) o.double_quant = cli_choice("train", f, v, bit_choices);
+        else if (strcmp(f, "--rank") == 0) { o.rank = cli_int("train", f, v); o.given.rank = 1; }
+        else if (strcmp(f, "--double-quant") == 0) {
+            o.double_quant = cli_choice("train", f, v, bit_choices);
+            o.given.double_quant = 1;
+        }
         else if (strcmp(f, "--recompute") == 0) o.recompute = cli_choice("train", f, v, bit_choices);
         else if (strcmp(f, "--eval-every") == 0) { o.eval_every = cli_int("train", f, v); eval_every_given = 1; }
         else if (strcmp(f, "--save-every") == 0) o.save_every = cli_int("train", f, v);
@@ -295,10 +305,11 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--lr-min-frac") == 0) o.lr_min_frac = cli_float("train", f, v);
         else if (strcmp(f, "--clip") == 0) o.clip = cli_float("train", f, v);
         else if (strcmp(f, "--weight-decay") == 0) o.weight_decay = cli_float("train", f, v);
-        else if (strcmp(f, "--alpha") == 0) o.alpha = cli_float("train", f, v);
+        else if (strcmp(f, "--alpha") == 0) { o.alpha = cli_float("train", f, v); o.given.alpha = 1; }
         else if (strcmp(f, "--prompt-loss-weight") == 0) o.prompt_loss_weight = cli_float("train", f, v);
         else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = cli_float("train", f, v);
         else if (strcmp(f, "--gguf-type") == 0) o.gguf_type = v;
+        else if (strcmp(f, "--init-adapter") == 0) o.init_adapter = v;
         else bad_usage("unknown option ", f);
     }
     check_options(&o);
@@ -325,6 +336,7 @@ typedef struct {
     Options o;
     Model model;
     int enabled[N_LINEARS];         // the adapted projections (--targets)
+    char init_targets[64];          // --init-adapter: its targets as --targets names them
     ExampleSet train_set, val_set;
     int total_steps;
     LRSchedule schedule;
@@ -487,6 +499,14 @@ static int run_identity(Run *r) {
     identity_line(t, size, &used, "--targets", "%s", o->targets);
     identity_line(t, size, &used, "--quant", "%s", o->quant);
     identity_line(t, size, &used, "--double-quant", "%d", o->double_quant);
+    uint64_t init_hash;
+    char init_weights[4200];
+    if (o->init_adapter) {   // (a run without one keeps the identity of older checkpoints)
+        snprintf(init_weights, sizeof init_weights, "%s/adapter_model.safetensors", o->init_adapter);
+        if (hash_file(init_weights, &init_hash) != 0) return 1;
+        identity_line(t, size, &used, "--init-adapter", "%s (weights %016llx)", o->init_adapter,
+                      (unsigned long long)init_hash);
+    }
     if (used >= size) {
         fprintf(stderr, "train: the run's options and paths are longer than a checkpoint holds (%d bytes)\n",
                 CHECKPOINT_IDENTITY_MAX);
@@ -529,6 +549,59 @@ static int gguf_check_before_training(Run *r) {
     return -1;
 }
 
+// A conflict between an option the user gave and the adapter's value: the message, status 2.
+static int refuse_conflict(const char *dir, const char *option, const char *given, const char *adapters) {
+    fprintf(stderr, "train: --init-adapter %s: the adapter has %s %s, but the command line gives %s %s (leave the "
+                    "option out: it comes from the adapter)\n", dir, option, adapters, option, given);
+    return 2;
+}
+
+// --init-adapter: the adapter's rank, alpha, rsLoRA and targets become the run's
+// (an option given otherwise is an error naming both), its recorded base the
+// default --quant and --double-quant. Returns 0, or the exit status.
+static int take_adapter_options(Run *r) {
+    Options *o = &r->o;
+    const Config *c = &r->model.config;
+    char err[1024], given[64], adapters[64];
+    AdapterConfig ac;
+    int enabled[N_LINEARS];
+    if (adapter_training_options(o->init_adapter, c, &ac, enabled, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --init-adapter: %s\n", err);
+        return 2;
+    }
+    size_t used = 0;
+    r->init_targets[0] = '\0';
+    for (int t = 0; t < N_LINEARS; t++)
+        if (enabled[t]) used += snprintf(r->init_targets + used, sizeof r->init_targets - used, "%s%s",
+                                         used ? "," : "", LINEAR_NAMES[t]);
+    int same_targets = 1;
+    for (int t = 0; t < N_LINEARS; t++) same_targets = same_targets && enabled[t] == r->enabled[t];
+    if (o->given.targets && !same_targets) return refuse_conflict(o->init_adapter, "--targets", o->targets, r->init_targets);
+    snprintf(given, sizeof given, "%d", o->rank);
+    snprintf(adapters, sizeof adapters, "%d", ac.rank);
+    if (o->given.rank && o->rank != ac.rank) return refuse_conflict(o->init_adapter, "--rank", given, adapters);
+    snprintf(given, sizeof given, "%g", o->alpha);
+    snprintf(adapters, sizeof adapters, "%g", ac.alpha);
+    if (o->given.alpha && o->alpha != ac.alpha) return refuse_conflict(o->init_adapter, "--alpha", given, adapters);
+    if (o->given.rslora && !ac.rslora) return refuse_conflict(o->init_adapter, "--rslora", "on", "off");
+    o->rank = ac.rank;
+    o->alpha = ac.alpha;
+    o->rslora = ac.rslora;
+    o->targets = r->init_targets;
+    for (int t = 0; t < N_LINEARS; t++) r->enabled[t] = enabled[t];
+    AdapterBaseChoice choice = {strcmp(o->quant, "nf4") == 0, o->double_quant, o->given.quant, o->given.double_quant};
+    char warning[2048], described[256];
+    int recorded = adapter_choose_base(o->init_adapter, &r->model, &choice, warning, sizeof warning, err, sizeof err);
+    if (recorded < 0) { fprintf(stderr, "train: --init-adapter: %s\n", err); return 2; }
+    o->quant = choice.quant_nf4 ? "nf4" : "none";
+    o->double_quant = choice.double_quant;
+    if (warning[0]) fprintf(stderr, "train: warning: %s\n", warning);
+    printf("lora: training on from %s: rank %d, alpha %g%s, targets %s; base: %s\n", o->init_adapter, o->rank,
+           o->alpha, o->rslora ? " (rsLoRA)" : "", o->targets, adapter_describe_base(&choice, recorded, described,
+                                                                                    sizeof described));
+    return 0;
+}
+
 // The model in fp32, and the options that depend on it checked (--seq, --rank, --merge-gguf).
 static int load_model(Run *r) {
     Options *o = &r->o;
@@ -537,6 +610,8 @@ static int load_model(Run *r) {
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
     r->model_hash = model_weights_hash(&r->model);
     const Config *c = &r->model.config;
+    int status = o->init_adapter ? take_adapter_options(r) : 0;
+    if (status != 0) return status;
     if (o->max_seq > c->max_seq_len) {
         printf("data: --seq %d is more than the model's context of %d tokens: using %d\n", o->max_seq, c->max_seq_len,
                c->max_seq_len);
@@ -671,6 +746,10 @@ static int set_up_training(Run *r) {
         fprintf(stderr, "train: out of memory: the LoRA adapters and AdamW moments (rank %d) did not fit; lower --rank "
                         "or --targets\n", o->rank);
         return 3;
+    }
+    if (o->init_adapter && adapter_load_into_set(o->init_adapter, &r->model, &r->lora, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --init-adapter: %s\n", err);
+        return 2;
     }
     size_t n_lora = r->lora.n_params;
     printf("lora: rank %d, alpha %g, targets %s: %zu trainable parameters (%.3f%% of %zu)\n", o->rank, o->alpha,

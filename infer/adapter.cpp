@@ -587,3 +587,73 @@ const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded,
         snprintf(out, out_size, "weights as loaded (as ./train --quant none; from %s)", source);
     return out;
 }
+
+// ---- training on from an adapter ----------------------------------------------------
+
+int adapter_training_options(const char *dir, const Config *c, AdapterConfig *ac, int enabled[N_LINEARS], char *err,
+                             size_t err_size) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
+    if (read_adapter_config(ac, c, path, selected.data(), err, err_size) != 0) return -1;
+    for (int t = 0; t < N_LINEARS; t++) {
+        int layers = 0, first_missing = -1;
+        for (int l = 0; l < c->n_layers; l++) {
+            if (selected[(size_t)l * N_LINEARS + t]) layers++;
+            else if (first_missing < 0) first_missing = l;
+        }
+        if (layers != 0 && layers != c->n_layers) {
+            snprintf(err, err_size, "%s: adapts %s in %d of the %d layers (not in layer %d): ./train adapts a "
+                     "projection in every layer or in none", path, peft_module_path(c, t), layers, c->n_layers,
+                     first_missing);
+            return -1;
+        }
+        enabled[t] = layers > 0;
+    }
+    return 0;
+}
+
+int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, size_t err_size) {
+    char config_path[4096], path[4096];
+    const Config *c = &m->config;
+    AdapterConfig ac;
+    int enabled[N_LINEARS];
+    if (adapter_training_options(dir, c, &ac, enabled, err, err_size) != 0) return -1;
+    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
+    int same_targets = 1;
+    for (int t = 0; t < N_LINEARS; t++) same_targets = same_targets && enabled[t] == set->enabled[t];
+    if (ac.rank != set->rank || !same_targets || set->n_layers != c->n_layers) {
+        snprintf(err, err_size, "%s: the adapter's rank or targets differ from the ones being trained", config_path);
+        return -1;
+    }
+    std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++) selected[i] = enabled[i % N_LINEARS];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafetensorsFile f;
+    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    std::vector<LoraPair> pairs((size_t)c->n_layers * N_LINEARS, LoraPair{NULL, NULL});
+    int n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
+    // every pair read and checked into fp32 copies first, so that a bad one leaves set untouched
+    std::vector<std::vector<float>> A(pairs.size()), B(pairs.size());
+    for (size_t i = 0; n_pairs > 0 && i < pairs.size(); i++) {
+        if (!pairs[i].A) continue;
+        int in_dim, out_dim;
+        target_weight(m, (int)i / N_LINEARS, (int)i % N_LINEARS, &in_dim, &out_dim);
+        A[i].resize((size_t)ac.rank * in_dim);
+        B[i].resize((size_t)out_dim * ac.rank);
+        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A[i].data(), B[i].data());
+        if (bad) {
+            snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
+            n_pairs = -1;
+        }
+    }
+    safetensors_close(&f);
+    if (n_pairs < 0) return -1;
+    for (size_t i = 0; i < pairs.size(); i++) {
+        if (!pairs[i].A) continue;
+        LoraAdapter *a = &set->adapters[i];
+        memcpy(a->A, A[i].data(), sizeof(float) * A[i].size());
+        memcpy(a->B, B[i].data(), sizeof(float) * B[i].size());
+    }
+    return 0;
+}

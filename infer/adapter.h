@@ -5,6 +5,7 @@
 #pragma once
 #include <stddef.h>
 #include "formats/json.h"
+#include "lora.h"
 #include "model.h"
 
 #ifdef __cplusplus
@@ -66,6 +67,22 @@ int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choi
 // NF4 with double quant (as ./train --quant nf4 --double-quant 1; from the
 // adapter's record)". Returns out.
 const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded, char *out, size_t out_size);
+
+// ---- training on from an adapter (./train --init-adapter) ----------------------
+
+// What ./train takes from an adapter it trains on from: r, lora_alpha and
+// use_rslora (ac), and the projections it adapts (enabled[t]), which must be
+// the same in every layer (./train adapts a projection in all layers or none).
+// -1 with "PATH: what is wrong" when it cannot be read, is refused as by a
+// merge, or adapts a projection in some layers only.
+int adapter_training_options(const char *dir, const Config *c, AdapterConfig *ac, int enabled[N_LINEARS], char *err,
+                             size_t err_size);
+
+// Copies dir's A and B into set, whose rank, targets and shapes must be the
+// adapter's (set up from adapter_training_options). Everything is checked
+// before set changes: -1 with "FILE: tensor 'NAME': what is wrong" and set
+// untouched.
+int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

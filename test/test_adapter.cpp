@@ -648,3 +648,52 @@ TEST_CASE("adapter: without a record (peft's adapters) the base stays the caller
         CHECK_MESSAGE(contains(warning, config_path + ": 'qlora_c_base' must be {\"quant\""), warning);
     }
 }
+
+TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A and B exactly; partial ones refused") {
+    for (Arch arch : {ARCH_LLAMA, ARCH_EXAONE}) {
+        CAPTURE(arch);
+        TinyModel tiny(arch);
+        const Config &c = tiny.model.config;
+        LoraSet saved;
+        int some[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};   // q, v, down
+        REQUIRE(lora_set_init(&saved, &c, some, 3, 5.0f, 1, 0.0f, 11) == 0);
+        for (size_t i = 0; i < saved.n_params; i++) saved.params[i] = 0.01f * std::sin(1.3f * (float)i);
+        TempDir dir;
+        char err[1024];
+        REQUIRE_MESSAGE(lora_set_save_peft(&saved, &c, dir.path.c_str(), "tiny", &TRAINED_ON_NF4, err, sizeof err) == 0,
+                        err);
+        AdapterConfig ac;
+        int enabled[N_LINEARS];
+        REQUIRE_MESSAGE(adapter_training_options(dir.path.c_str(), &c, &ac, enabled, err, sizeof err) == 0, err);
+        CHECK(ac.rank == 3);
+        CHECK(ac.alpha == 5.0f);
+        CHECK(ac.rslora == 1);
+        for (int t = 0; t < N_LINEARS; t++) CHECK(enabled[t] == some[t]);
+        // a fresh set of the same shape (other random A, B = 0) gets the saved values bit for bit
+        LoraSet fresh;
+        REQUIRE(lora_set_init(&fresh, &c, enabled, ac.rank, ac.alpha, ac.rslora, 0.0f, 99) == 0);
+        REQUIRE(fresh.n_params == saved.n_params);
+        REQUIRE_MESSAGE(adapter_load_into_set(dir.path.c_str(), &tiny.model, &fresh, err, sizeof err) == 0, err);
+        CHECK(std::memcmp(fresh.params, saved.params, sizeof(float) * saved.n_params) == 0);
+        // another rank is refused, the set untouched
+        LoraSet other;
+        REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99) == 0);
+        std::vector<float> before(other.params, other.params + other.n_params);
+        CHECK(adapter_load_into_set(dir.path.c_str(), &tiny.model, &other, err, sizeof err) != 0);
+        CHECK(std::string(err).find("rank or targets differ") != std::string::npos);
+        CHECK(std::vector<float>(other.params, other.params + other.n_params) == before);
+        lora_set_free(&other);
+        lora_set_free(&fresh);
+        lora_set_free(&saved);
+    }
+    // an adapter on some layers only (peft's layers_to_transform): ./train adapts a projection in every layer or none
+    TinyModel tiny(ARCH_LLAMA);
+    TempDir dir;
+    write_text(dir.file("adapter_config.json"), LAYER_0_CONFIG);
+    AdapterConfig ac;
+    int enabled[N_LINEARS];
+    char err[1024];
+    CHECK(adapter_training_options(dir.path.c_str(), &tiny.model.config, &ac, enabled, err, sizeof err) != 0);
+    CHECK_MESSAGE(std::string(err).find("adapts self_attn.q_proj in 1 of the 2 layers (not in layer 1)") !=
+                      std::string::npos, err);
+}

@@ -429,3 +429,49 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     CHECK(loaded.same_values(saved));
     REQUIRE(system((std::string("rm -rf ") + dir).c_str()) == 0);
 }
+
+// The val_loss column of a log.csv, by step (the rows that have one).
+static std::vector<std::pair<std::string, std::string>> logged_val_losses(const std::string &path) {
+    std::ifstream in(path);
+    std::vector<std::pair<std::string, std::string>> rows;
+    std::string line;
+    std::getline(in, line);   // header
+    while (std::getline(in, line)) {
+        std::stringstream fields(line);
+        std::string step, loss, val;
+        std::getline(fields, step, ',');
+        std::getline(fields, loss, ',');
+        std::getline(fields, val, ',');
+        if (!val.empty()) rows.push_back({step, val});
+    }
+    return rows;
+}
+
+TEST_CASE("train: --init-adapter trains on from an adapter: its options and weights (the val loss goes on where it "
+          "ended); a different --rank is refused") {
+    char dir[] = "/tmp/qlora_init_adapter_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir;
+    std::string common = "./train --data data/sample_raft.jsonl --grad-accum 1 --seq 400 --val-frac 0.3 --warmup 1 "
+                         "--eval-every 1";
+    std::string quiet = " > " + d + "/out.txt 2>&1";
+    REQUIRE(system((common + " --steps 1 --rank 4 --alpha 8 --targets q,v --out " + d + "/a" + quiet).c_str()) == 0);
+    REQUIRE(system((common + " --steps 1 --init-adapter " + d + "/a/adapter --out " + d + "/b" + quiet).c_str()) == 0);
+    std::string text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("lora: training on from " + d + "/a/adapter: rank 4, alpha 8, targets q,v") !=
+                      std::string::npos, text);
+    // the run starts from a's final adapter: its val loss before training is a's last one
+    auto a_losses = logged_val_losses(d + "/a/log.csv"), b_losses = logged_val_losses(d + "/b/log.csv");
+    REQUIRE(a_losses.size() == 2);
+    REQUIRE(b_losses.size() == 2);
+    CHECK(b_losses[0].first == "0");
+    CHECK(b_losses[0].second == a_losses[1].second);
+    CHECK(b_losses[0].second != a_losses[0].second);   // not the base's
+    CHECK(file_text(d + "/b/adapter/adapter_config.json").find("\"r\": 4,") != std::string::npos);
+    int status = system((common + " --steps 1 --rank 8 --init-adapter " + d + "/a/adapter --out " + d + "/c" +
+                         quiet).c_str());
+    CHECK(WEXITSTATUS(status) == 2);
+    text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("the adapter has --rank 4, but the command line gives --rank 8") != std::string::npos, text);
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
