@@ -173,7 +173,7 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
         {"POST", "/v1/chat/completions", chat_body("nope", "hi", 2), 404, "'nope' does not exist; this server has: model, all, faq"},
         {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"" + std::string(CONTEXT * 2, 'x') + " " + std::string(CONTEXT * 4, 'y') + "\"}", 400, "maximum context length is 256 tokens"},
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", CONTEXT), 400, "maximum context length is 256 tokens"},
-        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"temperature\": -1"), 400, "'temperature'"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"temperature\": -1}", 400, "'temperature'"},
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"top_p\": 1.5"), 400, "'top_p'"},
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"seed\": \"x\""), 400, "'seed'"},
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"stop\": 3"), 400, "'stop'"},
@@ -190,7 +190,8 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
         {"DELETE", "/v1/adapters/model", "", 400, "is the base model"},
     };
     for (const Case &k : cases) {
-        CAPTURE(k.path);
+        std::string path = k.path;
+        CAPTURE(path);
         CAPTURE(k.body.substr(0, 200));
         Answer a = t.send(k.method, k.path, k.body);
         CHECK(a.status == k.status);
@@ -200,8 +201,9 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
     for (const auto &entry : std::filesystem::directory_iterator("test/fuzz/corpus/request")) {
         std::string body = file_text(entry.path()), name = entry.path().filename();
         for (const char *path : {"/v1/chat/completions", "/v1/completions"}) {
+            std::string route = path;
             CAPTURE(name);
-            CAPTURE(path);
+            CAPTURE(route);
             Answer a = t.send("POST", path, body);
             if (name.rfind("bad_", 0) == 0) CHECK(a.status == 400);
             if (a.status != 200) CHECK(!error_message(a).empty());
@@ -212,7 +214,8 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
 TEST_CASE("serve: a stream's chunks concatenate to the whole answer; stop sequences cut both") {
     TestServer t(2, 8);
     for (const char *model : {"faq", "all", "model"}) {
-        CAPTURE(model);
+        std::string name = model;
+        CAPTURE(name);
         Answer whole = t.send("POST", "/v1/chat/completions", chat_body(model, "hello there", 12));
         REQUIRE(whole.status == 200);
         std::string text = answer_text(whole.body);
@@ -366,7 +369,8 @@ TEST_CASE("serve: ./serve over HTTP answers as ./generate does, streams, refuses
     const char *prompt = "hello there";
     std::string expected[2];
     for (int i = 0; i < 2; i++) {
-        CAPTURE(ADAPTER_NAMES[i]);
+        std::string name = ADAPTER_NAMES[i];
+        CAPTURE(name);
         expected[i] = generate(ADAPTER_DIRS[i], prompt, true, max_new);
         auto chat = body_status(serve.curl("/v1/chat/completions", chat_body(ADAPTER_NAMES[i], prompt, max_new)));
         REQUIRE(chat.second == 200);

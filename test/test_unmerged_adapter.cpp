@@ -67,7 +67,8 @@ TEST_CASE("unmerged adapter: logits equal peft's and the merged model's, at ever
     struct { const char *name; int modules, rank; float scaling; } cases[] = {
         {"faq", 4, 4, 2.0f}, {"all", 14, 2, 4.0f / std::sqrt(2.0f)}};
     for (const auto &k : cases) {
-        CAPTURE(k.name);
+        std::string name = k.name;
+        CAPTURE(name);
         AdapterWeights aw;
         REQUIRE_MESSAGE(adapter_load_peft(&base, fixture(k.name).c_str(), &aw, err, sizeof err) == 0, err);
         CHECK(aw.n_modules == k.modules);
@@ -79,7 +80,7 @@ TEST_CASE("unmerged adapter: logits equal peft's and the merged model's, at ever
         std::vector<float> unmerged = all_logits(base, &aw, tokens, (int)tokens.size());
         float to_peft = max_abs_diff(unmerged, (const float *)expected->data, n_logits);
         float adapter_moves = max_abs_diff(unmerged, (const float *)base_ref->data, n_logits);
-        MESSAGE(k.name, ": max |logit difference| to peft ", to_peft, "; the adapter moves them by ", adapter_moves);
+        MESSAGE(name, ": max |logit difference| to peft ", to_peft, "; the adapter moves them by ", adapter_moves);
         CHECK(to_peft <= PEFT_TOLERANCE);
         CHECK(adapter_moves > 100 * PEFT_TOLERANCE);
 
