@@ -32,13 +32,14 @@ LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c form
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
           trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c infer/gguf_export.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
-          eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c
+          eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c \
+          serving/request.c serving/response.c serving/stop.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp trainer/examples.cpp \
           trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp \
-          merging/adapter_merge.cpp merging/model_merge.cpp
+          merging/adapter_merge.cpp merging/model_merge.cpp serving/scheduler.cpp serving/server.cpp
 LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
           nf4.cu lora.cu adamw.cu trainer/train_gpu.cu trainer/engine_gpu.cu
-PROGRAMS = generate train prepare evaluate merge
+PROGRAMS = generate train prepare evaluate merge serve
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin
 
@@ -87,6 +88,11 @@ evaluate: build/evaluate.o $(LIB_OBJ)
 merge: build/merge.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
+# ./serve alone links libmicrohttpd (serving/http.c): the system's, or fetched (dev/fetch/deps.mk).
+build/serving/http.o: | $(MHD_DEP)
+serve: build/serve.o build/serving/http.o $(LIB_OBJ)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS) $(MHD_LIB)
+
 # Our forward's last-position logits for a prompt (dev/crosscheck/check_merged.py).
 build/dump_logits: build/dev/crosscheck/dump_logits.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
@@ -96,7 +102,7 @@ build/export_gguf: build/dev/crosscheck/export_gguf.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # Phony so that the folders are made even when build/ is already there.
-SRC_DIRS = data formats ops trainer infer merging eval dev/crosscheck dev/bench
+SRC_DIRS = data formats ops trainer infer merging eval serving dev/crosscheck dev/bench
 build:
 	@mkdir -p build build/test build/test/gpu $(SRC_DIRS:%=build/%) $(SRC_DIRS:%=build/test/%)
 
@@ -167,7 +173,7 @@ endif
 FUZZ_CC      = clang
 FUZZ_CXX     = clang++
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = json jsonl samples hf_config hf_index safetensors gguf tokenizer tokenizer_json tokfile checkpoint
+FUZZ_TARGETS = json jsonl samples hf_config hf_index safetensors gguf tokenizer tokenizer_json tokfile checkpoint request
 FUZZ_FLAGS   = -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_COMPILE = $(INCLUDES) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(WARN) -Wno-unknown-pragmas -MMD -MP
 FUZZ_LIB_OBJ = $(LIB_C:%.c=build/fuzz/obj/%.o) $(LIB_CPP:%.cpp=build/fuzz/obj/%.o) $(LIB_CU:%.cu=build/fuzz/obj/%.o)
@@ -198,7 +204,7 @@ build/bench_train: build/dev/bench/bench_train.o $(LIB_OBJ)
 build/bench_kernels: build/dev/bench/bench_kernels.o $(LIB_OBJ)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-test: fetch train prepare generate evaluate merge $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
+test: fetch train prepare generate evaluate merge serve $(DEFAULT_DATA) build/test_cpu $(TEST_GPU)
 	@sh test/run_tests.sh build/test_cpu $(TEST_GPU)
 
 # Only the GPU tests (on a GPU machine; no model download needed).

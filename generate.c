@@ -231,13 +231,16 @@ int main(int argc, char **argv) {
         int token = sampler_next(&sampler, logits);
         n_generated++;
         if (token == eos || token == im_end) break;
-        print_text(tokenizer_stream_next(model.tokenizer, &stream, token, &len), len);
+        // len is set by the call: read it only after (argument order is unspecified)
+        char *piece = tokenizer_stream_next(model.tokenizer, &stream, token, &len);
+        print_text(piece, len);
         if (n_generated == o.max_new) break;
         logits = forward_cpu(&model, &state, &token, 1, pos, 0, norms);
         n_decode_forwards++;
     }
     double t2 = now_seconds();
-    print_text(tokenizer_stream_end(&stream, &len), len);
+    char *rest = tokenizer_stream_end(&stream, &len);
+    print_text(rest, len);
     printf("\n");
     fflush(stdout);
     fprintf(stderr, "[prompt: %d tokens in %.2f s, %.1f tok/s | generated %d tokens, decode %.1f tok/s]\n",

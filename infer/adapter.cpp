@@ -521,6 +521,71 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     return 0;
 }
 
+// ---- an adapter kept apart (serving) ------------------------------------------
+
+void adapter_weights_free(AdapterWeights *aw) {
+    for (int i = 0; aw->A && i < aw->n_slots; i++) {
+        free(aw->A[i]);
+        free(aw->B[i]);
+    }
+    free(aw->A);
+    free(aw->B);
+    memset(aw, 0, sizeof *aw);
+}
+
+// Copies every pair's A and B into aw as fp32; -1 with a message when out of
+// memory or when a tensor holds NaN or Inf.
+static int copy_pairs(const Config *c, const LoraPair *pairs, int rank, const char *path, AdapterWeights *aw,
+                      char *err, size_t err_size) {
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
+        if (!pairs[i].A) continue;
+        int in_dim, out_dim;
+        linear_dims(c, i % N_LINEARS, &in_dim, &out_dim);
+        size_t a_count = (size_t)rank * in_dim, b_count = (size_t)out_dim * rank;
+        aw->A[i] = (float *)malloc(sizeof(float) * a_count);
+        aw->B[i] = (float *)malloc(sizeof(float) * b_count);
+        if (!aw->A[i] || !aw->B[i]) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+        aw->bytes += sizeof(float) * (a_count + b_count);
+        tensor_to_f32(pairs[i].A->dtype, pairs[i].A->data, aw->A[i], (int64_t)a_count);
+        tensor_to_f32(pairs[i].B->dtype, pairs[i].B->data, aw->B[i], (int64_t)b_count);
+        const char *bad = !floats_all_finite(aw->A[i], a_count)   ? pairs[i].A->name
+                          : !floats_all_finite(aw->B[i], b_count) ? pairs[i].B->name : NULL;
+        if (bad) { snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad); return -1; }
+    }
+    return 0;
+}
+
+int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char *err, size_t err_size) {
+    char config_path[4096], path[4096];
+    AdapterConfig ac;
+    const Config *c = &m->config;
+    size_t n_slots = (size_t)c->n_layers * N_LINEARS;
+    memset(aw, 0, sizeof *aw);
+    std::vector<unsigned char> selected(n_slots);
+    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
+    if (read_adapter_config(&ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafetensorsFile f;
+    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL});
+    // collect_pairs only reads the model (its shapes)
+    int n_pairs = collect_pairs((Model *)m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
+    int status = n_pairs > 0 ? 0 : -1;
+    if (status == 0) {
+        aw->n_slots = (int)n_slots;
+        aw->A = (float **)calloc(n_slots, sizeof(float *));
+        aw->B = (float **)calloc(n_slots, sizeof(float *));
+        if (!aw->A || !aw->B) { snprintf(err, err_size, "%s: out of memory", path); status = -1; }
+    }
+    if (status == 0) status = copy_pairs(c, pairs.data(), ac.rank, path, aw, err, err_size);
+    safetensors_close(&f);
+    if (status != 0) { adapter_weights_free(aw); return -1; }
+    aw->rank = ac.rank;
+    aw->scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
+    aw->n_modules = n_pairs;
+    return 0;
+}
+
 // ---- the recorded base ------------------------------------------------------------
 
 // The record of ./train (LORA_BASE_KEY) from config; -1 with a message when malformed.

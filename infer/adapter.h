@@ -43,6 +43,26 @@ typedef struct {
 // wrong" in err and the model untouched. info may be NULL.
 int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, size_t err_size);
 
+// An adapter kept apart from the base (multi-LoRA serving, ./serve): A and B
+// of every adapted module in fp32, applied at inference as
+//   y = x W^T + s (x A^T) B^T
+// (infer/forward.h's forward_cpu_adapter) instead of merged into W.
+typedef struct {
+    int rank;         // r
+    float scaling;    // s
+    int n_modules;    // (layer, module) pairs that have A and B
+    int n_slots;      // n_layers * N_LINEARS: the length of A and B
+    float **A;        // [n_slots], by layer * N_LINEARS + module: A [r, in], NULL when not adapted
+    float **B;        // [n_slots]: B [out, r], NULL when not adapted
+    size_t bytes;     // the memory A and B take
+} AdapterWeights;
+
+// Reads dir's adapter as adapter_merge_peft does (the same checks and
+// messages) but keeps A and B apart, converted to fp32; m is only read.
+// 0, or -1 with "FILE: what is wrong" in err and aw empty.
+int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char *err, size_t err_size);
+void adapter_weights_free(AdapterWeights *aw);
+
 // The base an adapter is merged onto, and which of it the user chose.
 typedef struct {
     int quant_nf4;            // 1: the linear weights round-tripped through NF4 first, W = dequant(NF4(W))

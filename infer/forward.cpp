@@ -49,6 +49,7 @@ void infer_state_free(InferState *s) {
     free(s->up);
     free(s->logits);
     free(s->positions);
+    free(s->lora_mid);
     memset(s, 0, sizeof *s);
 }
 
@@ -58,9 +59,31 @@ static float l2_norm(const float *x, int n) {
     return (float)sqrt(sum);
 }
 
+// out [n, out_dim] += s (x A^T) B^T for the adapter's (layer, linear), when it adapts it.
+static void add_lora(float *out, const float *x, const Config *c, const AdapterWeights *adapter, InferState *s,
+                     int layer, int linear, int n) {
+    if (!adapter) return;
+    const float *A = adapter->A[layer * N_LINEARS + linear], *B = adapter->B[layer * N_LINEARS + linear];
+    if (!A) return;
+    int in_dim, out_dim, rank = adapter->rank;
+    linear_dims(c, linear, &in_dim, &out_dim);
+    // mid = x A^T   [n, r]
+    matmul_cpu<float>(s->lora_mid, x, A, NULL, n, in_dim, rank);
+    // out += s mid B^T
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int t = 0; t < n; t++) {
+        for (int o = 0; o < out_dim; o++) {
+            const float *mid = s->lora_mid + (size_t)t * rank;
+            float sum = 0.0f;
+            for (int k = 0; k < rank; k++) sum += mid[k] * B[(size_t)o * rank + k];
+            out[(size_t)t * out_dim + o] += adapter->scaling * sum;
+        }
+    }
+}
+
 // x += Wo attention(rope(q), rope(k), v) for the chunk, filling this layer's cache.
-static void attention_block(const Config *c, const LayerWeights *w, InferState *s, float *k_cache,
-                            float *v_cache, int n, int pos) {
+static void attention_block(const Config *c, const LayerWeights *w, const AdapterWeights *adapter, int layer,
+                            InferState *s, float *k_cache, float *v_cache, int n, int pos) {
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     float *k_new = k_cache + (size_t)pos * kv_dim;
     float *v_new = v_cache + (size_t)pos * kv_dim;
@@ -68,26 +91,50 @@ static void attention_block(const Config *c, const LayerWeights *w, InferState *
     matmul_cpu<float>(s->q, s->xn, w->wq, w->bq, n, c->dim, q_dim);
     matmul_cpu<float>(k_new, s->xn, w->wk, w->bk, n, c->dim, kv_dim);
     matmul_cpu<float>(v_new, s->xn, w->wv, w->bv, n, c->dim, kv_dim);
+    add_lora(s->q, s->xn, c, adapter, s, layer, LINEAR_Q, n);
+    add_lora(k_new, s->xn, c, adapter, s, layer, LINEAR_K, n);
+    add_lora(v_new, s->xn, c, adapter, s, layer, LINEAR_V, n);
     rope_cpu(s->q, s->positions, s->inv_freq, n, c->n_heads, c->head_dim);
     rope_cpu(k_new, s->positions, s->inv_freq, n, c->n_kv_heads, c->head_dim);
     attention_cpu(s->att, s->q, k_cache, v_cache, n, pos, c->n_heads, c->n_kv_heads, c->head_dim, (const int *)NULL);
     matmul_cpu<float>(s->proj, s->att, w->wo, NULL, n, q_dim, c->dim);
+    add_lora(s->proj, s->att, c, adapter, s, layer, LINEAR_O, n);
     residual_add_cpu(s->x, s->proj, (size_t)n * c->dim);
 }
 
 // x += Wdown (silu(Wgate xn) * Wup xn)
-static void mlp_block(const Config *c, const LayerWeights *w, InferState *s, int n) {
+static void mlp_block(const Config *c, const LayerWeights *w, const AdapterWeights *adapter, int layer,
+                      InferState *s, int n) {
     rmsnorm_cpu(s->xn, s->x, w->mlp_norm, n, c->dim, c->norm_eps);
     matmul_cpu<float>(s->gate, s->xn, w->w_gate, NULL, n, c->dim, c->hidden_dim);
     matmul_cpu<float>(s->up, s->xn, w->w_up, NULL, n, c->dim, c->hidden_dim);
+    add_lora(s->gate, s->xn, c, adapter, s, layer, LINEAR_GATE, n);
+    add_lora(s->up, s->xn, c, adapter, s, layer, LINEAR_UP, n);
     swiglu_cpu(s->gate, s->gate, s->up, (size_t)n * c->hidden_dim);
     matmul_cpu<float>(s->proj, s->gate, w->w_down, NULL, n, c->hidden_dim, c->dim);
+    add_lora(s->proj, s->gate, c, adapter, s, layer, LINEAR_DOWN, n);
     residual_add_cpu(s->x, s->proj, (size_t)n * c->dim);
+}
+
+// Makes lora_mid hold max_chunk rows of rank values; -1 when out of memory.
+static int reserve_lora_mid(InferState *s, int rank) {
+    if (rank <= s->lora_mid_rank) return 0;
+    float *grown = (float *)realloc(s->lora_mid, sizeof(float) * (size_t)s->max_chunk * rank);
+    if (!grown) return -1;
+    s->lora_mid = grown;
+    s->lora_mid_rank = rank;
+    return 0;
 }
 
 const float *forward_cpu(const Model *m, InferState *s, const int *tokens, int n, int pos,
                          int all_logits, float *hidden_norms) {
+    return forward_cpu_adapter(m, NULL, s, tokens, n, pos, all_logits, hidden_norms);
+}
+
+const float *forward_cpu_adapter(const Model *m, const AdapterWeights *adapter, InferState *s, const int *tokens,
+                                 int n, int pos, int all_logits, float *hidden_norms) {
     const Config *c = &m->config;
+    if (adapter && reserve_lora_mid(s, adapter->rank) != 0) return NULL;
     size_t kv_layer = (size_t)s->max_seq * c->n_kv_heads * c->head_dim;
     for (int t = 0; t < n; t++) {
         memcpy(s->x + (size_t)t * c->dim, m->embed + (size_t)tokens[t] * c->dim, sizeof(float) * c->dim);
@@ -96,8 +143,9 @@ const float *forward_cpu(const Model *m, InferState *s, const int *tokens, int n
     const float *last_x = s->x + (size_t)(n - 1) * c->dim;
     for (int l = 0; l < c->n_layers; l++) {
         if (hidden_norms) hidden_norms[l] = l2_norm(last_x, c->dim);
-        attention_block(c, &m->layers[l], s, s->key_cache + l * kv_layer, s->value_cache + l * kv_layer, n, pos);
-        mlp_block(c, &m->layers[l], s, n);
+        attention_block(c, &m->layers[l], adapter, l, s, s->key_cache + l * kv_layer, s->value_cache + l * kv_layer,
+                        n, pos);
+        mlp_block(c, &m->layers[l], adapter, l, s, n);
     }
     int first = all_logits ? 0 : n - 1;
     int n_out = n - first;

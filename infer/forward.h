@@ -1,6 +1,7 @@
 // infer/forward.h: the CPU inference forward pass with a key/value cache, used by
 // ./generate and by the tests that compare our logits with transformers'.
 #pragma once
+#include "infer/adapter.h"
 #include "model.h"
 
 #ifdef __cplusplus
@@ -22,6 +23,8 @@ typedef struct {
     float *gate, *up;     // [chunk, hidden_dim]
     float *logits;        // [chunk, vocab] (or [1, vocab] for the last token only)
     int *positions;       // [chunk]
+    float *lora_mid;      // x A^T of an unmerged adapter [chunk, lora_mid_rank], grown on first use
+    int lora_mid_rank;
 } InferState;
 
 int infer_state_init(InferState *s, const Config *c, int max_seq, int max_chunk);
@@ -35,6 +38,12 @@ void infer_state_free(InferState *s);
 // n must be <= max_chunk and pos + n <= max_seq.
 const float *forward_cpu(const Model *m, InferState *s, const int *tokens, int n, int pos,
                          int all_logits, float *hidden_norms);
+// The same with an adapter kept apart from the base (NULL: none): every
+// adapted linear computes y = x W^T + s (x A^T) B^T. Equal to forward_cpu on
+// the model with the adapter merged, to float rounding. NULL when the scratch
+// for the adapter's rank cannot be allocated.
+const float *forward_cpu_adapter(const Model *m, const AdapterWeights *adapter, InferState *s, const int *tokens,
+                                 int n, int pos, int all_logits, float *hidden_norms);
 
 #ifdef __cplusplus
 }

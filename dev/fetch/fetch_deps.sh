@@ -1,13 +1,16 @@
 #!/bin/sh
 # Gets the build's two libraries when the system has no -dev package for them:
 # utf8proc (the tokenizer's Unicode tables; `make`) and doctest (the test
-# framework; `make test`). Downloads the Debian package with `apt-get download`
+# framework; `make test`) and libmicrohttpd (./serve's HTTP server: the header
+# from libmicrohttpd-dev, the shared library from libmicrohttpd12, linked with
+# an rpath to build/deps/lib; it needs the system's libgnutls30). Downloads the Debian package with `apt-get download`
 # (no root needed) into build/deps/, checks its size and sha256 against
 # dev/fetch/DEPS_SHA256SUMS, unpacks it with `dpkg-deb -x` and keeps what the
 # build uses:
 #   build/deps/include/utf8proc.h, build/deps/lib/libutf8proc.a   (linked statically)
 #   build/deps/include/doctest/doctest.h
-# Run by `make` (dev/fetch/deps.mk) as: sh dev/fetch/fetch_deps.sh utf8proc|doctest
+#   build/deps/include/microhttpd.h, build/deps/lib/libmicrohttpd.so.12
+# Run by `make` (dev/fetch/deps.mk) as: sh dev/fetch/fetch_deps.sh utf8proc|doctest|microhttpd|microhttpd-lib
 # Safe to re-run: a package already unpacked is not fetched again.
 set -eu
 deps=build/deps
@@ -16,7 +19,9 @@ sums=dev/fetch/DEPS_SHA256SUMS
 case ${1:-} in
 utf8proc) package=libutf8proc-dev; keep="usr/include/utf8proc.h:include/utf8proc.h usr/lib/*/libutf8proc.a:lib/libutf8proc.a" ;;
 doctest)  package=doctest-dev;     keep="usr/include/doctest/doctest.h:include/doctest/doctest.h" ;;
-*) echo "usage: sh dev/fetch/fetch_deps.sh utf8proc|doctest" >&2; exit 2 ;;
+microhttpd) package=libmicrohttpd-dev; keep="usr/include/microhttpd.h:include/microhttpd.h" ;;
+microhttpd-lib) package=libmicrohttpd12; keep="usr/lib/*/libmicrohttpd.so.12:lib/libmicrohttpd.so.12" ;;
+*) echo "usage: sh dev/fetch/fetch_deps.sh utf8proc|doctest|microhttpd|microhttpd-lib" >&2; exit 2 ;;
 esac
 
 by_hand() {
