@@ -27,7 +27,7 @@ endif
 # order: C files, C++ host files, and files with CUDA kernels (.cu).
 LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c formats/json.c formats/float16.c formats/ggml_blocks.c formats/tensor.c \
           formats/tensor_layout.c formats/gguf.c formats/gguf_write.c formats/safetensors.c \
-          formats/hf_checkpoint.c model.c tokenizer.c \
+          formats/hf_checkpoint.c model.c chat_template.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
           trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c infer/gguf_export.c \

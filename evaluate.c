@@ -32,13 +32,14 @@
 
 typedef struct {
     const char *model_path, *adapter_dir, *data_path, *embedder_dir, *out_path;
+    const char *template_name;     // --template: the chat template family (NULL: the model's)
     int max_new, limit, examples;
     AdapterBaseChoice base;        // with --adapter: both arms on the base the adapter was trained on
     int resamples, seed;           // the bootstrap's
 } Options;
 
 static const Options DEFAULTS = {
-    DEFAULT_MODEL, NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL,
+    DEFAULT_MODEL, NULL, "data/faq/val.bin", EMBED_DEFAULT_MODEL_DIR, NULL, NULL,
     64, INT_MAX, 3, {1, 1, 0, 0}, BOOTSTRAP_DEFAULT_RESAMPLES, BOOTSTRAP_DEFAULT_SEED,
 };
 
@@ -68,6 +69,8 @@ static void usage(FILE *out) {
             "  --double-quant B  0 or 1, as ./train's --double-quant, for --quant nf4 (default: recorded; else %d)\n"
             "  --data PATH       validation samples: a .bin from ./prepare or RAFT JSONL (default %s)\n"
             "  --embedder DIR    sentence-embedding model (default %s)\n"
+            "  --template NAME   the chat template the samples were rendered with: chatml, llama3, llama3.1\n"
+            "                    or exaone (default: the one the model's matches)\n"
             "  --max-new N       longest answer generated, in tokens (default %d)\n"
             "  --limit N         evaluate the first N samples (default: all)\n"
             "  --examples N      answers shown side by side (default %d)\n"
@@ -96,7 +99,8 @@ static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--data", "--embedder",
-                                 "--out", "--max-new", "--limit", "--examples", "--resamples", "--seed", NULL};
+                                 "--out", "--template", "--max-new", "--limit", "--examples", "--resamples", "--seed",
+                                 NULL};
     char err[256];
     if (cli_check_options(argc, argv, flags, NULL, NULL, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
@@ -118,6 +122,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--embedder") == 0) o.embedder_dir = v;
         else if (strcmp(f, "--out") == 0) o.out_path = v;
+        else if (strcmp(f, "--template") == 0) o.template_name = v;
         else if (strcmp(f, "--max-new") == 0) o.max_new = positive_int(f, v);
         else if (strcmp(f, "--limit") == 0) o.limit = positive_int(f, v);
         else if (strcmp(f, "--examples") == 0) o.examples = cli_int("evaluate", f, v);
@@ -372,6 +377,13 @@ static void choose_base(Options *o, const Model *m) {
 static void load_model(Model *m, Options *o, int merge_adapter) {
     char err[1024];
     if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
+    if (tokenizer_use_chat_template(m->tokenizer, o->template_name, err, sizeof err) != 0) {
+        fprintf(stderr, "evaluate: %s: %s\n", o->model_path, err);
+        exit(1);
+    }
+    if (merge_adapter || !o->adapter_dir)
+        printf("chat template: %s (%s)\n", tokenizer_chat_family(m->tokenizer)->name,
+               tokenizer_chat_origin(m->tokenizer));
     if (!o->adapter_dir) return;
     if (merge_adapter) choose_base(o, m);
     if (o->base.quant_nf4 && nf4_round_trip_model(m, o->base.double_quant, err, sizeof err) != 0) {

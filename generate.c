@@ -35,6 +35,7 @@ typedef struct {
     float top_p;
     unsigned long long seed;
     int chat;
+    const char *template_name;   // --template: the chat template family (NULL: the model's)
     AdapterBaseChoice base;   // --quant, --double-quant: the base the adapter is merged onto
 } Options;
 
@@ -51,6 +52,8 @@ static void usage(FILE *out) {
             "  --prompt-file PATH  read the prompt from a file\n"
             "  --chat              wrap the prompt in the model's chat template as a user message\n"
             "  --system TEXT       system message for --chat (default: the model's own)\n"
+            "  --template NAME     for --chat, render with this chat template instead of the model's:\n"
+            "                      chatml, llama3, llama3.1 or exaone (default: the one the model's matches)\n"
             "  --max-new N         tokens to generate at most (default 128)\n"
             "  --temperature T     0 = greedy (default 0)\n"
             "  --top-p P           nucleus sampling mass when T > 0 (default 0.9)\n"
@@ -81,11 +84,12 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, {1, 1, 0, 0}};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, NULL, {1, 1, 0, 0}};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
-                                 "--system", "--max-new", "--temperature", "--top-p", "--seed", NULL};
-    const char *const conflicts[] = {"--prompt", "--prompt-file", NULL}, *const needs[] = {"--system", "--chat", NULL};
+                                 "--system", "--template", "--max-new", "--temperature", "--top-p", "--seed", NULL};
+    const char *const conflicts[] = {"--prompt", "--prompt-file", NULL},
+                      *const needs[] = {"--system", "--chat", "--template", "--chat", NULL};
     char err[256];
     if (cli_check_options(argc, argv, flags, conflicts, needs, err, sizeof err) != 0) {
         fprintf(stderr, "generate: %s\n", err);
@@ -116,6 +120,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--prompt") == 0) o.prompt = value;
         else if (strcmp(flag, "--prompt-file") == 0) o.prompt = o.prompt_from_file = read_prompt_file(value);
         else if (strcmp(flag, "--system") == 0) o.system = value;
+        else if (strcmp(flag, "--template") == 0) o.template_name = value;
         else if (strcmp(flag, "--max-new") == 0) o.max_new = cli_int("generate", flag, value);
         else if (strcmp(flag, "--temperature") == 0) o.temperature = cli_float("generate", flag, value);
         else if (strcmp(flag, "--top-p") == 0) o.top_p = cli_float("generate", flag, value);
@@ -194,6 +199,14 @@ int main(int argc, char **argv) {
     Model model;
     load_model(&model, &o);
     const Config *c = &model.config;
+    char err[1024];
+    if (o.chat && tokenizer_use_chat_template(model.tokenizer, o.template_name, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s: %s\n", o.model_path, err);
+        return 1;
+    }
+    if (o.chat)
+        fprintf(stderr, "generate: chat template %s (%s)\n", tokenizer_chat_family(model.tokenizer)->name,
+                tokenizer_chat_origin(model.tokenizer));
     int *prompt = NULL;
     int n_prompt = encode_prompt(model.tokenizer, &o, &prompt);
     if (n_prompt <= 0) {
@@ -213,7 +226,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "generate: out of memory for a %d-token cache\n", max_seq);
         return 1;
     }
-    int eos = tokenizer_eos_id(model.tokenizer), im_end = tokenizer_find(model.tokenizer, "<|im_end|>");
+    // the end of the turn (the chat family's end-of-turn token) or of the text
+    int eos = tokenizer_eos_id(model.tokenizer), end_of_turn = tokenizer_end_of_turn_id(model.tokenizer);
 
     double t0 = now_seconds();
     const float *logits = NULL;
@@ -230,7 +244,7 @@ int main(int argc, char **argv) {
         check_output(logits, norms, c, n_generated + 1, &o);
         int token = sampler_next(&sampler, logits);
         n_generated++;
-        if (token == eos || token == im_end) break;
+        if (token == eos || token == end_of_turn) break;
         // len is set by the call: read it only after (argument order is unspecified)
         char *piece = tokenizer_stream_next(model.tokenizer, &stream, token, &len);
         print_text(piece, len);

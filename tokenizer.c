@@ -83,7 +83,9 @@ struct Tokenizer {
     int unk_named, pad;          // the unknown and padding tokens the source names, kept for exports
     char *chat_template;         // the source's Jinja chat template; NULL when it has none
     int im_start, im_end;
-    const char *default_system;  // NULL when the chat template has none
+    const ChatFamily *chat;      // the family chat_encode renders; NULL: none recognised
+    const char *chat_origin;     // how it was chosen (printed by the programs)
+    char *default_system;        // NULL when the chat template has none
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -275,6 +277,7 @@ void tokenizer_free(Tokenizer *t) {
     free(t->merge_slots);
     free(t->added);
     free(t->chat_template);
+    free(t->default_system);
     free(t);
 }
 
@@ -321,8 +324,28 @@ static int finish_tokenizer(Tokenizer *t) {
     sort_added_tokens(t);
     t->im_start = tokenizer_find(t, "<|im_start|>");
     t->im_end = tokenizer_find(t, "<|im_end|>");
-    if (t->pre == PRETOK_SMOLLM && t->im_start >= 0) t->default_system = SMOLLM_DEFAULT_SYSTEM;
     return 1;
+}
+
+// The chat family of the source's template (NULL when it matches none: the
+// programs that render refuse then); without a template, ChatML for a ChatML
+// vocabulary, with SmolLM2's default system message for SmolLM tokenizers.
+// 0 when out of memory.
+static int choose_chat(Tokenizer *t) {
+    if (t->chat_template) {
+        t->chat = chat_family_recognise(t->chat_template);
+        t->chat_origin = "the model's chat template";
+        if (!t->chat) return 1;
+        int failed;
+        t->default_system = chat_default_system(t->chat, t->chat_template, &failed);
+        return !failed;
+    }
+    if (t->im_start < 0 || t->im_end < 0) return 1;
+    t->chat = chat_family_named("chatml");
+    t->chat_origin = "the model has no chat template; its vocabulary has <|im_start|>";
+    if (t->pre != PRETOK_SMOLLM) return 1;
+    t->default_system = strdup(SMOLLM_DEFAULT_SYSTEM);
+    return t->default_system != NULL;
 }
 
 // ---------------------------------------------------------------- loading from GGUF
@@ -464,7 +487,8 @@ Tokenizer *tokenizer_from_gguf(const GGUFFile *f, char *err, size_t err_size) {
     const GGUFKeyValue *template_kv = gguf_find(f, "tokenizer.chat_template");
     if (template_kv && template_kv->type == GGUF_STRING)
         t->chat_template = strndup(template_kv->string.ptr, (size_t)template_kv->string.len);
-    if (!finish_tokenizer(t) || (template_kv && template_kv->type == GGUF_STRING && !t->chat_template)) {
+    if (!finish_tokenizer(t) || (template_kv && template_kv->type == GGUF_STRING && !t->chat_template) ||
+        !choose_chat(t)) {
         set_error(err, err_size, "%s: out of memory", path);
         tokenizer_free(t);
         return NULL;
@@ -742,6 +766,10 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
         json_free(config);
     }
     free(config_path);
+    if (ok && !choose_chat(t)) {
+        set_error(err, err_size, "%s: out of memory", path);
+        ok = 0;
+    }
     if (t->eos < 0) t->eos = t->im_end;
     if (t->unk_named < 0) t->unk_named = t->unk;
     return ok;
@@ -1248,36 +1276,11 @@ typedef struct {
     size_t flags_cap;
 } ChatOutput;
 
-// Flags the tokens from first on that reach past byte `after` of the text
-// they were encoded from (after = 0: all of them) with flag.
-static void flag_tokens(const Tokenizer *t, ChatOutput *c, size_t first, int flag, size_t after) {
-    if (!reserve((void **)&c->flags, &c->flags_cap, c->enc.out.count, 1)) {
-        c->enc.failed = 1;
-        return;
-    }
-    size_t end = 0, len = 0;
-    for (size_t i = first; i < c->enc.out.count; i++) {
-        if (tokenizer_token_bytes(t, c->enc.out.ids[i], &len)) end += len;
-        c->flags[i] = (unsigned char)(flag && end > after);
-    }
-}
-
-static void chat_text(const Tokenizer *t, ChatOutput *c, const char *text, int flag) {
-    size_t first = c->enc.out.count;
-    encode_text(t, &c->enc, text, strlen(text), 1);
-    flag_tokens(t, c, first, flag, 0);
-}
-
-static void chat_token(const Tokenizer *t, ChatOutput *c, int id, int flag) {
-    size_t first = c->enc.out.count;
-    push_id(&c->enc, id);
-    flag_tokens(t, c, first, flag, 0);
-}
-
-// Bytes that role + "\n" takes once cleaned (and normalised).
-static size_t header_length(const Tokenizer *t, const char *header, size_t len) {
+// Bytes that text[0..len) takes once cleaned (and normalised): where byte len
+// of the text lies in what the tokens hold.
+static size_t encoded_offset(const Tokenizer *t, const char *text, size_t len) {
     size_t clean_len;
-    char *clean = utf8_clean(header, len, &clean_len), *normalized;
+    char *clean = utf8_clean(text, len, &clean_len), *normalized;
     if (!clean) return len;
     normalize(t, clean, &clean_len, &normalized);
     free(normalized);
@@ -1285,42 +1288,44 @@ static size_t header_length(const Tokenizer *t, const char *header, size_t len) 
     return clean_len;
 }
 
-// <|im_start|>role\ncontent<|im_end|>\n. "role\ncontent" is encoded as one
-// text, as HF encodes the whole rendered conversation; of an assistant
-// message, the tokens holding content bytes and the <|im_end|> are answer.
-static void chat_message(const Tokenizer *t, ChatOutput *c, const char *role, const char *content) {
-    int answer = strcmp(role, "assistant") == 0;
-    size_t role_len = strlen(role), content_len = strlen(content);
-    char *text = malloc(role_len + 1 + content_len + 1);
-    if (!text) {
+// Flags the tokens that hold bytes of an answer: a token reaching into an
+// answer from the text before it (a "\n" merged with the answer's first
+// letters) counts as answer.
+static void flag_answers(const Tokenizer *t, ChatOutput *c, const ChatText *chat) {
+    if (!reserve((void **)&c->flags, &c->flags_cap, c->enc.out.count, 1)) {
         c->enc.failed = 1;
         return;
     }
-    memcpy(text, role, role_len);
-    text[role_len] = '\n';
-    memcpy(text + role_len + 1, content, content_len + 1);
-    chat_token(t, c, t->im_start, 0);
-    size_t first = c->enc.out.count;
-    encode_text(t, &c->enc, text, role_len + 1 + content_len, 1);
-    flag_tokens(t, c, first, answer, header_length(t, text, role_len + 1));
-    free(text);
-    chat_token(t, c, t->im_end, answer);
-    chat_text(t, c, "\n", 0);
+    memset(c->flags, 0, c->enc.out.count);
+    for (int a = 0; a < chat->n_answers; a++) {
+        size_t from = encoded_offset(t, chat->text, chat->answer_start[a]);
+        size_t to = encoded_offset(t, chat->text, chat->answer_end[a]);
+        size_t start = 0, len = 0;
+        for (size_t i = 0; i < c->enc.out.count; i++) {
+            size_t end = start + (tokenizer_token_bytes(t, c->enc.out.ids[i], &len) ? len : 0);
+            if (end > from && start < to) c->flags[i] = 1;
+            start = end;
+        }
+    }
+}
+
+// The tokenizer's bos_token text (NUL-terminated), or NULL.
+static const char *bos_text(const Tokenizer *t) {
+    return t->bos >= 0 ? t->tokens[t->bos].text : NULL;
 }
 
 int chat_encode(const Tokenizer *t, const ChatMessage *messages, int n_messages, int add_generation_prompt,
                 int **ids, unsigned char **is_answer) {
     *ids = NULL;
     *is_answer = NULL;
-    if (t->im_start < 0 || t->im_end < 0) return -1;
+    if (tokenizer_end_of_turn_id(t) < 0) return -1;
+    ChatText chat;
+    if (chat_render(t->chat, bos_text(t), t->default_system, messages, n_messages, add_generation_prompt, &chat) != 0)
+        return -1;
     ChatOutput c = {0};
-    if (n_messages > 0 && strcmp(messages[0].role, "system") != 0 && t->default_system)
-        chat_message(t, &c, "system", t->default_system);
-    for (int i = 0; i < n_messages; i++) chat_message(t, &c, messages[i].role, messages[i].content);
-    if (add_generation_prompt) {
-        chat_token(t, &c, t->im_start, 0);
-        chat_text(t, &c, "assistant\n", 0);
-    }
+    encode_text(t, &c.enc, chat.text, chat.len, 1);
+    if (!c.enc.failed) flag_answers(t, &c, &chat);
+    chat_text_free(&chat);
     if (c.enc.failed || c.enc.out.count > INT_MAX) {
         encoder_free(&c.enc);
         free(c.flags);
@@ -1486,22 +1491,70 @@ static void put_config_token(FILE *f, const Tokenizer *t, const char *key, int i
     fputs(",\n", f);
 }
 
-// The source's template when it had one, else the Jinja ChatML template that
-// renders what chat_encode encodes (with the default system message when the
-// tokenizer has one).
+// The source's template when it is the one chat_encode renders (or matches
+// no family), else the family's Jinja template with the default system message.
 char *tokenizer_chat_template(const Tokenizer *t) {
-    if (t->chat_template) return strdup(t->chat_template);
-    if (t->im_start < 0 || t->im_end < 0) return NULL;
-    char system[512] = "";
-    if (t->default_system)
-        snprintf(system, sizeof system, "{%% if loop.first and messages[0]['role'] != 'system' %%}"
-                 "{{ '<|im_start|>system\n%s<|im_end|>\n' }}{%% endif %%}", t->default_system);
-    char template_text[1024];
-    snprintf(template_text, sizeof template_text,
-             "{%% for message in messages %%}%s{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-             "'<|im_end|>' + '\n' }}{%% endfor %%}{%% if add_generation_prompt %%}{{ '<|im_start|>assistant\n' }}"
-             "{%% endif %%}", system);
-    return strdup(template_text);
+    if (t->chat_template && (!t->chat || chat_family_recognise(t->chat_template) == t->chat))
+        return strdup(t->chat_template);
+    if (!t->chat) return NULL;
+    return chat_family_jinja(t->chat, t->default_system);
+}
+
+const ChatFamily *tokenizer_chat_family(const Tokenizer *t) { return t->chat; }
+const char *tokenizer_chat_origin(const Tokenizer *t) { return t->chat_origin; }
+
+int tokenizer_end_of_turn_id(const Tokenizer *t) {
+    return t->chat ? tokenizer_find(t, t->chat->end_of_turn) : -1;
+}
+
+// Makes chat_encode render with family, with the default system message of
+// the source's template when that is of the family, else the family's own
+// (SmolLM2's for a SmolLM ChatML vocabulary). 0 when out of memory.
+static int set_chat_family(Tokenizer *t, const ChatFamily *family) {
+    free(t->default_system);
+    t->default_system = NULL;
+    t->chat = family;
+    t->chat_origin = "--template";
+    const char *fallback = family->default_system;
+    if (!t->chat_template && strcmp(family->name, "chatml") == 0 && t->pre == PRETOK_SMOLLM)
+        fallback = SMOLLM_DEFAULT_SYSTEM;
+    int failed = 0;
+    if (t->chat_template && chat_family_recognise(t->chat_template) == family)
+        t->default_system = chat_default_system(family, t->chat_template, &failed);
+    else if (fallback)
+        failed = !(t->default_system = strdup(fallback));
+    return !failed;
+}
+
+int tokenizer_use_chat_template(Tokenizer *t, const char *name, char *err, size_t err_size) {
+    if (name) {
+        const ChatFamily *family = chat_family_named(name);
+        if (!family) {
+            set_error(err, err_size, "--template %s: not a chat template we render (those are: %s)", name,
+                      chat_family_names());
+            return -1;
+        }
+        if (!set_chat_family(t, family)) {
+            set_error(err, err_size, "out of memory");
+            return -1;
+        }
+    }
+    if (!t->chat && t->chat_template) {
+        set_error(err, err_size, "the model's chat template is none of those we render (%s); "
+                  "--template NAME renders one of them", chat_family_names());
+        return -1;
+    }
+    if (!t->chat) {
+        set_error(err, err_size, "the model has no chat template and its vocabulary no <|im_start|>; "
+                  "--template NAME renders one of: %s", chat_family_names());
+        return -1;
+    }
+    if (tokenizer_end_of_turn_id(t) < 0) {
+        set_error(err, err_size, "chat template %s: the vocabulary has no %s token", t->chat->name,
+                  t->chat->end_of_turn);
+        return -1;
+    }
+    return 0;
 }
 
 static int write_tokenizer_config(const Tokenizer *t, const char *path, char *err, size_t err_size) {

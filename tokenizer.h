@@ -1,9 +1,11 @@
 // tokenizer.h: byte-level BPE (GPT-2 / SmolLM2 / Llama-3 / Qwen2 style),
-// loaded from GGUF metadata or a Hugging Face tokenizer.json, plus the ChatML
-// chat template with a per-token "this is the assistant's answer" flag.
+// loaded from GGUF metadata or a Hugging Face tokenizer.json, plus chats
+// rendered with the model's chat template (chat_template.h) and encoded with
+// a per-token "this is the assistant's answer" flag.
 #pragma once
 #include <stddef.h>
 #include "formats/gguf.h"
+#include "chat_template.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,10 +66,28 @@ int tokenizer_merges(const Tokenizer *t, int **pairs);
 // "smollm", "llama-bpe", "qwen2".
 const char *pretokenizer_gguf_name(PreTokenizer pre);
 // The Jinja chat template: the source's (GGUF tokenizer.chat_template or
-// tokenizer_config.json's chat_template string) when it had one, else for
-// ChatML vocabularies one rendering what chat_encode encodes, else NULL.
+// tokenizer_config.json's chat_template string) when it had one and
+// chat_encode renders its family (or it matches none), else the family's
+// (chat_template.h) with the default system message, else NULL.
 // Malloc'd (caller frees); NULL too when out of memory.
 char *tokenizer_chat_template(const Tokenizer *t);
+
+// The chat template family chat_encode renders (chat_template.h): at load, the
+// one the source's template matches; without a template, ChatML for a
+// vocabulary with <|im_start|> and <|im_end|> (SmolLM2's default system
+// message for SmolLM tokenizers). NULL when there is none.
+const ChatFamily *tokenizer_chat_family(const Tokenizer *t);
+// How the family was chosen, for the programs to print ("the model's chat
+// template", "--template", ...); NULL when there is none.
+const char *tokenizer_chat_origin(const Tokenizer *t);
+// The family's end-of-turn token (the generation stop), or -1.
+int tokenizer_end_of_turn_id(const Tokenizer *t);
+// What every program that renders chats calls once: name (--template NAME;
+// NULL: the model's) chooses the family; -1 with err saying what is wrong
+// (an unknown name, listing the names; a template matching no family; no
+// template and no ChatML vocabulary; a vocabulary without the family's
+// end-of-turn token), else 0.
+int tokenizer_use_chat_template(Tokenizer *t, const char *name, char *err, size_t err_size);
 // Id of a token given its vocabulary string (e.g. "<|im_end|>"), or -1.
 int tokenizer_find(const Tokenizer *t, const char *token);
 
@@ -101,21 +121,15 @@ char *tokenizer_stream_next(const Tokenizer *t, TokenStream *stream, int id, siz
 // U+FFFD (or ""). Malloc'd; NULL when memory runs out.
 char *tokenizer_stream_end(TokenStream *stream, size_t *len);
 
-// ChatML: <|im_start|>role\ncontent<|im_end|>\n per message. A default system
-// message is added first when the first message is not "system" and the
-// tokenizer has one (PRETOK_SMOLLM tokenizers with <|im_start|> have
-// SmolLM2's: "You are a helpful AI assistant named SmolLM, trained by Hugging
-// Face"; the others none). add_generation_prompt appends
-// "<|im_start|>assistant\n". is_answer[i] is 1 for the tokens of assistant
-// contents and the <|im_end|> that closes them, 0 otherwise. The ids equal
-// HF's encoding of the rendered string (special tokens in contents included);
-// a token that spans "\n" and the start of an answer counts as answer.
-// Returns the count, or -1 when the vocabulary has no <|im_start|> or
-// <|im_end|> (or memory runs out).
-typedef struct {
-    const char *role;
-    const char *content;
-} ChatMessage;
+// The conversation rendered with the tokenizer's chat family
+// (chat_template.h: its default system message first when the first message
+// is not "system", add_generation_prompt appends the assistant's header) and
+// encoded as HF encodes the rendered string (special tokens in contents
+// included). is_answer[i] is 1 for the tokens of assistant contents and the
+// end-of-turn token that closes them, 0 otherwise; a token that spans the
+// header's end and the start of an answer counts as answer. Returns the
+// count, or -1 when the tokenizer has no chat family or its vocabulary no
+// end-of-turn token (or memory runs out).
 int chat_encode(const Tokenizer *t, const ChatMessage *messages, int n_messages,
                 int add_generation_prompt, int **ids, unsigned char **is_answer);
 

@@ -53,6 +53,7 @@ typedef struct {
     int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
+    const char *template_name;   // --template: the chat template family JSONL data is rendered with (NULL: the model's)
     struct { int rank, alpha, rslora, targets, quant, double_quant; } given;   // which the command line set
 } Options;
 
@@ -120,6 +121,9 @@ static void usage(FILE *out) {
             "  --val-data PATH     validation samples (default: the val.bin beside a train.bin; for JSONL,\n"
             "                      --val-frac of --data held out)\n"
             "  --val-frac F        share of JSONL --data held out when no --val-data (default %g)\n"
+            "  --template NAME     render JSONL data (and --eval-answers prompts) with this chat template instead\n"
+            "                      of the model's: chatml, llama3, llama3.1 or exaone (default: the one the\n"
+            "                      model's matches)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
             "  --epochs N          passes over the training samples; 0: use --steps (default %d; on a CPU, when\n"
             "                      neither --epochs nor --steps is given, a %d-step demo instead)\n"
@@ -196,7 +200,7 @@ static const char *const VALUE_OPTIONS[] = {
     "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
     "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight",
-    "--gguf-type", "--init-adapter", NULL};
+    "--gguf-type", "--init-adapter", "--template", NULL};
 
 // Options that cannot go together: --val-frac holds a share of --data out only without --val-data.
 static const char *const CONFLICTS[] = {"--val-data", "--val-frac", NULL};
@@ -276,6 +280,7 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--model") == 0) o.model_path = v;
         else if (strcmp(f, "--data") == 0) o.data_path = v;
         else if (strcmp(f, "--val-data") == 0) o.val_path = v;
+        else if (strcmp(f, "--template") == 0) o.template_name = v;
         else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_float("train", f, v);
         else if (strcmp(f, "--device") == 0) o.device = v;
         else if (strcmp(f, "--out") == 0) { o.out_dir = v; out_given = 1; }
@@ -475,6 +480,10 @@ static int run_identity(Run *r) {
     identity_line(t, size, &used, "model-weights-hash", "%016llx", (unsigned long long)r->model_hash);
     identity_line(t, size, &used, "tokenizer-id", "%016llx", (unsigned long long)tokenizer_id(r->model.tokenizer));
     identity_line(t, size, &used, "--data", "%s", o->data_path);
+    if (!examples_is_tokfile(o->data_path)) {   // JSONL data is rendered with the chat template
+        const ChatFamily *chat = tokenizer_chat_family(r->model.tokenizer);
+        identity_line(t, size, &used, "chat-template", "%s", chat ? chat->name : "(none)");
+    }
     identity_line(t, size, &used, "data-hash", "%016llx", (unsigned long long)data_hash);
     identity_line(t, size, &used, "--val-data", "%s", o->val_path ? o->val_path : "(none)");
     identity_line(t, size, &used, "val-data-hash", "%016llx", (unsigned long long)val_hash);
@@ -608,6 +617,12 @@ static int load_model(Run *r) {
     char err[1024];
     if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
+    // a chat template is needed to render JSONL data or --eval-answers prompts; .bin data is rendered already
+    int renders = o->template_name || !examples_is_tokfile(o->data_path) || o->eval_answers > 0;
+    if (tokenizer_use_chat_template(r->model.tokenizer, o->template_name, err, sizeof err) == 0)
+        printf("data: chat template %s (%s)\n", tokenizer_chat_family(r->model.tokenizer)->name,
+               tokenizer_chat_origin(r->model.tokenizer));
+    else if (renders) { fprintf(stderr, "train: %s: %s\n", o->model_path, err); return 1; }
     r->model_hash = model_weights_hash(&r->model);
     const Config *c = &r->model.config;
     int status = o->init_adapter ? take_adapter_options(r) : 0;
@@ -840,6 +855,11 @@ static void evaluate_answers(Run *r, int step) {
     Model merged;
     if (model_load(&merged, o->model_path, err, sizeof err) != 0) {
         fprintf(stderr, "train: --eval-answers: %s\n", err);
+        return;
+    }
+    if (tokenizer_use_chat_template(merged.tokenizer, o->template_name, err, sizeof err) != 0) {
+        fprintf(stderr, "train: --eval-answers: %s\n", err);
+        model_free(&merged);
         return;
     }
     int nf4 = strcmp(o->quant, "nf4") == 0;

@@ -25,13 +25,14 @@
 
 typedef struct {
     const char *input, *docs, *qa, *faq_dir, *faq_lang, *out_dir, *model_path, *overlong;
+    const char *template_name;   // --template: the chat template family (NULL: the model's)
     const char *no_oracle_answer, *no_oracle_answer_ko;
     int distractors, max_seq, seed, strict, faq_answer_tokens, val_min;
     double no_oracle, val_frac;
 } Options;
 
 static const Options DEFAULTS = {
-    NULL, NULL, NULL, NULL, "both", "out/data", DEFAULT_MODEL, "truncate",
+    NULL, NULL, NULL, NULL, "both", "out/data", DEFAULT_MODEL, "truncate", NULL,
     RAFT_NO_ORACLE_ANSWER_EN, RAFT_NO_ORACLE_ANSWER_KO,
     3, 2048, 1234, 0, 48, 30,
     0.2, 0.1,
@@ -54,6 +55,8 @@ static void usage(FILE *out) {
             "Options:\n"
             "  --out DIR                where the files go (default %s)\n"
             "  --model PATH             the model whose tokenizer renders the samples (default %s)\n"
+            "  --template NAME          render with this chat template instead of the model's: chatml, llama3,\n"
+            "                           llama3.1 or exaone (default: the one the model's matches)\n"
             "  --distractors K          distractor documents per sample (default %d)\n"
             "  --no-oracle P            share of samples with distractors only (default %g)\n"
             "  --no-oracle-answer TEXT  their answer (default \"%s\")\n"
@@ -82,7 +85,7 @@ static void bad_usage(const char *message, const char *detail) {
 static const char *const VALUE_OPTIONS[] = {
     "--input", "--docs", "--qa", "--debian-faq", "--faq-lang", "--out", "--model", "--overlong", "--no-oracle-answer",
     "--no-oracle-answer-ko", "--distractors", "--max-seq", "--seed", "--faq-answer-tokens", "--no-oracle",
-    "--val-frac", "--val-min", NULL};
+    "--val-frac", "--val-min", "--template", NULL};
 
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
@@ -103,6 +106,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--faq-lang") == 0) o.faq_lang = v;
         else if (strcmp(f, "--out") == 0) o.out_dir = v;
         else if (strcmp(f, "--model") == 0) o.model_path = v;
+        else if (strcmp(f, "--template") == 0) o.template_name = v;
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;
         else if (strcmp(f, "--no-oracle-answer") == 0) o.no_oracle_answer = v;
         else if (strcmp(f, "--no-oracle-answer-ko") == 0) o.no_oracle_answer_ko = v;
@@ -273,7 +277,7 @@ static int render_samples(const Options *o, const Tokenizer *t, const RaftData *
         size_t doc_bytes = 0;
         s.n_tokens = raft_encode_fit(t, sample, truncate ? o->max_seq : INT_MAX, &s.ids, &s.targets, &full, &cut,
                                      &doc_bytes);
-        if (s.n_tokens < 0) { fprintf(stderr, "prepare: the tokenizer has no <|im_start|>/<|im_end|> tokens\n"); status = -1; break; }
+        if (s.n_tokens < 0) { fprintf(stderr, "prepare: out of memory rendering a sample\n"); status = -1; break; }
         rendered[r->rendered.count++] = full;
         if (s.n_tokens == 0 || s.n_tokens > o->max_seq) {
             char reason[128];
@@ -369,8 +373,14 @@ int main(int argc, char **argv) {
     char err[8192];
     Tokenizer *t = load_tokenizer(o.model_path, err, sizeof err);
     if (!t) { fprintf(stderr, "prepare: %s\n", err); return 1; }
-    printf("prepare: rendering with the tokenizer of %s (vocabulary %d, id %016llx)\n", o.model_path,
-           tokenizer_vocab_size(t), (unsigned long long)tokenizer_id(t));
+    if (tokenizer_use_chat_template(t, o.template_name, err, sizeof err) != 0) {
+        fprintf(stderr, "prepare: %s: %s\n", o.model_path, err);
+        tokenizer_free(t);
+        return 1;
+    }
+    printf("prepare: rendering with the tokenizer of %s (vocabulary %d, id %016llx), chat template %s (%s)\n",
+           o.model_path, tokenizer_vocab_size(t), (unsigned long long)tokenizer_id(t),
+           tokenizer_chat_family(t)->name, tokenizer_chat_origin(t));
     Report r;
     memset(&r, 0, sizeof r);
     r.strict = o.strict;

@@ -68,10 +68,11 @@ int raft_read_checked(RaftData *data, Report *r, const char *path, char *err, si
 // *ids gets the tokens and *targets the label of each position, shifted so
 // that position t is scored on the token after it:
 //   targets[t] = ids[t + 1] when token t + 1 belongs to the answer (its text
-//   or the <|im_end|> closing it), else IGNORE_TARGET; targets[n - 1] = IGNORE_TARGET.
+//   or the end-of-turn token closing it), else IGNORE_TARGET; targets[n - 1] = IGNORE_TARGET.
 // Both are malloc'd; the caller frees them. Returns the token count n, however
 // long: the caller decides what to do with a sample longer than its context.
-// Returns -1 (and NULLs) when the tokenizer has no ChatML tokens or memory runs out.
+// Returns -1 (and NULLs) when the tokenizer has no chat template family (tokenizer_use_chat_template)
+// or memory runs out.
 int raft_encode(const Tokenizer *t, const RaftSample *sample, int **ids, int **targets);
 
 // raft_encode, made to fit in max_tokens by cutting the documents, never the

@@ -21,13 +21,13 @@ static char *decode_prompt(const Tokenizer *tok, const EvalSample *s, size_t *le
 }
 
 // The question: what follows the last "\nQuestion: " up to the end of the
-// user's turn; NULL when the prompt has none.
-static char *question_of(const char *prompt) {
+// user's turn (user_footer: the chat family's); NULL when the prompt has none.
+static char *question_of(const char *prompt, const char *user_footer) {
     const char *start = NULL;
     for (const char *at = strstr(prompt, RAFT_QUESTION_LABEL); at; at = strstr(at + 1, RAFT_QUESTION_LABEL)) start = at;
     if (!start) return NULL;
     start += strlen(RAFT_QUESTION_LABEL);
-    const char *end = strstr(start, "<|im_end|>");
+    const char *end = strstr(start, user_footer);
     return strndup(start, end ? (size_t)(end - start) : strlen(start));
 }
 
@@ -44,13 +44,13 @@ int eval_split_sample(const Tokenizer *tok, EvalSample *s) {
     if (first < 0) return -1;
     s->n_prompt = first + 1;
     int end = last + 2;   // one past the last answer token
-    int im_end = tokenizer_find(tok, "<|im_end|>");
-    if (end > s->n_prompt && s->ids[end - 1] == im_end) end--;
+    if (end > s->n_prompt && s->ids[end - 1] == tokenizer_end_of_turn_id(tok)) end--;
     size_t len;
     s->reference = tokenizer_decode(tok, s->ids + s->n_prompt, end - s->n_prompt, &len);
     if (!s->reference) return -1;
     char *prompt = decode_prompt(tok, s, &len);
-    if (prompt) s->question = question_of(prompt);
+    const ChatFamily *chat = tokenizer_chat_family(tok);
+    if (prompt && chat) s->question = question_of(prompt, chat->user_footer);
     free(prompt);
     s->korean = text_has_hangul(s->question ? s->question : s->reference);
     return 0;
@@ -59,10 +59,12 @@ int eval_split_sample(const Tokenizer *tok, EvalSample *s) {
 // The documents of a ./prepare sample, cut out of its prompt's user turn by
 // their recorded lengths. -1 when they are not where the lengths say.
 static int documents_from_prompt(const Tokenizer *tok, EvalSample *s, const TokSample *t) {
-    const char *user_turn = "<|im_start|>user\n";
+    const ChatFamily *chat = tokenizer_chat_family(tok);
+    char user_turn[64] = "";   // the header of the user's turn
+    if (chat) snprintf(user_turn, sizeof user_turn, "%suser%s", chat->header_start, chat->header_end);
     size_t len;
     char *prompt = decode_prompt(tok, s, &len);
-    char *user = prompt ? strstr(prompt, user_turn) : NULL;
+    char *user = prompt && chat ? strstr(prompt, user_turn) : NULL;
     s->documents = (char **)calloc((size_t)(t->n_documents > 0 ? t->n_documents : 1), sizeof(char *));
     int status = -1;
     if (user && s->documents) {
@@ -184,11 +186,11 @@ int eval_output_usable(const float *logits, const float *norms, const Config *c)
            norms[c->n_layers] > 0.0f;
 }
 
-// The greedy answer to the prompt, stopping at <|im_end|> / eos or max_new tokens,
+// The greedy answer to the prompt, stopping at the end of the turn / eos or max_new tokens,
 // or early with *non_finite set when the output is not usable (eval_output_usable).
 static char *generate_answer(const Model *m, InferState *state, const EvalSample *s, int max_new, int *non_finite) {
     const Tokenizer *tok = m->tokenizer;
-    int im_end = tokenizer_find(tok, "<|im_end|>"), eos = tokenizer_eos_id(tok);
+    int end_of_turn = tokenizer_end_of_turn_id(tok), eos = tokenizer_eos_id(tok);
     int *answer = (int *)malloc(sizeof(int) * (size_t)max_new);
     const float *logits = NULL;
     float *norms = (float *)cpu_malloc(sizeof(float) * ((size_t)m->config.n_layers + 1), "the hidden-state norms");
@@ -202,7 +204,7 @@ static char *generate_answer(const Model *m, InferState *state, const EvalSample
         *non_finite = !eval_output_usable(logits, norms, &m->config);
         if (*non_finite) break;
         int token = sample_argmax(logits, m->config.vocab_size);
-        if (token == im_end || token == eos) break;
+        if (token == end_of_turn || token == eos) break;
         answer[n_answer++] = token;
         if (pos + 1 >= state->max_seq) break;
         logits = forward_cpu(m, state, &token, 1, pos, 0, norms);

@@ -250,7 +250,7 @@ static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, E
     free(val_idx);
     raft_free(&data);
     raft_free(&val_data);
-    if (encode_failed) { fprintf(stderr, "train: cannot render samples: the tokenizer lacks <|im_start|>/<|im_end|>\n"); return -1; }
+    if (encode_failed) { fprintf(stderr, "train: cannot render samples: out of memory\n"); return -1; }
     return 0;
 }
 
