@@ -66,7 +66,7 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 // copies (trainer/train_gpu.h). Each adapter's A, B, dA, dB point into params
 // and grads, so the optimizer, clipping, the GPU copies and the checkpoint
 // each see one array.
-typedef struct {
+typedef struct LoraSet {
     int n_layers;
     int enabled[N_LINEARS];   // which targets carry adapters
     int rank;

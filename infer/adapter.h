@@ -5,7 +5,6 @@
 #pragma once
 #include <stddef.h>
 #include "formats/json.h"
-#include "lora.h"
 #include "model.h"
 
 #ifdef __cplusplus
@@ -90,6 +89,8 @@ const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded,
 
 // ---- training on from an adapter (./train --init-adapter) ----------------------
 
+struct LoraSet;   // lora.h (C++: its CPU functions are templates)
+
 // What ./train takes from an adapter it trains on from: r, lora_alpha and
 // use_rslora (ac), and the projections it adapts (enabled[t]), which must be
 // the same in every layer (./train adapts a projection in all layers or none).
@@ -102,7 +103,7 @@ int adapter_training_options(const char *dir, const Config *c, AdapterConfig *ac
 // adapter's (set up from adapter_training_options). Everything is checked
 // before set changes: -1 with "FILE: tensor 'NAME': what is wrong" and set
 // untouched.
-int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, size_t err_size);
+int adapter_load_into_set(const char *dir, Model *m, struct LoraSet *set, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }
