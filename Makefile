@@ -41,7 +41,7 @@ LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c form
           formats/hf_checkpoint.c model.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
-          trainer/memory_plan.c trainer/plot.c trainer/run_log.c trainer/grad_scaler.c infer/sampler.c infer/gguf_export.c \
+          trainer/memory_plan.c trainer/plot.c trainer/run_log.c trainer/grad_scaler.c trainer/precision.c infer/sampler.c infer/gguf_export.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
           eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c
 LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp trainer/examples.cpp \
