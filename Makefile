@@ -4,8 +4,12 @@
 CC      ?= gcc
 CXX     ?= g++
 NVCC    ?= nvcc
-# GPU architecture: sm_90 (H100/H200) plus portable PTX. Override: make CUDA_ARCH="..."
-CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+# GPU architectures (compute capabilities without the dot): the GPU visible at
+# build time (nvidia-smi), else a fat binary for every NVIDIA GPU from the T4 up:
+# T4 (75), A100 (80), RTX 3090 / A10 (86), RTX 4090 / L4 (89), H100 / H200 (90),
+# plus PTX for the newest, which the driver compiles for later GPUs.
+# Override: make CUDA_ARCHS="80 90", or the nvcc flags themselves: make CUDA_ARCH="..."
+FAT_ARCHS = 75 80 86 89 90
 
 WARN      = -Wall -Wextra -Wno-unused-parameter
 CFLAGS   ?= -O3 -march=native -g
@@ -17,7 +21,14 @@ HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
 ifeq ($(strip $(HAVE_NVCC)),)
   BUILD_KIND = cpu-only (no nvcc found)
 else
-  BUILD_KIND = cpu + cuda ($(NVCC))
+  GPU_ARCH_SEEN := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -dc 0-9)
+  CUDA_ARCHS ?= $(if $(GPU_ARCH_SEEN),$(GPU_ARCH_SEEN),$(FAT_ARCHS))
+  NEWEST_ARCH = $(lastword $(CUDA_ARCHS))
+  CUDA_ARCH ?= $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+               -gencode arch=compute_$(NEWEST_ARCH),code=compute_$(NEWEST_ARCH)
+  ARCH_GIVEN = $(filter command line environment,$(origin CUDA_ARCH))
+  ARCH_SOURCE = $(if $(filter command line environment,$(origin CUDA_ARCHS)),CUDA_ARCHS given,$(if $(GPU_ARCH_SEEN),the GPU here,no GPU here: fat build))
+  BUILD_KIND = cpu + cuda ($(NVCC)) for $(if $(ARCH_GIVEN),CUDA_ARCH=$(CUDA_ARCH),$(CUDA_ARCHS:%=sm_%) + PTX compute_$(NEWEST_ARCH), $(ARCH_SOURCE))
   CUDA_HOME ?= $(realpath $(dir $(HAVE_NVCC))/..)
   CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcublasLt -lcudart_static -ldl -lrt -lpthread
 endif
@@ -30,7 +41,7 @@ LIB_C   = formats/atomic_file.c formats/hash.c formats/cli.c formats/utf8.c form
           formats/hf_checkpoint.c model.c chat_template.c tokenizer.c \
           data/raft.c data/jsonl.c data/string_map.c data/checks.c data/collection.c \
           data/raft_build.c data/faq.c data/tokfile.c data/packing.c \
-          trainer/memory_plan.c trainer/plot.c trainer/run_log.c infer/sampler.c infer/gguf_export.c \
+          trainer/memory_plan.c trainer/plot.c trainer/run_log.c trainer/grad_scaler.c trainer/precision.c infer/sampler.c infer/gguf_export.c \
           eval/porter.c eval/rouge.c eval/wordpiece.c eval/embed.c eval/abstain.c eval/bootstrap.c \
           eval/forest_plot.c eval/eval.c merging/svd.c merging/task_merge.c \
           serving/request.c serving/response.c serving/stop.c
@@ -222,7 +233,7 @@ test-gpu-on-cpu:
 
 # a variable's value, for dev/cuda_on_cpu/Makefile: make -s print-LIB_CU
 print-%:
-	@echo $($*)
+	@echo '$($*)'
 
 # header dependencies, written by -MMD
 -include $(shell find build -name "*.d" -not -path "build/cuda_on_cpu/*" 2>/dev/null)

@@ -344,14 +344,17 @@ void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed) {
     CUDA_CHECK_LAUNCH();
 }
 
-// out[i] = bf16(x[i] * keep[i])
-__global__ static void apply_mask_kernel(bf16 *out, const bf16 *x, const float *keep, size_t count) {
+// out[i] = T(x[i] * keep[i])
+template <typename T>
+__global__ static void apply_mask_kernel(T *out, const T *x, const float *keep, size_t count) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < count) out[i] = __float2bfloat16(__bfloat162float(x[i]) * keep[i]);
+    if (i < count) out[i] = from_float<T>(to_float(x[i]) * keep[i]);
 }
 
-static void apply_mask_gpu(bf16 *out, const bf16 *x, const float *keep, size_t count) {
-    apply_mask_kernel<<<(unsigned)((count + 255) / 256), 256>>>(out, x, keep, count);
+static void apply_mask_gpu(act16 *out, const act16 *x, const float *keep, size_t count) {
+    unsigned blocks = (unsigned)((count + 255) / 256);
+    if (gpu_act16() == ACT16_FP16) apply_mask_kernel<fp16><<<blocks, 256>>>(as_fp16(out), as_fp16(x), keep, count);
+    else apply_mask_kernel<bf16><<<blocks, 256>>>(as_bf16(out), as_bf16(x), keep, count);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -361,58 +364,58 @@ __global__ static void add_masked_kernel(float *dx, const float *d_dropped, cons
     if (i < count) dx[i] += d_dropped[i] * keep[i];
 }
 
-// Scratch layout: d_xa (bf16 [n, rank]), then one region of n * in fp32 that
-// holds the masked input x * keep (bf16 [n, in]) and, once that is used up in
+// Scratch layout: d_xa (act16 [n, rank]), then one region of n * in fp32 that
+// holds the masked input x * keep (act16 [n, in]) and, once that is used up in
 // backward, d(x * keep) (fp32 [n, in]).
 static size_t d_xa_bytes(LoraShape s) {
-    size_t bytes = sizeof(bf16) * (size_t)s.n * s.rank;
+    size_t bytes = sizeof(act16) * (size_t)s.n * s.rank;
     return (bytes + 255) / 256 * 256;   // keep the next region 256-byte aligned
 }
 
 size_t lora_scratch_bytes_gpu(LoraShape s) { return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim; }
 
-void lora_forward_gpu(bf16 *y, bf16 *xa, const bf16 *x, const float *keep, const bf16 *A, const bf16 *B, LoraShape s,
+void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, const act16 *A, const act16 *B, LoraShape s,
                       void *scratch) {
     if (s.n == 0) return;
     size_t x_count = (size_t)s.n * s.in_dim;
-    const bf16 *dropped = x;
+    const act16 *dropped = x;
     if (keep) {
-        bf16 *masked = (bf16 *)((char *)scratch + d_xa_bytes(s));
+        act16 *masked = (act16 *)((char *)scratch + d_xa_bytes(s));
         apply_mask_gpu(masked, x, keep, x_count);
         dropped = masked;
     }
     // xa = dropout(x) A^T            [n, r]
-    gemm_bf16(xa, CUDA_R_16BF, dropped, false, A, true, s.n, s.rank, s.in_dim, 1.0f, 0.0f);
+    gemm_act16(xa, gpu_act16_cuda_type(), dropped, false, A, true, s.n, s.rank, s.in_dim, 1.0f, 0.0f);
     // y += s xa B^T                  [n, out]
-    gemm_bf16(y, CUDA_R_16BF, xa, false, B, true, s.n, s.out_dim, s.rank, s.scaling, 1.0f);
+    gemm_act16(y, gpu_act16_cuda_type(), xa, false, B, true, s.n, s.out_dim, s.rank, s.scaling, 1.0f);
 }
 
-void lora_backward_gpu(float *dx, float *dA, float *dB, const bf16 *dy, const bf16 *x, const float *keep, const bf16 *A,
-                       const bf16 *B, const bf16 *xa, LoraShape s, void *scratch) {
+void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const act16 *x, const float *keep, const act16 *A,
+                       const act16 *B, const act16 *xa, LoraShape s, void *scratch) {
     if (s.n == 0) return;
     size_t x_count = (size_t)s.n * s.in_dim;
-    bf16 *d_xa = (bf16 *)scratch;
+    act16 *d_xa = (act16 *)scratch;
     void *x_region = (char *)scratch + d_xa_bytes(s);
     // dB += s dy^T xa                [out, r]
-    gemm_bf16(dB, CUDA_R_32F, dy, true, xa, false, s.out_dim, s.rank, s.n, s.scaling, 1.0f);
+    gemm_act16(dB, CUDA_R_32F, dy, true, xa, false, s.out_dim, s.rank, s.n, s.scaling, 1.0f);
     // d_xa = s dy B                  [n, r]
-    gemm_bf16(d_xa, CUDA_R_16BF, dy, false, B, false, s.n, s.rank, s.out_dim, s.scaling, 0.0f);
+    gemm_act16(d_xa, gpu_act16_cuda_type(), dy, false, B, false, s.n, s.rank, s.out_dim, s.scaling, 0.0f);
     // dA += d_xa^T dropout(x)        [r, in]
-    const bf16 *dropped = x;
+    const act16 *dropped = x;
     if (keep) {
-        apply_mask_gpu((bf16 *)x_region, x, keep, x_count);
-        dropped = (const bf16 *)x_region;
+        apply_mask_gpu((act16 *)x_region, x, keep, x_count);
+        dropped = (const act16 *)x_region;
     }
-    gemm_bf16(dA, CUDA_R_32F, d_xa, true, dropped, false, s.rank, s.in_dim, s.n, 1.0f, 1.0f);
+    gemm_act16(dA, CUDA_R_32F, d_xa, true, dropped, false, s.rank, s.in_dim, s.n, 1.0f, 1.0f);
     if (!dx) return;
     if (!keep) {
         // dx += d_xa A               [n, in]
-        gemm_bf16(dx, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 1.0f);
+        gemm_act16(dx, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 1.0f);
         return;
     }
     // dx += (d_xa A) * keep: the product goes where the masked x was (its last reader, the dA product, came first)
     float *d_dropped = (float *)x_region;
-    gemm_bf16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 0.0f);
+    gemm_act16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 0.0f);
     add_masked_kernel<<<(unsigned)((x_count + 255) / 256), 256>>>(dx, d_dropped, keep, x_count);
     CUDA_CHECK_LAUNCH();
 }

@@ -122,17 +122,17 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
 // lora_dropout_mask into device memory, bit for bit the same values.
 void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed);
 
-// y[n, out] (bf16) += s ((x * keep) A^T) B^T; saves xa = (x * keep) A^T (bf16 [n, rank]) for backward.
-// x bf16 [n, in]; keep fp32 [n * in] on device or NULL (no dropout); A bf16 [rank, in], B bf16 [out, rank]
-// (bf16 copies of the fp32 master weights); scratch: at least lora_scratch_bytes_gpu(s) bytes of device memory.
-// Products accumulate in fp32; x * keep and xa are rounded to bf16.
-void lora_forward_gpu(bf16 *y, bf16 *xa, const bf16 *x, const float *keep, const bf16 *A, const bf16 *B, LoraShape s,
+// y[n, out] (act16) += s ((x * keep) A^T) B^T; saves xa = (x * keep) A^T (act16 [n, rank]) for backward.
+// x act16 [n, in]; keep fp32 [n * in] on device or NULL (no dropout); A act16 [rank, in], B act16 [out, rank]
+// (16-bit copies of the fp32 master weights); scratch: at least lora_scratch_bytes_gpu(s) bytes of device memory.
+// Products accumulate in fp32; x * keep and xa are rounded to act16 (bf16 or fp16: ops/gpu.h).
+void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, const act16 *A, const act16 *B, LoraShape s,
                       void *scratch);
-// Given dy (bf16 [n, out]): dB (fp32 [out, rank], +=) += s dy^T xa; d_xa = s dy B (rounded to bf16);
+// Given dy (act16 [n, out]): dB (fp32 [out, rank], +=) += s dy^T xa; d_xa = s dy B (rounded to act16);
 // dA (fp32 [rank, in], +=) += d_xa^T (x * keep); dx (fp32 [n, in], +=; may be NULL) += (d_xa A) * keep.
-void lora_backward_gpu(float *dx, float *dA, float *dB, const bf16 *dy, const bf16 *x, const float *keep, const bf16 *A,
-                       const bf16 *B, const bf16 *xa, LoraShape s, void *scratch);
+void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const act16 *x, const float *keep, const act16 *A,
+                       const act16 *B, const act16 *xa, LoraShape s, void *scratch);
 // Device scratch that lora_forward_gpu and lora_backward_gpu need for shape s:
-// n * rank bf16 (rounded up to 256 bytes) + n * in fp32.
+// n * rank act16 (rounded up to 256 bytes) + n * in fp32.
 size_t lora_scratch_bytes_gpu(LoraShape s);
 #endif

@@ -298,7 +298,8 @@ static void nf4_tables_to_device(void) {
 // A warp covers 32 bytes = exactly one 64-block, so the block's absmax (and its
 // double-quant constants) is one broadcast read per warp; the code book sits in
 // shared memory, where the 16 different nibbles of a warp meet no bank conflict.
-__global__ static void nf4_dequantize_kernel(bf16 *out, const uint8_t *packed, const float *absmax,
+template <typename T>
+__global__ static void nf4_dequantize_kernel(T *out, const uint8_t *packed, const float *absmax,
                                              const uint8_t *absmax_q, const float *absmax2, float offset,
                                              int double_quant, int64_t n) {
     __shared__ float code[16];
@@ -310,18 +311,22 @@ __global__ static void nf4_dequantize_kernel(bf16 *out, const uint8_t *packed, c
     // absmax = dyn[q] * absmax2 + offset, fused as on the CPU (block_absmax)
     float scale = double_quant ? fmaf(c_dynamic_map[absmax_q[b]], absmax2[b / NF4_DQ_BLOCK_SIZE], offset) : absmax[b];
     uint8_t byte = packed[j];
-    // w = code[nibble] * absmax, rounded once to bf16
-    out[2 * j] = __float2bfloat16(code[byte >> 4] * scale);
-    if (2 * j + 1 < n) out[2 * j + 1] = __float2bfloat16(code[byte & 15] * scale);
+    // w = code[nibble] * absmax, rounded once to T
+    out[2 * j] = from_float<T>(code[byte >> 4] * scale);
+    if (2 * j + 1 < n) out[2 * j + 1] = from_float<T>(code[byte & 15] * scale);
 }
 
-void nf4_dequantize_gpu(bf16 *out, const NF4TensorGPU *q) {
+void nf4_dequantize_gpu(act16 *out, const NF4TensorGPU *q) {
     int64_t n_bytes = (q->n + 1) / 2;
     if (n_bytes <= 0) return;
     nf4_tables_to_device();
     unsigned grid = (unsigned)((n_bytes + NF4_THREADS - 1) / NF4_THREADS);
-    nf4_dequantize_kernel<<<grid, NF4_THREADS>>>(out, q->packed, q->absmax, q->absmax_q, q->absmax2,
-                                                  q->absmax_offset, q->double_quant, q->n);
+    if (gpu_act16() == ACT16_FP16)
+        nf4_dequantize_kernel<fp16><<<grid, NF4_THREADS>>>(as_fp16(out), q->packed, q->absmax, q->absmax_q, q->absmax2,
+                                                           q->absmax_offset, q->double_quant, q->n);
+    else
+        nf4_dequantize_kernel<bf16><<<grid, NF4_THREADS>>>(as_bf16(out), q->packed, q->absmax, q->absmax_q, q->absmax2,
+                                                           q->absmax_offset, q->double_quant, q->n);
     CUDA_CHECK_LAUNCH();
 }
 

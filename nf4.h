@@ -136,10 +136,10 @@ typedef struct {
 // names it for out-of-memory messages).
 void nf4_upload(NF4TensorGPU *d, const NF4Tensor *q, const char *what);
 void nf4_free_gpu(NF4TensorGPU *d);
-// out[i] (bf16) = NF4_CODE[code of i] * absmax[i / 64] (absmax from the
+// out[i] (act16: bf16 or fp16) = NF4_CODE[code of i] * absmax[i / 64] (absmax from the
 // double-quant constants when double_quant), for all n values: the fp32
-// product rounded once to bf16, so it equals nf4_dequantize rounded to bf16.
-void nf4_dequantize_gpu(bf16 *out, const NF4TensorGPU *q);
+// product rounded once to that type, so it equals nf4_dequantize rounded to it.
+void nf4_dequantize_gpu(act16 *out, const NF4TensorGPU *q);
 // Quantizes n > 0 fp32 values already on the device into q (allocating its
 // buffers), byte for byte equal to nf4_quantize: the same packed bytes and
 // absmax, or with double quant the same absmax_q, absmax2 and offset.

@@ -26,6 +26,7 @@
 #include "trainer/engine.h"         // defines: Engine (CPU or GPU), EngineOptions, engine_cpu_init, engine_gpu_init
 #include "trainer/examples.h"       // defines: ExampleSet, examples_load, examples_batch, examples_shuffle
 #include "trainer/memory_plan.h"    // defines: memory_plan_compute, memory_plan_print (--plan)
+#include "trainer/precision.h"      // defines: Precision, precision_parse, precision_resolve (--precision)
 #include "trainer/run_log.h"        // defines: RunLog: log.csv and loss.svg
 
 #include <errno.h>
@@ -44,12 +45,15 @@
 // steps, validated this often, instead of the full recipe (minutes, not an hour).
 #define CPU_DEMO_STEPS 12
 #define CPU_DEMO_EVAL_EVERY 6
+// The largest --batch that --plan tries when it says what fits.
+#define PLAN_MAX_BATCH 256
 
 // ---- options ----------------------------------------------------------------------------
 
 typedef struct {
-    const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir, *gguf_type;
+    const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir, *gguf_type, *precision;
     const char *init_adapter;
+    Precision chosen_precision;   // --precision resolved for the device (check_options)
     int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
@@ -77,6 +81,7 @@ static Options default_options(void) {
     o.grad_accum = 2;                     // micro-batches per optimizer step
     o.seed = 1234;                        // the adapters' initial values, dropout masks and the data order
     o.device = "auto";                    // cuda when a GPU is visible, else cpu
+    o.precision = "auto";                 // fp32 on the CPU; on a GPU bf16 from sm_80, fp16 (loss-scaled) before
     // the optimizer
     o.lr = 4e-4f;                         // peak learning rate
     o.warmup = 0.05f;                     // warmup steps, or a fraction of the steps when < 1
@@ -125,6 +130,9 @@ static void usage(FILE *out) {
             "                      of the model's: chatml, llama3, llama3.1 or exaone (default: the one the\n"
             "                      model's matches)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default %s)\n"
+            "  --precision P       auto, bf16, fp16 or fp32: what the step computes in (default %s: fp32 on the CPU;\n"
+            "                      on a GPU bf16 from sm_80 (A100, RTX 30xx and up), fp16 before (T4), with the loss\n"
+            "                      scaled as torch's GradScaler does). LoRA weights, gradients and AdamW stay fp32\n"
             "  --epochs N          passes over the training samples; 0: use --steps (default %d; on a CPU, when\n"
             "                      neither --epochs nor --steps is given, a %d-step demo instead)\n"
             "  --steps N           optimizer steps, the run's length instead of --epochs (default %d)\n"
@@ -164,7 +172,8 @@ static void usage(FILE *out) {
             "                      (defaults to DIR; DIR's log.csv is carried over), --save-every, --eval-every,\n"
             "                      --early-stop, --stop-at, --eval-answers, --merge, --merge-gguf, --gguf-type,\n"
             "                      --recompute (bitwise the same),\n"
-            "                      --device (cpu and cuda round differently: the losses go on, not bitwise)\n"
+            "                      --device and --precision (they round differently: the losses go on, not\n"
+            "                      bitwise; the loss scale is kept from an fp16 run to an fp16 run)\n"
             "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
             "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
@@ -176,7 +185,7 @@ static void usage(FILE *out) {
             "  --plan              print the GPU memory plan for these options and exit (no training)\n"
             "  --gpu-mem GB        GPU memory the plan is checked against (default %g)\n"
             "  -h, --help          this help\n",
-            d->model_path, d->data_path, d->val_frac, d->device, d->epochs, CPU_DEMO_STEPS, d->steps, d->batch, d->grad_accum, d->max_seq,
+            d->model_path, d->data_path, d->val_frac, d->device, d->precision, d->epochs, CPU_DEMO_STEPS, d->steps, d->batch, d->grad_accum, d->max_seq,
             d->prompt_loss_weight, d->lr, d->warmup, d->lr_min_frac, d->clip, d->weight_decay, d->rank, d->alpha, d->lora_dropout,
             d->targets, d->quant, d->double_quant, d->recompute, d->eval_every, d->early_stop, d->seed, d->out_dir, d->gguf_type, d->gpu_mem_gb);
 }
@@ -200,12 +209,27 @@ static const char *const VALUE_OPTIONS[] = {
     "--epochs", "--batch", "--grad-accum", "--seq", "--seed", "--rank", "--double-quant", "--recompute",
     "--eval-every", "--save-every", "--resume", "--stop-at", "--early-stop", "--eval-answers", "--gpu-mem", "--lr",
     "--warmup", "--lr-min-frac", "--clip", "--weight-decay", "--alpha", "--lora-dropout", "--prompt-loss-weight",
-    "--gguf-type", "--init-adapter", "--template", NULL};
+    "--gguf-type", "--init-adapter", "--template", "--precision", NULL};
 
 // Options that cannot go together: --val-frac holds a share of --data out only without --val-data.
 static const char *const CONFLICTS[] = {"--val-data", "--val-frac", NULL};
 // Options that only mean something with another: --gguf-type is the type of --merge-gguf's file.
 static const char *const NEEDS[] = {"--gguf-type", "--merge-gguf", NULL};
+
+// --precision resolved for the device (trainer/precision.h): an explicit
+// choice the device cannot run is a one-line message, status 2.
+static void check_precision(Options *o) {
+    Precision asked;
+    char err[512];
+    if (precision_parse(o->precision, &asked) != 0)
+        bad_usage("--precision expects auto, bf16, fp16 or fp32, got ", o->precision);
+    int on_gpu = strcmp(o->device, "cuda") == 0;
+    if (precision_resolve(asked, on_gpu, on_gpu ? gpu_compute_capability() : 0, &o->chosen_precision, err,
+                          sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        exit(2);
+    }
+}
 
 // Every option value in its range, and the device there: else a one-line message, status 2.
 static void check_options(Options *o) {
@@ -244,6 +268,7 @@ static void check_options(Options *o) {
         exit(2);
     }
     if (strcmp(o->device, "auto") == 0) o->device = gpu_available() ? "cuda" : "cpu";
+    check_precision(o);
 }
 
 // On a CPU the recipe takes about an hour: without --epochs or --steps, run
@@ -315,6 +340,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--lora-dropout") == 0) o.lora_dropout = cli_float("train", f, v);
         else if (strcmp(f, "--gguf-type") == 0) o.gguf_type = v;
         else if (strcmp(f, "--init-adapter") == 0) o.init_adapter = v;
+        else if (strcmp(f, "--precision") == 0) o.precision = v;
         else bad_usage("unknown option ", f);
     }
     check_options(&o);
@@ -362,7 +388,9 @@ typedef struct {
 
 // What one optimizer step measured.
 typedef struct {
-    double train_loss, grad_norm;
+    double train_loss, grad_norm;   // grad_norm: unscaled (fp16); not finite on a skipped step
+    float loss_scale;               // the scale the step's loss was multiplied by (1 unless fp16)
+    int skipped;                    // fp16: a gradient overflowed, the step was skipped
     float lr;
     long tokens;                    // tokens in the step's batches, padding included
     long sample_tokens;             // the samples' own tokens (no padding): tokens/s and the fill count these
@@ -643,27 +671,74 @@ static int load_model(Run *r) {
     return 0;
 }
 
-// --plan: the course's memory arithmetic for the GPU path (bf16 activations) with these options.
-static int print_plan(Run *r) {
-    const Options *o = &r->o;
-    const Config *c = &r->model.config;
+// --plan: the course's memory arithmetic for the GPU path (16-bit activations:
+// bf16 and fp16 take the same bytes) with these options, then which batch and
+// sequence length fit --gpu-mem.
+static PlanInputs plan_inputs(const Options *o, const Config *c, const int enabled[N_LINEARS], int batch, int seq_len) {
     PlanInputs in;
     memset(&in, 0, sizeof in);
-    in.batch = o->batch;
-    in.seq_len = o->max_seq;
+    in.batch = batch;
+    in.seq_len = seq_len;
     in.rank = o->rank;
-    for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = r->enabled[t];
+    for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = enabled[t];
     in.quant_nf4 = strcmp(o->quant, "nf4") == 0;
     in.double_quant = o->double_quant;
     in.recompute = o->recompute;
     in.weight_bytes = 2;
     in.activation_bytes = 2;
     in.loss_chunk = lm_head_chunk_tokens_default(c->vocab_size);
+    return in;
+}
+
+// Whether batch x seq_len fits gpu_mem_gb GiB with these options (the verdict's arithmetic).
+static int plan_fits(const Options *o, const Config *c, const int enabled[N_LINEARS], int batch, int seq_len) {
+    PlanInputs in = plan_inputs(o, c, enabled, batch, seq_len);
+    MemoryPlan plan;
+    memory_plan_compute(c, &in, &plan);
+    return plan.total <= o->gpu_mem_gb * 1073741824.0;
+}
+
+// The largest batch at --seq, and the longest power-of-two sequence at --batch, that fit (0: none).
+static void print_what_fits(const Options *o, const Config *c, const int enabled[N_LINEARS]) {
+    int batch = 0, seq_len = 0;
+    for (int b = 1; b <= PLAN_MAX_BATCH && plan_fits(o, c, enabled, b, o->max_seq); b *= 2) batch = b;
+    for (int t = 64; t <= c->max_seq_len && plan_fits(o, c, enabled, o->batch, t); t *= 2) seq_len = t;
+    printf("fits in %g GB: ", o->gpu_mem_gb);
+    if (batch) printf("--batch %d at --seq %d", batch, o->max_seq);
+    else printf("no batch at --seq %d", o->max_seq);
+    if (seq_len) printf("; --seq %d at --batch %d\n", seq_len, o->batch);
+    else printf("; no --seq of 64 or more at --batch %d\n", o->batch);
+}
+
+static int print_plan(Run *r) {
+    const Options *o = &r->o;
+    const Config *c = &r->model.config;
+    PlanInputs in = plan_inputs(o, c, r->enabled, o->batch, o->max_seq);
     MemoryPlan plan;
     memory_plan_compute(c, &in, &plan);
     memory_plan_print(c, &in, &plan, o->gpu_mem_gb, stdout);
+    print_what_fits(o, c, r->enabled);
     model_free(&r->model);
     return 0;
+}
+
+// --plan with an HF model directory: its config.json alone (the shapes are all
+// the plan needs, so a model not downloaded can be planned: dev/bench/shapes/).
+// Returns 1 when the model was read that way, 0 when it must be loaded, -1 on an error.
+static int plan_config_only(Run *r) {
+    Options *o = &r->o;
+    char config_path[4200], err[1024];
+    struct stat st;
+    snprintf(config_path, sizeof config_path, "%s/config.json", o->model_path);
+    if (!o->plan || stat(config_path, &st) != 0) return 0;
+    if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
+    if (model_read_hf_config(config_path, &r->model.config, err, sizeof err) != 0) {
+        fprintf(stderr, "train: %s\n", err);
+        return -1;
+    }
+    if (o->max_seq > r->model.config.max_seq_len) o->max_seq = r->model.config.max_seq_len;
+    printf("model: %s (config.json only: --plan)\n", o->model_path);
+    return 1;
 }
 
 // ---- 2. the data ------------------------------------------------------------------------
@@ -745,6 +820,21 @@ static int plan_steps(Run *r) {
 
 // ---- 3. the engine: the base quantized, the adapters and AdamW, CPU or GPU --------------
 
+// The device and the precision the steps run in: a GPU's name, compute
+// capability and memory (what decides --precision auto and what fits).
+static void print_device(const Options *o) {
+    int fp16 = o->chosen_precision == PRECISION_FP16;
+    const char *how = fp16 ? ", the loss scaled dynamically (fp16's range)" : "";
+    if (strcmp(o->device, "cuda") != 0) {
+        printf("device: cpu, precision %s (the reference)\n", precision_name(o->chosen_precision));
+        return;
+    }
+    int capability = gpu_compute_capability();
+    printf("device: %s, compute capability %d.%d (sm_%d), %.1f GiB; precision %s%s%s\n", gpu_device_name(),
+           capability / 10, capability % 10, capability, gpu_total_memory() / 1073741824.0,
+           precision_name(o->chosen_precision), strcmp(o->precision, "auto") == 0 ? " (auto)" : "", how);
+}
+
 // The adapters and AdamW's moments allocated, the engine set up (the base quantized,
 // on the CPU or uploaded to the GPU), and OUT made.
 static int set_up_training(Run *r) {
@@ -777,6 +867,8 @@ static int set_up_training(Run *r) {
     int longest_train = examples_longest(&r->train_set), longest_val = examples_longest(&r->val_set);
     engine_options.max_seq_len = longest_train > longest_val ? longest_train : longest_val;
     int on_gpu = strcmp(o->device, "cuda") == 0;
+    print_device(o);
+    if (on_gpu) gpu_set_act16(o->chosen_precision == PRECISION_FP16 ? ACT16_FP16 : ACT16_BF16);
     int failed = on_gpu ? engine_gpu_init(&r->engine, &r->model, &engine_options, &r->lora, &r->adam, err, sizeof err)
                         : engine_cpu_init(&r->engine, &r->model, &engine_options, &r->lora, &r->adam, err, sizeof err);
     if (failed) {
@@ -899,7 +991,8 @@ static int start_or_resume(Run *r) {
     const Options *o = &r->o;
     char err[4400];
     TrainProgress *p = &r->progress;
-    *p = {0, r->total_steps, (uint64_t)o->seed, 0, r->train_set.count, NULL, NAN, 0};
+    int loss_scaling = o->chosen_precision == PRECISION_FP16;   // fp16's narrow range: trainer/grad_scaler.h
+    *p = {0, r->total_steps, (uint64_t)o->seed, 0, r->train_set.count, NULL, NAN, 0, grad_scaler_default(loss_scaling)};
     p->order = (int *)cpu_malloc(sizeof(int) * r->train_set.count, "sample order");
     for (int i = 0; i < r->train_set.count; i++) p->order[i] = i;
     examples_shuffle(p->order, r->train_set.count, &p->data_rng);
@@ -911,6 +1004,8 @@ static int start_or_resume(Run *r) {
             return 1;
         }
         printf("resumed from %s at step %d of %d\n", path, p->step, r->total_steps);
+        // a resume in another --precision: the loss scaler starts over (on) or is dropped (off)
+        if (p->scaler.enabled != loss_scaling) p->scaler = grad_scaler_default(loss_scaling);
         r->engine.sync_from_host(&r->engine);
         // the best adapter so far is the resumed run's, where it kept it
         struct stat st;
@@ -962,14 +1057,37 @@ static int stop_not_finite(Run *r, int step, const StepStats *s) {
     r->engine.sync_to_host(&r->engine);
     lora_set_find_non_finite(&r->lora, r->lora.grads, which, sizeof which);
     fprintf(stderr, "train: step %d: %s is not finite (loss %g, grad norm %g; first bad gradient: %s); "
-                    "stopping without saving\n", step + 1, isfinite(s->train_loss) ? "the gradient" : "the loss",
-            s->train_loss, s->grad_norm, which);
+                    "stopping without saving%s\n", step + 1, isfinite(s->train_loss) ? "the gradient" : "the loss",
+            s->train_loss, s->grad_norm, which,
+            // in fp16 only the forward can get here: an activation past fp16's 65504, which loss scaling cannot help
+            r->progress.scaler.enabled ? " (fp16: an activation overflowed 65504; use --precision bf16 where the GPU "
+                                         "has it, or lower --lr)" : "");
     return -1;
 }
 
+// fp16's loss scaling around the optimizer step, as torch.amp.GradScaler's
+// unscale_ and update: the gradients were computed from loss * scale; an inf
+// or NaN among them skips the step (the scale halves), else they are divided
+// by the scale before clipping. Returns 1 when the step is skipped.
+static int unscale_or_skip(Run *r, StepStats *s) {
+    Engine *e = &r->engine;
+    GradScaler *scaler = &r->progress.scaler;
+    s->loss_scale = scaler->scale;
+    float inverse = grad_scaler_inverse(scaler);
+    int found_inf = !isfinite(s->grad_norm);
+    grad_scaler_update(scaler, found_inf);
+    s->skipped = found_inf;
+    if (found_inf) return 1;
+    e->scale_grads(e, inverse);
+    s->grad_norm = e->grad_norm(e);
+    return 0;
+}
+
 // One optimizer step: the gradients of the step's micro-batches summed (each
-// scaled by 1 / the sum of the step's loss weights), clipped to the global
-// norm, then AdamW. Returns -1 (message printed) when the loss or a gradient is not finite.
+// scaled by 1 / the sum of the step's loss weights, and by the loss scale in
+// fp16), clipped to the global norm, then AdamW. Returns -1 (message printed)
+// when the loss or (bf16, fp32) a gradient is not finite; in fp16 a gradient
+// that is not finite skips the step instead (unscale_or_skip).
 static int train_step(Run *r, int step, StepStats *s) {
     const Options *o = &r->o;
     Engine *e = &r->engine;
@@ -987,7 +1105,9 @@ static int train_step(Run *r, int step, StepStats *s) {
                                      &arrays);
         // the dropout masks' seed: one per (seed, step, micro-batch)
         uint64_t dropout_seed = (uint64_t)o->seed * 7919ULL + (uint64_t)step * 64 + (uint64_t)m;
-        loss_sum += e->micro_batch(e, &batch, dropout_seed, weight_sum > 0 ? 1.0 / weight_sum : 0.0, &counted);
+        // d(loss_scale * sum of w_t * loss_t / sum of w_t)
+        double grad_scale = weight_sum > 0 ? r->progress.scaler.scale / weight_sum : 0.0;
+        loss_sum += e->micro_batch(e, &batch, dropout_seed, grad_scale, &counted);
         s->tokens += (long)batch.n_seqs * batch.seq_len;
         for (int i = 0; i < count[m]; i++)
             s->sample_tokens += r->train_set.examples[r->progress.order[first[m] + i]].n_tokens;
@@ -999,10 +1119,15 @@ static int train_step(Run *r, int step, StepStats *s) {
     // --prompt-loss-weight elsewhere); with weight 0 the mean answer-token loss
     s->train_loss = weight_sum > 0 ? loss_sum / weight_sum : 0.0;
     s->grad_norm = e->grad_norm(e);
-    if (!isfinite(s->train_loss) || !isfinite(s->grad_norm)) return stop_not_finite(r, step, s);
-    e->scale_grads(e, clip_scale(s->grad_norm, o->clip));
+    s->loss_scale = 1.0f;
+    s->skipped = 0;
+    int scaling = r->progress.scaler.enabled;
+    if (!isfinite(s->train_loss) || (!scaling && !isfinite(s->grad_norm))) return stop_not_finite(r, step, s);
     s->lr = lr_at_step(&r->schedule, step);
-    e->adamw(e, &r->adamw, s->lr);
+    if (!scaling || unscale_or_skip(r, s) == 0) {
+        e->scale_grads(e, clip_scale(s->grad_norm, o->clip));
+        e->adamw(e, &r->adamw, s->lr);
+    }
     s->ms = (now_seconds() - t0) * 1000.0;
     // eta = the mean time of this process's steps so far x the steps left
     s->eta_s = (now_seconds() - r->start_time) / (step + 1 - r->first_step) * (r->total_steps - step - 1);
@@ -1034,13 +1159,19 @@ static void report_step(Run *r, int step, const StepStats *s, double val_loss) {
     if (r->o.pack || r->o.batch > 1) printf(" | fill %.0f%%", 100.0 * s->sample_tokens / s->tokens);
     printf(" | eta %.0f s", s->eta_s);
     if (!isnan(val_loss)) printf(" | val loss %.4f", val_loss);
+    const GradScaler *scaler = &r->progress.scaler;
+    if (scaler->enabled) printf(" | loss scale %g", s->loss_scale);
+    if (s->skipped)
+        printf(" | skipped: a gradient overflowed fp16 (scale now %g; %d steps skipped so far)", scaler->scale,
+               scaler->skipped_steps);
     r->engine.print_step_stats(&r->engine, s->tokens, s->ms / 1000.0);
     printf("\n");
     if (!isnan(val_loss) && val_loss > r->progress.best_val && s->train_loss < r->last_train_loss)
         printf("warning: validation loss rose (%.4f -> %.4f) while training loss fell: the adapter may be "
                "overfitting\n", r->progress.best_val, val_loss);
     r->last_train_loss = s->train_loss;
-    run_log_step(&r->log, step + 1, s->train_loss, val_loss, s->grad_norm, s->lr, s->ms, tokens_per_s);
+    run_log_step(&r->log, step + 1, s->train_loss, val_loss, s->grad_norm, s->lr, s->ms, tokens_per_s, s->loss_scale,
+                 scaler->skipped_steps);
     fflush(stdout);
 }
 
@@ -1166,6 +1297,7 @@ int main(int argc, char **argv) {
     run.o = parse_args(argc, argv);
     refuse_earlier_run(&run.o);                                 //    --out holds a run: --resume or --overwrite
     int status;
+    if ((status = plan_config_only(&run)) != 0) return status < 0 ? 1 : print_plan(&run);   // --plan of a config
     if ((status = load_model(&run)) != 0) return status;        // 1. the model, in fp32
     if (run.o.plan) return print_plan(&run);                    //    --plan: the GPU memory arithmetic only
     if ((status = load_data(&run)) != 0) return status;         // 2. the samples, tokenized

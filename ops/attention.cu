@@ -140,11 +140,11 @@ template void attention_backward_cpu(double *, double *, double *, const double 
 // A pass takes nh query heads h0..h0+nh-1 of every sequence at once: entry b = s * nh + i
 // of one batched GEMM is (sequence s, query head h = h0 + i, its kv head g = h / group).
 // S_b = scale q_{s,h} k_{s,g}^T [seq_len, seq_len] in fp32, a causal softmax kernel turns
-// S into P (bf16) and lse, then out_{s,h} = P_b v_{s,g}. As many heads go in one pass as
+// S into P (act16) and lse, then out_{s,h} = P_b v_{s,g}. As many heads go in one pass as
 // the caller's score budget holds (attention_scratch_bytes_gpu).
 
 static const int softmax_block = 256;
-// S and dP in fp32, P and dS in bf16: what the backward keeps per score.
+// S and dP in fp32, P and dS in act16 (bf16 or fp16): what the backward keeps per score.
 static const size_t simple_bytes_per_score = 12;
 // Entries of one pass at most: the softmax kernels' gridDim.y.
 static const int simple_max_entries = 65535;
@@ -155,12 +155,12 @@ static double one_head_score_bytes(int n_seqs, int seq_len) {
 }
 
 // The simple kind's scratch, carved from one buffer: the batched GEMMs' pointer
-// arrays, S, dP (fp32), P, dS (bf16) for one pass of nh heads, and (backward) d_k
+// arrays, S, dP (fp32), P, dS (act16) for one pass of nh heads, and (backward) d_k
 // and d_v per query head, fp32 [N, n_heads * head_dim], summed over each group at the end.
 typedef struct {
     void **a, **b, **c;     // [n_seqs * nh] each
     float *scores, *d_probs;
-    bf16 *probs, *d_scores;
+    act16 *probs, *d_scores;
     float *d_k_heads, *d_v_heads;
 } SimpleScratch;
 
@@ -189,8 +189,8 @@ static size_t simple_layout(SimpleScratch *w, void *base, int n_seqs, int seq_le
     w->c = (void **)carve((char *)base, &offset, sizeof(void *) * entries);
     w->scores = (float *)carve((char *)base, &offset, sizeof(float) * squares);
     w->d_probs = (float *)carve((char *)base, &offset, sizeof(float) * squares);
-    w->probs = (bf16 *)carve((char *)base, &offset, sizeof(bf16) * squares);
-    w->d_scores = (bf16 *)carve((char *)base, &offset, sizeof(bf16) * squares);
+    w->probs = (act16 *)carve((char *)base, &offset, sizeof(act16) * squares);
+    w->d_scores = (act16 *)carve((char *)base, &offset, sizeof(act16) * squares);
     w->d_k_heads = (float *)carve((char *)base, &offset, sizeof(float) * per_head_grads);
     w->d_v_heads = (float *)carve((char *)base, &offset, sizeof(float) * per_head_grads);
     return offset;
@@ -255,30 +255,31 @@ static void batch_pointers(SimpleScratch *w, BatchOperand a, BatchOperand b, Bat
 // head slices (row strides lda, ldb); scores are the pass's squares.
 static void batched_scores(SimpleScratch *w, int lda, int ldb, float alpha, int n_entries, int seq_len,
                            int head_dim) {
-    gemm_batched_bf16(w->c, CUDA_R_32F, seq_len, w->a, false, lda, w->b, true, ldb, seq_len, seq_len, head_dim, alpha,
+    gemm_batched_act16(w->c, CUDA_R_32F, seq_len, w->a, false, lda, w->b, true, ldb, seq_len, seq_len, head_dim, alpha,
                       0.0f, n_entries);
 }
 
-// Per entry: c [T, head_dim] = alpha op(m) b + beta c, where m (array a) is a bf16
+// Per entry: c [T, head_dim] = alpha op(m) b + beta c, where m (array a) is an act16
 // [T, T] square (op(m) = m^T when transpose_m), b and c head slices (row strides
 // ldb, ldc; c is c_type).
 static void batched_square_times_head(SimpleScratch *w, bool transpose_m, int ldb, cudaDataType c_type, int ldc,
                                       float alpha, float beta, int n_entries, int seq_len, int head_dim) {
-    gemm_batched_bf16(w->c, c_type, ldc, w->a, transpose_m, seq_len, w->b, false, ldb, seq_len, head_dim, seq_len,
+    gemm_batched_act16(w->c, c_type, ldc, w->a, transpose_m, seq_len, w->b, false, ldb, seq_len, head_dim, seq_len,
                       alpha, beta, n_entries);
 }
 
 // One block per (query row i, entry b = (s, h0 + b % nh)): from the scaled scores
 // S, p_ij = exp(S_ij - lse_i) for first_i <= j <= i and 0 elsewhere;
 // lse_i = log sum_{first_i<=j<=i} exp(S_ij).
-__global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const float *scores, const int *positions,
+template <typename T>
+__global__ static void causal_softmax_kernel(T *probs, float *lse, const float *scores, const int *positions,
                                              int seq_len, int n_heads, int h0, int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
     int first = attention_first_key_gpu(positions, s, seq_len, i);
     size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
     const float *score_row = scores + row;
-    bf16 *prob_row = probs + row;
+    T *prob_row = probs + row;
     float row_max = -INFINITY;
     for (int j = first + threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);
     row_max = block_max(row_max);
@@ -288,37 +289,39 @@ __global__ static void causal_softmax_kernel(bf16 *probs, float *lse, const floa
     // lse = max + log sum_j exp(S_ij - max)
     float row_lse = row_max + logf(sum);
     for (int j = threadIdx.x; j < seq_len; j += blockDim.x)
-        prob_row[j] = __float2bfloat16(first <= j && j <= i ? expf(score_row[j] - row_lse) : 0.0f);
+        prob_row[j] = from_float<T>(first <= j && j <= i ? expf(score_row[j] - row_lse) : 0.0f);
     if (threadIdx.x == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = row_lse;
 }
 
 // One block per (query row i, entry b): recomputes p_ij from the scores and lse,
 // then the softmax backward ds_ij = p_ij (dp_ij - delta_i), delta_i = dO_i . O_i
 // (= sum_j p_ij dp_ij). Writes P and dS (zero outside first_i <= j <= i).
-__global__ static void causal_softmax_backward_kernel(bf16 *probs, bf16 *d_scores, const float *scores,
-                                                      const float *d_probs, const float *lse, const bf16 *d_out,
-                                                      const bf16 *out, const int *positions, int seq_len, int n_heads,
+template <typename T>
+__global__ static void causal_softmax_backward_kernel(T *probs, T *d_scores, const float *scores,
+                                                      const float *d_probs, const float *lse, const T *d_out,
+                                                      const T *out, const int *positions, int seq_len, int n_heads,
                                                       int head_dim, int h0, int nh) {
     int i = blockIdx.x, entry = blockIdx.y;
     int s = entry / nh, h = h0 + entry % nh;
     int first = attention_first_key_gpu(positions, s, seq_len, i);
     size_t token = (size_t)s * seq_len + i;
     size_t row = (size_t)entry * square_stride(seq_len) + (size_t)i * seq_len;   // where row i of the square starts
-    const bf16 *dy = d_out + token * n_heads * head_dim + (size_t)h * head_dim;
-    const bf16 *y = out + token * n_heads * head_dim + (size_t)h * head_dim;
+    const T *dy = d_out + token * n_heads * head_dim + (size_t)h * head_dim;
+    const T *y = out + token * n_heads * head_dim + (size_t)h * head_dim;
     float delta = 0.0f;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) delta += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) delta += to_float(dy[d]) * to_float(y[d]);
     delta = block_sum(delta);
     float row_lse = lse[((size_t)s * n_heads + h) * seq_len + i];
     for (int j = threadIdx.x; j < seq_len; j += blockDim.x) {
         float p = first <= j && j <= i ? expf(scores[row + j] - row_lse) : 0.0f;
-        probs[row + j] = __float2bfloat16(p);
-        d_scores[row + j] = __float2bfloat16(p * (d_probs[row + j] - delta));
+        probs[row + j] = from_float<T>(p);
+        d_scores[row + j] = from_float<T>(p * (d_probs[row + j] - delta));
     }
 }
 
-// d_kv[t][g * head_dim + d] = sum_{j < group} per_head[t][(g * group + j) * head_dim + d], as bf16.
-__global__ static void sum_group_heads_kernel(bf16 *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads,
+// d_kv[t][g * head_dim + d] = sum_{j < group} per_head[t][(g * group + j) * head_dim + d], as T.
+template <typename T>
+__global__ static void sum_group_heads_kernel(T *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads,
                                               int group, int head_dim) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     size_t kv_dim = (size_t)n_kv_heads * head_dim;
@@ -328,14 +331,17 @@ __global__ static void sum_group_heads_kernel(bf16 *d_kv, const float *per_head,
     const float *row = per_head + t * kv_dim * group;
     float sum = 0.0f;
     for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];
-    d_kv[idx] = __float2bfloat16(sum);
+    d_kv[idx] = from_float<T>(sum);
 }
 
-static void sum_group_heads(bf16 *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads, int group,
+static void sum_group_heads(act16 *d_kv, const float *per_head, size_t n_tokens, int n_kv_heads, int group,
                             int head_dim) {
     size_t n = n_tokens * n_kv_heads * head_dim;
-    sum_group_heads_kernel<<<(unsigned)((n + 255) / 256), 256>>>(d_kv, per_head, n_tokens, n_kv_heads, group,
-                                                                 head_dim);
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    if (gpu_act16() == ACT16_FP16)
+        sum_group_heads_kernel<fp16><<<blocks, 256>>>(as_fp16(d_kv), per_head, n_tokens, n_kv_heads, group, head_dim);
+    else
+        sum_group_heads_kernel<bf16><<<blocks, 256>>>(as_bf16(d_kv), per_head, n_tokens, n_kv_heads, group, head_dim);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -352,7 +358,7 @@ static int simple_scratch(SimpleScratch *w, void *scratch, size_t scratch_bytes,
     return nh;
 }
 
-static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+static void attention_forward_simple(act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                                      const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                      int head_dim, void *scratch, size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
@@ -362,24 +368,29 @@ static void attention_forward_simple(bf16 *out, float *lse, const bf16 *q, const
     for (int h0 = 0; h0 < n_heads; h0 += heads_per_pass) {
         int nh = n_heads - h0 < heads_per_pass ? n_heads - h0 : heads_per_pass, n_entries = n_seqs * nh;
         // S = scale q_h k_g^T
-        batch_pointers(&w, head_slices(q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1),
-                       head_slices(k, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group),
+        batch_pointers(&w, head_slices(q, sizeof(act16), q_stride, seq_len, head_dim, h0, 1),
+                       head_slices(k, sizeof(act16), kv_stride, seq_len, head_dim, h0, group),
                        squares(w.scores, sizeof(float), seq_len, nh), nh, n_entries);
         batched_scores(&w, q_stride, kv_stride, scale, n_entries, seq_len, head_dim);
-        causal_softmax_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(w.probs, lse, w.scores, positions, seq_len,
-                                                                          n_heads, h0, nh);
+        dim3 grid(seq_len, n_entries);
+        if (gpu_act16() == ACT16_FP16)
+            causal_softmax_kernel<fp16><<<grid, softmax_block>>>(as_fp16(w.probs), lse, w.scores, positions, seq_len,
+                                                                 n_heads, h0, nh);
+        else
+            causal_softmax_kernel<bf16><<<grid, softmax_block>>>(as_bf16(w.probs), lse, w.scores, positions, seq_len,
+                                                                 n_heads, h0, nh);
         CUDA_CHECK_LAUNCH();
         // out_h = P v_g
-        batch_pointers(&w, squares(w.probs, sizeof(bf16), seq_len, nh),
-                       head_slices(v, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group),
-                       head_slices(out, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
-        batched_square_times_head(&w, false, kv_stride, CUDA_R_16BF, q_stride, 1.0f, 0.0f, n_entries, seq_len,
+        batch_pointers(&w, squares(w.probs, sizeof(act16), seq_len, nh),
+                       head_slices(v, sizeof(act16), kv_stride, seq_len, head_dim, h0, group),
+                       head_slices(out, sizeof(act16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, false, kv_stride, gpu_act16_cuda_type(), q_stride, 1.0f, 0.0f, n_entries, seq_len,
                                   head_dim);
     }
 }
 
-static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                      const float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+static void attention_backward_simple(act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                                      const float *lse, const act16 *q, const act16 *k, const act16 *v,
                                       const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                       int head_dim, void *scratch, size_t scratch_bytes) {
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim, group = n_heads / n_kv_heads;
@@ -388,30 +399,37 @@ static void attention_backward_simple(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf1
     int heads_per_pass = simple_scratch(&w, scratch, scratch_bytes, n_seqs, seq_len, n_heads, head_dim);
     for (int h0 = 0; h0 < n_heads; h0 += heads_per_pass) {
         int nh = n_heads - h0 < heads_per_pass ? n_heads - h0 : heads_per_pass, n_entries = n_seqs * nh;
-        BatchOperand q_h = head_slices(q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1);
-        BatchOperand d_out_h = head_slices(d_out, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1);
-        BatchOperand k_g = head_slices(k, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group);
-        BatchOperand v_g = head_slices(v, sizeof(bf16), kv_stride, seq_len, head_dim, h0, group);
+        BatchOperand q_h = head_slices(q, sizeof(act16), q_stride, seq_len, head_dim, h0, 1);
+        BatchOperand d_out_h = head_slices(d_out, sizeof(act16), q_stride, seq_len, head_dim, h0, 1);
+        BatchOperand k_g = head_slices(k, sizeof(act16), kv_stride, seq_len, head_dim, h0, group);
+        BatchOperand v_g = head_slices(v, sizeof(act16), kv_stride, seq_len, head_dim, h0, group);
         // S = scale q_h k_g^T;  dP = dO_h v_g^T
         batch_pointers(&w, q_h, k_g, squares(w.scores, sizeof(float), seq_len, nh), nh, n_entries);
         batched_scores(&w, q_stride, kv_stride, scale, n_entries, seq_len, head_dim);
         batch_pointers(&w, d_out_h, v_g, squares(w.d_probs, sizeof(float), seq_len, nh), nh, n_entries);
         batched_scores(&w, q_stride, kv_stride, 1.0f, n_entries, seq_len, head_dim);
-        causal_softmax_backward_kernel<<<dim3(seq_len, n_entries), softmax_block>>>(
-            w.probs, w.d_scores, w.scores, w.d_probs, lse, d_out, out, positions, seq_len, n_heads, head_dim, h0, nh);
+        dim3 grid(seq_len, n_entries);
+        if (gpu_act16() == ACT16_FP16)
+            causal_softmax_backward_kernel<fp16><<<grid, softmax_block>>>(
+                as_fp16(w.probs), as_fp16(w.d_scores), w.scores, w.d_probs, lse, as_fp16(d_out), as_fp16(out),
+                positions, seq_len, n_heads, head_dim, h0, nh);
+        else
+            causal_softmax_backward_kernel<bf16><<<grid, softmax_block>>>(
+                as_bf16(w.probs), as_bf16(w.d_scores), w.scores, w.d_probs, lse, as_bf16(d_out), as_bf16(out),
+                positions, seq_len, n_heads, head_dim, h0, nh);
         CUDA_CHECK_LAUNCH();
         // dq_h = scale dS k_g
-        batch_pointers(&w, squares(w.d_scores, sizeof(bf16), seq_len, nh), k_g,
-                       head_slices(d_q, sizeof(bf16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
-        batched_square_times_head(&w, false, kv_stride, CUDA_R_16BF, q_stride, scale, 0.0f, n_entries, seq_len,
+        batch_pointers(&w, squares(w.d_scores, sizeof(act16), seq_len, nh), k_g,
+                       head_slices(d_q, sizeof(act16), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
+        batched_square_times_head(&w, false, kv_stride, gpu_act16_cuda_type(), q_stride, scale, 0.0f, n_entries, seq_len,
                                   head_dim);
         // dk_h = scale dS^T q_h  (per query head, fp32)
-        batch_pointers(&w, squares(w.d_scores, sizeof(bf16), seq_len, nh), q_h,
+        batch_pointers(&w, squares(w.d_scores, sizeof(act16), seq_len, nh), q_h,
                        head_slices(w.d_k_heads, sizeof(float), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
         batched_square_times_head(&w, true, q_stride, CUDA_R_32F, q_stride, scale, 0.0f, n_entries, seq_len,
                                   head_dim);
         // dv_h = P^T dO_h  (per query head, fp32)
-        batch_pointers(&w, squares(w.probs, sizeof(bf16), seq_len, nh), d_out_h,
+        batch_pointers(&w, squares(w.probs, sizeof(act16), seq_len, nh), d_out_h,
                        head_slices(w.d_v_heads, sizeof(float), q_stride, seq_len, head_dim, h0, 1), nh, n_entries);
         batched_square_times_head(&w, true, q_stride, CUDA_R_32F, q_stride, 1.0f, 0.0f, n_entries, seq_len,
                                   head_dim);
@@ -460,7 +478,7 @@ static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_he
     }
 }
 
-void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+void attention_forward_gpu(AttentionKernel kind, act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                            const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim,
                            void *scratch, size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
@@ -472,8 +490,8 @@ void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf
                                  scratch, scratch_bytes);
 }
 
-void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+void attention_backward_gpu(AttentionKernel kind, act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                            const float *lse, const act16 *q, const act16 *k, const act16 *v, const int *positions,
                             int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
                             size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);

@@ -45,16 +45,16 @@ __device__ inline int attention_first_key_gpu(const int *positions, int s, int s
 }
 // Causal GQA attention over n_seqs independent sequences of seq_len tokens each (N = n_seqs * seq_len rows);
 // with positions (see attention_first_key_gpu) the samples packed in a sequence do not see each other.
-// q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all bf16 row-major.
+// q [N, n_heads*head_dim], k and v [N, n_kv_heads*head_dim], out [N, n_heads*head_dim], all act16 row-major.
 // lse [n_seqs * n_heads * seq_len] fp32 (layout [seq][head][token]): log-sum-exp of each query's scaled scores,
 // written by both kinds, read by backward. scratch: scratch_bytes of device memory, at least
 // attention_scratch_bytes_gpu(kind, ...) for this shape (or for a larger one); contents not kept.
-void attention_forward_gpu(AttentionKernel kind, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+void attention_forward_gpu(AttentionKernel kind, act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                            const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim,
                            void *scratch, size_t scratch_bytes);
-// d_q, d_k, d_v (bf16, OVERWRITTEN) from d_out (bf16); out and lse are the forward's.
-void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                            const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+// d_q, d_k, d_v (act16, OVERWRITTEN) from d_out (act16); out and lse are the forward's.
+void attention_backward_gpu(AttentionKernel kind, act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                            const float *lse, const act16 *q, const act16 *k, const act16 *v, const int *positions,
                             int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
                             size_t scratch_bytes);
 
@@ -62,11 +62,11 @@ void attention_backward_gpu(AttentionKernel kind, bf16 *d_q, bf16 *d_k, bf16 *d_
 // The widest head the flash kernels handle.
 enum { FLASH_MAX_HEAD_DIM = 128 };
 // attention_forward_gpu's flash kind (no scratch).
-void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+void flash_attention_forward_gpu(act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                                  const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                  int head_dim);
 // attention_backward_gpu's flash kind; delta: n_seqs * n_heads * seq_len floats of scratch.
-void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+void flash_attention_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                                  const float *lse, const act16 *q, const act16 *k, const act16 *v, const int *positions,
                                   int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta);
 #endif

@@ -116,8 +116,9 @@ static void check_bad_target(const char *caller, int vocab) {
 
 __device__ static void store_gradient(float *p, float value) { *p = value; }
 __device__ static void store_gradient(bf16 *p, float value) { *p = __float2bfloat16(value); }
+__device__ static void store_gradient(fp16 *p, float value) { *p = __float2half(value); }
 
-// Block t handles row t. Grad is float or bf16; d_logits may be NULL, and
+// Block t handles row t. Grad is float, bf16 or fp16; d_logits may be NULL, and
 // when it is float it may alias logits (each element is read and then
 // written by the same thread, after the reductions' barriers). weights: NULL
 // (every counted row weighs 1) or the weight of each row's loss.
@@ -169,7 +170,8 @@ void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, cons
 // ---- the counted rows ----
 
 // One thread per element of the gathered rows.
-__global__ static void gather_rows_kernel(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+template <typename T>
+__global__ static void gather_rows_kernel(T *out, const T *x, const int *rows, int n_rows, int dim) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)n_rows * dim) return;
     size_t r = idx / dim, j = idx % dim;
@@ -189,11 +191,14 @@ __global__ static void scatter_add_rows_kernel(float *d_x, const float *d_rows, 
 
 static const int ROWS_THREADS = 256;
 
-void gather_rows_gpu(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim) {
+void gather_rows_gpu(act16 *out, const act16 *x, const int *rows, int n_rows, int dim) {
     size_t n = (size_t)n_rows * dim;
     if (n == 0) return;
-    gather_rows_kernel<<<(unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS), ROWS_THREADS>>>(out, x, rows, n_rows,
-                                                                                           dim);
+    unsigned blocks = (unsigned)((n + ROWS_THREADS - 1) / ROWS_THREADS);
+    if (gpu_act16() == ACT16_FP16)
+        gather_rows_kernel<fp16><<<blocks, ROWS_THREADS>>>(as_fp16(out), as_fp16(x), rows, n_rows, dim);
+    else
+        gather_rows_kernel<bf16><<<blocks, ROWS_THREADS>>>(as_bf16(out), as_bf16(x), rows, n_rows, dim);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -217,19 +222,19 @@ static int lm_head_chunk_tokens(int n, int vocab) {
 }
 
 // logits[rows, vocab] (fp32) = x[rows, dim] W^T
-static void lm_head_forward(float *logits, const bf16 *x, const bf16 *weight, int rows, int dim, int vocab) {
-    gemm_bf16(logits, CUDA_R_32F, x, false, weight, true, rows, vocab, dim, 1.0f, 0.0f);
+static void lm_head_forward(float *logits, const act16 *x, const act16 *weight, int rows, int dim, int vocab) {
+    gemm_act16(logits, CUDA_R_32F, x, false, weight, true, rows, vocab, dim, 1.0f, 0.0f);
 }
 
 // d_x[rows, dim] (fp32) += d_logits[rows, vocab] W
-static void lm_head_backward(float *d_x, const bf16 *d_logits, const bf16 *weight, int rows, int dim, int vocab) {
-    gemm_bf16(d_x, CUDA_R_32F, d_logits, false, weight, false, rows, dim, vocab, 1.0f, 1.0f);
+static void lm_head_backward(float *d_x, const act16 *d_logits, const act16 *weight, int rows, int dim, int vocab) {
+    gemm_act16(d_x, CUDA_R_32F, d_logits, false, weight, false, rows, dim, vocab, 1.0f, 1.0f);
 }
 
 // The LM head and the loss on the m counted rows only (host_rows, host_targets,
 // host_weights or NULL): they are gathered into [m, dim], run through in chunks,
 // and their gradient is scattered back into d_x.
-static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf16 *lm_head, const int *host_rows,
+static double counted_lm_head_cross_entropy(float *d_x, const act16 *x, const act16 *lm_head, const int *host_rows,
                                             const int *host_targets, const float *host_weights, int m, int dim,
                                             int vocab, double grad_scale) {
     int *rows = (int *)gpu_malloc(sizeof(int) * m, "counted rows");
@@ -238,7 +243,7 @@ static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf1
     gpu_upload(rows, host_rows, sizeof(int) * m);
     gpu_upload(targets, host_targets, sizeof(int) * m);
     if (weights) gpu_upload(weights, host_weights, sizeof(float) * m);
-    bf16 *x_counted = (bf16 *)gpu_malloc(sizeof(bf16) * m * dim, "counted rows of x (bf16)");
+    act16 *x_counted = (act16 *)gpu_malloc(sizeof(act16) * m * dim, "counted rows of x (16-bit)");
     gather_rows_gpu(x_counted, x, rows, m, dim);
     float *d_counted = NULL;
     if (d_x) {
@@ -247,15 +252,19 @@ static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf1
     }
     int chunk = lm_head_chunk_tokens(m, vocab);
     float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
-    bf16 *d_logits = d_x ? (bf16 *)gpu_malloc(sizeof(bf16) * chunk * vocab, "d_logits chunk (bf16)") : NULL;
+    act16 *d_logits = d_x ? (act16 *)gpu_malloc(sizeof(act16) * chunk * vocab, "d_logits chunk (16-bit)") : NULL;
     float *losses = (float *)gpu_malloc(sizeof(float) * m, "per-token losses");
     reset_bad_target();
     for (int first = 0; first < m; first += chunk) {
         int rows_here = m - first < chunk ? m - first : chunk;
         lm_head_forward(logits, x_counted + (size_t)first * dim, lm_head, rows_here, dim, vocab);
-        cross_entropy_kernel<bf16><<<rows_here, CE_THREADS>>>(losses + first, d_logits, logits, targets + first,
-                                                              weights ? weights + first : NULL, vocab,
-                                                              (float)grad_scale);
+        const float *row_weights = weights ? weights + first : NULL;
+        if (gpu_act16() == ACT16_FP16)
+            cross_entropy_kernel<fp16><<<rows_here, CE_THREADS>>>(losses + first, as_fp16(d_logits), logits,
+                                                                  targets + first, row_weights, vocab, (float)grad_scale);
+        else
+            cross_entropy_kernel<bf16><<<rows_here, CE_THREADS>>>(losses + first, as_bf16(d_logits), logits,
+                                                                  targets + first, row_weights, vocab, (float)grad_scale);
         CUDA_CHECK_LAUNCH();
         if (d_x) lm_head_backward(d_counted + (size_t)first * dim, d_logits, lm_head, rows_here, dim, vocab);
     }
@@ -279,7 +288,7 @@ static double counted_lm_head_cross_entropy(float *d_x, const bf16 *x, const bf1
     return total;
 }
 
-double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets,
+double lm_head_cross_entropy_gpu(float *d_x, const act16 *x, const act16 *lm_head, const int *targets,
                                  const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted) {
     *n_counted = 0;
     if (n <= 0) return 0.0;

@@ -48,25 +48,25 @@ int lm_head_chunk_tokens_default(int vocab);
 void cross_entropy_gpu(float *losses, float *d_logits, const float *logits, const int *targets, const float *weights,
                        int n, int vocab, float scale);
 
-// gather_rows_cpu and scatter_add_rows_cpu on the GPU: x bf16, d fp32 (rows on the device).
-void gather_rows_gpu(bf16 *out, const bf16 *x, const int *rows, int n_rows, int dim);
+// gather_rows_cpu and scatter_add_rows_cpu on the GPU: x act16, d fp32 (rows on the device).
+void gather_rows_gpu(act16 *out, const act16 *x, const int *rows, int n_rows, int dim);
 void scatter_add_rows_gpu(float *d_x, const float *d_rows, const int *rows, int n_rows, int dim);
 
 // The LM head and the (weighted) cross-entropy, fused and chunked over the
 // tokens so that the full [n, vocab] logits never exist at once:
-//   logits = x W^T   (x bf16 [n, dim] = the final normed hidden state, W bf16 [vocab, dim]; cuBLAS, fp32 out)
+//   logits = x W^T   (x act16 [n, dim] = the final normed hidden state, W act16 [vocab, dim]; cuBLAS, fp32 out)
 // returns the sum over counted t of w_t (-log softmax(logits[t])[targets[t]])
 // (per-token losses in fp32, summed on the host in double); *n_counted = the
 // number of counted targets. targets: int [n] on the device; weights: NULL
 // (w_t = 1) or fp32 [n] on the device.
 // If d_x != NULL: d_logits = grad_scale * w_t (softmax - onehot) on counted rows
-// (0 elsewhere), rounded to bf16, and d_x [n, dim] (fp32, ACCUMULATES) += d_logits W.
+// (0 elsewhere), rounded to act16, and d_x [n, dim] (fp32, ACCUMULATES) += d_logits W.
 // Only the counted tokens go through the LM head: their rows of x are gathered
-// first (bf16 [m, dim], and fp32 [m, dim] for their gradient when d_x != NULL),
+// first (act16 [m, dim], and fp32 [m, dim] for their gradient when d_x != NULL),
 // then taken 64 MiB / (vocab * 4) tokens at a time (at least 1), so the fp32
-// logits take <= 64 MiB, plus half that for the bf16 d_logits when d_x != NULL,
+// logits take <= 64 MiB, plus half that for the act16 d_logits when d_x != NULL,
 // plus m floats of per-token losses; all allocated per call.
-double lm_head_cross_entropy_gpu(float *d_x, const bf16 *x, const bf16 *lm_head, const int *targets,
+double lm_head_cross_entropy_gpu(float *d_x, const act16 *x, const act16 *lm_head, const int *targets,
                                  const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted);
 // Forces the chunk of lm_head_cross_entropy_gpu to `tokens` tokens (tests use
 // it to exercise chunking on small batches); 0 restores the automatic rule.

@@ -13,7 +13,7 @@
 #ifdef __CUDACC__
 
 // A block works on one tile of flash_tile query rows (or key rows) of one head
-// and stages flash_tile-row tiles of q, k, v, dO in shared memory as bf16. Its
+// and stages flash_tile-row tiles of q, k, v, dO in shared memory as T (bf16 or fp16). Its
 // 256 threads are 8 per tile row: thread (r, lane8) owns, of row r, the tile
 // columns lane8 + 8c (c < 4) and the head_dim columns lane8 + 8c (c < 16), so a
 // row's 8 threads sit in one warp and reduce over the row with shuffles.
@@ -23,25 +23,27 @@ static const int flash_threads = 256;
 static const int flash_threads_per_row = flash_threads / flash_tile;             // 8
 static const int flash_tile_cols_per_thread = flash_tile / flash_threads_per_row;  // 4
 static const int flash_head_cols_per_thread = FLASH_MAX_HEAD_DIM / flash_threads_per_row;  // 16
-// Row stride of a staged tile, in bf16: an odd number of 4-byte words, so the
+// Row stride of a staged tile, in 16-bit elements: an odd number of 4-byte words, so the
 // 8 threads of a row reading 8 different tile rows hit 8 different banks.
 static const int flash_row_stride = FLASH_MAX_HEAD_DIM + 2;
 
 // Rows row0 .. row0 + flash_tile - 1 of one head's slice (rows src + row * row_stride,
 // head_dim wide) into shared memory; rows at or past n_rows read as zero.
-__device__ static void load_tile(bf16 (*tile)[flash_row_stride], const bf16 *src, int row0, int n_rows, int row_stride,
+template <typename T>
+__device__ static void load_tile(T (*tile)[flash_row_stride], const T *src, int row0, int n_rows, int row_stride,
                                  int head_dim) {
     for (int e = threadIdx.x; e < flash_tile * head_dim; e += blockDim.x) {
         int r = e / head_dim, d = e % head_dim;
         int row = row0 + r;
-        tile[r][d] = row < n_rows ? src[(size_t)row * row_stride + d] : __float2bfloat16(0.0f);
+        tile[r][d] = row < n_rows ? src[(size_t)row * row_stride + d] : from_float<T>(0.0f);
     }
 }
 
 // a . b over head_dim, in fp32.
-__device__ static float dot_rows(const bf16 *a, const bf16 *b, int head_dim) {
+template <typename T>
+__device__ static float dot_rows(const T *a, const T *b, int head_dim) {
     float sum = 0.0f;
-    for (int d = 0; d < head_dim; d++) sum += __bfloat162float(a[d]) * __bfloat162float(b[d]);
+    for (int d = 0; d < head_dim; d++) sum += to_float(a[d]) * to_float(b[d]);
     return sum;
 }
 
@@ -61,18 +63,19 @@ __device__ static float tile_row_max(float v) {
 // a running max m_i, running sum l_i = sum_j exp(s_ij - m_i) and acc_i = sum_j
 // exp(s_ij - m_i) v_j over the key tiles seen so far; out_i = acc_i / l_i and
 // lse_i = m_i + log l_i at the end.
-__global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+template <typename T>
+__global__ static void flash_forward_kernel(T *out, float *lse, const T *q, const T *k, const T *v,
                                             const int *positions, int seq_len, int n_heads, int n_kv_heads,
                                             int head_dim, float scale) {
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
+    __shared__ T q_tile[flash_tile][flash_row_stride];
+    __shared__ T k_tile[flash_tile][flash_row_stride];
+    __shared__ T v_tile[flash_tile][flash_row_stride];
     __shared__ float p_tile[flash_tile][flash_tile + 1];
     int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const T *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
     int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
     int i0 = blockIdx.x * flash_tile, i = i0 + r;
     int first = i < seq_len ? attention_first_key_gpu(positions, s, seq_len, i) : 0;
@@ -122,34 +125,35 @@ __global__ static void flash_forward_kernel(bf16 *out, float *lse, const bf16 *q
             int d = lane8 + flash_threads_per_row * c;
             if (d >= head_dim) continue;
             float a = acc[c] * correction;
-            for (int jj = 0; jj < flash_tile; jj++) a += p_tile[r][jj] * __bfloat162float(v_tile[jj][d]);
+            for (int jj = 0; jj < flash_tile; jj++) a += p_tile[r][jj] * to_float(v_tile[jj][d]);
             acc[c] = a;
         }
     }
     if (i >= seq_len) return;
-    bf16 *out_row = out + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
+    T *out_row = out + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
     #pragma unroll
     for (int c = 0; c < flash_head_cols_per_thread; c++) {
         int d = lane8 + flash_threads_per_row * c;
         // out_i = acc_i / l_i
-        if (d < head_dim) out_row[d] = __float2bfloat16(acc[c] / running_sum);
+        if (d < head_dim) out_row[d] = from_float<T>(acc[c] / running_sum);
     }
     // lse_i = m_i + log l_i
     if (lane8 == 0) lse[((size_t)s * n_heads + h) * seq_len + i] = running_max + logf(running_sum);
 }
 
 // delta_i = dO_i . O_i (= sum_j p_ij dp_ij) for every (row, head): one warp each.
-__global__ static void attention_delta_kernel(float *delta, const bf16 *d_out, const bf16 *out, int n_seqs, int seq_len,
+template <typename T>
+__global__ static void attention_delta_kernel(float *delta, const T *d_out, const T *out, int n_seqs, int seq_len,
                                               int n_heads, int head_dim) {
     size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (warp >= (size_t)n_seqs * seq_len * n_heads) return;   // whole warps (blockDim.x a multiple of 32)
     size_t row = warp / n_heads;
     int h = (int)(warp % n_heads);
-    const bf16 *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
-    const bf16 *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
+    const T *dy = d_out + row * n_heads * head_dim + (size_t)h * head_dim;
+    const T *y = out + row * n_heads * head_dim + (size_t)h * head_dim;
     float sum = 0.0f;
-    for (int d = lane; d < head_dim; d += 32) sum += __bfloat162float(dy[d]) * __bfloat162float(y[d]);
+    for (int d = lane; d < head_dim; d += 32) sum += to_float(dy[d]) * to_float(y[d]);
     sum = warp_sum(sum);
     size_t s = row / seq_len, t = row % seq_len;
     if (lane == 0) delta[(s * n_heads + h) * seq_len + t] = sum;
@@ -159,22 +163,23 @@ __global__ static void attention_delta_kernel(float *delta, const bf16 *d_out, c
 // keys, summed over g's query heads and over the query tiles at or after the
 // key tile (earlier queries never see these keys). p_ij is recomputed from q, k
 // and lse; ds_ij = p_ij (dO_i . v_j - delta_i).
-__global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16 *d_out, const float *lse,
-                                                const float *delta, const bf16 *q, const bf16 *k, const bf16 *v,
+template <typename T>
+__global__ static void flash_backward_kv_kernel(T *d_k, T *d_v, const T *d_out, const float *lse,
+                                                const float *delta, const T *q, const T *k, const T *v,
                                                 const int *positions, int seq_len, int n_heads, int n_kv_heads,
                                                 int head_dim, float scale) {
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
+    __shared__ T k_tile[flash_tile][flash_row_stride];
+    __shared__ T v_tile[flash_tile][flash_row_stride];
+    __shared__ T q_tile[flash_tile][flash_row_stride];
+    __shared__ T dy_tile[flash_tile][flash_row_stride];
     __shared__ float p_tile[flash_tile][flash_tile + 1];    // [key][query]
     __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [key][query]
     __shared__ float lse_tile[flash_tile], delta_tile[flash_tile];
     __shared__ int first_tile[flash_tile];                  // each query's first key
     int g = blockIdx.y, s = blockIdx.z, group = n_heads / n_kv_heads;
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
     int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
     int j0 = blockIdx.x * flash_tile, j = j0 + r;
 
@@ -184,8 +189,8 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
     #pragma unroll
     for (int c = 0; c < flash_head_cols_per_thread; c++) dk_acc[c] = dv_acc[c] = 0.0f;
     for (int h = g * group; h < (g + 1) * group; h++) {
-        const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-        const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+        const T *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+        const T *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
         const float *lse_head = lse + ((size_t)s * n_heads + h) * seq_len;
         const float *delta_head = delta + ((size_t)s * n_heads + h) * seq_len;
         for (int i0 = j0; i0 < seq_len; i0 += flash_tile) {
@@ -219,8 +224,8 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
                 if (d >= head_dim) continue;
                 float dv = dv_acc[c], dk = dk_acc[c];
                 for (int ii = 0; ii < flash_tile; ii++) {
-                    dv += p_tile[r][ii] * __bfloat162float(dy_tile[ii][d]);
-                    dk += ds_tile[r][ii] * __bfloat162float(q_tile[ii][d]);
+                    dv += p_tile[r][ii] * to_float(dy_tile[ii][d]);
+                    dk += ds_tile[r][ii] * to_float(q_tile[ii][d]);
                 }
                 dv_acc[c] = dv;
                 dk_acc[c] = dk;
@@ -233,28 +238,29 @@ __global__ static void flash_backward_kv_kernel(bf16 *d_k, bf16 *d_v, const bf16
     for (int c = 0; c < flash_head_cols_per_thread; c++) {
         int d = lane8 + flash_threads_per_row * c;
         if (d >= head_dim) continue;
-        d_k[offset + d] = __float2bfloat16(scale * dk_acc[c]);
-        d_v[offset + d] = __float2bfloat16(dv_acc[c]);
+        d_k[offset + d] = from_float<T>(scale * dk_acc[c]);
+        d_v[offset + d] = from_float<T>(dv_acc[c]);
     }
 }
 
 // One block per (query tile, query head h, sequence s): d_q of the tile's
 // queries, summed over the key tiles at or before the query tile:
 // dq_i = scale sum_j ds_ij k_j, with p and ds recomputed as in the kernel above.
-__global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, const float *lse, const float *delta,
-                                               const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
+template <typename T>
+__global__ static void flash_backward_q_kernel(T *d_q, const T *d_out, const float *lse, const float *delta,
+                                               const T *q, const T *k, const T *v, const int *positions,
                                                int seq_len, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    __shared__ bf16 q_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 dy_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 k_tile[flash_tile][flash_row_stride];
-    __shared__ bf16 v_tile[flash_tile][flash_row_stride];
+    __shared__ T q_tile[flash_tile][flash_row_stride];
+    __shared__ T dy_tile[flash_tile][flash_row_stride];
+    __shared__ T k_tile[flash_tile][flash_row_stride];
+    __shared__ T v_tile[flash_tile][flash_row_stride];
     __shared__ float ds_tile[flash_tile][flash_tile + 1];   // [query][key]
     int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
     int q_stride = n_heads * head_dim, kv_stride = n_kv_heads * head_dim;
-    const bf16 *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
-    const bf16 *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
-    const bf16 *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const T *dy_head = d_out + (size_t)s * seq_len * q_stride + (size_t)h * head_dim;
+    const T *k_head = k + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
+    const T *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * head_dim;
     int r = threadIdx.x / flash_threads_per_row, lane8 = threadIdx.x % flash_threads_per_row;
     int i0 = blockIdx.x * flash_tile, i = i0 + r;
     size_t stats = ((size_t)s * n_heads + h) * seq_len + i;
@@ -291,44 +297,63 @@ __global__ static void flash_backward_q_kernel(bf16 *d_q, const bf16 *d_out, con
             int d = lane8 + flash_threads_per_row * c;
             if (d >= head_dim) continue;
             float dq = dq_acc[c];
-            for (int jj = 0; jj < flash_tile; jj++) dq += ds_tile[r][jj] * __bfloat162float(k_tile[jj][d]);
+            for (int jj = 0; jj < flash_tile; jj++) dq += ds_tile[r][jj] * to_float(k_tile[jj][d]);
             dq_acc[c] = dq;
         }
     }
     if (i >= seq_len) return;
-    bf16 *dq_row = d_q + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
+    T *dq_row = d_q + ((size_t)s * seq_len + i) * q_stride + (size_t)h * head_dim;
     #pragma unroll
     for (int c = 0; c < flash_head_cols_per_thread; c++) {
         int d = lane8 + flash_threads_per_row * c;
-        if (d < head_dim) dq_row[d] = __float2bfloat16(scale * dq_acc[c]);
+        if (d < head_dim) dq_row[d] = from_float<T>(scale * dq_acc[c]);
     }
 }
 
 static unsigned n_tiles(int seq_len) { return (unsigned)((seq_len + flash_tile - 1) / flash_tile); }
 
-void flash_attention_forward_gpu(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+void flash_attention_forward_gpu(act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                                  const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                  int head_dim) {
     float scale = 1.0f / sqrtf((float)head_dim);
-    flash_forward_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
-        out, lse, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
+    dim3 grid(n_tiles(seq_len), n_heads, n_seqs);
+    if (gpu_act16() == ACT16_FP16)
+        flash_forward_kernel<fp16><<<grid, flash_threads>>>(as_fp16(out), lse, as_fp16(q), as_fp16(k), as_fp16(v),
+                                                            positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
+    else
+        flash_forward_kernel<bf16><<<grid, flash_threads>>>(as_bf16(out), lse, as_bf16(q), as_bf16(k), as_bf16(v),
+                                                            positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
 }
 
-void flash_attention_backward_gpu(bf16 *d_q, bf16 *d_k, bf16 *d_v, const bf16 *d_out, const bf16 *out,
-                                  const float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int *positions,
-                                  int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta) {
+// The three backward kernels for one 16-bit type T.
+template <typename T>
+static void flash_backward(T *d_q, T *d_k, T *d_v, const T *d_out, const T *out, const float *lse, const T *q,
+                           const T *k, const T *v, const int *positions, int n_seqs, int seq_len, int n_heads,
+                           int n_kv_heads, int head_dim, float *delta) {
     float scale = 1.0f / sqrtf((float)head_dim);
     size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
     int delta_block = 256;   // 8 warps, one per (row, head)
     unsigned delta_blocks = (unsigned)((n_rows * 32 + delta_block - 1) / delta_block);
-    attention_delta_kernel<<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
+    attention_delta_kernel<T><<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
     CUDA_CHECK_LAUNCH();
-    flash_backward_kv_kernel<<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
+    flash_backward_kv_kernel<T><<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
         d_k, d_v, d_out, lse, delta, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
-    flash_backward_q_kernel<<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
+    flash_backward_q_kernel<T><<<dim3(n_tiles(seq_len), n_heads, n_seqs), flash_threads>>>(
         d_q, d_out, lse, delta, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
+}
+
+void flash_attention_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                                  const float *lse, const act16 *q, const act16 *k, const act16 *v,
+                                  const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                  int head_dim, float *delta) {
+    if (gpu_act16() == ACT16_FP16)
+        flash_backward(as_fp16(d_q), as_fp16(d_k), as_fp16(d_v), as_fp16(d_out), as_fp16(out), lse, as_fp16(q),
+                       as_fp16(k), as_fp16(v), positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, delta);
+    else
+        flash_backward(as_bf16(d_q), as_bf16(d_k), as_bf16(d_v), as_bf16(d_out), as_bf16(out), lse, as_bf16(q),
+                       as_bf16(k), as_bf16(v), positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, delta);
 }
 #endif

@@ -1,4 +1,5 @@
-// ops/gpu.cu: CUDA error checks, the cuBLAS handle and the GEMMs through it, tracked allocations, copies.
+// ops/gpu.cu: CUDA error checks, device queries, the cuBLAS handle and the GEMMs through it, tracked
+// allocations, copies, the 16-bit type's choice and conversions.
 #include "ops/gpu.h"
 #include "formats/tensor.h"
 
@@ -6,10 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+static Act16Type g_act16 = ACT16_BF16;
+void gpu_set_act16(Act16Type type) { g_act16 = type; }
+Act16Type gpu_act16(void) { return g_act16; }
+
 #ifndef __CUDACC__
 int gpu_available(void) { return 0; }
 const char *gpu_device_name(void) { return "none (built without CUDA)"; }
 double gpu_peak_bf16_flops(void) { return 0.0; }
+int gpu_compute_capability(void) { return 0; }
+size_t gpu_total_memory(void) { return 0; }
 #else
 
 int gpu_available(void) {
@@ -32,6 +39,22 @@ const char *gpu_device_name(void) {
     }
     return name;
 }
+
+int gpu_compute_capability(void) {
+    if (!gpu_available()) return 0;
+    cudaDeviceProp p;
+    CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+    return 10 * p.major + p.minor;
+}
+
+size_t gpu_total_memory(void) {
+    if (!gpu_available()) return 0;
+    cudaDeviceProp p;
+    CUDA_CHECK(cudaGetDeviceProperties(&p, 0));
+    return p.totalGlobalMem;
+}
+
+cudaDataType gpu_act16_cuda_type(void) { return g_act16 == ACT16_FP16 ? CUDA_R_16F : CUDA_R_16BF; }
 
 // Dense bf16 tensor-core peaks from NVIDIA's data sheets (no sparsity).
 double gpu_peak_bf16_flops(void) {
@@ -69,19 +92,21 @@ cublasHandle_t gpu_cublas(void) {
 
 static cublasOperation_t op(bool transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
-void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b, int M,
-               int N, int K, float alpha, float beta) {
+void gemm_act16(void *out, cudaDataType out_type, const act16 *a, bool trans_a, const act16 *b, bool trans_b, int M,
+                int N, int K, float alpha, float beta) {
     int ld_a = trans_a ? M : K;   // the row length of a as stored
     int ld_b = trans_b ? K : N;   // the row length of b as stored
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a,
-                              CUDA_R_16BF, ld_a, &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cudaDataType in_type = gpu_act16_cuda_type();
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, in_type, ld_b, a, in_type,
+                              ld_a, &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void gemm_batched_bf16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
-                       int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
-                       float beta, int batch) {
-    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, CUDA_R_16BF, ld_b, a,
-                                     CUDA_R_16BF, ld_a, &beta, out, out_type, ld_out, batch, CUBLAS_COMPUTE_32F,
+void gemm_batched_act16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
+                        int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
+                        float beta, int batch) {
+    cudaDataType in_type = gpu_act16_cuda_type();
+    CUBLAS_CHECK(cublasGemmBatchedEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, in_type, ld_b, a,
+                                     in_type, ld_a, &beta, out, out_type, ld_out, batch, CUBLAS_COMPUTE_32F,
                                      CUBLAS_GEMM_DEFAULT));
 }
 
@@ -148,41 +173,55 @@ void gpu_download(void *host_dst, const void *device_src, size_t bytes) {
 
 void gpu_poison(void *p, size_t bytes) { CUDA_CHECK(cudaMemset(p, 0xFF, bytes)); }
 
-bf16 *gpu_upload_as_bf16(const float *host, size_t n, const char *what) {
-    bf16 *staging = (bf16 *)cpu_malloc(sizeof(bf16) * (n > 0 ? n : 1), "bf16 staging");
-    for (size_t i = 0; i < n; i++) staging[i] = __float2bfloat16(host[i]);
-    bf16 *device = (bf16 *)gpu_malloc(sizeof(bf16) * n, what);
-    gpu_upload(device, staging, sizeof(bf16) * n);
+float act16_round(float v) {
+    return g_act16 == ACT16_FP16 ? __half2float(__float2half(v)) : __bfloat162float(__float2bfloat16(v));
+}
+
+act16 *gpu_upload_as_act16(const float *host, size_t n, const char *what) {
+    act16 *staging = (act16 *)cpu_malloc(sizeof(act16) * (n > 0 ? n : 1), "16-bit staging");
+    for (size_t i = 0; i < n; i++) {
+        if (g_act16 == ACT16_FP16) as_fp16(staging)[i] = __float2half(host[i]);
+        else as_bf16(staging)[i] = __float2bfloat16(host[i]);
+    }
+    act16 *device = (act16 *)gpu_malloc(sizeof(act16) * n, what);
+    gpu_upload(device, staging, sizeof(act16) * n);
     free(staging);
     return device;
 }
 
-void gpu_download_bf16(float *host, const bf16 *device, size_t n) {
-    bf16 *staging = (bf16 *)cpu_malloc(sizeof(bf16) * (n > 0 ? n : 1), "bf16 staging");
-    gpu_download(staging, device, sizeof(bf16) * n);
-    for (size_t i = 0; i < n; i++) host[i] = __bfloat162float(staging[i]);
+void gpu_download_act16(float *host, const act16 *device, size_t n) {
+    act16 *staging = (act16 *)cpu_malloc(sizeof(act16) * (n > 0 ? n : 1), "16-bit staging");
+    gpu_download(staging, device, sizeof(act16) * n);
+    for (size_t i = 0; i < n; i++)
+        host[i] = g_act16 == ACT16_FP16 ? __half2float(as_fp16(staging)[i]) : __bfloat162float(as_bf16(staging)[i]);
     free(staging);
 }
 
-__global__ static void float_to_bf16_kernel(bf16 *out, const float *in, size_t n) {
+template <typename T>
+__global__ static void float_to_act16_kernel(T *out, const float *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16(in[i]);
+    if (i < n) out[i] = from_float<T>(in[i]);
 }
 
-__global__ static void bf16_to_float_kernel(float *out, const bf16 *in, size_t n) {
+template <typename T>
+__global__ static void act16_to_float_kernel(float *out, const T *in, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __bfloat162float(in[i]);
+    if (i < n) out[i] = to_float(in[i]);
 }
 
-void float_to_bf16_gpu(bf16 *out, const float *in, size_t n) {
+void float_to_act16_gpu(act16 *out, const float *in, size_t n) {
     if (n == 0) return;
-    float_to_bf16_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, in, n);
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    if (g_act16 == ACT16_FP16) float_to_act16_kernel<fp16><<<blocks, 256>>>(as_fp16(out), in, n);
+    else float_to_act16_kernel<bf16><<<blocks, 256>>>(as_bf16(out), in, n);
     CUDA_CHECK_LAUNCH();
 }
 
-void bf16_to_float_gpu(float *out, const bf16 *in, size_t n) {
+void act16_to_float_gpu(float *out, const act16 *in, size_t n) {
     if (n == 0) return;
-    bf16_to_float_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, in, n);
+    unsigned blocks = (unsigned)((n + 255) / 256);
+    if (g_act16 == ACT16_FP16) act16_to_float_kernel<fp16><<<blocks, 256>>>(out, as_fp16(in), n);
+    else act16_to_float_kernel<bf16><<<blocks, 256>>>(out, as_bf16(in), n);
     CUDA_CHECK_LAUNCH();
 }
 #endif

@@ -1,11 +1,11 @@
 // ops/gpu.h: what every CUDA file shares: error checks that name the failing call,
 // the cuBLAS handle and the GEMMs through it, device allocations that keep a
 // high-water mark (so the trainer can say where its GPU memory went and what
-// did not fit), copies, and bf16 conversions.
+// did not fit), copies, and the 16-bit types (bf16 or fp16) and their conversions.
 //
 // Built by nvcc only (every includer guards with #ifdef __CUDACC__), except
-// gpu_available(), which the CPU-only build also has and which says "no", and
-// HOST_DEVICE.
+// gpu_available() and the device queries, which the CPU-only build also has
+// and which say "no device", the 16-bit type's choice, and HOST_DEVICE.
 #pragma once
 #include <stddef.h>
 
@@ -23,14 +23,52 @@ int gpu_available(void);
 // 0 when unknown), or "none".
 const char *gpu_device_name(void);
 double gpu_peak_bf16_flops(void);
+// Device 0's compute capability without the dot (75 for a T4's 7.5, 90 for an
+// H100) and its memory in bytes; 0 without a device.
+int gpu_compute_capability(void);
+size_t gpu_total_memory(void);
+
+// The 16-bit float type of everything the GEMMs read: the activations, the
+// frozen weights (dequantized), the embedding table, the LoRA weights' copy.
+// bf16 has fp32's range and 8 bits of precision, but GPUs before sm_80 have no
+// bf16 tensor cores (cuBLAS refuses it there); fp16 has 11 bits of precision
+// but a range of +-65504 (gradients need loss scaling: trainer/grad_scaler.h)
+// and runs on every GPU from the T4 (sm_75) up. Chosen once at start
+// (./train --precision); bf16 unless set.
+typedef enum { ACT16_BF16, ACT16_FP16 } Act16Type;
+void gpu_set_act16(Act16Type type);
+Act16Type gpu_act16(void);
 
 #ifdef __CUDACC__
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
 typedef __nv_bfloat16 bf16;
+typedef __half fp16;
+
+// A buffer of the chosen 16-bit type (gpu_act16): 16 bits that are bf16 or fp16.
+// The kernels are templates on the real type; each launcher runs the instance
+// for the chosen one, its pointers cast by as_bf16 / as_fp16.
+typedef struct {
+    unsigned short bits;
+} act16;
+static inline bf16 *as_bf16(act16 *p) { return (bf16 *)p; }
+static inline const bf16 *as_bf16(const act16 *p) { return (const bf16 *)p; }
+static inline fp16 *as_fp16(act16 *p) { return (fp16 *)p; }
+static inline const fp16 *as_fp16(const act16 *p) { return (const fp16 *)p; }
+// cuBLAS's name for the chosen type: CUDA_R_16BF or CUDA_R_16F.
+cudaDataType gpu_act16_cuda_type(void);
+
+// The conversions every kernel uses: to_float(x) for either type, from_float<T>(v)
+// rounds v to the nearest T (ties to even).
+__host__ __device__ static inline float to_float(bf16 x) { return __bfloat162float(x); }
+__host__ __device__ static inline float to_float(fp16 x) { return __half2float(x); }
+template <typename T> __host__ __device__ T from_float(float v);
+template <> __host__ __device__ inline bf16 from_float<bf16>(float v) { return __float2bfloat16(v); }
+template <> __host__ __device__ inline fp16 from_float<fp16>(float v) { return __float2half(v); }
 
 // Aborts with the failing call, file and line when err is not success.
 void cuda_check(cudaError_t err, const char *call, const char *file, int line);
@@ -43,18 +81,19 @@ void cublas_check(cublasStatus_t status, const char *call, const char *file, int
 // The one cuBLAS handle (created on first use).
 cublasHandle_t gpu_cublas(void);
 
-// The GEMMs, every matrix row-major, bf16 inputs, fp32 accumulation, out bf16
-// or fp32 (out_type): op(a) is a [M, K] stored as is, or stored [K, M] when
+// The GEMMs, every matrix row-major, inputs of the chosen 16-bit type, fp32
+// accumulation, out of that type (out_type gpu_act16_cuda_type()) or fp32
+// (CUDA_R_32F): op(a) is a [M, K] stored as is, or stored [K, M] when
 // trans_a; op(b) [K, N] likewise.
 // out[M, N] = alpha op(a) op(b) + beta out
-void gemm_bf16(void *out, cudaDataType out_type, const bf16 *a, bool trans_a, const bf16 *b, bool trans_b, int M,
-               int N, int K, float alpha, float beta);
+void gemm_act16(void *out, cudaDataType out_type, const act16 *a, bool trans_a, const act16 *b, bool trans_b, int M,
+                int N, int K, float alpha, float beta);
 // out_e = alpha op(a_e) op(b_e) + beta out_e for each entry e < batch, the matrices
 // given by arrays of device pointers (in device memory) and their row strides
 // (ld_a, ld_b, ld_out: elements from one row to the next, as stored).
-void gemm_batched_bf16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
-                       int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
-                       float beta, int batch);
+void gemm_batched_act16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,
+                        int ld_a, const void *const *b, bool trans_b, int ld_b, int M, int N, int K, float alpha,
+                        float beta, int batch);
 
 // cudaMalloc with bookkeeping. `what` names the buffer for the out-of-memory
 // message, which also says how much was in use, how much the device has free,
@@ -68,17 +107,19 @@ size_t gpu_peak_bytes(void);
 // Host <-> device copies (synchronous).
 void gpu_upload(void *device_dst, const void *host_src, size_t bytes);
 void gpu_download(void *host_dst, const void *device_src, size_t bytes);
-// Fills with 0xFF bytes: NaN as fp32 and as bf16, so a kernel that leaves an
+// Fills with 0xFF bytes: NaN as fp32, bf16 and fp16, so a kernel that leaves an
 // output unwritten fails its test.
 void gpu_poison(void *p, size_t bytes);
 
-// n floats on the host -> a new bf16 device buffer (rounded to nearest even).
-bf16 *gpu_upload_as_bf16(const float *host, size_t n, const char *what);
-// n bf16 values on the device -> floats on the host.
-void gpu_download_bf16(float *host, const bf16 *device, size_t n);
-// On the device: out[i] = bf16(in[i]) and out[i] = float(in[i]).
-void float_to_bf16_gpu(bf16 *out, const float *in, size_t n);
-void bf16_to_float_gpu(float *out, const bf16 *in, size_t n);
+// On the host: v rounded to the chosen 16-bit type and back (what a kernel's input holds).
+float act16_round(float v);
+// n floats on the host -> a new device buffer of the chosen 16-bit type (rounded to nearest even).
+act16 *gpu_upload_as_act16(const float *host, size_t n, const char *what);
+// n values of the chosen 16-bit type on the device -> floats on the host.
+void gpu_download_act16(float *host, const act16 *device, size_t n);
+// On the device: out[i] = act16(in[i]) and out[i] = float(in[i]).
+void float_to_act16_gpu(act16 *out, const float *in, size_t n);
+void act16_to_float_gpu(float *out, const act16 *in, size_t n);
 
 // ---- reductions inside a kernel (each .cu file gets its own copy) ----
 // The sum (max; fmaxf, which skips NaN) of v over the 32 lanes of a warp, in every lane.

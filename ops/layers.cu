@@ -307,17 +307,22 @@ static unsigned blocks_for(size_t n_threads) { return (unsigned)((n_threads + el
 
 // ---- embedding ----
 
-__global__ static void embedding_kernel(float *out, const bf16 *table, const int *tokens, int n, int dim) {
+template <typename T>
+__global__ static void embedding_kernel(float *out, const T *table, const int *tokens, int n, int dim) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)n * dim) return;
     size_t t = idx / dim, j = idx % dim;
     // out[t][j] = table[tokens[t]][j]
-    out[idx] = __bfloat162float(table[(size_t)tokens[t] * dim + j]);
+    out[idx] = to_float(table[(size_t)tokens[t] * dim + j]);
 }
 
-void embedding_gpu(float *out, const bf16 *table, const int *tokens, int n, int dim) {
+void embedding_gpu(float *out, const act16 *table, const int *tokens, int n, int dim) {
     if (n <= 0 || dim <= 0) return;
-    embedding_kernel<<<blocks_for((size_t)n * dim), elementwise_block>>>(out, table, tokens, n, dim);
+    unsigned blocks = blocks_for((size_t)n * dim);
+    if (gpu_act16() == ACT16_FP16)
+        embedding_kernel<fp16><<<blocks, elementwise_block>>>(out, as_fp16(table), tokens, n, dim);
+    else
+        embedding_kernel<bf16><<<blocks, elementwise_block>>>(out, as_bf16(table), tokens, n, dim);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -331,12 +336,13 @@ __device__ static float row_rms_reciprocal(const float *row, int dim, float eps)
     return 1.0f / sqrtf(sum_sq / dim + eps);
 }
 
-__global__ static void rmsnorm_kernel(bf16 *out, const float *x, const float *weight, int dim, float eps) {
+template <typename T>
+__global__ static void rmsnorm_kernel(T *out, const float *x, const float *weight, int dim, float eps) {
     const float *row = x + (size_t)blockIdx.x * dim;
-    bf16 *y = out + (size_t)blockIdx.x * dim;
+    T *y = out + (size_t)blockIdx.x * dim;
     float rstd = row_rms_reciprocal(row, dim, eps);
     // y = x * rstd * w
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) y[i] = __float2bfloat16(row[i] * rstd * weight[i]);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) y[i] = from_float<T>(row[i] * rstd * weight[i]);
 }
 
 __global__ static void rmsnorm_backward_kernel(float *d_x, const float *d_out, const float *x, const float *weight,
@@ -354,9 +360,10 @@ __global__ static void rmsnorm_backward_kernel(float *d_x, const float *d_out, c
         dx[j] += rstd * weight[j] * dy[j] - row[j] * rstd * rstd * rstd * dot / dim;
 }
 
-void rmsnorm_gpu(bf16 *out, const float *x, const float *weight, int n, int dim, float eps) {
+void rmsnorm_gpu(act16 *out, const float *x, const float *weight, int n, int dim, float eps) {
     if (n <= 0 || dim <= 0) return;
-    rmsnorm_kernel<<<n, row_block>>>(out, x, weight, dim, eps);
+    if (gpu_act16() == ACT16_FP16) rmsnorm_kernel<fp16><<<n, row_block>>>(as_fp16(out), x, weight, dim, eps);
+    else rmsnorm_kernel<bf16><<<n, row_block>>>(as_bf16(out), x, weight, dim, eps);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -370,7 +377,8 @@ void rmsnorm_backward_gpu(float *d_x, const float *d_out, const float *x, const 
 // ---- RoPE: one thread per (token, head, i) pair ----
 
 // Rotates the pair (i, i + half) of one head by direction * pos * inv_freq[i], as rotate_pairs.
-__global__ static void rope_kernel(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads,
+template <typename T>
+__global__ static void rope_kernel(T *x, const int *positions, const float *inv_freq, int n, int n_heads,
                                    int head_dim, float direction) {
     int half = head_dim / 2;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -378,97 +386,118 @@ __global__ static void rope_kernel(bf16 *x, const int *positions, const float *i
     int i = (int)(idx % half);
     size_t token_head = idx / half;   // = t * n_heads + h
     int t = (int)(token_head / n_heads);
-    bf16 *v = x + token_head * head_dim;
+    T *v = x + token_head * head_dim;
     // (a, b) -> (a cos - b sin, b cos + a sin), angle = pos * inv_freq[i]
     float angle = (float)positions[t] * inv_freq[i];
     float cos_a = cosf(angle), sin_a = direction * sinf(angle);
-    float a = __bfloat162float(v[i]), b = __bfloat162float(v[i + half]);
-    v[i] = __float2bfloat16(a * cos_a - b * sin_a);
-    v[i + half] = __float2bfloat16(b * cos_a + a * sin_a);
+    float a = to_float(v[i]), b = to_float(v[i + half]);
+    v[i] = from_float<T>(a * cos_a - b * sin_a);
+    v[i + half] = from_float<T>(b * cos_a + a * sin_a);
 }
 
-static void rope_launch(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim,
+static void rope_launch(act16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim,
                         float direction) {
     size_t pairs = (size_t)n * n_heads * (head_dim / 2);
     if (n <= 0 || pairs == 0) return;
-    rope_kernel<<<blocks_for(pairs), elementwise_block>>>(x, positions, inv_freq, n, n_heads, head_dim, direction);
+    if (gpu_act16() == ACT16_FP16)
+        rope_kernel<fp16><<<blocks_for(pairs), elementwise_block>>>(as_fp16(x), positions, inv_freq, n, n_heads,
+                                                                    head_dim, direction);
+    else
+        rope_kernel<bf16><<<blocks_for(pairs), elementwise_block>>>(as_bf16(x), positions, inv_freq, n, n_heads,
+                                                                    head_dim, direction);
     CUDA_CHECK_LAUNCH();
 }
 
-void rope_gpu(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
+void rope_gpu(act16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
     rope_launch(x, positions, inv_freq, n, n_heads, head_dim, 1.0f);
 }
 
-void rope_backward_gpu(bf16 *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
+void rope_backward_gpu(act16 *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim) {
     rope_launch(d_x, positions, inv_freq, n, n_heads, head_dim, -1.0f);
 }
 
 // ---- SwiGLU and the residual add: elementwise ----
 
-__global__ static void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+template <typename T>
+__global__ static void swiglu_kernel(T *out, const T *gate, const T *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     // silu(g) * u
-    float g = __bfloat162float(gate[i]);
-    out[i] = __float2bfloat16(g / (1.0f + expf(-g)) * __bfloat162float(up[i]));
+    float g = to_float(gate[i]);
+    out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(up[i]));
 }
 
-__global__ static void swiglu_backward_kernel(bf16 *d_gate, bf16 *d_up, const bf16 *d_out, const bf16 *gate,
-                                              const bf16 *up, size_t n) {
+template <typename T>
+__global__ static void swiglu_backward_kernel(T *d_gate, T *d_up, const T *d_out, const T *gate, const T *up,
+                                              size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), dy = __bfloat162float(d_out[i]);
+    float g = to_float(gate[i]), u = to_float(up[i]), dy = to_float(d_out[i]);
     float sigmoid = 1.0f / (1.0f + expf(-g));
     // d silu(g)/dg = sigmoid(g) (1 + g (1 - sigmoid(g)))
     float d_silu = sigmoid * (1.0f + g * (1.0f - sigmoid));
-    d_gate[i] = __float2bfloat16(dy * u * d_silu);
-    d_up[i] = __float2bfloat16(dy * g * sigmoid);
+    d_gate[i] = from_float<T>(dy * u * d_silu);
+    d_up[i] = from_float<T>(dy * g * sigmoid);
 }
 
-__global__ static void residual_add_kernel(float *x, const bf16 *y, size_t n) {
+template <typename T>
+__global__ static void residual_add_kernel(float *x, const T *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += __bfloat162float(y[i]);
+    if (i < n) x[i] += to_float(y[i]);
 }
 
-void swiglu_gpu(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+void swiglu_gpu(act16 *out, const act16 *gate, const act16 *up, size_t n) {
     if (n == 0) return;
-    swiglu_kernel<<<blocks_for(n), elementwise_block>>>(out, gate, up, n);
+    if (gpu_act16() == ACT16_FP16)
+        swiglu_kernel<fp16><<<blocks_for(n), elementwise_block>>>(as_fp16(out), as_fp16(gate), as_fp16(up), n);
+    else
+        swiglu_kernel<bf16><<<blocks_for(n), elementwise_block>>>(as_bf16(out), as_bf16(gate), as_bf16(up), n);
     CUDA_CHECK_LAUNCH();
 }
 
-void swiglu_backward_gpu(bf16 *d_gate, bf16 *d_up, const bf16 *d_out, const bf16 *gate, const bf16 *up, size_t n) {
+void swiglu_backward_gpu(act16 *d_gate, act16 *d_up, const act16 *d_out, const act16 *gate, const act16 *up,
+                         size_t n) {
     if (n == 0) return;
-    swiglu_backward_kernel<<<blocks_for(n), elementwise_block>>>(d_gate, d_up, d_out, gate, up, n);
+    if (gpu_act16() == ACT16_FP16)
+        swiglu_backward_kernel<fp16><<<blocks_for(n), elementwise_block>>>(as_fp16(d_gate), as_fp16(d_up),
+                                                                          as_fp16(d_out), as_fp16(gate), as_fp16(up), n);
+    else
+        swiglu_backward_kernel<bf16><<<blocks_for(n), elementwise_block>>>(as_bf16(d_gate), as_bf16(d_up),
+                                                                          as_bf16(d_out), as_bf16(gate), as_bf16(up), n);
     CUDA_CHECK_LAUNCH();
 }
 
-void residual_add_gpu(float *x, const bf16 *y, size_t n) {
+void residual_add_gpu(float *x, const act16 *y, size_t n) {
     if (n == 0) return;
-    residual_add_kernel<<<blocks_for(n), elementwise_block>>>(x, y, n);
+    if (gpu_act16() == ACT16_FP16) residual_add_kernel<fp16><<<blocks_for(n), elementwise_block>>>(x, as_fp16(y), n);
+    else residual_add_kernel<bf16><<<blocks_for(n), elementwise_block>>>(x, as_bf16(y), n);
     CUDA_CHECK_LAUNCH();
 }
 
-// ---- matmul through cuBLAS (gemm_bf16, ops/gpu.cu) ----
+// ---- matmul through cuBLAS (gemm_act16, ops/gpu.cu) ----
 
-__global__ static void add_bias_kernel(bf16 *out, const float *bias, int n, int out_dim) {
+template <typename T>
+__global__ static void add_bias_kernel(T *out, const float *bias, int n, int out_dim) {
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)n * out_dim) return;
     // out[t][o] += b[o]
-    out[idx] = __float2bfloat16(__bfloat162float(out[idx]) + bias[idx % out_dim]);
+    out[idx] = from_float<T>(to_float(out[idx]) + bias[idx % out_dim]);
 }
 
-void matmul_gpu(bf16 *out, const bf16 *in, const bf16 *weight, const float *bias, int n, int in_dim, int out_dim) {
+void matmul_gpu(act16 *out, const act16 *in, const act16 *weight, const float *bias, int n, int in_dim, int out_dim) {
     if (n <= 0 || out_dim <= 0) return;
     // out [n, out_dim] = in [n, in_dim] W^T
-    gemm_bf16(out, CUDA_R_16BF, in, false, weight, true, n, out_dim, in_dim, 1.0f, 0.0f);
+    gemm_act16(out, gpu_act16_cuda_type(), in, false, weight, true, n, out_dim, in_dim, 1.0f, 0.0f);
     if (!bias) return;
-    add_bias_kernel<<<blocks_for((size_t)n * out_dim), elementwise_block>>>(out, bias, n, out_dim);
+    unsigned blocks = blocks_for((size_t)n * out_dim);
+    if (gpu_act16() == ACT16_FP16) add_bias_kernel<fp16><<<blocks, elementwise_block>>>(as_fp16(out), bias, n, out_dim);
+    else add_bias_kernel<bf16><<<blocks, elementwise_block>>>(as_bf16(out), bias, n, out_dim);
     CUDA_CHECK_LAUNCH();
 }
 
-void matmul_backward_input_gpu(float *d_in, const bf16 *d_out, const bf16 *weight, int n, int in_dim, int out_dim) {
+void matmul_backward_input_gpu(float *d_in, const act16 *d_out, const act16 *weight, int n, int in_dim, int out_dim) {
     if (n <= 0 || in_dim <= 0) return;
     // d_in [n, in_dim] += d_out [n, out_dim] W
-    gemm_bf16(d_in, CUDA_R_32F, d_out, false, weight, false, n, in_dim, out_dim, 1.0f, 1.0f);
+    gemm_act16(d_in, CUDA_R_32F, d_out, false, weight, false, n, in_dim, out_dim, 1.0f, 1.0f);
 }
 #endif

@@ -64,26 +64,27 @@ void residual_add_cpu(Real *x, const Real *y, size_t n);
 #ifdef __CUDACC__
 #include "ops/gpu.h"
 // The same operations on the GPU (device pointers). The residual stream and
-// its gradient are fp32, activations are bf16, statistics and sums are fp32.
+// its gradient are fp32, activations are act16 (bf16 or fp16: ops/gpu.h),
+// statistics and sums are fp32.
 
-// out[i, :] = table[tokens[i], :]   (table bf16 [vocab, dim], out fp32 [n, dim])
-void embedding_gpu(float *out, const bf16 *table, const int *tokens, int n, int dim);
-// out = x / sqrt(mean(x^2) + eps) * weight   (x fp32 [n, dim], weight fp32 [dim], out bf16)
-void rmsnorm_gpu(bf16 *out, const float *x, const float *weight, int n, int dim, float eps);
+// out[i, :] = table[tokens[i], :]   (table act16 [vocab, dim], out fp32 [n, dim])
+void embedding_gpu(float *out, const act16 *table, const int *tokens, int n, int dim);
+// out = x / sqrt(mean(x^2) + eps) * weight   (x fp32 [n, dim], weight fp32 [dim], out act16)
+void rmsnorm_gpu(act16 *out, const float *x, const float *weight, int n, int dim, float eps);
 // d_x (fp32) += d_out (fp32) through the norm, as rmsnorm_backward_cpu
 void rmsnorm_backward_gpu(float *d_x, const float *d_out, const float *x, const float *weight, int n, int dim,
                           float eps);
-// rope_cpu and rope_backward_cpu in place on bf16 [n, n_heads * head_dim]
-void rope_gpu(bf16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
-void rope_backward_gpu(bf16 *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
+// rope_cpu and rope_backward_cpu in place on act16 [n, n_heads * head_dim]
+void rope_gpu(act16 *x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
+void rope_backward_gpu(act16 *d_x, const int *positions, const float *inv_freq, int n, int n_heads, int head_dim);
 // out = silu(gate) * up
-void swiglu_gpu(bf16 *out, const bf16 *gate, const bf16 *up, size_t n);
+void swiglu_gpu(act16 *out, const act16 *gate, const act16 *up, size_t n);
 // d_gate, d_up = the gradients of swiglu (OVERWRITTEN, not accumulated)
-void swiglu_backward_gpu(bf16 *d_gate, bf16 *d_up, const bf16 *d_out, const bf16 *gate, const bf16 *up, size_t n);
-// x (fp32) += y (bf16)
-void residual_add_gpu(float *x, const bf16 *y, size_t n);
-// out[n, out_dim] (bf16) = in[n, in_dim] W^T + bias   (cuBLAS; W bf16 [out_dim, in_dim]; bias fp32 or NULL)
-void matmul_gpu(bf16 *out, const bf16 *in, const bf16 *weight, const float *bias, int n, int in_dim, int out_dim);
-// d_in[n, in_dim] (fp32) += d_out[n, out_dim] (bf16) W   (cuBLAS)
-void matmul_backward_input_gpu(float *d_in, const bf16 *d_out, const bf16 *weight, int n, int in_dim, int out_dim);
+void swiglu_backward_gpu(act16 *d_gate, act16 *d_up, const act16 *d_out, const act16 *gate, const act16 *up, size_t n);
+// x (fp32) += y (act16)
+void residual_add_gpu(float *x, const act16 *y, size_t n);
+// out[n, out_dim] (act16) = in[n, in_dim] W^T + bias   (cuBLAS; W act16 [out_dim, in_dim]; bias fp32 or NULL)
+void matmul_gpu(act16 *out, const act16 *in, const act16 *weight, const float *bias, int n, int in_dim, int out_dim);
+// d_in[n, in_dim] (fp32) += d_out[n, out_dim] (act16) W   (cuBLAS)
+void matmul_backward_input_gpu(float *d_in, const act16 *d_out, const act16 *weight, int n, int in_dim, int out_dim);
 #endif

@@ -280,3 +280,17 @@ TEST_CASE("inputs: every program refuses an option given twice; ./generate confl
         CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
     }
 }
+
+TEST_CASE("inputs: ./train --precision names the choices, and one the CPU cannot run is refused") {
+    // this process's ./train runs on the CPU (no GPU here, or --device cpu): fp32 only
+    const std::string cases[][2] = {
+        {"./train --device cpu --precision fp8", "train: --precision expects auto, bf16, fp16 or fp32, got fp8"},
+        {"./train --device cpu --precision fp16", "train: --precision fp16: the CPU trainer computes in fp32"},
+        {"./train --device cpu --precision bf16", "train: --precision bf16: the CPU trainer computes in fp32"},
+    };
+    for (const auto &c : cases) {
+        std::string output;
+        CHECK_MESSAGE(run(c[0], output) == 2, c[0]);
+        CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
+    }
+}

@@ -3,6 +3,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #ifdef QLORA_GPU_TESTS
 #include "ops/gpu.h"
 #endif
@@ -35,7 +37,15 @@ int main(int argc, char **argv) {
         std::printf("no CUDA device: skipping the GPU tests\n");
         context.addFilter("test-case-exclude", "*");
     } else {
-        std::printf("GPU tests on %s\n", gpu_device_name());
+        // QLORA_GPU_PRECISION=fp16: the whole suite with fp16 activations and weights (the T4's type), else bf16
+        const char *precision = std::getenv("QLORA_GPU_PRECISION");
+        int fp16 = precision && std::strcmp(precision, "fp16") == 0;
+        if (precision && !fp16 && std::strcmp(precision, "bf16") != 0) {
+            std::fprintf(stderr, "QLORA_GPU_PRECISION is bf16 or fp16, not %s\n", precision);
+            return 2;
+        }
+        gpu_set_act16(fp16 ? ACT16_FP16 : ACT16_BF16);
+        std::printf("GPU tests on %s, in %s\n", gpu_device_name(), fp16 ? "fp16" : "bf16");
     }
 #endif
     int status = context.run();

@@ -308,3 +308,35 @@ TEST_CASE("memory plan: the printed table names every part and both activation s
                              "fits in 8 GB with "})
         CHECK_MESSAGE(s.find(part) != std::string::npos, part);
 }
+
+// ./train --plan on a model's config.json alone (dev/bench/shapes/: Llama-3.1-8B,
+// not downloaded): the table, and the largest batch that fits --gpu-mem, which
+// this file's arithmetic confirms (it fits, twice it does not).
+TEST_CASE("memory plan: ./train --plan reads a config.json alone and says which batch fits a 16 GB T4") {
+    const char *log = "/tmp/qlora_plan_8b.log";
+    std::string command = std::string("./train --plan --model dev/bench/shapes/llama-3.1-8b --gpu-mem 16 --seq 512 "
+                                      "--recompute 1 > ") + log + " 2>&1";
+    REQUIRE(std::system(command.c_str()) == 0);
+    FILE *f = std::fopen(log, "r");
+    REQUIRE(f);
+    std::string text;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) text += line;
+    std::fclose(f);
+    std::remove(log);
+    CHECK_MESSAGE(text.find("config.json only") != std::string::npos, text);
+    size_t at = text.find("fits in 16 GB: --batch ");
+    REQUIRE_MESSAGE(at != std::string::npos, text);
+    int batch = std::atoi(text.c_str() + at + std::strlen("fits in 16 GB: --batch "));
+    CHECK(batch >= 1);
+    char err[256];
+    Config c;
+    REQUIRE(model_read_hf_config("dev/bench/shapes/llama-3.1-8b/config.json", &c, err, sizeof err) == 0);
+    CHECK(c.n_layers == 32);
+    MemoryPlan fits, twice;
+    PlanInputs in = gpu_run(c, batch, 512, 16, 1), in2 = gpu_run(c, 2 * batch, 512, 16, 1);
+    memory_plan_compute(&c, &in, &fits);
+    memory_plan_compute(&c, &in2, &twice);
+    CHECK(fits.total <= 16 * GIB);
+    CHECK(twice.total > 16 * GIB);
+}

@@ -313,13 +313,15 @@ std::string with_checksum(std::string bytes) {
 
 }  // namespace
 
-// Version 5's layout: "QLORACK5", the 88-byte header, the identity's length
+// Version 6's layout: "QLORACK6", the 128-byte header, the identity's length
 // (u64) and text, the data order, then the parameters, AdamW's m and v, each
 // one flat array, and the checksum. The header's fields: n_params at 0,
 // adam_step 8, data_rng 16, best_val 24, n_layers 32, rank 36, enabled 40-67,
-// step 68, total_steps 72, cursor 76, n_order 80, evals_without_improvement 84.
+// step 68, total_steps 72, cursor 76, n_order 80, evals_without_improvement 84,
+// then the loss scaler's: scale 88, growth factor 96, backoff factor 104,
+// enabled 112, growth interval 116, growth tracker 120, skipped steps 124.
 static const char IDENTITY[] = "--lr 0.0005\n--seed 1234\n";
-static const size_t HEADER_AT = 8, HEADER_BYTES = 88, ORDER_AT = HEADER_AT + HEADER_BYTES + 8 + strlen(IDENTITY);
+static const size_t HEADER_AT = 8, HEADER_BYTES = 128, ORDER_AT = HEADER_AT + HEADER_BYTES + 8 + strlen(IDENTITY);
 
 TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file as in memory") {
     char dir[] = "/tmp/qlora_checkpoint_XXXXXX";
@@ -328,10 +330,15 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     char err[1024];
     TrainState saved(3.0f), loaded(0.0f);
     int order[3] = {2, 0, 1}, loaded_order[3];
-    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
+    // an fp16 run's loss scaler mid-run: halved twice, 5 steps since, 2 skipped
+    GradScaler scaler = grad_scaler_default(1);
+    scaler.scale = 16384.0f;
+    scaler.growth_tracker = 5;
+    scaler.skipped_steps = 2;
+    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2, scaler};
     REQUIRE_MESSAGE(checkpoint_save(path.c_str(), IDENTITY, &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
 
-    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
+    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0, grad_scaler_default(0)};
     REQUIRE_MESSAGE(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) == 0, err);
     CHECK(back.step == 7);
     CHECK(back.total_steps == 10);
@@ -339,6 +346,13 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     CHECK(back.cursor == 1);
     CHECK(back.best_val == 1.5);
     CHECK(back.evals_without_improvement == 2);
+    CHECK(back.scaler.enabled == 1);
+    CHECK(back.scaler.scale == 16384.0f);
+    CHECK(back.scaler.growth_factor == 2.0);
+    CHECK(back.scaler.backoff_factor == 0.5);
+    CHECK(back.scaler.growth_interval == 2000);
+    CHECK(back.scaler.growth_tracker == 5);
+    CHECK(back.scaler.skipped_steps == 2);
     CHECK(memcmp(loaded_order, order, sizeof order) == 0);
     CHECK(loaded.adam.step == 3);
     CHECK(loaded.same_values(saved));
@@ -346,7 +360,7 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     std::string file = read_bytes(path);
     size_t state_bytes = sizeof(float) * saved.set.n_params, params_at = ORDER_AT + sizeof order;
     REQUIRE(file.size() == params_at + 3 * state_bytes + 8);
-    CHECK(file.compare(0, 8, "QLORACK5") == 0);
+    CHECK(file.compare(0, 8, "QLORACK6") == 0);
     CHECK(file.compare(HEADER_AT + HEADER_BYTES + 8, strlen(IDENTITY), IDENTITY) == 0);
     CHECK(memcmp(file.data() + params_at, saved.set.params, state_bytes) == 0);
     CHECK(memcmp(file.data() + params_at + state_bytes, saved.adam.m, state_bytes) == 0);
@@ -361,19 +375,19 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     char err[1024];
     TrainState saved(3.0f), loaded(0.0f);
     int order[3] = {2, 0, 1}, loaded_order[3];
-    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2};
+    TrainProgress progress = {7, 10, 12345, 1, 3, order, 1.5, 2, grad_scaler_default(1)};
     REQUIRE_MESSAGE(checkpoint_save(path.c_str(), IDENTITY, &saved.set, &saved.adam, &progress, err, sizeof err) == 0, err);
-    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0};
+    TrainProgress back = {0, 0, 0, 0, 3, loaded_order, 0.0, 0, grad_scaler_default(0)};
     std::string good = read_bytes(path);
 
     // a file of an older version (its magic is all this build reads of it)
-    for (char version : {'1', '2', '3', '4'}) {
+    for (char version : {'1', '2', '3', '4', '5'}) {
         std::string old = good;
         old[7] = version;
         write_bytes(path, old);
         CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
         std::string want = std::string("checkpoint format version ") + version + " is from an older build of "
-                           "qlora.c; this build reads version 5 only: restart the run, or finish it with the build "
+                           "qlora.c; this build reads version 6 only: restart the run, or finish it with the build "
                            "that wrote it";
         CHECK_MESSAGE(std::string(err).find(want) != std::string::npos, err);
     }
@@ -388,7 +402,7 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     CHECK_MESSAGE(std::string(err).find("--seed") == std::string::npos, err);
 
     // another sample count (the header is trusted once the checksum matches)
-    TrainProgress fewer = {0, 0, 0, 0, 2, loaded_order, 0.0, 0};
+    TrainProgress fewer = {0, 0, 0, 0, 2, loaded_order, 0.0, 0, grad_scaler_default(0)};
     write_bytes(path, good);
     CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &fewer, err, sizeof err) != 0);
     CHECK_MESSAGE(std::string(err).find("checkpoint is for 2 layers, rank 2, targets q,down (144 parameters), 3 "
@@ -403,11 +417,14 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     flipped_header[HEADER_AT + 32] ^= 1;
     // changes the checksum does not catch: an impossible step, a negative
     // early-stop count, a NaN weight (layer 1's down lora_B: the last tensor)
-    std::string late = good, negative = good, nan_weight = good;
-    int32_t step_1000 = 1000, minus_one = -1;
+    std::string late = good, negative = good, nan_weight = good, odd_scale = good, tracker_past = good;
+    int32_t step_1000 = 1000, minus_one = -1, tracker_2000 = 2000;
     float nan = NAN;
+    double scale_3 = 3.0;
     late.replace(HEADER_AT + 68, 4, (const char *)&step_1000, 4);
     negative.replace(HEADER_AT + 84, 4, (const char *)&minus_one, 4);
+    odd_scale.replace(HEADER_AT + 88, 8, (const char *)&scale_3, 8);            // not a power of two
+    tracker_past.replace(HEADER_AT + 120, 4, (const char *)&tracker_2000, 4);   // at the growth interval
     nan_weight.replace(ORDER_AT + sizeof order + sizeof(float) * (saved.set.n_params - 1), 4,
                        (const char *)&nan, 4);
     const std::pair<std::string, const char *> bad[] = {
@@ -417,6 +434,8 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
         {flipped_header, "checksum does not match its contents"},
         {with_checksum(late), "invalid step (1000 of 10, AdamW 3)"},
         {with_checksum(negative), "negative early-stop count"},
+        {with_checksum(odd_scale), "invalid loss scaler (scale 3, tracker 0 of 2000, 0 skipped steps)"},
+        {with_checksum(tracker_past), "invalid loss scaler (scale 65536, tracker 2000 of 2000"},
         {with_checksum(nan_weight), "NaN or Inf in the weights (first: layer 1 down lora_B)"}};
     for (const auto &[bytes, message] : bad) {
         write_bytes(path, bytes);

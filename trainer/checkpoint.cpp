@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Every version's magic is "QLORACK" and its number; this build writes and reads version 5.
-static const int VERSION = 5;
+// Every version's magic is "QLORACK" and its number; this build writes and reads version 6.
+static const int VERSION = 6;
 static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '0' + VERSION};
 
 // The fixed-size part of the file, after the magic: 64-bit fields first, so
@@ -24,8 +24,11 @@ typedef struct {
     int32_t n_layers, rank, enabled[N_LINEARS];
     int32_t step, total_steps, cursor, n_order;
     int32_t evals_without_improvement;
+    // the loss scaler (trainer/grad_scaler.h), 8-byte fields first again
+    double scaler_scale, scaler_growth_factor, scaler_backoff_factor;
+    int32_t scaler_enabled, scaler_growth_interval, scaler_growth_tracker, scaler_skipped_steps;
 } Header;
-static_assert(sizeof(Header) == 88, "the checkpoint header has no padding");
+static_assert(sizeof(Header) == 128, "the checkpoint header has no padding");
 
 // A file being written or read, and the FNV-1a hash of every byte so far.
 typedef struct {
@@ -61,6 +64,14 @@ static Header header_of(const LoraSet *set, const AdamWState *adam, const TrainP
     h.cursor = progress->cursor;
     h.n_order = progress->n_order;
     h.evals_without_improvement = progress->evals_without_improvement;
+    const GradScaler *scaler = &progress->scaler;
+    h.scaler_enabled = scaler->enabled;
+    h.scaler_scale = scaler->scale;
+    h.scaler_growth_factor = scaler->growth_factor;
+    h.scaler_backoff_factor = scaler->backoff_factor;
+    h.scaler_growth_interval = scaler->growth_interval;
+    h.scaler_growth_tracker = scaler->growth_tracker;
+    h.scaler_skipped_steps = scaler->skipped_steps;
     return h;
 }
 
@@ -174,6 +185,20 @@ static int check_values(const char *path, const Header *h, const int *order, con
         }
     if (h->evals_without_improvement < 0) {
         snprintf(err, err_size, "%s: checkpoint holds a negative early-stop count", path);
+        return -1;
+    }
+    // a power of two, positive and finite; counts in range
+    int scale_exponent;
+    int scaler_ok = (h->scaler_enabled == 0 || h->scaler_enabled == 1) && isfinite(h->scaler_scale) &&
+                    h->scaler_scale > 0 && frexp(h->scaler_scale, &scale_exponent) == 0.5 &&
+                    h->scaler_growth_interval >= 1 && h->scaler_growth_tracker >= 0 &&
+                    h->scaler_growth_tracker < h->scaler_growth_interval && h->scaler_skipped_steps >= 0 &&
+                    h->scaler_skipped_steps <= h->step && h->scaler_growth_factor > 1 && h->scaler_backoff_factor > 0 &&
+                    h->scaler_backoff_factor < 1;
+    if (!scaler_ok) {
+        snprintf(err, err_size, "%s: checkpoint holds an invalid loss scaler (scale %g, tracker %d of %d, %d skipped "
+                 "steps): corrupted?", path, h->scaler_scale, h->scaler_growth_tracker, h->scaler_growth_interval,
+                 h->scaler_skipped_steps);
         return -1;
     }
     if (h->total_steps < 1 || h->step < 0 || h->step > h->total_steps || h->adam_step < 0 || h->best_val < 0 ||
@@ -292,5 +317,13 @@ int checkpoint_load(const char *path, const char *identity, LoraSet *set, AdamWS
     progress->data_rng = h.data_rng;
     progress->best_val = h.best_val;
     progress->evals_without_improvement = h.evals_without_improvement;
+    GradScaler *scaler = &progress->scaler;
+    scaler->enabled = h.scaler_enabled;
+    scaler->scale = (float)h.scaler_scale;
+    scaler->growth_factor = h.scaler_growth_factor;
+    scaler->backoff_factor = h.scaler_backoff_factor;
+    scaler->growth_interval = h.scaler_growth_interval;
+    scaler->growth_tracker = h.scaler_growth_tracker;
+    scaler->skipped_steps = h.scaler_skipped_steps;
     return 0;
 }

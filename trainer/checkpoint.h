@@ -6,20 +6,22 @@
 // Written through formats/atomic_file.h (temp, fsync, rename), so a crash
 // mid-write never destroys the previous checkpoint.
 //
-// Layout (version 5, little-endian): "QLORACK5", then trainer/checkpoint.cpp's
+// Layout (version 6, little-endian): "QLORACK6", then trainer/checkpoint.cpp's
 // Header struct as it lies in memory (no padding: the LoRA shape, the length
-// of the flat arrays, AdamW's step count, the fields of TrainProgress), the
+// of the flat arrays, AdamW's step count, the fields of TrainProgress with
+// the loss scaler's state), the
 // identity's length (u64) and its text (lines "--option value"), the data order, then the trainable state's three flat arrays as they lie in
 // memory (lora.h): the parameters, AdamW's m, AdamW's v; last, a uint64 FNV-1a
 // hash of every byte before it, so that a flipped bit is refused rather than
-// trained on. Versions 1 to 4 (1 to 3: one tensor at a time; 4: without the
-// identity) are refused with a message saying so: restart the run, or finish
-// it with the build that wrote it.
+// trained on. Versions 1 to 5 (1 to 3: one tensor at a time; 4: without the
+// identity; 5: without the loss scaler) are refused with a message saying so:
+// restart the run, or finish it with the build that wrote it.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 #include "adamw.h"
 #include "lora.h"
+#include "trainer/grad_scaler.h"
 
 typedef struct {
     int step;            // optimizer steps done
@@ -30,6 +32,7 @@ typedef struct {
     int *order;          // [n_order] the current epoch's sample order
     double best_val;     // best validation loss so far (NaN when none)
     int evals_without_improvement;   // evaluations since best_val last improved (--early-stop)
+    GradScaler scaler;   // fp16's loss scale, its growth tracker and the skipped steps (off in bf16 and fp32)
 } TrainProgress;
 
 // The state as the host holds it: set->params and adam's m, v and step (the

@@ -59,8 +59,10 @@ int engine_gpu_init(Engine *e, const Model *model, const EngineOptions *opt, Lor
     GpuEngine *gpu = (GpuEngine *)cpu_calloc(1, sizeof(GpuEngine), "GPU engine");
     gpu_trainer_init(&gpu->trainer, model, opt->quant, opt->double_quant, lora, &opt->step, opt->max_seqs,
                      opt->max_seq_len);
-    printf("base: %s on the GPU (bf16 activations, fp32 LoRA weights and AdamW moments)\n",
-           opt->quant == QUANT_NF4 ? (opt->double_quant ? "NF4 + double quant" : "NF4") : "bf16 (no quantization)");
+    const char *act = gpu_act16() == ACT16_FP16 ? "fp16" : "bf16";
+    printf("base: %s%s on the GPU (%s activations, fp32 LoRA weights and AdamW moments)\n",
+           opt->quant == QUANT_NF4 ? (opt->double_quant ? "NF4 + double quant" : "NF4") : act,
+           opt->quant == QUANT_NF4 ? "" : " (no quantization)", act);
     gpu_trainer_print_memory(&gpu->trainer, stdout);
     gpu->flops_per_token = gpu_flops_per_token(&model->config, opt->max_seq_len, opt->step.recompute);
     e->device = gpu_device_name();

@@ -71,7 +71,7 @@ void run_log_open(RunLog *log, const char *out_dir, const char *resume_dir, int 
     memset(log, 0, sizeof *log);
     snprintf(log->csv_path, sizeof log->csv_path, "%s/log.csv", out_dir);
     snprintf(log->svg_path, sizeof log->svg_path, "%s/loss.svg", out_dir);
-    text_append(log, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s\n");
+    text_append(log, "step,train_loss,val_loss,grad_norm,lr,ms,tokens_per_s,loss_scale,skipped_steps\n");
     // room for an earlier log (at most total_steps + 1 rows are read back) and this run's steps
     log->capacity = 2 * total_steps + 2;
     log->steps = (double *)cpu_malloc(sizeof(double) * log->capacity, "loss history");
@@ -87,7 +87,7 @@ void run_log_open(RunLog *log, const char *out_dir, const char *resume_dir, int 
 
 void run_log_before_training(RunLog *log, double val_loss) {
     char row[64];
-    snprintf(row, sizeof row, "0,,%.6f,,,,\n", val_loss);   // no train loss before training
+    snprintf(row, sizeof row, "0,,%.6f,,,,,,\n", val_loss);   // no train loss before training
     text_append(log, row);
     write_csv(log);
     history_add(log, 0, NAN, val_loss);
@@ -114,11 +114,11 @@ static void plot_history(const RunLog *log) {
 }
 
 void run_log_step(RunLog *log, int step, double train_loss, double val_loss, double grad_norm, float lr, double ms,
-                  double tokens_per_s) {
-    char val_text[32] = "", row[256];
+                  double tokens_per_s, float loss_scale, int skipped_steps) {
+    char val_text[32] = "", row[320];
     if (!isnan(val_loss)) snprintf(val_text, sizeof val_text, "%.6f", val_loss);
-    snprintf(row, sizeof row, "%d,%.17g,%s,%.17g,%.6e,%.1f,%.1f\n", step, train_loss, val_text, grad_norm, lr, ms,
-             tokens_per_s);
+    snprintf(row, sizeof row, "%d,%.17g,%s,%.17g,%.6e,%.1f,%.1f,%.9g,%d\n", step, train_loss, val_text, grad_norm, lr,
+             ms, tokens_per_s, loss_scale, skipped_steps);
     text_append(log, row);
     write_csv(log);
     history_add(log, step, train_loss, val_loss);

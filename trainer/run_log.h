@@ -1,6 +1,7 @@
 // trainer/run_log.h: what a run writes as it goes: OUT/log.csv, one row a step
-// (step, train loss, val loss where measured, grad norm, lr, ms, tokens/s; a
-// step-0 row holds the val loss before training), and OUT/loss.svg, redrawn
+// (step, train loss, val loss where measured, grad norm, lr, ms, tokens/s, the
+// loss scale the step ran with and the steps skipped so far (fp16: 1 and 0
+// otherwise; trainer/grad_scaler.h); a step-0 row holds the val loss before training), and OUT/loss.svg, redrawn
 // after every step from the whole loss history, a resumed run's earlier rows
 // included. Both are rewritten whole after every row, through
 // formats/atomic_file.h: a crash leaves the previous complete version.
@@ -31,7 +32,7 @@ void run_log_open(RunLog *log, const char *out_dir, const char *resume_dir, int 
 void run_log_before_training(RunLog *log, double val_loss);
 // One step's row (val_loss NaN when not measured), written; then the chart is redrawn.
 void run_log_step(RunLog *log, int step, double train_loss, double val_loss, double grad_norm, float lr, double ms,
-                  double tokens_per_s);
+                  double tokens_per_s, float loss_scale, int skipped_steps);
 void run_log_close(RunLog *log);
 
 #ifdef __cplusplus

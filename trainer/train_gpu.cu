@@ -5,7 +5,7 @@
 //   att = causal attention;  x_mid = x_in + lin_o(att)
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
-// lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to bf16 per block.
+// lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to 16-bit per block.
 #include "trainer/train_gpu.h"
 
 #ifdef __CUDACC__
@@ -62,8 +62,8 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
         for (int t = 0; t < N_LINEARS; t++) {
             size_t n = linear_numel(c, t);
             if (g->quant == QUANT_NONE) {
-                b->dense[t] = gpu_upload_as_bf16(linear_weight(lw, t), n, "bf16 base weights");
-                mem->base_codes += sizeof(bf16) * n;
+                b->dense[t] = gpu_upload_as_act16(linear_weight(lw, t), n, "16-bit base weights");
+                mem->base_codes += sizeof(act16) * n;
                 continue;
             }
             gpu_upload(staging, linear_weight(lw, t), sizeof(float) * n);
@@ -75,16 +75,16 @@ static void upload_base(GpuTrainer *g, const Model *model, int double_quant) {
     }
     gpu_free(staging);
     if (g->quant == QUANT_NF4)
-        g->dequant_scratch = (bf16 *)alloc_counted(sizeof(bf16) * block_numel, "one block's dequantized weights",
+        g->dequant_scratch = (act16 *)alloc_counted(sizeof(act16) * block_numel, "one block's dequantized weights",
                                                    &mem->scratch);
     size_t table = (size_t)c->vocab_size * c->dim;
-    g->embed = gpu_upload_as_bf16(model->embed, table, "embedding (bf16)");
-    mem->embeddings += sizeof(bf16) * table;
+    g->embed = gpu_upload_as_act16(model->embed, table, "embedding (16-bit)");
+    mem->embeddings += sizeof(act16) * table;
     if (c->tied_embeddings || model->lm_head == model->embed) {
         g->lm_head = g->embed;
     } else {
-        g->lm_head = gpu_upload_as_bf16(model->lm_head, table, "LM head (bf16)");
-        mem->embeddings += sizeof(bf16) * table;
+        g->lm_head = gpu_upload_as_act16(model->lm_head, table, "LM head (16-bit)");
+        mem->embeddings += sizeof(act16) * table;
     }
     g->final_norm = upload_floats(model->final_norm, c->dim, "final norm", &mem->embeddings);
     float inv_freq[MAX_HEAD_DIM / 2];
@@ -109,7 +109,7 @@ static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     g->grads = (float *)alloc_counted(bytes, "LoRA gradients", &g->memory.lora_and_adam);
     g->m = (float *)alloc_counted(bytes, "AdamW first moments", &g->memory.lora_and_adam);
     g->v = (float *)alloc_counted(bytes, "AdamW second moments", &g->memory.lora_and_adam);
-    g->params_bf16 = (bf16 *)alloc_counted(bytes / 2, "LoRA parameters (bf16 copy)", &g->memory.lora_and_adam);
+    g->params_act16 = (act16 *)alloc_counted(bytes / 2, "LoRA parameters (16-bit copy)", &g->memory.lora_and_adam);
     CUDA_CHECK(cudaMemset(g->m, 0, bytes));
     CUDA_CHECK(cudaMemset(g->v, 0, bytes));
     CUDA_CHECK(cudaMemset(g->grads, 0, bytes));
@@ -122,19 +122,19 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     size_t n = (size_t)g->max_tokens, q_dim = (size_t)c->n_heads * c->head_dim;
     size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     size_t *counter = &g->memory.activations;
-    a->xn1 = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "activations (attention norm)", counter);
-    a->q = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "activations (q)", counter);
-    a->k = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "activations (k)", counter);
-    a->v = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "activations (v)", counter);
-    a->att = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "activations (attention output)", counter);
+    a->xn1 = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "activations (attention norm)", counter);
+    a->q = (act16 *)alloc_counted(sizeof(act16) * n * q_dim, "activations (q)", counter);
+    a->k = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "activations (k)", counter);
+    a->v = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "activations (v)", counter);
+    a->att = (act16 *)alloc_counted(sizeof(act16) * n * q_dim, "activations (attention output)", counter);
     a->lse = (float *)alloc_counted(sizeof(float) * n * c->n_heads, "activations (attention lse)", counter);
     a->x_mid = (float *)alloc_counted(sizeof(float) * n * c->dim, "activations (mid residual)", counter);
-    a->xn2 = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "activations (MLP norm)", counter);
-    a->gate = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (gate)", counter);
-    a->up = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (up)", counter);
-    a->h = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
+    a->xn2 = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "activations (MLP norm)", counter);
+    a->gate = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (gate)", counter);
+    a->up = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (up)", counter);
+    a->h = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
     for (int t = 0; t < N_LINEARS; t++)
-        a->xa[t] = (bf16 *)alloc_counted(sizeof(bf16) * n * g->rank, "activations (LoRA xa)", counter);
+        a->xa[t] = (act16 *)alloc_counted(sizeof(act16) * n * g->rank, "activations (LoRA xa)", counter);
 }
 
 static void free_activations(GpuActivations *a) {
@@ -157,18 +157,18 @@ static void alloc_buffers(GpuTrainer *g) {
     int n_acts = g->recompute ? 1 : c->n_layers;
     g->acts = (GpuActivations *)cpu_calloc((size_t)n_acts, sizeof(GpuActivations), "GPU activations");
     for (int l = 0; l < n_acts; l++) alloc_activations(g, &g->acts[l]);
-    g->normed = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "final norm output", act);
+    g->normed = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "final norm output", act);
     g->d_x = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (residual)", scratch);
     g->d_mid = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (mid residual)", scratch);
     g->d_normed = (float *)alloc_counted(sizeof(float) * n * c->dim, "gradient (normed)", scratch);
     g->d_wide = (float *)alloc_counted(sizeof(float) * n * widest, "gradient (wide)", scratch);
-    g->dy = (bf16 *)alloc_counted(sizeof(bf16) * n * widest, "gradient (bf16 copy)", scratch);
-    g->d_gate = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "gradient (gate)", scratch);
-    g->d_up = (bf16 *)alloc_counted(sizeof(bf16) * n * c->hidden_dim, "gradient (up)", scratch);
-    g->d_q = (bf16 *)alloc_counted(sizeof(bf16) * n * q_dim, "gradient (q)", scratch);
-    g->d_k = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "gradient (k)", scratch);
-    g->d_v = (bf16 *)alloc_counted(sizeof(bf16) * n * kv_dim, "gradient (v)", scratch);
-    g->tmp = (bf16 *)alloc_counted(sizeof(bf16) * n * c->dim, "linear output", scratch);
+    g->dy = (act16 *)alloc_counted(sizeof(act16) * n * widest, "gradient (16-bit copy)", scratch);
+    g->d_gate = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "gradient (gate)", scratch);
+    g->d_up = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "gradient (up)", scratch);
+    g->d_q = (act16 *)alloc_counted(sizeof(act16) * n * q_dim, "gradient (q)", scratch);
+    g->d_k = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "gradient (k)", scratch);
+    g->d_v = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "gradient (v)", scratch);
+    g->tmp = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "linear output", scratch);
     g->keep = (float *)alloc_counted(sizeof(float) * n * widest, "dropout mask", scratch);
     size_t lora_bytes = 0;
     for (int t = 0; t < N_LINEARS; t++) {
@@ -222,7 +222,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     free(g->blocks);
     if (g->lm_head != g->embed) gpu_free(g->lm_head);
     gpu_free(g->embed); gpu_free(g->final_norm); gpu_free(g->inv_freq); gpu_free(g->dequant_scratch);
-    gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_bf16);
+    gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_act16);
     free(g->offset_A); free(g->offset_B);
     gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->loss_weights);
     gpu_free(g->stream);
@@ -245,16 +245,16 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
             total_bytes / mib);
     fprintf(out, "  base %s %.1f MiB + constants %.1f MiB | embeddings, norms %.1f MiB | LoRA + AdamW %.1f MiB | "
                  "activations %.1f MiB | scratch %.1f MiB\n",
-            g->quant == QUANT_NF4 ? "NF4 codes" : "bf16 weights", m->base_codes / mib, m->base_constants / mib,
+            g->quant == QUANT_NF4 ? "NF4 codes" : "16-bit weights", m->base_codes / mib, m->base_constants / mib,
             m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib);
 }
 
 // ---- one block -----------------------------------------------------------------
 
-// g->weights[t] = block l's linear weights in bf16 (dequantized NF4, or the dense copy).
+// g->weights[t] = block l's linear weights in 16-bit (dequantized NF4, or the dense copy).
 static void load_block_weights(GpuTrainer *g, int layer) {
     GpuBlock *b = &g->blocks[layer];
-    bf16 *next = g->dequant_scratch;
+    act16 *next = g->dequant_scratch;
     for (int t = 0; t < N_LINEARS; t++) {
         if (g->quant == QUANT_NONE) {
             g->weights[t] = b->dense[t];
@@ -296,27 +296,27 @@ static int has_adapter(const GpuTrainer *g, int layer, int target) {
 }
 
 // y = x W^T + bias + s (dropout(x) A^T) B^T
-static void linear_forward(GpuTrainer *g, const StepShape *s, bf16 *y, const bf16 *x, const float *bias, int layer,
-                           int target, bf16 *xa) {
+static void linear_forward(GpuTrainer *g, const StepShape *s, act16 *y, const act16 *x, const float *bias, int layer,
+                           int target, act16 *xa) {
     LoraShape shape = lora_shape(g, s->n, target);
     matmul_gpu(y, x, g->weights[target], bias, s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
     int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-    lora_forward_gpu(y, xa, x, keep, g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], shape,
+    lora_forward_gpu(y, xa, x, keep, g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], shape,
                      g->lora_scratch);
 }
 
 // dx += dy W (+ the adapter's part); the adapter's dA, dB accumulate.
-static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const bf16 *dy, const bf16 *x, int layer,
-                            int target, const bf16 *xa) {
+static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const act16 *dy, const act16 *x, int layer,
+                            int target, const act16 *xa) {
     LoraShape shape = lora_shape(g, s->n, target);
     matmul_backward_input_gpu(dx, dy, g->weights[target], s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
     int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
     lora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], dy, x, keep,
-                      g->params_bf16 + g->offset_A[i], g->params_bf16 + g->offset_B[i], xa, shape, g->lora_scratch);
+                      g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], xa, shape, g->lora_scratch);
 }
 
 // Block `layer` on x_in (weights already loaded): activations into a, output into x_out.
@@ -356,10 +356,10 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     size_t q_dim = (size_t)c->n_heads * c->head_dim;
     // MLP: x_out = x_mid + lin_down(h)  =>  d_mid = d_x + (through the MLP)
     CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
-    float_to_bf16_gpu(g->dy, g->d_x, n_dim);
+    float_to_act16_gpu(g->dy, g->d_x, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
     linear_backward(g, s, g->d_wide, g->dy, a->h, layer, LINEAR_DOWN, a->xa[LINEAR_DOWN]);
-    float_to_bf16_gpu(g->dy, g->d_wide, n_hidden);
+    float_to_act16_gpu(g->dy, g->d_wide, n_hidden);
     swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
     linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
@@ -367,10 +367,10 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
-    float_to_bf16_gpu(g->dy, g->d_mid, n_dim);
+    float_to_act16_gpu(g->dy, g->d_mid, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
     linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a->xa[LINEAR_O]);
-    float_to_bf16_gpu(g->dy, g->d_wide, n * q_dim);
+    float_to_act16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v,
                            s->packed ? g->positions : NULL, s->n_seqs, s->seq_len, c->n_heads, c->n_kv_heads,
                            c->head_dim, g->attention_scratch, g->attention_scratch_bytes);
@@ -464,7 +464,7 @@ void gpu_scale_grads(GpuTrainer *g, float scale) { scale_gpu(g->grads, g->n_para
 void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr) {
     g->adam_step++;
     adamw_step_gpu(g->params, g->grads, g->m, g->v, g->n_params, g->adam_step, config, lr);
-    float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
+    float_to_act16_gpu(g->params_act16, g->params, g->n_params);
 }
 
 // The flat arrays are laid out alike on both sides: one copy each.
@@ -486,7 +486,7 @@ void gpu_upload_lora(GpuTrainer *g, const LoraSet *lora, const AdamWState *adam)
         gpu_upload(g->v, adam->v, bytes);
         g->adam_step = adam->step;
     }
-    float_to_bf16_gpu(g->params_bf16, g->params, g->n_params);
+    float_to_act16_gpu(g->params_act16, g->params, g->n_params);
 }
 
 double gpu_flops_per_token(const Config *c, int seq_len, int recompute) {

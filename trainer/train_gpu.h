@@ -1,12 +1,13 @@
 // trainer/train_gpu.h: the training step on one NVIDIA GPU, the same computation as
-// train_step_cpu (trainer/train_step.h) in mixed precision:
-//   - frozen linear weights in NF4 (or bf16 with --quant none), dequantized to
-//     bf16 one block at a time into a scratch buffer;
-//   - embedding / LM head in bf16, norms and biases in fp32;
-//   - activations (GEMM inputs and outputs) in bf16, the residual stream and
+// train_step_cpu (trainer/train_step.h) in mixed precision, "16-bit" meaning
+// bf16, or fp16 where bf16 is missing (act16, ops/gpu.h; ./train --precision):
+//   - frozen linear weights in NF4 (or 16-bit with --quant none), dequantized to
+//     16-bit one block at a time into a scratch buffer;
+//   - embedding / LM head in 16-bit, norms and biases in fp32;
+//   - activations (GEMM inputs and outputs) in 16-bit, the residual stream and
 //     its gradient in fp32, every accumulation in fp32;
 //   - LoRA master weights, gradients and AdamW moments in fp32, one flat
-//     buffer each in the host's layout (LoraSet's params, lora.h), with a bf16
+//     buffer each in the host's layout (LoraSet's params, lora.h), with a 16-bit
 //     copy of the weights that the GEMMs read, refreshed after every optimizer step.
 // Built by nvcc only; the CPU-only build has no GPU trainer.
 #pragma once
@@ -23,18 +24,18 @@
 // The frozen weights of one block on the GPU.
 typedef struct {
     NF4TensorGPU nf4[N_LINEARS];   // when quant == QUANT_NF4
-    bf16 *dense[N_LINEARS];        // when quant == QUANT_NONE
+    act16 *dense[N_LINEARS];        // when quant == QUANT_NONE
     float *attn_norm, *mlp_norm;   // [dim]
     float *bq, *bk, *bv;           // NULL unless the model has attention biases
 } GpuBlock;
 
-// What backward needs from one block's forward (bf16 unless noted).
+// What backward needs from one block's forward (act16 unless noted).
 typedef struct {
-    bf16 *xn1, *q, *k, *v, *att;
+    act16 *xn1, *q, *k, *v, *att;
     float *lse;                    // [n_seqs * n_heads * seq_len] attention log-sum-exp
     float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
-    bf16 *xn2, *gate, *up, *h;
-    bf16 *xa[N_LINEARS];           // [N, rank] each adapter's (dropout(x) A^T)
+    act16 *xn2, *gate, *up, *h;
+    act16 *xa[N_LINEARS];           // [N, rank] each adapter's (dropout(x) A^T)
 } GpuActivations;
 
 // Where the GPU memory goes, for the start-up report.
@@ -55,16 +56,16 @@ typedef struct {
     int max_seqs, max_seq_len;
 
     GpuBlock *blocks;       // [n_layers]
-    bf16 *embed, *lm_head;  // lm_head == embed when tied
+    act16 *embed, *lm_head;  // lm_head == embed when tied
     float *final_norm;
     float *inv_freq;        // [head_dim / 2]
-    bf16 *weights[N_LINEARS];   // one block's linear weights in bf16 (dequantized NF4, or views of dense)
-    bf16 *dequant_scratch;      // room for one block's seven matrices in bf16 (NF4 only)
+    act16 *weights[N_LINEARS];   // one block's linear weights in 16-bit (dequantized NF4, or views of dense)
+    act16 *dequant_scratch;      // room for one block's seven matrices in 16-bit (NF4 only)
 
-    // LoRA: flat fp32 parameters / gradients / moments (the host's layout), bf16 copy of the parameters
+    // LoRA: flat fp32 parameters / gradients / moments (the host's layout), 16-bit copy of the parameters
     size_t n_params;
     float *params, *grads, *m, *v;
-    bf16 *params_bf16;
+    act16 *params_act16;
     size_t *offset_A, *offset_B;   // [n_layers * N_LINEARS] into the flat buffers (as on the host); (size_t)-1 when off
     int64_t adam_step;
 
@@ -73,13 +74,13 @@ typedef struct {
     float *loss_weights;                 // [max_tokens] the batch's loss weights (when it has them)
     float *stream;                       // [(n_layers + 1) * max_tokens * dim]
     GpuActivations *acts;                // [n_layers], or [1] with recompute
-    bf16 *normed;                        // [N, dim] final norm output
+    act16 *normed;                        // [N, dim] final norm output
     float *d_x, *d_mid, *d_normed;       // [N, dim] fp32
     float *d_wide;                       // [N, max(hidden, q_dim)] fp32 input gradient of down / o
-    bf16 *dy;                            // [N, max(dim, hidden, q_dim)] bf16 copy of an output gradient
-    bf16 *d_gate, *d_up;                 // [N, hidden]
-    bf16 *d_q, *d_k, *d_v;               // [N, q_dim], [N, kv_dim] x2
-    bf16 *tmp;                           // [N, dim] output of o / down before the residual add
+    act16 *dy;                            // [N, max(dim, hidden, q_dim)] 16-bit copy of an output gradient
+    act16 *d_gate, *d_up;                 // [N, hidden]
+    act16 *d_q, *d_k, *d_v;               // [N, q_dim], [N, kv_dim] x2
+    act16 *tmp;                           // [N, dim] output of o / down before the residual add
     float *keep;                         // [N * max(dim, hidden, q_dim)] dropout mask
     void *lora_scratch;
     void *attention_scratch;
@@ -110,7 +111,7 @@ void gpu_zero_grads(GpuTrainer *g);
 // sqrt(sum of squared gradients), accumulated in double.
 double gpu_grad_norm(GpuTrainer *g);
 void gpu_scale_grads(GpuTrainer *g, float scale);
-// AdamW over every adapter parameter, then the bf16 copy is refreshed.
+// AdamW over every adapter parameter, then the 16-bit copy is refreshed.
 void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr);
 
 // Copies the parameters and gradients to the LoraSet on the host, and the

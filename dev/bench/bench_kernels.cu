@@ -70,9 +70,9 @@ int main(void) {
     gpu_free(src);
     gpu_free(dst);
     const int big = 8192;
-    bf16 *a = (bf16 *)device_random(sizeof(bf16) * big * big, "gemm a");
-    bf16 *b = (bf16 *)device_random(sizeof(bf16) * big * big, "gemm b");
-    bf16 *c = (bf16 *)gpu_malloc(sizeof(bf16) * big * big, "gemm c");
+    act16 *a = (act16 *)device_random(sizeof(act16) * big * big, "gemm a");
+    act16 *b = (act16 *)device_random(sizeof(act16) * big * big, "gemm b");
+    act16 *c = (act16 *)gpu_malloc(sizeof(act16) * big * big, "gemm c");
     float gemm_ms = time_ms([&] { matmul_gpu(c, a, b, NULL, big, big, big); }, 10);
     double gemm_tflops = 2.0 * big * (double)big * big / (gemm_ms * 1e-3) / 1e12;
     gpu_free(a); gpu_free(b); gpu_free(c);
@@ -86,7 +86,7 @@ int main(void) {
     if (nf4_quantize(&q, w.data(), (int64_t)w.size(), 1) != 0) return 1;
     NF4TensorGPU qd;
     nf4_upload(&qd, &q, "nf4 weights");
-    bf16 *wd = (bf16 *)gpu_malloc(sizeof(bf16) * w.size(), "dequantized");
+    act16 *wd = (act16 *)gpu_malloc(sizeof(act16) * w.size(), "dequantized");
     float ms = time_ms([&] { nf4_dequantize_gpu(wd, &qd); }, 50);
     report_bandwidth("nf4_dequantize_gpu (1536x576)", (double)nf4_bytes(&q) + 2.0 * w.size(), ms, copy_gbs);
 
@@ -94,16 +94,16 @@ int main(void) {
     float *x = (float *)device_random(sizeof(float) * n * dim, "x");
     float *dx = (float *)device_random(sizeof(float) * n * dim, "dx");
     float *norm_w = (float *)device_random(sizeof(float) * dim, "norm weight");
-    bf16 *xn = (bf16 *)gpu_malloc(sizeof(bf16) * n * dim, "xn");
+    act16 *xn = (act16 *)gpu_malloc(sizeof(act16) * n * dim, "xn");
     ms = time_ms([&] { rmsnorm_gpu(xn, x, norm_w, n, dim, 1e-5f); }, 50);
     report_bandwidth("rmsnorm_gpu", (4.0 + 2.0) * n * dim, ms, copy_gbs);
     ms = time_ms([&] { rmsnorm_backward_gpu(dx, x, x, norm_w, n, dim, 1e-5f); }, 50);
     report_bandwidth("rmsnorm_backward_gpu", 4.0 * 4.0 * n * dim, ms, copy_gbs);
     ms = time_ms([&] { residual_add_gpu(x, xn, (size_t)n * dim); }, 50);
     report_bandwidth("residual_add_gpu", (4.0 + 2.0 + 4.0) * n * dim, ms, copy_gbs);
-    bf16 *gate = (bf16 *)device_random(sizeof(bf16) * n * hidden, "gate");
-    bf16 *up = (bf16 *)device_random(sizeof(bf16) * n * hidden, "up");
-    bf16 *h = (bf16 *)gpu_malloc(sizeof(bf16) * n * hidden, "h");
+    act16 *gate = (act16 *)device_random(sizeof(act16) * n * hidden, "gate");
+    act16 *up = (act16 *)device_random(sizeof(act16) * n * hidden, "up");
+    act16 *h = (act16 *)gpu_malloc(sizeof(act16) * n * hidden, "h");
     ms = time_ms([&] { swiglu_gpu(h, gate, up, (size_t)n * hidden); }, 50);
     report_bandwidth("swiglu_gpu", 3.0 * 2.0 * n * hidden, ms, copy_gbs);
     ms = time_ms([&] { swiglu_backward_gpu(h, h, gate, gate, up, (size_t)n * hidden); }, 50);
@@ -111,13 +111,13 @@ int main(void) {
 
     // RoPE on q, and attention
     int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
-    bf16 *qb = (bf16 *)device_random(sizeof(bf16) * n * q_dim, "q");
-    bf16 *kb = (bf16 *)device_random(sizeof(bf16) * n * kv_dim, "k");
-    bf16 *vb = (bf16 *)device_random(sizeof(bf16) * n * kv_dim, "v");
-    bf16 *out = (bf16 *)gpu_malloc(sizeof(bf16) * n * q_dim, "attention out");
-    bf16 *dq = (bf16 *)gpu_malloc(sizeof(bf16) * n * q_dim, "dq");
-    bf16 *dk = (bf16 *)gpu_malloc(sizeof(bf16) * n * kv_dim, "dk");
-    bf16 *dv = (bf16 *)gpu_malloc(sizeof(bf16) * n * kv_dim, "dv");
+    act16 *qb = (act16 *)device_random(sizeof(act16) * n * q_dim, "q");
+    act16 *kb = (act16 *)device_random(sizeof(act16) * n * kv_dim, "k");
+    act16 *vb = (act16 *)device_random(sizeof(act16) * n * kv_dim, "v");
+    act16 *out = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "attention out");
+    act16 *dq = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "dq");
+    act16 *dk = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dk");
+    act16 *dv = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dv");
     float *lse = (float *)gpu_malloc(sizeof(float) * n * heads, "lse");
     int *positions = (int *)gpu_malloc(sizeof(int) * n, "positions");
     std::vector<int> pos(n);
@@ -153,11 +153,11 @@ int main(void) {
     ms = time_ms([&] { matmul_backward_input_gpu(dx, h, wd, n, dim, hidden); }, 20);
     report_flops("matmul_backward_input_gpu (gate)", 2.0 * n * dim * hidden, ms, gemm_tflops);
     LoraShape shape = {n, dim, hidden, rank, 2.0f};
-    bf16 *lora_a = (bf16 *)device_random(sizeof(bf16) * rank * dim, "A");
-    bf16 *lora_b = (bf16 *)device_random(sizeof(bf16) * hidden * rank, "B");
+    act16 *lora_a = (act16 *)device_random(sizeof(act16) * rank * dim, "A");
+    act16 *lora_b = (act16 *)device_random(sizeof(act16) * hidden * rank, "B");
     float *grad_a = (float *)device_random(sizeof(float) * rank * dim, "dA");
     float *grad_b = (float *)device_random(sizeof(float) * hidden * rank, "dB");
-    bf16 *xa = (bf16 *)gpu_malloc(sizeof(bf16) * n * rank, "xa");
+    act16 *xa = (act16 *)gpu_malloc(sizeof(act16) * n * rank, "xa");
     void *scratch = gpu_malloc(lora_scratch_bytes_gpu(shape), "lora scratch");
     double lora_flops = 2.0 * n * rank * (dim + hidden);
     ms = time_ms([&] { lora_forward_gpu(h, xa, xn, NULL, lora_a, lora_b, shape, scratch); }, 20);
@@ -166,7 +166,7 @@ int main(void) {
     report_flops("lora_backward_gpu (gate, r=16)", 2.0 * lora_flops, ms, gemm_tflops);
 
     // LM head + cross-entropy, forward and backward
-    bf16 *lm_head = (bf16 *)device_random(sizeof(bf16) * vocab * dim, "lm head");
+    act16 *lm_head = (act16 *)device_random(sizeof(act16) * vocab * dim, "lm head");
     std::vector<int> targets(n);
     for (int i = 0; i < n; i++) targets[i] = (i * 7919) % vocab;
     int *targets_d = (int *)gpu_malloc(sizeof(int) * n, "targets");

@@ -1,9 +1,13 @@
 #!/bin/sh
 # The GPU session's checks, run on the device machine from the repo root, in
-# stages (default: build tests memcheck kernels bench oom):
-#   build     nvcc build of the trainer, the GPU tests and the benchmarks
+# stages (default: build tests fp16 memcheck kernels bench oom):
+#   build     nvcc build of the trainer, the GPU tests and the benchmarks (for
+#             this GPU's architecture: the Makefile asks nvidia-smi)
 #   tests     every GPU test (build/test_gpu; the default-model one once the
-#             model is there)
+#             model is there), in bf16
+#   fp16      every GPU test again in fp16 (QLORA_GPU_PRECISION=fp16: the T4's
+#             type, with the training steps' loss scaled), and a short fp16
+#             ./train on a random tiny model: the loss scale in the step lines
 #   repeat    the whole-step tests 8 more times (fresh seeds): flaky tolerances
 #   memcheck  compute-sanitizer memcheck over the GPU tests (the two 30-layer
 #             ones, SmolLM2's shape and the default model, and the 20-step
@@ -21,7 +25,7 @@
 # .devdeps/ (doctest, utf8proc, a tokenizer.json for the random models).
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-stages=${*:-build tests memcheck kernels bench oom}
+stages=${*:-build tests fp16 memcheck kernels bench oom}
 start=$(date +%s)
 tokenizer=""
 [ -f .devdeps/tokenizer.json ] && tokenizer="--tokenizer .devdeps/tokenizer.json"
@@ -58,6 +62,13 @@ for s in $stages; do
     tests)
         ./build/test_gpu 2>&1 | tee "$OUT/test_gpu.log" |
             grep -E "ERROR|CHECK|MESSAGE|loss|seed|test cases|passed" | head -80
+        ;;
+    fp16)
+        QLORA_GPU_PRECISION=fp16 ./build/test_gpu 2>&1 | tee "$OUT/test_gpu_fp16.log" |
+            grep -E "ERROR|CHECK|MESSAGE|loss|seed|test cases|passed|GPU tests on" | head -80
+        [ -d /tmp/random-tiny ] || ./build/bench_train --shape tiny --save /tmp/random-tiny $tokenizer
+        ./train --device cuda --precision fp16 --model /tmp/random-tiny --data data/sample_raft.jsonl --steps 6 \
+            --eval-every 3 --out /tmp/fp16-run --overwrite 2>&1 | tee "$OUT/train_fp16.log" | grep -E "device:|step|train:"
         ;;
     repeat)
         # the whole-step tests 8 times more, fresh seeds each: a tolerance

@@ -44,7 +44,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_input_path(bytes, size + sizeof checksum);
     free(bytes);
     int order[N_SAMPLES];
-    TrainProgress progress = {0, 0, 0, 0, N_SAMPLES, order, 0.0, 0};
+    TrainProgress progress = {0, 0, 0, 0, N_SAMPLES, order, 0.0, 0, grad_scaler_default(0)};
     char err[2048];
     checkpoint_load(path, IDENTITY, &set, &adam, &progress, err, sizeof err);
     return 0;

@@ -18,9 +18,11 @@ std::vector<float> random_vector(size_t n, uint64_t seed, float scale) {
     return x;
 }
 
-void round_to_bf16(std::vector<float> &x) {
-    for (float &v : x) v = __bfloat162float(__float2bfloat16(v));
+void round_to_act16(std::vector<float> &x) {
+    for (float &v : x) v = act16_round(v);
 }
+
+double act16_underflow_error(void) { return gpu_act16() == ACT16_FP16 ? ldexp(1.0, -25) : 0.0; }
 
 double max_relative_error(const float *got, const float *want, size_t n) {
     double max_diff = 0.0, max_want = 0.0;
@@ -50,7 +52,7 @@ float *upload_floats(const std::vector<float> &x, const char *what) {
     return d;
 }
 
-bf16 *upload_bf16(const std::vector<float> &x, const char *what) { return gpu_upload_as_bf16(x.data(), x.size(), what); }
+act16 *upload_act16(const std::vector<float> &x, const char *what) { return gpu_upload_as_act16(x.data(), x.size(), what); }
 
 std::vector<float> download_floats(const float *device, size_t n) {
     std::vector<float> x(n);
@@ -58,8 +60,8 @@ std::vector<float> download_floats(const float *device, size_t n) {
     return x;
 }
 
-std::vector<float> download_bf16(const bf16 *device, size_t n) {
+std::vector<float> download_act16(const act16 *device, size_t n) {
     std::vector<float> x(n);
-    gpu_download_bf16(x.data(), device, n);
+    gpu_download_act16(x.data(), device, n);
     return x;
 }

@@ -70,10 +70,10 @@ AttentionInputs random_inputs(const AttentionShape &a, uint64_t seed) {
     in.k = random_vector(kv_size(a), seed + 1, 2.0f);
     in.v = random_vector(kv_size(a), seed + 2, 1.0f);
     in.d_out = random_vector(q_size(a), seed + 3, 1.0f);
-    round_to_bf16(in.q);
-    round_to_bf16(in.k);
-    round_to_bf16(in.v);
-    round_to_bf16(in.d_out);
+    round_to_act16(in.q);
+    round_to_act16(in.k);
+    round_to_act16(in.v);
+    round_to_act16(in.d_out);
     return in;
 }
 
@@ -135,37 +135,37 @@ const size_t whole_budget = (size_t)1 << 30;
 // scratch poisoned first. score_budget sets the simple kind's heads per pass.
 AttentionResult gpu_attention(AttentionKernel kind, const AttentionShape &a, const AttentionInputs &in,
                               size_t score_budget = whole_budget) {
-    bf16 *q = upload_bf16(in.q, "q"), *k = upload_bf16(in.k, "k"), *v = upload_bf16(in.v, "v");
-    bf16 *d_out = upload_bf16(in.d_out, "d_out");
+    act16 *q = upload_act16(in.q, "q"), *k = upload_act16(in.k, "k"), *v = upload_act16(in.v, "v");
+    act16 *d_out = upload_act16(in.d_out, "d_out");
     int *positions = NULL;
     if (!in.positions.empty()) {
         positions = (int *)gpu_malloc(sizeof(int) * in.positions.size(), "positions");
         gpu_upload(positions, in.positions.data(), sizeof(int) * in.positions.size());
     }
-    bf16 *out = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "out");
+    act16 *out = (act16 *)gpu_malloc(sizeof(act16) * q_size(a), "out");
     float *lse = (float *)gpu_malloc(sizeof(float) * lse_size(a), "lse");
-    bf16 *d_q = (bf16 *)gpu_malloc(sizeof(bf16) * q_size(a), "d_q");
-    bf16 *d_k = (bf16 *)gpu_malloc(sizeof(bf16) * kv_size(a), "d_k");
-    bf16 *d_v = (bf16 *)gpu_malloc(sizeof(bf16) * kv_size(a), "d_v");
+    act16 *d_q = (act16 *)gpu_malloc(sizeof(act16) * q_size(a), "d_q");
+    act16 *d_k = (act16 *)gpu_malloc(sizeof(act16) * kv_size(a), "d_k");
+    act16 *d_v = (act16 *)gpu_malloc(sizeof(act16) * kv_size(a), "d_v");
     size_t scratch_bytes = attention_scratch_bytes_gpu(kind, a.n_seqs, a.seq_len, a.n_heads, a.head_dim, score_budget);
     void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
     gpu_poison(scratch, scratch_bytes);
-    gpu_poison(out, sizeof(bf16) * q_size(a));
+    gpu_poison(out, sizeof(act16) * q_size(a));
     gpu_poison(lse, sizeof(float) * lse_size(a));
     attention_forward_gpu(kind, out, lse, q, k, v, positions, a.n_seqs, a.seq_len, a.n_heads, a.n_kv_heads,
                           a.head_dim, scratch, scratch_bytes);
     gpu_poison(scratch, scratch_bytes);
-    gpu_poison(d_q, sizeof(bf16) * q_size(a));
-    gpu_poison(d_k, sizeof(bf16) * kv_size(a));
-    gpu_poison(d_v, sizeof(bf16) * kv_size(a));
+    gpu_poison(d_q, sizeof(act16) * q_size(a));
+    gpu_poison(d_k, sizeof(act16) * kv_size(a));
+    gpu_poison(d_v, sizeof(act16) * kv_size(a));
     attention_backward_gpu(kind, d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, a.n_seqs, a.seq_len, a.n_heads,
                            a.n_kv_heads, a.head_dim, scratch, scratch_bytes);
     AttentionResult got;
-    got.out = download_bf16(out, q_size(a));
+    got.out = download_act16(out, q_size(a));
     got.lse = download_floats(lse, lse_size(a));
-    got.d_q = download_bf16(d_q, q_size(a));
-    got.d_k = download_bf16(d_k, kv_size(a));
-    got.d_v = download_bf16(d_v, kv_size(a));
+    got.d_q = download_act16(d_q, q_size(a));
+    got.d_k = download_act16(d_k, kv_size(a));
+    got.d_v = download_act16(d_v, kv_size(a));
     for (void *p : {(void *)q, (void *)k, (void *)v, (void *)d_out, (void *)out, (void *)lse, (void *)d_q,
                     (void *)d_k, (void *)d_v, scratch, (void *)positions})
         gpu_free(p);

@@ -136,7 +136,7 @@ static void check_rows(int n, int n_rows, int dim) {
     uint64_t seed = fresh_seed();
     INFO("seed " << seed << ", n " << n << ", rows " << n_rows << ", dim " << dim);
     std::vector<float> x = random_vector((size_t)n * dim, seed, 1.0f);
-    round_to_bf16(x);
+    round_to_act16(x);
     std::vector<float> d_rows = random_vector((size_t)n_rows * dim, seed + 1, 1.0f);
     std::vector<float> d_x = random_vector((size_t)n * dim, seed + 2, 1.0f);
     // distinct rows: every (n_rows, n) pair below has gcd(7, n) = 1, so r -> 7 r + 3 mod n is one to one
@@ -147,15 +147,15 @@ static void check_rows(int n, int n_rows, int dim) {
     gather_rows_cpu(want_gathered.data(), x.data(), rows.data(), n_rows, dim);
     scatter_add_rows_cpu(want_d_x.data(), d_rows.data(), rows.data(), n_rows, dim);
 
-    bf16 *d_xin = upload_bf16(x, "x");
+    act16 *d_xin = upload_act16(x, "x");
     int *d_row_ids = upload_ints(rows, "rows");
-    bf16 *d_gathered = (bf16 *)gpu_malloc(sizeof(bf16) * n_rows * dim, "gathered");
-    gpu_poison(d_gathered, sizeof(bf16) * n_rows * dim);
+    act16 *d_gathered = (act16 *)gpu_malloc(sizeof(act16) * n_rows * dim, "gathered");
+    gpu_poison(d_gathered, sizeof(act16) * n_rows * dim);
     gather_rows_gpu(d_gathered, d_xin, d_row_ids, n_rows, dim);
     float *d_d_rows = upload_floats(d_rows, "d rows");
     float *d_d_x = upload_floats(d_x, "d_x");
     scatter_add_rows_gpu(d_d_x, d_d_rows, d_row_ids, n_rows, dim);
-    CHECK(max_relative_error(download_bf16(d_gathered, (size_t)n_rows * dim).data(), want_gathered.data(),
+    CHECK(max_relative_error(download_act16(d_gathered, (size_t)n_rows * dim).data(), want_gathered.data(),
                              want_gathered.size()) == 0.0);
     CHECK(max_relative_error(download_floats(d_d_x, (size_t)n * dim).data(), want_d_x.data(), want_d_x.size()) ==
           0.0);
@@ -194,8 +194,8 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     float weight_scale = 3.0f / sqrtf((float)dim);
     std::vector<float> x = random_vector((size_t)n * dim, seed, 1.0f);
     std::vector<float> weight = random_vector((size_t)vocab * dim, seed + 1, weight_scale);
-    round_to_bf16(x);
-    round_to_bf16(weight);
+    round_to_act16(x);
+    round_to_act16(weight);
     std::vector<int> targets = random_targets(n, vocab, seed + 2);
     for (int t = uncounted_first; t < uncounted_last; t++) targets[t] = IGNORE_TARGET;
     std::vector<float> d_x_before = random_vector((size_t)n * dim, seed + 3, 0.5f * weight_scale);
@@ -212,8 +212,8 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     std::vector<float> want_d_x = d_x_before;
     matmul_backward_input_cpu<float>(want_d_x.data(), d_logits.data(), weight.data(), n, dim, vocab);
 
-    bf16 *d_xin = upload_bf16(x, "x");
-    bf16 *d_weight = upload_bf16(weight, "lm_head");
+    act16 *d_xin = upload_act16(x, "x");
+    act16 *d_weight = upload_act16(weight, "lm_head");
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
     float *d_weights = upload_weights(weights);
@@ -278,8 +278,8 @@ TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: los
     std::vector<float> weight = random_vector((size_t)vocab * dim, seed + 1, 0.3f);
     std::vector<float> d_x_before = random_vector((size_t)n * dim, seed + 2, 1.0f);
     std::vector<int> targets(n, IGNORE_TARGET);
-    bf16 *d_xin = upload_bf16(x, "x");
-    bf16 *d_weight = upload_bf16(weight, "lm_head");
+    act16 *d_xin = upload_act16(x, "x");
+    act16 *d_weight = upload_act16(weight, "lm_head");
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
     int count = -1;

@@ -47,9 +47,9 @@ TEST_CASE("gpu: embedding_gpu copies the token rows exactly") {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n " << s.n << ", dim " << s.dim);
         std::vector<float> table = random_vector((size_t)s.vocab * s.dim, seed, 3.0f);
-        round_to_bf16(table);
+        round_to_act16(table);
         std::vector<int> tokens = random_ints(s.n, seed + 1, s.vocab);
-        bf16 *d_table = upload_bf16(table, "table");
+        act16 *d_table = upload_act16(table, "table");
         int *d_tokens = upload_ints(tokens, "tokens");
         float *d_out = (float *)gpu_malloc(sizeof(float) * s.n * s.dim, "out");
         gpu_poison(d_out, sizeof(float) * s.n * s.dim);
@@ -81,10 +81,10 @@ TEST_CASE("gpu: rmsnorm_gpu matches rmsnorm_cpu (bf16 output)") {
         rmsnorm_cpu<float>(want.data(), x.data(), weight.data(), s.n, s.dim, eps);
 
         float *d_x = upload_floats(x, "x"), *d_weight = upload_floats(weight, "weight");
-        bf16 *d_out = (bf16 *)gpu_malloc(sizeof(bf16) * size, "out");
-        gpu_poison(d_out, sizeof(bf16) * size);
+        act16 *d_out = (act16 *)gpu_malloc(sizeof(act16) * size, "out");
+        gpu_poison(d_out, sizeof(act16) * size);
         rmsnorm_gpu(d_out, d_x, d_weight, s.n, s.dim, eps);
-        std::vector<float> got = download_bf16(d_out, size);
+        std::vector<float> got = download_act16(d_out, size);
         CHECK(max_relative_error(got.data(), want.data(), size) < bf16_tolerance);
         gpu_free(d_x);
         gpu_free(d_weight);
@@ -127,13 +127,13 @@ TEST_CASE("gpu: rope_gpu and rope_backward_gpu match rope_cpu and rope_backward_
                          << (backward ? ", backward" : ", forward"));
             size_t size = (size_t)s.n * s.n_heads * s.head_dim;
             std::vector<float> x = random_vector(size, seed, 2.0f);
-            round_to_bf16(x);
+            round_to_act16(x);
             std::vector<int> positions = random_ints(s.n, seed + 1, 8192);
             // inv_freq[i] = theta^(-2i/head_dim), theta = 10000
             std::vector<float> inv_freq(s.head_dim / 2);
             for (int i = 0; i < s.head_dim / 2; i++) inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / s.head_dim);
 
-            bf16 *d_x = upload_bf16(x, "x");
+            act16 *d_x = upload_act16(x, "x");
             int *d_positions = upload_ints(positions, "positions");
             float *d_inv_freq = upload_floats(inv_freq, "inv_freq");
             std::vector<float> want = x;
@@ -144,7 +144,7 @@ TEST_CASE("gpu: rope_gpu and rope_backward_gpu match rope_cpu and rope_backward_
                 rope_cpu<float>(want.data(), positions.data(), inv_freq.data(), s.n, s.n_heads, s.head_dim);
                 rope_gpu(d_x, d_positions, d_inv_freq, s.n, s.n_heads, s.head_dim);
             }
-            std::vector<float> got = download_bf16(d_x, size);
+            std::vector<float> got = download_act16(d_x, size);
             CHECK(max_relative_error(got.data(), want.data(), size) < bf16_tolerance);
             gpu_free(d_x);
             gpu_free(d_positions);
@@ -160,16 +160,16 @@ TEST_CASE("gpu: swiglu_gpu matches swiglu_cpu (bf16)") {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n " << n);
         std::vector<float> gate = random_vector(n, seed, 6.0f), up = random_vector(n, seed + 1, 2.0f);
-        round_to_bf16(gate);
-        round_to_bf16(up);
+        round_to_act16(gate);
+        round_to_act16(up);
         std::vector<float> want(n);
         swiglu_cpu<float>(want.data(), gate.data(), up.data(), n);
 
-        bf16 *d_gate = upload_bf16(gate, "gate"), *d_up = upload_bf16(up, "up");
-        bf16 *d_out = (bf16 *)gpu_malloc(sizeof(bf16) * n, "out");
-        gpu_poison(d_out, sizeof(bf16) * n);
+        act16 *d_gate = upload_act16(gate, "gate"), *d_up = upload_act16(up, "up");
+        act16 *d_out = (act16 *)gpu_malloc(sizeof(act16) * n, "out");
+        gpu_poison(d_out, sizeof(act16) * n);
         swiglu_gpu(d_out, d_gate, d_up, n);
-        std::vector<float> got = download_bf16(d_out, n);
+        std::vector<float> got = download_act16(d_out, n);
         CHECK(max_relative_error(got.data(), want.data(), n) < bf16_tolerance);
         gpu_free(d_gate);
         gpu_free(d_up);
@@ -183,20 +183,20 @@ TEST_CASE("gpu: swiglu_backward_gpu writes what swiglu_backward_cpu adds to zero
         INFO("seed " << seed << ", n " << n);
         std::vector<float> gate = random_vector(n, seed, 6.0f), up = random_vector(n, seed + 1, 2.0f);
         std::vector<float> d_out = random_vector(n, seed + 2, 1.0f);
-        round_to_bf16(gate);
-        round_to_bf16(up);
-        round_to_bf16(d_out);
+        round_to_act16(gate);
+        round_to_act16(up);
+        round_to_act16(d_out);
         // the CPU function accumulates; the GPU one overwrites
         std::vector<float> want_d_gate(n, 0.0f), want_d_up(n, 0.0f);
         swiglu_backward_cpu<float>(want_d_gate.data(), want_d_up.data(), d_out.data(), gate.data(), up.data(), n);
 
-        bf16 *d_gate = upload_bf16(gate, "gate"), *d_up = upload_bf16(up, "up"), *d_dout = upload_bf16(d_out, "d_out");
-        bf16 *d_dgate = (bf16 *)gpu_malloc(sizeof(bf16) * n, "d_gate");
-        bf16 *d_dup = (bf16 *)gpu_malloc(sizeof(bf16) * n, "d_up");
-        gpu_poison(d_dgate, sizeof(bf16) * n);
-        gpu_poison(d_dup, sizeof(bf16) * n);
+        act16 *d_gate = upload_act16(gate, "gate"), *d_up = upload_act16(up, "up"), *d_dout = upload_act16(d_out, "d_out");
+        act16 *d_dgate = (act16 *)gpu_malloc(sizeof(act16) * n, "d_gate");
+        act16 *d_dup = (act16 *)gpu_malloc(sizeof(act16) * n, "d_up");
+        gpu_poison(d_dgate, sizeof(act16) * n);
+        gpu_poison(d_dup, sizeof(act16) * n);
         swiglu_backward_gpu(d_dgate, d_dup, d_dout, d_gate, d_up, n);
-        std::vector<float> got_d_gate = download_bf16(d_dgate, n), got_d_up = download_bf16(d_dup, n);
+        std::vector<float> got_d_gate = download_act16(d_dgate, n), got_d_up = download_act16(d_dup, n);
         CHECK(max_relative_error(got_d_gate.data(), want_d_gate.data(), n) < bf16_tolerance);
         CHECK(max_relative_error(got_d_up.data(), want_d_up.data(), n) < bf16_tolerance);
         gpu_free(d_gate);
@@ -212,9 +212,9 @@ TEST_CASE("gpu: residual_add_gpu adds bf16 to fp32 exactly as residual_add_cpu")
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n " << n);
         std::vector<float> x = random_vector(n, seed, 3.0f), y = random_vector(n, seed + 1, 1.0f);
-        round_to_bf16(y);
+        round_to_act16(y);
         float *d_x = upload_floats(x, "x");
-        bf16 *d_y = upload_bf16(y, "y");
+        act16 *d_y = upload_act16(y, "y");
         residual_add_cpu<float>(x.data(), y.data(), n);
         residual_add_gpu(d_x, d_y, n);
         std::vector<float> got = download_floats(d_x, n);
@@ -239,18 +239,18 @@ TEST_CASE("gpu: matmul_gpu matches matmul_cpu (bf16 output, with and without bia
             std::vector<float> in = random_vector((size_t)s.n * s.in_dim, seed, 1.0f);
             std::vector<float> weight = random_vector((size_t)s.out_dim * s.in_dim, seed + 1, 0.1f);
             std::vector<float> bias = random_vector(s.out_dim, seed + 2, 0.5f);
-            round_to_bf16(in);
-            round_to_bf16(weight);
+            round_to_act16(in);
+            round_to_act16(weight);
             std::vector<float> want(out_size);
             matmul_cpu<float>(want.data(), in.data(), weight.data(), with_bias ? bias.data() : NULL, s.n, s.in_dim,
                               s.out_dim);
 
-            bf16 *d_in = upload_bf16(in, "in"), *d_weight = upload_bf16(weight, "weight");
+            act16 *d_in = upload_act16(in, "in"), *d_weight = upload_act16(weight, "weight");
             float *d_bias = upload_floats(bias, "bias");
-            bf16 *d_out = (bf16 *)gpu_malloc(sizeof(bf16) * out_size, "out");
-            gpu_poison(d_out, sizeof(bf16) * out_size);
+            act16 *d_out = (act16 *)gpu_malloc(sizeof(act16) * out_size, "out");
+            gpu_poison(d_out, sizeof(act16) * out_size);
             matmul_gpu(d_out, d_in, d_weight, with_bias ? d_bias : NULL, s.n, s.in_dim, s.out_dim);
-            std::vector<float> got = download_bf16(d_out, out_size);
+            std::vector<float> got = download_act16(d_out, out_size);
             CHECK(max_relative_error(got.data(), want.data(), out_size) < bf16_tolerance);
             gpu_free(d_in);
             gpu_free(d_weight);
@@ -267,13 +267,13 @@ TEST_CASE("gpu: matmul_backward_input_gpu accumulates what matmul_backward_input
         size_t in_size = (size_t)s.n * s.in_dim;
         std::vector<float> d_out = random_vector((size_t)s.n * s.out_dim, seed, 1.0f);
         std::vector<float> weight = random_vector((size_t)s.out_dim * s.in_dim, seed + 1, 0.1f);
-        round_to_bf16(d_out);
-        round_to_bf16(weight);
+        round_to_act16(d_out);
+        round_to_act16(weight);
         std::vector<float> want = random_vector(in_size, seed + 2, 1.0f);   // the earlier gradient, on both sides
         float *d_din = upload_floats(want, "d_in");
         matmul_backward_input_cpu<float>(want.data(), d_out.data(), weight.data(), s.n, s.in_dim, s.out_dim);
 
-        bf16 *d_dout = upload_bf16(d_out, "d_out"), *d_weight = upload_bf16(weight, "weight");
+        act16 *d_dout = upload_act16(d_out, "d_out"), *d_weight = upload_act16(weight, "weight");
         matmul_backward_input_gpu(d_din, d_dout, d_weight, s.n, s.in_dim, s.out_dim);
         std::vector<float> got = download_floats(d_din, in_size);
         CHECK(max_relative_error(got.data(), want.data(), in_size) < gemm_fp32_tolerance);

@@ -78,10 +78,10 @@ LoraCase make_case(int n, int in_dim, int out_dim, int rank, float dropout, uint
     c.A = random_vector((size_t)rank * in_dim, seed + 2, 1.0f / sqrtf((float)in_dim));
     c.B = random_vector((size_t)out_dim * rank, seed + 3, 1.0f / sqrtf((float)rank));
     c.dy = random_vector(y_count, seed + 4, 1.0f);
-    round_to_bf16(c.x);
-    round_to_bf16(c.A);
-    round_to_bf16(c.B);
-    round_to_bf16(c.dy);
+    round_to_act16(c.x);
+    round_to_act16(c.A);
+    round_to_act16(c.B);
+    round_to_act16(c.dy);
     if (dropout > 0.0f) {
         c.keep.resize(x_count);
         lora_dropout_mask(c.keep.data(), x_count, dropout, seed + 9);
@@ -98,28 +98,28 @@ LoraCase make_case(int n, int in_dim, int out_dim, int rank, float dropout, uint
     c.dx0 = random_vector(x_count, seed + 6, max_abs(added.dx));
     c.dA0 = random_vector((size_t)rank * in_dim, seed + 7, max_abs(added.dA));
     c.dB0 = random_vector((size_t)out_dim * rank, seed + 8, max_abs(added.dB));
-    round_to_bf16(c.y0);   // y is bf16 on the GPU
+    round_to_act16(c.y0);   // y is bf16 on the GPU
     return c;
 }
 
 LoraResult run_gpu(const LoraCase &c) {
     const LoraShape &s = c.s;
     size_t xa_count = (size_t)s.n * s.rank, y_count = (size_t)s.n * s.out_dim;
-    bf16 *x = upload_bf16(c.x, "x"), *A = upload_bf16(c.A, "A"), *B = upload_bf16(c.B, "B");
-    bf16 *dy = upload_bf16(c.dy, "dy"), *y = upload_bf16(c.y0, "y");
+    act16 *x = upload_act16(c.x, "x"), *A = upload_act16(c.A, "A"), *B = upload_act16(c.B, "B");
+    act16 *dy = upload_act16(c.dy, "dy"), *y = upload_act16(c.y0, "y");
     float *keep = c.keep.empty() ? NULL : upload_floats(c.keep, "keep");
     float *dx = upload_floats(c.dx0, "dx"), *dA = upload_floats(c.dA0, "dA"), *dB = upload_floats(c.dB0, "dB");
-    bf16 *xa = (bf16 *)gpu_malloc(sizeof(bf16) * xa_count, "xa");
+    act16 *xa = (act16 *)gpu_malloc(sizeof(act16) * xa_count, "xa");
     size_t scratch_bytes = lora_scratch_bytes_gpu(s);
     void *scratch = gpu_malloc(scratch_bytes, "scratch");
-    gpu_poison(xa, sizeof(bf16) * xa_count);
+    gpu_poison(xa, sizeof(act16) * xa_count);
     gpu_poison(scratch, scratch_bytes);
     lora_forward_gpu(y, xa, x, keep, A, B, s, scratch);
     gpu_poison(scratch, scratch_bytes);   // backward must not rely on what forward left there
     lora_backward_gpu(dx, dA, dB, dy, x, keep, A, B, xa, s, scratch);
     LoraResult r;
-    r.y = download_bf16(y, y_count);
-    r.xa = download_bf16(xa, xa_count);
+    r.y = download_act16(y, y_count);
+    r.xa = download_act16(xa, xa_count);
     r.dx = download_floats(dx, c.dx0.size());
     r.dA = download_floats(dA, c.dA0.size());
     r.dB = download_floats(dB, c.dB0.size());
@@ -131,8 +131,8 @@ LoraResult run_gpu(const LoraCase &c) {
 // Backward with dx == NULL: dA and dB as with dx, nothing else touched.
 void check_backward_without_dx(const LoraCase &c, const LoraResult &cpu) {
     const LoraShape &s = c.s;
-    bf16 *x = upload_bf16(c.x, "x"), *A = upload_bf16(c.A, "A"), *B = upload_bf16(c.B, "B");
-    bf16 *dy = upload_bf16(c.dy, "dy"), *xa = upload_bf16(cpu.xa, "xa");
+    act16 *x = upload_act16(c.x, "x"), *A = upload_act16(c.A, "A"), *B = upload_act16(c.B, "B");
+    act16 *dy = upload_act16(c.dy, "dy"), *xa = upload_act16(cpu.xa, "xa");
     float *keep = c.keep.empty() ? NULL : upload_floats(c.keep, "keep");
     float *dA = upload_floats(c.dA0, "dA"), *dB = upload_floats(c.dB0, "dB");
     void *scratch = gpu_malloc(lora_scratch_bytes_gpu(s), "scratch");

@@ -37,8 +37,16 @@
 #include "lora.h"
 #include "model.h"
 #include "tokenizer.h"
+#include "trainer/grad_scaler.h"
 #include "trainer/train_gpu.h"
 #include "trainer/train_step.h"
+
+// The loss scale a training step runs with, as ./train's: GradScaler's initial
+// scale in fp16 (QLORA_GPU_PRECISION=fp16; without it small gradients
+// underflow fp16), 1 in bf16. unscale_grads divides it out again, as ./train
+// does before clipping.
+static double step_loss_scale(void) { return gpu_act16() == ACT16_FP16 ? GRAD_SCALER_INIT_SCALE : 1.0; }
+static void unscale_grads(GpuTrainer *g) { gpu_scale_grads(g, (float)(1.0 / step_loss_scale())); }
 
 static Config small_config(int attention_bias) {
     Config c;
@@ -144,7 +152,9 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
     gpu_trainer_init(&g, &model, variant.quant, variant.double_quant, &gpu_lora, &opt, n_seqs, seq_len);
     gpu_trainer_set_attention(&g, attention);
     gpu_zero_grads(&g);
-    double gpu_loss_sum = gpu_train_micro_batch(&g, &batch, opt.dropout_seed, grad_scale, &gpu_counted);
+    double gpu_loss_sum =
+        gpu_train_micro_batch(&g, &batch, opt.dropout_seed, grad_scale * step_loss_scale(), &gpu_counted);
+    unscale_grads(&g);
     gpu_download_lora(&g, &gpu_lora, NULL);
     gpu_trainer_free(&g);
 
@@ -333,7 +343,8 @@ static double gpu_step(Model &model, const Batch &batch, uint64_t seed, LoraSet 
     gpu_trainer_init(&g, &model, QUANT_NF4, 1, lora, &opt, max_seqs, max_len);
     gpu_zero_grads(&g);
     int counted = 0;
-    double loss = gpu_train_micro_batch(&g, &batch, 1, 0.05, &counted);
+    double loss = gpu_train_micro_batch(&g, &batch, 1, 0.05 * step_loss_scale(), &counted);
+    unscale_grads(&g);
     gpu_download_lora(&g, lora, NULL);
     gpu_trainer_free(&g);
     return loss;
@@ -511,7 +522,8 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
         scale_grads_cpu(cpu_lora.grads, cpu_lora.n_params, (float)scale);
         adamw_step_cpu(cpu_lora.params, cpu_lora.grads, &adam, &config, lr);
         gpu_zero_grads(&g);
-        double gpu_loss_value = gpu_train_micro_batch(&g, &batch, 0, scale, &counted) * scale;
+        double gpu_loss_value = gpu_train_micro_batch(&g, &batch, 0, scale * step_loss_scale(), &counted) * scale;
+        unscale_grads(&g);
         gpu_adamw_step(&g, &config, lr);
         double rel = fabs(gpu_loss_value - cpu_loss) / fabs(cpu_loss);
         worst = fmax(worst, rel);

@@ -3,6 +3,7 @@
 // (runtime/emu_runtime.cpp). Any other call fails to compile, on purpose.
 #pragma once
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "emu_core.h"
 
 typedef enum cudaError {
@@ -21,12 +22,15 @@ typedef enum cudaMemcpyKind {
 
 typedef enum cudaDataType_t {
     CUDA_R_32F = 0,
+    CUDA_R_16F = 2,
     CUDA_R_16BF = 14,
 } cudaDataType_t;
 typedef cudaDataType_t cudaDataType;
 
 struct cudaDeviceProp {
-    char name[256];   // the one field the project reads
+    char name[256];          // the fields the project reads
+    int major, minor;        // the compute capability: EMU_COMPUTE_CAPABILITY, default 9.0
+    size_t totalGlobalMem;   // the emulated device's memory (EMU_DEVICE_MEM_MB)
 };
 
 cudaError_t cudaGetDeviceCount(int *count);

@@ -33,9 +33,11 @@ std::map<std::string, uint64_t> &g_calls = *new std::map<std::string, uint64_t>;
 // The largest power of two dividing a (2^30 for 0).
 uintptr_t alignment_of(uintptr_t a) { return a ? (a & (~a + 1)) : (uintptr_t)1 << 30; }
 
-// (only f32 and bf16 pass check_args)
+// (only f32, bf16 and f16 pass check_args)
 size_t type_size(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
-const char *type_name(cudaDataType t) { return t == CUDA_R_32F ? "f32" : t == CUDA_R_16BF ? "bf16" : "other"; }
+const char *type_name(cudaDataType t) {
+    return t == CUDA_R_32F ? "f32" : t == CUDA_R_16BF ? "bf16" : t == CUDA_R_16F ? "f16" : "other";
+}
 
 void note(const std::string &key, uintptr_t align, const std::string &example) {
     AlignStat &s = g_align[key];
@@ -58,11 +60,15 @@ void note_operand(const char *api, const char *operand, cudaDataType t, const vo
 
 // ---- the product --------------------------------------------------------------
 float load(const void *p, cudaDataType t, size_t i) {
-    return t == CUDA_R_32F ? ((const float *)p)[i] : __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (t == CUDA_R_32F) return ((const float *)p)[i];
+    if (t == CUDA_R_16F) return __half2float(((const __half *)p)[i]);
+    return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
 }
 void store(void *p, cudaDataType t, size_t i, float v) {
     if (t == CUDA_R_32F)
         ((float *)p)[i] = v;
+    else if (t == CUDA_R_16F)
+        ((__half *)p)[i] = __float2half(v);
     else
         ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
 }
@@ -130,6 +136,7 @@ cublasStatus_t check_args(const char *api, cublasOperation_t ta, cublasOperation
     }
     bool types_ok = comp == CUBLAS_COMPUTE_32F &&
                     ((at == CUDA_R_16BF && bt == CUDA_R_16BF && (ct == CUDA_R_16BF || ct == CUDA_R_32F)) ||
+                     (at == CUDA_R_16F && bt == CUDA_R_16F && (ct == CUDA_R_16F || ct == CUDA_R_32F)) ||
                      (at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F));
     if (!types_ok) {
         emu::error("%s: type combination A %s, B %s, C %s, compute %d is not emulated", api, type_name(at),

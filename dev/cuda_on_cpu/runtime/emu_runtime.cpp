@@ -151,8 +151,14 @@ cudaError_t cudaGetDeviceCount(int *count) {
     return cudaSuccess;
 }
 
+// The emulated device's compute capability, EMU_COMPUTE_CAPABILITY as 90 (9.0, an
+// H100), 75 (a T4), ...: what the program reads to choose its precision.
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
     snprintf(p->name, sizeof p->name, "CPU emulation of CUDA (dev/cuda_on_cpu), not a GPU");
+    int capability = emu::env_int("EMU_COMPUTE_CAPABILITY", 90);
+    p->major = capability / 10;
+    p->minor = capability % 10;
+    p->totalGlobalMem = device_total_bytes();
     return device == 0 ? cudaSuccess : record_error(cudaErrorInvalidValue);
 }
 
