@@ -2,8 +2,8 @@
 // for the "A and B mixed" arm of the forgetting experiment (README.md here):
 //   mix_sets MODEL OUT A B   writes OUT/train.bin = A's then B's training
 //   samples, OUT/val.bin = A's then B's validation samples (./train shuffles).
-// Build (after make): gcc -O2 -I. dev/runs/forgetting/mix_sets.c build/data/tokfile.o build/tokenizer.o \
-//   build/formats/*.o -lutf8proc -lm -fopenmp -o build/mix_sets
+// Build (after make): gcc -O2 -I. -Ibuild/deps/include dev/runs/forgetting/mix_sets.c build/data/tokfile.o build/tokenizer.o build/chat_template.o \
+//   build/formats/*.o build/deps/lib/libutf8proc.a -lm -fopenmp -o build/mix_sets
 #include "data/tokfile.h"
 #include "formats/gguf.h"
 #include "tokenizer.h"
