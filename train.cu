@@ -1123,7 +1123,9 @@ static int train_step(Run *r, int step, StepStats *s) {
     s->skipped = 0;
     int scaling = r->progress.scaler.enabled;
     if (!isfinite(s->train_loss) || (!scaling && !isfinite(s->grad_norm))) return stop_not_finite(r, step, s);
-    s->lr = lr_at_step(&r->schedule, step);
+    // a skipped step does not advance the schedule (as transformers' Trainer,
+    // which steps the scheduler only when the optimizer stepped)
+    s->lr = lr_at_step(&r->schedule, step - r->progress.scaler.skipped_steps);
     if (!scaling || unscale_or_skip(r, s) == 0) {
         e->scale_grads(e, clip_scale(s->grad_norm, o->clip));
         e->adamw(e, &r->adamw, s->lr);
