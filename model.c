@@ -782,6 +782,20 @@ static int load_hf_dir(Model *m, const char *dir, char *err, size_t err_size) {
     return 0;
 }
 
+// Every id the tokenizer can produce needs a row of the embedding (and of the
+// LM head); the embedding may have more rows than the tokenizer has tokens
+// (models pad it, e.g. to a multiple of 64), never fewer.
+static int check_tokenizer_fits(Model *m, const char *path, char *err, size_t err_size) {
+    int n_tokens = tokenizer_vocab_size(m->tokenizer);
+    if (n_tokens <= m->config.vocab_size) return 0;
+    snprintf(err, err_size,
+             "%s: the tokenizer has %d tokens but the embedding only %d rows (vocab_size): ids %d..%d "
+             "would read past it; is the tokenizer from another model?",
+             path, n_tokens, m->config.vocab_size, m->config.vocab_size, n_tokens - 1);
+    model_free(m);
+    return -1;
+}
+
 int model_load(Model *m, const char *path, char *err, size_t err_size) {
     memset(m, 0, sizeof *m);
     struct stat st;
@@ -789,8 +803,9 @@ int model_load(Model *m, const char *path, char *err, size_t err_size) {
         snprintf(err, err_size, "%s: no such file or directory (a .gguf file or an HF model directory)", path);
         return -1;
     }
-    if (S_ISDIR(st.st_mode)) return load_hf_dir(m, path, err, err_size);
-    return load_gguf(m, path, err, err_size);
+    int status = S_ISDIR(st.st_mode) ? load_hf_dir(m, path, err, err_size) : load_gguf(m, path, err, err_size);
+    if (status != 0) return status;
+    return check_tokenizer_fits(m, path, err, err_size);
 }
 
 void model_free(Model *m) {

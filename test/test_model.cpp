@@ -394,6 +394,23 @@ TEST_CASE("model: an HF directory loads end to end and runs") {
     free(ids);
     model_free(&m);
 
+    // an embedding with fewer rows than the tokenizer has tokens is refused
+    // (the last token's id would read past it), naming both counts
+    f = fopen((d + "/config.json").c_str(), "w");
+    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
+               "\"num_hidden_layers\": %d, \"num_attention_heads\": %d, \"num_key_value_heads\": %d, "
+               "\"vocab_size\": %d, \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": true}",
+            dim, hidden, layers, heads, kv_heads, vocab - 1);
+    fclose(f);
+    tensors[0].shape[0] = vocab - 1;
+    tensors[0].nbytes = (size_t)(vocab - 1) * dim * sizeof(float);
+    REQUIRE_MESSAGE(safetensors_write((d + "/model.safetensors").c_str(), tensors.data(), (int)tensors.size(), err,
+                                      sizeof err) == 0, err);
+    std::string short_embedding = load_error(d);
+    CHECK_MESSAGE(short_embedding.find("the tokenizer has 1001 tokens but the embedding only 1000 rows") !=
+                      std::string::npos, short_embedding);
+    CHECK(short_embedding.find(d) != std::string::npos);
+
     // a head_dim past MAX_HEAD_DIM (RoPE's tables) is refused, not loaded
     f = fopen((d + "/config.json").c_str(), "w");
     fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": %d, \"intermediate_size\": %d, "
