@@ -84,7 +84,7 @@ float *weight_of(const Model &m, int layer, int target) {
 // values (a fresh one is all zero and would merge to no change).
 void make_adapter(LoraSet *set, const Config &c, int rank, float alpha, int rslora) {
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    REQUIRE(lora_set_init(set, &c, enabled, rank, alpha, rslora, 0.0f, 7) == 0);
+    REQUIRE(lora_set_init(set, &c, enabled, rank, alpha, rslora, 0.0f, 7, 0) == 0);
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         for (int j = 0; j < a->out_dim * rank; j++) a->B[j] = 0.05f * std::cos(0.71f * (float)(j + 13 * i));
@@ -656,7 +656,7 @@ TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A 
         const Config &c = tiny.model.config;
         LoraSet saved;
         int some[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};   // q, v, down
-        REQUIRE(lora_set_init(&saved, &c, some, 3, 5.0f, 1, 0.0f, 11) == 0);
+        REQUIRE(lora_set_init(&saved, &c, some, 3, 5.0f, 1, 0.0f, 11, 0) == 0);
         for (size_t i = 0; i < saved.n_params; i++) saved.params[i] = 0.01f * std::sin(1.3f * (float)i);
         TempDir dir;
         char err[1024];
@@ -671,13 +671,13 @@ TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A 
         for (int t = 0; t < N_LINEARS; t++) CHECK(enabled[t] == some[t]);
         // a fresh set of the same shape (other random A, B = 0) gets the saved values bit for bit
         LoraSet fresh;
-        REQUIRE(lora_set_init(&fresh, &c, enabled, ac.rank, ac.alpha, ac.rslora, 0.0f, 99) == 0);
+        REQUIRE(lora_set_init(&fresh, &c, enabled, ac.rank, ac.alpha, ac.rslora, 0.0f, 99, 0) == 0);
         REQUIRE(fresh.n_params == saved.n_params);
         REQUIRE_MESSAGE(adapter_load_into_set(dir.path.c_str(), &tiny.model, &fresh, err, sizeof err) == 0, err);
         CHECK(std::memcmp(fresh.params, saved.params, sizeof(float) * saved.n_params) == 0);
         // another rank is refused, the set untouched
         LoraSet other;
-        REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99) == 0);
+        REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99, 0) == 0);
         std::vector<float> before(other.params, other.params + other.n_params);
         CHECK(adapter_load_into_set(dir.path.c_str(), &tiny.model, &other, err, sizeof err) != 0);
         CHECK(std::string(err).find("rank or targets differ") != std::string::npos);
