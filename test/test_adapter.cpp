@@ -317,8 +317,8 @@ TEST_CASE("adapter: a bad adapter_config.json is refused by name") {
 
     write_text(config_path, "{\"peft_type\": \"PREFIX_TUNING\", \"r\": 2, \"lora_alpha\": 4}");
     CHECK(contains(merge_error(dir), config_path + ": peft_type is 'PREFIX_TUNING', expected 'LORA'"));
-    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"use_dora\": true}");
-    CHECK(contains(merge_error(dir), config_path + ": 'use_dora' is set: DoRA"));
+    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"fan_in_fan_out\": true}");
+    CHECK(contains(merge_error(dir), config_path + ": 'fan_in_fan_out' is set: [in, out] (Conv1D) weights"));
     write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"rank_pattern\": {\"q_proj\": 4}}");
     CHECK(contains(merge_error(dir), "rank_pattern"));
     write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 0, \"lora_alpha\": 4}");
@@ -680,7 +680,7 @@ TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A 
         REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99, 0) == 0);
         std::vector<float> before(other.params, other.params + other.n_params);
         CHECK(adapter_load_into_set(dir.path.c_str(), &tiny.model, &other, err, sizeof err) != 0);
-        CHECK(std::string(err).find("rank or targets differ") != std::string::npos);
+        CHECK(std::string(err).find("rank, targets or DoRA setting differ") != std::string::npos);
         CHECK(std::vector<float>(other.params, other.params + other.n_params) == before);
         lora_set_free(&other);
         lora_set_free(&fresh);

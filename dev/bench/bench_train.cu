@@ -3,7 +3,7 @@
 // peft (dev/bench/bench_hf_peft.py takes the same arguments).
 //   make build/bench_train && ./build/bench_train --shape smollm2-135m --batch 8 --seq 512
 //   ./build/bench_train --device cpu --batch 1 --seq 256 --steps 2
-//   ./build/bench_train --device cpu --shape tiny --dora 1      (DoRA, dora.h: its cost against --dora 0)
+//   ./build/bench_train --device cpu --shape tiny --dora 1 --lora-dropout 0.05   (DoRA, dora.h: its cost against --dora 0)
 //   ./build/bench_train --shape llama-3.2-1b --save models/random-llama-3.2-1b   (then exits)
 //   ./build/bench_train --model models/random-llama-3.2-1b --batch 4 --seq 512
 // --save writes the random model as an HF directory (bf16 weights, config.json,
@@ -111,8 +111,9 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
         cpu_step(c, &base, lora, params.data(), &adam, opt, b);
         if (step >= 1) timed += now_seconds() - t0;
     }
-    printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d%s | %.1f tok/s | %.0f ms/step\n", shape,
-           nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute, lora->dora ? " dora" : "",
+    printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d dropout %g%s | %.1f tok/s | %.0f ms/step\n",
+           shape, nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute, opt->dropout,
+           lora->dora ? " dora" : "",
            (double)b->n_seqs * b->seq_len * steps / timed, 1000.0 * timed / steps);
     adamw_free(&adam);
     base_weights_free(&base);
@@ -122,6 +123,7 @@ int main(int argc, char **argv) {
     const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto", *save_dir = NULL, *model_dir = NULL,
                *tokenizer_json = NULL;
     int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1, dora = 0;
+    float dropout = 0.0f;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
         else if (strcmp(argv[i], "--batch") == 0) batch = atoi(argv[i + 1]);
@@ -131,6 +133,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
         else if (strcmp(argv[i], "--dora") == 0) dora = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--lora-dropout") == 0) dropout = (float)atof(argv[i + 1]);
         else if (strcmp(argv[i], "--device") == 0) device = argv[i + 1];
         else if (strcmp(argv[i], "--attention") == 0) attention = argv[i + 1];
         else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
@@ -157,9 +160,9 @@ int main(int argc, char **argv) {
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
     float alpha = 2.0f * rank;
-    if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, 0.0f, 1, dora) != 0) return 1;
+    if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, dropout, 1, dora) != 0) return 1;
     if (dora && dora_init_magnitudes(&lora, &model, nf4, 1) != 0) return 1;
-    StepOptions opt = {rank, lora_scale(alpha, rank, 0), 0.0f, 0, recompute};
+    StepOptions opt = {rank, lora_scale(alpha, rank, 0), dropout, 0, recompute};
     std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
     for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
     for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : IGNORE_TARGET;
