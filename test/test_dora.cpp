@@ -8,7 +8,8 @@
 //   - without dropout the layer equals the merged weight W' = g (W + s B A);
 //     with B = 0 and m = ||W|| it equals the base layer;
 //   - the whole tiny model's DoRA gradients (train_step_cpu) likewise, with
-//     dropout, GQA, biases, two sequences; recompute bitwise the same.
+//     dropout, GQA, biases, two sequences; recompute bitwise the same;
+//   - --plan's arithmetic counts what DoRA adds.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -18,6 +19,7 @@
 #include "dora.h"
 #include "lora.h"
 #include "ops/layers.h"
+#include "trainer/memory_plan.h"
 #include "trainer/train_step.h"
 
 namespace {
@@ -366,4 +368,28 @@ TEST_CASE("dora: recompute gives bitwise the same loss and gradients (float)") {
         train_step_cpu(&recomputed_d.c, &recomputed_source, recomputed.adapters.data(), &opt, &batch, 1.0 / 6, &counted);
     CHECK(loss_kept == loss_recomputed);
     for (size_t i = 0; i < kept.params.size(); i++) CHECK(kept.params[i] == recomputed.params[i]);
+}
+
+TEST_CASE("dora: --plan counts the magnitude vectors, the w each adapted layer keeps, and DoRA's scratch") {
+    Config c = {};
+    c.dim = 64; c.hidden_dim = 160; c.n_layers = 3; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16;
+    c.vocab_size = 100; c.tied_embeddings = 1;
+    PlanInputs in = {};
+    in.batch = 2; in.seq_len = 32; in.rank = 4;
+    in.enabled[LINEAR_Q] = in.enabled[LINEAR_DOWN] = 1;   // out 64 and 64
+    in.quant_nf4 = 1; in.double_quant = 1; in.weight_bytes = 2; in.activation_bytes = 2;
+    MemoryPlan lora, dora;
+    memory_plan_compute(&c, &in, &lora);
+    in.dora = 1;
+    memory_plan_compute(&c, &in, &dora);
+    double magnitudes = 3.0 * (64 + 64);   // a magnitude per output row of q and down, 3 layers
+    CHECK(dora.dora_magnitudes == 4 * magnitudes);
+    CHECK(dora.lora_params - lora.lora_params == 4 * magnitudes);
+    CHECK(dora.lora_grads - lora.lora_grads == 4 * magnitudes);
+    CHECK(dora.adam_moments - lora.adam_moments == 8 * magnitudes);
+    // per layer: w [tokens, out] in 16-bit for each adapter, and its fp32 row norms
+    double tokens = 64;
+    CHECK(dora.activations_no_recompute - lora.activations_no_recompute == 3 * (tokens * 128 * 2 + 4 * 128));
+    // scratch: the widest adapter's 2 x [tokens, out] 16-bit + [tokens, in] fp32 (down: in 160)
+    CHECK(dora.scratch - lora.scratch == tokens * (2.0 * 2 * 64 + 4.0 * 160));
 }
