@@ -655,7 +655,9 @@ static void print_dora_cost(const LoraSet *lora) {
     printf("dora: %zu magnitudes (one per output row of each adapted matrix) among them; each adapted layer also\n"
            "  computes ||W0 + s B A|| per row every step and keeps x W0^T + s xa B^T per token for backward (with\n"
            "  --lora-dropout > 0 one more base product: x_d W0^T). Measured on a CPU: about %.2fx a LoRA step's time\n"
-           "  (README, \"DoRA\")\n", magnitudes, DORA_CPU_STEP_COST);
+           "  %s adapter dropout (README, \"DoRA\")\n", magnitudes,
+           lora->dropout > 0 ? DORA_CPU_STEP_COST_DROPOUT : DORA_CPU_STEP_COST_NO_DROPOUT,
+           lora->dropout > 0 ? "with" : "without");
 }
 
 // The model in fp32, and the options that depend on it checked (--seq, --rank, --merge-gguf).
