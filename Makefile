@@ -49,7 +49,7 @@ LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp
           trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp \
           merging/adapter_merge.cpp merging/model_merge.cpp serving/scheduler.cpp serving/server.cpp
 LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/cross_entropy.cu \
-          nf4.cu lora.cu adamw.cu trainer/train_gpu.cu trainer/engine_gpu.cu
+          nf4.cu lora.cu dora.cu adamw.cu trainer/train_gpu.cu trainer/engine_gpu.cu
 PROGRAMS = generate train prepare evaluate merge serve
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin
@@ -135,7 +135,7 @@ TEST_FLAGS = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fopenm
 # The numeric loops (the files in NUMERIC_CU and NUMERIC_CPP) run billions of iterations in the
 # model tests: there UBSan's per-operation checks would cost minutes, so they
 # get ASan only, at full optimisation. Every other file gets both.
-NUMERIC_CU  = ops/layers.cu ops/attention.cu ops/cross_entropy.cu nf4.cu lora.cu adamw.cu
+NUMERIC_CU  = ops/layers.cu ops/attention.cu ops/cross_entropy.cu nf4.cu lora.cu dora.cu adamw.cu
 NUMERIC_CPP = trainer/train_step.cpp infer/forward.cpp
 NUMERIC_TEST_FLAGS = -O3 -march=native -g -fsanitize=address --param asan-stack=0 -fno-omit-frame-pointer -fopenmp
 TEST_SRC   = $(wildcard test/test_*.cpp)

@@ -54,9 +54,9 @@ void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
     for (size_t i = 0; i < count; i++) keep[i] = dropout_keep_value(key, i, p, kept_value);
 }
 
-// out[i] = x[i] * keep[i] (a copy of x when keep is NULL)
 template <typename Real>
-static void apply_mask(Real *out, const Real *x, const float *keep, size_t count) {
+void lora_apply_mask_cpu(Real *out, const Real *x, const float *keep, size_t count) {
+    // out[i] = x[i] keep[i]
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < count; i++) out[i] = keep ? x[i] * keep[i] : x[i];
 }
@@ -96,7 +96,7 @@ template <typename Real>
 void lora_forward_cpu(Real *y, const Real *x, const float *keep, const Real *A, const Real *B, LoraShape s, Real *xa,
                       Real *scratch) {
     Real *dropped = scratch;
-    apply_mask(dropped, x, keep, (size_t)s.n * s.in_dim);
+    lora_apply_mask_cpu(dropped, x, keep, (size_t)s.n * s.in_dim);
     // xa = (x * keep) A^T            [n, r]
     matmul_cpu<Real>(xa, dropped, A, NULL, s.n, s.in_dim, s.rank);
     // y += s xa B^T                  [n, out]
@@ -119,7 +119,7 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
     memset(d_xa, 0, sizeof(Real) * s.n * s.rank);
     matmul_backward_input_cpu<Real>(d_xa, dy_scaled, B, s.n, s.rank, s.out_dim);
     // dA += d_xa^T dropout(x)
-    apply_mask(dropped, x, keep, x_count);
+    lora_apply_mask_cpu(dropped, x, keep, x_count);
     matmul_backward_weight_cpu<Real>(dA, d_xa, dropped, s.n, s.in_dim, s.rank);
     if (!dx) return;
     // dx += (d_xa A) * keep
@@ -130,6 +130,8 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
     for (size_t i = 0; i < x_count; i++) dx[i] += keep ? d_dropped[i] * keep[i] : d_dropped[i];
 }
 
+template void lora_apply_mask_cpu(float *, const float *, const float *, size_t);
+template void lora_apply_mask_cpu(double *, const double *, const float *, size_t);
 template void lora_forward_cpu(float *, const float *, const float *, const float *, const float *, LoraShape, float *,
                                float *);
 template void lora_forward_cpu(double *, const double *, const float *, const double *, const double *, LoraShape,
@@ -163,20 +165,21 @@ int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size
     return 0;
 }
 
-// Floats the set's adapters take together (A and B of every enabled target of every layer).
-static size_t count_params(const Config *c, const int enabled[N_LINEARS], int rank) {
+// Floats the set's adapters take together (A and B of every enabled target of
+// every layer, and with DoRA each one's magnitude vector m).
+static size_t count_params(const Config *c, const int enabled[N_LINEARS], int rank, int dora) {
     size_t total = 0;
     for (int t = 0; t < N_LINEARS; t++) {
         if (!enabled[t]) continue;
         int in_dim, out_dim;
         linear_dims(c, t, &in_dim, &out_dim);
-        total += (size_t)c->n_layers * rank * (in_dim + out_dim);
+        total += (size_t)c->n_layers * ((size_t)rank * (in_dim + out_dim) + (dora ? out_dim : 0));
     }
     return total;
 }
 
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
-                  float dropout, uint64_t seed) {
+                  float dropout, uint64_t seed, int dora) {
     memset(set, 0, sizeof *set);
     set->n_layers = c->n_layers;
     for (int t = 0; t < N_LINEARS; t++) set->enabled[t] = enabled[t];
@@ -184,7 +187,8 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
     set->alpha = alpha;
     set->rslora = rslora;
     set->dropout = dropout;
-    set->n_params = count_params(c, enabled, rank);
+    set->dora = dora;
+    set->n_params = count_params(c, enabled, rank, dora);
     size_t n_alloc = set->n_params > 0 ? set->n_params : 1;
     set->params = (float *)calloc(n_alloc, sizeof(float));
     set->grads = (float *)calloc(n_alloc, sizeof(float));
@@ -193,7 +197,7 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
         lora_set_free(set);
         return -1;
     }
-    // each adapter's A then B, end to end: offset is where the next tensor starts
+    // each adapter's A then B (then m with DoRA), end to end: offset is where the next tensor starts
     size_t offset = 0;
     for (int l = 0; l < c->n_layers; l++) {
         for (int t = 0; t < N_LINEARS; t++) {
@@ -208,6 +212,11 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
             a->B = set->params + offset + a_size;
             a->dB = set->grads + offset + a_size;
             offset += a_size + b_size;
+            if (dora) {   // m = 0 until dora_init_magnitudes (dora.h) sets it from the base
+                a->m = set->params + offset;
+                a->dm = set->grads + offset;
+                offset += (size_t)a->out_dim;
+            }
             lora_init_weights(a, seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t));
         }
     }
@@ -230,12 +239,13 @@ int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, 
     for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         const LoraAdapter *a = &set->adapters[i];
         if (!a->A) continue;
-        for (int which = 0; which < 2; which++) {
-            const float *view = which ? a->B : a->A;
-            size_t count = (size_t)a->rank * (which ? a->out_dim : a->in_dim);
+        static const char *const TENSORS[3] = {"lora_A", "lora_B", "lora_magnitude_vector"};
+        for (int which = 0; which < (a->m ? 3 : 2); which++) {
+            const float *view = which == 0 ? a->A : which == 1 ? a->B : a->m;
+            size_t count = which == 0 ? (size_t)a->rank * a->in_dim
+                           : which == 1 ? (size_t)a->rank * a->out_dim : (size_t)a->out_dim;
             if (floats_all_finite(flat + (view - set->params), count)) continue;
-            snprintf(name, name_size, "layer %d %s lora_%s", i / N_LINEARS, LINEAR_NAMES[i % N_LINEARS],
-                     which ? "B" : "A");
+            snprintf(name, name_size, "layer %d %s %s", i / N_LINEARS, LINEAR_NAMES[i % N_LINEARS], TENSORS[which]);
             return 1;
         }
     }
@@ -285,8 +295,8 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
         first = 0;
     }
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
-               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n",
-            set->rslora ? "true" : "false");
+               "  \"use_dora\": %s,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n",
+            set->rslora ? "true" : "false", set->dora ? "true" : "false");
     fprintf(f, "  \"%s\": {\"quant\": \"%s\", \"double_quant\": %s, \"model_weights_hash\": \"%016llx\"}\n}\n",
             LORA_BASE_KEY, base->quant_nf4 ? "nf4" : "none", base->double_quant ? "true" : "false",
             (unsigned long long)base->model_hash);
@@ -295,8 +305,8 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
                        const LoraBase *base, char *err, size_t err_size) {
-    int n_tensors = 0;
-    for (int i = 0; i < set->n_layers * N_LINEARS; i++) n_tensors += set->adapters[i].A ? 2 : 0;
+    int n_tensors = 0, per_adapter = set->dora ? 3 : 2;
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) n_tensors += set->adapters[i].A ? per_adapter : 0;
     TensorInfo *tensors = (TensorInfo *)cpu_calloc((size_t)n_tensors, sizeof(TensorInfo), "adapter tensors");
     char (*names)[160] = (char (*)[160])cpu_calloc((size_t)n_tensors, 160, "adapter tensor names");
     int k = 0;
@@ -306,6 +316,16 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
             if (!a->A) continue;
             char module[128];
             peft_module_name(c, l, t, module, sizeof module);
+            if (a->m) {   // peft's name has no ".weight": base_model.model...q_proj.lora_magnitude_vector
+                snprintf(names[k], 160, "%s.lora_magnitude_vector", module);
+                tensors[k].name = names[k];
+                tensors[k].dtype = DT_F32;
+                tensors[k].ndim = 1;
+                tensors[k].shape[0] = a->out_dim;
+                tensors[k].data = a->m;
+                tensors[k].nbytes = sizeof(float) * (size_t)a->out_dim;
+                k++;
+            }
             for (int which = 0; which < 2; which++, k++) {
                 snprintf(names[k], 160, "%s.lora_%s.weight", module, which ? "B" : "A");
                 tensors[k].name = names[k];
@@ -351,7 +371,7 @@ __global__ static void apply_mask_kernel(T *out, const T *x, const float *keep, 
     if (i < count) out[i] = from_float<T>(to_float(x[i]) * keep[i]);
 }
 
-static void apply_mask_gpu(act16 *out, const act16 *x, const float *keep, size_t count) {
+void lora_apply_mask_gpu(act16 *out, const act16 *x, const float *keep, size_t count) {
     unsigned blocks = (unsigned)((count + 255) / 256);
     if (gpu_act16() == ACT16_FP16) apply_mask_kernel<fp16><<<blocks, 256>>>(as_fp16(out), as_fp16(x), keep, count);
     else apply_mask_kernel<bf16><<<blocks, 256>>>(as_bf16(out), as_bf16(x), keep, count);
@@ -362,6 +382,12 @@ static void apply_mask_gpu(act16 *out, const act16 *x, const float *keep, size_t
 __global__ static void add_masked_kernel(float *dx, const float *d_dropped, const float *keep, size_t count) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count) dx[i] += d_dropped[i] * keep[i];
+}
+
+void lora_add_masked_gpu(float *dx, const float *d, const float *keep, size_t count) {
+    if (count == 0) return;
+    add_masked_kernel<<<(unsigned)((count + 255) / 256), 256>>>(dx, d, keep, count);
+    CUDA_CHECK_LAUNCH();
 }
 
 // Scratch layout: d_xa (act16 [n, rank]), then one region of n * in fp32 that
@@ -381,7 +407,7 @@ void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, co
     const act16 *dropped = x;
     if (keep) {
         act16 *masked = (act16 *)((char *)scratch + d_xa_bytes(s));
-        apply_mask_gpu(masked, x, keep, x_count);
+        lora_apply_mask_gpu(masked, x, keep, x_count);
         dropped = masked;
     }
     // xa = dropout(x) A^T            [n, r]
@@ -403,7 +429,7 @@ void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const a
     // dA += d_xa^T dropout(x)        [r, in]
     const act16 *dropped = x;
     if (keep) {
-        apply_mask_gpu((act16 *)x_region, x, keep, x_count);
+        lora_apply_mask_gpu((act16 *)x_region, x, keep, x_count);
         dropped = (const act16 *)x_region;
     }
     gemm_act16(dA, CUDA_R_32F, d_xa, true, dropped, false, s.rank, s.in_dim, s.n, 1.0f, 1.0f);
@@ -416,7 +442,6 @@ void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const a
     // dx += (d_xa A) * keep: the product goes where the masked x was (its last reader, the dA product, came first)
     float *d_dropped = (float *)x_region;
     gemm_act16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 0.0f);
-    add_masked_kernel<<<(unsigned)((x_count + 255) / 256), 256>>>(dx, d_dropped, keep, x_count);
-    CUDA_CHECK_LAUNCH();
+    lora_add_masked_gpu(dx, d_dropped, keep, x_count);
 }
 #endif

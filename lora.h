@@ -16,6 +16,8 @@ typedef struct {
     float *B;        // [out_dim, rank]
     float *dA;       // gradients, same shapes
     float *dB;
+    float *m;        // DoRA's magnitude vector [out_dim] (dora.h), NULL without DoRA
+    float *dm;       // its gradient
 } LoraAdapter;
 
 // s = alpha / r, or alpha / sqrt(r) with rsLoRA
@@ -35,6 +37,9 @@ void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed);
 // The mask seed of (layer, target) within a step whose dropout seed is
 // step_seed: one stream per adapter, the same on the CPU and the GPU.
 uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target);
+// out[i] = x[i] * keep[i] (a copy of x when keep is NULL): the adapter's dropped-out input.
+template <typename Real>
+void lora_apply_mask_cpu(Real *out, const Real *x, const float *keep, size_t count);
 
 // The shapes of one adapted linear layer.
 typedef struct {
@@ -61,7 +66,7 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 
 // The trainable state of a whole model in one flat layout, as llm.c keeps all
 // parameters in one buffer with offsets: params holds every enabled adapter's
-// A then B, end to end, layer by layer and in Linear order within a layer;
+// A then B (then its magnitude vector m with DoRA), end to end, layer by layer and in Linear order within a layer;
 // grads has the same layout, and so do AdamW's moments (adamw.h) and the GPU's
 // copies (trainer/train_gpu.h). Each adapter's A, B, dA, dB point into params
 // and grads, so the optimizer, clipping, the GPU copies and the checkpoint
@@ -73,9 +78,10 @@ typedef struct LoraSet {
     float alpha;
     int rslora;
     float dropout;
+    int dora;                 // 1: every adapter has a magnitude vector m (DoRA, dora.h)
     size_t n_params;          // floats in params, and in grads
-    float *params;            // [n_params] every A and B
-    float *grads;             // [n_params] every dA and dB
+    float *params;            // [n_params] every A and B (and m)
+    float *grads;             // [n_params] every dA and dB (and dm)
     LoraAdapter *adapters;    // [n_layers * N_LINEARS] views into params and grads; disabled targets are all NULL
 } LoraSet;
 
@@ -83,14 +89,17 @@ typedef struct LoraSet {
 int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size);
 // Allocates params and grads for every enabled target of every layer and
 // initialises each adapter (lora_init_weights; each A gets its own seed derived
-// from seed, layer and target); gradients 0. Returns -1 when out of memory.
+// from seed, layer and target); gradients 0. With dora, each adapter also gets
+// a magnitude vector m, 0 until dora_init_magnitudes (dora.h) sets it from the
+// base. Returns -1 when out of memory.
 int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], int rank, float alpha, int rslora,
-                  float dropout, uint64_t seed);
+                  float dropout, uint64_t seed, int dora);
 void lora_set_free(LoraSet *set);
 size_t lora_set_num_params(const LoraSet *set);
 void lora_set_zero_grads(LoraSet *set);
 // Names the first adapter tensor of `flat` (an array in the set's layout: params,
-// grads or an AdamW moment) that holds a NaN or Inf, as "layer 3 v lora_B", into
+// grads or an AdamW moment) that holds a NaN or Inf, as "layer 3 v lora_B" (or
+// lora_A, lora_magnitude_vector), into
 // name. Returns 1 if there is one, else 0 (name: "none").
 int lora_set_find_non_finite(const LoraSet *set, const float *flat, char *name, size_t name_size);
 // peft's tensor names: peft_layers_path(c) + layer + "." + peft_module_path(c, target)
@@ -111,7 +120,9 @@ typedef struct {
 } LoraBase;
 // Writes dir/adapter_model.safetensors and dir/adapter_config.json in HF
 // peft's layout and names, so peft can load the adapter onto the base model;
-// the config also records base (LORA_BASE_KEY).
+// the config also records base (LORA_BASE_KEY). With DoRA, each module's m is
+// saved as MODULE.lora_magnitude_vector [out] (peft's name, no ".weight") and
+// the config says "use_dora": true.
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,
                        const LoraBase *base, char *err, size_t err_size);
 
@@ -121,6 +132,10 @@ int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, con
 
 // lora_dropout_mask into device memory, bit for bit the same values.
 void lora_dropout_mask_gpu(float *keep, size_t count, float p, uint64_t seed);
+// out[i] = act16(x[i] * keep[i]), as lora_apply_mask_cpu.
+void lora_apply_mask_gpu(act16 *out, const act16 *x, const float *keep, size_t count);
+// dx[i] += d[i] * keep[i]: a gradient through the mask.
+void lora_add_masked_gpu(float *dx, const float *d, const float *keep, size_t count);
 
 // y[n, out] (act16) += s ((x * keep) A^T) B^T; saves xa = (x * keep) A^T (act16 [n, rank]) for backward.
 // x act16 [n, in]; keep fp32 [n * in] on device or NULL (no dropout); A act16 [rank, in], B act16 [out, rank]

@@ -15,6 +15,7 @@
 #include "infer/adapter.h"          // defines: adapter_merge_peft (--eval-answers), adapter_choose_base (--merge)
 #include "infer/gguf_export.h"      // defines: gguf_write_model (--merge-gguf)
 #include "infer/merge.h"            // defines: merge_into_base, model_save_hf (--merge)
+#include "dora.h"                   // defines: dora_init_magnitudes (--dora)
 #include "lora.h"                   // defines: LoraSet (the trainable state), lora_scale, lora_set_save_peft
 #include "model.h"                  // defines: Model, Config, model_load
 #include "nf4.h"                    // defines: nf4_print_memory_story, nf4_round_trip_model
@@ -54,11 +55,11 @@ typedef struct {
     const char *model_path, *data_path, *val_path, *device, *out_dir, *targets, *quant, *resume_dir, *gguf_type, *precision;
     const char *init_adapter;
     Precision chosen_precision;   // --precision resolved for the device (check_options)
-    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
+    int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, dora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
     const char *template_name;   // --template: the chat template family JSONL data is rendered with (NULL: the model's)
-    struct { int rank, alpha, rslora, targets, quant, double_quant; } given;   // which the command line set
+    struct { int rank, alpha, rslora, dora, targets, quant, double_quant; } given;   // which the command line set
 } Options;
 
 // Every default of ./train in one place, each with what it means (./train --help prints them).
@@ -94,6 +95,7 @@ static Options default_options(void) {
     o.rslora = 0;                         // 1: the scale is alpha / sqrt(r) (rsLoRA)
     o.lora_dropout = 0.05f;               // dropout on the adapters' input
     o.targets = "q,k,v,o,gate,up,down";   // the adapted projections of every block
+    o.dora = 0;                           // 1: DoRA, a learned magnitude per output row (dora.h)
     o.init_adapter = NULL;                // none: A random, B = 0; else train on from this adapter's A and B
     o.quant = "nf4";                      // the base: nf4 (QLoRA) or none (fp32, plain LoRA)
     o.double_quant = 1;                   // NF4's block scales quantized again, to 8 bits
@@ -151,11 +153,14 @@ static void usage(FILE *out) {
             "  --rank R            LoRA rank (default %d)\n"
             "  --alpha A           LoRA alpha; scaling = alpha / rank (default %g)\n"
             "  --rslora            scaling = alpha / sqrt(rank)\n"
+            "  --dora              DoRA (peft's use_dora): W' = m (W + s B A) / ||W + s B A|| per output row, m\n"
+            "                      trained with A and B from ||W|| of the (NF4-dequantized) base; exported with\n"
+            "                      lora_magnitude_vector tensors and use_dora: true\n"
             "  --lora-dropout P    dropout on the adapter input (default %g)\n"
             "  --targets LIST      adapted layers among q,k,v,o,gate,up,down (default %s)\n"
             "  --init-adapter DIR  train on from this adapter (ours or peft's, same base) instead of B = 0: its\n"
-            "                      rank, alpha, rsLoRA and targets (adapter_config.json) are the run's, a\n"
-            "                      different --rank/--alpha/--rslora/--targets is an error; its recorded\n"
+            "                      rank, alpha, rsLoRA, DoRA and targets (adapter_config.json) are the run's, a\n"
+            "                      different --rank/--alpha/--rslora/--dora/--targets is an error; its recorded\n"
             "                      --quant/--double-quant are the defaults; --lora-dropout stays ours\n"
             "  --quant Q           nf4 (QLoRA) or none (plain LoRA on an fp32 base) (default %s)\n"
             "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
@@ -293,6 +298,7 @@ static Options parse_args(int argc, char **argv) {
         const char *f = argv[i];
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) { usage(stdout); exit(0); }
         if (strcmp(f, "--rslora") == 0) { o.rslora = o.given.rslora = 1; continue; }
+        if (strcmp(f, "--dora") == 0) { o.dora = o.given.dora = 1; continue; }
         if (strcmp(f, "--plan") == 0) { o.plan = 1; continue; }
         if (strcmp(f, "--merge") == 0) { o.merge = 1; continue; }
         if (strcmp(f, "--merge-gguf") == 0) { o.merge_gguf = 1; continue; }
@@ -532,6 +538,7 @@ static int run_identity(Run *r) {
     identity_line(t, size, &used, "--rank", "%d", o->rank);
     identity_float(t, size, &used, "--alpha", o->alpha);
     identity_line(t, size, &used, "--rslora", "%d", o->rslora);
+    if (o->dora) identity_line(t, size, &used, "--dora", "%d", o->dora);   // (a LoRA run keeps older checkpoints' identity)
     identity_float(t, size, &used, "--lora-dropout", o->lora_dropout);
     identity_line(t, size, &used, "--targets", "%s", o->targets);
     identity_line(t, size, &used, "--quant", "%s", o->quant);
@@ -621,9 +628,11 @@ static int take_adapter_options(Run *r) {
     snprintf(adapters, sizeof adapters, "%g", ac.alpha);
     if (o->given.alpha && o->alpha != ac.alpha) return refuse_conflict(o->init_adapter, "--alpha", given, adapters);
     if (o->given.rslora && !ac.rslora) return refuse_conflict(o->init_adapter, "--rslora", "on", "off");
+    if (o->given.dora && !ac.dora) return refuse_conflict(o->init_adapter, "--dora", "on", "off (use_dora false)");
     o->rank = ac.rank;
     o->alpha = ac.alpha;
     o->rslora = ac.rslora;
+    o->dora = ac.dora;
     o->targets = r->init_targets;
     for (int t = 0; t < N_LINEARS; t++) r->enabled[t] = enabled[t];
     AdapterBaseChoice choice = {strcmp(o->quant, "nf4") == 0, o->double_quant, o->given.quant, o->given.double_quant};
@@ -633,10 +642,22 @@ static int take_adapter_options(Run *r) {
     o->quant = choice.quant_nf4 ? "nf4" : "none";
     o->double_quant = choice.double_quant;
     if (warning[0]) fprintf(stderr, "train: warning: %s\n", warning);
-    printf("lora: training on from %s: rank %d, alpha %g%s, targets %s; base: %s\n", o->init_adapter, o->rank,
-           o->alpha, o->rslora ? " (rsLoRA)" : "", o->targets, adapter_describe_base(&choice, recorded, described,
+    printf("lora: training on from %s: rank %d, alpha %g%s%s, targets %s; base: %s\n", o->init_adapter, o->rank,
+           o->alpha, o->rslora ? " (rsLoRA)" : "", o->dora ? " (DoRA)" : "", o->targets, adapter_describe_base(&choice, recorded, described,
                                                                                     sizeof described));
     return 0;
+}
+
+// --dora: what the magnitudes add to the trainable state, and what DoRA's layer costs a step.
+static void print_dora_cost(const LoraSet *lora) {
+    size_t magnitudes = 0;
+    for (int i = 0; i < lora->n_layers * N_LINEARS; i++) magnitudes += lora->adapters[i].m ? lora->adapters[i].out_dim : 0;
+    printf("dora: %zu magnitudes (one per output row of each adapted matrix) among them; each adapted layer also\n"
+           "  computes ||W0 + s B A|| per row every step and keeps x W0^T + s xa B^T per token for backward (with\n"
+           "  --lora-dropout > 0 one more base product: x_d W0^T). Measured on a CPU: about %.2fx a LoRA step's time\n"
+           "  %s adapter dropout (README, \"DoRA\")\n", magnitudes,
+           lora->dropout > 0 ? DORA_CPU_STEP_COST_DROPOUT : DORA_CPU_STEP_COST_NO_DROPOUT,
+           lora->dropout > 0 ? "with" : "without");
 }
 
 // The model in fp32, and the options that depend on it checked (--seq, --rank, --merge-gguf).
@@ -684,6 +705,7 @@ static PlanInputs plan_inputs(const Options *o, const Config *c, const int enabl
     in.quant_nf4 = strcmp(o->quant, "nf4") == 0;
     in.double_quant = o->double_quant;
     in.recompute = o->recompute;
+    in.dora = o->dora;
     in.weight_bytes = 2;
     in.activation_bytes = 2;
     in.loss_chunk = lm_head_chunk_tokens_default(c->vocab_size);
@@ -846,8 +868,12 @@ static int set_up_training(Run *r) {
         return 1;
     }
     nf4_print_memory_story(c, stdout);
-    if (lora_set_init(&r->lora, c, r->enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed) != 0 ||
-        adamw_init(&r->adam, r->lora.n_params) != 0) {
+    int nf4 = strcmp(o->quant, "nf4") == 0;
+    // DoRA's m starts at ||W0|| of the base trained on; an --init-adapter's m (below) replaces it
+    if (lora_set_init(&r->lora, c, r->enabled, o->rank, o->alpha, o->rslora, o->lora_dropout, (uint64_t)o->seed,
+                      o->dora) != 0 ||
+        adamw_init(&r->adam, r->lora.n_params) != 0 ||
+        (o->dora && dora_init_magnitudes(&r->lora, &r->model, nf4, o->double_quant) != 0)) {
         fprintf(stderr, "train: out of memory: the LoRA adapters and AdamW moments (rank %d) did not fit; lower --rank "
                         "or --targets\n", o->rank);
         return 3;
@@ -859,8 +885,9 @@ static int set_up_training(Run *r) {
     size_t n_lora = r->lora.n_params;
     printf("lora: rank %d, alpha %g, targets %s: %zu trainable parameters (%.3f%% of %zu)\n", o->rank, o->alpha,
            o->targets, n_lora, 100.0 * n_lora / (double)(model_num_params(c) + n_lora), model_num_params(c));
+    if (o->dora) print_dora_cost(&r->lora);
     EngineOptions engine_options;
-    engine_options.quant = strcmp(o->quant, "nf4") == 0 ? QUANT_NF4 : QUANT_NONE;
+    engine_options.quant = nf4 ? QUANT_NF4 : QUANT_NONE;
     engine_options.double_quant = o->double_quant;
     engine_options.step = {o->rank, lora_scale(o->alpha, o->rank, o->rslora), o->lora_dropout, 0, o->recompute};
     engine_options.max_seqs = o->batch;

@@ -2,6 +2,7 @@
 // model's fp32 weights (see infer/adapter.h). Plain host code: every name and shape
 // is checked first, then each adapted weight gets W += s B A.
 #include "infer/adapter.h"
+#include "dora.h"
 #include "formats/json.h"
 #include "lora.h"
 #include "formats/safetensors.h"
@@ -29,10 +30,11 @@
 #include <string>
 #include <vector>
 
-// A (layer, module)'s two tensors in the adapter file; NULL until seen.
+// A (layer, module)'s tensors in the adapter file; NULL until seen.
 typedef struct {
     const TensorInfo *A;   // [r, in]
     const TensorInfo *B;   // [out, r]
+    const TensorInfo *M;   // [out] DoRA's lora_magnitude_vector (use_dora only)
 } LoraPair;
 
 // ---- adapter_config.json ----------------------------------------------------
@@ -40,7 +42,6 @@ typedef struct {
 // peft's options that change what a merge must do and that we do not
 // implement, with what they are: refused when set.
 static const char *const UNSUPPORTED_OPTIONS[][2] = {
-    {"use_dora", "DoRA (a learned magnitude per output)"},
     {"fan_in_fan_out", "[in, out] (Conv1D) weights"},
     {"rank_pattern", "a rank per module"},
     {"alpha_pattern", "an alpha per module"},
@@ -183,6 +184,7 @@ static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char 
     ac->rank = (int)r->number;
     ac->alpha = (float)alpha->number;
     ac->rslora = json_is_true(config, "use_rslora");
+    ac->dora = json_is_true(config, "use_dora");
     return 0;
 }
 
@@ -304,24 +306,31 @@ static int read_adapter_config(AdapterConfig *ac, const Config *c, const char *p
 
 // ---- tensor names -----------------------------------------------------------
 
-// Splits "<layers path>N.<module>.lora_A.weight" (or lora_B) into the layer,
-// the target and which of the two it is. -1 with the reason in why.
-static int parse_tensor_name(const Config *c, const char *name, int *layer, int *target, int *is_b, char *why,
+// The tensors of a module, by the suffix after its name: which (TENSOR_A, ...) is the index.
+enum { TENSOR_A, TENSOR_B, TENSOR_MAGNITUDE, N_TENSOR_KINDS };
+static const char *const TENSOR_SUFFIXES[N_TENSOR_KINDS] = {".lora_A.weight", ".lora_B.weight",
+                                                            ".lora_magnitude_vector"};
+
+// Splits "<layers path>N.<module>.lora_A.weight" (or lora_B, or DoRA's
+// lora_magnitude_vector) into the layer, the target and which tensor it is. -1
+// with the reason in why.
+static int parse_tensor_name(const Config *c, const char *name, int *layer, int *target, int *which, char *why,
                              size_t why_size) {
-    static const char SUFFIX_A[] = ".lora_A.weight", SUFFIX_B[] = ".lora_B.weight";
-    size_t suffix_len = strlen(SUFFIX_A), prefix_len = strlen(peft_layers_path(c));
-    snprintf(why, why_size, "not a LoRA weight of a %s model in peft's layout (expected %sN.MODULE.lora_A.weight "
-             "or lora_B)", arch_name(c->arch), peft_layers_path(c));
+    size_t prefix_len = strlen(peft_layers_path(c));
+    snprintf(why, why_size, "not a LoRA weight of a %s model in peft's layout (expected %sN.MODULE.lora_A.weight, "
+             "lora_B.weight or DoRA's lora_magnitude_vector)", arch_name(c->arch), peft_layers_path(c));
     if (strncmp(name, peft_layers_path(c), prefix_len) != 0) return -1;
     const char *digits = name + prefix_len, *p = digits;
     while (isdigit((unsigned char)*p)) p++;
     if (p == digits || *p != '.') return -1;
     const char *module = p + 1;
-    size_t rest_len = strlen(module);
-    if (rest_len <= suffix_len) return -1;
-    const char *suffix = module + rest_len - suffix_len;
-    if (strcmp(suffix, SUFFIX_A) != 0 && strcmp(suffix, SUFFIX_B) != 0) return -1;
-    *is_b = strcmp(suffix, SUFFIX_B) == 0;
+    size_t rest_len = strlen(module), suffix_len = 0;
+    *which = -1;
+    for (int k = 0; k < N_TENSOR_KINDS; k++) {
+        size_t len = strlen(TENSOR_SUFFIXES[k]);
+        if (rest_len > len && strcmp(module + rest_len - len, TENSOR_SUFFIXES[k]) == 0) { *which = k; suffix_len = len; }
+    }
+    if (*which < 0) return -1;
     size_t module_len = rest_len - suffix_len;
     *target = -1;
     for (int t = 0; t < N_LINEARS; t++)
@@ -396,17 +405,33 @@ static int check_none_missing(const Config *c, const LoraPair *pairs, const unsi
     return -1;
 }
 
+// A DoRA magnitude vector must be a float vector [out]. -1 with the reason in why.
+static int check_magnitude(const TensorInfo *t, int64_t out_dim, char *why, size_t why_size) {
+    if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16) {
+        snprintf(why, why_size, "dtype %s, expected F32, F16 or BF16", dtype_name(t->dtype));
+        return -1;
+    }
+    if (t->ndim != 1 || t->shape[0] != out_dim) {
+        char shape[96];
+        format_shape(t, shape, sizeof shape);
+        snprintf(why, why_size, "shape %s, expected [%lld] (one magnitude per output)", shape, (long long)out_dim);
+        return -1;
+    }
+    return 0;
+}
+
 // Files every tensor of the adapter under its (layer, target) in pairs,
 // checking names (each of a module the config selects), dtypes and shapes,
-// and that every selected module has its pair. Returns the number of pairs,
-// or -1 with "PATH: tensor 'NAME': what is wrong" in err.
+// and that every selected module has its pair (and, with use_dora, its
+// magnitude vector; without, none). Returns the number of pairs, or -1 with
+// "PATH: tensor 'NAME': what is wrong" in err.
 static int collect_pairs(Model *m, const AdapterConfig *ac, const unsigned char *selected, const char *config_path,
                          const SafetensorsFile *f, LoraPair *pairs, char *err, size_t err_size) {
     char why[512];
     for (int i = 0; i < f->tensors.count; i++) {
         const TensorInfo *t = &f->tensors.tensors[i];
-        int layer, target, is_b, in_dim, out_dim;
-        if (parse_tensor_name(&m->config, t->name, &layer, &target, &is_b, why, sizeof why) != 0) {
+        int layer, target, which, in_dim, out_dim;
+        if (parse_tensor_name(&m->config, t->name, &layer, &target, &which, why, sizeof why) != 0) {
             snprintf(err, err_size, "%s: tensor '%s': %s", f->path, t->name, why);
             return -1;
         }
@@ -417,23 +442,42 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const unsigned char 
             return -1;
         }
         target_weight(m, layer, target, &in_dim, &out_dim);
+        LoraPair *pair = &pairs[layer * N_LINEARS + target];
+        if (which == TENSOR_MAGNITUDE) {
+            if (!ac->dora) {
+                snprintf(err, err_size, "%s: tensor '%s': a DoRA magnitude vector, but %s does not set use_dora",
+                         f->path, t->name, config_path);
+                return -1;
+            }
+            if (check_magnitude(t, out_dim, why, sizeof why) != 0) {
+                snprintf(err, err_size, "%s: tensor '%s': %s", f->path, t->name, why);
+                return -1;
+            }
+            pair->M = t;
+            continue;
+        }
         // A is [r, in], B is [out, r]
+        int is_b = which == TENSOR_B;
         int64_t rows = is_b ? out_dim : ac->rank, cols = is_b ? ac->rank : in_dim;
         if (check_tensor(t, rows, cols, why, sizeof why) != 0) {
             snprintf(err, err_size, "%s: tensor '%s': %s (r = %d)", f->path, t->name, why, ac->rank);
             return -1;
         }
-        LoraPair *pair = &pairs[layer * N_LINEARS + target];
         if (is_b) pair->B = t;
         else pair->A = t;
     }
     int n_pairs = 0;
     for (int i = 0; i < m->config.n_layers * N_LINEARS; i++) {
-        const TensorInfo *present = pairs[i].A ? pairs[i].A : pairs[i].B;
+        const TensorInfo *present = pairs[i].A ? pairs[i].A : pairs[i].B ? pairs[i].B : pairs[i].M;
         if (!present) continue;
         if (!pairs[i].A || !pairs[i].B) {
             snprintf(err, err_size, "%s: tensor '%s' has no matching lora_%s", f->path, present->name,
                      pairs[i].A ? "B" : "A");
+            return -1;
+        }
+        if (ac->dora && !pairs[i].M) {
+            snprintf(err, err_size, "%s: module '%s' has no lora_magnitude_vector, which %s's use_dora needs",
+                     f->path, module_key(&m->config, i / N_LINEARS, i % N_LINEARS).c_str(), config_path);
             return -1;
         }
         n_pairs++;
@@ -445,22 +489,32 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const unsigned char 
 
 // ---- the merge --------------------------------------------------------------
 
-// The name of the pair's A or B when it holds a NaN or Inf (a corrupted
-// file), else NULL. A and B are scratch for r * in and out * r values.
-static const char *non_finite_tensor(const LoraPair *pair, int in_dim, int out_dim, int rank, float *A, float *B) {
+// The name of the pair's A, B or magnitude vector when it holds a NaN or Inf
+// (a corrupted file), else NULL. A, B
+// and M are scratch for r * in, out * r and out values.
+static const char *non_finite_tensor(const LoraPair *pair, int in_dim, int out_dim, int rank, float *A, float *B,
+                                     float *M) {
     tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
     tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
     if (!floats_all_finite(A, (size_t)rank * in_dim)) return pair->A->name;
     if (!floats_all_finite(B, (size_t)out_dim * rank)) return pair->B->name;
-    return NULL;
+    if (!pair->M) return NULL;
+    tensor_to_f32(pair->M->dtype, pair->M->data, M, out_dim);
+    return floats_all_finite(M, (size_t)out_dim) ? NULL : pair->M->name;
 }
 
-// Adds s B A to W [out_dim, in_dim]; A and B are converted to fp32 in the
-// caller's buffers (r * in and out * r values).
+// Adds s B A to W [out_dim, in_dim], or with DoRA makes W = m (W + s B A) /
+// ||W + s B A|| (dora_merge_weight); A, B and M are converted to fp32 in the
+// caller's buffers (r * in, out * r and out values).
 static void merge_pair(float *W, const LoraPair *pair, int in_dim, int out_dim, int rank, float scaling, float *A,
-                       float *B) {
+                       float *B, float *M) {
     tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
     tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
+    if (pair->M) {
+        tensor_to_f32(pair->M->dtype, pair->M->data, M, out_dim);
+        dora_merge_weight(W, A, B, M, scaling, out_dim, in_dim, rank);
+        return;
+    }
     // W[o, i] += s sum_k B[o, k] A[k, i]
     #pragma omp parallel for schedule(static)
     for (int o = 0; o < out_dim; o++) {
@@ -488,15 +542,16 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
     LoraPair *pairs = (LoraPair *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraPair));
     float *A = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
     float *B = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
+    float *M = (float *)malloc(sizeof(float) * (size_t)widest);
     int n_pairs = -1;
-    if (!pairs || !A || !B) snprintf(err, err_size, "%s: out of memory", path);
+    if (!pairs || !A || !B || !M) snprintf(err, err_size, "%s: out of memory", path);
     else n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs, err, err_size);
     float scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
     for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;
         target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
-        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A, B);
+        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A, B, M);
         if (bad) {
             snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
             n_pairs = -1;
@@ -506,11 +561,12 @@ int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, 
         if (!pairs[i].A) continue;
         int in_dim, out_dim;
         float *W = target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
-        merge_pair(W, &pairs[i], in_dim, out_dim, ac.rank, scaling, A, B);
+        merge_pair(W, &pairs[i], in_dim, out_dim, ac.rank, scaling, A, B, M);
     }
     free(pairs);
     free(A);
     free(B);
+    free(M);
     safetensors_close(&f);
     if (n_pairs < 0) return -1;
     if (info) {
@@ -564,10 +620,15 @@ int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char 
     std::vector<unsigned char> selected(n_slots);
     snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
     if (read_adapter_config(&ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
+    if (ac.dora) {
+        snprintf(err, err_size, "%s: use_dora is set: a DoRA adapter's magnitudes are applied merged into the base "
+                 "(./generate --adapter, ./evaluate --adapter, ./train --merge), not kept apart as here", config_path);
+        return -1;
+    }
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
     if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL});
+    std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL, NULL});
     // collect_pairs only reads the model (its shapes)
     int n_pairs = collect_pairs((Model *)m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
     int status = n_pairs > 0 ? 0 : -1;
@@ -687,8 +748,9 @@ int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, si
     snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
     int same_targets = 1;
     for (int t = 0; t < N_LINEARS; t++) same_targets = same_targets && enabled[t] == set->enabled[t];
-    if (ac.rank != set->rank || !same_targets || set->n_layers != c->n_layers) {
-        snprintf(err, err_size, "%s: the adapter's rank or targets differ from the ones being trained", config_path);
+    if (ac.rank != set->rank || !same_targets || set->n_layers != c->n_layers || ac.dora != set->dora) {
+        snprintf(err, err_size, "%s: the adapter's rank, targets or DoRA setting differ from the ones being trained",
+                 config_path);
         return -1;
     }
     std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
@@ -696,17 +758,19 @@ int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, si
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
     if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    std::vector<LoraPair> pairs((size_t)c->n_layers * N_LINEARS, LoraPair{NULL, NULL});
+    std::vector<LoraPair> pairs((size_t)c->n_layers * N_LINEARS, LoraPair{NULL, NULL, NULL});
     int n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
     // every pair read and checked into fp32 copies first, so that a bad one leaves set untouched
-    std::vector<std::vector<float>> A(pairs.size()), B(pairs.size());
+    std::vector<std::vector<float>> A(pairs.size()), B(pairs.size()), M(pairs.size());
     for (size_t i = 0; n_pairs > 0 && i < pairs.size(); i++) {
         if (!pairs[i].A) continue;
         int in_dim, out_dim;
         target_weight(m, (int)i / N_LINEARS, (int)i % N_LINEARS, &in_dim, &out_dim);
         A[i].resize((size_t)ac.rank * in_dim);
         B[i].resize((size_t)out_dim * ac.rank);
-        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A[i].data(), B[i].data());
+        M[i].resize((size_t)out_dim);
+        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A[i].data(), B[i].data(),
+                                            M[i].data());
         if (bad) {
             snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
             n_pairs = -1;
@@ -719,6 +783,7 @@ int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, si
         LoraAdapter *a = &set->adapters[i];
         memcpy(a->A, A[i].data(), sizeof(float) * A[i].size());
         memcpy(a->B, B[i].data(), sizeof(float) * B[i].size());
+        if (a->m) memcpy(a->m, M[i].data(), sizeof(float) * M[i].size());
     }
     return 0;
 }

@@ -1,6 +1,8 @@
 // infer/adapter.h: merging a trained LoRA adapter, saved in HF peft's layout
 // (adapter_config.json + adapter_model.safetensors), into a model's weights:
 //   W' = W + s B A,   A [r, in], B [out, r],   s = alpha / r (alpha / sqrt(r) with rsLoRA)
+// or, for a DoRA adapter (use_dora, a lora_magnitude_vector m [out] per module; dora.h):
+//   W' = m (W + s B A) / ||W + s B A||   (the norm per output row)
 // The merged model then runs at the base model's speed with no adapter code.
 #pragma once
 #include <stddef.h>
@@ -16,11 +18,12 @@ typedef struct {
     int rank;       // r
     float alpha;    // lora_alpha
     int rslora;     // use_rslora
+    int dora;       // use_dora: each module also has a lora_magnitude_vector (dora.h)
 } AdapterConfig;
 
 // Reads them from a parsed adapter_config.json (path: for messages), refusing
 // what a merge cannot honour: a peft_type other than LORA, the options this
-// program does not implement (DoRA, fan_in_fan_out, rank_pattern, ...), an r
+// program does not implement (fan_in_fan_out, rank_pattern, ...), an r
 // that is not a positive integer, lora_alpha <= 0 or not a float, and a module
 // selection peft would refuse. -1 with "PATH: what is wrong".
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
@@ -34,7 +37,8 @@ typedef struct {
 } AdapterInfo;
 
 // Reads dir/adapter_config.json and dir/adapter_model.safetensors and adds
-// s B A to the fp32 weight of every adapted module. Tensor names must be
+// s B A to the fp32 weight of every adapted module (DoRA: W' as above, with
+// the norm of W as it is in m, so merge onto the base the adapter trained on). Tensor names must be
 // peft's: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight
 // (Llama, Qwen2) or base_model.model.transformer.h.N.attn.attention.q_proj...
 // (EXAONE); A and B may be F32, F16 or BF16. Everything is checked before any
@@ -58,7 +62,8 @@ typedef struct {
 
 // Reads dir's adapter as adapter_merge_peft does (the same checks and
 // messages) but keeps A and B apart, converted to fp32; m is only read.
-// 0, or -1 with "FILE: what is wrong" in err and aw empty.
+// A DoRA adapter is refused (its magnitudes apply merged only: ./generate,
+// ./evaluate --adapter). 0, or -1 with "FILE: what is wrong" in err and aw empty.
 int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char *err, size_t err_size);
 void adapter_weights_free(AdapterWeights *aw);
 
@@ -91,16 +96,16 @@ const char *adapter_describe_base(const AdapterBaseChoice *choice, int recorded,
 
 struct LoraSet;   // lora.h (C++: its CPU functions are templates)
 
-// What ./train takes from an adapter it trains on from: r, lora_alpha and
-// use_rslora (ac), and the projections it adapts (enabled[t]), which must be
+// What ./train takes from an adapter it trains on from: r, lora_alpha,
+// use_rslora and use_dora (ac), and the projections it adapts (enabled[t]), which must be
 // the same in every layer (./train adapts a projection in all layers or none).
 // -1 with "PATH: what is wrong" when it cannot be read, is refused as by a
 // merge, or adapts a projection in some layers only.
 int adapter_training_options(const char *dir, const Config *c, AdapterConfig *ac, int enabled[N_LINEARS], char *err,
                              size_t err_size);
 
-// Copies dir's A and B into set, whose rank, targets and shapes must be the
-// adapter's (set up from adapter_training_options). Everything is checked
+// Copies dir's A and B (and DoRA's m) into set, whose rank, targets, DoRA
+// setting and shapes must be the adapter's (set up from adapter_training_options). Everything is checked
 // before set changes: -1 with "FILE: tensor 'NAME': what is wrong" and set
 // untouched.
 int adapter_load_into_set(const char *dir, Model *m, struct LoraSet *set, char *err, size_t err_size);

@@ -77,6 +77,11 @@ static int read_config(PeftAdapter *a, const char *dir, char *err, size_t err_si
     if (!json) return -1;
     AdapterConfig ac;
     int status = adapter_config_from_json(&ac, json, path, err, err_size);
+    if (status == 0 && ac.dora) {
+        snprintf(err, err_size, "%s: use_dora is set: ./merge combines plain LoRA adapters only (a DoRA adapter's "
+                 "magnitudes have no such combination here; merge it into a model with --base instead)", path);
+        status = -1;
+    }
     if (status == 0) {
         a->rank = ac.rank;
         a->alpha = ac.alpha;

@@ -84,7 +84,7 @@ float *weight_of(const Model &m, int layer, int target) {
 // values (a fresh one is all zero and would merge to no change).
 void make_adapter(LoraSet *set, const Config &c, int rank, float alpha, int rslora) {
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    REQUIRE(lora_set_init(set, &c, enabled, rank, alpha, rslora, 0.0f, 7) == 0);
+    REQUIRE(lora_set_init(set, &c, enabled, rank, alpha, rslora, 0.0f, 7, 0) == 0);
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
         for (int j = 0; j < a->out_dim * rank; j++) a->B[j] = 0.05f * std::cos(0.71f * (float)(j + 13 * i));
@@ -317,8 +317,8 @@ TEST_CASE("adapter: a bad adapter_config.json is refused by name") {
 
     write_text(config_path, "{\"peft_type\": \"PREFIX_TUNING\", \"r\": 2, \"lora_alpha\": 4}");
     CHECK(contains(merge_error(dir), config_path + ": peft_type is 'PREFIX_TUNING', expected 'LORA'"));
-    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"use_dora\": true}");
-    CHECK(contains(merge_error(dir), config_path + ": 'use_dora' is set: DoRA"));
+    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"fan_in_fan_out\": true}");
+    CHECK(contains(merge_error(dir), config_path + ": 'fan_in_fan_out' is set: [in, out] (Conv1D) weights"));
     write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"rank_pattern\": {\"q_proj\": 4}}");
     CHECK(contains(merge_error(dir), "rank_pattern"));
     write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 0, \"lora_alpha\": 4}");
@@ -656,7 +656,7 @@ TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A 
         const Config &c = tiny.model.config;
         LoraSet saved;
         int some[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};   // q, v, down
-        REQUIRE(lora_set_init(&saved, &c, some, 3, 5.0f, 1, 0.0f, 11) == 0);
+        REQUIRE(lora_set_init(&saved, &c, some, 3, 5.0f, 1, 0.0f, 11, 0) == 0);
         for (size_t i = 0; i < saved.n_params; i++) saved.params[i] = 0.01f * std::sin(1.3f * (float)i);
         TempDir dir;
         char err[1024];
@@ -671,16 +671,16 @@ TEST_CASE("adapter: --init-adapter reads the adapter's options and copies its A 
         for (int t = 0; t < N_LINEARS; t++) CHECK(enabled[t] == some[t]);
         // a fresh set of the same shape (other random A, B = 0) gets the saved values bit for bit
         LoraSet fresh;
-        REQUIRE(lora_set_init(&fresh, &c, enabled, ac.rank, ac.alpha, ac.rslora, 0.0f, 99) == 0);
+        REQUIRE(lora_set_init(&fresh, &c, enabled, ac.rank, ac.alpha, ac.rslora, 0.0f, 99, 0) == 0);
         REQUIRE(fresh.n_params == saved.n_params);
         REQUIRE_MESSAGE(adapter_load_into_set(dir.path.c_str(), &tiny.model, &fresh, err, sizeof err) == 0, err);
         CHECK(std::memcmp(fresh.params, saved.params, sizeof(float) * saved.n_params) == 0);
         // another rank is refused, the set untouched
         LoraSet other;
-        REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99) == 0);
+        REQUIRE(lora_set_init(&other, &c, enabled, 2, 5.0f, 1, 0.0f, 99, 0) == 0);
         std::vector<float> before(other.params, other.params + other.n_params);
         CHECK(adapter_load_into_set(dir.path.c_str(), &tiny.model, &other, err, sizeof err) != 0);
-        CHECK(std::string(err).find("rank or targets differ") != std::string::npos);
+        CHECK(std::string(err).find("rank, targets or DoRA setting differ") != std::string::npos);
         CHECK(std::vector<float>(other.params, other.params + other.n_params) == before);
         lora_set_free(&other);
         lora_set_free(&fresh);

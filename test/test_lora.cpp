@@ -29,7 +29,7 @@ TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
     int enabled[N_LINEARS] = {0};
     enabled[LINEAR_UP] = 1;   // in 100, out 30
     LoraSet set;
-    REQUIRE(lora_set_init(&set, &c, enabled, 8, 16.0f, 0, 0.0f, 42) == 0);
+    REQUIRE(lora_set_init(&set, &c, enabled, 8, 16.0f, 0, 0.0f, 42, 0) == 0);
     const LoraAdapter &a = set.adapters[LINEAR_UP];
     REQUIRE(a.in_dim == 100);
     REQUIRE(a.out_dim == 30);
@@ -45,7 +45,7 @@ TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
     CHECK(std::fabs(mean / 800) < 0.01);
     for (int i = 0; i < 30 * 8; i++) CHECK(a.B[i] == 0.0f);
     lora_set_free(&set);
-    REQUIRE(lora_set_init(&set, &c, enabled, 16, 16.0f, 1, 0.0f, 42) == 0);
+    REQUIRE(lora_set_init(&set, &c, enabled, 16, 16.0f, 1, 0.0f, 42, 0) == 0);
     CHECK(set.adapters[LINEAR_UP].scaling == 4.0f);   // rsLoRA: alpha / sqrt(r)
     CHECK(lora_scale(16.0f, 16, 1) == 4.0f);
     CHECK(lora_scale(16.0f, 8, 0) == 2.0f);
@@ -58,7 +58,7 @@ TEST_CASE("lora: the set's state is one flat layout: A then B of each adapter, l
     enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
     const int rank = 2;
     LoraSet set;
-    REQUIRE(lora_set_init(&set, &c, enabled, rank, 4.0f, 0, 0.0f, 3) == 0);
+    REQUIRE(lora_set_init(&set, &c, enabled, rank, 4.0f, 0, 0.0f, 3, 0) == 0);
     size_t offset = 0, layer1_v_B = 0;
     for (int l = 0; l < c.n_layers; l++) {
         for (int t = 0; t < N_LINEARS; t++) {
@@ -152,7 +152,7 @@ TEST_CASE("lora: the exported adapter has peft's names, shapes and config") {
     char err[512];
     REQUIRE(lora_parse_targets("q,k,v,o,gate,up,down", enabled, err, sizeof err) == 0);
     LoraSet set;
-    REQUIRE(lora_set_init(&set, &m.config, enabled, 16, 32.0f, 0, 0.05f, 1) == 0);
+    REQUIRE(lora_set_init(&set, &m.config, enabled, 16, 32.0f, 0, 0.05f, 1, 0) == 0);
     CHECK(lora_set_num_params(&set) == 4884480);   // 30 layers x 16 x (576+576 + 576+192 + 576+192 + 576+576 + 2 x (576+1536) + 1536+576)
     char dir[] = "/tmp/qlora_adapter_XXXXXX";
     REQUIRE(mkdtemp(dir));

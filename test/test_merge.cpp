@@ -172,7 +172,7 @@ TEST_CASE("merge: --merge writes dequant(NF4(W)) + s B A in bf16, loadable by mo
     int enabled[N_LINEARS] = {0};
     enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
     LoraSet set;
-    REQUIRE(lora_set_init(&set, &c, enabled, RANK, ALPHA, 0, 0.0f, 42) == 0);
+    REQUIRE(lora_set_init(&set, &c, enabled, RANK, ALPHA, 0, 0.0f, 42, 0) == 0);
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
         for (int k = 0; a.B && k < a.out_dim * a.rank; k++) a.B[k] = 0.05f * std::sin(0.37f * k + 0.9f * i);
@@ -430,7 +430,7 @@ TEST_CASE("merge: inference on the NF4 round trip + merged adapter gives the tra
     // a rank-4 adapter on all seven targets, B non-zero, saved as ./train saves it
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet set;
-    REQUIRE(lora_set_init(&set, &c, enabled, 4, 8.0f, 0, 0.0f, 5) == 0);
+    REQUIRE(lora_set_init(&set, &c, enabled, 4, 8.0f, 0, 0.0f, 5, 0) == 0);
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
         for (int k = 0; k < a.out_dim * a.rank; k++) a.B[k] = 0.1f * std::sin(0.61f * k + 1.3f * i);

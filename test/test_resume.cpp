@@ -272,7 +272,7 @@ struct TrainState {
         c.head_dim = 4;
         int enabled[N_LINEARS] = {0};
         enabled[LINEAR_Q] = enabled[LINEAR_DOWN] = 1;
-        REQUIRE(lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1) == 0);
+        REQUIRE(lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1, 0) == 0);
         REQUIRE(adamw_init(&adam, set.n_params) == 0);
         for (size_t k = 0; k < set.n_params; k++) {
             set.params[k] = fill + k;
@@ -492,5 +492,45 @@ TEST_CASE("train: --init-adapter trains on from an adapter: its options and weig
     CHECK(WEXITSTATUS(status) == 2);
     text = file_text(d + "/out.txt");
     CHECK_MESSAGE(text.find("the adapter has --rank 4, but the command line gives --rank 8") != std::string::npos, text);
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train --dora: resume is bitwise; the adapter has peft's magnitudes; --init-adapter carries them and "
+          "takes use_dora; --dora onto a LoRA adapter is refused") {
+    char dir[] = "/tmp/qlora_dora_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir;
+    std::string common = "./train --data data/sample_raft.jsonl --grad-accum 1 --seq 400 --val-frac 0.3 --warmup 1 "
+                         "--eval-every 1 --lr 1e-2 --lora-dropout 0.1";
+    std::string dora = common + " --dora --rank 2 --targets q,v --steps 2";
+    std::string quiet = " > " + d + "/out.txt 2>&1";
+    REQUIRE(system((dora + " --out " + d + "/full" + quiet).c_str()) == 0);
+    std::string text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("dora: 23040 magnitudes") != std::string::npos, text);   // 30 layers x (576 + 192)
+    REQUIRE(system((dora + " --stop-at 1 --out " + d + "/part" + quiet).c_str()) == 0);
+    REQUIRE(system((dora + " --resume " + d + "/part" + quiet).c_str()) == 0);
+    std::vector<std::string> full = logged_steps(d + "/full/log.csv");
+    REQUIRE(full.size() == 3);   // the step-0 validation row, steps 1 and 2
+    CHECK(logged_steps(d + "/part/log.csv") == full);
+    std::string config = file_text(d + "/full/adapter/adapter_config.json");
+    CHECK_MESSAGE(config.find("\"use_dora\": true") != std::string::npos, config);
+    std::string weights = file_text(d + "/full/adapter/adapter_model.safetensors");
+    CHECK(weights.find("base_model.model.model.layers.29.self_attn.v_proj.lora_magnitude_vector\"") !=
+          std::string::npos);
+    // training on from it: DoRA comes from its config, its magnitudes are the run's start
+    REQUIRE(system((common + " --steps 1 --init-adapter " + d + "/full/adapter --out " + d + "/b" + quiet).c_str()) == 0);
+    text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("alpha 32 (DoRA), targets q,v") != std::string::npos, text);
+    auto a_losses = logged_val_losses(d + "/full/log.csv"), b_losses = logged_val_losses(d + "/b/log.csv");
+    REQUIRE(a_losses.size() == 3);
+    REQUIRE(b_losses.size() == 2);
+    CHECK(b_losses[0].second == a_losses[2].second);
+    // --dora onto a plain LoRA adapter: the conflict named
+    int status = system((common + " --steps 1 --dora --init-adapter test/fixtures/peft_adapter --out " + d + "/c" +
+                         quiet).c_str());
+    CHECK(WEXITSTATUS(status) == 2);
+    text = file_text(d + "/out.txt");
+    CHECK_MESSAGE(text.find("the adapter has --dora off (use_dora false), but the command line gives --dora on") !=
+                      std::string::npos, text);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }

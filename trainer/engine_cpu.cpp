@@ -71,7 +71,7 @@ int engine_cpu_init(Engine *e, const Model *model, const EngineOptions *opt, Lor
     cpu->adapters = (AdapterParams<float> *)cpu_calloc((size_t)n_adapters, sizeof(AdapterParams<float>), "LoRA views");
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &lora->adapters[i];
-        cpu->adapters[i] = {a->A, a->B, a->dA, a->dB};
+        cpu->adapters[i] = {a->A, a->B, a->dA, a->dB, a->m, a->dm};
     }
     e->device = "cpu";
     e->lora = lora;

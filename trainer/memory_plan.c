@@ -49,14 +49,28 @@ static void plan_base(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     p->scratch = linear_params_per_layer(c) * in->weight_bytes;
 }
 
-// The adapters: A [rank, in] and B [out, rank] per enabled target and layer,
-// fp32 parameters, fp32 gradients, and AdamW's fp32 m and v.
+// Output rows of the adapted matrices of one block: DoRA keeps a magnitude, a
+// norm and a value of w per token for each.
+static double adapted_outputs(const Config *c, const PlanInputs *in) {
+    int64_t ins[N_LINEARS], outs[N_LINEARS];
+    target_shapes(c, ins, outs);
+    double total = 0;
+    for (int t = 0; t < N_LINEARS; t++)
+        if (in->enabled[t]) total += (double)outs[t];
+    return total;
+}
+
+// The adapters: A [rank, in] and B [out, rank] per enabled target and layer
+// (with DoRA also m [out]), fp32 parameters, fp32 gradients, and AdamW's fp32 m and v.
 static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     int64_t ins[N_LINEARS], outs[N_LINEARS];
     target_shapes(c, ins, outs);
     double params = 0;
     for (int t = 0; t < N_LINEARS; t++)
         if (in->enabled[t]) params += (double)in->rank * (double)(ins[t] + outs[t]) * c->n_layers;
+    double magnitudes = in->dora ? adapted_outputs(c, in) * c->n_layers : 0.0;
+    params += magnitudes;
+    p->dora_magnitudes = 4 * magnitudes;
     p->lora_params = 4 * params;
     p->lora_grads = 4 * params;
     p->adam_moments = 8 * params;
@@ -69,10 +83,29 @@ static int enabled_targets(const PlanInputs *in) {
 }
 
 // Values per token one block keeps for backward:
-// xn1, x_mid, xn2 [dim]; q, att [q_dim]; k, v [kv_dim]; gate, up, h [hidden]; xa [rank] per adapter.
+// xn1, x_mid, xn2 [dim]; q, att [q_dim]; k, v [kv_dim]; gate, up, h [hidden]; xa [rank] per adapter;
+// with DoRA w [out] per adapter.
 static double block_values_per_token(const Config *c, const PlanInputs *in) {
     double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
-    return 3.0 * c->dim + 2 * q_dim + 2 * kv_dim + 3.0 * c->hidden_dim + (double)in->rank * enabled_targets(in);
+    return 3.0 * c->dim + 2 * q_dim + 2 * kv_dim + 3.0 * c->hidden_dim + (double)in->rank * enabled_targets(in) +
+           (in->dora ? adapted_outputs(c, in) : 0.0);
+}
+
+// DoRA's per-block extras that are not per token (its fp32 row norms), and its
+// GPU scratch: 2 x [tokens, out] 16-bit + [tokens, in] fp32 for the widest adapter
+// (dora_scratch_bytes_gpu, without its alignment padding).
+static double dora_block_norm_bytes(const Config *c, const PlanInputs *in) {
+    return in->dora ? 4.0 * adapted_outputs(c, in) : 0.0;
+}
+static double dora_scratch_bytes(const Config *c, const PlanInputs *in) {
+    int64_t ins[N_LINEARS], outs[N_LINEARS];
+    target_shapes(c, ins, outs);
+    double tokens = (double)in->batch * in->seq_len, largest = 0;
+    for (int t = 0; in->dora && t < N_LINEARS; t++) {
+        double bytes = tokens * (2.0 * in->activation_bytes * outs[t] + 4.0 * ins[t]);
+        if (in->enabled[t] && bytes > largest) largest = bytes;
+    }
+    return largest;
 }
 
 // Values per token of one block's backward:
@@ -87,7 +120,7 @@ static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *
     double bytes_per_value = tokens * in->activation_bytes;
     // the residual stream: every block's input and the last block's output
     double stream = (double)(c->n_layers + 1) * c->dim * bytes_per_value;
-    double one_block = block_values_per_token(c, in) * bytes_per_value;
+    double one_block = block_values_per_token(c, in) * bytes_per_value + dora_block_norm_bytes(c, in);
     p->activations_no_recompute = stream + c->n_layers * one_block;
     p->activations_recompute = stream + one_block;
     p->activations = in->recompute ? p->activations_recompute : p->activations_no_recompute;
@@ -120,6 +153,7 @@ void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out)
     plan_lora(c, in, out);
     plan_activations(c, in, out);
     plan_attention(c, in, out);
+    out->scratch += dora_scratch_bytes(c, in);
     out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
                  out->adam_moments + out->activations + out->backward_buffers + out->logits + out->attention +
                  out->scratch;
@@ -284,7 +318,8 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
                   p->quant_constants, p->total);
     snprintf(label, sizeof label, "embeddings, LM head, norms (%s)", number_type_name(in->weight_bytes));
     print_row(out, label, p->base_other, p->total);
-    print_row(out, "LoRA parameters (fp32)", p->lora_params, p->total);
+    print_row(out, in->dora ? "LoRA + DoRA parameters (fp32)" : "LoRA parameters (fp32)", p->lora_params, p->total);
+    if (in->dora) print_row(out, "  of which DoRA magnitude vectors", p->dora_magnitudes, p->total);
     print_row(out, "LoRA gradients (fp32)", p->lora_grads, p->total);
     print_row(out, "AdamW m and v (fp32)", p->adam_moments, p->total);
     snprintf(label, sizeof label, "activations (%s, recompute %s)", number_type_name(in->activation_bytes),
@@ -293,7 +328,9 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
     print_row(out, "backward buffers (one block's gradients)", p->backward_buffers, p->total);
     print_row(out, "logits (fp32) and their gradient", p->logits, p->total);
     print_row(out, "attention scratch (scores of several heads)", p->attention, p->total);
-    if (in->quant_nf4) print_row(out, "one block dequantized (scratch)", p->scratch, p->total);
+    if (in->quant_nf4 || in->dora)
+        print_row(out, in->dora ? "scratch (one block dequantized, DoRA's layer)" : "one block dequantized (scratch)",
+                  p->scratch, p->total);
     fprintf(out, "  %-44s %11.1f MiB (%.2f GB)\n", "total", p->total / BYTES_PER_MIB, p->total / BYTES_PER_GB);
     double base = p->base_linear + p->quant_constants + p->base_other;
     double all_params = (double)model_num_params(c);

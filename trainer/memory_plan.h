@@ -9,9 +9,11 @@
 //                         (~0.127 bit/param); exactly nf4_bytes_for() minus the codes
 //   base other            embeddings, LM head (when untied), norms, biases: weight_bytes
 //   LoRA params, grads    fp32; AdamW m and v fp32: 16 bytes per trainable parameter
+//                         (with DoRA also a magnitude per output row of each adapted matrix)
 //   activations           what backward reads (trainer/train_step.cpp's BlockActivations):
 //                         per block xn1, x_mid, xn2 [dim], q, att [q_dim], k, v [kv_dim],
-//                         gate, up, h [hidden], xa [rank] per adapter; plus the residual
+//                         gate, up, h [hidden], xa [rank] per adapter (with DoRA also
+//                         w [out] per adapter and each adapter's fp32 row norms); plus the residual
 //                         stream, the L + 1 block inputs [dim]. With recompute only one
 //                         block's set exists at a time; the stream stays.
 //                         Attention's backward recomputes its scores from q, k, v.
@@ -23,7 +25,8 @@
 //                         heads at a time as 512 MiB holds, plus d_k, d_v per query
 //                         head in fp32 [N, q_dim] (or, when one head does not fit, the
 //                         flash kernel's float per sequence, head and token)
-//   scratch               one block's seven linear weights dequantized (weight_bytes)
+//   scratch               one block's seven linear weights dequantized (weight_bytes);
+//                         with DoRA also dora_scratch_bytes_gpu for the widest adapter
 // Not counted: the CUDA context and allocator slack (about half a GB), the
 // tokens and targets, the counted tokens' rows the LM head gathers (at most
 // 6 bytes per token and dim: bf16 rows, fp32 gradient), and small per-kernel
@@ -55,6 +58,7 @@ typedef struct {
     int weight_bytes;              // unquantized frozen weights: 2 bf16 (GPU), 4 fp32 (CPU path)
     int activation_bytes;          // activations and their gradients: 2 bf16 (GPU), 4 fp32 (CPU)
     int loss_chunk;                // tokens whose logits exist at once (the GPU's: lm_head_chunk_tokens_default); 0: all
+    int dora;                      // 1: DoRA (dora.h): a magnitude vector per adapter, and what its layer keeps
 } PlanInputs;
 
 // Bytes of each part; total adds them with the activations of the chosen
@@ -63,7 +67,8 @@ typedef struct {
     double base_linear;
     double quant_constants;
     double base_other;
-    double lora_params;
+    double lora_params;               // with DoRA, the magnitudes included
+    double dora_magnitudes;           // of which DoRA's magnitude vectors (0 without)
     double lora_grads;
     double adam_moments;
     double activations;               // the chosen one of the two below

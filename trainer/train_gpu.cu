@@ -5,10 +5,12 @@
 //   att = causal attention;  x_mid = x_in + lin_o(att)
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
-// lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to 16-bit per block.
+// lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to 16-bit per block,
+// or DoRA's layer (dora.h) when the adapters have magnitude vectors.
 #include "trainer/train_gpu.h"
 
 #ifdef __CUDACC__
+#include "dora.h"
 #include "ops/cross_entropy.h"
 #include "ops/layers.h"
 #include "trainer/memory_plan.h"
@@ -98,10 +100,12 @@ static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     int n_adapters = g->c.n_layers * N_LINEARS;
     g->offset_A = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     g->offset_B = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
+    g->offset_m = (size_t *)cpu_malloc(sizeof(size_t) * n_adapters, "adapter offsets");
     for (int i = 0; i < n_adapters; i++) {
         const LoraAdapter *a = &lora->adapters[i];
         g->offset_A[i] = a->A ? (size_t)(a->A - lora->params) : (size_t)-1;
         g->offset_B[i] = a->A ? (size_t)(a->B - lora->params) : (size_t)-1;
+        g->offset_m[i] = a->m ? (size_t)(a->m - lora->params) : (size_t)-1;
     }
     g->n_params = lora->n_params;
     size_t bytes = sizeof(float) * (g->n_params ? g->n_params : 1);
@@ -133,14 +137,24 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     a->gate = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (gate)", counter);
     a->up = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (up)", counter);
     a->h = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
-    for (int t = 0; t < N_LINEARS; t++)
+    for (int t = 0; t < N_LINEARS; t++) {
         a->xa[t] = (act16 *)alloc_counted(sizeof(act16) * n * g->rank, "activations (LoRA xa)", counter);
+        if (!g->dora) continue;
+        int in_dim, out_dim;
+        linear_dims(c, t, &in_dim, &out_dim);
+        a->dora_w[t] = (act16 *)alloc_counted(sizeof(act16) * n * out_dim, "activations (DoRA w)", counter);
+        a->dora_norm[t] = (float *)alloc_counted(sizeof(float) * out_dim, "DoRA weight norms", counter);
+    }
 }
 
 static void free_activations(GpuActivations *a) {
     gpu_free(a->xn1); gpu_free(a->q); gpu_free(a->k); gpu_free(a->v); gpu_free(a->att); gpu_free(a->lse);
     gpu_free(a->x_mid); gpu_free(a->xn2); gpu_free(a->gate); gpu_free(a->up); gpu_free(a->h);
-    for (int t = 0; t < N_LINEARS; t++) gpu_free(a->xa[t]);
+    for (int t = 0; t < N_LINEARS; t++) {
+        gpu_free(a->xa[t]);
+        gpu_free(a->dora_w[t]);
+        gpu_free(a->dora_norm[t]);
+    }
 }
 
 static void alloc_buffers(GpuTrainer *g) {
@@ -170,14 +184,16 @@ static void alloc_buffers(GpuTrainer *g) {
     g->d_v = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "gradient (v)", scratch);
     g->tmp = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "linear output", scratch);
     g->keep = (float *)alloc_counted(sizeof(float) * n * widest, "dropout mask", scratch);
-    size_t lora_bytes = 0;
+    size_t lora_bytes = 0, dora_bytes = 0;
     for (int t = 0; t < N_LINEARS; t++) {
         int in_dim, out_dim;
         linear_dims(c, t, &in_dim, &out_dim);
         LoraShape s = {(int)n, in_dim, out_dim, g->rank, g->scaling};
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
+        dora_bytes = max_size(dora_bytes, dora_scratch_bytes_gpu(s));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
+    if (g->dora) g->dora_scratch = alloc_counted(dora_bytes, "DoRA scratch", scratch);
     // the simple attention (cuBLAS) when one head of scores fits the budget and head_dim % 8 == 0, else flash
     size_t budget = ATTENTION_SCORE_BUDGET_BYTES;
     gpu_trainer_set_attention(g, attention_pick_kind_gpu(g->max_seqs, g->max_seq_len, c->head_dim, budget));
@@ -201,6 +217,7 @@ void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int do
     g->rank = opt->rank;
     g->scaling = opt->scaling;
     g->dropout = opt->dropout;
+    g->dora = lora->dora;
     g->max_seqs = max_seqs;
     g->max_seq_len = max_seq_len;
     g->max_tokens = max_seqs * max_seq_len;
@@ -223,7 +240,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     if (g->lm_head != g->embed) gpu_free(g->lm_head);
     gpu_free(g->embed); gpu_free(g->final_norm); gpu_free(g->inv_freq); gpu_free(g->dequant_scratch);
     gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_act16);
-    free(g->offset_A); free(g->offset_B);
+    free(g->offset_A); free(g->offset_B); free(g->offset_m);
     gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->loss_weights);
     gpu_free(g->stream);
     int n_acts = g->recompute ? 1 : c->n_layers;
@@ -231,7 +248,8 @@ void gpu_trainer_free(GpuTrainer *g) {
     free(g->acts);
     gpu_free(g->normed); gpu_free(g->d_x); gpu_free(g->d_mid); gpu_free(g->d_normed); gpu_free(g->d_wide);
     gpu_free(g->dy); gpu_free(g->d_gate); gpu_free(g->d_up); gpu_free(g->d_q); gpu_free(g->d_k); gpu_free(g->d_v);
-    gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch); gpu_free(g->attention_scratch);
+    gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch); gpu_free(g->dora_scratch);
+    gpu_free(g->attention_scratch);
     memset(g, 0, sizeof *g);
 }
 
@@ -295,28 +313,45 @@ static int has_adapter(const GpuTrainer *g, int layer, int target) {
     return g->offset_A[layer * N_LINEARS + target] != (size_t)-1;
 }
 
-// y = x W^T + bias + s (dropout(x) A^T) B^T
+// y = x W^T + bias + s (dropout(x) A^T) B^T, or DoRA's layer (dora.h); what backward needs goes into a.
 static void linear_forward(GpuTrainer *g, const StepShape *s, act16 *y, const act16 *x, const float *bias, int layer,
-                           int target, act16 *xa) {
+                           int target, GpuActivations *a) {
     LoraShape shape = lora_shape(g, s->n, target);
+    int i = layer * N_LINEARS + target;
+    if (g->dora && has_adapter(g, layer, target)) {
+        const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
+        dora_forward_gpu(y, a->dora_w[target], a->xa[target], a->dora_norm[target], x, keep, g->weights[target], bias,
+                         g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], g->params + g->offset_A[i],
+                         g->params + g->offset_B[i], g->params + g->offset_m[i], shape, g->lora_scratch,
+                         g->dora_scratch);
+        return;
+    }
     matmul_gpu(y, x, g->weights[target], bias, s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
-    int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-    lora_forward_gpu(y, xa, x, keep, g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], shape,
-                     g->lora_scratch);
+    lora_forward_gpu(y, a->xa[target], x, keep, g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i],
+                     shape, g->lora_scratch);
 }
 
-// dx += dy W (+ the adapter's part); the adapter's dA, dB accumulate.
+// dx += dy W (+ the adapter's part); the adapter's dA, dB (and DoRA's dm) accumulate.
 static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const act16 *dy, const act16 *x, int layer,
-                            int target, const act16 *xa) {
+                            int target, const GpuActivations *a) {
     LoraShape shape = lora_shape(g, s->n, target);
+    int i = layer * N_LINEARS + target;
+    if (g->dora && has_adapter(g, layer, target)) {
+        const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
+        dora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], g->grads + g->offset_m[i], dy, x,
+                          keep, g->weights[target], g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i],
+                          g->params + g->offset_m[i], a->dora_norm[target], a->xa[target], a->dora_w[target], shape,
+                          g->lora_scratch, g->dora_scratch);
+        return;
+    }
     matmul_backward_input_gpu(dx, dy, g->weights[target], s->n, shape.in_dim, shape.out_dim);
     if (!has_adapter(g, layer, target)) return;
-    int i = layer * N_LINEARS + target;
     const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
     lora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], dy, x, keep,
-                      g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], xa, shape, g->lora_scratch);
+                      g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], a->xa[target], shape,
+                      g->lora_scratch);
 }
 
 // Block `layer` on x_in (weights already loaded): activations into a, output into x_out.
@@ -326,24 +361,24 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     const GpuBlock *b = &g->blocks[layer];
     size_t n_dim = (size_t)s->n * c->dim;
     rmsnorm_gpu(a->xn1, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->q, a->xn1, b->bq, layer, LINEAR_Q, a->xa[LINEAR_Q]);
-    linear_forward(g, s, a->k, a->xn1, b->bk, layer, LINEAR_K, a->xa[LINEAR_K]);
-    linear_forward(g, s, a->v, a->xn1, b->bv, layer, LINEAR_V, a->xa[LINEAR_V]);
+    linear_forward(g, s, a->q, a->xn1, b->bq, layer, LINEAR_Q, a);
+    linear_forward(g, s, a->k, a->xn1, b->bk, layer, LINEAR_K, a);
+    linear_forward(g, s, a->v, a->xn1, b->bv, layer, LINEAR_V, a);
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->packed ? g->positions : NULL, s->n_seqs,
                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
                           g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
-    linear_forward(g, s, g->tmp, a->att, NULL, layer, LINEAR_O, a->xa[LINEAR_O]);
+    linear_forward(g, s, g->tmp, a->att, NULL, layer, LINEAR_O, a);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(a->x_mid, g->tmp, n_dim);
     rmsnorm_gpu(a->xn2, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->gate, a->xn2, NULL, layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
-    linear_forward(g, s, a->up, a->xn2, NULL, layer, LINEAR_UP, a->xa[LINEAR_UP]);
+    linear_forward(g, s, a->gate, a->xn2, NULL, layer, LINEAR_GATE, a);
+    linear_forward(g, s, a->up, a->xn2, NULL, layer, LINEAR_UP, a);
     swiglu_gpu(a->h, a->gate, a->up, (size_t)s->n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
-    linear_forward(g, s, g->tmp, a->h, NULL, layer, LINEAR_DOWN, a->xa[LINEAR_DOWN]);
+    linear_forward(g, s, g->tmp, a->h, NULL, layer, LINEAR_DOWN, a);
     CUDA_CHECK(cudaMemcpy(x_out, a->x_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(x_out, g->tmp, n_dim);
 }
@@ -358,18 +393,18 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_x, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
-    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, LINEAR_DOWN, a->xa[LINEAR_DOWN]);
+    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, LINEAR_DOWN, a);
     float_to_act16_gpu(g->dy, g->d_wide, n_hidden);
     swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
-    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, LINEAR_UP, a->xa[LINEAR_UP]);
+    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, LINEAR_GATE, a);
+    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, LINEAR_UP, a);
     rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_mid, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
-    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a->xa[LINEAR_O]);
+    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a);
     float_to_act16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v,
                            s->packed ? g->positions : NULL, s->n_seqs, s->seq_len, c->n_heads, c->n_kv_heads,
@@ -377,9 +412,9 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, LINEAR_Q, a->xa[LINEAR_Q]);
-    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, LINEAR_K, a->xa[LINEAR_K]);
-    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, LINEAR_V, a->xa[LINEAR_V]);
+    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, LINEAR_Q, a);
+    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, LINEAR_K, a);
+    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, LINEAR_V, a);
     rmsnorm_backward_gpu(g->d_x, g->d_normed, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
 }
 

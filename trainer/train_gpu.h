@@ -36,6 +36,8 @@ typedef struct {
     float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
     act16 *xn2, *gate, *up, *h;
     act16 *xa[N_LINEARS];           // [N, rank] each adapter's (dropout(x) A^T)
+    act16 *dora_w[N_LINEARS];       // [N, out] with DoRA: x_d W^T + s xa B^T (dora.h), else NULL
+    float *dora_norm[N_LINEARS];    // [out] with DoRA: ||W + s B A|| per row (fp32), else NULL
 } GpuActivations;
 
 // Where the GPU memory goes, for the start-up report.
@@ -52,6 +54,7 @@ typedef struct {
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
     float dropout;
+    int dora;               // the LoraSet has magnitude vectors (DoRA, dora.h)
     int max_tokens;         // batch * seq the buffers are sized for
     int max_seqs, max_seq_len;
 
@@ -67,6 +70,7 @@ typedef struct {
     float *params, *grads, *m, *v;
     act16 *params_act16;
     size_t *offset_A, *offset_B;   // [n_layers * N_LINEARS] into the flat buffers (as on the host); (size_t)-1 when off
+    size_t *offset_m;              // [n_layers * N_LINEARS] DoRA's m in the flat buffers; (size_t)-1 without
     int64_t adam_step;
 
     // activations and gradients
@@ -83,6 +87,7 @@ typedef struct {
     act16 *tmp;                           // [N, dim] output of o / down before the residual add
     float *keep;                         // [N * max(dim, hidden, q_dim)] dropout mask
     void *lora_scratch;
+    void *dora_scratch;                  // dora_scratch_bytes_gpu for the widest adapter (DoRA only)
     void *attention_scratch;
     size_t attention_scratch_bytes;
     GpuMemoryUse memory;

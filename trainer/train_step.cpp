@@ -5,12 +5,14 @@
 //   att = causal attention per sequence;  x_mid = x_in + lin_o(att)
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
-// where lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T when target t has an adapter.
+// where lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T when target t has an adapter,
+// or DoRA's layer (dora.h) when the adapter has a magnitude vector m.
 // After the last block: normed = rmsnorm(x), then the LM head and the loss on
 // the tokens whose target counts only (CountedTokens).
 // Backward walks the same lines in reverse. With recompute, only x_in of
 // every block is kept and the block's forward is run again before its backward.
 #include "trainer/train_step.h"
+#include "dora.h"
 #include "ops/layers.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -29,6 +31,8 @@ struct BlockActivations {
     Real *gate, *up;        // [N, hidden] before the activation
     Real *h;                // [N, hidden] silu(gate) * up, input of Wdown
     Real *xa[N_LINEARS];    // [N, rank] each adapter's (dropout(x) A^T)
+    Real *dora_w[N_LINEARS];     // [N, out] with DoRA: x_d W^T + s xa B^T (dora.h), else NULL
+    Real *dora_norm[N_LINEARS];  // [out] with DoRA: ||W + s B A|| per row, else NULL
 };
 
 // Sizes and scratch shared by forward and backward.
@@ -37,19 +41,21 @@ struct StepContext {
     const Config *c;
     const StepOptions *opt;
     const Batch *batch;
+    int dora;                    // the adapters have magnitude vectors (DoRA)
     int n;                       // tokens in the batch
     int q_dim, kv_dim;
     int *positions;              // [N] position of each token in its sequence
     float *keep;                 // [N * max(dim, hidden)] dropout mask of the current adapter
     Real *scratch;               // [N * (rank + dim + hidden + max(dim, hidden))] for the adapters: at
-                                 // least lora_backward_cpu's N * (rank + in + out) for any target
+                                 // least lora_backward_cpu's N * (rank + in + out) for any target;
+                                 // with DoRA [N * (rank + 4 max(dim, hidden, q_dim))], dora_scratch_count's
     Real *tmp;                   // [N * max(dim, hidden)] a linear layer's output
 };
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 template <typename Real>
-static void alloc_activations(BlockActivations<Real> *a, const Config *c, int n, int rank) {
+static void alloc_activations(BlockActivations<Real> *a, const Config *c, int n, int rank, int dora) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     a->xn1 = (Real *)cpu_malloc(sizeof(Real) * n * c->dim, "activations (attention norm output)");
     a->q = (Real *)cpu_malloc(sizeof(Real) * n * q_dim, "activations (queries)");
@@ -61,15 +67,24 @@ static void alloc_activations(BlockActivations<Real> *a, const Config *c, int n,
     a->gate = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP gate)");
     a->up = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP up)");
     a->h = (Real *)cpu_malloc(sizeof(Real) * n * c->hidden_dim, "activations (MLP hidden)");
-    for (int t = 0; t < N_LINEARS; t++)
+    for (int t = 0; t < N_LINEARS; t++) {
         a->xa[t] = (Real *)cpu_malloc(sizeof(Real) * n * (rank > 0 ? rank : 1), "activations (x A^T)");
+        int in_dim, out_dim;
+        linear_dims(c, t, &in_dim, &out_dim);
+        a->dora_w[t] = dora ? (Real *)cpu_malloc(sizeof(Real) * n * out_dim, "activations (DoRA's x W^T + s xa B^T)") : NULL;
+        a->dora_norm[t] = dora ? (Real *)cpu_malloc(sizeof(Real) * out_dim, "DoRA's weight norms") : NULL;
+    }
 }
 
 template <typename Real>
 static void free_activations(BlockActivations<Real> *a) {
     free(a->xn1); free(a->q); free(a->k); free(a->v); free(a->att); free(a->x_mid);
     free(a->xn2); free(a->gate); free(a->up); free(a->h);
-    for (int t = 0; t < N_LINEARS; t++) free(a->xa[t]);
+    for (int t = 0; t < N_LINEARS; t++) {
+        free(a->xa[t]);
+        free(a->dora_w[t]);
+        free(a->dora_norm[t]);
+    }
 }
 
 // The dropout mask of (layer, target) for this batch, or NULL without dropout.
@@ -88,28 +103,41 @@ static const int *packed_positions(const StepContext<Real> *ctx, size_t first) {
     return ctx->batch->positions ? ctx->positions + first : NULL;
 }
 
-// y = x W^T + bias + adapter(x)
+// y = x W^T + bias + adapter(x): LoRA's, or DoRA's layer when the adapter has m.
+// What backward needs goes into a (xa; with DoRA also w and the norm).
 template <typename Real>
 static void linear_forward(StepContext<Real> *ctx, Real *y, const Real *x, const Real *weight, const Real *bias,
                            int in_dim, int out_dim, const AdapterParams<Real> *adapter, int layer, int target,
-                           Real *xa) {
+                           BlockActivations<Real> *a) {
+    LoraShape shape = {ctx->n, in_dim, out_dim, ctx->opt->rank, ctx->opt->scaling};
+    if (adapter->m) {
+        dora_forward_cpu<Real>(y, a->dora_w[target], a->xa[target], a->dora_norm[target], x,
+                               adapter_mask(ctx, layer, target, in_dim), weight, bias, adapter->A, adapter->B,
+                               adapter->m, shape, ctx->scratch);
+        return;
+    }
     matmul_cpu<Real>(y, x, weight, bias, ctx->n, in_dim, out_dim);
     if (!adapter->A) return;
-    LoraShape shape = {ctx->n, in_dim, out_dim, ctx->opt->rank, ctx->opt->scaling};
-    lora_forward_cpu<Real>(y, x, adapter_mask(ctx, layer, target, in_dim), adapter->A, adapter->B, shape, xa,
-                           ctx->scratch);
+    lora_forward_cpu<Real>(y, x, adapter_mask(ctx, layer, target, in_dim), adapter->A, adapter->B, shape,
+                           a->xa[target], ctx->scratch);
 }
 
-// dx += dy W (+ the adapter's part); the adapter's dA, dB accumulate.
+// dx += dy W (+ the adapter's part); the adapter's dA, dB (and dm) accumulate.
 template <typename Real>
 static void linear_backward(StepContext<Real> *ctx, Real *dx, const Real *dy, const Real *x, const Real *weight,
                             int in_dim, int out_dim, AdapterParams<Real> *adapter, int layer, int target,
-                            const Real *xa) {
+                            const BlockActivations<Real> *a) {
+    LoraShape shape = {ctx->n, in_dim, out_dim, ctx->opt->rank, ctx->opt->scaling};
+    if (adapter->m) {
+        dora_backward_cpu<Real>(dx, adapter->dA, adapter->dB, adapter->dm, dy, x,
+                                adapter_mask(ctx, layer, target, in_dim), weight, adapter->A, adapter->B, adapter->m,
+                                a->dora_norm[target], a->xa[target], a->dora_w[target], shape, ctx->scratch);
+        return;
+    }
     matmul_backward_input_cpu<Real>(dx, dy, weight, ctx->n, in_dim, out_dim);
     if (!adapter->A) return;
-    LoraShape shape = {ctx->n, in_dim, out_dim, ctx->opt->rank, ctx->opt->scaling};
     lora_backward_cpu<Real>(dx, adapter->dA, adapter->dB, dy, x, adapter_mask(ctx, layer, target, in_dim),
-                            adapter->A, adapter->B, xa, shape, ctx->scratch);
+                            adapter->A, adapter->B, a->xa[target], shape, ctx->scratch);
 }
 
 template <typename Real>
@@ -120,9 +148,9 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
     float inv_freq[MAX_HEAD_DIM / 2];
     rope_inv_freq(c, inv_freq);
     rmsnorm_cpu<Real>(a->xn1, x_in, w->attn_norm, n, c->dim, c->norm_eps);
-    linear_forward(ctx, a->q, a->xn1, w->wq, w->bq, c->dim, q_dim, &ad[LINEAR_Q], layer, LINEAR_Q, a->xa[LINEAR_Q]);
-    linear_forward(ctx, a->k, a->xn1, w->wk, w->bk, c->dim, kv_dim, &ad[LINEAR_K], layer, LINEAR_K, a->xa[LINEAR_K]);
-    linear_forward(ctx, a->v, a->xn1, w->wv, w->bv, c->dim, kv_dim, &ad[LINEAR_V], layer, LINEAR_V, a->xa[LINEAR_V]);
+    linear_forward(ctx, a->q, a->xn1, w->wq, w->bq, c->dim, q_dim, &ad[LINEAR_Q], layer, LINEAR_Q, a);
+    linear_forward(ctx, a->k, a->xn1, w->wk, w->bk, c->dim, kv_dim, &ad[LINEAR_K], layer, LINEAR_K, a);
+    linear_forward(ctx, a->v, a->xn1, w->wv, w->bv, c->dim, kv_dim, &ad[LINEAR_V], layer, LINEAR_V, a);
     rope_cpu<Real>(a->q, ctx->positions, inv_freq, n, c->n_heads, c->head_dim);
     rope_cpu<Real>(a->k, ctx->positions, inv_freq, n, c->n_kv_heads, c->head_dim);
     for (int s = 0; s < ctx->batch->n_seqs; s++) {
@@ -133,18 +161,18 @@ static void block_forward(StepContext<Real> *ctx, const BlockWeights<Real> *w, c
     }
     // x_mid = x_in + lin_o(att)
     linear_forward(ctx, ctx->tmp, a->att, w->wo, (const Real *)NULL, q_dim, c->dim, &ad[LINEAR_O], layer, LINEAR_O,
-                   a->xa[LINEAR_O]);
+                   a);
     memcpy(a->x_mid, x_in, sizeof(Real) * n * c->dim);
     residual_add_cpu<Real>(a->x_mid, ctx->tmp, (size_t)n * c->dim);
     rmsnorm_cpu<Real>(a->xn2, a->x_mid, w->mlp_norm, n, c->dim, c->norm_eps);
     linear_forward(ctx, a->gate, a->xn2, w->w_gate, (const Real *)NULL, c->dim, c->hidden_dim, &ad[LINEAR_GATE],
-                   layer, LINEAR_GATE, a->xa[LINEAR_GATE]);
+                   layer, LINEAR_GATE, a);
     linear_forward(ctx, a->up, a->xn2, w->w_up, (const Real *)NULL, c->dim, c->hidden_dim, &ad[LINEAR_UP], layer,
-                   LINEAR_UP, a->xa[LINEAR_UP]);
+                   LINEAR_UP, a);
     swiglu_cpu<Real>(a->h, a->gate, a->up, (size_t)n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
     linear_forward(ctx, ctx->tmp, a->h, w->w_down, (const Real *)NULL, c->hidden_dim, c->dim, &ad[LINEAR_DOWN], layer,
-                   LINEAR_DOWN, a->xa[LINEAR_DOWN]);
+                   LINEAR_DOWN, a);
     memcpy(x_out, a->x_mid, sizeof(Real) * n * c->dim);
     residual_add_cpu<Real>(x_out, ctx->tmp, (size_t)n * c->dim);
 }
@@ -172,21 +200,21 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
     memcpy(g->d_mid, d_x, sizeof(Real) * n_dim);
     memset(g->d_h, 0, sizeof(Real) * n_hidden);
     linear_backward(ctx, g->d_h, d_x, a->h, w->w_down, c->hidden_dim, c->dim, &ad[LINEAR_DOWN], layer, LINEAR_DOWN,
-                    a->xa[LINEAR_DOWN]);
+                    a);
     memset(g->d_gate, 0, sizeof(Real) * n_hidden);
     memset(g->d_up, 0, sizeof(Real) * n_hidden);
     swiglu_backward_cpu<Real>(g->d_gate, g->d_up, g->d_h, a->gate, a->up, n_hidden);
     memset(g->d_norm, 0, sizeof(Real) * n_dim);
     linear_backward(ctx, g->d_norm, g->d_gate, a->xn2, w->w_gate, c->dim, c->hidden_dim, &ad[LINEAR_GATE], layer,
-                    LINEAR_GATE, a->xa[LINEAR_GATE]);
+                    LINEAR_GATE, a);
     linear_backward(ctx, g->d_norm, g->d_up, a->xn2, w->w_up, c->dim, c->hidden_dim, &ad[LINEAR_UP], layer,
-                    LINEAR_UP, a->xa[LINEAR_UP]);
+                    LINEAR_UP, a);
     rmsnorm_backward_cpu<Real>(g->d_mid, g->d_norm, a->x_mid, w->mlp_norm, n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     memcpy(d_x, g->d_mid, sizeof(Real) * n_dim);
     memset(g->d_att, 0, sizeof(Real) * n * q_dim);
     linear_backward(ctx, g->d_att, g->d_mid, a->att, w->wo, q_dim, c->dim, &ad[LINEAR_O], layer, LINEAR_O,
-                    a->xa[LINEAR_O]);
+                    a);
     memset(g->d_q, 0, sizeof(Real) * n * q_dim);
     memset(g->d_k, 0, sizeof(Real) * n * kv_dim);
     memset(g->d_v, 0, sizeof(Real) * n * kv_dim);
@@ -201,17 +229,27 @@ static void block_backward(StepContext<Real> *ctx, const BlockWeights<Real> *w, 
     rope_backward_cpu<Real>(g->d_k, ctx->positions, inv_freq, n, c->n_kv_heads, c->head_dim);
     memset(g->d_norm, 0, sizeof(Real) * n_dim);
     linear_backward(ctx, g->d_norm, g->d_q, a->xn1, w->wq, c->dim, q_dim, &ad[LINEAR_Q], layer, LINEAR_Q,
-                    a->xa[LINEAR_Q]);
+                    a);
     linear_backward(ctx, g->d_norm, g->d_k, a->xn1, w->wk, c->dim, kv_dim, &ad[LINEAR_K], layer, LINEAR_K,
-                    a->xa[LINEAR_K]);
+                    a);
     linear_backward(ctx, g->d_norm, g->d_v, a->xn1, w->wv, c->dim, kv_dim, &ad[LINEAR_V], layer, LINEAR_V,
-                    a->xa[LINEAR_V]);
+                    a);
     rmsnorm_backward_cpu<Real>(d_x, g->d_norm, x_in, w->attn_norm, n, c->dim, c->norm_eps);
 }
 
+// Whether the adapters are DoRA's: the enabled ones all have m, or none does.
 template <typename Real>
-static void context_init(StepContext<Real> *ctx, const Config *c, const StepOptions *opt, const Batch *batch) {
+static int uses_dora(const Config *c, const AdapterParams<Real> *adapters) {
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++)
+        if (adapters[i].m) return 1;
+    return 0;
+}
+
+template <typename Real>
+static void context_init(StepContext<Real> *ctx, const Config *c, const StepOptions *opt, const Batch *batch,
+                         int dora) {
     ctx->c = c;
+    ctx->dora = dora;
     ctx->opt = opt;
     ctx->batch = batch;
     ctx->n = batch->n_seqs * batch->seq_len;
@@ -222,7 +260,8 @@ static void context_init(StepContext<Real> *ctx, const Config *c, const StepOpti
     // each token's position: in its sequence, or in its own sample when samples are packed
     for (int i = 0; i < ctx->n; i++) ctx->positions[i] = batch->positions ? batch->positions[i] : i % batch->seq_len;
     ctx->keep = (float *)cpu_malloc(sizeof(float) * ctx->n * widest, "dropout mask");
-    size_t scratch_width = (size_t)opt->rank + c->dim + c->hidden_dim + widest;
+    size_t widest_linear = max_size(widest, (size_t)ctx->q_dim);
+    size_t scratch_width = dora ? (size_t)opt->rank + 4 * widest_linear : (size_t)opt->rank + c->dim + c->hidden_dim + widest;
     ctx->scratch = (Real *)cpu_malloc(sizeof(Real) * ctx->n * scratch_width, "adapter scratch");
     ctx->tmp = (Real *)cpu_malloc(sizeof(Real) * ctx->n * widest, "linear layer output");
 }
@@ -306,13 +345,13 @@ template <typename Real>
 double train_step_cpu(const Config *c, const WeightSource<Real> *weights, AdapterParams<Real> *adapters,
                       const StepOptions *opt, const Batch *batch, double grad_scale, int *n_counted) {
     StepContext<Real> ctx;
-    context_init(&ctx, c, opt, batch);
+    context_init(&ctx, c, opt, batch, uses_dora(c, adapters));
     size_t n = (size_t)ctx.n, n_dim = n * c->dim;
     int n_acts = opt->recompute ? 1 : c->n_layers;
     Real *stream = (Real *)cpu_malloc(sizeof(Real) * (c->n_layers + 1) * n_dim, "residual stream");
     BlockActivations<Real> *acts =
         (BlockActivations<Real> *)cpu_malloc(sizeof(BlockActivations<Real>) * n_acts, "activations");
-    for (int l = 0; l < n_acts; l++) alloc_activations(&acts[l], c, ctx.n, opt->rank);
+    for (int l = 0; l < n_acts; l++) alloc_activations(&acts[l], c, ctx.n, opt->rank, ctx.dora);
     Real *normed = (Real *)cpu_malloc(sizeof(Real) * n_dim, "final norm output");
 
     model_forward(&ctx, weights, adapters, stream, acts, !opt->recompute, normed);
@@ -371,11 +410,11 @@ template <typename Real>
 double loss_cpu(const Config *c, const WeightSource<Real> *weights, const AdapterParams<Real> *adapters,
                 const StepOptions *opt, const Batch *batch, int *n_counted) {
     StepContext<Real> ctx;
-    context_init(&ctx, c, opt, batch);
+    context_init(&ctx, c, opt, batch, uses_dora(c, adapters));
     size_t n = (size_t)ctx.n, n_dim = n * c->dim;
     Real *stream = (Real *)cpu_malloc(sizeof(Real) * (c->n_layers + 1) * n_dim, "residual stream");
     BlockActivations<Real> acts;
-    alloc_activations(&acts, c, ctx.n, opt->rank);
+    alloc_activations(&acts, c, ctx.n, opt->rank, ctx.dora);
     Real *normed = (Real *)cpu_malloc(sizeof(Real) * n_dim, "final norm output");
     model_forward(&ctx, weights, adapters, stream, &acts, 0, normed);
     CountedTokens<Real> ct;

@@ -29,10 +29,12 @@ struct WeightSource {
 };
 
 // One adapter's parameters and gradients (all NULL when the target is off).
+// With DoRA (dora.h) it also has a magnitude vector m and its gradient dm.
 template <typename Real>
 struct AdapterParams {
     Real *A, *B;     // [rank, in], [out, rank]
     Real *dA, *dB;
+    Real *m, *dm;    // [out] DoRA's magnitudes, or NULL (plain LoRA)
 };
 
 typedef struct {

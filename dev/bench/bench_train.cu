@@ -3,6 +3,7 @@
 // peft (dev/bench/bench_hf_peft.py takes the same arguments).
 //   make build/bench_train && ./build/bench_train --shape smollm2-135m --batch 8 --seq 512
 //   ./build/bench_train --device cpu --batch 1 --seq 256 --steps 2
+//   ./build/bench_train --device cpu --shape tiny --dora 1 --lora-dropout 0.05   (DoRA, dora.h: its cost against --dora 0)
 //   ./build/bench_train --shape llama-3.2-1b --save models/random-llama-3.2-1b   (then exits)
 //   ./build/bench_train --model models/random-llama-3.2-1b --batch 4 --seq 512
 // --save writes the random model as an HF directory (bf16 weights, config.json,
@@ -11,6 +12,7 @@
 // trainers then run on the same file. Prints tokens per second (and on the
 // GPU MFU and peak memory) as one line.
 #include "adamw.h"
+#include "dora.h"
 #include "trainer/base_weights.h"
 #include "ops/gpu.h"
 #include "lora.h"
@@ -99,7 +101,7 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
     std::vector<AdapterParams<float>> params(n_adapters);
     for (int i = 0; i < n_adapters; i++) {
         LoraAdapter *a = &lora->adapters[i];
-        params[i] = {a->A, a->B, a->dA, a->dB};
+        params[i] = {a->A, a->B, a->dA, a->dB, a->m, a->dm};
     }
     AdamWState adam;
     if (adamw_init(&adam, lora->n_params) != 0) exit(1);
@@ -109,8 +111,9 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
         cpu_step(c, &base, lora, params.data(), &adam, opt, b);
         if (step >= 1) timed += now_seconds() - t0;
     }
-    printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d | %.1f tok/s | %.0f ms/step\n", shape,
-           nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute,
+    printf("ours | %s | %s | cpu | batch %d seq %d rank %d recompute %d dropout %g%s | %.1f tok/s | %.0f ms/step\n",
+           shape, nf4 ? "nf4" : "fp32", b->n_seqs, b->seq_len, opt->rank, opt->recompute, opt->dropout,
+           lora->dora ? " dora" : "",
            (double)b->n_seqs * b->seq_len * steps / timed, 1000.0 * timed / steps);
     adamw_free(&adam);
     base_weights_free(&base);
@@ -119,7 +122,8 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
 int main(int argc, char **argv) {
     const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto", *save_dir = NULL, *model_dir = NULL,
                *tokenizer_json = NULL;
-    int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1;
+    int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1, dora = 0;
+    float dropout = 0.0f;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
         else if (strcmp(argv[i], "--batch") == 0) batch = atoi(argv[i + 1]);
@@ -128,6 +132,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--recompute") == 0) recompute = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
+        else if (strcmp(argv[i], "--dora") == 0) dora = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--lora-dropout") == 0) dropout = (float)atof(argv[i + 1]);
         else if (strcmp(argv[i], "--device") == 0) device = argv[i + 1];
         else if (strcmp(argv[i], "--attention") == 0) attention = argv[i + 1];
         else if (strcmp(argv[i], "--save") == 0) save_dir = argv[i + 1];
@@ -154,8 +160,9 @@ int main(int argc, char **argv) {
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
     float alpha = 2.0f * rank;
-    if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, 0.0f, 1) != 0) return 1;
-    StepOptions opt = {rank, lora_scale(alpha, rank, 0), 0.0f, 0, recompute};
+    if (lora_set_init(&lora, &c, enabled, rank, alpha, 0, dropout, 1, dora) != 0) return 1;
+    if (dora && dora_init_magnitudes(&lora, &model, nf4, 1) != 0) return 1;
+    StepOptions opt = {rank, lora_scale(alpha, rank, 0), dropout, 0, recompute};
     std::vector<int> tokens((size_t)batch * seq), targets((size_t)batch * seq);
     for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)((i * 7919) % c.vocab_size);
     for (size_t i = 0; i < tokens.size(); i++) targets[i] = (i + 1) % seq ? tokens[i + 1] : IGNORE_TARGET;
@@ -189,8 +196,9 @@ int main(int argc, char **argv) {
     double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
     double peak = gpu_peak_bf16_flops();
     const char *kind = g.attention == ATTENTION_SIMPLE ? "simple" : "flash";
-    printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d | %.0f tok/s | %.1f ms/step | "
+    printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d%s | %.0f tok/s | %.1f ms/step | "
            "MFU %.1f%% | peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute,
+           dora ? " dora" : "",
            tok_per_s, 1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);
     gpu_trainer_free(&g);
 #endif

@@ -2,8 +2,11 @@
 // HF directory), encodes a prompt with its tokenizer (special tokens written
 // in the text are matched), runs the CPU forward and writes the token ids and
 // the last position's logits to a safetensors file:
-//   build/dump_logits MODEL OUT.safetensors "prompt text"
+//   build/dump_logits MODEL OUT.safetensors "prompt text" [ADAPTER_DIR]
 //   OUT: "tokens" int32 [n], "last_logits" float32 [vocab]
+// With ADAPTER_DIR, the peft adapter (LoRA or DoRA) is merged into the weights
+// as loaded first (adapter_merge_peft; dev/fixtures/make_peft_dora_fixture.py).
+#include "infer/adapter.h"
 #include "infer/forward.h"
 #include "model.h"
 #include "formats/safetensors.h"
@@ -14,13 +17,17 @@
 #include <string.h>
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s MODEL OUT.safetensors \"prompt text\"\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s MODEL OUT.safetensors \"prompt text\" [ADAPTER_DIR]\n", argv[0]);
         return 2;
     }
     char err[1024];
     Model m;
     if (model_load(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "dump_logits: %s\n", err); return 1; }
+    if (argc == 5 && adapter_merge_peft(&m, argv[4], NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "dump_logits: %s\n", err);
+        return 1;
+    }
     int *ids = NULL;
     int n = tokenizer_encode(m.tokenizer, argv[3], strlen(argv[3]), 1, &ids);
     if (n < 1) { fprintf(stderr, "dump_logits: the prompt encodes to no tokens\n"); return 1; }

@@ -14,7 +14,8 @@
 #             curve excluded: too slow there)
 #   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels)
 #   bench     ours vs HF transformers + peft on the same random-weight file:
-#             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1)
+#             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1); ours
+#             with --dora 1 on the same file (DoRA's cost on the GPU)
 #   oom       a batch that cannot fit: expects exit status 3 and the message
 #   train     the default ./train on the GPU (needs the default model: carry
 #             .model_a, then .model_b in the next call, see dev/README.md), timed
@@ -91,6 +92,7 @@ for s in $stages; do
         {
             bench_pair smollm2-135m 8 512
             ./build/bench_train --model /tmp/random-smollm2-135m --batch 8 --seq 512 --attention flash 2>&1 | tail -1
+            ./build/bench_train --model /tmp/random-smollm2-135m --batch 8 --seq 512 --dora 1 2>&1 | tail -1
             [ -n "$BENCH_1B" ] && bench_pair llama-3.2-1b 4 512
         } | tee "$OUT/bench.log"
         ;;

@@ -28,7 +28,7 @@ extern "C" int LLVMFuzzerInitialize(int *argc, char ***argv) {
     c.head_dim = 4;
     int enabled[N_LINEARS] = {0};
     enabled[LINEAR_Q] = enabled[LINEAR_DOWN] = 1;
-    if (lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1) != 0 || adamw_init(&adam, set.n_params) != 0) {
+    if (lora_set_init(&set, &c, enabled, 2, 4.0f, 0, 0.0f, 1, 0) != 0 || adamw_init(&adam, set.n_params) != 0) {
         fprintf(stderr, "fuzz_checkpoint: out of memory\n");
         exit(2);
     }

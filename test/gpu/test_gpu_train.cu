@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "adamw.h"
+#include "dora.h"
 #include "trainer/base_weights.h"
 #include "gpu_test_util.h"
 #include "lora.h"
@@ -96,7 +97,7 @@ static std::vector<AdapterParams<float>> adapter_views(LoraSet *set) {
     std::vector<AdapterParams<float>> views;
     for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &set->adapters[i];
-        views.push_back({a->A, a->B, a->dA, a->dB});
+        views.push_back({a->A, a->B, a->dA, a->dB, a->m, a->dm});
     }
     return views;
 }
@@ -116,12 +117,25 @@ struct TotalCosine {
 };
 
 // The base's precision and the adapted projections: NF4 + double quant on all
-// seven unless a test says otherwise.
+// seven, plain LoRA, unless a test says otherwise.
 struct BaseAndTargets {
     QuantMode quant = QUANT_NF4;
     int double_quant = 1;
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+    int dora = 0;
 };
+
+// DoRA's m from the base (with B already random), then moved off it by up to
+// 20% per row, so that g = m / ||W + s B A|| is not 1.
+static void init_random_magnitudes(LoraSet *set, const Model &model, const BaseAndTargets &variant, uint64_t seed) {
+    REQUIRE(dora_init_magnitudes(set, &model, variant.quant == QUANT_NF4, variant.double_quant) == 0);
+    for (int i = 0; i < set->n_layers * N_LINEARS; i++) {
+        LoraAdapter *a = &set->adapters[i];
+        if (!a->m) continue;
+        std::vector<float> r = random_vector((size_t)a->out_dim, seed + 7 * i, 0.2f);
+        for (int j = 0; j < a->out_dim; j++) a->m[j] *= 1.0f + r[j];
+    }
+}
 
 // One micro-batch of model on both paths; checks the loss, every gradient
 // tensor's cosine (> min_cosine) and that of all of them together (> min_total).
@@ -130,14 +144,19 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
                          const BaseAndTargets &variant = BaseAndTargets()) {
     const Config &c = model.config;
     std::string kind = attention == ATTENTION_FLASH ? "flash" : "simple";
-    INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias
+    INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", dora " << variant.dora
+                  << ", bias " << c.attention_bias
                   << ", attention " << kind << ", quant " << std::string(variant.quant == QUANT_NF4 ? "nf4" : "none")
                   << ", double quant " << variant.double_quant);
     LoraSet cpu_lora, gpu_lora;
-    REQUIRE(lora_set_init(&cpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed) == 0);
-    REQUIRE(lora_set_init(&gpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed) == 0);
+    REQUIRE(lora_set_init(&cpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed, variant.dora) == 0);
+    REQUIRE(lora_set_init(&gpu_lora, &c, variant.enabled, 8, 16.0f, 0, dropout, seed, variant.dora) == 0);
     randomize_B(&cpu_lora, seed);
     randomize_B(&gpu_lora, seed);
+    if (variant.dora) {
+        init_random_magnitudes(&cpu_lora, model, variant, seed);
+        init_random_magnitudes(&gpu_lora, model, variant, seed);
+    }
     StepOptions opt = {8, 2.0f, dropout, seed * 31 + 7, recompute};
     int n_seqs = batch.n_seqs, seq_len = batch.seq_len;
 
@@ -174,11 +193,20 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
         total.add(ga->dA, ca->dA, na);
         total.add(ga->dB, ca->dB, nb);
         under_0999 += (cos_a <= 0.999) + (cos_b <= 0.999);
+        double cos_m = 1.0;
+        if (ca->m) {
+            n_tensors++;
+            cos_m = cosine_similarity(ga->dm, ca->dm, (size_t)ca->out_dim);
+            total.add(ga->dm, ca->dm, (size_t)ca->out_dim);
+            under_0999 += cos_m <= 0.999;
+        }
         std::string target = LINEAR_NAMES[i % N_LINEARS];
-        INFO("layer " << i / N_LINEARS << " " << target << ": cos dA " << cos_a << ", cos dB " << cos_b);
+        INFO("layer " << i / N_LINEARS << " " << target << ": cos dA " << cos_a << ", cos dB " << cos_b << ", cos dm "
+                      << cos_m);
         CHECK(cos_a > min_cosine);
         CHECK(cos_b > min_cosine);
-        worst = fmin(worst, fmin(cos_a, cos_b));
+        CHECK(cos_m > min_cosine);
+        worst = fmin(worst, fmin(cos_m, fmin(cos_a, cos_b)));
     }
     CHECK(total.value() > min_total);
     MESSAGE(kind << " attention: loss cpu " << cpu_loss << " gpu " << gpu_loss_sum << ", worst gradient cosine "
@@ -275,6 +303,19 @@ TEST_CASE("gpu train step: loss and LoRA gradients equal the CPU path (small mod
     compare_random_step(small_config(1), 2, 33, 0.0f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 3);
 }
 
+// DoRA (dora.h): the same step with magnitude vectors, m off the norms so that
+// g != 1; dm's cosine is held to the same bars as dA's and dB's.
+TEST_CASE("gpu train step: DoRA's loss and gradients (dA, dB, dm) equal the CPU path (small model)") {
+    uint64_t seed = fresh_seed();
+    BaseAndTargets dora, dora_bf16_q_v;
+    dora.dora = dora_bf16_q_v.dora = 1;
+    dora_bf16_q_v.quant = QUANT_NONE;
+    for (int t = 0; t < N_LINEARS; t++) dora_bf16_q_v.enabled[t] = t == LINEAR_Q || t == LINEAR_V;
+    compare_random_step(small_config(0), 2, 33, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed, dora);
+    compare_random_step(small_config(1), 2, 33, 0.1f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 1, dora);
+    compare_random_step(small_config(0), 3, 20, 0.1f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed + 2, dora_bf16_q_v);
+}
+
 TEST_CASE("gpu train step: a bf16 base, NF4 without double quant, and only q and v adapted (small model)") {
     uint64_t seed = fresh_seed();
     BaseAndTargets bf16_base, nf4_plain, q_and_v;
@@ -336,7 +377,7 @@ TEST_CASE("gpu train step: packed samples with prompt-loss weights equal the CPU
 static double gpu_step(Model &model, const Batch &batch, uint64_t seed, LoraSet *lora, int max_seqs, int max_len) {
     const Config &c = model.config;
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    REQUIRE(lora_set_init(lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    REQUIRE(lora_set_init(lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed, 0) == 0);
     randomize_B(lora, seed);
     StepOptions opt = {8, 2.0f, 0.0f, 1, 0};
     GpuTrainer g;
@@ -410,7 +451,7 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
-    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed, 0) == 0);
     randomize_B(&lora, seed);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, 2, 33, c.vocab_size, seed);
@@ -442,7 +483,7 @@ TEST_CASE("gpu trainer: validation loss, gradient norm and scaling, and the resu
     scale_grads_cpu(lora.grads, lora.n_params, 0.37f);
     gpu_scale_grads(&g, 0.37f);
     LoraSet scaled;
-    REQUIRE(lora_set_init(&scaled, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    REQUIRE(lora_set_init(&scaled, &c, enabled, 8, 16.0f, 0, 0.0f, seed, 0) == 0);
     gpu_download_lora(&g, &scaled, NULL);
     CHECK(memcmp(scaled.grads, lora.grads, sizeof(float) * lora.n_params) == 0);
 
@@ -496,8 +537,8 @@ TEST_CASE("gpu training: 20 AdamW steps follow the CPU loss curve") {
     REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet cpu_lora, gpu_lora;
-    REQUIRE(lora_set_init(&cpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
-    REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed) == 0);
+    REQUIRE(lora_set_init(&cpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed, 0) == 0);
+    REQUIRE(lora_set_init(&gpu_lora, &c, enabled, 8, 16.0f, 0, 0.0f, seed, 0) == 0);
     std::vector<int> tokens, targets;
     random_batch(tokens, targets, 2, 40, c.vocab_size, seed);
     Batch batch = {tokens.data(), targets.data(), 2, 40, NULL, NULL};
