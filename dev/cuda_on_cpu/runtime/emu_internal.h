@@ -1,4 +1,4 @@
-// emu_internal.h: what the three runtime files share: reports, settings,
+// emu_internal.h: what the runtime files share: reports, settings,
 // device-memory lookups and statistics.
 #pragma once
 #include <stdint.h>
