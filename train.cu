@@ -716,6 +716,8 @@ static PlanInputs plan_inputs(const Options *o, const Config *c, const int enabl
     in.quant_nf4 = strcmp(o->quant, "nf4") == 0;
     in.double_quant = o->double_quant;
     in.recompute = o->recompute;
+    in.offload = o->offload;
+    in.paged_optim = o->paged_optim;
     in.weight_bytes = 2;
     in.activation_bytes = 2;
     in.loss_chunk = lm_head_chunk_tokens_default(c->vocab_size);

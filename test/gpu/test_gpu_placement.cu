@@ -6,7 +6,8 @@
 // step, dropout, clipping, a validation loss each step) give the same losses,
 // gradient norms, parameters and moments, bit for bit; and a trainer of each
 // placement that takes over from a downloaded state (a resume) goes on with the
-// same step. On the CPU emulation (dev/cuda_on_cpu) the copy stream runs its
+// same step. And ./train --plan's arithmetic (trainer/memory_plan.h) counts
+// the activations, paged and offloaded bytes the trainer allocates. On the CPU emulation (dev/cuda_on_cpu) the copy stream runs its
 // copies as late as the events allow, so a missing wait shows here
 // (dev/cuda_on_cpu/mutate.sh removes each one).
 #include <doctest/doctest.h>
@@ -20,6 +21,7 @@
 #include "lora.h"
 #include "model.h"
 #include "trainer/grad_scaler.h"
+#include "trainer/memory_plan.h"
 #include "trainer/train_gpu.h"
 
 // Odd and more than three layers: the two offload slots are each reused, and the
@@ -192,5 +194,48 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
                           << paged.memory.paged / 1024 << " KiB managed) and offload (" << offloaded.memory.offloaded / 1024
                           << " KiB on the host)");
     lora_set_free(&initial);
+    model_free(&model);
+}
+
+// --plan's activations (the fp32 residual stream and x_mid included), paged and
+// offloaded bytes against what the trainer allocated, for each placement.
+TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
+    Config c = placement_config();
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+    LoraSet lora;
+    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7) == 0);
+    const GpuPlacement placements[5] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}};
+    for (int i = 0; i < 5; i++) {
+        int recompute = i > 0;
+        GpuPlacement placement = placements[i];
+        INFO("recompute " << recompute << ", paged " << placement.paged_optim << ", offload " << placement.offload);
+        StepOptions opt = {8, 2.0f, 0.0f, 0, recompute};
+        GpuTrainer g;
+        gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
+        PlanInputs in;
+        memset(&in, 0, sizeof in);
+        in.batch = N_SEQS;
+        in.seq_len = SEQ_LEN;
+        in.rank = 8;
+        for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = 1;
+        in.quant_nf4 = 1;
+        in.double_quant = 1;
+        in.recompute = recompute;
+        in.offload = placement.offload;
+        in.paged_optim = placement.paged_optim;
+        in.weight_bytes = 2;
+        in.activation_bytes = 2;
+        MemoryPlan plan;
+        memory_plan_compute(&c, &in, &plan);
+        CHECK(plan.activations == (double)g.memory.activations);
+        CHECK(plan.offloaded == (double)g.memory.offloaded);
+        CHECK(plan.paged == (double)g.memory.paged);
+        CHECK(plan.adam_moments == 2.0 * sizeof(float) * lora.n_params);
+        gpu_trainer_free(&g);
+    }
+    lora_set_free(&lora);
     model_free(&model);
 }
