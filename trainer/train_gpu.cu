@@ -270,8 +270,8 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
     if (g->placement.offload) {
         // saved = the stream rows the GPU no longer holds: n_layers + 1 without offload, 3 with it
         double row = sizeof(float) * (double)g->max_tokens * g->c.dim;
-        fprintf(out, "  offload: %d block inputs (%.1f MiB) in pinned host memory between forward and backward; "
-                     "the GPU holds 3 rows of the residual stream instead of %d (%.1f MiB less)\n",
+        fprintf(out, "  offload: the inputs of %d blocks (%.1f MiB) in pinned host memory between forward and "
+                     "backward; the GPU holds 3 rows of the residual stream instead of %d (%.1f MiB less)\n",
                 g->offload.n_saved, m->offloaded / mib, g->c.n_layers + 1, (g->c.n_layers + 1 - 3) * row / mib);
     }
 }

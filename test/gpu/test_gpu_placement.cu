@@ -6,10 +6,11 @@
 // step, dropout, clipping, a validation loss each step) give the same losses,
 // gradient norms, parameters and moments, bit for bit; and a trainer of each
 // placement that takes over from a downloaded state (a resume) goes on with the
-// same step. And ./train --plan's arithmetic (trainer/memory_plan.h) counts
-// the activations, paged and offloaded bytes the trainer allocates. On the CPU emulation (dev/cuda_on_cpu) the copy stream runs its
-// copies as late as the events allow, so a missing wait shows here
-// (dev/cuda_on_cpu/mutate.sh removes each one).
+// same step. And ./train --plan's arithmetic (trainer/memory_plan.h) counts the
+// activations, paged and offloaded bytes the trainer allocates. On the CPU
+// emulation (dev/cuda_on_cpu) the copy stream runs its copies as late as the
+// events allow, so a missing wait shows here (dev/cuda_on_cpu/mutate.sh removes
+// each one).
 #include <doctest/doctest.h>
 #include <math.h>
 #include <string.h>
@@ -159,7 +160,8 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
     }
     // the steps' micro-batches, then one more step's, then the validation batch
     std::vector<TokenBatch> data;
-    for (int i = 0; i < (STEPS + 1) * MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, seed + 10 + i));
+    for (int i = 0; i < (STEPS + 1) * MICRO_BATCHES + 1; i++)
+        data.push_back(random_tokens(c.vocab_size, seed + 10 + i));
 
     PlacementRun neither = run_placement(model, initial, data, {0, 0});
     PlacementRun paged = run_placement(model, initial, data, {1, 0});
@@ -191,8 +193,8 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
     CHECK(both.memory.offloaded == offloaded.memory.offloaded);
     MESSAGE("placement: " << STEPS << " steps + a resumed one, losses " << neither.steps[0].train_loss << " -> "
                           << neither.resumed.train_loss << ", identical with paged AdamW ("
-                          << paged.memory.paged / 1024 << " KiB managed) and offload (" << offloaded.memory.offloaded / 1024
-                          << " KiB on the host)");
+                          << paged.memory.paged / 1024 << " KiB managed) and offload ("
+                          << offloaded.memory.offloaded / 1024 << " KiB on the host)");
     lora_set_free(&initial);
     model_free(&model);
 }
