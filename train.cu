@@ -56,6 +56,7 @@ typedef struct {
     const char *init_adapter;
     Precision chosen_precision;   // --precision resolved for the device (check_options)
     int steps, epochs, batch, max_seq, grad_accum, seed, rank, rslora, dora, double_quant, recompute, eval_every, save_every, stop_at, early_stop, plan, merge, merge_gguf, eval_answers, pack, overwrite;
+    int paged_optim, offload;     // GPU placement: AdamW's state paged, block inputs offloaded to the host
     float gpu_mem_gb;
     float lr, warmup, lr_min_frac, clip, weight_decay, alpha, lora_dropout, val_frac, prompt_loss_weight;
     const char *template_name;   // --template: the chat template family JSONL data is rendered with (NULL: the model's)
@@ -100,6 +101,8 @@ static Options default_options(void) {
     o.quant = "nf4";                      // the base: nf4 (QLoRA) or none (fp32, plain LoRA)
     o.double_quant = 1;                   // NF4's block scales quantized again, to 8 bits
     o.recompute = 0;                      // 1: recompute each block in backward (gradient checkpointing)
+    o.paged_optim = 0;                    // 1: AdamW's m and v in managed memory the driver may page out (GPU)
+    o.offload = 0;                        // 1: recompute's block inputs in pinned host memory (GPU, --recompute 1)
     // validation, checkpoints, output
     o.eval_every = 20;                    // the validation loss every N steps, and at the last
     o.early_stop = 3;                     // stop after N validations without improvement (0: off)
@@ -165,6 +168,12 @@ static void usage(FILE *out) {
             "  --quant Q           nf4 (QLoRA) or none (plain LoRA on an fp32 base) (default %s)\n"
             "  --double-quant 0|1  double-quantize the NF4 block scales (default %d)\n"
             "  --recompute 0|1     gradient checkpointing: recompute each block in backward (default %d)\n"
+            "  --paged-optim       GPU: AdamW's m and v in managed memory, prefetched to the GPU for each update;\n"
+            "                      under memory pressure the driver pages them to the host instead of failing\n"
+            "                      (bitsandbytes' paged optimizers; the same result, bit for bit)\n"
+            "  --offload           GPU, with --recompute 1: the block inputs recompute keeps wait for backward in\n"
+            "                      pinned host memory, copied out and back overlapped with compute (Unsloth's\n"
+            "                      offloaded checkpointing; the same result, bit for bit)\n"
             "  --eval-every N      validation loss every N steps (default %d)\n"
             "  --early-stop N      stop when val loss has not improved for N evaluations, 0 = off (default %d)\n"
             "  --eval-answers N    at each validation, also answer the first N validation questions greedily and\n"
@@ -176,7 +185,7 @@ static void usage(FILE *out) {
             "                      refused, naming each option that differs. Safe to change on resume: --out\n"
             "                      (defaults to DIR; DIR's log.csv is carried over), --save-every, --eval-every,\n"
             "                      --early-stop, --stop-at, --eval-answers, --merge, --merge-gguf, --gguf-type,\n"
-            "                      --recompute (bitwise the same),\n"
+            "                      --recompute, --paged-optim, --offload (bitwise the same),\n"
             "                      --device and --precision (they round differently: the losses go on, not\n"
             "                      bitwise; the loss scale is kept from an fp16 run to an fp16 run)\n"
             "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
@@ -236,6 +245,26 @@ static void check_precision(Options *o) {
     }
 }
 
+// --paged-optim and --offload move GPU state elsewhere: on the CPU everything is in host
+// memory already, and offload keeps what recompute keeps. Else a one-line message, status 2.
+static void check_placement(const Options *o) {
+    int on_gpu = strcmp(o->device, "cuda") == 0;
+    if (o->paged_optim && !on_gpu && !o->plan) {
+        fprintf(stderr, "train: --paged-optim pages AdamW's state out of GPU memory: it needs --device cuda (on the "
+                        "CPU the state is in host memory already)\n");
+        exit(2);
+    }
+    if (o->offload && !on_gpu && !o->plan) {
+        fprintf(stderr, "train: --offload moves activations out of GPU memory: it needs --device cuda (on the CPU "
+                        "they are in host memory already)\n");
+        exit(2);
+    }
+    if (o->offload && !o->recompute) {
+        fprintf(stderr, "train: --offload offloads the block inputs that recompute keeps: it needs --recompute 1\n");
+        exit(2);
+    }
+}
+
 // Every option value in its range, and the device there: else a one-line message, status 2.
 static void check_options(Options *o) {
     require(o->steps >= 1, "--steps must be at least 1");
@@ -274,6 +303,7 @@ static void check_options(Options *o) {
     }
     if (strcmp(o->device, "auto") == 0) o->device = gpu_available() ? "cuda" : "cpu";
     check_precision(o);
+    check_placement(o);
 }
 
 // On a CPU the recipe takes about an hour: without --epochs or --steps, run
@@ -304,6 +334,8 @@ static Options parse_args(int argc, char **argv) {
         if (strcmp(f, "--merge-gguf") == 0) { o.merge_gguf = 1; continue; }
         if (strcmp(f, "--pack") == 0) { o.pack = 1; continue; }
         if (strcmp(f, "--overwrite") == 0) { o.overwrite = 1; continue; }
+        if (strcmp(f, "--paged-optim") == 0) { o.paged_optim = 1; continue; }
+        if (strcmp(f, "--offload") == 0) { o.offload = 1; continue; }
         if (strncmp(f, "--", 2) != 0) bad_usage("unexpected argument ", f);
         const char *v = cli_option_value(argc, argv, &i, VALUE_OPTIONS, err, sizeof err);
         if (!v) bad_usage(err, "");
@@ -706,6 +738,8 @@ static PlanInputs plan_inputs(const Options *o, const Config *c, const int enabl
     in.double_quant = o->double_quant;
     in.recompute = o->recompute;
     in.dora = o->dora;
+    in.offload = o->offload;
+    in.paged_optim = o->paged_optim;
     in.weight_bytes = 2;
     in.activation_bytes = 2;
     in.loss_chunk = lm_head_chunk_tokens_default(c->vocab_size);
@@ -891,6 +925,8 @@ static int set_up_training(Run *r) {
     engine_options.double_quant = o->double_quant;
     engine_options.step = {o->rank, lora_scale(o->alpha, o->rank, o->rslora), o->lora_dropout, 0, o->recompute};
     engine_options.max_seqs = o->batch;
+    engine_options.paged_optim = o->paged_optim;
+    engine_options.offload = o->offload;
     int longest_train = examples_longest(&r->train_set), longest_val = examples_longest(&r->val_set);
     engine_options.max_seq_len = longest_train > longest_val ? longest_train : longest_val;
     int on_gpu = strcmp(o->device, "cuda") == 0;

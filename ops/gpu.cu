@@ -115,10 +115,29 @@ void gemm_batched_act16(void *const *out, cudaDataType out_type, int ld_out, con
 typedef struct {
     void *ptr;
     size_t bytes;
+    int managed;   // cudaMallocManaged: counted in g_managed, not g_in_use
 } Allocation;
 static Allocation *g_allocs;
 static size_t g_n_allocs, g_cap_allocs;
-static size_t g_in_use, g_peak;
+static size_t g_in_use, g_peak, g_managed;
+
+static void track(void *p, size_t bytes, int managed) {
+    if (g_n_allocs == g_cap_allocs) {
+        g_cap_allocs = g_cap_allocs ? 2 * g_cap_allocs : 256;
+        g_allocs = (Allocation *)realloc(g_allocs, g_cap_allocs * sizeof(Allocation));
+        if (!g_allocs) { fprintf(stderr, "out of host memory\n"); exit(1); }
+    }
+    g_allocs[g_n_allocs].ptr = p;
+    g_allocs[g_n_allocs].bytes = bytes;
+    g_allocs[g_n_allocs].managed = managed;
+    g_n_allocs++;
+    if (managed) {
+        g_managed += bytes;
+        return;
+    }
+    g_in_use += bytes;
+    if (g_in_use > g_peak) g_peak = g_in_use;
+}
 
 void *gpu_malloc(size_t bytes, const char *what) {
     void *p = NULL;
@@ -135,24 +154,51 @@ void *gpu_malloc(size_t bytes, const char *what) {
         exit(3);
     }
     cuda_check(err, what, __FILE__, __LINE__);
-    if (g_n_allocs == g_cap_allocs) {
-        g_cap_allocs = g_cap_allocs ? 2 * g_cap_allocs : 256;
-        g_allocs = (Allocation *)realloc(g_allocs, g_cap_allocs * sizeof(Allocation));
-        if (!g_allocs) { fprintf(stderr, "out of host memory\n"); exit(1); }
-    }
-    g_allocs[g_n_allocs].ptr = p;
-    g_allocs[g_n_allocs].bytes = bytes;
-    g_n_allocs++;
-    g_in_use += bytes;
-    if (g_in_use > g_peak) g_peak = g_in_use;
+    track(p, bytes, 0);
     return p;
+}
+
+void *gpu_malloc_managed(size_t bytes, const char *what) {
+    void *p = NULL;
+    cudaError_t err = cudaMallocManaged(&p, bytes > 0 ? bytes : 1, cudaMemAttachGlobal);
+    if (err == cudaErrorMemoryAllocation) {
+        fprintf(stderr, "out of memory: %s needs %.1f MiB of managed memory (GPU memory the driver may page to the "
+                        "host), and the host could not give it.\n", what, bytes / 1048576.0);
+        exit(3);
+    }
+    cuda_check(err, what, __FILE__, __LINE__);
+    track(p, bytes, 1);
+    return p;
+}
+
+size_t gpu_managed_bytes(void) { return g_managed; }
+
+void gpu_prefetch_to_device(const void *managed, size_t bytes) {
+    static int can_prefetch = -1;
+    int device = 0;
+    if (can_prefetch < 0) {
+        CUDA_CHECK(cudaGetDevice(&device));
+        CUDA_CHECK(cudaDeviceGetAttribute(&can_prefetch, cudaDevAttrConcurrentManagedAccess, device));
+    }
+    if (!can_prefetch || bytes == 0) return;
+    CUDA_CHECK(cudaGetDevice(&device));
+#if CUDART_VERSION >= 13000
+    // CUDA 13 names the destination by a location
+    cudaMemLocation location = {};
+    location.type = cudaMemLocationTypeDevice;
+    location.id = device;
+    CUDA_CHECK(cudaMemPrefetchAsync(managed, bytes, location, 0, 0));
+#else
+    CUDA_CHECK(cudaMemPrefetchAsync(managed, bytes, device, 0));
+#endif
 }
 
 void gpu_free(void *p) {
     if (!p) return;
     for (size_t i = 0; i < g_n_allocs; i++) {
         if (g_allocs[i].ptr != p) continue;
-        g_in_use -= g_allocs[i].bytes;
+        if (g_allocs[i].managed) g_managed -= g_allocs[i].bytes;
+        else g_in_use -= g_allocs[i].bytes;
         g_allocs[i] = g_allocs[--g_n_allocs];
         break;
     }

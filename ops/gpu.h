@@ -104,6 +104,18 @@ void gpu_free(void *p);
 size_t gpu_bytes_in_use(void);
 size_t gpu_peak_bytes(void);
 
+// Managed memory (cudaMallocManaged; freed by gpu_free): on the GPU while
+// kernels use it, but under memory pressure the driver pages it out to the
+// host instead of failing an allocation. Not counted in gpu_bytes_in_use
+// (the device may or may not hold it at a given moment); in gpu_managed_bytes.
+void *gpu_malloc_managed(size_t bytes, const char *what);
+size_t gpu_managed_bytes(void);
+// Asks the driver to move managed memory to the GPU now (cudaMemPrefetchAsync on
+// the default stream), rather than page fault by page fault when a kernel
+// touches it. A no-op where the device cannot prefetch (no concurrent managed
+// access, e.g. on Windows): there the pages move on demand.
+void gpu_prefetch_to_device(const void *managed, size_t bytes);
+
 // Host <-> device copies (synchronous).
 void gpu_upload(void *device_dst, const void *host_src, size_t bytes);
 void gpu_download(void *host_dst, const void *device_src, size_t bytes);

@@ -294,3 +294,31 @@ TEST_CASE("inputs: ./train --precision names the choices, and one the CPU cannot
         CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
     }
 }
+
+TEST_CASE("inputs: ./train --paged-optim and --offload need a GPU, and --offload needs --recompute 1") {
+    const std::string cases[][2] = {
+        {"./train --device cpu --paged-optim", "train: --paged-optim pages AdamW's state out of GPU memory: it needs "
+                                               "--device cuda"},
+        {"./train --device cpu --offload --recompute 1", "train: --offload moves activations out of GPU memory: it "
+                                                          "needs --device cuda"},
+        {"./train --device cpu --offload", "train: --offload moves activations out of GPU memory"},
+        {"./train --plan --offload", "train: --offload offloads the block inputs that recompute keeps: it needs "
+                                     "--recompute 1"},
+    };
+    for (const auto &c : cases) {
+        std::string output;
+        CHECK_MESSAGE(run(c[0], output) == 2, c[0]);
+        CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
+    }
+    // --plan plans for a GPU, so it takes both on any machine and says what they move
+    std::string output;
+    REQUIRE(run("./train --plan --model dev/bench/shapes/llama-3.2-1b --recompute 1 --offload --paged-optim",
+                 output) == 0);
+    CHECK_MESSAGE(output.find("recompute on, offload, paged AdamW") != std::string::npos, output);
+    CHECK_MESSAGE(output.find("offload: the inputs of 15 blocks") != std::string::npos, output);
+    CHECK_MESSAGE(output.find("paged AdamW: m and v") != std::string::npos, output);
+    std::string help;
+    REQUIRE(run("./train --help", help) == 0);
+    CHECK(help.find("--paged-optim") != std::string::npos);
+    CHECK(help.find("--offload") != std::string::npos);
+}

@@ -113,12 +113,16 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     CHECK(p.lora_params == 640);
     CHECK(p.lora_grads == 640);
     CHECK(p.adam_moments == 1280);
-    // per block per token: xn1, x_mid, xn2 3*8 + q, att 2*8 + k, v 2*4 + gate, up, h 3*16 + xa 2*2 = 100;
-    // stream (2 + 1) * 8 = 24 per token; 6 tokens * 2 bytes:
-    // without recompute (2*100 + 24) * 12 = 2688, with it (100 + 24) * 12 = 1488.
-    CHECK(p.activations_no_recompute == 2688);
-    CHECK(p.activations_recompute == 1488);
-    CHECK(p.activations == 2688);
+    // per block per token in bf16: xn1, xn2 2*8 + q, att 2*8 + k, v 2*4 + gate, up, h 3*16 + xa 2*2 = 92
+    // values, 184 bytes; in fp32: x_mid 8 + the log-sum-exp of 2 heads = 10 values, 40 bytes; 224 bytes,
+    // 1344 for 6 tokens. The residual stream is fp32 (as the GPU keeps it): (2 + 1) rows of 8, 96 bytes
+    // per token, 576; the final norm's output 8 bf16, 96.
+    // Without recompute 576 + 96 + 2 * 1344 = 3360, with it 576 + 96 + 1344 = 2016.
+    CHECK(p.activations_no_recompute == 3360);
+    CHECK(p.activations_recompute == 2016);
+    CHECK(p.activations == 3360);
+    CHECK(p.offloaded == 0);
+    CHECK(p.paged == 0);
     // backward: 4*8 + 3*16 + 2*8 + 2*4 = 104 per token, * 12 = 1248.
     CHECK(p.backward_buffers == 1248);
     // logits: 6 tokens * 32 * (4 bytes fp32 + 2 bytes of bf16 gradient) = 1152.
@@ -129,8 +133,8 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     // cuBLAS pointer arrays want 16-byte-aligned head slices): a float per (sequence,
     // head, token) = 4 * 2 * 2 * 3 = 48. (The simple kind's arithmetic: the 8B case below.)
     CHECK(p.attention == 48);
-    // 576 + 132 + 592 + 640 + 640 + 1280 + 2688 + 1248 + 1152 + 48 + 1152
-    CHECK(p.total == 10148);
+    // 576 + 132 + 592 + 640 + 640 + 1280 + 3360 + 1248 + 1152 + 48 + 1152
+    CHECK(p.total == 10820);
 
     SUBCASE("fp32 absmax: 10 blocks of 4 bytes per layer") {
         in.double_quant = 0;
@@ -146,15 +150,36 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
         CHECK(p.quant_constants == 0);
         CHECK(p.scratch == 0);
         CHECK(p.base_other == 296 * 4);
-        CHECK(p.activations == 2688 * 2);
+        // every value in fp32: (2 * 102 + 24 + 8) values per token * 6 tokens * 4 bytes
+        CHECK(p.activations == (2 * 102 + 24 + 8) * 6 * 4);
     }
     SUBCASE("recompute and a loss chunk of 4 tokens") {
         in.recompute = 1;
         in.loss_chunk = 4;
         memory_plan_compute(&c, &in, &p);
-        CHECK(p.activations == 1488);
+        CHECK(p.activations == 2016);
         CHECK(p.logits == 4 * 32 * 6);
-        CHECK(p.total == 10148 - 2688 + 1488 - 1152 + 768);
+        CHECK(p.total == 10820 - 3360 + 2016 - 1152 + 768);
+    }
+    SUBCASE("recompute and offload: 3 rows of the stream on the GPU, block 0's input on the host") {
+        // 2 layers: the GPU's 3 rows are as many as the 2 + 1 without offload; the host holds 1 row,
+        // 8 fp32 for each of the 6 tokens
+        in.recompute = 1;
+        in.offload = 1;
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.activations == 2016);
+        CHECK(p.offloaded == 192);
+        in.recompute = 0;   // offload means nothing without recompute (./train refuses it)
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.activations == 3360);
+        CHECK(p.offloaded == 0);
+    }
+    SUBCASE("paged AdamW: m and v counted apart, not in the total") {
+        in.paged_optim = 1;
+        memory_plan_compute(&c, &in, &p);
+        CHECK(p.adam_moments == 1280);
+        CHECK(p.paged == 1280);
+        CHECK(p.total == 10820 - 1280);
     }
 }
 
@@ -190,13 +215,13 @@ TEST_CASE("memory plan: recompute divides the per-block activations by the numbe
     PlanInputs in = gpu_inputs(1, 1024, 16, 0);
     MemoryPlan p;
     memory_plan_compute(&c, &in, &p);
-    // the residual stream stays: 31 block inputs of 576 values per token, bf16
-    double stream = 31.0 * 576 * 1024 * 2;
+    // the residual stream stays: 31 block inputs of 576 values per token, fp32, and the final norm's output, bf16
+    double stream = 31.0 * 576 * 1024 * 4 + 576.0 * 1024 * 2;
     CHECK((p.activations_no_recompute - stream) / (p.activations_recompute - stream) == doctest::Approx(30));
-    // Overall about 10x rather than 30x: per token one block keeps
-    // 3*576 + 2*576 + 2*192 + 3*1536 + 7*16 = 7984 values against the stream's
-    // 31*576 = 17856, so (30*7984 + 17856) / (7984 + 17856) = 9.96.
-    CHECK(p.activations_no_recompute / p.activations_recompute == doctest::Approx(9.96).epsilon(0.01));
+    // Overall about 6.5x rather than 30x: per token one block keeps
+    // 2*576 + 2*576 + 2*192 + 3*1536 + 7*16 = 7408 bf16 values and 576 + 9 fp32 ones, 17156 bytes,
+    // against the stream's 31*576*4 + 576*2 = 72576, so (30*17156 + 72576) / (17156 + 72576) = 6.54.
+    CHECK(p.activations_no_recompute / p.activations_recompute == doctest::Approx(6.54).epsilon(0.01));
     in.recompute = 1;
     MemoryPlan with;
     memory_plan_compute(&c, &in, &with);
@@ -233,8 +258,20 @@ TEST_CASE("memory plan: Llama-3.1-8B QLoRA, batch 1 x 2048, rank 16, recompute, 
     CHECK(p.attention == 10.0 * 12 * 2048 * 2048 + 8.0 * 2048 * 4096);
     // Logits for the GPU's chunk, 64 MiB / (4 * 128256) = 130 tokens at a time, fp32 + a bf16 gradient.
     CHECK(p.logits == 130.0 * 128256 * 6);
-    // about 8 GB in all: comfortably inside a 24 GB card even with the CUDA context.
-    CHECK(p.total / GIB == doctest::Approx(8.00).epsilon(0.01));
+    // The residual stream with recompute: 33 fp32 rows of 2048 x 4096, 1.03 GiB.
+    double stream = 33.0 * 2048 * 4096 * 4;
+    CHECK(stream / GIB == doctest::Approx(1.03).epsilon(0.01));
+    // about 8.5 GB in all: comfortably inside a 24 GB card even with the CUDA context.
+    CHECK(p.total / GIB == doctest::Approx(8.55).epsilon(0.01));
+    // --offload: the GPU keeps 3 of the 33 rows, the host the inputs of blocks 0..30 (0.97 GiB);
+    // --paged-optim: AdamW's 0.31 GiB of m and v move out of the total too
+    in.offload = 1;
+    in.paged_optim = 1;
+    MemoryPlan placed;
+    memory_plan_compute(&c, &in, &placed);
+    CHECK(placed.offloaded == 31.0 * 2048 * 4096 * 4);
+    CHECK(placed.paged == 8.0 * 41943040);
+    CHECK(p.total - placed.total == 30.0 * 2048 * 4096 * 4 + 8.0 * 41943040);
 }
 
 TEST_CASE("memory plan: verdict strings and the remedies they suggest") {

@@ -24,6 +24,8 @@ typedef struct {
     StepOptions step;    // rank, scaling, dropout, recompute (dropout_seed: per micro-batch, below)
     int max_seqs;        // the largest batch, and its longest sample: the GPU's buffers are sized for them
     int max_seq_len;
+    int paged_optim;     // GPU: AdamW's m and v in managed memory (trainer/train_gpu.h, GpuPlacement)
+    int offload;         // GPU: the block inputs of recompute in pinned host memory (trainer/offload.h)
 } EngineOptions;
 
 typedef struct Engine Engine;

@@ -57,8 +57,9 @@ static void gpu_engine_free(Engine *e) {
 int engine_gpu_init(Engine *e, const Model *model, const EngineOptions *opt, LoraSet *lora, AdamWState *adam,
                     char *err, size_t err_size) {
     GpuEngine *gpu = (GpuEngine *)cpu_calloc(1, sizeof(GpuEngine), "GPU engine");
+    GpuPlacement placement = {opt->paged_optim, opt->offload};
     gpu_trainer_init(&gpu->trainer, model, opt->quant, opt->double_quant, lora, &opt->step, opt->max_seqs,
-                     opt->max_seq_len);
+                     opt->max_seq_len, &placement);
     const char *act = gpu_act16() == ACT16_FP16 ? "fp16" : "bf16";
     printf("base: %s%s on the GPU (%s activations, fp32 LoRA weights and AdamW moments)\n",
            opt->quant == QUANT_NF4 ? (opt->double_quant ? "NF4 + double quant" : "NF4") : act,

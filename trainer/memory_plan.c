@@ -8,6 +8,10 @@
 
 static const double BYTES_PER_GB = 1073741824.0;   // 2^30
 static const double BYTES_PER_MIB = 1048576.0;     // 2^20
+// The residual stream (the block inputs, x_mid) and attention's log-sum-exp: fp32 on the GPU too.
+static const double FP32_BYTES = 4.0;
+// With offload the GPU keeps 3 rows of the stream: two taking turns, and recompute's output.
+static const double OFFLOAD_STREAM_ROWS = 3.0;
 
 // Input and output widths of each linear layer's matrix W [out, in] (model.h).
 static void target_shapes(const Config *c, int64_t in[N_LINEARS], int64_t out[N_LINEARS]) {
@@ -82,13 +86,15 @@ static int enabled_targets(const PlanInputs *in) {
     return count;
 }
 
-// Values per token one block keeps for backward:
-// xn1, x_mid, xn2 [dim]; q, att [q_dim]; k, v [kv_dim]; gate, up, h [hidden]; xa [rank] per adapter;
-// with DoRA w [out] per adapter.
-static double block_values_per_token(const Config *c, const PlanInputs *in) {
+// Bytes per token one block keeps for backward: in the activation type xn1, xn2 [dim];
+// q, att [q_dim]; k, v [kv_dim]; gate, up, h [hidden]; xa [rank] per adapter (with DoRA
+// also w [out] per adapter); in fp32 x_mid [dim] and the log-sum-exp [n_heads].
+static double block_bytes_per_token(const Config *c, const PlanInputs *in) {
     double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
-    return 3.0 * c->dim + 2 * q_dim + 2 * kv_dim + 3.0 * c->hidden_dim + (double)in->rank * enabled_targets(in) +
-           (in->dora ? adapted_outputs(c, in) : 0.0);
+    double act = 2.0 * c->dim + 2 * q_dim + 2 * kv_dim + 3.0 * c->hidden_dim + (double)in->rank * enabled_targets(in) +
+                 (in->dora ? adapted_outputs(c, in) : 0.0);
+    double fp32 = (double)c->dim + c->n_heads;
+    return act * in->activation_bytes + fp32 * FP32_BYTES;
 }
 
 // DoRA's per-block extras that are not per token (its fp32 row norms), and its
@@ -118,12 +124,17 @@ static double backward_values_per_token(const Config *c) {
 static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     double tokens = (double)in->batch * in->seq_len;
     double bytes_per_value = tokens * in->activation_bytes;
-    // the residual stream: every block's input and the last block's output
-    double stream = (double)(c->n_layers + 1) * c->dim * bytes_per_value;
-    double one_block = block_values_per_token(c, in) * bytes_per_value + dora_block_norm_bytes(c, in);
-    p->activations_no_recompute = stream + c->n_layers * one_block;
-    p->activations_recompute = stream + one_block;
+    // one row of the residual stream: a block's input, fp32
+    double row = tokens * c->dim * FP32_BYTES;
+    double rows = c->n_layers + 1.0;   // every block's input and the last block's output
+    double normed = (double)c->dim * bytes_per_value;   // the final norm's output
+    double one_block = block_bytes_per_token(c, in) * tokens + dora_block_norm_bytes(c, in);
+    p->activations_no_recompute = rows * row + normed + c->n_layers * one_block;
+    int offload = in->offload && in->recompute;
+    p->activations_recompute = (offload ? OFFLOAD_STREAM_ROWS : rows) * row + normed + one_block;
     p->activations = in->recompute ? p->activations_recompute : p->activations_no_recompute;
+    // offload: the inputs of blocks 0 .. L-2 (backward starts with the last one's, on the GPU)
+    p->offloaded = offload && c->n_layers > 1 ? (c->n_layers - 1.0) * row : 0.0;
     p->backward_buffers = backward_values_per_token(c) * bytes_per_value;
     double logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
     // fp32 logits [tokens, vocab] and their gradient in the activation type
@@ -154,9 +165,10 @@ void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out)
     plan_activations(c, in, out);
     plan_attention(c, in, out);
     out->scratch += dora_scratch_bytes(c, in);
+    out->paged = in->paged_optim ? out->adam_moments : 0.0;
     out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
-                 out->adam_moments + out->activations + out->backward_buffers + out->logits + out->attention +
-                 out->scratch;
+                 out->adam_moments - out->paged + out->activations + out->backward_buffers + out->logits +
+                 out->attention + out->scratch;
 }
 
 // ---- the verdict -------------------------------------------------------------
@@ -262,7 +274,7 @@ int memory_plan_verdict(const Config *c, const PlanInputs *in, const MemoryPlan 
     append(text, text_size, "does not fit in %g GB: needs %.1f GB", gpu_mem_gb, p->total / BYTES_PER_GB);
     // what no batch or sequence length changes
     double fixed = p->base_linear + p->quant_constants + p->base_other + p->scratch + p->lora_params +
-                   p->lora_grads + p->adam_moments;
+                   p->lora_grads + p->adam_moments - p->paged;
     if (fixed > limit) {
         append(text, text_size, ", and the weights and LoRA state alone need %.1f GB; %s", fixed / BYTES_PER_GB,
                in->quant_nf4 ? "use a smaller model or a bigger GPU" : "use --quant nf4");
@@ -301,10 +313,11 @@ static void print_header(const Config *c, const PlanInputs *in, const MemoryPlan
     }
     fprintf(out, " (%.2fM trainable parameters)\n", p->lora_params / 4 / 1e6);
     long long logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
-    fprintf(out, "  base %s; weights %s, activations %s, logits fp32 for %lld tokens at a time; recompute %s\n\n",
+    fprintf(out, "  base %s; weights %s, activations %s, logits fp32 for %lld tokens at a time; recompute %s%s%s\n\n",
             !in->quant_nf4 ? "not quantized" : in->double_quant ? "NF4 + double quant" : "NF4 (fp32 absmax)",
             number_type_name(in->weight_bytes), number_type_name(in->activation_bytes), logit_tokens,
-            in->recompute ? "on" : "off");
+            in->recompute ? "on" : "off", in->recompute && in->offload ? ", offload" : "",
+            in->paged_optim ? ", paged AdamW" : "");
 }
 
 void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *p, double gpu_mem_gb, FILE *out) {
@@ -321,9 +334,13 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
     print_row(out, in->dora ? "LoRA + DoRA parameters (fp32)" : "LoRA parameters (fp32)", p->lora_params, p->total);
     if (in->dora) print_row(out, "  of which DoRA magnitude vectors", p->dora_magnitudes, p->total);
     print_row(out, "LoRA gradients (fp32)", p->lora_grads, p->total);
-    print_row(out, "AdamW m and v (fp32)", p->adam_moments, p->total);
-    snprintf(label, sizeof label, "activations (%s, recompute %s)", number_type_name(in->activation_bytes),
-             in->recompute ? "on" : "off");
+    if (in->paged_optim)
+        fprintf(out, "  %-44s %11.1f MiB (paged, not in the total)\n", "AdamW m and v (fp32)",
+                p->adam_moments / BYTES_PER_MIB);
+    else
+        print_row(out, "AdamW m and v (fp32)", p->adam_moments, p->total);
+    snprintf(label, sizeof label, "activations (%s, recompute %s%s)", number_type_name(in->activation_bytes),
+             in->recompute ? "on" : "off", in->recompute && in->offload ? ", offload" : "");
     print_row(out, label, p->activations, p->total);
     print_row(out, "backward buffers (one block's gradients)", p->backward_buffers, p->total);
     print_row(out, "logits (fp32) and their gradient", p->logits, p->total);
@@ -338,10 +355,22 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
     fprintf(out, "\n  frozen base model: %.1f MiB (%.2f GB), %.2f bits per parameter\n", base / BYTES_PER_MIB,
             base / BYTES_PER_GB, 8.0 * base / all_params);
     // saving = without - with
-    fprintf(out, "  activations: %.1f MiB without recompute, %.1f MiB with it (saves %.1f MiB, %.1fx less)\n",
+    fprintf(out, "  activations: %.1f MiB without recompute, %.1f MiB with it%s (saves %.1f MiB, %.1fx less)\n",
             p->activations_no_recompute / BYTES_PER_MIB, p->activations_recompute / BYTES_PER_MIB,
+            in->recompute && in->offload ? " and offload" : "",
             (p->activations_no_recompute - p->activations_recompute) / BYTES_PER_MIB,
             p->activations_no_recompute / p->activations_recompute);
+    if (p->offloaded > 0) {
+        // saved = the stream rows the GPU no longer holds: L + 1 - 3
+        double row = p->offloaded / (c->n_layers - 1);
+        fprintf(out, "  offload: the inputs of %d blocks (%.1f MiB) wait in pinned host memory; the GPU holds 3 rows "
+                     "of the residual stream instead of %d (%.1f MiB less)\n", c->n_layers - 1,
+                p->offloaded / BYTES_PER_MIB, c->n_layers + 1,
+                (c->n_layers + 1 - OFFLOAD_STREAM_ROWS) * row / BYTES_PER_MIB);
+    }
+    if (p->paged > 0)
+        fprintf(out, "  paged AdamW: m and v (%.1f MiB) in managed memory, on the GPU while it has room, paged to the "
+                     "host under memory pressure (the total assumes paged out)\n", p->paged / BYTES_PER_MIB);
     fprintf(out, "  not counted: the CUDA context and allocator slack (about 0.5 GB)\n");
     if (gpu_mem_gb <= 0) return;
     char verdict[512];

@@ -9,13 +9,20 @@
 //                         (~0.127 bit/param); exactly nf4_bytes_for() minus the codes
 //   base other            embeddings, LM head (when untied), norms, biases: weight_bytes
 //   LoRA params, grads    fp32; AdamW m and v fp32: 16 bytes per trainable parameter
-//                         (with DoRA also a magnitude per output row of each adapted matrix)
-//   activations           what backward reads (trainer/train_step.cpp's BlockActivations):
-//                         per block xn1, x_mid, xn2 [dim], q, att [q_dim], k, v [kv_dim],
+//                         (with DoRA also a magnitude per output row of each adapted matrix);
+//                         with paged AdamW m and v are managed memory the driver pages
+//                         to the host under pressure: counted as paged, not in the total
+//   activations           what backward reads (trainer/train_gpu.h's GpuActivations):
+//                         per block xn1, xn2 [dim], q, att [q_dim], k, v [kv_dim],
 //                         gate, up, h [hidden], xa [rank] per adapter (with DoRA also
-//                         w [out] per adapter and each adapter's fp32 row norms); plus the residual
-//                         stream, the L + 1 block inputs [dim]. With recompute only one
-//                         block's set exists at a time; the stream stays.
+//                         w [out] per adapter) in the activation type, and in fp32 x_mid
+//                         [dim] (the residual stream between attention and MLP),
+//                         attention's log-sum-exp [n_heads] and DoRA's row norms; plus
+//                         the residual stream, the L + 1 block inputs [dim] in fp32 (on
+//                         the GPU too), and the final norm's output [dim]. With recompute
+//                         only one block's set exists at a time; the stream stays, or with
+//                         offload 3 rows of it (trainer/offload.h) and the inputs of
+//                         blocks 0 .. L-2 wait in pinned host memory (offloaded).
 //                         Attention's backward recomputes its scores from q, k, v.
 //   backward buffers      one block's gradients: d_x, d_normed, d_mid, d_norm [dim],
 //                         d_h, d_gate, d_up [hidden], d_att, d_q [q_dim], d_k, d_v [kv_dim]
@@ -55,6 +62,8 @@ typedef struct {
     int quant_nf4;                 // 1: linear weights in NF4; 0: in weight_bytes
     int double_quant;              // NF4 absmax in 8 bits (QLoRA's double quantization)
     int recompute;                 // 1: keep only each block's input, recompute in backward
+    int offload;                   // 1 (with recompute): the block inputs wait in host memory (--offload)
+    int paged_optim;               // 1: AdamW's m and v in managed memory (--paged-optim)
     int weight_bytes;              // unquantized frozen weights: 2 bf16 (GPU), 4 fp32 (CPU path)
     int activation_bytes;          // activations and their gradients: 2 bf16 (GPU), 4 fp32 (CPU)
     int loss_chunk;                // tokens whose logits exist at once (the GPU's: lm_head_chunk_tokens_default); 0: all
@@ -73,12 +82,14 @@ typedef struct {
     double adam_moments;
     double activations;               // the chosen one of the two below
     double activations_no_recompute;
-    double activations_recompute;
+    double activations_recompute;     // with offload when it is on
     double backward_buffers;
     double logits;
     double attention;
     double scratch;
-    double total;
+    double total;                     // on the GPU: paged and offloaded are not in it
+    double paged;                     // AdamW's m and v when paged (managed memory)
+    double offloaded;                 // block inputs in pinned host memory
 } MemoryPlan;
 
 void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out);

@@ -111,8 +111,14 @@ static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     size_t bytes = sizeof(float) * (g->n_params ? g->n_params : 1);
     g->params = (float *)alloc_counted(bytes, "LoRA parameters", &g->memory.lora_and_adam);
     g->grads = (float *)alloc_counted(bytes, "LoRA gradients", &g->memory.lora_and_adam);
-    g->m = (float *)alloc_counted(bytes, "AdamW first moments", &g->memory.lora_and_adam);
-    g->v = (float *)alloc_counted(bytes, "AdamW second moments", &g->memory.lora_and_adam);
+    if (g->placement.paged_optim) {
+        g->m = (float *)gpu_malloc_managed(bytes, "AdamW first moments (paged)");
+        g->v = (float *)gpu_malloc_managed(bytes, "AdamW second moments (paged)");
+        g->memory.paged += 2 * bytes;
+    } else {
+        g->m = (float *)alloc_counted(bytes, "AdamW first moments", &g->memory.lora_and_adam);
+        g->v = (float *)alloc_counted(bytes, "AdamW second moments", &g->memory.lora_and_adam);
+    }
     g->params_act16 = (act16 *)alloc_counted(bytes / 2, "LoRA parameters (16-bit copy)", &g->memory.lora_and_adam);
     CUDA_CHECK(cudaMemset(g->m, 0, bytes));
     CUDA_CHECK(cudaMemset(g->v, 0, bytes));
@@ -167,7 +173,11 @@ static void alloc_buffers(GpuTrainer *g) {
     g->targets = (int *)alloc_counted(sizeof(int) * n, "targets", scratch);
     g->positions = (int *)alloc_counted(sizeof(int) * n, "positions", scratch);
     g->loss_weights = (float *)alloc_counted(sizeof(float) * n, "loss weights", scratch);
-    g->stream = (float *)alloc_counted(sizeof(float) * (c->n_layers + 1) * n * c->dim, "residual stream", act);
+    // with offload: two rows taking turns (trainer/offload.h) and the recompute's output
+    size_t stream_rows = g->placement.offload ? 3 : (size_t)c->n_layers + 1;
+    g->stream = (float *)alloc_counted(sizeof(float) * stream_rows * n * c->dim, "residual stream", act);
+    if (g->placement.offload)
+        g->memory.offloaded = offload_init(&g->offload, c->n_layers, n * c->dim, g->stream, g->stream + n * c->dim);
     int n_acts = g->recompute ? 1 : c->n_layers;
     g->acts = (GpuActivations *)cpu_calloc((size_t)n_acts, sizeof(GpuActivations), "GPU activations");
     for (int l = 0; l < n_acts; l++) alloc_activations(g, &g->acts[l]);
@@ -209,7 +219,7 @@ void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
 }
 
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
-                      const StepOptions *opt, int max_seqs, int max_seq_len) {
+                      const StepOptions *opt, int max_seqs, int max_seq_len, const GpuPlacement *placement) {
     memset(g, 0, sizeof *g);
     g->c = model->config;
     g->quant = quant;
@@ -221,6 +231,11 @@ void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int do
     g->max_seqs = max_seqs;
     g->max_seq_len = max_seq_len;
     g->max_tokens = max_seqs * max_seq_len;
+    if (placement) g->placement = *placement;
+    if (g->placement.offload && !g->recompute) {
+        fprintf(stderr, "gpu: activation offload keeps the block inputs of recompute: it needs recompute\n");
+        exit(2);
+    }
     upload_base(g, model, double_quant);
     alloc_lora(g, lora);
     alloc_buffers(g);
@@ -242,6 +257,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     gpu_free(g->params); gpu_free(g->grads); gpu_free(g->m); gpu_free(g->v); gpu_free(g->params_act16);
     free(g->offset_A); free(g->offset_B); free(g->offset_m);
     gpu_free(g->tokens); gpu_free(g->targets); gpu_free(g->positions); gpu_free(g->loss_weights);
+    offload_free(&g->offload);
     gpu_free(g->stream);
     int n_acts = g->recompute ? 1 : c->n_layers;
     for (int l = 0; l < n_acts; l++) free_activations(&g->acts[l]);
@@ -265,6 +281,17 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
                  "activations %.1f MiB | scratch %.1f MiB\n",
             g->quant == QUANT_NF4 ? "NF4 codes" : "16-bit weights", m->base_codes / mib, m->base_constants / mib,
             m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib);
+    if (g->placement.paged_optim)
+        fprintf(out, "  paged AdamW: m and v (%.1f MiB) in managed memory, prefetched to the GPU for each update; "
+                     "under memory pressure the driver pages them to the host (not in the figures above)\n",
+                m->paged / mib);
+    if (g->placement.offload) {
+        // saved = the stream rows the GPU no longer holds: n_layers + 1 without offload, 3 with it
+        double row = sizeof(float) * (double)g->max_tokens * g->c.dim;
+        fprintf(out, "  offload: the inputs of %d blocks (%.1f MiB) in pinned host memory between forward and "
+                     "backward; the GPU holds 3 rows of the residual stream instead of %d (%.1f MiB less)\n",
+                g->offload.n_saved, m->offloaded / mib, g->c.n_layers + 1, (g->c.n_layers + 1 - 3) * row / mib);
+    }
 }
 
 // ---- one block -----------------------------------------------------------------
@@ -443,16 +470,31 @@ static StepShape begin_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
     return s;
 }
 
+// Block l's input on the GPU (l = n_layers: the last block's output).
+static float *stream_row(GpuTrainer *g, int layer, size_t n_dim) {
+    return g->placement.offload ? offload_slot(&g->offload, layer) : g->stream + layer * n_dim;
+}
+
+// Where recompute writes a block's output again (backward needs only its activations):
+// a row of the stream already used (the last block's output), or offload's third row.
+static float *recompute_output(GpuTrainer *g, size_t n_dim) {
+    return g->placement.offload ? g->stream + 2 * (size_t)g->max_tokens * g->c.dim : g->stream + g->c.n_layers * n_dim;
+}
+
 // Embedding and every block; activations kept per block unless recomputing.
-static void model_forward(GpuTrainer *g, const StepShape *s) {
+// With offload and for_backward, each block input but the last goes to the host.
+static void model_forward(GpuTrainer *g, const StepShape *s, int for_backward) {
     const Config *c = &g->c;
     size_t n_dim = (size_t)s->n * c->dim;
-    embedding_gpu(g->stream, g->embed, g->tokens, s->n, c->dim);
+    int offload = g->placement.offload;
+    embedding_gpu(stream_row(g, 0, n_dim), g->embed, g->tokens, s->n, c->dim);
     for (int l = 0; l < c->n_layers; l++) {
+        if (offload && for_backward && l < c->n_layers - 1) offload_save(&g->offload, l, n_dim);
         load_block_weights(g, l);
-        block_forward(g, s, l, g->stream + l * n_dim, g->stream + (l + 1) * n_dim, &g->acts[g->recompute ? 0 : l]);
+        if (offload) offload_before_overwrite(&g->offload, l + 1);
+        block_forward(g, s, l, stream_row(g, l, n_dim), stream_row(g, l + 1, n_dim), &g->acts[g->recompute ? 0 : l]);
     }
-    rmsnorm_gpu(g->normed, g->stream + c->n_layers * n_dim, g->final_norm, s->n, c->dim, c->norm_eps);
+    rmsnorm_gpu(g->normed, stream_row(g, c->n_layers, n_dim), g->final_norm, s->n, c->dim, c->norm_eps);
 }
 
 double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout_seed, double grad_scale,
@@ -460,21 +502,25 @@ double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
     const Config *c = &g->c;
     StepShape s = begin_batch(g, batch, dropout_seed, g->dropout);
     size_t n_dim = (size_t)s.n * c->dim;
-    model_forward(g, &s);
+    model_forward(g, &s, 1);
     // loss, and d normed = grad_scale w (softmax - onehot) W_lm
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
     double loss_sum = lm_head_cross_entropy_gpu(g->d_normed, g->normed, g->lm_head, g->targets,
                                                 s.weighted ? g->loss_weights : NULL, s.n, c->dim, c->vocab_size,
                                                 grad_scale, n_counted);
     CUDA_CHECK(cudaMemset(g->d_x, 0, sizeof(float) * n_dim));
-    rmsnorm_backward_gpu(g->d_x, g->d_normed, g->stream + c->n_layers * n_dim, g->final_norm, s.n, c->dim,
+    rmsnorm_backward_gpu(g->d_x, g->d_normed, stream_row(g, c->n_layers, n_dim), g->final_norm, s.n, c->dim,
                          c->norm_eps);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         load_block_weights(g, l);
         GpuActivations *a = &g->acts[g->recompute ? 0 : l];
-        // with recompute, the block's output goes to a scratch row of the stream (the last one, already used)
-        if (g->recompute) block_forward(g, &s, l, g->stream + l * n_dim, g->stream + c->n_layers * n_dim, a);
-        block_backward(g, &s, l, g->stream + l * n_dim, a);
+        if (g->placement.offload) {
+            // block l's input is back (the last block's never left); block l - 1's comes while l is computed
+            offload_wait_fetched(&g->offload, l);
+            if (l > 0) offload_fetch(&g->offload, l - 1, n_dim);
+        }
+        if (g->recompute) block_forward(g, &s, l, stream_row(g, l, n_dim), recompute_output(g, n_dim), a);
+        block_backward(g, &s, l, stream_row(g, l, n_dim), a);
     }
     return loss_sum;
 }
@@ -482,7 +528,7 @@ double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
 double gpu_loss(GpuTrainer *g, const Batch *batch, int *n_counted) {
     const Config *c = &g->c;
     StepShape s = begin_batch(g, batch, 0, 0.0f);
-    model_forward(g, &s);
+    model_forward(g, &s, 0);
     const float *weights = s.weighted ? g->loss_weights : NULL;
     return lm_head_cross_entropy_gpu(NULL, g->normed, g->lm_head, g->targets, weights, s.n, c->dim, c->vocab_size,
                                      0.0, n_counted);
@@ -498,6 +544,11 @@ void gpu_scale_grads(GpuTrainer *g, float scale) { scale_gpu(g->grads, g->n_para
 
 void gpu_adamw_step(GpuTrainer *g, const AdamWConfig *config, float lr) {
     g->adam_step++;
+    if (g->placement.paged_optim) {
+        // on the default stream, before the update's kernel: the pages move in bulk, not fault by fault
+        gpu_prefetch_to_device(g->m, sizeof(float) * g->n_params);
+        gpu_prefetch_to_device(g->v, sizeof(float) * g->n_params);
+    }
     adamw_step_gpu(g->params, g->grads, g->m, g->v, g->n_params, g->adam_step, config, lr);
     float_to_act16_gpu(g->params_act16, g->params, g->n_params);
 }

@@ -8,13 +8,17 @@
 //     its gradient in fp32, every accumulation in fp32;
 //   - LoRA master weights, gradients and AdamW moments in fp32, one flat
 //     buffer each in the host's layout (LoraSet's params, lora.h), with a 16-bit
-//     copy of the weights that the GEMMs read, refreshed after every optimizer step.
+//     copy of the weights that the GEMMs read, refreshed after every optimizer step;
+//   - optionally (GpuPlacement): the moments in managed memory that the driver may
+//     page to the host (--paged-optim), and the block inputs kept for backward in
+//     pinned host memory (--offload, trainer/offload.h). Neither changes a bit of the result.
 // Built by nvcc only; the CPU-only build has no GPU trainer.
 #pragma once
 #ifdef __CUDACC__
 #include "adamw.h"
 #include "ops/attention.h"
 #include "trainer/base_weights.h"
+#include "trainer/offload.h"
 #include "ops/gpu.h"
 #include "lora.h"
 #include "model.h"
@@ -40,10 +44,22 @@ typedef struct {
     float *dora_norm[N_LINEARS];    // [out] with DoRA: ||W + s B A|| per row (fp32), else NULL
 } GpuActivations;
 
-// Where the GPU memory goes, for the start-up report.
+// Where the GPU memory goes, for the start-up report; paged and offloaded are
+// not on the GPU's count: managed memory the driver may page out, pinned host memory.
 typedef struct {
     size_t base_codes, base_constants, embeddings, lora_and_adam, activations, scratch;
+    size_t paged, offloaded;
 } GpuMemoryUse;
+
+// Where state that need not stay on the GPU goes (./train --paged-optim, --offload).
+typedef struct {
+    // AdamW's m and v in managed memory (cudaMallocManaged), prefetched to the GPU
+    // before each update; under memory pressure the driver pages them to the host
+    int paged_optim;
+    // the block inputs that recompute keeps, in pinned host memory between forward
+    // and backward (trainer/offload.h); needs recompute
+    int offload;
+} GpuPlacement;
 
 typedef struct {
     Config c;
@@ -51,6 +67,7 @@ typedef struct {
     // simple when one head's T x T scores fit ATTENTION_SCORE_BUDGET_BYTES and head_dim % 8 == 0, else flash
     AttentionKernel attention;
     int recompute;
+    GpuPlacement placement;
     int rank;
     float scaling;          // alpha / rank (or / sqrt(rank))
     float dropout;
@@ -76,7 +93,9 @@ typedef struct {
     // activations and gradients
     int *tokens, *targets, *positions;   // [max_tokens] on the device
     float *loss_weights;                 // [max_tokens] the batch's loss weights (when it has them)
-    float *stream;                       // [(n_layers + 1) * max_tokens * dim]
+    float *stream;                       // [(n_layers + 1) * max_tokens * dim]; with offload [3 * ...]:
+                                         // two rows taking turns, and the recompute's output
+    ActivationOffload offload;           // with placement.offload
     GpuActivations *acts;                // [n_layers], or [1] with recompute
     act16 *normed;                        // [N, dim] final norm output
     float *d_x, *d_mid, *d_normed;       // [N, dim] fp32
@@ -95,9 +114,10 @@ typedef struct {
 
 // Uploads the model (quantizing the linear weights to NF4 on the GPU when
 // quant == QUANT_NF4) and the adapters' initial values, and allocates
-// buffers for up to max_seqs sequences of max_seq_len tokens.
+// buffers for up to max_seqs sequences of max_seq_len tokens; placement NULL:
+// everything on the GPU. Offload without recompute exits (status 2).
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
-                      const StepOptions *opt, int max_seqs, int max_seq_len);
+                      const StepOptions *opt, int max_seqs, int max_seq_len, const GpuPlacement *placement = NULL);
 void gpu_trainer_free(GpuTrainer *g);
 // Switches the attention kind (tests, benchmarks); init picks the faster one that fits.
 void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind);

@@ -6,6 +6,7 @@
 //   ./build/bench_train --device cpu --shape tiny --dora 1 --lora-dropout 0.05   (DoRA, dora.h: its cost against --dora 0)
 //   ./build/bench_train --shape llama-3.2-1b --save models/random-llama-3.2-1b   (then exits)
 //   ./build/bench_train --model models/random-llama-3.2-1b --batch 4 --seq 512
+//   ./build/bench_train --shape llama-3.2-1b --batch 4 --seq 2048 --offload 1 --paged-optim 1   (./train's placements)
 // --save writes the random model as an HF directory (bf16 weights, config.json,
 // and a tokenizer so our loader takes it: the default model's, or --tokenizer
 // FILE.json; the benchmark never tokenizes text), which dev/bench/bench_hf_peft.py --model loads too: both
@@ -122,7 +123,7 @@ static void bench_cpu(const Config *c, const Model *model, LoraSet *lora, const 
 int main(int argc, char **argv) {
     const char *shape = "smollm2-135m", *device = "cuda", *attention = "auto", *save_dir = NULL, *model_dir = NULL,
                *tokenizer_json = NULL;
-    int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1, dora = 0;
+    int batch = 8, seq = 512, rank = 16, recompute = 1, steps = 10, nf4 = 1, dora = 0, offload = 0, paged_optim = 0;
     float dropout = 0.0f;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--shape") == 0) shape = argv[i + 1];
@@ -130,6 +131,8 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--seq") == 0) seq = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--rank") == 0) rank = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--recompute") == 0) recompute = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--offload") == 0) offload = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--paged-optim") == 0) paged_optim = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--quant") == 0) nf4 = strcmp(argv[i + 1], "nf4") == 0;
         else if (strcmp(argv[i], "--dora") == 0) dora = atoi(argv[i + 1]);
@@ -146,6 +149,10 @@ int main(int argc, char **argv) {
     if (save_dir) return save_random_model(shape, save_dir, tokenizer_json);
     int on_gpu = strcmp(device, "cuda") == 0;
     if (on_gpu && !gpu_available()) { fprintf(stderr, "bench_train: no CUDA device (try --device cpu)\n"); return 1; }
+    if (!on_gpu && (offload || paged_optim)) {
+        fprintf(stderr, "bench_train: --offload and --paged-optim place GPU state: not with --device cpu\n");
+        return 2;
+    }
     if (model_dir) {
         if (model_load(&model, model_dir, err, sizeof err) != 0) { fprintf(stderr, "bench_train: %s\n", err); return 1; }
         shape = model_dir;
@@ -175,7 +182,8 @@ int main(int argc, char **argv) {
     }
 #ifdef __CUDACC__
     GpuTrainer g;
-    gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq);
+    GpuPlacement placement = {paged_optim, offload};
+    gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq, &placement);
     if (strcmp(attention, "simple") == 0) gpu_trainer_set_attention(&g, ATTENTION_SIMPLE);
     if (strcmp(attention, "flash") == 0) gpu_trainer_set_attention(&g, ATTENTION_FLASH);
     gpu_trainer_print_memory(&g, stdout);
@@ -196,10 +204,11 @@ int main(int argc, char **argv) {
     double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
     double peak = gpu_peak_bf16_flops();
     const char *kind = g.attention == ATTENTION_SIMPLE ? "simple" : "flash";
-    printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d%s | %.0f tok/s | %.1f ms/step | "
-           "MFU %.1f%% | peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute,
-           dora ? " dora" : "",
-           tok_per_s, 1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);
+    printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d offload %d paged %d%s | %.0f tok/s | "
+           "%.1f ms/step | MFU %.1f%% | peak mem %.0f MiB (+ %.0f MiB managed, %.0f MiB pinned on the host)\n", shape,
+           nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute, offload, paged_optim, dora ? " dora" : "",
+           tok_per_s, 1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0,
+           gpu_managed_bytes() / 1048576.0, g.memory.offloaded / 1048576.0);
     gpu_trainer_free(&g);
 #endif
     lora_set_free(&lora);

@@ -102,6 +102,18 @@ m ce_skip_zero lib/ops/cross_entropy.cu \
 m batch_pointer_group lib/ops/attention.cu \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);' \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / 1) * o.head_stride);' 'gpu: simple attention (mat*'
+# offload's backward without waiting for the block input to come back from the host (it reads the slot too early)
+m offload_no_wait_fetched lib/trainer/train_gpu.cu \
+  '            offload_wait_fetched(&g->offload, l);' \
+  '            ;' 'gpu placement*'
+# offload's forward overwriting a slot before the row it held has reached the host
+m offload_no_wait_overwrite lib/trainer/train_gpu.cu \
+  '        if (offload) offload_before_overwrite(&g->offload, l + 1);' \
+  '        ;' 'gpu placement*'
+# paged AdamW prefetching past the end of the managed m (twice its size)
+m paged_prefetch_overrun lib/trainer/train_gpu.cu \
+  '        gpu_prefetch_to_device(g->m, sizeof(float) * g->n_params);' \
+  '        gpu_prefetch_to_device(g->m, 2 * sizeof(float) * g->n_params);' 'gpu placement*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += __bfloat162float(y[i]);' \

@@ -22,6 +22,11 @@
 #   resume    after train: 6 steps in one run vs paused at 3 and resumed;
 #             the logged losses and grad norms must be equal (GPU determinism)
 #   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512
+#   placement --paged-optim and --offload: their GPU tests (the same steps bit for
+#             bit), ./train with each against neither on a tiny random model (the
+#             same logged losses), a paused and resumed run with both, and the
+#             time and peak memory of each on the Llama-3.2-1B shape (batch 4 x
+#             2048, recompute on; BENCH_8B=1 adds Llama-3.1-8B at 1 x 4096)
 # Logs go to $OUT (or out/). Headers and libraries missing there travel in
 # .devdeps/ (doctest, utf8proc, a tokenizer.json for the random models).
 OUT=${OUT:-out}
@@ -123,6 +128,38 @@ for s in $stages; do
         ;;
     big)
         bench_pair llama-3.1-8b 1 512 | tee "$OUT/bench_8b.log"
+        ;;
+    placement)
+        ./build/test_gpu -tc="gpu placement*" 2>&1 | tee "$OUT/placement_tests.log" |
+            grep -E "ERROR|CHECK|MESSAGE|test cases|passed" | head -40
+        [ -d /tmp/random-tiny ] || ./build/bench_train --shape tiny --save /tmp/random-tiny $tokenizer
+        run="./train --device cuda --model /tmp/random-tiny --data data/sample_raft.jsonl --steps 6 --eval-every 3 --recompute 1"
+        for p in none paged offload both; do
+            case $p in none) flags= ;; paged) flags=--paged-optim ;; offload) flags=--offload ;; both) flags="--paged-optim --offload" ;; esac
+            rm -rf /tmp/place-$p
+            $run $flags --out /tmp/place-$p >"$OUT/placement_train_$p.log" 2>&1 || echo "placement: ./train $flags failed"
+            # step, train loss, val loss, grad norm (ms and tok/s differ)
+            cut -d, -f1-4 /tmp/place-$p/log.csv >/tmp/place-$p.losses
+        done
+        grep -E "paged AdamW|offload:" "$OUT/placement_train_both.log"
+        for p in paged offload both; do
+            if cmp -s /tmp/place-none.losses /tmp/place-$p.losses; then echo "placement: $p, same losses (OK)"
+            else echo "placement: $p, losses differ (FAIL)"; diff /tmp/place-none.losses /tmp/place-$p.losses; fi
+        done
+        rm -rf /tmp/place-part
+        $run --paged-optim --offload --out /tmp/place-part --stop-at 3 >/dev/null 2>&1 &&
+            $run --paged-optim --offload --out /tmp/place-part --resume /tmp/place-part >"$OUT/placement_resume.log" 2>&1
+        cut -d, -f1-4 /tmp/place-part/log.csv >/tmp/place-part.losses
+        if cmp -s /tmp/place-both.losses /tmp/place-part.losses; then echo "placement: resumed with both, same losses (OK)"
+        else echo "placement: resumed with both, losses differ (FAIL)"; tail -5 "$OUT/placement_resume.log"; fi
+        # ms/step and peak memory of each placement (the line's peak mem: our device allocations)
+        {
+            for flags in "--offload 0 --paged-optim 0" "--offload 1 --paged-optim 0" "--offload 0 --paged-optim 1" \
+                         "--offload 1 --paged-optim 1"; do
+                ./build/bench_train --shape llama-3.2-1b --batch 4 --seq 2048 --recompute 1 $flags 2>&1 | tail -1
+                [ -n "$BENCH_8B" ] && ./build/bench_train --shape llama-3.1-8b --batch 1 --seq 4096 --recompute 1 $flags 2>&1 | tail -1
+            done
+        } | tee "$OUT/placement_bench.log"
         ;;
     *)
         echo "unknown stage $s"

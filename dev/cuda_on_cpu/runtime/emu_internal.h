@@ -1,4 +1,4 @@
-// emu_internal.h: what the three runtime files share: reports, settings,
+// emu_internal.h: what the runtime files share: reports, settings,
 // device-memory lookups and statistics.
 #pragma once
 #include <stdint.h>
@@ -19,8 +19,13 @@ cudaError_t record_error(cudaError_t e);
 
 // The allocation holding p (its start and size), if any.
 bool find_allocation(const void *p, uintptr_t *start, size_t *bytes);
-// Whether [p, p + bytes) lies inside one allocation.
+// Whether [p, p + bytes) lies inside one allocation (a managed one).
 bool device_range_ok(const void *p, size_t bytes);
+bool managed_range_ok(const void *p, size_t bytes);
+// A copy's ranges against the allocations and its direction (errors reported); whether it may run.
+bool check_copy(const char *call, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+// Runs every stream's queued copies (emu_streams.cpp): what a free or a device synchronize waits for.
+void finish_all_streams(void);
 
 // Counts for the summary printed at exit.
 struct Stats {

@@ -9,6 +9,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "emu_internal.h"
 
@@ -94,6 +95,7 @@ using emu::error;
 
 // ---- device memory ----------------------------------------------------------
 static std::map<uintptr_t, size_t> g_allocs;   // start -> bytes
+static std::set<uintptr_t> g_managed;          // the starts of the managed ones
 static size_t g_in_use;
 static std::mutex g_alloc_mutex;   // the CPU reference code around the kernels is multithreaded
 
@@ -117,6 +119,14 @@ bool device_range_ok(const void *p, size_t bytes) {
     size_t size;
     if (!find_allocation(p, &start, &size)) return false;
     return (uintptr_t)p + bytes <= start + size;
+}
+
+bool managed_range_ok(const void *p, size_t bytes) {
+    uintptr_t start;
+    size_t size;
+    if (!find_allocation(p, &start, &size) || (uintptr_t)p + bytes > start + size) return false;
+    std::lock_guard<std::mutex> lock(g_alloc_mutex);
+    return g_managed.count(start) != 0;
 }
 
 void check_pointer_arg(const char *kernel, int index, const void *p) {
@@ -181,24 +191,39 @@ const char *cudaGetErrorString(cudaError_t e) {
 
 // Exactly `bytes` (so that AddressSanitizer's redzone starts right after the
 // buffer), 256-aligned as cudaMalloc's, and filled with 0xFF bytes (NaN in
-// fp32 and bf16) as garbage that shows, unless EMU_POISON=0.
-cudaError_t cudaMalloc(void **p, size_t bytes) {
+// fp32 and bf16) as garbage that shows, unless EMU_POISON=0. Managed memory
+// is not counted against the device's memory: the driver pages it out.
+static cudaError_t allocate(void **p, size_t bytes, bool managed) {
     *p = NULL;
-    if (g_in_use + bytes > device_total_bytes()) return record_error(cudaErrorMemoryAllocation);
+    if (!managed && g_in_use + bytes > device_total_bytes()) return record_error(cudaErrorMemoryAllocation);
     void *q = NULL;
     if (posix_memalign(&q, 256, bytes ? bytes : 1) != 0) return record_error(cudaErrorMemoryAllocation);
     if (emu::env_int("EMU_POISON", 1)) memset(q, 0xFF, bytes);
     std::lock_guard<std::mutex> lock(g_alloc_mutex);
     g_allocs[(uintptr_t)q] = bytes;
-    g_in_use += bytes;
+    if (managed) g_managed.insert((uintptr_t)q);
+    else g_in_use += bytes;
     *p = q;
     return cudaSuccess;
 }
 
+cudaError_t cudaMalloc(void **p, size_t bytes) { return allocate(p, bytes, false); }
+
+// Only cudaMemAttachGlobal (any stream may touch it) is emulated.
+cudaError_t cudaMallocManaged(void **p, size_t bytes, unsigned flags) {
+    if (flags != cudaMemAttachGlobal) {
+        error("cudaMallocManaged: flags %u: only cudaMemAttachGlobal is emulated", flags);
+        return record_error(cudaErrorInvalidValue);
+    }
+    return allocate(p, bytes, true);
+}
+
 // A pointer that does not start an allocation is reported and returned as
 // CUDA returns it (the project's CUDA_CHECK then exits), without an abort.
+// As on a GPU, the queued copies of every stream finish first.
 cudaError_t cudaFree(void *p) {
     if (!p) return cudaSuccess;
+    emu::finish_all_streams();
     {
         std::lock_guard<std::mutex> lock(g_alloc_mutex);
         auto it = g_allocs.find((uintptr_t)p);
@@ -206,7 +231,7 @@ cudaError_t cudaFree(void *p) {
             fprintf(stderr, "EMU ERROR: cudaFree(%p): not the start of a live allocation\n", p);
             return record_error(cudaErrorInvalidDevicePointer);
         }
-        g_in_use -= it->second;
+        if (!g_managed.erase(it->first)) g_in_use -= it->second;
         g_allocs.erase(it);
     }
     free(p);
@@ -226,20 +251,30 @@ static bool check_range(const char *call, const char *which, const void *p, size
     return false;
 }
 
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
-    if (bytes == 0) return cudaSuccess;
+namespace emu {
+bool check_copy(const char *call, void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     bool ok = true;
     if (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice)
-        ok &= check_range("cudaMemcpy", "destination", dst, bytes);
+        ok &= check_range(call, "destination", dst, bytes);
     if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
-        ok &= check_range("cudaMemcpy", "source", src, bytes);
+        ok &= check_range(call, "source", src, bytes);
     uintptr_t start;
     size_t size;
-    if (kind == cudaMemcpyHostToDevice && emu::find_allocation(src, &start, &size))
-        error("cudaMemcpy HostToDevice: the source %p is device memory", src);
-    if (kind == cudaMemcpyDeviceToHost && emu::find_allocation(dst, &start, &size))
-        error("cudaMemcpy DeviceToHost: the destination %p is device memory", dst);
-    if (!ok) return record_error(cudaErrorInvalidValue);
+    if (kind == cudaMemcpyHostToDevice && find_allocation(src, &start, &size)) {
+        error("%s HostToDevice: the source %p is device memory", call, src);
+        ok = false;
+    }
+    if (kind == cudaMemcpyDeviceToHost && find_allocation(dst, &start, &size)) {
+        error("%s DeviceToHost: the destination %p is device memory", call, dst);
+        ok = false;
+    }
+    return ok;
+}
+}   // namespace emu
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return cudaSuccess;
+    if (!emu::check_copy("cudaMemcpy", dst, src, bytes, kind)) return record_error(cudaErrorInvalidValue);
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -248,6 +283,18 @@ cudaError_t cudaMemset(void *p, int value, size_t bytes) {
     if (bytes == 0) return cudaSuccess;
     if (!check_range("cudaMemset", "destination", p, bytes)) return record_error(cudaErrorInvalidValue);
     memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+    *device = 0;
+    return cudaSuccess;
+}
+
+// EMU_CONCURRENT_MANAGED=0: a device without concurrent managed access (prefetching is refused there).
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) {
+    if (device != 0 || attr != cudaDevAttrConcurrentManagedAccess) return record_error(cudaErrorInvalidValue);
+    *value = emu::env_int("EMU_CONCURRENT_MANAGED", 1);
     return cudaSuccess;
 }
 
