@@ -22,6 +22,9 @@ bool find_allocation(const void *p, uintptr_t *start, size_t *bytes);
 // Whether [p, p + bytes) lies inside one allocation.
 bool device_range_ok(const void *p, size_t bytes);
 
+// Whether [p, p + bytes) lies inside shared memory (the __shared__ variables).
+bool shared_range_ok(const void *p, size_t bytes);
+
 // Counts for the summary printed at exit.
 struct Stats {
     uint64_t launches, blocks, threads, barriers, warp_ops;
