@@ -102,6 +102,22 @@ m ce_skip_zero lib/ops/cross_entropy.cu \
 m batch_pointer_group lib/ops/attention.cu \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);' \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / 1) * o.head_stride);' 'gpu: simple attention (mat*'
+# the tensor-core forward forgetting to rescale O when the running max grows
+m flash_tc_no_rescale lib/ops/flash_attention_tc.cu \
+  '                o[n][2 * r] *= correction;' \
+  '                ;' 'gpu: flash attention on tensor cores*'
+# the tensor-core forward without the barrier before the next K, V tiles overwrite the ones (and Q) still read
+m flash_tc_forward_no_sync lib/ops/flash_attention_tc.cu \
+  '        __syncthreads();   // everyone is done with the previous tiles (and with Q_b in k_tile)' \
+  '' 'gpu: flash attention on tensor cores match*'
+# P V with V's tile read untransposed (a wrong ldmatrix layout for B)
+m flash_tc_untransposed lib/ops/flash_attention_tc.cu \
+  '            ldmatrix_x4_trans(b, &tile[16 * k + row][16 * n2 + col]);' \
+  '            ldmatrix_x4(b, &tile[16 * k + row][16 * n2 + col]);' 'gpu: flash attention on tensor cores*'
+# the backward's skip of query tiles that start after these keys, one tile too eager (packed samples)
+m flash_tc_skip_too_eager lib/ops/flash_attention_tc.cu \
+  '            if (tile_first >= j0 + tc_rows) continue;' \
+  '            if (tile_first >= j0) continue;' 'gpu: flash attention on tensor cores over packed*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += __bfloat162float(y[i]);' \
