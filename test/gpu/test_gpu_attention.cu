@@ -273,18 +273,27 @@ TEST_CASE("gpu: simple and flash attention agree") {
 }
 
 TEST_CASE("gpu: flash attention on tensor cores matches the CPU reference, forward and backward") {
-    if (!has_tensor_core_attention()) return;
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
     check_against_cpu(ATTENTION_FLASH_TC, false, tc_shapes);
 }
 
 TEST_CASE("gpu: flash attention on tensor cores over packed samples matches the CPU reference") {
-    if (!has_tensor_core_attention()) return;
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
     check_against_cpu(ATTENTION_FLASH_TC, true, tc_shapes);
 }
 
 // The simple kind as a second reference (its own GEMMs, its own softmax).
 TEST_CASE("gpu: flash attention on tensor cores and simple attention agree") {
-    if (!has_tensor_core_attention()) return;
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
     for (const AttentionShape &a : tc_shapes) {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n_seqs " << a.n_seqs << ", seq_len " << a.seq_len << ", heads " << a.n_heads

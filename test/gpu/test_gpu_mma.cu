@@ -144,7 +144,10 @@ bool has_mma(void) { return gpu_compute_capability() >= 80; }
 // size <= 1 are summed in fp32: 1e-5 of the largest |d| (about 2.5 units of
 // fp32's last place at sums of 4) allows any summation order.
 TEST_CASE("gpu: mma.sync m16n8k16 (bf16 and fp16 in, fp32 accumulate) equals the plain matrix product") {
-    if (!has_mma()) return;   // sm_80 and newer (m16n8k16 with 16-bit inputs)
+    if (!has_mma()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
     for (int rep = 0; rep < 3; rep++) {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed);
@@ -155,7 +158,10 @@ TEST_CASE("gpu: mma.sync m16n8k16 (bf16 and fp16 in, fp32 accumulate) equals the
 
 // The same check fails for fragments built in a wrong layout: it can tell.
 TEST_CASE("gpu: mma.sync with fragments in a wrong layout is caught by the same check") {
-    if (!has_mma()) return;
+    if (!has_mma()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
     uint64_t seed = fresh_seed();
     INFO("seed " << seed);
     CHECK(mma_error<bf16>(LAYOUT_A_HALVES_SWAPPED, seed) > 0.05);
