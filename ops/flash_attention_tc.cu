@@ -28,6 +28,9 @@
 #include "ops/mma.h"
 
 #ifdef __CUDACC__
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 static const int tc_rows = 64;       // query (or key) rows of a block, and of a streamed tile
 static const int tc_threads = 128;   // 4 warps of 16 rows each
@@ -36,13 +39,18 @@ static const int tc_threads = 128;   // 4 warps of 16 rows each
 static const int tc_pad = 8;
 
 // Rows row0 .. row0 + 63 of one head's slice (row r at src + r * row_stride,
-// D wide) into tile; rows at or past n_rows read as zero.
+// D wide) into tile, 8 values (16 bytes) a copy; rows at or past n_rows read as
+// zero. src and row_stride keep every row 16-byte aligned (tc_check_aligned).
 template <typename T, int D>
 __device__ static void load_rows(T (*tile)[D + tc_pad], const T *src, int row0, int n_rows, int row_stride) {
-    for (int e = threadIdx.x; e < tc_rows * D; e += blockDim.x) {
-        int r = e / D, d = e % D;
-        int row = row0 + r;
-        tile[r][d] = row < n_rows ? src[(size_t)row * row_stride + d] : from_float<T>(0.0f);
+    const int pieces = D / 8;   // 16-byte pieces of a row
+    for (int e = threadIdx.x; e < tc_rows * pieces; e += blockDim.x) {
+        int r = e / pieces, d = 8 * (e % pieces), row = row0 + r;
+        if (row < n_rows) {
+            copy16(&tile[r][d], src + (size_t)row * row_stride + d);
+        } else {
+            for (int c = 0; c < 8; c++) tile[r][d + c] = from_float<T>(0.0f);
+        }
     }
 }
 
@@ -403,9 +411,20 @@ static void flash_tc_backward(T *d_q, T *d_k, T *d_v, const T *d_out, const floa
 
 int flash_attention_tc_handles(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
+// load_rows copies 16 bytes at a time: each tensor a kernel reads must start
+// 16-byte aligned (gpu_malloc's are; its rows then are, head_dim being 64 or 128).
+static void tc_check_aligned(const void *p, const char *what) {
+    if ((uintptr_t)p % 16 == 0) return;
+    fprintf(stderr, "attention: the tensor-core flash kernel needs %s 16-byte aligned, it is at %p\n", what, p);
+    exit(1);
+}
+
 void flash_attention_tc_forward_gpu(act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
                                     const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                     int head_dim) {
+    tc_check_aligned(q, "q");
+    tc_check_aligned(k, "k");
+    tc_check_aligned(v, "v");
     bool half = gpu_act16() == ACT16_FP16;
     if (half && head_dim == 64)
         flash_tc_forward<fp16, 64>(as_fp16(out), lse, as_fp16(q), as_fp16(k), as_fp16(v), positions, n_seqs, seq_len,
@@ -425,6 +444,10 @@ void flash_attention_tc_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const a
                                      const float *lse, const act16 *q, const act16 *k, const act16 *v,
                                      const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                      int head_dim, float *delta) {
+    tc_check_aligned(q, "q");
+    tc_check_aligned(k, "k");
+    tc_check_aligned(v, "v");
+    tc_check_aligned(d_out, "d_out");
     attention_delta_gpu(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
     bool half = gpu_act16() == ACT16_FP16;
     if (half && head_dim == 64)

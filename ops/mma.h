@@ -3,7 +3,8 @@
 // m16n8k16 (16-bit in, fp32 accumulate) and ldmatrix (8 x 8 tiles of 16-bit
 // values from shared memory into registers). On the CPU emulation of CUDA
 // (dev/cuda_on_cpu, which defines CUDA_ON_CPU) the same functions come from
-// its emu_mma.h, warp-wide CPU versions of the same layouts.
+// its emu_mma.h, warp-wide CPU versions of the same layouts. Also copy16, the
+// 16-byte copy that fills the tiles ldmatrix reads.
 //
 // Every lane of the warp must make the same call (the instructions are
 // .aligned). A 32-bit register holds two 16-bit values, the lower-numbered
@@ -82,6 +83,10 @@ __device__ inline void ldmatrix_x4_trans(uint32_t r[4], const void *row) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
 }
+
+// 16 bytes from src to dst in one load and one store (8 16-bit values: how the
+// tensor-core kernels fill their shared-memory tiles); both 16-byte aligned.
+__device__ inline void copy16(void *dst, const void *src) { *(uint4 *)dst = *(const uint4 *)src; }
 #endif   // CUDA_ON_CPU
 
 // Two values rounded to T and packed in one register, lo in the low half (an A or B fragment's pair).

@@ -1,4 +1,4 @@
-// emu_mma.h: the tensor-core instructions of ops/mma.h on the CPU
+// emu_mma.h: the tensor-core instructions of ops/mma.h (and its copy16) on the CPU
 // (dev/cuda_on_cpu; see README.md), with the same names and arguments as the
 // inline-PTX versions there (plus the caller's file and line). Each is
 // warp-wide, as on a GPU: a lane waits at it until all 32 lanes of its warp
@@ -19,7 +19,14 @@ void mma_m16n8k16(MmaType type, float d[4], const uint32_t a[4], const uint32_t 
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{.trans}.shared.b16: `count` registers into r; row is the
 // shared-memory address of the matrix row this lane names (lanes 8m..8m+7 name matrix m's rows).
 void ldmatrix(uint32_t *r, int count, bool trans, const void *row, const char *file, int line);
+// A 16-byte vector copy (one uint4 load and store on a GPU): both addresses must be 16-byte aligned.
+void copy16(void *dst, const void *src, const char *file, int line);
 }   // namespace emu
+
+static inline void copy16(void *dst, const void *src, const char *file = __builtin_FILE(),
+                          int line = __builtin_LINE()) {
+    emu::copy16(dst, src, file, line);
+}
 
 template <typename T>
 static inline void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2],

@@ -119,4 +119,13 @@ void ldmatrix(uint32_t *r, int count, bool trans, const void *row, const char *f
     LdmatrixLane lane = {r, count, trans, row, file, line};
     warp_collective(run_ldmatrix, &lane, file, line);
 }
+
+// A GPU faults on a misaligned 16-byte access ("misaligned address"); x86 would not.
+void copy16(void *dst, const void *src, const char *file, int line) {
+    if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0) {
+        error("%s:%d: 16-byte copy from %p to %p: both must be 16-byte aligned", file, line, src, dst);
+        return;
+    }
+    memcpy(dst, src, 16);
+}
 }   // namespace emu
