@@ -129,12 +129,17 @@ __device__ static float row_quad_max(float v) {
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
-// The first key any query of rows i0 .. i0 + 63 sees, rounded down to a tile:
-// the key tiles before it are skipped (0 without packed samples).
-__device__ static int first_key_tile(const int *positions, int s, int seq_len, int i0) {
-    int first = i0;
-    for (int i = i0; i < min(seq_len, i0 + tc_rows); i++) first = min(first, attention_first_key_gpu(positions, s, seq_len, i));
-    return first / tc_rows * tc_rows;
+// The first key any query of the block sees, rounded down to a tile: the key
+// tiles before it are skipped (0 without packed samples). first: this thread's
+// two rows' first keys. Every thread must call it; it ends with a barrier.
+__device__ static int first_key_tile(const int first[2]) {
+    __shared__ int warp_first[tc_threads / 32];
+    int lowest = min(first[0], first[1]);
+    for (int offset = 16; offset > 0; offset /= 2) lowest = min(lowest, __shfl_xor_sync(0xffffffffu, lowest, offset));
+    if (threadIdx.x % 32 == 0) warp_first[threadIdx.x / 32] = lowest;
+    __syncthreads();
+    for (int w = 0; w < tc_threads / 32; w++) lowest = min(lowest, warp_first[w]);
+    return lowest / tc_rows * tc_rows;
 }
 
 // Whether query i (first key `first`) sees key j: first <= j <= i < seq_len.
@@ -147,7 +152,6 @@ __global__ static void flash_tc_forward_kernel(T *out, float *lse, const T *q, c
                                                float scale) {
     __shared__ __align__(16) T k_tile[tc_rows][D + tc_pad];
     __shared__ __align__(16) T v_tile[tc_rows][D + tc_pad];
-    __shared__ int key_begin;
     int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
     int q_stride = n_heads * D, kv_stride = n_kv_heads * D;
     const T *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * D;
@@ -155,16 +159,17 @@ __global__ static void flash_tc_forward_kernel(T *out, float *lse, const T *q, c
     const T *v_head = v + (size_t)s * seq_len * kv_stride + (size_t)g * D;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, t = lane % 4;
     int i0 = blockIdx.x * tc_rows;
-    int rows[2], first[2];   // this thread's two query rows (group and group + 8 of its warp's 16)
+    // this thread's two query rows (group and group + 8 of its warp's 16) and their first keys
+    // (rows past the sequence: none, seq_len)
+    int rows[2], first[2];
     for (int r = 0; r < 2; r++) {
         rows[r] = i0 + 16 * warp + group + 8 * r;
-        first[r] = rows[r] < seq_len ? attention_first_key_gpu(positions, s, seq_len, rows[r]) : 0;
+        first[r] = rows[r] < seq_len ? attention_first_key_gpu(positions, s, seq_len, rows[r]) : seq_len;
     }
 
     // Q_b into registers, through k_tile
     load_rows<T, D>(k_tile, q_head, i0, seq_len, q_stride);
-    if (threadIdx.x == 0) key_begin = first_key_tile(positions, s, seq_len, i0);
-    __syncthreads();
+    int key_begin = first_key_tile(first);   // (its barrier also orders the loads above)
     uint32_t q_frag[D / 16][4];
     load_a_fragments<T, D>(q_frag, k_tile, 16 * warp);
     float o[D / 8][4];
@@ -320,7 +325,6 @@ __global__ static void flash_tc_backward_q_kernel(T *d_q, const T *d_out, const 
                                                   int seq_len, int n_heads, int n_kv_heads, float scale) {
     __shared__ __align__(16) T k_tile[tc_rows][D + tc_pad];
     __shared__ __align__(16) T v_tile[tc_rows][D + tc_pad];
-    __shared__ int key_begin;
     int h = blockIdx.y, s = blockIdx.z, g = h / (n_heads / n_kv_heads);
     int q_stride = n_heads * D, kv_stride = n_kv_heads * D;
     const T *q_head = q + (size_t)s * seq_len * q_stride + (size_t)h * D;
@@ -335,7 +339,7 @@ __global__ static void flash_tc_backward_q_kernel(T *d_q, const T *d_out, const 
         rows[r] = i0 + 16 * warp + group + 8 * r;
         bool valid = rows[r] < seq_len;
         size_t stats = ((size_t)s * n_heads + h) * seq_len + rows[r];
-        first[r] = valid ? attention_first_key_gpu(positions, s, seq_len, rows[r]) : 0;
+        first[r] = valid ? attention_first_key_gpu(positions, s, seq_len, rows[r]) : seq_len;
         row_lse[r] = valid ? lse[stats] : 0.0f;
         row_delta[r] = valid ? delta[stats] : 0.0f;
     }
@@ -343,8 +347,7 @@ __global__ static void flash_tc_backward_q_kernel(T *d_q, const T *d_out, const 
     // the warp's 16 rows of Q and dO into registers, through k_tile and v_tile
     load_rows<T, D>(k_tile, q_head, i0, seq_len, q_stride);
     load_rows<T, D>(v_tile, dy_head, i0, seq_len, q_stride);
-    if (threadIdx.x == 0) key_begin = first_key_tile(positions, s, seq_len, i0);
-    __syncthreads();
+    int key_begin = first_key_tile(first);   // (its barrier also orders the loads above)
     uint32_t q_frag[D / 16][4], dy_frag[D / 16][4];
     load_a_fragments<T, D>(q_frag, k_tile, 16 * warp);
     load_a_fragments<T, D>(dy_frag, v_tile, 16 * warp);

@@ -114,6 +114,10 @@ m flash_tc_forward_no_sync lib/ops/flash_attention_tc.cu \
 m flash_tc_untransposed lib/ops/flash_attention_tc.cu \
   '            ldmatrix_x4_trans(b, &tile[16 * k + row][16 * n2 + col]);' \
   '            ldmatrix_x4(b, &tile[16 * k + row][16 * n2 + col]);' 'gpu: flash attention on tensor cores*'
+# the first key tile of a block rounded up instead of down (packed samples: a tile the block needs is skipped)
+m flash_tc_begin_rounded_up lib/ops/flash_attention_tc.cu \
+  '    return lowest / tc_rows * tc_rows;' \
+  '    return (lowest + tc_rows - 1) / tc_rows * tc_rows;' 'gpu: flash attention on tensor cores over packed*'
 # the backward's skip of query tiles that start after these keys, one tile too eager (packed samples)
 m flash_tc_skip_too_eager lib/ops/flash_attention_tc.cu \
   '            if (tile_first >= j0 + tc_rows) continue;' \
