@@ -34,6 +34,7 @@
 
 static const int tc_rows = 64;       // query (or key) rows of a block, and of a streamed tile
 static const int tc_threads = 128;   // 4 warps of 16 rows each
+static const int tc_half = tc_rows / 2;   // the dK/dV kernel takes a query tile in two halves
 // Row padding of a staged tile, in 16-bit elements (16 bytes): the 8 rows an
 // ldmatrix reads start 16 bytes apart modulo 128 (different banks).
 static const int tc_pad = 8;
@@ -64,19 +65,21 @@ __device__ static void load_a_fragments(uint32_t a[D / 16][4], T (*tile)[D + tc_
     for (int k = 0; k < D / 16; k++) ldmatrix_x4(a[k], &tile[row][16 * k + col]);
 }
 
-// c = A tile^T: A the warp's 16 x D rows (fragments a), tile 64 x D; c is 16 x 64
-// (c[n]: tile rows 8n .. 8n + 7). Each tile row is a column of B.
-template <typename T, int D>
-__device__ static void mma_rows_transposed(float c[8][4], const uint32_t a[D / 16][4], T (*tile)[D + tc_pad]) {
+// c = A tile[row0 .. row0 + N - 1]^T: A the warp's 16 x D rows (fragments a),
+// tile rows D wide; c is 16 x N (c[n]: tile rows row0 + 8n .. row0 + 8n + 7).
+// Each tile row is a column of B.
+template <typename T, int D, int N>
+__device__ static void mma_rows_transposed(float c[N / 8][4], const uint32_t a[D / 16][4], T (*tile)[D + tc_pad],
+                                           int row0) {
     int lane = threadIdx.x % 32;
     // matrices 0..3: (tile rows 0-7, columns 0-7), (rows 0-7, 8-15), (rows 8-15, 0-7), (rows 8-15, 8-15):
     // b[0], b[1] of tile rows 0-7 and of rows 8-15
-    int row = lane % 8 + 8 * (lane / 16), col = 8 * (lane / 8 % 2);
+    int row = row0 + lane % 8 + 8 * (lane / 16), col = 8 * (lane / 8 % 2);
     #pragma unroll
-    for (int n = 0; n < 8; n++)
+    for (int n = 0; n < N / 8; n++)
         for (int e = 0; e < 4; e++) c[n][e] = 0.0f;
     #pragma unroll
-    for (int n2 = 0; n2 < 4; n2++) {
+    for (int n2 = 0; n2 < N / 16; n2++) {
         #pragma unroll
         for (int k = 0; k < D / 16; k++) {
             uint32_t b[4];
@@ -87,16 +90,17 @@ __device__ static void mma_rows_transposed(float c[8][4], const uint32_t a[D / 1
     }
 }
 
-// c += A tile: A the warp's 16 x 64 (fragments a, a[k] its columns 16k ..
-// 16k + 15), tile 64 x D (its rows the k dimension); c is 16 x D (c[n]: columns 8n .. 8n + 7).
-template <typename T, int D>
-__device__ static void mma_rows(float c[D / 8][4], const uint32_t a[4][4], T (*tile)[D + tc_pad]) {
+// c += A tile[row0 .. row0 + K - 1]: A the warp's 16 x K (fragments a, a[k]
+// its columns 16k .. 16k + 15), the tile rows the k dimension; c is 16 x D
+// (c[n]: columns 8n .. 8n + 7).
+template <typename T, int D, int K>
+__device__ static void mma_rows(float c[D / 8][4], const uint32_t a[K / 16][4], T (*tile)[D + tc_pad], int row0) {
     int lane = threadIdx.x % 32;
     // .trans matrices 0..3: (tile rows 0-7, columns 0-7), (rows 8-15, 0-7), (rows 0-7, 8-15), (rows 8-15, 8-15):
     // b[0], b[1] of columns 0-7 and of columns 8-15
-    int row = lane % 8 + 8 * (lane / 8 % 2), col = 8 * (lane / 16);
+    int row = row0 + lane % 8 + 8 * (lane / 8 % 2), col = 8 * (lane / 16);
     #pragma unroll
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < K / 16; k++) {
         #pragma unroll
         for (int n2 = 0; n2 < D / 16; n2++) {
             uint32_t b[4];
@@ -107,11 +111,11 @@ __device__ static void mma_rows(float c[D / 8][4], const uint32_t a[4][4], T (*t
     }
 }
 
-// The warp's 16 x 64 C fragments rounded to T as A fragments (columns 16k .. 16k + 15 in a[k]).
-template <typename T>
-__device__ static void c_to_a_fragments(uint32_t a[4][4], const float c[8][4]) {
+// The warp's 16 x N C fragments rounded to T as A fragments (columns 16k .. 16k + 15 in a[k]).
+template <typename T, int N>
+__device__ static void c_to_a_fragments(uint32_t a[N / 16][4], const float c[N / 8][4]) {
     #pragma unroll
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < N / 16; k++) {
         a[k][0] = pack_pair<T>(c[2 * k][0], c[2 * k][1]);
         a[k][1] = pack_pair<T>(c[2 * k][2], c[2 * k][3]);
         a[k][2] = pack_pair<T>(c[2 * k + 1][0], c[2 * k + 1][1]);
@@ -185,7 +189,7 @@ __global__ static void flash_tc_forward_kernel(T *out, float *lse, const T *q, c
         load_rows<T, D>(v_tile, v_head, j0, seq_len, kv_stride);
         __syncthreads();
         float scores[8][4];
-        mma_rows_transposed<T, D>(scores, q_frag, k_tile);
+        mma_rows_transposed<T, D, tc_rows>(scores, q_frag, k_tile, 0);
         // s_ij = scale q_i . k_j where query i sees key j, else -inf
         #pragma unroll
         for (int n = 0; n < 8; n++)
@@ -217,8 +221,8 @@ __global__ static void flash_tc_forward_kernel(T *out, float *lse, const T *q, c
         }
         // O += P V_j
         uint32_t p[4][4];
-        c_to_a_fragments<T>(p, scores);
-        mma_rows<T, D>(o, p, v_tile);
+        c_to_a_fragments<T, tc_rows>(p, scores);
+        mma_rows<T, D, tc_rows>(o, p, v_tile, 0);
     }
     for (int r = 0; r < 2; r++) {
         int i = rows[r];
@@ -284,25 +288,28 @@ __global__ static void flash_tc_backward_kv_kernel(T *d_k, T *d_v, const T *d_ou
             load_rows<T, D>(q_tile, q_head, i0, seq_len, q_stride);
             load_rows<T, D>(dy_tile, dy_head, i0, seq_len, q_stride);
             __syncthreads();
-            // transposed: p[n][e] for key keys[e / 2], query i0 + 8n + 2t + e % 2
-            float p[8][4], ds[8][4];
-            mma_rows_transposed<T, D>(p, k_frag, q_tile);    // k_j . q_i
-            mma_rows_transposed<T, D>(ds, v_frag, dy_tile);  // dp_ij = v_j . dO_i
-            #pragma unroll
-            for (int n = 0; n < 8; n++)
-                for (int e = 0; e < 4; e++) {
-                    int ii = 8 * n + 2 * t + e % 2;
-                    bool seen = sees(i0 + ii, first_tile[ii], keys[e / 2], seq_len);
-                    // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dp_ij - delta_i); 0 where i does not see j
-                    p[n][e] = seen ? expf(scale * p[n][e] - lse_tile[ii]) : 0.0f;
-                    ds[n][e] = seen ? p[n][e] * (ds[n][e] - delta_tile[ii]) : 0.0f;
-                }
-            // dV += P^T dO, dK += dS^T Q (times scale at the end)
-            uint32_t a[4][4];
-            c_to_a_fragments<T>(a, p);
-            mma_rows<T, D>(dv, a, dy_tile);
-            c_to_a_fragments<T>(a, ds);
-            mma_rows<T, D>(dk, a, q_tile);
+            // the tile's queries in two halves of 32: fewer registers live (head_dim 128 spilled 320 bytes at 64)
+            for (int half = 0; half < tc_rows; half += tc_half) {
+                // transposed: p[n][e] for key keys[e / 2], query i0 + half + 8n + 2t + e % 2
+                float p[tc_half / 8][4], ds[tc_half / 8][4];
+                mma_rows_transposed<T, D, tc_half>(p, k_frag, q_tile, half);    // k_j . q_i
+                mma_rows_transposed<T, D, tc_half>(ds, v_frag, dy_tile, half);  // dp_ij = v_j . dO_i
+                #pragma unroll
+                for (int n = 0; n < tc_half / 8; n++)
+                    for (int e = 0; e < 4; e++) {
+                        int ii = half + 8 * n + 2 * t + e % 2;
+                        bool seen = sees(i0 + ii, first_tile[ii], keys[e / 2], seq_len);
+                        // p_ij = exp(scale q_i . k_j - lse_i), ds_ij = p_ij (dp_ij - delta_i); 0 where i does not see j
+                        p[n][e] = seen ? expf(scale * p[n][e] - lse_tile[ii]) : 0.0f;
+                        ds[n][e] = seen ? p[n][e] * (ds[n][e] - delta_tile[ii]) : 0.0f;
+                    }
+                // dV += P^T dO, dK += dS^T Q (times scale at the end)
+                uint32_t a[tc_half / 16][4];
+                c_to_a_fragments<T, tc_half>(a, p);
+                mma_rows<T, D, tc_half>(dv, a, dy_tile, half);
+                c_to_a_fragments<T, tc_half>(a, ds);
+                mma_rows<T, D, tc_half>(dk, a, q_tile, half);
+            }
         }
     }
     for (int r = 0; r < 2; r++) {
@@ -362,8 +369,8 @@ __global__ static void flash_tc_backward_q_kernel(T *d_q, const T *d_out, const 
         load_rows<T, D>(v_tile, v_head, j0, seq_len, kv_stride);
         __syncthreads();
         float ds[8][4], dp[8][4];
-        mma_rows_transposed<T, D>(ds, q_frag, k_tile);    // q_i . k_j
-        mma_rows_transposed<T, D>(dp, dy_frag, v_tile);   // dp_ij = dO_i . v_j
+        mma_rows_transposed<T, D, tc_rows>(ds, q_frag, k_tile, 0);    // q_i . k_j
+        mma_rows_transposed<T, D, tc_rows>(dp, dy_frag, v_tile, 0);   // dp_ij = dO_i . v_j
         #pragma unroll
         for (int n = 0; n < 8; n++)
             for (int e = 0; e < 4; e++) {
@@ -374,8 +381,8 @@ __global__ static void flash_tc_backward_q_kernel(T *d_q, const T *d_out, const 
             }
         // dQ += dS K_j (times scale at the end)
         uint32_t a[4][4];
-        c_to_a_fragments<T>(a, ds);
-        mma_rows<T, D>(dq, a, k_tile);
+        c_to_a_fragments<T, tc_rows>(a, ds);
+        mma_rows<T, D, tc_rows>(dq, a, k_tile, 0);
     }
     for (int r = 0; r < 2; r++) {
         int i = rows[r];
