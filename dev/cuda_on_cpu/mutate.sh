@@ -122,6 +122,10 @@ m flash_tc_begin_rounded_up lib/ops/flash_attention_tc.cu \
 m flash_tc_skip_too_eager lib/ops/flash_attention_tc.cu \
   '            if (tile_first >= j0 + tc_rows) continue;' \
   '            if (tile_first >= j0) continue;' 'gpu: flash attention on tensor cores over packed*'
+# tile rows padded by 4 values instead of 8: rows no longer 16-byte aligned (ldmatrix and the 16-byte copies must say so)
+m flash_tc_rows_unaligned lib/ops/flash_attention_tc.cu \
+  'static const int tc_pad = 8;' \
+  'static const int tc_pad = 4;' 'gpu: flash attention on tensor cores match*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += __bfloat162float(y[i]);' \
