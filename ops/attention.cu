@@ -462,6 +462,10 @@ size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len
     return simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh);
 }
 
+const char *attention_kind_name(AttentionKernel kind) {
+    return kind == ATTENTION_SIMPLE ? "simple" : kind == ATTENTION_FLASH ? "flash" : "flash_tc";
+}
+
 // The compute capability from which mma.sync m16n8k16 takes bf16 and fp16 inputs.
 static const int tensor_core_attention_min_capability = 80;
 

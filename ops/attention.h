@@ -28,6 +28,8 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
 // (head_dim at most 128); FLASH_TC is FLASH on tensor cores (mma.sync,
 // FlashAttention-2; head_dim 64 or 128, sm_80 and newer).
 typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH, ATTENTION_FLASH_TC } AttentionKernel;
+// "simple", "flash" or "flash_tc" (as bench_train's --attention names them).
+const char *attention_kind_name(AttentionKernel kind);
 // Device scratch either kind needs for forward and backward of this shape. The
 // simple kind keeps 12 bytes per score and takes as many heads per pass as
 // score_budget bytes of scores hold (at least one); the two flash kinds need a

@@ -196,7 +196,7 @@ int main(int argc, char **argv) {
     double tok_per_s = (double)batch * seq * steps / timed;
     double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
     double peak = gpu_peak_bf16_flops();
-    const char *kind = g.attention == ATTENTION_SIMPLE ? "simple" : g.attention == ATTENTION_FLASH ? "flash" : "flash_tc";
+    const char *kind = attention_kind_name(g.attention);
     printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d | %.0f tok/s | %.1f ms/step | "
            "MFU %.1f%% | peak mem %.0f MiB\n", shape, nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute,
            tok_per_s, 1000.0 * timed / steps, peak > 0 ? 100.0 * flops / peak : 0.0, gpu_peak_bytes() / 1048576.0);

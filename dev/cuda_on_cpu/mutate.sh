@@ -84,8 +84,8 @@ m flash_forward_no_sync lib/ops/flash_attention.cu \
     for (int j0 = 0; j0 < key_end; j0 += flash_tile) {' 'gpu: flash attention*'
 # the causal softmax max over j < i instead of j <= i (off by one)
 m softmax_off_by_one lib/ops/attention.cu \
-  'for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
-  'for (int j = threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
+  'for (int j = first + threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
+  'for (int j = first + threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
 # a warp shuffle that some lanes skip (divergent shuffle)
 m divergent_shuffle lib/nf4.cu \
   'float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));' \

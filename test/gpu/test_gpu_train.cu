@@ -136,7 +136,7 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
                          double min_cosine, double min_total, uint64_t seed,
                          const BaseAndTargets &variant = BaseAndTargets()) {
     const Config &c = model.config;
-    std::string kind = attention == ATTENTION_FLASH ? "flash" : attention == ATTENTION_FLASH_TC ? "flash_tc" : "simple";
+    std::string kind = attention_kind_name(attention);
     INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", bias " << c.attention_bias
                   << ", attention " << kind << ", quant " << std::string(variant.quant == QUANT_NF4 ? "nf4" : "none")
                   << ", double quant " << variant.double_quant);
