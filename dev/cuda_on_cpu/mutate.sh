@@ -128,8 +128,8 @@ m flash_tc_rows_unaligned lib/ops/flash_attention_tc.cu \
   'static const int tc_pad = 4;' 'gpu: flash attention on tensor cores match*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
-  '    if (i < n) x[i] += __bfloat162float(y[i]);' \
-  '    if (i <= n) x[i] += __bfloat162float(y[i]);' 'gpu: residual_add*'
+  '    if (i < n) x[i] += to_float(y[i]);' \
+  '    if (i <= n) x[i] += to_float(y[i]);' 'gpu: residual_add*'
 # (BASE=asan) a shared-memory read past the array (the tree starting one level too wide)
 m asan_shared_overrun lib/adamw.cu \
   '    for (int half = SUM_THREADS / 2; half > 0; half /= 2) {' \
