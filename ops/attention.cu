@@ -1,7 +1,8 @@
 // ops/attention.cu: causal grouped-query attention, forward and backward: the
 // CPU reference (attention_cpu, attention_backward_cpu), then on the GPU the
 // simple kind (scores materialised, cuBLAS's batched GEMMs for the products)
-// and the entry points, which run it or the flash kind (ops/flash_attention.cu).
+// and the entry points, which run it or one of the flash kinds
+// (ops/flash_attention.cu, ops/flash_attention_tc.cu).
 #include "ops/attention.h"
 #include "ops/layers.h"
 
@@ -454,12 +455,19 @@ static int heads_within_budget(int n_seqs, int seq_len, int n_heads, size_t scor
 size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
                                    size_t score_budget) {
     if (n_seqs <= 0 || seq_len <= 0) return 0;
-    // flash: delta, one float per (sequence, head, token)
-    if (kind == ATTENTION_FLASH) return sizeof(float) * (size_t)n_seqs * n_heads * seq_len;
+    // flash kinds: delta, one float per (sequence, head, token)
+    if (kind != ATTENTION_SIMPLE) return sizeof(float) * (size_t)n_seqs * n_heads * seq_len;
     SimpleScratch w;
     int nh = heads_within_budget(n_seqs, seq_len, n_heads, score_budget);
     return simple_layout(&w, NULL, n_seqs, seq_len, n_heads, head_dim, nh);
 }
+
+const char *attention_kind_name(AttentionKernel kind) {
+    return kind == ATTENTION_SIMPLE ? "simple" : kind == ATTENTION_FLASH ? "flash" : "flash_tc";
+}
+
+// The compute capability from which mma.sync m16n8k16 takes bf16 and fp16 inputs.
+static const int tensor_core_attention_min_capability = 80;
 
 AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget) {
     int fits = one_head_score_bytes(n_seqs, seq_len) <= (double)score_budget;
@@ -476,6 +484,15 @@ static void check_attention_shape(AttentionKernel kind, int n_heads, int n_kv_he
                 FLASH_MAX_HEAD_DIM, head_dim);
         exit(1);
     }
+    if (kind == ATTENTION_FLASH_TC && !flash_attention_tc_handles(head_dim)) {
+        fprintf(stderr, "attention: the tensor-core flash kernel handles head_dim 64 and 128, not %d\n", head_dim);
+        exit(1);
+    }
+    if (kind == ATTENTION_FLASH_TC && gpu_compute_capability() < tensor_core_attention_min_capability) {
+        fprintf(stderr, "attention: the tensor-core flash kernel needs compute capability %d or newer, this GPU has %d\n",
+                tensor_core_attention_min_capability, gpu_compute_capability());
+        exit(1);
+    }
 }
 
 void attention_forward_gpu(AttentionKernel kind, act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
@@ -485,6 +502,8 @@ void attention_forward_gpu(AttentionKernel kind, act16 *out, float *lse, const a
     if (n_seqs <= 0 || seq_len <= 0) return;
     if (kind == ATTENTION_FLASH)
         flash_attention_forward_gpu(out, lse, q, k, v, positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
+    else if (kind == ATTENTION_FLASH_TC)
+        flash_attention_tc_forward_gpu(out, lse, q, k, v, positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim);
     else
         attention_forward_simple(out, lse, q, k, v, positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim,
                                  scratch, scratch_bytes);
@@ -496,15 +515,20 @@ void attention_backward_gpu(AttentionKernel kind, act16 *d_q, act16 *d_k, act16 
                             size_t scratch_bytes) {
     check_attention_shape(kind, n_heads, n_kv_heads, head_dim);
     if (n_seqs <= 0 || seq_len <= 0) return;
-    if (kind == ATTENTION_FLASH) {
+    if (kind != ATTENTION_SIMPLE) {
         size_t delta_bytes = attention_scratch_bytes_gpu(kind, n_seqs, seq_len, n_heads, head_dim, 0);
         if (scratch_bytes < delta_bytes) {
             fprintf(stderr, "attention: %zu bytes of scratch, the flash backward needs %zu\n", scratch_bytes,
                     delta_bytes);
             exit(1);
         }
+    }
+    if (kind == ATTENTION_FLASH) {
         flash_attention_backward_gpu(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
                                      n_kv_heads, head_dim, (float *)scratch);
+    } else if (kind == ATTENTION_FLASH_TC) {
+        flash_attention_tc_backward_gpu(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
+                                        n_kv_heads, head_dim, (float *)scratch);
     } else {
         attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
                                   n_kv_heads, head_dim, scratch, scratch_bytes);

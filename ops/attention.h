@@ -1,6 +1,7 @@
 // ops/attention.h: causal grouped-query attention, forward and backward: the
-// CPU reference (ops/attention.cu), then, when built by nvcc, the GPU's two
-// kinds: simple (ops/attention.cu) and flash (ops/flash_attention.cu).
+// CPU reference (ops/attention.cu), then, when built by nvcc, the GPU's three
+// kinds: simple (ops/attention.cu), flash (ops/flash_attention.cu) and flash
+// on tensor cores (ops/flash_attention_tc.cu).
 #pragma once
 #include <stddef.h>
 
@@ -24,16 +25,22 @@ void attention_backward_cpu(Real *d_q, Real *d_k, Real *d_v, const Real *d_out, 
 // Which GPU implementation: SIMPLE materialises the [seq_len, seq_len] scores
 // of several heads at a time (cuBLAS batched GEMMs and a softmax kernel, like
 // llm.c); FLASH is one fused kernel with an online softmax that never does
-// (head_dim at most 128).
-typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH } AttentionKernel;
+// (head_dim at most 128); FLASH_TC is FLASH on tensor cores (mma.sync,
+// FlashAttention-2; head_dim 64 or 128, sm_80 and newer).
+typedef enum { ATTENTION_SIMPLE, ATTENTION_FLASH, ATTENTION_FLASH_TC } AttentionKernel;
+// "simple", "flash" or "flash_tc" (as bench_train's --attention names them).
+const char *attention_kind_name(AttentionKernel kind);
 // Device scratch either kind needs for forward and backward of this shape. The
 // simple kind keeps 12 bytes per score and takes as many heads per pass as
-// score_budget bytes of scores hold (at least one); the flash kind needs a float
-// per (sequence, head, token).
+// score_budget bytes of scores hold (at least one); the two flash kinds need a
+// float per (sequence, head, token).
 size_t attention_scratch_bytes_gpu(AttentionKernel kind, int n_seqs, int seq_len, int n_heads, int head_dim,
                                    size_t score_budget);
-// The faster kind that fits: simple when one head's scores fit score_budget and
-// head_dim is a multiple of 8, else flash. (The simple kind hands cuBLAS arrays of
+// The kind the trainer runs: simple when one head's scores fit score_budget and
+// head_dim is a multiple of 8, else flash. Flash on tensor cores (sm_80 and newer,
+// head_dim 64 or 128) is asked for by name (gpu_trainer_set_attention,
+// bench_train --attention flash_tc) until it has passed its tests on a GPU; then
+// it becomes the pick where it runs. (The simple kind hands cuBLAS arrays of
 // pointers to head slices, whose alignment it cannot see; a slice starts 16-byte
 // aligned only when head_dim is a multiple of 8, as in every Llama model.)
 AttentionKernel attention_pick_kind_gpu(int n_seqs, int seq_len, int head_dim, size_t score_budget);
@@ -69,4 +76,19 @@ void flash_attention_forward_gpu(act16 *out, float *lse, const act16 *q, const a
 void flash_attention_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
                                   const float *lse, const act16 *q, const act16 *k, const act16 *v, const int *positions,
                                   int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, float *delta);
+// delta_i = dO_i . O_i for every (sequence, head, token), [seq][head][token]: both flash kinds' backward starts with it.
+void attention_delta_gpu(float *delta, const act16 *d_out, const act16 *out, int n_seqs, int seq_len, int n_heads,
+                         int head_dim);
+
+// ---- the tensor-core flash kind's launchers (ops/flash_attention_tc.cu) ----
+// 1 when the kind handles head_dim (64 or 128).
+int flash_attention_tc_handles(int head_dim);
+// The same as the flash kind's two above, on tensor cores (sm_80 and newer).
+void flash_attention_tc_forward_gpu(act16 *out, float *lse, const act16 *q, const act16 *k, const act16 *v,
+                                    const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                    int head_dim);
+void flash_attention_tc_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const act16 *d_out, const act16 *out,
+                                     const float *lse, const act16 *q, const act16 *k, const act16 *v,
+                                     const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
+                                     int head_dim, float *delta);
 #endif

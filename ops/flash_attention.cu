@@ -326,17 +326,26 @@ void flash_attention_forward_gpu(act16 *out, float *lse, const act16 *q, const a
     CUDA_CHECK_LAUNCH();
 }
 
-// The three backward kernels for one 16-bit type T.
-template <typename T>
-static void flash_backward(T *d_q, T *d_k, T *d_v, const T *d_out, const T *out, const float *lse, const T *q,
-                           const T *k, const T *v, const int *positions, int n_seqs, int seq_len, int n_heads,
-                           int n_kv_heads, int head_dim, float *delta) {
-    float scale = 1.0f / sqrtf((float)head_dim);
+void attention_delta_gpu(float *delta, const act16 *d_out, const act16 *out, int n_seqs, int seq_len, int n_heads,
+                         int head_dim) {
     size_t n_rows = (size_t)n_seqs * n_heads * seq_len;
     int delta_block = 256;   // 8 warps, one per (row, head)
     unsigned delta_blocks = (unsigned)((n_rows * 32 + delta_block - 1) / delta_block);
-    attention_delta_kernel<T><<<delta_blocks, delta_block>>>(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
+    if (gpu_act16() == ACT16_FP16)
+        attention_delta_kernel<fp16><<<delta_blocks, delta_block>>>(delta, as_fp16(d_out), as_fp16(out), n_seqs,
+                                                                    seq_len, n_heads, head_dim);
+    else
+        attention_delta_kernel<bf16><<<delta_blocks, delta_block>>>(delta, as_bf16(d_out), as_bf16(out), n_seqs,
+                                                                    seq_len, n_heads, head_dim);
     CUDA_CHECK_LAUNCH();
+}
+
+// The two backward kernels after delta, for one 16-bit type T.
+template <typename T>
+static void flash_backward(T *d_q, T *d_k, T *d_v, const T *d_out, const float *lse, const T *q,
+                           const T *k, const T *v, const int *positions, int n_seqs, int seq_len, int n_heads,
+                           int n_kv_heads, int head_dim, float *delta) {
+    float scale = 1.0f / sqrtf((float)head_dim);
     flash_backward_kv_kernel<T><<<dim3(n_tiles(seq_len), n_kv_heads, n_seqs), flash_threads>>>(
         d_k, d_v, d_out, lse, delta, q, k, v, positions, seq_len, n_heads, n_kv_heads, head_dim, scale);
     CUDA_CHECK_LAUNCH();
@@ -349,11 +358,12 @@ void flash_attention_backward_gpu(act16 *d_q, act16 *d_k, act16 *d_v, const act1
                                   const float *lse, const act16 *q, const act16 *k, const act16 *v,
                                   const int *positions, int n_seqs, int seq_len, int n_heads, int n_kv_heads,
                                   int head_dim, float *delta) {
+    attention_delta_gpu(delta, d_out, out, n_seqs, seq_len, n_heads, head_dim);
     if (gpu_act16() == ACT16_FP16)
-        flash_backward(as_fp16(d_q), as_fp16(d_k), as_fp16(d_v), as_fp16(d_out), as_fp16(out), lse, as_fp16(q),
+        flash_backward(as_fp16(d_q), as_fp16(d_k), as_fp16(d_v), as_fp16(d_out), lse, as_fp16(q),
                        as_fp16(k), as_fp16(v), positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, delta);
     else
-        flash_backward(as_bf16(d_q), as_bf16(d_k), as_bf16(d_v), as_bf16(d_out), as_bf16(out), lse, as_bf16(q),
+        flash_backward(as_bf16(d_q), as_bf16(d_k), as_bf16(d_v), as_bf16(d_out), lse, as_bf16(q),
                        as_bf16(k), as_bf16(v), positions, n_seqs, seq_len, n_heads, n_kv_heads, head_dim, delta);
 }
 #endif

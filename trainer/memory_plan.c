@@ -145,7 +145,9 @@ static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *
 // 12 bytes per score (S and dP fp32, P and dS bf16) for as many heads at a time as
 // ATTENTION_SCORE_BUDGET_BYTES holds, plus d_k and d_v per query head, fp32 [tokens, q_dim].
 // When not even one head fits (or head_dim is not a multiple of 8), the flash kind
-// needs a float per (sequence, head, token).
+// needs a float per (sequence, head, token). On sm_80 and newer with head_dim 64 or
+// 128 the trainer runs the tensor-core flash kind (attention_pick_kind_gpu), which
+// needs only that float too: there this is an upper bound (the plan knows no GPU).
 static void plan_attention(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     double budget = (double)ATTENTION_SCORE_BUDGET_BYTES;
     double one_head = 12.0 * in->batch * (double)in->seq_len * in->seq_len;

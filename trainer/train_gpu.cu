@@ -278,9 +278,10 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
             gpu_device_name(), gpu_bytes_in_use() / mib, gpu_peak_bytes() / mib, (total_bytes - free_bytes) / mib,
             total_bytes / mib);
     fprintf(out, "  base %s %.1f MiB + constants %.1f MiB | embeddings, norms %.1f MiB | LoRA + AdamW %.1f MiB | "
-                 "activations %.1f MiB | scratch %.1f MiB\n",
+                 "activations %.1f MiB | scratch %.1f MiB (attention: %s)\n",
             g->quant == QUANT_NF4 ? "NF4 codes" : "16-bit weights", m->base_codes / mib, m->base_constants / mib,
-            m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib);
+            m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib,
+            attention_kind_name(g->attention));
     if (g->placement.paged_optim)
         fprintf(out, "  paged AdamW: m and v (%.1f MiB) in managed memory, prefetched to the GPU for each update; "
                      "under memory pressure the driver pages them to the host (not in the figures above)\n",

@@ -43,12 +43,52 @@ static void *device_random(size_t bytes, const char *what) {
 
 static void report_bandwidth(const char *name, double bytes, float ms, double ceiling) {
     double gbs = bytes / (ms * 1e-3) / 1e9;
-    printf("%-34s %9.3f ms %9.1f GB/s     %5.1f%% of copy bandwidth\n", name, ms, gbs, 100.0 * gbs / ceiling);
+    printf("%-40s %9.3f ms %9.1f GB/s     %5.1f%% of copy bandwidth\n", name, ms, gbs, 100.0 * gbs / ceiling);
 }
 
 static void report_flops(const char *name, double flops, float ms, double ceiling) {
     double tflops = flops / (ms * 1e-3) / 1e12;
-    printf("%-34s %9.3f ms %9.1f TFLOP/s  %5.1f%% of cuBLAS bf16 GEMM\n", name, ms, tflops, 100.0 * tflops / ceiling);
+    printf("%-40s %9.3f ms %9.1f TFLOP/s  %5.1f%% of cuBLAS bf16 GEMM\n", name, ms, tflops, 100.0 * tflops / ceiling);
+}
+
+// Causal attention forward and backward of every kind on one shape (no
+// packing), as TFLOP/s against the GEMM ceiling: q.k and p.v over half the
+// keys on average, 2 FLOPs per multiply-add; the backward counted as twice the
+// forward. The tensor-core kind only on sm_80 and newer.
+static void bench_attention(int n_seqs, int seq, int heads, int kv_heads, int head_dim, double gemm_tflops) {
+    size_t n = (size_t)n_seqs * seq;
+    int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    act16 *q = (act16 *)device_random(sizeof(act16) * n * q_dim, "q");
+    act16 *k = (act16 *)device_random(sizeof(act16) * n * kv_dim, "k");
+    act16 *v = (act16 *)device_random(sizeof(act16) * n * kv_dim, "v");
+    act16 *out = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "attention out");
+    act16 *dq = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "dq");
+    act16 *dk = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dk");
+    act16 *dv = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dv");
+    float *lse = (float *)gpu_malloc(sizeof(float) * n * heads, "lse");
+    double flops = 2.0 * 2.0 * n_seqs * heads * (double)seq * seq / 2.0 * head_dim;
+    AttentionKernel kinds[3] = {ATTENTION_SIMPLE, ATTENTION_FLASH, ATTENTION_FLASH_TC};
+    const char *names[3] = {"simple", "flash", "flash_tc"};
+    for (int i = 0; i < 3; i++) {
+        if (kinds[i] == ATTENTION_FLASH_TC && (gpu_compute_capability() < 80 || !flash_attention_tc_handles(head_dim)))
+            continue;
+        char label[96];
+        size_t scratch_bytes = attention_scratch_bytes_gpu(kinds[i], n_seqs, seq, heads, head_dim, (size_t)512 << 20);
+        void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
+        float ms = time_ms([&] { attention_forward_gpu(kinds[i], out, lse, q, k, v, NULL, n_seqs, seq, heads, kv_heads,
+                                                       head_dim, scratch, scratch_bytes); }, 10);
+        snprintf(label, sizeof label, "attention fwd %s %dx%d h%d/%d d%d", names[i], n_seqs, seq, heads, kv_heads,
+                 head_dim);
+        report_flops(label, flops, ms, gemm_tflops);
+        ms = time_ms([&] { attention_backward_gpu(kinds[i], dq, dk, dv, out, out, lse, q, k, v, NULL, n_seqs, seq,
+                                                  heads, kv_heads, head_dim, scratch, scratch_bytes); }, 10);
+        snprintf(label, sizeof label, "attention bwd %s %dx%d h%d/%d d%d", names[i], n_seqs, seq, heads, kv_heads,
+                 head_dim);
+        report_flops(label, 2.0 * flops, ms, gemm_tflops);
+        gpu_free(scratch);
+    }
+    for (void *p : {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dq, (void *)dk, (void *)dv, (void *)lse})
+        gpu_free(p);
 }
 #endif
 
@@ -110,15 +150,8 @@ int main(void) {
     report_bandwidth("swiglu_backward_gpu", 5.0 * 2.0 * n * hidden, ms, copy_gbs);
 
     // RoPE on q, and attention
-    int q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+    int q_dim = heads * head_dim;
     act16 *qb = (act16 *)device_random(sizeof(act16) * n * q_dim, "q");
-    act16 *kb = (act16 *)device_random(sizeof(act16) * n * kv_dim, "k");
-    act16 *vb = (act16 *)device_random(sizeof(act16) * n * kv_dim, "v");
-    act16 *out = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "attention out");
-    act16 *dq = (act16 *)gpu_malloc(sizeof(act16) * n * q_dim, "dq");
-    act16 *dk = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dk");
-    act16 *dv = (act16 *)gpu_malloc(sizeof(act16) * n * kv_dim, "dv");
-    float *lse = (float *)gpu_malloc(sizeof(float) * n * heads, "lse");
     int *positions = (int *)gpu_malloc(sizeof(int) * n, "positions");
     std::vector<int> pos(n);
     for (int i = 0; i < n; i++) pos[i] = i % seq;
@@ -128,24 +161,11 @@ int main(void) {
     gpu_upload(inv_freq_d, inv_freq.data(), sizeof(float) * inv_freq.size());
     ms = time_ms([&] { rope_gpu(qb, positions, inv_freq_d, n, heads, head_dim); }, 50);
     report_bandwidth("rope_gpu (q)", 2.0 * 2.0 * n * q_dim, ms, copy_gbs);
-    // causal attention: q.k and p.v over half the keys on average, 2 FLOPs per multiply-add
-    double attention_flops = 2.0 * 2.0 * n_seqs * heads * (double)seq * seq / 2.0 * head_dim;
-    AttentionKernel kinds[2] = {ATTENTION_SIMPLE, ATTENTION_FLASH};
-    const char *names[2] = {"simple", "flash"};
-    for (int k = 0; k < 2; k++) {
-        char label[64];
-        size_t scratch_bytes = attention_scratch_bytes_gpu(kinds[k], n_seqs, seq, heads, head_dim, (size_t)512 << 20);
-        void *scratch = gpu_malloc(scratch_bytes, "attention scratch");
-        ms = time_ms([&] { attention_forward_gpu(kinds[k], out, lse, qb, kb, vb, NULL, n_seqs, seq, heads, kv_heads,
-                                                 head_dim, scratch, scratch_bytes); }, 10);
-        snprintf(label, sizeof label, "attention forward (%s)", names[k]);
-        report_flops(label, attention_flops, ms, gemm_tflops);
-        ms = time_ms([&] { attention_backward_gpu(kinds[k], dq, dk, dv, out, out, lse, qb, kb, vb, NULL, n_seqs, seq,
-                                                   heads, kv_heads, head_dim, scratch, scratch_bytes); }, 10);
-        snprintf(label, sizeof label, "attention backward (%s)", names[k]);
-        report_flops(label, 2.0 * attention_flops, ms, gemm_tflops);
-        gpu_free(scratch);
-    }
+    bench_attention(n_seqs, seq, heads, kv_heads, head_dim, gemm_tflops);
+    // issue 19's attention shapes: seq 2048, GQA, head_dim 64 (Llama-3.2-1B) and 128 (Llama-3.1-8B);
+    // dev/bench/bench_sdpa.py times PyTorch's SDPA (flash backend) on the same ones
+    bench_attention(2, 2048, 32, 8, 64, gemm_tflops);
+    bench_attention(2, 2048, 32, 8, 128, gemm_tflops);
 
     // base GEMMs (the MLP's gate projection) and LoRA on it
     ms = time_ms([&] { matmul_gpu(h, xn, wd, NULL, n, dim, hidden); }, 20);

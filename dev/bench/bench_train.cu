@@ -147,6 +147,13 @@ int main(int argc, char **argv) {
     char err[1024];
     Model model;
     if (save_dir) return save_random_model(shape, save_dir, tokenizer_json);
+    const char *attention_kinds[] = {"auto", "simple", "flash", "flash_tc"};
+    int attention_known = 0;
+    for (const char *known : attention_kinds) attention_known |= strcmp(attention, known) == 0;
+    if (!attention_known) {
+        fprintf(stderr, "bench_train: --attention %s: it must be auto, simple, flash or flash_tc\n", attention);
+        return 2;
+    }
     int on_gpu = strcmp(device, "cuda") == 0;
     if (on_gpu && !gpu_available()) { fprintf(stderr, "bench_train: no CUDA device (try --device cpu)\n"); return 1; }
     if (!on_gpu && (offload || paged_optim)) {
@@ -186,6 +193,7 @@ int main(int argc, char **argv) {
     gpu_trainer_init(&g, &model, nf4 ? QUANT_NF4 : QUANT_NONE, 1, &lora, &opt, batch, seq, &placement);
     if (strcmp(attention, "simple") == 0) gpu_trainer_set_attention(&g, ATTENTION_SIMPLE);
     if (strcmp(attention, "flash") == 0) gpu_trainer_set_attention(&g, ATTENTION_FLASH);
+    if (strcmp(attention, "flash_tc") == 0) gpu_trainer_set_attention(&g, ATTENTION_FLASH_TC);
     gpu_trainer_print_memory(&g, stdout);
     AdamWConfig config = adamw_default_config();
     double timed = 0.0;
@@ -203,7 +211,7 @@ int main(int argc, char **argv) {
     double tok_per_s = (double)batch * seq * steps / timed;
     double flops = gpu_flops_per_token(&c, seq, recompute) * tok_per_s;
     double peak = gpu_peak_bf16_flops();
-    const char *kind = g.attention == ATTENTION_SIMPLE ? "simple" : "flash";
+    const char *kind = attention_kind_name(g.attention);
     printf("ours | %s | %s | %s attention | batch %d seq %d rank %d recompute %d offload %d paged %d%s | %.0f tok/s | "
            "%.1f ms/step | MFU %.1f%% | peak mem %.0f MiB (+ %.0f MiB managed, %.0f MiB pinned on the host)\n", shape,
            nf4 ? "nf4" : "bf16", kind, batch, seq, rank, recompute, offload, paged_optim, dora ? " dora" : "",

@@ -84,8 +84,8 @@ m flash_forward_no_sync lib/ops/flash_attention.cu \
     for (int j0 = 0; j0 < key_end; j0 += flash_tile) {' 'gpu: flash attention*'
 # the causal softmax max over j < i instead of j <= i (off by one)
 m softmax_off_by_one lib/ops/attention.cu \
-  'for (int j = threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
-  'for (int j = threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
+  'for (int j = first + threadIdx.x; j <= i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' \
+  'for (int j = first + threadIdx.x; j < i; j += blockDim.x) row_max = fmaxf(row_max, score_row[j]);' 'gpu: simple attention (mat*'
 # a warp shuffle that some lanes skip (divergent shuffle)
 m divergent_shuffle lib/nf4.cu \
   'float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));' \
@@ -114,10 +114,34 @@ m offload_no_wait_overwrite lib/trainer/train_gpu.cu \
 m paged_prefetch_overrun lib/trainer/train_gpu.cu \
   '        gpu_prefetch_to_device(g->m, sizeof(float) * g->n_params);' \
   '        gpu_prefetch_to_device(g->m, 2 * sizeof(float) * g->n_params);' 'gpu placement*'
+# the tensor-core forward forgetting to rescale O when the running max grows
+m flash_tc_no_rescale lib/ops/flash_attention_tc.cu \
+  '                o[n][2 * r] *= correction;' \
+  '                ;' 'gpu: flash attention on tensor cores*'
+# the tensor-core forward without the barrier before the next K, V tiles overwrite the ones (and Q) still read
+m flash_tc_forward_no_sync lib/ops/flash_attention_tc.cu \
+  '        __syncthreads();   // everyone is done with the previous tiles (and with Q_b in k_tile)' \
+  '' 'gpu: flash attention on tensor cores match*'
+# P V with V's tile read untransposed (a wrong ldmatrix layout for B)
+m flash_tc_untransposed lib/ops/flash_attention_tc.cu \
+  '            ldmatrix_x4_trans(b, &tile[16 * k + row][16 * n2 + col]);' \
+  '            ldmatrix_x4(b, &tile[16 * k + row][16 * n2 + col]);' 'gpu: flash attention on tensor cores*'
+# the first key tile of a block rounded up instead of down (packed samples: a tile the block needs is skipped)
+m flash_tc_begin_rounded_up lib/ops/flash_attention_tc.cu \
+  '    return lowest / tc_rows * tc_rows;' \
+  '    return (lowest + tc_rows - 1) / tc_rows * tc_rows;' 'gpu: flash attention on tensor cores over packed*'
+# the backward's skip of query tiles that start after these keys, one tile too eager (packed samples)
+m flash_tc_skip_too_eager lib/ops/flash_attention_tc.cu \
+  '            if (tile_first >= j0 + tc_rows) continue;' \
+  '            if (tile_first >= j0) continue;' 'gpu: flash attention on tensor cores over packed*'
+# tile rows padded by 4 values instead of 8: rows no longer 16-byte aligned (ldmatrix and the 16-byte copies must say so)
+m flash_tc_rows_unaligned lib/ops/flash_attention_tc.cu \
+  'static const int tc_pad = 8;' \
+  'static const int tc_pad = 4;' 'gpu: flash attention on tensor cores match*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
-  '    if (i < n) x[i] += __bfloat162float(y[i]);' \
-  '    if (i <= n) x[i] += __bfloat162float(y[i]);' 'gpu: residual_add*'
+  '    if (i < n) x[i] += to_float(y[i]);' \
+  '    if (i <= n) x[i] += to_float(y[i]);' 'gpu: residual_add*'
 # (BASE=asan) a shared-memory read past the array (the tree starting one level too wide)
 m asan_shared_overrun lib/adamw.cu \
   '    for (int half = SUM_THREADS / 2; half > 0; half /= 2) {' \

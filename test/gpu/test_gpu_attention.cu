@@ -1,7 +1,8 @@
-// test_gpu_attention.cu: both GPU attention kernels (simple, flash), forward and
-// backward, against attention_cpu / attention_backward_cpu run per sequence on
-// the same bf16-rounded inputs, and against each other; plain causal, and with
-// several samples packed in a sequence (block-diagonal causal mask).
+// test_gpu_attention.cu: the GPU attention kernels (simple, flash, flash on
+// tensor cores), forward and backward, against attention_cpu /
+// attention_backward_cpu run per sequence on the same bf16-rounded inputs, and
+// against each other; plain causal, and with several samples packed in a
+// sequence (block-diagonal causal mask).
 #include <doctest/doctest.h>
 #include <math.h>
 #include "ops/attention.h"
@@ -20,6 +21,14 @@ struct AttentionShape {
 const AttentionShape shapes[] = {
     {2, 37, 9, 3, 64}, {1, 128, 4, 4, 128}, {3, 1, 2, 1, 64}, {1, 200, 8, 2, 64}, {2, 45, 6, 2, 36},
     {1, 300, 4, 2, 64}, {2, 513, 2, 1, 64},
+};
+
+// The tensor-core kind's shapes (head_dim 64 or 128): seq_len 80 and 150 are
+// not multiples of its 64-row tiles (150: three query tiles, so causal tile
+// skipping and, packed, tiles before a sample's start); groups of 2, 1 and 3
+// query heads per kv head.
+const AttentionShape tc_shapes[] = {
+    {2, 80, 2, 1, 64}, {1, 80, 2, 2, 128}, {1, 150, 3, 1, 64},
 };
 
 struct AttentionInputs {
@@ -200,8 +209,9 @@ void check_close(const AttentionResult &got, const AttentionResult &want) {
     CHECK(relative_error(got.d_v, want.d_v) < 2e-2);
 }
 
-void check_against_cpu(AttentionKernel kind, bool packed) {
-    for (const AttentionShape &a : shapes) {
+template <size_t n_shapes>
+void check_against_cpu(AttentionKernel kind, bool packed, const AttentionShape (&shape_list)[n_shapes]) {
+    for (const AttentionShape &a : shape_list) {
         uint64_t seed = fresh_seed();
         INFO("seed " << seed << ", n_seqs " << a.n_seqs << ", seq_len " << a.seq_len << ", heads " << a.n_heads
                      << "/" << a.n_kv_heads << ", head_dim " << a.head_dim << (packed ? ", packed" : ""));
@@ -211,14 +221,17 @@ void check_against_cpu(AttentionKernel kind, bool packed) {
     }
 }
 
+// mma.sync m16n8k16 with 16-bit inputs: sm_80 and newer.
+bool has_tensor_core_attention(void) { return gpu_compute_capability() >= 80; }
+
 }  // namespace
 
 TEST_CASE("gpu: simple attention (materialised scores) matches the CPU reference, forward and backward") {
-    check_against_cpu(ATTENTION_SIMPLE, false);
+    check_against_cpu(ATTENTION_SIMPLE, false, shapes);
 }
 
 TEST_CASE("gpu: simple attention over packed samples (block-diagonal causal mask) matches the CPU reference") {
-    check_against_cpu(ATTENTION_SIMPLE, true);
+    check_against_cpu(ATTENTION_SIMPLE, true, shapes);
 }
 
 // Budgets of one and of two heads' scores: passes of 1 or 2 heads, the last pass
@@ -238,11 +251,11 @@ TEST_CASE("gpu: simple attention in passes of fewer heads matches the CPU refere
 }
 
 TEST_CASE("gpu: flash attention (fused, online softmax) matches the CPU reference, forward and backward") {
-    check_against_cpu(ATTENTION_FLASH, false);
+    check_against_cpu(ATTENTION_FLASH, false, shapes);
 }
 
 TEST_CASE("gpu: flash attention over packed samples (block-diagonal causal mask) matches the CPU reference") {
-    check_against_cpu(ATTENTION_FLASH, true);
+    check_against_cpu(ATTENTION_FLASH, true, shapes);
 }
 
 // Skips one-token sequences: there d_q = d_k = 0 exactly (a softmax over one key
@@ -256,5 +269,36 @@ TEST_CASE("gpu: simple and flash attention agree") {
                      << "/" << a.n_kv_heads << ", head_dim " << a.head_dim);
         AttentionInputs in = random_inputs(a, seed);
         check_close(gpu_attention(ATTENTION_FLASH, a, in), gpu_attention(ATTENTION_SIMPLE, a, in));
+    }
+}
+
+TEST_CASE("gpu: flash attention on tensor cores matches the CPU reference, forward and backward") {
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
+    check_against_cpu(ATTENTION_FLASH_TC, false, tc_shapes);
+}
+
+TEST_CASE("gpu: flash attention on tensor cores over packed samples matches the CPU reference") {
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
+    check_against_cpu(ATTENTION_FLASH_TC, true, tc_shapes);
+}
+
+// The simple kind as a second reference (its own GEMMs, its own softmax).
+TEST_CASE("gpu: flash attention on tensor cores and simple attention agree") {
+    if (!has_tensor_core_attention()) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
+    for (const AttentionShape &a : tc_shapes) {
+        uint64_t seed = fresh_seed();
+        INFO("seed " << seed << ", n_seqs " << a.n_seqs << ", seq_len " << a.seq_len << ", heads " << a.n_heads
+                     << "/" << a.n_kv_heads << ", head_dim " << a.head_dim);
+        AttentionInputs in = random_inputs(a, seed);
+        check_close(gpu_attention(ATTENTION_FLASH_TC, a, in), gpu_attention(ATTENTION_SIMPLE, a, in));
     }
 }

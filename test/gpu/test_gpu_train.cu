@@ -59,6 +59,13 @@ static Config small_config(int attention_bias) {
     return c;
 }
 
+// small_config with head_dim 64, the tensor-core flash kind's (2 query heads on 1 kv head).
+static Config small_head64_config(void) {
+    Config c = small_config(0);
+    c.n_heads = 2; c.n_kv_heads = 1; c.head_dim = 64;
+    return c;
+}
+
 static Config smollm2_135m_config(void) {
     Config c;
     memset(&c, 0, sizeof c);
@@ -143,7 +150,7 @@ static void compare_step(Model &model, const Batch &batch, float dropout, int re
                          double min_cosine, double min_total, uint64_t seed,
                          const BaseAndTargets &variant = BaseAndTargets()) {
     const Config &c = model.config;
-    std::string kind = attention == ATTENTION_FLASH ? "flash" : "simple";
+    std::string kind = attention_kind_name(attention);
     INFO("seed " << seed << ", dropout " << dropout << ", recompute " << recompute << ", dora " << variant.dora
                   << ", bias " << c.attention_bias
                   << ", attention " << kind << ", quant " << std::string(variant.quant == QUANT_NF4 ? "nf4" : "none")
@@ -370,6 +377,25 @@ TEST_CASE("gpu train step: packed samples with prompt-loss weights equal the CPU
                    packed.positions.data()};
     compare_step(model, batch, 0.0f, 0, ATTENTION_SIMPLE, 0.999, 0.9998, seed);
     compare_step(model, batch, 0.1f, 1, ATTENTION_FLASH, 0.999, 0.9998, seed + 1);
+    model_free(&model);
+}
+
+// The trainer's default kind on sm_80 and newer (mma.sync m16n8k16 with 16-bit inputs).
+TEST_CASE("gpu train step: with flash attention on tensor cores equals the CPU path (small model, head_dim 64)") {
+    if (gpu_compute_capability() < 80) {
+        MESSAGE("skipped: mma.sync m16n8k16 with 16-bit inputs needs sm_80 or newer");
+        return;
+    }
+    uint64_t seed = fresh_seed();
+    compare_random_step(small_head64_config(), 2, 70, 0.1f, 1, ATTENTION_FLASH_TC, 0.999, 0.9998, seed);
+    char err[256];
+    Model model;
+    Config c = small_head64_config();
+    REQUIRE(model_init_random(&model, &c, seed + 1, err, sizeof err) == 0);
+    PackedBatch packed = random_packed_batch(2, 70, c.vocab_size, 0.3f, seed + 1);
+    Batch batch = {packed.tokens.data(), packed.targets.data(), 2, 70, packed.weights.data(),
+                   packed.positions.data()};
+    compare_step(model, batch, 0.0f, 0, ATTENTION_FLASH_TC, 0.999, 0.9998, seed + 1);
     model_free(&model);
 }
 

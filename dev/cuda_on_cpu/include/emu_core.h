@@ -22,7 +22,15 @@
 #define __constant__
 // Every __shared__ variable lives in one linker section, which the scheduler
 // fills with 0xFF bytes (NaN) before each block; blocks run one at a time.
+// (g++ ignores the section in function templates: transform.py adds an
+// emu::shared_declared call after each __shared__ declaration, and the
+// scheduler fills the variables it names too.)
 #define __shared__ static __attribute__((section("emu_shared")))
+// __shared__ __align__(16) T tile[...]: what ldmatrix's 16-byte rows need.
+#define __align__(n) __attribute__((aligned(n)))
+// Set here only: ops/mma.h then takes the tensor-core instructions from
+// emu_mma.h (warp-wide CPU versions) instead of its inline PTX.
+#define CUDA_ON_CPU 1
 
 // ---- built-in variables, set by the scheduler for the running thread ----
 struct dim3 {
@@ -41,10 +49,20 @@ static const int warpSize = 32;
 // scheduler can check that the threads meeting there are at the same call.
 namespace emu {
 void syncthreads(const char *file, int line);
-enum WarpOp { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, SYNCWARP };
+enum WarpOp { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, SYNCWARP, WARP_COLLECTIVE };
 // Waits until every lane of `mask` is at this call, then returns the `bits`
 // of the lane that `op` and `arg` select (as PTX's shfl.sync does).
 uint64_t warp_op(unsigned mask, uint64_t bits, WarpOp op, int arg, int width, const char *file, int line);
+
+// A warp-wide instruction (ldmatrix, mma.sync; their .aligned form needs all
+// 32 lanes of the warp at the same call): waits until every lane is at this
+// call, then calls run(lane_data) once, lane_data[lane] being the `data` that
+// lane passed, and lets the lanes go on.
+void warp_collective(void (*run)(void *const lane_data[32]), void *data, const char *file, int line);
+// A __shared__ variable at p of `bytes` bytes (transform.py's call after its
+// declaration): the first time, it is filled with 0xFF bytes, and from then on
+// before every block, as the section is; ldmatrix accepts addresses in it.
+void shared_declared(void *p, size_t bytes);
 
 template <class T> uint64_t to_bits(T v) {
     static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");

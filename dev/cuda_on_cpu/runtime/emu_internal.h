@@ -27,6 +27,9 @@ bool check_copy(const char *call, void *dst, const void *src, size_t bytes, cuda
 // Runs every stream's queued copies (emu_streams.cpp): what a free or a device synchronize waits for.
 void finish_all_streams(void);
 
+// Whether [p, p + bytes) lies inside shared memory (the __shared__ variables).
+bool shared_range_ok(const void *p, size_t bytes);
+
 // Counts for the summary printed at exit.
 struct Stats {
     uint64_t launches, blocks, threads, barriers, warp_ops;

@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "emu_internal.h"
@@ -86,6 +88,9 @@ struct Fiber {
     emu::WarpOp op;
     int arg, width;
     uint64_t value, result;
+    // a warp-wide instruction (WARP_COLLECTIVE): what runs it, and this lane's operands
+    void (*collective)(void *const lane_data[32]);
+    void *data;
 };
 static const size_t k_stack_bytes = 256 * 1024;
 static std::vector<Fiber> g_fibers;   // one per thread of the largest block so far, reused
@@ -198,6 +203,16 @@ uint64_t warp_op(unsigned mask, uint64_t bits, WarpOp op, int arg, int width, co
     to_scheduler(false);
     return f->result;
 }
+
+void warp_collective(void (*run)(void *const lane_data[32]), void *data, const char *file, int line) {
+    if (!g_cur) {
+        error("warp-wide instruction outside a kernel (%s:%d)", file, line);
+        return;
+    }
+    g_cur->collective = run;
+    g_cur->data = data;
+    warp_op(0xffffffffu, 0, WARP_COLLECTIVE, 0, 32, file, line);
+}
 }   // namespace emu
 
 // ---- releasing a warp operation (the scheduler) -----------------------------
@@ -262,14 +277,34 @@ static int source_lane(const Fiber &f, int lane) {
     }
 }
 
+// A warp-wide instruction: runs it once over the 32 lanes' operands, when all
+// 32 are there (check_warp_op has reported any that is not).
+static void run_collective(int first, int last) {
+    std::vector<Fiber> &fs = g_fibers;
+    void *lane_data[32];
+    if (last - first != 32) return;
+    for (int lane = 0; lane < 32; lane++) {
+        if (fs[first + lane].state != AT_WARP_OP || fs[first + lane].op != emu::WARP_COLLECTIVE) return;
+        lane_data[lane] = fs[first + lane].data;
+    }
+    fs[first].collective(lane_data);
+}
+
 // Checks the warp operation the warp starting at thread `first` waits at, hands
-// each lane there the value of its source lane, and lets them run on.
+// each lane there the value of its source lane (or runs the warp-wide
+// instruction), and lets them run on.
 static void release_warp_op(int first, int n_threads) {
     std::vector<Fiber> &fs = g_fibers;
     int last = std::min(first + 32, n_threads);
     int ref = first;
     while (fs[ref].state != AT_WARP_OP) ref++;
     check_warp_op(first, n_threads, fs[ref]);
+    if (fs[ref].op == emu::WARP_COLLECTIVE) {
+        run_collective(first, last);
+        for (int t = first; t < last; t++)
+            if (fs[t].state == AT_WARP_OP) fs[t].state = READY;
+        return;
+    }
     char a[512];
     for (int t = first; t < last; t++) {
         Fiber &f = fs[t];
@@ -372,12 +407,41 @@ extern "C" char __stop_emu_shared[] __attribute__((weak));
 // Fills shared memory with 0xFF bytes (NaN), so that a read of shared memory
 // that no thread of the block wrote shows. Volatile 8-byte stores, not memset:
 // ASan checks memset's range, and it knows no bounds in a named section.
+// Every __shared__ variable transform.py's calls have named (start -> bytes),
+// and those of each kernel (by name): the ones outside the section (in
+// function templates) are filled before each block of a kernel that uses them.
+static std::map<uintptr_t, size_t> &g_shared_vars = *new std::map<uintptr_t, size_t>;
+static std::map<std::string, std::map<uintptr_t, size_t>> &g_kernel_shared =
+    *new std::map<std::string, std::map<uintptr_t, size_t>>;
+
 static void poison_shared(void) {
+    for (auto &var : g_kernel_shared[g_kernel]) memset((void *)var.first, 0xff, var.second);
     if (!__start_emu_shared) return;
     volatile uint64_t *p = (volatile uint64_t *)(((uintptr_t)__start_emu_shared + 7) & ~(uintptr_t)7);
     volatile uint64_t *end = (volatile uint64_t *)((uintptr_t)__stop_emu_shared & ~(uintptr_t)7);
     for (; p < end; p++) *p = ~0ull;
 }
+
+namespace emu {
+void shared_declared(void *p, size_t bytes) {
+    std::map<uintptr_t, size_t> &kernel_vars = g_kernel_shared[g_kernel];
+    if (kernel_vars.count((uintptr_t)p)) return;
+    // new to this kernel: its first block, nobody of which has written it yet
+    kernel_vars[(uintptr_t)p] = bytes;
+    g_shared_vars[(uintptr_t)p] = bytes;
+    memset(p, 0xff, bytes);
+}
+
+bool shared_range_ok(const void *p, size_t bytes) {
+    uintptr_t start = (uintptr_t)p;
+    if (__start_emu_shared && start >= (uintptr_t)__start_emu_shared && start + bytes <= (uintptr_t)__stop_emu_shared)
+        return true;
+    auto var = g_shared_vars.upper_bound(start);   // the first variable starting after p
+    if (var == g_shared_vars.begin()) return false;
+    --var;
+    return start + bytes <= var->first + var->second;
+}
+}   // namespace emu
 
 static void read_settings(void) {
     g_order = emu::env_int("EMU_ORDER", 0);
