@@ -101,7 +101,7 @@ static PlacementRun run_placement(const Model &model, const LoraSet &initial, co
     StepOptions opt = {8, 2.0f, 0.1f, 0, 1};
     LoraSet lora;
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    REQUIRE(lora_set_init(&lora, &model.config, enabled, 8, 16.0f, 0, 0.1f, 1) == 0);
+    REQUIRE(lora_set_init(&lora, &model.config, enabled, 8, 16.0f, 0, 0.1f, 1, 0) == 0);
     memcpy(lora.params, initial.params, sizeof(float) * lora.n_params);
     PlacementRun run;
     GpuTrainer g;
@@ -152,7 +152,7 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
     // adapters with B random (B = 0 would make the first step's dA zero)
     LoraSet initial;
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    REQUIRE(lora_set_init(&initial, &c, enabled, 8, 16.0f, 0, 0.1f, seed) == 0);
+    REQUIRE(lora_set_init(&initial, &c, enabled, 8, 16.0f, 0, 0.1f, seed, 0) == 0);
     std::vector<float> b = random_vector(initial.n_params, seed + 1, 0.05f);
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter *a = &initial.adapters[i];
@@ -208,7 +208,7 @@ TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded byt
     REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
     LoraSet lora;
-    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7) == 0);
+    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, 0) == 0);
     const GpuPlacement placements[5] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}};
     for (int i = 0; i < 5; i++) {
         int recompute = i > 0;
