@@ -4,10 +4,19 @@
 // A build without nvcc has the functions too; they say that it has no CUDA.
 #include "infer/forward_gpu.h"
 #include "ops/gpu.h"
+#include "trainer/precision.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+const char *gpu_infer_choose_precision(void) {
+    Precision chosen = PRECISION_BF16;
+    char err[256];
+    precision_resolve(PRECISION_AUTO, 1, gpu_compute_capability(), &chosen, err, sizeof err);
+    gpu_set_act16(chosen == PRECISION_FP16 ? ACT16_FP16 : ACT16_BF16);
+    return precision_name(chosen);
+}
 
 #ifndef __CUDACC__
 static const char NO_CUDA[] = "this build has no CUDA (nvcc was not found at build time)";

@@ -24,6 +24,10 @@
 extern "C" {
 #endif
 
+// Chooses the 16-bit type (gpu_set_act16) as ./train --precision auto does
+// (trainer/precision.h): bf16 on GPUs of sm_80 and newer, fp16 before. Returns its name.
+const char *gpu_infer_choose_precision(void);
+
 typedef struct GpuModel GpuModel;           // the base's weights on the device
 typedef struct GpuAdapter GpuAdapter;       // one adapter's A and B on the device
 typedef struct GpuInferState GpuInferState; // one sequence's cache and activations on the device
