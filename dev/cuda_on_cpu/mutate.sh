@@ -102,6 +102,20 @@ m ce_skip_zero lib/ops/cross_entropy.cu \
 m batch_pointer_group lib/ops/attention.cu \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / o.group) * o.head_stride);' \
   'return (void *)(o.base + s * o.seq_stride + (size_t)((o.first + i) / 1) * o.head_stride);' 'gpu: simple attention (mat*'
+# the key/value cache attention one key short of causal (query t not seeing its own key)
+m cache_attention_off_by_one lib/ops/attention.cu \
+  '    for (int j = warp; j <= pos0 + t; j += cache_warps) {' \
+  '    for (int j = warp; j < pos0 + t; j += cache_warps) {' 'gpu: attention_cached*'
+# the cache attention combining the warps' partial softmaxes without waiting for them
+m cache_attention_no_sync lib/ops/attention.cu \
+  '    for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++) warp_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();' \
+  '    for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++) warp_acc[warp][lane + 32 * i] = acc[i];' \
+  'gpu: attention_cached*'
+# the inference forward without the adapter on the down projection
+m forward_gpu_no_down_lora lib/infer/forward_gpu.cu \
+  '    add_lora(s->proj, s->gate, c, adapter, s, layer, LINEAR_DOWN, n);' \
+  '' 'gpu serve*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += __bfloat162float(y[i]);' \
