@@ -1,11 +1,13 @@
 // test_gpu_serve.cu: the GPU inference path of ./serve and ./generate --device cuda.
 // attention_cached_gpu against attention_cpu with a causal offset (queries at
 // pos0..pos0+n-1 over a cache of pos0+n keys, the rows past them NaN), and the
-// whole forward_gpu against forward_cpu_adapter: the tiny serving fixture
-// model (test/fixtures/serve: GQA, tied embedding) with its two peft adapters,
-// and a random Qwen2-shaped model (attention biases) with a random adapter,
-// each through a prefill in chunks then one-token decode steps, two sequences
-// with different adapters interleaved on their own caches.
+// whole forward_gpu against forward_cpu_adapter on tiny random models (Llama
+// with GQA and a tied LM head; Qwen2 with attention biases and an untied one)
+// with random adapters: each sequence a prefill in chunks then one-token decode
+// steps, two sequences with different adapters (or one the base) interleaved
+// on their own caches. The serving fixture model of test_serve.cpp is not used:
+// its weights (std 0.5) grow the activations a thousandfold, and 16-bit
+// rounding then moves its logits by up to 15%.
 #include <doctest/doctest.h>
 #include <algorithm>
 #include <math.h>
@@ -15,6 +17,7 @@
 #include "infer/adapter.h"
 #include "infer/forward.h"
 #include "infer/forward_gpu.h"
+#include "nf4.h"
 #include "ops/attention.h"
 #include "gpu_test_util.h"
 
@@ -184,7 +187,8 @@ void run_gpu(const Model &m, const AdapterWeights *adapters[2], const Script scr
 // and cosine 0.9995 (worst 0.99993); hidden-state norms 1e-2 relative each.
 const double logits_tolerance = 4e-2, logits_cosine = 0.9995, norms_tolerance = 1e-2;
 
-void compare_forward(const Model &m, const AdapterWeights *adapters[2], const Script scripts[2]) {
+void compare_forward(const Model &m, const AdapterWeights *adapters[2], const Script scripts[2],
+                     double max_error = logits_tolerance, double min_cosine = logits_cosine) {
     ForwardTrace want[2], got[2];
     run_cpu(m, adapters, scripts, want);
     run_gpu(m, adapters, scripts, got);
@@ -195,14 +199,18 @@ void compare_forward(const Model &m, const AdapterWeights *adapters[2], const Sc
         double error = max_relative_error(got[q].logits.data(), want[q].logits.data(), n);
         double cosine = cosine_similarity(got[q].logits.data(), want[q].logits.data(), n);
         MESSAGE("sequence " << q << ": logits relative error " << error << ", cosine " << cosine);
-        CHECK(error < logits_tolerance);
-        CHECK(cosine > logits_cosine);
+        CHECK(error < max_error);
+        CHECK(cosine > min_cosine);
         for (size_t i = 0; i < want[q].norms.size(); i++) {
             CAPTURE(i);
             CHECK(fabs(got[q].norms[i] - want[q].norms[i]) <= norms_tolerance * want[q].norms[i]);
         }
     }
 }
+
+// The default model's bars (its test case, at the end): 30 bf16 layers; on the
+// CUDA emulation the worst was 3.0e-2 and cosine 0.99980 (bf16).
+const double DEFAULT_MODEL_TOLERANCE = 6e-2, DEFAULT_MODEL_COSINE = 0.999;
 
 // A random adapter of rank r on the given projections of every layer (B not zero, as after training).
 AdapterWeights random_adapter(const Config &c, std::vector<int> targets, int rank, float scaling, uint64_t seed) {
@@ -285,5 +293,56 @@ TEST_CASE("gpu serve: forward_gpu equals forward_cpu_adapter with attention bias
     compare_forward(m, adapters, scripts);
     adapter_weights_free(&a0);
     adapter_weights_free(&a1);
+    model_free(&m);
+}
+
+// `make test` fetches the default model; `make test-gpu` does not need it, and
+// counts this test as skipped without it.
+static bool default_model_missing(void) {
+    FILE *f = fopen(DEFAULT_MODEL, "rb");
+    if (!f) return true;
+    fclose(f);
+    return false;
+}
+
+// The CPU's greedy continuation of prompt: n tokens.
+static std::vector<int> greedy_tokens(const Model &m, const AdapterWeights *adapter, const std::vector<int> &prompt,
+                                      int n) {
+    InferState s;
+    REQUIRE(infer_state_init(&s, &m.config, (int)prompt.size() + n, (int)prompt.size()) == 0);
+    const float *logits = forward_cpu_adapter(&m, adapter, &s, prompt.data(), (int)prompt.size(), 0, 0, NULL);
+    std::vector<int> out;
+    for (int i = 0; i < n; i++) {
+        int token = (int)(std::max_element(logits, logits + m.config.vocab_size) - logits);
+        out.push_back(token);
+        logits = forward_cpu_adapter(&m, adapter, &s, &token, 1, (int)prompt.size() + i, 0, NULL);
+    }
+    infer_state_free(&s);
+    return out;
+}
+
+// Skipped by `make test-gpu-on-cpu` (the emulation takes minutes over it).
+TEST_CASE("gpu serve: the default model (NF4 round trip) with and without the fixture adapter equals the CPU" *
+          doctest::skip(default_model_missing())) {
+    char err[512];
+    Model m;
+    REQUIRE_MESSAGE(model_load(&m, DEFAULT_MODEL, err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(nf4_round_trip_model(&m, 1, err, sizeof err) == 0, err);
+    AdapterWeights faq;
+    REQUIRE_MESSAGE(adapter_load_peft(&m, "test/fixtures/peft_adapter", &faq, err, sizeof err) == 0, err);
+    ChatMessage question = {"user", "What is Debian?"};
+    int *ids = NULL;
+    unsigned char *is_answer = NULL;
+    int n_prompt = chat_encode(m.tokenizer, &question, 1, 1, &ids, &is_answer);
+    REQUIRE(n_prompt > 0);
+    std::vector<int> prompt(ids, ids + n_prompt);
+    free(ids);
+    free(is_answer);
+    // each sequence: the prompt in chunks of 8, then 12 decode steps on the CPU's greedy answer
+    Script scripts[2];
+    const AdapterWeights *adapters[2] = {nullptr, &faq};
+    for (int q = 0; q < 2; q++) scripts[q] = {prompt, greedy_tokens(m, adapters[q], prompt, 12), 8};
+    compare_forward(m, adapters, scripts, DEFAULT_MODEL_TOLERANCE, DEFAULT_MODEL_COSINE);
+    adapter_weights_free(&faq);
     model_free(&m);
 }
