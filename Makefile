@@ -49,7 +49,7 @@ LIB_CPP = trainer/train_step.cpp trainer/base_weights.cpp trainer/checkpoint.cpp
           trainer/engine_cpu.cpp infer/forward.cpp infer/adapter.cpp infer/merge.cpp \
           merging/adapter_merge.cpp merging/model_merge.cpp serving/scheduler.cpp serving/server.cpp
 LIB_CU  = ops/gpu.cu ops/layers.cu ops/attention.cu ops/flash_attention.cu ops/flash_attention_tc.cu ops/cross_entropy.cu \
-          nf4.cu lora.cu dora.cu adamw.cu trainer/offload.cu trainer/train_gpu.cu trainer/engine_gpu.cu
+          nf4.cu lora.cu dora.cu adamw.cu trainer/offload.cu trainer/train_gpu.cu trainer/engine_gpu.cu infer/forward_gpu.cu
 PROGRAMS = generate train prepare evaluate merge serve
 # The default training data (./train with no --data), built from the Debian FAQ below.
 DEFAULT_DATA = data/faq/train.bin

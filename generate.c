@@ -1,4 +1,5 @@
-// generate.c: ./generate, text generation with the CPU forward pass.
+// generate.c: ./generate, text generation with the forward pass on the GPU
+// (infer/forward_gpu.h, when there is one) or the CPU (infer/forward.h).
 //   ./generate --chat --prompt "What is Debian?"
 // The prompt is encoded (optionally wrapped in the chat template), run through
 // the model in chunks to fill the key/value cache, then one token at a time is
@@ -10,9 +11,11 @@
 #include "formats/cli.h"
 #include "eval/eval.h"
 #include "infer/forward.h"
+#include "infer/forward_gpu.h"
 #include "formats/json.h"
 #include "model.h"
 #include "nf4.h"
+#include "ops/gpu.h"
 #include "infer/sampler.h"
 #include "formats/tensor.h"
 #include "tokenizer.h"
@@ -37,6 +40,8 @@ typedef struct {
     int chat;
     const char *template_name;   // --template: the chat template family (NULL: the model's)
     AdapterBaseChoice base;   // --quant, --double-quant: the base the adapter is merged onto
+    const char *device;       // --device: cpu, cuda or auto
+    int on_gpu;               // the device chosen: 1 for cuda
 } Options;
 
 static void usage(FILE *out) {
@@ -58,6 +63,7 @@ static void usage(FILE *out) {
             "  --temperature T     0 = greedy (default 0)\n"
             "  --top-p P           nucleus sampling mass when T > 0 (default 0.9)\n"
             "  --seed S            random seed for sampling (default 42)\n"
+            "  --device D          cpu, cuda or auto: cuda when a GPU is present (default auto)\n"
             "  -h, --help          this help\n",
             DEFAULT_MODEL);
 }
@@ -84,10 +90,11 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, NULL, {1, 1, 0, 0}};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, NULL, {1, 1, 0, 0}, "auto", 0};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
-                                 "--system", "--template", "--max-new", "--temperature", "--top-p", "--seed", NULL};
+                                 "--system", "--template", "--max-new", "--temperature", "--top-p", "--seed", "--device",
+                                 NULL};
     const char *const conflicts[] = {"--prompt", "--prompt-file", NULL},
                       *const needs[] = {"--system", "--chat", "--template", "--chat", NULL};
     char err[256];
@@ -125,6 +132,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--temperature") == 0) o.temperature = cli_float("generate", flag, value);
         else if (strcmp(flag, "--top-p") == 0) o.top_p = cli_float("generate", flag, value);
         else if (strcmp(flag, "--seed") == 0) o.seed = (unsigned long long)cli_int("generate", flag, value);
+        else if (strcmp(flag, "--device") == 0) o.device = value;
         else {
             fprintf(stderr, "generate: unknown option %s\n", flag);
             usage(stderr);
@@ -135,6 +143,8 @@ static Options parse_args(int argc, char **argv) {
     if (o.max_new < 1) { fprintf(stderr, "generate: --max-new must be at least 1\n"); exit(2); }
     if (o.temperature < 0.0f) { fprintf(stderr, "generate: --temperature must be >= 0\n"); exit(2); }
     if (o.top_p <= 0.0f || o.top_p > 1.0f) { fprintf(stderr, "generate: --top-p must be in (0, 1]\n"); exit(2); }
+    o.on_gpu = gpu_device_choose(o.device, err, sizeof err);
+    if (o.on_gpu < 0) { fprintf(stderr, "generate: %s\n", err); exit(2); }
     return o;
 }
 
@@ -186,6 +196,54 @@ static void check_output(const float *logits, const float *norms, const Config *
     exit(1);
 }
 
+// One sequence's forward on the chosen device: the GPU's (gpu not NULL) or the CPU's.
+typedef struct {
+    const Model *model;
+    GpuModel *gpu;               // the base (with --adapter merged) on the GPU
+    GpuInferState *gpu_state;
+    InferState cpu_state;
+} Runner;
+
+// A cache of max_seq positions on the chosen device (and the model there); exits when it does not fit.
+static void runner_init(Runner *r, const Model *m, const Options *o, int max_seq) {
+    char err[512];
+    memset(r, 0, sizeof *r);
+    r->model = m;
+    if (!o->on_gpu) {
+        if (infer_state_init(&r->cpu_state, &m->config, max_seq, PREFILL_CHUNK) != 0) {
+            fprintf(stderr, "generate: out of memory for a %d-token cache\n", max_seq);
+            exit(1);
+        }
+        fprintf(stderr, "generate: device cpu, fp32\n");
+        return;
+    }
+    const char *precision = gpu_infer_choose_precision();
+    r->gpu = gpu_model_upload(m, err, sizeof err);
+    r->gpu_state = r->gpu ? gpu_infer_state_create(r->gpu, max_seq, PREFILL_CHUNK, 0, err, sizeof err) : NULL;
+    if (!r->gpu_state) {
+        fprintf(stderr, "generate: --device cuda: %s\n", err);
+        exit(1);
+    }
+    fprintf(stderr, "generate: device %s, %s; GPU memory: base %.1f MiB, %d-token cache and activations %.1f MiB\n",
+            gpu_device_name(), precision, gpu_model_bytes(r->gpu) / 1048576.0, max_seq,
+            gpu_infer_state_bytes(r->gpu_state) / 1048576.0);
+}
+
+// The last token's logits for tokens[0..n) at positions pos.., as forward_cpu.
+static const float *runner_forward(Runner *r, const int *tokens, int n, int pos, float *norms) {
+    if (r->gpu) return forward_gpu(r->gpu, NULL, r->gpu_state, tokens, n, pos, 0, norms);
+    return forward_cpu(r->model, &r->cpu_state, tokens, n, pos, 0, norms);
+}
+
+static void runner_free(Runner *r) {
+    if (r->gpu) {
+        gpu_infer_state_free(r->gpu_state);
+        gpu_model_free(r->gpu);
+    } else {
+        infer_state_free(&r->cpu_state);
+    }
+}
+
 // Prints len bytes of text (malloc'd, from the token stream) at once and frees it.
 static void print_text(char *text, size_t len) {
     if (!text) { fprintf(stderr, "generate: out of memory\n"); exit(1); }
@@ -219,11 +277,11 @@ int main(int argc, char **argv) {
         return 1;
     }
     int max_seq = n_prompt + o.max_new;
-    InferState state;
+    Runner runner;
+    runner_init(&runner, &model, &o, max_seq);
     Sampler sampler;
-    if (infer_state_init(&state, c, max_seq, PREFILL_CHUNK) != 0 ||
-        sampler_init(&sampler, c->vocab_size, o.temperature, o.top_p, o.seed) != 0) {
-        fprintf(stderr, "generate: out of memory for a %d-token cache\n", max_seq);
+    if (sampler_init(&sampler, c->vocab_size, o.temperature, o.top_p, o.seed) != 0) {
+        fprintf(stderr, "generate: out of memory for the sampler\n");
         return 1;
     }
     // the end of the turn (the chat family's end-of-turn token) or of the text
@@ -234,7 +292,7 @@ int main(int argc, char **argv) {
     float *norms = (float *)cpu_malloc(sizeof(float) * ((size_t)c->n_layers + 1), "the hidden-state norms");
     for (int pos = 0; pos < n_prompt; pos += PREFILL_CHUNK) {
         int n = n_prompt - pos < PREFILL_CHUNK ? n_prompt - pos : PREFILL_CHUNK;
-        logits = forward_cpu(&model, &state, prompt + pos, n, pos, 0, norms);
+        logits = runner_forward(&runner, prompt + pos, n, pos, norms);
     }
     double t1 = now_seconds();
     int n_generated = 0, n_decode_forwards = 0;
@@ -249,7 +307,7 @@ int main(int argc, char **argv) {
         char *piece = tokenizer_stream_next(model.tokenizer, &stream, token, &len);
         print_text(piece, len);
         if (n_generated == o.max_new) break;
-        logits = forward_cpu(&model, &state, &token, 1, pos, 0, norms);
+        logits = runner_forward(&runner, &token, 1, pos, norms);
         n_decode_forwards++;
     }
     double t2 = now_seconds();
@@ -262,7 +320,7 @@ int main(int argc, char **argv) {
             n_decode_forwards ? n_decode_forwards / (t2 - t1) : 0.0);
     free(norms);
     sampler_free(&sampler);
-    infer_state_free(&state);
+    runner_free(&runner);
     free(prompt);
     free(o.prompt_from_file);
     model_free(&model);

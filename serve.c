@@ -5,9 +5,11 @@
 // The base is loaded once (round-tripped through NF4 when the adapters were
 // trained on that, as ./generate does); each request names an adapter (or
 // the base) in "model" and gets it applied unmerged, y = x W^T + s (x A^T) B^T.
+// The forward runs on the GPU when there is one (--device), else on the CPU.
 // Ctrl-C stops accepting, finishes the requests already in, and exits.
 #include "formats/cli.h"
 #include "model.h"
+#include "ops/gpu.h"
 #include "serving/http.h"
 #include "serving/server.h"
 
@@ -29,6 +31,7 @@ typedef struct {
     const char *host;
     int port;
     int max_body;
+    const char *device;   // --device: cpu, cuda or auto
 } Options;
 
 static void usage(FILE *out) {
@@ -45,6 +48,8 @@ static void usage(FILE *out) {
             "  --workers N          generations that run at once, one sequence each (default 1)\n"
             "  --queue N            requests that may wait for a worker; more get 429 + Retry-After (default 16)\n"
             "  --max-body BYTES     the largest request body; larger get 413 (default %d)\n"
+            "  --device D           cpu, cuda or auto: cuda when a GPU is present (default auto). On the GPU\n"
+            "                       the workers take turns, one forward at a time\n"
             "  -h, --help           this help\n"
             "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\n"
             "        POST /v1/adapters {\"name\": N, \"path\": DIR}, DELETE /v1/adapters/NAME\n",
@@ -89,10 +94,10 @@ static void check_repeats(int argc, char **argv, const char *const *flags) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, 16}, {0}, {0}, 0, "127.0.0.1", 8080, DEFAULT_MAX_BODY};
+    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, 16, 0}, {0}, {0}, 0, "127.0.0.1", 8080, DEFAULT_MAX_BODY, "auto"};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--host", "--port", "--workers",
-                                 "--queue", "--max-body", NULL};
+                                 "--queue", "--max-body", "--device", NULL};
     char err[256];
     check_repeats(argc, argv, flags);
     for (int i = 1; i < argc; i++) {
@@ -115,12 +120,18 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--workers") == 0) o.server.workers = positive(flag, value, 1);
         else if (strcmp(flag, "--queue") == 0) o.server.queue = positive(flag, value, 0);
         else if (strcmp(flag, "--max-body") == 0) o.max_body = positive(flag, value, 1);
+        else if (strcmp(flag, "--device") == 0) o.device = value;
         else {
             snprintf(err, sizeof err, "unknown option %s", flag);
             usage_error(err);
         }
     }
     if (o.port > 65535) usage_error("--port must be at most 65535");
+    o.server.on_gpu = gpu_device_choose(o.device, err, sizeof err);
+    if (o.server.on_gpu < 0) {
+        fprintf(stderr, "serve: %s\n", err);
+        exit(2);
+    }
     return o;
 }
 
@@ -146,9 +157,9 @@ int main(int argc, char **argv) {
         server_free(server);
         return 1;
     }
-    fprintf(stderr, "serve: %s with %d adapter%s, %d worker%s, queue %d: listening on http://%s:%d\n",
+    fprintf(stderr, "serve: %s with %d adapter%s, %d worker%s, queue %d, on the %s: listening on http://%s:%d\n",
             server_base_name(server), o.n_adapters, o.n_adapters == 1 ? "" : "s", o.server.workers,
-            o.server.workers == 1 ? "" : "s", o.server.queue, o.host, port);
+            o.server.workers == 1 ? "" : "s", o.server.queue, o.server.on_gpu ? "GPU" : "CPU", o.host, port);
     int signal_number = 0;
     sigwait(&stop_signals, &signal_number);
     fprintf(stderr, "serve: %s: finishing the requests in progress, then exiting\n", strsignal(signal_number));

@@ -20,7 +20,7 @@
 #include "model.h"                  // defines: Model, Config, model_load
 #include "nf4.h"                    // defines: nf4_print_memory_story, nf4_round_trip_model
 #include "ops/cross_entropy.h"      // defines: lm_head_chunk_tokens_default (--plan)
-#include "ops/gpu.h"                // defines: gpu_available, gpu_device_name
+#include "ops/gpu.h"                // defines: gpu_device_choose, gpu_device_name
 #include "data/tokfile.h"           // defines: tokenizer_id (the run's identity)
 #include "formats/hash.h"           // defines: fnv1a (the run's identity)
 #include "trainer/checkpoint.h"     // defines: TrainProgress, checkpoint_save, checkpoint_load
@@ -294,14 +294,13 @@ static void check_options(Options *o) {
     DType gguf_type;
     if (gguf_export_type_from_name(o->gguf_type, &gguf_type) != 0)
         bad_usage("--gguf-type expects f16, bf16 or q8_0, got ", o->gguf_type);
-    if (strcmp(o->device, "cpu") != 0 && strcmp(o->device, "cuda") != 0 && strcmp(o->device, "auto") != 0)
-        bad_usage("--device expects cpu, cuda or auto, got ", o->device);
-    if (strcmp(o->device, "cuda") == 0 && !gpu_available()) {
-        fprintf(stderr, "train: --device cuda: %s; use --device cpu\n",
-                strcmp(gpu_device_name(), "none") == 0 ? "no CUDA device is visible" : "this build has no CUDA (nvcc was not found at build time)");
+    char device_err[256];
+    int on_gpu = gpu_device_choose(o->device, device_err, sizeof device_err);
+    if (on_gpu < 0) {
+        fprintf(stderr, "train: %s\n", device_err);
         exit(2);
     }
-    if (strcmp(o->device, "auto") == 0) o->device = gpu_available() ? "cuda" : "cpu";
+    o->device = on_gpu ? "cuda" : "cpu";
     check_precision(o);
     check_placement(o);
 }

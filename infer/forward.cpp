@@ -53,9 +53,10 @@ void infer_state_free(InferState *s) {
     memset(s, 0, sizeof *s);
 }
 
-static float l2_norm(const float *x, int n) {
+float hidden_state_norm(const float *x, int dim) {
+    // sqrt(sum_i x_i^2)
     double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)x[i] * x[i];
+    for (int i = 0; i < dim; i++) sum += (double)x[i] * x[i];
     return (float)sqrt(sum);
 }
 
@@ -142,7 +143,7 @@ const float *forward_cpu_adapter(const Model *m, const AdapterWeights *adapter, 
     }
     const float *last_x = s->x + (size_t)(n - 1) * c->dim;
     for (int l = 0; l < c->n_layers; l++) {
-        if (hidden_norms) hidden_norms[l] = l2_norm(last_x, c->dim);
+        if (hidden_norms) hidden_norms[l] = hidden_state_norm(last_x, c->dim);
         attention_block(c, &m->layers[l], adapter, l, s, s->key_cache + l * kv_layer, s->value_cache + l * kv_layer,
                         n, pos);
         mlp_block(c, &m->layers[l], adapter, l, s, n);
@@ -150,7 +151,7 @@ const float *forward_cpu_adapter(const Model *m, const AdapterWeights *adapter, 
     int first = all_logits ? 0 : n - 1;
     int n_out = n - first;
     rmsnorm_cpu(s->xn, s->x + (size_t)first * c->dim, m->final_norm, n_out, c->dim, c->norm_eps);
-    if (hidden_norms) hidden_norms[c->n_layers] = l2_norm(s->xn + (size_t)(n_out - 1) * c->dim, c->dim);
+    if (hidden_norms) hidden_norms[c->n_layers] = hidden_state_norm(s->xn + (size_t)(n_out - 1) * c->dim, c->dim);
     matmul_cpu<float>(s->logits, s->xn, m->lm_head, NULL, n_out, c->dim, c->vocab_size);
     return s->logits;
 }

@@ -30,6 +30,9 @@ typedef struct {
 int infer_state_init(InferState *s, const Config *c, int max_seq, int max_chunk);
 void infer_state_free(InferState *s);
 
+// The L2 norm of one row of the residual stream, x [dim]: what hidden_norms holds.
+float hidden_state_norm(const float *x, int dim);
+
 // Runs tokens[0..n) at positions pos..pos+n-1 (the cache must hold 0..pos-1),
 // appending their keys and values to the cache. Returns the logits: for every
 // token ([n, vocab]) when all_logits, else for the last token only ([vocab]).

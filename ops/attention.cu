@@ -2,7 +2,8 @@
 // CPU reference (attention_cpu, attention_backward_cpu), then on the GPU the
 // simple kind (scores materialised, cuBLAS's batched GEMMs for the products)
 // and the entry points, which run it or one of the flash kinds
-// (ops/flash_attention.cu, ops/flash_attention_tc.cu).
+// (ops/flash_attention.cu, ops/flash_attention_tc.cu); last, inference's
+// attention of new queries against a key/value cache.
 #include "ops/attention.h"
 #include "ops/layers.h"
 
@@ -533,5 +534,88 @@ void attention_backward_gpu(AttentionKernel kind, act16 *d_q, act16 *d_k, act16 
         attention_backward_simple(d_q, d_k, d_v, d_out, out, lse, q, k, v, positions, n_seqs, seq_len, n_heads,
                                   n_kv_heads, head_dim, scratch, scratch_bytes);
     }
+}
+// ---- attention over a key/value cache (inference) ----------------------------------------
+// One block per (query t, head h), cache_warps warps: warp w takes keys w, w + cache_warps, ...
+// of 0..pos0+t and keeps an online softmax over them (its running max m, sum l and the
+// weighted sum of values acc, each lane holding head dims lane, lane + 32, ...); the
+// warps' partial results are then combined: with M = max_w m_w,
+// out = sum_w e^(m_w - M) acc_w / sum_w e^(m_w - M) l_w.
+
+static const int cache_warps = 4;
+// head dims per lane at most
+static const int cache_dims_per_lane = ATTENTION_CACHE_MAX_HEAD_DIM / 32;
+
+template <typename T>
+__global__ static void attention_cached_kernel(T *out, const T *q, const T *k_cache, const T *v_cache, int pos0,
+                                               int n_heads, int n_kv_heads, int head_dim) {
+    __shared__ float warp_max[cache_warps], warp_sum_exp[cache_warps];
+    __shared__ float warp_acc[cache_warps][ATTENTION_CACHE_MAX_HEAD_DIM];
+    int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int kv_stride = n_kv_heads * head_dim, kv_offset = h / (n_heads / n_kv_heads) * head_dim;
+    const T *q_vec = q + ((size_t)t * n_heads + h) * head_dim;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    float q_lane[cache_dims_per_lane], acc[cache_dims_per_lane];
+    for (int i = 0; i < cache_dims_per_lane; i++) {
+        int d = lane + 32 * i;
+        q_lane[i] = d < head_dim ? to_float(q_vec[d]) : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int j = warp; j <= pos0 + t; j += cache_warps) {
+        const T *k_vec = k_cache + (size_t)j * kv_stride + kv_offset, *v_vec = v_cache + (size_t)j * kv_stride + kv_offset;
+        float partial = 0.0f;
+        for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++)
+            partial += q_lane[i] * to_float(k_vec[lane + 32 * i]);
+        // s = q . k_j / sqrt(head_dim)
+        float score = warp_sum(partial) * scale;
+        // m' = max(m, s); l = l e^(m - m') + e^(s - m'); acc = acc e^(m - m') + e^(s - m') v_j
+        float m_new = fmaxf(m, score), correction = expf(m - m_new), p = expf(score - m_new);
+        l = l * correction + p;
+        for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++)
+            acc[i] = acc[i] * correction + p * to_float(v_vec[lane + 32 * i]);
+        m = m_new;
+    }
+    if (lane == 0) {
+        warp_max[warp] = m;
+        warp_sum_exp[warp] = l;
+    }
+    for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++) warp_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    // M = max_w m_w (warp 0 always has key 0, so M is finite); a warp without keys has m_w = -inf: weight 0
+    float block_m = -INFINITY;
+    for (int w = 0; w < cache_warps; w++) block_m = fmaxf(block_m, warp_max[w]);
+    float total = 0.0f;
+    for (int w = 0; w < cache_warps; w++) total += warp_sum_exp[w] * expf(warp_max[w] - block_m);
+    T *o = out + ((size_t)t * n_heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        // out_d = sum_w e^(m_w - M) acc_w,d / total
+        float sum = 0.0f;
+        for (int w = 0; w < cache_warps; w++)
+            if (warp_max[w] > -INFINITY) sum += warp_acc[w][d] * expf(warp_max[w] - block_m);
+        o[d] = from_float<T>(sum / total);
+    }
+}
+
+void attention_cached_gpu(act16 *out, const act16 *q, const act16 *k_cache, const act16 *v_cache, int n, int pos0,
+                          int n_heads, int n_kv_heads, int head_dim) {
+    if (n <= 0) return;
+    check_attention_shape(ATTENTION_SIMPLE, n_heads, n_kv_heads, head_dim);
+    if (head_dim > ATTENTION_CACHE_MAX_HEAD_DIM) {
+        fprintf(stderr, "attention: the key/value cache kernel handles head_dim up to %d, not %d\n",
+                ATTENTION_CACHE_MAX_HEAD_DIM, head_dim);
+        exit(1);
+    }
+    unsigned blocks = (unsigned)n * n_heads;
+    if (gpu_act16() == ACT16_FP16)
+        attention_cached_kernel<fp16><<<blocks, 32 * cache_warps>>>(as_fp16(out), as_fp16(q), as_fp16(k_cache),
+                                                                    as_fp16(v_cache), pos0, n_heads, n_kv_heads,
+                                                                    head_dim);
+    else
+        attention_cached_kernel<bf16><<<blocks, 32 * cache_warps>>>(as_bf16(out), as_bf16(q), as_bf16(k_cache),
+                                                                    as_bf16(v_cache), pos0, n_heads, n_kv_heads,
+                                                                    head_dim);
+    CUDA_CHECK_LAUNCH();
 }
 #endif

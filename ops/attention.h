@@ -65,6 +65,17 @@ void attention_backward_gpu(AttentionKernel kind, act16 *d_q, act16 *d_k, act16 
                             int n_seqs, int seq_len, int n_heads, int n_kv_heads, int head_dim, void *scratch,
                             size_t scratch_bytes);
 
+// Attention of n new queries against a key/value cache (inference, infer/forward_gpu.h):
+// the queries sit at positions pos0..pos0+n-1, the cache holds the keys and values
+// (after RoPE) of positions 0..pos0+n-1 (the chunk's own already appended), and
+// query t sees keys 0..pos0+t. The same as attention_cpu(out, q, k, v, n, pos0, ...,
+// NULL). q, out act16 [n, n_heads * head_dim]; k_cache, v_cache act16 rows of
+// n_kv_heads * head_dim, at least pos0 + n of them. head_dim at most
+// ATTENTION_CACHE_MAX_HEAD_DIM. Online softmax in fp32, no scratch.
+enum { ATTENTION_CACHE_MAX_HEAD_DIM = 128 };
+void attention_cached_gpu(act16 *out, const act16 *q, const act16 *k_cache, const act16 *v_cache, int n, int pos0,
+                          int n_heads, int n_kv_heads, int head_dim);
+
 // ---- the flash kind's launchers (ops/flash_attention.cu), called by the two above ----
 // The widest head the flash kernels handle.
 enum { FLASH_MAX_HEAD_DIM = 128 };

@@ -11,6 +11,20 @@ static Act16Type g_act16 = ACT16_BF16;
 void gpu_set_act16(Act16Type type) { g_act16 = type; }
 Act16Type gpu_act16(void) { return g_act16; }
 
+int gpu_device_choose(const char *device, char *err, size_t err_size) {
+    if (strcmp(device, "auto") == 0) return gpu_available();
+    if (strcmp(device, "cpu") == 0) return 0;
+    if (strcmp(device, "cuda") != 0) {
+        snprintf(err, err_size, "--device expects cpu, cuda or auto, got %s", device);
+        return -1;
+    }
+    if (gpu_available()) return 1;
+    snprintf(err, err_size, "--device cuda: %s; use --device cpu",
+             strcmp(gpu_device_name(), "none") == 0 ? "no CUDA device is visible"
+                                                    : "this build has no CUDA (nvcc was not found at build time)");
+    return -1;
+}
+
 #ifndef __CUDACC__
 int gpu_available(void) { return 0; }
 const char *gpu_device_name(void) { return "none (built without CUDA)"; }

@@ -17,8 +17,15 @@
 #define HOST_DEVICE
 #endif
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 // 1 when a CUDA device can be used: built with nvcc and a device is present.
 int gpu_available(void);
+// The programs' --device: "cpu", "cuda", or "auto" (cuda when gpu_available()).
+// 1 for cuda, 0 for cpu; -1 with why in err for another name, or for cuda
+// without a device (none visible, or a build without nvcc).
+int gpu_device_choose(const char *device, char *err, size_t err_size);
 // The name of device 0 and its peak dense bf16 tensor-core FLOP/s (for MFU;
 // 0 when unknown), or "none".
 const char *gpu_device_name(void);
@@ -38,6 +45,9 @@ size_t gpu_total_memory(void);
 typedef enum { ACT16_BF16, ACT16_FP16 } Act16Type;
 void gpu_set_act16(Act16Type type);
 Act16Type gpu_act16(void);
+#ifdef __cplusplus
+}
+#endif
 
 #ifdef __CUDACC__
 #include <cublas_v2.h>

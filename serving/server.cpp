@@ -1,14 +1,19 @@
 // serving/server.cpp: ./serve's requests (see serving/server.h). A
 // generation is checked and tokenized on the HTTP thread, queued, and run by
 // a worker on its own key/value cache with its adapter applied unmerged
-// (forward_cpu_adapter): requests for different adapters run side by side,
-// one sequence per worker, and switching adapters costs nothing but a pointer.
+// (forward_cpu_adapter, or forward_gpu with --device cuda): requests for
+// different adapters run side by side, one sequence per worker, and switching
+// adapters costs nothing but a pointer. On the GPU the workers take turns: one
+// lock around every GPU call (each forward, and the allocations), since the
+// kernels share the default stream and the one cuBLAS handle.
 #include "serving/server.h"
 #include "eval/eval.h"
 #include "formats/json.h"
 #include "infer/forward.h"
+#include "infer/forward_gpu.h"
 #include "infer/sampler.h"
 #include "nf4.h"
+#include "ops/gpu.h"
 #include "serving/request.h"
 #include "serving/response.h"
 #include "serving/scheduler.h"
@@ -48,7 +53,15 @@ static double now_seconds() {
 struct LoadedAdapter {
     std::string name, dir;
     AdapterWeights weights;
-    ~LoadedAdapter() { adapter_weights_free(&weights); }
+    GpuAdapter *gpu = nullptr;           // A and B on the GPU (--device cuda)
+    std::mutex *gpu_lock = nullptr;      // the server's, held to free them
+    ~LoadedAdapter() {
+        if (gpu) {
+            std::lock_guard<std::mutex> lock(*gpu_lock);
+            gpu_adapter_free(gpu);
+        }
+        adapter_weights_free(&weights);
+    }
 };
 
 // ---- one generation ----------------------------------------------------------
@@ -85,6 +98,8 @@ struct Server {
     std::mutex adapters_mutex;
     std::map<std::string, std::shared_ptr<LoadedAdapter>> adapters;
     std::unique_ptr<Scheduler> scheduler;
+    GpuModel *gpu = nullptr;   // the base on the GPU (--device cuda), else NULL
+    std::mutex gpu_lock;       // one GPU call at a time
     std::atomic<long long> next_id{0};
     std::atomic<bool> stopping{false};
     int eos = -1, im_end = -1;
@@ -188,16 +203,53 @@ static bool cancelled(Generation &g) {
     return g.cancelled;
 }
 
+// One sequence's key/value cache and forward on the server's device: the CPU's,
+// or the GPU's, taking the GPU lock for each call.
+struct Sequence {
+    Server *s;
+    const LoadedAdapter *adapter;   // NULL: the base
+    InferState cpu = {};
+    GpuInferState *gpu = nullptr;
+    bool ready = false;
+
+    Sequence(Server *server, const LoadedAdapter *a) : s(server), adapter(a) {}
+    // A cache of max_seq positions; false with why in err.
+    bool init(int max_seq, char *err, size_t err_size) {
+        if (!s->gpu) {
+            ready = infer_state_init(&cpu, &s->model.config, max_seq, PREFILL_CHUNK) == 0;
+            if (!ready) snprintf(err, err_size, "out of memory for the key/value cache");
+            return ready;
+        }
+        std::lock_guard<std::mutex> lock(s->gpu_lock);
+        gpu = gpu_infer_state_create(s->gpu, max_seq, PREFILL_CHUNK, adapter ? adapter->weights.rank : 0, err, err_size);
+        return ready = gpu != nullptr;
+    }
+    // forward_cpu_adapter's last-token logits (NULL when the adapter's scratch cannot be had).
+    const float *forward(const int *tokens, int n, int pos, float *norms) {
+        if (!s->gpu) return forward_cpu_adapter(&s->model, adapter ? &adapter->weights : NULL, &cpu, tokens, n, pos, 0, norms);
+        std::lock_guard<std::mutex> lock(s->gpu_lock);
+        return forward_gpu(s->gpu, adapter ? adapter->gpu : NULL, gpu, tokens, n, pos, 0, norms);
+    }
+    ~Sequence() {
+        if (!ready) return;
+        if (s->gpu) {
+            std::lock_guard<std::mutex> lock(s->gpu_lock);
+            gpu_infer_state_free(gpu);
+        } else {
+            infer_state_free(&cpu);
+        }
+    }
+};
+
 // Prefill, then one token at a time as ./generate does: greedy or sampled,
 // ending at EOS or <|im_end|>, a stop sequence, or max_new tokens.
-static void decode(Server *s, Generation &g, InferState *state, Sampler *sampler, float *norms) {
+static void decode(Server *s, Generation &g, Sequence *sequence, Sampler *sampler, float *norms) {
     const Model *m = &s->model;
-    const AdapterWeights *adapter = g.adapter ? &g.adapter->weights : NULL;
     int n_prompt = (int)g.prompt.size();
     const float *logits = NULL;
     for (int pos = 0; pos < n_prompt; pos += PREFILL_CHUNK) {
         int n = n_prompt - pos < PREFILL_CHUNK ? n_prompt - pos : PREFILL_CHUNK;
-        logits = forward_cpu_adapter(m, adapter, state, g.prompt.data() + pos, n, pos, 0, norms);
+        logits = sequence->forward(g.prompt.data() + pos, n, pos, norms);
         if (!logits) return fail(g, 500, "out of memory for the adapter's scratch");
     }
     TokenStream stream = {};
@@ -215,7 +267,7 @@ static void decode(Server *s, Generation &g, InferState *state, Sampler *sampler
         free(piece);
         if (stopped) { g.finish_reason = "stop"; return; }
         if (g.completion_tokens == g.max_new) break;
-        logits = forward_cpu_adapter(m, adapter, state, &token, 1, pos, 0, norms);
+        logits = sequence->forward(&token, 1, pos, norms);
         if (!logits) return fail(g, 500, "out of memory for the adapter's scratch");
     }
     char *rest = tokenizer_stream_end(&stream, &len);
@@ -227,17 +279,19 @@ static void decode(Server *s, Generation &g, InferState *state, Sampler *sampler
 static void run_generation(Server *s, std::shared_ptr<Generation> g) {
     const Config *c = &s->model.config;
     int max_seq = (int)g->prompt.size() + g->max_new;
-    InferState state;
     Sampler sampler;
     uint64_t seed = g->request.seed_given ? g->request.seed : (uint64_t)time(NULL) ^ (uint64_t)g->created * 7919u;
     std::vector<float> norms((size_t)c->n_layers + 1);
-    bool have_state = !cancelled(*g) && infer_state_init(&state, c, max_seq, PREFILL_CHUNK) == 0;
-    bool have_sampler = have_state && sampler_init(&sampler, c->vocab_size, g->request.temperature, g->request.top_p,
-                                                   seed ? seed : 1) == 0;
-    if (have_sampler) decode(s, *g, &state, &sampler, norms.data());
-    else if (!cancelled(*g)) fail(*g, 500, "out of memory for the key/value cache");
-    if (have_sampler) sampler_free(&sampler);
-    if (have_state) infer_state_free(&state);
+    char err[512] = "out of memory for the sampler";
+    {
+        Sequence sequence(s, g->adapter.get());
+        bool have_state = !cancelled(*g) && sequence.init(max_seq, err, sizeof err);
+        bool have_sampler = have_state && sampler_init(&sampler, c->vocab_size, g->request.temperature,
+                                                       g->request.top_p, seed ? seed : 1) == 0;
+        if (have_sampler) decode(s, *g, &sequence, &sampler, norms.data());
+        else if (!cancelled(*g)) fail(*g, 500, err);
+        if (have_sampler) sampler_free(&sampler);
+    }
     double seconds = now_seconds() - g->accepted_at;
     char detail[256];
     snprintf(detail, sizeof detail, "model=%s prompt_tokens=%zu completion_tokens=%d ms=%.1f tok/s=%.1f%s",
@@ -483,6 +537,16 @@ Server *server_create(const ServerOptions *options, char *err, size_t err_size) 
     return s;
 }
 
+// The base (as chosen) onto the GPU, in the 16-bit type ./train would pick there.
+static int upload_base(Server *s, char *err, size_t err_size) {
+    const char *precision = gpu_infer_choose_precision();
+    s->gpu = gpu_model_upload(&s->model, err, err_size);
+    if (!s->gpu) return -1;
+    fprintf(stderr, "serve: device %s, %s: the base takes %.1f MiB of GPU memory; the workers take turns on it\n",
+            gpu_device_name(), precision, gpu_model_bytes(s->gpu) / 1048576.0);
+    return 0;
+}
+
 int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *err, size_t err_size) {
     char warning[2048], description[256];
     AdapterBaseChoice *base = &s->options.base, compared = *base;
@@ -500,6 +564,7 @@ int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *e
     }
     if (n_dirs > 0 && base->quant_nf4 && nf4_round_trip_model(&s->model, base->double_quant, err, err_size) != 0)
         return -1;
+    if (s->options.on_gpu && upload_base(s, err, err_size) != 0) return -1;
     s->scheduler.reset(new Scheduler(s->options.workers, s->options.queue));
     return 0;
 }
@@ -528,6 +593,12 @@ int server_add_adapter(Server *s, const char *name, const char *dir, char *err, 
     adapter->name = name;
     adapter->dir = dir;
     if (adapter_load_peft(&s->model, dir, &adapter->weights, err, err_size) != 0) return -1;
+    if (s->gpu) {
+        std::lock_guard<std::mutex> lock(s->gpu_lock);
+        adapter->gpu = gpu_adapter_upload(s->gpu, &adapter->weights, err, err_size);
+        if (!adapter->gpu) return -1;
+        adapter->gpu_lock = &s->gpu_lock;
+    }
     std::lock_guard<std::mutex> lock(s->adapters_mutex);
     if (s->adapters.count(name)) {
         snprintf(err, err_size, "adapter name '%s' is in use", name);
@@ -535,8 +606,10 @@ int server_add_adapter(Server *s, const char *name, const char *dir, char *err, 
     }
     s->adapters[name] = adapter;
     const AdapterWeights &w = adapter->weights;
-    fprintf(stderr, "serve: adapter %s loaded from %s: %d modules, rank %d, scaling %g, %.1f KiB\n", name, dir,
-            w.n_modules, w.rank, w.scaling, w.bytes / 1024.0);
+    char on_gpu[64] = "";
+    if (adapter->gpu) snprintf(on_gpu, sizeof on_gpu, " (+ %.1f KiB on the GPU)", gpu_adapter_bytes(adapter->gpu) / 1024.0);
+    fprintf(stderr, "serve: adapter %s loaded from %s: %d modules, rank %d, scaling %g, %.1f KiB%s\n", name, dir,
+            w.n_modules, w.rank, w.scaling, w.bytes / 1024.0, on_gpu);
     return 0;
 }
 
@@ -551,6 +624,7 @@ void server_free(Server *s) {
     if (!s) return;
     server_shutdown(s);
     s->adapters.clear();
+    gpu_model_free(s->gpu);
     model_free(&s->model);
     delete s;
 }

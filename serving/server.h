@@ -27,6 +27,7 @@ typedef struct {
     AdapterBaseChoice base;   // --quant/--double-quant; what is not given comes from the first adapter's record
     int workers;              // generations that run at once
     int queue;                // generations that may wait for a worker; more get 429
+    int on_gpu;               // 1: the forward on the GPU (--device cuda: infer/forward_gpu.h), one at a time
 } ServerOptions;
 
 // Loads the model once; then server_add_adapter for each --adapter (the
@@ -34,8 +35,8 @@ typedef struct {
 // server_choose_base with every adapter dir before server_start). NULL with a message.
 Server *server_create(const ServerOptions *options, char *err, size_t err_size);
 // Chooses the base from the options and the adapters' records (warnings on
-// stderr when they disagree), round-trips it through NF4 when chosen, and
-// starts the workers. -1 with a message.
+// stderr when they disagree), round-trips it through NF4 when chosen, uploads
+// it to the GPU with on_gpu, and starts the workers. -1 with a message.
 int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *err, size_t err_size);
 // Loads an adapter under name. -1 with a message (a bad name, a name in use, a bad adapter).
 int server_add_adapter(Server *s, const char *name, const char *dir, char *err, size_t err_size);

@@ -281,6 +281,20 @@ TEST_CASE("inputs: every program refuses an option given twice; ./generate confl
     }
 }
 
+TEST_CASE("inputs: --device names the choices in ./train, ./generate and ./serve") {
+    const std::string cases[][2] = {
+        {"./train --device gpu", "train: --device expects cpu, cuda or auto, got gpu"},
+        {"./generate --prompt x --device gpu", "generate: --device expects cpu, cuda or auto, got gpu"},
+        {"./serve --device gpu", "serve: --device expects cpu, cuda or auto, got gpu"},
+        {"./serve --device cpu --device cpu", "serve: --device given twice"},
+    };
+    for (const auto &c : cases) {
+        std::string output;
+        CHECK_MESSAGE(run(c[0], output) == 2, c[0]);
+        CHECK_MESSAGE(output.find(c[1]) != std::string::npos, output);
+    }
+}
+
 TEST_CASE("inputs: ./train --precision names the choices, and one the CPU cannot run is refused") {
     // this process's ./train runs on the CPU (no GPU here, or --device cpu): fp32 only
     const std::string cases[][2] = {

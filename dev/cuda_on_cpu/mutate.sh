@@ -138,6 +138,20 @@ m flash_tc_skip_too_eager lib/ops/flash_attention_tc.cu \
 m flash_tc_rows_unaligned lib/ops/flash_attention_tc.cu \
   'static const int tc_pad = 8;' \
   'static const int tc_pad = 4;' 'gpu: flash attention on tensor cores match*'
+# the key/value cache attention one key short of causal (query t not seeing its own key)
+m cache_attention_off_by_one lib/ops/attention.cu \
+  '    for (int j = warp; j <= pos0 + t; j += cache_warps) {' \
+  '    for (int j = warp; j < pos0 + t; j += cache_warps) {' 'gpu: attention_cached*'
+# the cache attention combining the warps' partial softmaxes without waiting for them
+m cache_attention_no_sync lib/ops/attention.cu \
+  '    for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++) warp_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();' \
+  '    for (int i = 0; i < cache_dims_per_lane && lane + 32 * i < head_dim; i++) warp_acc[warp][lane + 32 * i] = acc[i];' \
+  'gpu: attention_cached*'
+# the inference forward without the adapter on the down projection
+m forward_gpu_no_down_lora lib/infer/forward_gpu.cu \
+  '    add_lora(s->proj, s->gate, c, adapter, s, layer, LINEAR_DOWN, n);' \
+  '' 'gpu serve*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += to_float(y[i]);' \

@@ -28,6 +28,12 @@
 #             same logged losses), a paused and resumed run with both, and the
 #             time and peak memory of each on the Llama-3.2-1B shape (batch 4 x
 #             2048, recompute on; BENCH_8B=1 adds Llama-3.1-8B at 1 x 4096)
+#   serve     the inference path (infer/forward_gpu.h): its GPU tests in bf16
+#             and fp16, then ./generate and ./serve tok/s on the GPU against the
+#             CPU (dev/bench/serve_speed.py: 1 client, 8 at once), on the default
+#             model with test/fixtures/peft_adapter when it is there, else on a
+#             random SmolLM2-shaped model (base only); builds generate and serve
+#             (libmicrohttpd from .devdeps/, gpu_prepare.sh)
 # Logs go to $OUT (or out/). Headers and libraries missing there travel in
 # .devdeps/ (doctest, utf8proc, a tokenizer.json for the random models).
 OUT=${OUT:-out}
@@ -163,6 +169,28 @@ for s in $stages; do
                 [ -n "$BENCH_8B" ] && ./build/bench_train --shape llama-3.1-8b --batch 1 --seq 4096 --recompute 1 $flags 2>&1 | tail -1
             done
         } | tee "$OUT/placement_bench.log"
+    serve)
+        make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps generate serve build/test_gpu build/bench_train \
+            >"$OUT/build_serve.log" 2>&1 || tail -30 "$OUT/build_serve.log"
+        for precision in bf16 fp16; do
+            QLORA_GPU_PRECISION=$precision ./build/test_gpu -tc="*cached*,gpu serve*" 2>&1 |
+                tee "$OUT/test_serve_$precision.log" | grep -E "ERROR|CHECK|MESSAGE|seed|test cases|passed|GPU tests on"
+        done
+        serve_model=$model
+        serve_adapters="--adapter faq=test/fixtures/peft_adapter"
+        if [ ! -f "$serve_model" ]; then
+            serve_model=/tmp/random-smollm2-135m
+            [ -d "$serve_model" ] || ./build/bench_train --shape smollm2-135m --save "$serve_model" $tokenizer
+            serve_adapters=""
+        fi
+        for device in cuda cpu; do
+            requests=4
+            [ $device = cpu ] && requests=2   # the CPU's turn is the slow one: keep the device time short
+            ./generate --device $device --model "$serve_model" --prompt "What is Debian? Answer in a few sentences." \
+                --max-new 128 2>&1 | grep -E "device|prompt:|error"
+            LD_LIBRARY_PATH=.devdeps python3 dev/bench/serve_speed.py --device $device --model "$serve_model" \
+                $serve_adapters --workers 8 --max-tokens 64 --requests $requests
+        done 2>&1 | tee "$OUT/serve_speed.log"
         ;;
     *)
         echo "unknown stage $s"
