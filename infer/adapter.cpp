@@ -1,6 +1,7 @@
 // infer/adapter.cpp: merging a LoRA adapter saved in HF peft's layout into a
-// model's fp32 weights (see infer/adapter.h). Plain host code: every name and shape
-// is checked first, then each adapted weight gets W += s B A.
+// model's fp32 weights, or keeping it apart (see infer/adapter.h). Plain host
+// code: one reader checks every name, shape and value and copies the tensors
+// into fp32; then each adapted weight gets W += s B A, or the copies are kept.
 #include "infer/adapter.h"
 #include "dora.h"
 #include "formats/json.h"
@@ -487,31 +488,90 @@ static int collect_pairs(Model *m, const AdapterConfig *ac, const unsigned char 
     return n_pairs;
 }
 
-// ---- the merge --------------------------------------------------------------
+// ---- reading an adapter into fp32 ---------------------------------------------
 
-// The name of the pair's A, B or magnitude vector when it holds a NaN or Inf
-// (a corrupted file), else NULL. A, B
-// and M are scratch for r * in, out * r and out values.
-static const char *non_finite_tensor(const LoraPair *pair, int in_dim, int out_dim, int rank, float *A, float *B,
-                                     float *M) {
-    tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
-    tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
-    if (!floats_all_finite(A, (size_t)rank * in_dim)) return pair->A->name;
-    if (!floats_all_finite(B, (size_t)out_dim * rank)) return pair->B->name;
-    if (!pair->M) return NULL;
-    tensor_to_f32(pair->M->dtype, pair->M->data, M, out_dim);
-    return floats_all_finite(M, (size_t)out_dim) ? NULL : pair->M->name;
+void adapter_weights_free(AdapterWeights *aw) {
+    for (int i = 0; aw->A && i < aw->n_slots; i++) {
+        free(aw->A[i]);
+        free(aw->B[i]);
+        if (aw->M) free(aw->M[i]);
+    }
+    free(aw->A);
+    free(aw->B);
+    free(aw->M);
+    memset(aw, 0, sizeof *aw);
 }
 
+// A copy of tensor t in fp32 (count values) into *out, or the reason it
+// cannot be: -1 with "PATH: ..." in err when out of memory or when t holds NaN or Inf.
+static int copy_to_f32(const TensorInfo *t, int64_t count, float **out, size_t *bytes, const char *path, char *err,
+                       size_t err_size) {
+    *out = (float *)malloc(sizeof(float) * (size_t)count);
+    if (!*out) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
+    *bytes += sizeof(float) * (size_t)count;
+    tensor_to_f32(t->dtype, t->data, *out, count);
+    if (floats_all_finite(*out, (size_t)count)) return 0;
+    snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, t->name);
+    return -1;
+}
+
+// Copies every pair's A, B (and DoRA's m) into aw as fp32.
+static int copy_pairs(const Config *c, const LoraPair *pairs, int rank, const char *path, AdapterWeights *aw,
+                      char *err, size_t err_size) {
+    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
+        if (!pairs[i].A) continue;
+        int in_dim, out_dim;
+        linear_dims(c, i % N_LINEARS, &in_dim, &out_dim);
+        if (copy_to_f32(pairs[i].A, (int64_t)rank * in_dim, &aw->A[i], &aw->bytes, path, err, err_size) != 0 ||
+            copy_to_f32(pairs[i].B, (int64_t)out_dim * rank, &aw->B[i], &aw->bytes, path, err, err_size) != 0)
+            return -1;
+        if (pairs[i].M && copy_to_f32(pairs[i].M, out_dim, &aw->M[i], &aw->bytes, path, err, err_size) != 0) return -1;
+    }
+    return 0;
+}
+
+// The one reader: dir's adapter_config.json (into ac) and every tensor of
+// adapter_model.safetensors checked (names, modules, shapes, finite) and
+// copied into aw in fp32. 0, or -1 with "FILE: what is wrong" and aw empty.
+static int read_adapter(const Model *m, const char *dir, AdapterConfig *ac, AdapterWeights *aw, char *err,
+                        size_t err_size) {
+    char config_path[4096], path[4096];
+    const Config *c = &m->config;
+    size_t n_slots = (size_t)c->n_layers * N_LINEARS;
+    memset(aw, 0, sizeof *aw);
+    std::vector<unsigned char> selected(n_slots);
+    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
+    if (read_adapter_config(ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    SafetensorsFile f;
+    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL, NULL});
+    // collect_pairs only reads the model (its shapes)
+    int n_pairs = collect_pairs((Model *)m, ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
+    int status = n_pairs > 0 ? 0 : -1;
+    if (status == 0) {
+        aw->n_slots = (int)n_slots;
+        aw->A = (float **)calloc(n_slots, sizeof(float *));
+        aw->B = (float **)calloc(n_slots, sizeof(float *));
+        aw->M = ac->dora ? (float **)calloc(n_slots, sizeof(float *)) : NULL;
+        if (!aw->A || !aw->B || (ac->dora && !aw->M)) { snprintf(err, err_size, "%s: out of memory", path); status = -1; }
+    }
+    if (status == 0) status = copy_pairs(c, pairs.data(), ac->rank, path, aw, err, err_size);
+    safetensors_close(&f);
+    if (status != 0) { adapter_weights_free(aw); return -1; }
+    aw->rank = ac->rank;
+    aw->scaling = lora_scale(ac->alpha, ac->rank, ac->rslora);
+    aw->n_modules = n_pairs;
+    return 0;
+}
+
+// ---- the merge --------------------------------------------------------------
+
 // Adds s B A to W [out_dim, in_dim], or with DoRA makes W = m (W + s B A) /
-// ||W + s B A|| (dora_merge_weight); A, B and M are converted to fp32 in the
-// caller's buffers (r * in, out * r and out values).
-static void merge_pair(float *W, const LoraPair *pair, int in_dim, int out_dim, int rank, float scaling, float *A,
-                       float *B, float *M) {
-    tensor_to_f32(pair->A->dtype, pair->A->data, A, (int64_t)rank * in_dim);
-    tensor_to_f32(pair->B->dtype, pair->B->data, B, (int64_t)out_dim * rank);
-    if (pair->M) {
-        tensor_to_f32(pair->M->dtype, pair->M->data, M, out_dim);
+// ||W + s B A|| (dora_merge_weight).
+static void merge_module(float *W, const float *A, const float *B, const float *M, int in_dim, int out_dim, int rank,
+                         float scaling) {
+    if (M) {
         dora_merge_weight(W, A, B, M, scaling, out_dim, in_dim, rank);
         return;
     }
@@ -527,124 +587,34 @@ static void merge_pair(float *W, const LoraPair *pair, int in_dim, int out_dim, 
 }
 
 int adapter_merge_peft(Model *m, const char *dir, AdapterInfo *info, char *err, size_t err_size) {
-    char config_path[4096], path[4096];
     AdapterConfig ac;
-    const Config *c = &m->config;
-    std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
-    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
-    if (read_adapter_config(&ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    // the widest in or out dimension of any target
-    int widest = c->dim > c->hidden_dim ? c->dim : c->hidden_dim;
-    if (c->n_heads * c->head_dim > widest) widest = c->n_heads * c->head_dim;
-    LoraPair *pairs = (LoraPair *)calloc((size_t)c->n_layers * N_LINEARS, sizeof(LoraPair));
-    float *A = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
-    float *B = (float *)malloc(sizeof(float) * (size_t)ac.rank * widest);
-    float *M = (float *)malloc(sizeof(float) * (size_t)widest);
-    int n_pairs = -1;
-    if (!pairs || !A || !B || !M) snprintf(err, err_size, "%s: out of memory", path);
-    else n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs, err, err_size);
-    float scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
-    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
-        if (!pairs[i].A) continue;
-        int in_dim, out_dim;
-        target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
-        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A, B, M);
-        if (bad) {
-            snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
-            n_pairs = -1;
-        }
-    }
-    for (int i = 0; n_pairs > 0 && i < c->n_layers * N_LINEARS; i++) {
-        if (!pairs[i].A) continue;
+    AdapterWeights aw;
+    if (read_adapter(m, dir, &ac, &aw, err, err_size) != 0) return -1;
+    for (int i = 0; i < aw.n_slots; i++) {
+        if (!aw.A[i]) continue;
         int in_dim, out_dim;
         float *W = target_weight(m, i / N_LINEARS, i % N_LINEARS, &in_dim, &out_dim);
-        merge_pair(W, &pairs[i], in_dim, out_dim, ac.rank, scaling, A, B, M);
+        merge_module(W, aw.A[i], aw.B[i], aw.M ? aw.M[i] : NULL, in_dim, out_dim, aw.rank, aw.scaling);
     }
-    free(pairs);
-    free(A);
-    free(B);
-    free(M);
-    safetensors_close(&f);
-    if (n_pairs < 0) return -1;
     if (info) {
-        info->n_merged = n_pairs;
-        info->rank = ac.rank;
-        info->scaling = scaling;
+        info->n_merged = aw.n_modules;
+        info->rank = aw.rank;
+        info->scaling = aw.scaling;
     }
+    adapter_weights_free(&aw);
     return 0;
 }
 
 // ---- an adapter kept apart (serving) ------------------------------------------
 
-void adapter_weights_free(AdapterWeights *aw) {
-    for (int i = 0; aw->A && i < aw->n_slots; i++) {
-        free(aw->A[i]);
-        free(aw->B[i]);
-    }
-    free(aw->A);
-    free(aw->B);
-    memset(aw, 0, sizeof *aw);
-}
-
-// Copies every pair's A and B into aw as fp32; -1 with a message when out of
-// memory or when a tensor holds NaN or Inf.
-static int copy_pairs(const Config *c, const LoraPair *pairs, int rank, const char *path, AdapterWeights *aw,
-                      char *err, size_t err_size) {
-    for (int i = 0; i < c->n_layers * N_LINEARS; i++) {
-        if (!pairs[i].A) continue;
-        int in_dim, out_dim;
-        linear_dims(c, i % N_LINEARS, &in_dim, &out_dim);
-        size_t a_count = (size_t)rank * in_dim, b_count = (size_t)out_dim * rank;
-        aw->A[i] = (float *)malloc(sizeof(float) * a_count);
-        aw->B[i] = (float *)malloc(sizeof(float) * b_count);
-        if (!aw->A[i] || !aw->B[i]) { snprintf(err, err_size, "%s: out of memory", path); return -1; }
-        aw->bytes += sizeof(float) * (a_count + b_count);
-        tensor_to_f32(pairs[i].A->dtype, pairs[i].A->data, aw->A[i], (int64_t)a_count);
-        tensor_to_f32(pairs[i].B->dtype, pairs[i].B->data, aw->B[i], (int64_t)b_count);
-        const char *bad = !floats_all_finite(aw->A[i], a_count)   ? pairs[i].A->name
-                          : !floats_all_finite(aw->B[i], b_count) ? pairs[i].B->name : NULL;
-        if (bad) { snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad); return -1; }
-    }
-    return 0;
-}
-
 int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char *err, size_t err_size) {
-    char config_path[4096], path[4096];
     AdapterConfig ac;
-    const Config *c = &m->config;
-    size_t n_slots = (size_t)c->n_layers * N_LINEARS;
-    memset(aw, 0, sizeof *aw);
-    std::vector<unsigned char> selected(n_slots);
-    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
-    if (read_adapter_config(&ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
-    if (ac.dora) {
-        snprintf(err, err_size, "%s: use_dora is set: a DoRA adapter's magnitudes are applied merged into the base "
-                 "(./generate --adapter, ./evaluate --adapter, ./train --merge), not kept apart as here", config_path);
-        return -1;
-    }
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL, NULL});
-    // collect_pairs only reads the model (its shapes)
-    int n_pairs = collect_pairs((Model *)m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
-    int status = n_pairs > 0 ? 0 : -1;
-    if (status == 0) {
-        aw->n_slots = (int)n_slots;
-        aw->A = (float **)calloc(n_slots, sizeof(float *));
-        aw->B = (float **)calloc(n_slots, sizeof(float *));
-        if (!aw->A || !aw->B) { snprintf(err, err_size, "%s: out of memory", path); status = -1; }
-    }
-    if (status == 0) status = copy_pairs(c, pairs.data(), ac.rank, path, aw, err, err_size);
-    safetensors_close(&f);
-    if (status != 0) { adapter_weights_free(aw); return -1; }
-    aw->rank = ac.rank;
-    aw->scaling = lora_scale(ac.alpha, ac.rank, ac.rslora);
-    aw->n_modules = n_pairs;
-    return 0;
+    if (read_adapter(m, dir, &ac, aw, err, err_size) != 0) return -1;
+    if (!ac.dora) return 0;
+    adapter_weights_free(aw);
+    snprintf(err, err_size, "%s/adapter_config.json: use_dora is set: a DoRA adapter's magnitudes are applied merged "
+             "into the base (./generate --adapter, ./evaluate --adapter, ./train --merge), not kept apart as here", dir);
+    return -1;
 }
 
 // ---- the recorded base ------------------------------------------------------------
@@ -740,50 +710,29 @@ int adapter_training_options(const char *dir, const Config *c, AdapterConfig *ac
 }
 
 int adapter_load_into_set(const char *dir, Model *m, LoraSet *set, char *err, size_t err_size) {
-    char config_path[4096], path[4096];
     const Config *c = &m->config;
     AdapterConfig ac;
     int enabled[N_LINEARS];
     if (adapter_training_options(dir, c, &ac, enabled, err, err_size) != 0) return -1;
-    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
     int same_targets = 1;
     for (int t = 0; t < N_LINEARS; t++) same_targets = same_targets && enabled[t] == set->enabled[t];
     if (ac.rank != set->rank || !same_targets || set->n_layers != c->n_layers || ac.dora != set->dora) {
-        snprintf(err, err_size, "%s: the adapter's rank, targets or DoRA setting differ from the ones being trained",
-                 config_path);
+        snprintf(err, err_size, "%s/adapter_config.json: the adapter's rank, targets or DoRA setting differ from the "
+                 "ones being trained", dir);
         return -1;
     }
-    std::vector<unsigned char> selected((size_t)c->n_layers * N_LINEARS);
-    for (int i = 0; i < c->n_layers * N_LINEARS; i++) selected[i] = enabled[i % N_LINEARS];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
-    std::vector<LoraPair> pairs((size_t)c->n_layers * N_LINEARS, LoraPair{NULL, NULL, NULL});
-    int n_pairs = collect_pairs(m, &ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
-    // every pair read and checked into fp32 copies first, so that a bad one leaves set untouched
-    std::vector<std::vector<float>> A(pairs.size()), B(pairs.size()), M(pairs.size());
-    for (size_t i = 0; n_pairs > 0 && i < pairs.size(); i++) {
-        if (!pairs[i].A) continue;
-        int in_dim, out_dim;
-        target_weight(m, (int)i / N_LINEARS, (int)i % N_LINEARS, &in_dim, &out_dim);
-        A[i].resize((size_t)ac.rank * in_dim);
-        B[i].resize((size_t)out_dim * ac.rank);
-        M[i].resize((size_t)out_dim);
-        const char *bad = non_finite_tensor(&pairs[i], in_dim, out_dim, ac.rank, A[i].data(), B[i].data(),
-                                            M[i].data());
-        if (bad) {
-            snprintf(err, err_size, "%s: tensor '%s' holds NaN or Inf values (corrupted?)", path, bad);
-            n_pairs = -1;
-        }
-    }
-    safetensors_close(&f);
-    if (n_pairs < 0) return -1;
-    for (size_t i = 0; i < pairs.size(); i++) {
-        if (!pairs[i].A) continue;
+    // every tensor read and checked into fp32 first, so that a bad one leaves set untouched
+    AdapterWeights aw;
+    if (read_adapter(m, dir, &ac, &aw, err, err_size) != 0) return -1;
+    for (int i = 0; i < aw.n_slots; i++) {
+        if (!aw.A[i]) continue;
         LoraAdapter *a = &set->adapters[i];
-        memcpy(a->A, A[i].data(), sizeof(float) * A[i].size());
-        memcpy(a->B, B[i].data(), sizeof(float) * B[i].size());
-        if (a->m) memcpy(a->m, M[i].data(), sizeof(float) * M[i].size());
+        int in_dim, out_dim;
+        linear_dims(c, i % N_LINEARS, &in_dim, &out_dim);
+        memcpy(a->A, aw.A[i], sizeof(float) * (size_t)aw.rank * in_dim);
+        memcpy(a->B, aw.B[i], sizeof(float) * (size_t)out_dim * aw.rank);
+        if (a->m) memcpy(a->m, aw.M[i], sizeof(float) * (size_t)out_dim);
     }
+    adapter_weights_free(&aw);
     return 0;
 }

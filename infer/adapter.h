@@ -57,11 +57,13 @@ typedef struct {
     int n_slots;      // n_layers * N_LINEARS: the length of A and B
     float **A;        // [n_slots], by layer * N_LINEARS + module: A [r, in], NULL when not adapted
     float **B;        // [n_slots]: B [out, r], NULL when not adapted
-    size_t bytes;     // the memory A and B take
+    float **M;        // [n_slots]: DoRA's magnitudes m [out]; NULL (the whole array) without use_dora
+    size_t bytes;     // the memory A, B (and M) take
 } AdapterWeights;
 
-// Reads dir's adapter as adapter_merge_peft does (the same checks and
-// messages) but keeps A and B apart, converted to fp32; m is only read.
+// Reads dir's adapter with the same checks and messages as
+// adapter_merge_peft (one reader serves both and adapter_load_into_set) but
+// keeps A and B apart, converted to fp32; m is only read.
 // A DoRA adapter is refused (its magnitudes apply merged only: ./generate,
 // ./evaluate --adapter). 0, or -1 with "FILE: what is wrong" in err and aw empty.
 int adapter_load_peft(const Model *m, const char *dir, AdapterWeights *aw, char *err, size_t err_size);
