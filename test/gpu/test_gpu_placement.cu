@@ -199,6 +199,55 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
     model_free(&model);
 }
 
+// No device allocation inside a step: gpu_malloc_count() stays where trainer
+// creation left it through a whole optimizer step (micro-batches, gradient norm,
+// clipping, AdamW, the validation loss) and a micro-batch with loss weights and
+// packed samples (the loss's optional buffers), with and without recompute, with
+// paged AdamW and offload, and with DoRA. Every buffer and workspace is sized at creation.
+TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA and DoRA)") {
+    uint64_t seed = fresh_seed();
+    INFO("seed " << seed);
+    Config c = placement_config();
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    std::vector<TokenBatch> data;
+    for (int i = 0; i < MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, seed + 10 + i));
+    // two samples of half a sequence each, every counted target weighing 0.5
+    TokenBatch packed = random_tokens(c.vocab_size, seed + 99);
+    std::vector<int> positions;
+    std::vector<float> weights(packed.tokens.size(), 0.5f);
+    for (size_t i = 0; i < packed.tokens.size(); i++) positions.push_back((int)(i % SEQ_LEN) % (SEQ_LEN / 2));
+    Batch packed_batch = packed.batch();
+    packed_batch.weights = weights.data();
+    packed_batch.positions = positions.data();
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+    // {dora, recompute, paged AdamW, offload}
+    const int runs[4][4] = {{0, 0, 0, 0}, {0, 1, 0, 0}, {0, 1, 1, 1}, {1, 0, 0, 0}};
+    for (const int *run : runs) {
+        int dora = run[0], recompute = run[1];
+        GpuPlacement placement = {run[2], run[3]};
+        INFO("dora " << dora << ", recompute " << recompute << ", paged and offload " << placement.offload);
+        LoraSet lora;
+        REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.1f, seed, dora) == 0);
+        StepOptions opt = {8, 2.0f, 0.1f, 0, recompute};
+        GpuTrainer g;
+        gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
+        size_t mallocs = gpu_malloc_count(), in_use = gpu_bytes_in_use();
+        train_step(&g, data, 0);
+        int counted = 0;
+        gpu_zero_grads(&g);
+        gpu_train_micro_batch(&g, &packed_batch, 7, 1.0, &counted);
+        gpu_grad_norm(&g);
+        gpu_loss(&g, &packed_batch, &counted);
+        CHECK(gpu_malloc_count() == mallocs);
+        CHECK(gpu_bytes_in_use() == in_use);
+        gpu_trainer_free(&g);
+        lora_set_free(&lora);
+    }
+    model_free(&model);
+}
+
 // --plan's activations (the fp32 residual stream and x_mid included), paged and
 // offloaded bytes against what the trainer allocated, for each placement.
 TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
