@@ -97,10 +97,9 @@ typedef struct {
     size_t bytes;                            // the whole workspace
 } LmHeadLayout;
 
-// The workspace for `tokens` counted tokens, min(chunk_tokens, tokens) at a time.
-static LmHeadLayout lm_head_layout(int tokens, int dim, int vocab, int chunk_tokens) {
-    size_t m = tokens > 0 ? (size_t)tokens : 0;
-    size_t chunk = chunk_tokens < tokens ? (size_t)chunk_tokens : m;
+// The workspace for m counted tokens, min(chunk_tokens, m) at a time.
+static LmHeadLayout lm_head_layout(size_t m, int dim, int vocab, int chunk_tokens) {
+    size_t chunk = (size_t)chunk_tokens < m ? (size_t)chunk_tokens : m;
     LmHeadLayout l;
     size_t used = 0;
     l.rows = workspace_region(&used, sizeof(int) * m);
@@ -115,7 +114,7 @@ static LmHeadLayout lm_head_layout(int tokens, int dim, int vocab, int chunk_tok
     return l;
 }
 
-size_t lm_head_cross_entropy_workspace_bytes(int max_tokens, int dim, int vocab, int chunk_tokens) {
+size_t lm_head_cross_entropy_workspace_bytes(size_t max_tokens, int dim, int vocab, int chunk_tokens) {
     return lm_head_layout(max_tokens, dim, vocab, chunk_tokens).bytes;
 }
 

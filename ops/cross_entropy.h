@@ -17,7 +17,7 @@ extern "C" {
 // (4 bytes each), their rows of x (16-bit) and its gradient (fp32) [max_tokens, dim],
 // and one chunk's fp32 logits and 16-bit gradient [min(chunk_tokens, max_tokens), vocab].
 // Plain C: ./train --plan counts the same bytes (trainer/memory_plan.c).
-size_t lm_head_cross_entropy_workspace_bytes(int max_tokens, int dim, int vocab, int chunk_tokens);
+size_t lm_head_cross_entropy_workspace_bytes(size_t max_tokens, int dim, int vocab, int chunk_tokens);
 #ifdef __cplusplus
 }
 #endif

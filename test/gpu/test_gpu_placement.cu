@@ -21,6 +21,7 @@
 #include "gpu_test_util.h"
 #include "lora.h"
 #include "model.h"
+#include "ops/cross_entropy.h"
 #include "trainer/grad_scaler.h"
 #include "trainer/memory_plan.h"
 #include "trainer/train_gpu.h"
@@ -249,23 +250,31 @@ TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA
 }
 
 // --plan's activations (the fp32 residual stream and x_mid included), paged and
-// offloaded bytes against what the trainer allocated, for each placement.
+// offloaded bytes against what the trainer allocated, for each placement; and its
+// total against every byte the trainer holds on the device after creation and
+// after a step (the same, as a step allocates nothing), within the few bytes the
+// plan leaves out (trainer/memory_plan.h), with LoRA and with DoRA.
 TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
     Config c = placement_config();
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    LoraSet lora;
-    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, 0) == 0);
-    const GpuPlacement placements[5] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}};
-    for (int i = 0; i < 5; i++) {
-        int recompute = i > 0;
+    std::vector<TokenBatch> data;
+    for (int i = 0; i < MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, 20 + i));
+    const GpuPlacement placements[6] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}, {0, 0}};
+    for (int i = 0; i < 6; i++) {
+        int recompute = i > 0, dora = i == 5;
         GpuPlacement placement = placements[i];
-        INFO("recompute " << recompute << ", paged " << placement.paged_optim << ", offload " << placement.offload);
+        INFO("recompute " << recompute << ", paged " << placement.paged_optim << ", offload " << placement.offload
+                          << ", dora " << dora);
+        LoraSet lora;
+        REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, dora) == 0);
         StepOptions opt = {8, 2.0f, 0.0f, 0, recompute};
         GpuTrainer g;
+        size_t before = gpu_bytes_in_use();
         gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
+        size_t created = gpu_bytes_in_use() - before;
         PlanInputs in;
         memset(&in, 0, sizeof in);
         in.batch = N_SEQS;
@@ -279,14 +288,24 @@ TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded byt
         in.paged_optim = placement.paged_optim;
         in.weight_bytes = 2;
         in.activation_bytes = 2;
+        in.loss_chunk = lm_head_chunk_tokens_gpu(c.vocab_size);
+        in.dora = dora;
         MemoryPlan plan;
         memory_plan_compute(&c, &in, &plan);
         CHECK(plan.activations == (double)g.memory.activations);
         CHECK(plan.offloaded == (double)g.memory.offloaded);
         CHECK(plan.paged == (double)g.memory.paged);
         CHECK(plan.adam_moments == 2.0 * sizeof(float) * lora.n_params);
+        CHECK(plan.workspaces == (double)g.memory.workspace);
+        // the rest: RoPE's frequencies, the double-quant offsets (on the host), the
+        // simple attention's pointer arrays; under 1 KiB here
+        double gap = plan.total - (double)created;
+        INFO("plan " << (long long)plan.total << " bytes, trainer " << created << " bytes");
+        CHECK(fabs(gap) < 1024);
+        train_step(&g, data, 0);
+        CHECK(gpu_bytes_in_use() - before == created);
         gpu_trainer_free(&g);
+        lora_set_free(&lora);
     }
-    lora_set_free(&lora);
     model_free(&model);
 }
