@@ -354,7 +354,7 @@ TEST_CASE("memory plan: the printed table names every part and both activation s
     std::string s(text);
     std::free(text);
     for (const char *part : {"base linear weights (NF4 codes)", "quantization constants (double quant)",
-                             "embeddings, LM head, norms (bf16)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
+                             "embeddings, LM head (bf16), norms (fp32)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
                              "AdamW m and v (fp32)", "activations (bf16, recompute off)",
                              "workspaces (LM head + loss, gradient norm)",
                              "one block dequantized (scratch)", "total", "without recompute", "with it",

@@ -375,7 +375,7 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
     if (in->quant_nf4)
         print_row(out, in->double_quant ? "quantization constants (double quant)" : "quantization constants (fp32)",
                   p->quant_constants, p->total);
-    snprintf(label, sizeof label, "embeddings, LM head, norms (%s)", number_type_name(in->weight_bytes));
+    snprintf(label, sizeof label, "embeddings, LM head (%s), norms (fp32)", number_type_name(in->weight_bytes));
     print_row(out, label, p->base_other, p->total);
     print_row(out, in->dora ? "LoRA + DoRA parameters (fp32)" : "LoRA parameters (fp32)", p->lora_params, p->total);
     if (in->dora) print_row(out, "  of which DoRA magnitude vectors", p->dora_magnitudes, p->total);
