@@ -204,8 +204,6 @@ void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_
     CUDA_CHECK_LAUNCH();
 }
 
-// The sum of squares: the two passes described above sum_squares_workspace_bytes.
-
 // The sum of value over the block's SUM_THREADS threads, in double, as a fixed tree (not ops/gpu.h's
 // float block_sum); in thread 0.
 __device__ static double block_tree_sum(double value) {
