@@ -236,6 +236,10 @@ TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA
         gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
         size_t mallocs = gpu_malloc_count(), in_use = gpu_bytes_in_use();
         train_step(&g, data, 0);
+        // the device's own count after a first step (on a GPU it includes what cuBLAS
+        // allocates for itself on first use): no later step moves it either
+        size_t device_free = 0, device_total = 0;
+        CUDA_CHECK(cudaMemGetInfo(&device_free, &device_total));
         int counted = 0;
         gpu_zero_grads(&g);
         gpu_train_micro_batch(&g, &packed_batch, 7, 1.0, &counted);
@@ -243,6 +247,9 @@ TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA
         gpu_loss(&g, &packed_batch, &counted);
         CHECK(gpu_malloc_count() == mallocs);
         CHECK(gpu_bytes_in_use() == in_use);
+        size_t device_free_after = 0;
+        CUDA_CHECK(cudaMemGetInfo(&device_free_after, &device_total));
+        CHECK(device_free_after == device_free);
         gpu_trainer_free(&g);
         lora_set_free(&lora);
     }
