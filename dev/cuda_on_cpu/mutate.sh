@@ -156,7 +156,7 @@ m forward_gpu_no_down_lora lib/infer/forward_gpu.cu \
 m step_allocates lib/adamw.cu \
   '    double *sums = (double *)workspace;' \
   '    double *sums = (double *)workspace;
-    gpu_free(gpu_malloc(sizeof(double), "block sums"));' 'gpu trainer: a step allocates*'
+    gpu_free(gpu_malloc(sizeof(double), "block sums"));' 'gpu placement: a training step allocates*'
 # the LM head + loss's layout placing the rows' fp32 gradient over the gathered rows (zeroed before use)
 m lm_head_regions_overlap lib/ops/cross_entropy.cu \
   '    l.d_counted = workspace_region(&used, sizeof(float) * m * dim);' \

@@ -6,8 +6,10 @@
 // step, dropout, clipping, a validation loss each step) give the same losses,
 // gradient norms, parameters and moments, bit for bit; and a trainer of each
 // placement that takes over from a downloaded state (a resume) goes on with the
-// same step. And ./train --plan's arithmetic (trainer/memory_plan.h) counts the
-// activations, paged and offloaded bytes the trainer allocates. On the CPU
+// same step. A step allocates no device memory under any placement (every buffer
+// and workspace is sized at creation). And ./train --plan's arithmetic
+// (trainer/memory_plan.h) counts the activations, paged and offloaded bytes the
+// trainer allocates, and in all what it holds, to a few hundred bytes. On the CPU
 // emulation (dev/cuda_on_cpu) the copy stream runs its copies as late as the
 // events allow, so a missing wait shows here (dev/cuda_on_cpu/mutate.sh removes
 // each one).
@@ -205,7 +207,7 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
 // clipping, AdamW, the validation loss) and a micro-batch with loss weights and
 // packed samples (the loss's optional buffers), with and without recompute, with
 // paged AdamW and offload, and with DoRA. Every buffer and workspace is sized at creation.
-TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA and DoRA)") {
+TEST_CASE("gpu placement: a training step allocates no device memory (every placement, LoRA and DoRA)") {
     uint64_t seed = fresh_seed();
     INFO("seed " << seed);
     Config c = placement_config();
@@ -261,7 +263,7 @@ TEST_CASE("gpu trainer: a step allocates no device memory (every placement, LoRA
 // total against every byte the trainer holds on the device after creation and
 // after a step (the same, as a step allocates nothing), within the few bytes the
 // plan leaves out (trainer/memory_plan.h), with LoRA and with DoRA.
-TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
+TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activations, paged, offloaded, in all") {
     Config c = placement_config();
     char err[256];
     Model model;
