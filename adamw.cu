@@ -6,6 +6,7 @@
 #include "adamw.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 // ---- AdamW -------------------------------------------------------------------
@@ -136,6 +137,22 @@ void scale_grads_cpu(float *grads, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) grads[i] *= scale;
 }
 
+// The sum of squares on the GPU (sum_squares_gpu, below) runs in two fixed passes, so
+// the order of every addition depends on n alone and the result is the same on every
+// run: each of at most SUM_BLOCKS blocks sums a fixed strided share of x, then one
+// block sums the block totals.
+static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_tree_sum
+static constexpr int SUM_BLOCKS = 1024;
+
+// The blocks of the first pass for n values.
+static int sum_squares_blocks(size_t n) {
+    size_t blocks_needed = (n + SUM_THREADS - 1) / SUM_THREADS;
+    return blocks_needed < (size_t)SUM_BLOCKS ? (int)blocks_needed : SUM_BLOCKS;
+}
+
+// block totals, then the sum at [blocks]
+size_t sum_squares_workspace_bytes(size_t n) { return sizeof(double) * ((size_t)sum_squares_blocks(n) + 1); }
+
 // ---- gradient accumulation ---------------------------------------------------
 
 StepLoss step_loss_from_micro_batches(const double *loss_sums, const int64_t *answer_tokens, int n_micro) {
@@ -187,13 +204,6 @@ void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_
     CUDA_CHECK_LAUNCH();
 }
 
-// The sum of squares in two fixed passes, so the order of every addition
-// depends on n alone and the result is the same on every run: each of at most
-// SUM_BLOCKS blocks sums a fixed strided share of x, then one block sums the
-// block totals.
-static constexpr int SUM_THREADS = 256;   // a power of two, for the tree in block_tree_sum
-static constexpr int SUM_BLOCKS = 1024;
-
 // The sum of value over the block's SUM_THREADS threads, in double, as a fixed tree (not ops/gpu.h's
 // float block_sum); in thread 0.
 __device__ static double block_tree_sum(double value) {
@@ -224,19 +234,22 @@ __global__ static void sum_kernel(double *out, const double *values, int count) 
     if (threadIdx.x == 0) *out = total;
 }
 
-double sum_squares_gpu(const float *x, size_t n) {
+double sum_squares_gpu(const float *x, size_t n, void *workspace, size_t workspace_bytes) {
     if (n == 0) return 0.0;
-    size_t blocks_needed = (n + SUM_THREADS - 1) / SUM_THREADS;
-    int blocks = blocks_needed < (size_t)SUM_BLOCKS ? (int)blocks_needed : SUM_BLOCKS;
+    if (workspace_bytes < sum_squares_workspace_bytes(n)) {
+        fprintf(stderr, "sum_squares_gpu: a workspace of %zu bytes, but %zu values need %zu "
+                        "(sum_squares_workspace_bytes)\n", workspace_bytes, n, sum_squares_workspace_bytes(n));
+        exit(1);
+    }
+    int blocks = sum_squares_blocks(n);
     // block totals, then the sum at [blocks]
-    double *sums = (double *)gpu_malloc(sizeof(double) * (blocks + 1), "sum of squares");
+    double *sums = (double *)workspace;
     sum_squares_kernel<<<blocks, SUM_THREADS>>>(sums, x, n);
     CUDA_CHECK_LAUNCH();
     sum_kernel<<<1, SUM_THREADS>>>(sums + blocks, sums, blocks);
     CUDA_CHECK_LAUNCH();
     double result = 0.0;
     gpu_download(&result, sums + blocks, sizeof(double));
-    gpu_free(sums);
     return result;
 }
 

@@ -95,6 +95,10 @@ float clip_scale(double norm, float max_norm);
 // g *= scale over all n gradients.
 void scale_grads_cpu(float *grads, size_t n, float scale);
 
+// Bytes of sum_squares_gpu's workspace for up to n values: its block sums (a
+// double for each of at most 1024 blocks, and the total); at most 8200 bytes.
+size_t sum_squares_workspace_bytes(size_t n);
+
 // ---- gradient accumulation ---------------------------------------------------
 
 // The loss of one optimizer step made of several micro-batches, and the factor
@@ -134,7 +138,9 @@ void adamw_step_gpu(float *params, const float *grads, float *m, float *v, size_
                     const AdamWConfig *c, float lr);
 // The sum of x[i]^2 over n fp32 values, accumulated in double; deterministic
 // (a grid and an order of additions fixed by n: the same result every run).
-double sum_squares_gpu(const float *x, size_t n);
+// workspace: workspace_bytes of device memory, at least sum_squares_workspace_bytes(n)
+// (a smaller one stops the program with a message); nothing is allocated on the device.
+double sum_squares_gpu(const float *x, size_t n, void *workspace, size_t workspace_bytes);
 // x[i] *= scale
 void scale_gpu(float *x, size_t n, float scale);
 #endif

@@ -6,6 +6,7 @@
 // attention of new queries against a key/value cache.
 #include "ops/attention.h"
 #include "ops/layers.h"
+#include "ops/workspace.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -166,18 +167,15 @@ typedef struct {
     float *d_k_heads, *d_v_heads;
 } SimpleScratch;
 
-static size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 // Elements from one entry's [seq_len, seq_len] square to the next: rounded up to
 // 64, so that every square starts 128-byte aligned (cuBLAS's batched tensor-core
 // kernels read their matrices in 16-byte pieces).
 HOST_DEVICE static size_t square_stride(int seq_len) { return ((size_t)seq_len * seq_len + 63) / 64 * 64; }
 
-// The next `bytes` of the buffer at base (NULL while only measuring).
+// The next `bytes` of the buffer at base, 256-byte aligned (ops/workspace.h; NULL while only measuring).
 static void *carve(char *base, size_t *offset, size_t bytes) {
-    void *p = base ? base + *offset : NULL;
-    *offset += round_up_256(bytes);
-    return p;
+    size_t start = workspace_region(offset, bytes);
+    return base ? base + start : NULL;
 }
 
 // Lays out the scratch for passes of nh heads; returns its size in bytes.

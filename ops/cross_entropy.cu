@@ -3,6 +3,8 @@
 // sit beside them.
 #include "ops/cross_entropy.h"
 #include "formats/tensor.h"
+#include "ops/gpu.h"
+#include "ops/workspace.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -81,6 +83,39 @@ template void scatter_add_rows_cpu(double *, const double *, const int *, int, i
 int lm_head_chunk_tokens_default(int vocab) {
     size_t tokens = ((size_t)64 << 20) / ((size_t)vocab * sizeof(float));
     return tokens > 0 ? (int)tokens : 1;
+}
+
+// ---- the fused LM head + loss's workspace ------------------------------------------------
+
+// Where each of lm_head_cross_entropy_gpu's buffers lies in its workspace (byte offsets).
+typedef struct {
+    size_t rows, targets, weights, losses;   // int, int, fp32, fp32 [tokens]
+    size_t x_counted;                        // 16-bit [tokens, dim]
+    size_t d_counted;                        // fp32 [tokens, dim]
+    size_t logits;                           // fp32 [chunk, vocab]
+    size_t d_logits;                         // 16-bit [chunk, vocab]
+    size_t bytes;                            // the whole workspace
+} LmHeadLayout;
+
+// The workspace for m counted tokens, min(chunk_tokens, m) at a time.
+static LmHeadLayout lm_head_layout(size_t m, int dim, int vocab, int chunk_tokens) {
+    size_t chunk = (size_t)chunk_tokens < m ? (size_t)chunk_tokens : m;
+    LmHeadLayout l;
+    size_t used = 0;
+    l.rows = workspace_region(&used, sizeof(int) * m);
+    l.targets = workspace_region(&used, sizeof(int) * m);
+    l.weights = workspace_region(&used, sizeof(float) * m);
+    l.losses = workspace_region(&used, sizeof(float) * m);
+    l.x_counted = workspace_region(&used, ACT16_BYTES * m * dim);
+    l.d_counted = workspace_region(&used, sizeof(float) * m * dim);
+    l.logits = workspace_region(&used, sizeof(float) * chunk * vocab);
+    l.d_logits = workspace_region(&used, ACT16_BYTES * chunk * vocab);
+    l.bytes = used;
+    return l;
+}
+
+size_t lm_head_cross_entropy_workspace_bytes(size_t max_tokens, int dim, int vocab, int chunk_tokens) {
+    return lm_head_layout(max_tokens, dim, vocab, chunk_tokens).bytes;
 }
 
 template double cross_entropy_sum_cpu(const float *, const int *, const float *, int, int, int *);
@@ -215,10 +250,8 @@ static int g_chunk_tokens = 0;   // 0: automatic
 
 void lm_head_set_chunk_tokens_gpu(int tokens) { g_chunk_tokens = tokens > 0 ? tokens : 0; }
 
-// Tokens per chunk: the forced value, or lm_head_chunk_tokens_default; at most n.
-static int lm_head_chunk_tokens(int n, int vocab) {
-    int tokens = g_chunk_tokens > 0 ? g_chunk_tokens : lm_head_chunk_tokens_default(vocab);
-    return tokens < n ? tokens : n;
+int lm_head_chunk_tokens_gpu(int vocab) {
+    return g_chunk_tokens > 0 ? g_chunk_tokens : lm_head_chunk_tokens_default(vocab);
 }
 
 // logits[rows, vocab] (fp32) = x[rows, dim] W^T
@@ -233,27 +266,25 @@ static void lm_head_backward(float *d_x, const act16 *d_logits, const act16 *wei
 
 // The LM head and the loss on the m counted rows only (host_rows, host_targets,
 // host_weights or NULL): they are gathered into [m, dim], run through in chunks,
-// and their gradient is scattered back into d_x.
+// and their gradient is scattered back into d_x. Every buffer is a region of
+// workspace, laid out by l.
 static double counted_lm_head_cross_entropy(float *d_x, const act16 *x, const act16 *lm_head, const int *host_rows,
                                             const int *host_targets, const float *host_weights, int m, int dim,
-                                            int vocab, double grad_scale) {
-    int *rows = (int *)gpu_malloc(sizeof(int) * m, "counted rows");
-    int *targets = (int *)gpu_malloc(sizeof(int) * m, "counted targets");
-    float *weights = host_weights ? (float *)gpu_malloc(sizeof(float) * m, "counted loss weights") : NULL;
+                                            int vocab, double grad_scale, char *workspace, const LmHeadLayout *l) {
+    int *rows = (int *)(workspace + l->rows);
+    int *targets = (int *)(workspace + l->targets);
+    float *weights = host_weights ? (float *)(workspace + l->weights) : NULL;
+    float *losses = (float *)(workspace + l->losses);
+    act16 *x_counted = (act16 *)(workspace + l->x_counted);
+    float *d_counted = (float *)(workspace + l->d_counted);
+    float *logits = (float *)(workspace + l->logits);
+    act16 *d_logits = d_x ? (act16 *)(workspace + l->d_logits) : NULL;
     gpu_upload(rows, host_rows, sizeof(int) * m);
     gpu_upload(targets, host_targets, sizeof(int) * m);
     if (weights) gpu_upload(weights, host_weights, sizeof(float) * m);
-    act16 *x_counted = (act16 *)gpu_malloc(sizeof(act16) * m * dim, "counted rows of x (16-bit)");
     gather_rows_gpu(x_counted, x, rows, m, dim);
-    float *d_counted = NULL;
-    if (d_x) {
-        d_counted = (float *)gpu_malloc(sizeof(float) * m * dim, "d of the counted rows (fp32)");
-        CUDA_CHECK(cudaMemset(d_counted, 0, sizeof(float) * m * dim));
-    }
-    int chunk = lm_head_chunk_tokens(m, vocab);
-    float *logits = (float *)gpu_malloc(sizeof(float) * chunk * vocab, "logits chunk (fp32)");
-    act16 *d_logits = d_x ? (act16 *)gpu_malloc(sizeof(act16) * chunk * vocab, "d_logits chunk (16-bit)") : NULL;
-    float *losses = (float *)gpu_malloc(sizeof(float) * m, "per-token losses");
+    if (d_x) CUDA_CHECK(cudaMemset(d_counted, 0, sizeof(float) * m * dim));
+    int chunk = lm_head_chunk_tokens_gpu(vocab);
     reset_bad_target();
     for (int first = 0; first < m; first += chunk) {
         int rows_here = m - first < chunk ? m - first : chunk;
@@ -277,19 +308,12 @@ static double counted_lm_head_cross_entropy(float *d_x, const act16 *x, const ac
     double total = 0.0;
     for (int r = 0; r < m; r++) total += host_losses[r];
     free(host_losses);
-    gpu_free(losses);
-    gpu_free(d_logits);
-    gpu_free(logits);
-    gpu_free(d_counted);
-    gpu_free(x_counted);
-    gpu_free(weights);
-    gpu_free(targets);
-    gpu_free(rows);
     return total;
 }
 
 double lm_head_cross_entropy_gpu(float *d_x, const act16 *x, const act16 *lm_head, const int *targets,
-                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted) {
+                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted,
+                                 void *workspace, size_t workspace_bytes) {
     *n_counted = 0;
     if (n <= 0) return 0.0;
     // the counted tokens (target not IGNORE_TARGET): their rows of x, targets and weights, on the host
@@ -307,9 +331,15 @@ double lm_head_cross_entropy_gpu(float *d_x, const act16 *x, const act16 *lm_hea
         m++;
     }
     *n_counted = m;
+    LmHeadLayout layout = lm_head_layout(m, dim, vocab, lm_head_chunk_tokens_gpu(vocab));
+    if (layout.bytes > workspace_bytes) {
+        fprintf(stderr, "lm_head_cross_entropy_gpu: a workspace of %zu bytes, but %d counted tokens need %zu "
+                        "(lm_head_cross_entropy_workspace_bytes)\n", workspace_bytes, m, layout.bytes);
+        exit(1);
+    }
     double total = 0.0;
     if (m > 0) total = counted_lm_head_cross_entropy(d_x, x, lm_head, host_rows, host_targets, host_weights, m, dim,
-                                                     vocab, grad_scale);
+                                                     vocab, grad_scale, (char *)workspace, &layout);
     free(host_weights);
     free(host_targets);
     free(host_rows);

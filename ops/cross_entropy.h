@@ -9,6 +9,20 @@
 #define IGNORE_TARGET -100
 
 #ifdef __cplusplus
+extern "C" {
+#endif
+// Bytes of lm_head_cross_entropy_gpu's workspace (ops/workspace.h) for up to
+// max_tokens counted tokens and an LM head of vocab rows of dim, chunk_tokens
+// tokens at a time: the counted tokens' row ids, targets, loss weights and losses
+// (4 bytes each), their rows of x (16-bit) and its gradient (fp32) [max_tokens, dim],
+// and one chunk's fp32 logits and 16-bit gradient [min(chunk_tokens, max_tokens), vocab].
+// Plain C: ./train --plan counts the same bytes (trainer/memory_plan.c).
+size_t lm_head_cross_entropy_workspace_bytes(size_t max_tokens, int dim, int vocab, int chunk_tokens);
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __cplusplus
 // Sum over t with targets[t] != IGNORE_TARGET of w_t (-log softmax(logits[t])[targets[t]]),
 // returned as a double, with w_t = weights[t], or 1 when weights is NULL; *n_counted
 // gets the number of counted targets. targets are already shifted: targets[t] is
@@ -62,12 +76,18 @@ void scatter_add_rows_gpu(float *d_x, const float *d_rows, const int *rows, int 
 // If d_x != NULL: d_logits = grad_scale * w_t (softmax - onehot) on counted rows
 // (0 elsewhere), rounded to act16, and d_x [n, dim] (fp32, ACCUMULATES) += d_logits W.
 // Only the counted tokens go through the LM head: their rows of x are gathered
-// first (act16 [m, dim], and fp32 [m, dim] for their gradient when d_x != NULL),
-// then taken 64 MiB / (vocab * 4) tokens at a time (at least 1), so the fp32
-// logits take <= 64 MiB, plus half that for the act16 d_logits when d_x != NULL,
-// plus m floats of per-token losses; all allocated per call.
+// first (act16 [m, dim], and fp32 [m, dim] for their gradient), then taken
+// lm_head_chunk_tokens_gpu(vocab) tokens at a time, so the fp32 logits take
+// <= 64 MiB, plus half that for the act16 d_logits. All of it lives in workspace:
+// workspace_bytes of device memory, at least lm_head_cross_entropy_workspace_bytes(
+// m, dim, vocab, lm_head_chunk_tokens_gpu(vocab)) for the m counted tokens (a
+// smaller one stops the program with a message); nothing is allocated on the device.
 double lm_head_cross_entropy_gpu(float *d_x, const act16 *x, const act16 *lm_head, const int *targets,
-                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted);
+                                 const float *weights, int n, int dim, int vocab, double grad_scale, int *n_counted,
+                                 void *workspace, size_t workspace_bytes);
+// Tokens per chunk of lm_head_cross_entropy_gpu: the forced value (below), else
+// lm_head_chunk_tokens_default(vocab).
+int lm_head_chunk_tokens_gpu(int vocab);
 // Forces the chunk of lm_head_cross_entropy_gpu to `tokens` tokens (tests use
 // it to exercise chunking on small batches); 0 restores the automatic rule.
 void lm_head_set_chunk_tokens_gpu(int tokens);

@@ -134,8 +134,10 @@ typedef struct {
 static Allocation *g_allocs;
 static size_t g_n_allocs, g_cap_allocs;
 static size_t g_in_use, g_peak, g_managed;
+static size_t g_malloc_count;   // calls of gpu_malloc and gpu_malloc_managed
 
 static void track(void *p, size_t bytes, int managed) {
+    g_malloc_count++;
     if (g_n_allocs == g_cap_allocs) {
         g_cap_allocs = g_cap_allocs ? 2 * g_cap_allocs : 256;
         g_allocs = (Allocation *)realloc(g_allocs, g_cap_allocs * sizeof(Allocation));
@@ -221,6 +223,7 @@ void gpu_free(void *p) {
 
 size_t gpu_bytes_in_use(void) { return g_in_use; }
 size_t gpu_peak_bytes(void) { return g_peak; }
+size_t gpu_malloc_count(void) { return g_malloc_count; }
 
 // ---- copies and conversions -------------------------------------------------
 void gpu_upload(void *device_dst, const void *host_src, size_t bytes) {

@@ -45,6 +45,9 @@ size_t gpu_total_memory(void);
 typedef enum { ACT16_BF16, ACT16_FP16 } Act16Type;
 void gpu_set_act16(Act16Type type);
 Act16Type gpu_act16(void);
+// Bytes of one value of that type (sizeof(act16) below), for the sizes that
+// plain C code computes too (trainer/memory_plan.c).
+#define ACT16_BYTES 2
 #ifdef __cplusplus
 }
 #endif
@@ -65,6 +68,7 @@ typedef __half fp16;
 typedef struct {
     unsigned short bits;
 } act16;
+static_assert(sizeof(act16) == ACT16_BYTES, "act16 is 16 bits");
 static inline bf16 *as_bf16(act16 *p) { return (bf16 *)p; }
 static inline const bf16 *as_bf16(const act16 *p) { return (const bf16 *)p; }
 static inline fp16 *as_fp16(act16 *p) { return (fp16 *)p; }
@@ -113,6 +117,10 @@ void gpu_free(void *p);
 // Bytes allocated through gpu_malloc now, and the most ever at once.
 size_t gpu_bytes_in_use(void);
 size_t gpu_peak_bytes(void);
+// The number of gpu_malloc and gpu_malloc_managed calls so far: a training step
+// makes none (its buffers and workspaces are sized when the trainer is created),
+// which the tests check by this count.
+size_t gpu_malloc_count(void);
 
 // Managed memory (cudaMallocManaged; freed by gpu_free): on the GPU while
 // kernels use it, but under memory pressure the driver pages it out to the

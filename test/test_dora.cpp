@@ -391,5 +391,5 @@ TEST_CASE("dora: --plan counts the magnitude vectors, the w each adapted layer k
     double tokens = 64;
     CHECK(dora.activations_no_recompute - lora.activations_no_recompute == 3 * (tokens * 128 * 2 + 4 * 128));
     // scratch: the widest adapter's 2 x [tokens, out] 16-bit + [tokens, in] fp32 (down: in 160)
-    CHECK(dora.scratch - lora.scratch == tokens * (2.0 * 2 * 64 + 4.0 * 160));
+    CHECK(dora.adapter_scratch - lora.adapter_scratch == tokens * (2.0 * 2 * 64 + 4.0 * 160));
 }

@@ -107,12 +107,13 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     // q, k, v, o: 1 block each -> 1 + 4 + 4 = 9; gate, up, down: 2 blocks -> 2 + 4 + 4 = 10;
     // 4 * 9 + 3 * 10 = 66 per layer, 132 for 2.
     CHECK(p.quant_constants == 132);
-    // not linear: embed 32*8 = 256, final norm 8, 2 norms of 8 per layer = 32; 296 params * 2 bytes.
-    CHECK(p.base_other == 592);
+    // not linear: embed 32*8 = 256 params * 2 bytes; final norm 8, 2 norms of 8 per layer = 32; 40 fp32.
+    CHECK(p.base_other == 256 * 2 + 40 * 4);
     // LoRA: q 2*(8+8) = 32, down 2*(16+8) = 48; 80 per layer, 160 params; 4 bytes each, m and v 8.
     CHECK(p.lora_params == 640);
     CHECK(p.lora_grads == 640);
     CHECK(p.adam_moments == 1280);
+    CHECK(p.lora_copy == 160 * 2);
     // per block per token in bf16: xn1, xn2 2*8 + q, att 2*8 + k, v 2*4 + gate, up, h 3*16 + xa 2*2 = 92
     // values, 184 bytes; in fp32: x_mid 8 + the log-sum-exp of 2 heads = 10 values, 40 bytes; 224 bytes,
     // 1344 for 6 tokens. The residual stream is fp32 (as the GPU keeps it): (2 + 1) rows of 8, 96 bytes
@@ -123,18 +124,27 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
     CHECK(p.activations == 3360);
     CHECK(p.offloaded == 0);
     CHECK(p.paged == 0);
-    // backward: 4*8 + 3*16 + 2*8 + 2*4 = 104 per token, * 12 = 1248.
-    CHECK(p.backward_buffers == 1248);
-    // logits: 6 tokens * 32 * (4 bytes fp32 + 2 bytes of bf16 gradient) = 1152.
-    CHECK(p.logits == 1152);
+    // backward, widest = hidden 16: fp32 d_x, d_mid, d_normed 3*8 + d_wide, mask 2*16 = 56 values, 224
+    // bytes; bf16 dy 16 + d_gate, d_up 2*16 + d_q 8 + d_k, d_v 2*4 + a linear's output 8 = 72 values,
+    // 144 bytes; 368 per token, * 6 = 2208.
+    CHECK(p.backward_buffers == 2208);
+    // token ids, targets, positions, loss weights: 16 bytes per token.
+    CHECK(p.batch_inputs == 96);
+    // workspaces, each region rounded up to 256 bytes: the LM head + loss's for all 6 tokens at once:
+    // ids, targets, weights, losses 6 * 4 = 24 -> 256 each; x's rows 6 * 8 * 2 = 96 -> 256, their
+    // gradient 6 * 8 * 4 = 192 -> 256; logits 6 * 32 * 4 = 768, their bf16 gradient 384 -> 512:
+    // 6 * 256 + 768 + 512 = 2816. The gradient norm's: one block sum and the total, 2 doubles = 16.
+    CHECK(p.workspaces == 2816 + 16);
     // scratch: one layer's 576 linear params in bf16 = 1152.
     CHECK(p.scratch == 1152);
+    // LoRA scratch: d_xa 6 * 2 bf16 = 24 -> 256 bytes, then the widest input (down's 16) in fp32, 6 * 16 * 4.
+    CHECK(p.adapter_scratch == 256 + 384);
     // attention: head_dim 4 is not a multiple of 8, so the flash kind (the simple kind's
     // cuBLAS pointer arrays want 16-byte-aligned head slices): a float per (sequence,
     // head, token) = 4 * 2 * 2 * 3 = 48. (The simple kind's arithmetic: the 8B case below.)
     CHECK(p.attention == 48);
-    // 576 + 132 + 592 + 640 + 640 + 1280 + 3360 + 1248 + 1152 + 48 + 1152
-    CHECK(p.total == 10820);
+    // 576 + 132 + 672 + 640 + 640 + 1280 + 320 + 3360 + 2208 + 96 + 2832 + 48 + 1152 + 640
+    CHECK(p.total == 14596);
 
     SUBCASE("fp32 absmax: 10 blocks of 4 bytes per layer") {
         in.double_quant = 0;
@@ -158,8 +168,9 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
         in.loss_chunk = 4;
         memory_plan_compute(&c, &in, &p);
         CHECK(p.activations == 2016);
-        CHECK(p.logits == 4 * 32 * 6);
-        CHECK(p.total == 10820 - 3360 + 2016 - 1152 + 768);
+        // logits 4 * 32 * 4 = 512, their gradient 256; the other six regions as above
+        CHECK(p.workspaces == 6 * 256 + 512 + 256 + 16);
+        CHECK(p.total == 14596 - 3360 + 2016 - 2832 + 2320);
     }
     SUBCASE("recompute and offload: 3 rows of the stream on the GPU, block 0's input on the host") {
         // 2 layers: the GPU's 3 rows are as many as the 2 + 1 without offload; the host holds 1 row,
@@ -179,7 +190,7 @@ TEST_CASE("memory plan: a tiny config, every part by hand") {
         memory_plan_compute(&c, &in, &p);
         CHECK(p.adam_moments == 1280);
         CHECK(p.paged == 1280);
-        CHECK(p.total == 10820 - 1280);
+        CHECK(p.total == 14596 - 1280);
     }
 }
 
@@ -205,8 +216,9 @@ TEST_CASE("memory plan: SmolLM2-135M's NF4 base equals nf4_bytes_for over its 7 
         double constant_bits = 8 * p.quant_constants / params;
         if (double_quant) CHECK(constant_bits == doctest::Approx(0.127).epsilon(0.01));
         else CHECK(constant_bits == doctest::Approx(0.5).epsilon(0.001));
-        // everything else in bf16
-        CHECK(p.base_other == 2.0 * ((double)model_num_params(&c) - params));
+        // the embedding table in bf16, the 61 norms of 576 in fp32
+        CHECK(p.base_other == 2.0 * 49152 * 576 + 4.0 * 61 * 576);
+        CHECK(49152.0 * 576 + 61 * 576 + params == (double)model_num_params(&c));
     }
 }
 
@@ -256,13 +268,18 @@ TEST_CASE("memory plan: Llama-3.1-8B QLoRA, batch 1 x 2048, rank 16, recompute, 
     // Attention scratch: one head's scores 12 * 2048^2 bytes = 50.3 MB, so 10 heads at a time in
     // 512 MiB; plus d_k and d_v per query head, 2 * 4 * 2048 * 4096 bytes.
     CHECK(p.attention == 10.0 * 12 * 2048 * 2048 + 8.0 * 2048 * 4096);
-    // Logits for the GPU's chunk, 64 MiB / (4 * 128256) = 130 tokens at a time, fp32 + a bf16 gradient.
-    CHECK(p.logits == 130.0 * 128256 * 6);
+    // Workspaces: logits for the GPU's chunk, 64 MiB / (4 * 128256) = 130 tokens at a time, fp32 + a
+    // bf16 gradient (both multiples of 256 bytes); the 2048 tokens' rows of x in bf16 and their fp32
+    // gradient, 6 * 2048 * 4096; 4 * 4 bytes per token of ids, targets, weights, losses; and the
+    // gradient norm's 1024 block sums and total, 1025 doubles.
+    CHECK(p.workspaces == 130.0 * 128256 * 6 + 6.0 * 2048 * 4096 + 16.0 * 2048 + 1025 * 8);
     // The residual stream with recompute: 33 fp32 rows of 2048 x 4096, 1.03 GiB.
     double stream = 33.0 * 2048 * 4096 * 4;
     CHECK(stream / GIB == doctest::Approx(1.03).epsilon(0.01));
-    // about 8.5 GB in all: comfortably inside a 24 GB card even with the CUDA context.
-    CHECK(p.total / GIB == doctest::Approx(8.55).epsilon(0.01));
+    // about 9 GB in all: comfortably inside a 24 GB card even with the CUDA context. (Of it one
+    // block's backward buffers, 0.52 GiB: fp32 d_wide and the dropout mask are [2048, 14336].)
+    CHECK(p.backward_buffers / GIB == doctest::Approx(0.516).epsilon(0.01));
+    CHECK(p.total / GIB == doctest::Approx(9.03).epsilon(0.01));
     // --offload: the GPU keeps 3 of the 33 rows, the host the inputs of blocks 0..30 (0.97 GiB);
     // --paged-optim: AdamW's 0.31 GiB of m and v move out of the total too
     in.offload = 1;
@@ -339,8 +356,9 @@ TEST_CASE("memory plan: the printed table names every part and both activation s
     std::string s(text);
     std::free(text);
     for (const char *part : {"base linear weights (NF4 codes)", "quantization constants (double quant)",
-                             "embeddings, LM head, norms (bf16)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
-                             "AdamW m and v (fp32)", "activations (bf16, recompute off)", "logits (fp32) and their gradient",
+                             "embeddings, LM head (bf16), norms (fp32)", "LoRA parameters (fp32)", "LoRA gradients (fp32)",
+                             "AdamW m and v (fp32)", "activations (bf16, recompute off)",
+                             "workspaces (LM head + loss, gradient norm)",
                              "one block dequantized (scratch)", "total", "without recompute", "with it",
                              "fits in 8 GB with "})
         CHECK_MESSAGE(s.find(part) != std::string::npos, part);

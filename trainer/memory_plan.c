@@ -1,7 +1,11 @@
 // trainer/memory_plan.c: the memory arithmetic of a training run (see trainer/memory_plan.h).
 #include "trainer/memory_plan.h"
+#include "adamw.h"
 #include "nf4.h"
+#include "ops/cross_entropy.h"
+#include "ops/workspace.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -32,10 +36,13 @@ static double linear_params_per_layer(const Config *c) {
     return params;
 }
 
-// The frozen model: linear weights (NF4 codes + constants, or plain), the rest plain.
+// The frozen model: linear weights (NF4 codes + constants, or plain), the embedding
+// table (and an untied LM head) plain, the norms and biases in fp32.
 static void plan_base(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     double linear_params = linear_params_per_layer(c) * c->n_layers;
-    p->base_other = ((double)model_num_params(c) - linear_params) * in->weight_bytes;
+    double tables = (double)c->vocab_size * c->dim * (c->tied_embeddings ? 1 : 2);
+    double norms_and_biases = (double)model_num_params(c) - linear_params - tables;
+    p->base_other = tables * in->weight_bytes + norms_and_biases * FP32_BYTES;
     if (!in->quant_nf4) {
         p->base_linear = linear_params * in->weight_bytes;
         return;
@@ -65,7 +72,8 @@ static double adapted_outputs(const Config *c, const PlanInputs *in) {
 }
 
 // The adapters: A [rank, in] and B [out, rank] per enabled target and layer
-// (with DoRA also m [out]), fp32 parameters, fp32 gradients, and AdamW's fp32 m and v.
+// (with DoRA also m [out]), fp32 parameters, fp32 gradients, and AdamW's fp32 m and v;
+// and the parameters' 16-bit copy that the GEMMs read.
 static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     int64_t ins[N_LINEARS], outs[N_LINEARS];
     target_shapes(c, ins, outs);
@@ -78,6 +86,7 @@ static void plan_lora(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     p->lora_params = 4 * params;
     p->lora_grads = 4 * params;
     p->adam_moments = 8 * params;
+    p->lora_copy = in->activation_bytes * params;
 }
 
 static int enabled_targets(const PlanInputs *in) {
@@ -98,28 +107,53 @@ static double block_bytes_per_token(const Config *c, const PlanInputs *in) {
 }
 
 // DoRA's per-block extras that are not per token (its fp32 row norms), and its
-// GPU scratch: 2 x [tokens, out] 16-bit + [tokens, in] fp32 for the widest adapter
-// (dora_scratch_bytes_gpu, without its alignment padding).
+// GPU scratch: 2 x [tokens, out] 16-bit (each 256-byte aligned) + [tokens, in] fp32
+// for the widest adapter (dora_scratch_bytes_gpu).
 static double dora_block_norm_bytes(const Config *c, const PlanInputs *in) {
     return in->dora ? 4.0 * adapted_outputs(c, in) : 0.0;
 }
 static double dora_scratch_bytes(const Config *c, const PlanInputs *in) {
     int64_t ins[N_LINEARS], outs[N_LINEARS];
     target_shapes(c, ins, outs);
-    double tokens = (double)in->batch * in->seq_len, largest = 0;
+    size_t tokens = (size_t)in->batch * in->seq_len;
+    double largest = 0;
     for (int t = 0; in->dora && t < N_LINEARS; t++) {
-        double bytes = tokens * (2.0 * in->activation_bytes * outs[t] + 4.0 * ins[t]);
+        size_t out_region = workspace_round_up(tokens * in->activation_bytes * (size_t)outs[t]);
+        double bytes = 2.0 * out_region + FP32_BYTES * tokens * ins[t];
         if (in->enabled[t] && bytes > largest) largest = bytes;
     }
     return largest;
 }
 
-// Values per token of one block's backward:
-// d_x, d_normed, d_mid, d_norm [dim]; d_h, d_gate, d_up [hidden]; d_att, d_q [q_dim]; d_k, d_v [kv_dim].
-static double backward_values_per_token(const Config *c) {
-    double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
-    return 4.0 * c->dim + 3.0 * c->hidden_dim + 2 * q_dim + 2 * kv_dim;
+// The GPU's LoRA scratch, for the widest of the seven linears (the trainer sizes it for
+// all seven): d_xa [tokens, rank] 16-bit, 256-byte aligned, then [tokens, in] fp32
+// (lora_scratch_bytes_gpu).
+static double lora_scratch_bytes(const Config *c, const PlanInputs *in) {
+    int64_t ins[N_LINEARS], outs[N_LINEARS];
+    target_shapes(c, ins, outs);
+    size_t tokens = (size_t)in->batch * in->seq_len;
+    double d_xa = (double)workspace_round_up(tokens * in->activation_bytes * (size_t)in->rank), largest = 0;
+    for (int t = 0; t < N_LINEARS; t++) {
+        double bytes = d_xa + FP32_BYTES * tokens * ins[t];
+        if (bytes > largest) largest = bytes;
+    }
+    return largest;
 }
+
+// Bytes per token of one block's backward buffers (trainer/train_gpu.cu's alloc_buffers), with
+// widest = max(dim, hidden, q_dim): in fp32 d_x, d_mid, d_normed [dim], d_wide and the dropout
+// mask [widest]; in the activation type dy [widest], d_gate, d_up [hidden], d_q [q_dim],
+// d_k, d_v [kv_dim] and a linear's output [dim].
+static double backward_bytes_per_token(const Config *c, const PlanInputs *in) {
+    double q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
+    double widest = fmax(fmax((double)c->dim, (double)c->hidden_dim), q_dim);
+    double fp32 = 3.0 * c->dim + 2 * widest;
+    double act = widest + 2.0 * c->hidden_dim + q_dim + 2 * kv_dim + c->dim;
+    return fp32 * FP32_BYTES + act * in->activation_bytes;
+}
+
+// The token ids, targets, positions and loss weights of a micro-batch: 4 bytes each per token.
+static const double BATCH_INPUT_BYTES_PER_TOKEN = 16.0;
 
 static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *p) {
     double tokens = (double)in->batch * in->seq_len;
@@ -135,10 +169,18 @@ static void plan_activations(const Config *c, const PlanInputs *in, MemoryPlan *
     p->activations = in->recompute ? p->activations_recompute : p->activations_no_recompute;
     // offload: the inputs of blocks 0 .. L-2 (backward starts with the last one's, on the GPU)
     p->offloaded = offload && c->n_layers > 1 ? (c->n_layers - 1.0) * row : 0.0;
-    p->backward_buffers = backward_values_per_token(c) * bytes_per_value;
-    double logit_tokens = in->loss_chunk > 0 && in->loss_chunk < tokens ? in->loss_chunk : tokens;
-    // fp32 logits [tokens, vocab] and their gradient in the activation type
-    p->logits = logit_tokens * c->vocab_size * (4 + in->activation_bytes);
+    p->backward_buffers = backward_bytes_per_token(c, in) * tokens;
+    p->batch_inputs = BATCH_INPUT_BYTES_PER_TOKEN * tokens;
+}
+
+// The GPU step's workspaces, by the functions that size them in the trainer: the LM
+// head + loss's for every token of the micro-batch (loss_chunk tokens of logits at a
+// time, all when 0), and the gradient norm's for every trainable parameter.
+static void plan_workspaces(const Config *c, const PlanInputs *in, MemoryPlan *p) {
+    size_t tokens = (size_t)in->batch * in->seq_len, n_params = (size_t)(p->lora_params / 4);
+    int chunk_tokens = in->loss_chunk > 0 ? in->loss_chunk : INT_MAX;
+    p->workspaces = (double)lm_head_cross_entropy_workspace_bytes(tokens, c->dim, c->vocab_size, chunk_tokens) +
+                    (double)sum_squares_workspace_bytes(n_params);
 }
 
 // The GPU attention's scratch (ops/attention.cu, trainer/train_gpu.cu): the simple kind keeps
@@ -165,12 +207,14 @@ void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out)
     plan_base(c, in, out);
     plan_lora(c, in, out);
     plan_activations(c, in, out);
+    plan_workspaces(c, in, out);
     plan_attention(c, in, out);
-    out->scratch += dora_scratch_bytes(c, in);
+    out->adapter_scratch = lora_scratch_bytes(c, in) + dora_scratch_bytes(c, in);
     out->paged = in->paged_optim ? out->adam_moments : 0.0;
     out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
-                 out->adam_moments - out->paged + out->activations + out->backward_buffers + out->logits +
-                 out->attention + out->scratch;
+                 out->adam_moments - out->paged + out->lora_copy + out->activations + out->backward_buffers +
+                 out->batch_inputs + out->workspaces + out->attention + out->scratch +
+                 out->adapter_scratch;
 }
 
 // ---- the verdict -------------------------------------------------------------
@@ -276,7 +320,7 @@ int memory_plan_verdict(const Config *c, const PlanInputs *in, const MemoryPlan 
     append(text, text_size, "does not fit in %g GB: needs %.1f GB", gpu_mem_gb, p->total / BYTES_PER_GB);
     // what no batch or sequence length changes
     double fixed = p->base_linear + p->quant_constants + p->base_other + p->scratch + p->lora_params +
-                   p->lora_grads + p->adam_moments - p->paged;
+                   p->lora_grads + p->adam_moments - p->paged + p->lora_copy;
     if (fixed > limit) {
         append(text, text_size, ", and the weights and LoRA state alone need %.1f GB; %s", fixed / BYTES_PER_GB,
                in->quant_nf4 ? "use a smaller model or a bigger GPU" : "use --quant nf4");
@@ -331,11 +375,13 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
     if (in->quant_nf4)
         print_row(out, in->double_quant ? "quantization constants (double quant)" : "quantization constants (fp32)",
                   p->quant_constants, p->total);
-    snprintf(label, sizeof label, "embeddings, LM head, norms (%s)", number_type_name(in->weight_bytes));
+    snprintf(label, sizeof label, "embeddings, LM head (%s), norms (fp32)", number_type_name(in->weight_bytes));
     print_row(out, label, p->base_other, p->total);
     print_row(out, in->dora ? "LoRA + DoRA parameters (fp32)" : "LoRA parameters (fp32)", p->lora_params, p->total);
     if (in->dora) print_row(out, "  of which DoRA magnitude vectors", p->dora_magnitudes, p->total);
     print_row(out, "LoRA gradients (fp32)", p->lora_grads, p->total);
+    snprintf(label, sizeof label, "LoRA parameters' %s copy (the GEMMs')", number_type_name(in->activation_bytes));
+    print_row(out, label, p->lora_copy, p->total);
     if (in->paged_optim)
         fprintf(out, "  %-44s %11.1f MiB (paged, not in the total)\n", "AdamW m and v (fp32)",
                 p->adam_moments / BYTES_PER_MIB);
@@ -345,11 +391,12 @@ void memory_plan_print(const Config *c, const PlanInputs *in, const MemoryPlan *
              in->recompute ? "on" : "off", in->recompute && in->offload ? ", offload" : "");
     print_row(out, label, p->activations, p->total);
     print_row(out, "backward buffers (one block's gradients)", p->backward_buffers, p->total);
-    print_row(out, "logits (fp32) and their gradient", p->logits, p->total);
+    print_row(out, "token ids, targets, positions, loss weights", p->batch_inputs, p->total);
+    print_row(out, "workspaces (LM head + loss, gradient norm)", p->workspaces, p->total);
     print_row(out, "attention scratch (scores of several heads)", p->attention, p->total);
-    if (in->quant_nf4 || in->dora)
-        print_row(out, in->dora ? "scratch (one block dequantized, DoRA's layer)" : "one block dequantized (scratch)",
-                  p->scratch, p->total);
+    if (in->quant_nf4) print_row(out, "one block dequantized (scratch)", p->scratch, p->total);
+    print_row(out, in->dora ? "LoRA + DoRA scratch (the widest linear)" : "LoRA scratch (the widest linear)",
+              p->adapter_scratch, p->total);
     fprintf(out, "  %-44s %11.1f MiB (%.2f GB)\n", "total", p->total / BYTES_PER_MIB, p->total / BYTES_PER_GB);
     double base = p->base_linear + p->quant_constants + p->base_other;
     double all_params = (double)model_num_params(c);

@@ -7,11 +7,12 @@
 //   quant constants       fp32 absmax per 64 values (0.5 bit/param), or with double
 //                         quant a byte per 64 + fp32 absmax2 per 256 blocks + offset
 //                         (~0.127 bit/param); exactly nf4_bytes_for() minus the codes
-//   base other            embeddings, LM head (when untied), norms, biases: weight_bytes
+//   base other            embeddings, LM head (when untied): weight_bytes; norms, biases: fp32
 //   LoRA params, grads    fp32; AdamW m and v fp32: 16 bytes per trainable parameter
 //                         (with DoRA also a magnitude per output row of each adapted matrix);
 //                         with paged AdamW m and v are managed memory the driver pages
-//                         to the host under pressure: counted as paged, not in the total
+//                         to the host under pressure: counted as paged, not in the total;
+//                         and a copy of the parameters in the activation type (the GEMMs')
 //   activations           what backward reads (trainer/train_gpu.h's GpuActivations):
 //                         per block xn1, xn2 [dim], q, att [q_dim], k, v [kv_dim],
 //                         gate, up, h [hidden], xa [rank] per adapter (with DoRA also
@@ -24,20 +25,30 @@
 //                         offload 3 rows of it (trainer/offload.h) and the inputs of
 //                         blocks 0 .. L-2 wait in pinned host memory (offloaded).
 //                         Attention's backward recomputes its scores from q, k, v.
-//   backward buffers      one block's gradients: d_x, d_normed, d_mid, d_norm [dim],
-//                         d_h, d_gate, d_up [hidden], d_att, d_q [q_dim], d_k, d_v [kv_dim]
-//   logits                fp32 [tokens, vocab] for loss_chunk tokens at a time (all N
-//                         when 0), and their gradient in the activation type
+//   backward buffers      one block's gradients (widest = max(dim, hidden, q_dim)): in
+//                         fp32 d_x, d_mid, d_normed [dim], d_wide and the dropout mask
+//                         [widest]; in the activation type dy [widest], d_gate, d_up
+//                         [hidden], d_q [q_dim], d_k, d_v [kv_dim], a linear's output [dim]
+//   batch inputs          token ids, targets, positions, loss weights: 16 bytes per token
+//   workspaces            the GPU step's, allocated once (ops/workspace.h), by the size
+//                         functions the step's own checks use: the LM head + loss's
+//                         (lm_head_cross_entropy_workspace_bytes: fp32 logits [tokens,
+//                         vocab] for loss_chunk tokens at a time (all N when 0) and their
+//                         16-bit gradient, the rows of x gathered for all N tokens in
+//                         16-bit and their gradient in fp32, 16 bytes per token of ids,
+//                         targets, weights and losses), and the gradient norm's block
+//                         sums (sum_squares_workspace_bytes, at most 8200 bytes)
 //   attention             the GPU attention's scratch: 12 bytes per score for as many
 //                         heads at a time as 512 MiB holds, plus d_k, d_v per query
 //                         head in fp32 [N, q_dim] (or, when one head does not fit, the
 //                         flash kernel's float per sequence, head and token)
-//   scratch               one block's seven linear weights dequantized (weight_bytes);
-//                         with DoRA also dora_scratch_bytes_gpu for the widest adapter
-// Not counted: the CUDA context and allocator slack (about half a GB), the
-// tokens and targets, the counted tokens' rows the LM head gathers (at most
-// 6 bytes per token and dim: bf16 rows, fp32 gradient), and small per-kernel
-// workspaces.
+//   scratch               one block's seven linear weights dequantized (weight_bytes)
+//   adapter scratch       lora_scratch_bytes_gpu for the widest linear, and with DoRA
+//                         dora_scratch_bytes_gpu for the widest adapter
+// test/gpu/test_gpu_placement.cu checks the total against what the GPU trainer
+// allocates. Not counted: the CUDA context and allocator slack (about half a GB),
+// cuBLAS's own workspace, and a few bytes (RoPE's frequencies; the double-quant
+// offset, counted here, stays on the host; the simple attention's pointer arrays).
 //
 // "GB" in the printed plan and the verdict is 2^30 bytes, as GPU memory is
 // sold: a "24 GB" card holds 24 GiB.
@@ -80,13 +91,16 @@ typedef struct {
     double dora_magnitudes;           // of which DoRA's magnitude vectors (0 without)
     double lora_grads;
     double adam_moments;
+    double lora_copy;                 // the parameters in the activation type, for the GEMMs
     double activations;               // the chosen one of the two below
     double activations_no_recompute;
     double activations_recompute;     // with offload when it is on
     double backward_buffers;
-    double logits;
+    double batch_inputs;              // token ids, targets, positions, loss weights
+    double workspaces;                // the LM head + loss's and the gradient norm's
     double attention;
-    double scratch;
+    double scratch;                   // one block's linear weights dequantized (NF4)
+    double adapter_scratch;           // the LoRA (and DoRA) layer's, for the widest linear
     double total;                     // on the GPU: paged and offloaded are not in it
     double paged;                     // AdamW's m and v when paged (managed memory)
     double offloaded;                 // block inputs in pinned host memory

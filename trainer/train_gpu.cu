@@ -218,6 +218,17 @@ void gpu_trainer_set_attention(GpuTrainer *g, AttentionKernel kind) {
     g->attention_scratch = alloc_counted(g->attention_scratch_bytes, "attention scratch", &g->memory.scratch);
 }
 
+// The workspaces of the loss and the gradient norm, for the largest micro-batch and every parameter.
+static void alloc_workspaces(GpuTrainer *g) {
+    const Config *c = &g->c;
+    size_t *counter = &g->memory.workspace;
+    g->loss_workspace_bytes = lm_head_cross_entropy_workspace_bytes(g->max_tokens, c->dim, c->vocab_size,
+                                                                    lm_head_chunk_tokens_gpu(c->vocab_size));
+    g->loss_workspace = alloc_counted(g->loss_workspace_bytes, "LM head + loss workspace", counter);
+    g->norm_workspace_bytes = sum_squares_workspace_bytes(g->n_params);
+    g->norm_workspace = alloc_counted(g->norm_workspace_bytes, "gradient norm workspace", counter);
+}
+
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
                       const StepOptions *opt, int max_seqs, int max_seq_len, const GpuPlacement *placement) {
     memset(g, 0, sizeof *g);
@@ -239,6 +250,7 @@ void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int do
     upload_base(g, model, double_quant);
     alloc_lora(g, lora);
     alloc_buffers(g);
+    alloc_workspaces(g);
 }
 
 void gpu_trainer_free(GpuTrainer *g) {
@@ -265,7 +277,7 @@ void gpu_trainer_free(GpuTrainer *g) {
     gpu_free(g->normed); gpu_free(g->d_x); gpu_free(g->d_mid); gpu_free(g->d_normed); gpu_free(g->d_wide);
     gpu_free(g->dy); gpu_free(g->d_gate); gpu_free(g->d_up); gpu_free(g->d_q); gpu_free(g->d_k); gpu_free(g->d_v);
     gpu_free(g->tmp); gpu_free(g->keep); gpu_free(g->lora_scratch); gpu_free(g->dora_scratch);
-    gpu_free(g->attention_scratch);
+    gpu_free(g->attention_scratch); gpu_free(g->loss_workspace); gpu_free(g->norm_workspace);
     memset(g, 0, sizeof *g);
 }
 
@@ -278,10 +290,11 @@ void gpu_trainer_print_memory(const GpuTrainer *g, FILE *out) {
             gpu_device_name(), gpu_bytes_in_use() / mib, gpu_peak_bytes() / mib, (total_bytes - free_bytes) / mib,
             total_bytes / mib);
     fprintf(out, "  base %s %.1f MiB + constants %.1f MiB | embeddings, norms %.1f MiB | LoRA + AdamW %.1f MiB | "
-                 "activations %.1f MiB | scratch %.1f MiB (attention: %s)\n",
+                 "activations %.1f MiB | scratch %.1f MiB (attention: %s) | workspace %.1f MiB (LM head + loss, "
+                 "gradient norm)\n",
             g->quant == QUANT_NF4 ? "NF4 codes" : "16-bit weights", m->base_codes / mib, m->base_constants / mib,
             m->embeddings / mib, m->lora_and_adam / mib, m->activations / mib, m->scratch / mib,
-            attention_kind_name(g->attention));
+            attention_kind_name(g->attention), m->workspace / mib);
     if (g->placement.paged_optim)
         fprintf(out, "  paged AdamW: m and v (%.1f MiB) in managed memory, prefetched to the GPU for each update; "
                      "under memory pressure the driver pages them to the host (not in the figures above)\n",
@@ -508,7 +521,7 @@ double gpu_train_micro_batch(GpuTrainer *g, const Batch *batch, uint64_t dropout
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
     double loss_sum = lm_head_cross_entropy_gpu(g->d_normed, g->normed, g->lm_head, g->targets,
                                                 s.weighted ? g->loss_weights : NULL, s.n, c->dim, c->vocab_size,
-                                                grad_scale, n_counted);
+                                                grad_scale, n_counted, g->loss_workspace, g->loss_workspace_bytes);
     CUDA_CHECK(cudaMemset(g->d_x, 0, sizeof(float) * n_dim));
     rmsnorm_backward_gpu(g->d_x, g->d_normed, stream_row(g, c->n_layers, n_dim), g->final_norm, s.n, c->dim,
                          c->norm_eps);
@@ -532,14 +545,16 @@ double gpu_loss(GpuTrainer *g, const Batch *batch, int *n_counted) {
     model_forward(g, &s, 0);
     const float *weights = s.weighted ? g->loss_weights : NULL;
     return lm_head_cross_entropy_gpu(NULL, g->normed, g->lm_head, g->targets, weights, s.n, c->dim, c->vocab_size,
-                                     0.0, n_counted);
+                                     0.0, n_counted, g->loss_workspace, g->loss_workspace_bytes);
 }
 
 // ---- optimizer side ------------------------------------------------------------------
 
 void gpu_zero_grads(GpuTrainer *g) { CUDA_CHECK(cudaMemset(g->grads, 0, sizeof(float) * g->n_params)); }
 
-double gpu_grad_norm(GpuTrainer *g) { return sqrt(sum_squares_gpu(g->grads, g->n_params)); }
+double gpu_grad_norm(GpuTrainer *g) {
+    return sqrt(sum_squares_gpu(g->grads, g->n_params, g->norm_workspace, g->norm_workspace_bytes));
+}
 
 void gpu_scale_grads(GpuTrainer *g, float scale) { scale_gpu(g->grads, g->n_params, scale); }
 

@@ -46,8 +46,10 @@ typedef struct {
 
 // Where the GPU memory goes, for the start-up report; paged and offloaded are
 // not on the GPU's count: managed memory the driver may page out, pinned host memory.
+// workspace: the LM head + loss's and the gradient norm's (allocated with the rest,
+// so that a step allocates nothing).
 typedef struct {
-    size_t base_codes, base_constants, embeddings, lora_and_adam, activations, scratch;
+    size_t base_codes, base_constants, embeddings, lora_and_adam, activations, scratch, workspace;
     size_t paged, offloaded;
 } GpuMemoryUse;
 
@@ -109,13 +111,18 @@ typedef struct {
     void *dora_scratch;                  // dora_scratch_bytes_gpu for the widest adapter (DoRA only)
     void *attention_scratch;
     size_t attention_scratch_bytes;
+    void *loss_workspace;                // lm_head_cross_entropy_gpu's, for max_tokens counted tokens
+    size_t loss_workspace_bytes;
+    void *norm_workspace;                // sum_squares_gpu's, for the n_params gradients
+    size_t norm_workspace_bytes;
     GpuMemoryUse memory;
 } GpuTrainer;
 
 // Uploads the model (quantizing the linear weights to NF4 on the GPU when
 // quant == QUANT_NF4) and the adapters' initial values, and allocates
-// buffers for up to max_seqs sequences of max_seq_len tokens; placement NULL:
-// everything on the GPU. Offload without recompute exits (status 2).
+// buffers and workspaces for up to max_seqs sequences of max_seq_len tokens
+// (the steps below allocate no device memory); placement NULL: everything on
+// the GPU. Offload without recompute exits (status 2).
 void gpu_trainer_init(GpuTrainer *g, const Model *model, QuantMode quant, int double_quant, const LoraSet *lora,
                       const StepOptions *opt, int max_seqs, int max_seq_len, const GpuPlacement *placement = NULL);
 void gpu_trainer_free(GpuTrainer *g);

@@ -192,7 +192,12 @@ int main(void) {
     int *targets_d = (int *)gpu_malloc(sizeof(int) * n, "targets");
     gpu_upload(targets_d, targets.data(), sizeof(int) * n);
     int counted = 0;
-    ms = time_ms([&] { lm_head_cross_entropy_gpu(dx, xn, lm_head, targets_d, NULL, n, dim, vocab, 1e-4, &counted); }, 5);
+    size_t loss_workspace_bytes = lm_head_cross_entropy_workspace_bytes(n, dim, vocab, lm_head_chunk_tokens_gpu(vocab));
+    void *loss_workspace = gpu_malloc(loss_workspace_bytes, "LM head + loss workspace");
+    ms = time_ms([&] {
+        lm_head_cross_entropy_gpu(dx, xn, lm_head, targets_d, NULL, n, dim, vocab, 1e-4, &counted, loss_workspace,
+                                  loss_workspace_bytes);
+    }, 5);
     report_flops("lm_head_cross_entropy_gpu (fwd+bwd)", 2.0 * 2.0 * n * (double)dim * vocab, ms, gemm_tflops);
 
     // AdamW over the default run's 4.9M LoRA parameters
@@ -205,7 +210,9 @@ int main(void) {
     int64_t step = 1;
     ms = time_ms([&] { adamw_step_gpu(p, g, m, v, n_params, step++, &config, 1e-4f); }, 20);
     report_bandwidth("adamw_step_gpu (4.9M params)", 7.0 * 4.0 * n_params, ms, copy_gbs);
-    ms = time_ms([&] { sum_squares_gpu(g, n_params); }, 20);
+    size_t norm_workspace_bytes = sum_squares_workspace_bytes(n_params);
+    void *norm_workspace = gpu_malloc(norm_workspace_bytes, "sum of squares workspace");
+    ms = time_ms([&] { sum_squares_gpu(g, n_params, norm_workspace, norm_workspace_bytes); }, 20);
     report_bandwidth("sum_squares_gpu (4.9M)", 4.0 * n_params, ms, copy_gbs);
     return 0;
 #endif

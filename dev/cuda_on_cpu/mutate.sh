@@ -152,6 +152,15 @@ m cache_attention_no_sync lib/ops/attention.cu \
 m forward_gpu_no_down_lora lib/infer/forward_gpu.cu \
   '    add_lora(s->proj, s->gate, c, adapter, s, layer, LINEAR_DOWN, n);' \
   '' 'gpu serve*'
+# the gradient norm allocating its block sums per call, as it did before it took a workspace
+m step_allocates lib/adamw.cu \
+  '    double *sums = (double *)workspace;' \
+  '    double *sums = (double *)workspace;
+    gpu_free(gpu_malloc(sizeof(double), "block sums"));' 'gpu placement: a training step allocates*'
+# the LM head + loss's layout placing the rows' fp32 gradient over the gathered rows (zeroed before use)
+m lm_head_regions_overlap lib/ops/cross_entropy.cu \
+  '    l.d_counted = workspace_region(&used, sizeof(float) * m * dim);' \
+  '    l.d_counted = l.x_counted;' 'gpu: lm_head_cross_entropy*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += to_float(y[i]);' \

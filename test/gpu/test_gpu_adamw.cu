@@ -80,13 +80,23 @@ TEST_CASE("gpu: sum_squares_gpu matches a double sum and is the same on every ru
         double want = 0.0;
         for (size_t i = 0; i < n; i++) want += (double)x[i] * (double)x[i];
         float *d_x = upload_floats(x, "x");
-        double first = sum_squares_gpu(d_x, n);
-        double second = sum_squares_gpu(d_x, n);
+        size_t workspace_bytes = sum_squares_workspace_bytes(n);
+        void *workspace = gpu_malloc(workspace_bytes, "sum of squares workspace");
+        gpu_poison(workspace, workspace_bytes);
+        size_t mallocs = gpu_malloc_count();
+        double first = sum_squares_gpu(d_x, n, workspace, workspace_bytes);
+        double second = sum_squares_gpu(d_x, n, workspace, workspace_bytes);
+        CHECK(gpu_malloc_count() == mallocs);   // the block sums are in the workspace
+        gpu_free(workspace);
         gpu_free(d_x);
         CHECK(fabs(first - want) <= 1e-12 * want);
         CHECK(memcmp(&first, &second, sizeof(double)) == 0);
     }
-    CHECK(sum_squares_gpu(NULL, 0) == 0.0);
+    CHECK(sum_squares_gpu(NULL, 0, NULL, 0) == 0.0);
+    // the block sums and the total: one block for up to 256 values, at most 1024 blocks
+    CHECK(sum_squares_workspace_bytes(1) == 2 * sizeof(double));
+    CHECK(sum_squares_workspace_bytes(257) == 3 * sizeof(double));
+    CHECK(sum_squares_workspace_bytes(5000011) == 1025 * sizeof(double));
 }
 
 TEST_CASE("gpu: scale_gpu multiplies exactly as the CPU") {

@@ -217,16 +217,21 @@ static void check_lm_head(int n, int dim, int vocab, int chunk_tokens, int uncou
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
     float *d_weights = upload_weights(weights);
-    size_t in_use = gpu_bytes_in_use();
     lm_head_set_chunk_tokens_gpu(chunk_tokens);
+    // the workspace for every token counted (more than these targets need), NaN-filled
+    size_t workspace_bytes = lm_head_cross_entropy_workspace_bytes(n, dim, vocab, lm_head_chunk_tokens_gpu(vocab));
+    void *workspace = gpu_malloc(workspace_bytes, "LM head + loss workspace");
+    gpu_poison(workspace, workspace_bytes);
+    size_t mallocs = gpu_malloc_count();
     int count = -1;
     double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, d_weights, n, dim, vocab, grad_scale,
-                                            &count);
+                                            &count, workspace, workspace_bytes);
     int count_forward_only = -1;
     double loss_forward_only = lm_head_cross_entropy_gpu(NULL, d_xin, d_weight, d_targets, d_weights, n, dim, vocab,
-                                                         grad_scale, &count_forward_only);
+                                                         grad_scale, &count_forward_only, workspace, workspace_bytes);
     lm_head_set_chunk_tokens_gpu(0);
-    CHECK(gpu_bytes_in_use() == in_use);   // the chunk buffers are freed
+    CHECK(gpu_malloc_count() == mallocs);   // everything in the workspace
+    gpu_free(workspace);
 
     // loss: 1e-3 relative (fp32 logits from the same bf16 inputs; the GEMM sums in another order)
     CHECK(count == want_count);
@@ -283,7 +288,9 @@ TEST_CASE("gpu: lm_head_cross_entropy_gpu on a batch with no counted target: los
     int *d_targets = upload_ints(targets, "targets");
     float *d_d_x = upload_floats(d_x_before, "d_x");
     int count = -1;
-    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, NULL, n, dim, vocab, 0.5, &count);
+    // no workspace: with no token counted none is needed
+    double loss = lm_head_cross_entropy_gpu(d_d_x, d_xin, d_weight, d_targets, NULL, n, dim, vocab, 0.5, &count, NULL,
+                                            0);
     CHECK(loss == 0.0);
     CHECK(count == 0);
     std::vector<float> got_d_x = download_floats(d_d_x, (size_t)n * dim);

@@ -6,8 +6,10 @@
 // step, dropout, clipping, a validation loss each step) give the same losses,
 // gradient norms, parameters and moments, bit for bit; and a trainer of each
 // placement that takes over from a downloaded state (a resume) goes on with the
-// same step. And ./train --plan's arithmetic (trainer/memory_plan.h) counts the
-// activations, paged and offloaded bytes the trainer allocates. On the CPU
+// same step. A step allocates no device memory under any placement (every buffer
+// and workspace is sized at creation). And ./train --plan's arithmetic
+// (trainer/memory_plan.h) counts the activations, paged and offloaded bytes the
+// trainer allocates, and in all what it holds, to a few hundred bytes. On the CPU
 // emulation (dev/cuda_on_cpu) the copy stream runs its copies as late as the
 // events allow, so a missing wait shows here (dev/cuda_on_cpu/mutate.sh removes
 // each one).
@@ -21,6 +23,7 @@
 #include "gpu_test_util.h"
 #include "lora.h"
 #include "model.h"
+#include "ops/cross_entropy.h"
 #include "trainer/grad_scaler.h"
 #include "trainer/memory_plan.h"
 #include "trainer/train_gpu.h"
@@ -199,24 +202,88 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
     model_free(&model);
 }
 
+// No device allocation inside a step: gpu_malloc_count() stays where trainer
+// creation left it through a whole optimizer step (micro-batches, gradient norm,
+// clipping, AdamW, the validation loss) and a micro-batch with loss weights and
+// packed samples (the loss's optional buffers), with and without recompute, with
+// paged AdamW and offload, and with DoRA. Every buffer and workspace is sized at creation.
+TEST_CASE("gpu placement: a training step allocates no device memory (every placement, LoRA and DoRA)") {
+    uint64_t seed = fresh_seed();
+    INFO("seed " << seed);
+    Config c = placement_config();
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, seed, err, sizeof err) == 0);
+    std::vector<TokenBatch> data;
+    for (int i = 0; i < MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, seed + 10 + i));
+    // two samples of half a sequence each, every counted target weighing 0.5
+    TokenBatch packed = random_tokens(c.vocab_size, seed + 99);
+    std::vector<int> positions;
+    std::vector<float> weights(packed.tokens.size(), 0.5f);
+    for (size_t i = 0; i < packed.tokens.size(); i++) positions.push_back((int)(i % SEQ_LEN) % (SEQ_LEN / 2));
+    Batch packed_batch = packed.batch();
+    packed_batch.weights = weights.data();
+    packed_batch.positions = positions.data();
+    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+    // {dora, recompute, paged AdamW, offload}
+    const int runs[4][4] = {{0, 0, 0, 0}, {0, 1, 0, 0}, {0, 1, 1, 1}, {1, 0, 0, 0}};
+    for (const int *run : runs) {
+        int dora = run[0], recompute = run[1];
+        GpuPlacement placement = {run[2], run[3]};
+        INFO("dora " << dora << ", recompute " << recompute << ", paged and offload " << placement.offload);
+        LoraSet lora;
+        REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.1f, seed, dora) == 0);
+        StepOptions opt = {8, 2.0f, 0.1f, 0, recompute};
+        GpuTrainer g;
+        gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
+        size_t mallocs = gpu_malloc_count(), in_use = gpu_bytes_in_use();
+        train_step(&g, data, 0);
+        // the device's own count after a first step (on a GPU it includes what cuBLAS
+        // allocates for itself on first use): no later step moves it either
+        size_t device_free = 0, device_total = 0;
+        CUDA_CHECK(cudaMemGetInfo(&device_free, &device_total));
+        int counted = 0;
+        gpu_zero_grads(&g);
+        gpu_train_micro_batch(&g, &packed_batch, 7, 1.0, &counted);
+        gpu_grad_norm(&g);
+        gpu_loss(&g, &packed_batch, &counted);
+        CHECK(gpu_malloc_count() == mallocs);
+        CHECK(gpu_bytes_in_use() == in_use);
+        size_t device_free_after = 0;
+        CUDA_CHECK(cudaMemGetInfo(&device_free_after, &device_total));
+        CHECK(device_free_after == device_free);
+        gpu_trainer_free(&g);
+        lora_set_free(&lora);
+    }
+    model_free(&model);
+}
+
 // --plan's activations (the fp32 residual stream and x_mid included), paged and
-// offloaded bytes against what the trainer allocated, for each placement.
-TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
+// offloaded bytes against what the trainer allocated, for each placement; and its
+// total against every byte the trainer holds on the device after creation and
+// after a step (the same, as a step allocates nothing), within the few bytes the
+// plan leaves out (trainer/memory_plan.h), with LoRA and with DoRA.
+TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activations, paged, offloaded, in all") {
     Config c = placement_config();
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
     int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
-    LoraSet lora;
-    REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, 0) == 0);
-    const GpuPlacement placements[5] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}};
-    for (int i = 0; i < 5; i++) {
-        int recompute = i > 0;
+    std::vector<TokenBatch> data;
+    for (int i = 0; i < MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, 20 + i));
+    const GpuPlacement placements[6] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}, {0, 0}};
+    for (int i = 0; i < 6; i++) {
+        int recompute = i > 0, dora = i == 5;
         GpuPlacement placement = placements[i];
-        INFO("recompute " << recompute << ", paged " << placement.paged_optim << ", offload " << placement.offload);
+        INFO("recompute " << recompute << ", paged " << placement.paged_optim << ", offload " << placement.offload
+                          << ", dora " << dora);
+        LoraSet lora;
+        REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, dora) == 0);
         StepOptions opt = {8, 2.0f, 0.0f, 0, recompute};
         GpuTrainer g;
+        size_t before = gpu_bytes_in_use();
         gpu_trainer_init(&g, &model, QUANT_NF4, 1, &lora, &opt, N_SEQS, SEQ_LEN, &placement);
+        size_t created = gpu_bytes_in_use() - before;
         PlanInputs in;
         memset(&in, 0, sizeof in);
         in.batch = N_SEQS;
@@ -230,14 +297,24 @@ TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded byt
         in.paged_optim = placement.paged_optim;
         in.weight_bytes = 2;
         in.activation_bytes = 2;
+        in.loss_chunk = lm_head_chunk_tokens_gpu(c.vocab_size);
+        in.dora = dora;
         MemoryPlan plan;
         memory_plan_compute(&c, &in, &plan);
         CHECK(plan.activations == (double)g.memory.activations);
         CHECK(plan.offloaded == (double)g.memory.offloaded);
         CHECK(plan.paged == (double)g.memory.paged);
         CHECK(plan.adam_moments == 2.0 * sizeof(float) * lora.n_params);
+        CHECK(plan.workspaces == (double)g.memory.workspace);
+        // the rest: RoPE's frequencies, the double-quant offsets (on the host), the
+        // simple attention's pointer arrays; under 1 KiB here
+        double gap = plan.total - (double)created;
+        INFO("plan " << (long long)plan.total << " bytes, trainer " << created << " bytes");
+        CHECK(fabs(gap) < 1024);
+        train_step(&g, data, 0);
+        CHECK(gpu_bytes_in_use() - before == created);
         gpu_trainer_free(&g);
+        lora_set_free(&lora);
     }
-    lora_set_free(&lora);
     model_free(&model);
 }
