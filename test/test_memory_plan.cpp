@@ -318,9 +318,9 @@ TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
         std::string v = verdict_of(c, in, 24, &fits);
         CHECK(fits == 0);
         CHECK(v.find("--recompute") == std::string::npos);
-        size_t at = v.find("; lower --batch to ");
+        size_t at = v.find("lower --batch to ");
         REQUIRE(at != std::string::npos);
-        int batch = atoi(v.c_str() + at + strlen("; lower --batch to "));
+        int batch = atoi(v.c_str() + at + strlen("lower --batch to "));
         CHECK(batch >= 2);
         CHECK(batch < 8);
         // the suggested batch really fits, and one more does not
@@ -339,6 +339,50 @@ TEST_CASE("memory plan: verdict strings and the remedies they suggest") {
         in.quant_nf4 = 1;
         v = verdict_of(c, in, 4, &fits);
         CHECK(v.find("; use a smaller model or a bigger GPU") != std::string::npos);
+        CHECK(v.find("--paged-optim") == std::string::npos);
+    }
+    SUBCASE("the fixed part fits only with AdamW's m and v paged out: --paged-optim") {
+        PlanInputs in = gpu_run(c, 1, 2048, 16, 1);
+        MemoryPlan p;
+        memory_plan_compute(&c, &in, &p);
+        double fixed = p.base_linear + p.quant_constants + p.base_other + p.scratch + p.lora_params + p.lora_grads +
+                       p.adam_moments + p.lora_copy;
+        double gb = (fixed - p.adam_moments / 2) / GIB;   // between the fixed part with and without m and v
+        std::string v = verdict_of(c, in, gb, &fits);
+        CAPTURE(v);
+        CHECK(v.find("the weights and LoRA state alone need ") != std::string::npos);
+        CHECK(v.find("; use --paged-optim") != std::string::npos);
+        in.paged_optim = 1;
+        CHECK(verdict_of(c, in, gb, &fits).find("--paged-optim") == std::string::npos);
+    }
+    SUBCASE("offload and paged AdamW are suggested with what they leave, and not when already on") {
+        PlanInputs in = gpu_run(c, 2, 8192, 16, 1);
+        MemoryPlan p, offloaded;
+        memory_plan_compute(&c, &in, &p);
+        PlanInputs with_offload = in;
+        with_offload.offload = 1;
+        memory_plan_compute(&c, &with_offload, &offloaded);
+        REQUIRE(offloaded.total < p.total);
+        double gb = (p.total + offloaded.total) / 2 / GIB;   // fits with offload, not without
+        std::string v = verdict_of(c, in, gb, &fits);
+        CAPTURE(v);
+        CHECK(fits == 0);
+        char expected[64];
+        std::snprintf(expected, sizeof expected, "; use --offload (needs %.1f GB)", offloaded.total / GIB);
+        CHECK(v.find(expected) != std::string::npos);   // first: it fits and changes no result
+        CHECK(v.find("use --paged-optim (needs ") != std::string::npos);
+        CHECK(verdict_of(c, with_offload, gb, &fits).rfind("fits", 0) == 0);
+        in.recompute = 0;
+        CHECK(verdict_of(c, in, gb, &fits).find("use --recompute 1 --offload (needs ") != std::string::npos);
+        in.recompute = 1;
+        in.offload = 1;
+        in.paged_optim = 1;
+        MemoryPlan all_on;
+        memory_plan_compute(&c, &in, &all_on);
+        v = verdict_of(c, in, 0.95 * all_on.total / GIB, &fits);
+        CHECK(v.rfind("does not fit", 0) == 0);
+        CHECK(v.find("--offload") == std::string::npos);
+        CHECK(v.find("--paged-optim") == std::string::npos);
     }
 }
 

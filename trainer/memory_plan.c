@@ -230,6 +230,7 @@ static void append(char *buf, size_t size, const char *format, ...) {
 }
 
 // One change of the options that would lower the total.
+#define MAX_REMEDIES 6
 typedef struct {
     char text[48];     // e.g. "lower --batch to 2"
     double total;      // bytes the run needs with it
@@ -281,16 +282,32 @@ static int goes_before(const Remedy *a, const Remedy *b) {
     return !a->fits && a->total < b->total;
 }
 
+// A remedy that turns on one of the options that move state to host memory:
+// offload (it needs recompute) or paged AdamW.
+static void remedy_host(Remedy *r, const Config *c, const PlanInputs *in, double limit, int offload) {
+    PlanInputs changed = *in;
+    if (offload) {
+        changed.recompute = 1;
+        changed.offload = 1;
+    } else {
+        changed.paged_optim = 1;
+    }
+    const char *text = !offload ? "use --paged-optim" : in->recompute ? "use --offload" : "use --recompute 1 --offload";
+    remedy_set(r, c, &changed, limit, text);
+}
+
 // The changes worth trying, most useful first: the ones that fit, in the order
-// recompute, NF4, batch, sequence (the least change to training first); then
-// the others by what they leave.
-static int collect_remedies(const Config *c, const PlanInputs *in, double limit, Remedy remedies[4]) {
+// recompute, offload, paged AdamW, NF4, batch, sequence (the least change to
+// training first); then the others by what they leave.
+static int collect_remedies(const Config *c, const PlanInputs *in, double limit, Remedy remedies[MAX_REMEDIES]) {
     int count = 0;
     if (!in->recompute) {
         PlanInputs changed = *in;
         changed.recompute = 1;
         remedy_set(&remedies[count++], c, &changed, limit, "use --recompute 1");
     }
+    if (!in->offload) remedy_host(&remedies[count++], c, in, limit, 1);
+    if (!in->paged_optim) remedy_host(&remedies[count++], c, in, limit, 0);
     if (!in->quant_nf4) {
         PlanInputs changed = *in;
         changed.quant_nf4 = 1;
@@ -322,11 +339,15 @@ int memory_plan_verdict(const Config *c, const PlanInputs *in, const MemoryPlan 
     double fixed = p->base_linear + p->quant_constants + p->base_other + p->scratch + p->lora_params +
                    p->lora_grads + p->adam_moments - p->paged + p->lora_copy;
     if (fixed > limit) {
+        // paged AdamW takes m and v off the GPU, the one fixed part that can leave
+        int paging_helps = !in->paged_optim && fixed - p->adam_moments <= limit;
         append(text, text_size, ", and the weights and LoRA state alone need %.1f GB; %s", fixed / BYTES_PER_GB,
-               in->quant_nf4 ? "use a smaller model or a bigger GPU" : "use --quant nf4");
+               !in->quant_nf4 ? "use --quant nf4"
+               : paging_helps ? "use --paged-optim (AdamW's m and v in host memory), a smaller model or a bigger GPU"
+                              : "use a smaller model or a bigger GPU");
         return 0;
     }
-    Remedy remedies[4];
+    Remedy remedies[MAX_REMEDIES];
     int count = collect_remedies(c, in, limit, remedies);
     for (int i = 0; i < count; i++)
         append(text, text_size, "%s%s (needs %.1f GB)", i == 0 ? "; " : ", or ", remedies[i].text,
