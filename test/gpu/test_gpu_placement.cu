@@ -200,13 +200,9 @@ TEST_CASE("gpu placement: --paged-optim, --offload and both give the same steps 
 }
 
 // --plan's activations (the fp32 residual stream and x_mid included), paged and
-// offloaded bytes against what the trainer allocated, for each placement.
-TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
-    Config c = placement_config();
-    char err[256];
-    Model model;
-    REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
-    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+// offloaded bytes against what the trainer allocated for adapters on `enabled`, for each placement.
+static void check_plan_counts_allocations(const Model &model, const int enabled[N_LINEARS]) {
+    const Config &c = model.config;
     LoraSet lora;
     REQUIRE(lora_set_init(&lora, &c, enabled, 8, 16.0f, 0, 0.0f, 7, 0) == 0);
     const GpuPlacement placements[5] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}};
@@ -222,7 +218,7 @@ TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded byt
         in.batch = N_SEQS;
         in.seq_len = SEQ_LEN;
         in.rank = 8;
-        for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = 1;
+        for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = enabled[t];
         in.quant_nf4 = 1;
         in.double_quant = 1;
         in.recompute = recompute;
@@ -239,5 +235,19 @@ TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded byt
         gpu_trainer_free(&g);
     }
     lora_set_free(&lora);
+}
+
+// Every target adapted, and a subset (q, v, down: the q|k|v group's xa holds two
+// adapters' columns, gate|up has none).
+TEST_CASE("gpu placement: --plan counts the activations, paged and offloaded bytes the trainer allocates") {
+    Config c = placement_config();
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
+    const int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_v_down[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};
+    for (const int *enabled : {all, q_v_down}) {
+        INFO("targets " << (enabled == all ? "all seven" : "q, v, down"));
+        check_plan_counts_allocations(model, enabled);
+    }
     model_free(&model);
 }
