@@ -376,12 +376,50 @@ static const float *group_mask(GpuTrainer *g, const StepShape *s, int layer, int
 // The biases of a group whose linears have none.
 static const float *const NO_BIAS[LORA_GROUP_MAX] = {NULL, NULL, NULL};
 
+// y_t += s (dropout(x) A_t^T) B_t^T for the group's LoRA adapters at once
+// (lora_group_forward_gpu): their stacked A_g starts at the first one's A, as a
+// group's A's lie end to end in the flat layout (lora.h). y: one per target of the group.
+static void group_lora_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x,
+                               const float *keep, act16 *const y[], GpuActivations *a) {
+    int targets[LORA_GROUP_MAX];
+    int count = group_adapters(g, layer, group, targets);
+    if (count == 0) return;
+    act16 *adapter_y[LORA_GROUP_MAX];
+    const act16 *B[LORA_GROUP_MAX];
+    for (int k = 0; k < count; k++) {
+        adapter_y[k] = y[targets[k] - LORA_GROUP_FIRST[group]];
+        B[k] = g->params_act16 + g->offset_B[layer * N_LINEARS + targets[k]];
+    }
+    const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[0]];
+    lora_group_forward_gpu(adapter_y, a->xa_group[group], x, keep, A, B, group_shape(g, s->n, targets, count),
+                           g->lora_scratch);
+}
+
+// Their backward (lora_group_backward_gpu): dB_t, the stacked dA_g (one matrix in
+// the flat layout, as A_g) and dx accumulate. dy: one per target of the group.
+static void group_lora_backward(GpuTrainer *g, const StepShape *s, int layer, int group, float *dx,
+                                const act16 *const dy[], const act16 *x, const float *keep, const GpuActivations *a) {
+    int targets[LORA_GROUP_MAX];
+    int count = group_adapters(g, layer, group, targets);
+    if (count == 0) return;
+    const act16 *adapter_dy[LORA_GROUP_MAX], *B[LORA_GROUP_MAX];
+    float *dB[LORA_GROUP_MAX];
+    for (int k = 0; k < count; k++) {
+        int i = layer * N_LINEARS + targets[k];
+        adapter_dy[k] = dy[targets[k] - LORA_GROUP_FIRST[group]];
+        B[k] = g->params_act16 + g->offset_B[i];
+        dB[k] = g->grads + g->offset_B[i];
+    }
+    size_t first_A = g->offset_A[layer * N_LINEARS + targets[0]];
+    lora_group_backward_gpu(dx, g->grads + first_A, dB, adapter_dy, x, keep, g->params_act16 + first_A, B,
+                            a->xa_group[group], group_shape(g, s->n, targets, count), g->lora_scratch);
+}
+
 // The linears of one input group in a layer (q|k|v, o, gate|up or down) on their
 // shared input x: y_t = x W_t^T + bias_t + s (dropout(x) A_t^T) B_t^T, one dropout
-// mask for the group; the adapters' part as lora_group_forward_gpu (one A GEMM for
-// all of them, each B product added into y_t), or with DoRA its layer (dora.h) one
-// linear at a time. y and bias: one per target of the group, in Linear order.
-// What backward needs goes into a.
+// mask for the group; the adapters' part for all of them at once (group_lora_forward),
+// or with DoRA its layer (dora.h) one linear at a time. y and bias: one per target
+// of the group, in Linear order. What backward needs goes into a.
 static void group_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x, act16 *const y[],
                           const float *const bias[], GpuActivations *a) {
     int first = LORA_GROUP_FIRST[group];
@@ -398,19 +436,7 @@ static void group_forward(GpuTrainer *g, const StepShape *s, int layer, int grou
         }
         matmul_gpu(y[t - first], x, g->weights[t], bias[t - first], s->n, shape.in_dim, shape.out_dim);
     }
-    int targets[LORA_GROUP_MAX];
-    int count = group_adapters(g, layer, group, targets);
-    if (g->dora || count == 0) return;
-    // the group's A's lie end to end in the flat layout (lora.h): A_g starts at the first one's
-    act16 *outputs[LORA_GROUP_MAX];
-    const act16 *B[LORA_GROUP_MAX];
-    for (int k = 0; k < count; k++) {
-        outputs[k] = y[targets[k] - first];
-        B[k] = g->params_act16 + g->offset_B[layer * N_LINEARS + targets[k]];
-    }
-    const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[0]];
-    lora_group_forward_gpu(outputs, a->xa_group[group], x, keep, A, B, group_shape(g, s->n, targets, count),
-                           g->lora_scratch);
+    if (!g->dora) group_lora_forward(g, s, layer, group, x, keep, y, a);
 }
 
 // The group's backward: dx += dy_t W_t (+ the adapters' part) for each target; the
@@ -431,21 +457,7 @@ static void group_backward(GpuTrainer *g, const StepShape *s, int layer, int gro
         }
         matmul_backward_input_gpu(dx, dy[t - first], g->weights[t], s->n, shape.in_dim, shape.out_dim);
     }
-    int targets[LORA_GROUP_MAX];
-    int count = group_adapters(g, layer, group, targets);
-    if (g->dora || count == 0) return;
-    // dA_g, like A_g, is one matrix in the flat layout
-    const act16 *grads_of[LORA_GROUP_MAX], *B[LORA_GROUP_MAX];
-    float *dB[LORA_GROUP_MAX];
-    for (int k = 0; k < count; k++) {
-        int i = layer * N_LINEARS + targets[k];
-        grads_of[k] = dy[targets[k] - first];
-        B[k] = g->params_act16 + g->offset_B[i];
-        dB[k] = g->grads + g->offset_B[i];
-    }
-    int i = layer * N_LINEARS + targets[0];
-    lora_group_backward_gpu(dx, g->grads + g->offset_A[i], dB, grads_of, x, keep, g->params_act16 + g->offset_A[i], B,
-                            a->xa_group[group], group_shape(g, s->n, targets, count), g->lora_scratch);
+    if (!g->dora) group_lora_backward(g, s, layer, group, dx, dy, x, keep, a);
 }
 
 // Block `layer` on x_in (weights already loaded): activations into a, output into x_out.
