@@ -425,12 +425,13 @@ size_t lora_group_scratch_bytes_gpu(LoraGroupShape s) {
     return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim;
 }
 
-LoraGroupShape lora_group_shape_of_one(LoraShape s) {
+// One adapter is a group of one (lora_forward_gpu, lora_backward_gpu).
+static LoraGroupShape group_of_one(LoraShape s) {
     LoraGroupShape group = {s.n, s.in_dim, s.rank, 1, {s.out_dim}, s.scaling};
     return group;
 }
 
-size_t lora_scratch_bytes_gpu(LoraShape s) { return lora_group_scratch_bytes_gpu(lora_group_shape_of_one(s)); }
+size_t lora_scratch_bytes_gpu(LoraShape s) { return lora_group_scratch_bytes_gpu(group_of_one(s)); }
 
 void lora_group_forward_gpu(act16 *const y[], act16 *xa, const act16 *x, const float *keep, const act16 *A,
                             const act16 *const B[], LoraGroupShape s, void *scratch) {
@@ -486,14 +487,13 @@ void lora_group_backward_gpu(float *dx, float *dA, float *const dB[], const act1
     lora_add_masked_gpu(dx, d_dropped, keep, x_count);
 }
 
-// One adapter is a group of one.
 void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, const act16 *A, const act16 *B, LoraShape s,
                       void *scratch) {
-    lora_group_forward_gpu(&y, xa, x, keep, A, &B, lora_group_shape_of_one(s), scratch);
+    lora_group_forward_gpu(&y, xa, x, keep, A, &B, group_of_one(s), scratch);
 }
 
 void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const act16 *x, const float *keep, const act16 *A,
                        const act16 *B, const act16 *xa, LoraShape s, void *scratch) {
-    lora_group_backward_gpu(dx, dA, &dB, &dy, x, keep, A, &B, xa, lora_group_shape_of_one(s), scratch);
+    lora_group_backward_gpu(dx, dA, &dB, &dy, x, keep, A, &B, xa, group_of_one(s), scratch);
 }
 #endif

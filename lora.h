@@ -181,8 +181,6 @@ typedef struct {
     int out_dim[LORA_GROUP_MAX];   // of each adapter, in the group's order
     float scaling;
 } LoraGroupShape;
-// The group of one adapter (lora_forward_gpu's case).
-LoraGroupShape lora_group_shape_of_one(LoraShape s);
 // xa = (x * keep) A_g^T (act16 [n, count * rank]: adapter t's xa_t in columns t rank .. (t + 1) rank - 1),
 // one GEMM for the group; then y_t (act16 [n, out_t]) += s xa_t B_t^T for each adapter. keep as lora_forward_gpu's.
 void lora_group_forward_gpu(act16 *const y[], act16 *xa, const act16 *x, const float *keep, const act16 *A,
