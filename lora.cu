@@ -42,9 +42,25 @@ HOST_DEVICE static inline float dropout_keep_value(uint64_t key, size_t i, float
     return (p > 0.0f && u < p) ? 0.0f : kept_value;
 }
 
+const int LORA_GROUP_FIRST[N_LORA_GROUPS + 1] = {LINEAR_Q, LINEAR_O, LINEAR_GATE, LINEAR_DOWN, N_LINEARS};
+
+int lora_group_of(int target) {
+    int group = 0;
+    while (target >= LORA_GROUP_FIRST[group + 1]) group++;
+    return group;
+}
+
+int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LORA_GROUP_MAX]) {
+    int count = 0;
+    for (int t = LORA_GROUP_FIRST[group]; t < LORA_GROUP_FIRST[group + 1]; t++)
+        if (enabled[t]) targets[count++] = t;
+    return count;
+}
+
 uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target) {
-    // step_seed ^ (k + 1) GAMMA, k = layer * N_LINEARS + target (the adapter's index in the set)
-    return step_seed ^ ((uint64_t)(layer * N_LINEARS + target + 1) * SPLITMIX64_GAMMA);
+    // step_seed ^ (k + 1) GAMMA, k = layer * N_LINEARS + the first target of target's input group
+    int first = LORA_GROUP_FIRST[lora_group_of(target)];
+    return step_seed ^ ((uint64_t)(layer * N_LINEARS + first + 1) * SPLITMIX64_GAMMA);
 }
 
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed) {
@@ -197,27 +213,34 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
         lora_set_free(set);
         return -1;
     }
-    // each adapter's A then B (then m with DoRA), end to end: offset is where the next tensor starts
+    // per layer and input group: the group's A's end to end, then each one's B (then m
+    // with DoRA); offset is where the next tensor starts
     size_t offset = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < N_LINEARS; t++) {
-            if (!enabled[t]) continue;
-            LoraAdapter *a = &set->adapters[l * N_LINEARS + t];
-            linear_dims(c, t, &a->in_dim, &a->out_dim);
-            a->rank = rank;
-            a->scaling = lora_scale(alpha, rank, rslora);
-            size_t a_size = (size_t)rank * a->in_dim, b_size = (size_t)a->out_dim * rank;
-            a->A = set->params + offset;
-            a->dA = set->grads + offset;
-            a->B = set->params + offset + a_size;
-            a->dB = set->grads + offset + a_size;
-            offset += a_size + b_size;
-            if (dora) {   // m = 0 until dora_init_magnitudes (dora.h) sets it from the base
-                a->m = set->params + offset;
-                a->dm = set->grads + offset;
-                offset += (size_t)a->out_dim;
+        for (int group = 0; group < N_LORA_GROUPS; group++) {
+            int targets[LORA_GROUP_MAX];
+            int count = lora_group_targets(enabled, group, targets);
+            for (int i = 0; i < count; i++) {
+                LoraAdapter *a = &set->adapters[l * N_LINEARS + targets[i]];
+                linear_dims(c, targets[i], &a->in_dim, &a->out_dim);
+                a->rank = rank;
+                a->scaling = lora_scale(alpha, rank, rslora);
+                a->A = set->params + offset;
+                a->dA = set->grads + offset;
+                offset += (size_t)rank * a->in_dim;
             }
-            lora_init_weights(a, seed * 1000003ULL + (uint64_t)(l * N_LINEARS + t));
+            for (int i = 0; i < count; i++) {
+                LoraAdapter *a = &set->adapters[l * N_LINEARS + targets[i]];
+                a->B = set->params + offset;
+                a->dB = set->grads + offset;
+                offset += (size_t)a->out_dim * rank;
+                if (dora) {   // m = 0 until dora_init_magnitudes (dora.h) sets it from the base
+                    a->m = set->params + offset;
+                    a->dm = set->grads + offset;
+                    offset += (size_t)a->out_dim;
+                }
+                lora_init_weights(a, seed * 1000003ULL + (uint64_t)(l * N_LINEARS + targets[i]));
+            }
         }
     }
     return 0;
@@ -390,58 +413,87 @@ void lora_add_masked_gpu(float *dx, const float *d, const float *keep, size_t co
     CUDA_CHECK_LAUNCH();
 }
 
-// Scratch layout: d_xa (act16 [n, rank]), then one region of n * in fp32 that
-// holds the masked input x * keep (act16 [n, in]) and, once that is used up in
+// Scratch layout: d_xa (act16 [n, count * rank]), then one region of n * in fp32
+// that holds the masked input x * keep (act16 [n, in]) and, once that is used up in
 // backward, d(x * keep) (fp32 [n, in]).
-static size_t d_xa_bytes(LoraShape s) {
-    size_t bytes = sizeof(act16) * (size_t)s.n * s.rank;
+static size_t d_xa_bytes(LoraGroupShape s) {
+    size_t bytes = sizeof(act16) * (size_t)s.n * s.count * s.rank;
     return (bytes + 255) / 256 * 256;   // keep the next region 256-byte aligned
 }
 
-size_t lora_scratch_bytes_gpu(LoraShape s) { return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim; }
+size_t lora_group_scratch_bytes_gpu(LoraGroupShape s) {
+    return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim;
+}
 
-void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, const act16 *A, const act16 *B, LoraShape s,
-                      void *scratch) {
+// One adapter is a group of one (lora_forward_gpu, lora_backward_gpu).
+static LoraGroupShape group_of_one(LoraShape s) {
+    LoraGroupShape group = {s.n, s.in_dim, s.rank, 1, {s.out_dim}, s.scaling};
+    return group;
+}
+
+size_t lora_scratch_bytes_gpu(LoraShape s) { return lora_group_scratch_bytes_gpu(group_of_one(s)); }
+
+void lora_group_forward_gpu(act16 *const y[], act16 *xa, const act16 *x, const float *keep, const act16 *A,
+                            const act16 *const B[], LoraGroupShape s, void *scratch) {
     if (s.n == 0) return;
-    size_t x_count = (size_t)s.n * s.in_dim;
+    int xa_width = s.count * s.rank;
     const act16 *dropped = x;
     if (keep) {
         act16 *masked = (act16 *)((char *)scratch + d_xa_bytes(s));
-        lora_apply_mask_gpu(masked, x, keep, x_count);
+        lora_apply_mask_gpu(masked, x, keep, (size_t)s.n * s.in_dim);
         dropped = masked;
     }
-    // xa = dropout(x) A^T            [n, r]
-    gemm_act16(xa, gpu_act16_cuda_type(), dropped, false, A, true, s.n, s.rank, s.in_dim, 1.0f, 0.0f);
-    // y += s xa B^T                  [n, out]
-    gemm_act16(y, gpu_act16_cuda_type(), xa, false, B, true, s.n, s.out_dim, s.rank, s.scaling, 1.0f);
+    // xa = dropout(x) [A_1; ...; A_count]^T        [n, count r]
+    gemm_act16(xa, gpu_act16_cuda_type(), dropped, false, A, true, s.n, xa_width, s.in_dim, 1.0f, 0.0f);
+    for (int t = 0; t < s.count; t++) {
+        // y_t += s xa_t B_t^T, xa_t = columns t r .. (t + 1) r - 1 of xa      [n, out_t]
+        gemm_act16_strided(y[t], gpu_act16_cuda_type(), s.out_dim[t], xa + t * s.rank, false, xa_width, B[t], true,
+                           s.rank, s.n, s.out_dim[t], s.rank, s.scaling, 1.0f);
+    }
 }
 
-void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const act16 *x, const float *keep, const act16 *A,
-                       const act16 *B, const act16 *xa, LoraShape s, void *scratch) {
+void lora_group_backward_gpu(float *dx, float *dA, float *const dB[], const act16 *const dy[], const act16 *x,
+                             const float *keep, const act16 *A, const act16 *const B[], const act16 *xa,
+                             LoraGroupShape s, void *scratch) {
     if (s.n == 0) return;
     size_t x_count = (size_t)s.n * s.in_dim;
+    int xa_width = s.count * s.rank;
     act16 *d_xa = (act16 *)scratch;
     void *x_region = (char *)scratch + d_xa_bytes(s);
-    // dB += s dy^T xa                [out, r]
-    gemm_act16(dB, CUDA_R_32F, dy, true, xa, false, s.out_dim, s.rank, s.n, s.scaling, 1.0f);
-    // d_xa = s dy B                  [n, r]
-    gemm_act16(d_xa, gpu_act16_cuda_type(), dy, false, B, false, s.n, s.rank, s.out_dim, s.scaling, 0.0f);
-    // dA += d_xa^T dropout(x)        [r, in]
+    for (int t = 0; t < s.count; t++) {
+        // dB_t += s dy_t^T xa_t                     [out_t, r]
+        gemm_act16_strided(dB[t], CUDA_R_32F, s.rank, dy[t], true, s.out_dim[t], xa + t * s.rank, false, xa_width,
+                           s.out_dim[t], s.rank, s.n, s.scaling, 1.0f);
+        // d_xa_t = s dy_t B_t, into columns t r .. (t + 1) r - 1 of d_xa     [n, r]
+        gemm_act16_strided(d_xa + t * s.rank, gpu_act16_cuda_type(), xa_width, dy[t], false, s.out_dim[t], B[t],
+                           false, s.rank, s.n, s.rank, s.out_dim[t], s.scaling, 0.0f);
+    }
+    // dA_g += d_xa^T dropout(x)                     [count r, in]
     const act16 *dropped = x;
     if (keep) {
         lora_apply_mask_gpu((act16 *)x_region, x, keep, x_count);
         dropped = (const act16 *)x_region;
     }
-    gemm_act16(dA, CUDA_R_32F, d_xa, true, dropped, false, s.rank, s.in_dim, s.n, 1.0f, 1.0f);
+    gemm_act16(dA, CUDA_R_32F, d_xa, true, dropped, false, xa_width, s.in_dim, s.n, 1.0f, 1.0f);
     if (!dx) return;
     if (!keep) {
-        // dx += d_xa A               [n, in]
-        gemm_act16(dx, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 1.0f);
+        // dx += d_xa A_g                            [n, in]
+        gemm_act16(dx, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, xa_width, 1.0f, 1.0f);
         return;
     }
-    // dx += (d_xa A) * keep: the product goes where the masked x was (its last reader, the dA product, came first)
+    // dx += (d_xa A_g) * keep: the product goes where the masked x was (its last reader, the dA product, came first)
     float *d_dropped = (float *)x_region;
-    gemm_act16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, s.rank, 1.0f, 0.0f);
+    gemm_act16(d_dropped, CUDA_R_32F, d_xa, false, A, false, s.n, s.in_dim, xa_width, 1.0f, 0.0f);
     lora_add_masked_gpu(dx, d_dropped, keep, x_count);
+}
+
+void lora_forward_gpu(act16 *y, act16 *xa, const act16 *x, const float *keep, const act16 *A, const act16 *B, LoraShape s,
+                      void *scratch) {
+    lora_group_forward_gpu(&y, xa, x, keep, A, &B, group_of_one(s), scratch);
+}
+
+void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const act16 *x, const float *keep, const act16 *A,
+                       const act16 *B, const act16 *xa, LoraShape s, void *scratch) {
+    lora_group_backward_gpu(dx, dA, &dB, &dy, x, keep, A, &B, xa, group_of_one(s), scratch);
 }
 #endif

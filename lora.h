@@ -27,6 +27,20 @@ float lora_scale(float alpha, int rank, int rslora);
 // 1/sqrt(in)) from the seed (kaiming-uniform with a = sqrt(5), as peft), B = 0.
 void lora_init_weights(LoraAdapter *a, uint64_t seed);
 
+// The linears that read the same input form an input group: q, k, v read the
+// attention norm's output, o the attention's, gate and up the MLP norm's, down
+// SwiGLU's. A group's targets are consecutive in Linear order: group g holds
+// targets LORA_GROUP_FIRST[g] .. LORA_GROUP_FIRST[g + 1] - 1. A group's adapters
+// share one dropout mask (lora_dropout_seed), their A's lie end to end in the
+// flat layout (LoraSet), and the GPU computes their A products as one GEMM.
+enum { LORA_GROUP_QKV, LORA_GROUP_O, LORA_GROUP_GATE_UP, LORA_GROUP_DOWN, N_LORA_GROUPS };
+#define LORA_GROUP_MAX 3   // targets in the largest group (q, k, v)
+extern const int LORA_GROUP_FIRST[N_LORA_GROUPS + 1];
+// The input group of a target.
+int lora_group_of(int target);
+// The enabled targets of a group, in Linear order, into targets[]; returns how many (0 .. LORA_GROUP_MAX).
+int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LORA_GROUP_MAX]);
+
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
 // else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
 // z = splitmix64_at(mix64(seed), i) (ops/random.h), dropped when
@@ -34,8 +48,13 @@ void lora_init_weights(LoraAdapter *a, uint64_t seed);
 // target) with lora_dropout_seed, so recompute regenerates the same mask, and
 // the GPU version (lora_dropout_mask_gpu) gives it bit for bit. p == 0 gives all ones.
 void lora_dropout_mask(float *keep, size_t count, float p, uint64_t seed);
-// The mask seed of (layer, target) within a step whose dropout seed is
-// step_seed: one stream per adapter, the same on the CPU and the GPU.
+// The mask seed of the input that (layer, target) reads, within a step whose
+// dropout seed is step_seed: one stream per (layer, input group), so the
+// adapters of q, k and v (and of gate and up) see the same dropped-out input,
+// on the CPU and the GPU alike. peft differs here: each of its modules has its
+// own nn.Dropout, so its q, k and v draw independent masks. The distribution of
+// each adapter's input is the same; only the masks' correlation across a
+// group's adapters differs (and one mask and one masked copy serve the group).
 uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target);
 // out[i] = x[i] * keep[i] (a copy of x when keep is NULL): the adapter's dropped-out input.
 template <typename Real>
@@ -65,12 +84,15 @@ void lora_backward_cpu(Real *dx, Real *dA, Real *dB, const Real *dy, const Real 
 // ---- all adapters of a model -----------------------------------------------
 
 // The trainable state of a whole model in one flat layout, as llm.c keeps all
-// parameters in one buffer with offsets: params holds every enabled adapter's
-// A then B (then its magnitude vector m with DoRA), end to end, layer by layer and in Linear order within a layer;
-// grads has the same layout, and so do AdamW's moments (adamw.h) and the GPU's
-// copies (trainer/train_gpu.h). Each adapter's A, B, dA, dB point into params
-// and grads, so the optimizer, clipping, the GPU copies and the checkpoint
-// each see one array.
+// parameters in one buffer with offsets: params holds, layer by layer and
+// input group by input group (q|k|v, o, gate|up, down), the A's of the group's
+// enabled adapters end to end in Linear order, then each one's B (then its
+// magnitude vector m with DoRA). So a group's A's form one matrix
+// [A_q; A_k; A_v] ([count * rank, in]) that the GPU multiplies in one GEMM, and
+// their gradients one matrix too. grads has the same layout, and so do AdamW's
+// moments (adamw.h) and the GPU's copies (trainer/train_gpu.h). Each adapter's
+// A, B, dA, dB point into params and grads, so the optimizer, clipping, the GPU
+// copies and the checkpoint each see one array.
 typedef struct LoraSet {
     int n_layers;
     int enabled[N_LINEARS];   // which targets carry adapters
@@ -150,4 +172,26 @@ void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const a
 // Device scratch that lora_forward_gpu and lora_backward_gpu need for shape s:
 // n * rank act16 (rounded up to 256 bytes) + n * in fp32.
 size_t lora_scratch_bytes_gpu(LoraShape s);
+
+// The adapters of the linears of one input group (count of them, 1 .. LORA_GROUP_MAX)
+// on their shared input x [n, in]: their A's stacked into one matrix
+// A_g = [A_1; ...; A_count] ([count * rank, in], as the flat layout keeps them), each its own B_t.
+typedef struct {
+    int n, in_dim, rank, count;
+    int out_dim[LORA_GROUP_MAX];   // of each adapter, in the group's order
+    float scaling;
+} LoraGroupShape;
+// xa = (x * keep) A_g^T (act16 [n, count * rank]: adapter t's xa_t in columns t rank .. (t + 1) rank - 1),
+// one GEMM for the group; then y_t (act16 [n, out_t]) += s xa_t B_t^T for each adapter. keep as lora_forward_gpu's.
+void lora_group_forward_gpu(act16 *const y[], act16 *xa, const act16 *x, const float *keep, const act16 *A,
+                            const act16 *const B[], LoraGroupShape s, void *scratch);
+// Given each dy_t (act16 [n, out_t]): dB_t (fp32, +=) += s dy_t^T xa_t and d_xa_t = s dy_t B_t for each adapter,
+// into the columns of d_xa [n, count * rank]; then, one GEMM each for the group: dA_g (fp32 [count * rank, in], +=)
+// += d_xa^T (x * keep), and dx (fp32 [n, in], +=; may be NULL) += (d_xa A_g) * keep.
+void lora_group_backward_gpu(float *dx, float *dA, float *const dB[], const act16 *const dy[], const act16 *x,
+                             const float *keep, const act16 *A, const act16 *const B[], const act16 *xa,
+                             LoraGroupShape s, void *scratch);
+// Device scratch of lora_group_forward_gpu and lora_group_backward_gpu:
+// n * count * rank act16 (rounded up to 256 bytes) + n * in fp32.
+size_t lora_group_scratch_bytes_gpu(LoraGroupShape s);
 #endif

@@ -106,13 +106,18 @@ cublasHandle_t gpu_cublas(void) {
 
 static cublasOperation_t op(bool transpose) { return transpose ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
+void gemm_act16_strided(void *out, cudaDataType out_type, int ld_out, const act16 *a, bool trans_a, int ld_a,
+                        const act16 *b, bool trans_b, int ld_b, int M, int N, int K, float alpha, float beta) {
+    cudaDataType in_type = gpu_act16_cuda_type();
+    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, in_type, ld_b, a, in_type,
+                              ld_a, &beta, out, out_type, ld_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 void gemm_act16(void *out, cudaDataType out_type, const act16 *a, bool trans_a, const act16 *b, bool trans_b, int M,
                 int N, int K, float alpha, float beta) {
     int ld_a = trans_a ? M : K;   // the row length of a as stored
     int ld_b = trans_b ? K : N;   // the row length of b as stored
-    cudaDataType in_type = gpu_act16_cuda_type();
-    CUBLAS_CHECK(cublasGemmEx(gpu_cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, b, in_type, ld_b, a, in_type,
-                              ld_a, &beta, out, out_type, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    gemm_act16_strided(out, out_type, N, a, trans_a, ld_a, b, trans_b, ld_b, M, N, K, alpha, beta);
 }
 
 void gemm_batched_act16(void *const *out, cudaDataType out_type, int ld_out, const void *const *a, bool trans_a,

@@ -102,6 +102,10 @@ cublasHandle_t gpu_cublas(void);
 // out[M, N] = alpha op(a) op(b) + beta out
 void gemm_act16(void *out, cudaDataType out_type, const act16 *a, bool trans_a, const act16 *b, bool trans_b, int M,
                 int N, int K, float alpha, float beta);
+// The same with each matrix's row stride given (ld_out, ld_a, ld_b: elements from one
+// row to the next, as stored), for column slices of wider matrices.
+void gemm_act16_strided(void *out, cudaDataType out_type, int ld_out, const act16 *a, bool trans_a, int ld_a,
+                        const act16 *b, bool trans_b, int ld_b, int M, int N, int K, float alpha, float beta);
 // out_e = alpha op(a_e) op(b_e) + beta out_e for each entry e < batch, the matrices
 // given by arrays of device pointers (in device memory) and their row strides
 // (ld_a, ld_b, ld_out: elements from one row to the next, as stored).

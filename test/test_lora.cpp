@@ -52,33 +52,34 @@ TEST_CASE("lora: init is kaiming-uniform A, zero B, scaling alpha / r") {
     lora_set_free(&set);
 }
 
-TEST_CASE("lora: the set's state is one flat layout: A then B of each adapter, layer by layer, in target order") {
+TEST_CASE("lora: the set's state is one flat layout: per layer and input group, its A's end to end, then its B's") {
     Config c = tiny_config();
     int enabled[N_LINEARS] = {0};
-    enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_DOWN] = 1;
+    enabled[LINEAR_Q] = enabled[LINEAR_V] = enabled[LINEAR_UP] = enabled[LINEAR_DOWN] = 1;
     const int rank = 2;
     LoraSet set;
     REQUIRE(lora_set_init(&set, &c, enabled, rank, 4.0f, 0, 0.0f, 3, 0) == 0);
+    // written out by hand: each layer holds A_q A_v B_q B_v (q|k|v without k), A_up B_up, A_down B_down
+    const int order[][2] = {{LINEAR_Q, 0}, {LINEAR_V, 0}, {LINEAR_Q, 1}, {LINEAR_V, 1},
+                            {LINEAR_UP, 0}, {LINEAR_UP, 1}, {LINEAR_DOWN, 0}, {LINEAR_DOWN, 1}};
     size_t offset = 0, layer1_v_B = 0;
     for (int l = 0; l < c.n_layers; l++) {
         for (int t = 0; t < N_LINEARS; t++) {
             const LoraAdapter &a = set.adapters[l * N_LINEARS + t];
-            INFO("layer " << l << " target " << LINEAR_NAMES[t]);
-            if (!enabled[t]) {
-                CHECK((!a.A && !a.B && !a.dA && !a.dB));
-                continue;
-            }
-            CHECK(a.A == set.params + offset);
-            CHECK(a.dA == set.grads + offset);
-            offset += (size_t)rank * a.in_dim;
-            if (l == 1 && t == LINEAR_V) layer1_v_B = offset;
-            CHECK(a.B == set.params + offset);
-            CHECK(a.dB == set.grads + offset);
-            offset += (size_t)a.out_dim * rank;
+            if (!enabled[t]) CHECK((!a.A && !a.B && !a.dA && !a.dB));
+        }
+        for (const auto &tensor : order) {
+            const LoraAdapter &a = set.adapters[l * N_LINEARS + tensor[0]];
+            int is_B = tensor[1];
+            INFO("layer " << l << " target " << LINEAR_NAMES[tensor[0]] << (is_B ? " B" : " A"));
+            CHECK((is_B ? a.B : a.A) == set.params + offset);
+            CHECK((is_B ? a.dB : a.dA) == set.grads + offset);
+            if (l == 1 && tensor[0] == LINEAR_V && is_B) layer1_v_B = offset;
+            offset += (size_t)rank * (is_B ? a.out_dim : a.in_dim);
         }
     }
     CHECK(offset == set.n_params);
-    CHECK(lora_set_num_params(&set) == 2 * rank * (100 + 40 + 100 + 20 + 30 + 100));
+    CHECK(lora_set_num_params(&set) == 2 * rank * (100 + 40 + 100 + 20 + 100 + 30 + 30 + 100));
 
     // zeroing the gradients clears the whole flat array
     for (size_t i = 0; i < set.n_params; i++) set.grads[i] = 1.0f;
@@ -120,9 +121,9 @@ TEST_CASE("lora: dropout masks are independent across elements and related seeds
     // standard deviation of the fraction over 10000 elements is 0.005).
     size_t count = 10000;
     std::vector<float> a(count), b(count);
-    // layer 0, its first and second targets
-    lora_dropout_mask(a.data(), count, 0.5f, lora_dropout_seed(7, 0, 0));
-    lora_dropout_mask(b.data(), count, 0.5f, lora_dropout_seed(7, 0, 1));
+    // layer 0, its first two input groups (q|k|v and o)
+    lora_dropout_mask(a.data(), count, 0.5f, lora_dropout_seed(7, 0, LINEAR_Q));
+    lora_dropout_mask(b.data(), count, 0.5f, lora_dropout_seed(7, 0, LINEAR_O));
     int same_as_next = 0, same_as_other_seed = 0, same_as_other_shifted = 0;
     for (size_t i = 0; i + 1 < count; i++) {
         same_as_next += a[i] == a[i + 1];
@@ -132,6 +133,29 @@ TEST_CASE("lora: dropout masks are independent across elements and related seeds
     CHECK(std::abs(same_as_next - 5000) < 250);
     CHECK(std::abs(same_as_other_seed - 5000) < 250);
     CHECK(std::abs(same_as_other_shifted - 5000) < 250);
+}
+
+TEST_CASE("lora: the linears that read one input share its dropout mask; other inputs and layers do not") {
+    // the input groups written out by hand: q, k, v | o | gate, up | down
+    const int group_of[N_LINEARS] = {0, 0, 0, 1, 2, 2, 3};
+    for (int t = 0; t < N_LINEARS; t++) CHECK(lora_group_of(t) == group_of[t]);
+    int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_and_v[N_LINEARS] = {1, 0, 1, 0, 0, 0, 0};
+    int targets[LORA_GROUP_MAX];
+    REQUIRE(lora_group_targets(all, LORA_GROUP_QKV, targets) == 3);
+    CHECK((targets[0] == LINEAR_Q && targets[1] == LINEAR_K && targets[2] == LINEAR_V));
+    REQUIRE(lora_group_targets(all, LORA_GROUP_GATE_UP, targets) == 2);
+    CHECK((targets[0] == LINEAR_GATE && targets[1] == LINEAR_UP));
+    REQUIRE(lora_group_targets(q_and_v, LORA_GROUP_QKV, targets) == 2);
+    CHECK((targets[0] == LINEAR_Q && targets[1] == LINEAR_V));
+    CHECK(lora_group_targets(q_and_v, LORA_GROUP_GATE_UP, targets) == 0);
+    for (int layer = 0; layer < 3; layer++)
+        for (int t = 0; t < N_LINEARS; t++)
+            for (int u = 0; u < N_LINEARS; u++) {
+                INFO("layer " << layer << ", " << LINEAR_NAMES[t] << " and " << LINEAR_NAMES[u]);
+                bool same_input = group_of[t] == group_of[u];
+                CHECK((lora_dropout_seed(5, layer, t) == lora_dropout_seed(5, layer, u)) == same_input);
+                CHECK(lora_dropout_seed(5, layer, t) != lora_dropout_seed(5, layer + 1, u));
+            }
 }
 
 TEST_CASE("lora: targets parse by name and refuse unknown ones") {

@@ -313,7 +313,7 @@ std::string with_checksum(std::string bytes) {
 
 }  // namespace
 
-// Version 6's layout: "QLORACK6", the 128-byte header, the identity's length
+// Version 7's layout: "QLORACK7", the 128-byte header, the identity's length
 // (u64) and text, the data order, then the parameters, AdamW's m and v, each
 // one flat array, and the checksum. The header's fields: n_params at 0,
 // adam_step 8, data_rng 16, best_val 24, n_layers 32, rank 36, enabled 40-67,
@@ -360,7 +360,7 @@ TEST_CASE("checkpoint: every field comes back; the flat arrays lie in the file a
     std::string file = read_bytes(path);
     size_t state_bytes = sizeof(float) * saved.set.n_params, params_at = ORDER_AT + sizeof order;
     REQUIRE(file.size() == params_at + 3 * state_bytes + 8);
-    CHECK(file.compare(0, 8, "QLORACK6") == 0);
+    CHECK(file.compare(0, 8, "QLORACK7") == 0);
     CHECK(file.compare(HEADER_AT + HEADER_BYTES + 8, strlen(IDENTITY), IDENTITY) == 0);
     CHECK(memcmp(file.data() + params_at, saved.set.params, state_bytes) == 0);
     CHECK(memcmp(file.data() + params_at + state_bytes, saved.adam.m, state_bytes) == 0);
@@ -381,13 +381,13 @@ TEST_CASE("checkpoint: older versions, other shapes and corrupted files are refu
     std::string good = read_bytes(path);
 
     // a file of an older version (its magic is all this build reads of it)
-    for (char version : {'1', '2', '3', '4', '5'}) {
+    for (char version : {'1', '2', '3', '4', '5', '6'}) {
         std::string old = good;
         old[7] = version;
         write_bytes(path, old);
         CHECK(checkpoint_load(path.c_str(), IDENTITY, &loaded.set, &loaded.adam, &back, err, sizeof err) != 0);
         std::string want = std::string("checkpoint format version ") + version + " is from an older build of "
-                           "qlora.c; this build reads version 6 only: restart the run, or finish it with the build "
+                           "qlora.c; this build reads version 7 only: restart the run, or finish it with the build "
                            "that wrote it";
         CHECK_MESSAGE(std::string(err).find(want) != std::string::npos, err);
     }

@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Every version's magic is "QLORACK" and its number; this build writes and reads version 6.
-static const int VERSION = 6;
+// Every version's magic is "QLORACK" and its number; this build writes and reads version 7.
+static const int VERSION = 7;
 static const char MAGIC[8] = {'Q', 'L', 'O', 'R', 'A', 'C', 'K', '0' + VERSION};
 
 // The fixed-size part of the file, after the magic: 64-bit fields first, so

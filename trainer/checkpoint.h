@@ -6,16 +6,18 @@
 // Written through formats/atomic_file.h (temp, fsync, rename), so a crash
 // mid-write never destroys the previous checkpoint.
 //
-// Layout (version 6, little-endian): "QLORACK6", then trainer/checkpoint.cpp's
+// Layout (version 7, little-endian): "QLORACK7", then trainer/checkpoint.cpp's
 // Header struct as it lies in memory (no padding: the LoRA shape, the length
 // of the flat arrays, AdamW's step count, the fields of TrainProgress with
 // the loss scaler's state), the
 // identity's length (u64) and its text (lines "--option value"), the data order, then the trainable state's three flat arrays as they lie in
 // memory (lora.h): the parameters, AdamW's m, AdamW's v; last, a uint64 FNV-1a
 // hash of every byte before it, so that a flipped bit is refused rather than
-// trained on. Versions 1 to 5 (1 to 3: one tensor at a time; 4: without the
-// identity; 5: without the loss scaler) are refused with a message saying so:
-// restart the run, or finish it with the build that wrote it.
+// trained on. Versions 1 to 6 (1 to 3: one tensor at a time; 4: without the
+// identity; 5: without the loss scaler; 6: each adapter's A then B in target
+// order, the flat layout before input groups, and a dropout mask per adapter
+// rather than per input) are refused with a message saying so: restart the
+// run, or finish it with the build that wrote it.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -15,7 +15,9 @@
 //                         and a copy of the parameters in the activation type (the GEMMs')
 //   activations           what backward reads (trainer/train_gpu.h's GpuActivations):
 //                         per block xn1, xn2 [dim], q, att [q_dim], k, v [kv_dim],
-//                         gate, up, h [hidden], xa [rank] per adapter (with DoRA also
+//                         gate, up, h [hidden], xa [rank] per adapter (an input group's
+//                         side by side: lora.h; the group's stacked A needs no copy, its
+//                         A's lie end to end in the flat layout) (with DoRA also
 //                         w [out] per adapter) in the activation type, and in fp32 x_mid
 //                         [dim] (the residual stream between attention and MLP),
 //                         attention's log-sum-exp [n_heads] and DoRA's row norms; plus

@@ -6,7 +6,10 @@
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
 // lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T, W_t dequantized from NF4 to 16-bit per block,
-// or DoRA's layer (dora.h) when the adapters have magnitude vectors.
+// or DoRA's layer (dora.h) when the adapters have magnitude vectors. The linears that read
+// one input (an input group, lora.h: q|k|v, o, gate|up, down) run together: one dropout
+// mask, and without DoRA their adapters' A products as one GEMM, xa = dropout(x) [A_q; A_k; A_v]^T,
+// then y_t += s xa_t B_t^T into each base GEMM's output (lora_group_forward_gpu).
 #include "trainer/train_gpu.h"
 
 #ifdef __CUDACC__
@@ -127,6 +130,24 @@ static void alloc_lora(GpuTrainer *g, const LoraSet *lora) {
     gpu_upload_lora(g, lora, NULL);
 }
 
+static int has_adapter(const GpuTrainer *g, int layer, int target) {
+    return g->offset_A[layer * N_LINEARS + target] != (size_t)-1;
+}
+
+// The adapted targets of an input group (lora.h) in a layer, in Linear order; returns how many.
+static int group_adapters(const GpuTrainer *g, int layer, int group, int targets[LORA_GROUP_MAX]) {
+    int adapted[N_LINEARS];
+    for (int t = 0; t < N_LINEARS; t++) adapted[t] = has_adapter(g, layer, t);
+    return lora_group_targets(adapted, group, targets);
+}
+
+// The shape of the adapters of targets[0 .. count - 1], one input group, on n tokens.
+static LoraGroupShape group_shape(const GpuTrainer *g, int n, const int targets[], int count) {
+    LoraGroupShape s = {n, 0, g->rank, count, {0}, g->scaling};
+    for (int i = 0; i < count; i++) linear_dims(&g->c, targets[i], &s.in_dim, &s.out_dim[i]);
+    return s;
+}
+
 static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     const Config *c = &g->c;
     size_t n = (size_t)g->max_tokens, q_dim = (size_t)c->n_heads * c->head_dim;
@@ -143,9 +164,15 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     a->gate = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (gate)", counter);
     a->up = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (up)", counter);
     a->h = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
-    for (int t = 0; t < N_LINEARS; t++) {
-        a->xa[t] = (act16 *)alloc_counted(sizeof(act16) * n * g->rank, "activations (LoRA xa)", counter);
-        if (!g->dora) continue;
+    for (int group = 0; group < N_LORA_GROUPS && !g->dora; group++) {
+        int targets[LORA_GROUP_MAX];
+        int count = group_adapters(g, 0, group, targets);
+        if (count > 0)
+            a->xa_group[group] =
+                (act16 *)alloc_counted(sizeof(act16) * n * count * g->rank, "activations (LoRA xa)", counter);
+    }
+    for (int t = 0; t < N_LINEARS && g->dora; t++) {
+        a->xa[t] = (act16 *)alloc_counted(sizeof(act16) * n * g->rank, "activations (DoRA xa)", counter);
         int in_dim, out_dim;
         linear_dims(c, t, &in_dim, &out_dim);
         a->dora_w[t] = (act16 *)alloc_counted(sizeof(act16) * n * out_dim, "activations (DoRA w)", counter);
@@ -156,6 +183,7 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
 static void free_activations(GpuActivations *a) {
     gpu_free(a->xn1); gpu_free(a->q); gpu_free(a->k); gpu_free(a->v); gpu_free(a->att); gpu_free(a->lse);
     gpu_free(a->x_mid); gpu_free(a->xn2); gpu_free(a->gate); gpu_free(a->up); gpu_free(a->h);
+    for (int group = 0; group < N_LORA_GROUPS; group++) gpu_free(a->xa_group[group]);
     for (int t = 0; t < N_LINEARS; t++) {
         gpu_free(a->xa[t]);
         gpu_free(a->dora_w[t]);
@@ -201,6 +229,11 @@ static void alloc_buffers(GpuTrainer *g) {
         LoraShape s = {(int)n, in_dim, out_dim, g->rank, g->scaling};
         lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
         dora_bytes = max_size(dora_bytes, dora_scratch_bytes_gpu(s));
+    }
+    for (int group = 0; group < N_LORA_GROUPS; group++) {   // a group's adapters together need more
+        int targets[LORA_GROUP_MAX];
+        int count = group_adapters(g, 0, group, targets);
+        lora_bytes = max_size(lora_bytes, lora_group_scratch_bytes_gpu(group_shape(g, (int)n, targets, count)));
     }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
     if (g->dora) g->dora_scratch = alloc_counted(dora_bytes, "DoRA scratch", scratch);
@@ -325,15 +358,6 @@ static void load_block_weights(GpuTrainer *g, int layer) {
     }
 }
 
-// The dropout mask of (layer, target) for this micro-batch (lora_dropout_seed,
-// as on the CPU), or NULL without dropout.
-static const float *adapter_mask(GpuTrainer *g, uint64_t dropout_seed, float dropout, int layer, int target, int n,
-                                 int in_dim) {
-    if (dropout <= 0.0f) return NULL;
-    lora_dropout_mask_gpu(g->keep, (size_t)n * in_dim, dropout, lora_dropout_seed(dropout_seed, layer, target));
-    return g->keep;
-}
-
 // One micro-batch's shapes and dropout, and which of the batch's optional arrays it has.
 typedef struct {
     int n, n_seqs, seq_len;
@@ -350,49 +374,103 @@ static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
     return s;
 }
 
-static int has_adapter(const GpuTrainer *g, int layer, int target) {
-    return g->offset_A[layer * N_LINEARS + target] != (size_t)-1;
+// The dropout mask of an input group's shared input in a layer for this micro-batch
+// (lora_dropout_seed, as on the CPU), or NULL without dropout or without an adapter there.
+static const float *group_mask(GpuTrainer *g, const StepShape *s, int layer, int group) {
+    int targets[LORA_GROUP_MAX];
+    if (s->dropout <= 0.0f || group_adapters(g, layer, group, targets) == 0) return NULL;
+    int in_dim, out_dim;
+    linear_dims(&g->c, targets[0], &in_dim, &out_dim);
+    uint64_t seed = lora_dropout_seed(s->dropout_seed, layer, targets[0]);
+    lora_dropout_mask_gpu(g->keep, (size_t)s->n * in_dim, s->dropout, seed);
+    return g->keep;
 }
 
-// y = x W^T + bias + s (dropout(x) A^T) B^T, or DoRA's layer (dora.h); what backward needs goes into a.
-static void linear_forward(GpuTrainer *g, const StepShape *s, act16 *y, const act16 *x, const float *bias, int layer,
-                           int target, GpuActivations *a) {
-    LoraShape shape = lora_shape(g, s->n, target);
-    int i = layer * N_LINEARS + target;
-    if (g->dora && has_adapter(g, layer, target)) {
-        const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-        dora_forward_gpu(y, a->dora_w[target], a->xa[target], a->dora_norm[target], x, keep, g->weights[target], bias,
-                         g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], g->params + g->offset_A[i],
-                         g->params + g->offset_B[i], g->params + g->offset_m[i], shape, g->lora_scratch,
-                         g->dora_scratch);
-        return;
+// The biases of a group whose linears have none.
+static const float *const NO_BIAS[LORA_GROUP_MAX] = {NULL, NULL, NULL};
+
+// y_t += s (dropout(x) A_t^T) B_t^T for the group's LoRA adapters at once
+// (lora_group_forward_gpu): their stacked A_g starts at the first one's A, as a
+// group's A's lie end to end in the flat layout (lora.h). y: one per target of the group.
+static void group_lora_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x,
+                               const float *keep, act16 *const y[], GpuActivations *a) {
+    int targets[LORA_GROUP_MAX];
+    int count = group_adapters(g, layer, group, targets);
+    if (count == 0) return;
+    act16 *adapter_y[LORA_GROUP_MAX];
+    const act16 *B[LORA_GROUP_MAX];
+    for (int k = 0; k < count; k++) {
+        adapter_y[k] = y[targets[k] - LORA_GROUP_FIRST[group]];
+        B[k] = g->params_act16 + g->offset_B[layer * N_LINEARS + targets[k]];
     }
-    matmul_gpu(y, x, g->weights[target], bias, s->n, shape.in_dim, shape.out_dim);
-    if (!has_adapter(g, layer, target)) return;
-    const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-    lora_forward_gpu(y, a->xa[target], x, keep, g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i],
-                     shape, g->lora_scratch);
+    const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[0]];
+    lora_group_forward_gpu(adapter_y, a->xa_group[group], x, keep, A, B, group_shape(g, s->n, targets, count),
+                           g->lora_scratch);
 }
 
-// dx += dy W (+ the adapter's part); the adapter's dA, dB (and DoRA's dm) accumulate.
-static void linear_backward(GpuTrainer *g, const StepShape *s, float *dx, const act16 *dy, const act16 *x, int layer,
-                            int target, const GpuActivations *a) {
-    LoraShape shape = lora_shape(g, s->n, target);
-    int i = layer * N_LINEARS + target;
-    if (g->dora && has_adapter(g, layer, target)) {
-        const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-        dora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], g->grads + g->offset_m[i], dy, x,
-                          keep, g->weights[target], g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i],
-                          g->params + g->offset_m[i], a->dora_norm[target], a->xa[target], a->dora_w[target], shape,
-                          g->lora_scratch, g->dora_scratch);
-        return;
+// Their backward (lora_group_backward_gpu): dB_t, the stacked dA_g (one matrix in
+// the flat layout, as A_g) and dx accumulate. dy: one per target of the group.
+static void group_lora_backward(GpuTrainer *g, const StepShape *s, int layer, int group, float *dx,
+                                const act16 *const dy[], const act16 *x, const float *keep, const GpuActivations *a) {
+    int targets[LORA_GROUP_MAX];
+    int count = group_adapters(g, layer, group, targets);
+    if (count == 0) return;
+    const act16 *adapter_dy[LORA_GROUP_MAX], *B[LORA_GROUP_MAX];
+    float *dB[LORA_GROUP_MAX];
+    for (int k = 0; k < count; k++) {
+        int i = layer * N_LINEARS + targets[k];
+        adapter_dy[k] = dy[targets[k] - LORA_GROUP_FIRST[group]];
+        B[k] = g->params_act16 + g->offset_B[i];
+        dB[k] = g->grads + g->offset_B[i];
     }
-    matmul_backward_input_gpu(dx, dy, g->weights[target], s->n, shape.in_dim, shape.out_dim);
-    if (!has_adapter(g, layer, target)) return;
-    const float *keep = adapter_mask(g, s->dropout_seed, s->dropout, layer, target, s->n, shape.in_dim);
-    lora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], dy, x, keep,
-                      g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i], a->xa[target], shape,
-                      g->lora_scratch);
+    size_t first_A = g->offset_A[layer * N_LINEARS + targets[0]];
+    lora_group_backward_gpu(dx, g->grads + first_A, dB, adapter_dy, x, keep, g->params_act16 + first_A, B,
+                            a->xa_group[group], group_shape(g, s->n, targets, count), g->lora_scratch);
+}
+
+// The linears of one input group in a layer (q|k|v, o, gate|up or down) on their
+// shared input x: y_t = x W_t^T + bias_t + s (dropout(x) A_t^T) B_t^T, one dropout
+// mask for the group; the adapters' part for all of them at once (group_lora_forward),
+// or with DoRA its layer (dora.h) one linear at a time. y and bias: one per target
+// of the group, in Linear order. What backward needs goes into a.
+static void group_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x, act16 *const y[],
+                          const float *const bias[], GpuActivations *a) {
+    int first = LORA_GROUP_FIRST[group];
+    const float *keep = group_mask(g, s, layer, group);
+    for (int t = first; t < LORA_GROUP_FIRST[group + 1]; t++) {
+        LoraShape shape = lora_shape(g, s->n, t);
+        int i = layer * N_LINEARS + t;
+        if (g->dora && has_adapter(g, layer, t)) {
+            dora_forward_gpu(y[t - first], a->dora_w[t], a->xa[t], a->dora_norm[t], x, keep, g->weights[t],
+                             bias[t - first], g->params_act16 + g->offset_A[i], g->params_act16 + g->offset_B[i],
+                             g->params + g->offset_A[i], g->params + g->offset_B[i], g->params + g->offset_m[i], shape,
+                             g->lora_scratch, g->dora_scratch);
+            continue;
+        }
+        matmul_gpu(y[t - first], x, g->weights[t], bias[t - first], s->n, shape.in_dim, shape.out_dim);
+    }
+    if (!g->dora) group_lora_forward(g, s, layer, group, x, keep, y, a);
+}
+
+// The group's backward: dx += dy_t W_t (+ the adapters' part) for each target; the
+// adapters' dA, dB (and DoRA's dm) accumulate. dy: one per target, in Linear order.
+static void group_backward(GpuTrainer *g, const StepShape *s, int layer, int group, float *dx, const act16 *const dy[],
+                           const act16 *x, const GpuActivations *a) {
+    int first = LORA_GROUP_FIRST[group];
+    const float *keep = group_mask(g, s, layer, group);
+    for (int t = first; t < LORA_GROUP_FIRST[group + 1]; t++) {
+        LoraShape shape = lora_shape(g, s->n, t);
+        int i = layer * N_LINEARS + t;
+        if (g->dora && has_adapter(g, layer, t)) {
+            dora_backward_gpu(dx, g->grads + g->offset_A[i], g->grads + g->offset_B[i], g->grads + g->offset_m[i],
+                              dy[t - first], x, keep, g->weights[t], g->params_act16 + g->offset_A[i],
+                              g->params_act16 + g->offset_B[i], g->params + g->offset_m[i], a->dora_norm[t], a->xa[t],
+                              a->dora_w[t], shape, g->lora_scratch, g->dora_scratch);
+            continue;
+        }
+        matmul_backward_input_gpu(dx, dy[t - first], g->weights[t], s->n, shape.in_dim, shape.out_dim);
+    }
+    if (!g->dora) group_lora_backward(g, s, layer, group, dx, dy, x, keep, a);
 }
 
 // Block `layer` on x_in (weights already loaded): activations into a, output into x_out.
@@ -402,24 +480,24 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     const GpuBlock *b = &g->blocks[layer];
     size_t n_dim = (size_t)s->n * c->dim;
     rmsnorm_gpu(a->xn1, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->q, a->xn1, b->bq, layer, LINEAR_Q, a);
-    linear_forward(g, s, a->k, a->xn1, b->bk, layer, LINEAR_K, a);
-    linear_forward(g, s, a->v, a->xn1, b->bv, layer, LINEAR_V, a);
+    act16 *const qkv[LORA_GROUP_MAX] = {a->q, a->k, a->v};
+    const float *const qkv_bias[LORA_GROUP_MAX] = {b->bq, b->bk, b->bv};
+    group_forward(g, s, layer, LORA_GROUP_QKV, a->xn1, qkv, qkv_bias, a);
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->packed ? g->positions : NULL, s->n_seqs,
                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
                           g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
-    linear_forward(g, s, g->tmp, a->att, NULL, layer, LINEAR_O, a);
+    group_forward(g, s, layer, LORA_GROUP_O, a->att, &g->tmp, NO_BIAS, a);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(a->x_mid, g->tmp, n_dim);
     rmsnorm_gpu(a->xn2, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
-    linear_forward(g, s, a->gate, a->xn2, NULL, layer, LINEAR_GATE, a);
-    linear_forward(g, s, a->up, a->xn2, NULL, layer, LINEAR_UP, a);
+    act16 *const gate_up[LORA_GROUP_MAX] = {a->gate, a->up};
+    group_forward(g, s, layer, LORA_GROUP_GATE_UP, a->xn2, gate_up, NO_BIAS, a);
     swiglu_gpu(a->h, a->gate, a->up, (size_t)s->n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
-    linear_forward(g, s, g->tmp, a->h, NULL, layer, LINEAR_DOWN, a);
+    group_forward(g, s, layer, LORA_GROUP_DOWN, a->h, &g->tmp, NO_BIAS, a);
     CUDA_CHECK(cudaMemcpy(x_out, a->x_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(x_out, g->tmp, n_dim);
 }
@@ -434,18 +512,18 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_x, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
-    linear_backward(g, s, g->d_wide, g->dy, a->h, layer, LINEAR_DOWN, a);
+    group_backward(g, s, layer, LORA_GROUP_DOWN, g->d_wide, &g->dy, a->h, a);
     float_to_act16_gpu(g->dy, g->d_wide, n_hidden);
     swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_gate, a->xn2, layer, LINEAR_GATE, a);
-    linear_backward(g, s, g->d_normed, g->d_up, a->xn2, layer, LINEAR_UP, a);
+    const act16 *const d_gate_up[LORA_GROUP_MAX] = {g->d_gate, g->d_up};
+    group_backward(g, s, layer, LORA_GROUP_GATE_UP, g->d_normed, d_gate_up, a->xn2, a);
     rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_mid, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
-    linear_backward(g, s, g->d_wide, g->dy, a->att, layer, LINEAR_O, a);
+    group_backward(g, s, layer, LORA_GROUP_O, g->d_wide, &g->dy, a->att, a);
     float_to_act16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v,
                            s->packed ? g->positions : NULL, s->n_seqs, s->seq_len, c->n_heads, c->n_kv_heads,
@@ -453,9 +531,8 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    linear_backward(g, s, g->d_normed, g->d_q, a->xn1, layer, LINEAR_Q, a);
-    linear_backward(g, s, g->d_normed, g->d_k, a->xn1, layer, LINEAR_K, a);
-    linear_backward(g, s, g->d_normed, g->d_v, a->xn1, layer, LINEAR_V, a);
+    const act16 *const d_qkv[LORA_GROUP_MAX] = {g->d_q, g->d_k, g->d_v};
+    group_backward(g, s, layer, LORA_GROUP_QKV, g->d_normed, d_qkv, a->xn1, a);
     rmsnorm_backward_gpu(g->d_x, g->d_normed, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
 }
 

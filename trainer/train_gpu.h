@@ -9,6 +9,9 @@
 //   - LoRA master weights, gradients and AdamW moments in fp32, one flat
 //     buffer each in the host's layout (LoraSet's params, lora.h), with a 16-bit
 //     copy of the weights that the GEMMs read, refreshed after every optimizer step;
+//   - the adapters of linears that read one input (q|k|v, gate|up: lora.h's input
+//     groups) share one dropout mask, and their A products run as one GEMM each way
+//     (their A's lie end to end in the flat layout); DoRA's run one linear at a time;
 //   - optionally (GpuPlacement): the moments in managed memory that the driver may
 //     page to the host (--paged-optim), and the block inputs kept for backward in
 //     pinned host memory (--offload, trainer/offload.h). Neither changes a bit of the result.
@@ -39,7 +42,9 @@ typedef struct {
     float *lse;                    // [n_seqs * n_heads * seq_len] attention log-sum-exp
     float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
     act16 *xn2, *gate, *up, *h;
-    act16 *xa[N_LINEARS];           // [N, rank] each adapter's (dropout(x) A^T)
+    act16 *xa_group[N_LORA_GROUPS]; // [N, count * rank] without DoRA: the input group's dropout(x) [A_1; ...]^T
+                                    // (lora_group_forward_gpu), NULL when the group has no adapter
+    act16 *xa[N_LINEARS];           // [N, rank] with DoRA: each adapter's (dropout(x) A^T), else NULL
     act16 *dora_w[N_LINEARS];       // [N, out] with DoRA: x_d W^T + s xa B^T (dora.h), else NULL
     float *dora_norm[N_LINEARS];    // [out] with DoRA: ||W + s B A|| per row (fp32), else NULL
 } GpuActivations;

@@ -6,7 +6,8 @@
 //   xn2 = rmsnorm(x_mid); gate, up = lin_gate(xn2), lin_up(xn2);  h = silu(gate) * up
 //   x_out = x_mid + lin_down(h)
 // where lin_t(x) = x W_t^T (+ bias) + s (dropout(x) A_t^T) B_t^T when target t has an adapter,
-// or DoRA's layer (dora.h) when the adapter has a magnitude vector m.
+// or DoRA's layer (dora.h) when the adapter has a magnitude vector m; the linears that
+// read one input (q|k|v, gate|up) share its dropout mask (lora.h's input groups).
 // After the last block: normed = rmsnorm(x), then the LM head and the loss on
 // the tokens whose target counts only (CountedTokens).
 // Backward walks the same lines in reverse. With recompute, only x_in of
@@ -87,7 +88,9 @@ static void free_activations(BlockActivations<Real> *a) {
     }
 }
 
-// The dropout mask of (layer, target) for this batch, or NULL without dropout.
+// The dropout mask of the input that (layer, target) reads, for this batch, or NULL
+// without dropout: one per input group (lora_dropout_seed), so q, k and v (and gate
+// and up) see the same dropped-out input, regenerated here for each of them.
 template <typename Real>
 static const float *adapter_mask(StepContext<Real> *ctx, int layer, int target, int in_dim) {
     if (ctx->opt->dropout <= 0.0f) return NULL;

@@ -90,6 +90,78 @@ static void bench_attention(int n_seqs, int seq, int heads, int kv_heads, int he
     for (void *p : {(void *)q, (void *)k, (void *)v, (void *)out, (void *)dq, (void *)dk, (void *)dv, (void *)lse})
         gpu_free(p);
 }
+// The q|k|v input group of one layer (issue 19: the LoRA work of a layer at most
+// 10% of its base GEMMs' time): the three base GEMMs forward and backward, then
+// the three adapters one at a time (lora_forward_gpu / lora_backward_gpu, as the
+// trainer ran them before input groups) and fused (lora_group_*: one A GEMM each
+// way, trainer/train_gpu.cu), without dropout and with a dropout mask. Each LoRA
+// row's share is of the base GEMMs' time in the same direction.
+static void bench_qkv_group(int n, int dim, int q_dim, int kv_dim, int rank, double gemm_tflops) {
+    const int outs[LORA_GROUP_MAX] = {q_dim, kv_dim, kv_dim};
+    LoraGroupShape group = {n, dim, rank, 3, {q_dim, kv_dim, kv_dim}, 2.0f};
+    act16 *x = (act16 *)device_random(sizeof(act16) * n * dim, "x");
+    float *dx = (float *)device_random(sizeof(float) * n * dim, "dx");
+    act16 *A = (act16 *)device_random(sizeof(act16) * 3 * rank * dim, "A (q|k|v)");
+    float *dA = (float *)device_random(sizeof(float) * 3 * rank * dim, "dA (q|k|v)");
+    act16 *xa = (act16 *)gpu_malloc(sizeof(act16) * n * 3 * rank, "xa (q|k|v)");
+    act16 *W[3], *y[3], *dy[3], *B[3];
+    float *dB[3];
+    for (int t = 0; t < 3; t++) {
+        W[t] = (act16 *)device_random(sizeof(act16) * outs[t] * dim, "W");
+        y[t] = (act16 *)device_random(sizeof(act16) * n * outs[t], "y");
+        dy[t] = (act16 *)device_random(sizeof(act16) * n * outs[t], "dy");
+        B[t] = (act16 *)device_random(sizeof(act16) * outs[t] * rank, "B");
+        dB[t] = (float *)device_random(sizeof(float) * outs[t] * rank, "dB");
+    }
+    float *keep = (float *)gpu_malloc(sizeof(float) * n * dim, "dropout mask");
+    lora_dropout_mask_gpu(keep, (size_t)n * dim, 0.05f, 1);
+    void *scratch = gpu_malloc(lora_group_scratch_bytes_gpu(group), "lora group scratch");
+    size_t a_size = (size_t)rank * dim;
+    // base: x W_t^T for the three; LoRA: x A_t^T and xa_t B_t^T for the three
+    double base_flops = 2.0 * n * dim * (q_dim + 2.0 * kv_dim);
+    double lora_flops = 2.0 * n * rank * (3.0 * dim + q_dim + 2.0 * kv_dim);
+    float base_fwd = time_ms([&] { for (int t = 0; t < 3; t++) matmul_gpu(y[t], x, W[t], NULL, n, dim, outs[t]); }, 20);
+    report_flops("matmul_gpu (q|k|v: 3 GEMMs)", base_flops, base_fwd, gemm_tflops);
+    float base_bwd = time_ms([&] {
+        for (int t = 0; t < 3; t++) matmul_backward_input_gpu(dx, dy[t], W[t], n, dim, outs[t]);
+    }, 20);
+    report_flops("matmul_backward_input_gpu (q|k|v)", base_flops, base_bwd, gemm_tflops);
+    for (const float *mask : {(const float *)NULL, (const float *)keep}) {
+        const char *with = mask ? "dropout" : "no dropout";
+        char name[64];
+        float ms = time_ms([&] {
+            for (int t = 0; t < 3; t++) {
+                LoraShape one = {n, dim, outs[t], rank, 2.0f};
+                lora_forward_gpu(y[t], xa + t * (size_t)n * rank, x, mask, A + t * a_size, B[t], one, scratch);
+            }
+        }, 20);
+        snprintf(name, sizeof name, "LoRA q|k|v one at a time fwd, %s", with);
+        report_flops(name, lora_flops, ms, gemm_tflops);
+        printf("%-40s %9.1f%% of the base GEMMs\n", "", 100.0 * ms / base_fwd);
+        ms = time_ms([&] { lora_group_forward_gpu(y, xa, x, mask, A, B, group, scratch); }, 20);
+        snprintf(name, sizeof name, "LoRA q|k|v fused fwd, %s", with);
+        report_flops(name, lora_flops, ms, gemm_tflops);
+        printf("%-40s %9.1f%% of the base GEMMs\n", "", 100.0 * ms / base_fwd);
+        ms = time_ms([&] {
+            for (int t = 0; t < 3; t++) {
+                LoraShape one = {n, dim, outs[t], rank, 2.0f};
+                lora_backward_gpu(dx, dA + t * a_size, dB[t], dy[t], x, mask, A + t * a_size, B[t],
+                                  xa + t * (size_t)n * rank, one, scratch);
+            }
+        }, 20);
+        snprintf(name, sizeof name, "LoRA q|k|v one at a time bwd, %s", with);
+        report_flops(name, 2.0 * lora_flops, ms, gemm_tflops);
+        printf("%-40s %9.1f%% of the base GEMMs\n", "", 100.0 * ms / base_bwd);
+        ms = time_ms([&] { lora_group_backward_gpu(dx, dA, dB, dy, x, mask, A, B, xa, group, scratch); }, 20);
+        snprintf(name, sizeof name, "LoRA q|k|v fused bwd, %s", with);
+        report_flops(name, 2.0 * lora_flops, ms, gemm_tflops);
+        printf("%-40s %9.1f%% of the base GEMMs\n", "", 100.0 * ms / base_bwd);
+    }
+    for (int t = 0; t < 3; t++) {
+        gpu_free(W[t]); gpu_free(y[t]); gpu_free(dy[t]); gpu_free(B[t]); gpu_free(dB[t]);
+    }
+    gpu_free(x); gpu_free(dx); gpu_free(A); gpu_free(dA); gpu_free(xa); gpu_free(keep); gpu_free(scratch);
+}
 #endif
 
 int main(void) {
@@ -184,6 +256,7 @@ int main(void) {
     report_flops("lora_forward_gpu (gate, r=16)", lora_flops, ms, gemm_tflops);
     ms = time_ms([&] { lora_backward_gpu(dx, grad_a, grad_b, h, xn, NULL, lora_a, lora_b, xa, shape, scratch); }, 20);
     report_flops("lora_backward_gpu (gate, r=16)", 2.0 * lora_flops, ms, gemm_tflops);
+    bench_qkv_group(n, dim, heads * head_dim, kv_heads * head_dim, rank, gemm_tflops);
 
     // LM head + cross-entropy, forward and backward
     act16 *lm_head = (act16 *)device_random(sizeof(act16) * vocab * dim, "lm head");

@@ -161,6 +161,26 @@ m step_allocates lib/adamw.cu \
 m lm_head_regions_overlap lib/ops/cross_entropy.cu \
   '    l.d_counted = workspace_region(&used, sizeof(float) * m * dim);' \
   '    l.d_counted = l.x_counted;' 'gpu: lm_head_cross_entropy*'
+# an input group's fused LoRA forward: every adapter's B product reading the first adapter's columns of xa
+m lora_group_xa_slice lib/lora.cu \
+  'gemm_act16_strided(y[t], gpu_act16_cuda_type(), s.out_dim[t], xa + t * s.rank, false, xa_width, B[t], true,' \
+  'gemm_act16_strided(y[t], gpu_act16_cuda_type(), s.out_dim[t], xa, false, xa_width, B[t], true,' \
+  'gpu: an input group*'
+# its backward writing each d_xa_t with the row stride of one adapter instead of the group's
+m lora_group_d_xa_stride lib/lora.cu \
+  'gemm_act16_strided(d_xa + t * s.rank, gpu_act16_cuda_type(), xa_width, dy[t], false, s.out_dim[t], B[t],' \
+  'gemm_act16_strided(d_xa + t * s.rank, gpu_act16_cuda_type(), s.rank, dy[t], false, s.out_dim[t], B[t],' \
+  'gpu: an input group*'
+# the trainer taking a group's stacked A from its last adapter instead of its first
+m group_A_offset lib/trainer/train_gpu.cu \
+  '    const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[0]];' \
+  '    const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[count - 1]];' \
+  'gpu train step: loss and LoRA gradients equal the CPU path*'
+# the trainer drawing a group's dropout mask from another seed than the CPU path's
+m group_mask_seed lib/trainer/train_gpu.cu \
+  '    uint64_t seed = lora_dropout_seed(s->dropout_seed, layer, targets[0]);' \
+  '    uint64_t seed = lora_dropout_seed(s->dropout_seed, layer, targets[0]) + 1;' \
+  'gpu train step: loss and LoRA gradients equal the CPU path*'
 # (BASE=asan) a kernel writing one element past its buffer: AddressSanitizer must name it
 m asan_global_overrun lib/ops/layers.cu \
   '    if (i < n) x[i] += to_float(y[i]);' \

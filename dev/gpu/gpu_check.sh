@@ -12,8 +12,10 @@
 #   memcheck  compute-sanitizer memcheck over the GPU tests (the two 30-layer
 #             ones, SmolLM2's shape and the default model, and the 20-step
 #             curve excluded: too slow there)
-#   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels), and PyTorch's SDPA
-#             (flash backend) on the same attention shapes (dev/bench/bench_sdpa.py)
+#   kernels   per-kernel GB/s and TFLOP/s (build/bench_kernels: with the q|k|v group's
+#             LoRA fused and one adapter at a time, each as a share of its base GEMMs'
+#             time), and PyTorch's SDPA (flash backend) on the same attention shapes
+#             (dev/bench/bench_sdpa.py)
 #   bench     ours vs HF transformers + peft on the same random-weight file:
 #             SmolLM2-135M shape (and Llama-3.2-1B with BENCH_1B=1); ours
 #             with --dora 1 on the same file (DoRA's cost on the GPU)

@@ -259,16 +259,13 @@ TEST_CASE("gpu placement: a training step allocates no device memory (every plac
 }
 
 // --plan's activations (the fp32 residual stream and x_mid included), paged and
-// offloaded bytes against what the trainer allocated, for each placement; and its
-// total against every byte the trainer holds on the device after creation and
-// after a step (the same, as a step allocates nothing), within the few bytes the
-// plan leaves out (trainer/memory_plan.h), with LoRA and with DoRA.
-TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activations, paged, offloaded, in all") {
-    Config c = placement_config();
-    char err[256];
-    Model model;
-    REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
-    int enabled[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1};
+// offloaded bytes against what the trainer allocated for adapters on `enabled`,
+// for each placement; and its total against every byte the trainer holds on the
+// device after creation and after a step (the same, as a step allocates
+// nothing), within the few bytes the plan leaves out (trainer/memory_plan.h),
+// with LoRA and with DoRA.
+static void check_plan_counts_allocations(const Model &model, const int enabled[N_LINEARS]) {
+    const Config &c = model.config;
     std::vector<TokenBatch> data;
     for (int i = 0; i < MICRO_BATCHES + 1; i++) data.push_back(random_tokens(c.vocab_size, 20 + i));
     const GpuPlacement placements[6] = {{0, 0}, {0, 0}, {1, 0}, {0, 1}, {1, 1}, {0, 0}};
@@ -289,7 +286,7 @@ TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activat
         in.batch = N_SEQS;
         in.seq_len = SEQ_LEN;
         in.rank = 8;
-        for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = 1;
+        for (int t = 0; t < N_LINEARS; t++) in.enabled[t] = enabled[t];
         in.quant_nf4 = 1;
         in.double_quant = 1;
         in.recompute = recompute;
@@ -315,6 +312,20 @@ TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activat
         CHECK(gpu_bytes_in_use() - before == created);
         gpu_trainer_free(&g);
         lora_set_free(&lora);
+    }
+}
+
+// Every target adapted, and a subset (q, v, down: the q|k|v group's xa holds two
+// adapters' columns, gate|up has none).
+TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activations, paged, offloaded, in all") {
+    Config c = placement_config();
+    char err[256];
+    Model model;
+    REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
+    const int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_v_down[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};
+    for (const int *enabled : {all, q_v_down}) {
+        INFO("targets " << (enabled == all ? "all seven" : "q, v, down"));
+        check_plan_counts_allocations(model, enabled);
     }
     model_free(&model);
 }
