@@ -373,7 +373,7 @@ std::vector<double> training_losses(const Model &m, const LoraSet &set, const st
     std::vector<AdapterParams<float>> params;
     for (int i = 0; i < c.n_layers * N_LINEARS; i++) {
         LoraAdapter &a = set.adapters[i];
-        params.push_back({a.A, a.B, a.dA, a.dB});
+        params.push_back({a.A, a.B, a.dA, a.dB, nullptr, nullptr});
     }
     StepOptions opt = {set.rank, set.adapters[0].scaling, 0.0f, 0, 0};
     std::vector<double> losses;

@@ -122,7 +122,7 @@ struct Adapters {
         std::memcpy(in_dim, in, sizeof in);
         std::memcpy(out_dim, out, sizeof out);
         storage.resize((size_t)c.n_layers * N_LINEARS * 4);
-        params.assign((size_t)c.n_layers * N_LINEARS, AdapterParams<float>{nullptr, nullptr, nullptr, nullptr});
+        params.assign((size_t)c.n_layers * N_LINEARS, AdapterParams<float>{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr});
         for (int l = 0; l < c.n_layers; l++)
             for (int t : ADAPTED) {
                 size_t e = (size_t)l * N_LINEARS + t;
@@ -134,7 +134,7 @@ struct Adapters {
                 for (size_t i = 0; i < nb; i++) s[1][i] = lora_value(i, l, t, true);
                 s[2].assign(na, 0.0f);
                 s[3].assign(nb, 0.0f);
-                params[e] = {s[0].data(), s[1].data(), s[2].data(), s[3].data()};
+                params[e] = {s[0].data(), s[1].data(), s[2].data(), s[3].data(), nullptr, nullptr};
             }
     }
     const std::vector<float> &get(int layer, int t, int which) const {   // 0 A, 1 B, 2 dA, 3 dB

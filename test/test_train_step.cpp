@@ -61,7 +61,7 @@ struct TinyModel {
             }
         }
         for (size_t i = 0; i < lora.size(); i += 4)
-            adapters.push_back({lora[i].data(), lora[i + 1].data(), lora[i + 2].data(), lora[i + 3].data()});
+            adapters.push_back({lora[i].data(), lora[i + 1].data(), lora[i + 2].data(), lora[i + 3].data(), nullptr, nullptr});
         source = {this, load, embed.data(), final_norm.data(), lm_head.data()};
     }
 };

@@ -41,7 +41,7 @@ typedef struct {
     int rank;
     float scaling;         // s: alpha / rank, or alpha / sqrt(rank) with rsLoRA
     float dropout;         // probability, on the adapter input only
-    uint64_t dropout_seed; // masks depend on (seed, layer, target); change it every micro-batch
+    uint64_t dropout_seed; // masks depend on (seed, layer, input group): lora_dropout_seed; change it every micro-batch
     int recompute;         // 1: keep only each block's input, recompute the block in backward
 } StepOptions;
 
