@@ -172,6 +172,7 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
                 (act16 *)alloc_counted(sizeof(act16) * n * count * g->rank, "activations (LoRA xa)", counter);
     }
     for (int t = 0; t < N_LINEARS && g->dora; t++) {
+        if (!has_adapter(g, 0, t)) continue;   // a target is adapted in every layer or in none
         a->xa[t] = (act16 *)alloc_counted(sizeof(act16) * n * g->rank, "activations (DoRA xa)", counter);
         int in_dim, out_dim;
         linear_dims(c, t, &in_dim, &out_dim);

@@ -324,7 +324,7 @@ TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activat
     REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
     const int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_v_down[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};
     for (const int *enabled : {all, q_v_down}) {
-        INFO("targets " << (enabled == all ? "all seven" : "q, v, down"));
+        INFO("targets " << std::string(enabled == all ? "all seven" : "q, v, down"));
         check_plan_counts_allocations(model, enabled);
     }
     model_free(&model);
