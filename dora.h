@@ -80,10 +80,10 @@ void dora_merge_weight(float *W, const float *A, const float *B, const float *m,
 
 // A CPU training step with DoRA over the same step with plain LoRA, as
 // measured (build/bench_train --shape smollm2-135m --batch 1 --seq 128, README
-// "DoRA"), with adapter dropout (one more base product forward and backward)
-// and without; ./train --dora prints the one that applies.
-#define DORA_CPU_STEP_COST_DROPOUT 1.95
-#define DORA_CPU_STEP_COST_NO_DROPOUT 1.36
+// "DoRA": the mean of two rounds), with adapter dropout (one more base product
+// forward and backward) and without; ./train --dora prints the one that applies.
+#define DORA_CPU_STEP_COST_DROPOUT 1.9
+#define DORA_CPU_STEP_COST_NO_DROPOUT 1.4
 
 // ---- on the GPU ----------------------------------------------------------------
 #ifdef __CUDACC__

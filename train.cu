@@ -686,7 +686,7 @@ static void print_dora_cost(const LoraSet *lora) {
     for (int i = 0; i < lora->n_layers * N_LINEARS; i++) magnitudes += lora->adapters[i].m ? lora->adapters[i].out_dim : 0;
     printf("dora: %zu magnitudes (one per output row of each adapted matrix) among them; each adapted layer also\n"
            "  computes ||W0 + s B A|| per row every step and keeps x W0^T + s xa B^T per token for backward (with\n"
-           "  --lora-dropout > 0 one more base product: x_d W0^T). Measured on a CPU: about %.2fx a LoRA step's time\n"
+           "  --lora-dropout > 0 one more base product: x_d W0^T). Measured on a CPU: about %.1fx a LoRA step's time\n"
            "  %s adapter dropout (README, \"DoRA\")\n", magnitudes,
            lora->dropout > 0 ? DORA_CPU_STEP_COST_DROPOUT : DORA_CPU_STEP_COST_NO_DROPOUT,
            lora->dropout > 0 ? "with" : "without");
