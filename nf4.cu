@@ -5,6 +5,7 @@
 // kernels, equal to the CPU functions bit for bit.
 #include "nf4.h"
 #include "ops/gpu.h"
+#include "ops/mma.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -294,39 +295,59 @@ static void nf4_tables_to_device(void) {
 
 // ---- dequantize ----
 
-// One thread per packed byte j: values 2j (high nibble) and 2j+1 (low nibble).
-// A warp covers 32 bytes = exactly one 64-block, so the block's absmax (and its
-// double-quant constants) is one broadcast read per warp; the code book sits in
-// shared memory, where the 16 different nibbles of a warp meet no bank conflict.
+// One thread per 32-bit word j of codes: 4 packed bytes, 8 values 8j..8j+7, all in
+// one 64-block (a block is 8 words), so one absmax per thread. Byte k of the word
+// (little-endian) holds value 8j+2k in its high nibble and 8j+2k+1 in its low one.
+// The 8 results leave in one 16-byte store when the output is 16-byte aligned
+// (wide_store), else one by one, as do a last partial word's, which is also read
+// a byte at a time (no read past the codes; `packed` itself comes from gpu_malloc,
+// so its words are aligned). A warp reads 128 contiguous bytes and writes 512.
+// The code book sits in shared memory, where the 16 different nibbles of a warp
+// meet no bank conflict.
 template <typename T>
 __global__ static void nf4_dequantize_kernel(T *out, const uint8_t *packed, const float *absmax,
                                              const uint8_t *absmax_q, const float *absmax2, float offset,
-                                             int double_quant, int64_t n) {
+                                             int double_quant, int64_t n, int wide_store) {
     __shared__ float code[16];
     if (threadIdx.x < 16) code[threadIdx.x] = c_nf4_code[threadIdx.x];
     __syncthreads();
-    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= (n + 1) / 2) return;
-    int64_t b = j / (NF4_BLOCK_SIZE / 2);
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, first = 8 * j;
+    if (first >= n) return;
+    int64_t b = first / NF4_BLOCK_SIZE, n_bytes = (n + 1) / 2;
     // absmax = dyn[q] * absmax2 + offset, fused as on the CPU (block_absmax)
     float scale = double_quant ? fmaf(c_dynamic_map[absmax_q[b]], absmax2[b / NF4_DQ_BLOCK_SIZE], offset) : absmax[b];
-    uint8_t byte = packed[j];
+    uint32_t word = 0;
+    if (4 * j + 4 <= n_bytes) word = *(const uint32_t *)(packed + 4 * j);
+    else
+        for (int k = 0; 4 * j + k < n_bytes; k++) word |= (uint32_t)packed[4 * j + k] << (8 * k);
     // w = code[nibble] * absmax, rounded once to T
-    out[2 * j] = from_float<T>(code[byte >> 4] * scale);
-    if (2 * j + 1 < n) out[2 * j + 1] = from_float<T>(code[byte & 15] * scale);
+    float w[8];
+    for (int k = 0; k < 4; k++) {
+        uint32_t byte = (word >> (8 * k)) & 0xff;
+        w[2 * k] = code[byte >> 4] * scale;
+        w[2 * k + 1] = code[byte & 15] * scale;
+    }
+    if (wide_store && first + 8 <= n) {
+        alignas(16) uint32_t pairs[4];
+        for (int k = 0; k < 4; k++) pairs[k] = pack_pair<T>(w[2 * k], w[2 * k + 1]);
+        copy16(out + first, pairs);
+        return;
+    }
+    for (int k = 0; k < 8 && first + k < n; k++) out[first + k] = from_float<T>(w[k]);
 }
 
 void nf4_dequantize_gpu(act16 *out, const NF4TensorGPU *q) {
-    int64_t n_bytes = (q->n + 1) / 2;
-    if (n_bytes <= 0) return;
+    int64_t n_words = (q->n + 7) / 8;
+    if (n_words <= 0) return;
     nf4_tables_to_device();
-    unsigned grid = (unsigned)((n_bytes + NF4_THREADS - 1) / NF4_THREADS);
+    unsigned grid = (unsigned)((n_words + NF4_THREADS - 1) / NF4_THREADS);
+    int wide_store = (uintptr_t)out % 16 == 0;
     if (gpu_act16() == ACT16_FP16)
         nf4_dequantize_kernel<fp16><<<grid, NF4_THREADS>>>(as_fp16(out), q->packed, q->absmax, q->absmax_q, q->absmax2,
-                                                           q->absmax_offset, q->double_quant, q->n);
+                                                           q->absmax_offset, q->double_quant, q->n, wide_store);
     else
         nf4_dequantize_kernel<bf16><<<grid, NF4_THREADS>>>(as_bf16(out), q->packed, q->absmax, q->absmax_q, q->absmax2,
-                                                           q->absmax_offset, q->double_quant, q->n);
+                                                           q->absmax_offset, q->double_quant, q->n, wide_store);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -4,7 +4,8 @@
 // values from shared memory into registers). On the CPU emulation of CUDA
 // (dev/cuda_on_cpu, which defines CUDA_ON_CPU) the same functions come from
 // its emu_mma.h, warp-wide CPU versions of the same layouts. Also copy16, the
-// 16-byte copy that fills the tiles ldmatrix reads.
+// 16-byte copy that fills the tiles ldmatrix reads (and makes nf4.cu's wide
+// stores), and pack_pair, two values in one register.
 //
 // Every lane of the warp must make the same call (the instructions are
 // .aligned). A 32-bit register holds two 16-bit values, the lower-numbered

@@ -51,6 +51,24 @@ static void report_flops(const char *name, double flops, float ms, double ceilin
     printf("%-40s %9.3f ms %9.1f TFLOP/s  %5.1f%% of cuBLAS bf16 GEMM\n", name, ms, tflops, 100.0 * tflops / ceiling);
 }
 
+// NF4 + double-quant dequantization of a rows x cols matrix, against the copy bandwidth.
+static void bench_nf4_dequantize(int rows, int cols, double copy_gbs) {
+    std::vector<float> w((size_t)rows * cols);
+    for (size_t i = 0; i < w.size(); i++) w[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
+    NF4Tensor q;
+    if (nf4_quantize(&q, w.data(), (int64_t)w.size(), 1) != 0) exit(1);
+    NF4TensorGPU qd;
+    nf4_upload(&qd, &q, "nf4 weights");
+    act16 *wd = (act16 *)gpu_malloc(sizeof(act16) * w.size(), "dequantized");
+    float ms = time_ms([&] { nf4_dequantize_gpu(wd, &qd); }, 50);
+    char name[64];
+    snprintf(name, sizeof name, "nf4_dequantize_gpu (%dx%d)", rows, cols);
+    report_bandwidth(name, (double)nf4_bytes(&q) + 2.0 * w.size(), ms, copy_gbs);
+    gpu_free(wd);
+    nf4_free_gpu(&qd);
+    nf4_free(&q);
+}
+
 // Causal attention forward and backward of every kind on one shape (no
 // packing), as TFLOP/s against the GEMM ceiling: q.k and p.v over half the
 // keys on average, 2 FLOPs per multiply-add; the backward counted as twice the
@@ -191,23 +209,17 @@ int main(void) {
     printf("ceilings: device-to-device copy %.0f GB/s (read + write), cuBLAS bf16 GEMM %dx%dx%d %.0f TFLOP/s\n\n",
            copy_gbs, big, big, big, gemm_tflops);
 
-    // NF4 dequantization of the MLP's gate matrix (codes + DQ constants in, bf16 out)
-    std::vector<float> w((size_t)hidden * dim);
-    for (size_t i = 0; i < w.size(); i++) w[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
-    NF4Tensor q;
-    if (nf4_quantize(&q, w.data(), (int64_t)w.size(), 1) != 0) return 1;
-    NF4TensorGPU qd;
-    nf4_upload(&qd, &q, "nf4 weights");
-    act16 *wd = (act16 *)gpu_malloc(sizeof(act16) * w.size(), "dequantized");
-    float ms = time_ms([&] { nf4_dequantize_gpu(wd, &qd); }, 50);
-    report_bandwidth("nf4_dequantize_gpu (1536x576)", (double)nf4_bytes(&q) + 2.0 * w.size(), ms, copy_gbs);
+    // NF4 dequantization of an MLP gate matrix (codes + DQ constants in, 16-bit out): SmolLM2's,
+    // and Llama-3.1-8B's, large enough to fill the GPU
+    bench_nf4_dequantize(hidden, dim, copy_gbs);
+    bench_nf4_dequantize(14336, 4096, copy_gbs);
 
     // elementwise and norm kernels on [n, dim] / [n, hidden]
     float *x = (float *)device_random(sizeof(float) * n * dim, "x");
     float *dx = (float *)device_random(sizeof(float) * n * dim, "dx");
     float *norm_w = (float *)device_random(sizeof(float) * dim, "norm weight");
     act16 *xn = (act16 *)gpu_malloc(sizeof(act16) * n * dim, "xn");
-    ms = time_ms([&] { rmsnorm_gpu(xn, x, norm_w, n, dim, 1e-5f); }, 50);
+    float ms = time_ms([&] { rmsnorm_gpu(xn, x, norm_w, n, dim, 1e-5f); }, 50);
     report_bandwidth("rmsnorm_gpu", (4.0 + 2.0) * n * dim, ms, copy_gbs);
     ms = time_ms([&] { rmsnorm_backward_gpu(dx, x, x, norm_w, n, dim, 1e-5f); }, 50);
     report_bandwidth("rmsnorm_backward_gpu", 4.0 * 4.0 * n * dim, ms, copy_gbs);
@@ -240,6 +252,7 @@ int main(void) {
     bench_attention(2, 2048, 32, 8, 128, gemm_tflops);
 
     // base GEMMs (the MLP's gate projection) and LoRA on it
+    act16 *wd = (act16 *)device_random(sizeof(act16) * (size_t)hidden * dim, "gate weight");
     ms = time_ms([&] { matmul_gpu(h, xn, wd, NULL, n, dim, hidden); }, 20);
     report_flops("matmul_gpu (gate: 4096x576x1536)", 2.0 * n * dim * hidden, ms, gemm_tflops);
     ms = time_ms([&] { matmul_backward_input_gpu(dx, h, wd, n, dim, hidden); }, 20);

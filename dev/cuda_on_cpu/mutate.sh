@@ -90,6 +90,15 @@ m softmax_off_by_one lib/ops/attention.cu \
 m divergent_shuffle lib/nf4.cu \
   'float block_max = warp_max(fmaxf(fabsf(x0), fabsf(x1)));' \
   'float block_max = lane < 16 ? warp_max(fmaxf(fabsf(x0), fabsf(x1))) : 0.0f;' 'gpu: nf4_quantize_gpu*'
+# the NF4 dequantize's wide path: nibbles swapped in the 16-byte store, a partial last word read whole
+m nf4_wide_nibbles lib/nf4.cu \
+  'pairs[k] = pack_pair<T>(w[2 * k], w[2 * k + 1]);' \
+  'pairs[k] = pack_pair<T>(w[2 * k + 1], w[2 * k]);' 'gpu: nf4_dequantize_gpu*'
+m asan_nf4_word_past_end lib/nf4.cu \
+  'if (4 * j + 4 <= n_bytes) word' 'if (4 * j < n_bytes) word' 'gpu: nf4_dequantize_gpu*'
+# the one-by-one path writing a whole word's 8 values past n
+m nf4_tail_overwrite lib/nf4.cu \
+  'for (int k = 0; k < 8 && first + k < n; k++)' 'for (int k = 0; k < 8; k++)' 'gpu: nf4_dequantize_gpu*'
 # sum_group_heads reading one head too far (out of bounds on the last kv head)
 m group_heads_oob lib/ops/attention.cu \
   'for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' \

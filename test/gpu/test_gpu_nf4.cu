@@ -99,13 +99,22 @@ NF4Tensor download_nf4(const NF4TensorGPU *d) {
     return q;
 }
 
-// The GPU dequantization of q, as floats on the host (output poisoned first).
-std::vector<float> dequantize_on_gpu(const NF4TensorGPU *q) {
-    act16 *d_out = (act16 *)gpu_malloc(sizeof(act16) * (size_t)q->n, "nf4 out");
-    gpu_poison(d_out, sizeof(act16) * (size_t)q->n);
-    nf4_dequantize_gpu(d_out, q);
-    std::vector<float> out = download_act16(d_out, (size_t)q->n);
-    gpu_free(d_out);
+// The GPU dequantization of q, as floats on the host (output poisoned first),
+// written `shift` values past a 256-byte aligned start (1 and 4 shifts miss the
+// kernel's 16-byte stores, so they take its one-by-one path). The GUARD values
+// after the output must keep their poison (NaN): nothing is written past n.
+const size_t GUARD = 16;
+std::vector<float> dequantize_on_gpu(const NF4TensorGPU *q, int shift = 0) {
+    size_t n = (size_t)q->n, total = shift + n + GUARD;
+    act16 *d_buffer = (act16 *)gpu_malloc(sizeof(act16) * total, "nf4 out");
+    gpu_poison(d_buffer, sizeof(act16) * total);
+    nf4_dequantize_gpu(d_buffer + shift, q);
+    std::vector<float> out = download_act16(d_buffer + shift, n + GUARD);
+    gpu_free(d_buffer);
+    size_t overwritten = 0;
+    for (size_t i = n; i < n + GUARD; i++) overwritten += !isnan(out[i]);
+    CHECK(overwritten == 0);
+    out.resize(n);
     return out;
 }
 
@@ -129,10 +138,13 @@ TEST_CASE("gpu: nf4_dequantize_gpu equals nf4_dequantize rounded to the 16-bit t
             nf4_upload(&d, &q, "nf4 weight");
             CHECK(d.n == c.n);
             CHECK(d.double_quant == double_quant);
-            std::vector<float> got = dequantize_on_gpu(&d);
-            size_t mismatches = 0;
-            for (size_t i = 0; i < got.size(); i++) mismatches += !(got[i] == want[i]);
-            CHECK(mismatches == 0);
+            for (int shift : {0, 1, 4, 8}) {
+                INFO("output " << shift << " values past an aligned start");
+                std::vector<float> got = dequantize_on_gpu(&d, shift);
+                size_t mismatches = 0;
+                for (size_t i = 0; i < got.size(); i++) mismatches += !(got[i] == want[i]);
+                CHECK(mismatches == 0);
+            }
             nf4_free_gpu(&d);
             CHECK(d.packed == nullptr);
             nf4_free(&q);
