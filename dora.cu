@@ -2,6 +2,7 @@
 // per-row norm of W0 + s B A, the adapted layer's forward and backward, the
 // magnitudes' initialisation and the merge, on the CPU and (at the bottom) on the GPU.
 #include "dora.h"
+#include "lora_scratch.h"
 #include "nf4.h"
 #include "ops/gpu.h"
 #include "ops/layers.h"
@@ -274,15 +275,12 @@ void dora_scale_dy_gpu(act16 *out, const act16 *dy, const float *m, const float 
     CUDA_CHECK_LAUNCH();
 }
 
-// Scratch layout: two act16 [n, out] regions (the forward's x_d W^T; the
-// backward's g dy and (g - 1) dy), 256-byte aligned, then n * in fp32 (the
-// forward's x_d as act16; the backward's ((g - 1) dy) W).
-static size_t out_region_bytes(LoraShape s) {
-    size_t bytes = sizeof(act16) * (size_t)s.n * s.out_dim;
-    return (bytes + 255) / 256 * 256;
-}
+// Scratch layout (lora_scratch.h): two act16 [n, out] regions (the forward's
+// x_d W^T; the backward's g dy and (g - 1) dy), then n * in fp32 (the forward's
+// x_d as act16; the backward's ((g - 1) dy) W).
+static size_t out_region_bytes(LoraShape s) { return dora_scratch_out_region((size_t)s.n, s.out_dim, sizeof(act16)); }
 
-size_t dora_scratch_bytes_gpu(LoraShape s) { return 2 * out_region_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim; }
+size_t dora_scratch_bytes_gpu(LoraShape s) { return dora_scratch_size((size_t)s.n, s.in_dim, s.out_dim, sizeof(act16)); }
 
 void dora_forward_gpu(act16 *y, act16 *w, act16 *xa, float *norm, const act16 *x, const float *keep, const act16 *W,
                       const float *bias, const act16 *A16, const act16 *B16, const float *A32, const float *B32,

@@ -2,6 +2,7 @@
 // backward, on the CPU and (at the bottom) on the GPU. The frozen base
 // product x W^T is computed by the caller.
 #include "lora.h"
+#include "lora_scratch.h"
 #include "ops/gpu.h"
 #include "ops/layers.h"
 #include "ops/random.h"
@@ -42,24 +43,16 @@ HOST_DEVICE static inline float dropout_keep_value(uint64_t key, size_t i, float
     return (p > 0.0f && u < p) ? 0.0f : kept_value;
 }
 
-const int LORA_GROUP_FIRST[N_LORA_GROUPS + 1] = {LINEAR_Q, LINEAR_O, LINEAR_GATE, LINEAR_DOWN, N_LINEARS};
-
-int lora_group_of(int target) {
-    int group = 0;
-    while (target >= LORA_GROUP_FIRST[group + 1]) group++;
-    return group;
-}
-
-int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LORA_GROUP_MAX]) {
+int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LINEAR_GROUP_MAX]) {
     int count = 0;
-    for (int t = LORA_GROUP_FIRST[group]; t < LORA_GROUP_FIRST[group + 1]; t++)
+    for (int t = LINEAR_GROUP_FIRST[group]; t < LINEAR_GROUP_FIRST[group + 1]; t++)
         if (enabled[t]) targets[count++] = t;
     return count;
 }
 
 uint64_t lora_dropout_seed(uint64_t step_seed, int layer, int target) {
     // step_seed ^ (k + 1) GAMMA, k = layer * N_LINEARS + the first target of target's input group
-    int first = LORA_GROUP_FIRST[lora_group_of(target)];
+    int first = LINEAR_GROUP_FIRST[linear_group_of(target)];
     return step_seed ^ ((uint64_t)(layer * N_LINEARS + first + 1) * SPLITMIX64_GAMMA);
 }
 
@@ -217,8 +210,8 @@ int lora_set_init(LoraSet *set, const Config *c, const int enabled[N_LINEARS], i
     // with DoRA); offset is where the next tensor starts
     size_t offset = 0;
     for (int l = 0; l < c->n_layers; l++) {
-        for (int group = 0; group < N_LORA_GROUPS; group++) {
-            int targets[LORA_GROUP_MAX];
+        for (int group = 0; group < N_LINEAR_GROUPS; group++) {
+            int targets[LINEAR_GROUP_MAX];
             int count = lora_group_targets(enabled, group, targets);
             for (int i = 0; i < count; i++) {
                 LoraAdapter *a = &set->adapters[l * N_LINEARS + targets[i]];
@@ -413,16 +406,15 @@ void lora_add_masked_gpu(float *dx, const float *d, const float *keep, size_t co
     CUDA_CHECK_LAUNCH();
 }
 
-// Scratch layout: d_xa (act16 [n, count * rank]), then one region of n * in fp32
-// that holds the masked input x * keep (act16 [n, in]) and, once that is used up in
-// backward, d(x * keep) (fp32 [n, in]).
-static size_t d_xa_bytes(LoraGroupShape s) {
-    size_t bytes = sizeof(act16) * (size_t)s.n * s.count * s.rank;
-    return (bytes + 255) / 256 * 256;   // keep the next region 256-byte aligned
+// Scratch layout (lora_scratch.h): d_xa (act16 [n, count * rank]), then one region
+// of n * in fp32 that holds the masked input x * keep (act16 [n, in]) and, once that
+// is used up in backward, d(x * keep) (fp32 [n, in]).
+static size_t input_offset(LoraGroupShape s) {
+    return lora_scratch_input_offset((size_t)s.n, s.count, s.rank, sizeof(act16));
 }
 
 size_t lora_group_scratch_bytes_gpu(LoraGroupShape s) {
-    return d_xa_bytes(s) + sizeof(float) * (size_t)s.n * s.in_dim;
+    return lora_scratch_size((size_t)s.n, s.in_dim, s.count, s.rank, sizeof(act16));
 }
 
 // One adapter is a group of one (lora_forward_gpu, lora_backward_gpu).
@@ -439,7 +431,7 @@ void lora_group_forward_gpu(act16 *const y[], act16 *xa, const act16 *x, const f
     int xa_width = s.count * s.rank;
     const act16 *dropped = x;
     if (keep) {
-        act16 *masked = (act16 *)((char *)scratch + d_xa_bytes(s));
+        act16 *masked = (act16 *)((char *)scratch + input_offset(s));
         lora_apply_mask_gpu(masked, x, keep, (size_t)s.n * s.in_dim);
         dropped = masked;
     }
@@ -459,7 +451,7 @@ void lora_group_backward_gpu(float *dx, float *dA, float *const dB[], const act1
     size_t x_count = (size_t)s.n * s.in_dim;
     int xa_width = s.count * s.rank;
     act16 *d_xa = (act16 *)scratch;
-    void *x_region = (char *)scratch + d_xa_bytes(s);
+    void *x_region = (char *)scratch + input_offset(s);
     for (int t = 0; t < s.count; t++) {
         // dB_t += s dy_t^T xa_t                     [out_t, r]
         gemm_act16_strided(dB[t], CUDA_R_32F, s.rank, dy[t], true, s.out_dim[t], xa + t * s.rank, false, xa_width,

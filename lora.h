@@ -27,19 +27,12 @@ float lora_scale(float alpha, int rank, int rslora);
 // 1/sqrt(in)) from the seed (kaiming-uniform with a = sqrt(5), as peft), B = 0.
 void lora_init_weights(LoraAdapter *a, uint64_t seed);
 
-// The linears that read the same input form an input group: q, k, v read the
-// attention norm's output, o the attention's, gate and up the MLP norm's, down
-// SwiGLU's. A group's targets are consecutive in Linear order: group g holds
-// targets LORA_GROUP_FIRST[g] .. LORA_GROUP_FIRST[g + 1] - 1. A group's adapters
-// share one dropout mask (lora_dropout_seed), their A's lie end to end in the
-// flat layout (LoraSet), and the GPU computes their A products as one GEMM.
-enum { LORA_GROUP_QKV, LORA_GROUP_O, LORA_GROUP_GATE_UP, LORA_GROUP_DOWN, N_LORA_GROUPS };
-#define LORA_GROUP_MAX 3   // targets in the largest group (q, k, v)
-extern const int LORA_GROUP_FIRST[N_LORA_GROUPS + 1];
-// The input group of a target.
-int lora_group_of(int target);
-// The enabled targets of a group, in Linear order, into targets[]; returns how many (0 .. LORA_GROUP_MAX).
-int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LORA_GROUP_MAX]);
+// LoRA on input groups (model.h: the linears that read the same input, q|k|v,
+// o, gate|up, down): a group's adapters share one dropout mask
+// (lora_dropout_seed), their A's lie end to end in the flat layout (LoraSet),
+// and the GPU computes their A products as one GEMM.
+// The enabled targets of a group, in Linear order, into targets[]; returns how many (0 .. LINEAR_GROUP_MAX).
+int lora_group_targets(const int enabled[N_LINEARS], int group, int targets[LINEAR_GROUP_MAX]);
 
 // Inverted dropout mask for n x in_dim inputs: keep[i] = 0 with probability p,
 // else 1 / (1 - p). Counter-based: keep[i] depends only on (seed, i), through
@@ -173,12 +166,12 @@ void lora_backward_gpu(float *dx, float *dA, float *dB, const act16 *dy, const a
 // n * rank act16 (rounded up to 256 bytes) + n * in fp32.
 size_t lora_scratch_bytes_gpu(LoraShape s);
 
-// The adapters of the linears of one input group (count of them, 1 .. LORA_GROUP_MAX)
+// The adapters of the linears of one input group (count of them, 1 .. LINEAR_GROUP_MAX)
 // on their shared input x [n, in]: their A's stacked into one matrix
 // A_g = [A_1; ...; A_count] ([count * rank, in], as the flat layout keeps them), each its own B_t.
 typedef struct {
     int n, in_dim, rank, count;
-    int out_dim[LORA_GROUP_MAX];   // of each adapter, in the group's order
+    int out_dim[LINEAR_GROUP_MAX];   // of each adapter, in the group's order
     float scaling;
 } LoraGroupShape;
 // xa = (x * keep) A_g^T (act16 [n, count * rank]: adapter t's xa_t in columns t rank .. (t + 1) rank - 1),

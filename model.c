@@ -59,6 +59,14 @@ const char *arch_name(Arch arch) {
 
 const char *const LINEAR_NAMES[N_LINEARS] = {"q", "k", "v", "o", "gate", "up", "down"};
 
+const int LINEAR_GROUP_FIRST[N_LINEAR_GROUPS + 1] = {LINEAR_Q, LINEAR_O, LINEAR_GATE, LINEAR_DOWN, N_LINEARS};
+
+int linear_group_of(int linear) {
+    int group = 0;
+    while (linear >= LINEAR_GROUP_FIRST[group + 1]) group++;
+    return group;
+}
+
 void linear_dims(const Config *c, int linear, int *in_dim, int *out_dim) {
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     int ins[N_LINEARS] = {c->dim, c->dim, c->dim, q_dim, c->dim, c->dim, c->hidden_dim};

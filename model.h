@@ -69,6 +69,15 @@ extern const char *const LINEAR_NAMES[N_LINEARS];   // "q", "k", "v", "o", "gate
 void linear_dims(const Config *c, int linear, int *in_dim, int *out_dim);
 // The weight of a linear layer in a block, [out_dim, in_dim].
 float *linear_weight(const LayerWeights *l, int linear);
+// The linears that read the same input form an input group: q, k, v read the
+// attention norm's output, o the attention's, gate and up the MLP norm's, down
+// SwiGLU's. A group's linears are consecutive: group g holds
+// LINEAR_GROUP_FIRST[g] .. LINEAR_GROUP_FIRST[g + 1] - 1.
+enum { LINEAR_GROUP_QKV, LINEAR_GROUP_O, LINEAR_GROUP_GATE_UP, LINEAR_GROUP_DOWN, N_LINEAR_GROUPS };
+#define LINEAR_GROUP_MAX 3   // linears in the largest group (q, k, v)
+extern const int LINEAR_GROUP_FIRST[N_LINEAR_GROUPS + 1];
+// The input group of a linear.
+int linear_group_of(int linear);
 
 typedef struct {
     Config config;

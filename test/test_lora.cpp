@@ -138,16 +138,16 @@ TEST_CASE("lora: dropout masks are independent across elements and related seeds
 TEST_CASE("lora: the linears that read one input share its dropout mask; other inputs and layers do not") {
     // the input groups written out by hand: q, k, v | o | gate, up | down
     const int group_of[N_LINEARS] = {0, 0, 0, 1, 2, 2, 3};
-    for (int t = 0; t < N_LINEARS; t++) CHECK(lora_group_of(t) == group_of[t]);
+    for (int t = 0; t < N_LINEARS; t++) CHECK(linear_group_of(t) == group_of[t]);
     int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_and_v[N_LINEARS] = {1, 0, 1, 0, 0, 0, 0};
-    int targets[LORA_GROUP_MAX];
-    REQUIRE(lora_group_targets(all, LORA_GROUP_QKV, targets) == 3);
+    int targets[LINEAR_GROUP_MAX];
+    REQUIRE(lora_group_targets(all, LINEAR_GROUP_QKV, targets) == 3);
     CHECK((targets[0] == LINEAR_Q && targets[1] == LINEAR_K && targets[2] == LINEAR_V));
-    REQUIRE(lora_group_targets(all, LORA_GROUP_GATE_UP, targets) == 2);
+    REQUIRE(lora_group_targets(all, LINEAR_GROUP_GATE_UP, targets) == 2);
     CHECK((targets[0] == LINEAR_GATE && targets[1] == LINEAR_UP));
-    REQUIRE(lora_group_targets(q_and_v, LORA_GROUP_QKV, targets) == 2);
+    REQUIRE(lora_group_targets(q_and_v, LINEAR_GROUP_QKV, targets) == 2);
     CHECK((targets[0] == LINEAR_Q && targets[1] == LINEAR_V));
-    CHECK(lora_group_targets(q_and_v, LORA_GROUP_GATE_UP, targets) == 0);
+    CHECK(lora_group_targets(q_and_v, LINEAR_GROUP_GATE_UP, targets) == 0);
     for (int layer = 0; layer < 3; layer++)
         for (int t = 0; t < N_LINEARS; t++)
             for (int u = 0; u < N_LINEARS; u++) {

@@ -1,9 +1,9 @@
 // trainer/memory_plan.c: the memory arithmetic of a training run (see trainer/memory_plan.h).
 #include "trainer/memory_plan.h"
 #include "adamw.h"
+#include "lora_scratch.h"
 #include "nf4.h"
 #include "ops/cross_entropy.h"
-#include "ops/workspace.h"
 
 #include <limits.h>
 #include <math.h>
@@ -106,38 +106,29 @@ static double block_bytes_per_token(const Config *c, const PlanInputs *in) {
     return act * in->activation_bytes + fp32 * FP32_BYTES;
 }
 
-// DoRA's per-block extras that are not per token (its fp32 row norms), and its
-// GPU scratch: 2 x [tokens, out] 16-bit (each 256-byte aligned) + [tokens, in] fp32
-// for the widest adapter (dora_scratch_bytes_gpu).
+// DoRA's per-block extras that are not per token: its fp32 row norms.
 static double dora_block_norm_bytes(const Config *c, const PlanInputs *in) {
     return in->dora ? 4.0 * adapted_outputs(c, in) : 0.0;
 }
-static double dora_scratch_bytes(const Config *c, const PlanInputs *in) {
-    int64_t ins[N_LINEARS], outs[N_LINEARS];
-    target_shapes(c, ins, outs);
-    size_t tokens = (size_t)in->batch * in->seq_len;
-    double largest = 0;
-    for (int t = 0; in->dora && t < N_LINEARS; t++) {
-        size_t out_region = workspace_round_up(tokens * in->activation_bytes * (size_t)outs[t]);
-        double bytes = 2.0 * out_region + FP32_BYTES * tokens * ins[t];
-        if (in->enabled[t] && bytes > largest) largest = bytes;
-    }
-    return largest;
-}
 
-// The GPU's LoRA scratch, for the widest of the seven linears (the trainer sizes it for
-// all seven): d_xa [tokens, rank] 16-bit, 256-byte aligned, then [tokens, in] fp32
-// (lora_scratch_bytes_gpu).
-static double lora_scratch_bytes(const Config *c, const PlanInputs *in) {
-    int64_t ins[N_LINEARS], outs[N_LINEARS];
-    target_shapes(c, ins, outs);
-    size_t tokens = (size_t)in->batch * in->seq_len;
-    double d_xa = (double)workspace_round_up(tokens * in->activation_bytes * (size_t)in->rank), largest = 0;
-    for (int t = 0; t < N_LINEARS; t++) {
-        double bytes = d_xa + FP32_BYTES * tokens * ins[t];
-        if (bytes > largest) largest = bytes;
+// The GPU's adapter scratch (lora_scratch.h), as the trainer sizes it: for the
+// input group whose enabled adapters need the most together, and with DoRA for
+// its widest adapter.
+static double adapter_scratch_bytes(const Config *c, const PlanInputs *in) {
+    size_t tokens = (size_t)in->batch * in->seq_len, lora = 0, dora = 0;
+    for (int group = 0; group < N_LINEAR_GROUPS; group++) {
+        int count = 0, in_dim = 0, out_dim = 0;
+        for (int t = LINEAR_GROUP_FIRST[group]; t < LINEAR_GROUP_FIRST[group + 1]; t++) {
+            if (!in->enabled[t]) continue;
+            count++;
+            linear_dims(c, t, &in_dim, &out_dim);
+            size_t bytes = dora_scratch_size(tokens, in_dim, out_dim, in->activation_bytes);
+            if (in->dora && bytes > dora) dora = bytes;
+        }
+        size_t bytes = count ? lora_scratch_size(tokens, in_dim, count, in->rank, in->activation_bytes) : 0;
+        if (bytes > lora) lora = bytes;
     }
-    return largest;
+    return (double)lora + (double)dora;
 }
 
 // Bytes per token of one block's backward buffers (trainer/train_gpu.cu's alloc_buffers), with
@@ -209,7 +200,7 @@ void memory_plan_compute(const Config *c, const PlanInputs *in, MemoryPlan *out)
     plan_activations(c, in, out);
     plan_workspaces(c, in, out);
     plan_attention(c, in, out);
-    out->adapter_scratch = lora_scratch_bytes(c, in) + dora_scratch_bytes(c, in);
+    out->adapter_scratch = adapter_scratch_bytes(c, in);
     out->paged = in->paged_optim ? out->adam_moments : 0.0;
     out->total = out->base_linear + out->quant_constants + out->base_other + out->lora_params + out->lora_grads +
                  out->adam_moments - out->paged + out->lora_copy + out->activations + out->backward_buffers +

@@ -134,11 +134,19 @@ static int has_adapter(const GpuTrainer *g, int layer, int target) {
     return g->offset_A[layer * N_LINEARS + target] != (size_t)-1;
 }
 
-// The adapted targets of an input group (lora.h) in a layer, in Linear order; returns how many.
-static int group_adapters(const GpuTrainer *g, int layer, int group, int targets[LORA_GROUP_MAX]) {
+// The adapted targets of an input group (model.h) in a layer, in Linear order; returns how many.
+static int group_adapters(const GpuTrainer *g, int layer, int group, int targets[LINEAR_GROUP_MAX]) {
     int adapted[N_LINEARS];
     for (int t = 0; t < N_LINEARS; t++) adapted[t] = has_adapter(g, layer, t);
     return lora_group_targets(adapted, group, targets);
+}
+
+// The shape of the adapter of one target on n tokens.
+static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
+    int in_dim, out_dim;
+    linear_dims(&g->c, target, &in_dim, &out_dim);
+    LoraShape s = {n, in_dim, out_dim, g->rank, g->scaling};
+    return s;
 }
 
 // The shape of the adapters of targets[0 .. count - 1], one input group, on n tokens.
@@ -164,8 +172,8 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
     a->gate = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (gate)", counter);
     a->up = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (up)", counter);
     a->h = (act16 *)alloc_counted(sizeof(act16) * n * c->hidden_dim, "activations (SwiGLU)", counter);
-    for (int group = 0; group < N_LORA_GROUPS && !g->dora; group++) {
-        int targets[LORA_GROUP_MAX];
+    for (int group = 0; group < N_LINEAR_GROUPS && !g->dora; group++) {
+        int targets[LINEAR_GROUP_MAX];
         int count = group_adapters(g, 0, group, targets);
         if (count > 0)
             a->xa_group[group] =
@@ -184,7 +192,7 @@ static void alloc_activations(GpuTrainer *g, GpuActivations *a) {
 static void free_activations(GpuActivations *a) {
     gpu_free(a->xn1); gpu_free(a->q); gpu_free(a->k); gpu_free(a->v); gpu_free(a->att); gpu_free(a->lse);
     gpu_free(a->x_mid); gpu_free(a->xn2); gpu_free(a->gate); gpu_free(a->up); gpu_free(a->h);
-    for (int group = 0; group < N_LORA_GROUPS; group++) gpu_free(a->xa_group[group]);
+    for (int group = 0; group < N_LINEAR_GROUPS; group++) gpu_free(a->xa_group[group]);
     for (int t = 0; t < N_LINEARS; t++) {
         gpu_free(a->xa[t]);
         gpu_free(a->dora_w[t]);
@@ -223,19 +231,18 @@ static void alloc_buffers(GpuTrainer *g) {
     g->d_v = (act16 *)alloc_counted(sizeof(act16) * n * kv_dim, "gradient (v)", scratch);
     g->tmp = (act16 *)alloc_counted(sizeof(act16) * n * c->dim, "linear output", scratch);
     g->keep = (float *)alloc_counted(sizeof(float) * n * widest, "dropout mask", scratch);
+    // the adapter scratch for the largest call: a group's adapters together (one adapter
+    // alone, as DoRA calls them, needs no more), and with DoRA its widest adapter
     size_t lora_bytes = 0, dora_bytes = 0;
-    for (int t = 0; t < N_LINEARS; t++) {
-        int in_dim, out_dim;
-        linear_dims(c, t, &in_dim, &out_dim);
-        LoraShape s = {(int)n, in_dim, out_dim, g->rank, g->scaling};
-        lora_bytes = max_size(lora_bytes, lora_scratch_bytes_gpu(s));
-        dora_bytes = max_size(dora_bytes, dora_scratch_bytes_gpu(s));
-    }
-    for (int group = 0; group < N_LORA_GROUPS; group++) {   // a group's adapters together need more
-        int targets[LORA_GROUP_MAX];
-        int count = group_adapters(g, 0, group, targets);
-        lora_bytes = max_size(lora_bytes, lora_group_scratch_bytes_gpu(group_shape(g, (int)n, targets, count)));
-    }
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int group = 0; group < N_LINEAR_GROUPS; group++) {
+            int targets[LINEAR_GROUP_MAX];
+            int count = group_adapters(g, layer, group, targets);
+            if (count == 0) continue;
+            lora_bytes = max_size(lora_bytes, lora_group_scratch_bytes_gpu(group_shape(g, (int)n, targets, count)));
+            for (int k = 0; g->dora && k < count; k++)
+                dora_bytes = max_size(dora_bytes, dora_scratch_bytes_gpu(lora_shape(g, (int)n, targets[k])));
+        }
     g->lora_scratch = alloc_counted(lora_bytes, "LoRA scratch", scratch);
     if (g->dora) g->dora_scratch = alloc_counted(dora_bytes, "DoRA scratch", scratch);
     // the simple attention (cuBLAS) when one head of scores fits the budget and head_dim % 8 == 0, else flash
@@ -368,17 +375,10 @@ typedef struct {
     int weighted;   // g->loss_weights holds the loss weights
 } StepShape;
 
-static LoraShape lora_shape(const GpuTrainer *g, int n, int target) {
-    int in_dim, out_dim;
-    linear_dims(&g->c, target, &in_dim, &out_dim);
-    LoraShape s = {n, in_dim, out_dim, g->rank, g->scaling};
-    return s;
-}
-
 // The dropout mask of an input group's shared input in a layer for this micro-batch
 // (lora_dropout_seed, as on the CPU), or NULL without dropout or without an adapter there.
 static const float *group_mask(GpuTrainer *g, const StepShape *s, int layer, int group) {
-    int targets[LORA_GROUP_MAX];
+    int targets[LINEAR_GROUP_MAX];
     if (s->dropout <= 0.0f || group_adapters(g, layer, group, targets) == 0) return NULL;
     int in_dim, out_dim;
     linear_dims(&g->c, targets[0], &in_dim, &out_dim);
@@ -388,20 +388,20 @@ static const float *group_mask(GpuTrainer *g, const StepShape *s, int layer, int
 }
 
 // The biases of a group whose linears have none.
-static const float *const NO_BIAS[LORA_GROUP_MAX] = {NULL, NULL, NULL};
+static const float *const NO_BIAS[LINEAR_GROUP_MAX] = {NULL, NULL, NULL};
 
 // y_t += s (dropout(x) A_t^T) B_t^T for the group's LoRA adapters at once
 // (lora_group_forward_gpu): their stacked A_g starts at the first one's A, as a
 // group's A's lie end to end in the flat layout (lora.h). y: one per target of the group.
 static void group_lora_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x,
                                const float *keep, act16 *const y[], GpuActivations *a) {
-    int targets[LORA_GROUP_MAX];
+    int targets[LINEAR_GROUP_MAX];
     int count = group_adapters(g, layer, group, targets);
     if (count == 0) return;
-    act16 *adapter_y[LORA_GROUP_MAX];
-    const act16 *B[LORA_GROUP_MAX];
+    act16 *adapter_y[LINEAR_GROUP_MAX];
+    const act16 *B[LINEAR_GROUP_MAX];
     for (int k = 0; k < count; k++) {
-        adapter_y[k] = y[targets[k] - LORA_GROUP_FIRST[group]];
+        adapter_y[k] = y[targets[k] - LINEAR_GROUP_FIRST[group]];
         B[k] = g->params_act16 + g->offset_B[layer * N_LINEARS + targets[k]];
     }
     const act16 *A = g->params_act16 + g->offset_A[layer * N_LINEARS + targets[0]];
@@ -413,14 +413,14 @@ static void group_lora_forward(GpuTrainer *g, const StepShape *s, int layer, int
 // the flat layout, as A_g) and dx accumulate. dy: one per target of the group.
 static void group_lora_backward(GpuTrainer *g, const StepShape *s, int layer, int group, float *dx,
                                 const act16 *const dy[], const act16 *x, const float *keep, const GpuActivations *a) {
-    int targets[LORA_GROUP_MAX];
+    int targets[LINEAR_GROUP_MAX];
     int count = group_adapters(g, layer, group, targets);
     if (count == 0) return;
-    const act16 *adapter_dy[LORA_GROUP_MAX], *B[LORA_GROUP_MAX];
-    float *dB[LORA_GROUP_MAX];
+    const act16 *adapter_dy[LINEAR_GROUP_MAX], *B[LINEAR_GROUP_MAX];
+    float *dB[LINEAR_GROUP_MAX];
     for (int k = 0; k < count; k++) {
         int i = layer * N_LINEARS + targets[k];
-        adapter_dy[k] = dy[targets[k] - LORA_GROUP_FIRST[group]];
+        adapter_dy[k] = dy[targets[k] - LINEAR_GROUP_FIRST[group]];
         B[k] = g->params_act16 + g->offset_B[i];
         dB[k] = g->grads + g->offset_B[i];
     }
@@ -436,9 +436,9 @@ static void group_lora_backward(GpuTrainer *g, const StepShape *s, int layer, in
 // of the group, in Linear order. What backward needs goes into a.
 static void group_forward(GpuTrainer *g, const StepShape *s, int layer, int group, const act16 *x, act16 *const y[],
                           const float *const bias[], GpuActivations *a) {
-    int first = LORA_GROUP_FIRST[group];
+    int first = LINEAR_GROUP_FIRST[group];
     const float *keep = group_mask(g, s, layer, group);
-    for (int t = first; t < LORA_GROUP_FIRST[group + 1]; t++) {
+    for (int t = first; t < LINEAR_GROUP_FIRST[group + 1]; t++) {
         LoraShape shape = lora_shape(g, s->n, t);
         int i = layer * N_LINEARS + t;
         if (g->dora && has_adapter(g, layer, t)) {
@@ -457,9 +457,9 @@ static void group_forward(GpuTrainer *g, const StepShape *s, int layer, int grou
 // adapters' dA, dB (and DoRA's dm) accumulate. dy: one per target, in Linear order.
 static void group_backward(GpuTrainer *g, const StepShape *s, int layer, int group, float *dx, const act16 *const dy[],
                            const act16 *x, const GpuActivations *a) {
-    int first = LORA_GROUP_FIRST[group];
+    int first = LINEAR_GROUP_FIRST[group];
     const float *keep = group_mask(g, s, layer, group);
-    for (int t = first; t < LORA_GROUP_FIRST[group + 1]; t++) {
+    for (int t = first; t < LINEAR_GROUP_FIRST[group + 1]; t++) {
         LoraShape shape = lora_shape(g, s->n, t);
         int i = layer * N_LINEARS + t;
         if (g->dora && has_adapter(g, layer, t)) {
@@ -481,24 +481,24 @@ static void block_forward(GpuTrainer *g, const StepShape *s, int layer, const fl
     const GpuBlock *b = &g->blocks[layer];
     size_t n_dim = (size_t)s->n * c->dim;
     rmsnorm_gpu(a->xn1, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
-    act16 *const qkv[LORA_GROUP_MAX] = {a->q, a->k, a->v};
-    const float *const qkv_bias[LORA_GROUP_MAX] = {b->bq, b->bk, b->bv};
-    group_forward(g, s, layer, LORA_GROUP_QKV, a->xn1, qkv, qkv_bias, a);
+    act16 *const qkv[LINEAR_GROUP_MAX] = {a->q, a->k, a->v};
+    const float *const qkv_bias[LINEAR_GROUP_MAX] = {b->bq, b->bk, b->bv};
+    group_forward(g, s, layer, LINEAR_GROUP_QKV, a->xn1, qkv, qkv_bias, a);
     rope_gpu(a->q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_gpu(a->k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     attention_forward_gpu(g->attention, a->att, a->lse, a->q, a->k, a->v, s->packed ? g->positions : NULL, s->n_seqs,
                           s->seq_len, c->n_heads, c->n_kv_heads, c->head_dim, g->attention_scratch,
                           g->attention_scratch_bytes);
     // x_mid = x_in + lin_o(att)
-    group_forward(g, s, layer, LORA_GROUP_O, a->att, &g->tmp, NO_BIAS, a);
+    group_forward(g, s, layer, LINEAR_GROUP_O, a->att, &g->tmp, NO_BIAS, a);
     CUDA_CHECK(cudaMemcpy(a->x_mid, x_in, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(a->x_mid, g->tmp, n_dim);
     rmsnorm_gpu(a->xn2, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
-    act16 *const gate_up[LORA_GROUP_MAX] = {a->gate, a->up};
-    group_forward(g, s, layer, LORA_GROUP_GATE_UP, a->xn2, gate_up, NO_BIAS, a);
+    act16 *const gate_up[LINEAR_GROUP_MAX] = {a->gate, a->up};
+    group_forward(g, s, layer, LINEAR_GROUP_GATE_UP, a->xn2, gate_up, NO_BIAS, a);
     swiglu_gpu(a->h, a->gate, a->up, (size_t)s->n * c->hidden_dim);
     // x_out = x_mid + lin_down(h)
-    group_forward(g, s, layer, LORA_GROUP_DOWN, a->h, &g->tmp, NO_BIAS, a);
+    group_forward(g, s, layer, LINEAR_GROUP_DOWN, a->h, &g->tmp, NO_BIAS, a);
     CUDA_CHECK(cudaMemcpy(x_out, a->x_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     residual_add_gpu(x_out, g->tmp, n_dim);
 }
@@ -513,18 +513,18 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     CUDA_CHECK(cudaMemcpy(g->d_mid, g->d_x, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_x, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n_hidden));
-    group_backward(g, s, layer, LORA_GROUP_DOWN, g->d_wide, &g->dy, a->h, a);
+    group_backward(g, s, layer, LINEAR_GROUP_DOWN, g->d_wide, &g->dy, a->h, a);
     float_to_act16_gpu(g->dy, g->d_wide, n_hidden);
     swiglu_backward_gpu(g->d_gate, g->d_up, g->dy, a->gate, a->up, n_hidden);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    const act16 *const d_gate_up[LORA_GROUP_MAX] = {g->d_gate, g->d_up};
-    group_backward(g, s, layer, LORA_GROUP_GATE_UP, g->d_normed, d_gate_up, a->xn2, a);
+    const act16 *const d_gate_up[LINEAR_GROUP_MAX] = {g->d_gate, g->d_up};
+    group_backward(g, s, layer, LINEAR_GROUP_GATE_UP, g->d_normed, d_gate_up, a->xn2, a);
     rmsnorm_backward_gpu(g->d_mid, g->d_normed, a->x_mid, b->mlp_norm, s->n, c->dim, c->norm_eps);
     // attention: x_mid = x_in + lin_o(att)  =>  d_x_in = d_mid + (through attention)
     CUDA_CHECK(cudaMemcpy(g->d_x, g->d_mid, sizeof(float) * n_dim, cudaMemcpyDeviceToDevice));
     float_to_act16_gpu(g->dy, g->d_mid, n_dim);
     CUDA_CHECK(cudaMemset(g->d_wide, 0, sizeof(float) * n * q_dim));
-    group_backward(g, s, layer, LORA_GROUP_O, g->d_wide, &g->dy, a->att, a);
+    group_backward(g, s, layer, LINEAR_GROUP_O, g->d_wide, &g->dy, a->att, a);
     float_to_act16_gpu(g->dy, g->d_wide, n * q_dim);
     attention_backward_gpu(g->attention, g->d_q, g->d_k, g->d_v, g->dy, a->att, a->lse, a->q, a->k, a->v,
                            s->packed ? g->positions : NULL, s->n_seqs, s->seq_len, c->n_heads, c->n_kv_heads,
@@ -532,8 +532,8 @@ static void block_backward(GpuTrainer *g, const StepShape *s, int layer, const f
     rope_backward_gpu(g->d_q, g->positions, g->inv_freq, s->n, c->n_heads, c->head_dim);
     rope_backward_gpu(g->d_k, g->positions, g->inv_freq, s->n, c->n_kv_heads, c->head_dim);
     CUDA_CHECK(cudaMemset(g->d_normed, 0, sizeof(float) * n_dim));
-    const act16 *const d_qkv[LORA_GROUP_MAX] = {g->d_q, g->d_k, g->d_v};
-    group_backward(g, s, layer, LORA_GROUP_QKV, g->d_normed, d_qkv, a->xn1, a);
+    const act16 *const d_qkv[LINEAR_GROUP_MAX] = {g->d_q, g->d_k, g->d_v};
+    group_backward(g, s, layer, LINEAR_GROUP_QKV, g->d_normed, d_qkv, a->xn1, a);
     rmsnorm_backward_gpu(g->d_x, g->d_normed, x_in, b->attn_norm, s->n, c->dim, c->norm_eps);
 }
 

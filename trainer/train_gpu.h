@@ -42,7 +42,7 @@ typedef struct {
     float *lse;                    // [n_seqs * n_heads * seq_len] attention log-sum-exp
     float *x_mid;                  // [N, dim] fp32 residual stream between attention and MLP
     act16 *xn2, *gate, *up, *h;
-    act16 *xa_group[N_LORA_GROUPS]; // [N, count * rank] without DoRA: the input group's dropout(x) [A_1; ...]^T
+    act16 *xa_group[N_LINEAR_GROUPS]; // [N, count * rank] without DoRA: the input group's dropout(x) [A_1; ...]^T
                                     // (lora_group_forward_gpu), NULL when the group has no adapter
     act16 *xa[N_LINEARS];           // [N, rank] with DoRA: each adapter's (dropout(x) A^T), else NULL
     act16 *dora_w[N_LINEARS];       // [N, out] with DoRA: x_d W^T + s xa B^T (dora.h), else NULL

@@ -115,7 +115,7 @@ static void bench_attention(int n_seqs, int seq, int heads, int kv_heads, int he
 // way, trainer/train_gpu.cu), without dropout and with a dropout mask. Each LoRA
 // row's share is of the base GEMMs' time in the same direction.
 static void bench_qkv_group(int n, int dim, int q_dim, int kv_dim, int rank, double gemm_tflops) {
-    const int outs[LORA_GROUP_MAX] = {q_dim, kv_dim, kv_dim};
+    const int outs[LINEAR_GROUP_MAX] = {q_dim, kv_dim, kv_dim};
     LoraGroupShape group = {n, dim, rank, 3, {q_dim, kv_dim, kv_dim}, 2.0f};
     act16 *x = (act16 *)device_random(sizeof(act16) * n * dim, "x");
     float *dx = (float *)device_random(sizeof(float) * n * dim, "dx");

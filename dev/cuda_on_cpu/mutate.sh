@@ -99,6 +99,13 @@ m asan_nf4_word_past_end lib/nf4.cu \
 # the one-by-one path writing a whole word's 8 values past n
 m nf4_tail_overwrite lib/nf4.cu \
   'for (int k = 0; k < 8 && first + k < n; k++)' 'for (int k = 0; k < 8; k++)' 'gpu: nf4_dequantize_gpu*'
+# the adapter scratch sized for every linear of a group, adapted or not (the plan counts the adapted)
+m scratch_all_targets lib/trainer/train_gpu.cu \
+  '            int count = group_adapters(g, layer, group, targets);
+            if (count == 0) continue;' \
+  '            int count = 0;
+            for (int t = LINEAR_GROUP_FIRST[group]; t < LINEAR_GROUP_FIRST[group + 1]; t++) targets[count++] = t;' \
+  'gpu placement: --plan counts*'
 # sum_group_heads reading one head too far (out of bounds on the last kv head)
 m group_heads_oob lib/ops/attention.cu \
   'for (int j = 0; j < group; j++) sum += row[(size_t)(g * group + j) * head_dim + d];' \

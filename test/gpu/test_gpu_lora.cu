@@ -259,8 +259,8 @@ GroupCase make_group_case(int n, int in_dim, std::vector<int> outs, int rank, fl
 
 // The device copies of a group case's inputs and accumulators.
 struct GroupDevice {
-    act16 *x, *A, *B[LORA_GROUP_MAX], *dy[LORA_GROUP_MAX], *y[LORA_GROUP_MAX];
-    float *keep, *dx, *dA, *dB[LORA_GROUP_MAX];
+    act16 *x, *A, *B[LINEAR_GROUP_MAX], *dy[LINEAR_GROUP_MAX], *y[LINEAR_GROUP_MAX];
+    float *keep, *dx, *dA, *dB[LINEAR_GROUP_MAX];
     explicit GroupDevice(const GroupCase &c) {
         x = upload_act16(c.x, "x");
         A = upload_act16(c.A, "A");

@@ -315,16 +315,18 @@ static void check_plan_counts_allocations(const Model &model, const int enabled[
     }
 }
 
-// Every target adapted, and a subset (q, v, down: the q|k|v group's xa holds two
-// adapters' columns, gate|up has none).
+// Every target adapted, and two subsets: q, v, down (the q|k|v group's xa holds
+// two adapters' columns, gate|up has none), and q, k, v (no adapter reads the
+// widest input, so the adapter scratch is the q|k|v group's, not down's).
 TEST_CASE("gpu placement: --plan counts the bytes the trainer allocates: activations, paged, offloaded, in all") {
     Config c = placement_config();
     char err[256];
     Model model;
     REQUIRE(model_init_random(&model, &c, 7, err, sizeof err) == 0);
-    const int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_v_down[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1};
-    for (const int *enabled : {all, q_v_down}) {
-        INFO("targets " << std::string(enabled == all ? "all seven" : "q, v, down"));
+    const int all[N_LINEARS] = {1, 1, 1, 1, 1, 1, 1}, q_v_down[N_LINEARS] = {1, 0, 1, 0, 0, 0, 1},
+              q_k_v[N_LINEARS] = {1, 1, 1, 0, 0, 0, 0};
+    for (const int *enabled : {all, q_v_down, q_k_v}) {
+        INFO("targets " << std::string(enabled == all ? "all seven" : enabled == q_v_down ? "q, v, down" : "q, k, v"));
         check_plan_counts_allocations(model, enabled);
     }
     model_free(&model);
