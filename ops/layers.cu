@@ -33,12 +33,18 @@ void matmul_naive_cpu(Real *out, const Real *in, const Real *weight, const Real 
 // tiles that stay in cache. Blocks running past the last row repeat that row
 // and drop its results. Every sum is added up by one thread in a fixed order:
 // the same bits for any number of threads.
+// The two block kernels (matmul_block, product_block) skip AddressSanitizer's
+// checks in the test build (no_sanitize_address; nothing changes elsewhere):
+// checked, their SIMD loads ran about 20x slower and the tests that run the
+// default model took minutes each. Their callers stay checked, and the blocked
+// products are tested against matmul_naive_cpu, which is checked, on awkward shapes.
 
 // out[t][o] for TOKENS tokens from t0 and ROWS rows of W from o0: each step loads
 // TOKENS input and ROWS weight vectors of LANES values and multiply-adds each pair
 // into its own LANES partial sums, which are added up at the end.
 static const int MATMUL_TOKENS = 4, MATMUL_ROWS = 3;
 template <typename Real>
+__attribute__((no_sanitize_address))
 static void matmul_block(Real *out, const Real *in, const Real *weight, const Real *bias, int in_dim, int out_dim,
                          int t0, int o0) {
     const int TOKENS = MATMUL_TOKENS, ROWS = MATMUL_ROWS, LANES = 32 / sizeof(Real);
@@ -101,6 +107,7 @@ struct Product {
 // k and multiply-adds them into the row's COLS sums.
 static const int PRODUCT_ROWS = 6;
 template <typename Real>
+__attribute__((no_sanitize_address))
 static void product_block(const Product<Real> &p, int r0, int c0, int k0, int k1) {
     const int ROWS = PRODUCT_ROWS, COLS = 64 / sizeof(Real);
     Real sum[ROWS][COLS] = {};

@@ -23,7 +23,10 @@
 
 #include "data/tokfile.h"
 #include "formats/json.h"
+#include "infer/merge.h"
+#include "model.h"
 #include "test/test_util.h"
+#include "tokenizer.h"
 
 namespace {
 
@@ -107,30 +110,60 @@ uint64_t set_id_of(const std::string &path) {
     return id;
 }
 
+// A small random-weight model with a small tokenizer of SmolLM2's kind (400 tokens,
+// the chat-template fixture's), in HF layout, into dir: a
+// training step in tens of milliseconds, so the kills land among many steps and
+// checkpoint writes (what the kills are about), not in the default model's minutes.
+void save_small_model(const std::string &dir) {
+    char err[1024] = "";
+    Tokenizer *t = tokenizer_from_json("test/fixtures/chat_templates/smollm2/tokenizer.json", err, sizeof err);
+    REQUIRE_MESSAGE(t, err);
+    Config c = {};
+    c.arch = ARCH_LLAMA;
+    c.dim = 128;
+    c.hidden_dim = 256;
+    c.n_layers = 2;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 32;
+    c.vocab_size = tokenizer_vocab_size(t);
+    c.max_seq_len = 1024;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.tied_embeddings = 1;
+    Model m;
+    REQUIRE_MESSAGE(model_init_random(&m, &c, 11, err, sizeof err) == 0, err);
+    m.tokenizer = t;   // model_free frees it
+    REQUIRE_MESSAGE(model_save_hf(&m, dir.c_str(), err, sizeof err) == 0, err);
+    model_free(&m);
+}
+
 }  // namespace
 
 TEST_CASE("crash: ./train --save-every 1 killed at random moments, then resumed, ends as a run never killed") {
     TempDir dir;
-    const std::vector<std::string> command = {"./train", "--data", "data/sample_raft.jsonl", "--steps", "4",
-                                              "--grad-accum", "1", "--seq", "160", "--val-frac", "0", "--rank", "4",
-                                              "--lora-dropout", "0.1", "--warmup", "1", "--save-every", "1",
-                                              "--device", "cpu"};
+    save_small_model(dir.path + "/model");
+    const std::vector<std::string> command = {"./train", "--model", dir.path + "/model", "--data",
+                                              "data/sample_raft.jsonl", "--steps", "12", "--grad-accum", "1", "--seq",
+                                              "768", "--val-frac", "0", "--rank", "4", "--lora-dropout", "0.1",
+                                              "--warmup", "1", "--save-every", "1", "--device", "cpu"};
     auto with = [&](std::vector<std::string> extra) {
         std::vector<std::string> argv = command;
         argv.insert(argv.end(), extra.begin(), extra.end());
         return argv;
     };
     auto t0 = std::chrono::steady_clock::now();
-    REQUIRE(run(with({"--out", dir.path + "/whole"}), dir.path + "/whole.txt") == 0);
+    REQUIRE_MESSAGE(run(with({"--out", dir.path + "/whole"}), dir.path + "/whole.txt") == 0,
+                    file_text(dir.path + "/whole.txt"));
     double whole_seconds = seconds_since(t0);
     std::vector<std::string> expected = losses(dir.path + "/whole/log.csv");
-    REQUIRE(expected.size() == 5);   // the header and 4 steps
+    REQUIRE(expected.size() == 13);   // the header and 12 steps
     std::string expected_adapter = file_text(dir.path + "/whole/adapter/adapter_model.safetensors");
     REQUIRE(!expected_adapter.empty());
 
     std::mt19937 random(20261207);
     std::uniform_real_distribution<double> moment(0.0, whole_seconds);
-    for (int trial = 0; trial < 4; trial++) {
+    for (int trial = 0; trial < 6; trial++) {
         std::string out = dir.path + "/killed" + std::to_string(trial), log = out + ".txt";
         double kill_at = moment(random);
         run_and_kill(with({"--out", out}), log, kill_at);

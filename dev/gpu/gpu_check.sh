@@ -24,7 +24,8 @@
 #             .model_a, then .model_b in the next call, see dev/README.md), timed
 #   resume    after train: 6 steps in one run vs paused at 3 and resumed;
 #             the logged losses and grad norms must be equal (GPU determinism)
-#   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512
+#   big       Llama-3.1-8B shape, ours vs HF + peft, batch 1 x 512, then issue 19's
+#             target row, 2 x 2048 (ours with the trainer's attention and with flash_tc)
 #   placement --paged-optim and --offload: their GPU tests (the same steps bit for
 #             bit), ./train with each against neither on a tiny random model (the
 #             same logged losses), a paused and resumed run with both, and the
@@ -139,6 +140,14 @@ for s in $stages; do
         ;;
     big)
         bench_pair llama-3.1-8b 1 512 | tee "$OUT/bench_8b.log"
+        # issue 19's target row: 2 x 2048 tokens a micro-step (dev/gpu/step_model.py's prediction),
+        # ours with the trainer's pick and with the tensor-core flash attention, and HF + peft
+        for kind in auto flash_tc; do
+            ./build/bench_train --model /tmp/random-llama-3.1-8b --batch 2 --seq 2048 --quant nf4 --recompute 1 \
+                --attention $kind 2>&1 | tail -1 | tee -a "$OUT/bench_8b.log"
+        done
+        python3 dev/bench/bench_hf_peft.py --model /tmp/random-llama-3.1-8b --batch 2 --seq 2048 --recompute 1 2>&1 |
+            tail -1 | tee -a "$OUT/bench_8b.log"
         ;;
     placement)
         ./build/test_gpu -tc="gpu placement*" 2>&1 | tee "$OUT/placement_tests.log" |
@@ -171,6 +180,7 @@ for s in $stages; do
                 [ -n "$BENCH_8B" ] && ./build/bench_train --shape llama-3.1-8b --batch 1 --seq 4096 --recompute 1 $flags 2>&1 | tail -1
             done
         } | tee "$OUT/placement_bench.log"
+        ;;
     serve)
         make -j16 CPPFLAGS=-I.devdeps LDFLAGS=-L.devdeps generate serve build/test_gpu build/bench_train \
             >"$OUT/build_serve.log" 2>&1 || tail -30 "$OUT/build_serve.log"
