@@ -9,18 +9,11 @@
 #include <fstream>
 #include <string>
 
-#include <sys/wait.h>
+#include "test_util.h"
 
 // Runs dev/check_includes.sh on root; returns its exit status and output.
 static int check_includes(const std::string &root, std::string *output) {
-    std::string command = "sh dev/check_includes.sh " + root + " 2>&1";
-    FILE *pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char chunk[512];
-    output->clear();
-    while (fgets(chunk, sizeof chunk, pipe)) *output += chunk;
-    int status = pclose(pipe);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run_shell("sh dev/check_includes.sh " + root + " 2>&1", output);
 }
 
 static void write_file(const std::filesystem::path &path, const std::string &text) {

@@ -4,25 +4,16 @@
 // check does fail on a script with a case branch left open.
 #include <doctest/doctest.h>
 
-#include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
-#include <sys/wait.h>
+#include "test_util.h"
 
 // `sh -n path`: its exit status, its complaint in *output.
 static int shell_parse(const std::string &path, std::string *output) {
-    std::string command = "sh -n '" + path + "' 2>&1";
-    FILE *pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    char chunk[512];
-    output->clear();
-    while (fgets(chunk, sizeof chunk, pipe)) *output += chunk;
-    int status = pclose(pipe);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return run_shell("sh -n '" + path + "' 2>&1", output);
 }
 
 static std::vector<std::string> shell_scripts(const std::string &folder) {

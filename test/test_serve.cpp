@@ -28,6 +28,7 @@
 #include "formats/json.h"
 #include "serving/server.h"
 #include "serving/stop.h"
+#include "test_util.h"
 
 static const char *MODEL = "test/fixtures/serve/model";
 static const char *ADAPTER_DIRS[] = {"test/fixtures/serve/faq", "test/fixtures/serve/all"};
@@ -281,13 +282,8 @@ namespace {
 
 // stdout of a shell command.
 std::string shell(const std::string &command) {
-    FILE *pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe);
     std::string out;
-    char block[4096];
-    size_t n;
-    while ((n = fread(block, 1, sizeof block, pipe)) > 0) out.append(block, n);
-    pclose(pipe);
+    run_shell(command, &out);
     return out;
 }
 

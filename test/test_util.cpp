@@ -3,7 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdio>
 #include <cstdlib>
+
+#include <sys/wait.h>
 
 static Model g_model;
 static bool g_loaded = false;
@@ -31,4 +34,15 @@ std::vector<int> json_ints(const JsonValue *array) {
     std::vector<int> out;
     for (size_t i = 0; array && i < array->count; i++) out.push_back((int)array->items[i].number);
     return out;
+}
+
+int run_shell(const std::string &command, std::string *output) {
+    FILE *pipe = popen(command.c_str(), "r");
+    REQUIRE(pipe != nullptr);
+    output->clear();
+    char block[4096];
+    size_t n;
+    while ((n = fread(block, 1, sizeof block, pipe)) > 0) output->append(block, n);
+    int status = pclose(pipe);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

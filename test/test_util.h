@@ -14,3 +14,5 @@ const Model &default_model();
 std::string from_hex(const std::string &hex);
 // The numbers of a JSON array as ints (empty for NULL).
 std::vector<int> json_ints(const JsonValue *array);
+// Runs a shell command: its exit status (-1 when it did not exit), its output in *output.
+int run_shell(const std::string &command, std::string *output);
