@@ -14,6 +14,7 @@
 #include "infer/sampler.h"
 #include "nf4.h"
 #include "ops/gpu.h"
+#include "ops/random.h"
 #include "serving/request.h"
 #include "serving/response.h"
 #include "serving/scheduler.h"
@@ -74,6 +75,7 @@ struct Generation {
     std::string id;
     long long created = 0;
     double accepted_at = 0;
+    uint64_t unseeded = 0;   // the sampler's seed when the request gives none
     // filled by the worker, read by the HTTP thread under mutex
     std::mutex mutex;
     std::condition_variable changed;
@@ -280,14 +282,14 @@ static void run_generation(Server *s, std::shared_ptr<Generation> g) {
     const Config *c = &s->model.config;
     int max_seq = (int)g->prompt.size() + g->max_new;
     Sampler sampler;
-    uint64_t seed = g->request.seed_given ? g->request.seed : (uint64_t)time(NULL) ^ (uint64_t)g->created * 7919u;
+    uint64_t seed = g->request.seed_given ? g->request.seed : g->unseeded;
     std::vector<float> norms((size_t)c->n_layers + 1);
     char err[512] = "out of memory for the sampler";
     {
         Sequence sequence(s, g->adapter.get());
         bool have_state = !cancelled(*g) && sequence.init(max_seq, err, sizeof err);
         bool have_sampler = have_state && sampler_init(&sampler, c->vocab_size, g->request.temperature,
-                                                       g->request.top_p, seed ? seed : 1) == 0;
+                                                       g->request.top_p, seed) == 0;
         if (have_sampler) decode(s, *g, &sequence, &sampler, norms.data());
         else if (!cancelled(*g)) fail(*g, 500, err);
         if (have_sampler) sampler_free(&sampler);
@@ -318,6 +320,14 @@ static bool find_adapter(Server *s, const char *name, std::shared_ptr<LoadedAdap
     api_error(e, 404, "not_found_error", "model", "The model '%s' does not exist; this server has: %s", name,
               known.c_str());
     return false;
+}
+
+// A seed for a request that gives none, different for each request (also two
+// in the same second): the clock's nanoseconds and the request's number, mixed.
+static uint64_t fresh_seed(long long number) {
+    auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    uint64_t nanoseconds = (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count();
+    return splitmix64_at(nanoseconds, (uint64_t)number);
 }
 
 // The prompt's tokens, checked against the context and the vocabulary; false with the error.
@@ -372,8 +382,10 @@ static void handle_generation(Server *s, RequestKind kind, const char *body, siz
     ApiError e;
     if (request_parse(&g->request, kind, body, len, &e) != 0) return error_reply(reply, e);
     if (!find_adapter(s, g->request.model, &g->adapter, &e) || !tokenize(s, *g, &e)) return error_reply(reply, e);
-    g->id = std::string(kind == REQUEST_CHAT ? "chatcmpl-" : "cmpl-") + std::to_string(s->next_id++);
+    long long number = s->next_id++;
+    g->id = std::string(kind == REQUEST_CHAT ? "chatcmpl-" : "cmpl-") + std::to_string(number);
     g->created = (long long)time(NULL);
+    g->unseeded = fresh_seed(number);
     g->accepted_at = now_seconds();
     if (s->stopping) {
         api_error(&e, 503, "server_error", NULL, "the server is shutting down");

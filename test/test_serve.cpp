@@ -179,6 +179,17 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"stop\": 3"), 400, "'stop'"},
         {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"max_tokens\": -3}", 400, "'max_tokens'"},
         {"POST", "/v1/completions", "{\"model\": \"faq\"}", 400, "'prompt': is required"},
+        // what the server does not implement is refused, not ignored: the answer would lack it
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"logprobs\": true"), 400, "'logprobs' asks for log probabilities, which this server does not implement"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]"), 400, "'tools' asks for tool calls"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"response_format\": {\"type\": \"json_object\"}"), 400, "'response_format' asks for a response format other than text"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"presence_penalty\": 1.5"), 400, "'presence_penalty'"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"logit_bias\": {\"5\": 100}"), 400, "'logit_bias'"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"echo\": true}", 400, "'echo' asks for echoing the prompt"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"best_of\": 3}", 400, "'best_of': only 1 candidate"},
+        // a range names both ends; a huge max_tokens is the context's to refuse
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"seed\": 1e30"), 400, "'seed': must be an integer from -9223372036854775808 to 9223372036854775808"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"max_tokens\": 1e300}", 400, "maximum context length is 256 tokens"},
         {"GET", "/v1/chat/completions", "", 405, "does not take GET"},
         {"GET", "/v2/nothing", "", 404, "no route"},
         {"POST", "/v1/adapters", "{\"name\": \"x\"}", 400, "\"path\""},
@@ -208,6 +219,25 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
             if (name.rfind("bad_", 0) == 0) CHECK(a.status == 400);
             if (a.status != 200) CHECK(!error_message(a).empty());
         }
+    }
+}
+
+TEST_CASE("serve: those fields at their defaults are accepted; unseeded requests sample apart, seeded ones alike") {
+    TestServer t(2, 8);
+    std::string defaults = ", \"logprobs\": false, \"tools\": [], \"tool_choice\": \"none\", \"response_format\": "
+                           "{\"type\": \"text\"}, \"presence_penalty\": 0, \"frequency_penalty\": null, \"best_of\": 1";
+    CHECK(t.send("POST", "/v1/chat/completions", chat_body("faq", "hi", 2, defaults)).status == 200);
+    // sampled (temperature 1) without a seed: four requests in the same second are not all one answer
+    std::string sampled = "{\"model\": \"model\", \"prompt\": \"hello\", \"max_tokens\": 8, \"temperature\": 1}";
+    std::vector<std::string> answers;
+    for (int i = 0; i < 4; i++) answers.push_back(answer_text(t.send("POST", "/v1/completions", sampled).body));
+    CHECK_MESSAGE((answers[0] != answers[1] || answers[0] != answers[2] || answers[0] != answers[3]), answers[0]);
+    // the same seed, the same answer; OpenAI's largest seed (2^63 - 1) is one
+    for (const char *seed : {"7", "9223372036854775807", "-9223372036854775808"}) {
+        std::string seeded = sampled.substr(0, sampled.size() - 1) + ", \"seed\": " + seed + "}";
+        Answer first = t.send("POST", "/v1/completions", seeded);
+        REQUIRE_MESSAGE(first.status == 200, first.body);
+        CHECK(answer_text(first.body) == answer_text(t.send("POST", "/v1/completions", seeded).body));
     }
 }
 
