@@ -73,10 +73,15 @@ static int json_is_set(const JsonValue *v) {
     return 1;
 }
 
-// A member that is JSON true (missing, null or false all read as false).
-static int json_is_true(const JsonValue *object, const char *key) {
-    const JsonValue *v = json_get(object, key);
-    return v && v->type == JSON_BOOL && v->boolean;
+// A true/false option into *out (missing or null: false); -1 with a message for
+// any other value, which peft would read by Python's truthiness (1, "yes": true).
+static int read_flag(const JsonValue *config, const char *key, int *out, const char *path, char *err,
+                     size_t err_size) {
+    const JsonValue *v = json_get(config, key);
+    *out = v && v->type == JSON_BOOL && v->boolean;
+    if (!v || v->type == JSON_NULL || v->type == JSON_BOOL) return 0;
+    snprintf(err, err_size, "%s: '%s' must be true or false", path, key);
+    return -1;
 }
 
 // -1 with a message when the config uses an option we do not implement.
@@ -171,7 +176,7 @@ static int check_selection(const JsonValue *config, const char *path, char *err,
 }
 
 // r and lora_alpha: r a positive integer, alpha positive and finite (a merge
-// with alpha <= 0 would subtract or drop the adapter).
+// with alpha <= 0 would subtract or drop the adapter); use_rslora and use_dora.
 static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char *path, char *err, size_t err_size) {
     const JsonValue *r = json_get(config, "r"), *alpha = json_get(config, "lora_alpha");
     if (!r || r->type != JSON_NUMBER || r->number < 1 || r->number > 65536 || r->number != floor(r->number)) {
@@ -184,9 +189,8 @@ static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char 
     }
     ac->rank = (int)r->number;
     ac->alpha = (float)alpha->number;
-    ac->rslora = json_is_true(config, "use_rslora");
-    ac->dora = json_is_true(config, "use_dora");
-    return 0;
+    if (read_flag(config, "use_rslora", &ac->rslora, path, err, err_size) != 0) return -1;
+    return read_flag(config, "use_dora", &ac->dora, path, err, err_size);
 }
 
 // ---- which modules the config adapts: peft's rule -----------------------------
