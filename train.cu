@@ -190,7 +190,8 @@ static void usage(FILE *out) {
             "                      --device and --precision (they round differently: the losses go on, not\n"
             "                      bitwise; the loss scale is kept from an fp16 run to an fp16 run)\n"
             "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
-            "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused\n"
+            "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused;\n"
+            "                      an input lying in one of them (--model OUT/merged) is refused either way\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
@@ -455,11 +456,7 @@ static const char *earlier_run_file(const char *dir) {
 }
 
 // Whether a and b name the same folder (both existing), or the same path.
-static int same_dir(const char *a, const char *b) {
-    struct stat sa, sb;
-    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return strcmp(a, b) == 0;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
+static int same_dir(const char *a, const char *b) { return cli_same_file(a, b) || strcmp(a, b) == 0; }
 
 // A new run (or a resume into another folder) must not write over a run
 // already in --out: refused (status 2) unless --overwrite.
@@ -470,6 +467,32 @@ static void refuse_earlier_run(const Options *o) {
     fprintf(stderr, "train: %s: holds an earlier run (%s/%s): continue it with --resume %s, start this one in "
                     "another --out, or replace it with --overwrite\n", o->out_dir, o->out_dir, found, o->out_dir);
     exit(2);
+}
+
+// Whether path is the run file or lies inside it (both existing).
+static int lies_in(const char *path, const char *run_file) {
+    char real_path[PATH_MAX], real_file[PATH_MAX];
+    if (!realpath(path, real_path) || !realpath(run_file, real_file)) return 0;
+    size_t n = strlen(real_file);
+    return strncmp(real_path, real_file, n) == 0 && (real_path[n] == '\0' || real_path[n] == '/');
+}
+
+// An input that lies in a file this run writes in --out (which --overwrite
+// also removes first), as --model OUT/merged, would be lost: refused (status 2).
+static void refuse_input_in_out(const Options *o) {
+    const char *const inputs[][2] = {{"--model", o->model_path}, {"--data", o->data_path},
+                                     {"--val-data", o->val_path}, {"--init-adapter", o->init_adapter}};
+    for (const auto &input : inputs) {
+        for (int i = 0; input[1] && i < N_RUN_FILES; i++) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/%s", o->out_dir, RUN_FILES[i]);
+            if (!lies_in(input[1], path)) continue;
+            fprintf(stderr, "train: %s %s lies in %s, which this run writes%s: copy it out of --out %s first, or "
+                            "choose another --out\n", input[0], input[1], path,
+                    o->overwrite ? " (and --overwrite removes)" : "", o->out_dir);
+            exit(2);
+        }
+    }
 }
 
 // nftw's callback: removes each file, then each folder once it is empty.
@@ -1360,6 +1383,7 @@ int main(int argc, char **argv) {
     Run run;
     memset(&run, 0, sizeof run);
     run.o = parse_args(argc, argv);
+    refuse_input_in_out(&run.o);                                //    an input that the run would write over
     refuse_earlier_run(&run.o);                                 //    --out holds a run: --resume or --overwrite
     int status;
     if ((status = plan_config_only(&run)) != 0) return status < 0 ? 1 : print_plan(&run);   // --plan of a config

@@ -150,6 +150,37 @@ TEST_CASE("train: a new run into an --out that holds a run is refused; --overwri
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
+TEST_CASE("train: an input that lies in a file the run writes in --out (--overwrite removes) is refused, untouched") {
+    char dir[] = "/tmp/qlora_input_in_out_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, out = d + "/run", quiet = " > " + d + "/out.txt 2>&1";
+    // an earlier run's adapter and merged model, trained on and from again
+    REQUIRE(system(("mkdir -p " + out + " && cp -r test/fixtures/serve/faq " + out + "/adapter && cp -r "
+                    "test/fixtures/serve/model " + out + "/merged").c_str()) == 0);
+    struct Case {
+        std::string options, message;
+    } cases[] = {
+        {"--init-adapter " + out + "/adapter --overwrite", "train: --init-adapter " + out + "/adapter lies in " + out +
+                                                               "/adapter, which this run writes (and --overwrite removes)"},
+        {"--model " + out + "/./merged/ --merge --overwrite", "train: --model " + out + "/./merged/ lies in " + out +
+                                                                  "/merged, which this run writes"},
+        {"--data " + out + "/adapter/adapter_config.json", "train: --data " + out + "/adapter/adapter_config.json lies in " +
+                                                               out + "/adapter, which this run writes: copy it out"},
+    };
+    for (const Case &c : cases) {
+        std::string command = "./train --steps 1 --device cpu --out " + out + " " + c.options;
+        int status = system((command + quiet).c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        std::string text = file_text(d + "/out.txt");
+        CHECK_MESSAGE(text.find(c.message) != std::string::npos, text);
+    }
+    CHECK(file_text(out + "/adapter/adapter_model.safetensors") ==
+          file_text("test/fixtures/serve/faq/adapter_model.safetensors"));
+    CHECK(file_text(out + "/merged/model.safetensors") == file_text("test/fixtures/serve/model/model.safetensors"));
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
 TEST_CASE("train: log.csv keeps the val loss before training, and a resumed run's chart joins every val point") {
     char dir[] = "/tmp/qlora_val_curve_XXXXXX";
     REQUIRE(mkdtemp(dir));
