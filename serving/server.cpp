@@ -578,6 +578,11 @@ int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *e
         return -1;
     if (s->options.on_gpu && upload_base(s, err, err_size) != 0) return -1;
     s->scheduler.reset(new Scheduler(s->options.workers, s->options.queue));
+    if (!s->scheduler->started()) {
+        snprintf(err, err_size, "--workers %d: the system cannot start that many threads (fewer, then)",
+                 s->options.workers);
+        return -1;
+    }
     return 0;
 }
 

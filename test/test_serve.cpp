@@ -457,3 +457,11 @@ TEST_CASE("serve: ./serve over HTTP answers as ./generate does, streams, refuses
     CHECK(log.find("model=faq prompt_tokens=13 completion_tokens=10") != std::string::npos);
     CHECK(log.find("serve: stopped") != std::string::npos);
 }
+
+TEST_CASE("serve: more --workers than the system can start threads for is a message and status 1, not an abort") {
+    // 1.5 GB of address space holds some 180 threads' stacks, not 100000 (it aborted in std::thread before)
+    std::string out = shell("timeout 120 sh -c 'ulimit -v 1500000; exec ./serve --device cpu --model " + std::string(MODEL) +
+                            " --port 0 --workers 100000' 2>&1; echo \"status $?\"");
+    CHECK_MESSAGE(out.find("serve: --workers 100000: the system cannot start that many threads") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("status 1") != std::string::npos, out);
+}
