@@ -105,6 +105,7 @@ struct Server {
     std::atomic<long long> next_id{0};
     std::atomic<bool> stopping{false};
     int eos = -1, im_end = -1;
+    uint64_t loaded_hash = 0;   // model_weights_hash of the base as loaded (before an NF4 round trip)
 };
 
 // ---- replies ----------------------------------------------------------------
@@ -450,10 +451,20 @@ static void handle_load(Server *s, const char *body, size_t len, Reply *reply) {
     else if (server_add_adapter(s, name, dir, err, sizeof err) != 0)
         api_error(&e, strstr(err, "is in use") ? 409 : 400, "invalid_request_error", "path", "%s", err);
     else {
+        // the base cannot change now: an adapter trained on another one is served, with a warning
+        char warning[2048] = "";
+        if (adapter_check_base(dir, &s->options.base, s->loaded_hash, s->options.model_path, warning, sizeof warning,
+                               err, sizeof err) < 0)
+            snprintf(warning, sizeof warning, "%s", err);
+        if (warning[0]) fprintf(stderr, "serve: warning: %s\n", warning);
         std::string loaded = name;
         json_reply(reply, 200, [&](FILE *f) {
             fprintf(f, "{\"loaded\": ");
             json_write_string(f, loaded.c_str());
+            if (warning[0]) {
+                fprintf(f, ", \"warning\": ");
+                json_write_string(f, warning);
+            }
             fprintf(f, "}");
         });
     }
@@ -574,8 +585,10 @@ int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *e
         *base = compared = choice;
         compared.quant_given = compared.double_quant_given = 1;
     }
-    if (n_dirs > 0 && base->quant_nf4 && nf4_round_trip_model(&s->model, base->double_quant, err, err_size) != 0)
-        return -1;
+    // with no adapter and no --quant the base stays as loaded (what adapters loaded later are compared with)
+    if (n_dirs == 0 && !base->quant_given) base->quant_nf4 = 0;
+    s->loaded_hash = model_weights_hash(&s->model);
+    if (base->quant_nf4 && nf4_round_trip_model(&s->model, base->double_quant, err, err_size) != 0) return -1;
     if (s->options.on_gpu && upload_base(s, err, err_size) != 0) return -1;
     s->scheduler.reset(new Scheduler(s->options.workers, s->options.queue));
     if (!s->scheduler->started()) {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "formats/json.h"
+#include "model.h"
 #include "serving/server.h"
 #include "serving/stop.h"
 
@@ -303,6 +304,68 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; adapters load and u
     CHECK(json_get(models.value, "data")->count == 3);
     CHECK(stream_text(events) == answer_text(t.send("POST", "/v1/chat/completions", chat_body("faq2", "hello", 4)).body));
     CHECK(t.send("GET", "/health").body == "{\"status\": \"ok\"}");
+}
+
+// A copy of the faq adapter in dir whose config records the base it was trained on, as ./train writes it.
+static std::string adapter_with_record(const std::string &dir, const char *quant, uint64_t model_hash) {
+    std::string copy = dir + "/" + quant;
+    REQUIRE(system(("cp -r " + std::string(ADAPTER_DIRS[0]) + " " + copy).c_str()) == 0);
+    std::string config = file_text(copy + "/adapter_config.json");
+    char record[160];
+    snprintf(record, sizeof record, "{\n  \"qlora_c_base\": {\"quant\": \"%s\", \"double_quant\": true, "
+             "\"model_weights_hash\": \"%016llx\"},", quant, (unsigned long long)model_hash);
+    config.replace(0, 1, record);
+    std::ofstream(copy + "/adapter_config.json") << config;
+    return copy;
+}
+
+TEST_CASE("serve: an adapter loaded at run time is served on the base --quant chose, or with a warning naming both") {
+    char dir[] = "/tmp/qlora_serve_base_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    char err[2048];
+    Model loaded;
+    REQUIRE(model_load(&loaded, MODEL, err, sizeof err) == 0);
+    uint64_t hash = model_weights_hash(&loaded);
+    model_free(&loaded);
+    std::string nf4 = adapter_with_record(dir, "nf4", hash), other = adapter_with_record(dir, "none", hash + 1);
+    std::string request = "{\"model\": \"a\", \"prompt\": \"hello there\", \"max_tokens\": 12, \"temperature\": 0}";
+    // the answer with the adapter given at the start (its record: an NF4 round trip)
+    std::string expected;
+    {
+        TestServer t(1, 4);
+        REQUIRE(server_add_adapter(t.server, "a", nf4.c_str(), err, sizeof err) == 0);
+        expected = answer_text(t.send("POST", "/v1/completions", request).body);
+    }
+    for (int quant_given : {1, 0}) {
+        CAPTURE(quant_given);
+        ServerOptions options = {MODEL, {1, 1, quant_given, 0}, 1, 4, 0};
+        Server *server = server_create(&options, err, sizeof err);
+        REQUIRE_MESSAGE(server, err);
+        REQUIRE_MESSAGE(server_start(server, nullptr, 0, err, sizeof err) == 0, err);
+        Reply reply;
+        std::string load = "{\"name\": \"a\", \"path\": \"" + nf4 + "\"}";
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        std::string body(reply.body, reply.body_len);
+        reply_free(&reply);
+        CHECK(reply.status == 200);
+        server_handle(server, "POST", "/v1/completions", request.data(), request.size(), &reply);
+        std::string answer = answer_text(std::string(reply.body, reply.body_len));
+        reply_free(&reply);
+        if (quant_given) {   // --quant nf4 without adapters: the base adapters loaded later were trained on
+            CHECK_MESSAGE(body == "{\"loaded\": \"a\"}", body);
+            CHECK(answer == expected);
+        } else {             // no --quant, no adapter: the base as loaded, and the adapter says it wants another
+            CHECK_MESSAGE(body.find("trained on the base of --quant nf4 --double-quant 1, but it is merged onto "
+                                    "--quant none") != std::string::npos, body);
+        }
+        load = "{\"name\": \"b\", \"path\": \"" + other + "\"}";
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        body.assign(reply.body, reply.body_len);
+        reply_free(&reply);
+        CHECK_MESSAGE(body.find("the adapter was trained on another model") != std::string::npos, body);
+        server_free(server);
+    }
+    REQUIRE(system(("rm -rf " + std::string(dir)).c_str()) == 0);
 }
 
 // ---- the real ./serve over HTTP -------------------------------------------------
