@@ -189,7 +189,8 @@ static void usage(FILE *out) {
             "                      --recompute, --paged-optim, --offload (bitwise the same),\n"
             "                      --device and --precision (they round differently: the losses go on, not\n"
             "                      bitwise; the loss scale is kept from an fp16 run to an fp16 run)\n"
-            "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
+            "  --overwrite         a new run into an --out that holds a run: remove that run's files (refused with\n"
+            "                      --resume of that run: it would remove the checkpoint to resume)\n"
             "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused;\n"
             "                      an input lying in one of them (--model OUT/merged) is refused either way\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
@@ -461,7 +462,13 @@ static int same_dir(const char *a, const char *b) { return cli_same_file(a, b) |
 // A new run (or a resume into another folder) must not write over a run
 // already in --out: refused (status 2) unless --overwrite.
 static void refuse_earlier_run(const Options *o) {
-    if (o->overwrite || (o->resume_dir && same_dir(o->resume_dir, o->out_dir))) return;
+    int resumes_in_out = o->resume_dir && same_dir(o->resume_dir, o->out_dir);
+    if (o->overwrite && resumes_in_out) {   // it would remove the checkpoint to resume from, then fail
+        fprintf(stderr, "train: --overwrite removes the run in %s, the one --resume continues: leave --overwrite out "
+                        "(or give another --out)\n", o->out_dir);
+        exit(2);
+    }
+    if (o->overwrite || resumes_in_out) return;
     const char *found = earlier_run_file(o->out_dir);
     if (!found) return;
     fprintf(stderr, "train: %s: holds an earlier run (%s/%s): continue it with --resume %s, start this one in "

@@ -147,6 +147,16 @@ TEST_CASE("train: a new run into an --out that holds a run is refused; --overwri
     CHECK(!std::filesystem::exists(out + "/checkpoint_best.bin"));
     CHECK(file_text(out + "/log.csv").find("old") == std::string::npos);
     CHECK(std::filesystem::exists(out + "/adapter/adapter_model.safetensors"));
+    // --overwrite with --resume of that same run would remove the checkpoint it resumes from (and did)
+    REQUIRE(system(("echo checkpoint > " + out + "/checkpoint.bin").c_str()) == 0);
+    for (std::string resume : {" --resume " + out, " --resume " + out + "/."}) {
+        status = system((command + resume + " --overwrite" + quiet).c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        text = file_text(d + "/out.txt");
+        CHECK_MESSAGE(text.find("train: --overwrite removes the run in " + out) != std::string::npos, text);
+        CHECK(file_text(out + "/checkpoint.bin") == "checkpoint\n");
+    }
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
