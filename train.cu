@@ -31,6 +31,7 @@
 #include "trainer/run_log.h"        // defines: RunLog: log.csv and loss.svg
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
@@ -38,8 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_DATA "data/faq/train.bin"
 // On a CPU, ./train without --epochs or --steps is a short demo of this many
@@ -629,6 +632,24 @@ static int make_dir(const char *path) {
     return -1;
 }
 
+// The run's hold on --out: an flock on OUT/train.lock, kept until the process
+// ends, so that a second ./train into the same folder is refused rather than
+// writing over this one's checkpoints and log. 0, or -1 with the message printed.
+static int lock_out_dir(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/train.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "train: %s: cannot create: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;   // fd stays open: the lock lasts as long as the run
+    fprintf(stderr, "train: %s: another ./train is writing into it (it holds %s): wait for it to end, or give "
+                    "another --out\n", dir, path);
+    close(fd);
+    return -1;
+}
+
 // ---- 1. the model -----------------------------------------------------------------------
 
 // The largest useful LoRA rank: the smallest input or output size among the adapted matrices.
@@ -968,7 +989,9 @@ static int set_up_training(Run *r) {
         fprintf(stderr, "train: %s\n", err);
         return 3;
     }
-    return remove_earlier_run(o) == 0 && make_dir(o->out_dir) == 0 ? 0 : 1;
+    if (make_dir(o->out_dir) != 0) return 1;
+    if (lock_out_dir(o->out_dir) != 0) return 2;
+    return remove_earlier_run(o) == 0 ? 0 : 1;
 }
 
 // ---- evaluating and saving (used from here on) ------------------------------------------

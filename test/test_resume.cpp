@@ -21,7 +21,9 @@
 #include <string>
 #include <vector>
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "trainer/checkpoint.h"
@@ -188,6 +190,35 @@ TEST_CASE("train: an input that lies in a file the run writes in --out (--overwr
     CHECK(file_text(out + "/adapter/adapter_model.safetensors") ==
           file_text("test/fixtures/serve/faq/adapter_model.safetensors"));
     CHECK(file_text(out + "/merged/model.safetensors") == file_text("test/fixtures/serve/model/model.safetensors"));
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: a second ./train into the --out a running one writes is refused, the first untouched") {
+    char dir[] = "/tmp/qlora_two_runs_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, out = d + "/run";
+    std::ofstream(d + "/data.jsonl") << "{\"question\": \"q?\", \"documents\": [\"d\"], \"oracle\": 0, \"answer\": \"a.\"}\n"
+                                        "{\"question\": \"r?\", \"documents\": [\"e\"], \"oracle\": 0, \"answer\": \"b.\"}\n";
+    std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + d + "/data.jsonl "
+                          "--val-frac 0 --rank 2 --out " + out;
+    // the first: long enough to be running when the second starts (its log shows step 1)
+    REQUIRE(system(("(" + command + " --steps 1000000 > " + d + "/first.txt 2>&1 & echo $! > " + d + "/pid)").c_str()) == 0);
+    for (int tries = 0; tries < 600 && file_text(d + "/first.txt").find("step    1/") == std::string::npos; tries++)
+        usleep(100000);
+    REQUIRE_MESSAGE(file_text(d + "/first.txt").find("step    1/") != std::string::npos, file_text(d + "/first.txt"));
+    for (const char *second : {" --steps 1 --overwrite", " --steps 1000000 --resume "}) {
+        std::string extra = second;
+        if (extra.find("--resume") != std::string::npos) extra += out;
+        int status = system((command + extra + " > " + d + "/second.txt 2>&1").c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) != 0);
+        std::string text = file_text(d + "/second.txt");
+        CHECK_MESSAGE(text.find("train: " + out + ": another ./train is writing into it") != std::string::npos, text);
+    }
+    int pid = atoi(file_text(d + "/pid").c_str());
+    REQUIRE(pid > 0);
+    CHECK(kill(pid, 0) == 0);   // the first still runs
+    kill(pid, SIGKILL);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 
