@@ -137,7 +137,8 @@ static Options parse_args(int argc, char **argv) {
     // the merge is written over --out: never over what it reads
     for (int i = 0; i < o.n_inputs; i++)
         if (cli_same_file(o.out, o.inputs[i])) bad_usage("--out is an INPUT (it would be written over): ", o.out);
-    if (o.base && cli_same_file(o.out, o.base)) bad_usage("--out is the --base model (it would be written over): ", o.out);
+    if (o.base && cli_same_file(o.out, o.base))
+        bad_usage("--out is the --base model (it would be written over): ", o.out);
     DType type;
     if (o.gguf_type && gguf_export_type_from_name(o.gguf_type, &type) != 0) bad_usage("--gguf-type expects f16, bf16 or q8_0, got ", o.gguf_type);
     return o;

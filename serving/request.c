@@ -155,7 +155,8 @@ static int integer_field(const JsonValue *body, const char *key, double low, dou
     *given = 0;
     if (!v || v->type == JSON_NULL) return 0;
     if (v->type != JSON_NUMBER || v->number != floor(v->number) || v->number < low || v->number > high) {
-        if (isinf(high)) return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer >= %.0f", key, low);
+        if (isinf(high))
+            return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer >= %.0f", key, low);
         return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer from %.0f to %.0f", key, low,
                          high);
     }

@@ -216,10 +216,16 @@ int examples_is_tokfile(const char *path) {
     return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
 }
 
-// -1 with a message when validation was asked for (n_asked samples, from
-// where) but none of them fits in max_seq: the run would validate nothing.
-static int check_some_validation(int n_asked, int n_kept, const char *where, int max_seq) {
+// When validation was asked for (n_asked samples, from where) but none of them
+// fits in max_seq, the run would validate nothing: -1 with a message for a
+// validation file (named), a warning for a share held out of --data (0).
+static int check_some_validation(int n_asked, int n_kept, const char *where, int from_file, int max_seq) {
     if (n_asked == 0 || n_kept > 0) return 0;
+    if (!from_file) {
+        printf("data: warning: %s: none of the %d samples held out for validation (--val-frac) fits in --seq %d "
+               "tokens: no val loss, best checkpoint or early stop\n", where, n_asked, max_seq);
+        return 0;
+    }
     fprintf(stderr, "train: %s: none of the %d validation samples fits in --seq %d tokens: give a larger --seq (up to "
                     "the model's context) or other validation data\n", where, n_asked, max_seq);
     return -1;
@@ -261,10 +267,8 @@ static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, E
     raft_free(&data);
     raft_free(&val_data);
     if (encode_failed) { fprintf(stderr, "train: cannot render samples: out of memory\n"); return -1; }
-    char where[4200];
-    if (src->val_path) snprintf(where, sizeof where, "%s", src->val_path);
-    else snprintf(where, sizeof where, "%s (held out by --val-frac %g)", src->data_path, src->val_frac);
-    return check_some_validation(n_val_asked, val_set->count, where, src->max_seq);
+    const char *where = src->val_path ? src->val_path : src->data_path;
+    return check_some_validation(n_val_asked, val_set->count, where, src->val_path != NULL, src->max_seq);
 }
 
 // Reads a ./prepare file into set (refusing one made with another tokenizer);
@@ -318,7 +322,7 @@ static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok,
     if (!val_path) return 0;
     int skipped_before = *skipped;
     if (read_tokfile_examples(val_path, tok, src->max_seq, val_set, skipped, &val_set_id) != 0) return -1;
-    if (check_some_validation(val_set->count + *skipped - skipped_before, val_set->count, val_path, src->max_seq) != 0)
+    if (check_some_validation(val_set->count + *skipped - skipped_before, val_set->count, val_path, 1, src->max_seq) != 0)
         return -1;
     // the val.bin beside a train.bin must be of the same ./prepare run (--val-data may be any other)
     if (val_path == beside && val_set_id != train_set_id) {
