@@ -397,8 +397,9 @@ static void load_model(Model *m, Options *o, int merge_adapter) {
            info.scaling);
 }
 
-// The report's folder must be writable before minutes of answers are spent; exits if not.
-static void check_report_path(const char *path) {
+// The report's folder must be writable, and the report not the data, before
+// minutes of answers are spent; exits if not.
+static void check_report_path(const char *path, const char *data_path) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
@@ -413,6 +414,10 @@ static void check_report_path(const char *path) {
     if (access(dir, W_OK) != 0) {
         fprintf(stderr, "evaluate: cannot write the report %s: %s: %s\n", path, dir, strerror(errno));
         exit(1);
+    }
+    if (cli_same_file(path, data_path)) {
+        fprintf(stderr, "evaluate: --out %s is the --data file: the report would be written over it\n", path);
+        exit(2);
     }
 }
 
@@ -444,7 +449,7 @@ int main(int argc, char **argv) {
     // the fine-tuned arm first, so that a bad adapter is reported before the base arm's answers
     Model model;
     load_model(&model, &o, o.adapter_dir != NULL);
-    check_report_path(path);
+    check_report_path(path, o.data_path);
     int count;
     EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count, err, sizeof err);
     if (!samples) { fprintf(stderr, "evaluate: %s\n", err); return 1; }

@@ -79,7 +79,8 @@ static void usage(FILE *out) {
             "                    nf4 (linear weights round-tripped through NF4, double quant) or none (default nf4)\n"
             "  --seed S          the dare_* methods' drop masks (default %d)\n"
             "  --out PATH        the adapter or model directory written (created when missing); a model method's\n"
-            "                    PATH ending in .gguf writes one GGUF file for llama.cpp instead\n"
+            "                    PATH ending in .gguf writes one GGUF file for llama.cpp instead; never an INPUT\n"
+            "                    or --base (refused)\n"
             "  --gguf-type T     with --out X.gguf: f16, bf16 or q8_0 (default f16, as llama.cpp's converter)\n"
             "  -h, --help        this help\n",
             SLERP_DOT_THRESHOLD, DEFAULT_SEED);
@@ -133,6 +134,11 @@ static Options parse_args(int argc, char **argv) {
     if (!o.method) bad_usage("--method is required", "");
     if (!o.out) bad_usage("--out is required", "");
     if (o.n_inputs == 0) bad_usage("no INPUT given (adapter directories or models)", "");
+    // the merge is written over --out: never over what it reads
+    for (int i = 0; i < o.n_inputs; i++)
+        if (cli_same_file(o.out, o.inputs[i])) bad_usage("--out is an INPUT (it would be written over): ", o.out);
+    if (o.base && cli_same_file(o.out, o.base))
+        bad_usage("--out is the --base model (it would be written over): ", o.out);
     DType type;
     if (o.gguf_type && gguf_export_type_from_name(o.gguf_type, &type) != 0) bad_usage("--gguf-type expects f16, bf16 or q8_0, got ", o.gguf_type);
     return o;
@@ -339,7 +345,7 @@ static int merge_models(const Options *o, ModelMethod method) {
     }
     for (int i = 0; i < loaded; i++) model_free(&models[i]);
     if (status != 0) { fprintf(stderr, "merge: %s\n", err); return 1; }
-    printf("wrote the merged model to %s/\n", o->out);
+    printf("wrote the merged model to %s%s\n", o->out, ends_with(o->out, ".gguf") ? "" : "/");
     return 0;
 }
 

@@ -740,16 +740,43 @@ static int config_chat_template(Tokenizer *t, const JsonValue *config) {
     return t->chat_template != NULL;
 }
 
+// The chat template of chat_template.jinja at jinja_path when there is one: where
+// transformers' save_pretrained puts it (since 4.43, instead of the config's
+// chat_template), and, as when transformers loads, over the config's. 0 with err.
+static int jinja_chat_template(Tokenizer *t, const char *jinja_path, char *err, size_t err_size) {
+    if (access(jinja_path, F_OK) != 0) return 1;
+    size_t len;
+    char *text = read_file(jinja_path, &len, err, err_size);
+    if (!text) return 0;
+    if (strlen(text) != len) {
+        set_error(err, err_size, "%s: contains a NUL byte (not a chat template)", jinja_path);
+        free(text);
+        return 0;
+    }
+    free(t->chat_template);
+    t->chat_template = text;
+    return 1;
+}
+
 // Reads bos/eos (and the unk, pad and chat template an export keeps) from
-// the tokenizer_config.json next to path when there is one. Without an eos
-// there, a ChatML vocabulary ends turns with <|im_end|>.
+// the tokenizer_config.json next to path when there is one, and the chat
+// template from chat_template.jinja there. Without an eos, a ChatML
+// vocabulary ends turns with <|im_end|>.
 static int load_config(Tokenizer *t, const char *path, char *err, size_t err_size) {
     const char *slash = strrchr(path, '/');
     size_t dir_len = slash ? (size_t)(slash - path + 1) : 0;
     char *config_path = malloc(dir_len + sizeof "tokenizer_config.json");
-    if (!config_path) { set_error(err, err_size, "%s: out of memory", path); return 0; }
+    char *jinja_path = malloc(dir_len + sizeof "chat_template.jinja");
+    if (!config_path || !jinja_path) {
+        free(config_path);
+        free(jinja_path);
+        set_error(err, err_size, "%s: out of memory", path);
+        return 0;
+    }
     memcpy(config_path, path, dir_len);
     strcpy(config_path + dir_len, "tokenizer_config.json");
+    memcpy(jinja_path, path, dir_len);
+    strcpy(jinja_path + dir_len, "chat_template.jinja");
     int ok = 1;
     if (access(config_path, F_OK) == 0) {
         JsonValue *config = json_parse_file(config_path, err, err_size);
@@ -766,6 +793,8 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
         json_free(config);
     }
     free(config_path);
+    ok = ok && jinja_chat_template(t, jinja_path, err, err_size);
+    free(jinja_path);
     if (ok && !choose_chat(t)) {
         set_error(err, err_size, "%s: out of memory", path);
         ok = 0;

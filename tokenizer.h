@@ -65,8 +65,8 @@ int tokenizer_merges(const Tokenizer *t, int **pairs);
 // The pre-tokenizer's name in llama.cpp (tokenizer.ggml.pre): "gpt-2",
 // "smollm", "llama-bpe", "qwen2".
 const char *pretokenizer_gguf_name(PreTokenizer pre);
-// The Jinja chat template: the source's (GGUF tokenizer.chat_template or
-// tokenizer_config.json's chat_template string) when it had one and
+// The Jinja chat template: the source's (GGUF tokenizer.chat_template, or
+// chat_template.jinja else tokenizer_config.json's chat_template string) when it had one and
 // chat_encode renders its family (or it matches none), else the family's
 // (chat_template.h) with the default system message, else NULL.
 // Malloc'd (caller frees); NULL too when out of memory.

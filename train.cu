@@ -31,6 +31,7 @@
 #include "trainer/run_log.h"        // defines: RunLog: log.csv and loss.svg
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
@@ -38,8 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_DATA "data/faq/train.bin"
 // On a CPU, ./train without --epochs or --steps is a short demo of this many
@@ -189,8 +192,10 @@ static void usage(FILE *out) {
             "                      --recompute, --paged-optim, --offload (bitwise the same),\n"
             "                      --device and --precision (they round differently: the losses go on, not\n"
             "                      bitwise; the loss scale is kept from an fp16 run to an fp16 run)\n"
-            "  --overwrite         a new run (no --resume) into an --out that holds a run: remove that run's files\n"
-            "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused\n"
+            "  --overwrite         a new run into an --out that holds a run: remove that run's files\n"
+            "                      (checkpoints, log, chart, adapters, merged models) first; without it, refused;\n"
+            "                      an input lying in one of them (--model OUT/merged) is refused either way, and\n"
+            "                      so is --overwrite with --resume of the run in --out (its checkpoint would go)\n"
             "  --stop-at N         pause after step N with a checkpoint, to --resume later (default 0: run to the end)\n"
             "  --merge             also write OUT/merged/: the final adapter merged into the (NF4-dequantized) base,\n"
             "                      an HF model directory in bf16 that transformers and ./generate --model load\n"
@@ -455,21 +460,49 @@ static const char *earlier_run_file(const char *dir) {
 }
 
 // Whether a and b name the same folder (both existing), or the same path.
-static int same_dir(const char *a, const char *b) {
-    struct stat sa, sb;
-    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return strcmp(a, b) == 0;
-    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
+static int same_dir(const char *a, const char *b) { return cli_same_file(a, b) || strcmp(a, b) == 0; }
 
 // A new run (or a resume into another folder) must not write over a run
 // already in --out: refused (status 2) unless --overwrite.
 static void refuse_earlier_run(const Options *o) {
-    if (o->overwrite || (o->resume_dir && same_dir(o->resume_dir, o->out_dir))) return;
+    int resumes_in_out = o->resume_dir && same_dir(o->resume_dir, o->out_dir);
+    if (o->overwrite && resumes_in_out) {   // it would remove the checkpoint to resume from, then fail
+        fprintf(stderr, "train: --overwrite removes the run in %s, the one --resume continues: leave --overwrite out "
+                        "(or give another --out)\n", o->out_dir);
+        exit(2);
+    }
+    if (o->overwrite || resumes_in_out) return;
     const char *found = earlier_run_file(o->out_dir);
     if (!found) return;
     fprintf(stderr, "train: %s: holds an earlier run (%s/%s): continue it with --resume %s, start this one in "
                     "another --out, or replace it with --overwrite\n", o->out_dir, o->out_dir, found, o->out_dir);
     exit(2);
+}
+
+// Whether path is the run file or lies inside it (both existing).
+static int lies_in(const char *path, const char *run_file) {
+    char real_path[PATH_MAX], real_file[PATH_MAX];
+    if (!realpath(path, real_path) || !realpath(run_file, real_file)) return 0;
+    size_t n = strlen(real_file);
+    return strncmp(real_path, real_file, n) == 0 && (real_path[n] == '\0' || real_path[n] == '/');
+}
+
+// An input that lies in a file this run writes in --out (which --overwrite
+// also removes first), as --model OUT/merged, would be lost: refused (status 2).
+static void refuse_input_in_out(const Options *o) {
+    const char *const inputs[][2] = {{"--model", o->model_path}, {"--data", o->data_path},
+                                     {"--val-data", o->val_path}, {"--init-adapter", o->init_adapter}};
+    for (const auto &input : inputs) {
+        for (int i = 0; input[1] && i < N_RUN_FILES; i++) {
+            char path[4200];
+            snprintf(path, sizeof path, "%s/%s", o->out_dir, RUN_FILES[i]);
+            if (!lies_in(input[1], path)) continue;
+            fprintf(stderr, "train: %s %s lies in %s, which this run writes%s: copy it out of --out %s first, or "
+                            "choose another --out\n", input[0], input[1], path,
+                    o->overwrite ? " (and --overwrite removes)" : "", o->out_dir);
+            exit(2);
+        }
+    }
 }
 
 // nftw's callback: removes each file, then each folder once it is empty.
@@ -596,6 +629,24 @@ static int make_dir(const char *path) {
     char err[4400];
     if (cli_make_dirs(path, err, sizeof err) == 0) return 0;
     fprintf(stderr, "train: %s\n", err);
+    return -1;
+}
+
+// The run's hold on --out: an flock on OUT/train.lock, kept until the process
+// ends, so that a second ./train into the same folder is refused rather than
+// writing over this one's checkpoints and log. 0, or -1 with the message printed.
+static int lock_out_dir(const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/train.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "train: %s: cannot create: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) return 0;   // fd stays open: the lock lasts as long as the run
+    fprintf(stderr, "train: %s: another ./train is writing into it (it holds %s): wait for it to end, or give "
+                    "another --out\n", dir, path);
+    close(fd);
     return -1;
 }
 
@@ -938,7 +989,9 @@ static int set_up_training(Run *r) {
         fprintf(stderr, "train: %s\n", err);
         return 3;
     }
-    return remove_earlier_run(o) == 0 && make_dir(o->out_dir) == 0 ? 0 : 1;
+    if (make_dir(o->out_dir) != 0) return 1;
+    if (lock_out_dir(o->out_dir) != 0) return 2;
+    return remove_earlier_run(o) == 0 ? 0 : 1;
 }
 
 // ---- evaluating and saving (used from here on) ------------------------------------------
@@ -1360,6 +1413,7 @@ int main(int argc, char **argv) {
     Run run;
     memset(&run, 0, sizeof run);
     run.o = parse_args(argc, argv);
+    refuse_input_in_out(&run.o);                                //    an input that the run would write over
     refuse_earlier_run(&run.o);                                 //    --out holds a run: --resume or --overwrite
     int status;
     if ((status = plan_config_only(&run)) != 0) return status < 0 ? 1 : print_plan(&run);   // --plan of a config

@@ -123,6 +123,12 @@ int cli_check_options(int argc, char **argv, const char *const *flags, const cha
     return 0;
 }
 
+int cli_same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    if (stat(a, &sa) != 0 || stat(b, &sb) != 0) return 0;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int cli_make_dirs(const char *path, char *err, size_t err_size) {
     char partial[4096];
     size_t len = strlen(path);

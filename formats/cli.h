@@ -35,6 +35,10 @@ const char *cli_option_value(int argc, char **argv, int *i, const char *const *f
 int cli_check_options(int argc, char **argv, const char *const *flags, const char *const *conflicts,
                       const char *const *needs, char *err, size_t err_size);
 
+// Whether a and b name the same file or folder (both existing; by device and inode,
+// so "out" and "./out/" are one).
+int cli_same_file(const char *a, const char *b);
+
 // mkdir -p: the folder path and any missing ones above it. Returns -1 with err
 // naming the folder and why when one cannot be made or path is not a folder.
 int cli_make_dirs(const char *path, char *err, size_t err_size);

@@ -73,10 +73,15 @@ static int json_is_set(const JsonValue *v) {
     return 1;
 }
 
-// A member that is JSON true (missing, null or false all read as false).
-static int json_is_true(const JsonValue *object, const char *key) {
-    const JsonValue *v = json_get(object, key);
-    return v && v->type == JSON_BOOL && v->boolean;
+// A true/false option into *out (missing or null: false); -1 with a message for
+// any other value, which peft would read by Python's truthiness (1, "yes": true).
+static int read_flag(const JsonValue *config, const char *key, int *out, const char *path, char *err,
+                     size_t err_size) {
+    const JsonValue *v = json_get(config, key);
+    *out = v && v->type == JSON_BOOL && v->boolean;
+    if (!v || v->type == JSON_NULL || v->type == JSON_BOOL) return 0;
+    snprintf(err, err_size, "%s: '%s' must be true or false", path, key);
+    return -1;
 }
 
 // -1 with a message when the config uses an option we do not implement.
@@ -171,7 +176,7 @@ static int check_selection(const JsonValue *config, const char *path, char *err,
 }
 
 // r and lora_alpha: r a positive integer, alpha positive and finite (a merge
-// with alpha <= 0 would subtract or drop the adapter).
+// with alpha <= 0 would subtract or drop the adapter); use_rslora and use_dora.
 static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char *path, char *err, size_t err_size) {
     const JsonValue *r = json_get(config, "r"), *alpha = json_get(config, "lora_alpha");
     if (!r || r->type != JSON_NUMBER || r->number < 1 || r->number > 65536 || r->number != floor(r->number)) {
@@ -184,9 +189,8 @@ static int check_numbers(AdapterConfig *ac, const JsonValue *config, const char 
     }
     ac->rank = (int)r->number;
     ac->alpha = (float)alpha->number;
-    ac->rslora = json_is_true(config, "use_rslora");
-    ac->dora = json_is_true(config, "use_dora");
-    return 0;
+    if (read_flag(config, "use_rslora", &ac->rslora, path, err, err_size) != 0) return -1;
+    return read_flag(config, "use_dora", &ac->dora, path, err, err_size);
 }
 
 // ---- which modules the config adapts: peft's rule -----------------------------
@@ -643,33 +647,66 @@ static const char *base_options(int quant_nf4, int double_quant) {
     return double_quant ? "--quant nf4 --double-quant 1" : "--quant nf4 --double-quant 0";
 }
 
+// The warning when the base an adapter records (base, in config at path) is not
+// the chosen one, or its weights hash differs from model_hash (model_name's).
+static void base_warning(const char *path, const JsonValue *config, const LoraBase &base,
+                         const AdapterBaseChoice *choice, uint64_t model_hash, const char *model_name, char *warning,
+                         size_t warning_size) {
+    int same_base = choice->quant_nf4 == base.quant_nf4 && (!base.quant_nf4 || choice->double_quant == base.double_quant);
+    size_t n = 0;
+    if (!same_base)
+        n += snprintf(warning, warning_size, "%s records that the adapter was trained on the base of %s, but it "
+                      "is merged onto %s: not the model that was trained", path,
+                      base_options(base.quant_nf4, base.double_quant),
+                      base_options(choice->quant_nf4, choice->double_quant));
+    if (model_hash != base.model_hash && n < warning_size)
+        snprintf(warning + n, warning_size - n, "%s%s records the base model's weights hash %016llx (%s), but "
+                 "%s's weights hash to %016llx: the adapter was trained on another model", n ? "; " : "", path,
+                 (unsigned long long)base.model_hash, json_get_string(config, "base_model_name_or_path", "?"),
+                 model_name, (unsigned long long)model_hash);
+}
+
+// dir's adapter_config.json and, when it has one, its record of the base (1; 0
+// without). -1 with err when unreadable or the record is malformed; *config
+// is the caller's to free when not -1.
+static int read_base_of(const char *dir, char *path, size_t path_size, JsonValue **config, LoraBase *base, char *err,
+                        size_t err_size) {
+    snprintf(path, path_size, "%s/adapter_config.json", dir);
+    *config = json_parse_file(path, err, err_size);
+    if (!*config) return -1;
+    const JsonValue *record = json_get(*config, LORA_BASE_KEY);
+    int status = !record ? 0 : read_base_record(record, path, base, err, err_size) == 0 ? 1 : -1;
+    if (status < 0) json_free(*config);
+    return status;
+}
+
 int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
                         size_t warning_size, char *err, size_t err_size) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    warning[0] = '\0';
-    JsonValue *config = json_parse_file(path, err, err_size);
-    if (!config) return -1;
-    const JsonValue *record = json_get(config, LORA_BASE_KEY);
+    JsonValue *config;
     LoraBase base;
-    int status = !record ? 0 : read_base_record(record, path, &base, err, err_size) == 0 ? 1 : -1;
+    warning[0] = '\0';
+    int status = read_base_of(dir, path, sizeof path, &config, &base, err, err_size);
+    if (status < 0) return -1;
     if (status == 1) {
         if (!choice->quant_given) choice->quant_nf4 = base.quant_nf4;
         if (!choice->double_quant_given && base.quant_nf4) choice->double_quant = base.double_quant;
-        int same_base = choice->quant_nf4 == base.quant_nf4 && (!base.quant_nf4 || choice->double_quant == base.double_quant);
-        uint64_t model_hash = model_weights_hash(m);
-        size_t n = 0;
-        if (!same_base)
-            n += snprintf(warning, warning_size, "%s records that the adapter was trained on the base of %s, but it "
-                          "is merged onto %s: not the model that was trained", path,
-                          base_options(base.quant_nf4, base.double_quant),
-                          base_options(choice->quant_nf4, choice->double_quant));
-        if (model_hash != base.model_hash && n < warning_size)
-            snprintf(warning + n, warning_size - n, "%s%s records the base model's weights hash %016llx (%s), but "
-                     "%s's weights hash to %016llx: the adapter was trained on another model", n ? "; " : "", path,
-                     (unsigned long long)base.model_hash, json_get_string(config, "base_model_name_or_path", "?"),
-                     m->path ? m->path : "the model", (unsigned long long)model_hash);
+        base_warning(path, config, base, choice, model_weights_hash(m), m->path ? m->path : "the model", warning,
+                     warning_size);
     }
+    json_free(config);
+    return status;
+}
+
+int adapter_check_base(const char *dir, const AdapterBaseChoice *served, uint64_t model_hash, const char *model_name,
+                       char *warning, size_t warning_size, char *err, size_t err_size) {
+    char path[4096];
+    JsonValue *config;
+    LoraBase base;
+    warning[0] = '\0';
+    int status = read_base_of(dir, path, sizeof path, &config, &base, err, err_size);
+    if (status < 0) return -1;
+    if (status == 1) base_warning(path, config, base, served, model_hash, model_name, warning, warning_size);
     json_free(config);
     return status;
 }

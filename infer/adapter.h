@@ -88,6 +88,11 @@ typedef struct {
 // record is malformed.
 int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
                         size_t warning_size, char *err, size_t err_size);
+// The same comparison for a base already chosen (served), whose weights hashed
+// to model_hash as loaded (model_name's): ./serve's adapters loaded at run time,
+// when the base can no longer change. 1 with a record, 0 without, -1 with err.
+int adapter_check_base(const char *dir, const AdapterBaseChoice *served, uint64_t model_hash, const char *model_name,
+                       char *warning, size_t warning_size, char *err, size_t err_size);
 // The chosen base in words, and where the choice came from (recorded: what
 // adapter_choose_base returned), e.g. "linear weights round-tripped through
 // NF4 with double quant (as ./train --quant nf4 --double-quant 1; from the

@@ -41,7 +41,9 @@ int sample_argmax(const float *logits, int n) {
     return best;
 }
 
-static const float *g_sort_probs;  // qsort has no context argument
+// the probabilities by_probability_desc compares (qsort has no context argument):
+// one per thread, as ./serve's workers sample at once
+static _Thread_local const float *g_sort_probs;
 
 static int by_probability_desc(const void *a, const void *b) {
     float pa = g_sort_probs[*(const int *)a], pb = g_sort_probs[*(const int *)b];

@@ -19,7 +19,8 @@ typedef struct {
 int sampler_init(Sampler *s, int vocab_size, float temperature, float top_p, uint64_t seed);
 void sampler_free(Sampler *s);
 int sample_argmax(const float *logits, int n);
-// Picks a token from logits [vocab_size]; logits are not modified.
+// Picks a token from logits [vocab_size]; logits are not modified. Threads may
+// sample at once, each with its own Sampler (./serve's workers).
 int sampler_next(Sampler *s, const float *logits);
 // Uniform float in [0, 1) from the sampler's generator.
 float sampler_random(Sampler *s);

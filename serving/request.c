@@ -1,8 +1,9 @@
 // serving/request.c: reading and checking an OpenAI request body (see serving/request.h).
 // Fields and ranges are OpenAI's: temperature in [0, 2], top_p in (0, 1],
 // max_tokens >= 1, up to four stop sequences, n only 1. Fields we do not
-// implement but that change nothing when left at their defaults are ignored,
-// as vLLM and llama.cpp's server ignore them.
+// implement are ignored when left at their defaults, as vLLM and llama.cpp's
+// server ignore them, and refused when they ask for something (logprobs,
+// tools, a JSON response, penalties): an answer without it would look like one with it.
 #include "serving/request.h"
 #include "formats/json.h"
 
@@ -18,6 +19,25 @@ static const float DEFAULT_TOP_P = 1.0f;
 static const float MAX_TEMPERATURE = 2.0f;
 // the legacy /v1/completions answers 16 tokens when max_tokens is missing
 static const int COMPLETION_DEFAULT_MAX_TOKENS = 16;
+// 2^63: a seed is a 64-bit integer
+static const double SEED_LIMIT = 9223372036854775808.0;
+
+// Fields of OpenAI's API this server does not implement: the field, what it
+// asks for, and a text value that asks for nothing (beside null, false, 0, "", [], {}).
+static const char *const UNSUPPORTED_FIELDS[][3] = {
+    {"logprobs", "log probabilities", NULL},
+    {"top_logprobs", "log probabilities", NULL},
+    {"echo", "echoing the prompt", NULL},
+    {"suffix", "a suffix (insertion)", NULL},
+    {"tools", "tool calls", NULL},
+    {"tool_choice", "tool calls", "none"},
+    {"functions", "function calls", NULL},
+    {"function_call", "function calls", "none"},
+    {"response_format", "a response format other than text", NULL},
+    {"logit_bias", "logit biases", NULL},
+    {"presence_penalty", "a presence penalty", NULL},
+    {"frequency_penalty", "a frequency penalty", NULL},
+};
 
 int api_error(ApiError *e, int status, const char *type, const char *param, const char *format, ...) {
     e->status = status;
@@ -128,13 +148,18 @@ static int number_field(const JsonValue *body, const char *key, double low, int 
     return 0;
 }
 
-// An integer field >= low (missing or null: *given stays 0).
-static int integer_field(const JsonValue *body, const char *key, double low, double *out, int *given, ApiError *e) {
+// An integer field in [low, high] (missing or null: *given stays 0).
+static int integer_field(const JsonValue *body, const char *key, double low, double high, double *out, int *given,
+                         ApiError *e) {
     const JsonValue *v = json_get(body, key);
     *given = 0;
     if (!v || v->type == JSON_NULL) return 0;
-    if (v->type != JSON_NUMBER || v->number != floor(v->number) || v->number < low || v->number > 9007199254740992.0)
-        return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer >= %g", key, low);
+    if (v->type != JSON_NUMBER || v->number != floor(v->number) || v->number < low || v->number > high) {
+        if (isinf(high))
+            return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer >= %.0f", key, low);
+        return api_error(e, 400, "invalid_request_error", key, "'%s': must be an integer from %.0f to %.0f", key, low,
+                         high);
+    }
     *out = v->number;
     *given = 1;
     return 0;
@@ -170,19 +195,48 @@ static int parse_bool(const JsonValue *body, const char *key, int *out, ApiError
 static int parse_counts(CompletionRequest *r, const JsonValue *body, ApiError *e) {
     double value = 0;
     int given;
-    if (integer_field(body, "max_tokens", 1, &value, &given, e) != 0) return -1;
-    if (!given && integer_field(body, "max_completion_tokens", 1, &value, &given, e) != 0) return -1;
+    if (integer_field(body, "max_tokens", 1, INFINITY, &value, &given, e) != 0) return -1;
+    if (!given && integer_field(body, "max_completion_tokens", 1, INFINITY, &value, &given, e) != 0) return -1;
     // beyond any context: the server's context check names the limit
     if (given) r->max_tokens = value > 1e9 ? 1000000000 : (int)value;
-    if (integer_field(body, "n", 1, &value, &given, e) != 0) return -1;
+    if (integer_field(body, "n", 1, INFINITY, &value, &given, e) != 0) return -1;
     if (given && value != 1) return invalid(e, "n", "only 1 choice per request is supported");
-    if (integer_field(body, "seed", -9223372036854775808.0, &value, &r->seed_given, e) != 0) return -1;
-    if (r->seed_given) r->seed = (uint64_t)(int64_t)value;
+    if (integer_field(body, "best_of", 1, INFINITY, &value, &given, e) != 0) return -1;
+    if (given && value != 1) return invalid(e, "best_of", "only 1 candidate per request is supported");
+    // a 64-bit signed seed, as OpenAI's (its largest, 2^63 - 1, reads as the double 2^63)
+    if (integer_field(body, "seed", -SEED_LIMIT, SEED_LIMIT, &value, &r->seed_given, e) != 0) return -1;
+    if (r->seed_given) r->seed = value < 0 ? (uint64_t)(int64_t)value : (uint64_t)value;
     if (parse_bool(body, "stream", &r->stream, e) != 0) return -1;
     const JsonValue *options = json_get(body, "stream_options");
     if (options && options->type != JSON_NULL) {
         if (options->type != JSON_OBJECT) return invalid(e, "stream_options", "must be an object");
         if (parse_bool(options, "include_usage", &r->include_usage, e) != 0) return -1;
+    }
+    return 0;
+}
+
+// Whether a field asks for nothing: missing, null, false, 0, "", [] or {}, the
+// text off (when not NULL), or {"type": "text"} (response_format's default).
+static int asks_for_nothing(const JsonValue *v, const char *off) {
+    if (!v) return 1;
+    switch (v->type) {
+    case JSON_NULL: return 1;
+    case JSON_BOOL: return !v->boolean;
+    case JSON_NUMBER: return v->number == 0;
+    case JSON_STRING: return v->string_len == 0 || (off && strcmp(v->string, off) == 0);
+    case JSON_ARRAY: return v->count == 0;
+    case JSON_OBJECT: return v->count == 0 || (v->count == 1 && strcmp(json_get_string(v, "type", ""), "text") == 0);
+    }
+    return 0;
+}
+
+// 400 naming the first field that asks for what this server does not implement.
+static int check_unsupported(const JsonValue *body, ApiError *e) {
+    for (size_t i = 0; i < sizeof UNSUPPORTED_FIELDS / sizeof UNSUPPORTED_FIELDS[0]; i++) {
+        const char *key = UNSUPPORTED_FIELDS[i][0];
+        if (asks_for_nothing(json_get(body, key), UNSUPPORTED_FIELDS[i][2])) continue;
+        return api_error(e, 400, "invalid_request_error", key, "'%s' asks for %s, which this server does not "
+                         "implement (leave it out)", key, UNSUPPORTED_FIELDS[i][1]);
     }
     return 0;
 }
@@ -208,6 +262,7 @@ int request_parse(CompletionRequest *r, RequestKind kind, const char *body, size
     if (status == 0) status = number_field(json, "top_p", 0.0, 1, 1.0, &r->top_p, e);
     if (status == 0) status = parse_counts(r, json, e);
     if (status == 0) status = parse_stop(r, json_get(json, "stop"), e);
+    if (status == 0) status = check_unsupported(json, e);
     json_free(json);
     if (status != 0) request_free(r);
     return status;

@@ -2,7 +2,12 @@
 #include "serving/scheduler.h"
 
 Scheduler::Scheduler(int n_workers, int capacity) : capacity_(capacity) {
-    for (int i = 0; i < n_workers; i++) workers_.emplace_back([this] { work(); });
+    try {
+        for (int i = 0; i < n_workers; i++) workers_.emplace_back([this] { work(); });
+    } catch (const std::system_error &) {
+        started_ = false;
+        shutdown();   // the workers already running end
+    }
 }
 
 Scheduler::~Scheduler() { shutdown(); }

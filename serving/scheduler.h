@@ -7,6 +7,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -15,6 +16,8 @@ public:
     // n_workers threads; at most capacity tasks wait for a free worker.
     Scheduler(int n_workers, int capacity);
     ~Scheduler();
+    // Whether every worker thread started (else none runs and submit refuses all).
+    bool started() const { return started_; }
     // Queues task; false when the queue is full or the scheduler is shutting down.
     bool submit(std::function<void()> task);
     // Workers take no new task while paused (the tests fill the queue with it).
@@ -30,5 +33,5 @@ private:
     std::deque<std::function<void()>> queue_;
     std::vector<std::thread> workers_;
     int capacity_;
-    bool paused_ = false, stopping_ = false;
+    bool paused_ = false, stopping_ = false, started_ = true;
 };

@@ -14,6 +14,7 @@
 #include "infer/sampler.h"
 #include "nf4.h"
 #include "ops/gpu.h"
+#include "ops/random.h"
 #include "serving/request.h"
 #include "serving/response.h"
 #include "serving/scheduler.h"
@@ -74,6 +75,7 @@ struct Generation {
     std::string id;
     long long created = 0;
     double accepted_at = 0;
+    uint64_t unseeded = 0;   // the sampler's seed when the request gives none
     // filled by the worker, read by the HTTP thread under mutex
     std::mutex mutex;
     std::condition_variable changed;
@@ -103,6 +105,7 @@ struct Server {
     std::atomic<long long> next_id{0};
     std::atomic<bool> stopping{false};
     int eos = -1, im_end = -1;
+    uint64_t loaded_hash = 0;   // model_weights_hash of the base as loaded (before an NF4 round trip)
 };
 
 // ---- replies ----------------------------------------------------------------
@@ -280,14 +283,14 @@ static void run_generation(Server *s, std::shared_ptr<Generation> g) {
     const Config *c = &s->model.config;
     int max_seq = (int)g->prompt.size() + g->max_new;
     Sampler sampler;
-    uint64_t seed = g->request.seed_given ? g->request.seed : (uint64_t)time(NULL) ^ (uint64_t)g->created * 7919u;
+    uint64_t seed = g->request.seed_given ? g->request.seed : g->unseeded;
     std::vector<float> norms((size_t)c->n_layers + 1);
     char err[512] = "out of memory for the sampler";
     {
         Sequence sequence(s, g->adapter.get());
         bool have_state = !cancelled(*g) && sequence.init(max_seq, err, sizeof err);
         bool have_sampler = have_state && sampler_init(&sampler, c->vocab_size, g->request.temperature,
-                                                       g->request.top_p, seed ? seed : 1) == 0;
+                                                       g->request.top_p, seed) == 0;
         if (have_sampler) decode(s, *g, &sequence, &sampler, norms.data());
         else if (!cancelled(*g)) fail(*g, 500, err);
         if (have_sampler) sampler_free(&sampler);
@@ -318,6 +321,14 @@ static bool find_adapter(Server *s, const char *name, std::shared_ptr<LoadedAdap
     api_error(e, 404, "not_found_error", "model", "The model '%s' does not exist; this server has: %s", name,
               known.c_str());
     return false;
+}
+
+// A seed for a request that gives none, different for each request (also two
+// in the same second): the clock's nanoseconds and the request's number, mixed.
+static uint64_t fresh_seed(long long number) {
+    auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    uint64_t nanoseconds = (uint64_t)std::chrono::duration_cast<std::chrono::nanoseconds>(since_epoch).count();
+    return splitmix64_at(nanoseconds, (uint64_t)number);
 }
 
 // The prompt's tokens, checked against the context and the vocabulary; false with the error.
@@ -372,8 +383,10 @@ static void handle_generation(Server *s, RequestKind kind, const char *body, siz
     ApiError e;
     if (request_parse(&g->request, kind, body, len, &e) != 0) return error_reply(reply, e);
     if (!find_adapter(s, g->request.model, &g->adapter, &e) || !tokenize(s, *g, &e)) return error_reply(reply, e);
-    g->id = std::string(kind == REQUEST_CHAT ? "chatcmpl-" : "cmpl-") + std::to_string(s->next_id++);
+    long long number = s->next_id++;
+    g->id = std::string(kind == REQUEST_CHAT ? "chatcmpl-" : "cmpl-") + std::to_string(number);
     g->created = (long long)time(NULL);
+    g->unseeded = fresh_seed(number);
     g->accepted_at = now_seconds();
     if (s->stopping) {
         api_error(&e, 503, "server_error", NULL, "the server is shutting down");
@@ -438,10 +451,20 @@ static void handle_load(Server *s, const char *body, size_t len, Reply *reply) {
     else if (server_add_adapter(s, name, dir, err, sizeof err) != 0)
         api_error(&e, strstr(err, "is in use") ? 409 : 400, "invalid_request_error", "path", "%s", err);
     else {
+        // the base cannot change now: an adapter trained on another one is served, with a warning
+        char warning[2048] = "";
+        if (adapter_check_base(dir, &s->options.base, s->loaded_hash, s->options.model_path, warning, sizeof warning,
+                               err, sizeof err) < 0)
+            snprintf(warning, sizeof warning, "%s", err);
+        if (warning[0]) fprintf(stderr, "serve: warning: %s\n", warning);
         std::string loaded = name;
         json_reply(reply, 200, [&](FILE *f) {
             fprintf(f, "{\"loaded\": ");
             json_write_string(f, loaded.c_str());
+            if (warning[0]) {
+                fprintf(f, ", \"warning\": ");
+                json_write_string(f, warning);
+            }
             fprintf(f, "}");
         });
     }
@@ -562,10 +585,17 @@ int server_start(Server *s, const char *const *adapter_dirs, int n_dirs, char *e
         *base = compared = choice;
         compared.quant_given = compared.double_quant_given = 1;
     }
-    if (n_dirs > 0 && base->quant_nf4 && nf4_round_trip_model(&s->model, base->double_quant, err, err_size) != 0)
-        return -1;
+    // with no adapter and no --quant the base stays as loaded (what adapters loaded later are compared with)
+    if (n_dirs == 0 && !base->quant_given) base->quant_nf4 = 0;
+    s->loaded_hash = model_weights_hash(&s->model);
+    if (base->quant_nf4 && nf4_round_trip_model(&s->model, base->double_quant, err, err_size) != 0) return -1;
     if (s->options.on_gpu && upload_base(s, err, err_size) != 0) return -1;
     s->scheduler.reset(new Scheduler(s->options.workers, s->options.queue));
+    if (!s->scheduler->started()) {
+        snprintf(err, err_size, "--workers %d: the system cannot start that many threads (fewer, then)",
+                 s->options.workers);
+        return -1;
+    }
     return 0;
 }
 

@@ -329,6 +329,11 @@ TEST_CASE("adapter: a bad adapter_config.json is refused by name") {
     CHECK(contains(merge_error(dir), config_path + ": 'lora_alpha' must be a positive number that fits a float"));
     write_text(config_path, "{\"peft_type\": \"LORA\",");
     CHECK(contains(merge_error(dir), config_path + ": line 1"));
+    // peft reads 1 or "yes" as true (Python's truthiness): neither is silently read as false
+    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"use_rslora\": 1}");
+    CHECK(contains(merge_error(dir), config_path + ": 'use_rslora' must be true or false"));
+    write_text(config_path, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"use_dora\": \"yes\"}");
+    CHECK(contains(merge_error(dir), config_path + ": 'use_dora' must be true or false"));
 
     write_text(config_path, Q_0_CONFIG);
     CHECK(contains(merge_error(dir), dir.file("adapter_model.safetensors") + ": cannot open"));

@@ -91,6 +91,30 @@ std::string decoded(const Tokenizer *t, const int *ids, int n) {
 
 }  // namespace
 
+// Checks that t renders each conversation of root's cases as transformers did.
+void check_renders(Tokenizer *t, const JsonValue *root, const char *name) {
+    const JsonValue *cases = json_get(root, "cases");
+    for (size_t i = 0; i < cases->count; i++) {
+        const JsonValue *c = &cases->items[i];
+        std::string case_name = std::string(name) + "/" + json_get_string(c, "name", "?");
+        std::vector<ChatMessage> chat = messages_of(c);
+        int generation_prompt = json_get(c, "add_generation_prompt")->boolean;
+        int *ids = nullptr;
+        unsigned char *is_answer = nullptr;
+        int n = chat_encode(t, chat.data(), (int)chat.size(), generation_prompt, &ids, &is_answer);
+        REQUIRE_MESSAGE(n >= 0, case_name);
+        size_t len = 0;
+        char *text = tokenizer_decode(t, ids, n, &len);
+        CHECK_MESSAGE(std::string(text, len) == json_get_string(c, "text", ""), case_name);
+        free(text);
+        CHECK_MESSAGE(std::vector<int>(ids, ids + n) == json_ints(json_get(c, "ids")), case_name);
+        CHECK_MESSAGE(std::vector<int>(is_answer, is_answer + n) == json_ints(json_get(c, "is_answer")),
+                      "answer flags of ", case_name);
+        free(ids);
+        free(is_answer);
+    }
+}
+
 TEST_CASE("chat templates: each family renders what transformers renders from the real template") {
     for (const char *name : CASES) {
         JsonValue *root = load_cases(name);
@@ -101,29 +125,20 @@ TEST_CASE("chat templates: each family renders what transformers renders from th
         char err[512];
         CHECK(tokenizer_use_chat_template(t, NULL, err, sizeof err) == 0);
         CHECK(tokenizer_end_of_turn_id(t) == tokenizer_find(t, json_get_string(root, "end_of_turn", "")));
-        const JsonValue *cases = json_get(root, "cases");
-        for (size_t i = 0; i < cases->count; i++) {
-            const JsonValue *c = &cases->items[i];
-            std::string case_name = std::string(name) + "/" + json_get_string(c, "name", "?");
-            std::vector<ChatMessage> chat = messages_of(c);
-            int generation_prompt = json_get(c, "add_generation_prompt")->boolean;
-            int *ids = nullptr;
-            unsigned char *is_answer = nullptr;
-            int n = chat_encode(t, chat.data(), (int)chat.size(), generation_prompt, &ids, &is_answer);
-            REQUIRE_MESSAGE(n >= 0, case_name);
-            size_t len = 0;
-            char *text = tokenizer_decode(t, ids, n, &len);
-            CHECK_MESSAGE(std::string(text, len) == json_get_string(c, "text", ""), case_name);
-            free(text);
-            CHECK_MESSAGE(std::vector<int>(ids, ids + n) == json_ints(json_get(c, "ids")), case_name);
-            CHECK_MESSAGE(std::vector<int>(is_answer, is_answer + n) == json_ints(json_get(c, "is_answer")),
-                          "answer flags of ", case_name);
-            free(ids);
-            free(is_answer);
-        }
+        check_renders(t, root, name);
         tokenizer_free(t);
         json_free(root);
     }
+}
+
+TEST_CASE("chat templates: the template in chat_template.jinja (transformers' save_pretrained) is the model's") {
+    // qwen2.5_saved/: qwen2.5/ as transformers 5.24 saves it: the template in its own file, not in the config
+    JsonValue *root = load_cases("qwen2.5");
+    Tokenizer *t = load_tokenizer("qwen2.5_saved");
+    CHECK(std::string(tokenizer_chat_origin(t)) == "the model's chat template");
+    check_renders(t, root, "qwen2.5_saved");   // with Qwen's own default system message
+    tokenizer_free(t);
+    json_free(root);
 }
 
 TEST_CASE("chat templates: recognised from the real template strings, others refused") {

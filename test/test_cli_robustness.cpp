@@ -16,6 +16,7 @@
 #include <string>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "formats/cli.h"
 #include "eval/eval.h"
@@ -118,6 +119,15 @@ TEST_CASE("generate and evaluate: a model file holding tensors it does not use s
               "--model " + model, output) == 1);
     CHECK_MESSAGE(output.find("evaluate: " + model + ": tensor 'blk.29.") != std::string::npos, output);
     std::remove(model.c_str());
+}
+
+TEST_CASE("evaluate: an --out that is the --data file is refused before any answer, the data untouched") {
+    std::string data = "/tmp/qlora_cli_same_" + std::to_string(getpid()) + ".jsonl", output;
+    REQUIRE(system(("cp data/sample_raft.jsonl " + data).c_str()) == 0);
+    CHECK(run("./evaluate --model test/fixtures/serve/model --data " + data + " --out " + data, output) == 2);
+    CHECK_MESSAGE(output.find("evaluate: --out " + data + " is the --data file") != std::string::npos, output);
+    CHECK(system(("cmp -s data/sample_raft.jsonl " + data).c_str()) == 0);
+    std::remove(data.c_str());
 }
 
 TEST_CASE("evaluate and generate: option and data errors name the program and what is wrong") {

@@ -175,6 +175,35 @@ TEST_CASE("inputs: ./train refuses a token file where most samples have no label
     examples_free(&val);
 }
 
+TEST_CASE("inputs: a validation file of which no sample fits in --seq is refused, naming it") {
+    const Tokenizer *tok = default_model().tokenizer;
+    // data/sample_raft.jsonl's samples are longer than 100 tokens
+    std::string output;
+    // the real ./train: the training data fits, the --val-data does not (before: it trained without validation)
+    TempFile fits("{\"question\": \"q?\", \"documents\": [\"d\"], \"oracle\": 0, \"answer\": \"a.\"}\n"
+                  "{\"question\": \"r?\", \"documents\": [\"e\"], \"oracle\": 0, \"answer\": \"b.\"}\n");
+    std::string out = "/tmp/qlora_inputs_no_val_" + std::to_string(getpid());
+    CHECK(run("./train --device cpu --steps 1 --seq 100 --out " + out + " --data " + fits.path +
+              " --val-data data/sample_raft.jsonl", output) == 1);
+    CHECK(system(("rm -rf " + out).c_str()) == 0);
+    CHECK_MESSAGE(output.find("train: data/sample_raft.jsonl: none of the 8 validation samples fits in --seq 100 "
+                              "tokens") != std::string::npos, output);
+    // held out of --data by --val-frac (not a file asked for): a warning, and the run goes on without validation
+    ExampleSource given = {"data/sample_raft.jsonl", nullptr, 0.5f, 100, 1};
+    ExampleSet train = {}, val = {};
+    int skipped = 0;
+    CHECK(examples_load(&given, tok, &train, &val, &skipped) == 0);
+    CHECK(val.count == 0);
+    examples_free(&train);
+    examples_free(&val);
+    // a fitting --seq: fine
+    given.max_seq = 1024;
+    CHECK(examples_load(&given, tok, &train, &val, &skipped) == 0);
+    CHECK(val.count == 4);
+    examples_free(&train);
+    examples_free(&val);
+}
+
 // ---- text cut mid-character ---------------------------------------------------------------------
 
 TEST_CASE("inputs: the bytes held back from a stream are those a later byte may complete") {

@@ -474,6 +474,15 @@ TEST_CASE("merging: bad input gets a clear error naming what is wrong") {
     CHECK(has(output, "has layers 0 to 1"));
     CHECK(run("./merge --method cat --weights 1,1" + out + a0 + " " + FIXTURES + "model_a", output) == 2);
     CHECK(has(output, "a mix of adapters and models"));
+    // --out that is an input or the base (also written another way) is refused before anything is read
+    std::string copy = dir + "/a0_copy";
+    REQUIRE(system(("cp -r " + a0 + " " + copy).c_str()) == 0);
+    CHECK(run("./merge --method cat --weights 1,1 --out " + copy + "/ " + copy + " " + a1, output) == 2);
+    CHECK_MESSAGE(has(output, "merge: --out is an INPUT (it would be written over): " + copy + "/"), output);
+    REQUIRE(system(("cp -r " + FIXTURES + "model_a " + dir + "/model").c_str()) == 0);
+    CHECK(run("./merge --method linear --base " + dir + "/model --out " + dir + "/a0_copy/../model " + a0 + " " + a1,
+              output) == 2);
+    CHECK_MESSAGE(has(output, "merge: --out is the --base model (it would be written over)"), output);
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
 

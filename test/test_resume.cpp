@@ -21,7 +21,9 @@
 #include <string>
 #include <vector>
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "model.h"
 #include "trainer/checkpoint.h"
@@ -147,6 +149,76 @@ TEST_CASE("train: a new run into an --out that holds a run is refused; --overwri
     CHECK(!std::filesystem::exists(out + "/checkpoint_best.bin"));
     CHECK(file_text(out + "/log.csv").find("old") == std::string::npos);
     CHECK(std::filesystem::exists(out + "/adapter/adapter_model.safetensors"));
+    // --overwrite with --resume of that same run would remove the checkpoint it resumes from (and did)
+    REQUIRE(system(("echo checkpoint > " + out + "/checkpoint.bin").c_str()) == 0);
+    for (std::string resume : {" --resume " + out, " --resume " + out + "/."}) {
+        status = system((command + resume + " --overwrite" + quiet).c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        text = file_text(d + "/out.txt");
+        CHECK_MESSAGE(text.find("train: --overwrite removes the run in " + out) != std::string::npos, text);
+        CHECK(file_text(out + "/checkpoint.bin") == "checkpoint\n");
+    }
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: an input that lies in a file the run writes in --out (--overwrite removes) is refused, untouched") {
+    char dir[] = "/tmp/qlora_input_in_out_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, out = d + "/run", quiet = " > " + d + "/out.txt 2>&1";
+    // an earlier run's adapter and merged model, trained on and from again
+    REQUIRE(system(("mkdir -p " + out + " && cp -r test/fixtures/serve/faq " + out + "/adapter && cp -r "
+                    "test/fixtures/serve/model " + out + "/merged").c_str()) == 0);
+    struct Case {
+        std::string options, message;
+    } cases[] = {
+        {"--init-adapter " + out + "/adapter --overwrite", "train: --init-adapter " + out + "/adapter lies in " + out +
+                                                               "/adapter, which this run writes (and --overwrite removes)"},
+        {"--model " + out + "/./merged/ --merge --overwrite", "train: --model " + out + "/./merged/ lies in " + out +
+                                                                  "/merged, which this run writes"},
+        {"--data " + out + "/adapter/adapter_config.json", "train: --data " + out + "/adapter/adapter_config.json lies in " +
+                                                               out + "/adapter, which this run writes: copy it out"},
+    };
+    for (const Case &c : cases) {
+        std::string command = "./train --steps 1 --device cpu --out " + out + " " + c.options;
+        int status = system((command + quiet).c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 2);
+        std::string text = file_text(d + "/out.txt");
+        CHECK_MESSAGE(text.find(c.message) != std::string::npos, text);
+    }
+    CHECK(file_text(out + "/adapter/adapter_model.safetensors") ==
+          file_text("test/fixtures/serve/faq/adapter_model.safetensors"));
+    CHECK(file_text(out + "/merged/model.safetensors") == file_text("test/fixtures/serve/model/model.safetensors"));
+    REQUIRE(system(("rm -rf " + d).c_str()) == 0);
+}
+
+TEST_CASE("train: a second ./train into the --out a running one writes is refused, the first untouched") {
+    char dir[] = "/tmp/qlora_two_runs_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    std::string d = dir, out = d + "/run";
+    std::ofstream(d + "/data.jsonl") << "{\"question\": \"q?\", \"documents\": [\"d\"], \"oracle\": 0, \"answer\": \"a.\"}\n"
+                                        "{\"question\": \"r?\", \"documents\": [\"e\"], \"oracle\": 0, \"answer\": \"b.\"}\n";
+    std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + d + "/data.jsonl "
+                          "--val-frac 0 --rank 2 --out " + out;
+    // the first: long enough to be running when the second starts (its log shows step 1)
+    REQUIRE(system(("(" + command + " --steps 1000000 > " + d + "/first.txt 2>&1 & echo $! > " + d + "/pid)").c_str()) == 0);
+    for (int tries = 0; tries < 600 && file_text(d + "/first.txt").find("step    1/") == std::string::npos; tries++)
+        usleep(100000);
+    REQUIRE_MESSAGE(file_text(d + "/first.txt").find("step    1/") != std::string::npos, file_text(d + "/first.txt"));
+    for (const char *second : {" --steps 1 --overwrite", " --steps 1000000 --resume "}) {
+        std::string extra = second;
+        if (extra.find("--resume") != std::string::npos) extra += out;
+        int status = system((command + extra + " > " + d + "/second.txt 2>&1").c_str());
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) != 0);
+        std::string text = file_text(d + "/second.txt");
+        CHECK_MESSAGE(text.find("train: " + out + ": another ./train is writing into it") != std::string::npos, text);
+    }
+    int pid = atoi(file_text(d + "/pid").c_str());
+    REQUIRE(pid > 0);
+    CHECK(kill(pid, 0) == 0);   // the first still runs
+    kill(pid, SIGKILL);
     REQUIRE(system(("rm -rf " + d).c_str()) == 0);
 }
 

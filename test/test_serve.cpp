@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "formats/json.h"
+#include "model.h"
 #include "serving/server.h"
 #include "serving/stop.h"
 #include "test_util.h"
@@ -180,6 +181,17 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
         {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"stop\": 3"), 400, "'stop'"},
         {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"max_tokens\": -3}", 400, "'max_tokens'"},
         {"POST", "/v1/completions", "{\"model\": \"faq\"}", 400, "'prompt': is required"},
+        // what the server does not implement is refused, not ignored: the answer would lack it
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"logprobs\": true"), 400, "'logprobs' asks for log probabilities, which this server does not implement"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]"), 400, "'tools' asks for tool calls"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"response_format\": {\"type\": \"json_object\"}"), 400, "'response_format' asks for a response format other than text"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"presence_penalty\": 1.5"), 400, "'presence_penalty'"},
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"logit_bias\": {\"5\": 100}"), 400, "'logit_bias'"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"echo\": true}", 400, "'echo' asks for echoing the prompt"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"best_of\": 3}", 400, "'best_of': only 1 candidate"},
+        // a range names both ends; a huge max_tokens is the context's to refuse
+        {"POST", "/v1/chat/completions", chat_body("faq", "hi", 2, ", \"seed\": 1e30"), 400, "'seed': must be an integer from -9223372036854775808 to 9223372036854775808"},
+        {"POST", "/v1/completions", "{\"model\": \"faq\", \"prompt\": \"x\", \"max_tokens\": 1e300}", 400, "maximum context length is 256 tokens"},
         {"GET", "/v1/chat/completions", "", 405, "does not take GET"},
         {"GET", "/v2/nothing", "", 404, "no route"},
         {"POST", "/v1/adapters", "{\"name\": \"x\"}", 400, "\"path\""},
@@ -209,6 +221,25 @@ TEST_CASE("serve: every bad input gets OpenAI's error shape and status, naming t
             if (name.rfind("bad_", 0) == 0) CHECK(a.status == 400);
             if (a.status != 200) CHECK(!error_message(a).empty());
         }
+    }
+}
+
+TEST_CASE("serve: those fields at their defaults are accepted; unseeded requests sample apart, seeded ones alike") {
+    TestServer t(2, 8);
+    std::string defaults = ", \"logprobs\": false, \"tools\": [], \"tool_choice\": \"none\", \"response_format\": "
+                           "{\"type\": \"text\"}, \"presence_penalty\": 0, \"frequency_penalty\": null, \"best_of\": 1";
+    CHECK(t.send("POST", "/v1/chat/completions", chat_body("faq", "hi", 2, defaults)).status == 200);
+    // sampled (temperature 1) without a seed: four requests in the same second are not all one answer
+    std::string sampled = "{\"model\": \"model\", \"prompt\": \"hello\", \"max_tokens\": 8, \"temperature\": 1}";
+    std::vector<std::string> answers;
+    for (int i = 0; i < 4; i++) answers.push_back(answer_text(t.send("POST", "/v1/completions", sampled).body));
+    CHECK_MESSAGE((answers[0] != answers[1] || answers[0] != answers[2] || answers[0] != answers[3]), answers[0]);
+    // the same seed, the same answer; OpenAI's largest seed (2^63 - 1) is one
+    for (const char *seed : {"7", "9223372036854775807", "-9223372036854775808"}) {
+        std::string seeded = sampled.substr(0, sampled.size() - 1) + ", \"seed\": " + seed + "}";
+        Answer first = t.send("POST", "/v1/completions", seeded);
+        REQUIRE_MESSAGE(first.status == 200, first.body);
+        CHECK(answer_text(first.body) == answer_text(t.send("POST", "/v1/completions", seeded).body));
     }
 }
 
@@ -274,6 +305,68 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; adapters load and u
     CHECK(json_get(models.value, "data")->count == 3);
     CHECK(stream_text(events) == answer_text(t.send("POST", "/v1/chat/completions", chat_body("faq2", "hello", 4)).body));
     CHECK(t.send("GET", "/health").body == "{\"status\": \"ok\"}");
+}
+
+// A copy of the faq adapter in dir whose config records the base it was trained on, as ./train writes it.
+static std::string adapter_with_record(const std::string &dir, const char *quant, uint64_t model_hash) {
+    std::string copy = dir + "/" + quant;
+    REQUIRE(system(("cp -r " + std::string(ADAPTER_DIRS[0]) + " " + copy).c_str()) == 0);
+    std::string config = file_text(copy + "/adapter_config.json");
+    char record[160];
+    snprintf(record, sizeof record, "{\n  \"qlora_c_base\": {\"quant\": \"%s\", \"double_quant\": true, "
+             "\"model_weights_hash\": \"%016llx\"},", quant, (unsigned long long)model_hash);
+    config.replace(0, 1, record);
+    std::ofstream(copy + "/adapter_config.json") << config;
+    return copy;
+}
+
+TEST_CASE("serve: an adapter loaded at run time is served on the base --quant chose, or with a warning naming both") {
+    char dir[] = "/tmp/qlora_serve_base_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    char err[2048];
+    Model loaded;
+    REQUIRE(model_load(&loaded, MODEL, err, sizeof err) == 0);
+    uint64_t hash = model_weights_hash(&loaded);
+    model_free(&loaded);
+    std::string nf4 = adapter_with_record(dir, "nf4", hash), other = adapter_with_record(dir, "none", hash + 1);
+    std::string request = "{\"model\": \"a\", \"prompt\": \"hello there\", \"max_tokens\": 12, \"temperature\": 0}";
+    // the answer with the adapter given at the start (its record: an NF4 round trip)
+    std::string expected;
+    {
+        TestServer t(1, 4);
+        REQUIRE(server_add_adapter(t.server, "a", nf4.c_str(), err, sizeof err) == 0);
+        expected = answer_text(t.send("POST", "/v1/completions", request).body);
+    }
+    for (int quant_given : {1, 0}) {
+        CAPTURE(quant_given);
+        ServerOptions options = {MODEL, {1, 1, quant_given, 0}, 1, 4, 0};
+        Server *server = server_create(&options, err, sizeof err);
+        REQUIRE_MESSAGE(server, err);
+        REQUIRE_MESSAGE(server_start(server, nullptr, 0, err, sizeof err) == 0, err);
+        Reply reply;
+        std::string load = "{\"name\": \"a\", \"path\": \"" + nf4 + "\"}";
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        std::string body(reply.body, reply.body_len);
+        reply_free(&reply);
+        CHECK(reply.status == 200);
+        server_handle(server, "POST", "/v1/completions", request.data(), request.size(), &reply);
+        std::string answer = answer_text(std::string(reply.body, reply.body_len));
+        reply_free(&reply);
+        if (quant_given) {   // --quant nf4 without adapters: the base adapters loaded later were trained on
+            CHECK_MESSAGE(body == "{\"loaded\": \"a\"}", body);
+            CHECK(answer == expected);
+        } else {             // no --quant, no adapter: the base as loaded, and the adapter says it wants another
+            CHECK_MESSAGE(body.find("trained on the base of --quant nf4 --double-quant 1, but it is merged onto "
+                                    "--quant none") != std::string::npos, body);
+        }
+        load = "{\"name\": \"b\", \"path\": \"" + other + "\"}";
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        body.assign(reply.body, reply.body_len);
+        reply_free(&reply);
+        CHECK_MESSAGE(body.find("the adapter was trained on another model") != std::string::npos, body);
+        server_free(server);
+    }
+    REQUIRE(system(("rm -rf " + std::string(dir)).c_str()) == 0);
 }
 
 // ---- the real ./serve over HTTP -------------------------------------------------
@@ -422,4 +515,12 @@ TEST_CASE("serve: ./serve over HTTP answers as ./generate does, streams, refuses
     log = file_text(serve.log);
     CHECK(log.find("model=faq prompt_tokens=13 completion_tokens=10") != std::string::npos);
     CHECK(log.find("serve: stopped") != std::string::npos);
+}
+
+TEST_CASE("serve: more --workers than the system can start threads for is a message and status 1, not an abort") {
+    // 1.5 GB of address space holds some 180 threads' stacks, not 100000 (it aborted in std::thread before)
+    std::string out = shell("timeout 120 sh -c 'ulimit -v 1500000; exec ./serve --device cpu --model " + std::string(MODEL) +
+                            " --port 0 --workers 100000' 2>&1; echo \"status $?\"");
+    CHECK_MESSAGE(out.find("serve: --workers 100000: the system cannot start that many threads") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("status 1") != std::string::npos, out);
 }

@@ -216,6 +216,21 @@ int examples_is_tokfile(const char *path) {
     return n >= 4 && strcmp(path + n - 4, ".bin") == 0;
 }
 
+// When validation was asked for (n_asked samples, from where) but none of them
+// fits in max_seq, the run would validate nothing: -1 with a message for a
+// validation file (named), a warning for a share held out of --data (0).
+static int check_some_validation(int n_asked, int n_kept, const char *where, int from_file, int max_seq) {
+    if (n_asked == 0 || n_kept > 0) return 0;
+    if (!from_file) {
+        printf("data: warning: %s: none of the %d samples held out for validation (--val-frac) fits in --seq %d "
+               "tokens: no val loss, best checkpoint or early stop\n", where, n_asked, max_seq);
+        return 0;
+    }
+    fprintf(stderr, "train: %s: none of the %d validation samples fits in --seq %d tokens: give a larger --seq (up to "
+                    "the model's context) or other validation data\n", where, n_asked, max_seq);
+    return -1;
+}
+
 // JSONL samples: rendered here, validation held out of --data unless --val-data.
 static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, ExampleSet *train_set,
                                ExampleSet *val_set, int *skipped) {
@@ -246,12 +261,14 @@ static int load_jsonl_examples(const ExampleSource *src, const Tokenizer *tok, E
         encode_failed |= encode_examples(tok, &data, val_idx, n_val, src->max_seq, val_set, &skipped_val);
     }
     *skipped = skipped_train + skipped_val;
+    int n_val_asked = src->val_path ? val_data.count : n_val;
     free(train_idx);
     free(val_idx);
     raft_free(&data);
     raft_free(&val_data);
     if (encode_failed) { fprintf(stderr, "train: cannot render samples: out of memory\n"); return -1; }
-    return 0;
+    const char *where = src->val_path ? src->val_path : src->data_path;
+    return check_some_validation(n_val_asked, val_set->count, where, src->val_path != NULL, src->max_seq);
 }
 
 // Reads a ./prepare file into set (refusing one made with another tokenizer);
@@ -303,7 +320,10 @@ static int load_tokfile_examples(const ExampleSource *src, const Tokenizer *tok,
         }
     }
     if (!val_path) return 0;
+    int skipped_before = *skipped;
     if (read_tokfile_examples(val_path, tok, src->max_seq, val_set, skipped, &val_set_id) != 0) return -1;
+    if (check_some_validation(val_set->count + *skipped - skipped_before, val_set->count, val_path, 1, src->max_seq) != 0)
+        return -1;
     // the val.bin beside a train.bin must be of the same ./prepare run (--val-data may be any other)
     if (val_path == beside && val_set_id != train_set_id) {
         fprintf(stderr, "train: %s: from another run of ./prepare than %s (set id %016llx, not %016llx): the pair is "
