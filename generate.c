@@ -13,6 +13,7 @@
 #include "infer/forward.h"
 #include "infer/forward_gpu.h"
 #include "formats/json.h"
+#include "formats/utf8.h"
 #include "model.h"
 #include "nf4.h"
 #include "ops/gpu.h"
@@ -86,6 +87,9 @@ static char *read_prompt_file(const char *path) {
         fprintf(stderr, "generate: %s: contains a NUL byte\n", path);
         exit(1);
     }
+    // a UTF-8 byte-order mark is no part of the prompt
+    size_t bom = utf8_bom_length(text, len);
+    memmove(text, text + bom, len - bom + 1);
     return text;
 }
 

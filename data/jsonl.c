@@ -1,5 +1,6 @@
 // data/jsonl.c: reading JSON Lines files line by line (see jsonl.h).
 #include "data/jsonl.h"
+#include "formats/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +31,8 @@ int jsonl_open(JsonlFile *f, const char *path, char *err, size_t err_size) {
         jsonl_close(f);
         return -1;
     }
-    // a UTF-8 byte-order mark (EF BB BF), as some editors write, is not part of the first line
-    if (f->size >= 3 && memcmp(f->text, "\xEF\xBB\xBF", 3) == 0) f->next = 3;
+    // a UTF-8 byte-order mark is not part of the first line
+    f->next = utf8_bom_length(f->text, f->size);
     return 0;
 }
 

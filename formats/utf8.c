@@ -55,3 +55,5 @@ char *utf8_clean(const char *text, size_t len, size_t *out_len) {
     *out_len = pos;
     return out;
 }
+
+size_t utf8_bom_length(const char *s, size_t n) { return n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0; }

@@ -21,6 +21,10 @@ size_t utf8_sequence(const unsigned char *s, size_t n, int *valid);
 // with more bytes (a token stream cut mid-character): hold them back. 0..3.
 size_t utf8_incomplete_tail(const char *s, size_t n);
 
+// 3 when s (n bytes) starts with a UTF-8 byte-order mark (EF BB BF, as some
+// editors write), else 0: the bytes to skip, the mark being no part of the text.
+size_t utf8_bom_length(const char *s, size_t n);
+
 // A malloc'd NUL-terminated copy of len bytes of text with each maximal
 // ill-formed subpart replaced by U+FFFD; its length in *out_len. NULL when
 // memory runs out.

@@ -141,3 +141,24 @@ TEST_CASE("evaluate and generate: option and data errors name the program and wh
     CHECK(run("./generate --prompt hi --max-new=3", output) == 2);
     CHECK(output.find("generate: --max-new=3: the value goes after a space: --max-new 3") != std::string::npos);
 }
+
+// A prompt file saved with a UTF-8 byte-order mark (some editors write one)
+// generates what the same file without it generates: the mark is no part of the prompt.
+TEST_CASE("generate: a --prompt-file's byte-order mark is not part of the prompt") {
+    char dir[] = "/tmp/qlora_bom_XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    std::string plain = std::string(dir) + "/plain.txt", marked = std::string(dir) + "/marked.txt";
+    std::ofstream(plain) << "What is Debian?";
+    std::ofstream(marked) << "\xEF\xBB\xBFWhat is Debian?";
+    std::string command = "./generate --model test/fixtures/serve/model --device cpu --max-new 6 --prompt-file ";
+    std::string without, with;
+    REQUIRE(run(command + plain, without) == 0);
+    REQUIRE(run(command + marked, with) == 0);
+    // the text and the prompt's token count, up to the timings
+    auto text_of = [](const std::string &output) { return output.substr(0, output.find(" tokens in ")); };
+    CHECK(text_of(with) == text_of(without));
+    CHECK(text_of(without).find("[prompt: ") != std::string::npos);
+    remove(plain.c_str());
+    remove(marked.c_str());
+    rmdir(dir);
+}
