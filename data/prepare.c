@@ -57,8 +57,8 @@ static void usage(FILE *out) {
             "  --model PATH             the model whose tokenizer renders the samples (default %s)\n"
             "  --template NAME          render with this chat template instead of the model's: chatml, llama3,\n"
             "                           llama3.1 or exaone (default: the one the model's matches)\n"
-            "  --distractors K          distractor documents per sample (default %d)\n"
-            "  --no-oracle P            share of samples with distractors only (default %g)\n"
+            "  --distractors K          distractor documents per sample (default %d; not with --input)\n"
+            "  --no-oracle P            share of samples with distractors only (default %g; not with --input)\n"
             "  --no-oracle-answer TEXT  their answer (default \"%s\")\n"
             "  --no-oracle-answer-ko T  their answer when the question is Korean (default \"%s\")\n"
             "  --max-seq N              tokens per sample at most (default %d)\n"
@@ -89,6 +89,7 @@ static const char *const VALUE_OPTIONS[] = {
 
 static Options parse_args(int argc, char **argv) {
     Options o = DEFAULTS;
+    const char *building = NULL;   // an option given that builds samples from documents (--distractors, --no-oracle)
     char err[256];
     if (cli_check_options(argc, argv, VALUE_OPTIONS, NULL, NULL, err, sizeof err) != 0) bad_usage(err, "");
     for (int i = 1; i < argc; i++) {
@@ -110,17 +111,19 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--overlong") == 0) o.overlong = v;
         else if (strcmp(f, "--no-oracle-answer") == 0) o.no_oracle_answer = v;
         else if (strcmp(f, "--no-oracle-answer-ko") == 0) o.no_oracle_answer_ko = v;
-        else if (strcmp(f, "--distractors") == 0) o.distractors = cli_int("prepare", f, v);
+        else if (strcmp(f, "--distractors") == 0) { o.distractors = cli_int("prepare", f, v); building = f; }
         else if (strcmp(f, "--max-seq") == 0) o.max_seq = cli_int("prepare", f, v);
         else if (strcmp(f, "--seed") == 0) o.seed = cli_int("prepare", f, v);
         else if (strcmp(f, "--faq-answer-tokens") == 0) o.faq_answer_tokens = cli_int("prepare", f, v);
-        else if (strcmp(f, "--no-oracle") == 0) o.no_oracle = cli_number("prepare", f, v);
+        else if (strcmp(f, "--no-oracle") == 0) { o.no_oracle = cli_number("prepare", f, v); building = f; }
         else if (strcmp(f, "--val-frac") == 0) o.val_frac = cli_number("prepare", f, v);
         else if (strcmp(f, "--val-min") == 0) o.val_min = cli_int("prepare", f, v);
         else bad_usage("unknown option ", f);
     }
     if (!o.input && !o.docs && !o.qa && !o.faq_dir) bad_usage("give a source: --input, --docs with --qa, or --debian-faq", "");
     if (!o.docs != !o.qa) bad_usage("--docs and --qa go together", "");
+    if (o.input && building)
+        bad_usage("--input's samples are used as they are (their documents, oracle and answer); it takes no ", building);
     if (o.distractors < 0) bad_usage("--distractors must be at least 0", "");
     if (o.max_seq < 16) bad_usage("--max-seq must be at least 16", "");
     if (o.faq_answer_tokens < 16) bad_usage("--faq-answer-tokens must be at least 16", "");

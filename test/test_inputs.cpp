@@ -292,7 +292,7 @@ TEST_CASE("inputs: an option given twice, two that conflict, one without the one
     CHECK(check({"--system", "s", "--chat", "--prompt", "--prompt-file"}) == "");
 }
 
-TEST_CASE("inputs: every program refuses an option given twice; ./generate conflicts; ./train an absurd --lr") {
+TEST_CASE("inputs: every program refuses an option given twice; ./generate and ./prepare conflicts; ./train an absurd --lr") {
     const std::string cases[][2] = {
         {"./generate --prompt a --prompt b", "generate: --prompt given twice"},
         {"./generate --prompt a --prompt-file /dev/null", "generate: --prompt and --prompt-file cannot go together"},
@@ -301,6 +301,9 @@ TEST_CASE("inputs: every program refuses an option given twice; ./generate confl
         {"./train --val-data a.jsonl --val-frac 0.1", "train: --val-data and --val-frac cannot go together"},
         {"./train --lr 1e30", "train: --lr must be in (0, 1]"},
         {"./prepare --seed 1 --seed 2", "prepare: --seed given twice"},
+        // --input's samples are ready: options that build samples from documents would do nothing
+        {"./prepare --input data/sample_raft.jsonl --no-oracle 0.5", "prepare: --input's samples are used as they are"},
+        {"./prepare --input data/sample_raft.jsonl --distractors 2", "it takes no --distractors"},
         {"./evaluate --seed 1 --seed 2", "evaluate: --seed given twice"},
     };
     for (const auto &c : cases) {
