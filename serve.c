@@ -53,7 +53,7 @@ static void usage(FILE *out) {
             "  --device D           cpu, cuda or auto: cuda when a GPU is present (default auto). On the GPU\n"
             "                       the workers take turns, one forward at a time\n"
             "  -h, --help           this help\n"
-            "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,\n"
+            "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/ID], GET /health,\n"
             "        POST /v1/adapters {\"name\": N, \"path\": DIR}, DELETE /v1/adapters/NAME\n",
             DEFAULT_MODEL, DEFAULT_MAX_BODY);
 }

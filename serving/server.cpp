@@ -440,6 +440,16 @@ static void handle_models(Server *s, Reply *reply) {
     });
 }
 
+// GET /v1/models/ID (OpenAI's models.retrieve): the base's or an adapter's entry, else a 404 listing them.
+static void handle_model(Server *s, const char *id, Reply *reply) {
+    std::shared_ptr<LoadedAdapter> adapter;
+    ApiError e;
+    if (!find_adapter(s, id, &adapter, &e)) return error_reply(reply, e);
+    long long created = (long long)time(NULL);
+    std::string name = id, parent = adapter ? s->base_name : "";
+    json_reply(reply, 200, [&](FILE *f) { write_model_entry(f, name.c_str(), created, adapter ? parent.c_str() : NULL); });
+}
+
 static void handle_load(Server *s, const char *body, size_t len, Reply *reply) {
     char err[2048];
     ApiError e;
@@ -501,16 +511,22 @@ static void handle_unload(Server *s, const char *name, Reply *reply) {
 
 static bool route_is(const char *path, const char *route) { return strcmp(path, route) == 0; }
 
+// What follows "route/" in path (a name: /v1/adapters/NAME, /v1/models/ID), or NULL.
+static const char *name_after(const char *path, const char *route) {
+    size_t n = strlen(route);
+    return strncmp(path, route, n) == 0 && path[n] == '/' && path[n + 1] ? path + n + 1 : NULL;
+}
+
 void server_handle(Server *s, const char *method, const char *path, const char *body, size_t body_len, Reply *reply) {
     memset(reply, 0, sizeof *reply);
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0, del = strcmp(method, "DELETE") == 0;
-    static const char ADAPTERS[] = "/v1/adapters";
-    const char *adapter_name = strncmp(path, ADAPTERS, strlen(ADAPTERS)) == 0 && path[strlen(ADAPTERS)] == '/'
-                                   ? path + strlen(ADAPTERS) + 1 : NULL;
-    bool known = route_is(path, "/health") || route_is(path, "/v1/models") || route_is(path, "/v1/chat/completions") ||
-                 route_is(path, "/v1/completions") || route_is(path, ADAPTERS) || adapter_name;
+    static const char ADAPTERS[] = "/v1/adapters", MODELS[] = "/v1/models";
+    const char *adapter_name = name_after(path, ADAPTERS), *model_id = name_after(path, MODELS);
+    bool known = route_is(path, "/health") || route_is(path, MODELS) || route_is(path, "/v1/chat/completions") ||
+                 route_is(path, "/v1/completions") || route_is(path, ADAPTERS) || adapter_name || model_id;
     if (get && route_is(path, "/health")) json_reply(reply, 200, [](FILE *f) { fprintf(f, "{\"status\": \"ok\"}"); });
-    else if (get && route_is(path, "/v1/models")) handle_models(s, reply);
+    else if (get && route_is(path, MODELS)) handle_models(s, reply);
+    else if (get && model_id) handle_model(s, model_id, reply);
     else if (post && route_is(path, "/v1/chat/completions")) handle_generation(s, REQUEST_CHAT, body, body_len, reply);
     else if (post && route_is(path, "/v1/completions")) handle_generation(s, REQUEST_COMPLETION, body, body_len, reply);
     else if (post && route_is(path, ADAPTERS)) handle_load(s, body, body_len, reply);

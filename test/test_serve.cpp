@@ -303,6 +303,18 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; adapters load and u
     CHECK(loaded.status == 200);
     Json models(t.send("GET", "/v1/models").body);
     CHECK(json_get(models.value, "data")->count == 3);
+    // one model by its id (OpenAI's models.retrieve): an adapter names its base as parent
+    Answer one = t.send("GET", "/v1/models/faq2");
+    CHECK(one.status == 200);
+    Json entry(one.body);
+    CHECK(std::string(json_get_string(entry.value, "id", "")) == "faq2");
+    CHECK(std::string(json_get_string(entry.value, "object", "")) == "model");
+    CHECK(json_get_string(entry.value, "parent", NULL) != NULL);
+    Answer missing = t.send("GET", "/v1/models/nope");
+    CHECK(missing.status == 404);
+    CHECK_MESSAGE(missing.body.find("The model 'nope' does not exist; this server has: ") != std::string::npos,
+                  missing.body);
+    CHECK(t.send("POST", "/v1/models/faq2").status == 405);
     CHECK(stream_text(events) == answer_text(t.send("POST", "/v1/chat/completions", chat_body("faq2", "hello", 4)).body));
     CHECK(t.send("GET", "/health").body == "{\"status\": \"ok\"}");
 }

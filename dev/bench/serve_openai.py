@@ -5,7 +5,7 @@ Starts ./serve on the default model (SmolLM2-135M-Instruct, NF4 round trip)
 with two adapters: test/fixtures/peft_adapter as "faq" and a copy of it with
 lora_alpha doubled as "faq2" (another adapter, the same size), then:
   1. checks that the client works: chat and completions, streamed and not
-     (greedy: the streamed text equals the whole answer), models.list(),
+     (greedy: the streamed text equals the whole answer), models.list() and .retrieve(),
      an unknown adapter raising openai.NotFoundError, runtime load/unload;
   2. measures decode throughput: one client (requests one after another)
      and 8 clients at once, completion tokens / wall time;
@@ -73,6 +73,7 @@ def check_client(client, url, max_tokens, twin_dir):
         model="faq2", prompt="Debian is", max_tokens=8, temperature=0, stream=True))
     assert comp_stream == comp.choices[0].text
     names = sorted(m.id for m in client.models.list().data)
+    assert client.models.retrieve("faq").id == "faq"
     try:
         chat(client, "nope", 2)
         raise AssertionError("an unknown adapter was accepted")
@@ -83,7 +84,7 @@ def check_client(client, url, max_tokens, twin_dir):
     assert "faq3" in [m.id for m in client.models.list().data]
     urllib.request.urlopen(urllib.request.Request(url + "/v1/adapters/faq3", method="DELETE")).read()
     print(f"openai {openai.__version__}: chat {whole.usage.completion_tokens} tokens {text[:60]!r}; streamed equal; "
-          f"completions streamed equal; models {names}; unknown -> NotFoundError ({not_found!r}); load/unload ok")
+          f"completions streamed equal; models {names}, retrieve ok; unknown -> NotFoundError ({not_found!r}); load/unload ok")
 
 
 def throughput(client, n_clients, requests_each, max_tokens):
