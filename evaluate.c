@@ -376,6 +376,10 @@ static void choose_base(Options *o, const Model *m) {
 // the fine-tuned one with the adapter merged in.
 static void load_model(Model *m, Options *o, int merge_adapter) {
     char err[1024];
+    if (merge_adapter && o->adapter_dir && adapter_check_config(o->adapter_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "evaluate: %s\n", err);
+        exit(1);
+    }
     if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "evaluate: %s\n", err); exit(1); }
     if (tokenizer_use_chat_template(m->tokenizer, o->template_name, err, sizeof err) != 0) {
         fprintf(stderr, "evaluate: %s: %s\n", o->model_path, err);

@@ -168,6 +168,10 @@ static int encode_prompt(const Tokenizer *tok, const Options *o, int **ids) {
 // (the one it records, or --quant), then the adapter merged in. Exits on error.
 static void load_model(Model *m, Options *o) {
     char err[1024], warning[2048];
+    if (o->adapter_dir && adapter_check_config(o->adapter_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        exit(1);
+    }
     if (model_load(m, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "generate: %s\n", err); exit(1); }
     if (!o->adapter_dir) return;
     AdapterBaseChoice *base = &o->base;

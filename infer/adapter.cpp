@@ -298,6 +298,17 @@ int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const c
     return check_selection(config, path, err, err_size);
 }
 
+int adapter_check_config(const char *dir, char *err, size_t err_size) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    JsonValue *config = json_parse_file(path, err, err_size);
+    if (!config) return -1;
+    AdapterConfig ac;
+    int status = adapter_config_from_json(&ac, config, path, err, err_size);
+    json_free(config);
+    return status;
+}
+
 // Reads and checks path, and marks in selected which of c's modules it adapts.
 static int read_adapter_config(AdapterConfig *ac, const Config *c, const char *path, unsigned char *selected,
                                char *err, size_t err_size) {

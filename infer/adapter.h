@@ -29,6 +29,11 @@ typedef struct {
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
                              size_t err_size);
 
+// Reads and checks dir/adapter_config.json alone (adapter_config_from_json), so a
+// program refuses a broken adapter in a moment, before it loads the model. -1
+// with "PATH: what is wrong".
+int adapter_check_config(const char *dir, char *err, size_t err_size);
+
 // What a merge did, for the caller to report.
 typedef struct {
     int n_merged;    // (layer, module) pairs whose weight got its B A product

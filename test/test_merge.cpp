@@ -526,6 +526,11 @@ TEST_CASE("merge: ./generate and ./evaluate refuse an adapter with lora_alpha <=
         std::string message = adapter + "/adapter_config.json: 'lora_alpha' must be a positive number";
         CHECK(run_program("./generate --prompt hi --max-new 1 --adapter " + adapter, output) == 1);
         CHECK_MESSAGE(has(output, "generate: " + message), output);
+        // refused before the model loads: a model that is not there is never reached
+        CHECK(run_program("./generate --model /nonexistent --prompt hi --adapter " + adapter, output) == 1);
+        CHECK_MESSAGE(has(output, "generate: " + message), output);
+        CHECK(run_program("./evaluate --model /nonexistent --data data/sample_raft.jsonl --adapter " + adapter, output) == 1);
+        CHECK_MESSAGE(has(output, "evaluate: " + message), output);
         CHECK(run_program("./evaluate --data data/sample_raft.jsonl --limit 1 --max-new 1 --adapter " + adapter +
                               " --out " + adapter + "/eval.json",
                           output) == 1);
