@@ -2,10 +2,10 @@
 // per-row norm of W0 + s B A, the adapted layer's forward and backward, the
 // magnitudes' initialisation and the merge, on the CPU and (at the bottom) on the GPU.
 #include "dora.h"
-#include "lora_scratch.h"
 #include "nf4.h"
 #include "ops/gpu.h"
 #include "ops/layers.h"
+#include "ops/lora_scratch.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -275,7 +275,7 @@ void dora_scale_dy_gpu(act16 *out, const act16 *dy, const float *m, const float 
     CUDA_CHECK_LAUNCH();
 }
 
-// Scratch layout (lora_scratch.h): two act16 [n, out] regions (the forward's
+// Scratch layout (ops/lora_scratch.h): two act16 [n, out] regions (the forward's
 // x_d W^T; the backward's g dy and (g - 1) dy), then n * in fp32 (the forward's
 // x_d as act16; the backward's ((g - 1) dy) W).
 static size_t out_region_bytes(LoraShape s) { return dora_scratch_out_region((size_t)s.n, s.out_dim, sizeof(act16)); }

@@ -2,9 +2,9 @@
 // backward, on the CPU and (at the bottom) on the GPU. The frozen base
 // product x W^T is computed by the caller.
 #include "lora.h"
-#include "lora_scratch.h"
 #include "ops/gpu.h"
 #include "ops/layers.h"
+#include "ops/lora_scratch.h"
 #include "ops/random.h"
 #include "formats/atomic_file.h"
 #include "formats/json.h"
@@ -406,7 +406,7 @@ void lora_add_masked_gpu(float *dx, const float *d, const float *keep, size_t co
     CUDA_CHECK_LAUNCH();
 }
 
-// Scratch layout (lora_scratch.h): d_xa (act16 [n, count * rank]), then one region
+// Scratch layout (ops/lora_scratch.h): d_xa (act16 [n, count * rank]), then one region
 // of n * in fp32 that holds the masked input x * keep (act16 [n, in]) and, once that
 // is used up in backward, d(x * keep) (fp32 [n, in]).
 static size_t input_offset(LoraGroupShape s) {

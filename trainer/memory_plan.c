@@ -1,9 +1,9 @@
 // trainer/memory_plan.c: the memory arithmetic of a training run (see trainer/memory_plan.h).
 #include "trainer/memory_plan.h"
 #include "adamw.h"
-#include "lora_scratch.h"
 #include "nf4.h"
 #include "ops/cross_entropy.h"
+#include "ops/lora_scratch.h"
 
 #include <limits.h>
 #include <math.h>
@@ -111,7 +111,7 @@ static double dora_block_norm_bytes(const Config *c, const PlanInputs *in) {
     return in->dora ? 4.0 * adapted_outputs(c, in) : 0.0;
 }
 
-// The GPU's adapter scratch (lora_scratch.h), as the trainer sizes it: for the
+// The GPU's adapter scratch (ops/lora_scratch.h), as the trainer sizes it: for the
 // input group whose enabled adapters need the most together, and with DoRA for
 // its widest adapter.
 static double adapter_scratch_bytes(const Config *c, const PlanInputs *in) {

@@ -45,7 +45,7 @@
 //                         head in fp32 [N, q_dim] (or, when one head does not fit, the
 //                         flash kernel's float per sequence, head and token)
 //   scratch               one block's seven linear weights dequantized (weight_bytes)
-//   adapter scratch       lora_scratch.h's LoRA scratch for the input group whose
+//   adapter scratch       ops/lora_scratch.h's LoRA scratch for the input group whose
 //                         enabled adapters need the most, and with DoRA its scratch
 //                         for the widest enabled adapter
 // test/gpu/test_gpu_placement.cu checks the total against what the GPU trainer

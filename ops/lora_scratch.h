@@ -1,4 +1,4 @@
-// lora_scratch.h: the device scratch the LoRA and DoRA GPU functions carve
+// ops/lora_scratch.h: the device scratch the LoRA and DoRA GPU functions carve
 // (lora.cu, dora.cu), as plain arithmetic so that C code (the memory plan,
 // trainer/memory_plan.c) counts the same bytes. act_bytes: 2 (bf16 or fp16).
 #pragma once
