@@ -23,6 +23,8 @@
 #define MAX_ADAPTERS 64
 // the default request body limit, bytes (--max-body)
 static const int DEFAULT_MAX_BODY = 1 << 20;
+// the default idle time after which a connection is closed, seconds (--timeout; as llama.cpp's server)
+static const int DEFAULT_IDLE_TIMEOUT = 600;
 
 typedef struct {
     ServerOptions server;
@@ -31,6 +33,7 @@ typedef struct {
     const char *host;
     int port;
     int max_body;
+    int idle_timeout;     // seconds; 0: never
     const char *device;   // --device: cpu, cuda or auto
 } Options;
 
@@ -50,12 +53,14 @@ static void usage(FILE *out) {
             "  --workers N          generations that run at once, one sequence each (default 1)\n"
             "  --queue N            requests that may wait for a worker; more get 429 + Retry-After (default 16)\n"
             "  --max-body BYTES     the largest request body; larger get 413 (default %d)\n"
+            "  --timeout S          a connection that sends nothing for S seconds while its request is read,\n"
+            "                       or idles between requests, is closed (default %d; 0: never)\n"
             "  --device D           cpu, cuda or auto: cuda when a GPU is present (default auto). On the GPU\n"
             "                       the workers take turns, one forward at a time\n"
             "  -h, --help           this help\n"
             "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/ID], GET /health,\n"
             "        POST /v1/adapters {\"name\": N, \"path\": DIR}, DELETE /v1/adapters/NAME\n",
-            DEFAULT_MODEL, DEFAULT_MAX_BODY);
+            DEFAULT_MODEL, DEFAULT_MAX_BODY, DEFAULT_IDLE_TIMEOUT);
 }
 
 static void usage_error(const char *message) {
@@ -96,10 +101,11 @@ static void check_repeats(int argc, char **argv, const char *const *flags) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, 16, 0}, {0}, {0}, 0, "127.0.0.1", 8080, DEFAULT_MAX_BODY, "auto"};
+    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, 16, 0}, {0}, {0}, 0, "127.0.0.1", 8080, DEFAULT_MAX_BODY,
+                 DEFAULT_IDLE_TIMEOUT, "auto"};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--host", "--port", "--workers",
-                                 "--queue", "--max-body", "--device", NULL};
+                                 "--queue", "--max-body", "--timeout", "--device", NULL};
     char err[256];
     check_repeats(argc, argv, flags);
     for (int i = 1; i < argc; i++) {
@@ -122,6 +128,7 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(flag, "--workers") == 0) o.server.workers = positive(flag, value, 1);
         else if (strcmp(flag, "--queue") == 0) o.server.queue = positive(flag, value, 0);
         else if (strcmp(flag, "--max-body") == 0) o.max_body = positive(flag, value, 1);
+        else if (strcmp(flag, "--timeout") == 0) o.idle_timeout = positive(flag, value, 0);
         else if (strcmp(flag, "--device") == 0) o.device = value;
         else {
             snprintf(err, sizeof err, "unknown option %s", flag);
@@ -153,7 +160,7 @@ int main(int argc, char **argv) {
     int status = server ? server_start(server, o.dirs, o.n_adapters, err, sizeof err) : -1;
     for (int i = 0; status == 0 && i < o.n_adapters; i++) status = server_add_adapter(server, o.names[i], o.dirs[i], err, sizeof err);
     int port = 0;
-    HttpServer *http = status == 0 ? http_start(server, o.host, o.port, (size_t)o.max_body, &port, err, sizeof err) : NULL;
+    HttpServer *http = status == 0 ? http_start(server, o.host, o.port, (size_t)o.max_body, o.idle_timeout, &port, err, sizeof err) : NULL;
     if (!http) {
         fprintf(stderr, "serve: %s\n", err);
         server_free(server);

@@ -5,22 +5,27 @@
 #include "serving/response.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 // bytes a streamed reply is read in
 static const size_t STREAM_BLOCK = 4096;
 // connections open at once; beyond, the server still answers, with 429, from the queue
 static const unsigned CONNECTION_LIMIT = 256;
+// the longest a stream stays silent before a keep-alive comment, ms (less with a short --timeout)
+static const int STREAM_KEEPALIVE_MS = 15000;
 
 struct HttpServer {
     struct MHD_Daemon *daemon;
     Server *server;
     size_t max_body;
+    int keepalive_ms;   // a silent stream's keep-alive period: within the idle timeout
     int listen_fd;
 };
 
@@ -75,6 +80,18 @@ static enum MHD_Result too_large(struct MHD_Connection *connection, size_t max_b
     return send_reply(connection, &reply);
 }
 
+// A client is gone when its end of the connection is closed (a read would
+// return 0) or reset. Asked while a whole answer is made: with a thread per
+// connection nothing else reads the socket meanwhile. (A client that shuts
+// down its sending side and still waits for the answer reads as gone.)
+static int client_gone(void *context) {
+    int fd = *(const int *)context;
+    if (fd < 0) return 0;
+    char byte;
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 // Called first with no data (the headers are in), then with each piece of
 // the body, then with none left: the request is complete.
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, const char *url, const char *method,
@@ -106,8 +123,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
         return MHD_YES;
     }
     if (upload->too_large) return too_large(connection, h->max_body);
+    const union MHD_ConnectionInfo *info = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+    int fd = info ? info->connect_fd : -1;
+    ClientWatch watch = {client_gone, &fd, h->keepalive_ms};
     Reply reply;
-    server_handle(h->server, method, url, upload->data ? upload->data : "", upload->len, &reply);
+    server_handle(h->server, method, url, upload->data ? upload->data : "", upload->len, &watch, &reply);
     return send_reply(connection, &reply);
 }
 
@@ -120,8 +140,8 @@ static void on_completed(void *cls, struct MHD_Connection *connection, void **re
     *request_state = NULL;
 }
 
-HttpServer *http_start(Server *server, const char *host, int port, size_t max_body, int *bound_port, char *err,
-                       size_t err_size) {
+HttpServer *http_start(Server *server, const char *host, int port, size_t max_body, int idle_timeout, int *bound_port,
+                       char *err, size_t err_size) {
     struct sockaddr_in address;
     memset(&address, 0, sizeof address);
     address.sin_family = AF_INET;
@@ -134,11 +154,14 @@ HttpServer *http_start(Server *server, const char *host, int port, size_t max_bo
     if (!h) { snprintf(err, err_size, "out of memory"); return NULL; }
     h->server = server;
     h->max_body = max_body;
+    // half the idle timeout: a keep-alive always comes before it
+    h->keepalive_ms = idle_timeout > 0 && idle_timeout < STREAM_KEEPALIVE_MS / 500 ? idle_timeout * 500 : STREAM_KEEPALIVE_MS;
     h->listen_fd = -1;
     h->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
                                      MHD_USE_ERROR_LOG,
                                  (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &address,
-                                 MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, MHD_OPTION_NOTIFY_COMPLETED,
+                                 MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+                                 (unsigned)idle_timeout, MHD_OPTION_NOTIFY_COMPLETED,
                                  on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, err_size, "cannot listen on %s:%d (in use, or not an address of this machine?)", host, port);

@@ -14,9 +14,10 @@ extern "C" {
 typedef struct HttpServer HttpServer;
 
 // Listens on host (an IPv4 address) and port (0: a free one, written to
-// *bound_port). NULL with a message.
-HttpServer *http_start(Server *server, const char *host, int port, size_t max_body, int *bound_port, char *err,
-                       size_t err_size);
+// *bound_port); a connection silent for idle_timeout seconds (0: never) while
+// a request arrives or between requests is closed. NULL with a message.
+HttpServer *http_start(Server *server, const char *host, int port, size_t max_body, int idle_timeout, int *bound_port,
+                       char *err, size_t err_size);
 // Stops accepting connections; those open go on.
 void http_stop_accepting(HttpServer *h);
 // Waits for the open connections to end, and frees h.

@@ -31,6 +31,8 @@ void write_chunk(FILE *f, RequestKind kind, const CompletionInfo *info, const ch
 void write_usage_chunk(FILE *f, RequestKind kind, const CompletionInfo *info);
 // The end of a stream: "data: [DONE]\n\n".
 void write_done(FILE *f);
+// A server-sent-event comment, which clients skip: a waiting stream's sign of life.
+static const char SSE_KEEPALIVE[] = ": keep-alive\n\n";
 // One entry of GET /v1/models' list ({"object": "list", "data": [...]} around them).
 void write_model_entry(FILE *f, const char *id, long long created, const char *parent);
 

@@ -42,6 +42,8 @@ static const int PREFILL_CHUNK = 256;
 static const int RETRY_AFTER_SECONDS = 1;
 // the longest adapter name
 static const size_t MAX_ADAPTER_NAME = 64;
+// how often the client of a whole answer is asked whether it hung up, ms
+static const int CLIENT_CHECK_MS = 100;
 
 static double now_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -91,6 +93,7 @@ struct Generation {
 
 struct ServerStream {
     std::shared_ptr<Generation> generation;
+    int keepalive_ms;   // <= 0: wait for events however long
 };
 
 struct Server {
@@ -370,15 +373,18 @@ static bool tokenize(Server *s, Generation &g, ApiError *e) {
     return true;
 }
 
-static void wait_and_answer(std::shared_ptr<Generation> g, Reply *reply) {
+// Waits for g to end, stopping it when its client hangs up meanwhile.
+static void wait_and_answer(std::shared_ptr<Generation> g, const ClientWatch *watch, Reply *reply) {
     std::unique_lock<std::mutex> lock(g->mutex);
-    g->changed.wait(lock, [&] { return g->finished; });
+    while (!g->changed.wait_for(lock, std::chrono::milliseconds(CLIENT_CHECK_MS), [&] { return g->finished; }))
+        if (watch && !g->cancelled && watch->gone(watch->context)) g->cancelled = true;
     if (g->failed) return error_reply(reply, g->error);
     CompletionInfo info = info_of(*g, g->finish_reason);
     json_reply(reply, 200, [&](FILE *f) { write_completion(f, g->request.kind, &info, g->text.data(), g->text.size()); });
 }
 
-static void handle_generation(Server *s, RequestKind kind, const char *body, size_t len, Reply *reply) {
+static void handle_generation(Server *s, RequestKind kind, const char *body, size_t len, const ClientWatch *watch,
+                              Reply *reply) {
     auto g = std::make_shared<Generation>();
     ApiError e;
     if (request_parse(&g->request, kind, body, len, &e) != 0) return error_reply(reply, e);
@@ -399,16 +405,23 @@ static void handle_generation(Server *s, RequestKind kind, const char *body, siz
         reply->retry_after = RETRY_AFTER_SECONDS;
         return;
     }
-    if (!g->request.stream) return wait_and_answer(g, reply);
+    if (!g->request.stream) return wait_and_answer(g, watch, reply);
     reply->status = 200;
     reply->content_type = "text/event-stream";
-    reply->stream = new ServerStream{g};
+    reply->stream = new ServerStream{g, watch ? watch->keepalive_ms : 0};
 }
 
 size_t server_stream_read(ServerStream *stream, char *out, size_t max) {
     Generation &g = *stream->generation;
     std::unique_lock<std::mutex> lock(g.mutex);
-    g.changed.wait(lock, [&] { return !g.events.empty() || g.finished; });
+    auto ready = [&] { return !g.events.empty() || g.finished; };
+    if (stream->keepalive_ms <= 0) {
+        g.changed.wait(lock, ready);
+    } else if (!g.changed.wait_for(lock, std::chrono::milliseconds(stream->keepalive_ms), ready)) {
+        size_t n = sizeof SSE_KEEPALIVE - 1 < max ? sizeof SSE_KEEPALIVE - 1 : max;
+        memcpy(out, SSE_KEEPALIVE, n);
+        return n;
+    }
     size_t n = g.events.size() < max ? g.events.size() : max;
     memcpy(out, g.events.data(), n);
     g.events.erase(0, n);
@@ -517,7 +530,8 @@ static const char *name_after(const char *path, const char *route) {
     return strncmp(path, route, n) == 0 && path[n] == '/' && path[n + 1] ? path + n + 1 : NULL;
 }
 
-void server_handle(Server *s, const char *method, const char *path, const char *body, size_t body_len, Reply *reply) {
+void server_handle(Server *s, const char *method, const char *path, const char *body, size_t body_len,
+                   const ClientWatch *watch, Reply *reply) {
     memset(reply, 0, sizeof *reply);
     bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0, del = strcmp(method, "DELETE") == 0;
     static const char ADAPTERS[] = "/v1/adapters", MODELS[] = "/v1/models";
@@ -527,8 +541,8 @@ void server_handle(Server *s, const char *method, const char *path, const char *
     if (get && route_is(path, "/health")) json_reply(reply, 200, [](FILE *f) { fprintf(f, "{\"status\": \"ok\"}"); });
     else if (get && route_is(path, MODELS)) handle_models(s, reply);
     else if (get && model_id) handle_model(s, model_id, reply);
-    else if (post && route_is(path, "/v1/chat/completions")) handle_generation(s, REQUEST_CHAT, body, body_len, reply);
-    else if (post && route_is(path, "/v1/completions")) handle_generation(s, REQUEST_COMPLETION, body, body_len, reply);
+    else if (post && route_is(path, "/v1/chat/completions")) handle_generation(s, REQUEST_CHAT, body, body_len, watch, reply);
+    else if (post && route_is(path, "/v1/completions")) handle_generation(s, REQUEST_COMPLETION, body, body_len, watch, reply);
     else if (post && route_is(path, ADAPTERS)) handle_load(s, body, body_len, reply);
     else if (del && adapter_name) handle_unload(s, adapter_name, reply);
     else {

@@ -51,11 +51,25 @@ typedef struct {
     ServerStream *stream;       // non-NULL: the body comes from server_stream_read
 } Reply;
 
-// Answers one request; waits for a generation to end unless it streams. Never fails: errors are replies.
-void server_handle(Server *s, const char *method, const char *path, const char *body, size_t body_len, Reply *reply);
+// How the HTTP layer keeps track of a request's client: gone asks whether it
+// hung up (polled while a whole answer is made, whose generation then stops;
+// a stream's stops at server_stream_close), and a stream with no event for
+// keepalive_ms sends a comment that clients skip, so that a stream waiting in
+// the queue is not an idle connection.
+typedef struct {
+    int (*gone)(void *context);
+    void *context;
+    int keepalive_ms;   // <= 0: no keep-alive comments
+} ClientWatch;
+
+// Answers one request; waits for a generation to end unless it streams
+// (watch: NULL, or how to tell that its client left). Never fails: errors are replies.
+void server_handle(Server *s, const char *method, const char *path, const char *body, size_t body_len,
+                   const ClientWatch *watch, Reply *reply);
 // Frees the body (not the stream: server_stream_close does).
 void reply_free(Reply *reply);
-// Up to max bytes of the stream, waiting for them; 0 at its end.
+// Up to max bytes of the stream, waiting for them (or, after the watch's
+// keepalive_ms without any, a keep-alive comment); 0 at its end.
 size_t server_stream_read(ServerStream *stream, char *out, size_t max);
 // The client is done (or gone): a generation still running stops.
 void server_stream_close(ServerStream *stream);

@@ -10,6 +10,7 @@
 // included), 32 concurrent requests across the two adapters, and Ctrl-C.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -62,7 +63,7 @@ struct TestServer {
     // Sends a request; a stream is read to its end.
     Answer send(const char *method, const char *path, const std::string &body = "") {
         Reply reply;
-        server_handle(server, method, path, body.data(), body.size(), &reply);
+        server_handle(server, method, path, body.data(), body.size(), NULL, &reply);
         Answer a;
         a.status = reply.status;
         a.retry_after = reply.retry_after;
@@ -120,6 +121,7 @@ std::string stream_text(const std::string &events, std::string *finish_reason = 
         REQUIRE_MESSAGE(end != std::string::npos, events);
         std::string event = events.substr(at, end - at);
         at = end + 2;
+        if (event == ": keep-alive") continue;   // a comment, which clients skip
         REQUIRE_MESSAGE(event.rfind("data: ", 0) == 0, event);
         CHECK(!done);
         if (event == "data: [DONE]") { done = true; continue; }
@@ -282,7 +284,7 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; adapters load and u
     server_set_paused(t.server, 1);
     Reply waiting;
     std::string body = chat_body("faq", "hello", 4, ", \"stream\": true");
-    server_handle(t.server, "POST", "/v1/chat/completions", body.data(), body.size(), &waiting);
+    server_handle(t.server, "POST", "/v1/chat/completions", body.data(), body.size(), NULL, &waiting);
     REQUIRE(waiting.stream);   // queued: the only place
     Answer refused = t.send("POST", "/v1/chat/completions", body);
     CHECK(refused.status == 429);
@@ -317,6 +319,67 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; adapters load and u
     CHECK(t.send("POST", "/v1/models/faq2").status == 405);
     CHECK(stream_text(events) == answer_text(t.send("POST", "/v1/chat/completions", chat_body("faq2", "hello", 4)).body));
     CHECK(t.send("GET", "/health").body == "{\"status\": \"ok\"}");
+}
+
+TEST_CASE("serve: a whole answer whose client hangs up is not generated; a waiting stream sends keep-alives") {
+    TestServer t(1, 4);
+    struct Client {
+        std::atomic<int> polls{0}, gone_after{-1};   // gone from that poll on (-1: never)
+        static int gone(void *context) {
+            Client *c = (Client *)context;
+            int poll = c->polls++;
+            return c->gone_after.load() >= 0 && poll >= c->gone_after.load();
+        }
+    };
+    const int max_tokens = 16;
+    std::string body = chat_body("faq", "hello", max_tokens);
+    auto completion_tokens = [](const Reply &reply) {
+        Json json(std::string(reply.body ? reply.body : "", reply.body_len));
+        return (int)json_get_number(json_get(json.value, "usage"), "completion_tokens", -1);
+    };
+    // queued: the client leaves before a worker takes it; nothing is generated
+    server_set_paused(t.server, 1);
+    Client queued;
+    queued.gone_after = 0;
+    ClientWatch watch = {Client::gone, &queued, 0};
+    Reply reply;
+    std::thread paused_resume([&] {
+        // the client asked once (or, if it never is, 5 s: the answer then has every token)
+        for (int ms = 0; queued.polls.load() < 1 && ms < 5000; ms += 10)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        server_set_paused(t.server, 0);
+    });
+    server_handle(t.server, "POST", "/v1/chat/completions", body.data(), body.size(), &watch, &reply);
+    paused_resume.join();
+    REQUIRE(reply.status == 200);
+    CHECK(completion_tokens(reply) == 0);
+    reply_free(&reply);
+    // a client that stays gets every token; one watched but never gone, too
+    Client staying;
+    watch.context = &staying;
+    server_handle(t.server, "POST", "/v1/chat/completions", body.data(), body.size(), &watch, &reply);
+    REQUIRE(reply.status == 200);
+    int all = completion_tokens(reply);
+    reply_free(&reply);
+    CHECK(all > 0);
+    // a stream that waits sends keep-alive comments meanwhile; they are no part of the answer
+    server_set_paused(t.server, 1);
+    watch.keepalive_ms = 20;
+    std::string stream_body = chat_body("faq", "hello", max_tokens, ", \"stream\": true");
+    server_handle(t.server, "POST", "/v1/chat/completions", stream_body.data(), stream_body.size(), &watch, &reply);
+    REQUIRE(reply.stream);
+    std::thread resume_later([&] {   // after 20 ms the first read is a keep-alive; were it not, it would wait for this
+        std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+        server_set_paused(t.server, 0);
+    });
+    char block[256];
+    size_t n = server_stream_read(reply.stream, block, sizeof block);
+    CHECK(std::string(block, n) == ": keep-alive\n\n");
+    resume_later.join();
+    std::string events(block, n);
+    while ((n = server_stream_read(reply.stream, block, sizeof block)) > 0) events.append(block, n);
+    server_stream_close(reply.stream);
+    CHECK(stream_text(events) == answer_text(t.send("POST", "/v1/chat/completions", body).body));
 }
 
 // A copy of the faq adapter in dir whose config records the base it was trained on, as ./train writes it.
@@ -357,11 +420,11 @@ TEST_CASE("serve: an adapter loaded at run time is served on the base --quant ch
         REQUIRE_MESSAGE(server_start(server, nullptr, 0, err, sizeof err) == 0, err);
         Reply reply;
         std::string load = "{\"name\": \"a\", \"path\": \"" + nf4 + "\"}";
-        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), NULL, &reply);
         std::string body(reply.body, reply.body_len);
         reply_free(&reply);
         CHECK(reply.status == 200);
-        server_handle(server, "POST", "/v1/completions", request.data(), request.size(), &reply);
+        server_handle(server, "POST", "/v1/completions", request.data(), request.size(), NULL, &reply);
         std::string answer = answer_text(std::string(reply.body, reply.body_len));
         reply_free(&reply);
         if (quant_given) {   // --quant nf4 without adapters: the base adapters loaded later were trained on
@@ -372,7 +435,7 @@ TEST_CASE("serve: an adapter loaded at run time is served on the base --quant ch
                                     "--quant none") != std::string::npos, body);
         }
         load = "{\"name\": \"b\", \"path\": \"" + other + "\"}";
-        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), &reply);
+        server_handle(server, "POST", "/v1/adapters", load.data(), load.size(), NULL, &reply);
         body.assign(reply.body, reply.body_len);
         reply_free(&reply);
         CHECK_MESSAGE(body.find("the adapter was trained on another model") != std::string::npos, body);
@@ -471,7 +534,7 @@ std::pair<std::string, int> body_status(const std::string &out) {
 TEST_CASE("serve: ./serve over HTTP answers as ./generate does, streams, refuses bad input, serves 32 at once") {
     REQUIRE_MESSAGE(system("curl --version > /dev/null 2>&1") == 0, "curl is needed (apt-get install curl)");
     setenv("OMP_NUM_THREADS", "1", 1);
-    ServeProcess serve({"--workers", "2", "--queue", "64", "--max-body", "65536"});
+    ServeProcess serve({"--workers", "2", "--queue", "64", "--max-body", "65536", "--timeout", "1"});
     const int max_new = 10;
     const char *prompt = "hello there";
     std::string expected[2];
@@ -503,6 +566,13 @@ TEST_CASE("serve: ./serve over HTTP answers as ./generate does, streams, refuses
     CHECK(long_prompt.second == 400);
     CHECK(long_prompt.first.find("256") != std::string::npos);
     std::string models = body_status(shell("curl -sS -w '\\n%{http_code}' " + serve.url + "/v1/models")).first;
+    // a connection that sends nothing is closed after --timeout 1 (answers that take longer are not cut: below)
+    std::string host_port = serve.url.substr(serve.url.find("//") + 2);
+    std::string idle = shell("bash -c 'exec 3<>/dev/tcp/" + host_port.substr(0, host_port.find(':')) + "/" +
+                             host_port.substr(host_port.find(':') + 1) +
+                             "; start=$(date +%s%N); timeout 30 cat <&3; echo $(( ($(date +%s%N) - start) / 1000000 ))'");
+    int idle_ms = atoi(idle.c_str());
+    CHECK_MESSAGE((idle_ms >= 900 && idle_ms < 10000), idle);
     CHECK(models.find("\"faq\"") != std::string::npos);
 
     // 32 requests at once, alternating adapters
