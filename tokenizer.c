@@ -82,6 +82,7 @@ struct Tokenizer {
     int bos, eos, unk;           // unk: what a byte without a token becomes (HF's model.unk_token)
     int unk_named, pad;          // the unknown and padding tokens the source names, kept for exports
     char *chat_template;         // the source's Jinja chat template; NULL when it has none
+    char *chat_template_names;   // the names of a list of templates none of which is "default", else NULL
     int im_start, im_end;
     const ChatFamily *chat;      // the family chat_encode renders; NULL: none recognised
     const char *chat_origin;     // how it was chosen (printed by the programs)
@@ -277,6 +278,7 @@ void tokenizer_free(Tokenizer *t) {
     free(t->merge_slots);
     free(t->added);
     free(t->chat_template);
+    free(t->chat_template_names);
     free(t->default_system);
     free(t);
 }
@@ -340,7 +342,7 @@ static int choose_chat(Tokenizer *t) {
         t->default_system = chat_default_system(t->chat, t->chat_template, &failed);
         return !failed;
     }
-    if (t->im_start < 0 || t->im_end < 0) return 1;
+    if (t->chat_template_names || t->im_start < 0 || t->im_end < 0) return 1;
     t->chat = chat_family_named("chatml");
     t->chat_origin = "the model has no chat template; its vocabulary has <|im_start|>";
     if (t->pre != PRETOK_SMOLLM) return 1;
@@ -731,13 +733,40 @@ static int config_token(Tokenizer *t, const JsonValue *config, const char *key, 
     return *id >= 0 || !required;
 }
 
-// chat_template of tokenizer_config.json when it is a string (a list of named
-// templates is not kept). 0 when out of memory.
-static int config_chat_template(Tokenizer *t, const JsonValue *config) {
-    const char *text = json_get_string(config, "chat_template", NULL);
-    if (!text) return 1;
-    t->chat_template = strdup(text);
-    return t->chat_template != NULL;
+// chat_template of tokenizer_config.json: a string, or transformers' named
+// templates, a list of {"name": N, "template": T}, of which we take the one
+// named "default" (what apply_chat_template renders without tools). A list
+// without one leaves no template, its names kept for the error the programs
+// that render give. 0 with err.
+static int config_chat_template(Tokenizer *t, const JsonValue *config, const char *path, char *err, size_t err_size) {
+    const JsonValue *v = json_get(config, "chat_template");
+    if (!v || v->type == JSON_NULL) return 1;
+    if (v->type != JSON_STRING && v->type != JSON_ARRAY) {
+        set_error(err, err_size, "%s: chat_template is neither a string nor a list of named templates", path);
+        return 0;
+    }
+    const char *text = v->type == JSON_STRING ? v->string : NULL;
+    size_t names_len = 1;
+    for (size_t i = 0; v->type == JSON_ARRAY && i < v->count; i++) {
+        const char *name = json_get_string(&v->items[i], "name", NULL);
+        const char *template_text = json_get_string(&v->items[i], "template", NULL);
+        if (v->items[i].type != JSON_OBJECT || !name || !template_text) {
+            set_error(err, err_size, "%s: chat_template[%zu] is not {\"name\": ..., \"template\": ...}", path, i);
+            return 0;
+        }
+        if (strcmp(name, "default") == 0) text = template_text;
+        names_len += strlen(name) + 2;
+    }
+    if (text) {
+        t->chat_template = strdup(text);
+    } else if ((t->chat_template_names = calloc(1, names_len)) != NULL) {
+        for (size_t i = 0; i < v->count; i++) {
+            if (i > 0) strcat(t->chat_template_names, ", ");
+            strcat(t->chat_template_names, json_get_string(&v->items[i], "name", ""));
+        }
+    }
+    if (!t->chat_template && !t->chat_template_names) set_error(err, err_size, "%s: out of memory", path);
+    return t->chat_template || t->chat_template_names;
 }
 
 // The chat template of chat_template.jinja at jinja_path when there is one: where
@@ -754,7 +783,9 @@ static int jinja_chat_template(Tokenizer *t, const char *jinja_path, char *err, 
         return 0;
     }
     free(t->chat_template);
+    free(t->chat_template_names);
     t->chat_template = text;
+    t->chat_template_names = NULL;
     return 1;
 }
 
@@ -786,10 +817,7 @@ static int load_config(Tokenizer *t, const char *path, char *err, size_t err_siz
              config_token(t, config, "eos_token", 1, config_path, &t->eos, err, err_size) &&
              config_token(t, config, "unk_token", 0, config_path, &t->unk_named, err, err_size) &&
              config_token(t, config, "pad_token", 0, config_path, &t->pad, err, err_size);
-        if (ok && !config_chat_template(t, config)) {
-            set_error(err, err_size, "%s: out of memory", config_path);
-            ok = 0;
-        }
+        ok = ok && config_chat_template(t, config, config_path, err, err_size);
         json_free(config);
     }
     free(config_path);
@@ -1567,6 +1595,11 @@ int tokenizer_use_chat_template(Tokenizer *t, const char *name, char *err, size_
             set_error(err, err_size, "out of memory");
             return -1;
         }
+    }
+    if (!t->chat && t->chat_template_names) {
+        set_error(err, err_size, "the model's chat templates are named (%s), none \"default\"; "
+                  "--template NAME renders one of: %s", t->chat_template_names, chat_family_names());
+        return -1;
     }
     if (!t->chat && t->chat_template) {
         set_error(err, err_size, "the model's chat template is none of those we render (%s); "

@@ -141,6 +141,55 @@ TEST_CASE("chat templates: the template in chat_template.jinja (transformers' sa
     json_free(root);
 }
 
+TEST_CASE("chat templates: of named templates (a list in tokenizer_config.json) the one named default is the model's") {
+    // llama3_named/: llama3/ with its template named "default" beside a "tool_use" one (as Hermes-3 publishes);
+    // the dev script checked that transformers renders llama3/cases.json from it
+    JsonValue *root = load_cases("llama3");
+    Tokenizer *t = load_tokenizer("llama3_named");
+    REQUIRE(tokenizer_chat_family(t));
+    CHECK(std::string(tokenizer_chat_family(t)->name) == "llama3");
+    check_renders(t, root, "llama3_named");
+    tokenizer_free(t);
+    json_free(root);
+
+    // with no "default" (transformers refuses to guess), or not a list of {name, template}
+    std::string dir = "/tmp/qlora_named_XXXXXX";
+    REQUIRE(mkdtemp(&dir[0]));
+    std::string source = std::string(CHAT_FIXTURES) + "smollm2/tokenizer.json";
+    REQUIRE(system(("cp " + source + " " + dir + "/tokenizer.json").c_str()) == 0);
+    auto with_config = [&](const char *config) {
+        FILE *f = fopen((dir + "/tokenizer_config.json").c_str(), "w");
+        REQUIRE(f);
+        fputs(config, f);
+        fclose(f);
+        char err[512] = "";
+        Tokenizer *loaded = tokenizer_from_json((dir + "/tokenizer.json").c_str(), err, sizeof err);
+        return std::make_pair(loaded, std::string(err));
+    };
+    auto [nameless, no_err] = with_config("{\"eos_token\": \"<|im_end|>\", \"chat_template\": ["
+                                          "{\"name\": \"tool_use\", \"template\": \"{{ 'T' }}\"}, "
+                                          "{\"name\": \"rag\", \"template\": \"{{ 'R' }}\"}]}");
+    REQUIRE_MESSAGE(nameless, no_err);
+    CHECK(tokenizer_chat_family(nameless) == NULL);   // never ChatML from the vocabulary
+    char err[512] = "";
+    CHECK(tokenizer_use_chat_template(nameless, NULL, err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find("named (tool_use, rag), none \"default\"") != std::string::npos, err);
+    CHECK_MESSAGE(std::string(err).find("chatml, llama3") != std::string::npos, err);
+    CHECK(tokenizer_use_chat_template(nameless, "chatml", err, sizeof err) == 0);
+    tokenizer_free(nameless);
+    const char *bad[] = {"{\"chat_template\": 7}", "{\"chat_template\": [{\"name\": \"default\"}]}",
+                         "{\"chat_template\": [\"{{ x }}\"]}"};
+    for (const char *config : bad) {
+        auto [refused, message] = with_config(config);
+        CHECK_MESSAGE(refused == NULL, config);
+        tokenizer_free(refused);
+        CHECK_MESSAGE(message.find(dir + "/tokenizer_config.json: chat_template") == 0, message);
+    }
+    remove((dir + "/tokenizer.json").c_str());
+    remove((dir + "/tokenizer_config.json").c_str());
+    rmdir(dir.c_str());
+}
+
 TEST_CASE("chat templates: recognised from the real template strings, others refused") {
     CHECK(std::string(chat_family_recognise(template_file("smollm2").c_str())->name) == "chatml");
     CHECK(std::string(chat_family_recognise(template_file("qwen2.5").c_str())->name) == "chatml");
