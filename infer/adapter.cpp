@@ -691,6 +691,14 @@ static int read_base_of(const char *dir, char *path, size_t path_size, JsonValue
     return status;
 }
 
+int adapter_read_base(const char *dir, LoraBase *base, char *err, size_t err_size) {
+    char path[4096];
+    JsonValue *config;
+    int status = read_base_of(dir, path, sizeof path, &config, base, err, err_size);
+    if (status >= 0) json_free(config);
+    return status;
+}
+
 int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
                         size_t warning_size, char *err, size_t err_size) {
     char path[4096];

@@ -93,6 +93,10 @@ typedef struct {
 // record is malformed.
 int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
                         size_t warning_size, char *err, size_t err_size);
+// The base dir's adapter_config.json records into *base: 1; 0 when it records
+// none (peft's own adapters); -1 with "PATH: what is wrong" when the config cannot
+// be read or its record is malformed.
+int adapter_read_base(const char *dir, LoraBase *base, char *err, size_t err_size);
 // The same comparison for a base already chosen (served), whose weights hashed
 // to model_hash as loaded (model_name's): ./serve's adapters loaded at run time,
 // when the base can no longer change. 1 with a record, 0 without, -1 with err.
