@@ -29,10 +29,16 @@ typedef struct {
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
                              size_t err_size);
 
-// Reads and checks dir/adapter_config.json alone (adapter_config_from_json), so a
-// program refuses a broken adapter in a moment, before it loads the model. -1
-// with "PATH: what is wrong".
+// Reads and checks dir/adapter_config.json alone (adapter_config_from_json), and
+// that dir has its weights file (adapter_weights_path), so a program refuses a
+// broken adapter in a moment, before it loads the model. -1 with "PATH: what is wrong".
 int adapter_check_config(const char *dir, char *err, size_t err_size);
+
+// dir/adapter_model.safetensors, the adapter's weights, into path: 0 when it is
+// a file. -1 with err when it is not, saying so; where dir holds
+// adapter_model.bin instead (older peft's default: a PyTorch pickle, which this
+// program does not read), naming it and the command that converts it.
+int adapter_weights_path(const char *dir, char *path, size_t path_size, char *err, size_t err_size);
 
 // What a merge did, for the caller to report.
 typedef struct {

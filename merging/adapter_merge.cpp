@@ -157,9 +157,10 @@ static int read_tensor(PeftAdapter *a, const TensorInfo *t, const char *path, ch
 
 static int read_tensors(PeftAdapter *a, const char *dir, char *err, size_t err_size) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    if (adapter_weights_path(dir, path, sizeof path, err, err_size) != 0 ||
+        safetensors_open(&f, path, err, err_size) != 0)
+        return -1;
     a->modules = (LoraModule *)cpu_calloc((size_t)f.tensors.count + 1, sizeof(LoraModule), "adapter modules");
     int status = 0;
     for (int i = 0; i < f.tensors.count && status == 0; i++)

@@ -487,6 +487,9 @@ TEST_CASE("hf: broken weight files and shard indexes are refused") {
         TempDir dir;
         write_text(dir.file("config.json"), config_text(config_keys(sharded)));
         expect_open_fails(dir, {dir.path, "neither model.safetensors nor model.safetensors.index.json"});
+        // older checkpoints' PyTorch pickles are named, with how to convert them
+        write_text(dir.file("pytorch_model.bin"), "PK");
+        expect_open_fails(dir, {dir.path, "only pytorch_model.bin: PyTorch's pickle format", "save_pretrained(OUT)"});
     }
     {
         TempDir dir;
