@@ -453,6 +453,11 @@ int main(int argc, char **argv) {
     // the fine-tuned arm first, so that a bad adapter is reported before the base arm's answers
     Model model;
     load_model(&model, &o, o.adapter_dir != NULL);
+    if (o.max_new >= model.config.max_seq_len) {
+        fprintf(stderr, "evaluate: --max-new %d is not less than the model's context of %d tokens (%s)\n", o.max_new,
+                model.config.max_seq_len, o.model_path);
+        return 2;
+    }
     check_report_path(path, o.data_path);
     int count;
     EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count, err, sizeof err);

@@ -195,3 +195,17 @@ TEST_CASE("generate, evaluate, merge, train: an adapter with adapter_model.bin o
     CHECK_MESSAGE(output.find("train: " + pickle) != std::string::npos, output);
     REQUIRE(system(("rm -rf " + adapter).c_str()) == 0);
 }
+
+TEST_CASE("generate and evaluate: a number beyond int's range names the range, a --max-new beyond the context is refused") {
+    std::string output;
+    CHECK(run("./generate --prompt hi --max-new 99999999999", output) == 2);
+    CHECK_MESSAGE(output.find("generate: --max-new expects a whole number from -2147483648 to 2147483647, got "
+                              "'99999999999'") != std::string::npos, output);
+    CHECK(run("./generate --prompt hi --max-new 1.5", output) == 2);
+    CHECK_MESSAGE(output.find("generate: --max-new expects a whole number, got '1.5'") != std::string::npos, output);
+    // (it overflowed the inference state's size: "out of memory")
+    CHECK(run("./evaluate --model test/fixtures/serve/model --data data/sample_raft.jsonl --out /tmp/qlora_cli_ctx.json "
+              "--max-new 2147483647", output) == 2);
+    CHECK_MESSAGE(output.find("evaluate: --max-new 2147483647 is not less than the model's context of") !=
+                  std::string::npos, output);
+}
