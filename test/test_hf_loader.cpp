@@ -417,6 +417,8 @@ TEST_CASE("hf: bad config.json is refused naming the file and the key") {
         {"tie_word_embeddings", "1", "'tie_word_embeddings' must be true or false"},
         {"attention_bias", "true", "attention_bias is true"},
         {"hidden_act", "\"gelu\"", "activation 'gelu' is not supported"},
+        {"quantization_config", "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}",
+         "'quantization_config' says the weights are stored quantized (quant_method 'bitsandbytes')"},
     };
     for (const Case &c : cases) {
         CAPTURE(c.key);
