@@ -188,10 +188,11 @@ int peft_adapter_read(PeftAdapter *a, const char *dir, char *err, size_t err_siz
 
 // ---- writing ------------------------------------------------------------------
 
-// The last component of a module's path ("q_proj"): what peft's target_modules lists.
-static const char *module_leaf(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot ? dot + 1 : name;
+// A module's name in the model ("model.layers.0.self_attn.q_proj"): its tensors'
+// prefix without peft's wrapper, the name peft matches target_modules against.
+static const char *module_name_in_model(const char *name) {
+    size_t wrapper = strlen(PEFT_WRAPPER);
+    return strncmp(name, PEFT_WRAPPER, wrapper) == 0 ? name + wrapper : name;
 }
 
 static int write_config(const PeftAdapter *a, const char *path, char *err, size_t err_size) {
@@ -204,13 +205,11 @@ static int write_config(const PeftAdapter *a, const char *path, char *err, size_
     json_write_string(f, a->base_model);
     fprintf(f, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": 0.0,\n  \"target_modules\": [", a->rank,
             a->alpha);
+    // every module by its whole name: exactly the modules the file holds (leaf names
+    // like "q_proj" would select every layer's, more than inputs adapting some layers hold)
     for (int i = 0; i < a->n_modules; i++) {
-        const char *leaf = module_leaf(a->modules[i].name);
-        int seen = 0;
-        for (int j = 0; j < i && !seen; j++) seen = strcmp(module_leaf(a->modules[j].name), leaf) == 0;
-        if (seen) continue;
         fputs(i ? ", " : "", f);
-        json_write_string(f, leaf);
+        json_write_string(f, module_name_in_model(a->modules[i].name));
     }
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
                "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true",

@@ -47,7 +47,8 @@ typedef struct {
 int peft_adapter_read(PeftAdapter *a, const char *dir, char *err, size_t err_size);
 void peft_adapter_free(PeftAdapter *a);
 // Writes a as dir/adapter_model.safetensors (F32) and dir/adapter_config.json
-// (dir created when missing; target_modules: the modules' last names).
+// (dir created when missing; target_modules: the modules' whole names in the
+// model, "model.layers.0.self_attn.q_proj", which select exactly those).
 int peft_adapter_write(const PeftAdapter *a, const char *dir, char *err, size_t err_size);
 
 typedef enum {

@@ -600,6 +600,34 @@ TEST_CASE("merging: an adapter merge keeps the base its inputs record, and refus
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
 
+// An adapter like a0 on layer 0 only (layers_to_transform [0]), as peft writes one.
+static std::string layer_0_adapter(const std::string &dir) {
+    std::string copy = edited_adapter(dir, "a0", "\"layers_to_transform\": null", "\"layers_to_transform\": [0]");
+    SafetensorsFile f;
+    char err[1024];
+    REQUIRE(safetensors_open(&f, (FIXTURES + "a0/adapter_model.safetensors").c_str(), err, sizeof err) == 0);
+    std::vector<TensorInfo> kept;
+    for (int i = 0; i < f.tensors.count; i++)
+        if (strstr(f.tensors.tensors[i].name, ".layers.0.")) kept.push_back(f.tensors.tensors[i]);
+    REQUIRE(kept.size() == 4);
+    REQUIRE(safetensors_write((copy + "/adapter_model.safetensors").c_str(), kept.data(), (int)kept.size(), err,
+                              sizeof err) == 0);
+    safetensors_close(&f);
+    return copy;
+}
+
+TEST_CASE("merging: an adapter merge's config selects exactly the modules it holds, so it loads as its inputs do") {
+    std::string dir = temp_dir(), output;
+    std::string layer_0 = layer_0_adapter(dir);
+    // (its target_modules were the leaf names, selecting layer 1 too: "no lora_A / lora_B for module ... layer 1")
+    CHECK(run("./merge --method linear --weights 1 --out " + dir + "/merged " + layer_0, output) == 0);
+    std::string base = " --method linear --base " + FIXTURES + "model_a --quant none --out " + dir;
+    CHECK_MESSAGE(run("./merge" + base + "/from_merged " + dir + "/merged", output) == 0, output);
+    CHECK(run("./merge" + base + "/from_input " + layer_0, output) == 0);
+    CHECK(same_weights(dir + "/from_merged", dir + "/from_input"));
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
+
 TEST_CASE("merging: ./merge --out X.gguf writes the merged model as GGUF, which loads back to its weights") {
     std::string dir = temp_dir(), output;
     char err[1024];
