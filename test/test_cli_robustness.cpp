@@ -209,3 +209,20 @@ TEST_CASE("generate and evaluate: a number beyond int's range names the range, a
     CHECK_MESSAGE(output.find("evaluate: --max-new 2147483647 is not less than the model's context of") !=
                   std::string::npos, output);
 }
+
+// RAFT JSONL is rendered whole: samples longer than the model's context (256 tokens for the
+// tiny serve model) are evaluated with a warning that names them; short ones without.
+TEST_CASE("evaluate: samples that reach past the model's context are warned about") {
+    std::string output, data = "/tmp/qlora_cli_short_" + std::to_string(getpid()) + ".jsonl";
+    std::string command = "./evaluate --model test/fixtures/serve/model --max-new 4 --out /tmp/qlora_cli_ctx.json --data ";
+    CHECK(run(command + "data/sample_raft.jsonl --limit 2", output) == 0);
+    CHECK_MESSAGE(output.find("evaluate: warning: 2 of the 2 samples of data/sample_raft.jsonl, with --max-new 4, "
+                              "reach past the model's context of 256 tokens (the longest, sample 1, has ") !=
+                  std::string::npos, output);
+    std::ofstream(data) << R"({"question": "What is 1?", "answer": "One.", "context": "1 is one."})" << "\n";
+    CHECK(run(command + data, output) == 0);
+    CHECK_MESSAGE(output.find("warning") == std::string::npos, output);
+    std::remove(data.c_str());
+    std::remove("/tmp/qlora_cli_ctx.json");
+    std::remove("/tmp/qlora_cli_ctx.svg");
+}
