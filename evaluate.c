@@ -438,6 +438,22 @@ static void check_finite(const EvalOutcome *outcomes, int count, const char *arm
     }
 }
 
+// Warns when samples (with --max-new tokens of answer) run past the model's
+// context (RAFT JSONL is rendered whole, never cut to fit): there the model
+// sees positions it was not trained on, and its loss and answers mean little.
+static void warn_past_context(const EvalSample *samples, int count, int max_new, const Config *c, const char *path) {
+    int n_past = 0, longest = 0;
+    for (int i = 0; i < count; i++) {
+        if (samples[i].n_tokens > samples[longest].n_tokens) longest = i;
+        n_past += samples[i].n_tokens > c->max_seq_len || samples[i].n_prompt + max_new > c->max_seq_len;
+    }
+    if (n_past == 0) return;
+    fprintf(stderr, "evaluate: warning: %d of the %d samples of %s, with --max-new %d, reach past the model's context "
+            "of %d tokens (the longest, sample %d, has %d): their loss and answers are past what the model knows "
+            "(./prepare --max-seq cuts documents to fit)\n", n_past, count, path, max_new, c->max_seq_len, longest + 1,
+            samples[longest].n_tokens);
+}
+
 int main(int argc, char **argv) {
     Options o = parse_args(argc, argv);
     char err[1024];
@@ -453,10 +469,16 @@ int main(int argc, char **argv) {
     // the fine-tuned arm first, so that a bad adapter is reported before the base arm's answers
     Model model;
     load_model(&model, &o, o.adapter_dir != NULL);
+    if (o.max_new >= model.config.max_seq_len) {
+        fprintf(stderr, "evaluate: --max-new %d is not less than the model's context of %d tokens (%s)\n", o.max_new,
+                model.config.max_seq_len, o.model_path);
+        return 2;
+    }
     check_report_path(path, o.data_path);
     int count;
     EvalSample *samples = eval_load_samples(o.data_path, model.tokenizer, o.limit, &count, err, sizeof err);
     if (!samples) { fprintf(stderr, "evaluate: %s\n", err); return 1; }
+    warn_past_context(samples, count, o.max_new, &model.config, o.data_path);
     printf("evaluating %d samples of %s, greedy answers of up to %d tokens\n", count, o.data_path, o.max_new);
     EvalOutcome *base, *tuned = NULL;
     if (o.adapter_dir) {

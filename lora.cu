@@ -313,10 +313,15 @@ static int write_adapter_config(const LoraSet *set, const Config *c, const char 
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
                "  \"use_dora\": %s,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true,\n",
             set->rslora ? "true" : "false", set->dora ? "true" : "false");
-    fprintf(f, "  \"%s\": {\"quant\": \"%s\", \"double_quant\": %s, \"model_weights_hash\": \"%016llx\"}\n}\n",
+    lora_write_base_record(f, base);
+    fputs("\n}\n", f);
+    return atomic_file_commit(&file, err, err_size);
+}
+
+void lora_write_base_record(FILE *f, const LoraBase *base) {
+    fprintf(f, "  \"%s\": {\"quant\": \"%s\", \"double_quant\": %s, \"model_weights_hash\": \"%016llx\"}",
             LORA_BASE_KEY, base->quant_nf4 ? "nf4" : "none", base->double_quant ? "true" : "false",
             (unsigned long long)base->model_hash);
-    return atomic_file_commit(&file, err, err_size);
 }
 
 int lora_set_save_peft(const LoraSet *set, const Config *c, const char *dir, const char *base_model,

@@ -5,6 +5,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "model.h"
 
 // One adapted linear layer. A, B, dA, dB are views into the LoraSet's flat
@@ -126,13 +127,11 @@ const char *peft_module_path(const Config *c, int target);
 // The base the adapters were trained on, which a merge must rebuild:
 // adapter_config.json records it as
 //   "qlora_c_base": {"quant": "nf4", "double_quant": true, "model_weights_hash": "89abcdef01234567"}
-// (quant "none": W as loaded). peft drops keys it does not know, with a warning.
+// (quant "none": W as loaded; the fields: LoraBase, model.h). peft drops keys it
+// does not know, with a warning. lora_write_base_record writes it.
 #define LORA_BASE_KEY "qlora_c_base"
-typedef struct {
-    int quant_nf4;          // 1: the linear weights were dequant(NF4(W)) (QLoRA); 0: W as loaded
-    int double_quant;       // with quant_nf4: NF4's block scales quantized again
-    uint64_t model_hash;    // model_weights_hash of the base as loaded
-} LoraBase;
+// The record's member, "  \"qlora_c_base\": {...}", without a comma or line end.
+void lora_write_base_record(FILE *f, const LoraBase *base);
 // Writes dir/adapter_model.safetensors and dir/adapter_config.json in HF
 // peft's layout and names, so peft can load the adapter onto the base model;
 // the config also records base (LORA_BASE_KEY). With DoRA, each module's m is

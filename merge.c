@@ -33,7 +33,8 @@ static const char *const MODEL_METHOD_NAMES[N_MODEL_METHODS] = {"linear", "slerp
 typedef struct {
     const char *method, *weights_text, *layers, *base, *out, *gguf_type;   // gguf_type: NULL when not given
     double density, t;          // NAN when not given
-    int rank, seed, quant_nf4;  // rank 0: not given
+    int rank, seed;             // rank 0: not given
+    AdapterBaseChoice base_choice;   // --quant: with --base, the base each adapter is merged onto
     const char *inputs[MAX_INPUTS];
     int n_inputs;
 } Options;
@@ -76,7 +77,9 @@ static void usage(FILE *out) {
             "  --layers SPEC     passthrough's layer ranges, INPUT:FIRST-LAST,... (inclusive)\n"
             "  --base MODEL      model methods on adapters: each adapter merged into this base first\n"
             "  --quant Q         with --base, the base the adapters were trained on, as ./train's --quant:\n"
-            "                    nf4 (linear weights round-tripped through NF4, double quant) or none (default nf4)\n"
+            "                    nf4 (linear weights round-tripped through NF4) or none (default: the one each\n"
+            "                    adapter records, as ./train writes it, with its double quant; else nf4, double\n"
+            "                    quant); a base that differs from the record is warned about\n"
             "  --seed S          the dare_* methods' drop masks (default %d)\n"
             "  --out PATH        the adapter or model directory written (created when missing); a model method's\n"
             "                    PATH ending in .gguf writes one GGUF file for llama.cpp instead; never an INPUT\n"
@@ -97,7 +100,7 @@ static Options parse_args(int argc, char **argv) {
     o.density = NAN;
     o.t = NAN;
     o.seed = DEFAULT_SEED;
-    o.quant_nf4 = 1;
+    o.base_choice = (AdapterBaseChoice){1, 1, 0, 0};
     const char *const quant_choices[] = {"nf4", "none", NULL};
     const char *const flags[] = {"--method", "--weights", "--density", "--rank", "--t", "--layers", "--base",
                                  "--quant", "--seed", "--out", "--gguf-type", NULL};
@@ -125,7 +128,10 @@ static Options parse_args(int argc, char **argv) {
         else if (strcmp(f, "--t") == 0) o.t = cli_number("merge", f, v);
         else if (strcmp(f, "--layers") == 0) o.layers = v;
         else if (strcmp(f, "--base") == 0) o.base = v;
-        else if (strcmp(f, "--quant") == 0) o.quant_nf4 = cli_choice("merge", f, v, quant_choices) == 0;
+        else if (strcmp(f, "--quant") == 0) {
+            o.base_choice.quant_nf4 = cli_choice("merge", f, v, quant_choices) == 0;
+            o.base_choice.quant_given = 1;
+        }
         else if (strcmp(f, "--seed") == 0) o.seed = cli_int("merge", f, v);
         else if (strcmp(f, "--out") == 0) o.out = v;
         else if (strcmp(f, "--gguf-type") == 0) o.gguf_type = v;
@@ -253,18 +259,23 @@ static int merge_adapters(const Options *o, AdapterMethod method) {
 
 // ---- models -> model ---------------------------------------------------------------
 
-// One input as a model: loaded, or with --base and an adapter, the base with it merged in.
+// One input as a model: loaded, or with --base and an adapter, the base with it
+// merged in: the base the adapter was trained on, the one it records (else --quant's).
 static int load_input(Model *m, const Options *o, const char *path, char *err, size_t err_size) {
     if (!o->base || !is_adapter_dir(path)) return model_load(m, path, err, err_size);
-    if (model_load(m, o->base, err, err_size) != 0) return -1;
+    if (adapter_check_config(path, err, err_size) != 0 || model_load(m, o->base, err, err_size) != 0) return -1;
+    AdapterBaseChoice choice = o->base_choice;
+    char warning[2048], described[256];
+    int recorded = adapter_choose_base(path, m, &choice, warning, sizeof warning, err, err_size);
     AdapterInfo info;
-    if ((o->quant_nf4 && nf4_round_trip_model(m, 1, err, err_size) != 0) ||
+    if (recorded < 0 || (choice.quant_nf4 && nf4_round_trip_model(m, choice.double_quant, err, err_size) != 0) ||
         adapter_merge_peft(m, path, &info, err, err_size) != 0) {
         model_free(m);
         return -1;
     }
-    printf("  %s: %d modules merged into %s%s (r %d, scaling %g)\n", path, info.n_merged, o->base,
-           o->quant_nf4 ? " (NF4 round trip)" : "", info.rank, info.scaling);
+    if (warning[0]) fprintf(stderr, "merge: warning: %s\n", warning);
+    printf("  %s: %d modules merged into %s (r %d, scaling %g); base: %s\n", path, info.n_merged, o->base, info.rank,
+           info.scaling, adapter_describe_base(&choice, recorded, described, sizeof described));
     return 0;
 }
 

@@ -729,6 +729,14 @@ static int check_unsupported(const JsonValue *json, const ArchInfo *arch, const 
                  mlp_bias ? "mlp_bias" : "attention_bias");
         return -1;
     }
+    // weights saved already quantized (bitsandbytes' "-bnb-4bit" models, GPTQ, AWQ, FP8): their tensors are not W
+    const JsonValue *quantization = get_member(json, "quantization_config", NULL);
+    if (quantization && (quantization->type != JSON_OBJECT || quantization->count > 0)) {
+        snprintf(err, err_size, "%s: 'quantization_config' says the weights are stored quantized (quant_method "
+                 "'%s'), which this program does not read: take the model's unquantized (bf16 or fp16) weights; "
+                 "./train quantizes them to NF4 itself", path, json_get_string(quantization, "quant_method", "?"));
+        return -1;
+    }
     return 0;
 }
 

@@ -100,6 +100,12 @@ void model_free(Model *m);
 // The base's identity: FNV-1a (formats/hash.h) of every fp32 weight as loaded,
 // the bytes of storage. A run's checkpoints and its adapter record it.
 uint64_t model_weights_hash(const Model *m);
+// The base an adapter was trained on, as its adapter_config.json records it (lora.h's LORA_BASE_KEY).
+typedef struct {
+    int quant_nf4;          // 1: the linear weights were dequant(NF4(W)) (QLoRA); 0: W as loaded
+    int double_quant;       // with quant_nf4: NF4's block scales quantized again
+    uint64_t model_hash;    // model_weights_hash of the base as loaded
+} LoraBase;
 
 // Reads an HF config.json (path: the file itself) into *config. On any
 // problem returns -1 with a message naming the file (and the key) and what is

@@ -611,7 +611,11 @@ static int run_identity(Run *r) {
     uint64_t init_hash;
     char init_weights[4200];
     if (o->init_adapter) {   // (a run without one keeps the identity of older checkpoints)
-        snprintf(init_weights, sizeof init_weights, "%s/adapter_model.safetensors", o->init_adapter);
+        char err[8400];
+        if (adapter_weights_path(o->init_adapter, init_weights, sizeof init_weights, err, sizeof err) != 0) {
+            fprintf(stderr, "train: %s\n", err);
+            return 1;
+        }
         if (hash_file(init_weights, &init_hash) != 0) return 1;
         identity_line(t, size, &used, "--init-adapter", "%s (weights %016llx)", o->init_adapter,
                       (unsigned long long)init_hash);

@@ -31,8 +31,13 @@ float cli_float(const char *program, const char *flag, const char *value) {
 
 int cli_int(const char *program, const char *flag, const char *value) {
     double x = cli_number(program, flag, value);
-    if (x != floor(x) || x < INT_MIN || x > INT_MAX) {
+    if (x != floor(x)) {
         fprintf(stderr, "%s: %s expects a whole number, got '%s'\n", program, flag, value);
+        exit(2);
+    }
+    if (x < INT_MIN || x > INT_MAX) {
+        fprintf(stderr, "%s: %s expects a whole number from %d to %d, got '%s'\n", program, flag, INT_MIN, INT_MAX,
+                value);
         exit(2);
     }
     return (int)x;

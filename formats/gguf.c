@@ -132,6 +132,25 @@ static int is_supported_type(uint32_t t) {
            t == DT_Q5_0 || t == DT_Q5_1 || t == DT_Q8_0;
 }
 
+// ggml's names of its tensor types (ggml.h's enum ggml_type), by number; NULL:
+// a number ggml never used or no longer uses.
+static const char *const GGML_TYPE_NAMES[] = {
+    "F32", "F16", "Q4_0", "Q4_1", NULL, NULL, "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+    "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+    "BF16", NULL, NULL, NULL, "TQ1_0", "TQ2_0",
+};
+#define N_GGML_TYPE_NAMES (sizeof GGML_TYPE_NAMES / sizeof GGML_TYPE_NAMES[0])
+
+// Why a tensor of type t cannot be read, naming ggml's type where it is one
+// (llama.cpp's k-quants, Q4_K_M files among them, are the common case).
+static void describe_unsupported_type(const char *name, uint32_t t, char *what, size_t what_size) {
+    const char *type = t < N_GGML_TYPE_NAMES ? GGML_TYPE_NAMES[t] : NULL;
+    snprintf(what, what_size, "tensor '%s' has GGUF type %u%s%s%s, which this reader does not support (it reads "
+             "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0: take such a file, e.g. Q8_0 or F16, or the HF model "
+             "directory)", name, t, type ? " (" : "", type ? type : "", type ? ")" : "");
+}
+
 static void read_tensor_info(Reader *r, TensorInfo *t, uint64_t *offset) {
     GGUFString name = read_string(r);
     uint32_t ndim = read_u32(r);
@@ -155,8 +174,8 @@ static void read_tensor_info(Reader *r, TensorInfo *t, uint64_t *offset) {
     *offset = read_u64(r);
     if (r->failed) return;
     if (!is_supported_type(type)) {
-        char what[160];
-        snprintf(what, sizeof what, "tensor '%s' has GGUF type %u, which this reader does not support", t->name, type);
+        char what[512];
+        describe_unsupported_type(t->name, type, what, sizeof what);
         read_fail(r, what);
         return;
     }

@@ -159,6 +159,26 @@ static int merge_tensors(HFCheckpoint *ck, char *err, size_t err_size) {
     return status;
 }
 
+// PyTorch's pickle files, which older checkpoints hold instead of safetensors.
+static const char *const PICKLE_WEIGHTS[] = {"pytorch_model.bin", "pytorch_model.bin.index.json"};
+
+// Why dir has no weights this program reads: none at all, or only PyTorch's
+// pickles (named, with how to convert them).
+static void report_missing_weights(const char *dir, char *err, size_t err_size) {
+    for (size_t i = 0; i < sizeof PICKLE_WEIGHTS / sizeof PICKLE_WEIGHTS[0]; i++) {
+        char *pickle = join_path(dir, PICKLE_WEIGHTS[i]);
+        int found = pickle && is_regular_file(pickle);
+        free(pickle);
+        if (!found) continue;
+        snprintf(err, err_size, "%s: has neither model.safetensors nor model.safetensors.index.json, only %s: "
+                 "PyTorch's pickle format, which this program does not read; convert it with transformers: "
+                 "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT) (safetensors by default)", dir,
+                 PICKLE_WEIGHTS[i]);
+        return;
+    }
+    snprintf(err, err_size, "%s: has neither model.safetensors nor model.safetensors.index.json", dir);
+}
+
 static int open_weights(HFCheckpoint *ck, char *err, size_t err_size) {
     char *single = join_path(ck->dir, "model.safetensors");
     char *index = join_path(ck->dir, "model.safetensors.index.json");
@@ -172,7 +192,7 @@ static int open_weights(HFCheckpoint *ck, char *err, size_t err_size) {
     } else if (is_regular_file(index)) {
         status = open_sharded(ck, index, err, err_size);
     } else {
-        snprintf(err, err_size, "%s: has neither model.safetensors nor model.safetensors.index.json", ck->dir);
+        report_missing_weights(ck->dir, err, err_size);
     }
     free(single);
     free(index);

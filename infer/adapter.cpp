@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 // GCC 12 warns inside <regex> that std::function "may be used uninitialized"
 // when built with -fsanitize (the test build): a false positive, GCC bug 105562
@@ -298,6 +299,27 @@ int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const c
     return check_selection(config, path, err, err_size);
 }
 
+static int is_regular_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+int adapter_weights_path(const char *dir, char *path, size_t path_size, char *err, size_t err_size) {
+    snprintf(path, path_size, "%s/adapter_model.safetensors", dir);
+    if (is_regular_file(path)) return 0;
+    char pickle[4096];
+    snprintf(pickle, sizeof pickle, "%s/adapter_model.bin", dir);
+    if (!is_regular_file(pickle)) {
+        snprintf(err, err_size, "%s: no such file (an adapter directory holds adapter_config.json and "
+                 "adapter_model.safetensors)", path);
+        return -1;
+    }
+    snprintf(err, err_size, "%s: no such file; %s is there instead, PyTorch's pickle format (older peft's default), "
+             "which this program does not read; convert it: python3 -c \"import torch, safetensors.torch as st; "
+             "st.save_file(torch.load('%s', map_location='cpu', weights_only=True), '%s')\"", path, pickle, pickle, path);
+    return -1;
+}
+
 int adapter_check_config(const char *dir, char *err, size_t err_size) {
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -306,7 +328,8 @@ int adapter_check_config(const char *dir, char *err, size_t err_size) {
     AdapterConfig ac;
     int status = adapter_config_from_json(&ac, config, path, err, err_size);
     json_free(config);
-    return status;
+    if (status != 0) return -1;
+    return adapter_weights_path(dir, path, sizeof path, err, err_size);
 }
 
 // Reads and checks path, and marks in selected which of c's modules it adapts.
@@ -557,9 +580,10 @@ static int read_adapter(const Model *m, const char *dir, AdapterConfig *ac, Adap
     std::vector<unsigned char> selected(n_slots);
     snprintf(config_path, sizeof config_path, "%s/adapter_config.json", dir);
     if (read_adapter_config(ac, c, config_path, selected.data(), err, err_size) != 0) return -1;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    if (adapter_weights_path(dir, path, sizeof path, err, err_size) != 0 ||
+        safetensors_open(&f, path, err, err_size) != 0)
+        return -1;
     std::vector<LoraPair> pairs(n_slots, LoraPair{NULL, NULL, NULL});
     // collect_pairs only reads the model (its shapes)
     int n_pairs = collect_pairs((Model *)m, ac, selected.data(), config_path, &f, pairs.data(), err, err_size);
@@ -688,6 +712,14 @@ static int read_base_of(const char *dir, char *path, size_t path_size, JsonValue
     const JsonValue *record = json_get(*config, LORA_BASE_KEY);
     int status = !record ? 0 : read_base_record(record, path, base, err, err_size) == 0 ? 1 : -1;
     if (status < 0) json_free(*config);
+    return status;
+}
+
+int adapter_read_base(const char *dir, LoraBase *base, char *err, size_t err_size) {
+    char path[4096];
+    JsonValue *config;
+    int status = read_base_of(dir, path, sizeof path, &config, base, err, err_size);
+    if (status >= 0) json_free(config);
     return status;
 }
 

@@ -29,10 +29,16 @@ typedef struct {
 int adapter_config_from_json(AdapterConfig *ac, const JsonValue *config, const char *path, char *err,
                              size_t err_size);
 
-// Reads and checks dir/adapter_config.json alone (adapter_config_from_json), so a
-// program refuses a broken adapter in a moment, before it loads the model. -1
-// with "PATH: what is wrong".
+// Reads and checks dir/adapter_config.json alone (adapter_config_from_json), and
+// that dir has its weights file (adapter_weights_path), so a program refuses a
+// broken adapter in a moment, before it loads the model. -1 with "PATH: what is wrong".
 int adapter_check_config(const char *dir, char *err, size_t err_size);
+
+// dir/adapter_model.safetensors, the adapter's weights, into path: 0 when it is
+// a file. -1 with err when it is not, saying so; where dir holds
+// adapter_model.bin instead (older peft's default: a PyTorch pickle, which this
+// program does not read), naming it and the command that converts it.
+int adapter_weights_path(const char *dir, char *path, size_t path_size, char *err, size_t err_size);
 
 // What a merge did, for the caller to report.
 typedef struct {
@@ -93,6 +99,10 @@ typedef struct {
 // record is malformed.
 int adapter_choose_base(const char *dir, const Model *m, AdapterBaseChoice *choice, char *warning,
                         size_t warning_size, char *err, size_t err_size);
+// The base dir's adapter_config.json records into *base: 1; 0 when it records
+// none (peft's own adapters); -1 with "PATH: what is wrong" when the config cannot
+// be read or its record is malformed.
+int adapter_read_base(const char *dir, LoraBase *base, char *err, size_t err_size);
 // The same comparison for a base already chosen (served), whose weights hashed
 // to model_hash as loaded (model_name's): ./serve's adapters loaded at run time,
 // when the base can no longer change. 1 with a record, 0 without, -1 with err.

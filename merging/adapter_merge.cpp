@@ -91,7 +91,8 @@ static int read_config(PeftAdapter *a, const char *dir, char *err, size_t err_si
         a->task_type = copy_text(json_get_string(json, "task_type", "CAUSAL_LM"));
     }
     json_free(json);
-    return status;
+    if (status == 0) a->base_recorded = adapter_read_base(dir, &a->base, err, err_size);
+    return a->base_recorded < 0 ? -1 : status;
 }
 
 // The module a tensor name belongs to and whether it is B; -1 when it is not a LoRA weight.
@@ -156,9 +157,10 @@ static int read_tensor(PeftAdapter *a, const TensorInfo *t, const char *path, ch
 
 static int read_tensors(PeftAdapter *a, const char *dir, char *err, size_t err_size) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     SafetensorsFile f;
-    if (safetensors_open(&f, path, err, err_size) != 0) return -1;
+    if (adapter_weights_path(dir, path, sizeof path, err, err_size) != 0 ||
+        safetensors_open(&f, path, err, err_size) != 0)
+        return -1;
     a->modules = (LoraModule *)cpu_calloc((size_t)f.tensors.count + 1, sizeof(LoraModule), "adapter modules");
     int status = 0;
     for (int i = 0; i < f.tensors.count && status == 0; i++)
@@ -186,10 +188,11 @@ int peft_adapter_read(PeftAdapter *a, const char *dir, char *err, size_t err_siz
 
 // ---- writing ------------------------------------------------------------------
 
-// The last component of a module's path ("q_proj"): what peft's target_modules lists.
-static const char *module_leaf(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot ? dot + 1 : name;
+// A module's name in the model ("model.layers.0.self_attn.q_proj"): its tensors'
+// prefix without peft's wrapper, the name peft matches target_modules against.
+static const char *module_name_in_model(const char *name) {
+    size_t wrapper = strlen(PEFT_WRAPPER);
+    return strncmp(name, PEFT_WRAPPER, wrapper) == 0 ? name + wrapper : name;
 }
 
 static int write_config(const PeftAdapter *a, const char *path, char *err, size_t err_size) {
@@ -202,17 +205,20 @@ static int write_config(const PeftAdapter *a, const char *path, char *err, size_
     json_write_string(f, a->base_model);
     fprintf(f, ",\n  \"r\": %d,\n  \"lora_alpha\": %.9g,\n  \"lora_dropout\": 0.0,\n  \"target_modules\": [", a->rank,
             a->alpha);
+    // every module by its whole name: exactly the modules the file holds (leaf names
+    // like "q_proj" would select every layer's, more than inputs adapting some layers hold)
     for (int i = 0; i < a->n_modules; i++) {
-        const char *leaf = module_leaf(a->modules[i].name);
-        int seen = 0;
-        for (int j = 0; j < i && !seen; j++) seen = strcmp(module_leaf(a->modules[j].name), leaf) == 0;
-        if (seen) continue;
         fputs(i ? ", " : "", f);
-        json_write_string(f, leaf);
+        json_write_string(f, module_name_in_model(a->modules[i].name));
     }
     fprintf(f, "],\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"use_rslora\": %s,\n"
-               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true\n}\n",
+               "  \"use_dora\": false,\n  \"init_lora_weights\": true,\n  \"inference_mode\": true",
             a->rslora ? "true" : "false");
+    if (a->base_recorded) {
+        fputs(",\n", f);
+        lora_write_base_record(f, &a->base);
+    }
+    fputs("\n}\n", f);
     return atomic_file_commit(&file, err, err_size);
 }
 
@@ -254,7 +260,44 @@ static void base_name(const char *path, char *out, size_t size) {
     snprintf(out, size, "%.*s", (int)(len - start), path + start);
 }
 
+// "--quant nf4 --double-quant 1" or "--quant none": a recorded base as ./train's options name it.
+static const char *base_options(const LoraBase *base) {
+    if (!base->quant_nf4) return "--quant none";
+    return base->double_quant ? "--quant nf4 --double-quant 1" : "--quant nf4 --double-quant 0";
+}
+
+// The first input that records its base, or -1.
+static int first_recorded(const PeftAdapter *inputs, int count) {
+    for (int i = 0; i < count; i++)
+        if (inputs[i].base_recorded) return i;
+    return -1;
+}
+
+// Inputs that record the base they were trained on must record the same one:
+// the merged adapter records it, to be merged onto it.
+static int check_same_recorded_base(const PeftAdapter *inputs, int count, char *err, size_t err_size) {
+    int first = first_recorded(inputs, count);
+    for (int i = first + 1; first >= 0 && i < count; i++) {
+        const LoraBase *a = &inputs[first].base, *b = &inputs[i].base;
+        if (!inputs[i].base_recorded) continue;
+        if (a->model_hash != b->model_hash) {
+            snprintf(err, err_size, "%s: adapter of another base: it records the base model's weights hash %016llx, "
+                     "%s records %016llx (merging needs fine-tunes of the same base)", inputs[i].dir,
+                     (unsigned long long)b->model_hash, inputs[first].dir, (unsigned long long)a->model_hash);
+            return -1;
+        }
+        int same_quant = a->quant_nf4 == b->quant_nf4 && (!a->quant_nf4 || a->double_quant == b->double_quant);
+        if (same_quant) continue;
+        snprintf(err, err_size, "%s: trained on the base of ./train %s, %s on that of %s: the merged adapter would "
+                 "have no one base to be merged onto (merge each into a model instead: --base MODEL)", inputs[i].dir,
+                 base_options(b), inputs[first].dir, base_options(a));
+        return -1;
+    }
+    return 0;
+}
+
 static int check_same_base(const PeftAdapter *inputs, int count, char *err, size_t err_size) {
+    if (check_same_recorded_base(inputs, count, err, err_size) != 0) return -1;
     for (int i = 1; i < count; i++) {
         char first[1024], other[1024];
         base_name(inputs[0].base_model, first, sizeof first);
@@ -549,6 +592,9 @@ int adapters_merge(const PeftAdapter *inputs, int count, const AdapterMergeOptio
     out->scaling = 1.0f;
     out->base_model = copy_text(inputs[0].base_model);
     out->task_type = copy_text(inputs[0].task_type);
+    int recorded = first_recorded(inputs, count);
+    out->base_recorded = recorded >= 0;
+    if (recorded >= 0) out->base = inputs[recorded].base;
     out->modules = (LoraModule *)cpu_calloc((size_t)n_modules, sizeof(LoraModule), "merged modules");
     double energy_min = 1.0, energy_sum = 0.0;
     int status = 0;

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "merging/task_merge.h"
+#include "model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,8 @@ typedef struct {
     float scaling;       // s = alpha / r (alpha / sqrt(r) with rsLoRA)
     char *base_model;    // base_model_name_or_path ("" when missing)
     char *task_type;     // task_type ("CAUSAL_LM" when missing)
+    int base_recorded;   // 1: the config records the base it was trained on (./train's record), in base
+    LoraBase base;
     LoraModule *modules; // in the file's order
     int n_modules;
 } PeftAdapter;
@@ -44,7 +47,8 @@ typedef struct {
 int peft_adapter_read(PeftAdapter *a, const char *dir, char *err, size_t err_size);
 void peft_adapter_free(PeftAdapter *a);
 // Writes a as dir/adapter_model.safetensors (F32) and dir/adapter_config.json
-// (dir created when missing; target_modules: the modules' last names).
+// (dir created when missing; target_modules: the modules' whole names in the
+// model, "model.layers.0.self_attn.q_proj", which select exactly those).
 int peft_adapter_write(const PeftAdapter *a, const char *dir, char *err, size_t err_size);
 
 typedef enum {
@@ -85,7 +89,8 @@ typedef struct {
 
 // Merges count adapters into out (freed with peft_adapter_free). Checks
 // first: the same base (base_model_name_or_path's last path component, where
-// both name one), the same shapes for the same module, equal ranks for the
+// both name one; where both record the base they were trained on, the same
+// model weights hash, quant and double quant: out records it too), the same shapes for the same module, equal ranks for the
 // methods that need them, an SVD rank within every module's shape. With one
 // input, every method is linear (as peft). report may be NULL. Returns 0, or
 // -1 with "DIR: what is wrong" in err.

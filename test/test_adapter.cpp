@@ -336,7 +336,8 @@ TEST_CASE("adapter: a bad adapter_config.json is refused by name") {
     CHECK(contains(merge_error(dir), config_path + ": 'use_dora' must be true or false"));
 
     write_text(config_path, Q_0_CONFIG);
-    CHECK(contains(merge_error(dir), dir.file("adapter_model.safetensors") + ": cannot open"));
+    CHECK(contains(merge_error(dir), dir.file("adapter_model.safetensors") + ": no such file (an adapter directory "
+                                     "holds adapter_config.json and adapter_model.safetensors)"));
 }
 
 TEST_CASE("adapter: bad tensors are refused naming the file and the tensor") {

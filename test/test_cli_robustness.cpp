@@ -3,8 +3,9 @@
 // value; a huge --limit does not crash eval_load_samples; ./generate and
 // ./evaluate stop with a message when an adapter's weights overflow the model,
 // and when the model file holds a layer its metadata does not count;
-// ./evaluate's data errors name the program. Runs the real ./generate and
-// ./evaluate (built by `make test`).
+// ./evaluate's data errors name the program; an adapter with adapter_model.bin
+// only is refused with the conversion. Runs the real ./generate, ./evaluate and
+// ./merge (built by `make test`).
 #include <doctest/doctest.h>
 
 #include <climits>
@@ -20,6 +21,7 @@
 
 #include "formats/cli.h"
 #include "eval/eval.h"
+#include "infer/adapter.h"
 #include "test_util.h"
 
 // The message cli_option_value gives for argv, or its value.
@@ -161,4 +163,66 @@ TEST_CASE("generate: a --prompt-file's byte-order mark is not part of the prompt
     remove(plain.c_str());
     remove(marked.c_str());
     rmdir(dir);
+}
+
+// An adapter directory in older peft's format (adapter_model.bin, a PyTorch pickle) or without
+// its weights file is refused before the model loads (the model here is not there), naming the
+// file and, for the pickle, the command that converts it; ./merge and ./train --init-adapter say the same.
+TEST_CASE("generate, evaluate, merge, train: an adapter with adapter_model.bin only is refused, naming the conversion") {
+    char dir[] = "/tmp/qlora_pickle_XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    std::string adapter = dir, output;
+    REQUIRE(system(("cp test/fixtures/peft_adapter/adapter_config.json " + adapter).c_str()) == 0);
+    std::string missing = adapter + "/adapter_model.safetensors: no such file";
+    char err[2048];
+    CHECK(adapter_check_config(adapter.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find(missing + " (an adapter directory holds") != std::string::npos, err);
+    std::ofstream(adapter + "/adapter_model.bin") << "PK";
+    std::string pickle = missing + "; " + adapter + "/adapter_model.bin is there instead, PyTorch's pickle format";
+    CHECK(run("./generate --model /nonexistent.gguf --prompt hi --adapter " + adapter, output) == 1);
+    CHECK_MESSAGE(output.find("generate: " + pickle) != std::string::npos, output);
+    CHECK_MESSAGE(output.find("st.save_file(torch.load('" + adapter + "/adapter_model.bin'") != std::string::npos,
+                  output);
+    CHECK(run("./evaluate --model /nonexistent.gguf --out " + adapter + "/eval.json --adapter " + adapter, output) == 1);
+    CHECK_MESSAGE(output.find("evaluate: " + pickle) != std::string::npos, output);
+    CHECK(run("./merge --method cat --weights 1,1 --out " + adapter + "/merged test/fixtures/peft_adapter " + adapter,
+              output) == 1);
+    CHECK_MESSAGE(output.find("merge: " + pickle) != std::string::npos, output);
+    std::ofstream(adapter + "/data.jsonl") << R"({"question": "What is 1?", "answer": "One.", "context": "1 is one."})"
+                                           << "\n";
+    CHECK(run("./train --device cpu --model test/fixtures/serve/model --data " + adapter + "/data.jsonl --val-frac 0 "
+              "--steps 1 --out " + adapter + "/run --init-adapter " + adapter, output) == 1);
+    CHECK_MESSAGE(output.find("train: " + pickle) != std::string::npos, output);
+    REQUIRE(system(("rm -rf " + adapter).c_str()) == 0);
+}
+
+TEST_CASE("generate and evaluate: a number beyond int's range names the range, a --max-new beyond the context is refused") {
+    std::string output;
+    CHECK(run("./generate --prompt hi --max-new 99999999999", output) == 2);
+    CHECK_MESSAGE(output.find("generate: --max-new expects a whole number from -2147483648 to 2147483647, got "
+                              "'99999999999'") != std::string::npos, output);
+    CHECK(run("./generate --prompt hi --max-new 1.5", output) == 2);
+    CHECK_MESSAGE(output.find("generate: --max-new expects a whole number, got '1.5'") != std::string::npos, output);
+    // (it overflowed the inference state's size: "out of memory")
+    CHECK(run("./evaluate --model test/fixtures/serve/model --data data/sample_raft.jsonl --out /tmp/qlora_cli_ctx.json "
+              "--max-new 2147483647", output) == 2);
+    CHECK_MESSAGE(output.find("evaluate: --max-new 2147483647 is not less than the model's context of") !=
+                  std::string::npos, output);
+}
+
+// RAFT JSONL is rendered whole: samples longer than the model's context (256 tokens for the
+// tiny serve model) are evaluated with a warning that names them; short ones without.
+TEST_CASE("evaluate: samples that reach past the model's context are warned about") {
+    std::string output, data = "/tmp/qlora_cli_short_" + std::to_string(getpid()) + ".jsonl";
+    std::string command = "./evaluate --model test/fixtures/serve/model --max-new 4 --out /tmp/qlora_cli_ctx.json --data ";
+    CHECK(run(command + "data/sample_raft.jsonl --limit 2", output) == 0);
+    CHECK_MESSAGE(output.find("evaluate: warning: 2 of the 2 samples of data/sample_raft.jsonl, with --max-new 4, "
+                              "reach past the model's context of 256 tokens (the longest, sample 1, has ") !=
+                  std::string::npos, output);
+    std::ofstream(data) << R"({"question": "What is 1?", "answer": "One.", "context": "1 is one."})" << "\n";
+    CHECK(run(command + data, output) == 0);
+    CHECK_MESSAGE(output.find("warning") == std::string::npos, output);
+    std::remove(data.c_str());
+    std::remove("/tmp/qlora_cli_ctx.json");
+    std::remove("/tmp/qlora_cli_ctx.svg");
 }

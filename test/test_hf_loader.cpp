@@ -417,6 +417,8 @@ TEST_CASE("hf: bad config.json is refused naming the file and the key") {
         {"tie_word_embeddings", "1", "'tie_word_embeddings' must be true or false"},
         {"attention_bias", "true", "attention_bias is true"},
         {"hidden_act", "\"gelu\"", "activation 'gelu' is not supported"},
+        {"quantization_config", "{\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true}",
+         "'quantization_config' says the weights are stored quantized (quant_method 'bitsandbytes')"},
     };
     for (const Case &c : cases) {
         CAPTURE(c.key);
@@ -487,6 +489,9 @@ TEST_CASE("hf: broken weight files and shard indexes are refused") {
         TempDir dir;
         write_text(dir.file("config.json"), config_text(config_keys(sharded)));
         expect_open_fails(dir, {dir.path, "neither model.safetensors nor model.safetensors.index.json"});
+        // older checkpoints' PyTorch pickles are named, with how to convert them
+        write_text(dir.file("pytorch_model.bin"), "PK");
+        expect_open_fails(dir, {dir.path, "only pytorch_model.bin: PyTorch's pickle format", "save_pretrained(OUT)"});
     }
     {
         TempDir dir;

@@ -515,6 +515,119 @@ TEST_CASE("merging: --base merges each adapter into the base first, then the mod
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
 
+// A copy of fixture adapter `name` in dir/copy_name whose config records the base
+// it was trained on (lora.h's LORA_BASE_KEY), as ./train writes it.
+static std::string adapter_recording(const std::string &dir, const std::string &name, const std::string &copy_name,
+                                     const char *quant, uint64_t model_hash) {
+    std::string copy = dir + "/" + copy_name;
+    REQUIRE(system(("cp -r " + FIXTURES + name + " " + copy).c_str()) == 0);
+    std::ifstream in(copy + "/adapter_config.json");
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string config = text.str();
+    size_t at = config.find("\"r\": ");
+    REQUIRE(at != std::string::npos);
+    char record[256];
+    snprintf(record, sizeof record, "\"qlora_c_base\": {\"quant\": \"%s\", \"double_quant\": true, "
+             "\"model_weights_hash\": \"%016llx\"},\n  ", quant, (unsigned long long)model_hash);
+    config.insert(at, record);
+    std::ofstream(copy + "/adapter_config.json") << config;
+    return copy;
+}
+
+// Whether two model directories hold the same weights, bit for bit.
+static bool same_weights(const std::string &a, const std::string &b) {
+    Model ma, mb;
+    char err[1024];
+    INFO(err);
+    REQUIRE(model_load(&ma, a.c_str(), err, sizeof err) == 0);
+    REQUIRE(model_load(&mb, b.c_str(), err, sizeof err) == 0);
+    bool same = ma.storage_floats == mb.storage_floats &&
+                memcmp(ma.storage, mb.storage, sizeof(float) * ma.storage_floats) == 0;
+    model_free(&ma);
+    model_free(&mb);
+    return same;
+}
+
+TEST_CASE("merging: --base merges each adapter onto the base it records, as ./generate does") {
+    std::string dir = temp_dir(), output;
+    Model base;
+    load_fixture_model(&base, "model_a");
+    uint64_t hash = model_weights_hash(&base);
+    model_free(&base);
+    std::string base_option = " --base " + FIXTURES + "model_a --out " + dir;
+    // trained on --quant none: merged onto the weights as loaded, as --quant none does (it was NF4's round trip)
+    std::string none = adapter_recording(dir, "a0", "none", "none", hash);
+    CHECK(run("./merge --method linear" + base_option + "/recorded " + none, output) == 0);
+    CHECK(has(output, "weights as loaded (as ./train --quant none; from the adapter's record)"));
+    CHECK_FALSE(has(output, "warning"));
+    CHECK(run("./merge --method linear --quant none" + base_option + "/given " + FIXTURES + "a0", output) == 0);
+    CHECK(run("./merge --method linear" + base_option + "/default " + FIXTURES + "a0", output) == 0);
+    CHECK(same_weights(dir + "/recorded", dir + "/given"));
+    CHECK_FALSE(same_weights(dir + "/recorded", dir + "/default"));
+    // a --quant unlike the record, and a record of another model's weights, are warned about
+    CHECK(run("./merge --method linear --quant nf4" + base_option + "/nf4 " + none, output) == 0);
+    CHECK(has(output, "merge: warning: " + none + "/adapter_config.json records that the adapter was trained on the "
+                      "base of --quant none, but it is merged onto --quant nf4 --double-quant 1"));
+    std::string other = adapter_recording(dir, "a0", "other", "none", hash ^ 1);
+    CHECK(run("./merge --method linear" + base_option + "/other_merged " + other, output) == 0);
+    CHECK(has(output, "the adapter was trained on another model"));
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
+
+TEST_CASE("merging: an adapter merge keeps the base its inputs record, and refuses inputs of different bases") {
+    std::string dir = temp_dir(), output;
+    char err[1024];
+    std::string none = adapter_recording(dir, "a0", "none", "none", 0x1234);
+    std::string out = " --method cat --weights 1,1 --out " + dir + "/out ";
+    // with an input that records none (peft's own), the record is kept
+    CHECK(run("./merge" + out + none + " " + FIXTURES + "a1", output) == 0);
+    PeftAdapter merged;
+    REQUIRE(peft_adapter_read(&merged, (dir + "/out").c_str(), err, sizeof err) == 0);
+    CHECK(merged.base_recorded == 1);
+    CHECK(merged.base.quant_nf4 == 0);
+    CHECK(merged.base.model_hash == 0x1234);
+    peft_adapter_free(&merged);
+    // another model's weights, or another quantization of the same
+    std::string other = adapter_recording(dir, "a1", "other", "none", 0x1235);
+    CHECK(run("./merge" + out + none + " " + other, output) == 1);
+    CHECK(has(output, other + ": adapter of another base: it records the base model's weights hash 0000000000001235, " +
+                      none + " records 0000000000001234"));
+    std::string nf4 = adapter_recording(dir, "a1", "nf4", "nf4", 0x1234);
+    CHECK(run("./merge" + out + none + " " + nf4, output) == 1);
+    CHECK(has(output, nf4 + ": trained on the base of ./train --quant nf4 --double-quant 1, " + none +
+                      " on that of --quant none"));
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
+
+// An adapter like a0 on layer 0 only (layers_to_transform [0]), as peft writes one.
+static std::string layer_0_adapter(const std::string &dir) {
+    std::string copy = edited_adapter(dir, "a0", "\"layers_to_transform\": null", "\"layers_to_transform\": [0]");
+    SafetensorsFile f;
+    char err[1024];
+    REQUIRE(safetensors_open(&f, (FIXTURES + "a0/adapter_model.safetensors").c_str(), err, sizeof err) == 0);
+    std::vector<TensorInfo> kept;
+    for (int i = 0; i < f.tensors.count; i++)
+        if (strstr(f.tensors.tensors[i].name, ".layers.0.")) kept.push_back(f.tensors.tensors[i]);
+    REQUIRE(kept.size() == 4);
+    REQUIRE(safetensors_write((copy + "/adapter_model.safetensors").c_str(), kept.data(), (int)kept.size(), err,
+                              sizeof err) == 0);
+    safetensors_close(&f);
+    return copy;
+}
+
+TEST_CASE("merging: an adapter merge's config selects exactly the modules it holds, so it loads as its inputs do") {
+    std::string dir = temp_dir(), output;
+    std::string layer_0 = layer_0_adapter(dir);
+    // (its target_modules were the leaf names, selecting layer 1 too: "no lora_A / lora_B for module ... layer 1")
+    CHECK(run("./merge --method linear --weights 1 --out " + dir + "/merged " + layer_0, output) == 0);
+    std::string base = " --method linear --base " + FIXTURES + "model_a --quant none --out " + dir;
+    CHECK_MESSAGE(run("./merge" + base + "/from_merged " + dir + "/merged", output) == 0, output);
+    CHECK(run("./merge" + base + "/from_input " + layer_0, output) == 0);
+    CHECK(same_weights(dir + "/from_merged", dir + "/from_input"));
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
+
 TEST_CASE("merging: ./merge --out X.gguf writes the merged model as GGUF, which loads back to its weights") {
     std::string dir = temp_dir(), output;
     char err[1024];
