@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 // What a tensor is for; each role has a name per naming scheme.
 typedef enum {
@@ -740,6 +741,28 @@ static int check_unsupported(const JsonValue *json, const ArchInfo *arch, const 
     return 0;
 }
 
+// Qwen2Config's default first layer of sliding-window attention
+static const int QWEN2_DEFAULT_MAX_WINDOW_LAYERS = 28;
+
+// Qwen2's sliding-window attention (use_sliding_window: the layers from
+// max_window_layers on see only the last sliding_window positions). Within
+// sliding_window tokens that is full attention, which is what we compute, so
+// the context is limited to it.
+static int read_sliding_window(const JsonValue *json, Config *c, const char *path, char *err, size_t err_size) {
+    int use = 0, window = 0;
+    if (read_bool(json, "use_sliding_window", &use, path, err, err_size) != 0) return -1;
+    if (!use || !get_member(json, "sliding_window", NULL)) return 0;
+    if (read_positive_int(json, "sliding_window", NULL, 0, &window, path, err, err_size) != 0) return -1;
+    const JsonValue *first = get_member(json, "max_window_layers", NULL);
+    if (first && (first->type != JSON_NUMBER || !(first->number >= 0) || first->number != floor(first->number))) {
+        snprintf(err, err_size, "%s: 'max_window_layers' must be a whole number", path);
+        return -1;
+    }
+    double first_windowed = first ? first->number : QWEN2_DEFAULT_MAX_WINDOW_LAYERS;
+    if (first_windowed < c->n_layers && window < c->max_seq_len) c->max_seq_len = window;
+    return 0;
+}
+
 static int config_from_json(const JsonValue *json, Config *c, const char *path, char *err, size_t err_size) {
     if (json->type != JSON_OBJECT) {
         snprintf(err, err_size, "%s: not a JSON object", path);
@@ -751,7 +774,8 @@ static int config_from_json(const JsonValue *json, Config *c, const char *path, 
     c->attention_bias = arch->arch == ARCH_QWEN2;   // Qwen2 always has q/k/v biases
     if (read_sizes(json, arch, c, path, err, err_size) != 0 || read_rope(json, arch, c, path, err, err_size) != 0 ||
         check_unsupported(json, arch, path, err, err_size) != 0 ||
-        read_bool(json, "tie_word_embeddings", &c->tied_embeddings, path, err, err_size) != 0)
+        read_bool(json, "tie_word_embeddings", &c->tied_embeddings, path, err, err_size) != 0 ||
+        (arch->arch == ARCH_QWEN2 && read_sliding_window(json, c, path, err, err_size) != 0))
         return -1;
     return 0;
 }
@@ -782,6 +806,23 @@ static int load_gguf(Model *m, const char *path, char *err, size_t err_size) {
     return status;
 }
 
+// 0 when dir has tokenizer.json; else -1 saying so, and what it has instead when
+// that is SentencePiece's tokenizer.model.
+static int check_has_tokenizer_json(const char *dir, char *err, size_t err_size) {
+    char path[4096], sentencepiece[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    snprintf(sentencepiece, sizeof sentencepiece, "%s/tokenizer.model", dir);
+    if (access(path, F_OK) == 0) return 0;
+    if (access(sentencepiece, F_OK) == 0)
+        snprintf(err, err_size, "%s: no such file; %s is there instead, a SentencePiece tokenizer (as Llama-2 and "
+                 "Mistral use), which this program does not read: it reads the byte-level BPE tokenizer.json of the "
+                 "Llama-3, Qwen2, SmolLM2 and EXAONE families", path, sentencepiece);
+    else
+        snprintf(err, err_size, "%s: no such file (a model directory holds config.json, its weights and "
+                 "tokenizer.json)", path);
+    return -1;
+}
+
 static int load_hf_dir(Model *m, const char *dir, char *err, size_t err_size) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -792,6 +833,10 @@ static int load_hf_dir(Model *m, const char *dir, char *err, size_t err_size) {
     int status = model_from_tensors(m, &config, &ck.tensors, 0, dir, err, err_size);
     hf_close(&ck);
     if (status != 0) return -1;
+    if (check_has_tokenizer_json(dir, err, err_size) != 0) {
+        model_free(m);
+        return -1;
+    }
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     m->tokenizer = tokenizer_from_json(path, err, err_size);
     if (!m->tokenizer) { model_free(m); return -1; }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 // ---- model.safetensors --------------------------------------------------------
@@ -143,11 +144,32 @@ static int write_config(const Model *m, const char *path, char *err, size_t err_
 
 // ---- the whole directory -------------------------------------------------------
 
+// Files of a model directory that we do not write but that transformers (and
+// our loader, for the first two) would read with ours: another model's.
+static const char *const FOREIGN_MODEL_FILES[] = {
+    "chat_template.jinja", "model.safetensors.index.json", "generation_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.model", "pytorch_model.bin", "pytorch_model.bin.index.json"};
+
+// 0 when out_dir holds none of FOREIGN_MODEL_FILES; else -1 naming the first.
+static int check_no_foreign_files(const char *out_dir, char *err, size_t err_size) {
+    for (const char *name : FOREIGN_MODEL_FILES) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", out_dir, name);
+        if (access(path, F_OK) != 0) continue;
+        snprintf(err, err_size, "%s: another model's file is in the output directory, and would be read with the "
+                 "model written there (for chat_template.jinja, over its chat template); write to a new directory, "
+                 "or remove it", path);
+        return -1;
+    }
+    return 0;
+}
+
 int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_size) {
     if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
         snprintf(err, err_size, "%s: cannot create: %s", out_dir, strerror(errno));
         return -1;
     }
+    if (check_no_foreign_files(out_dir, err, err_size) != 0) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
     if (write_weights(m, path, err, err_size) != 0) return -1;

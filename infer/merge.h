@@ -55,7 +55,10 @@ int model_list_weights(const Model *m, NamedWeight *list);
 
 // Writes m as an HF model directory (out_dir created when missing): every
 // weight rounded to bf16 in model.safetensors, config.json, and the
-// tokenizer files when m has a tokenizer. Returns 0, or -1 with a message.
+// tokenizer files when m has a tokenizer. An out_dir holding another model's
+// files that would be read with ours (chat_template.jinja, a shard index,
+// generation_config.json, ...) is refused before anything is written; ours
+// from an earlier write are replaced. Returns 0, or -1 with a message.
 int model_save_hf(const Model *m, const char *out_dir, char *err, size_t err_size);
 
 #ifdef __cplusplus

@@ -391,6 +391,36 @@ TEST_CASE("hf: config defaults and RoPE settings") {
     CHECK(c.rope_theta == 500000.0f);
     CHECK(c.norm_eps == doctest::Approx(1e-5));
     CHECK(c.max_seq_len == 4096);
+
+    // Qwen2's sliding window (from layer max_window_layers on): the context is cut to it, where it is full attention
+    const Variant qwen = {ARCH_QWEN2, DT_F32, false, 1};
+    struct Window {
+        const char *use, *window, *first_layer;   // nullptr: the key left out
+        int context;
+    };
+    const Window windows[] = {{"true", "100", "1", 100},      {"true", "100", "0", 100},
+                              {"true", "100", "2", 256},      {"true", "100", nullptr, 256},   // default 28 >= 2 layers
+                              {"false", "100", "0", 256},     {"true", "null", "0", 256},
+                              {"true", "1000", "0", 256},     {nullptr, "100", "0", 256}};
+    for (const Window &w : windows) {
+        CAPTURE(w.use);
+        CAPTURE(w.window);
+        CAPTURE(w.first_layer);
+        keys = config_keys(qwen);
+        if (w.use) keys["use_sliding_window"] = w.use;
+        keys["sliding_window"] = w.window;
+        if (w.first_layer) keys["max_window_layers"] = w.first_layer;
+        write_text(path, config_text(keys));
+        REQUIRE_MESSAGE(model_read_hf_config(path.c_str(), &c, err, sizeof err) == 0, err);
+        CHECK(c.max_seq_len == w.context);
+    }
+    keys = config_keys(qwen);
+    keys["use_sliding_window"] = "true";
+    keys["sliding_window"] = "100";
+    keys["max_window_layers"] = "-1";
+    write_text(path, config_text(keys));
+    CHECK(model_read_hf_config(path.c_str(), &c, err, sizeof err) == -1);
+    CHECK(std::string(err).find("'max_window_layers' must be a whole number") != std::string::npos);
 }
 
 TEST_CASE("hf: bad config.json is refused naming the file and the key") {
@@ -536,6 +566,21 @@ TEST_CASE("hf: broken weight files and shard indexes are refused") {
         write_text(dir.file("model.safetensors"), std::string("\x02\0\0\0\0\0\0\0{x", 10));
         expect_open_fails(dir, {dir.file("model.safetensors"), "header is not valid JSON"});
     }
+}
+
+TEST_CASE("hf: a directory without tokenizer.json says so, and names a SentencePiece tokenizer.model") {
+    const Variant v = {ARCH_LLAMA, DT_F32, false, 1};
+    TempDir dir;
+    write_checkpoint(dir, v, make_weights(v), config_keys(v));
+    Model m;
+    char err[1024] = "";
+    CHECK(model_load(&m, dir.path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err) == dir.file("tokenizer.json") + ": no such file (a model directory holds "
+                  "config.json, its weights and tokenizer.json)", err);
+    write_text(dir.file("tokenizer.model"), "sentencepiece");
+    CHECK(model_load(&m, dir.path.c_str(), err, sizeof err) == -1);
+    CHECK_MESSAGE(std::string(err).find(dir.file("tokenizer.model") + " is there instead, a SentencePiece tokenizer") !=
+                  std::string::npos, err);
 }
 
 TEST_CASE("hf: a trailing slash on the directory is harmless") {

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "trainer/base_weights.h"
 #include "formats/float16.h"
@@ -292,6 +293,37 @@ TEST_CASE("merge: a missing adapter is refused with the file named") {
     std::string missing = dir.path + "/no_adapter";
     CHECK(merge_export(&m, missing.c_str(), 1, 1, (dir.path + "/merged").c_str(), nullptr, err, sizeof err) != 0);
     CHECK(std::string(err).find(missing + "/adapter_config.json") != std::string::npos);
+    model_free(&m);
+}
+
+TEST_CASE("merge: an output directory holding another model's files is refused before anything is written") {
+    Model m;
+    Config c = {};
+    c.arch = ARCH_LLAMA;
+    c.dim = 8;
+    c.hidden_dim = 16;
+    c.n_layers = 1;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 4;
+    c.vocab_size = 10;
+    c.max_seq_len = 16;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    char err[1024] = "";
+    REQUIRE(model_init_random(&m, &c, 1, err, sizeof err) == 0);
+    ScratchDir dir;
+    for (const char *stale : {"chat_template.jinja", "model.safetensors.index.json", "generation_config.json"}) {
+        CAPTURE(stale);
+        std::string path = dir.path + "/" + stale;
+        std::ofstream(path) << "{}";
+        CHECK(model_save_hf(&m, dir.path.c_str(), err, sizeof err) != 0);
+        CHECK(std::string(err).find(path + ": another model's file") == 0);
+        CHECK(access((dir.path + "/model.safetensors").c_str(), F_OK) != 0);
+        std::remove(path.c_str());
+    }
+    REQUIRE_MESSAGE(model_save_hf(&m, dir.path.c_str(), err, sizeof err) == 0, err);
+    REQUIRE_MESSAGE(model_save_hf(&m, dir.path.c_str(), err, sizeof err) == 0, err);   // its own files again
     model_free(&m);
 }
 
