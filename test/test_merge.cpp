@@ -273,8 +273,8 @@ TEST_CASE("merge: tokenizer_save_hf round-trips the GPT-2, SmolLM, Llama-3 and Q
     json_free(cases);
 }
 
-TEST_CASE("merge: a missing adapter is refused with the file named") {
-    Model m;
+// A one-layer Llama of a few numbers, for what needs a model but not its values.
+static const Config TINY_LLAMA = [] {
     Config c = {};
     c.arch = ARCH_LLAMA;
     c.dim = 8;
@@ -287,8 +287,13 @@ TEST_CASE("merge: a missing adapter is refused with the file named") {
     c.max_seq_len = 16;
     c.norm_eps = 1e-5f;
     c.rope_theta = 10000.0f;
+    return c;
+}();
+
+TEST_CASE("merge: a missing adapter is refused with the file named") {
+    Model m;
     char err[1024] = "";
-    REQUIRE(model_init_random(&m, &c, 1, err, sizeof err) == 0);
+    REQUIRE(model_init_random(&m, &TINY_LLAMA, 1, err, sizeof err) == 0);
     ScratchDir dir;
     std::string missing = dir.path + "/no_adapter";
     CHECK(merge_export(&m, missing.c_str(), 1, 1, (dir.path + "/merged").c_str(), nullptr, err, sizeof err) != 0);
@@ -298,20 +303,8 @@ TEST_CASE("merge: a missing adapter is refused with the file named") {
 
 TEST_CASE("merge: an output directory holding another model's files is refused before anything is written") {
     Model m;
-    Config c = {};
-    c.arch = ARCH_LLAMA;
-    c.dim = 8;
-    c.hidden_dim = 16;
-    c.n_layers = 1;
-    c.n_heads = 2;
-    c.n_kv_heads = 1;
-    c.head_dim = 4;
-    c.vocab_size = 10;
-    c.max_seq_len = 16;
-    c.norm_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
     char err[1024] = "";
-    REQUIRE(model_init_random(&m, &c, 1, err, sizeof err) == 0);
+    REQUIRE(model_init_random(&m, &TINY_LLAMA, 1, err, sizeof err) == 0);
     ScratchDir dir;
     for (const char *stale : {"chat_template.jinja", "model.safetensors.index.json", "generation_config.json"}) {
         CAPTURE(stale);
