@@ -53,7 +53,7 @@ static void usage(FILE *out) {
             "                      grounded: the answer's ROUGE-L precision against the oracle document beats\n"
             "                      every distractor's; false abstention: it says the documents lack the answer\n"
             "  without the oracle  abstention: it says so (the rule: eval/abstain.h, English and Korean, and\n"
-            "                      the data's own no-oracle answers, so a custom --no-oracle-answer counts)\n"
+            "                      the data's own no-oracle answers, so ./prepare --no-oracle-answer counts)\n"
             "  all                 answer loss (the reference's, per answer token) and perplexity\n"
             "Every mean has a 95%% percentile bootstrap interval; with --adapter the change (fine-tuned - base)\n"
             "has a paired one (the same resampled samples for both), marked * where it excludes 0 (for the\n"

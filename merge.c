@@ -72,7 +72,7 @@ static void usage(FILE *out) {
             "  --method NAME     one of the methods above (required)\n"
             "  --weights W,...   one weight per input\n"
             "  --density D       ties, dare_*, magnitude_prune: the share of entries kept, 0 < D <= 1\n"
-            "  --rank R          the *_svd methods' rank\n"
+            "  --rank R          svd's and the *_svd methods' rank (default: the largest input rank)\n"
             "  --t T             slerp's position, 0 <= T <= 1\n"
             "  --layers SPEC     passthrough's layer ranges, INPUT:FIRST-LAST,... (inclusive)\n"
             "  --base MODEL      model methods on adapters: each adapter merged into this base first\n"
@@ -216,7 +216,7 @@ static int merge_adapters(const Options *o, AdapterMethod method) {
     refuse(o->method, "--t (slerp's)", !isnan(o->t));
     refuse(o->method, "--layers (passthrough's)", o->layers != NULL);
     refuse(o->method, "--density (ties, dare_*, magnitude_prune)", !combine_uses_density(how) && !isnan(o->density));
-    refuse(o->method, "--rank (the *_svd methods')", !adapter_method_is_svd(method) && o->rank != 0);
+    refuse(o->method, "--rank (svd's and the *_svd methods')", !adapter_method_is_svd(method) && o->rank != 0);
     if (combine_uses_density(how) && (isnan(o->density) || !(o->density > 0 && o->density <= 1))) {
         fprintf(stderr, "merge: --method %s needs --density D with 0 < D <= 1 (the share of entries kept)\n",
                 o->method);

@@ -4,8 +4,8 @@
 // ./evaluate stop with a message when an adapter's weights overflow the model,
 // and when the model file holds a layer its metadata does not count;
 // ./evaluate's data errors name the program; an adapter with adapter_model.bin
-// only is refused with the conversion. Runs the real ./generate, ./evaluate and
-// ./merge (built by `make test`).
+// only is refused with the conversion; every program's --help lists exactly the
+// options its parser accepts. Runs the real programs (built by `make test`).
 #include <doctest/doctest.h>
 
 #include <climits>
@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -225,4 +227,62 @@ TEST_CASE("evaluate: samples that reach past the model's context are warned abou
     std::remove(data.c_str());
     std::remove("/tmp/qlora_cli_ctx.json");
     std::remove("/tmp/qlora_cli_ctx.svg");
+}
+
+// The options a program's --help lists: every "--name" in it but those it names
+// as another program's ("as ./train's --quant", "./prepare --no-oracle-answer").
+static std::set<std::string> help_options(const std::string &help) {
+    std::set<std::string> options;
+    std::regex option(R"((\./[a-z]+(?:'s)? )?(--[a-z][a-z0-9-]*))");
+    for (std::sregex_iterator m(help.begin(), help.end(), option), end; m != end; ++m)
+        if (!(*m)[1].matched) options.insert((*m)[2]);
+    return options;
+}
+
+// The options a program's parser compares its arguments with: strcmp(f, "--name").
+static std::set<std::string> parsed_options(const std::string &source_path) {
+    std::ifstream in(source_path);
+    std::string source((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::set<std::string> options;
+    std::regex compared(R"re(strcmp\(\w+(?:\[\w+\])?, "(--[a-z][a-z0-9-]*)"\) == 0)re");
+    for (std::sregex_iterator m(source.begin(), source.end(), compared), end; m != end; ++m) options.insert((*m)[1]);
+    return options;
+}
+
+// Whether program accepts option: a value option answers "--name=1" with where the
+// value goes; a flag is taken, and the unknown option after it is the one named.
+static bool accepts(const std::string &program, const std::string &option) {
+    std::string output;
+    run(program + " " + option + "=1", output);
+    if (output.find("the value goes after a space") != std::string::npos) return true;
+    run(program + " " + option + " --no-such-option", output);
+    return output.find("unknown option --no-such-option") != std::string::npos;
+}
+
+TEST_CASE("every program: --help lists exactly the options its parser accepts") {
+    const char *const programs[][2] = {{"./prepare", "data/prepare.c"}, {"./train", "train.cu"},
+                                       {"./generate", "generate.c"},    {"./evaluate", "evaluate.c"},
+                                       {"./merge", "merge.c"},          {"./serve", "serve.c"}};
+    for (const auto &p : programs) {
+        std::string program = p[0], help;
+        INFO(program);
+        REQUIRE(run(program + " --help", help) == 0);
+        std::set<std::string> listed = help_options(help), parsed = parsed_options(p[1]);
+        CHECK(parsed.size() >= 10);
+        for (const std::string &option : parsed) {
+            INFO(option << " is parsed by " << p[1]);
+            CHECK(listed.count(option) == 1);
+        }
+        for (const std::string &option : listed) {
+            if (option == "--help") continue;
+            INFO(option << " is listed by " << program << " --help");
+            CHECK(accepts(program, option));
+        }
+    }
+}
+
+TEST_CASE("merge: --help says that --rank is svd's too, as the code takes it") {
+    std::string help;
+    REQUIRE(run("./merge --help", help) == 0);
+    CHECK(help.find("--rank R          svd's and the *_svd methods' rank") != std::string::npos);
 }
