@@ -27,6 +27,10 @@
 #include <time.h>
 
 #define PREFILL_CHUNK 256
+// the defaults of --max-new, --top-p and --seed
+static const int DEFAULT_MAX_NEW = 128;
+static const float DEFAULT_TOP_P = 0.9f;
+static const int DEFAULT_SEED = 42;
 
 typedef struct {
     const char *model_path;
@@ -60,13 +64,13 @@ static void usage(FILE *out) {
             "  --system TEXT       system message for --chat (default: the model's own)\n"
             "  --template NAME     for --chat, render with this chat template instead of the model's:\n"
             "                      chatml, llama3, llama3.1 or exaone (default: the one the model's matches)\n"
-            "  --max-new N         tokens to generate at most (default 128)\n"
+            "  --max-new N         tokens to generate at most (default %d)\n"
             "  --temperature T     0 = greedy (default 0)\n"
-            "  --top-p P           nucleus sampling mass when T > 0 (default 0.9)\n"
-            "  --seed S            random seed for sampling (default 42)\n"
+            "  --top-p P           nucleus sampling mass when T > 0 (default %g)\n"
+            "  --seed S            random seed for sampling (default %d)\n"
             "  --device D          cpu, cuda or auto: cuda when a GPU is present (default auto)\n"
             "  -h, --help          this help\n",
-            DEFAULT_MODEL);
+            DEFAULT_MODEL, DEFAULT_MAX_NEW, DEFAULT_TOP_P, DEFAULT_SEED);
 }
 
 static double now_seconds(void) {
@@ -94,7 +98,7 @@ static char *read_prompt_file(const char *path) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, 128, 0.0f, 0.9f, 42, 0, NULL, {1, 1, 0, 0}, "auto", 0};
+    Options o = {DEFAULT_MODEL, NULL, NULL, NULL, NULL, DEFAULT_MAX_NEW, 0.0f, DEFAULT_TOP_P, DEFAULT_SEED, 0, NULL, {1, 1, 0, 0}, "auto", 0};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--prompt", "--prompt-file",
                                  "--system", "--template", "--max-new", "--temperature", "--top-p", "--seed", "--device",

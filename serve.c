@@ -21,6 +21,10 @@
 
 // the most --adapter options
 #define MAX_ADAPTERS 64
+// the defaults of --host, --port and --queue
+static const char DEFAULT_HOST[] = "127.0.0.1";
+static const int DEFAULT_PORT = 8080;
+static const int DEFAULT_QUEUE = 16;
 // the default request body limit, bytes (--max-body)
 static const int DEFAULT_MAX_BODY = 1 << 20;
 // the default idle time after which a connection is closed, seconds (--timeout; as llama.cpp's server)
@@ -48,10 +52,10 @@ static void usage(FILE *out) {
             "                       Adapters loaded later (POST /v1/adapters) get this base; a record of\n"
             "                       another is answered with a warning\n"
             "  --double-quant 0|1   as ./train's --double-quant, for --quant nf4 (default: recorded; else 1)\n"
-            "  --host ADDR          IPv4 address to listen on (default 127.0.0.1; 0.0.0.0: every interface)\n"
-            "  --port N             port (default 8080; 0: a free one, printed at start)\n"
+            "  --host ADDR          IPv4 address to listen on (default %s; 0.0.0.0: every interface)\n"
+            "  --port N             port (default %d; 0: a free one, printed at start)\n"
             "  --workers N          generations that run at once, one sequence each (default 1)\n"
-            "  --queue N            requests that may wait for a worker; more get 429 + Retry-After (default 16)\n"
+            "  --queue N            requests that may wait for a worker; more get 429 + Retry-After (default %d)\n"
             "  --max-body BYTES     the largest request body; larger get 413 (default %d)\n"
             "  --timeout S          a connection that sends nothing for S seconds while its request is read,\n"
             "                       or idles between requests, is closed (default %d; 0: never)\n"
@@ -60,7 +64,7 @@ static void usage(FILE *out) {
             "  -h, --help           this help\n"
             "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models[/ID], GET /health,\n"
             "        POST /v1/adapters {\"name\": N, \"path\": DIR}, DELETE /v1/adapters/NAME\n",
-            DEFAULT_MODEL, DEFAULT_MAX_BODY, DEFAULT_IDLE_TIMEOUT);
+            DEFAULT_MODEL, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_QUEUE, DEFAULT_MAX_BODY, DEFAULT_IDLE_TIMEOUT);
 }
 
 static void usage_error(const char *message) {
@@ -101,7 +105,7 @@ static void check_repeats(int argc, char **argv, const char *const *flags) {
 }
 
 static Options parse_args(int argc, char **argv) {
-    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, 16, 0}, {0}, {0}, 0, "127.0.0.1", 8080, DEFAULT_MAX_BODY,
+    Options o = {{DEFAULT_MODEL, {1, 1, 0, 0}, 1, DEFAULT_QUEUE, 0}, {0}, {0}, 0, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_BODY,
                  DEFAULT_IDLE_TIMEOUT, "auto"};
     const char *const quant_choices[] = {"nf4", "none", NULL}, *const bit_choices[] = {"0", "1", NULL};
     const char *const flags[] = {"--model", "--adapter", "--quant", "--double-quant", "--host", "--port", "--workers",
