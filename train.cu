@@ -145,7 +145,7 @@ static void usage(FILE *out) {
             "                      neither --epochs nor --steps is given, a %d-step demo instead)\n"
             "  --steps N           optimizer steps, the run's length instead of --epochs (default %d)\n"
             "  --batch N           sequences per micro-batch (default %d)\n"
-            "  --grad-accum N      micro-batches per optimizer step (default %d)\n"
+            "  --grad-accum N      micro-batches per optimizer step, at most one epoch's (default %d)\n"
             "  --seq N             max tokens per sample; longer ones are skipped and counted (default %d)\n"
             "  --pack              pack several samples into each sequence of up to --seq tokens (first fit, in a\n"
             "                      seeded order); each sample attends only to itself, positions restart per sample\n"
@@ -869,7 +869,8 @@ static int pack_data(Run *r) {
     return 0;
 }
 
-// The training and validation samples, tokenized; --batch lowered to the sample count.
+// The training and validation samples, tokenized; --batch lowered to the sample
+// count, --grad-accum to the micro-batches of one epoch.
 static int load_data(Run *r) {
     Options *o = &r->o;
     ExampleSource source = {o->data_path, o->val_path, o->val_frac, o->max_seq, o->seed};
@@ -899,16 +900,23 @@ static int load_data(Run *r) {
                r->train_set.count);
         o->batch = r->train_set.count;
     }
+    // more micro-batches than one epoch has would put samples twice into one step
+    int per_epoch = examples_micro_batches_per_epoch(r->train_set.count, o->batch);
+    if (o->grad_accum > per_epoch) {
+        printf("data: --grad-accum %d is more than the %d micro-batches of --batch %d in the %d training samples: "
+               "%d per step (one epoch)\n", o->grad_accum, per_epoch, o->batch, r->train_set.count, per_epoch);
+        o->grad_accum = per_epoch;
+    }
     return 0;
 }
 
 // The run's length (--steps, or --epochs over the samples), its learning-rate schedule and AdamW's settings.
 static int plan_steps(Run *r) {
     const Options *o = &r->o;
-    // with --epochs: steps = ceil(epochs * samples / samples per step)
-    long long samples_per_step = (long long)o->batch * o->grad_accum;
+    // with --epochs: steps = ceil(epochs * micro-batches per epoch / micro-batches per step)
+    long long micro_batches = (long long)o->epochs * examples_micro_batches_per_epoch(r->train_set.count, o->batch);
     long long run_steps = o->steps;
-    if (o->epochs > 0) run_steps = ((long long)o->epochs * r->train_set.count + samples_per_step - 1) / samples_per_step;
+    if (o->epochs > 0) run_steps = (micro_batches + o->grad_accum - 1) / o->grad_accum;
     if (run_steps > INT_MAX) {
         fprintf(stderr, "train: --epochs %d makes %lld steps, more than %d\n", o->epochs, run_steps, INT_MAX);
         return 2;
@@ -1149,24 +1157,18 @@ static int start_or_resume(Run *r) {
 // ---- 5. one step ------------------------------------------------------------------------
 
 // The step's micro-batches: grad_accum runs of --batch samples (packed
-// sequences with --pack) along the data order (first[m], count[m]), reshuffled
-// when an epoch runs out. Returns the loss normaliser: the sum of the step's
-// loss weights (with --prompt-loss-weight 0, its answer tokens).
+// sequences with --pack; an epoch's last one takes the samples left) along the
+// data order (first[m], count[m]), reshuffled when an epoch runs out. Returns the
+// loss normaliser: the sum of the step's loss weights (with --prompt-loss-weight
+// 0, its answer tokens).
 static double choose_micro_batches(Run *r, int *first, int *count) {
     const Options *o = &r->o;
     TrainProgress *p = &r->progress;
-    int n_samples = r->train_set.count;
     double weight_sum = 0.0;
     for (int m = 0; m < o->grad_accum; m++) {
-        if (p->cursor + o->batch > n_samples) {
-            examples_shuffle(p->order, n_samples, &p->data_rng);
-            p->cursor = 0;
-        }
-        first[m] = p->cursor;
-        count[m] = o->batch < n_samples ? o->batch : n_samples;
+        count[m] = examples_next_micro_batch(p->order, r->train_set.count, o->batch, &p->cursor, &p->data_rng, &first[m]);
         for (int i = 0; i < count[m]; i++)
-            weight_sum += example_loss_weight(&r->train_set.examples[p->order[p->cursor + i]], o->prompt_loss_weight);
-        p->cursor += count[m];
+            weight_sum += example_loss_weight(&r->train_set.examples[p->order[first[m] + i]], o->prompt_loss_weight);
     }
     return weight_sum;
 }

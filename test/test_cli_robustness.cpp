@@ -286,3 +286,25 @@ TEST_CASE("merge: --help says that --rank is svd's too, as the code takes it") {
     REQUIRE(run("./merge --help", help) == 0);
     CHECK(help.find("--rank R          svd's and the *_svd methods' rank") != std::string::npos);
 }
+
+// 6 samples in micro-batches of 4 make an epoch of 2 (4 + 2): --epochs 3 is 6 steps (before: 5, each
+// epoch dropping the 2 left over), and a --grad-accum past one epoch's 2 is lowered to 2, with a note
+// (before: one step of 100 micro-batches took each sample about 67 times).
+TEST_CASE("train: an epoch's micro-batches take every sample; --grad-accum beyond one epoch is lowered to it") {
+    std::string output, dir = "/tmp/qlora_cli_accum_" + std::to_string(getpid());
+    REQUIRE(system(("mkdir -p " + dir).c_str()) == 0);
+    std::ofstream data(dir + "/data.jsonl");
+    for (int i = 0; i < 6; i++)
+        data << "{\"question\": \"What is " << i << "?\", \"answer\": \"It is " << i << ".\", \"context\": \"" << i
+             << " is a number.\"}\n";
+    data.close();
+    std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + dir + "/data.jsonl "
+                          "--val-frac 0 --seq 128 --rank 2 --targets q,v --batch 4 --overwrite --out " + dir + "/run ";
+    CHECK(run(command + "--epochs 3 --grad-accum 1", output) == 0);
+    CHECK_MESSAGE(output.find("training: 6 steps of 1 x 4 samples") != std::string::npos, output);
+    CHECK(run(command + "--steps 1 --grad-accum 100", output) == 0);
+    CHECK_MESSAGE(output.find("data: --grad-accum 100 is more than the 2 micro-batches of --batch 4 in the 6 training "
+                              "samples: 2 per step (one epoch)") != std::string::npos, output);
+    CHECK_MESSAGE(output.find("training: 1 steps of 2 x 4 samples") != std::string::npos, output);
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}

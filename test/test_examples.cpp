@@ -136,3 +136,26 @@ TEST_CASE("examples: prompt-loss weight: every token but a sample's last learns 
     examples_free(&packed);
     examples_free(&set);
 }
+
+// 6 samples in micro-batches of 4: an epoch is 4 + 2, and every sample comes once
+// per epoch (before, the 2 left over were dropped and the order reshuffled).
+TEST_CASE("examples: an epoch trains on every sample once, its last micro-batch taking the samples left") {
+    const int n_samples = 6, batch = 4;
+    int order[n_samples] = {0, 1, 2, 3, 4, 5};
+    uint64_t rng = 1234;
+    int cursor = 0, first = -1;
+    CHECK(examples_micro_batches_per_epoch(n_samples, batch) == 2);
+    for (int epoch = 0; epoch < 3; epoch++) {
+        int seen[n_samples] = {0};
+        int sizes[2];
+        for (int m = 0; m < 2; m++) {
+            sizes[m] = examples_next_micro_batch(order, n_samples, batch, &cursor, &rng, &first);
+            for (int i = 0; i < sizes[m]; i++) seen[order[first + i]]++;
+        }
+        CHECK(sizes[0] == 4);
+        CHECK(sizes[1] == 2);
+        for (int s = 0; s < n_samples; s++) CHECK_MESSAGE(seen[s] == 1, "epoch " << epoch << ", sample " << s);
+    }
+    CHECK(examples_micro_batches_per_epoch(8, 4) == 2);
+    CHECK(examples_micro_batches_per_epoch(1, 4) == 1);
+}

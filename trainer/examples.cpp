@@ -67,6 +67,20 @@ void examples_shuffle(int *items, int n, uint64_t *state) {
     }
 }
 
+int examples_next_micro_batch(int *order, int n_samples, int batch, int *cursor, uint64_t *rng, int *first) {
+    if (*cursor >= n_samples) {
+        examples_shuffle(order, n_samples, rng);
+        *cursor = 0;
+    }
+    int left = n_samples - *cursor;
+    int count = batch < left ? batch : left;
+    *first = *cursor;
+    *cursor += count;
+    return count;
+}
+
+int examples_micro_batches_per_epoch(int n_samples, int batch) { return (n_samples + batch - 1) / batch; }
+
 // ---- packing -----------------------------------------------------------------------
 
 // Appends sample e to the packed row (whose arrays hold max_seq tokens).

@@ -45,6 +45,14 @@ int examples_longest(const ExampleSet *set);
 
 // Fisher-Yates shuffle of n items drawn from splitmix64 at *state (advanced).
 void examples_shuffle(int *items, int n, uint64_t *state);
+// The next micro-batch along the data order (order[*cursor], ...): batch samples,
+// or the fewer left at the end of an epoch (PyTorch's DataLoader without
+// drop_last, the HF Trainer's default), so that an epoch trains on every sample
+// once; when the epoch is used up, order is reshuffled (at *rng) and *cursor
+// starts over. Returns the micro-batch's sample count; *first its start in order.
+int examples_next_micro_batch(int *order, int n_samples, int batch, int *cursor, uint64_t *rng, int *first);
+// Micro-batches in one epoch of n_samples: ceil(n_samples / batch).
+int examples_micro_batches_per_epoch(int n_samples, int batch);
 
 // --pack: the samples of set, in an order shuffled by seed, packed into
 // sequences of at most max_seq tokens, each sample into the first sequence with
