@@ -165,6 +165,11 @@ static int build_from(const Collection *c, const Options *o, RaftData *samples) 
     if (o->distractors > c->n_documents - 1)
         printf("note: --distractors %d, but a sample can have only the %d other documents of its collection\n",
                o->distractors, c->n_documents - 1);
+    // raft_build: a sample without its oracle shows the distractors alone, so none without any
+    if (o->no_oracle > 0 && (o->distractors == 0 || c->n_documents < 2))
+        printf("note: --no-oracle %g, but with no distractor (%s) a sample without its oracle would show no document: "
+               "every sample keeps its oracle\n", o->no_oracle,
+               o->distractors == 0 ? "--distractors 0" : "a collection of one document");
     if (raft_build(c, &build, samples) != 0) {
         fprintf(stderr, "prepare: out of memory building samples\n");
         return -1;

@@ -308,3 +308,27 @@ TEST_CASE("train: an epoch's micro-batches take every sample; --grad-accum beyon
     CHECK_MESSAGE(output.find("training: 1 steps of 2 x 4 samples") != std::string::npos, output);
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
+
+// A sample without its oracle shows the distractors alone: with none (--distractors 0, or a collection of
+// one document) every sample keeps its oracle, and ./prepare says so (before: --no-oracle was ignored silently).
+TEST_CASE("prepare: --no-oracle without a distractor to show is named as ignored") {
+    std::string output, dir = "/tmp/qlora_cli_no_oracle_" + std::to_string(getpid());
+    REQUIRE(system(("mkdir -p " + dir).c_str()) == 0);
+    std::ofstream(dir + "/docs.jsonl") << "{\"id\": \"a\", \"text\": \"Alpha is the first letter.\"}\n";
+    std::ofstream qa(dir + "/qa.jsonl");
+    for (int i = 0; i < 4; i++) qa << "{\"question\": \"Q" << i << " about alpha?\", \"answer\": \"First.\", \"doc\": \"a\"}\n";
+    qa.close();
+    std::string prepare = "./prepare --model test/fixtures/serve/model --out " + dir + "/out ";
+    CHECK(run(prepare + "--docs " + dir + "/docs.jsonl --qa " + dir + "/qa.jsonl --no-oracle 0.5", output) == 0);
+    CHECK_MESSAGE(output.find("note: --no-oracle 0.5, but with no distractor (a collection of one document) a sample "
+                              "without its oracle would show no document: every sample keeps its oracle") !=
+                  std::string::npos, output);
+    CHECK(run(prepare + "--docs data/example/docs.jsonl --qa data/example/qa.jsonl --distractors 0 --no-oracle 1",
+              output) == 0);
+    CHECK_MESSAGE(output.find("note: --no-oracle 1, but with no distractor (--distractors 0)") != std::string::npos,
+                  output);
+    CHECK(run(prepare + "--docs data/example/docs.jsonl --qa data/example/qa.jsonl --distractors 0 --no-oracle 0",
+              output) == 0);
+    CHECK_MESSAGE(output.find("note: --no-oracle") == std::string::npos, output);
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
