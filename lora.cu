@@ -174,6 +174,13 @@ int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size
     return 0;
 }
 
+void lora_targets_text(const int enabled[N_LINEARS], char *out, size_t out_size) {
+    size_t used = 0;
+    out[0] = '\0';
+    for (int t = 0; t < N_LINEARS && used < out_size; t++)
+        if (enabled[t]) used += snprintf(out + used, out_size - used, "%s%s", used ? "," : "", LINEAR_NAMES[t]);
+}
+
 // Floats the set's adapters take together (A and B of every enabled target of
 // every layer, and with DoRA each one's magnitude vector m).
 static size_t count_params(const Config *c, const int enabled[N_LINEARS], int rank, int dora) {

@@ -103,6 +103,9 @@ typedef struct LoraSet {
 
 // Parses "q,k,v,o,gate,up,down" (any subset) into enabled[]. -1 + message on an unknown name.
 int lora_parse_targets(const char *list, int enabled[N_LINEARS], char *err, size_t err_size);
+// The targets enabled as --targets names them, in one order (q,k,v,o,gate,up,down
+// order, each once): the run's record of them, whatever order and repeats it was given in.
+void lora_targets_text(const int enabled[N_LINEARS], char *out, size_t out_size);
 // Allocates params and grads for every enabled target of every layer and
 // initialises each adapter (lora_init_weights; each A gets its own seed derived
 // from seed, layer and target); gradients 0. With dora, each adapter also gets

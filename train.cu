@@ -410,7 +410,7 @@ typedef struct {
     Options o;
     Model model;
     int enabled[N_LINEARS];         // the adapted projections (--targets)
-    char init_targets[64];          // --init-adapter: its targets as --targets names them
+    char targets[64];               // the adapted projections as --targets names them, in one order (lora_targets_text)
     ExampleSet train_set, val_set;
     int total_steps;
     LRSchedule schedule;
@@ -700,14 +700,11 @@ static int take_adapter_options(Run *r) {
         fprintf(stderr, "train: --init-adapter: %s\n", err);
         return 2;
     }
-    size_t used = 0;
-    r->init_targets[0] = '\0';
-    for (int t = 0; t < N_LINEARS; t++)
-        if (enabled[t]) used += snprintf(r->init_targets + used, sizeof r->init_targets - used, "%s%s",
-                                         used ? "," : "", LINEAR_NAMES[t]);
+    char init_targets[64];   // the adapter's, as --targets names them
+    lora_targets_text(enabled, init_targets, sizeof init_targets);
     int same_targets = 1;
     for (int t = 0; t < N_LINEARS; t++) same_targets = same_targets && enabled[t] == r->enabled[t];
-    if (o->given.targets && !same_targets) return refuse_conflict(o->init_adapter, "--targets", o->targets, r->init_targets);
+    if (o->given.targets && !same_targets) return refuse_conflict(o->init_adapter, "--targets", o->targets, init_targets);
     snprintf(given, sizeof given, "%d", o->rank);
     snprintf(adapters, sizeof adapters, "%d", ac.rank);
     if (o->given.rank && o->rank != ac.rank) return refuse_conflict(o->init_adapter, "--rank", given, adapters);
@@ -720,7 +717,8 @@ static int take_adapter_options(Run *r) {
     o->alpha = ac.alpha;
     o->rslora = ac.rslora;
     o->dora = ac.dora;
-    o->targets = r->init_targets;
+    memcpy(r->targets, init_targets, sizeof r->targets);
+    o->targets = r->targets;
     for (int t = 0; t < N_LINEARS; t++) r->enabled[t] = enabled[t];
     AdapterBaseChoice choice = {strcmp(o->quant, "nf4") == 0, o->double_quant, o->given.quant, o->given.double_quant};
     char warning[2048], described[256];
@@ -752,6 +750,8 @@ static int load_model(Run *r) {
     Options *o = &r->o;
     char err[1024];
     if (lora_parse_targets(o->targets, r->enabled, err, sizeof err) != 0) bad_usage("--targets: ", err);
+    lora_targets_text(r->enabled, r->targets, sizeof r->targets);   // "v,q,q" is "q,v": one run, one record
+    o->targets = r->targets;
     if (model_load(&r->model, o->model_path, err, sizeof err) != 0) { fprintf(stderr, "train: %s\n", err); return 1; }
     // a chat template is needed to render JSONL data or --eval-answers prompts; .bin data is rendered already
     int renders = o->template_name || !examples_is_tokfile(o->data_path) || o->eval_answers > 0;

@@ -332,3 +332,23 @@ TEST_CASE("prepare: --no-oracle without a distractor to show is named as ignored
     CHECK_MESSAGE(output.find("note: --no-oracle") == std::string::npos, output);
     REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
 }
+
+// --targets given in another order, or with a name twice, is the same run: recorded as q,k,v,o,gate,up,down
+// order names them (before, "v,q,v" went into the log and the run's identity as given, and a resume with
+// --targets q,v was refused as another run).
+TEST_CASE("train: --targets is recorded in one order, each name once") {
+    std::string output, dir = "/tmp/qlora_cli_targets_" + std::to_string(getpid());
+    REQUIRE(system(("mkdir -p " + dir).c_str()) == 0);
+    std::ofstream data(dir + "/data.jsonl");
+    for (int i = 0; i < 4; i++)
+        data << "{\"question\": \"What is " << i << "?\", \"answer\": \"It is " << i << ".\", \"context\": \"" << i
+             << " is a number.\"}\n";
+    data.close();
+    std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + dir + "/data.jsonl "
+                          "--val-frac 0 --seq 128 --rank 2 --out " + dir + "/run ";
+    CHECK(run(command + "--steps 2 --stop-at 1 --targets v,q,v", output) == 0);
+    CHECK_MESSAGE(output.find("targets q,v:") != std::string::npos, output);
+    CHECK(run(command + "--steps 2 --resume " + dir + "/run --targets q,v", output) == 0);
+    CHECK_MESSAGE(output.find("targets q,v:") != std::string::npos, output);
+    REQUIRE(system(("rm -rf " + dir).c_str()) == 0);
+}
