@@ -70,6 +70,14 @@ static int run(const std::string &command, std::string &output) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// n RAFT samples "What is i?" / "It is i." with a one-line context, for ./train runs of a few steps.
+static void write_number_questions(const std::string &path, int n) {
+    std::ofstream data(path);
+    for (int i = 0; i < n; i++)
+        data << "{\"question\": \"What is " << i << "?\", \"answer\": \"It is " << i << ".\", \"context\": \"" << i
+             << " is a number.\"}\n";
+}
+
 // An adapter whose lora_alpha (1e30) makes the merged weights overflow the hidden state.
 static std::string overflowing_adapter() {
     char dir[] = "/tmp/qlora_overflow_XXXXXX";
@@ -293,11 +301,7 @@ TEST_CASE("merge: --help says that --rank is svd's too, as the code takes it") {
 TEST_CASE("train: an epoch's micro-batches take every sample; --grad-accum beyond one epoch is lowered to it") {
     std::string output, dir = "/tmp/qlora_cli_accum_" + std::to_string(getpid());
     REQUIRE(system(("mkdir -p " + dir).c_str()) == 0);
-    std::ofstream data(dir + "/data.jsonl");
-    for (int i = 0; i < 6; i++)
-        data << "{\"question\": \"What is " << i << "?\", \"answer\": \"It is " << i << ".\", \"context\": \"" << i
-             << " is a number.\"}\n";
-    data.close();
+    write_number_questions(dir + "/data.jsonl", 6);
     std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + dir + "/data.jsonl "
                           "--val-frac 0 --seq 128 --rank 2 --targets q,v --batch 4 --overwrite --out " + dir + "/run ";
     CHECK(run(command + "--epochs 3 --grad-accum 1", output) == 0);
@@ -339,11 +343,7 @@ TEST_CASE("prepare: --no-oracle without a distractor to show is named as ignored
 TEST_CASE("train: --targets is recorded in one order, each name once") {
     std::string output, dir = "/tmp/qlora_cli_targets_" + std::to_string(getpid());
     REQUIRE(system(("mkdir -p " + dir).c_str()) == 0);
-    std::ofstream data(dir + "/data.jsonl");
-    for (int i = 0; i < 4; i++)
-        data << "{\"question\": \"What is " << i << "?\", \"answer\": \"It is " << i << ".\", \"context\": \"" << i
-             << " is a number.\"}\n";
-    data.close();
+    write_number_questions(dir + "/data.jsonl", 4);
     std::string command = "./train --device cpu --model test/fixtures/serve/model --data " + dir + "/data.jsonl "
                           "--val-frac 0 --seq 128 --rank 2 --out " + dir + "/run ";
     CHECK(run(command + "--steps 2 --stop-at 1 --targets v,q,v", output) == 0);
